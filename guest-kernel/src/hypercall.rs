@@ -1,0 +1,101 @@
+//! Guest side of the hypercall ABI: fills the mailbox, rings the doorbell, reads the response.
+
+use crate::arch::x86_64::{physmap, port::outb};
+use shared_mm::abi::{Hypercall, MailboxHeader, HEADER_SIZE, HYPERCALL_PORT};
+use shared_mm::boot_info::{MAILBOX_ADDR, MAILBOX_SIZE};
+
+/// The shared mailbox: request and response both live at its start.
+pub struct Mailbox {
+    buf: &'static mut [u8],
+}
+
+/// Why a hypercall failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HypercallError {
+    /// The request payload does not fit in the mailbox.
+    PayloadTooLarge,
+    /// The host's response header could not be decoded.
+    BadResponse,
+    /// The host rejected the request with this status.
+    Rejected(u32),
+}
+
+impl Mailbox {
+    /// Takes the mailbox at its fixed physical address.
+    ///
+    /// # Safety
+    /// Only one `Mailbox` may be in use at a time (the panic path is the one exception: it takes
+    /// over after normal execution has stopped).
+    pub unsafe fn take() -> Mailbox {
+        // SAFETY: the VMM marks the mailbox reserved in the memory map, so no allocator hands it
+        // out; the caller guarantees exclusive use.
+        let buf = unsafe { physmap::slice_mut(MAILBOX_ADDR, MAILBOX_SIZE as usize) };
+        Mailbox { buf }
+    }
+
+    /// Bytes available for a payload.
+    pub fn payload_capacity(&self) -> usize {
+        self.buf.len() - HEADER_SIZE
+    }
+
+    /// The payload area, to fill before [`Mailbox::call`] or to read after it.
+    pub fn payload(&mut self) -> &mut [u8] {
+        &mut self.buf[HEADER_SIZE..]
+    }
+
+    /// Performs hypercall `call` with `len` payload bytes already written by the caller.
+    /// Returns the response header; its payload is in [`Mailbox::payload`].
+    pub fn call(
+        &mut self,
+        call: Hypercall,
+        count: u32,
+        len: usize,
+        args: [u64; 4],
+    ) -> Result<MailboxHeader, HypercallError> {
+        if len > self.payload_capacity() {
+            return Err(HypercallError::PayloadTooLarge);
+        }
+        let header = MailboxHeader {
+            call: call as u32,
+            status: 0,
+            len: len as u32,
+            count,
+            args,
+        };
+        header
+            .encode(&mut self.buf[..HEADER_SIZE])
+            .ok_or(HypercallError::PayloadTooLarge)?;
+        outb(HYPERCALL_PORT, 0);
+        let response =
+            MailboxHeader::decode(&self.buf[..HEADER_SIZE]).ok_or(HypercallError::BadResponse)?;
+        if response.status != 0 {
+            return Err(HypercallError::Rejected(response.status));
+        }
+        Ok(response)
+    }
+
+    /// Sends `text` to the host log.
+    pub fn log(&mut self, text: &str) -> Result<(), HypercallError> {
+        let n = text.len().min(self.payload_capacity());
+        self.payload()[..n].copy_from_slice(&text.as_bytes()[..n]);
+        self.call(Hypercall::Log, 0, n, [0; 4]).map(|_| ())
+    }
+
+    /// Ends the VM with `status`; the VMM exits with it.
+    pub fn exit(&mut self, status: u32) -> ! {
+        let _ = self.call(Hypercall::Exit, 0, 0, [status as u64, 0, 0, 0]);
+        crate::arch::x86_64::halt_forever()
+    }
+
+    /// Reports a panic (file, line, column, message); the VMM exits nonzero.
+    pub fn panic(&mut self, file: &str, line: u32, column: u32, message: &str) -> ! {
+        let cap = self.payload_capacity();
+        let f = file.len().min(cap);
+        let m = message.len().min(cap - f);
+        self.payload()[..f].copy_from_slice(&file.as_bytes()[..f]);
+        self.payload()[f..f + m].copy_from_slice(&message.as_bytes()[..m]);
+        let args = [f as u64, line as u64, column as u64, 0];
+        let _ = self.call(Hypercall::Panic, 0, f + m, args);
+        crate::arch::x86_64::halt_forever()
+    }
+}

@@ -1,0 +1,78 @@
+//! The guest kernel: boots from the VMM's 64-bit entry, reports the CPU, brings up its memory
+//! manager and serves the host's MM operations.
+#![no_std]
+#![no_main]
+
+#[macro_use]
+mod console;
+mod arch;
+mod cpu_info;
+mod hypercall;
+
+use core::panic::PanicInfo;
+use hypercall::Mailbox;
+use shared_mm::boot_info::{BootInfo, BOOT_INFO_ADDR};
+
+core::arch::global_asm!(
+    ".section .text.boot, \"ax\"",
+    ".global _start",
+    "_start:",
+    "    lea rsp, [rip + {stack} + {stack_size}]",
+    "    xor ebp, ebp",
+    "    call {kmain}",
+    "    ud2",
+    stack = sym BOOT_STACK,
+    stack_size = const BOOT_STACK_SIZE,
+    kmain = sym kmain,
+);
+
+const BOOT_STACK_SIZE: usize = 64 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; BOOT_STACK_SIZE]);
+
+/// The stack `_start` runs `kmain` on.
+static mut BOOT_STACK: Stack = Stack([0; BOOT_STACK_SIZE]);
+
+extern "C" fn kmain(boot_info_phys: u64) -> ! {
+    // SAFETY: kmain is the only user of the mailbox.
+    let mut mailbox = unsafe { Mailbox::take() };
+    if boot_info_phys != BOOT_INFO_ADDR {
+        panic!("boot info at {boot_info_phys:#x}, expected {BOOT_INFO_ADDR:#x}");
+    }
+    // SAFETY: the VMM wrote the boot info there and marked its page reserved.
+    let raw = unsafe { arch::x86_64::physmap::slice_mut(boot_info_phys, BootInfo::ENCODED_SIZE) };
+    let boot_info = match BootInfo::decode(raw) {
+        Ok(info) => info,
+        Err(e) => panic!("{e}"),
+    };
+    println!("guest-kernel: booted, {} MiB RAM", boot_info.ram_size >> 20);
+    cpu_info::report();
+    let _ = mailbox.log("guest-kernel: hello from the guest");
+    mailbox.exit(0)
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    struct Buf {
+        bytes: [u8; 512],
+        len: usize,
+    }
+    impl core::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let n = s.len().min(self.bytes.len() - self.len);
+            self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.len += n;
+            Ok(())
+        }
+    }
+    let mut msg = Buf { bytes: [0; 512], len: 0 };
+    let _ = core::fmt::Write::write_fmt(&mut msg, format_args!("{}", info.message()));
+    let text = core::str::from_utf8(&msg.bytes[..msg.len]).unwrap_or("<unprintable panic message>");
+    let (file, line, col) = info
+        .location()
+        .map(|l| (l.file(), l.line(), l.column()))
+        .unwrap_or(("<unknown>", 0, 0));
+    // SAFETY: normal execution has stopped; the panic path takes the mailbox over for good.
+    unsafe { Mailbox::take() }.panic(file, line, col, text)
+}

@@ -1,0 +1,504 @@
+//! The hypercall ABI: doorbell ports, the mailbox header, and the MM operation and result records.
+//!
+//! A hypercall is: the guest writes a [`MailboxHeader`] and its payload at the start of the
+//! mailbox, then writes one byte to [`HYPERCALL_PORT`]. The VMM handles the exit, writes the
+//! response header and payload into the same mailbox, and resumes the guest.
+
+use crate::wire::{Reader, Writer};
+
+/// Port-I/O doorbell for hypercalls.
+pub const HYPERCALL_PORT: u16 = 0x510;
+/// Port-I/O exit the VMM ignores: the floor a hypercall round trip is measured against.
+pub const RAW_EXIT_PORT: u16 = 0x511;
+/// Bytes of the mailbox taken by the header; the payload follows.
+pub const HEADER_SIZE: usize = 64;
+/// Most operations the host sends in one batch.
+pub const MAX_BATCH: usize = 1024;
+/// The `space` value that names the kernel's own address space in [`Op::Snapshot`].
+pub const KERNEL_SPACE: u32 = u32::MAX;
+/// `args[0]` flag on a [`Hypercall::Batch`] response: no more work, the guest should exit 0.
+pub const BATCH_DONE: u64 = 1;
+
+/// The hypercall numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypercall {
+    /// Payload: UTF-8 text to print.
+    Log = 1,
+    /// Payload: file bytes (`args[0]` long) then the message; `args[1]` line, `args[2]` column.
+    Panic = 2,
+    /// `args[0]`: exit status.
+    Exit = 3,
+    /// Request payload: results of the previous batch (`count` records), then `args[0]`
+    /// [`SpaceRecord`]s. Response payload: `count` [`OpRecord`]s; `args[0]` may hold [`BATCH_DONE`].
+    Batch = 4,
+    /// Payload: `count` [`RegionRecord`]s of space `args[0]` starting at index `args[1]`;
+    /// `args[2]` total regions, `args[3]` the space's CR3.
+    Snapshot = 5,
+}
+
+impl Hypercall {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Hypercall::Log,
+            2 => Hypercall::Panic,
+            3 => Hypercall::Exit,
+            4 => Hypercall::Batch,
+            5 => Hypercall::Snapshot,
+            _ => return None,
+        })
+    }
+}
+
+/// The first [`HEADER_SIZE`] bytes of the mailbox, in both directions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MailboxHeader {
+    pub call: u32,
+    /// 0 on success in a response; nonzero when the host rejected the request.
+    pub status: u32,
+    /// Payload length in bytes.
+    pub len: u32,
+    /// Record count in the payload.
+    pub count: u32,
+    pub args: [u64; 4],
+}
+
+impl MailboxHeader {
+    pub fn encode(&self, buf: &mut [u8]) -> Option<usize> {
+        let mut w = Writer::new(buf);
+        w.put_u32(self.call);
+        w.put_u32(self.status);
+        w.put_u32(self.len);
+        w.put_u32(self.count);
+        for a in self.args {
+            w.put_u64(a);
+        }
+        w.finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(buf);
+        let mut h = MailboxHeader {
+            call: r.u32()?,
+            status: r.u32()?,
+            len: r.u32()?,
+            count: r.u32()?,
+            args: [0; 4],
+        };
+        for a in h.args.iter_mut() {
+            *a = r.u64()?;
+        }
+        Some(h)
+    }
+}
+
+/// Encoded size of one [`OpRecord`].
+pub const OP_RECORD_SIZE: usize = 48;
+/// Encoded size of one [`OpResult`].
+pub const RESULT_RECORD_SIZE: usize = 32;
+/// Encoded size of one [`SpaceRecord`].
+pub const SPACE_RECORD_SIZE: usize = 16;
+/// Encoded size of one [`RegionRecord`].
+pub const REGION_RECORD_SIZE: usize = 48;
+/// Bytes of a region name carried in a [`RegionRecord`].
+pub const REGION_NAME_LEN: usize = 24;
+
+/// Access bits as they travel in records (same bits as `region::Access`).
+pub mod access_bits {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+    pub const EXECUTE: u32 = 4;
+    pub const USER: u32 = 8;
+}
+
+/// One memory-management operation the host asks the guest to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Result `value`: the new space's id.
+    CreateSpace,
+    DestroySpace { space: u32 },
+    /// Result `addr`: where the region was placed.
+    MapAnywhere { space: u32, size: u64, align: u64, access: u32 },
+    MapFixed { space: u32, addr: u64, size: u64, access: u32 },
+    MapRandomized { space: u32, size: u64, align: u64, access: u32 },
+    Unmap { space: u32, addr: u64, size: u64 },
+    Protect { space: u32, addr: u64, size: u64, access: u32 },
+    /// Ring-3 load of the u64 at `addr`; result `value`: what was read.
+    TouchRead { space: u32, addr: u64 },
+    /// Ring-3 store of `value` at `addr`, then a load; result `value`: what was read back.
+    TouchWrite { space: u32, addr: u64, value: u64 },
+    /// Ring-3 call to `addr` (the kernel first writes a `ret` there if the page is writable from
+    /// the kernel's side; otherwise executes whatever is there).
+    TouchExec { space: u32, addr: u64 },
+    /// Export the region tree of `space` (or [`KERNEL_SPACE`]) through [`Hypercall::Snapshot`].
+    Snapshot { space: u32 },
+}
+
+impl Op {
+    const CREATE_SPACE: u32 = 1;
+    const DESTROY_SPACE: u32 = 2;
+    const MAP_ANYWHERE: u32 = 3;
+    const MAP_FIXED: u32 = 4;
+    const MAP_RANDOMIZED: u32 = 5;
+    const UNMAP: u32 = 6;
+    const PROTECT: u32 = 7;
+    const TOUCH_READ: u32 = 8;
+    const TOUCH_WRITE: u32 = 9;
+    const TOUCH_EXEC: u32 = 10;
+    const SNAPSHOT: u32 = 11;
+
+    /// Fields in wire order: kind, space, addr, size, align, access, value.
+    fn fields(&self) -> (u32, u32, u64, u64, u64, u32, u64) {
+        match *self {
+            Op::CreateSpace => (Self::CREATE_SPACE, 0, 0, 0, 0, 0, 0),
+            Op::DestroySpace { space } => (Self::DESTROY_SPACE, space, 0, 0, 0, 0, 0),
+            Op::MapAnywhere { space, size, align, access } => {
+                (Self::MAP_ANYWHERE, space, 0, size, align, access, 0)
+            }
+            Op::MapFixed { space, addr, size, access } => {
+                (Self::MAP_FIXED, space, addr, size, 0, access, 0)
+            }
+            Op::MapRandomized { space, size, align, access } => {
+                (Self::MAP_RANDOMIZED, space, 0, size, align, access, 0)
+            }
+            Op::Unmap { space, addr, size } => (Self::UNMAP, space, addr, size, 0, 0, 0),
+            Op::Protect { space, addr, size, access } => {
+                (Self::PROTECT, space, addr, size, 0, access, 0)
+            }
+            Op::TouchRead { space, addr } => (Self::TOUCH_READ, space, addr, 0, 0, 0, 0),
+            Op::TouchWrite { space, addr, value } => {
+                (Self::TOUCH_WRITE, space, addr, 0, 0, 0, value)
+            }
+            Op::TouchExec { space, addr } => (Self::TOUCH_EXEC, space, addr, 0, 0, 0, 0),
+            Op::Snapshot { space } => (Self::SNAPSHOT, space, 0, 0, 0, 0, 0),
+        }
+    }
+
+    pub fn encode(&self, buf: &mut [u8]) -> Option<usize> {
+        let (kind, space, addr, size, align, access, value) = self.fields();
+        let mut w = Writer::new(buf);
+        w.put_u32(kind);
+        w.put_u32(space);
+        w.put_u64(addr);
+        w.put_u64(size);
+        w.put_u64(align);
+        w.put_u32(access);
+        w.put_u32(0);
+        w.put_u64(value);
+        w.finish()
+    }
+
+    /// Decodes one record; `None` for a short buffer or an unknown kind.
+    pub fn decode(buf: &[u8]) -> Option<Op> {
+        let mut r = Reader::new(buf);
+        let (kind, space, addr, size, align, access) =
+            (r.u32()?, r.u32()?, r.u64()?, r.u64()?, r.u64()?, r.u32()?);
+        let _pad = r.u32()?;
+        let value = r.u64()?;
+        Some(match kind {
+            Self::CREATE_SPACE => Op::CreateSpace,
+            Self::DESTROY_SPACE => Op::DestroySpace { space },
+            Self::MAP_ANYWHERE => Op::MapAnywhere { space, size, align, access },
+            Self::MAP_FIXED => Op::MapFixed { space, addr, size, access },
+            Self::MAP_RANDOMIZED => Op::MapRandomized { space, size, align, access },
+            Self::UNMAP => Op::Unmap { space, addr, size },
+            Self::PROTECT => Op::Protect { space, addr, size, access },
+            Self::TOUCH_READ => Op::TouchRead { space, addr },
+            Self::TOUCH_WRITE => Op::TouchWrite { space, addr, value },
+            Self::TOUCH_EXEC => Op::TouchExec { space, addr },
+            Self::SNAPSHOT => Op::Snapshot { space },
+            _ => return None,
+        })
+    }
+}
+
+/// Why an operation failed, as the guest reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok = 0,
+    /// Zero size, or a size or address that is not page-aligned.
+    InvalidArgument = 1,
+    /// Alignment not a power of two, or below the page size.
+    BadAlignment = 2,
+    /// The range runs past the top of the address space.
+    Overflow = 3,
+    /// The range lies outside the address space's total range.
+    OutOfRange = 4,
+    /// A fixed mapping would overlap an existing region.
+    Overlap = 5,
+    /// No hole is large enough.
+    NoSpace = 6,
+    /// The guest ran out of physical frames or heap.
+    OutOfMemory = 7,
+    /// The space id names no live address space.
+    NoSuchSpace = 8,
+    /// Protect over a range that is not fully mapped.
+    NotMapped = 9,
+    /// The access mask has unknown bits.
+    BadAccess = 10,
+    /// The record's kind is unknown.
+    BadOp = 11,
+    /// The touch faulted; see [`OpResult::fault`].
+    Faulted = 12,
+}
+
+impl Status {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        use Status::*;
+        const ALL: [Status; 13] = [
+            Ok,
+            InvalidArgument,
+            BadAlignment,
+            Overflow,
+            OutOfRange,
+            Overlap,
+            NoSpace,
+            OutOfMemory,
+            NoSuchSpace,
+            NotMapped,
+            BadAccess,
+            BadOp,
+            Faulted,
+        ];
+        ALL.get(v as usize).copied()
+    }
+}
+
+/// How a touch from ring 3 ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    None = 0,
+    /// Page fault at an address no region covers.
+    SegvNoRegion = 1,
+    /// Page fault against the region's permissions (or a user touch of kernel memory).
+    SegvAccess = 2,
+    /// General protection fault (for example a non-canonical address).
+    GeneralProtection = 3,
+    /// Invalid opcode while executing user memory.
+    InvalidOpcode = 4,
+}
+
+impl FaultKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => FaultKind::None,
+            1 => FaultKind::SegvNoRegion,
+            2 => FaultKind::SegvAccess,
+            3 => FaultKind::GeneralProtection,
+            4 => FaultKind::InvalidOpcode,
+            _ => return None,
+        })
+    }
+}
+
+/// What one operation produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpResult {
+    pub status: Status,
+    pub fault: FaultKind,
+    /// Placed address, or the faulting address.
+    pub addr: u64,
+    /// Value read, or a new space id.
+    pub value: u64,
+}
+
+impl OpResult {
+    pub const fn ok() -> Self {
+        OpResult {
+            status: Status::Ok,
+            fault: FaultKind::None,
+            addr: 0,
+            value: 0,
+        }
+    }
+
+    pub const fn error(status: Status) -> Self {
+        OpResult {
+            status,
+            fault: FaultKind::None,
+            addr: 0,
+            value: 0,
+        }
+    }
+
+    pub fn encode(&self, buf: &mut [u8]) -> Option<usize> {
+        let mut w = Writer::new(buf);
+        w.put_u32(self.status as u32);
+        w.put_u32(self.fault as u32);
+        w.put_u64(self.addr);
+        w.put_u64(self.value);
+        w.put_u64(0);
+        w.finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(buf);
+        let status = Status::from_u32(r.u32()?)?;
+        let fault = FaultKind::from_u32(r.u32()?)?;
+        Some(OpResult {
+            status,
+            fault,
+            addr: r.u64()?,
+            value: r.u64()?,
+        })
+    }
+}
+
+/// A live address space and the root of its page tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceRecord {
+    pub space: u32,
+    pub cr3: u64,
+}
+
+impl SpaceRecord {
+    pub fn encode(&self, buf: &mut [u8]) -> Option<usize> {
+        let mut w = Writer::new(buf);
+        w.put_u32(self.space);
+        w.put_u32(0);
+        w.put_u64(self.cr3);
+        w.finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(buf);
+        let space = r.u32()?;
+        let _pad = r.u32()?;
+        Some(SpaceRecord {
+            space,
+            cr3: r.u64()?,
+        })
+    }
+}
+
+/// One region of an exported region tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionRecord {
+    pub base: u64,
+    pub size: u64,
+    pub access: u32,
+    /// Nonzero when the region has a VMObject behind it.
+    pub backed: u32,
+    /// NUL-padded name.
+    pub name: [u8; REGION_NAME_LEN],
+}
+
+impl RegionRecord {
+    /// Copies `name` into the fixed field, cutting it at [`REGION_NAME_LEN`] bytes.
+    pub fn name_field(name: &str) -> [u8; REGION_NAME_LEN] {
+        let mut field = [0u8; REGION_NAME_LEN];
+        let n = name.len().min(REGION_NAME_LEN);
+        field[..n].copy_from_slice(&name.as_bytes()[..n]);
+        field
+    }
+
+    /// The name without its NUL padding (lossy if the guest sent invalid UTF-8).
+    pub fn name_str(&self) -> &str {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(REGION_NAME_LEN);
+        core::str::from_utf8(&self.name[..end]).unwrap_or("<invalid utf-8>")
+    }
+
+    pub fn encode(&self, buf: &mut [u8]) -> Option<usize> {
+        let mut w = Writer::new(buf);
+        w.put_u64(self.base);
+        w.put_u64(self.size);
+        w.put_u32(self.access);
+        w.put_u32(self.backed);
+        w.put_bytes(&self.name);
+        w.finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(buf);
+        Some(RegionRecord {
+            base: r.u64()?,
+            size: r.u64()?,
+            access: r.u32()?,
+            backed: r.u32()?,
+            name: r.bytes()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_round_trips() {
+        let ops = [
+            Op::CreateSpace,
+            Op::DestroySpace { space: 3 },
+            Op::MapAnywhere { space: 1, size: 0x3000, align: 0x1000, access: 11 },
+            Op::MapFixed { space: 1, addr: 0x40_0000, size: 0x1000, access: 9 },
+            Op::MapRandomized { space: 2, size: 0x20_0000, align: 0x20_0000, access: 15 },
+            Op::Unmap { space: 1, addr: 0x40_1000, size: 0x2000 },
+            Op::Protect { space: 1, addr: 0x40_0000, size: 0x1000, access: 8 },
+            Op::TouchRead { space: 1, addr: 0x40_0008 },
+            Op::TouchWrite { space: 1, addr: 0x40_0010, value: 0xdead_beef },
+            Op::TouchExec { space: 1, addr: 0x40_0000 },
+            Op::Snapshot { space: KERNEL_SPACE },
+        ];
+        for op in ops {
+            let mut buf = [0u8; OP_RECORD_SIZE];
+            assert_eq!(op.encode(&mut buf), Some(OP_RECORD_SIZE));
+            assert_eq!(Op::decode(&buf), Some(op));
+        }
+    }
+
+    #[test]
+    fn unknown_op_kind_is_rejected() {
+        let mut buf = [0u8; OP_RECORD_SIZE];
+        buf[0] = 99;
+        assert_eq!(Op::decode(&buf), None);
+        assert_eq!(Op::decode(&buf[..10]), None);
+    }
+
+    #[test]
+    fn results_headers_and_records_round_trip() {
+        let res = OpResult {
+            status: Status::Faulted,
+            fault: FaultKind::SegvAccess,
+            addr: 0x1000,
+            value: 5,
+        };
+        let mut buf = [0u8; RESULT_RECORD_SIZE];
+        assert_eq!(res.encode(&mut buf), Some(RESULT_RECORD_SIZE));
+        assert_eq!(OpResult::decode(&buf), Some(res));
+
+        let hdr = MailboxHeader { call: 4, status: 0, len: 96, count: 2, args: [1, 2, 3, 4] };
+        let mut buf = [0u8; HEADER_SIZE];
+        assert_eq!(hdr.encode(&mut buf), Some(48));
+        assert_eq!(MailboxHeader::decode(&buf), Some(hdr));
+
+        let rec = RegionRecord {
+            base: 0x1000,
+            size: 0x2000,
+            access: 3,
+            backed: 1,
+            name: RegionRecord::name_field("a-rather-long-region-name-cut-here"),
+        };
+        let mut buf = [0u8; REGION_RECORD_SIZE];
+        assert_eq!(rec.encode(&mut buf), Some(REGION_RECORD_SIZE));
+        assert_eq!(RegionRecord::decode(&buf), Some(rec));
+        assert_eq!(rec.name_str(), "a-rather-long-region-nam");
+
+        let sp = SpaceRecord { space: 2, cr3: 0x5000 };
+        let mut buf = [0u8; SPACE_RECORD_SIZE];
+        assert_eq!(sp.encode(&mut buf), Some(SPACE_RECORD_SIZE));
+        assert_eq!(SpaceRecord::decode(&buf), Some(sp));
+    }
+
+    #[test]
+    fn status_codes_round_trip() {
+        for v in 0..13 {
+            assert_eq!(Status::from_u32(v).map(|s| s as u32), Some(v));
+        }
+        assert_eq!(Status::from_u32(13), None);
+    }
+
+    #[test]
+    fn encode_into_short_buffer_fails_cleanly() {
+        let mut buf = [0u8; 10];
+        assert_eq!(Op::CreateSpace.encode(&mut buf), None);
+    }
+}

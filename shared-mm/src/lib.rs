@@ -1,0 +1,14 @@
+//! What the guest kernel and the VMM agree on: the RegionTree, the hypercall ABI,
+//! the boot-info layout and the x86_64 page-table entry format.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod abi;
+pub mod address;
+pub mod boot_info;
+pub mod pte;
+pub mod region;
+pub mod region_tree;
+pub mod wire;

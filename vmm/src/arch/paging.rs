@@ -1,0 +1,58 @@
+//! Boot page tables: the direct map of all RAM at `PHYSMAP_BASE` and the kernel window at
+//! `KERNEL_VIRT_BASE`, both with 2 MiB pages. The user half stays empty.
+
+use shared_mm::boot_info::{BOOT_PML4_ADDR, KERNEL_VIRT_BASE, LOW_RESERVED_END, PHYSMAP_BASE};
+use shared_mm::pte::{pd_index, pdpt_index, pml4_index, PageTableEntry, PageTableFlags};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const TWO_MIB: u64 = 2 << 20;
+const ONE_GIB: u64 = 1 << 30;
+
+/// Writes the boot tables for `ram_size` bytes of RAM; returns the CR3 value.
+pub fn build_boot_page_tables(mem: &GuestMemoryMmap, ram_size: u64) -> Result<u64, String> {
+    let mut next_table = BOOT_PML4_ADDR + 0x1000;
+    let mut alloc_table = || {
+        let t = next_table;
+        next_table += 0x1000;
+        t
+    };
+    let table_flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+    let leaf_flags = table_flags | PageTableFlags::HUGE_PAGE | PageTableFlags::GLOBAL;
+    let write = |addr: u64, index: usize, entry: PageTableEntry| {
+        mem.write_obj(entry.raw(), GuestAddress(addr + 8 * index as u64))
+            .map_err(|e| format!("writing boot page table at {addr:#x}: {e}"))
+    };
+
+    // Direct map: one PDPT under PML4[256], one PD per GiB of RAM.
+    let physmap_pdpt = alloc_table();
+    write(BOOT_PML4_ADDR, pml4_index(PHYSMAP_BASE), PageTableEntry::new(physmap_pdpt, table_flags))?;
+    let gibs = ram_size.div_ceil(ONE_GIB);
+    for gib in 0..gibs {
+        let pd = alloc_table();
+        write(physmap_pdpt, gib as usize, PageTableEntry::new(pd, table_flags))?;
+        for i in 0..512u64 {
+            let phys = gib * ONE_GIB + i * TWO_MIB;
+            if phys >= ram_size {
+                break;
+            }
+            write(pd, i as usize, PageTableEntry::new(phys, leaf_flags))?;
+        }
+    }
+
+    // Kernel window: KERNEL_VIRT_BASE + p -> p for the first GiB.
+    let kernel_pdpt = alloc_table();
+    let kernel_pd = alloc_table();
+    write(BOOT_PML4_ADDR, pml4_index(KERNEL_VIRT_BASE), PageTableEntry::new(kernel_pdpt, table_flags))?;
+    write(kernel_pdpt, pdpt_index(KERNEL_VIRT_BASE), PageTableEntry::new(kernel_pd, table_flags))?;
+    for i in 0..512u64 {
+        let phys = i * TWO_MIB;
+        if phys >= ram_size {
+            break;
+        }
+        write(kernel_pd, pd_index(KERNEL_VIRT_BASE + phys), PageTableEntry::new(phys, leaf_flags))?;
+    }
+    if next_table > LOW_RESERVED_END {
+        return Err(format!("boot page tables overran the reserved area ({next_table:#x})"));
+    }
+    Ok(BOOT_PML4_ADDR)
+}

@@ -1,0 +1,95 @@
+//! Everything that can go wrong while setting up or running a guest, as one enum.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Why the VMM could not boot or finish a guest.
+#[derive(Debug)]
+pub enum VmmError {
+    /// The kernel file given with `--kernel` could not be read.
+    KernelUnreadable { path: PathBuf, source: std::io::Error },
+    /// The kernel image is not a 64-bit little-endian x86_64 ELF executable.
+    NotElf(String),
+    /// The ELF headers point past the end of the file.
+    TruncatedElf(String),
+    /// An ELF segment would land outside guest RAM or on the VMM's boot structures.
+    SegmentOutsideRam { paddr: u64, memsz: u64, ram_size: u64, allowed_start: u64 },
+    /// linux-loader refused the image.
+    Load(linux_loader::loader::Error),
+    /// The requested guest memory size is below the minimum, above the maximum, or not page-aligned.
+    BadMemorySize { requested: u64, reason: String },
+    /// /dev/kvm is missing or not usable.
+    KvmUnavailable(String),
+    /// A KVM ioctl failed.
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    /// Guest memory could not be allocated or accessed.
+    GuestMemory(String),
+    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN); carries a register dump.
+    TripleFault { registers: String },
+    /// The guest reported a panic.
+    GuestPanic { message: String, file: String, line: u64, column: u64 },
+    /// The guest ran longer than `--timeout` without exiting.
+    Timeout { seconds: f64, registers: String },
+    /// The guest halted without an exit hypercall.
+    GuestHalted { registers: String },
+    /// The guest did something the VMM cannot serve (unknown hypercall, bad mailbox contents,
+    /// failed VM entry, internal KVM error).
+    GuestProtocol(String),
+    /// The host-side driver of the guest's work failed.
+    Driver(String),
+}
+
+impl fmt::Display for VmmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmmError::KernelUnreadable { path, source } => {
+                write!(f, "cannot read kernel {}: {source}", path.display())
+            }
+            VmmError::NotElf(why) => write!(f, "kernel image is not an x86_64 ELF executable: {why}"),
+            VmmError::TruncatedElf(why) => write!(f, "kernel ELF is truncated: {why}"),
+            VmmError::SegmentOutsideRam { paddr, memsz, ram_size, allowed_start } => write!(
+                f,
+                "kernel ELF segment at physical {paddr:#x} (size {memsz:#x}) does not fit guest RAM \
+                 [{allowed_start:#x}, {ram_size:#x}); raise --memory or relink the kernel"
+            ),
+            VmmError::Load(e) => write!(f, "cannot load kernel: {e}"),
+            VmmError::BadMemorySize { requested, reason } => {
+                write!(f, "bad guest memory size {requested} bytes: {reason}")
+            }
+            VmmError::KvmUnavailable(why) => write!(f, "KVM is not available: {why}"),
+            VmmError::Kvm { what, source } => write!(f, "KVM {what} failed: {source}"),
+            VmmError::GuestMemory(why) => write!(f, "guest memory: {why}"),
+            VmmError::TripleFault { registers } => {
+                write!(f, "guest triple-faulted (shutdown exit); vCPU state:\n{registers}")
+            }
+            VmmError::GuestPanic { message, file, line, column } => {
+                write!(f, "guest panicked at {file}:{line}:{column}: {message}")
+            }
+            VmmError::Timeout { seconds, registers } => write!(
+                f,
+                "guest did not exit within {seconds} s (raise --timeout, or 0 for none); \
+                 vCPU state:\n{registers}"
+            ),
+            VmmError::GuestHalted { registers } => {
+                write!(f, "guest halted without an exit hypercall; vCPU state:\n{registers}")
+            }
+            VmmError::GuestProtocol(why) => write!(f, "guest protocol error: {why}"),
+            VmmError::Driver(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for VmmError {}
+
+impl VmmError {
+    /// The process exit status the CLI uses for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmmError::GuestPanic { .. } => 101,
+            VmmError::TripleFault { .. } => 102,
+            VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => 103,
+            VmmError::Timeout { .. } => 124,
+            _ => 2,
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The VMM library: boots the guest kernel under KVM, serves its hypercalls,
+//! inspects its page tables and fuzzes its memory manager.
+
+pub mod arch;
+pub mod error;
+pub mod hypercall;
+pub mod loader;
+pub mod page_walk;
+pub mod serial;
+pub mod vm;
+pub mod watchdog;
+
+pub use error::VmmError;
+pub use vm::{Vm, VmConfig};

@@ -1,0 +1,115 @@
+//! Loads the guest kernel ELF into guest memory with linux-loader, after checking its headers.
+
+use crate::error::VmmError;
+use linux_loader::loader::{elf::Elf, KernelLoader};
+use shared_mm::boot_info::KERNEL_PHYS_BASE;
+use std::io::Cursor;
+use vm_memory::GuestMemoryMmap;
+
+const PT_LOAD: u32 = 1;
+
+/// Where the kernel landed.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadedKernel {
+    pub entry: u64,
+    pub phys_start: u64,
+    pub phys_end: u64,
+}
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4-byte slice"))
+}
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8-byte slice"))
+}
+
+/// Checks that `image` is an x86_64 ELF executable whose loadable segments fit in
+/// `[KERNEL_PHYS_BASE, ram_size)`; returns the physical extent of those segments.
+pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), VmmError> {
+    const EHDR_SIZE: usize = 64;
+    const PHDR_SIZE: usize = 56;
+    if image.len() < 4 || &image[..4] != b"\x7fELF" {
+        return Err(VmmError::NotElf("missing the \\x7fELF magic".into()));
+    }
+    if image.len() < EHDR_SIZE {
+        return Err(VmmError::TruncatedElf(format!(
+            "{} bytes, shorter than the 64-byte ELF header",
+            image.len()
+        )));
+    }
+    if image[4] != 2 || image[5] != 1 {
+        return Err(VmmError::NotElf("not a 64-bit little-endian ELF".into()));
+    }
+    if u16_at(image, 18) != 62 {
+        return Err(VmmError::NotElf(format!("machine {} is not x86_64 (62)", u16_at(image, 18))));
+    }
+    let phoff = u64_at(image, 32);
+    let phentsize = u16_at(image, 54) as usize;
+    let phnum = u16_at(image, 56) as usize;
+    if phentsize != PHDR_SIZE {
+        return Err(VmmError::NotElf(format!("program header size {phentsize}, expected 56")));
+    }
+    let table_end = phoff
+        .checked_add((phnum * PHDR_SIZE) as u64)
+        .filter(|&end| end <= image.len() as u64)
+        .ok_or_else(|| {
+            VmmError::TruncatedElf(format!(
+                "{phnum} program headers at offset {phoff:#x} run past the file's {} bytes",
+                image.len()
+            ))
+        })?;
+    let mut extent: Option<(u64, u64)> = None;
+    for ph in image[phoff as usize..table_end as usize].chunks_exact(PHDR_SIZE) {
+        if u32_at(ph, 0) != PT_LOAD {
+            continue;
+        }
+        let (offset, paddr, filesz, memsz) =
+            (u64_at(ph, 8), u64_at(ph, 24), u64_at(ph, 32), u64_at(ph, 40));
+        if offset.checked_add(filesz).is_none_or(|end| end > image.len() as u64) {
+            return Err(VmmError::TruncatedElf(format!(
+                "segment at file offset {offset:#x} (size {filesz:#x}) runs past the file's {} bytes",
+                image.len()
+            )));
+        }
+        let end = paddr.checked_add(memsz.max(filesz));
+        if paddr < KERNEL_PHYS_BASE || end.is_none_or(|end| end > ram_size) {
+            return Err(VmmError::SegmentOutsideRam {
+                paddr,
+                memsz,
+                ram_size,
+                allowed_start: KERNEL_PHYS_BASE,
+            });
+        }
+        let end = end.expect("checked above");
+        extent = Some(match extent {
+            None => (paddr, end),
+            Some((s, e)) => (s.min(paddr), e.max(end)),
+        });
+    }
+    extent.ok_or_else(|| VmmError::NotElf("no loadable segment".into()))
+}
+
+/// Checks and loads `image`; segments go to their physical addresses, entry is the ELF entry.
+pub fn load_kernel(mem: &GuestMemoryMmap, image: &[u8], ram_size: u64) -> Result<LoadedKernel, VmmError> {
+    let (phys_start, phys_end) = check_elf(image, ram_size)?;
+    let result = Elf::load(mem, None, &mut Cursor::new(image), None).map_err(VmmError::Load)?;
+    Ok(LoadedKernel {
+        entry: result.kernel_load.0,
+        phys_start,
+        phys_end,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_non_elf_and_short_headers() {
+        assert!(matches!(check_elf(b"hello", 1 << 30), Err(VmmError::NotElf(_))));
+        assert!(matches!(check_elf(b"\x7fELF\x02\x01", 1 << 30), Err(VmmError::TruncatedElf(_))));
+    }
+}

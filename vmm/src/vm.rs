@@ -1,0 +1,289 @@
+//! One guest VM: memory, the loaded kernel, a vCPU in 64-bit mode, its devices and its run loop.
+
+use crate::arch::{cpuid, gdt::ENTRY_GDT, paging, regs};
+use crate::error::VmmError;
+use crate::hypercall::{self, Driver, Next};
+use crate::loader::{self, LoadedKernel};
+use crate::serial::{ConsoleSink, SerialConsole, COM1_BASE, COM1_LEN};
+use crate::watchdog::Watchdog;
+use kvm_bindings::{kvm_userspace_memory_region, CpuId};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use shared_mm::abi::{HYPERCALL_PORT, RAW_EXIT_PORT};
+use shared_mm::boot_info::{
+    BootInfo, GuestCommand, MemoryKind, MemoryRegion, BOOT_GDT_ADDR, BOOT_INFO_ADDR,
+    LOW_RESERVED_END, MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
+};
+use std::time::Duration;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// The guest kernel built by vmm/build.rs and embedded in this binary.
+pub static EMBEDDED_KERNEL: &[u8] = include_bytes!(env!("GUEST_KERNEL_ELF"));
+
+/// Default guest RAM.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// How to build a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The kernel ELF image.
+    pub kernel: Vec<u8>,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Stop a guest that runs this long; `None` lets it run forever.
+    pub timeout: Option<Duration>,
+    /// Stream guest serial output to stdout (it is always captured too).
+    pub echo_console: bool,
+    /// Seed for the guest's randomized placement.
+    pub random_seed: u64,
+    /// What the guest does after boot.
+    pub command: GuestCommand,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: EMBEDDED_KERNEL.to_vec(),
+            memory: DEFAULT_MEMORY,
+            timeout: Some(Duration::from_secs(60)),
+            echo_console: false,
+            random_seed: 0x5eed,
+            command: GuestCommand::Serve,
+        }
+    }
+}
+
+/// A booted-but-not-yet-run guest.
+pub struct Vm {
+    // Kept alive for the VM's lifetime; the fds close on drop.
+    _kvm: Kvm,
+    _vm: VmFd,
+    vcpu: VcpuFd,
+    mem: GuestMemoryMmap,
+    console: SerialConsole,
+    cpuid: CpuId,
+    kernel: LoadedKernel,
+    timeout: Option<Duration>,
+}
+
+fn check_memory_size(size: u64) -> Result<(), VmmError> {
+    let bad = |reason: String| Err(VmmError::BadMemorySize { requested: size, reason });
+    if size < MIN_GUEST_RAM {
+        return bad(format!("the guest needs at least {} MiB", MIN_GUEST_RAM >> 20));
+    }
+    if size > MAX_GUEST_RAM {
+        return bad(format!("at most {} GiB is supported", MAX_GUEST_RAM >> 30));
+    }
+    if size % (2 << 20) != 0 {
+        return bad("it must be a multiple of 2 MiB".into());
+    }
+    Ok(())
+}
+
+fn open_kvm() -> Result<Kvm, VmmError> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Err(VmmError::KvmUnavailable(
+            "/dev/kvm does not exist: this host has no KVM (enable virtualization or load the kvm module)".into(),
+        ));
+    }
+    Kvm::new().map_err(|e| VmmError::KvmUnavailable(format!("cannot open /dev/kvm: {e} (check its permissions)")))
+}
+
+fn memory_map(ram_size: u64, kernel: &LoadedKernel) -> ([MemoryRegion; MAX_MEMORY_REGIONS], usize) {
+    let mut regions = [BootInfo::EMPTY_REGION; MAX_MEMORY_REGIONS];
+    let kernel_end = kernel.phys_end.next_multiple_of(0x1000);
+    let layout = [
+        (0, LOW_RESERVED_END, MemoryKind::Reserved),
+        (LOW_RESERVED_END, kernel.phys_start - LOW_RESERVED_END, MemoryKind::Usable),
+        (kernel.phys_start, kernel_end - kernel.phys_start, MemoryKind::Reserved),
+        (kernel_end, ram_size - kernel_end, MemoryKind::Usable),
+    ];
+    let mut n = 0;
+    for (base, size, kind) in layout {
+        if size > 0 {
+            regions[n] = MemoryRegion { base, size, kind };
+            n += 1;
+        }
+    }
+    (regions, n)
+}
+
+impl Vm {
+    /// Creates the VM, loads the kernel and prepares the vCPU for 64-bit entry.
+    pub fn new(config: &VmConfig) -> Result<Vm, VmmError> {
+        check_memory_size(config.memory)?;
+        // Check the image before touching KVM, so a bad file is reported as such.
+        loader::check_elf(&config.kernel, config.memory)?;
+        let kvm = open_kvm()?;
+        let vm = kvm.create_vm().map_err(|source| VmmError::Kvm { what: "KVM_CREATE_VM", source })?;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.memory as usize)])
+            .map_err(|e| VmmError::GuestMemory(format!("cannot allocate {} MiB: {e}", config.memory >> 20)))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+            let mr = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the Vm keeps until after the
+            // VM fd is closed, so KVM never sees the mapping go away underneath it.
+            unsafe { vm.set_user_memory_region(mr) }
+                .map_err(|source| VmmError::Kvm { what: "KVM_SET_USER_MEMORY_REGION", source })?;
+        }
+
+        let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
+        let (regions, region_count) = memory_map(config.memory, &kernel);
+        let boot_info = BootInfo {
+            ram_size: config.memory,
+            mailbox_addr: MAILBOX_ADDR,
+            mailbox_size: MAILBOX_SIZE,
+            kernel_phys_start: kernel.phys_start,
+            kernel_phys_end: kernel.phys_end,
+            random_seed: config.random_seed,
+            command: config.command as u64,
+            region_count,
+            regions,
+        };
+        let mut encoded = [0u8; BootInfo::ENCODED_SIZE];
+        boot_info.encode(&mut encoded).expect("buffer is ENCODED_SIZE");
+        let write = |data: &[u8], addr: u64| {
+            mem.write_slice(data, GuestAddress(addr))
+                .map_err(|e| VmmError::GuestMemory(format!("writing boot data at {addr:#x}: {e}")))
+        };
+        write(&encoded, BOOT_INFO_ADDR)?;
+        let gdt: Vec<u8> = ENTRY_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
+        write(&gdt, BOOT_GDT_ADDR)?;
+        let cr3 = paging::build_boot_page_tables(&mem, config.memory).map_err(VmmError::GuestMemory)?;
+
+        let vcpu = vm.create_vcpu(0).map_err(|source| VmmError::Kvm { what: "KVM_CREATE_VCPU", source })?;
+        let cpuid = cpuid::set_supported_cpuid(&kvm, &vcpu)?;
+        regs::setup_long_mode(&vcpu, cr3, kernel.entry, BOOT_INFO_ADDR)?;
+
+        Ok(Vm {
+            _kvm: kvm,
+            _vm: vm,
+            vcpu,
+            mem,
+            console: SerialConsole::new(ConsoleSink::new(config.echo_console)),
+            cpuid,
+            kernel,
+            timeout: config.timeout,
+        })
+    }
+
+    /// Guest RAM, for introspection.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The CPUID table the vCPU was given.
+    pub fn cpuid(&self) -> &CpuId {
+        &self.cpuid
+    }
+
+    /// Where the kernel was loaded.
+    pub fn kernel(&self) -> LoadedKernel {
+        self.kernel
+    }
+
+    /// Everything the guest printed on COM1 so far.
+    pub fn console_output(&self) -> String {
+        self.console.sink().captured()
+    }
+
+    /// Runs the guest until it exits; returns its exit status.
+    pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
+        let watchdog = self.timeout.map(Watchdog::start).transpose()?;
+        let result = self.run_loop(driver, watchdog.as_ref());
+        if let Some(w) = watchdog {
+            w.stop();
+        }
+        result
+    }
+
+    fn run_loop(&mut self, driver: &mut dyn Driver, watchdog: Option<&Watchdog>) -> Result<u32, VmmError> {
+        let mut log = self.console.sink().clone();
+        loop {
+            if let Some(w) = watchdog.filter(|w| w.expired()) {
+                return Err(VmmError::Timeout {
+                    seconds: w.limit().as_secs_f64(),
+                    registers: regs::dump(&self.vcpu),
+                });
+            }
+            let exit = match self.vcpu.run() {
+                Ok(exit) => exit,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(source) => return Err(VmmError::Kvm { what: "KVM_RUN", source }),
+            };
+            match exit {
+                VcpuExit::IoOut(HYPERCALL_PORT, _) => {
+                    if let Next::Exit(status) = hypercall::handle(&self.mem, &mut log, driver)? {
+                        return Ok(status);
+                    }
+                }
+                VcpuExit::IoOut(RAW_EXIT_PORT, _) => {}
+                VcpuExit::IoOut(port, data) if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&port) => {
+                    let value = data.first().copied().unwrap_or(0);
+                    self.console
+                        .write((port - COM1_BASE) as u8, value)
+                        .map_err(|e| VmmError::Driver(format!("console output: {e}")))?;
+                }
+                VcpuExit::IoIn(port, data) => {
+                    let value = if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&port) {
+                        self.console.read((port - COM1_BASE) as u8)
+                    } else {
+                        0xff
+                    };
+                    data.fill(value);
+                }
+                VcpuExit::IoOut(..) => {}
+                VcpuExit::Hlt => return Err(VmmError::GuestHalted { registers: regs::dump(&self.vcpu) }),
+                VcpuExit::Shutdown => return Err(VmmError::TripleFault { registers: regs::dump(&self.vcpu) }),
+                VcpuExit::FailEntry(reason, cpu) => {
+                    return Err(VmmError::GuestProtocol(format!(
+                        "VM entry failed (hardware reason {reason:#x}, cpu {cpu})"
+                    )))
+                }
+                VcpuExit::InternalError => {
+                    return Err(VmmError::GuestProtocol(format!(
+                        "KVM internal error; vCPU state:\n{}",
+                        regs::dump(&self.vcpu)
+                    )))
+                }
+                other => {
+                    let exit = format!("{other:?}");
+                    return Err(VmmError::GuestProtocol(format!(
+                        "unexpected vCPU exit {exit}; vCPU state:\n{}",
+                        regs::dump(&self.vcpu)
+                    )));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_are_checked() {
+        assert!(check_memory_size(DEFAULT_MEMORY).is_ok());
+        assert!(check_memory_size(1 << 20).is_err());
+        assert!(check_memory_size(1 << 50).is_err());
+        assert!(check_memory_size(DEFAULT_MEMORY + 4096).is_err());
+    }
+
+    #[test]
+    fn memory_map_reserves_boot_area_and_kernel() {
+        let kernel = LoadedKernel { entry: 0, phys_start: 0x20_0000, phys_end: 0x28_0800 };
+        let (regions, n) = memory_map(64 << 20, &kernel);
+        let map = &regions[..n];
+        assert_eq!(map.iter().map(|r| r.size).sum::<u64>(), 64 << 20);
+        assert_eq!(map[2], MemoryRegion { base: 0x20_0000, size: 0x8_1000, kind: MemoryKind::Reserved });
+        assert!(map.windows(2).all(|w| w[0].base + w[0].size == w[1].base));
+    }
+}
