@@ -3,15 +3,21 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 #[macro_use]
 mod console;
+mod agent;
 mod arch;
 mod cpu_info;
 mod hypercall;
+mod mm;
 
 use core::panic::PanicInfo;
 use hypercall::Mailbox;
-use shared_mm::boot_info::{BootInfo, BOOT_INFO_ADDR};
+use mm::frame_allocator::FrameAllocator;
+use mm::memory_manager::MemoryManager;
+use shared_mm::boot_info::{BootInfo, GuestCommand, BOOT_INFO_ADDR};
 
 core::arch::global_asm!(
     ".section .text.boot, \"ax\"",
@@ -31,6 +37,9 @@ const BOOT_STACK_SIZE: usize = 64 * 1024;
 #[repr(C, align(16))]
 struct Stack([u8; BOOT_STACK_SIZE]);
 
+/// Physical frames; static because its bitmap covers the largest supported RAM (512 KiB).
+static mut FRAME_ALLOCATOR: FrameAllocator = FrameAllocator::empty();
+
 /// The stack `_start` runs `kmain` on.
 static mut BOOT_STACK: Stack = Stack([0; BOOT_STACK_SIZE]);
 
@@ -48,8 +57,35 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
     };
     println!("guest-kernel: booted, {} MiB RAM", boot_info.ram_size >> 20);
     cpu_info::report();
-    let _ = mailbox.log("guest-kernel: hello from the guest");
-    mailbox.exit(0)
+    arch::x86_64::gdt::init();
+    arch::x86_64::idt::init();
+    match GuestCommand::from_u64(boot_info.command) {
+        Some(GuestCommand::Serve) => {
+            mm::heap::HEAP.init_bootstrap();
+            // SAFETY: the only reference ever taken to the frame allocator's static.
+            let frames = unsafe { &mut *(&raw mut FRAME_ALLOCATOR) };
+            let mut mm = match MemoryManager::init(&boot_info, frames) {
+                Ok(mm) => mm,
+                Err(e) => panic!("memory manager init failed: {e:?}"),
+            };
+            println!(
+                "guest-kernel: memory manager up: {} kernel regions, {} free frames",
+                mm.kernel_tree().len(),
+                mm.free_frames()
+            );
+            let _ = mailbox.log("guest-kernel: serving MM operations");
+            if let Err(e) = agent::serve(&mut mailbox, &mut mm) {
+                panic!("agent loop: hypercall failed: {e:?}");
+            }
+            mailbox.exit(0)
+        }
+        Some(GuestCommand::Panic) => panic!("panic requested by the host"),
+        Some(GuestCommand::Hang) => loop {
+            core::hint::spin_loop()
+        },
+        Some(GuestCommand::TripleFault) => arch::x86_64::triple_fault(),
+        None => panic!("unknown boot command {}", boot_info.command),
+    }
 }
 
 #[panic_handler]

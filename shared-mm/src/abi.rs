@@ -16,6 +16,18 @@ pub const HEADER_SIZE: usize = 64;
 pub const MAX_BATCH: usize = 1024;
 /// The `space` value that names the kernel's own address space in [`Op::Snapshot`].
 pub const KERNEL_SPACE: u32 = u32::MAX;
+/// Most address spaces alive at once; `CreateSpace` beyond it fails with `NoSpace`.
+pub const MAX_SPACES: usize = 256;
+/// Lowest address a user region may occupy (page 0 stays unmapped to catch null accesses).
+pub const USER_SPACE_BASE: u64 = 0x1000;
+/// End (exclusive) of the range user regions may occupy.
+pub const USER_SPACE_END: u64 = 0x7FFF_FFFF_F000;
+/// The user-touch trampoline page: mapped user read+execute in every address space, just above
+/// the user region range and outside every region tree (like Linux's vsyscall page).
+pub const USER_TRAMPOLINE: u64 = USER_SPACE_END;
+/// Lowest address of the kernel's region tree (the canonical upper half).
+pub const KERNEL_SPACE_BASE: u64 = 0xFFFF_8000_0000_0000;
+
 /// `args[0]` flag on a [`Hypercall::Batch`] response: no more work, the guest should exit 0.
 pub const BATCH_DONE: u64 = 1;
 
@@ -102,7 +114,9 @@ pub const REGION_RECORD_SIZE: usize = 48;
 /// Bytes of a region name carried in a [`RegionRecord`].
 pub const REGION_NAME_LEN: usize = 24;
 
-/// Access bits as they travel in records (same bits as `region::Access`).
+/// Access bits as they travel in records (same bits as `region::Access`). On x86 a page that
+/// can be written or executed can also be read, so the guest adds READ to any mask with WRITE
+/// or EXECUTE; USER makes the region reachable from ring 3.
 pub mod access_bits {
     pub const READ: u32 = 1;
     pub const WRITE: u32 = 2;

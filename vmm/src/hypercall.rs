@@ -37,11 +37,24 @@ pub trait Driver {
 pub struct IdleDriver;
 
 impl Driver for IdleDriver {
-    fn next_batch(&mut self, _: &GuestMemoryMmap, _: &[OpResult], _: &[SpaceRecord]) -> Result<Option<Vec<Op>>, String> {
+    fn next_batch(
+        &mut self,
+        _: &GuestMemoryMmap,
+        _: &[OpResult],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, String> {
         Ok(None)
     }
 
-    fn snapshot(&mut self, _: &GuestMemoryMmap, _: u32, _: u64, _: u64, _: u64, _: &[RegionRecord]) -> Result<(), String> {
+    fn snapshot(
+        &mut self,
+        _: &GuestMemoryMmap,
+        _: u32,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: &[RegionRecord],
+    ) -> Result<(), String> {
         Ok(())
     }
 }
@@ -70,7 +83,9 @@ fn decode_records<T>(
     bytes
         .chunks_exact(size)
         .enumerate()
-        .map(|(i, rec)| decode(rec).ok_or_else(|| protocol(format!("{what} record {i} is malformed"))))
+        .map(|(i, rec)| {
+            decode(rec).ok_or_else(|| protocol(format!("{what} record {i} is malformed")))
+        })
         .collect()
 }
 
@@ -86,15 +101,23 @@ pub fn handle(
     let header = MailboxHeader::decode(&head).ok_or_else(|| protocol("short mailbox header"))?;
     let len = header.len as usize;
     if len > MAILBOX_SIZE as usize - HEADER_SIZE {
-        return Err(protocol(format!("payload length {len} exceeds the mailbox")));
+        return Err(protocol(format!(
+            "payload length {len} exceeds the mailbox"
+        )));
     }
     let mut payload = vec![0u8; len];
-    mem.read_slice(&mut payload, GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64))
-        .map_err(|e| VmmError::GuestMemory(format!("reading the mailbox payload: {e}")))?;
+    mem.read_slice(
+        &mut payload,
+        GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64),
+    )
+    .map_err(|e| VmmError::GuestMemory(format!("reading the mailbox payload: {e}")))?;
     let payload = payload.as_slice();
     let call = Hypercall::from_u32(header.call)
         .ok_or_else(|| protocol(format!("unknown hypercall number {}", header.call)))?;
-    let mut reply = MailboxHeader { call: header.call, ..Default::default() };
+    let mut reply = MailboxHeader {
+        call: header.call,
+        ..Default::default()
+    };
     let mut reply_payload: Vec<u8> = Vec::new();
     match call {
         Hypercall::Log => {
@@ -113,7 +136,13 @@ pub fn handle(
         Hypercall::Exit => return Ok(Next::Exit(header.args[0] as u32)),
         Hypercall::Batch => {
             let n_results = header.count as usize;
-            let results = decode_records(payload, n_results, RESULT_RECORD_SIZE, "result", OpResult::decode)?;
+            let results = decode_records(
+                payload,
+                n_results,
+                RESULT_RECORD_SIZE,
+                "result",
+                OpResult::decode,
+            )?;
             let spaces = decode_records(
                 &payload[n_results * RESULT_RECORD_SIZE..],
                 header.args[0] as usize,
@@ -121,14 +150,23 @@ pub fn handle(
                 "space",
                 SpaceRecord::decode,
             )?;
-            match driver.next_batch(mem, &results, &spaces).map_err(VmmError::Driver)? {
+            match driver
+                .next_batch(mem, &results, &spaces)
+                .map_err(VmmError::Driver)?
+            {
                 None => reply.args[0] = BATCH_DONE,
                 Some(ops) => {
                     if ops.len() > MAX_BATCH {
-                        return Err(VmmError::Driver(format!("batch of {} ops exceeds {MAX_BATCH}", ops.len())));
+                        return Err(VmmError::Driver(format!(
+                            "batch of {} ops exceeds {MAX_BATCH}",
+                            ops.len()
+                        )));
                     }
                     reply_payload = vec![0u8; ops.len() * OP_RECORD_SIZE];
-                    for (op, rec) in ops.iter().zip(reply_payload.chunks_exact_mut(OP_RECORD_SIZE)) {
+                    for (op, rec) in ops
+                        .iter()
+                        .zip(reply_payload.chunks_exact_mut(OP_RECORD_SIZE))
+                    {
                         op.encode(rec).expect("record buffer is OP_RECORD_SIZE");
                     }
                     reply.count = ops.len() as u32;
@@ -136,7 +174,13 @@ pub fn handle(
             }
         }
         Hypercall::Snapshot => {
-            let regions = decode_records(payload, header.count as usize, REGION_RECORD_SIZE, "region", RegionRecord::decode)?;
+            let regions = decode_records(
+                payload,
+                header.count as usize,
+                REGION_RECORD_SIZE,
+                "region",
+                RegionRecord::decode,
+            )?;
             let [space, first, total, cr3] = header.args;
             driver
                 .snapshot(mem, space as u32, cr3, first, total, &regions)

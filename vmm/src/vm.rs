@@ -66,9 +66,17 @@ pub struct Vm {
 }
 
 fn check_memory_size(size: u64) -> Result<(), VmmError> {
-    let bad = |reason: String| Err(VmmError::BadMemorySize { requested: size, reason });
+    let bad = |reason: String| {
+        Err(VmmError::BadMemorySize {
+            requested: size,
+            reason,
+        })
+    };
     if size < MIN_GUEST_RAM {
-        return bad(format!("the guest needs at least {} MiB", MIN_GUEST_RAM >> 20));
+        return bad(format!(
+            "the guest needs at least {} MiB",
+            MIN_GUEST_RAM >> 20
+        ));
     }
     if size > MAX_GUEST_RAM {
         return bad(format!("at most {} GiB is supported", MAX_GUEST_RAM >> 30));
@@ -85,7 +93,9 @@ fn open_kvm() -> Result<Kvm, VmmError> {
             "/dev/kvm does not exist: this host has no KVM (enable virtualization or load the kvm module)".into(),
         ));
     }
-    Kvm::new().map_err(|e| VmmError::KvmUnavailable(format!("cannot open /dev/kvm: {e} (check its permissions)")))
+    Kvm::new().map_err(|e| {
+        VmmError::KvmUnavailable(format!("cannot open /dev/kvm: {e} (check its permissions)"))
+    })
 }
 
 fn memory_map(ram_size: u64, kernel: &LoadedKernel) -> ([MemoryRegion; MAX_MEMORY_REGIONS], usize) {
@@ -93,8 +103,16 @@ fn memory_map(ram_size: u64, kernel: &LoadedKernel) -> ([MemoryRegion; MAX_MEMOR
     let kernel_end = kernel.phys_end.next_multiple_of(0x1000);
     let layout = [
         (0, LOW_RESERVED_END, MemoryKind::Reserved),
-        (LOW_RESERVED_END, kernel.phys_start - LOW_RESERVED_END, MemoryKind::Usable),
-        (kernel.phys_start, kernel_end - kernel.phys_start, MemoryKind::Reserved),
+        (
+            LOW_RESERVED_END,
+            kernel.phys_start - LOW_RESERVED_END,
+            MemoryKind::Usable,
+        ),
+        (
+            kernel.phys_start,
+            kernel_end - kernel.phys_start,
+            MemoryKind::Reserved,
+        ),
         (kernel_end, ram_size - kernel_end, MemoryKind::Usable),
     ];
     let mut n = 0;
@@ -114,9 +132,14 @@ impl Vm {
         // Check the image before touching KVM, so a bad file is reported as such.
         loader::check_elf(&config.kernel, config.memory)?;
         let kvm = open_kvm()?;
-        let vm = kvm.create_vm().map_err(|source| VmmError::Kvm { what: "KVM_CREATE_VM", source })?;
+        let vm = kvm.create_vm().map_err(|source| VmmError::Kvm {
+            what: "KVM_CREATE_VM",
+            source,
+        })?;
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.memory as usize)])
-            .map_err(|e| VmmError::GuestMemory(format!("cannot allocate {} MiB: {e}", config.memory >> 20)))?;
+            .map_err(|e| {
+                VmmError::GuestMemory(format!("cannot allocate {} MiB: {e}", config.memory >> 20))
+            })?;
         for (slot, region) in mem.iter().enumerate() {
             let host = mem
                 .get_host_address(region.start_addr())
@@ -130,8 +153,10 @@ impl Vm {
             };
             // SAFETY: the region is a live mmap owned by `mem`, which the Vm keeps until after the
             // VM fd is closed, so KVM never sees the mapping go away underneath it.
-            unsafe { vm.set_user_memory_region(mr) }
-                .map_err(|source| VmmError::Kvm { what: "KVM_SET_USER_MEMORY_REGION", source })?;
+            unsafe { vm.set_user_memory_region(mr) }.map_err(|source| VmmError::Kvm {
+                what: "KVM_SET_USER_MEMORY_REGION",
+                source,
+            })?;
         }
 
         let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
@@ -148,7 +173,9 @@ impl Vm {
             regions,
         };
         let mut encoded = [0u8; BootInfo::ENCODED_SIZE];
-        boot_info.encode(&mut encoded).expect("buffer is ENCODED_SIZE");
+        boot_info
+            .encode(&mut encoded)
+            .expect("buffer is ENCODED_SIZE");
         let write = |data: &[u8], addr: u64| {
             mem.write_slice(data, GuestAddress(addr))
                 .map_err(|e| VmmError::GuestMemory(format!("writing boot data at {addr:#x}: {e}")))
@@ -156,9 +183,14 @@ impl Vm {
         write(&encoded, BOOT_INFO_ADDR)?;
         let gdt: Vec<u8> = ENTRY_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
         write(&gdt, BOOT_GDT_ADDR)?;
-        let cr3 = paging::build_boot_page_tables(&mem, config.memory).map_err(VmmError::GuestMemory)?;
+        let cr3 =
+            paging::build_boot_page_tables(&mem, config.memory, kernel.phys_start, kernel.phys_end)
+                .map_err(VmmError::GuestMemory)?;
 
-        let vcpu = vm.create_vcpu(0).map_err(|source| VmmError::Kvm { what: "KVM_CREATE_VCPU", source })?;
+        let vcpu = vm.create_vcpu(0).map_err(|source| VmmError::Kvm {
+            what: "KVM_CREATE_VCPU",
+            source,
+        })?;
         let cpuid = cpuid::set_supported_cpuid(&kvm, &vcpu)?;
         regs::setup_long_mode(&vcpu, cr3, kernel.entry, BOOT_INFO_ADDR)?;
 
@@ -204,7 +236,11 @@ impl Vm {
         result
     }
 
-    fn run_loop(&mut self, driver: &mut dyn Driver, watchdog: Option<&Watchdog>) -> Result<u32, VmmError> {
+    fn run_loop(
+        &mut self,
+        driver: &mut dyn Driver,
+        watchdog: Option<&Watchdog>,
+    ) -> Result<u32, VmmError> {
         let mut log = self.console.sink().clone();
         loop {
             if let Some(w) = watchdog.filter(|w| w.expired()) {
@@ -216,7 +252,12 @@ impl Vm {
             let exit = match self.vcpu.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(source) => return Err(VmmError::Kvm { what: "KVM_RUN", source }),
+                Err(source) => {
+                    return Err(VmmError::Kvm {
+                        what: "KVM_RUN",
+                        source,
+                    })
+                }
             };
             match exit {
                 VcpuExit::IoOut(HYPERCALL_PORT, _) => {
@@ -225,7 +266,9 @@ impl Vm {
                     }
                 }
                 VcpuExit::IoOut(RAW_EXIT_PORT, _) => {}
-                VcpuExit::IoOut(port, data) if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&port) => {
+                VcpuExit::IoOut(port, data)
+                    if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&port) =>
+                {
                     let value = data.first().copied().unwrap_or(0);
                     self.console
                         .write((port - COM1_BASE) as u8, value)
@@ -240,8 +283,16 @@ impl Vm {
                     data.fill(value);
                 }
                 VcpuExit::IoOut(..) => {}
-                VcpuExit::Hlt => return Err(VmmError::GuestHalted { registers: regs::dump(&self.vcpu) }),
-                VcpuExit::Shutdown => return Err(VmmError::TripleFault { registers: regs::dump(&self.vcpu) }),
+                VcpuExit::Hlt => {
+                    return Err(VmmError::GuestHalted {
+                        registers: regs::dump(&self.vcpu),
+                    })
+                }
+                VcpuExit::Shutdown => {
+                    return Err(VmmError::TripleFault {
+                        registers: regs::dump(&self.vcpu),
+                    })
+                }
                 VcpuExit::FailEntry(reason, cpu) => {
                     return Err(VmmError::GuestProtocol(format!(
                         "VM entry failed (hardware reason {reason:#x}, cpu {cpu})"
@@ -279,11 +330,22 @@ mod tests {
 
     #[test]
     fn memory_map_reserves_boot_area_and_kernel() {
-        let kernel = LoadedKernel { entry: 0, phys_start: 0x20_0000, phys_end: 0x28_0800 };
+        let kernel = LoadedKernel {
+            entry: 0,
+            phys_start: 0x20_0000,
+            phys_end: 0x28_0800,
+        };
         let (regions, n) = memory_map(64 << 20, &kernel);
         let map = &regions[..n];
         assert_eq!(map.iter().map(|r| r.size).sum::<u64>(), 64 << 20);
-        assert_eq!(map[2], MemoryRegion { base: 0x20_0000, size: 0x8_1000, kind: MemoryKind::Reserved });
+        assert_eq!(
+            map[2],
+            MemoryRegion {
+                base: 0x20_0000,
+                size: 0x8_1000,
+                kind: MemoryKind::Reserved
+            }
+        );
         assert!(map.windows(2).all(|w| w[0].base + w[0].size == w[1].base));
     }
 }

@@ -8,9 +8,14 @@ use kvm_ioctls::{Kvm, VcpuFd};
 pub fn set_supported_cpuid(kvm: &Kvm, vcpu: &VcpuFd) -> Result<CpuId, VmmError> {
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| VmmError::Kvm { what: "KVM_GET_SUPPORTED_CPUID", source })?;
-    vcpu.set_cpuid2(&cpuid)
-        .map_err(|source| VmmError::Kvm { what: "KVM_SET_CPUID2", source })?;
+        .map_err(|source| VmmError::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    vcpu.set_cpuid2(&cpuid).map_err(|source| VmmError::Kvm {
+        what: "KVM_SET_CPUID2",
+        source,
+    })?;
     Ok(cpuid)
 }
 

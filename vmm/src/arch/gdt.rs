@@ -42,7 +42,10 @@ mod tests {
     #[test]
     fn code64_decodes_to_a_long_mode_segment() {
         let cs = segment_from_entry(KERNEL_CS, ENTRY_GDT[1]);
-        assert_eq!((cs.l, cs.db, cs.present, cs.dpl, cs.s, cs.type_), (1, 0, 1, 0, 1, 0xa));
+        assert_eq!(
+            (cs.l, cs.db, cs.present, cs.dpl, cs.s, cs.type_),
+            (1, 0, 1, 0, 1, 0xa)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = segment_from_entry(KERNEL_DS, ENTRY_GDT[2]);
         assert_eq!((ds.l, ds.db, ds.type_), (0, 1, 0x2));

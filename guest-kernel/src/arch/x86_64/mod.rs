@@ -1,8 +1,11 @@
 //! x86_64 specifics: the only place in the kernel that executes privileged or raw instructions.
 
 pub mod cpuid;
+pub mod gdt;
+pub mod idt;
 pub mod physmap;
 pub mod port;
+pub mod registers;
 
 /// Stops this CPU for good (interrupts stay disabled).
 pub fn halt_forever() -> ! {
@@ -10,4 +13,13 @@ pub fn halt_forever() -> ! {
         // SAFETY: `cli; hlt` only stops the CPU; with interrupts off it never resumes.
         unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) }
     }
+}
+
+/// Shuts the CPU down on purpose: with an empty IDT, the next exception cannot be delivered
+/// and escalates to a triple fault.
+pub fn triple_fault() -> ! {
+    let empty_idt = [0u16; 5];
+    // SAFETY: deliberately loads a zero-limit IDT and raises #UD; the CPU shuts down and the
+    // VMM sees KVM_EXIT_SHUTDOWN. Nothing runs afterwards.
+    unsafe { core::arch::asm!("lidt [{}]", "ud2", in(reg) empty_idt.as_ptr(), options(noreturn)) }
 }

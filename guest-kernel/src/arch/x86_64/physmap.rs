@@ -16,3 +16,44 @@ pub unsafe fn slice_mut(phys: u64, len: usize) -> &'static mut [u8] {
     // SAFETY: the caller guarantees the range is RAM, direct-mapped and not aliased.
     unsafe { core::slice::from_raw_parts_mut(virt(phys) as *mut u8, len) }
 }
+
+/// Reads entry `index` of the page table in physical frame `table`.
+///
+/// Page-table frames come from the frame allocator and belong to one `PageDirectory`, which is
+/// the only caller; the direct map covers all RAM.
+pub fn read_entry(table: u64, index: usize) -> u64 {
+    debug_assert!(index < 512 && table % 4096 == 0);
+    // SAFETY: `table` is a page-aligned RAM frame (see above) and `index < 512`, so the address
+    // is inside it and 8-byte aligned. Volatile: the CPU's page walker reads these too.
+    unsafe { core::ptr::read_volatile((virt(table) as *const u64).add(index)) }
+}
+
+/// Writes entry `index` of the page table in physical frame `table`.
+pub fn write_entry(table: u64, index: usize, value: u64) {
+    debug_assert!(index < 512 && table % 4096 == 0);
+    // SAFETY: as in `read_entry`; the owning PageDirectory serializes all writes.
+    unsafe { core::ptr::write_volatile((virt(table) as *mut u64).add(index), value) }
+}
+
+/// Fills the 4 KiB frame at `frame` with zeros.
+pub fn zero_frame(frame: u64) {
+    debug_assert!(frame % 4096 == 0);
+    // SAFETY: `frame` is a RAM frame the caller owns (just taken from the frame allocator).
+    unsafe { core::ptr::write_bytes(virt(frame) as *mut u8, 0, 4096) }
+}
+
+/// Copies `bytes` into the frame at `frame`, starting at `offset`.
+pub fn write_bytes(frame: u64, offset: usize, bytes: &[u8]) {
+    assert!(offset + bytes.len() <= 4096);
+    // SAFETY: the destination lies inside one RAM frame the caller owns.
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), (virt(frame) as *mut u8).add(offset), bytes.len())
+    }
+}
+
+/// Reads one byte of the frame at `frame`.
+pub fn read_byte(frame: u64, offset: usize) -> u8 {
+    assert!(offset < 4096);
+    // SAFETY: the source lies inside one RAM frame.
+    unsafe { core::ptr::read_volatile((virt(frame) as *const u8).add(offset)) }
+}

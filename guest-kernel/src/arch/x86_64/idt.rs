@@ -1,0 +1,221 @@
+//! The IDT, the exception entry stubs, and the trip to ring 3 and back.
+//!
+//! A trap from ring 3 never resumes user code directly: its state is recorded and control goes
+//! back to the kernel code that entered user mode (see [`enter_user`]), which decides what to do
+//! (resolve a demand fault and re-enter, or report the outcome). Traps in ring 0 are kernel bugs
+//! and panic.
+
+use super::gdt::{KERNEL_CS, USER_CS, USER_DS};
+use super::registers::read_cr2;
+use core::arch::{asm, global_asm};
+use core::mem::size_of;
+
+/// Registers saved by the entry stubs, in stack order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// How a stay in ring 3 ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserTrap {
+    pub vector: u64,
+    pub error_code: u64,
+    /// CR2 at the trap (meaningful for page faults).
+    pub fault_address: u64,
+    pub rip: u64,
+    pub rax: u64,
+}
+
+pub const VECTOR_INVALID_OPCODE: u64 = 6;
+pub const VECTOR_BREAKPOINT: u64 = 3;
+pub const VECTOR_GENERAL_PROTECTION: u64 = 13;
+pub const VECTOR_PAGE_FAULT: u64 = 14;
+
+global_asm!(
+    ".global trap_common",
+    "trap_common:",
+    "    push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
+    "    push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
+    "    mov rdi, rsp",
+    "    cld",
+    "    call {dispatch}",
+    "    test rax, rax",
+    "    jnz {back_to_kernel}",
+    "    pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
+    "    pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
+    "    add rsp, 16",
+    "    iretq",
+    dispatch = sym trap_dispatch,
+    back_to_kernel = sym user_exit_to_kernel,
+);
+
+// The 32 exception entry stubs (a dummy error code where the CPU pushes none, then the
+// vector) and a table of their addresses.
+global_asm!(
+    ".section .rodata",
+    ".balign 8",
+    ".global TRAP_STUBS",
+    "TRAP_STUBS:",
+    ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    "    .quad trap_stub_\\n",
+    ".endr",
+    ".text",
+    ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    "trap_stub_\\n:",
+    "  .if \\n == 8 || \\n == 10 || \\n == 11 || \\n == 12 || \\n == 13 || \\n == 14 || \\n == 17 || \\n == 21 || \\n == 29 || \\n == 30",
+    "  .else",
+    "    push 0",
+    "  .endif",
+    "    push \\n",
+    "    jmp trap_common",
+    ".endr",
+);
+
+extern "C" {
+    static TRAP_STUBS: [u64; 32];
+}
+
+/// Kernel stack pointer saved by [`enter_user`], restored when a user trap returns to the kernel.
+#[no_mangle]
+static mut KERNEL_RESUME_RSP: u64 = 0;
+
+/// Where the last user trap is recorded for [`enter_user`] to return.
+static mut LAST_USER_TRAP: UserTrap = UserTrap {
+    vector: 0,
+    error_code: 0,
+    fault_address: 0,
+    rip: 0,
+    rax: 0,
+};
+
+#[repr(C, packed)]
+struct DescriptorPointer {
+    limit: u16,
+    base: u64,
+}
+
+static mut IDT: [[u64; 2]; 32] = [[0; 2]; 32];
+
+/// Installs the exception handlers. Call once, after the GDT.
+pub fn init() {
+    // SAFETY: runs once at boot on the only CPU; the IDT static lives forever and every gate
+    // points at a stub in this module with a valid kernel code selector.
+    unsafe {
+        let idt = &mut *(&raw mut IDT);
+        for (vector, gate) in idt.iter_mut().enumerate() {
+            let handler = TRAP_STUBS[vector];
+            // Interrupt gate; #BP is callable from ring 3 (int3 checks the gate's DPL).
+            let type_attr: u64 = if vector == VECTOR_BREAKPOINT as usize { 0xee } else { 0x8e };
+            gate[0] = (handler & 0xffff)
+                | ((KERNEL_CS as u64) << 16)
+                | (type_attr << 40)
+                | (((handler >> 16) & 0xffff) << 48);
+            gate[1] = handler >> 32;
+        }
+        let pointer = DescriptorPointer {
+            limit: (size_of::<[[u64; 2]; 32]>() - 1) as u16,
+            base: idt.as_ptr() as u64,
+        };
+        asm!("lidt [{}]", in(reg) &pointer, options(nostack));
+    }
+}
+
+/// Called by `trap_common` with the saved frame; returns nonzero to go back to the kernel code
+/// that entered user mode instead of resuming the interrupted context.
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> u64 {
+    if frame.cs & 3 == 3 {
+        let trap = UserTrap {
+            vector: frame.vector,
+            error_code: frame.error_code,
+            fault_address: read_cr2(),
+            rip: frame.rip,
+            rax: frame.rax,
+        };
+        // SAFETY: single CPU, interrupts off: nothing else touches LAST_USER_TRAP now.
+        unsafe { LAST_USER_TRAP = trap };
+        return 1;
+    }
+    panic!(
+        "kernel exception {} (error code {:#x}) at rip {:#x}, cr2 {:#x}, rsp {:#x}",
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        read_cr2(),
+        frame.rsp
+    );
+}
+
+/// Where user mode starts and what it is given.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct UserEntry {
+    pub rip: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+}
+
+global_asm!(
+    ".global enter_user_asm",
+    "enter_user_asm:",
+    "    push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+    "    mov [rip + KERNEL_RESUME_RSP], rsp",
+    "    push {user_ds}",
+    "    push 0",
+    "    push 0x2",
+    "    push {user_cs}",
+    "    push qword ptr [rdi]",
+    "    mov rsi, [rdi + 16]",
+    "    mov rdi, [rdi + 8]",
+    "    xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx", "xor ebp, ebp",
+    "    xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
+    "    xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d", "xor r15d, r15d",
+    "    iretq",
+    ".global user_exit_to_kernel",
+    "user_exit_to_kernel:",
+    "    mov rsp, [rip + KERNEL_RESUME_RSP]",
+    "    pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+    "    ret",
+    user_ds = const USER_DS as u64,
+    user_cs = const USER_CS as u64,
+);
+
+extern "C" {
+    fn enter_user_asm(entry: *const UserEntry);
+    fn user_exit_to_kernel() -> !;
+}
+
+/// Runs ring-3 code at `entry.rip` (interrupts off, no stack) until its first trap, and returns
+/// that trap. The code's page must be user-executable in the current address space.
+pub fn enter_user(entry: &UserEntry) -> UserTrap {
+    // SAFETY: enter_user_asm saves the callee-saved registers and the stack pointer, drops to
+    // ring 3 with iretq, and comes back here through user_exit_to_kernel with the same registers
+    // and stack, so from Rust's point of view this is an ordinary call that clobbers the
+    // caller-saved registers (all of which the C ABI already treats as clobbered).
+    unsafe {
+        enter_user_asm(entry);
+        LAST_USER_TRAP
+    }
+}

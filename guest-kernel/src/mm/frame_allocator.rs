@@ -1,0 +1,87 @@
+//! The physical frame allocator: a bitmap over the usable RAM in the boot memory map.
+
+use super::{MmError, PhysicalFrame};
+use shared_mm::boot_info::{BootInfo, MemoryKind, MAX_GUEST_RAM};
+
+const FRAME_SIZE: u64 = 4096;
+const MAX_FRAMES: usize = (MAX_GUEST_RAM / FRAME_SIZE) as usize;
+const WORDS: usize = MAX_FRAMES / 64;
+
+/// One bit per frame: set = free. Frames outside usable memory are never set, so they can
+/// never be handed out.
+pub struct FrameAllocator {
+    free: [u64; WORDS],
+    /// Word to start the next search at (next-fit).
+    hint: usize,
+    free_count: usize,
+    total_usable: usize,
+}
+
+/// Freeing a frame that is not allocated (a double free or a stray address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotAllocated(pub PhysicalFrame);
+
+impl FrameAllocator {
+    pub const fn empty() -> Self {
+        FrameAllocator {
+            free: [0; WORDS],
+            hint: 0,
+            free_count: 0,
+            total_usable: 0,
+        }
+    }
+
+    /// Marks every whole usable frame of the memory map free.
+    pub fn init(&mut self, info: &BootInfo) {
+        for region in info.memory_map() {
+            if region.kind != MemoryKind::Usable {
+                continue;
+            }
+            let first = region.base.div_ceil(FRAME_SIZE);
+            let end = (region.base + region.size) / FRAME_SIZE;
+            for frame in first..end.min(MAX_FRAMES as u64) {
+                let (w, b) = (frame as usize / 64, frame % 64);
+                if self.free[w] & (1 << b) == 0 {
+                    self.free[w] |= 1 << b;
+                    self.free_count += 1;
+                    self.total_usable += 1;
+                }
+            }
+        }
+    }
+
+    /// Takes one free frame (its contents are whatever it held).
+    pub fn allocate(&mut self) -> Result<PhysicalFrame, MmError> {
+        for step in 0..WORDS {
+            let w = (self.hint + step) % WORDS;
+            if self.free[w] != 0 {
+                let b = self.free[w].trailing_zeros() as u64;
+                self.free[w] &= !(1 << b);
+                self.free_count -= 1;
+                self.hint = w;
+                return Ok(PhysicalFrame((w as u64 * 64 + b) * FRAME_SIZE));
+            }
+        }
+        Err(MmError::OutOfFrames)
+    }
+
+    /// Returns `frame` to the pool. Freeing a frame twice is refused.
+    pub fn free(&mut self, frame: PhysicalFrame) -> Result<(), NotAllocated> {
+        let index = frame.0 / FRAME_SIZE;
+        if frame.0 % FRAME_SIZE != 0 || index as usize >= MAX_FRAMES {
+            return Err(NotAllocated(frame));
+        }
+        let (w, b) = (index as usize / 64, index % 64);
+        if self.free[w] & (1 << b) != 0 {
+            return Err(NotAllocated(frame));
+        }
+        self.free[w] |= 1 << b;
+        self.free_count += 1;
+        Ok(())
+    }
+
+    pub fn free_count(&self) -> usize {
+        self.free_count
+    }
+
+}

@@ -1,0 +1,67 @@
+//! The kernel heap: a small bootstrap arena in .bss, then the kmalloc range once it is mapped.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::NonNull;
+use linked_list_allocator::Heap;
+use spin::Mutex;
+
+const BOOTSTRAP_SIZE: usize = 256 * 1024;
+
+#[repr(C, align(4096))]
+struct Bootstrap([u8; BOOTSTRAP_SIZE]);
+
+/// Backs the allocations made before the kmalloc range exists (the first regions).
+static mut BOOTSTRAP: Bootstrap = Bootstrap([0; BOOTSTRAP_SIZE]);
+
+/// Two arenas; a free goes to the arena whose range holds the pointer.
+pub struct KernelHeap {
+    arenas: Mutex<[Heap; 2]>,
+}
+
+#[global_allocator]
+pub static HEAP: KernelHeap = KernelHeap {
+    arenas: Mutex::new([Heap::empty(), Heap::empty()]),
+};
+
+impl KernelHeap {
+    /// Starts the bootstrap arena. Call once, first thing at boot.
+    pub fn init_bootstrap(&self) {
+        let mut arenas = self.arenas.lock();
+        // SAFETY: BOOTSTRAP is a static used only by this arena, initialised once.
+        unsafe { arenas[0].init((&raw mut BOOTSTRAP) as *mut u8, BOOTSTRAP_SIZE) };
+    }
+
+    /// Adds the mapped kmalloc memory at `[base, base + size)` as the main arena.
+    ///
+    /// # Safety
+    /// The range must be mapped writable, used by nothing else, and stay mapped forever.
+    pub unsafe fn add_kmalloc(&self, base: u64, size: usize) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.arenas.lock()[1].init(base as *mut u8, size) };
+    }
+
+}
+
+// SAFETY: every path goes through the arenas' mutex; each block is returned to the arena that
+// handed it out (chosen by address range).
+unsafe impl GlobalAlloc for KernelHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut arenas = self.arenas.lock();
+        let [boot, kmalloc] = &mut *arenas;
+        kmalloc
+            .allocate_first_fit(layout)
+            .or_else(|_| boot.allocate_first_fit(layout))
+            .map_or(core::ptr::null_mut(), |p| p.as_ptr())
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let mut arenas = self.arenas.lock();
+        let addr = ptr as usize;
+        let arena = arenas
+            .iter_mut()
+            .find(|h| h.size() > 0 && (h.bottom() as usize..h.top() as usize).contains(&addr))
+            .expect("freed pointer belongs to no heap arena");
+        // SAFETY: `ptr` came from this arena's allocate_first_fit with the same layout.
+        unsafe { arena.deallocate(NonNull::new_unchecked(ptr), layout) };
+    }
+}
