@@ -7,13 +7,21 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub enum VmmError {
     /// The kernel file given with `--kernel` could not be read.
-    KernelUnreadable { path: PathBuf, source: std::io::Error },
+    KernelUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The kernel image is not a 64-bit little-endian x86_64 ELF executable.
     NotElf(String),
     /// The ELF headers point past the end of the file.
     TruncatedElf(String),
     /// An ELF segment would land outside guest RAM or on the VMM's boot structures.
-    SegmentOutsideRam { paddr: u64, memsz: u64, ram_size: u64, allowed_start: u64 },
+    SegmentOutsideRam {
+        paddr: u64,
+        memsz: u64,
+        ram_size: u64,
+        allowed_start: u64,
+    },
     /// linux-loader refused the image.
     Load(linux_loader::loader::Error),
     /// The requested guest memory size is below the minimum, above the maximum, or not page-aligned.
@@ -21,13 +29,21 @@ pub enum VmmError {
     /// /dev/kvm is missing or not usable.
     KvmUnavailable(String),
     /// A KVM ioctl failed.
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     /// Guest memory could not be allocated or accessed.
     GuestMemory(String),
     /// The guest triple-faulted (KVM_EXIT_SHUTDOWN); carries a register dump.
     TripleFault { registers: String },
     /// The guest reported a panic.
-    GuestPanic { message: String, file: String, line: u64, column: u64 },
+    GuestPanic {
+        message: String,
+        file: String,
+        line: u64,
+        column: u64,
+    },
     /// The guest ran longer than `--timeout` without exiting.
     Timeout { seconds: f64, registers: String },
     /// The guest halted without an exit hypercall.
@@ -35,6 +51,8 @@ pub enum VmmError {
     /// The guest did something the VMM cannot serve (unknown hypercall, bad mailbox contents,
     /// failed VM entry, internal KVM error).
     GuestProtocol(String),
+    /// The MM self-check ran, and these steps did not give the expected result.
+    SelfCheckFailed(Vec<String>),
     /// The host-side driver of the guest's work failed.
     Driver(String),
 }
@@ -74,6 +92,10 @@ impl fmt::Display for VmmError {
                 write!(f, "guest halted without an exit hypercall; vCPU state:\n{registers}")
             }
             VmmError::GuestProtocol(why) => write!(f, "guest protocol error: {why}"),
+            VmmError::SelfCheckFailed(failures) => {
+                write!(f, "MM self-check failed in {} step(s):", failures.len())?;
+                failures.iter().try_for_each(|line| write!(f, "\n  {line}"))
+            }
             VmmError::Driver(why) => write!(f, "{why}"),
         }
     }
@@ -89,6 +111,7 @@ impl VmmError {
             VmmError::TripleFault { .. } => 102,
             VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => 103,
             VmmError::Timeout { .. } => 124,
+            VmmError::SelfCheckFailed(_) => 1,
             _ => 2,
         }
     }

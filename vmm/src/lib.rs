@@ -6,6 +6,7 @@ pub mod error;
 pub mod hypercall;
 pub mod loader;
 pub mod page_walk;
+pub mod scenario;
 pub mod serial;
 pub mod vm;
 pub mod watchdog;

@@ -5,11 +5,15 @@ use shared_mm::boot_info::GuestCommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use vmm::hypercall::IdleDriver;
+use vmm::scenario::SelfCheck;
 use vmm::{Vm, VmConfig, VmmError};
 
 #[derive(Parser)]
-#[command(name = "vmm", version, about = "Boot, inspect and fuzz a guest memory manager under KVM")]
+#[command(
+    name = "vmm",
+    version,
+    about = "Boot, inspect and fuzz a guest memory manager under KVM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,18 +57,27 @@ enum Misbehave {
 
 fn config(args: &GuestArgs, command: GuestCommand) -> Result<VmConfig, VmmError> {
     let kernel = match &args.kernel {
-        Some(path) => std::fs::read(path).map_err(|source| VmmError::KernelUnreadable { path: path.clone(), source })?,
+        Some(path) => std::fs::read(path).map_err(|source| VmmError::KernelUnreadable {
+            path: path.clone(),
+            source,
+        })?,
         None => vmm::vm::EMBEDDED_KERNEL.to_vec(),
     };
     if !(args.timeout.is_finite() && args.timeout >= 0.0) {
-        return Err(VmmError::Driver(format!("--timeout {} is not a number of seconds", args.timeout)));
+        return Err(VmmError::Driver(format!(
+            "--timeout {} is not a number of seconds",
+            args.timeout
+        )));
     }
     Ok(VmConfig {
         kernel,
-        memory: args.memory.checked_mul(1 << 20).ok_or(VmmError::BadMemorySize {
-            requested: u64::MAX,
-            reason: format!("{} MiB overflows", args.memory),
-        })?,
+        memory: args
+            .memory
+            .checked_mul(1 << 20)
+            .ok_or(VmmError::BadMemorySize {
+                requested: u64::MAX,
+                reason: format!("{} MiB overflows", args.memory),
+            })?,
         timeout: (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout)),
         echo_console: true,
         random_seed: args.seed,
@@ -82,7 +95,13 @@ fn run(cli: Cli) -> Result<u32, VmmError> {
                 Some(Misbehave::TripleFault) => GuestCommand::TripleFault,
             };
             let mut vm = Vm::new(&config(&guest, command)?)?;
-            vm.run(&mut IdleDriver)
+            let mut check = SelfCheck::new();
+            let status = vm.run(&mut check)?;
+            if !check.passed() {
+                return Err(VmmError::SelfCheckFailed(check.failures));
+            }
+            eprintln!("vmm: MM self-check passed: {} of {} steps", check.checked, check.step_count());
+            Ok(status)
         }
     }
 }
