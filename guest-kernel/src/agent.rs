@@ -16,15 +16,22 @@ pub fn serve(mailbox: &mut Mailbox, mm: &mut MemoryManager) -> Result<(), Hyperc
     let mut results: Vec<OpResult> = Vec::new();
     loop {
         let (len, spaces) = encode_report(mailbox.payload(), &results, mm);
-        let reply = mailbox.call(Hypercall::Batch, results.len() as u32, len, [spaces as u64, 0, 0, 0])?;
+        let reply = mailbox.call(
+            Hypercall::Batch,
+            results.len() as u32,
+            len,
+            [spaces as u64, 0, 0, 0],
+        )?;
         if reply.args[0] & BATCH_DONE != 0 {
             return Ok(());
         }
         let ops: Vec<Option<Op>> = mailbox
             .payload()
-            .chunks_exact(OP_RECORD_SIZE)
+            .as_chunks::<OP_RECORD_SIZE>()
+            .0
+            .iter()
             .take(reply.count as usize)
-            .map(Op::decode)
+            .map(|record| Op::decode(record))
             .collect();
         results.clear();
         for op in ops {
@@ -41,12 +48,17 @@ pub fn serve(mailbox: &mut Mailbox, mm: &mut MemoryManager) -> Result<(), Hyperc
 fn encode_report(payload: &mut [u8], results: &[OpResult], mm: &MemoryManager) -> (usize, usize) {
     let mut offset = 0;
     for result in results {
-        result.encode(&mut payload[offset..offset + RESULT_RECORD_SIZE]).expect("record fits");
+        result
+            .encode(&mut payload[offset..offset + RESULT_RECORD_SIZE])
+            .expect("record fits");
         offset += RESULT_RECORD_SIZE;
     }
     let mut spaces = 0;
     for space in mm.spaces() {
-        let record = SpaceRecord { space: space.id(), cr3: space.cr3() };
+        let record = SpaceRecord {
+            space: space.id(),
+            cr3: space.cr3(),
+        };
         match payload.get_mut(offset..offset + SPACE_RECORD_SIZE) {
             Some(slot) => record.encode(slot).expect("record fits"),
             None => break,
@@ -58,7 +70,11 @@ fn encode_report(payload: &mut [u8], results: &[OpResult], mm: &MemoryManager) -
 }
 
 /// Sends the region tree of `space` to the host in as many chunks as it takes.
-fn snapshot(mailbox: &mut Mailbox, mm: &MemoryManager, space: u32) -> Result<OpResult, HypercallError> {
+fn snapshot(
+    mailbox: &mut Mailbox,
+    mm: &MemoryManager,
+    space: u32,
+) -> Result<OpResult, HypercallError> {
     let (tree, cr3): (&RegionTree<VMObject>, u64) = if space == KERNEL_SPACE {
         (mm.kernel_tree(), mm.kernel_cr3())
     } else {
@@ -85,14 +101,24 @@ fn snapshot(mailbox: &mut Mailbox, mm: &MemoryManager, space: u32) -> Result<OpR
                 name: RegionRecord::name_field(region.name()),
             };
             let at = count * REGION_RECORD_SIZE;
-            record.encode(&mut payload[at..at + REGION_RECORD_SIZE]).expect("record fits");
+            record
+                .encode(&mut payload[at..at + REGION_RECORD_SIZE])
+                .expect("record fits");
             count += 1;
         }
         let args = [space as u64, first as u64, total as u64, cr3];
-        mailbox.call(Hypercall::Snapshot, count as u32, count * REGION_RECORD_SIZE, args)?;
+        mailbox.call(
+            Hypercall::Snapshot,
+            count as u32,
+            count * REGION_RECORD_SIZE,
+            args,
+        )?;
         first += count;
         if regions.peek().is_none() {
-            return Ok(OpResult { value: total as u64, ..OpResult::ok() });
+            return Ok(OpResult {
+                value: total as u64,
+                ..OpResult::ok()
+            });
         }
     }
 }

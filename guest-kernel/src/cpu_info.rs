@@ -10,10 +10,38 @@ const EDX_FEATURES: [&str; 32] = [
 ];
 /// Leaf 1 ECX feature names, bit by bit (Intel SDM Table 3-10).
 const ECX_FEATURES: [&str; 32] = [
-    "sse3", "pclmulqdq", "dtes64", "monitor", "ds_cpl", "vmx", "smx", "eist", "tm2", "ssse3",
-    "cnxt_id", "sdbg", "fma", "cmpxchg16b", "xtpr", "pdcm", "", "pcid", "dca", "sse4_1", "sse4_2",
-    "x2apic", "movbe", "popcnt", "tsc_deadline", "aesni", "xsave", "osxsave", "avx", "f16c",
-    "rdrand", "hypervisor",
+    "sse3",
+    "pclmulqdq",
+    "dtes64",
+    "monitor",
+    "ds_cpl",
+    "vmx",
+    "smx",
+    "eist",
+    "tm2",
+    "ssse3",
+    "cnxt_id",
+    "sdbg",
+    "fma",
+    "cmpxchg16b",
+    "xtpr",
+    "pdcm",
+    "",
+    "pcid",
+    "dca",
+    "sse4_1",
+    "sse4_2",
+    "x2apic",
+    "movbe",
+    "popcnt",
+    "tsc_deadline",
+    "aesni",
+    "xsave",
+    "osxsave",
+    "avx",
+    "f16c",
+    "rdrand",
+    "hypervisor",
 ];
 
 fn bytes_of(regs: &[u32], out: &mut [u8]) {
@@ -38,7 +66,10 @@ pub fn report() {
     if cpuid(0x8000_0000).eax >= 0x8000_0004 {
         for (i, leaf) in (0x8000_0002u32..=0x8000_0004).enumerate() {
             let r = cpuid(leaf);
-            bytes_of(&[r.eax, r.ebx, r.ecx, r.edx], &mut brand[i * 16..i * 16 + 16]);
+            bytes_of(
+                &[r.eax, r.ebx, r.ecx, r.edx],
+                &mut brand[i * 16..i * 16 + 16],
+            );
         }
     }
     println!("cpu: brand_string={}", trimmed(&brand));

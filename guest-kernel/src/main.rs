@@ -62,8 +62,9 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
     match GuestCommand::from_u64(boot_info.command) {
         Some(GuestCommand::Serve) => {
             mm::heap::HEAP.init_bootstrap();
+            let frames_ptr = &raw mut FRAME_ALLOCATOR;
             // SAFETY: the only reference ever taken to the frame allocator's static.
-            let frames = unsafe { &mut *(&raw mut FRAME_ALLOCATOR) };
+            let frames = unsafe { &mut *frames_ptr };
             let mut mm = match MemoryManager::init(&boot_info, frames) {
                 Ok(mm) => mm,
                 Err(e) => panic!("memory manager init failed: {e:?}"),
@@ -102,7 +103,10 @@ fn panic(info: &PanicInfo) -> ! {
             Ok(())
         }
     }
-    let mut msg = Buf { bytes: [0; 512], len: 0 };
+    let mut msg = Buf {
+        bytes: [0; 512],
+        len: 0,
+    };
     let _ = core::fmt::Write::write_fmt(&mut msg, format_args!("{}", info.message()));
     let text = core::str::from_utf8(&msg.bytes[..msg.len]).unwrap_or("<unprintable panic message>");
     let (file, line, col) = info

@@ -165,7 +165,7 @@ pub fn handle(
                     reply_payload = vec![0u8; ops.len() * OP_RECORD_SIZE];
                     for (op, rec) in ops
                         .iter()
-                        .zip(reply_payload.chunks_exact_mut(OP_RECORD_SIZE))
+                        .zip(reply_payload.as_chunks_mut::<OP_RECORD_SIZE>().0)
                     {
                         op.encode(rec).expect("record buffer is OP_RECORD_SIZE");
                     }

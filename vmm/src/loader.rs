@@ -44,13 +44,18 @@ pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), VmmError> {
         return Err(VmmError::NotElf("not a 64-bit little-endian ELF".into()));
     }
     if u16_at(image, 18) != 62 {
-        return Err(VmmError::NotElf(format!("machine {} is not x86_64 (62)", u16_at(image, 18))));
+        return Err(VmmError::NotElf(format!(
+            "machine {} is not x86_64 (62)",
+            u16_at(image, 18)
+        )));
     }
     let phoff = u64_at(image, 32);
     let phentsize = u16_at(image, 54) as usize;
     let phnum = u16_at(image, 56) as usize;
     if phentsize != PHDR_SIZE {
-        return Err(VmmError::NotElf(format!("program header size {phentsize}, expected 56")));
+        return Err(VmmError::NotElf(format!(
+            "program header size {phentsize}, expected 56"
+        )));
     }
     let table_end = phoff
         .checked_add((phnum * PHDR_SIZE) as u64)
@@ -62,13 +67,23 @@ pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), VmmError> {
             ))
         })?;
     let mut extent: Option<(u64, u64)> = None;
-    for ph in image[phoff as usize..table_end as usize].chunks_exact(PHDR_SIZE) {
+    for ph in image[phoff as usize..table_end as usize]
+        .as_chunks::<PHDR_SIZE>()
+        .0
+    {
         if u32_at(ph, 0) != PT_LOAD {
             continue;
         }
-        let (offset, paddr, filesz, memsz) =
-            (u64_at(ph, 8), u64_at(ph, 24), u64_at(ph, 32), u64_at(ph, 40));
-        if offset.checked_add(filesz).is_none_or(|end| end > image.len() as u64) {
+        let (offset, paddr, filesz, memsz) = (
+            u64_at(ph, 8),
+            u64_at(ph, 24),
+            u64_at(ph, 32),
+            u64_at(ph, 40),
+        );
+        if offset
+            .checked_add(filesz)
+            .is_none_or(|end| end > image.len() as u64)
+        {
             return Err(VmmError::TruncatedElf(format!(
                 "segment at file offset {offset:#x} (size {filesz:#x}) runs past the file's {} bytes",
                 image.len()
@@ -93,7 +108,11 @@ pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), VmmError> {
 }
 
 /// Checks and loads `image`; segments go to their physical addresses, entry is the ELF entry.
-pub fn load_kernel(mem: &GuestMemoryMmap, image: &[u8], ram_size: u64) -> Result<LoadedKernel, VmmError> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    image: &[u8],
+    ram_size: u64,
+) -> Result<LoadedKernel, VmmError> {
     let (phys_start, phys_end) = check_elf(image, ram_size)?;
     let result = Elf::load(mem, None, &mut Cursor::new(image), None).map_err(VmmError::Load)?;
     Ok(LoadedKernel {
@@ -109,7 +128,13 @@ mod tests {
 
     #[test]
     fn rejects_non_elf_and_short_headers() {
-        assert!(matches!(check_elf(b"hello", 1 << 30), Err(VmmError::NotElf(_))));
-        assert!(matches!(check_elf(b"\x7fELF\x02\x01", 1 << 30), Err(VmmError::TruncatedElf(_))));
+        assert!(matches!(
+            check_elf(b"hello", 1 << 30),
+            Err(VmmError::NotElf(_))
+        ));
+        assert!(matches!(
+            check_elf(b"\x7fELF\x02\x01", 1 << 30),
+            Err(VmmError::TruncatedElf(_))
+        ));
     }
 }

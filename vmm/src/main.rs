@@ -100,7 +100,11 @@ fn run(cli: Cli) -> Result<u32, VmmError> {
             if !check.passed() {
                 return Err(VmmError::SelfCheckFailed(check.failures));
             }
-            eprintln!("vmm: MM self-check passed: {} of {} steps", check.checked, check.step_count());
+            eprintln!(
+                "vmm: MM self-check passed: {} of {} steps",
+                check.checked,
+                check.step_count()
+            );
             Ok(status)
         }
     }

@@ -46,58 +46,452 @@ pub fn steps() -> Vec<Step> {
     vec![
         step("create space A", CreateSpace, Value(1)),
         step("create space B", CreateSpace, Value(2)),
-        step("map fixed 4 pages", MapFixed { space: a, addr: 0x40_0000, size: 0x4000, access: URW }, At(0x40_0000)),
-        step("write from ring 3", TouchWrite { space: a, addr: 0x40_0010, value: v }, Value(v)),
-        step("read back from ring 3", TouchRead { space: a, addr: 0x40_0010 }, Value(v)),
-        step("fresh page reads zero", TouchRead { space: a, addr: 0x40_1008 }, Value(0)),
-        step("unaligned read across pages", TouchRead { space: a, addr: 0x40_1ffc }, Value(0)),
-        step("fixed map overlapping is refused", MapFixed { space: a, addr: 0x40_3000, size: 0x2000, access: URW }, Error(Status::Overlap)),
-        step("fixed map touching the end is fine", MapFixed { space: a, addr: 0x40_4000, size: 0x1000, access: URW }, At(0x40_4000)),
-        step("misaligned base", MapFixed { space: a, addr: 0x50_0001, size: 0x1000, access: URW }, Error(Status::InvalidArgument)),
-        step("zero size", MapAnywhere { space: a, size: 0, align: 0x1000, access: URW }, Error(Status::InvalidArgument)),
-        step("misaligned size", MapAnywhere { space: a, size: 0x1234, align: 0x1000, access: URW }, Error(Status::InvalidArgument)),
-        step("non-power-of-two alignment", MapAnywhere { space: a, size: 0x1000, align: 0x3000, access: URW }, Error(Status::BadAlignment)),
-        step("map anywhere", MapAnywhere { space: a, size: 0x3000, align: 0x1000, access: URW }, AlignedTo(0x1000)),
-        step("map anywhere, 1 GiB aligned", MapAnywhere { space: a, size: 0x20_0000, align: GIB, access: URW }, AlignedTo(GIB)),
-        step("map randomized, 64 KiB aligned", MapRandomized { space: a, size: 0x1_0000, align: 0x1_0000, access: URW }, AlignedTo(0x1_0000)),
-        step("map at the top of user space", MapFixed { space: a, addr: USER_SPACE_END - 0x1000, size: 0x1000, access: URW }, At(USER_SPACE_END - 0x1000)),
-        step("map past the top of user space", MapFixed { space: a, addr: USER_SPACE_END - 0x1000, size: 0x2000, access: URW }, Error(Status::OutOfRange)),
-        step("map past 2^64", MapFixed { space: a, addr: 0xFFFF_FFFF_FFFF_F000, size: 0x2000, access: URW }, Error(Status::Overflow)),
-        step("unknown access bits", MapAnywhere { space: a, size: 0x1000, align: 0x1000, access: 0x100 }, Error(Status::BadAccess)),
-        step("protect the middle page read-only (split in 3)", Protect { space: a, addr: 0x40_1000, size: 0x1000, access: USER | READ }, Ok),
-        step("write to read-only page faults", TouchWrite { space: a, addr: 0x40_1000, value: 1 }, Fault(FaultKind::SegvAccess)),
-        step("read of read-only page works", TouchRead { space: a, addr: 0x40_1008 }, Value(0)),
-        step("left piece keeps its data", TouchRead { space: a, addr: 0x40_0010 }, Value(v)),
-        step("right piece stays writable", TouchWrite { space: a, addr: 0x40_2000, value: 7 }, Value(7)),
-        step("protect across a hole is refused", Protect { space: a, addr: 0x40_4000, size: 0x2000, access: URW }, Error(Status::NotMapped)),
-        step("refused protect changed nothing", TouchWrite { space: a, addr: 0x40_4000, value: 9 }, Value(9)),
-        step("protect to none keeps the data", Protect { space: a, addr: 0x40_0000, size: 0x1000, access: USER }, Ok),
-        step("no access after protect to none", TouchRead { space: a, addr: 0x40_0010 }, Fault(FaultKind::SegvAccess)),
-        step("protect back to read-write", Protect { space: a, addr: 0x40_0000, size: 0x1000, access: URW }, Ok),
-        step("data survived protect to none", TouchRead { space: a, addr: 0x40_0010 }, Value(v)),
-        step("execute in a no-exec region faults", TouchExec { space: a, addr: 0x40_0000 }, Fault(FaultKind::SegvAccess)),
-        step("map an executable page", MapFixed { space: a, addr: 0x60_0000, size: 0x1000, access: USER | READ | EXECUTE }, At(0x60_0000)),
-        step("execute from ring 3", TouchExec { space: a, addr: 0x60_0000 }, Ok),
-        step("executed page still reads zero", TouchRead { space: a, addr: 0x60_0000 }, Value(0)),
-        step("map a kernel-only page in user space", MapFixed { space: a, addr: 0x70_0000, size: 0x1000, access: READ | WRITE }, At(0x70_0000)),
-        step("user touch of a supervisor page faults", TouchRead { space: a, addr: 0x70_0000 }, Fault(FaultKind::SegvAccess)),
-        step("user touch of kernel memory faults", TouchRead { space: a, addr: 0xFFFF_FFFF_8020_0000 }, Fault(FaultKind::SegvAccess)),
-        step("non-canonical address", TouchRead { space: a, addr: 0x8000_0000_0000_0000 }, Fault(FaultKind::GeneralProtection)),
-        step("touch with no region", TouchRead { space: a, addr: 0x1000_0000 }, Fault(FaultKind::SegvNoRegion)),
-        step("space B does not see A's memory", TouchRead { space: b, addr: 0x40_0010 }, Fault(FaultKind::SegvNoRegion)),
+        step(
+            "map fixed 4 pages",
+            MapFixed {
+                space: a,
+                addr: 0x40_0000,
+                size: 0x4000,
+                access: URW,
+            },
+            At(0x40_0000),
+        ),
+        step(
+            "write from ring 3",
+            TouchWrite {
+                space: a,
+                addr: 0x40_0010,
+                value: v,
+            },
+            Value(v),
+        ),
+        step(
+            "read back from ring 3",
+            TouchRead {
+                space: a,
+                addr: 0x40_0010,
+            },
+            Value(v),
+        ),
+        step(
+            "fresh page reads zero",
+            TouchRead {
+                space: a,
+                addr: 0x40_1008,
+            },
+            Value(0),
+        ),
+        step(
+            "unaligned read across pages",
+            TouchRead {
+                space: a,
+                addr: 0x40_1ffc,
+            },
+            Value(0),
+        ),
+        step(
+            "fixed map overlapping is refused",
+            MapFixed {
+                space: a,
+                addr: 0x40_3000,
+                size: 0x2000,
+                access: URW,
+            },
+            Error(Status::Overlap),
+        ),
+        step(
+            "fixed map touching the end is fine",
+            MapFixed {
+                space: a,
+                addr: 0x40_4000,
+                size: 0x1000,
+                access: URW,
+            },
+            At(0x40_4000),
+        ),
+        step(
+            "misaligned base",
+            MapFixed {
+                space: a,
+                addr: 0x50_0001,
+                size: 0x1000,
+                access: URW,
+            },
+            Error(Status::InvalidArgument),
+        ),
+        step(
+            "zero size",
+            MapAnywhere {
+                space: a,
+                size: 0,
+                align: 0x1000,
+                access: URW,
+            },
+            Error(Status::InvalidArgument),
+        ),
+        step(
+            "misaligned size",
+            MapAnywhere {
+                space: a,
+                size: 0x1234,
+                align: 0x1000,
+                access: URW,
+            },
+            Error(Status::InvalidArgument),
+        ),
+        step(
+            "non-power-of-two alignment",
+            MapAnywhere {
+                space: a,
+                size: 0x1000,
+                align: 0x3000,
+                access: URW,
+            },
+            Error(Status::BadAlignment),
+        ),
+        step(
+            "map anywhere",
+            MapAnywhere {
+                space: a,
+                size: 0x3000,
+                align: 0x1000,
+                access: URW,
+            },
+            AlignedTo(0x1000),
+        ),
+        step(
+            "map anywhere, 1 GiB aligned",
+            MapAnywhere {
+                space: a,
+                size: 0x20_0000,
+                align: GIB,
+                access: URW,
+            },
+            AlignedTo(GIB),
+        ),
+        step(
+            "map randomized, 64 KiB aligned",
+            MapRandomized {
+                space: a,
+                size: 0x1_0000,
+                align: 0x1_0000,
+                access: URW,
+            },
+            AlignedTo(0x1_0000),
+        ),
+        step(
+            "map at the top of user space",
+            MapFixed {
+                space: a,
+                addr: USER_SPACE_END - 0x1000,
+                size: 0x1000,
+                access: URW,
+            },
+            At(USER_SPACE_END - 0x1000),
+        ),
+        step(
+            "map past the top of user space",
+            MapFixed {
+                space: a,
+                addr: USER_SPACE_END - 0x1000,
+                size: 0x2000,
+                access: URW,
+            },
+            Error(Status::OutOfRange),
+        ),
+        step(
+            "map past 2^64",
+            MapFixed {
+                space: a,
+                addr: 0xFFFF_FFFF_FFFF_F000,
+                size: 0x2000,
+                access: URW,
+            },
+            Error(Status::Overflow),
+        ),
+        step(
+            "unknown access bits",
+            MapAnywhere {
+                space: a,
+                size: 0x1000,
+                align: 0x1000,
+                access: 0x100,
+            },
+            Error(Status::BadAccess),
+        ),
+        step(
+            "protect the middle page read-only (split in 3)",
+            Protect {
+                space: a,
+                addr: 0x40_1000,
+                size: 0x1000,
+                access: USER | READ,
+            },
+            Ok,
+        ),
+        step(
+            "write to read-only page faults",
+            TouchWrite {
+                space: a,
+                addr: 0x40_1000,
+                value: 1,
+            },
+            Fault(FaultKind::SegvAccess),
+        ),
+        step(
+            "read of read-only page works",
+            TouchRead {
+                space: a,
+                addr: 0x40_1008,
+            },
+            Value(0),
+        ),
+        step(
+            "left piece keeps its data",
+            TouchRead {
+                space: a,
+                addr: 0x40_0010,
+            },
+            Value(v),
+        ),
+        step(
+            "right piece stays writable",
+            TouchWrite {
+                space: a,
+                addr: 0x40_2000,
+                value: 7,
+            },
+            Value(7),
+        ),
+        step(
+            "protect across a hole is refused",
+            Protect {
+                space: a,
+                addr: 0x40_4000,
+                size: 0x2000,
+                access: URW,
+            },
+            Error(Status::NotMapped),
+        ),
+        step(
+            "refused protect changed nothing",
+            TouchWrite {
+                space: a,
+                addr: 0x40_4000,
+                value: 9,
+            },
+            Value(9),
+        ),
+        step(
+            "protect to none keeps the data",
+            Protect {
+                space: a,
+                addr: 0x40_0000,
+                size: 0x1000,
+                access: USER,
+            },
+            Ok,
+        ),
+        step(
+            "no access after protect to none",
+            TouchRead {
+                space: a,
+                addr: 0x40_0010,
+            },
+            Fault(FaultKind::SegvAccess),
+        ),
+        step(
+            "protect back to read-write",
+            Protect {
+                space: a,
+                addr: 0x40_0000,
+                size: 0x1000,
+                access: URW,
+            },
+            Ok,
+        ),
+        step(
+            "data survived protect to none",
+            TouchRead {
+                space: a,
+                addr: 0x40_0010,
+            },
+            Value(v),
+        ),
+        step(
+            "execute in a no-exec region faults",
+            TouchExec {
+                space: a,
+                addr: 0x40_0000,
+            },
+            Fault(FaultKind::SegvAccess),
+        ),
+        step(
+            "map an executable page",
+            MapFixed {
+                space: a,
+                addr: 0x60_0000,
+                size: 0x1000,
+                access: USER | READ | EXECUTE,
+            },
+            At(0x60_0000),
+        ),
+        step(
+            "execute from ring 3",
+            TouchExec {
+                space: a,
+                addr: 0x60_0000,
+            },
+            Ok,
+        ),
+        step(
+            "executed page still reads zero",
+            TouchRead {
+                space: a,
+                addr: 0x60_0000,
+            },
+            Value(0),
+        ),
+        step(
+            "map a kernel-only page in user space",
+            MapFixed {
+                space: a,
+                addr: 0x70_0000,
+                size: 0x1000,
+                access: READ | WRITE,
+            },
+            At(0x70_0000),
+        ),
+        step(
+            "user touch of a supervisor page faults",
+            TouchRead {
+                space: a,
+                addr: 0x70_0000,
+            },
+            Fault(FaultKind::SegvAccess),
+        ),
+        step(
+            "user touch of kernel memory faults",
+            TouchRead {
+                space: a,
+                addr: 0xFFFF_FFFF_8020_0000,
+            },
+            Fault(FaultKind::SegvAccess),
+        ),
+        step(
+            "non-canonical address",
+            TouchRead {
+                space: a,
+                addr: 0x8000_0000_0000_0000,
+            },
+            Fault(FaultKind::GeneralProtection),
+        ),
+        step(
+            "touch with no region",
+            TouchRead {
+                space: a,
+                addr: 0x1000_0000,
+            },
+            Fault(FaultKind::SegvNoRegion),
+        ),
+        step(
+            "space B does not see A's memory",
+            TouchRead {
+                space: b,
+                addr: 0x40_0010,
+            },
+            Fault(FaultKind::SegvNoRegion),
+        ),
         step("snapshot A", Snapshot { space: a }, Ok),
-        step("partial unmap spanning two pieces", Unmap { space: a, addr: 0x40_1000, size: 0x2000 }, Ok),
-        step("unmapped page faults", TouchRead { space: a, addr: 0x40_1000 }, Fault(FaultKind::SegvNoRegion)),
-        step("page below the unmap keeps its data", TouchRead { space: a, addr: 0x40_0010 }, Value(v)),
-        step("page above the unmap is still mapped", TouchRead { space: a, addr: 0x40_3000 }, Value(0)),
-        step("unmap across regions and holes", Unmap { space: a, addr: 0x40_0000, size: 0x40_0000 }, Ok),
-        step("everything in the range is gone", TouchRead { space: a, addr: 0x60_0000 }, Fault(FaultKind::SegvNoRegion)),
-        step("unmap of an empty range is fine", Unmap { space: a, addr: 0x40_0000, size: 0x1000 }, Ok),
-        step("unmap past the top is refused", Unmap { space: a, addr: USER_SPACE_END, size: 0x1000 }, Error(Status::OutOfRange)),
-        step("snapshot the kernel", Snapshot { space: KERNEL_SPACE }, Value(3)),
+        step(
+            "partial unmap spanning two pieces",
+            Unmap {
+                space: a,
+                addr: 0x40_1000,
+                size: 0x2000,
+            },
+            Ok,
+        ),
+        step(
+            "unmapped page faults",
+            TouchRead {
+                space: a,
+                addr: 0x40_1000,
+            },
+            Fault(FaultKind::SegvNoRegion),
+        ),
+        step(
+            "page below the unmap keeps its data",
+            TouchRead {
+                space: a,
+                addr: 0x40_0010,
+            },
+            Value(v),
+        ),
+        step(
+            "page above the unmap is still mapped",
+            TouchRead {
+                space: a,
+                addr: 0x40_3000,
+            },
+            Value(0),
+        ),
+        step(
+            "unmap across regions and holes",
+            Unmap {
+                space: a,
+                addr: 0x40_0000,
+                size: 0x40_0000,
+            },
+            Ok,
+        ),
+        step(
+            "everything in the range is gone",
+            TouchRead {
+                space: a,
+                addr: 0x60_0000,
+            },
+            Fault(FaultKind::SegvNoRegion),
+        ),
+        step(
+            "unmap of an empty range is fine",
+            Unmap {
+                space: a,
+                addr: 0x40_0000,
+                size: 0x1000,
+            },
+            Ok,
+        ),
+        step(
+            "unmap past the top is refused",
+            Unmap {
+                space: a,
+                addr: USER_SPACE_END,
+                size: 0x1000,
+            },
+            Error(Status::OutOfRange),
+        ),
+        step(
+            "snapshot the kernel",
+            Snapshot {
+                space: KERNEL_SPACE,
+            },
+            Value(3),
+        ),
         step("destroy space B", DestroySpace { space: b }, Ok),
-        step("destroyed space is gone", TouchRead { space: b, addr: 0x40_0000 }, Error(Status::NoSuchSpace)),
-        step("destroy an unknown space", DestroySpace { space: 99 }, Error(Status::NoSuchSpace)),
+        step(
+            "destroyed space is gone",
+            TouchRead {
+                space: b,
+                addr: 0x40_0000,
+            },
+            Error(Status::NoSuchSpace),
+        ),
+        step(
+            "destroy an unknown space",
+            DestroySpace { space: 99 },
+            Error(Status::NoSuchSpace),
+        ),
         step("destroy space A", DestroySpace { space: a }, Ok),
     ]
 }
@@ -109,7 +503,7 @@ pub fn check(expect: Expect, got: &OpResult) -> Result<(), String> {
         Expect::Ok => ok,
         Expect::Value(v) => ok && got.value == v,
         Expect::At(a) => ok && got.addr == a,
-        Expect::AlignedTo(a) => ok && got.addr % a == 0,
+        Expect::AlignedTo(a) => ok && got.addr.is_multiple_of(a),
         Expect::Error(s) => got.status == s,
         Expect::Fault(f) => got.status == Status::Faulted && got.fault == f,
     };
@@ -133,7 +527,13 @@ pub struct SelfCheck {
 
 impl SelfCheck {
     pub fn new() -> Self {
-        SelfCheck { steps: steps(), sent: false, failures: Vec::new(), snapshots: Vec::new(), checked: 0 }
+        SelfCheck {
+            steps: steps(),
+            sent: false,
+            failures: Vec::new(),
+            snapshots: Vec::new(),
+            checked: 0,
+        }
     }
 
     pub fn step_count(&self) -> usize {
@@ -152,17 +552,27 @@ impl Default for SelfCheck {
 }
 
 impl Driver for SelfCheck {
-    fn next_batch(&mut self, _: &GuestMemoryMmap, results: &[OpResult], _: &[SpaceRecord]) -> Result<Option<Vec<Op>>, String> {
+    fn next_batch(
+        &mut self,
+        _: &GuestMemoryMmap,
+        results: &[OpResult],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, String> {
         if !self.sent {
             self.sent = true;
             return Ok(Some(self.steps.iter().map(|s| s.op).collect()));
         }
         if results.len() != self.steps.len() {
-            return Err(format!("guest returned {} results for {} operations", results.len(), self.steps.len()));
+            return Err(format!(
+                "guest returned {} results for {} operations",
+                results.len(),
+                self.steps.len()
+            ));
         }
         for (i, (step, got)) in self.steps.iter().zip(results).enumerate() {
             if let Err(why) = check(step.expect, got) {
-                self.failures.push(format!("step {i} ({}): {why}", step.what));
+                self.failures
+                    .push(format!("step {i} ({}): {why}", step.what));
             }
         }
         self.checked = results.len();
@@ -170,23 +580,38 @@ impl Driver for SelfCheck {
             let names: Vec<&str> = kernel.iter().map(|r| r.name_str()).collect();
             for wanted in ["physmap", "kernel image", "kmalloc"] {
                 if !names.contains(&wanted) {
-                    self.failures.push(format!("kernel snapshot lacks the {wanted:?} region: {names:?}"));
+                    self.failures.push(format!(
+                        "kernel snapshot lacks the {wanted:?} region: {names:?}"
+                    ));
                 }
             }
             if kernel.iter().any(|r| r.backed != 0) {
-                self.failures.push("kernel reservations must be unbacked".into());
+                self.failures
+                    .push("kernel reservations must be unbacked".into());
             }
         }
         Ok(None)
     }
 
-    fn snapshot(&mut self, _: &GuestMemoryMmap, space: u32, _: u64, first: u64, _: u64, regions: &[RegionRecord]) -> Result<(), String> {
+    fn snapshot(
+        &mut self,
+        _: &GuestMemoryMmap,
+        space: u32,
+        _: u64,
+        first: u64,
+        _: u64,
+        regions: &[RegionRecord],
+    ) -> Result<(), String> {
         if first == 0 {
             self.snapshots.push((space, Vec::new()));
         }
         match self.snapshots.last_mut() {
             Some((s, list)) if *s == space => list.extend_from_slice(regions),
-            _ => return Err(format!("snapshot chunk at {first} for space {space} arrived without its start")),
+            _ => {
+                return Err(format!(
+                    "snapshot chunk at {first} for space {space} arrived without its start"
+                ))
+            }
         }
         Ok(())
     }
@@ -198,14 +623,27 @@ mod tests {
 
     #[test]
     fn check_compares_every_field_it_promises() {
-        let ok = |addr, value| OpResult { addr, value, ..OpResult::ok() };
+        let ok = |addr, value| OpResult {
+            addr,
+            value,
+            ..OpResult::ok()
+        };
         assert!(check(Expect::Value(5), &ok(0, 5)).is_ok());
         assert!(check(Expect::Value(5), &ok(0, 6)).is_err());
         assert!(check(Expect::At(0x1000), &ok(0x2000, 0)).is_err());
         assert!(check(Expect::AlignedTo(0x10000), &ok(0x11000, 0)).is_err());
         assert!(check(Expect::Ok, &OpResult::error(Status::NoSpace)).is_err());
-        assert!(check(Expect::Error(Status::NoSpace), &OpResult::error(Status::Overlap)).is_err());
-        let segv = OpResult { status: Status::Faulted, fault: FaultKind::SegvAccess, addr: 0, value: 0 };
+        assert!(check(
+            Expect::Error(Status::NoSpace),
+            &OpResult::error(Status::Overlap)
+        )
+        .is_err());
+        let segv = OpResult {
+            status: Status::Faulted,
+            fault: FaultKind::SegvAccess,
+            addr: 0,
+            value: 0,
+        };
         assert!(check(Expect::Fault(FaultKind::SegvAccess), &segv).is_ok());
         assert!(check(Expect::Fault(FaultKind::SegvNoRegion), &segv).is_err());
     }
@@ -216,7 +654,13 @@ mod tests {
         assert!(steps.len() <= shared_mm::abi::MAX_BATCH);
         let kinds: std::collections::BTreeSet<String> = steps
             .iter()
-            .map(|s| format!("{:?}", s.op).split([' ', '{']).next().unwrap_or("").to_string())
+            .map(|s| {
+                format!("{:?}", s.op)
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect();
         assert_eq!(kinds.len(), 11, "{kinds:?}");
     }

@@ -28,7 +28,10 @@ pub struct ConsoleSink {
 
 impl ConsoleSink {
     pub fn new(echo: bool) -> Self {
-        ConsoleSink { echo, captured: Arc::default() }
+        ConsoleSink {
+            echo,
+            captured: Arc::default(),
+        }
     }
 
     /// Everything the guest printed so far.
@@ -40,7 +43,10 @@ impl ConsoleSink {
 
 impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.captured.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        self.captured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
         if self.echo {
             let mut out = std::io::stdout().lock();
             out.write_all(buf)?;
@@ -66,7 +72,9 @@ pub struct SerialConsole {
 
 impl SerialConsole {
     pub fn new(sink: ConsoleSink) -> Self {
-        SerialConsole { uart: Serial::new(NoInterrupt, sink) }
+        SerialConsole {
+            uart: Serial::new(NoInterrupt, sink),
+        }
     }
 
     /// Handles a guest `out` to COM1 register `offset`.

@@ -81,7 +81,7 @@ fn check_memory_size(size: u64) -> Result<(), VmmError> {
     if size > MAX_GUEST_RAM {
         return bad(format!("at most {} GiB is supported", MAX_GUEST_RAM >> 30));
     }
-    if size % (2 << 20) != 0 {
+    if !size.is_multiple_of(2 << 20) {
         return bad("it must be a multiple of 2 MiB".into());
     }
     Ok(())

@@ -27,8 +27,9 @@ pub struct Watchdog {
 impl Watchdog {
     /// Arms a watchdog for the current thread.
     pub fn start(limit: Duration) -> Result<Watchdog, VmmError> {
-        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-            .map_err(|e| VmmError::Driver(format!("cannot install the timeout signal handler: {e}")))?;
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(|e| {
+            VmmError::Driver(format!("cannot install the timeout signal handler: {e}"))
+        })?;
         // SAFETY: pthread_self has no preconditions.
         let target = unsafe { libc::pthread_self() };
         let expired = Arc::new(AtomicBool::new(false));
@@ -49,7 +50,12 @@ impl Watchdog {
                 std::thread::park_timeout(RESEND);
             }
         });
-        Ok(Watchdog { limit, expired, stop, thread: Some(thread) })
+        Ok(Watchdog {
+            limit,
+            expired,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn limit(&self) -> Duration {

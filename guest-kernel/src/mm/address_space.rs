@@ -24,7 +24,10 @@ const ANON: &str = "anon";
 /// Turns a wire access mask into an `Access`: unknown bits are refused, and WRITE or EXECUTE
 /// imply READ (x86 cannot express write-only or execute-only pages).
 pub fn normalize_access(bits: u32) -> Result<Access, MmError> {
-    let access = u8::try_from(bits).ok().and_then(Access::from_bits).ok_or(MmError::BadAccess)?;
+    let access = u8::try_from(bits)
+        .ok()
+        .and_then(Access::from_bits)
+        .ok_or(MmError::BadAccess)?;
     if access.contains(Access::WRITE) || access.contains(Access::EXECUTE) {
         Ok(access | Access::READ)
     } else {
@@ -40,13 +43,13 @@ pub fn pte_flags(access: Access) -> Option<PageTableFlags> {
     }
     let mut flags = PageTableFlags::PRESENT;
     if access.contains(Access::WRITE) {
-        flags = flags | PageTableFlags::WRITABLE;
+        flags |= PageTableFlags::WRITABLE;
     }
     if access.contains(Access::USER) {
-        flags = flags | PageTableFlags::USER;
+        flags |= PageTableFlags::USER;
     }
     if !access.contains(Access::EXECUTE) {
-        flags = flags | PageTableFlags::NO_EXECUTE;
+        flags |= PageTableFlags::NO_EXECUTE;
     }
     Some(flags)
 }
@@ -72,15 +75,22 @@ impl AddressSpace {
         trampoline: PhysicalFrame,
         frames: &mut FrameAllocator,
     ) -> Result<Self, MmError> {
-        let total = VirtualRange::new(VirtualAddress::new(USER_SPACE_BASE), USER_SPACE_END - USER_SPACE_BASE)
-            .expect("user range constants are valid");
+        let total = VirtualRange::new(
+            VirtualAddress::new(USER_SPACE_BASE),
+            USER_SPACE_END - USER_SPACE_BASE,
+        )
+        .expect("user range constants are valid");
         let mut directory = PageDirectory::new_user(kernel, frames)?;
         let flags = PageTableFlags::PRESENT | PageTableFlags::USER;
         if let Err(e) = directory.map(USER_TRAMPOLINE, trampoline, flags, frames) {
             directory.destroy_user(frames);
             return Err(e);
         }
-        Ok(AddressSpace { id, tree: RegionTree::new(total), directory })
+        Ok(AddressSpace {
+            id,
+            tree: RegionTree::new(total),
+            directory,
+        })
     }
 
     pub fn id(&self) -> u32 {
@@ -104,15 +114,27 @@ impl AddressSpace {
     }
 
     /// Maps fresh demand-zero memory in the lowest-addressed hole that fits.
-    pub fn map_anywhere(&mut self, size: u64, align: u64, access: u32) -> Result<VirtualRange, MmError> {
+    pub fn map_anywhere(
+        &mut self,
+        size: u64,
+        align: u64,
+        access: u32,
+    ) -> Result<VirtualRange, MmError> {
         let region = Self::new_region(normalize_access(access)?, VMObject::new());
         Ok(self.tree.place_anywhere(region, size, align)?)
     }
 
     /// Maps fresh demand-zero memory at exactly `[addr, addr + size)`; fails on any overlap.
-    pub fn map_fixed(&mut self, addr: u64, size: u64, access: u32) -> Result<VirtualRange, MmError> {
+    pub fn map_fixed(
+        &mut self,
+        addr: u64,
+        size: u64,
+        access: u32,
+    ) -> Result<VirtualRange, MmError> {
         let region = Self::new_region(normalize_access(access)?, VMObject::new());
-        Ok(self.tree.place_specifically(region, VirtualAddress::new(addr), size)?)
+        Ok(self
+            .tree
+            .place_specifically(region, VirtualAddress::new(addr), size)?)
     }
 
     /// Maps fresh demand-zero memory at a uniformly random aligned position.
@@ -129,7 +151,8 @@ impl AddressSpace {
 
     /// Checks an operation's range: aligned, non-empty, no overflow, inside the user range.
     fn checked_range(&self, addr: u64, size: u64) -> Result<VirtualRange, MmError> {
-        let range = VirtualRange::new(VirtualAddress::new(addr), size).map_err(RegionTreeError::from)?;
+        let range =
+            VirtualRange::new(VirtualAddress::new(addr), size).map_err(RegionTreeError::from)?;
         if !self.tree.total_range().contains_range(&range) {
             return Err(RegionTreeError::OutOfRange.into());
         }
@@ -147,7 +170,10 @@ impl AddressSpace {
     /// Takes the region at `whole` out of the tree, after clearing the PTEs of `cut` (a part of
     /// it, if given) and flushing them from the TLB. Returns the region's access and backing.
     fn detach(&mut self, whole: VirtualRange, cut: Option<VirtualRange>) -> (Access, VMObject) {
-        let region = self.tree.find_region_containing(whole.base()).expect("region is in the tree");
+        let region = self
+            .tree
+            .find_region_containing(whole.base())
+            .expect("region is in the tree");
         let object = region.backing().expect("user regions are backed");
         if let Some(cut) = cut {
             for (page, _) in object.pages_in(cut.base().get(), cut.last().get()) {
@@ -155,34 +181,58 @@ impl AddressSpace {
                 invlpg(page);
             }
         }
-        let region = self.tree.remove(whole.base()).expect("region is in the tree");
+        let region = self
+            .tree
+            .remove(whole.base())
+            .expect("region is in the tree");
         let access = region.access();
-        (access, region.into_backing().expect("user regions are backed"))
+        (
+            access,
+            region.into_backing().expect("user regions are backed"),
+        )
     }
 
     fn place_piece(&mut self, piece: Piece) {
         let region = Self::new_region(piece.access, piece.object);
-        if let Err(e) = self.tree.place_specifically(region, piece.range.base(), piece.range.size()) {
+        if let Err(e) = self
+            .tree
+            .place_specifically(region, piece.range.base(), piece.range.size())
+        {
             panic!("re-placing split piece {} failed: {}", piece.range, e.kind);
         }
     }
 
     /// Unmaps every page of `[addr, addr + size)`: whole regions, parts of regions (which are
     /// split), and holes (ignored), like munmap.
-    pub fn unmap(&mut self, addr: u64, size: u64, frames: &mut FrameAllocator) -> Result<(), MmError> {
+    pub fn unmap(
+        &mut self,
+        addr: u64,
+        size: u64,
+        frames: &mut FrameAllocator,
+    ) -> Result<(), MmError> {
         let range = self.checked_range(addr, size)?;
         // Prepare: nothing below can fail.
         for whole in self.intersecting(range) {
-            let cut = whole.intersection(&range).expect("regions intersect the range");
+            let cut = whole
+                .intersection(&range)
+                .expect("regions intersect the range");
             let (access, object) = self.detach(whole, Some(cut));
             let (left, right) = whole.subtract(&range);
             let freed = object.take_pages(cut.base().get(), cut.last().get());
             let right_object = right.map(|r| object.split_off(r.base().get()));
             if let Some(left) = left {
-                self.place_piece(Piece { range: left, access, object });
+                self.place_piece(Piece {
+                    range: left,
+                    access,
+                    object,
+                });
             }
             if let (Some(range), Some(object)) = (right, right_object) {
-                self.place_piece(Piece { range, access, object });
+                self.place_piece(Piece {
+                    range,
+                    access,
+                    object,
+                });
             }
             for frame in freed {
                 frames.free(frame).expect("a region's frame was allocated");
@@ -193,7 +243,13 @@ impl AddressSpace {
 
     /// Changes the access of every page of `[addr, addr + size)`, splitting regions at the
     /// range's edges. The whole range must be mapped (no holes), like mprotect.
-    pub fn protect(&mut self, addr: u64, size: u64, access: u32, frames: &mut FrameAllocator) -> Result<(), MmError> {
+    pub fn protect(
+        &mut self,
+        addr: u64,
+        size: u64,
+        access: u32,
+        frames: &mut FrameAllocator,
+    ) -> Result<(), MmError> {
         let range = self.checked_range(addr, size)?;
         let access = normalize_access(access)?;
         let wholes = self.intersecting(range);
@@ -210,7 +266,9 @@ impl AddressSpace {
         }
         // Commit.
         for whole in wholes {
-            let middle = whole.intersection(&range).expect("regions intersect the range");
+            let middle = whole
+                .intersection(&range)
+                .expect("regions intersect the range");
             let (old_access, object) = self.detach(whole, None);
             let (left, right) = whole.subtract(&range);
             let middle_object = object.split_off(middle.base().get());
@@ -230,11 +288,23 @@ impl AddressSpace {
                 invlpg(page);
             }
             if let Some(left) = left {
-                self.place_piece(Piece { range: left, access: old_access, object });
+                self.place_piece(Piece {
+                    range: left,
+                    access: old_access,
+                    object,
+                });
             }
-            self.place_piece(Piece { range: middle, access, object: middle_object });
+            self.place_piece(Piece {
+                range: middle,
+                access,
+                object: middle_object,
+            });
             if let (Some(range), Some(object)) = (right, right_object) {
-                self.place_piece(Piece { range, access: old_access, object });
+                self.place_piece(Piece {
+                    range,
+                    access: old_access,
+                    object,
+                });
             }
         }
         Ok(())
@@ -247,7 +317,8 @@ impl AddressSpace {
             .tree
             .find_region_containing(VirtualAddress::new(page))
             .expect("populate is called for a page inside a region");
-        let flags = pte_flags(region.access()).expect("populate is called for an accessible region");
+        let flags =
+            pte_flags(region.access()).expect("populate is called for an accessible region");
         let object = region.backing().expect("user regions are backed");
         let frame = match object.frame_at(page) {
             Some(frame) => frame,

@@ -68,7 +68,7 @@ impl FrameAllocator {
     /// Returns `frame` to the pool. Freeing a frame twice is refused.
     pub fn free(&mut self, frame: PhysicalFrame) -> Result<(), NotAllocated> {
         let index = frame.0 / FRAME_SIZE;
-        if frame.0 % FRAME_SIZE != 0 || index as usize >= MAX_FRAMES {
+        if !frame.0.is_multiple_of(FRAME_SIZE) || index as usize >= MAX_FRAMES {
             return Err(NotAllocated(frame));
         }
         let (w, b) = (index as usize / 64, index % 64);
@@ -83,5 +83,4 @@ impl FrameAllocator {
     pub fn free_count(&self) -> usize {
         self.free_count
     }
-
 }

@@ -39,7 +39,6 @@ impl KernelHeap {
         // SAFETY: guaranteed by the caller.
         unsafe { self.arenas.lock()[1].init(base as *mut u8, size) };
     }
-
 }
 
 // SAFETY: every path goes through the arenas' mutex; each block is returned to the arena that

@@ -35,7 +35,12 @@ pub struct MemoryManager {
     rng: SplitMix64,
 }
 
-fn reserve(tree: &mut RegionTree<VMObject>, name: &'static str, base: u64, size: u64) -> VirtualRange {
+fn reserve(
+    tree: &mut RegionTree<VMObject>,
+    name: &'static str,
+    base: u64,
+    size: u64,
+) -> VirtualRange {
     let region = Box::new(Region::new(name, Access::READ | Access::WRITE, None));
     match tree.place_specifically(region, VirtualAddress::new(base), size) {
         Ok(range) => range,
@@ -48,15 +53,30 @@ impl MemoryManager {
     /// (all unbacked), switches to the kernel's own page tables and maps the heap.
     pub fn init(info: &BootInfo, frames: &'static mut FrameAllocator) -> Result<Self, MmError> {
         frames.init(info);
-        let total = VirtualRange::new(VirtualAddress::new(KERNEL_SPACE_BASE), 0u64.wrapping_sub(KERNEL_SPACE_BASE))
-            .expect("the kernel half is a valid range");
+        let total = VirtualRange::new(
+            VirtualAddress::new(KERNEL_SPACE_BASE),
+            0u64.wrapping_sub(KERNEL_SPACE_BASE),
+        )
+        .expect("the kernel half is a valid range");
         let mut kernel_tree = RegionTree::new(total);
-        reserve(&mut kernel_tree, "physmap", PHYSMAP_BASE, info.ram_size.next_multiple_of(TWO_MIB));
+        reserve(
+            &mut kernel_tree,
+            "physmap",
+            PHYSMAP_BASE,
+            info.ram_size.next_multiple_of(TWO_MIB),
+        );
         let image_start = info.kernel_phys_start & !(TWO_MIB - 1);
         let image_end = info.kernel_phys_end.next_multiple_of(TWO_MIB);
-        reserve(&mut kernel_tree, "kernel image", KERNEL_VIRT_BASE + image_start, image_end - image_start);
+        reserve(
+            &mut kernel_tree,
+            "kernel image",
+            KERNEL_VIRT_BASE + image_start,
+            image_end - image_start,
+        );
         let kmalloc = Box::new(Region::new("kmalloc", Access::READ | Access::WRITE, None));
-        let kmalloc = kernel_tree.place_anywhere(kmalloc, KMALLOC_RANGE, TWO_MIB).map_err(|e| MmError::Tree(e.kind))?;
+        let kmalloc = kernel_tree
+            .place_anywhere(kmalloc, KMALLOC_RANGE, TWO_MIB)
+            .map_err(|e| MmError::Tree(e.kind))?;
 
         let kernel_directory = PageDirectory::new_kernel(read_cr3(), frames)?;
         // SAFETY: the new directory's kernel half is the boot tables' kernel half (plus empty
@@ -76,7 +96,8 @@ impl MemoryManager {
         let heap_flags = PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         for offset in (0..heap_size).step_by(4096) {
             let frame = mm.frames.allocate()?;
-            mm.kernel_directory.map(kmalloc.base().get() + offset, frame, heap_flags, mm.frames)?;
+            mm.kernel_directory
+                .map(kmalloc.base().get() + offset, frame, heap_flags, mm.frames)?;
         }
         // SAFETY: the pages were just mapped writable in the kernel half, nothing else uses
         // them, and the kmalloc region keeps the range reserved for good.
@@ -124,7 +145,9 @@ impl MemoryManager {
 
     fn create_space(&mut self) -> Result<u32, MmError> {
         if self.spaces.len() >= MAX_SPACES {
-            return Err(MmError::Tree(shared_mm::region_tree::RegionTreeError::NoSpace));
+            return Err(MmError::Tree(
+                shared_mm::region_tree::RegionTreeError::NoSpace,
+            ));
         }
         let id = self.next_space_id;
         let space = AddressSpace::new(id, &self.kernel_directory, self.trampoline, self.frames)?;
@@ -146,36 +169,61 @@ impl MemoryManager {
     /// Runs one operation from the host (all but `Snapshot`, which the agent serves).
     pub fn execute(&mut self, op: Op) -> OpResult {
         let placed = |r: Result<VirtualRange, MmError>| match r {
-            Ok(range) => OpResult { addr: range.base().get(), ..OpResult::ok() },
+            Ok(range) => OpResult {
+                addr: range.base().get(),
+                ..OpResult::ok()
+            },
             Err(e) => OpResult::error(e.into()),
         };
-        let done = |r: Result<(), MmError>| r.map_or_else(|e| OpResult::error(e.into()), |()| OpResult::ok());
-        let touched = |r: Result<OpResult, MmError>| r.unwrap_or_else(|e| OpResult::error(e.into()));
+        let done = |r: Result<(), MmError>| {
+            r.map_or_else(|e| OpResult::error(e.into()), |()| OpResult::ok())
+        };
+        let touched =
+            |r: Result<OpResult, MmError>| r.unwrap_or_else(|e| OpResult::error(e.into()));
         match op {
             Op::CreateSpace => match self.create_space() {
-                Ok(id) => OpResult { value: id as u64, ..OpResult::ok() },
+                Ok(id) => OpResult {
+                    value: id as u64,
+                    ..OpResult::ok()
+                },
                 Err(e) => OpResult::error(e.into()),
             },
             Op::DestroySpace { space } => done(self.destroy_space(space)),
-            Op::MapAnywhere { space, size, align, access } => {
-                placed(self.with_space(space, |s, _, _| s.map_anywhere(size, align, access)))
+            Op::MapAnywhere {
+                space,
+                size,
+                align,
+                access,
+            } => placed(self.with_space(space, |s, _, _| s.map_anywhere(size, align, access))),
+            Op::MapFixed {
+                space,
+                addr,
+                size,
+                access,
+            } => placed(self.with_space(space, |s, _, _| s.map_fixed(addr, size, access))),
+            Op::MapRandomized {
+                space,
+                size,
+                align,
+                access,
+            } => placed(self.with_space(space, |s, _, rng| {
+                s.map_randomized(size, align, access, rng)
+            })),
+            Op::Unmap { space, addr, size } => {
+                done(self.with_space(space, |s, f, _| s.unmap(addr, size, f)))
             }
-            Op::MapFixed { space, addr, size, access } => {
-                placed(self.with_space(space, |s, _, _| s.map_fixed(addr, size, access)))
-            }
-            Op::MapRandomized { space, size, align, access } => {
-                placed(self.with_space(space, |s, _, rng| s.map_randomized(size, align, access, rng)))
-            }
-            Op::Unmap { space, addr, size } => done(self.with_space(space, |s, f, _| s.unmap(addr, size, f))),
-            Op::Protect { space, addr, size, access } => {
-                done(self.with_space(space, |s, f, _| s.protect(addr, size, access, f)))
-            }
+            Op::Protect {
+                space,
+                addr,
+                size,
+                access,
+            } => done(self.with_space(space, |s, f, _| s.protect(addr, size, access, f))),
             Op::TouchRead { space, addr } => {
                 touched(self.with_space(space, |s, f, _| Ok(touch(s, addr, Touch::Read, f))))
             }
-            Op::TouchWrite { space, addr, value } => {
-                touched(self.with_space(space, |s, f, _| Ok(touch(s, addr, Touch::Write(value), f))))
-            }
+            Op::TouchWrite { space, addr, value } => touched(
+                self.with_space(space, |s, f, _| Ok(touch(s, addr, Touch::Write(value), f))),
+            ),
             Op::TouchExec { space, addr } => {
                 touched(self.with_space(space, |s, f, _| Ok(touch(s, addr, Touch::Execute, f))))
             }

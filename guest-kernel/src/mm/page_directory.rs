@@ -29,7 +29,9 @@ impl PageDirectory {
             let mut entry = read_entry(boot_pml4, slot);
             if entry & PageTableFlags::PRESENT.bits() == 0 {
                 let pdpt = new_table(frames)?;
-                entry = PageTableEntry::new(pdpt.0, PageTableFlags::PRESENT | PageTableFlags::WRITABLE).raw();
+                entry =
+                    PageTableEntry::new(pdpt.0, PageTableFlags::PRESENT | PageTableFlags::WRITABLE)
+                        .raw();
             }
             write_entry(pml4.0, slot, entry);
         }
@@ -51,7 +53,11 @@ impl PageDirectory {
     }
 
     /// Walks to the PT covering `va`, creating missing tables when `frames` is given.
-    fn leaf_table(&self, va: u64, mut frames: Option<&mut FrameAllocator>) -> Result<Option<u64>, MmError> {
+    fn leaf_table(
+        &self,
+        va: u64,
+        mut frames: Option<&mut FrameAllocator>,
+    ) -> Result<Option<u64>, MmError> {
         let mut table = self.pml4.0;
         let user = va < 0x0000_8000_0000_0000;
         for level in [PageLevel::Pml4, PageLevel::Pdpt, PageLevel::Pd] {
@@ -65,11 +71,13 @@ impl PageDirectory {
                 table = entry.frame();
                 continue;
             }
-            let Some(frames) = frames.as_deref_mut() else { return Ok(None) };
+            let Some(frames) = frames.as_deref_mut() else {
+                return Ok(None);
+            };
             let next = new_table(frames)?;
             let mut flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
             if user {
-                flags = flags | PageTableFlags::USER;
+                flags |= PageTableFlags::USER;
             }
             write_entry(table, index, PageTableEntry::new(next.0, flags).raw());
             table = next.0;
@@ -78,9 +86,21 @@ impl PageDirectory {
     }
 
     /// Maps the 4 KiB page at `va` to `frame` with `flags` (PRESENT is added).
-    pub fn map(&mut self, va: u64, frame: PhysicalFrame, flags: PageTableFlags, frames: &mut FrameAllocator) -> Result<(), MmError> {
-        let pt = self.leaf_table(va, Some(frames))?.expect("tables were created");
-        write_entry(pt, PageLevel::Pt.index(va), PageTableEntry::new(frame.0, flags | PageTableFlags::PRESENT).raw());
+    pub fn map(
+        &mut self,
+        va: u64,
+        frame: PhysicalFrame,
+        flags: PageTableFlags,
+        frames: &mut FrameAllocator,
+    ) -> Result<(), MmError> {
+        let pt = self
+            .leaf_table(va, Some(frames))?
+            .expect("tables were created");
+        write_entry(
+            pt,
+            PageLevel::Pt.index(va),
+            PageTableEntry::new(frame.0, flags | PageTableFlags::PRESENT).raw(),
+        );
         Ok(())
     }
 
@@ -111,9 +131,13 @@ impl PageDirectory {
             let Some(lower) = level.lower() else { return };
             for index in 0..ENTRIES_PER_TABLE {
                 let entry = PageTableEntry::from_raw(read_entry(table, index));
-                if entry.contains(PageTableFlags::PRESENT) && !entry.contains(PageTableFlags::HUGE_PAGE) {
+                if entry.contains(PageTableFlags::PRESENT)
+                    && !entry.contains(PageTableFlags::HUGE_PAGE)
+                {
                     free_below(entry.frame(), lower, frames);
-                    frames.free(PhysicalFrame(entry.frame())).expect("page table frame was allocated");
+                    frames
+                        .free(PhysicalFrame(entry.frame()))
+                        .expect("page table frame was allocated");
                 }
             }
         }
@@ -121,7 +145,9 @@ impl PageDirectory {
             let entry = PageTableEntry::from_raw(read_entry(self.pml4.0, slot));
             if entry.contains(PageTableFlags::PRESENT) {
                 free_below(entry.frame(), PageLevel::Pdpt, frames);
-                frames.free(PhysicalFrame(entry.frame())).expect("page table frame was allocated");
+                frames
+                    .free(PhysicalFrame(entry.frame()))
+                    .expect("page table frame was allocated");
             }
         }
         frames.free(self.pml4).expect("PML4 frame was allocated");

@@ -34,7 +34,10 @@ pub fn handle_user_page_fault(
     if address >= KERNEL_SPACE_BASE {
         return FaultOutcome::Segv(FaultKind::SegvAccess);
     }
-    let Some(region) = space.tree().find_region_containing(VirtualAddress::new(address)) else {
+    let Some(region) = space
+        .tree()
+        .find_region_containing(VirtualAddress::new(address))
+    else {
         return FaultOutcome::Segv(FaultKind::SegvNoRegion);
     };
     let required = if error_code & PF_FETCH != 0 {
@@ -47,7 +50,8 @@ pub fn handle_user_page_fault(
     let access = region.access();
     // A protection fault on a present page the region allows would mean the PTE disagrees with
     // the region: report it rather than retry forever.
-    if !access.contains(Access::USER) || !access.contains(required) || error_code & PF_PRESENT != 0 {
+    if !access.contains(Access::USER) || !access.contains(required) || error_code & PF_PRESENT != 0
+    {
         return FaultOutcome::Segv(FaultKind::SegvAccess);
     }
     match space.populate(address & !(PAGE_SIZE - 1), frames) {

@@ -38,32 +38,74 @@ pub enum Touch {
 }
 
 fn faulted(kind: FaultKind, addr: u64) -> OpResult {
-    OpResult { status: Status::Faulted, fault: kind, addr, value: 0 }
+    OpResult {
+        status: Status::Faulted,
+        fault: kind,
+        addr,
+        value: 0,
+    }
 }
 
 /// Runs one touch at `addr` in `space` (which must be the active address space).
-pub fn touch(space: &mut AddressSpace, addr: u64, kind: Touch, frames: &mut FrameAllocator) -> OpResult {
+pub fn touch(
+    space: &mut AddressSpace,
+    addr: u64,
+    kind: Touch,
+    frames: &mut FrameAllocator,
+) -> OpResult {
     if matches!(kind, Touch::Execute) && !is_canonical(addr) {
         // iretq to a non-canonical RIP would fault in ring 0; report what ring 3 would get.
         return faulted(FaultKind::GeneralProtection, addr);
     }
     let (entry, done) = match kind {
-        Touch::Read => (UserEntry { rip: READ_ENTRY, rdi: addr, rsi: 0 }, READ_DONE),
-        Touch::Write(value) => (UserEntry { rip: WRITE_ENTRY, rdi: addr, rsi: value }, WRITE_DONE),
-        Touch::Execute => (UserEntry { rip: addr, rdi: 0, rsi: 0 }, addr.wrapping_add(1)),
+        Touch::Read => (
+            UserEntry {
+                rip: READ_ENTRY,
+                rdi: addr,
+                rsi: 0,
+            },
+            READ_DONE,
+        ),
+        Touch::Write(value) => (
+            UserEntry {
+                rip: WRITE_ENTRY,
+                rdi: addr,
+                rsi: value,
+            },
+            WRITE_DONE,
+        ),
+        Touch::Execute => (
+            UserEntry {
+                rip: addr,
+                rdi: 0,
+                rsi: 0,
+            },
+            addr.wrapping_add(1),
+        ),
     };
     for _ in 0..=MAX_FAULTS {
         let trap = run_once(space, &entry, kind);
         match trap.vector {
             VECTOR_BREAKPOINT if trap.rip == done => {
-                let value = if matches!(kind, Touch::Execute) { 0 } else { trap.rax };
-                return OpResult { status: Status::Ok, fault: FaultKind::None, addr, value };
+                let value = if matches!(kind, Touch::Execute) {
+                    0
+                } else {
+                    trap.rax
+                };
+                return OpResult {
+                    status: Status::Ok,
+                    fault: FaultKind::None,
+                    addr,
+                    value,
+                };
             }
-            VECTOR_PAGE_FAULT => match handle_user_page_fault(space, trap.fault_address, trap.error_code, frames) {
-                FaultOutcome::Resolved => continue,
-                FaultOutcome::Segv(kind) => return faulted(kind, trap.fault_address),
-                FaultOutcome::OutOfMemory => return OpResult::error(Status::OutOfMemory),
-            },
+            VECTOR_PAGE_FAULT => {
+                match handle_user_page_fault(space, trap.fault_address, trap.error_code, frames) {
+                    FaultOutcome::Resolved => continue,
+                    FaultOutcome::Segv(kind) => return faulted(kind, trap.fault_address),
+                    FaultOutcome::OutOfMemory => return OpResult::error(Status::OutOfMemory),
+                }
+            }
             VECTOR_GENERAL_PROTECTION => return faulted(FaultKind::GeneralProtection, addr),
             VECTOR_INVALID_OPCODE => return faulted(FaultKind::InvalidOpcode, trap.rip),
             _ => panic!("unexpected trap from ring 3: {trap:?}"),
@@ -76,12 +118,15 @@ pub fn touch(space: &mut AddressSpace, addr: u64, kind: Touch, frames: &mut Fram
 /// present, and restores the byte afterwards, so the data stays as it was.
 fn run_once(space: &AddressSpace, entry: &UserEntry, kind: Touch) -> UserTrap {
     let planted = match kind {
-        Touch::Execute => space.directory().translate(entry.rip & !(PAGE_SIZE - 1)).map(|(frame, _)| {
-            let offset = (entry.rip % PAGE_SIZE) as usize;
-            let old = read_byte(frame.0, offset);
-            write_bytes(frame.0, offset, &[INT3]);
-            (frame, offset, old)
-        }),
+        Touch::Execute => space
+            .directory()
+            .translate(entry.rip & !(PAGE_SIZE - 1))
+            .map(|(frame, _)| {
+                let offset = (entry.rip % PAGE_SIZE) as usize;
+                let old = read_byte(frame.0, offset);
+                write_bytes(frame.0, offset, &[INT3]);
+                (frame, offset, old)
+            }),
         _ => None,
     };
     let trap = enter_user(entry);

@@ -29,7 +29,11 @@ impl VMObject {
 
     /// The committed pages in `[first, last]`, in order.
     pub fn pages_in(&self, first: u64, last: u64) -> alloc::vec::Vec<(u64, PhysicalFrame)> {
-        self.frames.borrow().range(first..=last).map(|(p, f)| (*p, *f)).collect()
+        self.frames
+            .borrow()
+            .range(first..=last)
+            .map(|(p, f)| (*p, *f))
+            .collect()
     }
 
     /// Drops the pages in `[first, last]` from the object and returns their frames.
@@ -45,5 +49,4 @@ impl VMObject {
             frames: RefCell::new(self.frames.borrow_mut().split_off(&page)),
         }
     }
-
 }

@@ -34,7 +34,10 @@ pub fn leaf(cpuid: &CpuId, function: u32) -> Option<[u32; 4]> {
 fn fill_brand_string(cpuid: &mut CpuId) {
     for entry in cpuid.as_mut_slice() {
         let is_brand_leaf = (0x8000_0002..=0x8000_0004).contains(&entry.function);
-        if is_brand_leaf && entry.index == 0 && [entry.eax, entry.ebx, entry.ecx, entry.edx] == [0; 4] {
+        if is_brand_leaf
+            && entry.index == 0
+            && [entry.eax, entry.ebx, entry.ecx, entry.edx] == [0; 4]
+        {
             let host = std::arch::x86_64::__cpuid(entry.function);
             (entry.eax, entry.ebx, entry.ecx, entry.edx) = (host.eax, host.ebx, host.ecx, host.edx);
         }

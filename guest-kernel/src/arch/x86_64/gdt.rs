@@ -62,14 +62,13 @@ pub fn init() {
     // the statics live forever, so the descriptors the CPU caches stay valid.
     unsafe {
         let stack_top = (&raw const TRAP_STACK) as u64 + TRAP_STACK_SIZE as u64;
-        (*(&raw mut TSS)).rsp[0] = stack_top;
+        let tss_ptr = &raw mut TSS;
+        (*tss_ptr).rsp[0] = stack_top;
         let tss = (&raw const TSS) as u64;
         let limit = (size_of::<TaskStateSegment>() - 1) as u64;
-        let gdt = &mut *(&raw mut GDT);
-        gdt[5] = limit
-            | ((tss & 0xff_ffff) << 16)
-            | (0x89 << 40)
-            | (((tss >> 24) & 0xff) << 56);
+        let gdt_ptr = &raw mut GDT;
+        let gdt = &mut *gdt_ptr;
+        gdt[5] = limit | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((tss >> 24) & 0xff) << 56);
         gdt[6] = tss >> 32;
         let pointer = DescriptorPointer {
             limit: (size_of::<[u64; 7]>() - 1) as u16,

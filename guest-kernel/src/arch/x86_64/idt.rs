@@ -124,11 +124,16 @@ pub fn init() {
     // SAFETY: runs once at boot on the only CPU; the IDT static lives forever and every gate
     // points at a stub in this module with a valid kernel code selector.
     unsafe {
-        let idt = &mut *(&raw mut IDT);
+        let idt_ptr = &raw mut IDT;
+        let idt = &mut *idt_ptr;
         for (vector, gate) in idt.iter_mut().enumerate() {
             let handler = TRAP_STUBS[vector];
             // Interrupt gate; #BP is callable from ring 3 (int3 checks the gate's DPL).
-            let type_attr: u64 = if vector == VECTOR_BREAKPOINT as usize { 0xee } else { 0x8e };
+            let type_attr: u64 = if vector == VECTOR_BREAKPOINT as usize {
+                0xee
+            } else {
+                0x8e
+            };
             gate[0] = (handler & 0xffff)
                 | ((KERNEL_CS as u64) << 16)
                 | (type_attr << 40)

@@ -22,7 +22,7 @@ pub unsafe fn slice_mut(phys: u64, len: usize) -> &'static mut [u8] {
 /// Page-table frames come from the frame allocator and belong to one `PageDirectory`, which is
 /// the only caller; the direct map covers all RAM.
 pub fn read_entry(table: u64, index: usize) -> u64 {
-    debug_assert!(index < 512 && table % 4096 == 0);
+    debug_assert!(index < 512 && table.is_multiple_of(4096));
     // SAFETY: `table` is a page-aligned RAM frame (see above) and `index < 512`, so the address
     // is inside it and 8-byte aligned. Volatile: the CPU's page walker reads these too.
     unsafe { core::ptr::read_volatile((virt(table) as *const u64).add(index)) }
@@ -30,14 +30,14 @@ pub fn read_entry(table: u64, index: usize) -> u64 {
 
 /// Writes entry `index` of the page table in physical frame `table`.
 pub fn write_entry(table: u64, index: usize, value: u64) {
-    debug_assert!(index < 512 && table % 4096 == 0);
+    debug_assert!(index < 512 && table.is_multiple_of(4096));
     // SAFETY: as in `read_entry`; the owning PageDirectory serializes all writes.
     unsafe { core::ptr::write_volatile((virt(table) as *mut u64).add(index), value) }
 }
 
 /// Fills the 4 KiB frame at `frame` with zeros.
 pub fn zero_frame(frame: u64) {
-    debug_assert!(frame % 4096 == 0);
+    debug_assert!(frame.is_multiple_of(4096));
     // SAFETY: `frame` is a RAM frame the caller owns (just taken from the frame allocator).
     unsafe { core::ptr::write_bytes(virt(frame) as *mut u8, 0, 4096) }
 }
@@ -47,7 +47,11 @@ pub fn write_bytes(frame: u64, offset: usize, bytes: &[u8]) {
     assert!(offset + bytes.len() <= 4096);
     // SAFETY: the destination lies inside one RAM frame the caller owns.
     unsafe {
-        core::ptr::copy_nonoverlapping(bytes.as_ptr(), (virt(frame) as *mut u8).add(offset), bytes.len())
+        core::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (virt(frame) as *mut u8).add(offset),
+            bytes.len(),
+        )
     }
 }
 

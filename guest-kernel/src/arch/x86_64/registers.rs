@@ -32,4 +32,3 @@ pub fn invlpg(va: u64) {
     // SAFETY: invalidating a TLB entry is always safe; at worst it costs a page walk.
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
 }
-
