@@ -1,0 +1,206 @@
+//! The `vmm run` command line: exit codes and the error lines it prints on stderr.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+
+/// Longest a `vmm` process may live in these tests before it is killed (its own `--timeout`
+/// should always stop it much sooner).
+const PROCESS_LIMIT: Duration = Duration::from_secs(30);
+
+/// What a finished process left behind.
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn describe(&self) -> String {
+        format!(
+            "exit code {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` to completion, killing it (and failing the test) after [`PROCESS_LIMIT`].
+fn run(mut command: Command) -> Outcome {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the command");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let started = Instant::now();
+    let status: ExitStatus = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the command") {
+            break status;
+        }
+        if started.elapsed() > PROCESS_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} ran longer than {PROCESS_LIMIT:?}; killed it");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Outcome {
+        code: status.code(),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// `vmm run` with `extra` arguments, plus a small guest (`--memory 64`) and `--timeout 10`
+/// unless `extra` sets them (clap refuses an option given twice).
+fn vmm_run(extra: &[&str]) -> Outcome {
+    let mut command = Command::new(VMM);
+    command.arg("run").args(extra);
+    for (option, default) in [("--memory", "64"), ("--timeout", "10")] {
+        if !extra.contains(&option) {
+            command.args([option, default]);
+        }
+    }
+    run(command)
+}
+
+/// Asserts the exit code and that stderr contains every one of `needles`.
+fn assert_fails(outcome: &Outcome, code: i32, needles: &[&str]) {
+    assert_eq!(outcome.code, Some(code), "{}", outcome.describe());
+    for needle in needles {
+        assert!(
+            outcome.stderr.contains(needle),
+            "stderr lacks {needle:?}; {}",
+            outcome.describe()
+        );
+    }
+}
+
+/// A file under the per-package scratch directory Cargo provides to integration tests.
+fn scratch_file(name: &str, contents: &[u8]) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, contents).expect("writing a scratch file");
+    path
+}
+
+#[test]
+fn default_guest_exits_0() {
+    let outcome = vmm_run(&[]);
+    assert_eq!(outcome.code, Some(0), "{}", outcome.describe());
+    assert!(
+        outcome.stdout.contains("guest-kernel: booted"),
+        "{}",
+        outcome.describe()
+    );
+    assert!(
+        outcome.stderr.contains("guest exited with status 0"),
+        "{}",
+        outcome.describe()
+    );
+}
+
+#[test]
+fn missing_kernel_file_exits_2_and_names_the_path() {
+    let path = "/nonexistent/dir/guest-kernel.elf";
+    let outcome = vmm_run(&["--kernel", path]);
+    assert_fails(&outcome, 2, &["cannot read kernel", path]);
+}
+
+#[test]
+fn text_file_as_kernel_exits_2() {
+    let path = scratch_file("not-a-kernel.txt", b"this is not a kernel\n");
+    let outcome = vmm_run(&["--kernel", path.to_str().expect("UTF-8 path")]);
+    assert_fails(&outcome, 2, &["not an x86_64 ELF"]);
+}
+
+#[test]
+fn memory_too_small_exits_2() {
+    let outcome = vmm_run(&["--memory", "1"]);
+    assert_fails(&outcome, 2, &["bad guest memory size", "at least 16 MiB"]);
+}
+
+#[test]
+fn memory_overflowing_u64_exits_2() {
+    let outcome = vmm_run(&["--memory", &u64::MAX.to_string()]);
+    assert_fails(&outcome, 2, &["bad guest memory size", "overflows"]);
+}
+
+#[test]
+fn guest_panic_exits_101() {
+    let outcome = vmm_run(&["--misbehave", "panic"]);
+    assert_fails(
+        &outcome,
+        101,
+        &["guest panicked", "panic requested by the host"],
+    );
+}
+
+#[test]
+fn guest_triple_fault_exits_102() {
+    let outcome = vmm_run(&["--misbehave", "triple-fault"]);
+    assert_fails(&outcome, 102, &["triple-faulted", "rip="]);
+}
+
+#[test]
+fn hung_guest_exits_124_after_its_timeout() {
+    let started = Instant::now();
+    let outcome = vmm_run(&["--misbehave", "hang", "--timeout", "1"]);
+    assert_fails(&outcome, 124, &["did not exit within 1 s", "rip="]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Reports a skipped test on the real stderr (libtest's capture only sees `eprintln!`), so the
+/// skip shows in the test output even though the test passes.
+fn skip(test: &str, reason: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// Runs `vmm run` in a private mount namespace whose /dev is an empty tmpfs, so /dev/kvm does
+/// not exist for it alone. Needs root (or CAP_SYS_ADMIN) and util-linux `unshare`; without them
+/// the test is skipped with the reason printed.
+#[test]
+fn missing_dev_kvm_exits_2_and_says_so() {
+    const TEST: &str = "missing_dev_kvm_exits_2_and_says_so";
+    let hide_dev = "mount -t tmpfs tmpfs /dev && test ! -e /dev/kvm";
+    let mut probe = Command::new("unshare");
+    probe.args(["--mount", "sh", "-c", hide_dev]);
+    let probe = match probe.output() {
+        Ok(output) => output,
+        Err(e) => return skip(TEST, &format!("cannot run unshare: {e}")),
+    };
+    if !probe.status.success() {
+        let why = String::from_utf8_lossy(&probe.stderr);
+        return skip(
+            TEST,
+            &format!(
+                "cannot hide /dev in a mount namespace ({}): {}",
+                probe.status,
+                why.trim()
+            ),
+        );
+    }
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "sh", "-c"])
+        .arg(format!("{hide_dev} && exec \"$0\" run --timeout 10"))
+        .arg(VMM);
+    let outcome = run(command);
+    assert_fails(
+        &outcome,
+        2,
+        &["KVM is not available", "/dev/kvm does not exist"],
+    );
+}
