@@ -24,7 +24,8 @@ pub enum VmmError {
     },
     /// linux-loader refused the image.
     Load(linux_loader::loader::Error),
-    /// The requested guest memory size is below the minimum, above the maximum, or not page-aligned.
+    /// The requested guest memory size in bytes (`u64::MAX` when it does not fit in 64 bits)
+    /// is below the minimum, above the maximum, or not a multiple of 2 MiB.
     BadMemorySize { requested: u64, reason: String },
     /// /dev/kvm is missing or not usable.
     KvmUnavailable(String),
@@ -63,14 +64,38 @@ impl fmt::Display for VmmError {
             VmmError::KernelUnreadable { path, source } => {
                 write!(f, "cannot read kernel {}: {source}", path.display())
             }
-            VmmError::NotElf(why) => write!(f, "kernel image is not an x86_64 ELF executable: {why}"),
+            VmmError::NotElf(why) => {
+                write!(f, "kernel image is not an x86_64 ELF executable: {why}")
+            }
             VmmError::TruncatedElf(why) => write!(f, "kernel ELF is truncated: {why}"),
-            VmmError::SegmentOutsideRam { paddr, memsz, ram_size, allowed_start } => write!(
-                f,
-                "kernel ELF segment at physical {paddr:#x} (size {memsz:#x}) does not fit guest RAM \
-                 [{allowed_start:#x}, {ram_size:#x}); raise --memory or relink the kernel"
-            ),
+            VmmError::SegmentOutsideRam {
+                paddr,
+                memsz,
+                ram_size,
+                allowed_start,
+            } => {
+                if paddr < allowed_start {
+                    write!(
+                        f,
+                        "kernel ELF segment at physical {paddr:#x} lies below {allowed_start:#x}, \
+                         on the VMM's boot structures (GDT, boot info, mailbox, page tables); \
+                         link the kernel at {allowed_start:#x} or above"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "kernel ELF segment at physical {paddr:#x} (size {memsz:#x}) runs past the end \
+                         of guest RAM at {ram_size:#x}; raise --memory or relink the kernel"
+                    )
+                }
+            }
             VmmError::Load(e) => write!(f, "cannot load kernel: {e}"),
+            VmmError::BadMemorySize {
+                requested: u64::MAX,
+                reason,
+            } => {
+                write!(f, "bad guest memory size (2^64 bytes or more): {reason}")
+            }
             VmmError::BadMemorySize { requested, reason } => {
                 write!(f, "bad guest memory size {requested} bytes: {reason}")
             }
@@ -78,9 +103,17 @@ impl fmt::Display for VmmError {
             VmmError::Kvm { what, source } => write!(f, "KVM {what} failed: {source}"),
             VmmError::GuestMemory(why) => write!(f, "guest memory: {why}"),
             VmmError::TripleFault { registers } => {
-                write!(f, "guest triple-faulted (shutdown exit); vCPU state:\n{registers}")
+                write!(
+                    f,
+                    "guest triple-faulted (shutdown exit); vCPU state:\n{registers}"
+                )
             }
-            VmmError::GuestPanic { message, file, line, column } => {
+            VmmError::GuestPanic {
+                message,
+                file,
+                line,
+                column,
+            } => {
                 write!(f, "guest panicked at {file}:{line}:{column}: {message}")
             }
             VmmError::Timeout { seconds, registers } => write!(
@@ -89,7 +122,10 @@ impl fmt::Display for VmmError {
                  vCPU state:\n{registers}"
             ),
             VmmError::GuestHalted { registers } => {
-                write!(f, "guest halted without an exit hypercall; vCPU state:\n{registers}")
+                write!(
+                    f,
+                    "guest halted without an exit hypercall; vCPU state:\n{registers}"
+                )
             }
             VmmError::GuestProtocol(why) => write!(f, "guest protocol error: {why}"),
             VmmError::SelfCheckFailed(failures) => {

@@ -2,7 +2,9 @@
 //! inspects its page tables and fuzzes its memory manager.
 
 pub mod arch;
+pub mod checker;
 pub mod error;
+pub mod guest_build;
 pub mod hypercall;
 pub mod loader;
 pub mod page_walk;

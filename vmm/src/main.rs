@@ -5,6 +5,7 @@ use shared_mm::boot_info::GuestCommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use vmm::checker::Checked;
 use vmm::scenario::SelfCheck;
 use vmm::{Vm, VmConfig, VmmError};
 
@@ -42,6 +43,9 @@ enum Command {
     Run {
         #[command(flatten)]
         guest: GuestArgs,
+        /// Skip the agreement checker (page tables against region trees) after each batch.
+        #[arg(long)]
+        no_check: bool,
         /// Make the guest misbehave on purpose (for testing the VMM's error reports).
         #[arg(long, value_enum, hide = true)]
         misbehave: Option<Misbehave>,
@@ -71,13 +75,8 @@ fn config(args: &GuestArgs, command: GuestCommand) -> Result<VmConfig, VmmError>
     }
     Ok(VmConfig {
         kernel,
-        memory: args
-            .memory
-            .checked_mul(1 << 20)
-            .ok_or(VmmError::BadMemorySize {
-                requested: u64::MAX,
-                reason: format!("{} MiB overflows", args.memory),
-            })?,
+        // Saturates: an overflowing size is then refused by the VM's own size check.
+        memory: args.memory.saturating_mul(1 << 20),
         timeout: (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout)),
         echo_console: true,
         random_seed: args.seed,
@@ -87,7 +86,11 @@ fn config(args: &GuestArgs, command: GuestCommand) -> Result<VmConfig, VmmError>
 
 fn run(cli: Cli) -> Result<u32, VmmError> {
     match cli.command {
-        Command::Run { guest, misbehave } => {
+        Command::Run {
+            guest,
+            no_check,
+            misbehave,
+        } => {
             let command = match misbehave {
                 None => GuestCommand::Serve,
                 Some(Misbehave::Panic) => GuestCommand::Panic,
@@ -95,10 +98,24 @@ fn run(cli: Cli) -> Result<u32, VmmError> {
                 Some(Misbehave::TripleFault) => GuestCommand::TripleFault,
             };
             let mut vm = Vm::new(&config(&guest, command)?)?;
-            let mut check = SelfCheck::new();
-            let status = vm.run(&mut check)?;
-            if !check.passed() {
-                return Err(VmmError::SelfCheckFailed(check.failures));
+            let (status, check, findings) = if no_check {
+                let mut check = SelfCheck::new();
+                (vm.run(&mut check)?, check, Vec::new())
+            } else {
+                let mut checked = Checked::new(SelfCheck::new());
+                let status = vm.run(&mut checked)?;
+                eprintln!("vmm: agreement checker ran {} times", checked.checks_run);
+                let findings = checked
+                    .findings
+                    .iter()
+                    .map(|(run, f)| format!("check {run}: {f}"))
+                    .collect();
+                (status, checked.into_inner(), findings)
+            };
+            let mut failures = check.failures.clone();
+            failures.extend(findings);
+            if !check.passed() || !failures.is_empty() {
+                return Err(VmmError::SelfCheckFailed(failures));
             }
             eprintln!(
                 "vmm: MM self-check passed: {} of {} steps",

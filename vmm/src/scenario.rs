@@ -1,7 +1,9 @@
 //! The built-in MM self-check: a scripted run of every operation kind and edge case through
 //! real hypercalls, each step with the result the guest must produce.
 
+use crate::checker::{Checked, Finding};
 use crate::hypercall::Driver;
+use crate::{Vm, VmmError};
 use shared_mm::abi::{
     access_bits::{EXECUTE, READ, USER, WRITE},
     FaultKind, Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_SPACE_END,
@@ -496,6 +498,133 @@ pub fn steps() -> Vec<Step> {
     ]
 }
 
+/// A short scenario in four batches that springs each seeded bug of the guest (see the
+/// `bug-*` features in guest-kernel/Cargo.toml): the agreement checker runs between batches,
+/// and each step's expectation catches what the checker cannot see.
+pub fn bug_bait() -> Vec<Vec<Step>> {
+    use Expect::*;
+    use Op::*;
+    let a = 1;
+    let write = |addr, value| {
+        step(
+            "write",
+            TouchWrite {
+                space: a,
+                addr,
+                value,
+            },
+            Value(value),
+        )
+    };
+    vec![
+        vec![
+            step("create space", CreateSpace, Value(1)),
+            step(
+                "map 4 pages",
+                MapFixed {
+                    space: a,
+                    addr: 0x40_0000,
+                    size: 0x4000,
+                    access: URW,
+                },
+                At(0x40_0000),
+            ),
+            write(0x40_0000, 1),
+            write(0x40_1000, 2),
+            write(0x40_2000, 3),
+            write(0x40_3000, 4),
+        ],
+        vec![
+            step(
+                "protect the last page read-only",
+                Protect {
+                    space: a,
+                    addr: 0x40_3000,
+                    size: 0x1000,
+                    access: USER | READ,
+                },
+                Ok,
+            ),
+            step(
+                "write to it faults",
+                TouchWrite {
+                    space: a,
+                    addr: 0x40_3000,
+                    value: 5,
+                },
+                Fault(FaultKind::SegvAccess),
+            ),
+            step(
+                "unmap the first two pages",
+                Unmap {
+                    space: a,
+                    addr: 0x40_0000,
+                    size: 0x2000,
+                },
+                Ok,
+            ),
+            step(
+                "first unmapped page faults",
+                TouchRead {
+                    space: a,
+                    addr: 0x40_0000,
+                },
+                Fault(FaultKind::SegvNoRegion),
+            ),
+            step(
+                "second unmapped page faults",
+                TouchRead {
+                    space: a,
+                    addr: 0x40_1000,
+                },
+                Fault(FaultKind::SegvNoRegion),
+            ),
+        ],
+        vec![
+            step(
+                "map 4 more pages",
+                MapFixed {
+                    space: a,
+                    addr: 0x50_0000,
+                    size: 0x4000,
+                    access: URW,
+                },
+                At(0x50_0000),
+            ),
+            write(0x50_0000, 6),
+            write(0x50_1000, 7),
+            write(0x50_2000, 8),
+            write(0x50_3000, 9),
+            step(
+                "kept page keeps its data",
+                TouchRead {
+                    space: a,
+                    addr: 0x40_2000,
+                },
+                Value(3),
+            ),
+            step(
+                "kept read-only page keeps its data",
+                TouchRead {
+                    space: a,
+                    addr: 0x40_3000,
+                },
+                Value(4),
+            ),
+        ],
+        vec![step(
+            "fixed map overlapping the left neighbour's last page",
+            MapFixed {
+                space: a,
+                addr: 0x50_3000,
+                size: 0x2000,
+                access: URW,
+            },
+            Error(Status::Overlap),
+        )],
+    ]
+}
+
 /// Checks one result against its expectation; `Err` says how it differs.
 pub fn check(expect: Expect, got: &OpResult) -> Result<(), String> {
     let ok = got.status == Status::Ok;
@@ -514,14 +643,19 @@ pub fn check(expect: Expect, got: &OpResult) -> Result<(), String> {
     }
 }
 
-/// Runs [`steps`] in one batch and records what passed.
+/// Steps per batch: small, so that a wrapping agreement checker runs often.
+const STEPS_PER_BATCH: usize = 8;
+
+/// Runs [`steps`] in small batches and records what passed.
 pub struct SelfCheck {
     steps: Vec<Step>,
-    sent: bool,
+    /// Index of the first step of the batch in flight.
+    in_flight: Option<usize>,
     /// One line per failed step.
     pub failures: Vec<String>,
     /// Regions received per snapshot, in arrival order: (space, regions).
     pub snapshots: Vec<(u32, Vec<RegionRecord>)>,
+    /// Steps whose results have been checked.
     pub checked: usize,
 }
 
@@ -529,7 +663,7 @@ impl SelfCheck {
     pub fn new() -> Self {
         SelfCheck {
             steps: steps(),
-            sent: false,
+            in_flight: None,
             failures: Vec::new(),
             snapshots: Vec::new(),
             checked: 0,
@@ -542,6 +676,24 @@ impl SelfCheck {
 
     pub fn passed(&self) -> bool {
         self.checked == self.steps.len() && self.failures.is_empty()
+    }
+
+    fn check_kernel_snapshot(&mut self) {
+        let Some((_, kernel)) = self.snapshots.iter().find(|(s, _)| *s == KERNEL_SPACE) else {
+            self.failures
+                .push("the guest sent no kernel snapshot".into());
+            return;
+        };
+        let names: Vec<&str> = kernel.iter().map(|r| r.name_str()).collect();
+        let mut missing: Vec<String> = ["physmap", "kernel image", "kmalloc"]
+            .iter()
+            .filter(|wanted| !names.contains(wanted))
+            .map(|wanted| format!("kernel snapshot lacks the {wanted:?} region: {names:?}"))
+            .collect();
+        if kernel.iter().any(|r| r.backed != 0) {
+            missing.push("kernel reservations must be unbacked".into());
+        }
+        self.failures.extend(missing);
     }
 }
 
@@ -558,39 +710,34 @@ impl Driver for SelfCheck {
         results: &[OpResult],
         _: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, String> {
-        if !self.sent {
-            self.sent = true;
-            return Ok(Some(self.steps.iter().map(|s| s.op).collect()));
-        }
-        if results.len() != self.steps.len() {
-            return Err(format!(
-                "guest returned {} results for {} operations",
-                results.len(),
-                self.steps.len()
-            ));
-        }
-        for (i, (step, got)) in self.steps.iter().zip(results).enumerate() {
-            if let Err(why) = check(step.expect, got) {
-                self.failures
-                    .push(format!("step {i} ({}): {why}", step.what));
-            }
-        }
-        self.checked = results.len();
-        if let Some((_, kernel)) = self.snapshots.iter().find(|(s, _)| *s == KERNEL_SPACE) {
-            let names: Vec<&str> = kernel.iter().map(|r| r.name_str()).collect();
-            for wanted in ["physmap", "kernel image", "kmalloc"] {
-                if !names.contains(&wanted) {
-                    self.failures.push(format!(
-                        "kernel snapshot lacks the {wanted:?} region: {names:?}"
+        let start = match self.in_flight {
+            None => 0,
+            Some(start) => {
+                let batch = &self.steps[start..(start + STEPS_PER_BATCH).min(self.steps.len())];
+                if results.len() != batch.len() {
+                    return Err(format!(
+                        "guest returned {} results for {} operations",
+                        results.len(),
+                        batch.len()
                     ));
                 }
+                for (i, (step, got)) in batch.iter().zip(results).enumerate() {
+                    if let Err(why) = check(step.expect, got) {
+                        self.failures
+                            .push(format!("step {} ({}): {why}", start + i, step.what));
+                    }
+                }
+                self.checked += batch.len();
+                start + batch.len()
             }
-            if kernel.iter().any(|r| r.backed != 0) {
-                self.failures
-                    .push("kernel reservations must be unbacked".into());
-            }
+        };
+        if start >= self.steps.len() {
+            self.check_kernel_snapshot();
+            return Ok(None);
         }
-        Ok(None)
+        self.in_flight = Some(start);
+        let end = (start + STEPS_PER_BATCH).min(self.steps.len());
+        Ok(Some(self.steps[start..end].iter().map(|s| s.op).collect()))
     }
 
     fn snapshot(
@@ -615,6 +762,99 @@ impl Driver for SelfCheck {
         }
         Ok(())
     }
+}
+
+/// A driver that sends fixed batches of operations and keeps every result: the building block
+/// for targeted tests (for example the seeded-bug tests) and reproducers.
+#[derive(Default)]
+pub struct Script {
+    batches: std::collections::VecDeque<Vec<Op>>,
+    in_flight: bool,
+    /// Results, one vector per batch sent.
+    pub results: Vec<Vec<OpResult>>,
+}
+
+impl Script {
+    pub fn new(batches: Vec<Vec<Op>>) -> Self {
+        Script {
+            batches: batches.into(),
+            in_flight: false,
+            results: Vec::new(),
+        }
+    }
+}
+
+impl Driver for Script {
+    fn next_batch(
+        &mut self,
+        _: &GuestMemoryMmap,
+        results: &[OpResult],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, String> {
+        if self.in_flight {
+            self.results.push(results.to_vec());
+        }
+        let next = self.batches.pop_front();
+        self.in_flight = next.is_some();
+        Ok(next)
+    }
+
+    fn snapshot(
+        &mut self,
+        _: &GuestMemoryMmap,
+        _: u32,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: &[RegionRecord],
+    ) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What a checked run of scripted steps found.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Steps whose result differed from the expectation.
+    pub mismatches: Vec<String>,
+    /// Agreement-checker findings, with the number of the check that found them.
+    pub findings: Vec<(usize, Finding)>,
+}
+
+impl Outcome {
+    pub fn is_clean(&self) -> bool {
+        self.mismatches.is_empty() && self.findings.is_empty()
+    }
+}
+
+/// Runs `batches` of steps on `vm` with the agreement checker after every batch.
+pub fn run_checked(vm: &mut Vm, batches: &[Vec<Step>]) -> Result<Outcome, VmmError> {
+    let ops = batches
+        .iter()
+        .map(|b| b.iter().map(|s| s.op).collect())
+        .collect();
+    let mut driver = Checked::new(Script::new(ops));
+    vm.run(&mut driver)?;
+    let mut outcome = Outcome {
+        findings: std::mem::take(&mut driver.findings),
+        ..Outcome::default()
+    };
+    let results = &driver.inner().results;
+    for (b, batch) in batches.iter().enumerate() {
+        let got = results.get(b).map(Vec::as_slice).unwrap_or_default();
+        for (i, step) in batch.iter().enumerate() {
+            let verdict = got
+                .get(i)
+                .ok_or_else(|| "no result".to_string())
+                .and_then(|r| check(step.expect, r));
+            if let Err(why) = verdict {
+                outcome
+                    .mismatches
+                    .push(format!("batch {b} step {i} ({}): {why}", step.what));
+            }
+        }
+    }
+    Ok(outcome)
 }
 
 #[cfg(test)]

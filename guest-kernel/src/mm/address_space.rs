@@ -11,7 +11,7 @@ use crate::arch::x86_64::registers::invlpg;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use shared_mm::abi::{USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE};
-use shared_mm::address::{VirtualAddress, VirtualRange};
+use shared_mm::address::{VirtualAddress, VirtualRange, PAGE_SIZE};
 use shared_mm::pte::PageTableFlags;
 use shared_mm::region::{Access, Region};
 use shared_mm::region_tree::{RandomSource, RegionTree, RegionTreeError};
@@ -176,9 +176,17 @@ impl AddressSpace {
             .expect("region is in the tree");
         let object = region.backing().expect("user regions are backed");
         if let Some(cut) = cut {
-            for (page, _) in object.pages_in(cut.base().get(), cut.last().get()) {
-                self.directory.unmap(page);
-                invlpg(page);
+            let mut last = cut.last().get();
+            if cfg!(feature = "bug-split-off-by-one") && cut.size() > PAGE_SIZE {
+                last -= PAGE_SIZE; // Seeded bug: the last page of the cut keeps its PTE.
+            }
+            for (page, _) in object.pages_in(cut.base().get(), last) {
+                if !cfg!(feature = "bug-stale-pte") {
+                    self.directory.unmap(page);
+                }
+                if !cfg!(feature = "bug-no-tlb-flush") {
+                    invlpg(page);
+                }
             }
         }
         let region = self
@@ -218,7 +226,14 @@ impl AddressSpace {
                 .expect("regions intersect the range");
             let (access, object) = self.detach(whole, Some(cut));
             let (left, right) = whole.subtract(&range);
-            let freed = object.take_pages(cut.base().get(), cut.last().get());
+            let freed = if cfg!(feature = "bug-free-mapped") {
+                // Seeded bug: frees the frames of the pieces that stay mapped, too.
+                object.pages_in(whole.base().get(), whole.last().get()).into_iter().map(|(_, f)| f).collect()
+            } else {
+                object.take_pages(cut.base().get(), cut.last().get())
+            };
+            #[cfg(feature = "bug-free-mapped")]
+            object.take_pages(cut.base().get(), cut.last().get());
             let right_object = right.map(|r| object.split_off(r.base().get()));
             if let Some(left) = left {
                 self.place_piece(Piece {
@@ -273,8 +288,12 @@ impl AddressSpace {
             let (left, right) = whole.subtract(&range);
             let middle_object = object.split_off(middle.base().get());
             let right_object = right.map(|r| middle_object.split_off(r.base().get()));
+            let mut new_flags = pte_flags(access);
+            if cfg!(feature = "bug-keep-writable") && old_access.contains(Access::WRITE) {
+                new_flags = new_flags.map(|f| f | PageTableFlags::WRITABLE); // Seeded bug.
+            }
             for (page, frame) in middle_object.pages_in(middle.base().get(), middle.last().get()) {
-                match pte_flags(access) {
+                match new_flags {
                     // A committed page was mapped before, so its page table exists (tables are
                     // only freed with the space) and this map allocates nothing: it cannot fail.
                     Some(flags) => self

@@ -11,7 +11,9 @@ const WORDS: usize = MAX_FRAMES / 64;
 /// never be handed out.
 pub struct FrameAllocator {
     free: [u64; WORDS],
-    /// Word to start the next search at (next-fit).
+    /// No free frame lies below this word: searches start here, so the lowest free frame is
+    /// handed out first and a freed frame is reused at once (which makes use-after-free bugs
+    /// show up quickly instead of after a wrap-around).
     hint: usize,
     free_count: usize,
     total_usable: usize,
@@ -52,8 +54,7 @@ impl FrameAllocator {
 
     /// Takes one free frame (its contents are whatever it held).
     pub fn allocate(&mut self) -> Result<PhysicalFrame, MmError> {
-        for step in 0..WORDS {
-            let w = (self.hint + step) % WORDS;
+        for w in self.hint..WORDS {
             if self.free[w] != 0 {
                 let b = self.free[w].trailing_zeros() as u64;
                 self.free[w] &= !(1 << b);
@@ -77,6 +78,7 @@ impl FrameAllocator {
         }
         self.free[w] |= 1 << b;
         self.free_count += 1;
+        self.hint = self.hint.min(w);
         Ok(())
     }
 

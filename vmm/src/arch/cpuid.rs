@@ -4,7 +4,8 @@ use crate::error::VmmError;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
 
-/// Sets the vCPU's CPUID to `KVM_GET_SUPPORTED_CPUID`; returns the table that was set.
+/// Sets the vCPU's CPUID to `KVM_GET_SUPPORTED_CPUID`; returns the table KVM applied, read back
+/// with `KVM_GET_CPUID2` (some backends, PVM among them, rewrite feature bits on the way in).
 pub fn set_supported_cpuid(kvm: &Kvm, vcpu: &VcpuFd) -> Result<CpuId, VmmError> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -17,7 +18,11 @@ pub fn set_supported_cpuid(kvm: &Kvm, vcpu: &VcpuFd) -> Result<CpuId, VmmError> 
         what: "KVM_SET_CPUID2",
         source,
     })?;
-    Ok(cpuid)
+    vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| VmmError::Kvm {
+            what: "KVM_GET_CPUID2",
+            source,
+        })
 }
 
 /// The registers of one CPUID leaf (sub-leaf 0) in `cpuid`, if present.
