@@ -2,6 +2,8 @@
 //! the boot-info layout and the x86_64 page-table entry format.
 #![no_std]
 
+extern crate alloc;
+
 #[cfg(test)]
 extern crate std;
 

@@ -1,0 +1,459 @@
+//! RegionTree: the placed Regions of one address space, with an O(log n) index of free holes.
+//!
+//! Two intrusive red-black trees share the same heap-allocated [`Region`]s:
+//!
+//! - the *address index* owns every region (`Box<Region<B>>`), keyed by base address;
+//! - the *gap index* (module `gap_index`) holds, for each region with a free hole immediately
+//!   below it, a non-owning reference keyed by `(hole size, hole base)`. Each region owns
+//!   the hole before it; the hole after the last region (the *tail*) is tracked by the
+//!   tree itself.
+//!
+//! No operation allocates: the caller allocates the `Box<Region<B>>`, and removal hands
+//! it back.
+
+mod error;
+mod gap_index;
+mod holes;
+mod invariants;
+mod random;
+
+pub use error::{InvariantViolation, PlaceError, RegionTreeError};
+pub use random::{RandomSource, SplitMix64};
+
+use alloc::boxed::Box;
+use core::fmt;
+use intrusive_collections::Bound::Included;
+
+use intrusive_collections::{intrusive_adapter, KeyAdapter, RBTree, RBTreeLink};
+
+use crate::address::{VirtualAddress, VirtualRange, PAGE_SIZE};
+use crate::region::Region;
+use gap_index::GapIndex;
+use holes::{Hole, HolesBySize};
+
+intrusive_adapter!(ByAddress<B> = Box<Region<B>>: Region<B> { address_link => RBTreeLink });
+
+impl<'a, B> KeyAdapter<'a> for ByAddress<B> {
+    type Key = u64;
+    fn get_key(&self, region: &'a Region<B>) -> u64 {
+        region.span().0
+    }
+}
+
+/// The placed [`Region`]s of one address space, sorted and disjoint inside a fixed
+/// total range.
+///
+/// # Placement policy of [`place_anywhere`](Self::place_anywhere)
+///
+/// Let `roomy = size + alignment - PAGE_SIZE`: every hole of at least `roomy` bytes fits
+/// an aligned placement whatever its base.
+///
+/// 1. If some hole has at least `roomy` bytes, the *smallest* such hole is used (best fit;
+///    among holes of equal size, the lowest).
+/// 2. Otherwise, holes of `size..roomy` bytes are tried from the smallest up (lowest first
+///    among equals), and the first one that fits an aligned placement is used.
+///
+/// The region goes at the lowest aligned address of the chosen hole. With page alignment
+/// the two steps are one: the smallest hole of at least `size` bytes. The search never
+/// misses: if any aligned hole of `size` bytes exists, a placement is returned.
+///
+/// # Complexity
+///
+/// With `n` regions (both indexes are red-black trees, so every descent is O(log n)):
+///
+/// - O(1): [`len`](Self::len), [`is_empty`](Self::is_empty),
+///   [`total_range`](Self::total_range).
+/// - O(log n): [`place_specifically`](Self::place_specifically),
+///   [`remove`](Self::remove), [`find_region_containing`](Self::find_region_containing),
+///   and reaching the first region of
+///   [`find_regions_intersecting`](Self::find_regions_intersecting) (then amortized O(1)
+///   per region yielded).
+/// - [`place_anywhere`](Self::place_anywhere): O(log n) when `alignment` is `PAGE_SIZE`
+///   (success or failure), and whenever some hole has at least
+///   `size + alignment - PAGE_SIZE` bytes (step 1). Otherwise step 2 visits holes of
+///   `size..roomy` bytes in size order until one fits: O(log n + k) for `k` holes
+///   visited, O(n) in the worst case (many holes that are large enough but cannot hold
+///   an aligned placement).
+/// - [`place_randomized`](Self::place_randomized): O(log n + h), `h` being the number of
+///   holes of at least `size` bytes.
+/// - [`check_invariants`](Self::check_invariants): O(n log n).
+///
+/// No operation allocates.
+///
+/// # Example
+///
+/// ```
+/// extern crate alloc;
+/// use alloc::boxed::Box;
+/// use shared_mm::address::{VirtualAddress, VirtualRange, PAGE_SIZE};
+/// use shared_mm::region::{Access, Region};
+/// use shared_mm::region_tree::{RegionTree, RegionTreeError, SplitMix64};
+///
+/// let total = VirtualRange::new(VirtualAddress::new(0x1_0000_0000), 0x4000_0000).unwrap();
+/// let mut tree: RegionTree<u32> = RegionTree::new(total);
+///
+/// // An unbacked reservation at a fixed address.
+/// let image = Box::new(Region::new("kernel image", Access::READ | Access::EXECUTE, None));
+/// tree.place_specifically(image, VirtualAddress::new(0x1_0000_0000), 16 * PAGE_SIZE)
+///     .unwrap();
+///
+/// // A backed region anywhere, 2 MiB-aligned.
+/// let heap = Box::new(Region::new("heap", Access::READ | Access::WRITE, Some(7)));
+/// let placed = tree.place_anywhere(heap, 4 * PAGE_SIZE, 2 << 20).unwrap();
+/// assert_eq!(placed.base(), VirtualAddress::new(0x1_0020_0000));
+///
+/// // ASLR: uniform over every valid aligned position.
+/// let stack = Box::new(Region::new("stack", Access::READ | Access::WRITE | Access::USER, Some(8)));
+/// let mut rng = SplitMix64::new(42);
+/// let stack_range = tree.place_randomized(stack, 8 * PAGE_SIZE, PAGE_SIZE, &mut rng).unwrap();
+///
+/// // Errors give the region back.
+/// let clash = Box::new(Region::new("clash", Access::READ, None));
+/// let err = tree.place_specifically(clash, placed.base(), PAGE_SIZE).unwrap_err();
+/// assert_eq!(err.kind, RegionTreeError::Overlap);
+/// assert_eq!(err.region.name(), "clash");
+///
+/// let found = tree.find_region_containing(VirtualAddress::new(0x1_0020_1000)).unwrap();
+/// assert_eq!(found.name(), "heap");
+/// assert_eq!(tree.find_regions_intersecting(total).count(), 3);
+///
+/// let stack = tree.remove(stack_range.base()).unwrap();
+/// assert_eq!(stack.backing(), Some(&8));
+/// assert_eq!(tree.len(), 2);
+/// tree.check_invariants().unwrap();
+/// ```
+pub struct RegionTree<B> {
+    total: VirtualRange,
+    regions: RBTree<ByAddress<B>>,
+    gaps: GapIndex<B>,
+    len: usize,
+    /// First address above the last region (the total base when empty); `None` when the
+    /// last region ends at 2^64. The tail hole is `tail_start..=total.last`, if non-empty.
+    tail_start: Option<u64>,
+}
+
+// SAFETY: a `RegionTree` exclusively owns every region it links: the address index owns
+// the boxes, and the gap index only points into boxes owned by the same tree (see
+// `GapIndex`). Sending the tree therefore moves all access to those regions to the other
+// thread along with it, which is sound when `B` is `Send` (the `Cell`s inside a region are
+// `Send`). The tree is not `Sync`, since shared references to it hand out `&Region<B>`
+// whose access mask can be changed through a `Cell`.
+unsafe impl<B: Send> Send for RegionTree<B> {}
+
+impl<B> RegionTree<B> {
+    /// An empty tree whose regions must lie inside `total_range`.
+    pub const fn new(total_range: VirtualRange) -> Self {
+        Self {
+            total: total_range,
+            regions: RBTree::new(ByAddress::NEW),
+            gaps: GapIndex::new(),
+            len: 0,
+            tail_start: Some(total_range.base().get()),
+        }
+    }
+
+    /// The range all regions must lie in.
+    pub fn total_range(&self) -> VirtualRange {
+        self.total
+    }
+
+    /// Number of placed regions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no region is placed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Places `region` in a free hole, at a multiple of `alignment`, following the
+    /// placement policy described on [`RegionTree`].
+    ///
+    /// Errors, checked in this order: [`ZeroSize`](RegionTreeError::ZeroSize),
+    /// [`MisalignedSize`](RegionTreeError::MisalignedSize),
+    /// [`BadAlignment`](RegionTreeError::BadAlignment) (not a power of two, or below
+    /// `PAGE_SIZE`), [`NoSpace`](RegionTreeError::NoSpace) (no aligned hole of `size`
+    /// bytes exists). The region comes back inside the error.
+    pub fn place_anywhere(
+        &mut self,
+        region: Box<Region<B>>,
+        size: u64,
+        alignment: u64,
+    ) -> Result<VirtualRange, PlaceError<B>> {
+        let found = self.find_anywhere(size, alignment);
+        self.commit(region, found)
+    }
+
+    /// Places `region` at exactly `[base, base + size)`.
+    ///
+    /// Errors, checked in this order: [`ZeroSize`](RegionTreeError::ZeroSize),
+    /// [`MisalignedSize`](RegionTreeError::MisalignedSize),
+    /// [`MisalignedBase`](RegionTreeError::MisalignedBase),
+    /// [`Overflow`](RegionTreeError::Overflow) (the range would pass 2^64),
+    /// [`OutOfRange`](RegionTreeError::OutOfRange) (not inside the total range),
+    /// [`Overlap`](RegionTreeError::Overlap) (shares an address with a placed region;
+    /// merely touching one is fine). The region comes back inside the error.
+    pub fn place_specifically(
+        &mut self,
+        region: Box<Region<B>>,
+        base: VirtualAddress,
+        size: u64,
+    ) -> Result<VirtualRange, PlaceError<B>> {
+        let checked = self.check_specific(base, size);
+        self.commit(region, checked)
+    }
+
+    /// Places `region` at a position drawn uniformly from *all* valid `alignment`-aligned
+    /// positions in all holes (for ASLR).
+    ///
+    /// Exactly two values are drawn from `rng` on success and none on failure, so the time
+    /// is bounded: O(log n + h) for `h` holes of at least `size` bytes. The index of the
+    /// position is `floor(r * count / 2^128)` for a 128-bit draw `r`: no retry loop, and
+    /// each of the `count <= 2^52` positions has probability within a relative `2^-76` of
+    /// `1 / count` (exact uniformity would need an unbounded rejection loop).
+    ///
+    /// Errors as for [`place_anywhere`](Self::place_anywhere).
+    pub fn place_randomized(
+        &mut self,
+        region: Box<Region<B>>,
+        size: u64,
+        alignment: u64,
+        rng: &mut impl RandomSource,
+    ) -> Result<VirtualRange, PlaceError<B>> {
+        let found = self.find_randomized(size, alignment, rng);
+        self.commit(region, found)
+    }
+
+    /// Removes the region that starts exactly at `base` and hands it back; `None` if no
+    /// region starts there. The returned region still reports its last
+    /// [`range`](Region::range).
+    pub fn remove(&mut self, base: VirtualAddress) -> Option<Box<Region<B>>> {
+        let mut cursor = self.regions.find_mut(&base.get());
+        let region = cursor.get()?;
+        let hole_base = base.get() - region.gap_before.get();
+        self.gaps.unlink(region);
+        // The next region (or the tail) inherits the hole below the removed one.
+        let next = cursor.peek_next();
+        match (next.get(), next.get_ptr()) {
+            (Some(next_region), Some(next_ptr)) => {
+                self.gaps.unlink(next_region);
+                next_region.gap_before.set(next_region.span().0 - hole_base);
+                // SAFETY: `next_ptr` points to a region owned by `self.regions`; it is
+                // unlinked from the gap index before it leaves `self.regions` (here in
+                // `remove`) or is dropped with it (`Drop` empties the gap index first).
+                unsafe { self.gaps.link(next_ptr) };
+            }
+            _ => self.tail_start = Some(hole_base),
+        }
+        let removed = cursor.remove()?;
+        self.len -= 1;
+        Some(removed)
+    }
+
+    /// The region containing `addr`, if any. O(log n).
+    pub fn find_region_containing(&self, addr: VirtualAddress) -> Option<&Region<B>> {
+        self.regions
+            .upper_bound(Included(&addr.get()))
+            .get()
+            .filter(|region| region.span().1 >= addr.get())
+    }
+
+    /// The regions that share at least one address with `range`, in address order,
+    /// including one that contains `range.base()` and one that starts in the middle of
+    /// `range`. O(log n) to the first, then O(1) each.
+    pub fn find_regions_intersecting(
+        &self,
+        range: VirtualRange,
+    ) -> impl DoubleEndedIterator<Item = &Region<B>> + '_ {
+        let first = self
+            .find_region_containing(range.base())
+            .map_or(range.base().get(), |region| region.span().0);
+        self.regions
+            .range(Included(&first), Included(&range.last().get()))
+    }
+
+    /// All regions in address order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Region<B>> + '_ {
+        self.regions.iter()
+    }
+
+    fn commit(
+        &mut self,
+        region: Box<Region<B>>,
+        found: Result<VirtualRange, RegionTreeError>,
+    ) -> Result<VirtualRange, PlaceError<B>> {
+        match found {
+            Ok(range) => {
+                self.link(region, range);
+                Ok(range)
+            }
+            Err(kind) => Err(PlaceError { kind, region }),
+        }
+    }
+
+    /// Inserts `region` at `range`, which must lie inside a hole of the total range: one
+    /// descent to the previous region, then O(1) amortized work, plus two gap-index
+    /// updates when the next region's hole shrinks.
+    fn link(&mut self, region: Box<Region<B>>, range: VirtualRange) {
+        let (base, last) = (range.base().get(), range.last().get());
+        // In the tail hole the previous region is the last one: following right links is
+        // cheaper than comparing keys on the way down.
+        let mut cursor = if self.tail_start.is_some_and(|tail| tail <= base) {
+            self.regions.back_mut()
+        } else {
+            self.regions.upper_bound_mut(Included(&base))
+        };
+        let hole_base = cursor
+            .get()
+            .map_or(self.total.base().get(), |previous| previous.span().1 + 1);
+        // The next region (or the tail) keeps only the part of the hole above `range`.
+        let next = cursor.peek_next();
+        match (next.get(), next.get_ptr()) {
+            (Some(next_region), Some(next_ptr)) => {
+                self.gaps.unlink(next_region);
+                next_region
+                    .gap_before
+                    .set(next_region.span().0 - (last + 1));
+                // SAFETY: as in `remove`: `next_ptr` is owned by `self.regions`.
+                unsafe { self.gaps.link(next_ptr) };
+            }
+            _ => self.tail_start = last.checked_add(1),
+        }
+        region.set_range(range);
+        region.gap_before.set(base - hole_base);
+        // At the null position (no previous region) this inserts at the front.
+        cursor.insert_after(region);
+        cursor.move_next();
+        if let Some(ptr) = cursor.get_ptr() {
+            // SAFETY: `ptr` was just inserted into (and is owned by) `self.regions`.
+            unsafe { self.gaps.link(ptr) };
+        }
+        self.len += 1;
+    }
+
+    fn check_specific(
+        &self,
+        base: VirtualAddress,
+        size: u64,
+    ) -> Result<VirtualRange, RegionTreeError> {
+        let range = VirtualRange::new(base, size)?;
+        if !self.total.contains_range(&range) {
+            return Err(RegionTreeError::OutOfRange);
+        }
+        let previous = self.regions.upper_bound(Included(&base.get()));
+        if previous.get().is_some_and(|r| r.span().1 >= base.get()) {
+            return Err(RegionTreeError::Overlap);
+        }
+        // From the null position (no previous region) this is the first region.
+        let next = previous.peek_next();
+        if next.get().is_some_and(|r| r.span().0 <= range.last().get()) {
+            return Err(RegionTreeError::Overlap);
+        }
+        Ok(range)
+    }
+
+    fn find_anywhere(&self, size: u64, alignment: u64) -> Result<VirtualRange, RegionTreeError> {
+        check_request(size, alignment)?;
+        // Every hole of `roomy` bytes fits; `None` when no hole can be that large.
+        let roomy = size.checked_add(alignment - PAGE_SIZE);
+        let best_roomy = roomy.and_then(|roomy| self.holes_by_size(roomy).next());
+        let start = match best_roomy {
+            Some(hole) => hole.first_fit(size, alignment),
+            None => self
+                .holes_by_size(size)
+                .take_while(|hole| roomy.is_none_or(|roomy| hole.size() < roomy))
+                .find_map(|hole| hole.first_fit(size, alignment)),
+        };
+        start
+            .map(|start| VirtualRange::from_base_last(start, start + (size - 1)))
+            .ok_or(RegionTreeError::NoSpace)
+    }
+
+    fn find_randomized(
+        &self,
+        size: u64,
+        alignment: u64,
+        rng: &mut impl RandomSource,
+    ) -> Result<VirtualRange, RegionTreeError> {
+        check_request(size, alignment)?;
+        // Holes are disjoint and positions are >= PAGE_SIZE apart, so the count is at most
+        // 2^52 and the sum cannot overflow.
+        let count: u64 = self
+            .holes_by_size(size)
+            .filter_map(|hole| hole.placements(size, alignment))
+            .map(|(_, n)| n)
+            .sum();
+        if count == 0 {
+            return Err(RegionTreeError::NoSpace);
+        }
+        let mut index = random::uniform_below(rng, count);
+        for (first, n) in self
+            .holes_by_size(size)
+            .filter_map(|hole| hole.placements(size, alignment))
+        {
+            if index < n {
+                let start = first + index * alignment;
+                return Ok(VirtualRange::from_base_last(start, start + (size - 1)));
+            }
+            index -= n;
+        }
+        Err(RegionTreeError::NoSpace)
+    }
+
+    /// Holes of at least `min_size` bytes in `(size, base)` order.
+    fn holes_by_size(&self, min_size: u64) -> HolesBySize<'_, B> {
+        let tail = self.tail_hole().filter(|hole| hole.size() >= min_size);
+        HolesBySize::new(self.gaps.at_least(min_size), tail)
+    }
+
+    /// The hole between the last region and the end of the total range.
+    fn tail_hole(&self) -> Option<Hole> {
+        let total_last = self.total.last().get();
+        self.tail_start
+            .filter(|&start| start <= total_last)
+            .map(|start| Hole::new(start, total_last))
+    }
+}
+
+/// Validates a `place_anywhere`/`place_randomized` request.
+fn check_request(size: u64, alignment: u64) -> Result<(), RegionTreeError> {
+    if size == 0 {
+        Err(RegionTreeError::ZeroSize)
+    } else if !size.is_multiple_of(PAGE_SIZE) {
+        Err(RegionTreeError::MisalignedSize)
+    } else if !alignment.is_power_of_two() || alignment < PAGE_SIZE {
+        Err(RegionTreeError::BadAlignment)
+    } else {
+        Ok(())
+    }
+}
+
+impl<B> Drop for RegionTree<B> {
+    fn drop(&mut self) {
+        // The gap index points into boxes that `self.regions` is about to free.
+        self.gaps.forget_all();
+    }
+}
+
+impl<B> fmt::Debug for RegionTree<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegionTree")
+            .field("total_range", &self.total)
+            .field("regions", &DebugRegions(self))
+            .finish()
+    }
+}
+
+struct DebugRegions<'a, B>(&'a RegionTree<B>);
+
+impl<B> fmt::Debug for DebugRegions<'_, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+
+/// Compiles the examples in `shared-mm/README.md` as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

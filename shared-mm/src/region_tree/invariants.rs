@@ -1,0 +1,100 @@
+//! RegionTree self-check: sorted, disjoint, inside the total range, counted, gap index exact.
+
+use core::ptr;
+
+use super::gap_index::gap_key;
+use super::{InvariantViolation, RegionTree};
+use crate::address::VirtualRange;
+
+impl<B> RegionTree<B> {
+    /// Checks every structural invariant, in O(n log n), without allocating:
+    ///
+    /// - every region is placed, inside the total range, and after its predecessor without
+    ///   overlap (so the regions are sorted and disjoint);
+    /// - the recorded length equals the number of regions, and the recorded start of the
+    ///   tail hole is the first address above the last region;
+    /// - each region's recorded hole below it equals the recomputed one, and the region is
+    ///   in the gap index exactly when that hole is non-empty;
+    /// - the gap index is ordered by `(size, base)`, holds only regions of this tree, and
+    ///   has one entry per non-empty hole.
+    ///
+    /// Meant for tests and for the guest kernel's self-check.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let total = self.total;
+        let mut previous: Option<VirtualRange> = None;
+        let mut counted = 0;
+        let mut with_hole = 0;
+        for region in self.regions.iter() {
+            let range = region
+                .range()
+                .ok_or(InvariantViolation::Unplaced { index: counted })?;
+            if !total.contains_range(&range) {
+                return Err(InvariantViolation::OutsideTotalRange { range });
+            }
+            let hole_base = match previous {
+                Some(previous) if previous.last() >= range.base() => {
+                    return Err(InvariantViolation::Overlapping {
+                        previous,
+                        next: range,
+                    });
+                }
+                Some(previous) => previous.last().get() + 1,
+                None => total.base().get(),
+            };
+            let actual = range.base().get() - hole_base;
+            let recorded = region.gap_before.get();
+            if recorded != actual {
+                return Err(InvariantViolation::GapMismatch {
+                    range,
+                    recorded,
+                    actual,
+                });
+            }
+            let indexed = region.gap_link.is_linked();
+            if indexed != (actual > 0) {
+                return Err(InvariantViolation::GapIndexMembership { range, indexed });
+            }
+            with_hole += usize::from(actual > 0);
+            counted += 1;
+            previous = Some(range);
+        }
+        let tail_start = match previous {
+            Some(last) => last.last().get().checked_add(1),
+            None => Some(total.base().get()),
+        };
+        if tail_start != self.tail_start {
+            return Err(InvariantViolation::TailMismatch {
+                recorded: self.tail_start,
+                actual: tail_start,
+            });
+        }
+        if counted != self.len {
+            return Err(InvariantViolation::CountMismatch {
+                counted,
+                recorded: self.len,
+            });
+        }
+
+        let mut indexed = 0;
+        let mut previous_key = None;
+        for region in self.gaps.iter() {
+            let key = gap_key(region);
+            if previous_key >= Some(key) {
+                return Err(InvariantViolation::GapIndexOrder { key });
+            }
+            let owned = self.regions.find(&region.span().0).get();
+            if !owned.is_some_and(|owned| ptr::eq(owned, region)) {
+                return Err(InvariantViolation::GapIndexStale { key });
+            }
+            previous_key = Some(key);
+            indexed += 1;
+        }
+        if indexed != with_hole {
+            return Err(InvariantViolation::GapIndexCount {
+                indexed,
+                expected: with_hole,
+            });
+        }
+        Ok(())
+    }
+}
