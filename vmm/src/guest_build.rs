@@ -1,6 +1,6 @@
 //! Builds the guest kernel for x86_64-unknown-none, optionally with cargo features (the seeded
-//! bugs). Shared by vmm/build.rs, which embeds the default guest, and by tests and tools that
-//! need a variant. Uses std only, so the build script can include it by path.
+//! bugs) and sanitizer coverage. Shared by vmm/build.rs, which embeds the default guest, and by
+//! tests and tools that need a variant. Uses std only, so the build script can include it by path.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -75,11 +75,74 @@ pub fn ensure_guest_target() -> Result<(), String> {
     }
 }
 
+/// The rustc flags of a coverage build: an 8-bit counter per edge in section `__sancov_cntrs`
+/// (bracketed by `__start___sancov_cntrs`/`__stop___sancov_cntrs` in linker.ld), with no
+/// callbacks and no constructor, so the guest needs no runtime and the host reads the counters.
+pub const COVERAGE_RUSTFLAGS: [&str; 4] = [
+    "-Cpasses=sancov-module",
+    "-Cllvm-args=-sanitizer-coverage-level=3",
+    "-Cllvm-args=-sanitizer-coverage-inline-8bit-counters",
+    "-Cllvm-args=-sanitizer-coverage-drop-ctors",
+];
+
+/// Which guest to build: cargo features (for example `bug-stale-pte`) and whether to instrument
+/// it with per-edge coverage counters ([`COVERAGE_RUSTFLAGS`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestVariant {
+    pub features: Vec<String>,
+    pub coverage: bool,
+}
+
+impl GuestVariant {
+    /// The variant with `features`, without coverage.
+    pub fn new(features: &[&str]) -> Self {
+        GuestVariant {
+            features: features.iter().map(|f| f.to_string()).collect(),
+            coverage: false,
+        }
+    }
+
+    /// The same variant, instrumented for coverage.
+    pub fn with_coverage(self) -> Self {
+        GuestVariant {
+            coverage: true,
+            ..self
+        }
+    }
+
+    /// A name unique per variant, for its target directory: `default`, `bug-a+bug-b`,
+    /// `default+coverage`, `bug-a+coverage`.
+    pub fn name(&self) -> String {
+        let mut name = if self.features.is_empty() {
+            "default".to_string()
+        } else {
+            self.features.join("+")
+        };
+        if self.coverage {
+            name.push_str("+coverage");
+        }
+        name
+    }
+}
+
 /// Builds the guest in release mode with `features` into `target_dir`; returns the ELF's path.
 pub fn build_guest(
     guest_dir: &Path,
     target_dir: &Path,
     features: &[&str],
+) -> Result<PathBuf, String> {
+    build_guest_with(guest_dir, target_dir, &GuestVariant::new(features))
+}
+
+/// Builds `variant` of the guest in release mode into `target_dir`; returns the ELF's path.
+///
+/// Coverage flags go in through `--config target.<triple>.rustflags=[...]`, which cargo appends
+/// to the rustflags array of guest-kernel/.cargo/config.toml (`RUSTFLAGS` would replace it and
+/// lose the code model and relocation model the kernel needs).
+pub fn build_guest_with(
+    guest_dir: &Path,
+    target_dir: &Path,
+    variant: &GuestVariant,
 ) -> Result<PathBuf, String> {
     ensure_guest_target()?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -94,8 +157,18 @@ pub fn build_guest(
             "--target-dir",
         ])
         .arg(target_dir);
-    if !features.is_empty() {
-        cmd.args(["--features", &features.join(",")]);
+    if !variant.features.is_empty() {
+        cmd.args(["--features", &variant.features.join(",")]);
+    }
+    if variant.coverage {
+        let flags: Vec<String> = COVERAGE_RUSTFLAGS
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect();
+        cmd.arg("--config").arg(format!(
+            "target.{GUEST_TARGET}.rustflags=[{}]",
+            flags.join(",")
+        ));
     }
     for var in HOST_ONLY_ENV {
         cmd.env_remove(var);
@@ -105,7 +178,8 @@ pub fn build_guest(
         .map_err(|e| format!("cannot run cargo to build the guest: {e}"))?;
     if !status.success() {
         return Err(format!(
-            "building the guest kernel (features {features:?}) failed: {status}"
+            "building the guest kernel ({}) failed: {status}",
+            variant.name()
         ));
     }
     Ok(target_dir
@@ -117,11 +191,36 @@ pub fn build_guest(
 /// Builds a guest variant with `features` (for example `["bug-stale-pte"]`) in its own target
 /// directory under `target/guest-variants/`, so variants never overwrite each other.
 pub fn build_variant(features: &[&str]) -> Result<PathBuf, String> {
-    let name = if features.is_empty() {
-        "default".to_string()
-    } else {
-        features.join("+")
-    };
-    let target_dir = target_root().join("guest-variants").join(name);
-    build_guest(&guest_dir(), &target_dir, features)
+    build_variant_with(&GuestVariant::new(features))
+}
+
+/// Builds `variant` in its own target directory, `target/guest-variants/<variant name>/`.
+pub fn build_variant_with(variant: &GuestVariant) -> Result<PathBuf, String> {
+    let target_dir = target_root().join("guest-variants").join(variant.name());
+    build_guest_with(&guest_dir(), &target_dir, variant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_names_are_distinct_per_target_dir() {
+        let names = [
+            GuestVariant::default(),
+            GuestVariant::new(&["bug-a", "bug-b"]),
+            GuestVariant::default().with_coverage(),
+            GuestVariant::new(&["bug-a"]).with_coverage(),
+        ]
+        .map(|v| v.name());
+        assert_eq!(
+            names,
+            [
+                "default",
+                "bug-a+bug-b",
+                "default+coverage",
+                "bug-a+coverage"
+            ]
+        );
+    }
 }

@@ -1,0 +1,402 @@
+//! Edge coverage of a sanitizer-coverage guest: its counters in guest memory, read and zeroed per batch.
+
+use vm_memory::{Bytes, GuestAddress};
+
+/// The guest memory type drivers receive, re-exported for drivers outside this crate that wrap
+/// one to read coverage (the integration tests have no direct vm-memory dependency).
+pub use vm_memory::GuestMemoryMmap;
+
+const START_SYMBOL: &[u8] = b"__start___sancov_cntrs";
+const STOP_SYMBOL: &[u8] = b"__stop___sancov_cntrs";
+
+const EHDR_SIZE: usize = 64;
+const PHDR_SIZE: usize = 56;
+const SHDR_SIZE: usize = 64;
+const SYM_SIZE: usize = 24;
+const PT_LOAD: u32 = 1;
+const SHT_SYMTAB: u32 = 2;
+
+/// Bounds-checked little-endian reads from an ELF64 image.
+struct Elf<'a>(&'a [u8]);
+
+impl Elf<'_> {
+    fn bytes(&self, off: u64, len: usize, what: &str) -> Result<&[u8], String> {
+        usize::try_from(off)
+            .ok()
+            .and_then(|off| self.0.get(off..off.checked_add(len)?))
+            .ok_or_else(|| {
+                format!(
+                    "{what} at offset {off:#x} (+{len:#x}) runs past the ELF's {} bytes",
+                    self.0.len()
+                )
+            })
+    }
+
+    fn u16(&self, off: u64) -> Result<u16, String> {
+        let b = self.bytes(off, 2, "field")?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&self, off: u64) -> Result<u32, String> {
+        let b = self.bytes(off, 4, "field")?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&self, off: u64) -> Result<u64, String> {
+        let b = self.bytes(off, 8, "field")?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    /// Offsets of the `count` table entries of `size` bytes at `table`, checked to fit the file.
+    fn table(
+        &self,
+        table: u64,
+        count: u64,
+        size: usize,
+        what: &str,
+    ) -> Result<impl Iterator<Item = u64>, String> {
+        let len = count
+            .checked_mul(size as u64)
+            .and_then(|len| usize::try_from(len).ok())
+            .ok_or_else(|| format!("{what} table of {count} entries overflows"))?;
+        self.bytes(table, len, what)?;
+        Ok((0..count).map(move |i| table + i * size as u64))
+    }
+
+    /// The NUL-terminated name at `off` in the string table at `strtab` of `size` bytes.
+    fn name(&self, strtab: u64, size: u64, off: u32) -> Result<&[u8], String> {
+        let table = self.bytes(
+            strtab,
+            usize::try_from(size).map_err(|_| "huge string table")?,
+            "string table",
+        )?;
+        let tail = table
+            .get(off as usize..)
+            .ok_or_else(|| format!("symbol name offset {off:#x} is outside its string table"))?;
+        let end = tail
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or("unterminated symbol name")?;
+        Ok(&tail[..end])
+    }
+
+    /// Virtual addresses of the counter bracket symbols, if the symbol table defines both.
+    fn counter_symbols(&self) -> Result<Option<(u64, u64)>, String> {
+        let (shoff, shnum) = (self.u64(0x28)?, self.u16(0x3c)?);
+        if shnum > 0 && self.u16(0x3a)? as usize != SHDR_SIZE {
+            return Err("section header size is not 64".into());
+        }
+        let (mut start, mut stop) = (None, None);
+        for sh in self.table(shoff, shnum.into(), SHDR_SIZE, "section header")? {
+            if self.u32(sh + 4)? != SHT_SYMTAB {
+                continue;
+            }
+            let (symoff, symsize) = (self.u64(sh + 24)?, self.u64(sh + 32)?);
+            let link = u64::from(self.u32(sh + 40)?);
+            if link >= shnum.into() {
+                return Err(format!("symbol table links to missing section {link}"));
+            }
+            let strtab = shoff + link * SHDR_SIZE as u64;
+            let (stroff, strsize) = (self.u64(strtab + 24)?, self.u64(strtab + 32)?);
+            let count = symsize / SYM_SIZE as u64;
+            for sym in self.table(symoff, count, SYM_SIZE, "symbol")? {
+                let name = self.name(stroff, strsize, self.u32(sym)?)?;
+                if name == START_SYMBOL {
+                    start = Some(self.u64(sym + 8)?);
+                } else if name == STOP_SYMBOL {
+                    stop = Some(self.u64(sym + 8)?);
+                }
+            }
+        }
+        Ok(start.zip(stop))
+    }
+
+    /// The guest-physical address of `[vaddr, vaddr + len)`, through the loadable segment that
+    /// holds it (the loader puts each segment at its physical address).
+    fn physical(&self, vaddr: u64, len: u64) -> Result<u64, String> {
+        let (phoff, phnum) = (self.u64(0x20)?, self.u16(0x38)?);
+        if phnum > 0 && self.u16(0x36)? as usize != PHDR_SIZE {
+            return Err("program header size is not 56".into());
+        }
+        for ph in self.table(phoff, phnum.into(), PHDR_SIZE, "program header")? {
+            let (seg_vaddr, seg_paddr, memsz) =
+                (self.u64(ph + 16)?, self.u64(ph + 24)?, self.u64(ph + 40)?);
+            let inside = vaddr >= seg_vaddr
+                && (vaddr - seg_vaddr)
+                    .checked_add(len)
+                    .is_some_and(|end| end <= memsz);
+            if self.u32(ph)? == PT_LOAD && inside {
+                return seg_paddr
+                    .checked_add(vaddr - seg_vaddr)
+                    .ok_or_else(|| "segment physical address overflows".into());
+            }
+        }
+        Err(format!(
+            "coverage counters at {vaddr:#x} (+{len:#x}) lie outside every loadable segment"
+        ))
+    }
+}
+
+/// Where a coverage guest keeps its per-edge counters in guest-physical memory.
+///
+/// A coverage build of the guest ([`crate::guest_build::GuestVariant::with_coverage`]) keeps one
+/// 8-bit counter per control-flow edge between `__start___sancov_cntrs` and
+/// `__stop___sancov_cntrs`. The guest only increments them; the host reads them while the guest is
+/// paused (in [`crate::hypercall::Driver::next_batch`]), merges them into a [`CoverageSet`] and
+/// zeroes them for the next batch: one read and one write per batch. `Vm` does not keep the
+/// kernel image, so find the counters in the ELF bytes the VM was booted from:
+///
+/// ```no_run
+/// # fn demo(config: &vmm::VmConfig, mem: &vm_memory::GuestMemoryMmap) -> Result<(), String> {
+/// use vmm::coverage::{CoverageMap, CoverageSet};
+/// let map = CoverageMap::from_elf(&config.kernel)?.expect("a coverage build of the guest");
+/// let mut seen = CoverageSet::new();
+/// // After each batch, with the guest paused:
+/// let new_edges = seen.merge(&map.read(mem)?);
+/// map.reset(mem)?;
+/// # let _ = new_edges;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The counters wrap at 256, so an edge hit a multiple of 256 times within one batch reads as 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoverageMap {
+    start: GuestAddress,
+    len: usize,
+}
+
+impl CoverageMap {
+    /// Finds the counters of the kernel ELF `elf`: the one the VM was booted from, that is
+    /// [`crate::VmConfig::kernel`] (`Vm` does not keep the image). `Ok(None)` when the ELF has no
+    /// symbol table or no (or an empty) `__sancov_cntrs` range, as in a normal build; an error
+    /// when the ELF is malformed or the counters are not in a loadable segment.
+    pub fn from_elf(elf: &[u8]) -> Result<Option<CoverageMap>, String> {
+        if elf.len() < EHDR_SIZE || &elf[..4] != b"\x7fELF" {
+            return Err("not an ELF file (short, or no \\x7fELF magic)".into());
+        }
+        if elf[4] != 2 || elf[5] != 1 {
+            return Err("not a 64-bit little-endian ELF".into());
+        }
+        let elf = Elf(elf);
+        let Some((start, stop)) = elf.counter_symbols()? else {
+            return Ok(None);
+        };
+        let len = stop.checked_sub(start).ok_or_else(|| {
+            format!("coverage counters end ({stop:#x}) before they start ({start:#x})")
+        })?;
+        if len == 0 {
+            return Ok(None);
+        }
+        let phys = elf.physical(start, len)?;
+        let len = usize::try_from(len).map_err(|_| "huge coverage counter range")?;
+        Ok(Some(CoverageMap {
+            start: GuestAddress(phys),
+            len,
+        }))
+    }
+
+    /// Guest-physical address of the first counter.
+    pub fn start(&self) -> GuestAddress {
+        self.start
+    }
+
+    /// Number of counters, one per instrumented edge.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: [`CoverageMap::from_elf`] gives `None` for an empty counter range.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The counters' current values (hits since the last [`CoverageMap::reset`], modulo 256).
+    /// Call it while the guest is paused.
+    pub fn read(&self, mem: &GuestMemoryMmap) -> Result<Vec<u8>, String> {
+        let mut counters = vec![0u8; self.len];
+        mem.read_slice(&mut counters, self.start)
+            .map_err(|e| format!("reading {} coverage counters: {e}", self.len))?;
+        Ok(counters)
+    }
+
+    /// Zeroes the counters. Call it while the guest is paused.
+    pub fn reset(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
+        mem.write_slice(&vec![0u8; self.len], self.start)
+            .map_err(|e| format!("zeroing {} coverage counters: {e}", self.len))
+    }
+}
+
+/// The edges ever hit, one bit per counter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoverageSet {
+    hit: Vec<u64>,
+    covered: usize,
+}
+
+impl CoverageSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the edges whose counter is nonzero; returns how many of them were new. The set grows
+    /// to the longest `counters` merged, so merge counters of one kernel only.
+    pub fn merge(&mut self, counters: &[u8]) -> usize {
+        let words = counters.len().div_ceil(64);
+        if self.hit.len() < words {
+            self.hit.resize(words, 0);
+        }
+        let mut new = 0;
+        for (word, chunk) in self.hit.iter_mut().zip(counters.chunks(64)) {
+            let mask = chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c != 0)
+                .fold(0u64, |m, (i, _)| m | 1 << i);
+            new += (mask & !*word).count_ones() as usize;
+            *word |= mask;
+        }
+        self.covered += new;
+        new
+    }
+
+    /// Number of distinct edges hit so far.
+    pub fn covered(&self) -> usize {
+        self.covered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_mm::boot_info::KERNEL_VIRT_BASE;
+
+    #[test]
+    fn merge_counts_only_new_edges() {
+        let mut set = CoverageSet::new();
+        assert_eq!(set.merge(&[0, 3, 0, 1]), 2);
+        assert_eq!(set.merge(&[0, 200, 0, 1]), 0);
+        assert_eq!(set.merge(&[9, 0, 0, 0]), 1);
+        assert_eq!(set.merge(&[0; 4]), 0);
+        assert_eq!(set.covered(), 3);
+    }
+
+    #[test]
+    fn merge_spans_words_and_grows() {
+        let mut set = CoverageSet::new();
+        let mut counters = vec![0u8; 130];
+        counters[63] = 1;
+        counters[64] = 1;
+        counters[129] = 255;
+        assert_eq!(set.merge(&counters), 3);
+        assert_eq!(set.merge(&counters[..64]), 0);
+        let mut longer = vec![1u8; 200];
+        longer[0] = 0;
+        assert_eq!(set.merge(&longer), 199 - 3);
+        assert_eq!(set.covered(), 199);
+    }
+
+    /// A minimal ELF64: one PT_LOAD segment at `KERNEL_VIRT_BASE + 0x200000` (physical
+    /// 0x200000, 0x1000 bytes) and a symbol table with `symbols`.
+    fn elf_with(symbols: &[(&[u8], u64)]) -> Vec<u8> {
+        let mut strtab = vec![0u8];
+        let mut symtab = vec![0u8; SYM_SIZE];
+        for (name, value) in symbols {
+            let mut sym = [0u8; SYM_SIZE];
+            sym[..4].copy_from_slice(&(strtab.len() as u32).to_le_bytes());
+            sym[8..16].copy_from_slice(&value.to_le_bytes());
+            symtab.extend_from_slice(&sym);
+            strtab.extend_from_slice(name);
+            strtab.push(0);
+        }
+        let phoff = EHDR_SIZE;
+        let symoff = phoff + PHDR_SIZE;
+        let stroff = symoff + symtab.len();
+        let shoff = stroff + strtab.len();
+        let mut elf = vec![0u8; shoff + 3 * SHDR_SIZE];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&(phoff as u64).to_le_bytes());
+        elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        elf[0x3a..0x3c].copy_from_slice(&(SHDR_SIZE as u16).to_le_bytes());
+        elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        let ph = &mut elf[phoff..phoff + PHDR_SIZE];
+        ph[..4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        ph[16..24].copy_from_slice(&(KERNEL_VIRT_BASE + 0x20_0000).to_le_bytes());
+        ph[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
+        ph[40..48].copy_from_slice(&0x1000u64.to_le_bytes());
+        elf[symoff..stroff].copy_from_slice(&symtab);
+        elf[stroff..shoff].copy_from_slice(&strtab);
+        let sh = &mut elf[shoff + SHDR_SIZE..shoff + 2 * SHDR_SIZE];
+        sh[4..8].copy_from_slice(&SHT_SYMTAB.to_le_bytes());
+        sh[24..32].copy_from_slice(&(symoff as u64).to_le_bytes());
+        sh[32..40].copy_from_slice(&(symtab.len() as u64).to_le_bytes());
+        sh[40..44].copy_from_slice(&2u32.to_le_bytes());
+        let sh = &mut elf[shoff + 2 * SHDR_SIZE..];
+        sh[24..32].copy_from_slice(&(stroff as u64).to_le_bytes());
+        sh[32..40].copy_from_slice(&(strtab.len() as u64).to_le_bytes());
+        elf
+    }
+
+    fn counters_at(start: u64, stop: u64) -> Vec<u8> {
+        elf_with(&[
+            (b"_start", KERNEL_VIRT_BASE + 0x20_0000),
+            (START_SYMBOL, KERNEL_VIRT_BASE + start),
+            (STOP_SYMBOL, KERNEL_VIRT_BASE + stop),
+        ])
+    }
+
+    #[test]
+    fn finds_counters_at_their_physical_address() {
+        let map = CoverageMap::from_elf(&counters_at(0x20_0800, 0x20_0900))
+            .unwrap()
+            .unwrap();
+        assert_eq!((map.start(), map.len()), (GuestAddress(0x20_0800), 0x100));
+    }
+
+    #[test]
+    fn normal_builds_have_no_counters() {
+        assert_eq!(
+            CoverageMap::from_elf(&counters_at(0x20_0800, 0x20_0800)),
+            Ok(None)
+        );
+        assert_eq!(CoverageMap::from_elf(&elf_with(&[])), Ok(None));
+        assert_eq!(CoverageMap::from_elf(crate::vm::EMBEDDED_KERNEL), Ok(None));
+    }
+
+    #[test]
+    fn malformed_elves_are_errors() {
+        for (elf, why) in [
+            (b"hello".to_vec(), "magic"),
+            (counters_at(0x20_0900, 0x20_0800), "before they start"),
+            (
+                counters_at(0x20_0800, 0x20_1800),
+                "outside every loadable segment",
+            ),
+            (crate::vm::EMBEDDED_KERNEL[..4096].to_vec(), "runs past"),
+        ] {
+            let err = CoverageMap::from_elf(&elf).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn read_and_reset_touch_exactly_the_counters() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x30_0000)]).unwrap();
+        let map = CoverageMap::from_elf(&counters_at(0x20_0800, 0x20_0900))
+            .unwrap()
+            .unwrap();
+        mem.write_slice(&[7u8; 0x102], GuestAddress(0x20_07ff))
+            .unwrap();
+        assert_eq!(map.read(&mem).unwrap(), vec![7u8; 0x100]);
+        map.reset(&mem).unwrap();
+        assert_eq!(map.read(&mem).unwrap(), vec![0u8; 0x100]);
+        let mut edges = [0u8; 2];
+        mem.read_slice(&mut edges[..1], GuestAddress(0x20_07ff))
+            .unwrap();
+        mem.read_slice(&mut edges[1..], GuestAddress(0x20_0900))
+            .unwrap();
+        assert_eq!(edges, [7, 7]);
+    }
+}
