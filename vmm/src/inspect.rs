@@ -1,0 +1,520 @@
+//! `vmm inspect`: runs a built-in scenario in the guest, then shows each address space's
+//! region tree next to the pages the host finds present by walking the page tables itself.
+//!
+//! The snapshots and the walk happen while the guest is paused at one `Batch` hypercall, so the
+//! trees and the tables agree in time. [`Report`] renders as an `info mem`-style table, JSON or
+//! an SVG map.
+
+mod json;
+pub mod scenario;
+mod svg;
+mod table;
+
+use crate::checker::{self, access_string, Finding, SpaceView};
+use crate::hypercall::Driver;
+use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
+use crate::scenario::check;
+use crate::{Vm, VmConfig, VmmError};
+use shared_mm::abi::{
+    Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
+};
+use vm_memory::GuestMemoryMmap;
+
+const PAGE: u64 = 4096;
+
+/// What a run of present pages belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The region at this index of [`SpaceReport::regions`].
+    Region(usize),
+    /// The user trampoline page, which no region covers.
+    Trampoline,
+    /// No region: a present page here is a bug (a stale PTE, for instance).
+    Hole,
+}
+
+/// Contiguous present pages with equal effective permissions, all inside one owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub run: MappedRun,
+    pub owner: Owner,
+}
+
+impl Row {
+    /// `urwx` style: `-` for a missing permission; `r` is always set for a present page.
+    pub fn perms(&self) -> String {
+        // The last field of `MappedRun`'s `info mem` line.
+        let line = self.run.to_string();
+        line.rsplit(' ').next().unwrap_or_default().to_string()
+    }
+
+    /// One past the last byte, wrapping to 0 at the top of the address space.
+    pub fn end(&self) -> u64 {
+        self.run.range_base.wrapping_add(self.run.size)
+    }
+}
+
+/// One address space (or the kernel) as inspected.
+#[derive(Clone, Debug)]
+pub struct SpaceReport {
+    /// The space id, [`KERNEL_SPACE`] for the kernel.
+    pub space: u32,
+    pub cr3: u64,
+    /// The exported region tree, in address order.
+    pub regions: Vec<RegionRecord>,
+    /// Present pages from the host's own walk, split at region boundaries.
+    pub rows: Vec<Row>,
+    /// What the agreement checker found in this space.
+    pub findings: Vec<Finding>,
+}
+
+impl SpaceReport {
+    pub fn is_kernel(&self) -> bool {
+        self.space == KERNEL_SPACE
+    }
+
+    /// `kernel` or `space N`.
+    pub fn name(&self) -> String {
+        if self.is_kernel() {
+            "kernel".into()
+        } else {
+            format!("space {}", self.space)
+        }
+    }
+
+    /// `space 1: cr3 0x..., 11 regions, 11 pages present (44 KiB)`.
+    pub fn summary(&self) -> String {
+        let pages = self.present_pages();
+        format!(
+            "{}: cr3 {:#x}, {} regions, {} pages present ({})",
+            self.name(),
+            self.cr3,
+            self.regions.len(),
+            pages,
+            human_size(u128::from(pages * PAGE)),
+        )
+    }
+
+    /// `agreement: ok` or `agreement: N finding(s)`.
+    pub fn verdict(&self) -> String {
+        match self.findings.len() {
+            0 => "agreement: ok".into(),
+            n => format!("agreement: {n} finding(s)"),
+        }
+    }
+
+    /// Present 4 KiB pages (a 2 MiB page counts 512).
+    pub fn present_pages(&self) -> u64 {
+        self.rows.iter().map(|r| r.run.size / PAGE).sum()
+    }
+
+    /// The rows inside region `index`.
+    pub fn rows_in(&self, index: usize) -> impl Iterator<Item = &Row> {
+        self.rows
+            .iter()
+            .filter(move |r| r.owner == Owner::Region(index))
+    }
+
+    /// Present 4 KiB pages in region `index`.
+    pub fn region_pages(&self, index: usize) -> u64 {
+        self.rows_in(index).map(|r| r.run.size / PAGE).sum()
+    }
+
+    /// The region at `base`, with its index.
+    pub fn region_at(&self, base: u64) -> Option<(usize, &RegionRecord)> {
+        self.regions
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.base == base)
+    }
+}
+
+/// Everything `vmm inspect` learned from one guest.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The user spaces in id order, then the kernel.
+    pub spaces: Vec<SpaceReport>,
+    /// Scenario steps run.
+    pub steps: usize,
+    /// Scenario steps whose result differed from the expectation.
+    pub mismatches: Vec<String>,
+    /// The guest's exit status.
+    pub exit_status: u32,
+}
+
+impl Report {
+    pub fn space(&self, space: u32) -> Option<&SpaceReport> {
+        self.spaces.iter().find(|s| s.space == space)
+    }
+
+    /// Each mismatch and each finding, one line apiece; empty for a correct guest.
+    pub fn problems(&self) -> Vec<String> {
+        let findings = self.spaces.iter().flat_map(|s| &s.findings);
+        self.mismatches
+            .iter()
+            .cloned()
+            .chain(findings.map(Finding::to_string))
+            .collect()
+    }
+}
+
+/// `name base+size access`, the way every view labels a region.
+pub fn region_label(region: &RegionRecord) -> String {
+    format!(
+        "{} {:#x}+{:#x} {}",
+        region.name_str(),
+        region.base,
+        region.size,
+        access_string(region.access)
+    )
+}
+
+/// `4 KiB`, `1.5 MiB`, ...: a byte count for people.
+pub(crate) fn human_size(bytes: u128) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut scaled = bytes as f64;
+    let mut unit = 0;
+    while scaled >= 1024.0 && unit + 1 < UNITS.len() {
+        scaled /= 1024.0;
+        unit += 1;
+    }
+    if scaled.fract() == 0.0 {
+        format!("{scaled} {}", UNITS[unit])
+    } else {
+        format!("{scaled:.1} {}", UNITS[unit])
+    }
+}
+
+/// The owner of `va` and where that owner ends (exclusive, up to 2^64).
+fn owner_at(va: u64, regions: &[RegionRecord], trampoline: bool) -> (Owner, u128) {
+    let tramp = u128::from(USER_TRAMPOLINE);
+    if trampoline && (tramp..tramp + u128::from(PAGE)).contains(&u128::from(va)) {
+        return (Owner::Trampoline, tramp + u128::from(PAGE));
+    }
+    let i = regions.partition_point(|r| r.base <= va);
+    if let Some(r) = i.checked_sub(1).map(|j| &regions[j]) {
+        if va - r.base < r.size {
+            return (
+                Owner::Region(i - 1),
+                u128::from(r.base) + u128::from(r.size),
+            );
+        }
+    }
+    let next_region = regions.get(i).map_or(1 << 64, |r| u128::from(r.base));
+    let next_tramp = if trampoline && u128::from(va) < tramp {
+        tramp
+    } else {
+        1 << 64
+    };
+    (Owner::Hole, next_region.min(next_tramp))
+}
+
+/// Splits coalesced runs where their owner changes, so each row lies in one region, the
+/// trampoline page (when `trampoline`) or one hole.
+pub fn split_rows(runs: &[MappedRun], regions: &[RegionRecord], trampoline: bool) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for run in runs {
+        let end = u128::from(run.range_base) + u128::from(run.size);
+        let mut at = u128::from(run.range_base);
+        while at < end {
+            let (owner, owner_end) = owner_at(at as u64, regions, trampoline);
+            let piece_end = owner_end.min(end);
+            rows.push(Row {
+                run: MappedRun {
+                    range_base: at as u64,
+                    size: (piece_end - at) as u64,
+                    ..*run
+                },
+                owner,
+            });
+            at = piece_end;
+        }
+    }
+    rows
+}
+
+fn space_report(mem: &GuestMemoryMmap, view: SpaceView, findings: Vec<Finding>) -> SpaceReport {
+    let user = view.space != KERNEL_SPACE;
+    let half = if user { LOWER_HALF } else { UPPER_HALF };
+    // A walk error stops the walk here; the agreement checker reports it as a finding.
+    let leaves = leaves_in(mem, view.cr3, half).map_while(Result::ok);
+    let rows = split_rows(&coalesce(leaves), &view.regions, user);
+    SpaceReport {
+        space: view.space,
+        cr3: view.cr3,
+        regions: view.regions,
+        rows,
+        findings,
+    }
+}
+
+/// The driver: runs the scenario's batches, then snapshots every space and the kernel, then
+/// walks the page tables while the guest waits for its next batch.
+struct Inspector {
+    batches: Vec<Vec<scenario::Planned>>,
+    /// Batches sent so far.
+    sent: usize,
+    /// Index (over all batches) of the first step of the batch in flight.
+    first_in_flight: usize,
+    /// Placed address per step, over all batches (0 for steps that place nothing).
+    placed: Vec<u64>,
+    mismatches: Vec<String>,
+    /// `Some` once the snapshots have been asked for.
+    snapshots: Option<Vec<SpaceView>>,
+    report: Option<Report>,
+}
+
+impl Inspector {
+    fn new(batches: Vec<Vec<scenario::Planned>>) -> Self {
+        Inspector {
+            batches,
+            sent: 0,
+            first_in_flight: 0,
+            placed: Vec::new(),
+            mismatches: Vec::new(),
+            snapshots: None,
+            report: None,
+        }
+    }
+
+    fn check_batch(&mut self, results: &[OpResult]) -> Result<(), String> {
+        let batch = &self.batches[self.sent - 1];
+        if results.len() != batch.len() {
+            return Err(format!(
+                "guest returned {} results for {} operations",
+                results.len(),
+                batch.len()
+            ));
+        }
+        for (i, (planned, got)) in batch.iter().zip(results).enumerate() {
+            let index = self.first_in_flight + i;
+            if let Err(why) = check(planned.step.expect, got) {
+                let what = planned.step.what;
+                self.mismatches
+                    .push(format!("step {index} ({what}): {why}"));
+            }
+            self.placed.push(got.addr);
+        }
+        Ok(())
+    }
+
+    fn next_scenario_batch(&mut self) -> Vec<Op> {
+        self.first_in_flight = self.placed.len();
+        let batch = &self.batches[self.sent];
+        self.sent += 1;
+        batch
+            .iter()
+            .map(|p| match p.placed_by {
+                Some(by) => scenario::relocate(p.step.op, self.placed[by]),
+                None => p.step.op,
+            })
+            .collect()
+    }
+
+    fn finish(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        mut views: Vec<SpaceView>,
+        results: &[OpResult],
+    ) -> Result<(), String> {
+        if let Some(bad) = results.iter().find(|r| r.status != Status::Ok) {
+            return Err(format!("the guest could not export a snapshot: {bad:?}"));
+        }
+        let kernel_at = views.iter().position(|v| v.space == KERNEL_SPACE);
+        let kernel = kernel_at
+            .map(|i| views.remove(i))
+            .ok_or("the guest sent no kernel snapshot")?;
+        views.sort_by_key(|v| v.space);
+        let mut findings = checker::check(mem, &kernel, &views);
+        let mut take = |space: u32| {
+            let (mine, rest) = std::mem::take(&mut findings)
+                .into_iter()
+                .partition(|f: &Finding| f.space == space);
+            findings = rest;
+            mine
+        };
+        let mut spaces: Vec<SpaceReport> = views
+            .into_iter()
+            .map(|v| {
+                let found = take(v.space);
+                space_report(mem, v, found)
+            })
+            .collect();
+        let found = take(KERNEL_SPACE);
+        spaces.push(space_report(mem, kernel, found));
+        self.report = Some(Report {
+            spaces,
+            steps: self.placed.len(),
+            mismatches: std::mem::take(&mut self.mismatches),
+            exit_status: 0,
+        });
+        Ok(())
+    }
+}
+
+impl Driver for Inspector {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, String> {
+        if let Some(views) = self.snapshots.take() {
+            // The guest is paused with exactly the trees it just exported: walk now.
+            self.finish(mem, views, results)?;
+            return Ok(None);
+        }
+        if self.sent > 0 {
+            self.check_batch(results)?;
+        }
+        if self.sent < self.batches.len() {
+            return Ok(Some(self.next_scenario_batch()));
+        }
+        self.snapshots = Some(Vec::new());
+        let mut ops = vec![Op::Snapshot {
+            space: KERNEL_SPACE,
+        }];
+        ops.extend(spaces.iter().map(|s| Op::Snapshot { space: s.space }));
+        Ok(Some(ops))
+    }
+
+    fn snapshot(
+        &mut self,
+        _: &GuestMemoryMmap,
+        space: u32,
+        cr3: u64,
+        first: u64,
+        total: u64,
+        regions: &[RegionRecord],
+    ) -> Result<(), String> {
+        let views = self
+            .snapshots
+            .as_mut()
+            .ok_or_else(|| format!("unrequested snapshot of space {space}"))?;
+        if first == 0 {
+            views.push(SpaceView {
+                space,
+                cr3,
+                reported_count: total,
+                regions: Vec::new(),
+            });
+        }
+        match views.last_mut() {
+            Some(view) if view.space == space => {
+                view.regions.extend_from_slice(regions);
+                Ok(())
+            }
+            _ => Err(format!(
+                "snapshot chunk at {first} for space {space} arrived without its start"
+            )),
+        }
+    }
+}
+
+/// Boots the guest of `config`, runs the inspect scenario and reports every space and the kernel.
+pub fn inspect(config: &VmConfig) -> Result<Report, VmmError> {
+    let mut vm = Vm::new(config)?;
+    let mut inspector = Inspector::new(scenario::batches());
+    let status = vm.run(&mut inspector)?;
+    let mut report = inspector.report.ok_or_else(|| {
+        VmmError::Driver(format!(
+            "the guest exited with status {status} before it could be inspected"
+        ))
+    })?;
+    report.exit_status = status;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_mm::abi::access_bits::{READ, USER, WRITE};
+
+    fn region(base: u64, size: u64) -> RegionRecord {
+        RegionRecord {
+            base,
+            size,
+            access: USER | READ | WRITE,
+            backed: 1,
+            name: RegionRecord::name_field("anon"),
+        }
+    }
+
+    fn run(range_base: u64, size: u64) -> MappedRun {
+        MappedRun {
+            range_base,
+            size,
+            user: true,
+            writable: true,
+            executable: false,
+        }
+    }
+
+    fn spans(rows: &[Row]) -> Vec<(u64, u64, Owner)> {
+        rows.iter()
+            .map(|r| (r.run.range_base, r.run.size, r.owner))
+            .collect()
+    }
+
+    #[test]
+    fn runs_split_at_region_boundaries_and_holes() {
+        let regions = [region(0x1000, 0x2000), region(0x3000, 0x1000)];
+        // One run over both regions, then into a hole.
+        let rows = split_rows(&[run(0x2000, 0x4000)], &regions, false);
+        assert_eq!(
+            spans(&rows),
+            [
+                (0x2000, 0x1000, Owner::Region(0)),
+                (0x3000, 0x1000, Owner::Region(1)),
+                (0x4000, 0x2000, Owner::Hole),
+            ]
+        );
+        // A run that starts in a hole before the first region.
+        let rows = split_rows(&[run(0, 0x2000)], &regions, false);
+        assert_eq!(
+            spans(&rows),
+            [(0, 0x1000, Owner::Hole), (0x1000, 0x1000, Owner::Region(0))]
+        );
+        assert_eq!(rows[1].perms(), "urw-");
+    }
+
+    #[test]
+    fn trampoline_page_is_its_own_owner() {
+        let regions = [region(USER_TRAMPOLINE - 0x1000, 0x1000)];
+        let rows = split_rows(&[run(USER_TRAMPOLINE - 0x1000, 0x3000)], &regions, true);
+        assert_eq!(
+            spans(&rows),
+            [
+                (USER_TRAMPOLINE - 0x1000, 0x1000, Owner::Region(0)),
+                (USER_TRAMPOLINE, 0x1000, Owner::Trampoline),
+                (USER_TRAMPOLINE + 0x1000, 0x1000, Owner::Hole),
+            ]
+        );
+        // Without the trampoline (the kernel), the same page is a hole.
+        let rows = split_rows(&[run(USER_TRAMPOLINE, 0x1000)], &[], false);
+        assert_eq!(spans(&rows), [(USER_TRAMPOLINE, 0x1000, Owner::Hole)]);
+    }
+
+    #[test]
+    fn a_run_ending_at_the_top_of_the_address_space_does_not_overflow() {
+        let top = u64::MAX - 0x1fff;
+        let regions = [region(top, 0x2000)];
+        let rows = split_rows(&[run(top - 0x1000, 0x3000)], &regions, false);
+        assert_eq!(
+            spans(&rows),
+            [
+                (top - 0x1000, 0x1000, Owner::Hole),
+                (top, 0x2000, Owner::Region(0))
+            ]
+        );
+        assert_eq!(rows[1].end(), 0);
+    }
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_size(4096), "4 KiB");
+        assert_eq!(human_size(0x18_0000), "1.5 MiB");
+        assert_eq!(human_size(1 << 64), "16 EiB");
+        assert_eq!(human_size(12), "12 B");
+    }
+}
