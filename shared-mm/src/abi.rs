@@ -25,6 +25,12 @@ pub const USER_SPACE_END: u64 = 0x7FFF_FFFF_F000;
 /// The user-touch trampoline page: mapped user read+execute in every address space, just above
 /// the user region range and outside every region tree (like Linux's vsyscall page).
 pub const USER_TRAMPOLINE: u64 = USER_SPACE_END;
+/// The trampoline page's code: at offset 0 `mov rax, [rdi]; int3` (a load), at offset 8
+/// `mov [rdi], rsi; mov rax, [rdi]; int3` (a store and a load). The rest of the page is zero.
+pub const TRAMPOLINE_CODE: [u8; 15] = [
+    0x48, 0x8b, 0x07, 0xcc, 0x90, 0x90, 0x90, 0x90, // load
+    0x48, 0x89, 0x37, 0x48, 0x8b, 0x07, 0xcc, // store, load
+];
 /// Lowest address of the kernel's region tree (the canonical upper half).
 pub const KERNEL_SPACE_BASE: u64 = 0xFFFF_8000_0000_0000;
 
@@ -129,22 +135,60 @@ pub mod access_bits {
 pub enum Op {
     /// Result `value`: the new space's id.
     CreateSpace,
-    DestroySpace { space: u32 },
+    DestroySpace {
+        space: u32,
+    },
     /// Result `addr`: where the region was placed.
-    MapAnywhere { space: u32, size: u64, align: u64, access: u32 },
-    MapFixed { space: u32, addr: u64, size: u64, access: u32 },
-    MapRandomized { space: u32, size: u64, align: u64, access: u32 },
-    Unmap { space: u32, addr: u64, size: u64 },
-    Protect { space: u32, addr: u64, size: u64, access: u32 },
+    MapAnywhere {
+        space: u32,
+        size: u64,
+        align: u64,
+        access: u32,
+    },
+    MapFixed {
+        space: u32,
+        addr: u64,
+        size: u64,
+        access: u32,
+    },
+    MapRandomized {
+        space: u32,
+        size: u64,
+        align: u64,
+        access: u32,
+    },
+    Unmap {
+        space: u32,
+        addr: u64,
+        size: u64,
+    },
+    Protect {
+        space: u32,
+        addr: u64,
+        size: u64,
+        access: u32,
+    },
     /// Ring-3 load of the u64 at `addr`; result `value`: what was read.
-    TouchRead { space: u32, addr: u64 },
+    TouchRead {
+        space: u32,
+        addr: u64,
+    },
     /// Ring-3 store of `value` at `addr`, then a load; result `value`: what was read back.
-    TouchWrite { space: u32, addr: u64, value: u64 },
+    TouchWrite {
+        space: u32,
+        addr: u64,
+        value: u64,
+    },
     /// Ring-3 call to `addr` (the kernel first writes a `ret` there if the page is writable from
     /// the kernel's side; otherwise executes whatever is there).
-    TouchExec { space: u32, addr: u64 },
+    TouchExec {
+        space: u32,
+        addr: u64,
+    },
     /// Export the region tree of `space` (or [`KERNEL_SPACE`]) through [`Hypercall::Snapshot`].
-    Snapshot { space: u32 },
+    Snapshot {
+        space: u32,
+    },
 }
 
 impl Op {
@@ -165,19 +209,31 @@ impl Op {
         match *self {
             Op::CreateSpace => (Self::CREATE_SPACE, 0, 0, 0, 0, 0, 0),
             Op::DestroySpace { space } => (Self::DESTROY_SPACE, space, 0, 0, 0, 0, 0),
-            Op::MapAnywhere { space, size, align, access } => {
-                (Self::MAP_ANYWHERE, space, 0, size, align, access, 0)
-            }
-            Op::MapFixed { space, addr, size, access } => {
-                (Self::MAP_FIXED, space, addr, size, 0, access, 0)
-            }
-            Op::MapRandomized { space, size, align, access } => {
-                (Self::MAP_RANDOMIZED, space, 0, size, align, access, 0)
-            }
+            Op::MapAnywhere {
+                space,
+                size,
+                align,
+                access,
+            } => (Self::MAP_ANYWHERE, space, 0, size, align, access, 0),
+            Op::MapFixed {
+                space,
+                addr,
+                size,
+                access,
+            } => (Self::MAP_FIXED, space, addr, size, 0, access, 0),
+            Op::MapRandomized {
+                space,
+                size,
+                align,
+                access,
+            } => (Self::MAP_RANDOMIZED, space, 0, size, align, access, 0),
             Op::Unmap { space, addr, size } => (Self::UNMAP, space, addr, size, 0, 0, 0),
-            Op::Protect { space, addr, size, access } => {
-                (Self::PROTECT, space, addr, size, 0, access, 0)
-            }
+            Op::Protect {
+                space,
+                addr,
+                size,
+                access,
+            } => (Self::PROTECT, space, addr, size, 0, access, 0),
             Op::TouchRead { space, addr } => (Self::TOUCH_READ, space, addr, 0, 0, 0, 0),
             Op::TouchWrite { space, addr, value } => {
                 (Self::TOUCH_WRITE, space, addr, 0, 0, 0, value)
@@ -211,11 +267,31 @@ impl Op {
         Some(match kind {
             Self::CREATE_SPACE => Op::CreateSpace,
             Self::DESTROY_SPACE => Op::DestroySpace { space },
-            Self::MAP_ANYWHERE => Op::MapAnywhere { space, size, align, access },
-            Self::MAP_FIXED => Op::MapFixed { space, addr, size, access },
-            Self::MAP_RANDOMIZED => Op::MapRandomized { space, size, align, access },
+            Self::MAP_ANYWHERE => Op::MapAnywhere {
+                space,
+                size,
+                align,
+                access,
+            },
+            Self::MAP_FIXED => Op::MapFixed {
+                space,
+                addr,
+                size,
+                access,
+            },
+            Self::MAP_RANDOMIZED => Op::MapRandomized {
+                space,
+                size,
+                align,
+                access,
+            },
             Self::UNMAP => Op::Unmap { space, addr, size },
-            Self::PROTECT => Op::Protect { space, addr, size, access },
+            Self::PROTECT => Op::Protect {
+                space,
+                addr,
+                size,
+                access,
+            },
             Self::TOUCH_READ => Op::TouchRead { space, addr },
             Self::TOUCH_WRITE => Op::TouchWrite { space, addr, value },
             Self::TOUCH_EXEC => Op::TouchExec { space, addr },
@@ -407,7 +483,11 @@ impl RegionRecord {
 
     /// The name without its NUL padding (lossy if the guest sent invalid UTF-8).
     pub fn name_str(&self) -> &str {
-        let end = self.name.iter().position(|&b| b == 0).unwrap_or(REGION_NAME_LEN);
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(REGION_NAME_LEN);
         core::str::from_utf8(&self.name[..end]).unwrap_or("<invalid utf-8>")
     }
 
@@ -442,15 +522,51 @@ mod tests {
         let ops = [
             Op::CreateSpace,
             Op::DestroySpace { space: 3 },
-            Op::MapAnywhere { space: 1, size: 0x3000, align: 0x1000, access: 11 },
-            Op::MapFixed { space: 1, addr: 0x40_0000, size: 0x1000, access: 9 },
-            Op::MapRandomized { space: 2, size: 0x20_0000, align: 0x20_0000, access: 15 },
-            Op::Unmap { space: 1, addr: 0x40_1000, size: 0x2000 },
-            Op::Protect { space: 1, addr: 0x40_0000, size: 0x1000, access: 8 },
-            Op::TouchRead { space: 1, addr: 0x40_0008 },
-            Op::TouchWrite { space: 1, addr: 0x40_0010, value: 0xdead_beef },
-            Op::TouchExec { space: 1, addr: 0x40_0000 },
-            Op::Snapshot { space: KERNEL_SPACE },
+            Op::MapAnywhere {
+                space: 1,
+                size: 0x3000,
+                align: 0x1000,
+                access: 11,
+            },
+            Op::MapFixed {
+                space: 1,
+                addr: 0x40_0000,
+                size: 0x1000,
+                access: 9,
+            },
+            Op::MapRandomized {
+                space: 2,
+                size: 0x20_0000,
+                align: 0x20_0000,
+                access: 15,
+            },
+            Op::Unmap {
+                space: 1,
+                addr: 0x40_1000,
+                size: 0x2000,
+            },
+            Op::Protect {
+                space: 1,
+                addr: 0x40_0000,
+                size: 0x1000,
+                access: 8,
+            },
+            Op::TouchRead {
+                space: 1,
+                addr: 0x40_0008,
+            },
+            Op::TouchWrite {
+                space: 1,
+                addr: 0x40_0010,
+                value: 0xdead_beef,
+            },
+            Op::TouchExec {
+                space: 1,
+                addr: 0x40_0000,
+            },
+            Op::Snapshot {
+                space: KERNEL_SPACE,
+            },
         ];
         for op in ops {
             let mut buf = [0u8; OP_RECORD_SIZE];
@@ -479,7 +595,13 @@ mod tests {
         assert_eq!(res.encode(&mut buf), Some(RESULT_RECORD_SIZE));
         assert_eq!(OpResult::decode(&buf), Some(res));
 
-        let hdr = MailboxHeader { call: 4, status: 0, len: 96, count: 2, args: [1, 2, 3, 4] };
+        let hdr = MailboxHeader {
+            call: 4,
+            status: 0,
+            len: 96,
+            count: 2,
+            args: [1, 2, 3, 4],
+        };
         let mut buf = [0u8; HEADER_SIZE];
         assert_eq!(hdr.encode(&mut buf), Some(48));
         assert_eq!(MailboxHeader::decode(&buf), Some(hdr));
@@ -496,7 +618,10 @@ mod tests {
         assert_eq!(RegionRecord::decode(&buf), Some(rec));
         assert_eq!(rec.name_str(), "a-rather-long-region-nam");
 
-        let sp = SpaceRecord { space: 2, cr3: 0x5000 };
+        let sp = SpaceRecord {
+            space: 2,
+            cr3: 0x5000,
+        };
         let mut buf = [0u8; SPACE_RECORD_SIZE];
         assert_eq!(sp.encode(&mut buf), Some(SPACE_RECORD_SIZE));
         assert_eq!(SpaceRecord::decode(&buf), Some(sp));

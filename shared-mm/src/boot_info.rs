@@ -29,6 +29,13 @@ pub const BOOT_INFO_MAGIC: u64 = 0x3130_544F_4F42_4D4D;
 /// Capacity of the memory map.
 pub const MAX_MEMORY_REGIONS: usize = 16;
 
+// The guest-physical layout must not overlap itself; checked when the crate compiles.
+const _: () = {
+    assert!(BOOT_INFO_ADDR + BootInfo::ENCODED_SIZE as u64 <= MAILBOX_ADDR);
+    assert!(MAILBOX_ADDR + MAILBOX_SIZE <= BOOT_PML4_ADDR);
+    assert!(BOOT_PML4_ADDR < LOW_RESERVED_END && LOW_RESERVED_END <= KERNEL_PHYS_BASE);
+};
+
 /// What the guest does after boot; the VMM chooses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestCommand {
@@ -216,12 +223,5 @@ mod tests {
             BootInfo::decode(&[0u8; BootInfo::ENCODED_SIZE]),
             Err(BootInfoError::BadMagic)
         );
-    }
-
-    #[test]
-    fn layout_constants_do_not_overlap() {
-        assert!(BOOT_INFO_ADDR + BootInfo::ENCODED_SIZE as u64 <= MAILBOX_ADDR);
-        assert!(MAILBOX_ADDR + MAILBOX_SIZE <= BOOT_PML4_ADDR);
-        assert!(BOOT_PML4_ADDR < LOW_RESERVED_END && LOW_RESERVED_END <= KERNEL_PHYS_BASE);
     }
 }

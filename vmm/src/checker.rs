@@ -358,6 +358,8 @@ pub struct Checked<D> {
     pub findings: Vec<(usize, Finding)>,
     /// How many times the checker ran.
     pub checks_run: usize,
+    /// End the guest's work at the first finding instead of handing out more batches.
+    pub stop_on_finding: bool,
 }
 
 impl<D: Driver> Checked<D> {
@@ -368,11 +370,16 @@ impl<D: Driver> Checked<D> {
             snapshots: Vec::new(),
             findings: Vec::new(),
             checks_run: 0,
+            stop_on_finding: false,
         }
     }
 
     pub fn inner(&self) -> &D {
         &self.inner
+    }
+
+    pub fn inner_mut(&mut self) -> &mut D {
+        &mut self.inner
     }
 
     pub fn into_inner(self) -> D {
@@ -406,6 +413,10 @@ impl<D: Driver> Driver for Checked<D> {
                 let run = self.checks_run;
                 self.checks_run += 1;
                 let found = check(mem, &kernel, &self.snapshots);
+                if self.stop_on_finding && !found.is_empty() {
+                    self.findings.extend(found.into_iter().map(|f| (run, f)));
+                    return Ok(None);
+                }
                 self.findings.extend(found.into_iter().map(|f| (run, f)));
                 self.inner.next_batch(mem, &held, spaces)
             }

@@ -45,7 +45,7 @@ pub enum VmmError {
         line: u64,
         column: u64,
     },
-    /// The guest ran longer than `--timeout` without exiting.
+    /// The guest made no hypercall for `--timeout` seconds (a hang, or a guest that never exits).
     Timeout { seconds: f64, registers: String },
     /// The guest halted without an exit hypercall.
     GuestHalted { registers: String },
@@ -118,7 +118,7 @@ impl fmt::Display for VmmError {
             }
             VmmError::Timeout { seconds, registers } => write!(
                 f,
-                "guest did not exit within {seconds} s (raise --timeout, or 0 for none); \
+                "guest did not exit within {seconds} s of its last hypercall (raise --timeout, or 0 for none); \
                  vCPU state:\n{registers}"
             ),
             VmmError::GuestHalted { registers } => {

@@ -3,9 +3,12 @@
 
 pub mod arch;
 pub mod checker;
+pub mod coverage;
 pub mod error;
+pub mod fuzz;
 pub mod guest_build;
 pub mod hypercall;
+pub mod inspect;
 pub mod loader;
 pub mod page_walk;
 pub mod scenario;

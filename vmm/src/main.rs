@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use vmm::checker::Checked;
+use vmm::fuzz::campaign::{run_campaign, CampaignConfig};
+use vmm::fuzz::replay;
+use vmm::fuzz::repro::Reproducer;
+use vmm::fuzz::shrink::Budget;
 use vmm::scenario::SelfCheck;
 use vmm::{Vm, VmConfig, VmmError};
 
@@ -29,7 +33,7 @@ struct GuestArgs {
     /// Guest RAM in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     memory: u64,
-    /// Stop the guest after this many seconds (0: never).
+    /// Stop a guest that makes no hypercall for this many seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     timeout: f64,
     /// Seed for the guest's randomized placement.
@@ -50,6 +54,59 @@ enum Command {
         #[arg(long, value_enum, hide = true)]
         misbehave: Option<Misbehave>,
     },
+    /// Run a built-in scenario, then show each address space's regions and present pages
+    /// (from the host's own page-table walk) and the agreement checker's verdict.
+    Inspect {
+        #[command(flatten)]
+        guest: GuestArgs,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also draw the address-space map as SVG into FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Fuzz the guest MM: generated operations checked against a host model and the agreement
+    /// checker; each failure is shrunk and saved as a reproducer. `--seed` seeds everything.
+    Fuzz {
+        #[command(flatten)]
+        guest: GuestArgs,
+        #[command(flatten)]
+        fuzz: FuzzArgs,
+    },
+    /// Replay a reproducer saved by `vmm fuzz`; exits 1 if the failure still happens.
+    Replay {
+        #[command(flatten)]
+        guest: GuestArgs,
+        /// The reproducer file.
+        file: PathBuf,
+    },
+}
+
+/// Options of `vmm fuzz`.
+#[derive(clap::Args, Clone)]
+struct FuzzArgs {
+    /// Operations to generate in total.
+    #[arg(long, default_value_t = 100_000)]
+    ops: u64,
+    /// Guests fuzzed in parallel (each a deterministic stream of its own).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Operations per hypercall batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Skip the agreement checker after each batch.
+    #[arg(long)]
+    no_check: bool,
+    /// Save failures without shrinking them.
+    #[arg(long)]
+    no_shrink: bool,
+    /// Directory for reproducer files.
+    #[arg(long, value_name = "DIR", default_value = "fuzz-out")]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -122,17 +179,144 @@ fn run(cli: Cli) -> Result<u32, VmmError> {
                 check.checked,
                 check.step_count()
             );
+            eprintln!("vmm: guest exited with status {status}");
             Ok(status)
+        }
+        Command::Inspect { guest, json, svg } => {
+            let config = VmConfig {
+                echo_console: false,
+                ..config(&guest, GuestCommand::Serve)?
+            };
+            let report = vmm::inspect::inspect(&config)?;
+            print!(
+                "{}",
+                if json {
+                    report.to_json()
+                } else {
+                    report.to_table()
+                }
+            );
+            if let Some(path) = &svg {
+                std::fs::write(path, report.to_svg()).map_err(|e| {
+                    VmmError::Driver(format!(
+                        "cannot write the SVG map to {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                eprintln!("vmm: wrote the address-space map to {}", path.display());
+            }
+            let problems = report.problems();
+            if !problems.is_empty() {
+                return Err(VmmError::SelfCheckFailed(problems));
+            }
+            Ok(report.exit_status)
+        }
+        Command::Fuzz { guest, fuzz: args } => fuzz(&guest, &args),
+        Command::Replay { guest, file } => replay_file(&guest, &file),
+    }
+}
+
+fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
+    let FuzzArgs {
+        ops,
+        jobs,
+        batch,
+        no_check,
+        no_shrink,
+        ref out,
+        quiet,
+    } = *args;
+    let (check, shrink) = (!no_check, !no_shrink);
+    if jobs == 0 || batch == 0 {
+        return Err(VmmError::Driver(
+            "--jobs and --batch must be at least 1".into(),
+        ));
+    }
+    let mut vm = config(guest, GuestCommand::Serve)?;
+    vm.echo_console = false;
+    let campaign = CampaignConfig {
+        seed: guest.seed,
+        ops,
+        jobs,
+        batch,
+        check,
+        shrink,
+        shrink_budget: Budget::default(),
+        vm,
+        out_dir: out.clone(),
+        kernel_label: guest
+            .kernel
+            .as_ref()
+            .map_or("embedded".into(), |p| p.display().to_string()),
+        progress: !quiet,
+    };
+    let report = run_campaign(&campaign)?;
+    eprintln!(
+        "vmm fuzz: {} ops in {:.1} s ({:.0} ops/s) on {} guest boot(s), seed {}, {} job(s), checker {}",
+        report.ops_executed,
+        report.elapsed.as_secs_f64(),
+        report.ops_per_second(),
+        report.guests_booted,
+        guest.seed,
+        jobs,
+        if check { "on" } else { "off" }
+    );
+    if report.bugs.is_empty() {
+        eprintln!("vmm fuzz: no findings");
+        return Ok(0);
+    }
+    eprintln!("vmm fuzz: {} distinct finding(s):", report.bugs.len());
+    for bug in &report.bugs {
+        eprintln!(
+            "  {} (hit {}x; first after {} ops / {:.2} s in job {}); reproducer {} with {} ops (from {})\n    {}",
+            bug.signature,
+            bug.hits,
+            bug.ops_to_find,
+            bug.time_to_find.as_secs_f64(),
+            bug.job,
+            bug.repro_path.display(),
+            bug.repro_len,
+            bug.original_len,
+            bug.description.lines().next().unwrap_or("")
+        );
+    }
+    Ok(1)
+}
+
+fn replay_file(guest: &GuestArgs, file: &PathBuf) -> Result<u32, VmmError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| VmmError::Driver(format!("cannot read reproducer {}: {e}", file.display())))?;
+    let repro = Reproducer::parse(&text)
+        .map_err(|e| VmmError::Driver(format!("{}: {e}", file.display())))?;
+    let mut vm = config(guest, GuestCommand::Serve)?;
+    vm.echo_console = false;
+    if let Some(expected) = repro.header_value("failure") {
+        eprintln!(
+            "vmm replay: {} ops; recorded failure: {expected}",
+            repro.ops.len()
+        );
+    }
+    match replay(&vm, &repro.ops)? {
+        Some((failure, at)) => {
+            eprintln!(
+                "vmm replay: reproduced after {at} ops: {}\n{}",
+                failure.signature, failure.description
+            );
+            Ok(1)
+        }
+        None => {
+            eprintln!(
+                "vmm replay: all {} ops ran clean; the failure did not reproduce",
+                repro.ops.len()
+            );
+            Ok(0)
         }
     }
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(status) => {
-            eprintln!("vmm: guest exited with status {status}");
-            ExitCode::from(status.min(255) as u8)
-        }
+        Ok(status) => ExitCode::from(status.min(255) as u8),
         Err(e) => {
             eprintln!("vmm: error: {e}");
             ExitCode::from(e.exit_code() as u8)

@@ -388,6 +388,15 @@ pub fn steps() -> Vec<Step> {
             },
             Fault(FaultKind::GeneralProtection),
         ),
+        // Regression, found by the fuzzer: exec of a kernel huge-page address panicked the guest.
+        step(
+            "user exec of kernel memory faults",
+            TouchExec {
+                space: a,
+                addr: 0xFFFF_FFFF_8020_1000,
+            },
+            Fault(FaultKind::SegvAccess),
+        ),
         step(
             "touch with no region",
             TouchRead {

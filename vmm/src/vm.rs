@@ -261,6 +261,9 @@ impl Vm {
             };
             match exit {
                 VcpuExit::IoOut(HYPERCALL_PORT, _) => {
+                    if let Some(w) = watchdog {
+                        w.pet();
+                    }
                     if let Next::Exit(status) = hypercall::handle(&self.mem, &mut log, driver)? {
                         return Ok(status);
                     }

@@ -1,7 +1,8 @@
-//! Stops a guest that runs past its time limit by signalling the vCPU thread out of KVM_RUN.
+//! Stops a guest that makes no hypercall for too long, by signalling the vCPU thread out of
+//! KVM_RUN. Each hypercall [`Watchdog::pet`]s it, so long but busy runs (fuzzing) go on.
 
 use crate::error::VmmError;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,13 +20,16 @@ fn kick_signal() -> libc::c_int {
 /// A timer thread that interrupts the calling thread's KVM_RUN once `limit` has passed.
 pub struct Watchdog {
     limit: Duration,
+    /// Milliseconds from `epoch` to the last sign of life.
+    last_pet_ms: Arc<AtomicU64>,
+    epoch: Instant,
     expired: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Watchdog {
-    /// Arms a watchdog for the current thread.
+    /// Arms a watchdog for the current thread: it fires once `limit` passes without a pet.
     pub fn start(limit: Duration) -> Result<Watchdog, VmmError> {
         vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(|e| {
             VmmError::Driver(format!("cannot install the timeout signal handler: {e}"))
@@ -34,11 +38,13 @@ impl Watchdog {
         let target = unsafe { libc::pthread_self() };
         let expired = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (exp, stp) = (expired.clone(), stop.clone());
-        let deadline = Instant::now() + limit;
+        let last_pet_ms = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let (exp, stp, pet) = (expired.clone(), stop.clone(), last_pet_ms.clone());
         let thread = std::thread::spawn(move || {
             while !stp.load(Ordering::Acquire) {
                 let now = Instant::now();
+                let deadline = epoch + Duration::from_millis(pet.load(Ordering::Relaxed)) + limit;
                 if now < deadline {
                     std::thread::park_timeout((deadline - now).min(Duration::from_millis(100)));
                     continue;
@@ -52,10 +58,18 @@ impl Watchdog {
         });
         Ok(Watchdog {
             limit,
+            last_pet_ms,
+            epoch,
             expired,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Records a sign of life: the deadline moves to `limit` from now.
+    pub fn pet(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_pet_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn limit(&self) -> Duration {

@@ -135,7 +135,14 @@ fn memory_too_small_exits_2() {
 #[test]
 fn memory_overflowing_u64_exits_2() {
     let outcome = vmm_run(&["--memory", &u64::MAX.to_string()]);
-    assert_fails(&outcome, 2, &["bad guest memory size", "overflows"]);
+    assert_fails(
+        &outcome,
+        2,
+        &[
+            "bad guest memory size (2^64 bytes or more)",
+            "at most 16 GiB",
+        ],
+    );
 }
 
 #[test]

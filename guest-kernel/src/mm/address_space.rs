@@ -228,7 +228,11 @@ impl AddressSpace {
             let (left, right) = whole.subtract(&range);
             let freed = if cfg!(feature = "bug-free-mapped") {
                 // Seeded bug: frees the frames of the pieces that stay mapped, too.
-                object.pages_in(whole.base().get(), whole.last().get()).into_iter().map(|(_, f)| f).collect()
+                object
+                    .pages_in(whole.base().get(), whole.last().get())
+                    .into_iter()
+                    .map(|(_, f)| f)
+                    .collect()
             } else {
                 object.take_pages(cut.base().get(), cut.last().get())
             };

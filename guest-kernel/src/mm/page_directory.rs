@@ -64,10 +64,15 @@ impl PageDirectory {
             let index = level.index(va);
             let entry = PageTableEntry::from_raw(read_entry(table, index));
             if entry.contains(PageTableFlags::PRESENT) {
-                assert!(
-                    !entry.contains(PageTableFlags::HUGE_PAGE),
-                    "4 KiB mapping requested inside a huge page at {va:#x}"
-                );
+                if entry.contains(PageTableFlags::HUGE_PAGE) {
+                    // A 2 MiB/1 GiB kernel mapping: there is no 4 KiB leaf to find, and asking
+                    // for one to be created there is a kernel bug.
+                    assert!(
+                        frames.is_none(),
+                        "4 KiB mapping requested inside a huge page at {va:#x}"
+                    );
+                    return Ok(None);
+                }
                 table = entry.frame();
                 continue;
             }

@@ -10,16 +10,11 @@ use crate::arch::x86_64::idt::{
     VECTOR_INVALID_OPCODE, VECTOR_PAGE_FAULT,
 };
 use crate::arch::x86_64::physmap::{read_byte, write_bytes};
-use shared_mm::abi::{FaultKind, OpResult, Status, USER_TRAMPOLINE};
+pub use shared_mm::abi::TRAMPOLINE_CODE;
+use shared_mm::abi::{FaultKind, OpResult, Status, KERNEL_SPACE_BASE, USER_TRAMPOLINE};
 use shared_mm::address::PAGE_SIZE;
 use shared_mm::pte::is_canonical;
 
-/// The trampoline page's code: at 0 `mov rax, [rdi]; int3`, at 8 `mov [rdi], rsi;
-/// mov rax, [rdi]; int3`.
-pub const TRAMPOLINE_CODE: [u8; 15] = [
-    0x48, 0x8b, 0x07, 0xcc, 0x90, 0x90, 0x90, 0x90, // read
-    0x48, 0x89, 0x37, 0x48, 0x8b, 0x07, 0xcc, // write
-];
 const READ_ENTRY: u64 = USER_TRAMPOLINE;
 const READ_DONE: u64 = USER_TRAMPOLINE + 4;
 const WRITE_ENTRY: u64 = USER_TRAMPOLINE + 8;
@@ -118,7 +113,8 @@ pub fn touch(
 /// present, and restores the byte afterwards, so the data stays as it was.
 fn run_once(space: &AddressSpace, entry: &UserEntry, kind: Touch) -> UserTrap {
     let planted = match kind {
-        Touch::Execute => space
+        // Only user pages: a kernel page must never be patched on a user's behalf.
+        Touch::Execute if entry.rip < KERNEL_SPACE_BASE => space
             .directory()
             .translate(entry.rip & !(PAGE_SIZE - 1))
             .map(|(frame, _)| {

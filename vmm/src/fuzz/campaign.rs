@@ -1,0 +1,247 @@
+//! A fuzzing campaign: jobs in parallel, each a deterministic stream of generated batches on
+//! its own guest, with progress, deduplicated findings, shrunk reproducers and a summary.
+
+use super::generate::Generator;
+use super::repro::Reproducer;
+use super::shrink::{shrink, Budget};
+use super::{run_session, Session, Signature, Source};
+use crate::{VmConfig, VmmError};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How to run a campaign.
+#[derive(Clone, Debug)]
+pub struct CampaignConfig {
+    pub seed: u64,
+    /// Operations to generate in total, split evenly over the jobs.
+    pub ops: u64,
+    pub jobs: usize,
+    /// Operations per hypercall batch.
+    pub batch: usize,
+    /// Run the agreement checker after every batch.
+    pub check: bool,
+    /// Shrink each new failure before saving it.
+    pub shrink: bool,
+    pub shrink_budget: Budget,
+    pub vm: VmConfig,
+    /// Where reproducers are written.
+    pub out_dir: PathBuf,
+    /// Recorded in reproducers: which kernel the run used (a path, or "embedded").
+    pub kernel_label: String,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// One distinct failure the campaign found.
+#[derive(Clone, Debug)]
+pub struct FoundBug {
+    pub signature: Signature,
+    pub description: String,
+    pub job: usize,
+    /// Operations the job had run when it hit the failure.
+    pub ops_to_find: u64,
+    pub time_to_find: Duration,
+    /// Length of the failing sequence before and after shrinking.
+    pub original_len: usize,
+    pub repro_len: usize,
+    pub repro_path: PathBuf,
+    /// How many times the campaign hit this signature.
+    pub hits: usize,
+}
+
+/// What a campaign did.
+#[derive(Debug)]
+pub struct CampaignReport {
+    pub ops_executed: u64,
+    pub elapsed: Duration,
+    pub guests_booted: usize,
+    pub bugs: Vec<FoundBug>,
+}
+
+impl CampaignReport {
+    pub fn ops_per_second(&self) -> f64 {
+        self.ops_executed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The seed of job `job`'s generator: distinct per job, fixed per (seed, job).
+fn job_seed(seed: u64, job: usize) -> u64 {
+    seed ^ (job as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+struct Shared<'a> {
+    config: &'a CampaignConfig,
+    start: Instant,
+    bar: ProgressBar,
+    executed: AtomicUsize,
+    guests: AtomicUsize,
+    bugs: Mutex<BTreeMap<Signature, FoundBug>>,
+}
+
+impl Shared<'_> {
+    fn record(
+        &self,
+        job: usize,
+        ops: Vec<shared_mm::abi::Op>,
+        failure: super::Failure,
+        ops_to_find: u64,
+    ) -> Result<(), VmmError> {
+        let time_to_find = self.start.elapsed();
+        {
+            let mut bugs = self.bugs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(bug) = bugs.get_mut(&failure.signature) {
+                bug.hits += 1;
+                return Ok(());
+            }
+        }
+        let config = self.config;
+        self.bar.println(format!(
+            "finding (job {job}, after {ops_to_find} ops): {}",
+            failure.signature
+        ));
+        let original_len = ops.len();
+        let ops = if config.shrink {
+            self.bar.set_message(format!("shrinking {} ops", ops.len()));
+            shrink(&config.vm, &ops, &failure.signature, config.shrink_budget)?.ops
+        } else {
+            ops
+        };
+        let repro = Reproducer {
+            header: vec![
+                ("failure".into(), failure.signature.to_string()),
+                ("detail".into(), failure.description.clone()),
+                ("seed".into(), config.seed.to_string()),
+                ("job".into(), job.to_string()),
+                ("kernel".into(), config.kernel_label.clone()),
+                ("memory-mib".into(), (config.vm.memory >> 20).to_string()),
+                ("found-after-ops".into(), ops_to_find.to_string()),
+                ("original-length".into(), original_len.to_string()),
+            ],
+            ops,
+        };
+        std::fs::create_dir_all(&config.out_dir).map_err(|e| {
+            VmmError::Driver(format!("cannot create {}: {e}", config.out_dir.display()))
+        })?;
+        let mut bugs = self.bugs.lock().unwrap_or_else(|e| e.into_inner());
+        let path = config
+            .out_dir
+            .join(format!("repro-seed{}-{}.txt", config.seed, bugs.len() + 1));
+        std::fs::write(&path, repro.to_text())
+            .map_err(|e| VmmError::Driver(format!("cannot write {}: {e}", path.display())))?;
+        self.bar.println(format!(
+            "  saved {} ({} ops, shrunk from {original_len})",
+            path.display(),
+            repro.ops.len()
+        ));
+        bugs.insert(
+            failure.signature.clone(),
+            FoundBug {
+                signature: failure.signature,
+                description: failure.description,
+                job,
+                ops_to_find,
+                time_to_find,
+                original_len,
+                repro_len: repro.ops.len(),
+                repro_path: path,
+                hits: 1,
+            },
+        );
+        let found = bugs.len();
+        self.bar.set_message(format!("{found} finding(s)"));
+        Ok(())
+    }
+
+    fn run_job(&self, job: usize, budget: u64) -> Result<(), VmmError> {
+        let config = self.config;
+        let mut generator = Generator::new(job_seed(config.seed, job));
+        let mut remaining = budget as usize;
+        let mut done_in_job = 0u64;
+        let progress = |n: usize| {
+            self.bar.inc(n as u64);
+            self.executed.fetch_add(n, Ordering::Relaxed);
+        };
+        while remaining > 0 {
+            let before = remaining;
+            let session = Session::new(
+                Source::Generated {
+                    generator: &mut generator,
+                    budget: remaining,
+                },
+                config.batch,
+                Some(&progress),
+            );
+            self.guests.fetch_add(1, Ordering::Relaxed);
+            let (sent, failure) = run_session(&config.vm, session, config.check)?;
+            remaining = before.saturating_sub(sent.len());
+            done_in_job += sent.len() as u64;
+            match failure {
+                Some(failure) => self.record(job, sent, failure, done_in_job)?,
+                None if sent.is_empty() => break,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the campaign to the end (every job's budget spent); failures are findings, not errors.
+/// Errors are setup problems (no KVM, unusable kernel, unwritable output directory).
+pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError> {
+    let jobs = config.jobs.max(1);
+    let bar = ProgressBar::with_draw_target(
+        Some(config.ops),
+        if config.progress {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} ops, {per_sec} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message("0 findings");
+    let shared = Shared {
+        config,
+        start: Instant::now(),
+        bar,
+        executed: AtomicUsize::new(0),
+        guests: AtomicUsize::new(0),
+        bugs: Mutex::new(BTreeMap::new()),
+    };
+    let per_job = config.ops / jobs as u64;
+    let extra = config.ops % jobs as u64;
+    let results: Vec<Result<(), VmmError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|job| {
+                let shared = &shared;
+                let budget = per_job + u64::from((job as u64) < extra);
+                scope.spawn(move || shared.run_job(job, budget))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(VmmError::Driver("a fuzz job panicked".into())))
+            })
+            .collect()
+    });
+    shared.bar.finish_and_clear();
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let bugs = shared.bugs.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(CampaignReport {
+        ops_executed: shared.executed.load(Ordering::Relaxed) as u64,
+        elapsed: shared.start.elapsed(),
+        guests_booted: shared.guests.load(Ordering::Relaxed),
+        bugs: bugs.into_values().collect(),
+    })
+}

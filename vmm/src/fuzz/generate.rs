@@ -1,0 +1,304 @@
+//! The operation generator: syzkaller-style choices that reuse and overlap earlier ranges
+//! often, keep sizes mostly small but sometimes huge, and aim at the edges of the space.
+
+use super::model::{Model, SpaceModel};
+use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
+use shared_mm::abi::{Op, KERNEL_SPACE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE};
+use shared_mm::region_tree::{RandomSource, SplitMix64};
+
+const PAGE: u64 = 4096;
+/// Guest frames the generator lets the model's spaces hold before it destroys one.
+const FRAME_BUDGET: usize = 24_000;
+/// Live regions per space before the generator stops adding more.
+const REGION_BUDGET: usize = 1_500;
+/// Live spaces the generator aims for at most.
+const SPACE_BUDGET: usize = 8;
+/// Ranges remembered for reuse.
+const HISTORY: usize = 64;
+
+/// Addresses worth trying on their own: both ends of the space, the trampoline, the kernel
+/// half, the non-canonical hole and the top of the 64-bit space.
+const SPECIAL: [u64; 10] = [
+    0,
+    USER_SPACE_BASE,
+    USER_SPACE_END - PAGE,
+    USER_SPACE_END,
+    USER_TRAMPOLINE + 8,
+    0x0000_8000_0000_0000,
+    0xFFFF_8000_0000_0000,
+    0xFFFF_FFFF_8020_0000,
+    0xFFFF_FFFF_FFFF_F000,
+    0x4000_0000,
+];
+
+/// A seeded, deterministic source of operations.
+pub struct Generator {
+    rng: SplitMix64,
+    /// Ranges used by earlier operations, for reuse and overlap.
+    history: Vec<(u64, u64)>,
+}
+
+impl Generator {
+    pub fn new(seed: u64) -> Self {
+        Generator {
+            rng: SplitMix64::new(seed),
+            history: Vec::new(),
+        }
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.rng.next_u64() % n
+        }
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    /// Mostly 1-8 pages, sometimes up to 2 MiB, rarely huge, zero or misaligned.
+    fn size(&mut self) -> u64 {
+        match self.below(100) {
+            0..=69 => (1 + self.below(8)) * PAGE,
+            70..=89 => (9 + self.below(504)) * PAGE,
+            90..=96 => PAGE << (9 + self.below(27)),
+            97 => 0,
+            98 => 1 + self.below(PAGE - 1),
+            _ => (1 + self.below(8)) * PAGE + 8,
+        }
+    }
+
+    fn alignment(&mut self) -> u64 {
+        match self.below(100) {
+            0..=79 => PAGE,
+            80..=94 => PAGE << self.below(19),
+            95..=97 => 1 << (self.below(63)),
+            _ => self.pick(&[0, 3 * 1024, 6 * 1024, PAGE + 1]),
+        }
+    }
+
+    fn access(&mut self) -> u32 {
+        match self.below(100) {
+            0..=59 => USER | READ | WRITE,
+            60..=74 => USER | READ,
+            75..=84 => USER | READ | EXECUTE,
+            85..=89 => USER,
+            90..=97 => self.below(16) as u32,
+            _ => 16 << self.below(4),
+        }
+    }
+
+    fn remember(&mut self, base: u64, size: u64) {
+        if self.history.len() == HISTORY {
+            let i = self.below(HISTORY as u64) as usize;
+            self.history[i] = (base, size);
+        } else {
+            self.history.push((base, size));
+        }
+    }
+
+    /// A range that reuses, overlaps or straddles existing regions most of the time.
+    fn range(&mut self, space: Option<&SpaceModel>) -> (u64, u64) {
+        let regions: Vec<(u64, u64)> = space
+            .map(|s| s.regions.iter().map(|(&b, r)| (b, r.size)).collect())
+            .unwrap_or_default();
+        let choice = self.below(100);
+        let (base, size) = if choice < 45 && !regions.is_empty() {
+            let (b, s) = self.pick(&regions);
+            match self.below(5) {
+                0 => (b, s),
+                1 => (b + self.below(s / PAGE) * PAGE, self.size()),
+                2 => (
+                    b.saturating_sub(self.below(4) * PAGE),
+                    s + self.below(8) * PAGE,
+                ),
+                3 => (b + s - PAGE, 2 * PAGE),
+                _ => (b, self.size()),
+            }
+        } else if choice < 70 && !self.history.is_empty() {
+            let (b, s) = self.pick(&self.history.clone());
+            let shift = self.below(9) * PAGE;
+            if self.chance(50) {
+                (b.wrapping_add(shift), s)
+            } else {
+                (b.wrapping_sub(shift), s)
+            }
+        } else if choice < 80 {
+            (self.pick(&SPECIAL), self.size())
+        } else {
+            // Somewhere in the user range, usually near the bottom where the action is.
+            let span = if self.chance(80) {
+                1 << 32
+            } else {
+                USER_SPACE_END - USER_SPACE_BASE
+            };
+            (
+                USER_SPACE_BASE + self.below(span / PAGE) * PAGE,
+                self.size(),
+            )
+        };
+        if self.chance(3) {
+            return (base | self.pick(&[1, 8, 0x800]), size);
+        }
+        (base, size)
+    }
+
+    /// An 8-byte-aligned address to touch: usually inside a region.
+    fn touch_address(&mut self, space: Option<&SpaceModel>) -> u64 {
+        let regions: Vec<(u64, u64)> = space
+            .map(|s| s.regions.iter().map(|(&b, r)| (b, r.size)).collect())
+            .unwrap_or_default();
+        if !regions.is_empty() && self.chance(80) {
+            let (b, s) = self.pick(&regions);
+            // Bias toward the first pages, which earlier touches may have written.
+            let pages = (s / PAGE).min(if self.chance(70) { 4 } else { u64::MAX });
+            return b + self.below(pages) * PAGE + self.below(PAGE / 8) * 8;
+        }
+        let (base, _) = self.range(space);
+        base & !7
+    }
+
+    fn space(&mut self, model: &Model) -> u32 {
+        let live: Vec<u32> = model.spaces.keys().copied().collect();
+        if live.is_empty() || self.chance(3) {
+            return self.pick(&[0, 1, 2, 99, KERNEL_SPACE - 1]);
+        }
+        self.pick(&live)
+    }
+
+    /// The next operation, chosen with the model's current state in view.
+    pub fn next_op(&mut self, model: &Model) -> Op {
+        if model.spaces.is_empty() || (model.spaces.len() < SPACE_BUDGET && self.chance(2)) {
+            return Op::CreateSpace;
+        }
+        if model.frames_estimate() > FRAME_BUDGET || self.chance(1) {
+            let heaviest = model
+                .spaces
+                .iter()
+                .max_by_key(|(_, s)| s.frames_estimate())
+                .map(|(&id, _)| id);
+            if let Some(space) = heaviest {
+                return Op::DestroySpace { space };
+            }
+        }
+        let space = self.space(model);
+        let s = model.spaces.get(&space);
+        let crowded = s.is_some_and(|s| s.regions.len() >= REGION_BUDGET);
+
+        match self.below(100) {
+            0..=13 if !crowded => {
+                let (addr, size) = self.range(s);
+                self.remember(addr, size);
+                Op::MapFixed {
+                    space,
+                    addr,
+                    size,
+                    access: self.access(),
+                }
+            }
+            14..=25 if !crowded => Op::MapAnywhere {
+                space,
+                size: self.size(),
+                align: self.alignment(),
+                access: self.access(),
+            },
+            26..=33 if !crowded => Op::MapRandomized {
+                space,
+                size: self.size(),
+                align: self.alignment(),
+                access: self.access(),
+            },
+            0..=49 => {
+                let (addr, size) = self.range(s);
+                self.remember(addr, size);
+                Op::Unmap { space, addr, size }
+            }
+            50..=64 => {
+                let (addr, size) = self.range(s);
+                self.remember(addr, size);
+                Op::Protect {
+                    space,
+                    addr,
+                    size,
+                    access: self.access(),
+                }
+            }
+            65..=77 => Op::TouchRead {
+                space,
+                addr: self.touch_address(s),
+            },
+            78..=92 => Op::TouchWrite {
+                space,
+                addr: self.touch_address(s),
+                value: self.rng.next_u64(),
+            },
+            93..=96 => Op::TouchExec {
+                space,
+                addr: self.touch_address(s),
+            },
+            _ => Op::Snapshot {
+                space: if self.chance(20) { KERNEL_SPACE } else { space },
+            },
+        }
+    }
+
+    /// Changes a few fields of `op` (for mutating corpus entries that found new coverage).
+    pub fn mutate(&mut self, op: Op, model: &Model) -> Op {
+        let space = self.space(model);
+        let s = model.spaces.get(&space);
+        match op {
+            Op::MapFixed { access, .. } => {
+                let (addr, size) = self.range(s);
+                Op::MapFixed {
+                    space,
+                    addr,
+                    size,
+                    access,
+                }
+            }
+            Op::MapAnywhere { size, access, .. } => Op::MapAnywhere {
+                space,
+                size,
+                align: self.alignment(),
+                access,
+            },
+            Op::MapRandomized { align, access, .. } => Op::MapRandomized {
+                space,
+                size: self.size(),
+                align,
+                access,
+            },
+            Op::Unmap { size, .. } => Op::Unmap {
+                space,
+                addr: self.range(s).0,
+                size,
+            },
+            Op::Protect { addr, size, .. } => Op::Protect {
+                space,
+                addr,
+                size,
+                access: self.access(),
+            },
+            Op::TouchRead { .. } => Op::TouchRead {
+                space,
+                addr: self.touch_address(s),
+            },
+            Op::TouchWrite { value, .. } => Op::TouchWrite {
+                space,
+                addr: self.touch_address(s),
+                value,
+            },
+            Op::TouchExec { .. } => Op::TouchExec {
+                space,
+                addr: self.touch_address(s),
+            },
+            other => other,
+        }
+    }
+}

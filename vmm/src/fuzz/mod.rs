@@ -1,0 +1,300 @@
+//! Fuzzing the guest MM through hypercalls: generated operation batches, every result checked
+//! against a host-side model and the page tables against the region trees, and each failure
+//! shrunk to a minimal reproducer that `vmm replay` runs again.
+
+pub mod campaign;
+pub mod generate;
+pub mod model;
+pub mod repro;
+pub mod shrink;
+
+use crate::checker::{Checked, Rule};
+use crate::hypercall::Driver;
+use crate::{Vm, VmConfig, VmmError};
+use generate::Generator;
+use model::Model;
+use shared_mm::abi::{FaultKind, Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE};
+use std::collections::VecDeque;
+use std::fmt;
+use vm_memory::GuestMemoryMmap;
+
+/// What kind of failure a run hit; two runs fail "the same way" when these are equal.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signature {
+    /// A result differed from the model's prediction for this kind of operation.
+    Mismatch { op: &'static str, status: String },
+    /// An exported region list differed from the model's.
+    SnapshotDiffers,
+    /// The agreement checker found this rule broken.
+    Finding(Rule),
+    /// The guest panicked, triple-faulted, hung or broke the protocol.
+    Crash(&'static str),
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Signature::Mismatch { op, status } => {
+                write!(f, "mismatch on {op} (guest said {status})")
+            }
+            Signature::SnapshotDiffers => f.write_str("region list differs from the model"),
+            Signature::Finding(rule) => write!(f, "agreement checker: {rule}"),
+            Signature::Crash(kind) => write!(f, "guest {kind}"),
+        }
+    }
+}
+
+/// A failure: its kind and a full description.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub signature: Signature,
+    pub description: String,
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::CreateSpace => "create-space",
+        Op::DestroySpace { .. } => "destroy-space",
+        Op::MapAnywhere { .. } => "map-anywhere",
+        Op::MapFixed { .. } => "map-fixed",
+        Op::MapRandomized { .. } => "map-randomized",
+        Op::Unmap { .. } => "unmap",
+        Op::Protect { .. } => "protect",
+        Op::TouchRead { .. } => "touch-read",
+        Op::TouchWrite { .. } => "touch-write",
+        Op::TouchExec { .. } => "touch-exec",
+        Op::Snapshot { .. } => "snapshot",
+    }
+}
+
+fn status_text(r: &OpResult) -> String {
+    if r.fault == FaultKind::None {
+        format!("{:?}", r.status)
+    } else {
+        format!("{:?} {:?}", r.status, r.fault)
+    }
+}
+
+/// Where a session's operations come from.
+pub enum Source<'g> {
+    /// Generated, up to a budget.
+    Generated {
+        generator: &'g mut Generator,
+        budget: usize,
+    },
+    /// A fixed list (a reproducer).
+    Fixed(VecDeque<Op>),
+}
+
+/// Called after every batch with the number of operations it held.
+pub type Progress<'p> = &'p (dyn Fn(usize) + Sync);
+
+/// A driver that sends operations from a [`Source`] and checks every result against the model.
+pub struct Session<'g, 'p> {
+    source: Source<'g>,
+    batch_size: usize,
+    pub model: Model,
+    /// Every operation sent, in order.
+    pub sent: Vec<Op>,
+    in_flight: Vec<Op>,
+    /// Region lists received for the fuzzer's own snapshot operations, in order.
+    snapshots: VecDeque<(u32, Vec<RegionRecord>)>,
+    pub failure: Option<Failure>,
+    progress: Option<Progress<'p>>,
+}
+
+impl<'g, 'p> Session<'g, 'p> {
+    pub fn new(source: Source<'g>, batch_size: usize, progress: Option<Progress<'p>>) -> Self {
+        Session {
+            source,
+            batch_size: batch_size.clamp(1, shared_mm::abi::MAX_BATCH),
+            model: Model::default(),
+            sent: Vec::new(),
+            in_flight: Vec::new(),
+            snapshots: VecDeque::new(),
+            failure: None,
+            progress,
+        }
+    }
+
+    fn fail(&mut self, signature: Signature, description: String) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure {
+                signature,
+                description,
+            });
+        }
+    }
+
+    /// Checks the results of the batch in flight against the model, op by op.
+    fn check_results(&mut self, results: &[OpResult]) {
+        let batch = std::mem::take(&mut self.in_flight);
+        if results.len() != batch.len() {
+            let why = format!(
+                "guest returned {} results for {} operations",
+                results.len(),
+                batch.len()
+            );
+            return self.fail(Signature::Crash("protocol error"), why);
+        }
+        let first_index = self.sent.len() - batch.len();
+        for (i, (op, got)) in batch.iter().zip(results).enumerate() {
+            let index = first_index + i;
+            if let (Op::Snapshot { space }, Status::Ok) = (op, got.status) {
+                let received = self.snapshots.pop_front();
+                if *space != KERNEL_SPACE {
+                    let regions = received.map(|(_, r)| r).unwrap_or_default();
+                    if let Err(why) = self.model.compare_snapshot(*space, &regions) {
+                        return self.fail(
+                            Signature::SnapshotDiffers,
+                            format!("op {index} ({}): {why}", repro::op_to_line(op)),
+                        );
+                    }
+                }
+            }
+            if let Some(m) = self.model.apply(op, got) {
+                let why = format!(
+                    "op {index} ({}): expected {}, got {:?}",
+                    repro::op_to_line(op),
+                    m.expected,
+                    m.got
+                );
+                return self.fail(
+                    Signature::Mismatch {
+                        op: op_name(op),
+                        status: status_text(got),
+                    },
+                    why,
+                );
+            }
+        }
+    }
+
+    fn next_ops(&mut self) -> Vec<Op> {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        match &mut self.source {
+            Source::Generated { generator, budget } => {
+                // Aimed with the model as of the last batch; each op is checked for real when
+                // its result arrives.
+                while batch.len() < self.batch_size && *budget > 0 {
+                    batch.push(generator.next_op(&self.model));
+                    *budget -= 1;
+                }
+            }
+            Source::Fixed(ops) => {
+                while batch.len() < self.batch_size {
+                    match ops.pop_front() {
+                        Some(op) => batch.push(op),
+                        None => break,
+                    }
+                }
+            }
+        }
+        batch
+    }
+}
+
+impl Driver for Session<'_, '_> {
+    fn next_batch(
+        &mut self,
+        _: &GuestMemoryMmap,
+        results: &[OpResult],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, String> {
+        if !self.in_flight.is_empty() {
+            let n = self.in_flight.len();
+            self.check_results(results);
+            if let Some(progress) = self.progress {
+                progress(n);
+            }
+        }
+        if self.failure.is_some() {
+            return Ok(None);
+        }
+        let batch = self.next_ops();
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        self.sent.extend_from_slice(&batch);
+        self.in_flight = batch.clone();
+        Ok(Some(batch))
+    }
+
+    fn snapshot(
+        &mut self,
+        _: &GuestMemoryMmap,
+        space: u32,
+        _: u64,
+        first: u64,
+        _: u64,
+        regions: &[RegionRecord],
+    ) -> Result<(), String> {
+        if first == 0 {
+            self.snapshots.push_back((space, Vec::new()));
+        }
+        match self.snapshots.back_mut() {
+            Some((s, list)) if *s == space => list.extend_from_slice(regions),
+            _ => {
+                return Err(format!(
+                    "snapshot chunk at {first} for space {space} arrived without its start"
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `session` on a fresh guest; returns the operations it sent and how it failed, if it
+/// did. Setup errors (no KVM, bad kernel) are returned as errors, not failures.
+pub fn run_session(
+    config: &VmConfig,
+    session: Session<'_, '_>,
+    check: bool,
+) -> Result<(Vec<Op>, Option<Failure>), VmmError> {
+    let mut vm = Vm::new(config)?;
+    let mut driver = Checked::new(session);
+    driver.stop_on_finding = true;
+    let outcome = if check {
+        vm.run(&mut driver)
+    } else {
+        vm.run(driver.inner_mut())
+    };
+    let findings = std::mem::take(&mut driver.findings);
+    let session = driver.into_inner();
+    let crash = match outcome {
+        Ok(0) => None,
+        Ok(status) => Some(("nonzero exit", format!("guest exited with status {status}"))),
+        Err(e @ VmmError::GuestPanic { .. }) => Some(("panic", e.to_string())),
+        Err(e @ VmmError::TripleFault { .. }) => Some(("triple fault", e.to_string())),
+        Err(e @ VmmError::Timeout { .. }) => Some(("hang", e.to_string())),
+        Err(
+            e @ (VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) | VmmError::Driver(_)),
+        ) => Some(("protocol error", e.to_string())),
+        Err(setup) => return Err(setup),
+    };
+    let failure = match (crash, session.failure, findings.first()) {
+        (Some((kind, why)), _, _) => Some(Failure {
+            signature: Signature::Crash(kind),
+            description: why,
+        }),
+        (None, Some(f), _) => Some(f),
+        (None, None, Some((_, finding))) => Some(Failure {
+            signature: Signature::Finding(finding.rule),
+            description: findings
+                .iter()
+                .map(|(_, f)| f.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }),
+        (None, None, None) => None,
+    };
+    Ok((session.sent, failure))
+}
+
+/// Replays `ops` one per batch, with the agreement checker after each, on a fresh guest.
+/// Returns the failure and how many operations had run when it showed (the failing prefix).
+pub fn replay(config: &VmConfig, ops: &[Op]) -> Result<Option<(Failure, usize)>, VmmError> {
+    let session = Session::new(Source::Fixed(ops.iter().copied().collect()), 1, None);
+    let (sent, failure) = run_session(config, session, true)?;
+    Ok(failure.map(|f| (f, sent.len())))
+}

@@ -1,0 +1,641 @@
+//! The host-side reference model of the guest MM: predicts every operation's result from first
+//! principles (simple ordered maps and naive scans, no shared code with the guest's RegionTree)
+//! and reports each disagreement.
+
+use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
+use shared_mm::abi::{
+    FaultKind, Op, OpResult, RegionRecord, Status, KERNEL_SPACE, KERNEL_SPACE_BASE, MAX_SPACES,
+    TRAMPOLINE_CODE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+const PAGE: u64 = 4096;
+
+/// One modelled region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelRegion {
+    pub size: u64,
+    pub access: u32,
+}
+
+/// One modelled address space.
+#[derive(Clone, Debug, Default)]
+pub struct SpaceModel {
+    /// Regions by base address.
+    pub regions: BTreeMap<u64, ModelRegion>,
+    /// Contents of pages written so far; other pages of a region read as zero.
+    memory: HashMap<u64, Box<[u8; PAGE as usize]>>,
+    /// Pages committed (touched) in live regions: each costs the guest a frame.
+    committed: HashSet<u64>,
+    /// 2 MiB, 1 GiB and 512 GiB areas ever touched: page tables the guest keeps until destroy.
+    table_areas: HashSet<(u8, u64)>,
+}
+
+impl SpaceModel {
+    fn region_at(&self, addr: u64) -> Option<(u64, ModelRegion)> {
+        let (&base, &r) = self.regions.range(..=addr).next_back()?;
+        (addr - base < r.size).then_some((base, r))
+    }
+
+    /// Whether `[base, base + size)` shares an address with a region.
+    pub fn overlaps(&self, base: u64, size: u64) -> bool {
+        let last = base + (size - 1);
+        if self.region_at(base).is_some() {
+            return true;
+        }
+        self.regions.range(base..=last).next().is_some()
+    }
+
+    /// Guest frames this space holds, at most: committed pages plus page tables.
+    pub fn frames_estimate(&self) -> usize {
+        1 + self.committed.len() + self.table_areas.len()
+    }
+
+    /// Removes `[base, base + size)` from the regions (splitting them) and forgets its pages.
+    fn cut(&mut self, base: u64, size: u64) {
+        let last = base + (size - 1);
+        let hit: Vec<(u64, ModelRegion)> = self
+            .regions
+            .range(..=last)
+            .filter(|(&b, r)| b + (r.size - 1) >= base)
+            .map(|(&b, &r)| (b, r))
+            .collect();
+        for (b, r) in hit {
+            self.regions.remove(&b);
+            let r_last = b + (r.size - 1);
+            if b < base {
+                self.regions.insert(
+                    b,
+                    ModelRegion {
+                        size: base - b,
+                        access: r.access,
+                    },
+                );
+            }
+            if r_last > last {
+                self.regions.insert(
+                    last + 1,
+                    ModelRegion {
+                        size: r_last - last,
+                        access: r.access,
+                    },
+                );
+            }
+        }
+        self.memory.retain(|&p, _| p < base || p > last);
+        self.committed.retain(|&p| p < base || p > last);
+    }
+
+    fn read_u64(&self, addr: u64) -> u64 {
+        let page = addr & !(PAGE - 1);
+        let off = (addr - page) as usize;
+        self.memory.get(&page).map_or(0, |bytes| {
+            u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes"))
+        })
+    }
+
+    fn write_u64(&mut self, addr: u64, value: u64) {
+        let page = addr & !(PAGE - 1);
+        let off = (addr - page) as usize;
+        let bytes = self
+            .memory
+            .entry(page)
+            .or_insert_with(|| Box::new([0; PAGE as usize]));
+        bytes[off..off + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn commit(&mut self, addr: u64) {
+        let page = addr & !(PAGE - 1);
+        self.committed.insert(page);
+        for (level, shift) in [(1u8, 21), (2, 30), (3, 39)] {
+            self.table_areas.insert((level, page >> shift));
+        }
+    }
+}
+
+/// Normalized access as the guest computes it, or `None` for unknown bits.
+pub fn normalize_access(bits: u32) -> Option<u32> {
+    if bits & !(READ | WRITE | EXECUTE | USER) != 0 {
+        return None;
+    }
+    Some(if bits & (WRITE | EXECUTE) != 0 {
+        bits | READ
+    } else {
+        bits
+    })
+}
+
+/// The range checks shared by fixed map, unmap and protect, in the guest's order.
+fn check_range(addr: u64, size: u64) -> Result<(), Status> {
+    if size == 0 || !size.is_multiple_of(PAGE) || !addr.is_multiple_of(PAGE) {
+        return Err(Status::InvalidArgument);
+    }
+    let last = addr.checked_add(size - 1).ok_or(Status::Overflow)?;
+    if addr < USER_SPACE_BASE || last >= USER_SPACE_END {
+        return Err(Status::OutOfRange);
+    }
+    Ok(())
+}
+
+fn check_request(size: u64, align: u64) -> Result<(), Status> {
+    if size == 0 || !size.is_multiple_of(PAGE) {
+        Err(Status::InvalidArgument)
+    } else if !align.is_power_of_two() || align < PAGE {
+        Err(Status::BadAlignment)
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether the space has an `align`-aligned hole of `size` bytes (a naive scan of the holes).
+pub fn has_aligned_hole(space: &SpaceModel, size: u64, align: u64) -> bool {
+    let mut hole_start = USER_SPACE_BASE;
+    let fits = |start: u64, end: u64| {
+        // Hole [start, end): is there an aligned base with base + size <= end?
+        let Some(base) = start.checked_next_multiple_of(align) else {
+            return false;
+        };
+        base.checked_add(size).is_some_and(|e| e <= end)
+    };
+    for (&base, r) in &space.regions {
+        if fits(hole_start, base) {
+            return true;
+        }
+        hole_start = base + r.size;
+    }
+    fits(hole_start, USER_SPACE_END)
+}
+
+/// One way the guest disagreed with the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    pub expected: String,
+    pub got: OpResult,
+}
+
+/// The whole modelled guest: its address spaces and the id the next one gets.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub spaces: BTreeMap<u32, SpaceModel>,
+    next_id: u32,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            spaces: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+}
+
+/// What the model predicts for an operation.
+enum Prediction {
+    /// Exactly this status/fault/addr/value (fields set to `None` are not compared).
+    Exact {
+        status: Status,
+        fault: FaultKind,
+        addr: Option<u64>,
+        value: Option<u64>,
+    },
+    /// A successful placement somewhere valid, or NoSpace iff no hole exists.
+    Placement {
+        space: u32,
+        size: u64,
+        align: u64,
+        hole_exists: bool,
+    },
+}
+
+fn ok() -> Prediction {
+    Prediction::Exact {
+        status: Status::Ok,
+        fault: FaultKind::None,
+        addr: None,
+        value: None,
+    }
+}
+
+fn error(status: Status) -> Prediction {
+    Prediction::Exact {
+        status,
+        fault: FaultKind::None,
+        addr: None,
+        value: None,
+    }
+}
+
+fn fault(kind: FaultKind, addr: u64) -> Prediction {
+    Prediction::Exact {
+        status: Status::Faulted,
+        fault: kind,
+        addr: Some(addr),
+        value: None,
+    }
+}
+
+fn value(v: u64) -> Prediction {
+    Prediction::Exact {
+        status: Status::Ok,
+        fault: FaultKind::None,
+        addr: None,
+        value: Some(v),
+    }
+}
+
+/// Whether `addr` is canonical (bits 63..47 all equal).
+fn canonical(addr: u64) -> bool {
+    let top = addr >> 47;
+    top == 0 || top == 0x1_ffff
+}
+
+impl Model {
+    /// Guest frames the spaces hold at most (committed pages plus page tables).
+    pub fn frames_estimate(&self) -> usize {
+        self.spaces.values().map(SpaceModel::frames_estimate).sum()
+    }
+
+    /// Checks `got` against the prediction for `op`, then applies `op` (with the guest's own
+    /// placement where the model allows any valid one). Returns the disagreement, if any.
+    pub fn apply(&mut self, op: &Op, got: &OpResult) -> Option<Mismatch> {
+        let prediction = self.predict(op);
+        let verdict = match prediction {
+            Prediction::Exact {
+                status,
+                fault,
+                addr,
+                value,
+            } => {
+                let matches = got.status == status
+                    && got.fault == fault
+                    && addr.is_none_or(|a| a == got.addr)
+                    && value.is_none_or(|v| v == got.value);
+                (!matches).then(|| {
+                    let mut want = format!("{status:?}");
+                    if fault != FaultKind::None {
+                        want += &format!(" {fault:?}");
+                    }
+                    if let Some(a) = addr {
+                        want += &format!(" at {a:#x}");
+                    }
+                    if let Some(v) = value {
+                        want += &format!(" value {v:#x}");
+                    }
+                    want
+                })
+            }
+            Prediction::Placement {
+                space,
+                size,
+                align,
+                hole_exists,
+            } => self.check_placement(space, size, align, hole_exists, got),
+        };
+        if let Some(expected) = verdict {
+            return Some(Mismatch {
+                expected,
+                got: *got,
+            });
+        }
+        self.update(op, got);
+        None
+    }
+
+    fn check_placement(
+        &self,
+        space: u32,
+        size: u64,
+        align: u64,
+        hole: bool,
+        got: &OpResult,
+    ) -> Option<String> {
+        match got.status {
+            Status::NoSpace if !hole => None,
+            Status::NoSpace => Some(format!("a placement: an aligned hole of {size:#x} exists")),
+            Status::Ok => {
+                let s = &self.spaces[&space];
+                let end = got.addr.checked_add(size);
+                let valid = got.addr.is_multiple_of(align)
+                    && got.addr >= USER_SPACE_BASE
+                    && end.is_some_and(|e| e <= USER_SPACE_END)
+                    && !s.overlaps(got.addr, size);
+                if !valid {
+                    return Some(format!(
+                        "a valid {align:#x}-aligned placement of {size:#x} bytes"
+                    ));
+                }
+                None
+            }
+            _ => Some(if hole {
+                "Ok (a placement)".into()
+            } else {
+                "NoSpace".into()
+            }),
+        }
+    }
+
+    fn predict(&self, op: &Op) -> Prediction {
+        let space_of = |id: u32| self.spaces.get(&id);
+        match *op {
+            Op::CreateSpace => {
+                if self.spaces.len() >= MAX_SPACES {
+                    error(Status::NoSpace)
+                } else {
+                    value(self.next_id as u64)
+                }
+            }
+            Op::DestroySpace { space } => {
+                if space_of(space).is_some() {
+                    ok()
+                } else {
+                    error(Status::NoSuchSpace)
+                }
+            }
+            Op::MapAnywhere {
+                space,
+                size,
+                align,
+                access,
+            }
+            | Op::MapRandomized {
+                space,
+                size,
+                align,
+                access,
+            } => {
+                let Some(s) = space_of(space) else {
+                    return error(Status::NoSuchSpace);
+                };
+                if normalize_access(access).is_none() {
+                    return error(Status::BadAccess);
+                }
+                if let Err(e) = check_request(size, align) {
+                    return error(e);
+                }
+                Prediction::Placement {
+                    space,
+                    size,
+                    align,
+                    hole_exists: has_aligned_hole(s, size, align),
+                }
+            }
+            Op::MapFixed {
+                space,
+                addr,
+                size,
+                access,
+            } => {
+                let Some(s) = space_of(space) else {
+                    return error(Status::NoSuchSpace);
+                };
+                if normalize_access(access).is_none() {
+                    return error(Status::BadAccess);
+                }
+                if let Err(e) = check_range(addr, size) {
+                    return error(e);
+                }
+                if s.overlaps(addr, size) {
+                    return error(Status::Overlap);
+                }
+                Prediction::Exact {
+                    status: Status::Ok,
+                    fault: FaultKind::None,
+                    addr: Some(addr),
+                    value: None,
+                }
+            }
+            Op::Unmap { space, addr, size } => {
+                if space_of(space).is_none() {
+                    return error(Status::NoSuchSpace);
+                }
+                check_range(addr, size).map_or_else(error, |()| ok())
+            }
+            Op::Protect {
+                space,
+                addr,
+                size,
+                access,
+            } => {
+                let Some(s) = space_of(space) else {
+                    return error(Status::NoSuchSpace);
+                };
+                if let Err(e) = check_range(addr, size) {
+                    return error(e);
+                }
+                if normalize_access(access).is_none() {
+                    return error(Status::BadAccess);
+                }
+                let mut next = addr;
+                let last = addr + (size - 1);
+                // Walk region by region; every byte of the range must be covered.
+                loop {
+                    let Some((base, r)) = s.region_at(next) else {
+                        return error(Status::NotMapped);
+                    };
+                    let end = base + r.size; // Regions end at or below USER_SPACE_END.
+                    if end > last {
+                        return ok();
+                    }
+                    next = end;
+                }
+            }
+            Op::TouchRead { space, addr } => self.predict_touch(space, addr, READ, None),
+            Op::TouchWrite {
+                space,
+                addr,
+                value: v,
+            } => self.predict_touch(space, addr, WRITE, Some(v)),
+            Op::TouchExec { space, addr } => self.predict_touch(space, addr, EXECUTE, None),
+            Op::Snapshot { space } => {
+                if space == KERNEL_SPACE {
+                    ok()
+                } else {
+                    match space_of(space) {
+                        Some(s) => value(s.regions.len() as u64),
+                        None => error(Status::NoSuchSpace),
+                    }
+                }
+            }
+        }
+    }
+
+    fn predict_touch(&self, space: u32, addr: u64, need: u32, write: Option<u64>) -> Prediction {
+        let Some(s) = self.spaces.get(&space) else {
+            return error(Status::NoSuchSpace);
+        };
+        if !canonical(addr) {
+            return Prediction::Exact {
+                status: Status::Faulted,
+                fault: FaultKind::GeneralProtection,
+                addr: Some(addr),
+                value: None,
+            };
+        }
+        if addr >= KERNEL_SPACE_BASE {
+            return fault(FaultKind::SegvAccess, addr);
+        }
+        if addr >= USER_TRAMPOLINE {
+            // The trampoline page: user r-x, outside every region.
+            return match need {
+                WRITE => fault(FaultKind::SegvNoRegion, addr),
+                EXECUTE => value(0),
+                _ => {
+                    let mut page = [0u8; PAGE as usize];
+                    page[..TRAMPOLINE_CODE.len()].copy_from_slice(&TRAMPOLINE_CODE);
+                    let off = (addr - USER_TRAMPOLINE) as usize;
+                    value(u64::from_le_bytes(
+                        page[off..off + 8].try_into().expect("8 bytes"),
+                    ))
+                }
+            };
+        }
+        let Some((_, region)) = s.region_at(addr) else {
+            return fault(FaultKind::SegvNoRegion, addr);
+        };
+        if region.access & USER == 0 || region.access & need == 0 {
+            return fault(FaultKind::SegvAccess, addr);
+        }
+        match (need, write) {
+            (WRITE, Some(v)) => value(v),
+            (EXECUTE, _) => value(0),
+            _ => value(s.read_u64(addr)),
+        }
+    }
+
+    fn update(&mut self, op: &Op, got: &OpResult) {
+        if got.status != Status::Ok {
+            return;
+        }
+        match *op {
+            Op::CreateSpace => {
+                self.spaces.insert(self.next_id, SpaceModel::default());
+                self.next_id += 1;
+            }
+            Op::DestroySpace { space } => {
+                self.spaces.remove(&space);
+            }
+            Op::MapAnywhere {
+                space,
+                size,
+                access,
+                ..
+            }
+            | Op::MapRandomized {
+                space,
+                size,
+                access,
+                ..
+            }
+            | Op::MapFixed {
+                space,
+                size,
+                access,
+                ..
+            } => {
+                let access = normalize_access(access).expect("checked by predict");
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    s.regions.insert(got.addr, ModelRegion { size, access });
+                }
+            }
+            Op::Unmap { space, addr, size } => {
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    s.cut(addr, size);
+                }
+            }
+            Op::Protect {
+                space,
+                addr,
+                size,
+                access,
+            } => {
+                let access = normalize_access(access).expect("checked by predict");
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    // Split at both edges (keeping pages and data), then re-mark the middle.
+                    let last = addr + (size - 1);
+                    let hit: Vec<(u64, ModelRegion)> = s
+                        .regions
+                        .range(..=last)
+                        .filter(|(&b, r)| b + (r.size - 1) >= addr)
+                        .map(|(&b, &r)| (b, r))
+                        .collect();
+                    for (b, r) in hit {
+                        s.regions.remove(&b);
+                        let r_last = b + (r.size - 1);
+                        if b < addr {
+                            s.regions.insert(
+                                b,
+                                ModelRegion {
+                                    size: addr - b,
+                                    access: r.access,
+                                },
+                            );
+                        }
+                        let (m_base, m_last) = (b.max(addr), r_last.min(last));
+                        s.regions.insert(
+                            m_base,
+                            ModelRegion {
+                                size: m_last - m_base + 1,
+                                access,
+                            },
+                        );
+                        if r_last > last {
+                            s.regions.insert(
+                                last + 1,
+                                ModelRegion {
+                                    size: r_last - last,
+                                    access: r.access,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            Op::TouchRead { space, addr } | Op::TouchExec { space, addr } => {
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    if addr < USER_TRAMPOLINE {
+                        s.commit(addr);
+                    }
+                }
+            }
+            Op::TouchWrite { space, addr, value } => {
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    s.commit(addr);
+                    s.write_u64(addr, value);
+                }
+            }
+            Op::Snapshot { .. } => {}
+        }
+    }
+
+    /// Compares an exported region list of `space` with the model; `Err` describes the first
+    /// difference.
+    pub fn compare_snapshot(&self, space: u32, regions: &[RegionRecord]) -> Result<(), String> {
+        let Some(s) = self.spaces.get(&space) else {
+            return Err(format!(
+                "snapshot of space {space}, which the model does not have"
+            ));
+        };
+        let got: Vec<(u64, u64, u32)> =
+            regions.iter().map(|r| (r.base, r.size, r.access)).collect();
+        let want: Vec<(u64, u64, u32)> = s
+            .regions
+            .iter()
+            .map(|(&b, r)| (b, r.size, r.access))
+            .collect();
+        if got == want {
+            return Ok(());
+        }
+        let first = got
+            .iter()
+            .zip(&want)
+            .position(|(g, w)| g != w)
+            .unwrap_or(got.len().min(want.len()));
+        Err(format!(
+            "space {space}: region {first} differs: guest has {:x?}, model has {:x?} ({} vs {} regions)",
+            got.get(first),
+            want.get(first),
+            got.len(),
+            want.len()
+        ))
+    }
+}
