@@ -16,7 +16,6 @@ pub struct FrameAllocator {
     /// show up quickly instead of after a wrap-around).
     hint: usize,
     free_count: usize,
-    total_usable: usize,
 }
 
 /// Freeing a frame that is not allocated (a double free or a stray address).
@@ -29,27 +28,44 @@ impl FrameAllocator {
             free: [0; WORDS],
             hint: 0,
             free_count: 0,
-            total_usable: 0,
         }
     }
 
-    /// Marks every whole usable frame of the memory map free.
+    /// Marks every whole usable frame of the memory map free, a bitmap word at a time.
     pub fn init(&mut self, info: &BootInfo) {
         for region in info.memory_map() {
             if region.kind != MemoryKind::Usable {
                 continue;
             }
-            let first = region.base.div_ceil(FRAME_SIZE);
-            let end = (region.base + region.size) / FRAME_SIZE;
-            for frame in first..end.min(MAX_FRAMES as u64) {
+            let mut frame = region.base.div_ceil(FRAME_SIZE);
+            let end = ((region.base + region.size) / FRAME_SIZE).min(MAX_FRAMES as u64);
+            while frame < end {
                 let (w, b) = (frame as usize / 64, frame % 64);
-                if self.free[w] & (1 << b) == 0 {
-                    self.free[w] |= 1 << b;
-                    self.free_count += 1;
-                    self.total_usable += 1;
-                }
+                let n = (64 - b).min(end - frame);
+                let mask = if n == 64 {
+                    u64::MAX
+                } else {
+                    ((1u64 << n) - 1) << b
+                };
+                self.free_count += (mask & !self.free[w]).count_ones() as usize;
+                self.free[w] |= mask;
+                frame += n;
             }
         }
+    }
+
+    /// Takes 512 free frames forming one 2 MiB-aligned block, for a huge mapping.
+    pub fn allocate_2m(&mut self) -> Result<PhysicalFrame, MmError> {
+        const WORDS_PER_BLOCK: usize = 512 / 64;
+        for block in (0..WORDS).step_by(WORDS_PER_BLOCK) {
+            let words = &mut self.free[block..block + WORDS_PER_BLOCK];
+            if words.iter().all(|&w| w == u64::MAX) {
+                words.fill(0);
+                self.free_count -= 512;
+                return Ok(PhysicalFrame(block as u64 * 64 * FRAME_SIZE));
+            }
+        }
+        Err(MmError::OutOfFrames)
     }
 
     /// Takes one free frame (its contents are whatever it held).

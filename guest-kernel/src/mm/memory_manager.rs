@@ -33,6 +33,8 @@ pub struct MemoryManager {
     spaces: BTreeMap<u32, AddressSpace>,
     next_space_id: u32,
     rng: SplitMix64,
+    /// The CR3 last loaded (reading CR3 is a privileged instruction: costly under emulation).
+    active_cr3: u64,
 }
 
 fn reserve(
@@ -83,7 +85,8 @@ impl MemoryManager {
         // slots), so the kernel image, its stacks and the direct map stay mapped.
         unsafe { write_cr3(kernel_directory.cr3()) };
 
-        let heap_size = MAX_HEAP.min(info.ram_size / 8);
+        let kernel_directory_cr3 = kernel_directory.cr3();
+        let heap_size = MAX_HEAP.min(info.ram_size / 8) & !(TWO_MIB - 1);
         let mut mm = MemoryManager {
             frames,
             kernel_tree,
@@ -92,12 +95,19 @@ impl MemoryManager {
             spaces: BTreeMap::new(),
             next_space_id: 1,
             rng: SplitMix64::new(info.random_seed),
+            active_cr3: kernel_directory_cr3,
         };
+        // The heap is mapped with 2 MiB pages: a handful of entries instead of thousands of
+        // 4 KiB ones (guest code is slow to run on an emulating hypervisor, so boot stays short).
         let heap_flags = PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
-        for offset in (0..heap_size).step_by(4096) {
-            let frame = mm.frames.allocate()?;
-            mm.kernel_directory
-                .map(kmalloc.base().get() + offset, frame, heap_flags, mm.frames)?;
+        for offset in (0..heap_size).step_by(TWO_MIB as usize) {
+            let block = mm.frames.allocate_2m()?;
+            mm.kernel_directory.map_2m(
+                kmalloc.base().get() + offset,
+                block,
+                heap_flags,
+                mm.frames,
+            )?;
         }
         // SAFETY: the pages were just mapped writable in the kernel half, nothing else uses
         // them, and the kmalloc region keeps the range reserved for good.
@@ -136,9 +146,10 @@ impl MemoryManager {
         f: impl FnOnce(&mut AddressSpace, &mut FrameAllocator, &mut SplitMix64) -> Result<T, MmError>,
     ) -> Result<T, MmError> {
         let space = self.spaces.get_mut(&id).ok_or(MmError::NoSuchSpace)?;
-        if read_cr3() != space.cr3() {
+        if self.active_cr3 != space.cr3() {
             // SAFETY: every user directory shares the kernel half of the kernel's directory.
             unsafe { write_cr3(space.cr3()) };
+            self.active_cr3 = space.cr3();
         }
         f(space, self.frames, &mut self.rng)
     }
@@ -158,9 +169,10 @@ impl MemoryManager {
 
     fn destroy_space(&mut self, id: u32) -> Result<(), MmError> {
         let space = self.spaces.remove(&id).ok_or(MmError::NoSuchSpace)?;
-        if read_cr3() == space.cr3() {
+        if self.active_cr3 == space.cr3() {
             // SAFETY: the kernel directory maps everything the kernel uses.
             unsafe { write_cr3(self.kernel_directory.cr3()) };
+            self.active_cr3 = self.kernel_directory.cr3();
         }
         space.destroy(self.frames);
         Ok(())

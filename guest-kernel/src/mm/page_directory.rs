@@ -56,11 +56,26 @@ impl PageDirectory {
     fn leaf_table(
         &self,
         va: u64,
+        frames: Option<&mut FrameAllocator>,
+    ) -> Result<Option<u64>, MmError> {
+        self.table_at(
+            va,
+            &[PageLevel::Pml4, PageLevel::Pdpt, PageLevel::Pd],
+            frames,
+        )
+    }
+
+    /// Walks down `levels` from the PML4 to the table below the last of them, creating missing
+    /// tables when `frames` is given.
+    fn table_at(
+        &self,
+        va: u64,
+        levels: &[PageLevel],
         mut frames: Option<&mut FrameAllocator>,
     ) -> Result<Option<u64>, MmError> {
         let mut table = self.pml4.0;
         let user = va < 0x0000_8000_0000_0000;
-        for level in [PageLevel::Pml4, PageLevel::Pdpt, PageLevel::Pd] {
+        for &level in levels {
             let index = level.index(va);
             let entry = PageTableEntry::from_raw(read_entry(table, index));
             if entry.contains(PageTableFlags::PRESENT) {
@@ -105,6 +120,26 @@ impl PageDirectory {
             pt,
             PageLevel::Pt.index(va),
             PageTableEntry::new(frame.0, flags | PageTableFlags::PRESENT).raw(),
+        );
+        Ok(())
+    }
+
+    /// Maps the 2 MiB page at `va` (2 MiB-aligned) to the block at `frame` with `flags`.
+    pub fn map_2m(
+        &mut self,
+        va: u64,
+        frame: PhysicalFrame,
+        flags: PageTableFlags,
+        frames: &mut FrameAllocator,
+    ) -> Result<(), MmError> {
+        let pd = self
+            .table_at(va, &[PageLevel::Pml4, PageLevel::Pdpt], Some(frames))?
+            .expect("tables were created");
+        let flags = flags | PageTableFlags::PRESENT | PageTableFlags::HUGE_PAGE;
+        write_entry(
+            pd,
+            PageLevel::Pd.index(va),
+            PageTableEntry::new(frame.0, flags).raw(),
         );
         Ok(())
     }
