@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use vmm::checker::Checked;
+use vmm::coverage::CoverageMap;
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig};
 use vmm::fuzz::replay;
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
+use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::SelfCheck;
 use vmm::{Vm, VmConfig, VmmError};
 
@@ -107,6 +109,17 @@ struct FuzzArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Stop once this many distinct failures are found (0: run the whole budget).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_findings: usize,
+    /// Build the guest with sanitizer coverage and steer generation toward new edges (needs
+    /// this source checkout and cargo). A --kernel built with coverage enables it too.
+    #[arg(long)]
+    coverage: bool,
+    /// Build the guest with these cargo features (comma-separated, e.g. a seeded bug:
+    /// bug-stale-pte) instead of using the embedded one.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    guest_features: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -225,6 +238,9 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
         no_shrink,
         ref out,
         quiet,
+        coverage,
+        ref guest_features,
+        max_findings,
     } = *args;
     let (check, shrink) = (!no_check, !no_shrink);
     if jobs == 0 || batch == 0 {
@@ -234,6 +250,35 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
     }
     let mut vm = config(guest, GuestCommand::Serve)?;
     vm.echo_console = false;
+    let mut kernel_label = guest
+        .kernel
+        .as_ref()
+        .map_or("embedded".into(), |p| p.display().to_string());
+    if coverage || !guest_features.is_empty() {
+        if guest.kernel.is_some() {
+            return Err(VmmError::Driver(
+                "--kernel cannot be combined with --coverage or --guest-features".into(),
+            ));
+        }
+        let features: Vec<&str> = guest_features.iter().map(String::as_str).collect();
+        let mut variant = GuestVariant::new(&features);
+        if coverage {
+            variant = variant.with_coverage();
+        }
+        eprintln!("vmm fuzz: building guest variant {}", variant.name());
+        let path = build_variant_with(&variant).map_err(VmmError::Driver)?;
+        vm.kernel = std::fs::read(&path).map_err(|source| VmmError::KernelUnreadable {
+            path: path.clone(),
+            source,
+        })?;
+        kernel_label = path.display().to_string();
+    }
+    let counters = CoverageMap::from_elf(&vm.kernel).map_err(VmmError::Driver)?;
+    if coverage && counters.is_none() {
+        return Err(VmmError::Driver(
+            "the coverage guest has no sanitizer-coverage counters".into(),
+        ));
+    }
     let campaign = CampaignConfig {
         seed: guest.seed,
         ops,
@@ -244,11 +289,10 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
         shrink_budget: Budget::default(),
         vm,
         out_dir: out.clone(),
-        kernel_label: guest
-            .kernel
-            .as_ref()
-            .map_or("embedded".into(), |p| p.display().to_string()),
+        kernel_label,
         progress: !quiet,
+        coverage: counters,
+        max_findings,
     };
     let report = run_campaign(&campaign)?;
     eprintln!(
@@ -261,6 +305,12 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
         jobs,
         if check { "on" } else { "off" }
     );
+    if let Some((covered, total)) = report.coverage {
+        eprintln!(
+            "vmm fuzz: coverage {covered} of {total} guest edges ({:.1}%)",
+            100.0 * covered as f64 / total as f64
+        );
+    }
     if report.bugs.is_empty() {
         eprintln!("vmm fuzz: no findings");
         return Ok(0);
@@ -296,7 +346,7 @@ fn replay_file(guest: &GuestArgs, file: &PathBuf) -> Result<u32, VmmError> {
             repro.ops.len()
         );
     }
-    match replay(&vm, &repro.ops)? {
+    match replay(&vm, &repro.ops, 1, true)? {
         Some((failure, at)) => {
             eprintln!(
                 "vmm replay: reproduced after {at} ops: {}\n{}",

@@ -1,4 +1,4 @@
-//! The `vmm run` command line: exit codes and the error lines it prints on stderr.
+//! The `vmm` command line (run, fuzz, replay): exit codes and the error lines it prints.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -209,5 +209,64 @@ fn missing_dev_kvm_exits_2_and_says_so() {
         &outcome,
         2,
         &["KVM is not available", "/dev/kvm does not exist"],
+    );
+}
+
+fn vmm(args: &[&str]) -> Outcome {
+    let mut command = Command::new(VMM);
+    command.args(args);
+    run(command)
+}
+
+#[test]
+fn fuzz_of_the_correct_guest_exits_0_with_a_summary() {
+    let out = std::env::temp_dir().join(format!("vmm-cli-fuzz-{}", std::process::id()));
+    let out = out.to_str().expect("utf-8 temp dir");
+    let outcome = vmm(&[
+        "fuzz", "--seed", "3", "--ops", "500", "--quiet", "--out", out,
+    ]);
+    assert_eq!(outcome.code, Some(0), "{}", outcome.describe());
+    assert!(
+        outcome.stderr.contains("500 ops") && outcome.stderr.contains("no findings"),
+        "{}",
+        outcome.describe()
+    );
+}
+
+#[test]
+fn fuzz_rejects_zero_jobs() {
+    let outcome = vmm(&["fuzz", "--jobs", "0", "--ops", "10"]);
+    assert_fails(&outcome, 2, &["--jobs and --batch must be at least 1"]);
+}
+
+#[test]
+fn replay_of_a_clean_reproducer_exits_0() {
+    let repro = scratch_file(
+        "clean.repro",
+        b"# failure: none\ncreate-space\nmap-fixed space=1 addr=0x400000 size=0x1000 access=0xb\ntouch-write space=1 addr=0x400000 value=0x5\n",
+    );
+    let outcome = vmm(&["replay", repro.to_str().expect("utf-8 path")]);
+    assert_eq!(outcome.code, Some(0), "{}", outcome.describe());
+    assert!(
+        outcome.stderr.contains("all 3 ops ran clean"),
+        "{}",
+        outcome.describe()
+    );
+}
+
+#[test]
+fn replay_of_a_malformed_reproducer_names_the_line() {
+    let repro = scratch_file("bad.repro", b"create-space\nunmap space=1 addr=0x1000\n");
+    let outcome = vmm(&["replay", repro.to_str().expect("utf-8 path")]);
+    assert_fails(&outcome, 2, &["line 2", "unmap needs size="]);
+}
+
+#[test]
+fn replay_of_a_missing_file_exits_2() {
+    let outcome = vmm(&["replay", "/nonexistent/x.repro"]);
+    assert_fails(
+        &outcome,
+        2,
+        &["cannot read reproducer /nonexistent/x.repro"],
     );
 }

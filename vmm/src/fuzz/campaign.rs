@@ -4,7 +4,8 @@
 use super::generate::Generator;
 use super::repro::Reproducer;
 use super::shrink::{shrink, Budget};
-use super::{run_session, Session, Signature, Source};
+use super::{replay, run_session, Feedback, Session, Signature, Source};
+use crate::coverage::{CoverageMap, CoverageSet};
 use crate::{VmConfig, VmmError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
@@ -34,6 +35,10 @@ pub struct CampaignConfig {
     pub kernel_label: String,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The kernel's coverage counters, when it was built with them: enables feedback.
+    pub coverage: Option<CoverageMap>,
+    /// Stop every job once this many distinct failures are recorded (0: never stop early).
+    pub max_findings: usize,
 }
 
 /// One distinct failure the campaign found.
@@ -60,6 +65,8 @@ pub struct CampaignReport {
     pub elapsed: Duration,
     pub guests_booted: usize,
     pub bugs: Vec<FoundBug>,
+    /// Edges reached and edges instrumented, with coverage feedback on.
+    pub coverage: Option<(usize, usize)>,
 }
 
 impl CampaignReport {
@@ -80,9 +87,15 @@ struct Shared<'a> {
     executed: AtomicUsize,
     guests: AtomicUsize,
     bugs: Mutex<BTreeMap<Signature, FoundBug>>,
+    coverage: Mutex<CoverageSet>,
 }
 
 impl Shared<'_> {
+    fn enough_findings(&self) -> bool {
+        let max = self.config.max_findings;
+        max > 0 && self.bugs.lock().unwrap_or_else(|e| e.into_inner()).len() >= max
+    }
+
     fn record(
         &self,
         job: usize,
@@ -104,11 +117,19 @@ impl Shared<'_> {
             failure.signature
         ));
         let original_len = ops.len();
-        let ops = if config.shrink {
+        let (ops, failure) = if config.shrink {
             self.bar.set_message(format!("shrinking {} ops", ops.len()));
-            shrink(&config.vm, &ops, &failure.signature, config.shrink_budget)?.ops
+            let shrunk = shrink(&config.vm, &ops, &failure.signature, config.shrink_budget)?.ops;
+            // Describe the failure as the shrunk sequence shows it, pinned to its operation.
+            let pinned = replay(&config.vm, &shrunk, 1, true)?.map(|(f, _)| f);
+            (
+                shrunk,
+                pinned
+                    .filter(|f| f.signature == failure.signature)
+                    .unwrap_or(failure),
+            )
         } else {
-            ops
+            (ops, failure)
         };
         let repro = Reproducer {
             header: vec![
@@ -159,22 +180,23 @@ impl Shared<'_> {
     fn run_job(&self, job: usize, budget: u64) -> Result<(), VmmError> {
         let config = self.config;
         let mut generator = Generator::new(job_seed(config.seed, job));
+        let mut feedback = config
+            .coverage
+            .map(|map| Feedback::new(map, &self.coverage));
         let mut remaining = budget as usize;
         let mut done_in_job = 0u64;
         let progress = |n: usize| {
             self.bar.inc(n as u64);
             self.executed.fetch_add(n, Ordering::Relaxed);
         };
-        while remaining > 0 {
+        while remaining > 0 && !self.enough_findings() {
             let before = remaining;
-            let session = Session::new(
-                Source::Generated {
-                    generator: &mut generator,
-                    budget: remaining,
-                },
-                config.batch,
-                Some(&progress),
-            );
+            let source = Source::Generated {
+                generator: &mut generator,
+                budget: remaining,
+                feedback: feedback.as_mut(),
+            };
+            let session = Session::new(source, config.batch, Some(&progress));
             self.guests.fetch_add(1, Ordering::Relaxed);
             let (sent, failure) = run_session(&config.vm, session, config.check)?;
             remaining = before.saturating_sub(sent.len());
@@ -216,6 +238,7 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
         executed: AtomicUsize::new(0),
         guests: AtomicUsize::new(0),
         bugs: Mutex::new(BTreeMap::new()),
+        coverage: Mutex::new(CoverageSet::new()),
     };
     let per_job = config.ops / jobs as u64;
     let extra = config.ops % jobs as u64;
@@ -238,10 +261,16 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
     shared.bar.finish_and_clear();
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
     let bugs = shared.bugs.into_inner().unwrap_or_else(|e| e.into_inner());
+    let covered = shared
+        .coverage
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .covered();
     Ok(CampaignReport {
         ops_executed: shared.executed.load(Ordering::Relaxed) as u64,
         elapsed: shared.start.elapsed(),
         guests_booted: shared.guests.load(Ordering::Relaxed),
         bugs: bugs.into_values().collect(),
+        coverage: config.coverage.map(|map| (covered, map.len())),
     })
 }

@@ -248,6 +248,26 @@ impl Generator {
         }
     }
 
+    /// With coverage feedback: a quarter of the time, a mutated copy of a corpus batch (one
+    /// that reached new edges), at most `max` ops; otherwise `None` (generate afresh).
+    pub fn from_corpus(
+        &mut self,
+        corpus: &[Vec<Op>],
+        model: &Model,
+        max: usize,
+    ) -> Option<Vec<Op>> {
+        if corpus.is_empty() || !self.chance(25) {
+            return None;
+        }
+        let i = self.below(corpus.len() as u64) as usize;
+        let ops = corpus[i]
+            .iter()
+            .take(max)
+            .map(|&op| self.mutate(op, model))
+            .collect();
+        Some(ops)
+    }
+
     /// Changes a few fields of `op` (for mutating corpus entries that found new coverage).
     pub fn mutate(&mut self, op: Op, model: &Model) -> Op {
         let space = self.space(model);

@@ -9,6 +9,7 @@ pub mod repro;
 pub mod shrink;
 
 use crate::checker::{Checked, Rule};
+use crate::coverage::{CoverageMap, CoverageSet};
 use crate::hypercall::Driver;
 use crate::{Vm, VmConfig, VmmError};
 use generate::Generator;
@@ -16,6 +17,7 @@ use model::Model;
 use shared_mm::abi::{FaultKind, Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE};
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Mutex;
 use vm_memory::GuestMemoryMmap;
 
 /// What kind of failure a run hit; two runs fail "the same way" when these are equal.
@@ -75,12 +77,53 @@ fn status_text(r: &OpResult) -> String {
     }
 }
 
+/// Coverage feedback for one fuzz job: the edges it has reached, and the batches that reached
+/// new ones (its corpus, which the generator mutates).
+pub struct Feedback<'a> {
+    map: CoverageMap,
+    seen: CoverageSet,
+    corpus: Vec<Vec<Op>>,
+    /// The campaign-wide union, for reporting.
+    global: &'a Mutex<CoverageSet>,
+}
+
+impl<'a> Feedback<'a> {
+    pub fn new(map: CoverageMap, global: &'a Mutex<CoverageSet>) -> Self {
+        Feedback {
+            map,
+            seen: CoverageSet::new(),
+            corpus: Vec::new(),
+            global,
+        }
+    }
+
+    /// Reads and zeroes the counters after `batch`; keeps the batch if it reached new edges.
+    fn observe(&mut self, mem: &GuestMemoryMmap, batch: &[Op]) -> Result<(), String> {
+        let counters = self.map.read(mem)?;
+        self.map.reset(mem)?;
+        if self.seen.merge(&counters) > 0 && !batch.is_empty() {
+            self.corpus.push(batch.to_vec());
+        }
+        self.global
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge(&counters);
+        Ok(())
+    }
+
+    /// Edges this job reached, and corpus size.
+    pub fn stats(&self) -> (usize, usize) {
+        (self.seen.covered(), self.corpus.len())
+    }
+}
+
 /// Where a session's operations come from.
-pub enum Source<'g> {
-    /// Generated, up to a budget.
+pub enum Source<'g, 'f> {
+    /// Generated, up to a budget, optionally steered by coverage feedback.
     Generated {
         generator: &'g mut Generator,
         budget: usize,
+        feedback: Option<&'g mut Feedback<'f>>,
     },
     /// A fixed list (a reproducer).
     Fixed(VecDeque<Op>),
@@ -90,8 +133,8 @@ pub enum Source<'g> {
 pub type Progress<'p> = &'p (dyn Fn(usize) + Sync);
 
 /// A driver that sends operations from a [`Source`] and checks every result against the model.
-pub struct Session<'g, 'p> {
-    source: Source<'g>,
+pub struct Session<'g, 'f, 'p> {
+    source: Source<'g, 'f>,
     batch_size: usize,
     pub model: Model,
     /// Every operation sent, in order.
@@ -103,8 +146,8 @@ pub struct Session<'g, 'p> {
     progress: Option<Progress<'p>>,
 }
 
-impl<'g, 'p> Session<'g, 'p> {
-    pub fn new(source: Source<'g>, batch_size: usize, progress: Option<Progress<'p>>) -> Self {
+impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
+    pub fn new(source: Source<'g, 'f>, batch_size: usize, progress: Option<Progress<'p>>) -> Self {
         Session {
             source,
             batch_size: batch_size.clamp(1, shared_mm::abi::MAX_BATCH),
@@ -128,7 +171,7 @@ impl<'g, 'p> Session<'g, 'p> {
 
     /// Checks the results of the batch in flight against the model, op by op.
     fn check_results(&mut self, results: &[OpResult]) {
-        let batch = std::mem::take(&mut self.in_flight);
+        let batch = self.in_flight.clone();
         if results.len() != batch.len() {
             let why = format!(
                 "guest returned {} results for {} operations",
@@ -173,9 +216,20 @@ impl<'g, 'p> Session<'g, 'p> {
     fn next_ops(&mut self) -> Vec<Op> {
         let mut batch = Vec::with_capacity(self.batch_size);
         match &mut self.source {
-            Source::Generated { generator, budget } => {
+            Source::Generated {
+                generator,
+                budget,
+                feedback,
+            } => {
                 // Aimed with the model as of the last batch; each op is checked for real when
                 // its result arrives.
+                let max = self.batch_size.min(*budget);
+                if let Some(fb) = feedback {
+                    if let Some(ops) = generator.from_corpus(&fb.corpus, &self.model, max) {
+                        *budget -= ops.len();
+                        return ops;
+                    }
+                }
                 while batch.len() < self.batch_size && *budget > 0 {
                     batch.push(generator.next_op(&self.model));
                     *budget -= 1;
@@ -194,16 +248,23 @@ impl<'g, 'p> Session<'g, 'p> {
     }
 }
 
-impl Driver for Session<'_, '_> {
+impl Driver for Session<'_, '_, '_> {
     fn next_batch(
         &mut self,
-        _: &GuestMemoryMmap,
+        mem: &GuestMemoryMmap,
         results: &[OpResult],
         _: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, String> {
         if !self.in_flight.is_empty() {
             let n = self.in_flight.len();
             self.check_results(results);
+            if let Source::Generated {
+                feedback: Some(fb), ..
+            } = &mut self.source
+            {
+                fb.observe(mem, &self.in_flight)?;
+            }
+            self.in_flight.clear();
             if let Some(progress) = self.progress {
                 progress(n);
             }
@@ -248,7 +309,7 @@ impl Driver for Session<'_, '_> {
 /// did. Setup errors (no KVM, bad kernel) are returned as errors, not failures.
 pub fn run_session(
     config: &VmConfig,
-    session: Session<'_, '_>,
+    session: Session<'_, '_, '_>,
     check: bool,
 ) -> Result<(Vec<Op>, Option<Failure>), VmmError> {
     let mut vm = Vm::new(config)?;
@@ -291,10 +352,16 @@ pub fn run_session(
     Ok((session.sent, failure))
 }
 
-/// Replays `ops` one per batch, with the agreement checker after each, on a fresh guest.
-/// Returns the failure and how many operations had run when it showed (the failing prefix).
-pub fn replay(config: &VmConfig, ops: &[Op]) -> Result<Option<(Failure, usize)>, VmmError> {
-    let session = Session::new(Source::Fixed(ops.iter().copied().collect()), 1, None);
-    let (sent, failure) = run_session(config, session, true)?;
+/// Replays `ops` in batches of `batch`, with the agreement checker after each if `check`, on a
+/// fresh guest. Returns the failure and how many operations had run when it showed (the failing
+/// prefix, to the end of its batch). A batch of 1 pins a failure to its operation.
+pub fn replay(
+    config: &VmConfig,
+    ops: &[Op],
+    batch: usize,
+    check: bool,
+) -> Result<Option<(Failure, usize)>, VmmError> {
+    let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
+    let (sent, failure) = run_session(config, session, check)?;
     Ok(failure.map(|f| (f, sent.len())))
 }

@@ -1,10 +1,18 @@
 //! Shrinking a failing operation sequence to a minimal one that fails the same way
 //! (delta debugging: drop ever smaller chunks while the failure keeps its signature).
+//!
+//! Space ids are renumbered as operations go: the guest numbers spaces 1, 2, ... in creation
+//! order, so dropping a `create-space` would otherwise point every later operation at the
+//! wrong space. Operations on a space whose creation was dropped aim at id 0 (no such space).
 
 use super::{replay, Signature};
 use crate::{VmConfig, VmmError};
-use shared_mm::abi::Op;
+use shared_mm::abi::{Op, KERNEL_SPACE};
 use std::time::{Duration, Instant};
+
+/// Operations per batch when replaying candidates: small enough that a failure is pinned
+/// close to its operation, large enough to keep replays quick.
+const SHRINK_BATCH: usize = 16;
 
 /// Limits on shrinking work.
 #[derive(Clone, Copy, Debug)]
@@ -16,8 +24,8 @@ pub struct Budget {
 impl Default for Budget {
     fn default() -> Self {
         Budget {
-            max_replays: 2_000,
-            max_time: Duration::from_secs(120),
+            max_replays: 1_000,
+            max_time: Duration::from_secs(60),
         }
     }
 }
@@ -31,6 +39,120 @@ pub struct Shrunk {
     pub budget_exhausted: bool,
 }
 
+fn space_of(op: &Op) -> Option<u32> {
+    match *op {
+        Op::CreateSpace => None,
+        Op::DestroySpace { space }
+        | Op::MapAnywhere { space, .. }
+        | Op::MapFixed { space, .. }
+        | Op::MapRandomized { space, .. }
+        | Op::Unmap { space, .. }
+        | Op::Protect { space, .. }
+        | Op::TouchRead { space, .. }
+        | Op::TouchWrite { space, .. }
+        | Op::TouchExec { space, .. }
+        | Op::Snapshot { space } => Some(space),
+    }
+}
+
+fn with_space(op: Op, new: u32) -> Op {
+    match op {
+        Op::CreateSpace => Op::CreateSpace,
+        Op::DestroySpace { .. } => Op::DestroySpace { space: new },
+        Op::MapAnywhere {
+            size,
+            align,
+            access,
+            ..
+        } => Op::MapAnywhere {
+            space: new,
+            size,
+            align,
+            access,
+        },
+        Op::MapFixed {
+            addr, size, access, ..
+        } => Op::MapFixed {
+            space: new,
+            addr,
+            size,
+            access,
+        },
+        Op::MapRandomized {
+            size,
+            align,
+            access,
+            ..
+        } => Op::MapRandomized {
+            space: new,
+            size,
+            align,
+            access,
+        },
+        Op::Unmap { addr, size, .. } => Op::Unmap {
+            space: new,
+            addr,
+            size,
+        },
+        Op::Protect {
+            addr, size, access, ..
+        } => Op::Protect {
+            space: new,
+            addr,
+            size,
+            access,
+        },
+        Op::TouchRead { addr, .. } => Op::TouchRead { space: new, addr },
+        Op::TouchWrite { addr, value, .. } => Op::TouchWrite {
+            space: new,
+            addr,
+            value,
+        },
+        Op::TouchExec { addr, .. } => Op::TouchExec { space: new, addr },
+        Op::Snapshot { .. } => Op::Snapshot { space: new },
+    }
+}
+
+/// For each op of `ops`, the index of the `create-space` that made the space it names (if any).
+fn creators(ops: &[Op]) -> Vec<Option<usize>> {
+    let created: Vec<usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| **op == Op::CreateSpace)
+        .map(|(i, _)| i)
+        .collect();
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let space = space_of(op)?;
+            let creator = *created.get((space as usize).checked_sub(1)?)?;
+            (creator < i).then_some(creator)
+        })
+        .collect()
+}
+
+/// The operations at `kept` (indices into `ops`), with space ids renumbered.
+fn materialize(ops: &[Op], creators: &[Option<usize>], kept: &[usize]) -> Vec<Op> {
+    let mut new_id = vec![0u32; ops.len()];
+    let mut next = 1;
+    kept.iter()
+        .map(|&i| {
+            let op = ops[i];
+            if op == Op::CreateSpace {
+                new_id[i] = next;
+                next += 1;
+                return op;
+            }
+            match (space_of(&op), creators[i]) {
+                (Some(KERNEL_SPACE), _) | (None, _) => op,
+                (Some(_), Some(creator)) => with_space(op, new_id[creator]),
+                // A space id no create-space made (a deliberately bad id): keep it as it was.
+                (Some(_), None) => op,
+            }
+        })
+        .collect()
+}
+
 /// Shrinks `ops` against `still_fails`, which returns the failing prefix length when a
 /// candidate still fails the same way.
 pub fn shrink_with(
@@ -39,25 +161,15 @@ pub fn shrink_with(
     mut still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, VmmError>,
 ) -> Result<Shrunk, VmmError> {
     let start = Instant::now();
-    let mut replays = 0;
-    let mut out_of_budget = || {
-        replays += 1;
-        replays > budget.max_replays || start.elapsed() > budget.max_time
-    };
-    let mut current = ops.to_vec();
-    if out_of_budget() {
-        return Ok(Shrunk {
-            ops: current,
-            replays: 0,
-            budget_exhausted: true,
-        });
-    }
-    match still_fails(&current)? {
+    let creators = creators(ops);
+    let mut replays = 1;
+    let mut current: Vec<usize> = (0..ops.len()).collect();
+    match still_fails(ops)? {
         Some(prefix) => current.truncate(prefix),
         None => {
             return Ok(Shrunk {
-                ops: current,
-                replays: 1,
+                ops: ops.to_vec(),
+                replays,
                 budget_exhausted: false,
             })
         }
@@ -68,17 +180,18 @@ pub fn shrink_with(
         let mut removed_any = false;
         let mut i = 0;
         while i < current.len() {
-            if out_of_budget() {
+            if replays >= budget.max_replays || start.elapsed() > budget.max_time {
                 exhausted = true;
                 break 'passes;
             }
             let end = (i + chunk).min(current.len());
-            let candidate: Vec<Op> = current[..i]
+            let candidate: Vec<usize> = current[..i]
                 .iter()
                 .chain(&current[end..])
                 .copied()
                 .collect();
-            match still_fails(&candidate)? {
+            replays += 1;
+            match still_fails(&materialize(ops, &creators, &candidate))? {
                 Some(prefix) => {
                     current = candidate;
                     current.truncate(prefix);
@@ -93,7 +206,7 @@ pub fn shrink_with(
         chunk = (chunk / 2).max(1);
     }
     Ok(Shrunk {
-        ops: current,
+        ops: materialize(ops, &creators, &current),
         replays,
         budget_exhausted: exhausted,
     })
@@ -107,8 +220,11 @@ pub fn shrink(
     target: &Signature,
     budget: Budget,
 ) -> Result<Shrunk, VmmError> {
+    // Only agreement-checker findings need the checker; results are checked op by op anyway.
+    let check = matches!(target, Signature::Finding(_));
     shrink_with(ops, budget, |candidate| {
-        Ok(replay(config, candidate)?
+        let failure = replay(config, candidate, SHRINK_BATCH, check)?;
+        Ok(failure
             .filter(|(f, _)| &f.signature == target)
             .map(|(_, prefix)| prefix))
     })
@@ -122,7 +238,7 @@ mod tests {
     fn fails(ops: &[Op]) -> Result<Option<usize>, VmmError> {
         let pos = |n: u32| {
             ops.iter()
-                .position(|op| *op == Op::DestroySpace { space: n })
+                .position(|op| *op == Op::DestroySpace { space: 1000 + n })
         };
         Ok(match (pos(3), pos(7)) {
             (Some(a), Some(b)) => Some(a.max(b) + 1),
@@ -132,11 +248,16 @@ mod tests {
 
     #[test]
     fn shrinks_to_the_two_ops_that_matter() {
-        let ops: Vec<Op> = (0..100).map(|n| Op::DestroySpace { space: n }).collect();
+        let ops: Vec<Op> = (0..100)
+            .map(|n| Op::DestroySpace { space: 1000 + n })
+            .collect();
         let shrunk = shrink_with(&ops, Budget::default(), fails).expect("no VM involved");
         assert_eq!(
             shrunk.ops,
-            vec![Op::DestroySpace { space: 3 }, Op::DestroySpace { space: 7 }]
+            vec![
+                Op::DestroySpace { space: 1003 },
+                Op::DestroySpace { space: 1007 }
+            ]
         );
         assert!(!shrunk.budget_exhausted);
     }
@@ -150,12 +271,55 @@ mod tests {
 
     #[test]
     fn budget_is_respected() {
-        let ops: Vec<Op> = (0..100).map(|n| Op::DestroySpace { space: n }).collect();
+        let ops: Vec<Op> = (0..100)
+            .map(|n| Op::DestroySpace { space: 1000 + n })
+            .collect();
         let budget = Budget {
             max_replays: 5,
             max_time: Duration::from_secs(60),
         };
         let shrunk = shrink_with(&ops, budget, fails).expect("no VM involved");
-        assert!(shrunk.budget_exhausted && shrunk.replays <= 6);
+        assert!(shrunk.budget_exhausted && shrunk.replays <= 5);
+    }
+
+    #[test]
+    fn dropped_creations_renumber_later_spaces() {
+        // Space 3 is what matters: after shrinking, its creation is the only one left and
+        // the touch must follow it to id 1.
+        let ops = vec![
+            Op::CreateSpace,
+            Op::CreateSpace,
+            Op::CreateSpace,
+            Op::TouchRead {
+                space: 1,
+                addr: 0x1000,
+            },
+            Op::TouchRead {
+                space: 3,
+                addr: 0x4000,
+            },
+        ];
+        let fails = |ops: &[Op]| -> Result<Option<usize>, VmmError> {
+            // "Fails" when a touch of 0x4000 names the last space created before it.
+            let created = ops.iter().filter(|op| **op == Op::CreateSpace).count() as u32;
+            let hit = ops.iter().position(|op| {
+                *op == Op::TouchRead {
+                    space: created,
+                    addr: 0x4000,
+                }
+            });
+            Ok(hit.filter(|_| created > 0).map(|i| i + 1))
+        };
+        let shrunk = shrink_with(&ops, Budget::default(), fails).expect("no VM involved");
+        assert_eq!(
+            shrunk.ops,
+            vec![
+                Op::CreateSpace,
+                Op::TouchRead {
+                    space: 1,
+                    addr: 0x4000
+                }
+            ]
+        );
     }
 }

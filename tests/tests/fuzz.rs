@@ -1,0 +1,137 @@
+//! The fuzzer end to end: a clean run on the correct guest, determinism, a seeded bug found,
+//! shrunk and replayed from its reproducer file, and coverage feedback.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use vmm::checker::Rule;
+use vmm::coverage::CoverageMap;
+use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
+use vmm::fuzz::repro::Reproducer;
+use vmm::fuzz::shrink::Budget;
+use vmm::fuzz::{replay, Signature};
+use vmm::guest_build::{build_variant_with, GuestVariant};
+use vmm::VmConfig;
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-fuzz-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn kernel(variant: &GuestVariant) -> Vec<u8> {
+    let path = build_variant_with(variant).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn campaign(name: &str, kernel: Vec<u8>, ops: u64, shrink: bool) -> CampaignConfig {
+    let coverage = CoverageMap::from_elf(&kernel).expect("kernel ELF parses");
+    CampaignConfig {
+        seed: 7,
+        ops,
+        jobs: 1,
+        batch: 64,
+        check: true,
+        shrink,
+        shrink_budget: Budget {
+            max_replays: 400,
+            max_time: Duration::from_secs(60),
+        },
+        vm: VmConfig {
+            kernel,
+            timeout: Some(Duration::from_secs(30)),
+            ..VmConfig::default()
+        },
+        out_dir: out_dir(name),
+        kernel_label: name.to_string(),
+        progress: false,
+        coverage,
+        max_findings: 1,
+    }
+}
+
+fn run(config: &CampaignConfig) -> CampaignReport {
+    run_campaign(config).unwrap_or_else(|e| panic!("campaign: {e}"))
+}
+
+#[test]
+fn correct_guest_survives_a_campaign() {
+    let config = campaign("clean", vmm::vm::EMBEDDED_KERNEL.to_vec(), 3_000, false);
+    let report = run(&config);
+    assert!(report.bugs.is_empty(), "{:#?}", report.bugs);
+    assert_eq!(report.ops_executed, 3_000);
+}
+
+#[test]
+fn same_seed_gives_the_same_run() {
+    let bug = kernel(&GuestVariant::new(&["bug-stale-pte"]));
+    let first = run(&campaign("det-a", bug.clone(), 2_000, false));
+    let second = run(&campaign("det-b", bug, 2_000, false));
+    let key = |r: &CampaignReport| -> Vec<(Signature, u64, usize)> {
+        r.bugs
+            .iter()
+            .map(|b| (b.signature.clone(), b.ops_to_find, b.original_len))
+            .collect()
+    };
+    assert!(!first.bugs.is_empty());
+    assert_eq!(key(&first), key(&second));
+    let text =
+        |r: &CampaignReport| std::fs::read_to_string(&r.bugs[0].repro_path).expect("repro written");
+    let strip = |t: String| {
+        t.lines()
+            .filter(|l| !l.starts_with("# kernel"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(text(&first)), strip(text(&second)));
+}
+
+#[test]
+fn seeded_bug_is_found_shrunk_and_replayed() {
+    let bug = kernel(&GuestVariant::new(&["bug-stale-pte"]));
+    let config = campaign("stale", bug.clone(), 5_000, true);
+    let report = run(&config);
+    let found = report
+        .bugs
+        .first()
+        .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    assert_eq!(
+        found.signature,
+        Signature::Finding(Rule::PteInHole),
+        "{found:#?}"
+    );
+    assert!(
+        found.repro_len <= 8 && found.repro_len < found.original_len,
+        "{found:#?}"
+    );
+
+    let text = std::fs::read_to_string(&found.repro_path).expect("reproducer written");
+    let repro = Reproducer::parse(&text).expect("reproducer parses");
+    assert_eq!(repro.ops.len(), found.repro_len);
+    let vm = VmConfig {
+        kernel: bug,
+        ..config.vm.clone()
+    };
+    let (again, at) = replay(&vm, &repro.ops, 1, true)
+        .expect("replay runs")
+        .expect("still fails");
+    assert_eq!(again.signature, found.signature);
+    assert!(at <= repro.ops.len());
+    // The same operations are clean on the correct guest.
+    let clean = VmConfig {
+        kernel: vmm::vm::EMBEDDED_KERNEL.to_vec(),
+        ..config.vm
+    };
+    assert_eq!(
+        replay(&clean, &repro.ops, 1, true).expect("replay runs"),
+        None
+    );
+}
+
+#[test]
+fn coverage_feedback_reports_reached_edges() {
+    let cov = kernel(&GuestVariant::default().with_coverage());
+    let report = run(&campaign("coverage", cov, 1_000, false));
+    assert!(report.bugs.is_empty(), "{:#?}", report.bugs);
+    let (covered, total) = report.coverage.expect("coverage guest has counters");
+    assert!(covered > 100 && covered <= total, "{covered} of {total}");
+}
