@@ -296,9 +296,10 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
     };
     let report = run_campaign(&campaign)?;
     eprintln!(
-        "vmm fuzz: {} ops in {:.1} s ({:.0} ops/s) on {} guest boot(s), seed {}, {} job(s), checker {}",
+        "vmm fuzz: {} ops in {:.1} s ({:.1} s of it shrinking; {:.0} ops/s fuzzing) on {} guest boot(s), seed {}, {} job(s), checker {}",
         report.ops_executed,
         report.elapsed.as_secs_f64(),
+        report.shrinking.as_secs_f64(),
         report.ops_per_second(),
         report.guests_booted,
         guest.seed,

@@ -63,6 +63,8 @@ pub struct FoundBug {
 pub struct CampaignReport {
     pub ops_executed: u64,
     pub elapsed: Duration,
+    /// Time spent shrinking failures (summed over jobs), included in `elapsed`.
+    pub shrinking: Duration,
     pub guests_booted: usize,
     pub bugs: Vec<FoundBug>,
     /// Edges reached and edges instrumented, with coverage feedback on.
@@ -70,8 +72,10 @@ pub struct CampaignReport {
 }
 
 impl CampaignReport {
+    /// Fuzzing throughput: operations per second of wall time not spent shrinking.
     pub fn ops_per_second(&self) -> f64 {
-        self.ops_executed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        let fuzzing = self.elapsed.saturating_sub(self.shrinking);
+        self.ops_executed as f64 / fuzzing.as_secs_f64().max(1e-9)
     }
 }
 
@@ -88,6 +92,7 @@ struct Shared<'a> {
     guests: AtomicUsize,
     bugs: Mutex<BTreeMap<Signature, FoundBug>>,
     coverage: Mutex<CoverageSet>,
+    shrinking: Mutex<Duration>,
 }
 
 impl Shared<'_> {
@@ -117,6 +122,7 @@ impl Shared<'_> {
             failure.signature
         ));
         let original_len = ops.len();
+        let shrink_start = Instant::now();
         let (ops, failure) = if config.shrink {
             self.bar.set_message(format!("shrinking {} ops", ops.len()));
             let shrunk = shrink(&config.vm, &ops, &failure.signature, config.shrink_budget)?.ops;
@@ -131,6 +137,7 @@ impl Shared<'_> {
         } else {
             (ops, failure)
         };
+        *self.shrinking.lock().unwrap_or_else(|e| e.into_inner()) += shrink_start.elapsed();
         let repro = Reproducer {
             header: vec![
                 ("failure".into(), failure.signature.to_string()),
@@ -239,6 +246,7 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
         guests: AtomicUsize::new(0),
         bugs: Mutex::new(BTreeMap::new()),
         coverage: Mutex::new(CoverageSet::new()),
+        shrinking: Mutex::new(Duration::ZERO),
     };
     let per_job = config.ops / jobs as u64;
     let extra = config.ops % jobs as u64;
@@ -269,6 +277,10 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
     Ok(CampaignReport {
         ops_executed: shared.executed.load(Ordering::Relaxed) as u64,
         elapsed: shared.start.elapsed(),
+        shrinking: shared
+            .shrinking
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner()),
         guests_booted: shared.guests.load(Ordering::Relaxed),
         bugs: bugs.into_values().collect(),
         coverage: config.coverage.map(|map| (covered, map.len())),
