@@ -266,22 +266,33 @@ impl Checker {
     }
 
     fn check_kernel_leaf(&mut self, kernel: &SpaceView, leaf: &Leaf) {
-        match region_containing(&kernel.regions, leaf.va) {
-            None => self.report(
-                KERNEL_SPACE,
-                Rule::PteInHole,
-                Some(leaf),
-                None,
-                "kernel page outside every kernel region".into(),
-            ),
-            Some(region) if leaf.perms.user => self.report(
+        let Some(region) = region_containing(&kernel.regions, leaf.va) else {
+            let detail = "kernel page outside every kernel region".into();
+            return self.report(KERNEL_SPACE, Rule::PteInHole, Some(leaf), None, detail);
+        };
+        let access = region.access;
+        let mut excess = Vec::new();
+        if leaf.perms.user {
+            excess.push("user-accessible");
+        }
+        if leaf.perms.writable && access & WRITE == 0 {
+            excess.push("writable");
+        }
+        if leaf.perms.executable() && access & EXECUTE == 0 {
+            excess.push("executable");
+        }
+        if !excess.is_empty() {
+            let detail = format!(
+                "kernel page is {} but the region does not allow it",
+                excess.join(", ")
+            );
+            self.report(
                 KERNEL_SPACE,
                 Rule::PteExceedsRegion,
                 Some(leaf),
                 Some(region),
-                "kernel page is user-accessible".into(),
-            ),
-            Some(_) => {}
+                detail,
+            );
         }
     }
 

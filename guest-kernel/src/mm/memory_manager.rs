@@ -40,10 +40,11 @@ pub struct MemoryManager {
 fn reserve(
     tree: &mut RegionTree<VMObject>,
     name: &'static str,
+    access: Access,
     base: u64,
     size: u64,
 ) -> VirtualRange {
-    let region = Box::new(Region::new(name, Access::READ | Access::WRITE, None));
+    let region = Box::new(Region::new(name, access, None));
     match tree.place_specifically(region, VirtualAddress::new(base), size) {
         Ok(range) => range,
         Err(e) => panic!("cannot reserve {name} at {base:#x}+{size:#x}: {}", e.kind),
@@ -64,6 +65,7 @@ impl MemoryManager {
         reserve(
             &mut kernel_tree,
             "physmap",
+            Access::READ | Access::WRITE,
             PHYSMAP_BASE,
             info.ram_size.next_multiple_of(TWO_MIB),
         );
@@ -72,6 +74,8 @@ impl MemoryManager {
         reserve(
             &mut kernel_tree,
             "kernel image",
+            // Code and data share the boot tables' 2 MiB pages, so the window is rwx.
+            Access::READ | Access::WRITE | Access::EXECUTE,
             KERNEL_VIRT_BASE + image_start,
             image_end - image_start,
         );

@@ -29,6 +29,8 @@ pub fn build_boot_page_tables(
     };
     let table_flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
     let leaf_flags = table_flags | PageTableFlags::HUGE_PAGE | PageTableFlags::GLOBAL;
+    // The direct map is data only; the kernel window holds code.
+    let data_flags = leaf_flags | PageTableFlags::NO_EXECUTE;
     let write = |addr: u64, index: usize, entry: PageTableEntry| {
         mem.write_obj(entry.raw(), GuestAddress(addr + 8 * index as u64))
             .map_err(|e| format!("writing boot page table at {addr:#x}: {e}"))
@@ -54,7 +56,7 @@ pub fn build_boot_page_tables(
             if phys >= ram_size {
                 break;
             }
-            write(pd, i as usize, PageTableEntry::new(phys, leaf_flags))?;
+            write(pd, i as usize, PageTableEntry::new(phys, data_flags))?;
         }
     }
 
