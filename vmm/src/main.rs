@@ -1,5 +1,6 @@
 //! The `vmm` command line: boot the guest and run its MM self-check, inspect, fuzz and replay.
 
+use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use shared_mm::boot_info::GuestCommand;
 use std::path::PathBuf;
@@ -129,7 +130,7 @@ enum Misbehave {
     TripleFault,
 }
 
-fn config(args: &GuestArgs, command: GuestCommand) -> Result<VmConfig, VmmError> {
+fn config(args: &GuestArgs, command: GuestCommand) -> anyhow::Result<VmConfig> {
     let kernel = match &args.kernel {
         Some(path) => std::fs::read(path).map_err(|source| VmmError::KernelUnreadable {
             path: path.clone(),
@@ -138,10 +139,7 @@ fn config(args: &GuestArgs, command: GuestCommand) -> Result<VmConfig, VmmError>
         None => vmm::vm::EMBEDDED_KERNEL.to_vec(),
     };
     if !(args.timeout.is_finite() && args.timeout >= 0.0) {
-        return Err(VmmError::Driver(format!(
-            "--timeout {} is not a number of seconds",
-            args.timeout
-        )));
+        bail!("--timeout {} is not a number of seconds", args.timeout);
     }
     Ok(VmConfig {
         kernel,
@@ -154,7 +152,7 @@ fn config(args: &GuestArgs, command: GuestCommand) -> Result<VmConfig, VmmError>
     })
 }
 
-fn run(cli: Cli) -> Result<u32, VmmError> {
+fn run(cli: Cli) -> anyhow::Result<u32> {
     match cli.command {
         Command::Run {
             guest,
@@ -185,7 +183,7 @@ fn run(cli: Cli) -> Result<u32, VmmError> {
             let mut failures = check.failures.clone();
             failures.extend(findings);
             if !check.passed() || !failures.is_empty() {
-                return Err(VmmError::SelfCheckFailed(failures));
+                return Err(VmmError::SelfCheckFailed(failures).into());
             }
             eprintln!(
                 "vmm: MM self-check passed: {} of {} steps",
@@ -210,17 +208,13 @@ fn run(cli: Cli) -> Result<u32, VmmError> {
                 }
             );
             if let Some(path) = &svg {
-                std::fs::write(path, report.to_svg()).map_err(|e| {
-                    VmmError::Driver(format!(
-                        "cannot write the SVG map to {}: {e}",
-                        path.display()
-                    ))
-                })?;
+                std::fs::write(path, report.to_svg())
+                    .with_context(|| format!("cannot write the SVG map to {}", path.display()))?;
                 eprintln!("vmm: wrote the address-space map to {}", path.display());
             }
             let problems = report.problems();
             if !problems.is_empty() {
-                return Err(VmmError::SelfCheckFailed(problems));
+                return Err(VmmError::SelfCheckFailed(problems).into());
             }
             Ok(report.exit_status)
         }
@@ -229,7 +223,7 @@ fn run(cli: Cli) -> Result<u32, VmmError> {
     }
 }
 
-fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
+fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     let FuzzArgs {
         ops,
         jobs,
@@ -244,9 +238,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
     } = *args;
     let (check, shrink) = (!no_check, !no_shrink);
     if jobs == 0 || batch == 0 {
-        return Err(VmmError::Driver(
-            "--jobs and --batch must be at least 1".into(),
-        ));
+        bail!("--jobs and --batch must be at least 1");
     }
     let mut vm = config(guest, GuestCommand::Serve)?;
     vm.echo_console = false;
@@ -256,9 +248,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
         .map_or("embedded".into(), |p| p.display().to_string());
     if coverage || !guest_features.is_empty() {
         if guest.kernel.is_some() {
-            return Err(VmmError::Driver(
-                "--kernel cannot be combined with --coverage or --guest-features".into(),
-            ));
+            bail!("--kernel cannot be combined with --coverage or --guest-features");
         }
         let features: Vec<&str> = guest_features.iter().map(String::as_str).collect();
         let mut variant = GuestVariant::new(&features);
@@ -266,18 +256,18 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
             variant = variant.with_coverage();
         }
         eprintln!("vmm fuzz: building guest variant {}", variant.name());
-        let path = build_variant_with(&variant).map_err(VmmError::Driver)?;
+        let path = build_variant_with(&variant).map_err(anyhow::Error::msg)?;
         vm.kernel = std::fs::read(&path).map_err(|source| VmmError::KernelUnreadable {
             path: path.clone(),
             source,
         })?;
         kernel_label = path.display().to_string();
     }
-    let counters = CoverageMap::from_elf(&vm.kernel).map_err(VmmError::Driver)?;
+    let counters = CoverageMap::from_elf(&vm.kernel)
+        .map_err(anyhow::Error::msg)
+        .context("reading the kernel's coverage counters")?;
     if coverage && counters.is_none() {
-        return Err(VmmError::Driver(
-            "the coverage guest has no sanitizer-coverage counters".into(),
-        ));
+        bail!("the coverage guest has no sanitizer-coverage counters");
     }
     let campaign = CampaignConfig {
         seed: guest.seed,
@@ -334,11 +324,10 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> Result<u32, VmmError> {
     Ok(1)
 }
 
-fn replay_file(guest: &GuestArgs, file: &PathBuf) -> Result<u32, VmmError> {
+fn replay_file(guest: &GuestArgs, file: &PathBuf) -> anyhow::Result<u32> {
     let text = std::fs::read_to_string(file)
-        .map_err(|e| VmmError::Driver(format!("cannot read reproducer {}: {e}", file.display())))?;
-    let repro = Reproducer::parse(&text)
-        .map_err(|e| VmmError::Driver(format!("{}: {e}", file.display())))?;
+        .with_context(|| format!("cannot read reproducer {}", file.display()))?;
+    let repro = Reproducer::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
     let mut vm = config(guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
@@ -369,8 +358,10 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(status) => ExitCode::from(status.min(255) as u8),
         Err(e) => {
-            eprintln!("vmm: error: {e}");
-            ExitCode::from(e.exit_code() as u8)
+            eprintln!("vmm: error: {e:#}");
+            // A VMM error anywhere in the chain decides the code; other errors are bad input.
+            let vmm_error = e.chain().find_map(|cause| cause.downcast_ref::<VmmError>());
+            ExitCode::from(vmm_error.map_or(2, VmmError::exit_code) as u8)
         }
     }
 }
