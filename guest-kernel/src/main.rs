@@ -9,6 +9,7 @@ extern crate alloc;
 mod console;
 mod agent;
 mod arch;
+mod bench;
 mod cpu_info;
 mod hypercall;
 mod mm;
@@ -77,6 +78,12 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
             let _ = mailbox.log("guest-kernel: serving MM operations");
             if let Err(e) = agent::serve(&mut mailbox, &mut mm) {
                 panic!("agent loop: hypercall failed: {e:?}");
+            }
+            mailbox.exit(0)
+        }
+        Some(GuestCommand::Bench) => {
+            if let Err(e) = bench::run(&mut mailbox) {
+                panic!("bench: hypercall failed: {e:?}");
             }
             mailbox.exit(0)
         }

@@ -52,6 +52,9 @@ pub enum Hypercall {
     /// Payload: `count` [`RegionRecord`]s of space `args[0]` starting at index `args[1]`;
     /// `args[2]` total regions, `args[3]` the space's CR3.
     Snapshot = 5,
+    /// No payload; the host replies at once. Its round trip against a [`RAW_EXIT_PORT`] exit is
+    /// the cost of the hypercall path itself.
+    Ping = 6,
 }
 
 impl Hypercall {
@@ -62,6 +65,7 @@ impl Hypercall {
             3 => Hypercall::Exit,
             4 => Hypercall::Batch,
             5 => Hypercall::Snapshot,
+            6 => Hypercall::Ping,
             _ => return None,
         })
     }

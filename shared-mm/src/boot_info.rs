@@ -47,6 +47,9 @@ pub enum GuestCommand {
     Hang = 2,
     /// Fault with no usable IDT, so the CPU shuts down (tests the triple-fault report).
     TripleFault = 3,
+    /// Time the exits: raw port-I/O exits, then `Ping` hypercalls, between marker `Batch`
+    /// hypercalls, then exit 0 (drives the `system` bench).
+    Bench = 4,
 }
 
 impl GuestCommand {
@@ -56,6 +59,7 @@ impl GuestCommand {
             1 => GuestCommand::Panic,
             2 => GuestCommand::Hang,
             3 => GuestCommand::TripleFault,
+            4 => GuestCommand::Bench,
             _ => return None,
         })
     }

@@ -10,6 +10,8 @@ extern crate std;
 pub mod abi;
 pub mod address;
 pub mod boot_info;
+#[cfg(feature = "baseline")]
+pub mod first_fit;
 pub mod pte;
 pub mod region;
 pub mod region_tree;

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The README's bench command: measures the whole system in one run and prints one table
+# (vmm/benches/system.rs, about 40 s). With --criterion it then also runs the detailed criterion
+# benches of the RegionTree and of the page-table walker (about 2 more minutes).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+case "${1:-}" in
+    "") criterion=false ;;
+    --criterion) criterion=true ;;
+    *) echo "usage: $0 [--criterion]" >&2; exit 2 ;;
+esac
+cargo bench -p vmm --bench system
+if "$criterion"; then
+    cargo bench -p shared-mm --bench region_tree
+    cargo bench -p vmm --bench page_walk
+fi

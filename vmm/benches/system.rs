@@ -1,0 +1,743 @@
+//! The whole system in one run: RegionTree, exits, batched MM ops, page walks and boot, as one table.
+//!
+//! `cargo bench -p vmm --bench system` (or `bash scripts/bench.sh`). Every figure is host wall
+//! time from `std::time::Instant`; each is the median of several samples. The targets are goals:
+//! the table says which were met, and the bench exits 0 either way.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shared_mm::abi::{
+    access_bits::{READ, USER, WRITE},
+    Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, Status, HEADER_SIZE,
+    MAX_BATCH,
+};
+use shared_mm::address::PAGE_SIZE;
+use shared_mm::boot_info::{GuestCommand, MAILBOX_ADDR};
+use shared_mm::first_fit::{SteadyState, REQUEST};
+use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_1G};
+use shared_mm::region::{Access, Region};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm::checker::Checked;
+use vmm::hypercall::{self, Driver, IdleDriver};
+use vmm::page_walk::{leaves, PageTableBuilder};
+use vmm::scenario::Script;
+use vmm::{Vm, VmConfig};
+
+/// Samples per figure; the median is reported.
+const SAMPLES: usize = 7;
+/// Wall time of one guest run of the batched-MM mix.
+const MM_BUDGET: Duration = Duration::from_secs(4);
+/// Wall time of one guest run of a single op kind.
+const OP_KIND_BUDGET: Duration = Duration::from_secs(2);
+/// Guest runs with and without the checker each, alternating so that drift hits both alike.
+const MM_ROUNDS: usize = 2;
+/// Batches a script holds (more than [`MM_BUDGET`] lets the guest run).
+const MM_BATCHES: usize = 400;
+
+/// When a row meets its goal.
+#[derive(Clone, Copy)]
+enum Goal {
+    None,
+    ValueAtMost(f64),
+    ValueAtLeast(f64),
+    RatioAtMost(f64),
+    RatioAtLeast(f64),
+}
+
+/// One line of the table. `ratio` is defined per row (see [`RATIO_LEGEND`]).
+struct Row {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline: Option<f64>,
+    ratio: Option<f64>,
+    goal: Goal,
+}
+
+const RATIO_LEGEND: &str = "ratio: RegionTree rows, first fit's time / RegionTree's (speed-up); \
+     Ping row, Ping / raw exit; checker row, ops/s without / with the checker (slow-down).";
+
+impl Row {
+    fn new(name: impl Into<String>, value: f64, unit: &'static str) -> Self {
+        Row {
+            name: name.into(),
+            value,
+            unit,
+            baseline: None,
+            ratio: None,
+            goal: Goal::None,
+        }
+    }
+
+    fn against(mut self, baseline: f64, ratio: f64) -> Self {
+        self.baseline = Some(baseline);
+        self.ratio = Some(ratio);
+        self
+    }
+
+    fn goal(mut self, goal: Goal) -> Self {
+        self.goal = goal;
+        self
+    }
+
+    /// The target as text and whether it is met; `None` for a row without a target.
+    fn verdict(&self) -> Option<(String, bool)> {
+        let ratio = self.ratio.unwrap_or(f64::NAN);
+        Some(match self.goal {
+            Goal::None => return None,
+            Goal::ValueAtMost(t) => (format!("≤ {} {}", num(t), self.unit), self.value <= t),
+            Goal::ValueAtLeast(t) => (format!("≥ {} {}", num(t), self.unit), self.value >= t),
+            Goal::RatioAtMost(t) => (format!("ratio ≤ {}×", num(t)), ratio <= t),
+            Goal::RatioAtLeast(t) => (format!("ratio ≥ {}×", num(t)), ratio >= t),
+        })
+    }
+}
+
+/// A number with precision that suits its size, and thousands separators.
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return "n/a".into();
+    }
+    let decimals = match v.abs() {
+        a if a >= 100.0 => 0,
+        a if a >= 10.0 => 1,
+        a if a >= 1.0 => 2,
+        _ => 3,
+    };
+    let text = format!("{v:.decimals$}");
+    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        "" => format!("{sign}{grouped}"),
+        f => format!("{sign}{grouped}.{f}"),
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| name | value | unit | baseline | ratio | target | met? |\n\
+         | --- | ---: | --- | ---: | ---: | --- | --- |\n",
+    );
+    for row in rows {
+        let (target, met) = match row.verdict() {
+            None => ("—".to_string(), "—"),
+            Some((t, true)) => (t, "met"),
+            Some((t, false)) => (t, "**missed**"),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.name,
+            num(row.value),
+            row.unit,
+            row.baseline.map_or("—".into(), num),
+            row.ratio.map_or("—".into(), |r| format!("{}×", num(r))),
+            target,
+            met
+        );
+    }
+    out
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Nanoseconds per call of `op`: batches of iterations sized to about 30 ms, median of them.
+fn ns_per_op(mut op: impl FnMut()) -> f64 {
+    let mut iters = 1u64;
+    loop {
+        let start = Instant::now();
+        (0..iters).for_each(|_| op());
+        if start.elapsed() >= Duration::from_millis(30) {
+            break;
+        }
+        iters *= 2;
+    }
+    let samples = (0..SAMPLES)
+        .map(|_| {
+            let start = Instant::now();
+            (0..iters).for_each(|_| op());
+            start.elapsed().as_nanos() as f64 / iters as f64
+        })
+        .collect();
+    median(samples)
+}
+
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map_or("unknown CPU".to_string(), |(_, m)| m.trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = read("/proc/sys/kernel/osrelease");
+    let backend = ["kvm_pvm", "kvm_intel", "kvm_amd"]
+        .into_iter()
+        .find(|m| std::path::Path::new(&format!("/sys/module/{m}")).exists())
+        .unwrap_or("unknown");
+    format!(
+        "machine: {model}, {cores} cores, Linux {}, KVM backend {backend}",
+        kernel.trim()
+    )
+}
+
+// ---- 1. RegionTree against first fit -------------------------------------------------------
+
+fn bench_region() -> Box<Region<()>> {
+    Box::new(Region::new("bench", Access::READ, None))
+}
+
+fn region_tree(rows: &mut Vec<Row>) {
+    let mut tree_ns = Vec::new();
+    for n in [1_000, 10_000, 100_000] {
+        eprintln!("bench: RegionTree vs first fit, {n} regions");
+        let SteadyState {
+            mut tree,
+            mut first_fit,
+        } = SteadyState::new(n, 3, bench_region).expect("steady state");
+        let mut spare = Some(bench_region());
+        let tree_op = ns_per_op(|| {
+            let region = spare.take().expect("the spare region is back");
+            let placed = tree
+                .place_anywhere(region, black_box(REQUEST), PAGE_SIZE)
+                .expect("the tail hole fits");
+            spare = tree.remove(placed.base());
+        });
+        let first_fit_op = ns_per_op(|| {
+            let base = first_fit
+                .place_anywhere(black_box(REQUEST), PAGE_SIZE)
+                .expect("the tail hole fits");
+            first_fit.remove(base);
+        });
+        let goal = match n {
+            100_000 => Goal::RatioAtLeast(100.0),
+            _ => Goal::None,
+        };
+        rows.push(
+            Row::new(
+                format!("RegionTree place_anywhere+remove, {}k regions", n / 1000),
+                tree_op,
+                "ns/op",
+            )
+            .against(first_fit_op, first_fit_op / tree_op)
+            .goal(goal),
+        );
+        tree_ns.push(tree_op);
+    }
+    let growth = tree_ns[2] / tree_ns[0];
+    rows.push(
+        Row::new("RegionTree growth 1k → 100k regions", growth, "×").goal(Goal::ValueAtMost(3.0)),
+    );
+}
+
+// ---- 2. Hypercall round trip against a raw exit --------------------------------------------
+
+/// Timestamps the guest's phase markers (empty `Batch` hypercalls) and answers empty batches.
+#[derive(Default)]
+struct Markers(Vec<Instant>);
+
+impl Driver for Markers {
+    fn next_batch(
+        &mut self,
+        _: &GuestMemoryMmap,
+        _: &[OpResult],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, String> {
+        self.0.push(Instant::now());
+        Ok(Some(Vec::new()))
+    }
+
+    fn snapshot(
+        &mut self,
+        _: &GuestMemoryMmap,
+        _: u32,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: &[RegionRecord],
+    ) -> Result<(), String> {
+        Err("the bench guest takes no snapshots".into())
+    }
+}
+
+/// µs per iteration of each phase of one `GuestCommand::Bench` guest.
+struct ExitPhases {
+    raw_exit: f64,
+    ping: f64,
+    guest_encode: f64,
+}
+
+fn exit_phases() -> ExitPhases {
+    let config = VmConfig {
+        command: GuestCommand::Bench,
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::new(&config).expect("bench VM");
+    let mut markers = Markers::default();
+    let status = vm.run(&mut markers).expect("bench guest run");
+    assert_eq!(status, 0, "bench guest exit status");
+    let console = vm.console_output();
+    let iterations: f64 = console
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("guest-kernel: bench: ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the bench guest reports its iteration count");
+    let [raw, ping, encode, end] = markers.0[..] else {
+        panic!("expected 4 phase markers, got {}", markers.0.len());
+    };
+    let per_iteration = |d: Duration| d.as_secs_f64() * 1e6 / iterations;
+    ExitPhases {
+        raw_exit: per_iteration(ping - raw),
+        ping: per_iteration(encode - ping),
+        guest_encode: per_iteration(end - encode),
+    }
+}
+
+/// µs the host spends in `hypercall::handle` for one Ping, without the exit around it.
+fn ping_dispatch() -> f64 {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
+    let mut head = [0u8; HEADER_SIZE];
+    MailboxHeader {
+        call: Hypercall::Ping as u32,
+        ..Default::default()
+    }
+    .encode(&mut head)
+    .expect("header fits");
+    mem.write_slice(&head, GuestAddress(MAILBOX_ADDR))
+        .expect("mailbox");
+    // The reply is a Ping header again, so the mailbox stays a valid request.
+    ns_per_op(|| {
+        hypercall::handle(&mem, &mut std::io::sink(), &mut IdleDriver).expect("ping");
+    }) / 1e3
+}
+
+fn hypercalls(rows: &mut Vec<Row>) {
+    eprintln!("bench: raw exits and Ping hypercalls ({SAMPLES} guests)");
+    let phases: Vec<ExitPhases> = (0..SAMPLES).map(|_| exit_phases()).collect();
+    let of = |f: fn(&ExitPhases) -> f64| median(phases.iter().map(f).collect());
+    let (raw, ping) = (of(|p| p.raw_exit), of(|p| p.ping));
+    rows.push(Row::new("raw port-I/O exit (outb 0x511)", raw, "µs"));
+    rows.push(
+        Row::new("Ping hypercall round trip", ping, "µs")
+            .against(raw, ping / raw)
+            .goal(Goal::RatioAtMost(1.3)),
+    );
+    rows.push(Row::new(
+        "  of which guest header encode+decode (no exit)",
+        of(|p| p.guest_encode),
+        "µs",
+    ));
+    rows.push(Row::new(
+        "  of which host hypercall::handle (no exit)",
+        ping_dispatch(),
+        "µs",
+    ));
+}
+
+// ---- 3. MM operations through batched hypercalls -------------------------------------------
+
+/// Times the batches of its inner driver after the first (which sets up): from handing out the
+/// second until `budget` has passed or the script ends.
+struct Timed<D> {
+    inner: D,
+    budget: Duration,
+    calls: usize,
+    started: Option<Instant>,
+    elapsed: Duration,
+    ops: usize,
+}
+
+impl<D> Timed<D> {
+    fn new(inner: D, budget: Duration) -> Self {
+        Timed {
+            inner,
+            budget,
+            calls: 0,
+            started: None,
+            elapsed: Duration::ZERO,
+            ops: 0,
+        }
+    }
+}
+
+impl<D: Driver> Driver for Timed<D> {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, String> {
+        self.calls += 1;
+        let started = match (self.calls, self.started) {
+            (1, _) => return self.inner.next_batch(mem, results, spaces),
+            (2, _) => *self.started.insert(Instant::now()),
+            (_, Some(started)) => started,
+            (_, None) => return Err("timing never started".into()),
+        };
+        if self.calls > 2 {
+            self.ops += results.len();
+            self.elapsed = started.elapsed();
+            if self.elapsed >= self.budget {
+                return Ok(None);
+            }
+        }
+        let next = self.inner.next_batch(mem, results, spaces)?;
+        if next.is_none() {
+            self.elapsed = started.elapsed();
+        }
+        Ok(next)
+    }
+
+    fn snapshot(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        space: u32,
+        cr3: u64,
+        first: u64,
+        total: u64,
+        regions: &[RegionRecord],
+    ) -> Result<(), String> {
+        self.inner.snapshot(mem, space, cr3, first, total, regions)
+    }
+}
+
+const URW: u32 = USER | READ | WRITE;
+/// A long-lived 64-page region in each space, touched by every mixed batch.
+const HEAP: u64 = 0x4000_0000;
+/// Slots of short-lived 2-page regions: mapped, touched, split by a protect, unmapped.
+const SLOTS: u64 = 0x1000_0000;
+
+/// Creates spaces 1 and 2 and maps the long-lived region in each.
+fn mm_setup() -> Vec<Op> {
+    let mut ops = vec![Op::CreateSpace, Op::CreateSpace];
+    ops.extend((1..=2).map(|space| Op::MapFixed {
+        space,
+        addr: HEAP,
+        size: 64 * PAGE_SIZE,
+        access: URW,
+    }));
+    ops
+}
+
+/// 1024 ops, 8 per slot, alternating between the two spaces; every op succeeds.
+fn mm_mix() -> Vec<Op> {
+    (0..128u64)
+        .flat_map(|j| {
+            let space = 1 + (j % 2) as u32;
+            let addr = SLOTS + (j / 2) * 0x1_0000;
+            let heap = HEAP + (j / 2) * PAGE_SIZE + 8;
+            [
+                Op::MapFixed {
+                    space,
+                    addr,
+                    size: 2 * PAGE_SIZE,
+                    access: URW,
+                },
+                Op::TouchWrite {
+                    space,
+                    addr,
+                    value: j,
+                },
+                Op::TouchRead { space, addr },
+                Op::Protect {
+                    space,
+                    addr: addr + PAGE_SIZE,
+                    size: PAGE_SIZE,
+                    access: USER | READ,
+                },
+                Op::TouchRead {
+                    space,
+                    addr: addr + PAGE_SIZE,
+                },
+                Op::TouchWrite {
+                    space,
+                    addr: heap,
+                    value: j,
+                },
+                Op::TouchRead { space, addr: heap },
+                Op::Unmap {
+                    space,
+                    addr,
+                    size: 2 * PAGE_SIZE,
+                },
+            ]
+        })
+        .collect()
+}
+
+/// [`mm_setup`], then `batch` [`MM_BATCHES`] times.
+fn mm_script(batch: Vec<Op>) -> Script {
+    let mut batches = vec![mm_setup()];
+    batches.extend(std::iter::repeat_n(batch, MM_BATCHES));
+    Script::new(batches)
+}
+
+/// Results that are not `Ok`, over every batch the script got back.
+fn failures(script: &Script) -> usize {
+    script
+        .results
+        .iter()
+        .flatten()
+        .filter(|r| r.status != Status::Ok)
+        .count()
+}
+
+/// One Serve guest driven through `budget` of `batch` after [`mm_setup`]: (ops, time they took).
+fn mm_run(batch: Vec<Op>, budget: Duration, checker: bool) -> (usize, Duration) {
+    let mut vm = Vm::new(&VmConfig::default()).expect("MM guest VM");
+    let timed = if checker {
+        let mut driver = Checked::new(Timed::new(mm_script(batch), budget));
+        vm.run(&mut driver).expect("checked MM guest run");
+        assert!(driver.findings.is_empty(), "{:?}", driver.findings);
+        driver.into_inner()
+    } else {
+        let mut driver = Timed::new(mm_script(batch), budget);
+        vm.run(&mut driver).expect("MM guest run");
+        driver
+    };
+    assert_eq!(failures(&timed.inner), 0, "every op succeeds");
+    (timed.ops, timed.elapsed)
+}
+
+/// `pattern` repeated to fill one batch of at most 1024 ops.
+fn batch_of(pattern: &[Op]) -> Vec<Op> {
+    let n = MAX_BATCH / pattern.len() * pattern.len();
+    pattern.iter().copied().cycle().take(n).collect()
+}
+
+/// µs per op of batches that hold one kind of op, without the checker: where guest time goes.
+fn op_kinds(rows: &mut Vec<Row>) {
+    eprintln!("bench: single op kinds, {OP_KIND_BUDGET:?} each");
+    let (space, addr) = (1, HEAP + 8);
+    let slot = |size| Op::MapFixed {
+        space,
+        addr: SLOTS,
+        size,
+        access: URW,
+    };
+    let protect = |access| Op::Protect {
+        space,
+        addr: HEAP,
+        size: PAGE_SIZE,
+        access,
+    };
+    let kinds = [
+        (
+            "touch read, present page",
+            vec![Op::TouchRead { space, addr }],
+        ),
+        (
+            "touch write, present page",
+            vec![Op::TouchWrite {
+                space,
+                addr,
+                value: 1,
+            }],
+        ),
+        (
+            "map fixed + unmap, 2 pages",
+            vec![
+                slot(2 * PAGE_SIZE),
+                Op::Unmap {
+                    space,
+                    addr: SLOTS,
+                    size: 2 * PAGE_SIZE,
+                },
+            ],
+        ),
+        (
+            "protect 1 page of 64, r-- then rw-",
+            vec![protect(USER | READ), protect(URW)],
+        ),
+    ];
+    for (name, pattern) in kinds {
+        let (ops, time) = mm_run(batch_of(&pattern), OP_KIND_BUDGET, false);
+        rows.push(Row::new(
+            format!("  MM op: {name}"),
+            time.as_secs_f64() * 1e6 / ops as f64,
+            "µs/op",
+        ));
+    }
+}
+
+fn mm_ops(rows: &mut Vec<Row>) {
+    eprintln!("bench: batched MM ops, {MM_ROUNDS} × {MM_BUDGET:?} without and with the checker");
+    let (mut plain, mut checked) = ((0, Duration::ZERO), (0, Duration::ZERO));
+    for _ in 0..MM_ROUNDS {
+        for (checker, total) in [(false, &mut plain), (true, &mut checked)] {
+            let (ops, time) = mm_run(mm_mix(), MM_BUDGET, checker);
+            total.0 += ops;
+            total.1 += time;
+        }
+    }
+    let per_sec = |(ops, time): (usize, Duration)| ops as f64 / time.as_secs_f64();
+    let (plain, checked) = (per_sec(plain), per_sec(checked));
+    rows.push(
+        Row::new("MM ops, batches of 1024, no checker", plain, "ops/s")
+            .goal(Goal::ValueAtLeast(100_000.0)),
+    );
+    rows.push(
+        Row::new(
+            "MM ops, batches of 1024, agreement checker",
+            checked,
+            "ops/s",
+        )
+        .against(plain, plain / checked),
+    );
+}
+
+// ---- 4. Page-table walk --------------------------------------------------------------------
+
+fn page_walk(rows: &mut Vec<Row>) {
+    eprintln!("bench: page-table walks of 1 GiB");
+    for (name, level, goal) in [
+        ("4K", PageLevel::Pt, Goal::ValueAtMost(10.0)),
+        ("2M", PageLevel::Pd, Goal::None),
+    ] {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)])
+            .expect("guest memory");
+        let mut builder = PageTableBuilder::new(&mem, 0x10_0000..16 << 20).expect("table pool");
+        let flags = PageTableFlags::WRITABLE | PageTableFlags::USER;
+        builder
+            .map(0x4000_0000, 0, PAGE_SIZE_1G, level, flags)
+            .expect("mapping 1 GiB");
+        let cr3 = builder.cr3();
+        let expected = (PAGE_SIZE_1G / level.entry_span()) as usize;
+        let walks = (0..SAMPLES + 1).map(|_| {
+            let start = Instant::now();
+            let count = leaves(&mem, cr3).filter(Result::is_ok).count();
+            assert_eq!(count, expected, "leaves of the {name} walk");
+            start.elapsed().as_secs_f64()
+        });
+        // The first walk warms the caches.
+        let secs = median(walks.skip(1).collect());
+        rows.push(
+            Row::new(
+                format!("page walk, 1 GiB in {name} pages"),
+                secs * 1e3,
+                "ms",
+            )
+            .goal(goal),
+        );
+        rows.push(Row::new(
+            format!("page walk, 1 GiB in {name} pages, leaves"),
+            expected as f64 / secs,
+            "leaves/s",
+        ));
+    }
+}
+
+// ---- 5. Boot ---------------------------------------------------------------------------------
+
+/// Milliseconds from spawning one `vmm run` to lines on its stdout.
+struct BootTimes {
+    /// The guest's first serial line.
+    first_line: f64,
+    /// The last `cpu:` line: what follows is GDT, IDT and memory-manager init.
+    cpu_report: f64,
+    /// The guest's first hypercall: the Log after MM init, which the VMM prints.
+    first_hypercall: f64,
+}
+
+fn boot_once(vmm: &str) -> BootTimes {
+    let start = Instant::now();
+    let mut child = Command::new(vmm)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {vmm}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (mut first_line, mut cpu_report, mut first_hypercall) = (None, None, None);
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if line.starts_with("guest-kernel: booted") {
+            first_line.get_or_insert(ms);
+        } else if line.starts_with("cpu: ") {
+            cpu_report = Some(ms);
+        } else if line == "guest-kernel: serving MM operations" {
+            first_hypercall = Some(ms);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen =
+        |t: Option<f64>, what: &str| t.unwrap_or_else(|| panic!("`vmm run` printed no {what}"));
+    BootTimes {
+        first_line: seen(first_line, "boot line"),
+        cpu_report: seen(cpu_report, "CPU report"),
+        first_hypercall: seen(first_hypercall, "first hypercall"),
+    }
+}
+
+fn boot(rows: &mut Vec<Row>) {
+    let vmm = env!("CARGO_BIN_EXE_vmm");
+    eprintln!("bench: boot of `{vmm} run` ({SAMPLES} processes)");
+    let boots: Vec<BootTimes> = (0..SAMPLES).map(|_| boot_once(vmm)).collect();
+    let of = |f: fn(&BootTimes) -> f64| median(boots.iter().map(f).collect());
+    rows.push(
+        Row::new(
+            "boot: spawn → first hypercall",
+            of(|b| b.first_hypercall),
+            "ms",
+        )
+        .goal(Goal::ValueAtMost(50.0)),
+    );
+    rows.push(Row::new(
+        "boot: spawn → first serial line",
+        of(|b| b.first_line),
+        "ms",
+    ));
+    rows.push(Row::new(
+        "boot: spawn → end of CPU report",
+        of(|b| b.cpu_report),
+        "ms",
+    ));
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this harness takes no options.
+    let started = Instant::now();
+    let machine = machine();
+    println!("{machine}");
+    let mut rows = Vec::new();
+    region_tree(&mut rows);
+    hypercalls(&mut rows);
+    mm_ops(&mut rows);
+    op_kinds(&mut rows);
+    page_walk(&mut rows);
+    boot(&mut rows);
+    println!();
+    print!("{}", table(&rows));
+    println!();
+    println!("{RATIO_LEGEND}");
+    println!(
+        "{} of {} targets met; the run took {:.0} s.",
+        rows.iter()
+            .filter(|r| matches!(r.verdict(), Some((_, true))))
+            .count(),
+        rows.iter().filter(|r| r.verdict().is_some()).count(),
+        started.elapsed().as_secs_f64()
+    );
+}
