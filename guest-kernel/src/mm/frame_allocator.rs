@@ -31,27 +31,40 @@ impl FrameAllocator {
         }
     }
 
-    /// Marks every whole usable frame of the memory map free, a bitmap word at a time.
+    /// Marks every whole usable frame of the memory map free: whole bitmap words at once, and
+    /// bit masks only at the two ends of each range.
     pub fn init(&mut self, info: &BootInfo) {
         for region in info.memory_map() {
             if region.kind != MemoryKind::Usable {
                 continue;
             }
-            let mut frame = region.base.div_ceil(FRAME_SIZE);
+            let first = region.base.div_ceil(FRAME_SIZE);
             let end = ((region.base + region.size) / FRAME_SIZE).min(MAX_FRAMES as u64);
-            while frame < end {
-                let (w, b) = (frame as usize / 64, frame % 64);
-                let n = (64 - b).min(end - frame);
-                let mask = if n == 64 {
-                    u64::MAX
-                } else {
-                    ((1u64 << n) - 1) << b
-                };
-                self.free_count += (mask & !self.free[w]).count_ones() as usize;
-                self.free[w] |= mask;
-                frame += n;
+            if first < end {
+                self.mark_free(first as usize, end as usize);
             }
         }
+    }
+
+    /// Sets the bits of frames `[first, end)`.
+    fn mark_free(&mut self, first: usize, end: usize) {
+        let (first_word, last_word) = (first / 64, (end - 1) / 64);
+        let head = u64::MAX << (first % 64);
+        let tail = u64::MAX >> (63 - (end - 1) % 64);
+        if first_word == last_word {
+            self.set_bits(first_word, head & tail);
+            return;
+        }
+        self.set_bits(first_word, head);
+        for w in first_word + 1..last_word {
+            self.set_bits(w, u64::MAX);
+        }
+        self.set_bits(last_word, tail);
+    }
+
+    fn set_bits(&mut self, word: usize, mask: u64) {
+        self.free_count += (mask & !self.free[word]).count_ones() as usize;
+        self.free[word] |= mask;
     }
 
     /// Takes 512 free frames forming one 2 MiB-aligned block, for a huge mapping.

@@ -15,7 +15,7 @@ use alloc::collections::BTreeMap;
 use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE_BASE, MAX_SPACES};
 use shared_mm::address::{VirtualAddress, VirtualRange};
 use shared_mm::boot_info::{BootInfo, KERNEL_VIRT_BASE, PHYSMAP_BASE};
-use shared_mm::pte::PageTableFlags;
+use shared_mm::pte::{pml4_index, PageTableFlags};
 use shared_mm::region::{Access, Region};
 use shared_mm::region_tree::{RegionTree, SplitMix64};
 
@@ -84,7 +84,13 @@ impl MemoryManager {
             .place_anywhere(kmalloc, KMALLOC_RANGE, TWO_MIB)
             .map_err(|e| MmError::Tree(e.kind))?;
 
-        let kernel_directory = PageDirectory::new_kernel(read_cr3(), frames)?;
+        // Every PML4 slot a kernel region spans gets its PDPT now; kernel regions are only
+        // placed at boot, so the kernel half of the PML4 never changes once spaces exist.
+        let kernel_slots = kernel_tree
+            .iter()
+            .filter_map(|r| r.range())
+            .flat_map(|r| pml4_index(r.base().get())..=pml4_index(r.last().get()));
+        let kernel_directory = PageDirectory::new_kernel(read_cr3(), kernel_slots, frames)?;
         // SAFETY: the new directory's kernel half is the boot tables' kernel half (plus empty
         // slots), so the kernel image, its stacks and the direct map stay mapped.
         unsafe { write_cr3(kernel_directory.cr3()) };

@@ -1,7 +1,8 @@
 //! A PageDirectory: one x86_64 4-level page-table tree (a PML4 and the tables below it).
 //!
-//! The kernel's directory pre-populates all 256 upper-half PML4 slots at boot; every user
-//! directory copies those slots, so kernel mappings added later (at lower levels) are shared.
+//! The kernel's directory populates, at boot, every upper-half PML4 slot a kernel region spans;
+//! every user directory copies the upper half, so kernel mappings added later (always at lower
+//! levels, inside those regions) are shared.
 
 use super::frame_allocator::FrameAllocator;
 use super::{MmError, PhysicalFrame};
@@ -22,18 +23,24 @@ fn new_table(frames: &mut FrameAllocator) -> Result<PhysicalFrame, MmError> {
 }
 
 impl PageDirectory {
-    /// The kernel's directory: the boot tables' kernel half, with every kernel slot populated.
-    pub fn new_kernel(boot_pml4: u64, frames: &mut FrameAllocator) -> Result<Self, MmError> {
+    /// The kernel's directory: the boot tables' kernel half, plus a PDPT for each of
+    /// `kernel_slots` (the PML4 slots the kernel regions span) that the boot tables lack.
+    pub fn new_kernel(
+        boot_pml4: u64,
+        kernel_slots: impl IntoIterator<Item = usize>,
+        frames: &mut FrameAllocator,
+    ) -> Result<Self, MmError> {
         let pml4 = new_table(frames)?;
         for slot in KERNEL_HALF_FIRST_SLOT..ENTRIES_PER_TABLE {
-            let mut entry = read_entry(boot_pml4, slot);
-            if entry & PageTableFlags::PRESENT.bits() == 0 {
+            write_entry(pml4.0, slot, read_entry(boot_pml4, slot));
+        }
+        for slot in kernel_slots {
+            assert!((KERNEL_HALF_FIRST_SLOT..ENTRIES_PER_TABLE).contains(&slot));
+            if read_entry(pml4.0, slot) & PageTableFlags::PRESENT.bits() == 0 {
                 let pdpt = new_table(frames)?;
-                entry =
-                    PageTableEntry::new(pdpt.0, PageTableFlags::PRESENT | PageTableFlags::WRITABLE)
-                        .raw();
+                let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+                write_entry(pml4.0, slot, PageTableEntry::new(pdpt.0, flags).raw());
             }
-            write_entry(pml4.0, slot, entry);
         }
         Ok(PageDirectory { pml4 })
     }
