@@ -105,6 +105,7 @@ impl Shared<'_> {
         &self,
         job: usize,
         ops: Vec<shared_mm::abi::Op>,
+        results: &[shared_mm::abi::OpResult],
         failure: super::Failure,
         ops_to_find: u64,
     ) -> Result<(), VmmError> {
@@ -125,7 +126,14 @@ impl Shared<'_> {
         let shrink_start = Instant::now();
         let (ops, failure) = if config.shrink {
             self.bar.set_message(format!("shrinking {} ops", ops.len()));
-            let shrunk = shrink(&config.vm, &ops, &failure.signature, config.shrink_budget)?.ops;
+            let shrunk = shrink(
+                &config.vm,
+                &ops,
+                results,
+                &failure.signature,
+                config.shrink_budget,
+            )?
+            .ops;
             // Describe the failure as the shrunk sequence shows it, pinned to its operation.
             let pinned = replay(&config.vm, &shrunk, 1, true)?.map(|(f, _)| f);
             (
@@ -205,11 +213,12 @@ impl Shared<'_> {
             };
             let session = Session::new(source, config.batch, Some(&progress));
             self.guests.fetch_add(1, Ordering::Relaxed);
-            let (sent, failure) = run_session(&config.vm, session, config.check)?;
+            let run = run_session(&config.vm, session, config.check)?;
+            let (sent, results, failure) = (run.sent, run.results, run.failure);
             remaining = before.saturating_sub(sent.len());
             done_in_job += sent.len() as u64;
             match failure {
-                Some(failure) => self.record(job, sent, failure, done_in_job)?,
+                Some(failure) => self.record(job, sent, &results, failure, done_in_job)?,
                 None if sent.is_empty() => break,
                 None => {}
             }

@@ -139,6 +139,8 @@ pub struct Session<'g, 'f, 'p> {
     pub model: Model,
     /// Every operation sent, in order.
     pub sent: Vec<Op>,
+    /// The guest's result for each checked operation of `sent`, in order.
+    pub results: Vec<OpResult>,
     in_flight: Vec<Op>,
     /// Region lists received for the fuzzer's own snapshot operations, in order.
     snapshots: VecDeque<(u32, Vec<RegionRecord>)>,
@@ -153,6 +155,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             batch_size: batch_size.clamp(1, shared_mm::abi::MAX_BATCH),
             model: Model::default(),
             sent: Vec::new(),
+            results: Vec::new(),
             in_flight: Vec::new(),
             snapshots: VecDeque::new(),
             failure: None,
@@ -172,6 +175,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     /// Checks the results of the batch in flight against the model, op by op.
     fn check_results(&mut self, results: &[OpResult]) {
         let batch = self.in_flight.clone();
+        self.results.extend_from_slice(results);
         if results.len() != batch.len() {
             let why = format!(
                 "guest returned {} results for {} operations",
@@ -305,13 +309,23 @@ impl Driver for Session<'_, '_, '_> {
     }
 }
 
+/// What one session on one guest did.
+#[derive(Debug)]
+pub struct Run {
+    /// Every operation sent.
+    pub sent: Vec<Op>,
+    /// The guest's results for the operations it finished, in order.
+    pub results: Vec<OpResult>,
+    pub failure: Option<Failure>,
+}
+
 /// Runs `session` on a fresh guest; returns the operations it sent and how it failed, if it
 /// did. Setup errors (no KVM, bad kernel) are returned as errors, not failures.
 pub fn run_session(
     config: &VmConfig,
     session: Session<'_, '_, '_>,
     check: bool,
-) -> Result<(Vec<Op>, Option<Failure>), VmmError> {
+) -> Result<Run, VmmError> {
     let mut vm = Vm::new(config)?;
     let mut driver = Checked::new(session);
     driver.stop_on_finding = true;
@@ -349,7 +363,11 @@ pub fn run_session(
         }),
         (None, None, None) => None,
     };
-    Ok((session.sent, failure))
+    Ok(Run {
+        sent: session.sent,
+        results: session.results,
+        failure,
+    })
 }
 
 /// Replays `ops` in batches of `batch`, with the agreement checker after each if `check`, on a
@@ -362,6 +380,7 @@ pub fn replay(
     check: bool,
 ) -> Result<Option<(Failure, usize)>, VmmError> {
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
-    let (sent, failure) = run_session(config, session, check)?;
-    Ok(failure.map(|f| (f, sent.len())))
+    let run = run_session(config, session, check)?;
+    let prefix = run.sent.len();
+    Ok(run.failure.map(|f| (f, prefix)))
 }

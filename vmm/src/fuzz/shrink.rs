@@ -7,7 +7,7 @@
 
 use super::{replay, Signature};
 use crate::{VmConfig, VmmError};
-use shared_mm::abi::{Op, KERNEL_SPACE};
+use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE};
 use std::time::{Duration, Instant};
 
 /// Operations per batch when replaying candidates: small enough that a failure is pinned
@@ -212,22 +212,63 @@ pub fn shrink_with(
     })
 }
 
-/// Shrinks `ops`, replaying each candidate on a fresh guest, keeping those that fail with
-/// `target`.
+/// `ops` with every successful anywhere or randomized placement (its result in `results`)
+/// turned into a fixed map at the address the guest chose: later operations then keep aiming
+/// at the same regions when earlier ones are dropped.
+pub fn pin_placements(ops: &[Op], results: &[OpResult]) -> Vec<Op> {
+    ops.iter()
+        .enumerate()
+        .map(|(i, &op)| match (op, results.get(i)) {
+            (
+                Op::MapAnywhere {
+                    space,
+                    size,
+                    access,
+                    ..
+                }
+                | Op::MapRandomized {
+                    space,
+                    size,
+                    access,
+                    ..
+                },
+                Some(r),
+            ) if r.status == Status::Ok => Op::MapFixed {
+                space,
+                addr: r.addr,
+                size,
+                access,
+            },
+            _ => op,
+        })
+        .collect()
+}
+
+/// Shrinks `ops` (whose results, as far as they came, are `results`), replaying each candidate
+/// on a fresh guest and keeping those that fail with `target`. Placements are pinned first when
+/// the pinned sequence still fails the same way (a placement bug may need them unpinned).
 pub fn shrink(
     config: &VmConfig,
     ops: &[Op],
+    results: &[OpResult],
     target: &Signature,
     budget: Budget,
 ) -> Result<Shrunk, VmmError> {
     // Only agreement-checker findings need the checker; results are checked op by op anyway.
     let check = matches!(target, Signature::Finding(_));
-    shrink_with(ops, budget, |candidate| {
+    let still_fails = |candidate: &[Op]| -> Result<Option<usize>, VmmError> {
         let failure = replay(config, candidate, SHRINK_BATCH, check)?;
         Ok(failure
             .filter(|(f, _)| &f.signature == target)
             .map(|(_, prefix)| prefix))
-    })
+    };
+    let pinned = pin_placements(ops, results);
+    let start = if pinned != ops && still_fails(&pinned)?.is_some() {
+        pinned
+    } else {
+        ops.to_vec()
+    };
+    shrink_with(&start, budget, still_fails)
 }
 
 #[cfg(test)]
@@ -280,6 +321,59 @@ mod tests {
         };
         let shrunk = shrink_with(&ops, budget, fails).expect("no VM involved");
         assert!(shrunk.budget_exhausted && shrunk.replays <= 5);
+    }
+
+    #[test]
+    fn placements_are_pinned_where_they_succeeded() {
+        let ops = [
+            Op::MapAnywhere {
+                space: 1,
+                size: 0x2000,
+                align: 0x1000,
+                access: 0xb,
+            },
+            Op::MapRandomized {
+                space: 1,
+                size: 0x1000,
+                align: 0x1000,
+                access: 0x9,
+            },
+            Op::MapAnywhere {
+                space: 1,
+                size: 0,
+                align: 0x1000,
+                access: 0xb,
+            },
+        ];
+        let results = [
+            OpResult {
+                addr: 0x5000,
+                ..OpResult::ok()
+            },
+            OpResult {
+                addr: 0x9000,
+                ..OpResult::ok()
+            },
+            OpResult::error(Status::InvalidArgument),
+        ];
+        assert_eq!(
+            pin_placements(&ops, &results),
+            vec![
+                Op::MapFixed {
+                    space: 1,
+                    addr: 0x5000,
+                    size: 0x2000,
+                    access: 0xb
+                },
+                Op::MapFixed {
+                    space: 1,
+                    addr: 0x9000,
+                    size: 0x1000,
+                    access: 0x9
+                },
+                ops[2],
+            ]
+        );
     }
 
     #[test]
