@@ -3,7 +3,7 @@
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use shared_mm::boot_info::GuestCommand;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use vmm::checker::Checked;
@@ -33,15 +33,27 @@ struct GuestArgs {
     /// Guest kernel ELF to boot instead of the embedded one.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Guest RAM in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
-    memory: u64,
+    /// Guest RAM in MiB [default: 256; replay: the reproducer's].
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
     /// Stop a guest that makes no hypercall for this many seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     timeout: f64,
-    /// Seed for the guest's randomized placement.
-    #[arg(long, default_value_t = 0x5eed)]
-    seed: u64,
+    /// Seed for the guest's randomized placement, and for fuzz the operation generator
+    /// [default: 24301 (0x5eed); replay: the reproducer's].
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Guest RAM when `--memory` is not given.
+const DEFAULT_MEMORY_MIB: u64 = 256;
+/// Seed when `--seed` is not given.
+const DEFAULT_SEED: u64 = 0x5eed;
+
+impl GuestArgs {
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
 }
 
 #[derive(Subcommand)]
@@ -144,10 +156,13 @@ fn config(args: &GuestArgs, command: GuestCommand) -> anyhow::Result<VmConfig> {
     Ok(VmConfig {
         kernel,
         // Saturates: an overflowing size is then refused by the VM's own size check.
-        memory: args.memory.saturating_mul(1 << 20),
+        memory: args
+            .memory
+            .unwrap_or(DEFAULT_MEMORY_MIB)
+            .saturating_mul(1 << 20),
         timeout: (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout)),
         echo_console: true,
-        random_seed: args.seed,
+        random_seed: args.seed(),
         command,
     })
 }
@@ -270,7 +285,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         bail!("the coverage guest has no sanitizer-coverage counters");
     }
     let campaign = CampaignConfig {
-        seed: guest.seed,
+        seed: guest.seed(),
         ops,
         jobs,
         batch,
@@ -292,7 +307,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         report.shrinking.as_secs_f64(),
         report.ops_per_second(),
         report.guests_booted,
-        guest.seed,
+        guest.seed(),
         jobs,
         if check { "on" } else { "off" }
     );
@@ -328,7 +343,25 @@ fn replay_file(guest: &GuestArgs, file: &PathBuf) -> anyhow::Result<u32> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read reproducer {}", file.display()))?;
     let repro = Reproducer::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let mut vm = config(guest, GuestCommand::Serve)?;
+    // What the command line leaves open comes from the reproducer: the same seed (randomized
+    // placement depends on it), RAM size and kernel make the same run.
+    let mut guest = guest.clone();
+    let recorded = |key: &str| repro.header_value(key).and_then(|v| v.parse::<u64>().ok());
+    guest.seed = guest.seed.or(recorded("seed"));
+    guest.memory = guest.memory.or(recorded("memory-mib"));
+    if guest.kernel.is_none() {
+        match repro.header_value("kernel").map(PathBuf::from) {
+            Some(path) if path.is_file() => guest.kernel = Some(path),
+            Some(path) if path != Path::new("embedded") => {
+                eprintln!(
+                    "vmm replay: recorded kernel {} is missing; using the embedded one",
+                    path.display()
+                )
+            }
+            _ => {}
+        }
+    }
+    let mut vm = config(&guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
         eprintln!(
