@@ -34,11 +34,12 @@ fn every_self_check_step_gives_the_expected_result() {
 #[test]
 fn protect_splits_regions_and_snapshots_show_the_pieces() {
     let check = run_self_check();
-    let (_, regions) = check
+    let regions = &check
         .snapshots
         .iter()
-        .find(|(space, _)| *space == 1)
-        .expect("snapshot of space A");
+        .find(|s| s.space == 1)
+        .expect("snapshot of space A")
+        .regions;
     let spans: Vec<(u64, u64, u32)> = regions.iter().map(|r| (r.base, r.size, r.access)).collect();
     // Sorted and disjoint.
     assert!(
@@ -65,11 +66,12 @@ fn protect_splits_regions_and_snapshots_show_the_pieces() {
 #[test]
 fn kernel_tree_holds_unbacked_reservations() {
     let check = run_self_check();
-    let (_, regions) = check
+    let regions = &check
         .snapshots
         .iter()
-        .find(|(space, _)| *space == KERNEL_SPACE)
-        .expect("kernel snapshot");
+        .find(|s| s.space == KERNEL_SPACE)
+        .expect("kernel snapshot")
+        .regions;
     let names: Vec<&str> = regions.iter().map(|r| r.name_str()).collect();
     assert_eq!(names.len(), 3, "{names:?}");
     for name in ["physmap", "kernel image", "kmalloc"] {

@@ -2,7 +2,7 @@
 //! walks itself through guest memory (never the guest's own view). Each broken invariant of
 //! DESIGN.md becomes a [`Finding`] naming the space, address, PTE, region and rule.
 
-use crate::hypercall::Driver;
+use crate::hypercall::{Driver, SpaceSnapshot};
 use crate::page_walk::{leaves_in, Leaf, LOWER_HALF, UPPER_HALF};
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{
@@ -114,16 +114,6 @@ impl fmt::Display for Finding {
     }
 }
 
-/// One address space as the checker sees it: its CR3 and its exported regions.
-#[derive(Clone, Debug)]
-pub struct SpaceView {
-    pub space: u32,
-    pub cr3: u64,
-    /// The region count the guest reported with the snapshot.
-    pub reported_count: u64,
-    pub regions: Vec<RegionRecord>,
-}
-
 fn region_containing(regions: &[RegionRecord], va: u64) -> Option<&RegionRecord> {
     let i = regions.partition_point(|r| r.base <= va);
     regions[..i].last().filter(|r| va - r.base < r.size)
@@ -154,7 +144,7 @@ impl Checker {
         });
     }
 
-    fn check_region_list(&mut self, view: &SpaceView, total: (u64, u64)) {
+    fn check_region_list(&mut self, view: &SpaceSnapshot, total: (u64, u64)) {
         let space = view.space;
         if view.regions.len() as u64 != view.reported_count {
             let detail = format!(
@@ -182,7 +172,7 @@ impl Checker {
         }
     }
 
-    fn check_user_leaf(&mut self, view: &SpaceView, leaf: &Leaf) {
+    fn check_user_leaf(&mut self, view: &SpaceSnapshot, leaf: &Leaf) {
         let space = view.space;
         if leaf.va == USER_TRAMPOLINE {
             if !leaf.perms.user || leaf.perms.writable || !leaf.perms.executable() {
@@ -206,33 +196,8 @@ impl Checker {
             );
             return;
         };
+        self.check_access(space, leaf, region);
         let access = region.access;
-        let mut excess = Vec::new();
-        if access & READ == 0 {
-            excess.push("present");
-        }
-        if leaf.perms.user && access & USER == 0 {
-            excess.push("user");
-        }
-        if leaf.perms.writable && access & WRITE == 0 {
-            excess.push("writable");
-        }
-        if leaf.perms.executable() && access & EXECUTE == 0 {
-            excess.push("executable");
-        }
-        if !excess.is_empty() {
-            let detail = format!(
-                "page is {} but the region does not allow it",
-                excess.join(", ")
-            );
-            self.report(
-                space,
-                Rule::PteExceedsRegion,
-                Some(leaf),
-                Some(region),
-                detail,
-            );
-        }
         if leaf.perms.writable
             && leaf.perms.executable()
             && access & (WRITE | EXECUTE) != WRITE | EXECUTE
@@ -265,29 +230,37 @@ impl Checker {
         }
     }
 
-    fn check_kernel_leaf(&mut self, kernel: &SpaceView, leaf: &Leaf) {
+    fn check_kernel_leaf(&mut self, kernel: &SpaceSnapshot, leaf: &Leaf) {
         let Some(region) = region_containing(&kernel.regions, leaf.va) else {
             let detail = "kernel page outside every kernel region".into();
             return self.report(KERNEL_SPACE, Rule::PteInHole, Some(leaf), None, detail);
         };
+        self.check_access(KERNEL_SPACE, leaf, region);
+    }
+
+    /// The page must grant nothing its region does not: presence needs READ, and user, write
+    /// and execute access need USER, WRITE and EXECUTE (kernel regions never have USER).
+    fn check_access(&mut self, space: u32, leaf: &Leaf, region: &RegionRecord) {
         let access = region.access;
-        let mut excess = Vec::new();
-        if leaf.perms.user {
-            excess.push("user-accessible");
-        }
-        if leaf.perms.writable && access & WRITE == 0 {
-            excess.push("writable");
-        }
-        if leaf.perms.executable() && access & EXECUTE == 0 {
-            excess.push("executable");
-        }
+        let excess: Vec<&str> = [
+            (access & READ == 0, "present"),
+            (leaf.perms.user && access & USER == 0, "user"),
+            (leaf.perms.writable && access & WRITE == 0, "writable"),
+            (
+                leaf.perms.executable() && access & EXECUTE == 0,
+                "executable",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(broken, what)| broken.then_some(what))
+        .collect();
         if !excess.is_empty() {
             let detail = format!(
-                "kernel page is {} but the region does not allow it",
+                "page is {} but the region does not allow it",
                 excess.join(", ")
             );
             self.report(
-                KERNEL_SPACE,
+                space,
                 Rule::PteExceedsRegion,
                 Some(leaf),
                 Some(region),
@@ -323,8 +296,8 @@ fn kernel_half<M: GuestMemory + ?Sized>(mem: &M, cr3: u64) -> Option<[u8; 2048]>
 /// Checks every invariant for the kernel and each user space; empty means they all agree.
 pub fn check<M: GuestMemory + ?Sized>(
     mem: &M,
-    kernel: &SpaceView,
-    spaces: &[SpaceView],
+    kernel: &SpaceSnapshot,
+    spaces: &[SpaceSnapshot],
 ) -> Vec<Finding> {
     let mut checker = Checker {
         findings: Vec::new(),
@@ -364,7 +337,7 @@ pub struct Checked<D> {
     inner: D,
     /// Results of the inner driver's last batch, held back while the snapshots are taken.
     held_results: Option<Vec<OpResult>>,
-    snapshots: Vec<SpaceView>,
+    snapshots: Vec<SpaceSnapshot>,
     /// Every finding so far, with the number of the check that found it.
     pub findings: Vec<(usize, Finding)>,
     /// How many times the checker ran.
@@ -446,22 +419,6 @@ impl<D: Driver> Driver for Checked<D> {
         if self.held_results.is_none() {
             return self.inner.snapshot(mem, space, cr3, first, total, regions);
         }
-        if first == 0 {
-            self.snapshots.push(SpaceView {
-                space,
-                cr3,
-                reported_count: total,
-                regions: Vec::new(),
-            });
-        }
-        match self.snapshots.last_mut() {
-            Some(view) if view.space == space => {
-                view.regions.extend_from_slice(regions);
-                Ok(())
-            }
-            _ => Err(format!(
-                "snapshot chunk at {first} for space {space} arrived without its start"
-            )),
-        }
+        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
     }
 }

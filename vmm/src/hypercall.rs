@@ -10,6 +10,47 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// What the host does with the guest's MM work: hands out operation batches, receives results
 /// and region-tree snapshots. Implemented by the self-check scenario, the fuzzer and the tests.
+/// One address space's exported region tree, with the root of its page tables.
+#[derive(Clone, Debug)]
+pub struct SpaceSnapshot {
+    pub space: u32,
+    pub cr3: u64,
+    /// The region count the guest reported with the snapshot.
+    pub reported_count: u64,
+    pub regions: Vec<RegionRecord>,
+}
+
+impl SpaceSnapshot {
+    /// Adds one `Snapshot` hypercall chunk to `list`: a chunk that starts at region 0 opens a
+    /// new snapshot; a later chunk extends the last one, which must be of the same space.
+    pub fn collect(
+        list: &mut Vec<SpaceSnapshot>,
+        space: u32,
+        cr3: u64,
+        first: u64,
+        total: u64,
+        regions: &[RegionRecord],
+    ) -> Result<(), String> {
+        if first == 0 {
+            list.push(SpaceSnapshot {
+                space,
+                cr3,
+                reported_count: total,
+                regions: Vec::new(),
+            });
+        }
+        match list.last_mut() {
+            Some(snapshot) if snapshot.space == space => {
+                snapshot.regions.extend_from_slice(regions);
+                Ok(())
+            }
+            _ => Err(format!(
+                "snapshot chunk at {first} for space {space} arrived without its start"
+            )),
+        }
+    }
+}
+
 pub trait Driver {
     /// The guest finished the previous batch (`results`, empty on the first call) and reports
     /// its live address spaces. Return the next batch, or `None` when there is no more work.
@@ -21,16 +62,18 @@ pub trait Driver {
     ) -> Result<Option<Vec<Op>>, String>;
 
     /// A chunk of the region tree of `space` (whose page tables are rooted at `cr3`), starting at
-    /// region index `first` of `total`.
+    /// region index `first` of `total` (see [`SpaceSnapshot::collect`]). The default ignores it.
     fn snapshot(
         &mut self,
-        mem: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
-    ) -> Result<(), String>;
+        _mem: &GuestMemoryMmap,
+        _space: u32,
+        _cr3: u64,
+        _first: u64,
+        _total: u64,
+        _regions: &[RegionRecord],
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A driver with no work: the guest's agent loop ends at once.
@@ -44,18 +87,6 @@ impl Driver for IdleDriver {
         _: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, String> {
         Ok(None)
-    }
-
-    fn snapshot(
-        &mut self,
-        _: &GuestMemoryMmap,
-        _: u32,
-        _: u64,
-        _: u64,
-        _: u64,
-        _: &[RegionRecord],
-    ) -> Result<(), String> {
-        Ok(())
     }
 }
 

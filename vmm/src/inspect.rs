@@ -10,8 +10,8 @@ pub mod scenario;
 mod svg;
 mod table;
 
-use crate::checker::{self, access_string, Finding, SpaceView};
-use crate::hypercall::Driver;
+use crate::checker::{self, access_string, Finding};
+use crate::hypercall::{Driver, SpaceSnapshot};
 use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
 use crate::scenario::check;
 use crate::{Vm, VmConfig, VmmError};
@@ -233,7 +233,7 @@ pub fn split_rows(runs: &[MappedRun], regions: &[RegionRecord], trampoline: bool
     rows
 }
 
-fn space_report(mem: &GuestMemoryMmap, view: SpaceView, findings: Vec<Finding>) -> SpaceReport {
+fn space_report(mem: &GuestMemoryMmap, view: SpaceSnapshot, findings: Vec<Finding>) -> SpaceReport {
     let user = view.space != KERNEL_SPACE;
     let half = if user { LOWER_HALF } else { UPPER_HALF };
     // A walk error stops the walk here; the agreement checker reports it as a finding.
@@ -260,7 +260,7 @@ struct Inspector {
     placed: Vec<u64>,
     mismatches: Vec<String>,
     /// `Some` once the snapshots have been asked for.
-    snapshots: Option<Vec<SpaceView>>,
+    snapshots: Option<Vec<SpaceSnapshot>>,
     report: Option<Report>,
 }
 
@@ -314,7 +314,7 @@ impl Inspector {
     fn finish(
         &mut self,
         mem: &GuestMemoryMmap,
-        mut views: Vec<SpaceView>,
+        mut views: Vec<SpaceSnapshot>,
         results: &[OpResult],
     ) -> Result<(), String> {
         if let Some(bad) = results.iter().find(|r| r.status != Status::Ok) {
@@ -391,23 +391,7 @@ impl Driver for Inspector {
             .snapshots
             .as_mut()
             .ok_or_else(|| format!("unrequested snapshot of space {space}"))?;
-        if first == 0 {
-            views.push(SpaceView {
-                space,
-                cr3,
-                reported_count: total,
-                regions: Vec::new(),
-            });
-        }
-        match views.last_mut() {
-            Some(view) if view.space == space => {
-                view.regions.extend_from_slice(regions);
-                Ok(())
-            }
-            _ => Err(format!(
-                "snapshot chunk at {first} for space {space} arrived without its start"
-            )),
-        }
+        SpaceSnapshot::collect(views, space, cr3, first, total, regions)
     }
 }
 

@@ -2,7 +2,7 @@
 //! real hypercalls, each step with the result the guest must produce.
 
 use crate::checker::{Checked, Finding};
-use crate::hypercall::Driver;
+use crate::hypercall::{Driver, SpaceSnapshot};
 use crate::{Vm, VmmError};
 use shared_mm::abi::{
     access_bits::{EXECUTE, READ, USER, WRITE},
@@ -662,8 +662,8 @@ pub struct SelfCheck {
     in_flight: Option<usize>,
     /// One line per failed step.
     pub failures: Vec<String>,
-    /// Regions received per snapshot, in arrival order: (space, regions).
-    pub snapshots: Vec<(u32, Vec<RegionRecord>)>,
+    /// Region trees received, in arrival order.
+    pub snapshots: Vec<SpaceSnapshot>,
     /// Steps whose results have been checked.
     pub checked: usize,
 }
@@ -688,11 +688,12 @@ impl SelfCheck {
     }
 
     fn check_kernel_snapshot(&mut self) {
-        let Some((_, kernel)) = self.snapshots.iter().find(|(s, _)| *s == KERNEL_SPACE) else {
+        let Some(kernel) = self.snapshots.iter().find(|s| s.space == KERNEL_SPACE) else {
             self.failures
                 .push("the guest sent no kernel snapshot".into());
             return;
         };
+        let kernel = &kernel.regions;
         let names: Vec<&str> = kernel.iter().map(|r| r.name_str()).collect();
         let mut missing: Vec<String> = ["physmap", "kernel image", "kmalloc"]
             .iter()
@@ -753,23 +754,12 @@ impl Driver for SelfCheck {
         &mut self,
         _: &GuestMemoryMmap,
         space: u32,
-        _: u64,
+        cr3: u64,
         first: u64,
-        _: u64,
+        total: u64,
         regions: &[RegionRecord],
     ) -> Result<(), String> {
-        if first == 0 {
-            self.snapshots.push((space, Vec::new()));
-        }
-        match self.snapshots.last_mut() {
-            Some((s, list)) if *s == space => list.extend_from_slice(regions),
-            _ => {
-                return Err(format!(
-                    "snapshot chunk at {first} for space {space} arrived without its start"
-                ))
-            }
-        }
-        Ok(())
+        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
     }
 }
 
@@ -806,18 +796,6 @@ impl Driver for Script {
         let next = self.batches.pop_front();
         self.in_flight = next.is_some();
         Ok(next)
-    }
-
-    fn snapshot(
-        &mut self,
-        _: &GuestMemoryMmap,
-        _: u32,
-        _: u64,
-        _: u64,
-        _: u64,
-        _: &[RegionRecord],
-    ) -> Result<(), String> {
-        Ok(())
     }
 }
 

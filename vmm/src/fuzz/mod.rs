@@ -10,7 +10,7 @@ pub mod shrink;
 
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
-use crate::hypercall::Driver;
+use crate::hypercall::{Driver, SpaceSnapshot};
 use crate::{Vm, VmConfig, VmmError};
 use generate::Generator;
 use model::Model;
@@ -142,8 +142,10 @@ pub struct Session<'g, 'f, 'p> {
     /// The guest's result for each checked operation of `sent`, in order.
     pub results: Vec<OpResult>,
     in_flight: Vec<Op>,
-    /// Region lists received for the fuzzer's own snapshot operations, in order.
-    snapshots: VecDeque<(u32, Vec<RegionRecord>)>,
+    /// Region trees received for the batch in flight's snapshot operations, in order, and how
+    /// many of them its results have used.
+    snapshots: Vec<SpaceSnapshot>,
+    snapshots_used: usize,
     pub failure: Option<Failure>,
     progress: Option<Progress<'p>>,
 }
@@ -157,7 +159,8 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             sent: Vec::new(),
             results: Vec::new(),
             in_flight: Vec::new(),
-            snapshots: VecDeque::new(),
+            snapshots: Vec::new(),
+            snapshots_used: 0,
             failure: None,
             progress,
         }
@@ -188,10 +191,11 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
         for (i, (op, got)) in batch.iter().zip(results).enumerate() {
             let index = first_index + i;
             if let (Op::Snapshot { space }, Status::Ok) = (op, got.status) {
-                let received = self.snapshots.pop_front();
+                let received = self.snapshots.get(self.snapshots_used);
+                self.snapshots_used += 1;
                 if *space != KERNEL_SPACE {
-                    let regions = received.map(|(_, r)| r).unwrap_or_default();
-                    if let Err(why) = self.model.compare_snapshot(*space, &regions) {
+                    let regions = received.map_or(&[][..], |s| &s.regions);
+                    if let Err(why) = self.model.compare_snapshot(*space, regions) {
                         return self.fail(
                             Signature::SnapshotDiffers,
                             format!("op {index} ({}): {why}", repro::op_to_line(op)),
@@ -269,6 +273,8 @@ impl Driver for Session<'_, '_, '_> {
                 fb.observe(mem, &self.in_flight)?;
             }
             self.in_flight.clear();
+            self.snapshots.clear();
+            self.snapshots_used = 0;
             if let Some(progress) = self.progress {
                 progress(n);
             }
@@ -289,23 +295,12 @@ impl Driver for Session<'_, '_, '_> {
         &mut self,
         _: &GuestMemoryMmap,
         space: u32,
-        _: u64,
+        cr3: u64,
         first: u64,
-        _: u64,
+        total: u64,
         regions: &[RegionRecord],
     ) -> Result<(), String> {
-        if first == 0 {
-            self.snapshots.push_back((space, Vec::new()));
-        }
-        match self.snapshots.back_mut() {
-            Some((s, list)) if *s == space => list.extend_from_slice(regions),
-            _ => {
-                return Err(format!(
-                    "snapshot chunk at {first} for space {space} arrived without its start"
-                ))
-            }
-        }
-        Ok(())
+        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
     }
 }
 

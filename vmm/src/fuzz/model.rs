@@ -51,39 +51,53 @@ impl SpaceModel {
         1 + self.committed.len() + self.table_areas.len()
     }
 
-    /// Removes `[base, base + size)` from the regions (splitting them) and forgets its pages.
-    fn cut(&mut self, base: u64, size: u64) {
-        let last = base + (size - 1);
+    /// Splits the regions that straddle either edge of `[base, last]`, so that every region
+    /// is then wholly inside or wholly outside it; returns the bases of those inside.
+    fn split_at_edges(&mut self, base: u64, last: u64) -> Vec<u64> {
         let hit: Vec<(u64, ModelRegion)> = self
             .regions
             .range(..=last)
             .filter(|(&b, r)| b + (r.size - 1) >= base)
             .map(|(&b, &r)| (b, r))
             .collect();
+        let mut inside = Vec::with_capacity(hit.len());
         for (b, r) in hit {
-            self.regions.remove(&b);
             let r_last = b + (r.size - 1);
+            let piece = |from: u64, to: u64| ModelRegion {
+                size: to - from + 1,
+                access: r.access,
+            };
+            self.regions.remove(&b);
             if b < base {
-                self.regions.insert(
-                    b,
-                    ModelRegion {
-                        size: base - b,
-                        access: r.access,
-                    },
-                );
+                self.regions.insert(b, piece(b, base - 1));
             }
+            let (m_base, m_last) = (b.max(base), r_last.min(last));
+            self.regions.insert(m_base, piece(m_base, m_last));
+            inside.push(m_base);
             if r_last > last {
-                self.regions.insert(
-                    last + 1,
-                    ModelRegion {
-                        size: r_last - last,
-                        access: r.access,
-                    },
-                );
+                self.regions.insert(last + 1, piece(last + 1, r_last));
             }
+        }
+        inside
+    }
+
+    /// Removes `[base, base + size)` from the regions (splitting them) and forgets its pages.
+    fn cut(&mut self, base: u64, size: u64) {
+        let last = base + (size - 1);
+        for inside in self.split_at_edges(base, last) {
+            self.regions.remove(&inside);
         }
         self.memory.retain(|&p, _| p < base || p > last);
         self.committed.retain(|&p| p < base || p > last);
+    }
+
+    /// Gives `[base, base + size)` the access `access` (splitting regions; pages and data stay).
+    fn protect(&mut self, base: u64, size: u64, access: u32) {
+        for inside in self.split_at_edges(base, base + (size - 1)) {
+            if let Some(r) = self.regions.get_mut(&inside) {
+                r.access = access;
+            }
+        }
     }
 
     fn read_u64(&self, addr: u64) -> u64 {
@@ -550,44 +564,7 @@ impl Model {
             } => {
                 let access = normalize_access(access).expect("checked by predict");
                 if let Some(s) = self.spaces.get_mut(&space) {
-                    // Split at both edges (keeping pages and data), then re-mark the middle.
-                    let last = addr + (size - 1);
-                    let hit: Vec<(u64, ModelRegion)> = s
-                        .regions
-                        .range(..=last)
-                        .filter(|(&b, r)| b + (r.size - 1) >= addr)
-                        .map(|(&b, &r)| (b, r))
-                        .collect();
-                    for (b, r) in hit {
-                        s.regions.remove(&b);
-                        let r_last = b + (r.size - 1);
-                        if b < addr {
-                            s.regions.insert(
-                                b,
-                                ModelRegion {
-                                    size: addr - b,
-                                    access: r.access,
-                                },
-                            );
-                        }
-                        let (m_base, m_last) = (b.max(addr), r_last.min(last));
-                        s.regions.insert(
-                            m_base,
-                            ModelRegion {
-                                size: m_last - m_base + 1,
-                                access,
-                            },
-                        );
-                        if r_last > last {
-                            s.regions.insert(
-                                last + 1,
-                                ModelRegion {
-                                    size: r_last - last,
-                                    access: r.access,
-                                },
-                            );
-                        }
-                    }
+                    s.protect(addr, size, access);
                 }
             }
             Op::TouchRead { space, addr } | Op::TouchExec { space, addr } => {
