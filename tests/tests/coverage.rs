@@ -6,8 +6,9 @@ use shared_mm::abi::{
 };
 use std::sync::OnceLock;
 use std::time::Duration;
+use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
-use vmm::coverage::{CoverageMap, CoverageSet, GuestMemoryMmap};
+use vmm::coverage::{CoverageMap, CoverageSet};
 use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::hypercall::Driver;
 use vmm::scenario::{Script, SelfCheck};

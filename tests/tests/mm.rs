@@ -79,3 +79,98 @@ fn kernel_tree_holds_unbacked_reservations() {
     }
     assert!(regions.iter().all(|r| r.backed == 0));
 }
+
+/// Runs a script and, at each batch boundary where space 1 exists, translates every address of
+/// the next `probes` entry with the host's own page walk (the guest is paused there).
+struct FrameProbe {
+    script: vmm::scenario::Script,
+    probes: Vec<Vec<u64>>,
+    frames: Vec<Vec<Option<u64>>>,
+}
+
+impl vmm::hypercall::Driver for FrameProbe {
+    fn next_batch(
+        &mut self,
+        mem: &vm_memory::GuestMemoryMmap,
+        results: &[shared_mm::abi::OpResult],
+        spaces: &[shared_mm::abi::SpaceRecord],
+    ) -> Result<Option<Vec<shared_mm::abi::Op>>, String> {
+        if let (Some(vas), Some(space)) = (self.probes.get(self.frames.len()), spaces.first()) {
+            let mut frames = Vec::new();
+            for &va in vas {
+                let t = vmm::page_walk::translate(mem, space.cr3, va).map_err(|e| e.to_string())?;
+                frames.push(t.map(|t| t.phys & !0xfff));
+            }
+            self.frames.push(frames);
+        }
+        self.script.next_batch(mem, results, spaces)
+    }
+}
+
+#[test]
+fn freed_frames_are_reused_and_never_mapped_twice() {
+    use shared_mm::abi::Op::*;
+    let rw = USER | READ | WRITE;
+    let batches = vec![
+        vec![
+            CreateSpace,
+            MapFixed {
+                space: 1,
+                addr: 0x40_0000,
+                size: 0x1000,
+                access: rw,
+            },
+            TouchWrite {
+                space: 1,
+                addr: 0x40_0000,
+                value: 1,
+            },
+        ],
+        vec![
+            Unmap {
+                space: 1,
+                addr: 0x40_0000,
+                size: 0x1000,
+            },
+            MapFixed {
+                space: 1,
+                addr: 0x80_0000,
+                size: 0x2000,
+                access: rw,
+            },
+            TouchWrite {
+                space: 1,
+                addr: 0x80_0000,
+                value: 2,
+            },
+            TouchWrite {
+                space: 1,
+                addr: 0x80_1000,
+                value: 3,
+            },
+        ],
+    ];
+    let mut driver = vmm::checker::Checked::new(FrameProbe {
+        script: vmm::scenario::Script::new(batches),
+        probes: vec![vec![0x40_0000], vec![0x40_0000, 0x80_0000, 0x80_1000]],
+        frames: Vec::new(),
+    });
+    let config = VmConfig {
+        timeout: Some(Duration::from_secs(30)),
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::new(&config).expect("boot the default guest");
+    assert_eq!(vm.run(&mut driver).expect("guest runs"), 0);
+    // The agreement checker ran after each batch: no frame is mapped twice.
+    assert!(driver.findings.is_empty(), "{:#?}", driver.findings);
+    let frames = driver.into_inner().frames;
+    let [before, after] = &frames[..] else {
+        panic!("{frames:x?}")
+    };
+    let first = before[0].expect("the written page is mapped");
+    // After the unmap, the old page is gone and its frame backs the next page touched; the page
+    // after that gets another frame.
+    assert_eq!(after[0], None, "{frames:x?}");
+    assert_eq!(after[1], Some(first), "{frames:x?}");
+    assert!(after[2].is_some_and(|f| f != first), "{frames:x?}");
+}

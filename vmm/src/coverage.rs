@@ -1,10 +1,6 @@
 //! Edge coverage of a sanitizer-coverage guest: its counters in guest memory, read and zeroed per batch.
 
-use vm_memory::{Bytes, GuestAddress};
-
-/// The guest memory type drivers receive, re-exported for drivers outside this crate that wrap
-/// one to read coverage (the integration tests have no direct vm-memory dependency).
-pub use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const START_SYMBOL: &[u8] = b"__start___sancov_cntrs";
 const STOP_SYMBOL: &[u8] = b"__stop___sancov_cntrs";
