@@ -348,6 +348,13 @@ impl Model {
         }
     }
 
+    /// The first checks of every map: the space must exist, then the access mask be valid.
+    fn new_region_space(&self, space: u32, access: u32) -> Result<&SpaceModel, Status> {
+        let s = self.spaces.get(&space).ok_or(Status::NoSuchSpace)?;
+        normalize_access(access).ok_or(Status::BadAccess)?;
+        Ok(s)
+    }
+
     fn predict(&self, op: &Op) -> Prediction {
         let space_of = |id: u32| self.spaces.get(&id);
         match *op {
@@ -377,12 +384,10 @@ impl Model {
                 align,
                 access,
             } => {
-                let Some(s) = space_of(space) else {
-                    return error(Status::NoSuchSpace);
+                let s = match self.new_region_space(space, access) {
+                    Ok(s) => s,
+                    Err(status) => return error(status),
                 };
-                if normalize_access(access).is_none() {
-                    return error(Status::BadAccess);
-                }
                 if let Err(e) = check_request(size, align) {
                     return error(e);
                 }
@@ -399,12 +404,10 @@ impl Model {
                 size,
                 access,
             } => {
-                let Some(s) = space_of(space) else {
-                    return error(Status::NoSuchSpace);
+                let s = match self.new_region_space(space, access) {
+                    Ok(s) => s,
+                    Err(status) => return error(status),
                 };
-                if normalize_access(access).is_none() {
-                    return error(Status::BadAccess);
-                }
                 if let Err(e) = check_range(addr, size) {
                     return error(e);
                 }
