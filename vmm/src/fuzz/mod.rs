@@ -110,11 +110,6 @@ impl<'a> Feedback<'a> {
             .merge(&counters);
         Ok(())
     }
-
-    /// Edges this job reached, and corpus size.
-    pub fn stats(&self) -> (usize, usize) {
-        (self.seen.covered(), self.corpus.len())
-    }
 }
 
 /// Where a session's operations come from.
