@@ -29,6 +29,8 @@ fn main() {
 
     for path in [
         "src",
+        "mm/src",
+        "mm/Cargo.toml",
         "Cargo.toml",
         "Cargo.lock",
         "linker.ld",

@@ -1,18 +1,19 @@
 //! The agent loop: fetch a batch of MM operations from the host, run them, send back the
 //! results and every address space's CR3; export region-tree snapshots on request.
 
+use crate::arch::x86_64::machine::X86Machine;
 use crate::hypercall::{HypercallError, Mailbox};
-use crate::mm::memory_manager::MemoryManager;
-use crate::mm::vmobject::VMObject;
 use alloc::vec::Vec;
+use guest_mm::MemoryManager;
 use shared_mm::abi::{
-    Hypercall, Op, OpResult, RegionRecord, SpaceRecord, Status, BATCH_DONE, KERNEL_SPACE,
-    OP_RECORD_SIZE, REGION_RECORD_SIZE, RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
+    Hypercall, Op, OpResult, Status, BATCH_DONE, OP_RECORD_SIZE, REGION_RECORD_SIZE,
+    RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
-use shared_mm::region_tree::RegionTree;
+
+type Mm = MemoryManager<X86Machine>;
 
 /// Serves the host until it says there is no more work; returns normally then.
-pub fn serve(mailbox: &mut Mailbox, mm: &mut MemoryManager) -> Result<(), HypercallError> {
+pub fn serve(mailbox: &mut Mailbox, mm: &mut Mm) -> Result<(), HypercallError> {
     let mut results: Vec<OpResult> = Vec::new();
     loop {
         let (len, spaces) = encode_report(mailbox.payload(), &results, mm);
@@ -45,7 +46,7 @@ pub fn serve(mailbox: &mut Mailbox, mm: &mut MemoryManager) -> Result<(), Hyperc
 }
 
 /// Writes the results, then one record per live address space; returns (bytes, spaces).
-fn encode_report(payload: &mut [u8], results: &[OpResult], mm: &MemoryManager) -> (usize, usize) {
+fn encode_report(payload: &mut [u8], results: &[OpResult], mm: &Mm) -> (usize, usize) {
     let mut offset = 0;
     for result in results {
         result
@@ -54,11 +55,7 @@ fn encode_report(payload: &mut [u8], results: &[OpResult], mm: &MemoryManager) -
         offset += RESULT_RECORD_SIZE;
     }
     let mut spaces = 0;
-    for space in mm.spaces() {
-        let record = SpaceRecord {
-            space: space.id(),
-            cr3: space.cr3(),
-        };
+    for record in mm.space_records() {
         match payload.get_mut(offset..offset + SPACE_RECORD_SIZE) {
             Some(slot) => record.encode(slot).expect("record fits"),
             None => break,
@@ -70,43 +67,25 @@ fn encode_report(payload: &mut [u8], results: &[OpResult], mm: &MemoryManager) -
 }
 
 /// Sends the region tree of `space` to the host in as many chunks as it takes.
-fn snapshot(
-    mailbox: &mut Mailbox,
-    mm: &MemoryManager,
-    space: u32,
-) -> Result<OpResult, HypercallError> {
-    let (tree, cr3): (&RegionTree<VMObject>, u64) = if space == KERNEL_SPACE {
-        (mm.kernel_tree(), mm.kernel_cr3())
-    } else {
-        match mm.space(space) {
-            Some(s) => (s.tree(), s.cr3()),
-            None => return Ok(OpResult::error(Status::NoSuchSpace)),
-        }
+fn snapshot(mailbox: &mut Mailbox, mm: &Mm, space: u32) -> Result<OpResult, HypercallError> {
+    let Some(export) = mm.export(space) else {
+        return Ok(OpResult::error(Status::NoSuchSpace));
     };
     let per_chunk = mailbox.payload_capacity() / REGION_RECORD_SIZE;
-    let total = tree.len();
-    let mut regions = tree.iter().peekable();
+    let mut regions = export.regions.peekable();
     let mut first = 0;
     loop {
         let mut count = 0;
         let payload = mailbox.payload();
         while count < per_chunk {
-            let Some(region) = regions.next() else { break };
-            let range = region.range().expect("regions in a tree are placed");
-            let record = RegionRecord {
-                base: range.base().get(),
-                size: range.size(),
-                access: region.access().bits() as u32,
-                backed: region.is_backed() as u32,
-                name: RegionRecord::name_field(region.name()),
-            };
+            let Some(record) = regions.next() else { break };
             let at = count * REGION_RECORD_SIZE;
             record
                 .encode(&mut payload[at..at + REGION_RECORD_SIZE])
                 .expect("record fits");
             count += 1;
         }
-        let args = [space as u64, first as u64, total as u64, cr3];
+        let args = [space as u64, first as u64, export.total as u64, export.cr3];
         mailbox.call(
             Hypercall::Snapshot,
             count as u32,
@@ -116,7 +95,7 @@ fn snapshot(
         first += count;
         if regions.peek().is_none() {
             return Ok(OpResult {
-                value: total as u64,
+                value: export.total as u64,
                 ..OpResult::ok()
             });
         }

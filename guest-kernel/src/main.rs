@@ -11,13 +11,13 @@ mod agent;
 mod arch;
 mod bench;
 mod cpu_info;
+mod heap;
 mod hypercall;
-mod mm;
 
+use arch::x86_64::machine::X86Machine;
 use core::panic::PanicInfo;
+use guest_mm::{MemoryManager, PhysicalFrame, SeededBugs};
 use hypercall::Mailbox;
-use mm::frame_allocator::FrameAllocator;
-use mm::memory_manager::MemoryManager;
 use shared_mm::boot_info::{BootInfo, GuestCommand, BOOT_INFO_ADDR};
 
 core::arch::global_asm!(
@@ -37,9 +37,6 @@ const BOOT_STACK_SIZE: usize = 64 * 1024;
 
 #[repr(C, align(16))]
 struct Stack([u8; BOOT_STACK_SIZE]);
-
-/// Physical frames; static because its bitmap covers the largest supported RAM (512 KiB).
-static mut FRAME_ALLOCATOR: FrameAllocator = FrameAllocator::empty();
 
 /// The stack `_start` runs `kmain` on.
 static mut BOOT_STACK: Stack = Stack([0; BOOT_STACK_SIZE]);
@@ -62,14 +59,17 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
     arch::x86_64::idt::init();
     match GuestCommand::from_u64(boot_info.command) {
         Some(GuestCommand::Serve) => {
-            mm::heap::HEAP.init_bootstrap();
-            let frames_ptr = &raw mut FRAME_ALLOCATOR;
-            // SAFETY: the only reference ever taken to the frame allocator's static.
-            let frames = unsafe { &mut *frames_ptr };
-            let mut mm = match MemoryManager::init(&boot_info, frames) {
-                Ok(mm) => mm,
+            heap::HEAP.init_bootstrap();
+            let boot_pml4 = PhysicalFrame(arch::x86_64::registers::read_cr3());
+            let bugs = SeededBugs::compiled();
+            let (mut mm, heap) = match MemoryManager::init(&boot_info, boot_pml4, X86Machine, bugs)
+            {
+                Ok(ready) => ready,
                 Err(e) => panic!("memory manager init failed: {e:?}"),
             };
+            // SAFETY: the MM just mapped the heap range writable in the kernel half; its kmalloc
+            // region keeps the range reserved for good, and nothing else uses it.
+            unsafe { heap::HEAP.add_kmalloc(heap.base().get(), heap.size() as usize) };
             println!(
                 "guest-kernel: memory manager up: {} kernel regions, {} free frames",
                 mm.kernel_tree().len(),

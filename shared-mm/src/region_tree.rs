@@ -130,6 +130,9 @@ pub struct RegionTree<B> {
     /// First address above the last region (the total base when empty); `None` when the
     /// last region ends at 2^64. The tail hole is `tail_start..=total.last`, if non-empty.
     tail_start: Option<u64>,
+    /// The seeded `bug-overlap`, switched at run time (see [`RegionTree::set_seeded_overlap_bug`]).
+    #[cfg(feature = "seeded-bugs")]
+    overlap_bug: bool,
 }
 
 // SAFETY: a `RegionTree` exclusively owns every region it links: the address index owns
@@ -149,7 +152,25 @@ impl<B> RegionTree<B> {
             gaps: GapIndex::new(),
             len: 0,
             tail_start: Some(total_range.base().get()),
+            #[cfg(feature = "seeded-bugs")]
+            overlap_bug: cfg!(feature = "bug-overlap"),
         }
+    }
+
+    /// Plants (or removes) the seeded `bug-overlap` in this tree: `place_specifically` then
+    /// misses an overlap of one page with the left neighbour. For hosts that test an MM
+    /// checker without rebuilding; never call it otherwise.
+    #[cfg(feature = "seeded-bugs")]
+    pub fn set_seeded_overlap_bug(&mut self, on: bool) {
+        self.overlap_bug = on;
+    }
+
+    /// Whether the seeded `bug-overlap` is planted.
+    fn overlap_bug(&self) -> bool {
+        #[cfg(feature = "seeded-bugs")]
+        return self.overlap_bug;
+        #[cfg(not(feature = "seeded-bugs"))]
+        cfg!(feature = "bug-overlap")
     }
 
     /// The range all regions must lie in.
@@ -344,11 +365,7 @@ impl<B> RegionTree<B> {
         let previous = self.regions.upper_bound(Included(&base.get()));
         // The `bug-overlap` feature seeds the off-by-one SerenityOS shipped: an overlap of
         // one page with the left neighbour goes unnoticed (for the agreement-checker tests).
-        let missed = if cfg!(feature = "bug-overlap") {
-            PAGE_SIZE
-        } else {
-            0
-        };
+        let missed = if self.overlap_bug() { PAGE_SIZE } else { 0 };
         if previous
             .get()
             .is_some_and(|r| r.span().1 >= base.get().saturating_add(missed))

@@ -9,6 +9,8 @@ use super::gdt::{KERNEL_CS, USER_CS, USER_DS};
 use super::registers::read_cr2;
 use core::arch::{asm, global_asm};
 use core::mem::size_of;
+use guest_mm::machine::VECTOR_BREAKPOINT;
+use guest_mm::{UserEntry, UserTrap};
 
 /// Registers saved by the entry stubs, in stack order.
 #[repr(C)]
@@ -37,22 +39,6 @@ pub struct TrapFrame {
     pub rsp: u64,
     pub ss: u64,
 }
-
-/// How a stay in ring 3 ended.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct UserTrap {
-    pub vector: u64,
-    pub error_code: u64,
-    /// CR2 at the trap (meaningful for page faults).
-    pub fault_address: u64,
-    pub rip: u64,
-    pub rax: u64,
-}
-
-pub const VECTOR_INVALID_OPCODE: u64 = 6;
-pub const VECTOR_BREAKPOINT: u64 = 3;
-pub const VECTOR_GENERAL_PROTECTION: u64 = 13;
-pub const VECTOR_PAGE_FAULT: u64 = 14;
 
 global_asm!(
     ".global trap_common",
@@ -171,15 +157,6 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> u64 {
         read_cr2(),
         frame.rsp
     );
-}
-
-/// Where user mode starts and what it is given.
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub struct UserEntry {
-    pub rip: u64,
-    pub rdi: u64,
-    pub rsi: u64,
 }
 
 global_asm!(

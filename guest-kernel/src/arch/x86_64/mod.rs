@@ -3,6 +3,7 @@
 pub mod cpuid;
 pub mod gdt;
 pub mod idt;
+pub mod machine;
 pub mod physmap;
 pub mod port;
 pub mod registers;

@@ -54,7 +54,7 @@ pub fn zero_frame(frame: u64) {
 
 /// Copies `bytes` into the frame at `frame`, starting at `offset`.
 pub fn write_bytes(frame: u64, offset: usize, bytes: &[u8]) {
-    assert!(offset + bytes.len() <= 4096);
+    assert!(frame.is_multiple_of(4096) && offset + bytes.len() <= 4096);
     // SAFETY: the destination lies inside one RAM frame the caller owns.
     unsafe {
         core::ptr::copy_nonoverlapping(
@@ -65,9 +65,31 @@ pub fn write_bytes(frame: u64, offset: usize, bytes: &[u8]) {
     }
 }
 
-/// Reads one byte of the frame at `frame`.
-pub fn read_byte(frame: u64, offset: usize) -> u8 {
-    assert!(offset < 4096);
-    // SAFETY: the source lies inside one RAM frame.
-    unsafe { core::ptr::read_volatile((virt(frame) as *const u8).add(offset)) }
+/// Copies bytes of the frame at `frame`, from `offset`, into `buf`.
+pub fn read_bytes(frame: u64, offset: usize, buf: &mut [u8]) {
+    assert!(frame.is_multiple_of(4096) && offset + buf.len() <= 4096);
+    // SAFETY: the source lies inside one RAM frame, which the direct map covers.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (virt(frame) as *const u8).add(offset),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    }
+}
+
+/// Copies the 4 KiB frame at `from` over the frame at `to`.
+pub fn copy_frame(from: u64, to: u64) {
+    assert!(from.is_multiple_of(4096) && to.is_multiple_of(4096) && from != to);
+    // SAFETY: both are whole, distinct RAM frames (so they do not overlap) that the caller owns;
+    // `rep movsq` copies exactly 512 quadwords. One string instruction, as in `zero_frame`.
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            inout("rsi") virt(from) => _,
+            inout("rdi") virt(to) => _,
+            inout("rcx") 512u64 => _,
+            options(nostack, preserves_flags)
+        )
+    }
 }

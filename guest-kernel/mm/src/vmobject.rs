@@ -1,6 +1,6 @@
 //! VMObject: the memory behind a region. Here: anonymous, demand-zero, private frames.
 
-use super::PhysicalFrame;
+use crate::PhysicalFrame;
 use alloc::collections::BTreeMap;
 use core::cell::RefCell;
 

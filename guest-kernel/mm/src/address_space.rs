@@ -3,11 +3,12 @@
 //! Partial unmap and protect split regions. Both run as *prepare, then commit*: every check
 //! that can fail runs before the first change, so an error leaves the space untouched.
 
-use super::frame_allocator::FrameAllocator;
-use super::page_directory::PageDirectory;
-use super::vmobject::VMObject;
-use super::{MmError, PhysicalFrame};
-use crate::arch::x86_64::registers::invlpg;
+use crate::hardware::Hardware;
+use crate::machine::Machine;
+use crate::page_directory::PageDirectory;
+use crate::seeded_bugs::{Bug, SeededBugs};
+use crate::vmobject::VMObject;
+use crate::{MmError, PhysicalFrame};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use shared_mm::abi::{USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE};
@@ -65,31 +66,36 @@ pub struct AddressSpace {
     id: u32,
     tree: RegionTree<VMObject>,
     directory: PageDirectory,
+    bugs: SeededBugs,
 }
 
 impl AddressSpace {
     /// A new, empty address space with the user trampoline mapped.
-    pub fn new(
+    pub fn new<M: Machine>(
         id: u32,
         kernel: &PageDirectory,
         trampoline: PhysicalFrame,
-        frames: &mut FrameAllocator,
+        bugs: SeededBugs,
+        hw: &mut Hardware<M>,
     ) -> Result<Self, MmError> {
         let total = VirtualRange::new(
             VirtualAddress::new(USER_SPACE_BASE),
             USER_SPACE_END - USER_SPACE_BASE,
         )
         .expect("user range constants are valid");
-        let mut directory = PageDirectory::new_user(kernel, frames)?;
+        let mut directory = PageDirectory::new_user(kernel, hw)?;
         let flags = PageTableFlags::PRESENT | PageTableFlags::USER;
-        if let Err(e) = directory.map(USER_TRAMPOLINE, trampoline, flags, frames) {
-            directory.destroy_user(frames);
+        if let Err(e) = directory.map(USER_TRAMPOLINE, trampoline, flags, hw) {
+            directory.destroy_user(hw);
             return Err(e);
         }
+        let mut tree = RegionTree::new(total);
+        tree.set_seeded_overlap_bug(bugs.has(Bug::Overlap));
         Ok(AddressSpace {
             id,
-            tree: RegionTree::new(total),
+            tree,
             directory,
+            bugs,
         })
     }
 
@@ -167,27 +173,44 @@ impl AddressSpace {
             .collect()
     }
 
-    /// Takes the region at `whole` out of the tree, after clearing the PTEs of `cut` (a part of
-    /// it, if given) and flushing them from the TLB. Returns the region's access and backing.
-    fn detach(&mut self, whole: VirtualRange, cut: Option<VirtualRange>) -> (Access, VMObject) {
-        let region = self
+    /// Clears the PTEs of the committed pages in `cut` (part of the region at `whole`) and
+    /// flushes them from the TLB.
+    fn clear_ptes<M: Machine>(
+        &mut self,
+        whole: VirtualRange,
+        cut: VirtualRange,
+        hw: &mut Hardware<M>,
+    ) {
+        let mut last = cut.last().get();
+        if self.bugs.has(Bug::SplitOffByOne) && cut.size() > PAGE_SIZE {
+            last -= PAGE_SIZE; // Seeded bug: the last page of the cut keeps its PTE.
+        }
+        let pages = self
             .tree
             .find_region_containing(whole.base())
-            .expect("region is in the tree");
-        let object = region.backing().expect("user regions are backed");
+            .and_then(|region| region.backing())
+            .expect("a placed user region is backed")
+            .pages_in(cut.base().get(), last);
+        for (page, _) in pages {
+            if !self.bugs.has(Bug::StalePte) {
+                self.directory.unmap(page, hw);
+            }
+            if !self.bugs.has(Bug::NoTlbFlush) {
+                hw.machine.flush_page(page);
+            }
+        }
+    }
+
+    /// Takes the region at `whole` out of the tree, after clearing the PTEs of `cut` (a part of
+    /// it, if given) and flushing them from the TLB. Returns the region's access and backing.
+    fn detach<M: Machine>(
+        &mut self,
+        whole: VirtualRange,
+        cut: Option<VirtualRange>,
+        hw: &mut Hardware<M>,
+    ) -> (Access, VMObject) {
         if let Some(cut) = cut {
-            let mut last = cut.last().get();
-            if cfg!(feature = "bug-split-off-by-one") && cut.size() > PAGE_SIZE {
-                last -= PAGE_SIZE; // Seeded bug: the last page of the cut keeps its PTE.
-            }
-            for (page, _) in object.pages_in(cut.base().get(), last) {
-                if !cfg!(feature = "bug-stale-pte") {
-                    self.directory.unmap(page);
-                }
-                if !cfg!(feature = "bug-no-tlb-flush") {
-                    invlpg(page);
-                }
-            }
+            self.clear_ptes(whole, cut, hw);
         }
         let region = self
             .tree
@@ -200,23 +223,26 @@ impl AddressSpace {
         )
     }
 
-    fn place_piece(&mut self, piece: Piece) {
-        let region = Self::new_region(piece.access, piece.object);
-        if let Err(e) = self
-            .tree
-            .place_specifically(region, piece.range.base(), piece.range.size())
-        {
-            panic!("re-placing split piece {} failed: {}", piece.range, e.kind);
+    /// Places the pieces a split leaves, in address order.
+    fn place_pieces(&mut self, pieces: impl IntoIterator<Item = Option<Piece>>) {
+        for piece in pieces.into_iter().flatten() {
+            let region = Self::new_region(piece.access, piece.object);
+            if let Err(e) =
+                self.tree
+                    .place_specifically(region, piece.range.base(), piece.range.size())
+            {
+                panic!("re-placing split piece {} failed: {}", piece.range, e.kind);
+            }
         }
     }
 
     /// Unmaps every page of `[addr, addr + size)`: whole regions, parts of regions (which are
     /// split), and holes (ignored), like munmap.
-    pub fn unmap(
+    pub fn unmap<M: Machine>(
         &mut self,
         addr: u64,
         size: u64,
-        frames: &mut FrameAllocator,
+        hw: &mut Hardware<M>,
     ) -> Result<(), MmError> {
         let range = self.checked_range(addr, size)?;
         // Prepare: nothing below can fail.
@@ -224,118 +250,124 @@ impl AddressSpace {
             let cut = whole
                 .intersection(&range)
                 .expect("regions intersect the range");
-            let (access, object) = self.detach(whole, Some(cut));
+            let (access, object) = self.detach(whole, Some(cut), hw);
             let (left, right) = whole.subtract(&range);
-            let freed = if cfg!(feature = "bug-free-mapped") {
+            let freed: Vec<PhysicalFrame> = if self.bugs.has(Bug::FreeMapped) {
                 // Seeded bug: frees the frames of the pieces that stay mapped, too.
-                object
-                    .pages_in(whole.base().get(), whole.last().get())
-                    .into_iter()
-                    .map(|(_, f)| f)
-                    .collect()
+                let all = object.pages_in(whole.base().get(), whole.last().get());
+                object.take_pages(cut.base().get(), cut.last().get());
+                all.into_iter().map(|(_, f)| f).collect()
             } else {
                 object.take_pages(cut.base().get(), cut.last().get())
             };
-            #[cfg(feature = "bug-free-mapped")]
-            object.take_pages(cut.base().get(), cut.last().get());
-            let right_object = right.map(|r| object.split_off(r.base().get()));
-            if let Some(left) = left {
-                self.place_piece(Piece {
-                    range: left,
-                    access,
-                    object,
-                });
-            }
-            if let (Some(range), Some(object)) = (right, right_object) {
-                self.place_piece(Piece {
-                    range,
-                    access,
-                    object,
-                });
-            }
+            let right = right.map(|range| Piece {
+                range,
+                access,
+                object: object.split_off(range.base().get()),
+            });
+            let left = left.map(|range| Piece {
+                range,
+                access,
+                object,
+            });
+            self.place_pieces([left, right]);
             for frame in freed {
-                frames.free(frame).expect("a region's frame was allocated");
+                hw.free_frame(frame);
             }
         }
         Ok(())
     }
 
+    /// Whether the regions intersecting `range` (given in order) cover it with no gap.
+    fn covers(range: VirtualRange, wholes: &[VirtualRange]) -> bool {
+        let mut expected = range.base().get();
+        for whole in wholes {
+            if whole.base().get() > expected {
+                return false;
+            }
+            expected = whole.last().get().saturating_add(1);
+        }
+        wholes.last().is_some_and(|w| w.last() >= range.last())
+    }
+
     /// Changes the access of every page of `[addr, addr + size)`, splitting regions at the
     /// range's edges. The whole range must be mapped (no holes), like mprotect.
-    pub fn protect(
+    pub fn protect<M: Machine>(
         &mut self,
         addr: u64,
         size: u64,
         access: u32,
-        frames: &mut FrameAllocator,
+        hw: &mut Hardware<M>,
     ) -> Result<(), MmError> {
         let range = self.checked_range(addr, size)?;
         let access = normalize_access(access)?;
         let wholes = self.intersecting(range);
         // Prepare: the regions must cover the range with no gap.
-        let mut expected = range.base().get();
-        for whole in &wholes {
-            if whole.base().get() > expected {
-                return Err(MmError::NotMapped);
-            }
-            expected = whole.last().get().saturating_add(1);
-        }
-        if wholes.is_empty() || wholes.last().is_some_and(|w| w.last() < range.last()) {
+        if !Self::covers(range, &wholes) {
             return Err(MmError::NotMapped);
         }
-        // Commit.
+        // Commit: nothing below can fail.
         for whole in wholes {
             let middle = whole
                 .intersection(&range)
                 .expect("regions intersect the range");
-            let (old_access, object) = self.detach(whole, None);
+            let (old_access, object) = self.detach(whole, None, hw);
             let (left, right) = whole.subtract(&range);
             let middle_object = object.split_off(middle.base().get());
-            let right_object = right.map(|r| middle_object.split_off(r.base().get()));
-            let mut new_flags = pte_flags(access);
-            if cfg!(feature = "bug-keep-writable") && old_access.contains(Access::WRITE) {
-                new_flags = new_flags.map(|f| f | PageTableFlags::WRITABLE); // Seeded bug.
-            }
-            for (page, frame) in middle_object.pages_in(middle.base().get(), middle.last().get()) {
-                match new_flags {
-                    // A committed page was mapped before, so its page table exists (tables are
-                    // only freed with the space) and this map allocates nothing: it cannot fail.
-                    Some(flags) => self
-                        .directory
-                        .map(page, frame, flags, frames)
-                        .expect("page table of a committed page exists"),
-                    None => {
-                        self.directory.unmap(page);
-                    }
-                }
-                invlpg(page);
-            }
-            if let Some(left) = left {
-                self.place_piece(Piece {
-                    range: left,
-                    access: old_access,
-                    object,
-                });
-            }
-            self.place_piece(Piece {
+            let right = right.map(|range| Piece {
+                range,
+                access: old_access,
+                object: middle_object.split_off(range.base().get()),
+            });
+            self.remap(&middle_object, middle, old_access, access, hw);
+            let left = left.map(|range| Piece {
+                range,
+                access: old_access,
+                object,
+            });
+            let middle = Piece {
                 range: middle,
                 access,
                 object: middle_object,
-            });
-            if let (Some(range), Some(object)) = (right, right_object) {
-                self.place_piece(Piece {
-                    range,
-                    access: old_access,
-                    object,
-                });
-            }
+            };
+            self.place_pieces([left, Some(middle), right]);
         }
         Ok(())
     }
 
+    /// Rewrites the PTEs of the committed pages of `object` in `range` for `access` (or clears
+    /// them for `PROT_NONE`), flushing each.
+    fn remap<M: Machine>(
+        &mut self,
+        object: &VMObject,
+        range: VirtualRange,
+        old_access: Access,
+        access: Access,
+        hw: &mut Hardware<M>,
+    ) {
+        let mut flags = pte_flags(access);
+        if self.bugs.has(Bug::KeepWritable) && old_access.contains(Access::WRITE) {
+            flags = flags.map(|f| f | PageTableFlags::WRITABLE); // Seeded bug.
+        }
+        for (page, frame) in object.pages_in(range.base().get(), range.last().get()) {
+            match flags {
+                // A committed page was mapped before, so its page table exists (tables are
+                // only freed with the space) and this map allocates nothing: it cannot fail.
+                Some(flags) => self
+                    .directory
+                    .map(page, frame, flags, hw)
+                    .expect("page table of a committed page exists"),
+                None => {
+                    self.directory.unmap(page, hw);
+                }
+            }
+            hw.machine.flush_page(page);
+        }
+    }
+
     /// Demand-zero paging for `page` (page-aligned), which lies in an accessible region: maps
     /// the page's committed frame, or commits a fresh zeroed one.
-    pub fn populate(&mut self, page: u64, frames: &mut FrameAllocator) -> Result<(), MmError> {
+    pub fn populate<M: Machine>(&mut self, page: u64, hw: &mut Hardware<M>) -> Result<(), MmError> {
         let region = self
             .tree
             .find_region_containing(VirtualAddress::new(page))
@@ -346,33 +378,32 @@ impl AddressSpace {
         let frame = match object.frame_at(page) {
             Some(frame) => frame,
             None => {
-                let frame = frames.allocate()?;
-                crate::arch::x86_64::physmap::zero_frame(frame.0);
+                let frame = hw.zeroed_frame()?;
                 object.insert(page, frame);
                 frame
             }
         };
-        if let Err(e) = self.directory.map(page, frame, flags, frames) {
+        if let Err(e) = self.directory.map(page, frame, flags, hw) {
             // No page-table frame for the mapping: undo the commit of the fresh frame.
             if object.take_pages(page, page).first() == Some(&frame) {
-                frames.free(frame).expect("just allocated");
+                hw.free_frame(frame);
             }
             return Err(e);
         }
-        invlpg(page);
+        hw.machine.flush_page(page);
         Ok(())
     }
 
     /// Releases every frame and page table. The space must not be the active one.
-    pub fn destroy(mut self, frames: &mut FrameAllocator) {
+    pub fn destroy<M: Machine>(mut self, hw: &mut Hardware<M>) {
         let ranges: Vec<VirtualRange> = self.tree.iter().filter_map(|r| r.range()).collect();
         for range in ranges {
-            let (_, object) = self.detach(range, Some(range));
+            let (_, object) = self.detach(range, Some(range), hw);
             for frame in object.take_pages(range.base().get(), range.last().get()) {
-                frames.free(frame).expect("a region's frame was allocated");
+                hw.free_frame(frame);
             }
         }
-        self.directory.unmap(USER_TRAMPOLINE);
-        self.directory.destroy_user(frames);
+        self.directory.unmap(USER_TRAMPOLINE, hw);
+        self.directory.destroy_user(hw);
     }
 }

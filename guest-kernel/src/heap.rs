@@ -5,12 +5,14 @@ use core::ptr::NonNull;
 use linked_list_allocator::Heap;
 use spin::Mutex;
 
-const BOOTSTRAP_SIZE: usize = 256 * 1024;
+/// Room for the allocations made before the kmalloc range is mapped: the frame allocator's
+/// bitmap (512 KiB at the largest supported RAM) and the first regions.
+const BOOTSTRAP_SIZE: usize = 1024 * 1024;
 
 #[repr(C, align(4096))]
 struct Bootstrap([u8; BOOTSTRAP_SIZE]);
 
-/// Backs the allocations made before the kmalloc range exists (the first regions).
+/// Backs the allocations made before the kmalloc range exists.
 static mut BOOTSTRAP: Bootstrap = Bootstrap([0; BOOTSTRAP_SIZE]);
 
 /// Two arenas; a free goes to the arena whose range holds the pointer.

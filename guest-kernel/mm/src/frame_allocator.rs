@@ -1,16 +1,18 @@
 //! The physical frame allocator: a bitmap over the usable RAM in the boot memory map.
 
-use super::{MmError, PhysicalFrame};
+use crate::{MmError, PhysicalFrame, FRAME_SIZE};
+use alloc::boxed::Box;
+use alloc::vec;
 use shared_mm::boot_info::{BootInfo, MemoryKind, MAX_GUEST_RAM};
 
-const FRAME_SIZE: u64 = 4096;
-const MAX_FRAMES: usize = (MAX_GUEST_RAM / FRAME_SIZE) as usize;
-const WORDS: usize = MAX_FRAMES / 64;
+/// Frames in a 2 MiB block.
+const FRAMES_PER_2M: usize = 512;
 
 /// One bit per frame: set = free. Frames outside usable memory are never set, so they can
 /// never be handed out.
 pub struct FrameAllocator {
-    free: [u64; WORDS],
+    /// One word per 64 frames of RAM.
+    free: Box<[u64]>,
     /// No free frame lies below this word: searches start here, so the lowest free frame is
     /// handed out first and a freed frame is reused at once (which makes use-after-free bugs
     /// show up quickly instead of after a wrap-around).
@@ -23,27 +25,28 @@ pub struct FrameAllocator {
 pub struct NotAllocated(pub PhysicalFrame);
 
 impl FrameAllocator {
-    pub const fn empty() -> Self {
-        FrameAllocator {
-            free: [0; WORDS],
+    /// Marks every whole usable frame of the memory map free: whole bitmap words at once, and
+    /// bit masks only at the two ends of each range. The bitmap covers `info.ram_size`, rounded
+    /// up to 2 MiB blocks (at most the largest supported RAM).
+    pub fn new(info: &BootInfo) -> Self {
+        let ram = info.ram_size.min(MAX_GUEST_RAM);
+        let frames = (ram / FRAME_SIZE).next_multiple_of(FRAMES_PER_2M as u64) as usize;
+        let mut allocator = FrameAllocator {
+            free: vec![0; frames / 64].into_boxed_slice(),
             hint: 0,
             free_count: 0,
-        }
-    }
-
-    /// Marks every whole usable frame of the memory map free: whole bitmap words at once, and
-    /// bit masks only at the two ends of each range.
-    pub fn init(&mut self, info: &BootInfo) {
+        };
         for region in info.memory_map() {
             if region.kind != MemoryKind::Usable {
                 continue;
             }
             let first = region.base.div_ceil(FRAME_SIZE);
-            let end = ((region.base + region.size) / FRAME_SIZE).min(MAX_FRAMES as u64);
+            let end = (region.base.saturating_add(region.size) / FRAME_SIZE).min(frames as u64);
             if first < end {
-                self.mark_free(first as usize, end as usize);
+                allocator.mark_free(first as usize, end as usize);
             }
         }
+        allocator
     }
 
     /// Sets the bits of frames `[first, end)`.
@@ -69,13 +72,13 @@ impl FrameAllocator {
 
     /// Takes 512 free frames forming one 2 MiB-aligned block, for a huge mapping.
     pub fn allocate_2m(&mut self) -> Result<PhysicalFrame, MmError> {
-        const WORDS_PER_BLOCK: usize = 512 / 64;
-        for block in (0..WORDS).step_by(WORDS_PER_BLOCK) {
-            let words = &mut self.free[block..block + WORDS_PER_BLOCK];
+        const WORDS_PER_BLOCK: usize = FRAMES_PER_2M / 64;
+        for (block, words) in self.free.chunks_exact_mut(WORDS_PER_BLOCK).enumerate() {
             if words.iter().all(|&w| w == u64::MAX) {
                 words.fill(0);
-                self.free_count -= 512;
-                return Ok(PhysicalFrame(block as u64 * 64 * FRAME_SIZE));
+                self.free_count -= FRAMES_PER_2M;
+                let first_frame = (block * FRAMES_PER_2M) as u64;
+                return Ok(PhysicalFrame(first_frame * FRAME_SIZE));
             }
         }
         Err(MmError::OutOfFrames)
@@ -83,7 +86,7 @@ impl FrameAllocator {
 
     /// Takes one free frame (its contents are whatever it held).
     pub fn allocate(&mut self) -> Result<PhysicalFrame, MmError> {
-        for w in self.hint..WORDS {
+        for w in self.hint..self.free.len() {
             if self.free[w] != 0 {
                 let b = self.free[w].trailing_zeros() as u64;
                 self.free[w] &= !(1 << b);
@@ -95,10 +98,10 @@ impl FrameAllocator {
         Err(MmError::OutOfFrames)
     }
 
-    /// Returns `frame` to the pool. Freeing a frame twice is refused.
+    /// Returns `frame` to the pool. Freeing a frame twice, or one outside RAM, is refused.
     pub fn free(&mut self, frame: PhysicalFrame) -> Result<(), NotAllocated> {
         let index = frame.0 / FRAME_SIZE;
-        if !frame.0.is_multiple_of(FRAME_SIZE) || index as usize >= MAX_FRAMES {
+        if !frame.0.is_multiple_of(FRAME_SIZE) || index / 64 >= self.free.len() as u64 {
             return Err(NotAllocated(frame));
         }
         let (w, b) = (index as usize / 64, index % 64);
@@ -111,6 +114,7 @@ impl FrameAllocator {
         Ok(())
     }
 
+    /// Frames free now.
     pub fn free_count(&self) -> usize {
         self.free_count
     }

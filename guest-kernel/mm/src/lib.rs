@@ -1,13 +1,37 @@
-//! The memory manager: physical frames, page tables, regions, address spaces, demand paging.
+//! The guest memory manager as a safe library: physical frames, page tables, regions, address
+//! spaces, demand paging and ring-3 access, over one [`Machine`] trait.
+//!
+//! Everything the MM does to hardware goes through [`Machine`]: page-table entries and frame
+//! bytes, TLB flushes and directory activation, ring-3 accesses. The guest kernel implements it
+//! with real instructions (the ground truth, under KVM); the host's simulated machine implements
+//! it in-process with a TLB that is as stale as the architecture allows; the unit tests use a
+//! small test machine. The crate itself has no `unsafe` code.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
 
 pub mod address_space;
+pub mod export;
 pub mod frame_allocator;
-pub mod heap;
+pub mod hardware;
+pub mod machine;
 pub mod memory_manager;
 pub mod page_directory;
 pub mod page_fault;
+pub mod seeded_bugs;
 pub mod user_access;
 pub mod vmobject;
+
+#[cfg(test)]
+mod test_machine;
+#[cfg(test)]
+mod tests;
+
+pub use hardware::Hardware;
+pub use machine::{Machine, PteSlot, UserEntry, UserTrap};
+pub use memory_manager::MemoryManager;
+pub use seeded_bugs::{Bug, SeededBugs};
 
 use shared_mm::abi::Status;
 use shared_mm::region_tree::{PlaceError, RegionTreeError};
@@ -62,5 +86,8 @@ impl From<MmError> for Status {
 }
 
 /// A 4 KiB physical frame, by its physical address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PhysicalFrame(pub u64);
+
+/// Bytes in a frame.
+pub const FRAME_SIZE: u64 = 4096;

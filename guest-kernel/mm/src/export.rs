@@ -1,0 +1,56 @@
+//! Exporting region trees to the host: the records a snapshot carries, whatever transport
+//! (mailbox chunks under KVM, a direct call in the host's simulated machine) delivers them.
+
+use crate::machine::Machine;
+use crate::memory_manager::MemoryManager;
+use crate::vmobject::VMObject;
+use shared_mm::abi::{RegionRecord, SpaceRecord, KERNEL_SPACE};
+use shared_mm::region::Region;
+
+/// One region as a snapshot record.
+pub fn region_record(region: &Region<VMObject>) -> RegionRecord {
+    let range = region.range().expect("regions in a tree are placed");
+    RegionRecord {
+        base: range.base().get(),
+        size: range.size(),
+        access: region.access().bits() as u32,
+        backed: region.is_backed() as u32,
+        name: RegionRecord::name_field(region.name()),
+    }
+}
+
+/// What a snapshot of one space exports.
+pub struct Export<'a> {
+    /// The root of its page tables.
+    pub cr3: u64,
+    /// How many regions its tree holds.
+    pub total: usize,
+    /// Its regions in address order.
+    pub regions: alloc::boxed::Box<dyn Iterator<Item = RegionRecord> + 'a>,
+}
+
+impl<M: Machine> MemoryManager<M> {
+    /// The region tree of `space` ([`KERNEL_SPACE`] for the kernel's), or `None` if no such
+    /// space is alive.
+    pub fn export(&self, space: u32) -> Option<Export<'_>> {
+        let (tree, cr3) = if space == KERNEL_SPACE {
+            (self.kernel_tree(), self.kernel_cr3())
+        } else {
+            let s = self.space(space)?;
+            (s.tree(), s.cr3())
+        };
+        Some(Export {
+            cr3,
+            total: tree.len(),
+            regions: alloc::boxed::Box::new(tree.iter().map(region_record)),
+        })
+    }
+
+    /// One record per live address space, in id order.
+    pub fn space_records(&self) -> impl Iterator<Item = SpaceRecord> + '_ {
+        self.spaces().map(|s| SpaceRecord {
+            space: s.id(),
+            cr3: s.cr3(),
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! Seeded bugs: classic MM bugs planted on purpose, by cargo feature or at run time, so tests
+//! can show that the host's checker and model catch each one.
+
+/// One seeded bug; its cargo feature has the same name as [`Bug::feature`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// Unmap leaves the PTEs.
+    StalePte,
+    /// Protect to read-only keeps the W bit.
+    KeepWritable,
+    /// Unmap skips the TLB flush.
+    NoTlbFlush,
+    /// Fixed placement misses a one-page overlap with the left neighbour (in the RegionTree).
+    Overlap,
+    /// Partial unmap frees the frames of the pieces that stay mapped.
+    FreeMapped,
+    /// Partial unmap keeps the PTE of the cut's last page.
+    SplitOffByOne,
+}
+
+impl Bug {
+    /// Every seeded bug, in feature order.
+    pub const ALL: [Bug; 6] = [
+        Bug::StalePte,
+        Bug::KeepWritable,
+        Bug::NoTlbFlush,
+        Bug::Overlap,
+        Bug::FreeMapped,
+        Bug::SplitOffByOne,
+    ];
+
+    /// The cargo feature that plants it.
+    pub const fn feature(self) -> &'static str {
+        match self {
+            Bug::StalePte => "bug-stale-pte",
+            Bug::KeepWritable => "bug-keep-writable",
+            Bug::NoTlbFlush => "bug-no-tlb-flush",
+            Bug::Overlap => "bug-overlap",
+            Bug::FreeMapped => "bug-free-mapped",
+            Bug::SplitOffByOne => "bug-split-off-by-one",
+        }
+    }
+
+    /// The bug whose cargo feature is `name`.
+    pub fn from_feature(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.feature() == name)
+    }
+
+    const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+/// A set of seeded bugs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeededBugs(u32);
+
+impl SeededBugs {
+    /// No bug: the correct MM.
+    pub const NONE: SeededBugs = SeededBugs(0);
+
+    /// The bugs this build's cargo features plant.
+    pub const fn compiled() -> SeededBugs {
+        let features = [
+            cfg!(feature = "bug-stale-pte"),
+            cfg!(feature = "bug-keep-writable"),
+            cfg!(feature = "bug-no-tlb-flush"),
+            cfg!(feature = "bug-overlap"),
+            cfg!(feature = "bug-free-mapped"),
+            cfg!(feature = "bug-split-off-by-one"),
+        ];
+        let mut set = SeededBugs::NONE;
+        let mut i = 0;
+        while i < features.len() {
+            if features[i] {
+                set = set.with(Bug::ALL[i]);
+            }
+            i += 1;
+        }
+        set
+    }
+
+    /// This set plus `bug`.
+    pub const fn with(self, bug: Bug) -> SeededBugs {
+        SeededBugs(self.0 | bug.bit())
+    }
+
+    /// Whether `bug` is planted.
+    pub const fn has(self, bug: Bug) -> bool {
+        self.0 & bug.bit() != 0
+    }
+
+    /// The planted bugs, in feature order.
+    pub fn iter(self) -> impl Iterator<Item = Bug> {
+        Bug::ALL.into_iter().filter(move |b| self.has(*b))
+    }
+}

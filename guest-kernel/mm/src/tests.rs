@@ -1,0 +1,316 @@
+//! Unit tests of the MM library on the test machine: splitting and rollback, demand paging,
+//! frame reuse, and the flushes each change owes the TLB.
+
+use crate::test_machine::{boot_info, Event, TestMachine, BOOT_PML4};
+use crate::{Bug, MemoryManager, SeededBugs};
+use shared_mm::abi::access_bits::{READ, USER, WRITE};
+use shared_mm::abi::{FaultKind, Op, OpResult, RegionRecord, Status};
+
+const URW: u32 = USER | READ | WRITE;
+const BASE: u64 = 0x40_0000;
+const PAGE: u64 = 4096;
+
+fn mm_with(bugs: SeededBugs) -> MemoryManager<TestMachine> {
+    let (mm, _heap) =
+        MemoryManager::init(&boot_info(), BOOT_PML4, TestMachine::new(), bugs).expect("init");
+    mm
+}
+
+/// A fresh MM with space 1 and a 4-page read-write region at `BASE`.
+fn mm_with_region(bugs: SeededBugs) -> MemoryManager<TestMachine> {
+    let mut mm = mm_with(bugs);
+    assert_eq!(mm.execute(Op::CreateSpace).value, 1);
+    let map = Op::MapFixed {
+        space: 1,
+        addr: BASE,
+        size: 4 * PAGE,
+        access: URW,
+    };
+    assert_eq!(mm.execute(map).addr, BASE);
+    mm
+}
+
+fn regions(mm: &MemoryManager<TestMachine>) -> Vec<(u64, u64, u32)> {
+    let export = mm.export(1).expect("space 1 exists");
+    export
+        .regions
+        .map(|r: RegionRecord| (r.base, r.size, r.access))
+        .collect()
+}
+
+fn write(mm: &mut MemoryManager<TestMachine>, addr: u64, value: u64) -> OpResult {
+    mm.execute(Op::TouchWrite {
+        space: 1,
+        addr,
+        value,
+    })
+}
+
+fn read(mm: &mut MemoryManager<TestMachine>, addr: u64) -> OpResult {
+    mm.execute(Op::TouchRead { space: 1, addr })
+}
+
+#[test]
+fn demand_paging_commits_a_zeroed_frame_on_first_touch_only() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    let before = mm.free_frames();
+    assert_eq!(read(&mut mm, BASE + 8).value, 0, "fresh pages read zero");
+    // One data frame, plus whatever page tables the first page of the region needs.
+    let after_first = mm.free_frames();
+    assert!(after_first < before);
+    assert_eq!(write(&mut mm, BASE + 8, 0xfeed).value, 0xfeed);
+    assert_eq!(read(&mut mm, BASE + 8).value, 0xfeed);
+    assert_eq!(
+        mm.free_frames(),
+        after_first,
+        "a present page costs no new frame"
+    );
+    assert_eq!(write(&mut mm, BASE + PAGE, 1).value, 1);
+    assert_eq!(
+        mm.free_frames(),
+        after_first - 1,
+        "the next page costs one frame"
+    );
+}
+
+#[test]
+fn prot_none_keeps_the_data_and_faults_until_restored() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    write(&mut mm, BASE, 0x1234);
+    let protect = |access| Op::Protect {
+        space: 1,
+        addr: BASE,
+        size: PAGE,
+        access,
+    };
+    assert_eq!(mm.execute(protect(USER)).status, Status::Ok);
+    let fault = read(&mut mm, BASE);
+    assert_eq!(
+        (fault.status, fault.fault),
+        (Status::Faulted, FaultKind::SegvAccess)
+    );
+    assert_eq!(mm.execute(protect(URW)).status, Status::Ok);
+    assert_eq!(read(&mut mm, BASE).value, 0x1234);
+}
+
+#[test]
+fn partial_unmap_splits_frees_the_cut_and_keeps_the_rest() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    for page in 0..4 {
+        write(&mut mm, BASE + page * PAGE, page + 1);
+    }
+    let before = mm.free_frames();
+    let unmap = Op::Unmap {
+        space: 1,
+        addr: BASE + PAGE,
+        size: 2 * PAGE,
+    };
+    assert_eq!(mm.execute(unmap).status, Status::Ok);
+    assert_eq!(
+        regions(&mm),
+        [(BASE, PAGE, URW), (BASE + 3 * PAGE, PAGE, URW)]
+    );
+    assert_eq!(
+        mm.free_frames(),
+        before + 2,
+        "exactly the two cut pages are freed"
+    );
+    assert_eq!(read(&mut mm, BASE).value, 1);
+    assert_eq!(read(&mut mm, BASE + 3 * PAGE).value, 4);
+    let gone = read(&mut mm, BASE + PAGE);
+    assert_eq!(
+        (gone.status, gone.fault),
+        (Status::Faulted, FaultKind::SegvNoRegion)
+    );
+}
+
+#[test]
+fn protect_over_a_hole_changes_nothing() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    write(&mut mm, BASE, 7);
+    let before = regions(&mm);
+    let protect = Op::Protect {
+        space: 1,
+        addr: BASE + 3 * PAGE,
+        size: 2 * PAGE,
+        access: USER | READ,
+    };
+    assert_eq!(mm.execute(protect).status, Status::NotMapped);
+    assert_eq!(regions(&mm), before, "the region tree is as it was");
+    assert_eq!(
+        write(&mut mm, BASE, 8).value,
+        8,
+        "the page is still writable"
+    );
+}
+
+#[test]
+fn protect_splits_into_three_pieces_with_their_data() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    for page in 0..4 {
+        write(&mut mm, BASE + page * PAGE, 10 + page);
+    }
+    let protect = Op::Protect {
+        space: 1,
+        addr: BASE + PAGE,
+        size: PAGE,
+        access: USER | READ,
+    };
+    assert_eq!(mm.execute(protect).status, Status::Ok);
+    assert_eq!(
+        regions(&mm),
+        [
+            (BASE, PAGE, URW),
+            (BASE + PAGE, PAGE, USER | READ),
+            (BASE + 2 * PAGE, 2 * PAGE, URW)
+        ]
+    );
+    let denied = write(&mut mm, BASE + PAGE, 0);
+    assert_eq!(
+        (denied.status, denied.fault),
+        (Status::Faulted, FaultKind::SegvAccess)
+    );
+    for page in 0..4 {
+        assert_eq!(read(&mut mm, BASE + page * PAGE).value, 10 + page);
+    }
+}
+
+#[test]
+fn running_out_of_frames_leaves_the_space_as_it_was() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    let big = Op::MapFixed {
+        space: 1,
+        addr: 0x1000_0000,
+        size: 0x1000_0000,
+        access: URW,
+    };
+    assert_eq!(mm.execute(big).status, Status::Ok);
+    let mut page = 0x1000_0000;
+    let oom = loop {
+        let r = write(&mut mm, page, 1);
+        if r.status != Status::Ok {
+            break r;
+        }
+        page += PAGE;
+    };
+    assert_eq!(oom.status, Status::OutOfMemory);
+    let free = mm.free_frames();
+    let fault = read(&mut mm, page);
+    assert_eq!(
+        fault.status,
+        Status::OutOfMemory,
+        "the failed page was not committed"
+    );
+    assert_eq!(mm.free_frames(), free);
+    let unmap = Op::Unmap {
+        space: 1,
+        addr: 0x1000_0000,
+        size: 0x1000_0000,
+    };
+    assert_eq!(mm.execute(unmap).status, Status::Ok);
+    assert_eq!(
+        read(&mut mm, BASE).value,
+        0,
+        "the MM works again once frames are back"
+    );
+}
+
+#[test]
+fn a_freed_frame_backs_the_next_page_and_reads_zero() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    write(&mut mm, BASE, 0xdead);
+    write(&mut mm, BASE + PAGE, 0xbeef);
+    let unmap = Op::Unmap {
+        space: 1,
+        addr: BASE,
+        size: PAGE,
+    };
+    mm.execute(unmap);
+    let freed: Vec<u64> = mm
+        .machine()
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Freed(f) => Some(*f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(freed.len(), 1);
+    assert_eq!(
+        read(&mut mm, BASE + 2 * PAGE).value,
+        0,
+        "the reused frame was zeroed"
+    );
+    let space = mm.space(1).expect("space 1");
+    let (frame, _) = space
+        .directory()
+        .translate(BASE + 2 * PAGE, mm.machine())
+        .expect("mapped");
+    assert_eq!(
+        frame.0, freed[0],
+        "the lowest free frame, just freed, is reused"
+    );
+}
+
+/// The flushes issued between the last activation and now.
+fn flushes(mm: &MemoryManager<TestMachine>) -> Vec<u64> {
+    mm.machine()
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Flush(va) => Some(*va),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn unmap_flushes_every_cleared_page_before_freeing_its_frame() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    write(&mut mm, BASE, 1);
+    write(&mut mm, BASE + 2 * PAGE, 2);
+    mm.machine_mut().events.clear();
+    let unmap = Op::Unmap {
+        space: 1,
+        addr: BASE,
+        size: 4 * PAGE,
+    };
+    mm.execute(unmap);
+    let events = &mm.machine().events;
+    let flush_at = |va| events.iter().position(|e| *e == Event::Flush(va));
+    let first_free = events.iter().position(|e| matches!(e, Event::Freed(_)));
+    assert!(
+        flush_at(BASE).is_some() && flush_at(BASE + 2 * PAGE).is_some(),
+        "{events:?}"
+    );
+    assert!(first_free > flush_at(BASE + 2 * PAGE), "{events:?}");
+}
+
+#[test]
+fn a_seeded_bug_switched_on_at_run_time_is_planted() {
+    let mut mm = mm_with_region(SeededBugs::NONE.with(Bug::NoTlbFlush));
+    write(&mut mm, BASE, 1);
+    mm.machine_mut().events.clear();
+    let unmap = Op::Unmap {
+        space: 1,
+        addr: BASE,
+        size: PAGE,
+    };
+    mm.execute(unmap);
+    assert!(
+        flushes(&mm).is_empty(),
+        "bug-no-tlb-flush: unmap skipped invlpg"
+    );
+    assert!(
+        SeededBugs::compiled().iter().next().is_none(),
+        "the test build plants nothing"
+    );
+}
+
+#[test]
+fn every_seeded_bug_has_a_feature_name_that_parses_back() {
+    for bug in Bug::ALL {
+        assert_eq!(Bug::from_feature(bug.feature()), Some(bug));
+    }
+    assert_eq!(Bug::from_feature("bug-nonexistent"), None);
+}
