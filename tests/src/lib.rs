@@ -3,7 +3,7 @@
 use shared_mm::boot_info::{GuestCommand, KERNEL_VIRT_BASE};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use vmm::hypercall::IdleDriver;
+use vmm::driver::IdleDriver;
 use vmm::{Vm, VmConfig, VmmError};
 
 /// Guest RAM the tests boot with: above the guest's minimum, small enough to set up quickly.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::coverage::{CoverageMap, CoverageSet};
+use vmm::driver::Driver;
 use vmm::guest_build::{build_variant_with, GuestVariant};
-use vmm::hypercall::Driver;
 use vmm::scenario::{Script, SelfCheck};
 use vmm::{Vm, VmConfig};
 

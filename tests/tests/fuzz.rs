@@ -43,6 +43,7 @@ fn campaign(name: &str, kernel: Vec<u8>, ops: u64, shrink: bool) -> CampaignConf
         },
         out_dir: out_dir(name),
         kernel_label: name.to_string(),
+        guest_features: Vec::new(),
         progress: false,
         coverage,
         max_findings: 1,

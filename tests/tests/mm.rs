@@ -88,7 +88,7 @@ struct FrameProbe {
     frames: Vec<Vec<Option<u64>>>,
 }
 
-impl vmm::hypercall::Driver for FrameProbe {
+impl vmm::driver::Driver for FrameProbe {
     fn next_batch(
         &mut self,
         mem: &vm_memory::GuestMemoryMmap,

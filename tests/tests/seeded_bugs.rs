@@ -1,44 +1,59 @@
-//! Seeded bugs: each guest variant plants one classic MM bug; the agreement checker (or, for
-//! what page tables cannot show, the expected results) must catch it, and the correct guest must
-//! pass the same scenario clean.
+//! Seeded bugs: each plants one classic MM bug, as a guest variant under KVM and switched on at
+//! run time on the sim; the agreement checker (or, for what page tables cannot show, the
+//! expected results) must catch it on both backends, and the correct MM must pass the same
+//! scenario clean.
 
+use guest_mm::{Bug, SeededBugs};
 use std::io::Write;
 use std::time::Duration;
 use vmm::checker::Rule;
 use vmm::guest_build::build_variant;
 use vmm::scenario::{bug_bait, run_checked, Outcome};
-use vmm::{Vm, VmConfig};
+use vmm::{Backend, Guest, VmConfig};
 
-fn run_variant(features: &[&str]) -> Outcome {
-    let elf = build_variant(features).unwrap_or_else(|e| panic!("{e}"));
-    let kernel = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
-    let config = VmConfig {
-        kernel,
+/// The bait scenario's outcome with `bug` planted (none: the correct MM) on `backend`.
+fn run_on(backend: Backend, bug: Option<Bug>) -> Outcome {
+    let mut config = VmConfig {
         timeout: Some(Duration::from_secs(30)),
+        backend,
         ..VmConfig::default()
     };
-    let mut vm = Vm::new(&config).expect("boot the guest variant");
+    match (backend, bug) {
+        (Backend::Kvm, Some(bug)) => {
+            let elf = build_variant(&[bug.feature()]).unwrap_or_else(|e| panic!("{e}"));
+            config.kernel =
+                std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
+        }
+        (Backend::Sim, Some(bug)) => config.seeded_bugs = SeededBugs::NONE.with(bug),
+        (_, None) => {}
+    }
+    let mut vm = Guest::boot(&config).expect("boot the guest");
     run_checked(&mut vm, &bug_bait())
-        .unwrap_or_else(|e| panic!("{features:?}: {e}\n{}", vm.console_output()))
+        .unwrap_or_else(|e| panic!("{bug:?} on {backend}: {e}\n{}", vm.console_output()))
 }
 
 fn rules(outcome: &Outcome) -> Vec<Rule> {
     outcome.findings.iter().map(|(_, f)| f.rule).collect()
 }
 
-/// The variant is caught by the checker with `rule`.
+/// The bug is caught by the checker with `rule`, on both backends.
 fn assert_checker_reports(bug: &str, rule: Rule) {
-    let outcome = run_variant(&[bug]);
-    assert!(
-        rules(&outcome).contains(&rule),
-        "{bug}: expected a {rule} finding, got {outcome:#?}"
-    );
+    let bug = Bug::from_feature(bug).expect("a seeded bug");
+    for backend in [Backend::Kvm, Backend::Sim] {
+        let outcome = run_on(backend, Some(bug));
+        assert!(
+            rules(&outcome).contains(&rule),
+            "{bug:?} on {backend}: expected a {rule} finding, got {outcome:#?}"
+        );
+    }
 }
 
 #[test]
-fn correct_guest_passes_the_bait_clean() {
-    let outcome = run_variant(&[]);
-    assert!(outcome.is_clean(), "{outcome:#?}");
+fn correct_mm_passes_the_bait_clean_on_both_backends() {
+    for backend in [Backend::Kvm, Backend::Sim] {
+        let outcome = run_on(backend, None);
+        assert!(outcome.is_clean(), "{backend}: {outcome:#?}");
+    }
 }
 
 #[test]
@@ -63,18 +78,38 @@ fn frame_freed_while_mapped_is_reported() {
 
 #[test]
 fn partial_unmap_off_by_one_page_is_reported() {
-    let outcome = run_variant(&["bug-split-off-by-one"]);
-    let stale: Vec<u64> = outcome
-        .findings
-        .iter()
-        .filter(|(_, f)| f.rule == Rule::PteInHole)
-        .filter_map(|(_, f)| f.va)
-        .collect();
-    // Exactly the last page of the two-page unmap keeps its PTE.
+    for backend in [Backend::Kvm, Backend::Sim] {
+        let outcome = run_on(backend, Some(Bug::SplitOffByOne));
+        let stale: Vec<u64> = outcome
+            .findings
+            .iter()
+            .filter(|(_, f)| f.rule == Rule::PteInHole)
+            .filter_map(|(_, f)| f.va)
+            .collect();
+        // Exactly the last page of the two-page unmap keeps its PTE.
+        assert!(
+            stale.contains(&0x40_1000) && !stale.contains(&0x40_0000),
+            "{backend}: {outcome:#?}"
+        );
+    }
+}
+
+/// The missing flush shows in behaviour: the touch after unmap reads through the stale
+/// translation instead of faulting, which the expected results catch.
+fn assert_stale_read_caught(outcome: &Outcome) {
     assert!(
-        stale.contains(&0x40_1000) && !stale.contains(&0x40_0000),
+        outcome
+            .mismatches
+            .iter()
+            .any(|m| m.contains("unmapped page faults")),
         "{outcome:#?}"
     );
+}
+
+#[test]
+fn missing_tlb_flush_on_unmap_is_caught_on_the_sim_every_time() {
+    // The sim's TLB keeps every entry until it is flushed, so no luck is involved.
+    assert_stale_read_caught(&run_on(Backend::Sim, Some(Bug::NoTlbFlush)));
 }
 
 /// Whether the host CPU exposes hardware virtualization (VMX or SVM). Without it, this host's
@@ -90,7 +125,7 @@ fn hardware_virtualization() -> bool {
 
 #[test]
 fn missing_tlb_flush_on_unmap_is_caught_where_the_tlb_can_go_stale() {
-    let outcome = run_variant(&["bug-no-tlb-flush"]);
+    let outcome = run_on(Backend::Kvm, Some(Bug::NoTlbFlush));
     if outcome.is_clean() && !hardware_virtualization() {
         // Straight to stderr, past the test harness's capture, so the skip shows in CI logs.
         let _ = writeln!(
@@ -102,11 +137,5 @@ fn missing_tlb_flush_on_unmap_is_caught_where_the_tlb_can_go_stale() {
     }
     // Page tables are right, so the checker cannot see it: the expected fault after unmap is
     // what catches it (the touch reads through the stale translation instead).
-    assert!(
-        outcome
-            .mismatches
-            .iter()
-            .any(|m| m.contains("unmapped page faults")),
-        "{outcome:#?}"
-    );
+    assert_stale_read_caught(&outcome);
 }

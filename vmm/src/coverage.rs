@@ -138,7 +138,7 @@ impl Elf<'_> {
 /// A coverage build of the guest ([`crate::guest_build::GuestVariant::with_coverage`]) keeps one
 /// 8-bit counter per control-flow edge between `__start___sancov_cntrs` and
 /// `__stop___sancov_cntrs`. The guest only increments them; the host reads them while the guest is
-/// paused (in [`crate::hypercall::Driver::next_batch`]), merges them into a [`CoverageSet`] and
+/// paused (in [`crate::driver::Driver::next_batch`]), merges them into a [`CoverageSet`] and
 /// zeroes them for the next batch: one read and one write per batch. `Vm` does not keep the
 /// kernel image, so find the counters in the ELF bytes the VM was booted from:
 ///

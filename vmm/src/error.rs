@@ -56,6 +56,8 @@ pub enum VmmError {
     SelfCheckFailed(Vec<String>),
     /// The host-side driver of the guest's work failed.
     Driver(String),
+    /// The chosen backend cannot do what was asked.
+    BackendUnsupported { backend: &'static str, what: String },
 }
 
 impl fmt::Display for VmmError {
@@ -133,6 +135,9 @@ impl fmt::Display for VmmError {
                 failures.iter().try_for_each(|line| write!(f, "\n  {line}"))
             }
             VmmError::Driver(why) => write!(f, "{why}"),
+            VmmError::BackendUnsupported { backend, what } => {
+                write!(f, "the {backend} backend does not support {what}")
+            }
         }
     }
 }

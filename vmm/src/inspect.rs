@@ -11,10 +11,10 @@ mod svg;
 mod table;
 
 use crate::checker::{self, access_string, Finding};
-use crate::hypercall::{Driver, SpaceSnapshot};
+use crate::driver::{Driver, SpaceSnapshot};
 use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
 use crate::scenario::check;
-use crate::{Vm, VmConfig, VmmError};
+use crate::{Guest, VmConfig, VmmError};
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
 };
@@ -397,7 +397,7 @@ impl Driver for Inspector {
 
 /// Boots the guest of `config`, runs the inspect scenario and reports every space and the kernel.
 pub fn inspect(config: &VmConfig) -> Result<Report, VmmError> {
-    let mut vm = Vm::new(config)?;
+    let mut vm = Guest::boot(config)?;
     let mut inspector = Inspector::new(scenario::batches());
     let status = vm.run(&mut inspector)?;
     let mut report = inspector.report.ok_or_else(|| {

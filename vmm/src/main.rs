@@ -2,6 +2,7 @@
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
+use guest_mm::{Bug, SeededBugs};
 use shared_mm::boot_info::GuestCommand;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
 use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::SelfCheck;
-use vmm::{Vm, VmConfig, VmmError};
+use vmm::{Backend, Guest, VmConfig, VmmError};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,15 @@ struct GuestArgs {
     /// [default: 24301 (0x5eed); replay: the reproducer's].
     #[arg(long)]
     seed: Option<u64>,
+    /// Where the MM runs: kvm (the guest kernel under KVM) or sim (the MM library on the
+    /// in-process simulated machine) [default: kvm; replay: the reproducer's].
+    #[arg(long, value_name = "kvm|sim")]
+    backend: Option<Backend>,
+    /// Plant these seeded bugs (comma-separated cargo features of the guest, e.g.
+    /// bug-stale-pte). kvm builds a guest variant (needs this source checkout and cargo); sim
+    /// switches them on at run time [replay: the reproducer's].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    guest_features: Option<Vec<String>>,
 }
 
 /// Guest RAM when `--memory` is not given.
@@ -53,6 +63,14 @@ const DEFAULT_SEED: u64 = 0x5eed;
 impl GuestArgs {
     fn seed(&self) -> u64 {
         self.seed.unwrap_or(DEFAULT_SEED)
+    }
+
+    fn backend(&self) -> Backend {
+        self.backend.unwrap_or_default()
+    }
+
+    fn features(&self) -> &[String] {
+        self.guest_features.as_deref().unwrap_or_default()
     }
 }
 
@@ -125,14 +143,11 @@ struct FuzzArgs {
     /// Stop once this many distinct failures are found (0: run the whole budget).
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_findings: usize,
-    /// Build the guest with sanitizer coverage and steer generation toward new edges (needs
-    /// this source checkout and cargo). A --kernel built with coverage enables it too.
+    /// Build the guest with sanitizer coverage and steer generation toward new edges (kvm
+    /// only; needs this source checkout and cargo). A --kernel built with coverage enables it
+    /// too.
     #[arg(long)]
     coverage: bool,
-    /// Build the guest with these cargo features (comma-separated, e.g. a seeded bug:
-    /// bug-stale-pte) instead of using the embedded one.
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    guest_features: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -142,18 +157,75 @@ enum Misbehave {
     TripleFault,
 }
 
-fn config(args: &GuestArgs, command: GuestCommand) -> anyhow::Result<VmConfig> {
-    let kernel = match &args.kernel {
-        Some(path) => std::fs::read(path).map_err(|source| VmmError::KernelUnreadable {
-            path: path.clone(),
+/// The seeded bugs `features` name; every feature must be one.
+fn seeded_bugs(features: &[String]) -> anyhow::Result<SeededBugs> {
+    features.iter().try_fold(SeededBugs::NONE, |bugs, name| {
+        let bug = Bug::from_feature(name).ok_or_else(|| {
+            let known: Vec<&str> = Bug::ALL.iter().map(|b| b.feature()).collect();
+            anyhow!(
+                "unknown guest feature {name:?} (the seeded bugs are {})",
+                known.join(", ")
+            )
+        })?;
+        Ok(bugs.with(bug))
+    })
+}
+
+/// The kernel image to boot under KVM and how reproducers name it: `--kernel`, a variant
+/// built with `features` (and coverage), or the embedded guest.
+fn kvm_kernel(args: &GuestArgs, coverage: bool) -> anyhow::Result<(Vec<u8>, String)> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| VmmError::KernelUnreadable {
+            path: path.to_path_buf(),
             source,
-        })?,
-        None => vmm::vm::EMBEDDED_KERNEL.to_vec(),
+        })
     };
+    if let Some(path) = &args.kernel {
+        if coverage || !args.features().is_empty() {
+            bail!("--kernel cannot be combined with --coverage or --guest-features");
+        }
+        return Ok((read(path)?, path.display().to_string()));
+    }
+    if !coverage && args.features().is_empty() {
+        return Ok((vmm::vm::EMBEDDED_KERNEL.to_vec(), "embedded".into()));
+    }
+    let features: Vec<&str> = args.features().iter().map(String::as_str).collect();
+    let mut variant = GuestVariant::new(&features);
+    if coverage {
+        variant = variant.with_coverage();
+    }
+    eprintln!("vmm: building guest variant {}", variant.name());
+    let path = build_variant_with(&variant).map_err(anyhow::Error::msg)?;
+    Ok((read(&path)?, path.display().to_string()))
+}
+
+/// The VM configuration `args` describe, and the kernel's label for reproducers.
+fn config_with(
+    args: &GuestArgs,
+    command: GuestCommand,
+    coverage: bool,
+) -> anyhow::Result<(VmConfig, String)> {
     if !(args.timeout.is_finite() && args.timeout >= 0.0) {
         bail!("--timeout {} is not a number of seconds", args.timeout);
     }
-    Ok(VmConfig {
+    let seeded = seeded_bugs(args.features())?;
+    let (kernel, label, seeded_bugs) = match args.backend() {
+        Backend::Kvm => {
+            let (kernel, label) = kvm_kernel(args, coverage)?;
+            (kernel, label, SeededBugs::NONE)
+        }
+        Backend::Sim => {
+            if args.kernel.is_some() {
+                bail!("--kernel needs --backend kvm: sim runs the MM library built into vmm");
+            }
+            if coverage {
+                bail!("--coverage needs --backend kvm: the sim's MM is not instrumented");
+            }
+            // The embedded image only lays out RAM; its code does not run.
+            (vmm::vm::EMBEDDED_KERNEL.to_vec(), "embedded".into(), seeded)
+        }
+    };
+    let config = VmConfig {
         kernel,
         // Saturates: an overflowing size is then refused by the VM's own size check.
         memory: args
@@ -164,7 +236,14 @@ fn config(args: &GuestArgs, command: GuestCommand) -> anyhow::Result<VmConfig> {
         echo_console: true,
         random_seed: args.seed(),
         command,
-    })
+        backend: args.backend(),
+        seeded_bugs,
+    };
+    Ok((config, label))
+}
+
+fn config(args: &GuestArgs, command: GuestCommand) -> anyhow::Result<VmConfig> {
+    config_with(args, command, false).map(|(config, _)| config)
 }
 
 fn run(cli: Cli) -> anyhow::Result<u32> {
@@ -180,7 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 Some(Misbehave::Hang) => GuestCommand::Hang,
                 Some(Misbehave::TripleFault) => GuestCommand::TripleFault,
             };
-            let mut vm = Vm::new(&config(&guest, command)?)?;
+            let mut vm = Guest::boot(&config(&guest, command)?)?;
             let (status, check, findings) = if no_check {
                 let mut check = SelfCheck::new();
                 (vm.run(&mut check)?, check, Vec::new())
@@ -248,39 +327,20 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         ref out,
         quiet,
         coverage,
-        ref guest_features,
         max_findings,
     } = *args;
     let (check, shrink) = (!no_check, !no_shrink);
     if jobs == 0 || batch == 0 {
         bail!("--jobs and --batch must be at least 1");
     }
-    let mut vm = config(guest, GuestCommand::Serve)?;
+    let (mut vm, kernel_label) = config_with(guest, GuestCommand::Serve, coverage)?;
     vm.echo_console = false;
-    let mut kernel_label = guest
-        .kernel
-        .as_ref()
-        .map_or("embedded".into(), |p| p.display().to_string());
-    if coverage || !guest_features.is_empty() {
-        if guest.kernel.is_some() {
-            bail!("--kernel cannot be combined with --coverage or --guest-features");
-        }
-        let features: Vec<&str> = guest_features.iter().map(String::as_str).collect();
-        let mut variant = GuestVariant::new(&features);
-        if coverage {
-            variant = variant.with_coverage();
-        }
-        eprintln!("vmm fuzz: building guest variant {}", variant.name());
-        let path = build_variant_with(&variant).map_err(anyhow::Error::msg)?;
-        vm.kernel = std::fs::read(&path).map_err(|source| VmmError::KernelUnreadable {
-            path: path.clone(),
-            source,
-        })?;
-        kernel_label = path.display().to_string();
-    }
-    let counters = CoverageMap::from_elf(&vm.kernel)
-        .map_err(anyhow::Error::msg)
-        .context("reading the kernel's coverage counters")?;
+    let counters = match guest.backend() {
+        Backend::Kvm => CoverageMap::from_elf(&vm.kernel)
+            .map_err(anyhow::Error::msg)
+            .context("reading the kernel's coverage counters")?,
+        Backend::Sim => None,
+    };
     if coverage && counters.is_none() {
         bail!("the coverage guest has no sanitizer-coverage counters");
     }
@@ -295,18 +355,20 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         vm,
         out_dir: out.clone(),
         kernel_label,
+        guest_features: guest.features().to_vec(),
         progress: !quiet,
         coverage: counters,
         max_findings,
     };
     let report = run_campaign(&campaign)?;
     eprintln!(
-        "vmm fuzz: {} ops in {:.1} s ({:.1} s of it shrinking; {:.0} ops/s fuzzing) on {} guest boot(s), seed {}, {} job(s), checker {}",
+        "vmm fuzz: {} ops in {:.1} s ({:.1} s of it shrinking; {:.0} ops/s fuzzing) on {} guest boot(s) ({}), seed {}, {} job(s), checker {}",
         report.ops_executed,
         report.elapsed.as_secs_f64(),
         report.shrinking.as_secs_f64(),
         report.ops_per_second(),
         report.guests_booted,
+        guest.backend(),
         guest.seed(),
         jobs,
         if check { "on" } else { "off" }
@@ -339,34 +401,54 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     Ok(1)
 }
 
-fn replay_file(guest: &GuestArgs, file: &PathBuf) -> anyhow::Result<u32> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read reproducer {}", file.display()))?;
-    let repro = Reproducer::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    // What the command line leaves open comes from the reproducer: the same seed (randomized
-    // placement depends on it), RAM size and kernel make the same run.
+/// `guest` with what the command line leaves open taken from `repro`: the same seed
+/// (randomized placement depends on it), RAM size, backend, seeded bugs and kernel make the
+/// same run.
+fn recorded_args(guest: &GuestArgs, repro: &Reproducer) -> anyhow::Result<GuestArgs> {
     let mut guest = guest.clone();
     let recorded = |key: &str| repro.header_value(key).and_then(|v| v.parse::<u64>().ok());
     guest.seed = guest.seed.or(recorded("seed"));
     guest.memory = guest.memory.or(recorded("memory-mib"));
-    if guest.kernel.is_none() {
-        match repro.header_value("kernel").map(PathBuf::from) {
+    if guest.backend.is_none() {
+        if let Some(name) = repro.header_value("backend") {
+            guest.backend = Some(name.parse()?);
+        }
+    }
+    if guest.guest_features.is_none() {
+        guest.guest_features = repro.header_value("guest-features").map(|list| {
+            list.split(',')
+                .filter(|f| !f.is_empty())
+                .map(str::to_string)
+                .collect()
+        });
+    }
+    let recorded_kernel = repro.header_value("kernel").map(PathBuf::from);
+    let variant_given = !guest.features().is_empty();
+    if guest.kernel.is_none() && guest.backend() == Backend::Kvm && !variant_given {
+        match recorded_kernel {
             Some(path) if path.is_file() => guest.kernel = Some(path),
-            Some(path) if path != Path::new("embedded") => {
-                eprintln!(
-                    "vmm replay: recorded kernel {} is missing; using the embedded one",
-                    path.display()
-                )
-            }
+            Some(path) if path != Path::new("embedded") => eprintln!(
+                "vmm replay: recorded kernel {} is missing; using the embedded one",
+                path.display()
+            ),
             _ => {}
         }
     }
+    Ok(guest)
+}
+
+fn replay_file(guest: &GuestArgs, file: &PathBuf) -> anyhow::Result<u32> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read reproducer {}", file.display()))?;
+    let repro = Reproducer::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let guest = recorded_args(guest, &repro)?;
     let mut vm = config(&guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
         eprintln!(
-            "vmm replay: {} ops; recorded failure: {expected}",
-            repro.ops.len()
+            "vmm replay: {} ops on {}; recorded failure: {expected}",
+            repro.ops.len(),
+            guest.backend()
         );
     }
     match replay(&vm, &repro.ops, 1, true)? {

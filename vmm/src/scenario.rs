@@ -2,8 +2,8 @@
 //! real hypercalls, each step with the result the guest must produce.
 
 use crate::checker::{Checked, Finding};
-use crate::hypercall::{Driver, SpaceSnapshot};
-use crate::{Vm, VmmError};
+use crate::driver::{Driver, SpaceSnapshot};
+use crate::{Guest, VmmError};
 use shared_mm::abi::{
     access_bits::{EXECUTE, READ, USER, WRITE},
     FaultKind, Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_SPACE_END,
@@ -815,7 +815,7 @@ impl Outcome {
 }
 
 /// Runs `batches` of steps on `vm` with the agreement checker after every batch.
-pub fn run_checked(vm: &mut Vm, batches: &[Vec<Step>]) -> Result<Outcome, VmmError> {
+pub fn run_checked(vm: &mut Guest, batches: &[Vec<Step>]) -> Result<Outcome, VmmError> {
     let ops = batches
         .iter()
         .map(|b| b.iter().map(|s| s.op).collect())

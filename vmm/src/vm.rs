@@ -1,20 +1,21 @@
 //! One guest VM: memory, the loaded kernel, a vCPU in 64-bit mode, its devices and its run loop.
 
-use crate::arch::{cpuid, gdt::ENTRY_GDT, paging, regs};
+use crate::arch::{cpuid, regs};
+use crate::backend::Backend;
+use crate::boot_memory::{self, BootMemory};
+use crate::driver::Driver;
 use crate::error::VmmError;
-use crate::hypercall::{self, Driver, Next};
-use crate::loader::{self, LoadedKernel};
+use crate::hypercall::{self, Next};
+use crate::loader::LoadedKernel;
 use crate::serial::{ConsoleSink, SerialConsole, COM1_BASE, COM1_LEN};
 use crate::watchdog::Watchdog;
+use guest_mm::SeededBugs;
 use kvm_bindings::{kvm_userspace_memory_region, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use shared_mm::abi::{HYPERCALL_PORT, RAW_EXIT_PORT};
-use shared_mm::boot_info::{
-    BootInfo, GuestCommand, MemoryKind, MemoryRegion, BOOT_GDT_ADDR, BOOT_INFO_ADDR,
-    LOW_RESERVED_END, MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
-};
+use shared_mm::boot_info::{GuestCommand, BOOT_INFO_ADDR};
 use std::time::Duration;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// The guest kernel built by vmm/build.rs and embedded in this binary.
 pub static EMBEDDED_KERNEL: &[u8] = include_bytes!(env!("GUEST_KERNEL_ELF"));
@@ -37,6 +38,11 @@ pub struct VmConfig {
     pub random_seed: u64,
     /// What the guest does after boot.
     pub command: GuestCommand,
+    /// Where the guest MM runs.
+    pub backend: Backend,
+    /// Seeded bugs the sim backend plants at run time. Under KVM the kernel image carries its
+    /// bugs (as cargo features), and this is ignored.
+    pub seeded_bugs: SeededBugs,
 }
 
 impl Default for VmConfig {
@@ -48,6 +54,8 @@ impl Default for VmConfig {
             echo_console: false,
             random_seed: 0x5eed,
             command: GuestCommand::Serve,
+            backend: Backend::Kvm,
+            seeded_bugs: SeededBugs::NONE,
         }
     }
 }
@@ -65,28 +73,6 @@ pub struct Vm {
     timeout: Option<Duration>,
 }
 
-fn check_memory_size(size: u64) -> Result<(), VmmError> {
-    let bad = |reason: String| {
-        Err(VmmError::BadMemorySize {
-            requested: size,
-            reason,
-        })
-    };
-    if size < MIN_GUEST_RAM {
-        return bad(format!(
-            "the guest needs at least {} MiB",
-            MIN_GUEST_RAM >> 20
-        ));
-    }
-    if size > MAX_GUEST_RAM {
-        return bad(format!("at most {} GiB is supported", MAX_GUEST_RAM >> 30));
-    }
-    if !size.is_multiple_of(2 << 20) {
-        return bad("it must be a multiple of 2 MiB".into());
-    }
-    Ok(())
-}
-
 fn open_kvm() -> Result<Kvm, VmmError> {
     if !std::path::Path::new("/dev/kvm").exists() {
         return Err(VmmError::KvmUnavailable(
@@ -98,48 +84,19 @@ fn open_kvm() -> Result<Kvm, VmmError> {
     })
 }
 
-fn memory_map(ram_size: u64, kernel: &LoadedKernel) -> ([MemoryRegion; MAX_MEMORY_REGIONS], usize) {
-    let mut regions = [BootInfo::EMPTY_REGION; MAX_MEMORY_REGIONS];
-    let kernel_end = kernel.phys_end.next_multiple_of(0x1000);
-    let layout = [
-        (0, LOW_RESERVED_END, MemoryKind::Reserved),
-        (
-            LOW_RESERVED_END,
-            kernel.phys_start - LOW_RESERVED_END,
-            MemoryKind::Usable,
-        ),
-        (
-            kernel.phys_start,
-            kernel_end - kernel.phys_start,
-            MemoryKind::Reserved,
-        ),
-        (kernel_end, ram_size - kernel_end, MemoryKind::Usable),
-    ];
-    let mut n = 0;
-    for (base, size, kind) in layout {
-        if size > 0 {
-            regions[n] = MemoryRegion { base, size, kind };
-            n += 1;
-        }
-    }
-    (regions, n)
-}
-
 impl Vm {
     /// Creates the VM, loads the kernel and prepares the vCPU for 64-bit entry.
     pub fn new(config: &VmConfig) -> Result<Vm, VmmError> {
-        check_memory_size(config.memory)?;
         // Check the image before touching KVM, so a bad file is reported as such.
-        loader::check_elf(&config.kernel, config.memory)?;
+        boot_memory::check(config)?;
         let kvm = open_kvm()?;
         let vm = kvm.create_vm().map_err(|source| VmmError::Kvm {
             what: "KVM_CREATE_VM",
             source,
         })?;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.memory as usize)])
-            .map_err(|e| {
-                VmmError::GuestMemory(format!("cannot allocate {} MiB: {e}", config.memory >> 20))
-            })?;
+        let BootMemory {
+            mem, kernel, cr3, ..
+        } = boot_memory::prepare(config)?;
         for (slot, region) in mem.iter().enumerate() {
             let host = mem
                 .get_host_address(region.start_addr())
@@ -158,34 +115,6 @@ impl Vm {
                 source,
             })?;
         }
-
-        let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
-        let (regions, region_count) = memory_map(config.memory, &kernel);
-        let boot_info = BootInfo {
-            ram_size: config.memory,
-            mailbox_addr: MAILBOX_ADDR,
-            mailbox_size: MAILBOX_SIZE,
-            kernel_phys_start: kernel.phys_start,
-            kernel_phys_end: kernel.phys_end,
-            random_seed: config.random_seed,
-            command: config.command as u64,
-            region_count,
-            regions,
-        };
-        let mut encoded = [0u8; BootInfo::ENCODED_SIZE];
-        boot_info
-            .encode(&mut encoded)
-            .expect("buffer is ENCODED_SIZE");
-        let write = |data: &[u8], addr: u64| {
-            mem.write_slice(data, GuestAddress(addr))
-                .map_err(|e| VmmError::GuestMemory(format!("writing boot data at {addr:#x}: {e}")))
-        };
-        write(&encoded, BOOT_INFO_ADDR)?;
-        let gdt: Vec<u8> = ENTRY_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
-        write(&gdt, BOOT_GDT_ADDR)?;
-        let cr3 =
-            paging::build_boot_page_tables(&mem, config.memory, kernel.phys_start, kernel.phys_end)
-                .map_err(VmmError::GuestMemory)?;
 
         let vcpu = vm.create_vcpu(0).map_err(|source| VmmError::Kvm {
             what: "KVM_CREATE_VCPU",
@@ -316,39 +245,5 @@ impl Vm {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_sizes_are_checked() {
-        assert!(check_memory_size(DEFAULT_MEMORY).is_ok());
-        assert!(check_memory_size(1 << 20).is_err());
-        assert!(check_memory_size(1 << 50).is_err());
-        assert!(check_memory_size(DEFAULT_MEMORY + 4096).is_err());
-    }
-
-    #[test]
-    fn memory_map_reserves_boot_area_and_kernel() {
-        let kernel = LoadedKernel {
-            entry: 0,
-            phys_start: 0x20_0000,
-            phys_end: 0x28_0800,
-        };
-        let (regions, n) = memory_map(64 << 20, &kernel);
-        let map = &regions[..n];
-        assert_eq!(map.iter().map(|r| r.size).sum::<u64>(), 64 << 20);
-        assert_eq!(
-            map[2],
-            MemoryRegion {
-                base: 0x20_0000,
-                size: 0x8_1000,
-                kind: MemoryKind::Reserved
-            }
-        );
-        assert!(map.windows(2).all(|w| w[0].base + w[0].size == w[1].base));
     }
 }

@@ -33,6 +33,8 @@ pub struct CampaignConfig {
     pub out_dir: PathBuf,
     /// Recorded in reproducers: which kernel the run used (a path, or "embedded").
     pub kernel_label: String,
+    /// Recorded in reproducers: the seeded bugs planted (cargo features of the guest).
+    pub guest_features: Vec<String>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
     /// The kernel's coverage counters, when it was built with them: enables feedback.
@@ -152,6 +154,8 @@ impl Shared<'_> {
                 ("detail".into(), failure.description.clone()),
                 ("seed".into(), config.seed.to_string()),
                 ("job".into(), job.to_string()),
+                ("backend".into(), config.vm.backend.to_string()),
+                ("guest-features".into(), config.guest_features.join(",")),
                 ("kernel".into(), config.kernel_label.clone()),
                 ("memory-mib".into(), (config.vm.memory >> 20).to_string()),
                 ("found-after-ops".into(), ops_to_find.to_string()),

@@ -10,8 +10,8 @@ pub mod shrink;
 
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
-use crate::hypercall::{Driver, SpaceSnapshot};
-use crate::{Vm, VmConfig, VmmError};
+use crate::driver::{Driver, SpaceSnapshot};
+use crate::{Guest, VmConfig, VmmError};
 use generate::Generator;
 use model::Model;
 use shared_mm::abi::{FaultKind, Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE};
@@ -316,7 +316,7 @@ pub fn run_session(
     session: Session<'_, '_, '_>,
     check: bool,
 ) -> Result<Run, VmmError> {
-    let mut vm = Vm::new(config)?;
+    let mut vm = Guest::boot(config)?;
     let mut driver = Checked::new(session);
     driver.stop_on_finding = true;
     let outcome = if check {

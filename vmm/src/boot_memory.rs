@@ -1,0 +1,152 @@
+//! Guest RAM as both backends boot it: the kernel ELF loaded at its physical addresses, the
+//! boot info with its memory map, the entry GDT and the boot page tables.
+
+use crate::arch::{gdt::ENTRY_GDT, paging};
+use crate::error::VmmError;
+use crate::loader::{self, LoadedKernel};
+use crate::vm::VmConfig;
+use shared_mm::boot_info::{
+    BootInfo, MemoryKind, MemoryRegion, BOOT_GDT_ADDR, BOOT_INFO_ADDR, LOW_RESERVED_END,
+    MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Guest RAM ready to boot.
+pub struct BootMemory {
+    pub mem: GuestMemoryMmap,
+    /// Where the kernel image went.
+    pub kernel: LoadedKernel,
+    /// What the guest is told at entry (also written at `BOOT_INFO_ADDR`).
+    pub info: BootInfo,
+    /// The boot PML4.
+    pub cr3: u64,
+}
+
+pub(crate) fn check_memory_size(size: u64) -> Result<(), VmmError> {
+    let bad = |reason: String| {
+        Err(VmmError::BadMemorySize {
+            requested: size,
+            reason,
+        })
+    };
+    if size < MIN_GUEST_RAM {
+        return bad(format!(
+            "the guest needs at least {} MiB",
+            MIN_GUEST_RAM >> 20
+        ));
+    }
+    if size > MAX_GUEST_RAM {
+        return bad(format!("at most {} GiB is supported", MAX_GUEST_RAM >> 30));
+    }
+    if !size.is_multiple_of(2 << 20) {
+        return bad("it must be a multiple of 2 MiB".into());
+    }
+    Ok(())
+}
+
+/// Checks the RAM size and the kernel image, before anything is allocated.
+pub fn check(config: &VmConfig) -> Result<(), VmmError> {
+    check_memory_size(config.memory)?;
+    loader::check_elf(&config.kernel, config.memory).map(|_| ())
+}
+
+fn memory_map(ram_size: u64, kernel: &LoadedKernel) -> ([MemoryRegion; MAX_MEMORY_REGIONS], usize) {
+    let mut regions = [BootInfo::EMPTY_REGION; MAX_MEMORY_REGIONS];
+    let kernel_end = kernel.phys_end.next_multiple_of(0x1000);
+    let layout = [
+        (0, LOW_RESERVED_END, MemoryKind::Reserved),
+        (
+            LOW_RESERVED_END,
+            kernel.phys_start - LOW_RESERVED_END,
+            MemoryKind::Usable,
+        ),
+        (
+            kernel.phys_start,
+            kernel_end - kernel.phys_start,
+            MemoryKind::Reserved,
+        ),
+        (kernel_end, ram_size - kernel_end, MemoryKind::Usable),
+    ];
+    let mut n = 0;
+    for (base, size, kind) in layout {
+        if size > 0 {
+            regions[n] = MemoryRegion { base, size, kind };
+            n += 1;
+        }
+    }
+    (regions, n)
+}
+
+/// Allocates guest RAM and writes everything the guest finds there at entry.
+pub fn prepare(config: &VmConfig) -> Result<BootMemory, VmmError> {
+    check(config)?;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.memory as usize)])
+        .map_err(|e| {
+            VmmError::GuestMemory(format!("cannot allocate {} MiB: {e}", config.memory >> 20))
+        })?;
+    let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
+    let (regions, region_count) = memory_map(config.memory, &kernel);
+    let info = BootInfo {
+        ram_size: config.memory,
+        mailbox_addr: MAILBOX_ADDR,
+        mailbox_size: MAILBOX_SIZE,
+        kernel_phys_start: kernel.phys_start,
+        kernel_phys_end: kernel.phys_end,
+        random_seed: config.random_seed,
+        command: config.command as u64,
+        region_count,
+        regions,
+    };
+    let mut encoded = [0u8; BootInfo::ENCODED_SIZE];
+    info.encode(&mut encoded).expect("buffer is ENCODED_SIZE");
+    let write = |data: &[u8], addr: u64| {
+        mem.write_slice(data, GuestAddress(addr))
+            .map_err(|e| VmmError::GuestMemory(format!("writing boot data at {addr:#x}: {e}")))
+    };
+    write(&encoded, BOOT_INFO_ADDR)?;
+    let gdt: Vec<u8> = ENTRY_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
+    write(&gdt, BOOT_GDT_ADDR)?;
+    let cr3 =
+        paging::build_boot_page_tables(&mem, config.memory, kernel.phys_start, kernel.phys_end)
+            .map_err(VmmError::GuestMemory)?;
+    Ok(BootMemory {
+        mem,
+        kernel,
+        info,
+        cr3,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_are_checked() {
+        assert!(check_memory_size(crate::vm::DEFAULT_MEMORY).is_ok());
+        assert!(check_memory_size(1 << 20).is_err());
+        assert!(check_memory_size(1 << 50).is_err());
+        assert!(check_memory_size(crate::vm::DEFAULT_MEMORY + 4096).is_err());
+    }
+
+    #[test]
+    fn memory_map_reserves_boot_area_and_kernel() {
+        let kernel = LoadedKernel {
+            entry: 0,
+            phys_start: 0x20_0000,
+            phys_end: 0x28_0800,
+        };
+        let (regions, n) = memory_map(64 << 20, &kernel);
+        let map = &regions[..n];
+        assert_eq!(map.iter().map(|r| r.size).sum::<u64>(), 64 << 20);
+        assert_eq!(
+            map[2],
+            MemoryRegion {
+                base: 0x20_0000,
+                size: 0x8_1000,
+                kind: MemoryKind::Reserved
+            }
+        );
+        assert!(map.windows(2).all(|w| w[0].base + w[0].size == w[1].base));
+    }
+}

@@ -1,0 +1,211 @@
+//! The simulated CPU in ring 3. It runs the few instructions the MM's user accesses use (the
+//! trampoline's `mov rax, [rdi]` and `mov [rdi], rsi`, `nop`, and the `int3` that ends every
+//! stay); anything else raises #UD. Every fetch and data access is translated through the TLB
+//! first and through the page tables on a miss, and faults as the hardware raises them: #GP
+//! for a non-canonical address, #PF with the architectural error code and CR2 otherwise.
+
+use crate::page_walk::{self, WalkError};
+use crate::tlb::{Access, Tlb, Translation};
+use guest_mm::machine::{
+    PF_FETCH, PF_PRESENT, PF_RESERVED, PF_USER, PF_WRITE, VECTOR_BREAKPOINT,
+    VECTOR_GENERAL_PROTECTION, VECTOR_INVALID_OPCODE, VECTOR_PAGE_FAULT,
+};
+use guest_mm::{UserEntry, UserTrap};
+use shared_mm::pte::is_canonical;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Instructions one stay in ring 3 may run: the longest the MM starts is three.
+const MAX_INSTRUCTIONS: usize = 16;
+
+const PAGE: u64 = 4096;
+
+const INT3: u8 = 0xcc;
+const NOP: u8 = 0x90;
+const REX_W: u8 = 0x48;
+const LOAD: [u8; 3] = [0x48, 0x8b, 0x07]; // mov rax, [rdi]
+const STORE: [u8; 3] = [0x48, 0x89, 0x37]; // mov [rdi], rsi
+
+struct Cpu<'a> {
+    mem: &'a GuestMemoryMmap,
+    cr3: u64,
+    tlb: &'a mut Tlb,
+    rip: u64,
+    rdi: u64,
+    rsi: u64,
+    rax: u64,
+}
+
+/// Runs ring-3 code from `entry` until its first exception.
+pub fn run(mem: &GuestMemoryMmap, cr3: u64, tlb: &mut Tlb, entry: &UserEntry) -> UserTrap {
+    let mut cpu = Cpu {
+        mem,
+        cr3,
+        tlb,
+        rip: entry.rip,
+        rdi: entry.rdi,
+        rsi: entry.rsi,
+        rax: 0,
+    };
+    for _ in 0..MAX_INSTRUCTIONS {
+        if let Err(trap) = cpu.step() {
+            return trap;
+        }
+    }
+    panic!(
+        "ring 3 ran {MAX_INSTRUCTIONS} instructions from {:#x} without a trap",
+        entry.rip
+    );
+}
+
+fn trap(vector: u64, error_code: u64, fault_address: u64) -> UserTrap {
+    UserTrap {
+        vector,
+        error_code,
+        fault_address,
+        rip: 0,
+        rax: 0,
+    }
+}
+
+fn error_code(access: Access, present: bool) -> u64 {
+    let mut code = PF_USER;
+    if present {
+        code |= PF_PRESENT;
+    }
+    match access {
+        Access::Read => code,
+        Access::Write => code | PF_WRITE,
+        Access::Fetch => code | PF_FETCH,
+    }
+}
+
+impl Cpu<'_> {
+    /// Runs one instruction; `Err` is the exception it raised.
+    fn step(&mut self) -> Result<(), UserTrap> {
+        let opcode = self.fetch(0)?;
+        match opcode {
+            INT3 => Err(UserTrap {
+                vector: VECTOR_BREAKPOINT,
+                error_code: 0,
+                fault_address: 0,
+                rip: self.rip + 1,
+                rax: self.rax,
+            }),
+            NOP => {
+                self.rip += 1;
+                Ok(())
+            }
+            REX_W => {
+                let insn = [opcode, self.fetch(1)?, self.fetch(2)?];
+                if insn == LOAD {
+                    self.rax = self.load(self.rdi)?;
+                } else if insn == STORE {
+                    self.store(self.rdi, self.rsi)?;
+                } else {
+                    return Err(self.invalid_opcode());
+                }
+                self.rip += 3;
+                Ok(())
+            }
+            _ => Err(self.invalid_opcode()),
+        }
+    }
+
+    fn invalid_opcode(&self) -> UserTrap {
+        UserTrap {
+            rip: self.rip,
+            ..trap(VECTOR_INVALID_OPCODE, 0, 0)
+        }
+    }
+
+    /// The instruction byte at `rip + offset`.
+    fn fetch(&mut self, offset: u64) -> Result<u8, UserTrap> {
+        let va = self.rip.wrapping_add(offset);
+        let phys = self.translate(va, Access::Fetch)?;
+        let mut byte = [0u8];
+        self.read_into(phys, &mut byte);
+        Ok(byte[0])
+    }
+
+    /// The physical address of `va` for `access`: the TLB's entry if it has one, else a walk of
+    /// the active tables, whose result is cached.
+    fn translate(&mut self, va: u64, access: Access) -> Result<u64, UserTrap> {
+        if !is_canonical(va) {
+            return Err(trap(VECTOR_GENERAL_PROTECTION, 0, 0));
+        }
+        if let Some(cached) = self.tlb.lookup(va) {
+            if cached.allows(access) {
+                return Ok(cached.phys(va));
+            }
+            // A stale entry with fewer rights faults as it stands; the fault drops it.
+            self.tlb.fault(va);
+            return Err(trap(VECTOR_PAGE_FAULT, error_code(access, true), va));
+        }
+        match page_walk::translate(self.mem, self.cr3, va) {
+            Ok(Some(found)) => {
+                let translation = Translation::of(&found.leaf);
+                if !translation.allows(access) {
+                    self.tlb.fault(va);
+                    return Err(trap(VECTOR_PAGE_FAULT, error_code(access, true), va));
+                }
+                self.tlb.fill(translation);
+                Ok(found.phys)
+            }
+            Ok(None) => Err(trap(VECTOR_PAGE_FAULT, error_code(access, false), va)),
+            Err(WalkError::NonCanonical { .. }) => Err(trap(VECTOR_GENERAL_PROTECTION, 0, 0)),
+            // Reserved bits, or a table outside RAM (which reads as all ones on hardware).
+            Err(_) => Err(trap(
+                VECTOR_PAGE_FAULT,
+                error_code(access, true) | PF_RESERVED,
+                va,
+            )),
+        }
+    }
+
+    /// The physical addresses of the 8 bytes at `va` for `access`: one piece, or two where the
+    /// access crosses a page. Both pages are translated before anything is accessed, lower one
+    /// first (a fault on the upper one reports its first byte in CR2).
+    fn data_pieces(&mut self, va: u64, access: Access) -> Result<[(u64, usize); 2], UserTrap> {
+        let Some(last) = va.checked_add(7).filter(|&l| is_canonical(l)) else {
+            return Err(trap(VECTOR_GENERAL_PROTECTION, 0, 0));
+        };
+        let first = self.translate(va, access)?;
+        let split = (PAGE - va % PAGE).min(8) as usize;
+        if split == 8 {
+            return Ok([(first, 8), (0, 0)]);
+        }
+        let second = self.translate(last & !(PAGE - 1), access)?;
+        Ok([(first, split), (second, 8 - split)])
+    }
+
+    fn load(&mut self, va: u64) -> Result<u64, UserTrap> {
+        let mut bytes = [0u8; 8];
+        let mut at = 0;
+        for (phys, len) in self.data_pieces(va, Access::Read)? {
+            self.read_into(phys, &mut bytes[at..at + len]);
+            at += len;
+        }
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    fn store(&mut self, va: u64, value: u64) -> Result<(), UserTrap> {
+        let bytes = value.to_le_bytes();
+        let mut at = 0;
+        for (phys, len) in self.data_pieces(va, Access::Write)? {
+            if let Err(e) = self
+                .mem
+                .write_slice(&bytes[at..at + len], GuestAddress(phys))
+            {
+                panic!("ring-3 store to physical {phys:#x}: {e}");
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
+    fn read_into(&self, phys: u64, buf: &mut [u8]) {
+        if let Err(e) = self.mem.read_slice(buf, GuestAddress(phys)) {
+            panic!("ring-3 access to physical {phys:#x}: {e}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The sim backend: the guest's MM library run in-process on a simulated x86_64 machine, served
+//! as the guest's agent loop serves the mailbox. Fast and deterministic, with guest RAM laid out
+//! exactly as under KVM (the same kernel image, boot info and boot page tables), so the same
+//! seed and operations give the same results on both backends.
+
+pub mod cpu;
+pub mod machine;
+mod panic;
+
+use crate::boot_memory;
+use crate::driver::Driver;
+use crate::error::VmmError;
+use crate::serial::ConsoleSink;
+use crate::vm::VmConfig;
+use guest_mm::{MemoryManager, PhysicalFrame};
+use machine::SimMachine;
+use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status, MAX_BATCH, OP_RECORD_SIZE};
+use shared_mm::boot_info::GuestCommand;
+use std::io::Write;
+use vm_memory::GuestMemoryMmap;
+
+/// A booted simulated guest.
+pub struct SimVm {
+    mem: GuestMemoryMmap,
+    mm: MemoryManager<SimMachine>,
+    console: ConsoleSink,
+}
+
+impl SimVm {
+    /// Lays out guest RAM as a KVM boot would and brings up the MM on the simulated machine.
+    pub fn new(config: &VmConfig) -> Result<SimVm, VmmError> {
+        if config.command != GuestCommand::Serve {
+            return Err(VmmError::BackendUnsupported {
+                backend: "sim",
+                what: format!(
+                    "the {:?} boot command (sim runs only the MM agent)",
+                    config.command
+                ),
+            });
+        }
+        let boot = boot_memory::prepare(config)?;
+        let mut console = ConsoleSink::new(config.echo_console);
+        let _ = writeln!(console, "sim: booted, {} MiB RAM", boot.info.ram_size >> 20);
+        let machine = SimMachine::new(boot.mem.clone(), boot.cr3);
+        let bugs = config.seeded_bugs;
+        let (mm, _heap) = panic::catch(|| {
+            match MemoryManager::init(&boot.info, PhysicalFrame(boot.cr3), machine, bugs) {
+                Ok(ready) => ready,
+                Err(e) => panic!("memory manager init failed: {e:?}"),
+            }
+        })?;
+        let _ = writeln!(
+            console,
+            "sim: memory manager up: {} kernel regions, {} free frames",
+            mm.kernel_tree().len(),
+            mm.free_frames()
+        );
+        Ok(SimVm {
+            mem: boot.mem,
+            mm,
+            console,
+        })
+    }
+
+    /// Guest RAM, for introspection.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The MM, for introspection (its machine holds the TLB).
+    pub fn mm(&self) -> &MemoryManager<SimMachine> {
+        &self.mm
+    }
+
+    /// Everything the sim printed.
+    pub fn console_output(&self) -> String {
+        self.console.captured()
+    }
+
+    /// Serves `driver` until it has no more work; returns the exit status (0).
+    pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
+        let _ = writeln!(self.console, "sim: serving MM operations");
+        let mut results: Vec<OpResult> = Vec::new();
+        loop {
+            let spaces: Vec<SpaceRecord> = self.mm.space_records().collect();
+            let Some(ops) = driver
+                .next_batch(&self.mem, &results, &spaces)
+                .map_err(VmmError::Driver)?
+            else {
+                return Ok(0);
+            };
+            if ops.len() > MAX_BATCH {
+                return Err(VmmError::Driver(format!(
+                    "batch of {} ops exceeds {MAX_BATCH}",
+                    ops.len()
+                )));
+            }
+            results.clear();
+            for op in ops {
+                results.push(self.execute(op, driver)?);
+            }
+        }
+    }
+
+    /// Runs one operation as the guest would receive it: through its wire encoding.
+    fn execute(&mut self, op: Op, driver: &mut dyn Driver) -> Result<OpResult, VmmError> {
+        let mut record = [0u8; OP_RECORD_SIZE];
+        op.encode(&mut record)
+            .expect("record buffer is OP_RECORD_SIZE");
+        match Op::decode(&record) {
+            None => Ok(OpResult::error(Status::BadOp)),
+            Some(Op::Snapshot { space }) => self.snapshot(space, driver),
+            Some(op) => panic::catch(|| self.mm.execute(op)),
+        }
+    }
+
+    /// Hands the region tree of `space` to `driver` in one chunk.
+    fn snapshot(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, VmmError> {
+        let Some(export) = self.mm.export(space) else {
+            return Ok(OpResult::error(Status::NoSuchSpace));
+        };
+        let (cr3, total) = (export.cr3, export.total as u64);
+        let records: Vec<RegionRecord> = export.regions.collect();
+        driver
+            .snapshot(&self.mem, space, cr3, 0, total, &records)
+            .map_err(VmmError::Driver)?;
+        Ok(OpResult {
+            value: total,
+            ..OpResult::ok()
+        })
+    }
+}
