@@ -32,10 +32,7 @@ fn campaign(name: &str, kernel: Vec<u8>, ops: u64, shrink: bool) -> CampaignConf
         batch: 64,
         check: true,
         shrink,
-        shrink_budget: Budget {
-            max_replays: 400,
-            max_time: Duration::from_secs(60),
-        },
+        shrink_budget: Budget { max_replays: 400 },
         vm: VmConfig {
             kernel,
             timeout: Some(Duration::from_secs(30)),

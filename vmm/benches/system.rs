@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use guest_mm::{Bug, SeededBugs};
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
     Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, Status, HEADER_SIZE,
@@ -23,10 +24,12 @@ use shared_mm::region::{Access, Region};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::Checked;
 use vmm::driver::{Driver, IdleDriver};
+use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
+use vmm::fuzz::shrink::Budget;
 use vmm::hypercall;
 use vmm::page_walk::{leaves, PageTableBuilder};
 use vmm::scenario::Script;
-use vmm::{Vm, VmConfig};
+use vmm::{Backend, Vm, VmConfig};
 
 /// Samples per figure; the median is reported.
 const SAMPLES: usize = 7;
@@ -60,7 +63,8 @@ struct Row {
 }
 
 const RATIO_LEGEND: &str = "ratio: RegionTree rows, first fit's time / RegionTree's (speed-up); \
-     Ping row, Ping / raw exit; checker row, ops/s without / with the checker (slow-down).";
+     Ping row, Ping / raw exit; checker row, ops/s without / with the checker (slow-down); \
+     sim fuzz rows, sim ops/s / kvm ops/s; seeded-bug rows, shrinking time / time to find.";
 
 impl Row {
     fn new(name: impl Into<String>, value: f64, unit: &'static str) -> Self {
@@ -717,6 +721,115 @@ fn boot(rows: &mut Vec<Row>) {
     ));
 }
 
+// ---- 6. Fuzzing on both backends -------------------------------------------------------------
+
+/// A one-job campaign with the model and the checker after every 64-op batch.
+fn campaign(backend: Backend, ops: u64, bugs: SeededBugs, name: &str) -> CampaignConfig {
+    CampaignConfig {
+        seed: 1,
+        ops,
+        jobs: 1,
+        batch: 64,
+        check: true,
+        shrink: true,
+        shrink_budget: Budget::default(),
+        vm: VmConfig {
+            echo_console: false,
+            backend,
+            seeded_bugs: bugs,
+            ..VmConfig::default()
+        },
+        out_dir: std::env::temp_dir().join(format!("vmm-bench-{name}-{}", std::process::id())),
+        kernel_label: "embedded".into(),
+        guest_features: bugs.iter().map(|b| b.feature().to_string()).collect(),
+        progress: false,
+        coverage: None,
+        max_findings: 1,
+    }
+}
+
+fn run_campaign_or_die(config: &CampaignConfig) -> CampaignReport {
+    let report = run_campaign(config).unwrap_or_else(|e| panic!("bench campaign: {e}"));
+    let _ = std::fs::remove_dir_all(&config.out_dir);
+    report
+}
+
+/// Fuzzing ops/s of one job on `backend` (`ops` operations, the correct MM, no findings).
+fn fuzz_throughput(backend: Backend, ops: u64) -> f64 {
+    let report = run_campaign_or_die(&campaign(backend, ops, SeededBugs::NONE, "throughput"));
+    assert!(
+        report.bugs.is_empty(),
+        "the correct MM had findings: {:?}",
+        report.bugs
+    );
+    report.ops_per_second()
+}
+
+fn fuzz_backends(rows: &mut Vec<Row>) {
+    eprintln!("bench: fuzzing throughput, kvm and sim, one job each");
+    let kvm = median(
+        (0..3)
+            .map(|_| fuzz_throughput(Backend::Kvm, 3_000))
+            .collect(),
+    );
+    let sim = median(
+        (0..3)
+            .map(|_| fuzz_throughput(Backend::Sim, 200_000))
+            .collect(),
+    );
+    rows.push(Row::new("fuzz, 1 job, model + checker: kvm", kvm, "ops/s"));
+    rows.push(
+        Row::new("fuzz, 1 job, model + checker: sim", sim, "ops/s")
+            .against(kvm, sim / kvm)
+            .goal(Goal::ValueAtLeast(200_000.0)),
+    );
+    rows.push(
+        Row::new("fuzz on sim against kvm", sim / kvm, "×")
+            .against(kvm, sim / kvm)
+            .goal(Goal::RatioAtLeast(100.0)),
+    );
+    for bug in Bug::ALL {
+        eprintln!("bench: {} on sim, found and shrunk", bug.feature());
+        let config = campaign(
+            Backend::Sim,
+            100_000,
+            SeededBugs::NONE.with(bug),
+            bug.feature(),
+        );
+        let report = run_campaign_or_die(&config);
+        let Some(found) = report.bugs.first() else {
+            rows.push(
+                Row::new(
+                    format!("sim: {} not found in 100,000 ops", bug.feature()),
+                    f64::NAN,
+                    "s",
+                )
+                .goal(Goal::ValueAtMost(2.0)),
+            );
+            continue;
+        };
+        let find = found.time_to_find.as_secs_f64();
+        let shrink = report.shrinking.as_secs_f64();
+        rows.push(
+            Row::new(
+                format!("sim: {} found + shrunk", bug.feature()),
+                find + shrink,
+                "s",
+            )
+            .against(find, shrink / find)
+            .goal(Goal::ValueAtMost(2.0)),
+        );
+        rows.push(
+            Row::new(
+                format!("sim: {} reproducer", bug.feature()),
+                found.repro_len as f64,
+                "ops",
+            )
+            .goal(Goal::ValueAtMost(8.0)),
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no options.
     let started = Instant::now();
@@ -729,6 +842,7 @@ fn main() {
     op_kinds(&mut rows);
     page_walk(&mut rows);
     boot(&mut rows);
+    fuzz_backends(&mut rows);
     println!();
     print!("{}", table(&rows));
     println!();

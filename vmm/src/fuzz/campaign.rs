@@ -98,6 +98,12 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    /// Prints `line` on stderr above the progress bar, or alone when there is no bar (a finding
+    /// is reported the moment it is seen, in every output mode).
+    fn say(&self, line: String) {
+        self.bar.suspend(|| eprintln!("{line}"));
+    }
+
     fn enough_findings(&self) -> bool {
         let max = self.config.max_findings;
         max > 0 && self.bugs.lock().unwrap_or_else(|e| e.into_inner()).len() >= max
@@ -120,7 +126,7 @@ impl Shared<'_> {
             }
         }
         let config = self.config;
-        self.bar.println(format!(
+        self.say(format!(
             "finding (job {job}, after {ops_to_find} ops): {}",
             failure.signature
         ));
@@ -172,7 +178,7 @@ impl Shared<'_> {
             .join(format!("repro-seed{}-{}.txt", config.seed, bugs.len() + 1));
         std::fs::write(&path, repro.to_text())
             .map_err(|e| VmmError::Driver(format!("cannot write {}: {e}", path.display())))?;
-        self.bar.println(format!(
+        self.say(format!(
             "  saved {} ({} ops, shrunk from {original_len})",
             path.display(),
             repro.ops.len()

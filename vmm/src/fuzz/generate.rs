@@ -36,6 +36,10 @@ pub struct Generator {
     rng: SplitMix64,
     /// Ranges used by earlier operations, for reuse and overlap.
     history: Vec<(u64, u64)>,
+    /// The space the last operation named: most operations stay on it, as a process makes
+    /// several calls in a row, so sequences within one space (touch, unmap, touch again) come
+    /// up without a switch of page tables in between.
+    last_space: Option<u32>,
 }
 
 impl Generator {
@@ -43,6 +47,7 @@ impl Generator {
         Generator {
             rng: SplitMix64::new(seed),
             history: Vec::new(),
+            last_space: None,
         }
     }
 
@@ -169,7 +174,12 @@ impl Generator {
         if live.is_empty() || self.chance(3) {
             return self.pick(&[0, 1, 2, 99, KERNEL_SPACE - 1]);
         }
-        self.pick(&live)
+        let space = match self.last_space.filter(|s| live.contains(s)) {
+            Some(last) if self.chance(75) => last,
+            _ => self.pick(&live),
+        };
+        self.last_space = Some(space);
+        space
     }
 
     /// The next operation, chosen with the model's current state in view.

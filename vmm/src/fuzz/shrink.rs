@@ -1,32 +1,38 @@
-//! Shrinking a failing operation sequence to a minimal one that fails the same way
-//! (delta debugging: drop ever smaller chunks while the failure keeps its signature).
+//! Shrinking a failing operation sequence to a minimal one that fails the same way.
+//!
+//! Hierarchically, each pass keeping a candidate only if it still fails with the same
+//! signature: first the failing prefix; then whole spaces (a `create-space` with every operation
+//! on that space); then ever smaller chunks down to single operations (delta debugging); then
+//! each operation is simplified (one page instead of many, a page-aligned touch, the plain
+//! value 1, read-write access), and the chunk pass runs again while anything changes.
 //!
 //! Space ids are renumbered as operations go: the guest numbers spaces 1, 2, ... in creation
 //! order, so dropping a `create-space` would otherwise point every later operation at the
 //! wrong space. Operations on a space whose creation was dropped aim at id 0 (no such space).
+//!
+//! The budget counts replays, never seconds: the same failure shrinks to the same reproducer
+//! on any machine and under any load.
 
 use super::{replay, Signature};
 use crate::{VmConfig, VmmError};
+use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE};
-use std::time::{Duration, Instant};
 
 /// Operations per batch when replaying candidates: small enough that a failure is pinned
 /// close to its operation, large enough to keep replays quick.
 const SHRINK_BATCH: usize = 16;
 
-/// Limits on shrinking work.
+const PAGE: u64 = 4096;
+
+/// Limits on shrinking work, in replays (deterministic, unlike time).
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
     pub max_replays: usize,
-    pub max_time: Duration,
 }
 
 impl Default for Budget {
     fn default() -> Self {
-        Budget {
-            max_replays: 1_000,
-            max_time: Duration::from_secs(60),
-        }
+        Budget { max_replays: 2_000 }
     }
 }
 
@@ -153,62 +159,237 @@ fn materialize(ops: &[Op], creators: &[Option<usize>], kept: &[usize]) -> Vec<Op
         .collect()
 }
 
+/// Simpler versions of `op`, simplest first: fewer pages, a page-aligned touch, the value 1,
+/// plain read-write access. Space ids and placements stay.
+fn simpler(op: Op) -> Vec<Op> {
+    let sizes = |size: u64| -> Vec<u64> {
+        let half = (size / 2) & !(PAGE - 1);
+        let mut smaller: Vec<u64> = [PAGE, half]
+            .into_iter()
+            .filter(|&s| s >= PAGE && s < size && size.is_multiple_of(PAGE))
+            .collect();
+        smaller.dedup();
+        smaller
+    };
+    let plain = USER | READ | WRITE;
+    let aligned = |addr: u64| (addr & !(PAGE - 1) != addr).then_some(addr & !(PAGE - 1));
+    let mut out = Vec::new();
+    match op {
+        Op::MapFixed {
+            space,
+            addr,
+            size,
+            access,
+        } => {
+            out.extend(sizes(size).into_iter().map(|size| Op::MapFixed {
+                space,
+                addr,
+                size,
+                access,
+            }));
+            if access != plain {
+                out.push(Op::MapFixed {
+                    space,
+                    addr,
+                    size,
+                    access: plain,
+                });
+            }
+        }
+        Op::MapAnywhere {
+            space,
+            size,
+            align,
+            access,
+        } => out.extend(sizes(size).into_iter().map(|size| Op::MapAnywhere {
+            space,
+            size,
+            align,
+            access,
+        })),
+        Op::MapRandomized {
+            space,
+            size,
+            align,
+            access,
+        } => out.extend(sizes(size).into_iter().map(|size| Op::MapRandomized {
+            space,
+            size,
+            align,
+            access,
+        })),
+        Op::Unmap { space, addr, size } => out.extend(
+            sizes(size)
+                .into_iter()
+                .map(|size| Op::Unmap { space, addr, size }),
+        ),
+        Op::Protect {
+            space,
+            addr,
+            size,
+            access,
+        } => out.extend(sizes(size).into_iter().map(|size| Op::Protect {
+            space,
+            addr,
+            size,
+            access,
+        })),
+        Op::TouchRead { space, addr } => {
+            out.extend(aligned(addr).map(|addr| Op::TouchRead { space, addr }))
+        }
+        Op::TouchExec { space, addr } => {
+            out.extend(aligned(addr).map(|addr| Op::TouchExec { space, addr }))
+        }
+        Op::TouchWrite { space, addr, value } => {
+            out.extend(aligned(addr).map(|addr| Op::TouchWrite { space, addr, value }));
+            if value != 1 {
+                out.push(Op::TouchWrite {
+                    space,
+                    addr,
+                    value: 1,
+                });
+            }
+        }
+        Op::CreateSpace | Op::DestroySpace { .. } | Op::Snapshot { .. } => {}
+    }
+    out
+}
+
+/// The state of one shrink: the operations (as simplified so far), which of them are kept,
+/// and the replays spent.
+struct Shrinker<F> {
+    ops: Vec<Op>,
+    creators: Vec<Option<usize>>,
+    kept: Vec<usize>,
+    replays: usize,
+    budget: Budget,
+    exhausted: bool,
+    still_fails: F,
+}
+
+impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
+    /// Replays the kept operations of `ops` at `kept`; keeps both if they still fail.
+    fn try_candidate(&mut self, ops: &[Op], kept: &[usize]) -> Result<bool, VmmError> {
+        if self.replays >= self.budget.max_replays {
+            self.exhausted = true;
+            return Ok(false);
+        }
+        self.replays += 1;
+        match (self.still_fails)(&materialize(ops, &self.creators, kept))? {
+            Some(prefix) => {
+                self.ops = ops.to_vec();
+                self.kept = kept[..prefix.min(kept.len())].to_vec();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Tries the kept set without the operations `drop` selects.
+    fn try_without(&mut self, drop: impl Fn(usize) -> bool) -> Result<bool, VmmError> {
+        let candidate: Vec<usize> = self.kept.iter().copied().filter(|&i| !drop(i)).collect();
+        if candidate.len() == self.kept.len() {
+            return Ok(false);
+        }
+        let ops = self.ops.clone();
+        self.try_candidate(&ops, &candidate)
+    }
+
+    /// Drops whole spaces: a `create-space` with every operation on the space it made.
+    fn drop_spaces(&mut self) -> Result<(), VmmError> {
+        let creations: Vec<usize> = self
+            .kept
+            .iter()
+            .copied()
+            .filter(|&i| self.ops[i] == Op::CreateSpace)
+            .collect();
+        for c in creations.into_iter().rev() {
+            let creators = self.creators.clone();
+            self.try_without(|i| i == c || creators[i] == Some(c))?;
+        }
+        Ok(())
+    }
+
+    /// Delta debugging: drops chunks of `chunk` kept operations, halving the chunk down to one.
+    fn drop_chunks(&mut self, mut chunk: usize) -> Result<(), VmmError> {
+        loop {
+            let mut removed_any = false;
+            let mut at = 0;
+            while at < self.kept.len() && !self.exhausted {
+                let span: Vec<usize> = self.kept[at..(at + chunk).min(self.kept.len())].to_vec();
+                if self.try_without(|i| span.contains(&i))? {
+                    removed_any = true;
+                } else {
+                    at += chunk;
+                }
+            }
+            if self.exhausted || (chunk == 1 && !removed_any) {
+                return Ok(());
+            }
+            chunk = (chunk / 2).max(1);
+        }
+    }
+
+    /// Replaces kept operations by simpler ones that still fail.
+    fn simplify(&mut self) -> Result<(), VmmError> {
+        let mut at = 0;
+        while at < self.kept.len() && !self.exhausted {
+            let i = self.kept[at];
+            for variant in simpler(self.ops[i]) {
+                let mut ops = self.ops.clone();
+                ops[i] = variant;
+                let kept = self.kept.clone();
+                if self.try_candidate(&ops, &kept)? {
+                    break;
+                }
+            }
+            at += 1;
+        }
+        Ok(())
+    }
+}
+
 /// Shrinks `ops` against `still_fails`, which returns the failing prefix length when a
 /// candidate still fails the same way.
 pub fn shrink_with(
     ops: &[Op],
     budget: Budget,
-    mut still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, VmmError>,
+    still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, VmmError>,
 ) -> Result<Shrunk, VmmError> {
-    let start = Instant::now();
-    let creators = creators(ops);
-    let mut replays = 1;
-    let mut current: Vec<usize> = (0..ops.len()).collect();
-    match still_fails(ops)? {
-        Some(prefix) => current.truncate(prefix),
-        None => {
-            return Ok(Shrunk {
-                ops: ops.to_vec(),
-                replays,
-                budget_exhausted: false,
-            })
-        }
+    let mut shrinker = Shrinker {
+        ops: ops.to_vec(),
+        creators: creators(ops),
+        kept: Vec::new(),
+        replays: 0,
+        budget: Budget {
+            max_replays: budget.max_replays.max(1),
+        },
+        exhausted: false,
+        still_fails,
+    };
+    let all: Vec<usize> = (0..ops.len()).collect();
+    if !shrinker.try_candidate(ops, &all)? {
+        return Ok(Shrunk {
+            ops: ops.to_vec(),
+            replays: shrinker.replays,
+            budget_exhausted: false,
+        });
     }
-    let mut chunk = current.len().div_ceil(2).max(1);
-    let mut exhausted = false;
-    'passes: loop {
-        let mut removed_any = false;
-        let mut i = 0;
-        while i < current.len() {
-            if replays >= budget.max_replays || start.elapsed() > budget.max_time {
-                exhausted = true;
-                break 'passes;
-            }
-            let end = (i + chunk).min(current.len());
-            let candidate: Vec<usize> = current[..i]
-                .iter()
-                .chain(&current[end..])
-                .copied()
-                .collect();
-            replays += 1;
-            match still_fails(&materialize(ops, &creators, &candidate))? {
-                Some(prefix) => {
-                    current = candidate;
-                    current.truncate(prefix);
-                    removed_any = true;
-                }
-                None => i += chunk,
-            }
-        }
-        if chunk == 1 && !removed_any {
+    // Each pass can open the way for another (a space that could not go while other spaces
+    // held frames can once they are gone), so run them all until none changes anything.
+    loop {
+        let before = (shrinker.kept.clone(), shrinker.ops.clone());
+        shrinker.drop_spaces()?;
+        shrinker.drop_chunks(shrinker.kept.len().div_ceil(2).max(1))?;
+        shrinker.simplify()?;
+        if shrinker.exhausted || (shrinker.kept.clone(), shrinker.ops.clone()) == before {
             break;
         }
-        chunk = (chunk / 2).max(1);
     }
     Ok(Shrunk {
-        ops: materialize(ops, &creators, &current),
-        replays,
-        budget_exhausted: exhausted,
+        ops: materialize(&shrinker.ops, &shrinker.creators, &shrinker.kept),
+        replays: shrinker.replays,
+        budget_exhausted: shrinker.exhausted,
     })
 }
 
@@ -315,10 +496,7 @@ mod tests {
         let ops: Vec<Op> = (0..100)
             .map(|n| Op::DestroySpace { space: 1000 + n })
             .collect();
-        let budget = Budget {
-            max_replays: 5,
-            max_time: Duration::from_secs(60),
-        };
+        let budget = Budget { max_replays: 5 };
         let shrunk = shrink_with(&ops, budget, fails).expect("no VM involved");
         assert!(shrunk.budget_exhausted && shrunk.replays <= 5);
     }
