@@ -1,7 +1,7 @@
 //! The agent loop: fetch a batch of MM operations from the host, run them, send back the
 //! results and every address space's CR3; export region-tree snapshots on request.
 
-use crate::arch::x86_64::machine::X86Machine;
+use crate::arch::x86_64::machine::TracedMachine;
 use crate::hypercall::{HypercallError, Mailbox};
 use alloc::vec::Vec;
 use guest_mm::MemoryManager;
@@ -10,7 +10,7 @@ use shared_mm::abi::{
     RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
 
-type Mm = MemoryManager<X86Machine>;
+type Mm = MemoryManager<TracedMachine>;
 
 /// Serves the host until it says there is no more work; returns normally then.
 pub fn serve(mailbox: &mut Mailbox, mm: &mut Mm) -> Result<(), HypercallError> {

@@ -15,10 +15,12 @@ mod heap;
 mod hypercall;
 
 use arch::x86_64::machine::X86Machine;
+use arch::x86_64::trace_buffer::TraceBuffer;
 use core::panic::PanicInfo;
+use guest_mm::trace::Traced;
 use guest_mm::{MemoryManager, PhysicalFrame, SeededBugs};
 use hypercall::Mailbox;
-use shared_mm::boot_info::{BootInfo, GuestCommand, BOOT_INFO_ADDR};
+use shared_mm::boot_info::{BootInfo, GuestCommand, BOOT_FLAG_TRACE, BOOT_INFO_ADDR};
 
 core::arch::global_asm!(
     ".section .text.boot, \"ax\"",
@@ -62,8 +64,11 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
             heap::HEAP.init_bootstrap();
             let boot_pml4 = PhysicalFrame(arch::x86_64::registers::read_cr3());
             let bugs = SeededBugs::compiled();
-            let (mut mm, heap) = match MemoryManager::init(&boot_info, boot_pml4, X86Machine, bugs)
-            {
+            // SAFETY: the only trace buffer; kmain runs once.
+            let trace = unsafe { TraceBuffer::take() };
+            let tracing = boot_info.flags & BOOT_FLAG_TRACE != 0;
+            let machine = Traced::new(X86Machine, trace, tracing);
+            let (mut mm, heap) = match MemoryManager::init(&boot_info, boot_pml4, machine, bugs) {
                 Ok(ready) => ready,
                 Err(e) => panic!("memory manager init failed: {e:?}"),
             };

@@ -12,8 +12,8 @@ pub const MAILBOX_ADDR: u64 = 0x10000;
 pub const MAILBOX_SIZE: u64 = 0x10000;
 /// Guest-physical address of the boot PML4; the boot page tables follow it.
 pub const BOOT_PML4_ADDR: u64 = 0x20000;
-/// End of the low reserved area (GDT, boot info, mailbox, boot page tables).
-pub const LOW_RESERVED_END: u64 = 0x40000;
+/// End of the low reserved area (GDT, boot info, mailbox, boot page tables, flush trace).
+pub const LOW_RESERVED_END: u64 = 0x50000;
 /// Guest-physical address the kernel image is linked to load at.
 pub const KERNEL_PHYS_BASE: u64 = 0x20_0000;
 /// Virtual base of the direct map of all guest RAM (PML4 slot 256).
@@ -33,8 +33,13 @@ pub const MAX_MEMORY_REGIONS: usize = 16;
 const _: () = {
     assert!(BOOT_INFO_ADDR + BootInfo::ENCODED_SIZE as u64 <= MAILBOX_ADDR);
     assert!(MAILBOX_ADDR + MAILBOX_SIZE <= BOOT_PML4_ADDR);
-    assert!(BOOT_PML4_ADDR < LOW_RESERVED_END && LOW_RESERVED_END <= KERNEL_PHYS_BASE);
+    assert!(BOOT_PML4_ADDR < crate::trace::TRACE_ADDR);
+    assert!(crate::trace::TRACE_ADDR + crate::trace::TRACE_SIZE <= LOW_RESERVED_END);
+    assert!(LOW_RESERVED_END <= KERNEL_PHYS_BASE);
 };
+
+/// [`BootInfo::flags`] bit: the guest writes the flush trace.
+pub const BOOT_FLAG_TRACE: u64 = 1;
 
 /// What the guest does after boot; the VMM chooses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +99,8 @@ pub struct BootInfo {
     pub random_seed: u64,
     /// What the guest should do after boot (a [`GuestCommand`] value).
     pub command: u64,
+    /// `BOOT_FLAG_*` bits.
+    pub flags: u64,
     pub region_count: usize,
     pub regions: [MemoryRegion; MAX_MEMORY_REGIONS],
 }
@@ -120,7 +127,7 @@ impl core::fmt::Display for BootInfoError {
 
 impl BootInfo {
     /// Encoded size in bytes.
-    pub const ENCODED_SIZE: usize = 8 * 8 + 8 + MAX_MEMORY_REGIONS * 24;
+    pub const ENCODED_SIZE: usize = 9 * 8 + 8 + MAX_MEMORY_REGIONS * 24;
 
     pub const EMPTY_REGION: MemoryRegion = MemoryRegion {
         base: 0,
@@ -143,6 +150,7 @@ impl BootInfo {
         w.put_u64(self.kernel_phys_end);
         w.put_u64(self.random_seed);
         w.put_u64(self.command);
+        w.put_u64(self.flags);
         w.put_u64(self.region_count as u64);
         for r in &self.regions {
             w.put_u64(r.base);
@@ -166,6 +174,7 @@ impl BootInfo {
             kernel_phys_end: next()?,
             random_seed: next()?,
             command: next()?,
+            flags: next()?,
             region_count: 0,
             regions: [Self::EMPTY_REGION; MAX_MEMORY_REGIONS],
         };
@@ -201,6 +210,7 @@ mod tests {
             kernel_phys_end: KERNEL_PHYS_BASE + 0x5000,
             random_seed: 7,
             command: GuestCommand::Serve as u64,
+            flags: BOOT_FLAG_TRACE,
             region_count: 2,
             regions: [BootInfo::EMPTY_REGION; MAX_MEMORY_REGIONS],
         };

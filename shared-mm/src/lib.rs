@@ -15,4 +15,5 @@ pub mod first_fit;
 pub mod pte;
 pub mod region;
 pub mod region_tree;
+pub mod trace;
 pub mod wire;

@@ -733,6 +733,7 @@ fn campaign(backend: Backend, ops: u64, bugs: SeededBugs, name: &str) -> Campaig
         check: true,
         shrink: true,
         shrink_budget: Budget::default(),
+        shrink_on: None,
         vm: VmConfig {
             echo_console: false,
             backend,

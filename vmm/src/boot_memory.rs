@@ -6,8 +6,8 @@ use crate::error::VmmError;
 use crate::loader::{self, LoadedKernel};
 use crate::vm::VmConfig;
 use shared_mm::boot_info::{
-    BootInfo, MemoryKind, MemoryRegion, BOOT_GDT_ADDR, BOOT_INFO_ADDR, LOW_RESERVED_END,
-    MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
+    BootInfo, MemoryKind, MemoryRegion, BOOT_FLAG_TRACE, BOOT_GDT_ADDR, BOOT_INFO_ADDR,
+    LOW_RESERVED_END, MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -94,6 +94,7 @@ pub fn prepare(config: &VmConfig) -> Result<BootMemory, VmmError> {
         kernel_phys_end: kernel.phys_end,
         random_seed: config.random_seed,
         command: config.command as u64,
+        flags: if config.trace { BOOT_FLAG_TRACE } else { 0 },
         region_count,
         regions,
     };

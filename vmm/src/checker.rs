@@ -2,6 +2,7 @@
 //! walks itself through guest memory (never the guest's own view). Each broken invariant of
 //! DESIGN.md becomes a [`Finding`] naming the space, address, PTE, region and rule.
 
+use crate::coherence::{Coherence, CoherenceFinding};
 use crate::driver::{Driver, SpaceSnapshot};
 use crate::page_walk::{leaves_in, Leaf, LOWER_HALF, UPPER_HALF};
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
@@ -9,9 +10,10 @@ use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, KERNEL_SPACE, KERNEL_SPACE_BASE, USER_SPACE_BASE,
     USER_SPACE_END, USER_TRAMPOLINE,
 };
+use shared_mm::trace::TraceEvent;
 use std::collections::HashMap;
 use std::fmt;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Which invariant a finding breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,6 +38,10 @@ pub enum Rule {
     Trampoline,
     /// The page tables could not be walked.
     Walk,
+    /// Ring 3 ran while a possibly-cached translation was a downgrade of its PTE (flush trace).
+    StaleTlbEntry,
+    /// A frame was freed while a possibly-cached translation pointed at it (flush trace).
+    FrameFreedWhileCached,
 }
 
 impl fmt::Display for Rule {
@@ -51,6 +57,8 @@ impl fmt::Display for Rule {
             Rule::KernelHalfDiffers => "kernel-half-shared",
             Rule::Trampoline => "trampoline-page",
             Rule::Walk => "page-tables-walkable",
+            Rule::StaleTlbEntry => "stale-tlb-entry",
+            Rule::FrameFreedWhileCached => "frame-freed-while-cached",
         })
     }
 }
@@ -335,6 +343,8 @@ pub fn check<M: GuestMemory + ?Sized>(
 /// tables while the guest is paused with exactly those trees.
 pub struct Checked<D> {
     inner: D,
+    /// The flush trace replayed so far (created with the first events, when RAM size is known).
+    coherence: Option<Coherence>,
     /// Results of the inner driver's last batch, held back while the snapshots are taken.
     held_results: Option<Vec<OpResult>>,
     snapshots: Vec<SpaceSnapshot>,
@@ -350,6 +360,7 @@ impl<D: Driver> Checked<D> {
     pub fn new(inner: D) -> Self {
         Checked {
             inner,
+            coherence: None,
             held_results: None,
             snapshots: Vec::new(),
             findings: Vec::new(),
@@ -396,7 +407,17 @@ impl<D: Driver> Driver for Checked<D> {
                     .ok_or("the guest sent no kernel snapshot")?;
                 let run = self.checks_run;
                 self.checks_run += 1;
-                let found = check(mem, &kernel, &self.snapshots);
+                // Trace findings first: each was seen at the event that broke the rule, so it
+                // comes before what the tables show at the end of the batch.
+                let mut found: Vec<Finding> = match &mut self.coherence {
+                    Some(coherence) => {
+                        let views = (&kernel, self.snapshots.as_slice());
+                        let trace = coherence.take_findings();
+                        trace.iter().map(|f| as_finding(f, views)).collect()
+                    }
+                    None => Vec::new(),
+                };
+                found.extend(check(mem, &kernel, &self.snapshots));
                 if self.stop_on_finding && !found.is_empty() {
                     self.findings.extend(found.into_iter().map(|f| (run, f)));
                     return Ok(None);
@@ -420,5 +441,35 @@ impl<D: Driver> Driver for Checked<D> {
             return self.inner.snapshot(mem, space, cr3, first, total, regions);
         }
         SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
+    }
+
+    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), String> {
+        // The guest's RAM size bounds what the replay may track.
+        let coherence = self.coherence.get_or_insert_with(|| {
+            Coherence::new(GuestMemoryBackend::last_addr(mem).0.saturating_add(1))
+        });
+        coherence.apply_all(events).map_err(|e| e.to_string())?;
+        self.inner.trace(mem, events)
+    }
+}
+
+/// A coherence finding as a checker finding of the space whose directory it concerns (the
+/// kernel's, a live space's, or space 0 for a directory no snapshot shows).
+fn as_finding(found: &CoherenceFinding, views: (&SpaceSnapshot, &[SpaceSnapshot])) -> Finding {
+    let (kernel, spaces) = views;
+    let view = std::iter::once(kernel)
+        .chain(spaces)
+        .find(|v| v.cr3 & !0xfff == found.directory);
+    let space = view.map_or(0, |v| v.space);
+    let region = view
+        .and_then(|v| region_containing(&v.regions, found.va))
+        .copied();
+    Finding {
+        space,
+        rule: found.rule,
+        va: Some(found.va),
+        pte: Some(found.pte),
+        region,
+        detail: format!("directory {:#x}: {}", found.directory, found.detail),
     }
 }

@@ -2,6 +2,7 @@
 //! backend runs it; plus the snapshot collector drivers share.
 
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord};
+use shared_mm::trace::TraceEvent;
 use vm_memory::GuestMemoryMmap;
 
 /// One address space's exported region tree, with the root of its page tables.
@@ -69,6 +70,12 @@ pub trait Driver {
         _total: u64,
         _regions: &[RegionRecord],
     ) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The next events of the guest's flush trace, in order (every event since boot reaches the
+    /// driver exactly once). The default ignores them.
+    fn trace(&mut self, _mem: &GuestMemoryMmap, _events: &[TraceEvent]) -> Result<(), String> {
         Ok(())
     }
 }

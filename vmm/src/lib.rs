@@ -5,6 +5,7 @@ pub mod arch;
 pub mod backend;
 pub mod boot_memory;
 pub mod checker;
+pub mod coherence;
 pub mod coverage;
 pub mod driver;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod scenario;
 pub mod serial;
 pub mod sim;
 pub mod tlb;
+pub mod trace;
 pub mod vm;
 pub mod watchdog;
 

@@ -8,12 +8,14 @@ use crate::error::VmmError;
 use crate::hypercall::{self, Next};
 use crate::loader::LoadedKernel;
 use crate::serial::{ConsoleSink, SerialConsole, COM1_BASE, COM1_LEN};
+use crate::trace;
 use crate::watchdog::Watchdog;
 use guest_mm::SeededBugs;
 use kvm_bindings::{kvm_userspace_memory_region, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use shared_mm::abi::{HYPERCALL_PORT, RAW_EXIT_PORT};
 use shared_mm::boot_info::{GuestCommand, BOOT_INFO_ADDR};
+use shared_mm::trace::TRACE_PORT;
 use std::time::Duration;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -40,6 +42,9 @@ pub struct VmConfig {
     pub command: GuestCommand,
     /// Where the guest MM runs.
     pub backend: Backend,
+    /// Whether the MM writes the flush trace (the TLB coherence checker needs it; the bench
+    /// turns it off to measure its cost).
+    pub trace: bool,
     /// Seeded bugs the sim backend plants at run time. Under KVM the kernel image carries its
     /// bugs (as cargo features), and this is ignored.
     pub seeded_bugs: SeededBugs,
@@ -55,6 +60,7 @@ impl Default for VmConfig {
             random_seed: 0x5eed,
             command: GuestCommand::Serve,
             backend: Backend::Kvm,
+            trace: true,
             seeded_bugs: SeededBugs::NONE,
         }
     }
@@ -82,6 +88,15 @@ fn open_kvm() -> Result<Kvm, VmmError> {
     Kvm::new().map_err(|e| {
         VmmError::KvmUnavailable(format!("cannot open /dev/kvm: {e} (check its permissions)"))
     })
+}
+
+/// Hands what the guest's flush trace holds to `driver`, emptying it.
+fn deliver_trace(mem: &GuestMemoryMmap, driver: &mut dyn Driver) -> Result<(), VmmError> {
+    let events = trace::drain(mem)?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    driver.trace(mem, &events).map_err(VmmError::Driver)
 }
 
 impl Vm {
@@ -193,10 +208,12 @@ impl Vm {
                     if let Some(w) = watchdog {
                         w.pet();
                     }
+                    deliver_trace(&self.mem, driver)?;
                     if let Next::Exit(status) = hypercall::handle(&self.mem, &mut log, driver)? {
                         return Ok(status);
                     }
                 }
+                VcpuExit::IoOut(TRACE_PORT, _) => deliver_trace(&self.mem, driver)?,
                 VcpuExit::IoOut(RAW_EXIT_PORT, _) => {}
                 VcpuExit::IoOut(port, data)
                     if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&port) =>

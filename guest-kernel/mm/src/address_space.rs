@@ -191,12 +191,27 @@ impl AddressSpace {
             .and_then(|region| region.backing())
             .expect("a placed user region is backed")
             .pages_in(cut.base().get(), last);
+        let bugs = self.bugs;
         for (page, _) in pages {
-            if !self.bugs.has(Bug::StalePte) {
+            if bugs.has(Bug::FlushBeforeClear) {
+                hw.machine.flush_page(page); // Seeded bug: the entry can be refilled now.
+            }
+            if !bugs.has(Bug::StalePte) {
                 self.directory.unmap(page, hw);
             }
-            if !self.bugs.has(Bug::NoTlbFlush) {
+            let flush_now = ![
+                Bug::NoTlbFlush,
+                Bug::FlushBeforeClear,
+                Bug::FreeBeforeFlush,
+                Bug::FlushWrongPage,
+            ]
+            .into_iter()
+            .any(|bug| bugs.has(bug));
+            if flush_now {
                 hw.machine.flush_page(page);
+            }
+            if bugs.has(Bug::FlushWrongPage) {
+                hw.machine.flush_page(page + PAGE_SIZE); // Seeded bug: the neighbour.
             }
         }
     }
@@ -252,6 +267,7 @@ impl AddressSpace {
                 .expect("regions intersect the range");
             let (access, object) = self.detach(whole, Some(cut), hw);
             let (left, right) = whole.subtract(&range);
+            let cut_pages = object.pages_in(cut.base().get(), cut.last().get());
             let freed: Vec<PhysicalFrame> = if self.bugs.has(Bug::FreeMapped) {
                 // Seeded bug: frees the frames of the pieces that stay mapped, too.
                 let all = object.pages_in(whole.base().get(), whole.last().get());
@@ -273,6 +289,12 @@ impl AddressSpace {
             self.place_pieces([left, right]);
             for frame in freed {
                 hw.free_frame(frame);
+            }
+            if self.bugs.has(Bug::FreeBeforeFlush) {
+                // Seeded bug: the flushes come after the frames went back.
+                for (page, _) in cut_pages {
+                    hw.machine.flush_page(page);
+                }
             }
         }
         Ok(())

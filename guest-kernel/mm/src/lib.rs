@@ -20,6 +20,7 @@ pub mod memory_manager;
 pub mod page_directory;
 pub mod page_fault;
 pub mod seeded_bugs;
+pub mod trace;
 pub mod user_access;
 pub mod vmobject;
 

@@ -16,17 +16,26 @@ pub enum Bug {
     FreeMapped,
     /// Partial unmap keeps the PTE of the cut's last page.
     SplitOffByOne,
+    /// Unmap flushes the neighbouring page instead of the one it cleared.
+    FlushWrongPage,
+    /// Unmap frees the frames before it flushes their translations.
+    FreeBeforeFlush,
+    /// Unmap flushes before it clears the PTE: a window in which the entry can be refilled.
+    FlushBeforeClear,
 }
 
 impl Bug {
     /// Every seeded bug, in feature order.
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 9] = [
         Bug::StalePte,
         Bug::KeepWritable,
         Bug::NoTlbFlush,
         Bug::Overlap,
         Bug::FreeMapped,
         Bug::SplitOffByOne,
+        Bug::FlushWrongPage,
+        Bug::FreeBeforeFlush,
+        Bug::FlushBeforeClear,
     ];
 
     /// The cargo feature that plants it.
@@ -38,6 +47,9 @@ impl Bug {
             Bug::Overlap => "bug-overlap",
             Bug::FreeMapped => "bug-free-mapped",
             Bug::SplitOffByOne => "bug-split-off-by-one",
+            Bug::FlushWrongPage => "bug-flush-wrong-page",
+            Bug::FreeBeforeFlush => "bug-free-before-flush",
+            Bug::FlushBeforeClear => "bug-flush-before-clear",
         }
     }
 
@@ -68,6 +80,9 @@ impl SeededBugs {
             cfg!(feature = "bug-overlap"),
             cfg!(feature = "bug-free-mapped"),
             cfg!(feature = "bug-split-off-by-one"),
+            cfg!(feature = "bug-flush-wrong-page"),
+            cfg!(feature = "bug-free-before-flush"),
+            cfg!(feature = "bug-flush-before-clear"),
         ];
         let mut set = SeededBugs::NONE;
         let mut i = 0;

@@ -62,6 +62,7 @@ pub fn boot_info() -> BootInfo {
         kernel_phys_end: KERNEL_END,
         random_seed: 0x5eed,
         command: GuestCommand::Serve as u64,
+        flags: 0,
         region_count: layout.len(),
         regions,
     }

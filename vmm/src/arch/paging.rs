@@ -1,8 +1,9 @@
 //! Boot page tables: the direct map of all RAM at `PHYSMAP_BASE` and the kernel image at
 //! `KERNEL_VIRT_BASE + phys`, both with 2 MiB pages. The user half stays empty.
 
-use shared_mm::boot_info::{BOOT_PML4_ADDR, KERNEL_VIRT_BASE, LOW_RESERVED_END, PHYSMAP_BASE};
+use shared_mm::boot_info::{BOOT_PML4_ADDR, KERNEL_VIRT_BASE, PHYSMAP_BASE};
 use shared_mm::pte::{pd_index, pdpt_index, pml4_index, PageTableEntry, PageTableFlags};
+use shared_mm::trace::TRACE_ADDR;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const TWO_MIB: u64 = 2 << 20;
@@ -83,9 +84,9 @@ pub fn build_boot_page_tables(
         let index = pd_index(KERNEL_VIRT_BASE + phys);
         write(kernel_pd, index, PageTableEntry::new(phys, leaf_flags))?;
     }
-    if next_table > LOW_RESERVED_END {
+    if next_table > TRACE_ADDR {
         return Err(format!(
-            "boot page tables overran the reserved area ({next_table:#x})"
+            "boot page tables overran their area, up to the flush trace ({next_table:#x})"
         ));
     }
     Ok(BOOT_PML4_ADDR)

@@ -4,10 +4,11 @@
 use super::generate::Generator;
 use super::repro::Reproducer;
 use super::shrink::{shrink, Budget};
-use super::{replay, run_session, Feedback, Session, Signature, Source};
+use super::{replay, run_session, Failure, Feedback, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::{VmConfig, VmmError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shared_mm::abi::{Op, OpResult};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +30,9 @@ pub struct CampaignConfig {
     pub shrink: bool,
     pub shrink_budget: Budget,
     pub vm: VmConfig,
+    /// A faster guest that runs the same MM (the sim twin of a KVM guest with known seeded
+    /// bugs): failures are shrunk there and the result confirmed on `vm`. `None`: shrink on `vm`.
+    pub shrink_on: Option<VmConfig>,
     /// Where reproducers are written.
     pub out_dir: PathBuf,
     /// Recorded in reproducers: which kernel the run used (a path, or "embedded").
@@ -112,9 +116,9 @@ impl Shared<'_> {
     fn record(
         &self,
         job: usize,
-        ops: Vec<shared_mm::abi::Op>,
-        results: &[shared_mm::abi::OpResult],
-        failure: super::Failure,
+        ops: Vec<Op>,
+        results: &[OpResult],
+        failure: Failure,
         ops_to_find: u64,
     ) -> Result<(), VmmError> {
         let time_to_find = self.start.elapsed();
@@ -134,22 +138,7 @@ impl Shared<'_> {
         let shrink_start = Instant::now();
         let (ops, failure) = if config.shrink {
             self.bar.set_message(format!("shrinking {} ops", ops.len()));
-            let shrunk = shrink(
-                &config.vm,
-                &ops,
-                results,
-                &failure.signature,
-                config.shrink_budget,
-            )?
-            .ops;
-            // Describe the failure as the shrunk sequence shows it, pinned to its operation.
-            let pinned = replay(&config.vm, &shrunk, 1, true)?.map(|(f, _)| f);
-            (
-                shrunk,
-                pinned
-                    .filter(|f| f.signature == failure.signature)
-                    .unwrap_or(failure),
-            )
+            self.shrunk(&ops, results, failure)?
         } else {
             (ops, failure)
         };
@@ -200,6 +189,35 @@ impl Shared<'_> {
         let found = bugs.len();
         self.bar.set_message(format!("{found} finding(s)"));
         Ok(())
+    }
+
+    /// `ops` shrunk (on the faster twin where there is one, confirmed on the campaign's own
+    /// guest), and the failure as the shrunk sequence shows it, pinned to its operation.
+    fn shrunk(
+        &self,
+        ops: &[Op],
+        results: &[OpResult],
+        failure: Failure,
+    ) -> Result<(Vec<Op>, Failure), VmmError> {
+        let config = self.config;
+        let target = failure.signature.clone();
+        let confirmed = |shrunk: &[Op]| -> Result<Option<Failure>, VmmError> {
+            let pinned = replay(&config.vm, shrunk, 1, true)?.map(|(f, _)| f);
+            Ok(pinned.filter(|f| f.shows(&target)))
+        };
+        if let Some(twin) = &config.shrink_on {
+            let shrunk = shrink(twin, ops, results, &target, config.shrink_budget)?.ops;
+            if let Some(pinned) = confirmed(&shrunk)? {
+                return Ok((shrunk, pinned));
+            }
+            self.say(format!(
+                "  the {} twin's reproducer does not fail on {}; shrinking there instead",
+                twin.backend, config.vm.backend
+            ));
+        }
+        let shrunk = shrink(&config.vm, ops, results, &target, config.shrink_budget)?.ops;
+        let pinned = confirmed(&shrunk)?;
+        Ok((shrunk, pinned.unwrap_or(failure)))
     }
 
     fn run_job(&self, job: usize, budget: u64) -> Result<(), VmmError> {

@@ -51,6 +51,18 @@ impl fmt::Display for Signature {
 pub struct Failure {
     pub signature: Signature,
     pub description: String,
+    /// For checker findings, every rule the failing check found (the signature is the first).
+    pub rules: Vec<Rule>,
+}
+
+impl Failure {
+    /// Whether this failure shows `target`: the same signature, or, for a checker finding, the
+    /// same rule among those its check found (batches split differently as a sequence shrinks,
+    /// so two findings of one check may come apart or together).
+    pub fn shows(&self, target: &Signature) -> bool {
+        &self.signature == target
+            || matches!(target, Signature::Finding(rule) if self.rules.contains(rule))
+    }
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -166,6 +178,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             self.failure = Some(Failure {
                 signature,
                 description,
+                rules: Vec::new(),
             });
         }
     }
@@ -341,6 +354,7 @@ pub fn run_session(
         (Some((kind, why)), _, _) => Some(Failure {
             signature: Signature::Crash(kind),
             description: why,
+            rules: Vec::new(),
         }),
         (None, Some(f), _) => Some(f),
         (None, None, Some((_, finding))) => Some(Failure {
@@ -350,6 +364,7 @@ pub fn run_session(
                 .map(|(_, f)| f.to_string())
                 .collect::<Vec<_>>()
                 .join("\n"),
+            rules: findings.iter().map(|(_, f)| f.rule).collect(),
         }),
         (None, None, None) => None,
     };

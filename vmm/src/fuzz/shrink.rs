@@ -440,7 +440,7 @@ pub fn shrink(
     let still_fails = |candidate: &[Op]| -> Result<Option<usize>, VmmError> {
         let failure = replay(config, candidate, SHRINK_BATCH, check)?;
         Ok(failure
-            .filter(|(f, _)| &f.signature == target)
+            .filter(|(f, _)| f.shows(target))
             .map(|(_, prefix)| prefix))
     };
     let pinned = pin_placements(ops, results);

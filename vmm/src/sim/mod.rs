@@ -11,7 +11,9 @@ use crate::boot_memory;
 use crate::driver::Driver;
 use crate::error::VmmError;
 use crate::serial::ConsoleSink;
+use crate::trace::TraceLog;
 use crate::vm::VmConfig;
+use guest_mm::trace::Traced;
 use guest_mm::{MemoryManager, PhysicalFrame};
 use machine::SimMachine;
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status, MAX_BATCH, OP_RECORD_SIZE};
@@ -19,10 +21,13 @@ use shared_mm::boot_info::GuestCommand;
 use std::io::Write;
 use vm_memory::GuestMemoryMmap;
 
+/// The simulated machine with the flush trace collected in-process.
+pub type TracedSim = Traced<SimMachine, TraceLog>;
+
 /// A booted simulated guest.
 pub struct SimVm {
     mem: GuestMemoryMmap,
-    mm: MemoryManager<SimMachine>,
+    mm: MemoryManager<TracedSim>,
     console: ConsoleSink,
 }
 
@@ -41,7 +46,11 @@ impl SimVm {
         let boot = boot_memory::prepare(config)?;
         let mut console = ConsoleSink::new(config.echo_console);
         let _ = writeln!(console, "sim: booted, {} MiB RAM", boot.info.ram_size >> 20);
-        let machine = SimMachine::new(boot.mem.clone(), boot.cr3);
+        let machine = Traced::new(
+            SimMachine::new(boot.mem.clone(), boot.cr3),
+            TraceLog::default(),
+            config.trace,
+        );
         let bugs = config.seeded_bugs;
         let (mm, _heap) = panic::catch(|| {
             match MemoryManager::init(&boot.info, PhysicalFrame(boot.cr3), machine, bugs) {
@@ -68,7 +77,7 @@ impl SimVm {
     }
 
     /// The MM, for introspection (its machine holds the TLB).
-    pub fn mm(&self) -> &MemoryManager<SimMachine> {
+    pub fn mm(&self) -> &MemoryManager<TracedSim> {
         &self.mm
     }
 
@@ -82,6 +91,7 @@ impl SimVm {
         let _ = writeln!(self.console, "sim: serving MM operations");
         let mut results: Vec<OpResult> = Vec::new();
         loop {
+            self.deliver_trace(driver)?;
             let spaces: Vec<SpaceRecord> = self.mm.space_records().collect();
             let Some(ops) = driver
                 .next_batch(&self.mem, &results, &spaces)
@@ -102,6 +112,15 @@ impl SimVm {
         }
     }
 
+    /// Hands the trace events since the last call to `driver`.
+    fn deliver_trace(&mut self, driver: &mut dyn Driver) -> Result<(), VmmError> {
+        let events = self.mm.machine_mut().sink_mut().take();
+        if events.is_empty() {
+            return Ok(());
+        }
+        driver.trace(&self.mem, &events).map_err(VmmError::Driver)
+    }
+
     /// Runs one operation as the guest would receive it: through its wire encoding.
     fn execute(&mut self, op: Op, driver: &mut dyn Driver) -> Result<OpResult, VmmError> {
         let mut record = [0u8; OP_RECORD_SIZE];
@@ -116,6 +135,7 @@ impl SimVm {
 
     /// Hands the region tree of `space` to `driver` in one chunk.
     fn snapshot(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, VmmError> {
+        self.deliver_trace(driver)?;
         let Some(export) = self.mm.export(space) else {
             return Ok(OpResult::error(Status::NoSuchSpace));
         };

@@ -9,6 +9,9 @@ use guest_mm::{Machine, PhysicalFrame, PteSlot, UserEntry, UserTrap};
 /// This CPU, its page tables through the direct map, and ring 3.
 pub struct X86Machine;
 
+/// The machine the MM runs on: this CPU, with the flush trace written to guest memory.
+pub type TracedMachine = guest_mm::trace::Traced<X86Machine, super::trace_buffer::TraceBuffer>;
+
 impl Machine for X86Machine {
     fn read_pte(&self, table: PhysicalFrame, index: usize) -> u64 {
         physmap::read_entry(table.0, index)

@@ -7,6 +7,7 @@ pub mod machine;
 pub mod physmap;
 pub mod port;
 pub mod registers;
+pub mod trace_buffer;
 
 /// Stops this CPU for good (interrupts stay disabled).
 pub fn halt_forever() -> ! {

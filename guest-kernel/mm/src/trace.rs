@@ -1,0 +1,100 @@
+//! The flush trace, MM side: a [`Machine`] wrapper that reports every call changing what a TLB
+//! may hold (PTE writes with their old value, flushes, activations, frees, entries to ring 3)
+//! to a [`TraceSink`], then performs it. The guest's sink is the buffer in guest memory that
+//! the host drains; the host's simulated machine collects the same events in-process.
+
+use crate::machine::{Machine, PteSlot, UserEntry, UserTrap};
+use crate::page_directory::PageDirectory;
+use crate::PhysicalFrame;
+pub use shared_mm::trace::TraceEvent;
+
+/// Where trace events go, in order.
+pub trait TraceSink {
+    fn record(&mut self, event: TraceEvent);
+}
+
+/// `M` with every TLB-relevant call recorded to `S` first (when tracing is on).
+pub struct Traced<M, S> {
+    inner: M,
+    sink: S,
+    on: bool,
+}
+
+impl<M: Machine, S: TraceSink> Traced<M, S> {
+    /// `inner`, traced to `sink` when `on`.
+    pub fn new(inner: M, sink: S, on: bool) -> Self {
+        Traced { inner, sink, on }
+    }
+
+    pub fn inner(&self) -> &M {
+        &self.inner
+    }
+
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    fn record(&mut self, event: TraceEvent) {
+        if self.on {
+            self.sink.record(event);
+        }
+    }
+}
+
+impl<M: Machine, S: TraceSink> Machine for Traced<M, S> {
+    fn read_pte(&self, table: PhysicalFrame, index: usize) -> u64 {
+        self.inner.read_pte(table, index)
+    }
+
+    fn write_pte(&mut self, slot: PteSlot, value: u64) {
+        if self.on {
+            let old = self.inner.read_pte(slot.table, slot.index);
+            self.record(TraceEvent::PteWrite {
+                directory: slot.directory.0,
+                va: slot.va,
+                level: slot.level as u8,
+                old,
+                new: value,
+            });
+        }
+        self.inner.write_pte(slot, value)
+    }
+
+    fn zero_frame(&mut self, frame: PhysicalFrame) {
+        self.inner.zero_frame(frame)
+    }
+
+    fn copy_frame(&mut self, from: PhysicalFrame, to: PhysicalFrame) {
+        self.inner.copy_frame(from, to)
+    }
+
+    fn read_frame(&self, frame: PhysicalFrame, offset: usize, buf: &mut [u8]) {
+        self.inner.read_frame(frame, offset, buf)
+    }
+
+    fn write_frame(&mut self, frame: PhysicalFrame, offset: usize, bytes: &[u8]) {
+        self.inner.write_frame(frame, offset, bytes)
+    }
+
+    fn flush_page(&mut self, va: u64) {
+        self.record(TraceEvent::Flush { va });
+        self.inner.flush_page(va)
+    }
+
+    fn activate(&mut self, directory: &PageDirectory) {
+        self.record(TraceEvent::Activate {
+            directory: directory.cr3(),
+        });
+        self.inner.activate(directory)
+    }
+
+    fn enter_user(&mut self, entry: &UserEntry) -> UserTrap {
+        self.record(TraceEvent::EnterUser);
+        self.inner.enter_user(entry)
+    }
+
+    fn frame_freed(&mut self, frame: PhysicalFrame) {
+        self.record(TraceEvent::FrameFreed { frame: frame.0 });
+        self.inner.frame_freed(frame)
+    }
+}

@@ -1,0 +1,104 @@
+//! The host side of the flush trace: draining the guest's trace buffer (attacker-controlled:
+//! its count and every record are checked) and the in-process sink the sim writes to.
+
+use crate::error::VmmError;
+use guest_mm::trace::TraceSink;
+use shared_mm::trace::{
+    TraceEvent, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+fn protocol(why: String) -> VmmError {
+    VmmError::GuestProtocol(why)
+}
+
+/// Takes every record out of the guest's trace buffer, in order, and empties it.
+pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
+    let count: u64 = mem
+        .read_obj(GuestAddress(TRACE_ADDR))
+        .map_err(|e| VmmError::GuestMemory(format!("reading the trace count: {e}")))?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if count > TRACE_CAPACITY as u64 {
+        return Err(protocol(format!(
+            "flush trace claims {count} records; the buffer holds {TRACE_CAPACITY}"
+        )));
+    }
+    let mut records = vec![0u8; count as usize * TRACE_RECORD_SIZE];
+    mem.read_slice(
+        &mut records,
+        GuestAddress(TRACE_ADDR + TRACE_HEADER_SIZE as u64),
+    )
+    .map_err(|e| VmmError::GuestMemory(format!("reading the flush trace: {e}")))?;
+    let events = records
+        .chunks_exact(TRACE_RECORD_SIZE)
+        .enumerate()
+        .map(|(i, record)| {
+            TraceEvent::decode(record)
+                .ok_or_else(|| protocol(format!("flush trace record {i} is malformed")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    mem.write_obj(0u64, GuestAddress(TRACE_ADDR))
+        .map_err(|e| VmmError::GuestMemory(format!("emptying the flush trace: {e}")))?;
+    Ok(events)
+}
+
+/// The sim's trace sink: events collected in-process until the host takes them.
+#[derive(Debug, Default)]
+pub struct TraceLog {
+    events: Vec<TraceEvent>,
+}
+
+impl TraceLog {
+    /// Every event since the last call, in order.
+    pub fn take(&mut self) -> Vec<TraceEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+impl TraceSink for TraceLog {
+    fn record(&mut self, event: TraceEvent) {
+        self.events.push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("1 MiB")
+    }
+
+    #[test]
+    fn drain_takes_every_record_and_empties_the_buffer() {
+        let mem = memory();
+        let events = [TraceEvent::Flush { va: 0x1000 }, TraceEvent::EnterUser];
+        for (i, event) in events.iter().enumerate() {
+            let mut record = [0u8; TRACE_RECORD_SIZE];
+            event.encode(&mut record).expect("fits");
+            let at = TRACE_ADDR + (TRACE_HEADER_SIZE + i * TRACE_RECORD_SIZE) as u64;
+            mem.write_slice(&record, GuestAddress(at)).expect("in RAM");
+        }
+        mem.write_obj(2u64, GuestAddress(TRACE_ADDR))
+            .expect("in RAM");
+        assert_eq!(drain(&mem).expect("valid"), events);
+        assert!(drain(&mem).expect("valid").is_empty(), "drained");
+    }
+
+    #[test]
+    fn a_hostile_count_or_record_is_a_protocol_error() {
+        let mem = memory();
+        mem.write_obj(u64::MAX, GuestAddress(TRACE_ADDR))
+            .expect("in RAM");
+        assert!(matches!(drain(&mem), Err(VmmError::GuestProtocol(_))));
+        mem.write_obj(1u64, GuestAddress(TRACE_ADDR))
+            .expect("in RAM");
+        assert!(
+            matches!(drain(&mem), Err(VmmError::GuestProtocol(_))),
+            "kind 0 record"
+        );
+    }
+}
