@@ -430,3 +430,60 @@ fn inspect_shows_a_seeded_bug_in_the_table_and_json() {
         "the u-r-- region with the finding gets a red outline"
     );
 }
+
+#[test]
+fn only_the_active_space_has_possibly_cached_translations() {
+    let cached: Vec<(u32, usize)> = report()
+        .spaces
+        .iter()
+        .filter(|s| s.possibly_cached > 0)
+        .map(|s| (s.space, s.possibly_cached))
+        .collect();
+    // The last op ran in space 1 (a CR3 load dropped the others): every present user page of
+    // it may be cached, trampoline included.
+    assert_eq!(
+        cached,
+        [(1, space(1).present_pages() as usize)],
+        "{cached:?}"
+    );
+    let doc: Value = serde_json::from_str(&report().to_json()).expect("valid JSON");
+    assert_eq!(
+        doc["spaces"][0]["possibly_cached"].as_u64(),
+        Some(space(1).present_pages())
+    );
+    assert!(report()
+        .to_table()
+        .contains("  tlb: nothing possibly cached"));
+}
+
+#[test]
+fn inspect_shows_a_flush_trace_finding_with_its_events_on_the_sim() {
+    // Unmap flushes the neighbouring page: the written page 6 of 0x400000 stays cached.
+    let config = VmConfig {
+        backend: vmm::Backend::Sim,
+        seeded_bugs: guest_mm::SeededBugs::NONE.with(guest_mm::Bug::FlushWrongPage),
+        ..config(GuestCommand::Serve)
+    };
+    let report = inspect(&config).unwrap_or_else(|e| panic!("inspect failed: {e}"));
+    let stale = report
+        .space(1)
+        .and_then(|s| s.findings.iter().find(|f| f.rule == Rule::StaleTlbEntry))
+        .unwrap_or_else(|| panic!("no stale-tlb-entry: {}", report.to_table()));
+    assert_eq!(stale.va, Some(0x40_6000));
+    let table = report.to_table();
+    for event in ["pte-write", "flush va 0x407000", "enter-user"] {
+        assert!(table.contains(event), "{event} missing from\n{table}");
+    }
+    let doc: Value = serde_json::from_str(&report.to_json()).expect("valid JSON");
+    let traced = &doc["spaces"][0]["trace_findings"];
+    assert!(
+        traced
+            .as_array()
+            .is_some_and(
+                |a| a.iter().any(|f| f["events"].as_array().is_some_and(|e| e
+                    .iter()
+                    .any(|e| e.as_str().is_some_and(|e| e.contains("flush va 0x407000")))))
+            ),
+        "{traced}"
+    );
+}

@@ -64,7 +64,8 @@ struct Row {
 
 const RATIO_LEGEND: &str = "ratio: RegionTree rows, first fit's time / RegionTree's (speed-up); \
      Ping row, Ping / raw exit; checker row, ops/s without / with the checker (slow-down); \
-     sim fuzz rows, sim ops/s / kvm ops/s; seeded-bug rows, shrinking time / time to find.";
+     trace row, ops/s with the flush trace off / on; sim fuzz rows, sim ops/s / kvm ops/s; \
+     seeded-bug rows, shrinking time / time to find.";
 
 impl Row {
     fn new(name: impl Into<String>, value: f64, unit: &'static str) -> Self {
@@ -507,8 +508,12 @@ fn failures(script: &Script) -> usize {
 }
 
 /// One Serve guest driven through `budget` of `batch` after [`mm_setup`]: (ops, time they took).
-fn mm_run(batch: Vec<Op>, budget: Duration, checker: bool) -> (usize, Duration) {
-    let mut vm = Vm::new(&VmConfig::default()).expect("MM guest VM");
+fn mm_run(batch: Vec<Op>, budget: Duration, checker: bool, trace: bool) -> (usize, Duration) {
+    let config = VmConfig {
+        trace,
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::new(&config).expect("MM guest VM");
     let timed = if checker {
         let mut driver = Checked::new(Timed::new(mm_script(batch), budget));
         vm.run(&mut driver).expect("checked MM guest run");
@@ -575,7 +580,7 @@ fn op_kinds(rows: &mut Vec<Row>) {
         ),
     ];
     for (name, pattern) in kinds {
-        let (ops, time) = mm_run(batch_of(&pattern), OP_KIND_BUDGET, false);
+        let (ops, time) = mm_run(batch_of(&pattern), OP_KIND_BUDGET, false, true);
         rows.push(Row::new(
             format!("  MM op: {name}"),
             time.as_secs_f64() * 1e6 / ops as f64,
@@ -585,17 +590,35 @@ fn op_kinds(rows: &mut Vec<Row>) {
 }
 
 fn mm_ops(rows: &mut Vec<Row>) {
-    eprintln!("bench: batched MM ops, {MM_ROUNDS} × {MM_BUDGET:?} without and with the checker");
+    eprintln!(
+        "bench: batched MM ops, {MM_ROUNDS} × {MM_BUDGET:?} with the trace off, on, and the checker"
+    );
+    let mut untraced = (0, Duration::ZERO);
     let (mut plain, mut checked) = ((0, Duration::ZERO), (0, Duration::ZERO));
     for _ in 0..MM_ROUNDS {
-        for (checker, total) in [(false, &mut plain), (true, &mut checked)] {
-            let (ops, time) = mm_run(mm_mix(), MM_BUDGET, checker);
+        let runs = [
+            (false, false, &mut untraced),
+            (false, true, &mut plain),
+            (true, true, &mut checked),
+        ];
+        for (checker, trace, total) in runs {
+            let (ops, time) = mm_run(mm_mix(), MM_BUDGET, checker, trace);
             total.0 += ops;
             total.1 += time;
         }
     }
     let per_sec = |(ops, time): (usize, Duration)| ops as f64 / time.as_secs_f64();
-    let (plain, checked) = (per_sec(plain), per_sec(checked));
+    let (untraced, plain, checked) = (per_sec(untraced), per_sec(plain), per_sec(checked));
+    rows.push(Row::new(
+        "MM ops, batches of 1024, flush trace off",
+        untraced,
+        "ops/s",
+    ));
+    rows.push(
+        Row::new("flush trace cost", untraced / plain, "×")
+            .against(untraced, untraced / plain)
+            .goal(Goal::RatioAtMost(1.2)),
+    );
     rows.push(
         Row::new("MM ops, batches of 1024, no checker", plain, "ops/s")
             .goal(Goal::ValueAtLeast(100_000.0)),

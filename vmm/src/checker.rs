@@ -2,7 +2,7 @@
 //! walks itself through guest memory (never the guest's own view). Each broken invariant of
 //! DESIGN.md becomes a [`Finding`] naming the space, address, PTE, region and rule.
 
-use crate::coherence::{Coherence, CoherenceFinding};
+use crate::coherence::{Coherence, CoherenceFinding, Numbered};
 use crate::driver::{Driver, SpaceSnapshot};
 use crate::page_walk::{leaves_in, Leaf, LOWER_HALF, UPPER_HALF};
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
@@ -75,6 +75,8 @@ pub struct Finding {
     /// The region involved.
     pub region: Option<RegionRecord>,
     pub detail: String,
+    /// For flush-trace findings, the trace events behind it (numbered from boot).
+    pub events: Vec<Numbered>,
 }
 
 fn space_name(space: u32) -> String {
@@ -149,6 +151,7 @@ impl Checker {
             pte: leaf.map(|l| l.pte.raw()),
             region: region.copied(),
             detail,
+            events: Vec::new(),
         });
     }
 
@@ -455,7 +458,7 @@ impl<D: Driver> Driver for Checked<D> {
 
 /// A coherence finding as a checker finding of the space whose directory it concerns (the
 /// kernel's, a live space's, or space 0 for a directory no snapshot shows).
-fn as_finding(found: &CoherenceFinding, views: (&SpaceSnapshot, &[SpaceSnapshot])) -> Finding {
+pub fn as_finding(found: &CoherenceFinding, views: (&SpaceSnapshot, &[SpaceSnapshot])) -> Finding {
     let (kernel, spaces) = views;
     let view = std::iter::once(kernel)
         .chain(spaces)
@@ -471,5 +474,6 @@ fn as_finding(found: &CoherenceFinding, views: (&SpaceSnapshot, &[SpaceSnapshot]
         pte: Some(found.pte),
         region,
         detail: format!("directory {:#x}: {}", found.directory, found.detail),
+        events: found.events.clone(),
     }
 }

@@ -21,11 +21,29 @@ use crate::page_walk::EffectivePerms;
 use crate::tlb::Translation;
 use shared_mm::pte::{PageLevel, PageTableEntry, LOWER_HALF_LAST};
 use shared_mm::trace::TraceEvent;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 /// One event of the trace with its position in it (counted from the guest's boot).
 pub type Numbered = (u64, TraceEvent);
+
+/// One numbered event as a line: `#71 pte-write dir 0x52000 va 0x401000 level 3: 0x8000000000046007 -> 0x0`.
+pub fn describe((number, event): &Numbered) -> String {
+    let what = match *event {
+        TraceEvent::PteWrite {
+            directory,
+            va,
+            level,
+            old,
+            new,
+        } => format!("pte-write dir {directory:#x} va {va:#x} level {level}: {old:#x} -> {new:#x}"),
+        TraceEvent::Flush { va } => format!("flush va {va:#x}"),
+        TraceEvent::Activate { directory } => format!("activate dir {directory:#x}"),
+        TraceEvent::FrameFreed { frame } => format!("frame-freed {frame:#x}"),
+        TraceEvent::EnterUser => "enter-user".into(),
+    };
+    format!("#{number} {what}")
+}
 
 /// A broken coherence rule, with the events behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +88,8 @@ struct Stale {
 
 /// Findings kept at most; later ones are only counted.
 const MAX_FINDINGS: usize = 64;
+/// Recent events kept to explain a finding.
+const RECENT: usize = 32;
 
 /// The replay state of one guest's trace.
 pub struct Coherence {
@@ -83,6 +103,8 @@ pub struct Coherence {
     tracked: usize,
     limit: usize,
     next_event: u64,
+    /// The last [`RECENT`] flushes, activations and frees, to explain findings.
+    recent: VecDeque<Numbered>,
     findings: Vec<CoherenceFinding>,
     /// Findings past [`MAX_FINDINGS`].
     pub dropped: usize,
@@ -125,6 +147,7 @@ impl Coherence {
             tracked: 0,
             limit: frames.saturating_mul(4).max(1 << 16),
             next_event: 0,
+            recent: VecDeque::new(),
             findings: Vec::new(),
             dropped: 0,
         }
@@ -158,6 +181,12 @@ impl Coherence {
     fn apply(&mut self, event: TraceEvent) -> Result<(), TraceTooLarge> {
         let numbered = (self.next_event, event);
         self.next_event += 1;
+        if !matches!(event, TraceEvent::PteWrite { .. } | TraceEvent::EnterUser) {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(numbered);
+        }
         match event {
             TraceEvent::PteWrite {
                 directory,
@@ -256,6 +285,20 @@ impl Coherence {
         }
     }
 
+    /// `write`, the flushes, activations and frees after it that are still remembered, and
+    /// `trigger`: the events that explain a finding.
+    fn explain(&self, write: Numbered, trigger: Numbered) -> Vec<Numbered> {
+        let between = self
+            .recent
+            .iter()
+            .filter(|(n, _)| *n > write.0 && *n < trigger.0)
+            .copied();
+        std::iter::once(write)
+            .chain(between)
+            .chain(std::iter::once(trigger))
+            .collect()
+    }
+
     fn report(&mut self, finding: CoherenceFinding) {
         if self.findings.len() < MAX_FINDINGS {
             self.findings.push(finding);
@@ -293,7 +336,7 @@ impl Coherence {
                      event {} with no flush of the page or CR3 load in between",
                     stale.pte, stale.write.0, entry.0
                 ),
-                events: vec![stale.write, entry],
+                events: self.explain(stale.write, entry),
             });
         }
     }
@@ -325,7 +368,7 @@ impl Coherence {
                      at event {} may still be cached (no flush of the page or CR3 load yet)",
                     freed.0, stale.write.0
                 ),
-                events: vec![stale.write, freed],
+                events: self.explain(stale.write, freed),
             });
         }
         let mapped = self

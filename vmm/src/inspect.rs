@@ -11,6 +11,7 @@ mod svg;
 mod table;
 
 use crate::checker::{self, access_string, Finding};
+use crate::coherence::Coherence;
 use crate::driver::{Driver, SpaceSnapshot};
 use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
 use crate::scenario::check;
@@ -18,7 +19,8 @@ use crate::{Guest, VmConfig, VmmError};
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
 };
-use vm_memory::GuestMemoryMmap;
+use shared_mm::trace::TraceEvent;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 const PAGE: u64 = 4096;
 
@@ -64,8 +66,11 @@ pub struct SpaceReport {
     pub regions: Vec<RegionRecord>,
     /// Present pages from the host's own walk, split at region boundaries.
     pub rows: Vec<Row>,
-    /// What the agreement checker found in this space.
+    /// What the agreement checker and the flush-trace replay found in this space.
     pub findings: Vec<Finding>,
+    /// Translations of this space the TLB model holds as possibly cached (only the active
+    /// directory has any: a CR3 load drops the rest).
+    pub possibly_cached: usize,
 }
 
 impl SpaceReport {
@@ -100,6 +105,14 @@ impl SpaceReport {
         match self.findings.len() {
             0 => "agreement: ok".into(),
             n => format!("agreement: {n} finding(s)"),
+        }
+    }
+
+    /// `tlb: N translations possibly cached` (see [`SpaceReport::possibly_cached`]).
+    pub fn tlb_line(&self) -> String {
+        match self.possibly_cached {
+            0 => "tlb: nothing possibly cached (not the active directory)".into(),
+            n => format!("tlb: {n} translations possibly cached (the active directory)"),
         }
     }
 
@@ -233,7 +246,12 @@ pub fn split_rows(runs: &[MappedRun], regions: &[RegionRecord], trampoline: bool
     rows
 }
 
-fn space_report(mem: &GuestMemoryMmap, view: SpaceSnapshot, findings: Vec<Finding>) -> SpaceReport {
+fn space_report(
+    mem: &GuestMemoryMmap,
+    view: SpaceSnapshot,
+    findings: Vec<Finding>,
+    coherence: &Coherence,
+) -> SpaceReport {
     let user = view.space != KERNEL_SPACE;
     let half = if user { LOWER_HALF } else { UPPER_HALF };
     // A walk error stops the walk here; the agreement checker reports it as a finding.
@@ -242,6 +260,7 @@ fn space_report(mem: &GuestMemoryMmap, view: SpaceSnapshot, findings: Vec<Findin
     SpaceReport {
         space: view.space,
         cr3: view.cr3,
+        possibly_cached: coherence.possibly_cached(view.cr3 & !0xfff),
         regions: view.regions,
         rows,
         findings,
@@ -261,6 +280,8 @@ struct Inspector {
     mismatches: Vec<String>,
     /// `Some` once the snapshots have been asked for.
     snapshots: Option<Vec<SpaceSnapshot>>,
+    /// The flush trace replayed so far.
+    coherence: Option<Coherence>,
     report: Option<Report>,
 }
 
@@ -273,6 +294,7 @@ impl Inspector {
             placed: Vec::new(),
             mismatches: Vec::new(),
             snapshots: None,
+            coherence: None,
             report: None,
         }
     }
@@ -325,7 +347,14 @@ impl Inspector {
             .map(|i| views.remove(i))
             .ok_or("the guest sent no kernel snapshot")?;
         views.sort_by_key(|v| v.space);
-        let mut findings = checker::check(mem, &kernel, &views);
+        let coherence = self.coherence.get_or_insert_with(|| Coherence::new(0));
+        let trace = coherence.take_findings();
+        let mut findings: Vec<Finding> = trace
+            .iter()
+            .map(|f| checker::as_finding(f, (&kernel, &views)))
+            .collect();
+        findings.extend(checker::check(mem, &kernel, &views));
+        let coherence = &*coherence;
         let mut take = |space: u32| {
             let (mine, rest) = std::mem::take(&mut findings)
                 .into_iter()
@@ -337,11 +366,13 @@ impl Inspector {
             .into_iter()
             .map(|v| {
                 let found = take(v.space);
-                space_report(mem, v, found)
+                space_report(mem, v, found, coherence)
             })
             .collect();
-        let found = take(KERNEL_SPACE);
-        spaces.push(space_report(mem, kernel, found));
+        let mut found = take(KERNEL_SPACE);
+        // Trace findings of a directory no live space has (destroyed since) go to the kernel's.
+        found.extend(findings);
+        spaces.push(space_report(mem, kernel, found, coherence));
         self.report = Some(Report {
             spaces,
             steps: self.placed.len(),
@@ -392,6 +423,12 @@ impl Driver for Inspector {
             .as_mut()
             .ok_or_else(|| format!("unrequested snapshot of space {space}"))?;
         SpaceSnapshot::collect(views, space, cr3, first, total, regions)
+    }
+
+    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), String> {
+        let ram = GuestMemoryBackend::last_addr(mem).0.saturating_add(1);
+        let coherence = self.coherence.get_or_insert_with(|| Coherence::new(ram));
+        coherence.apply_all(events).map_err(|e| e.to_string())
     }
 }
 

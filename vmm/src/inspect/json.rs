@@ -3,6 +3,7 @@
 
 use super::{Owner, Report, Row, SpaceReport};
 use crate::checker::access_string;
+use crate::coherence::describe;
 use serde_json::{json, Value};
 
 fn hex(v: u64) -> String {
@@ -46,6 +47,15 @@ fn space(space: &SpaceReport) -> Value {
         .collect();
     let runs: Vec<Value> = space.rows.iter().map(|r| row(space, r)).collect();
     let findings: Vec<String> = space.findings.iter().map(ToString::to_string).collect();
+    let trace_findings: Vec<Value> = space
+        .findings
+        .iter()
+        .filter(|f| !f.events.is_empty())
+        .map(|f| {
+            let events: Vec<String> = f.events.iter().map(describe).collect();
+            json!({ "finding": f.to_string(), "events": events })
+        })
+        .collect();
     json!({
         "space": space.space,
         "name": space.name(),
@@ -54,13 +64,17 @@ fn space(space: &SpaceReport) -> Value {
         "regions": regions,
         "runs": runs,
         "findings": findings,
+        "possibly_cached": space.possibly_cached,
+        "trace_findings": trace_findings,
     })
 }
 
 impl Report {
     /// `{"spaces": [...], "steps": N, "mismatches": [...], "exit_status": N}`; each space has
     /// `space` (the kernel's id is 4294967295), `name`, `cr3`, `present_pages`, `regions`,
-    /// `runs` (with `region_base`, or null in a hole or on the trampoline) and `findings`.
+    /// `runs` (with `region_base`, or null in a hole or on the trampoline), `findings`,
+    /// `possibly_cached` (translations the TLB model holds as possibly cached) and
+    /// `trace_findings` (each flush-trace finding with the trace events behind it).
     pub fn to_json(&self) -> String {
         let spaces: Vec<Value> = self.spaces.iter().map(space).collect();
         let doc = json!({

@@ -60,8 +60,8 @@ pub fn relocate(op: Op, base: u64) -> Op {
 /// The scenario in batches; the second batch touches what the first placed anywhere or at random.
 ///
 /// Spaces 1, 2 and 3 (a fresh guest numbers its spaces from 1). In space 1:
-/// `0x400000` 8 pages u-rw-, pages 0-4 written, then pages 2-3 protected u-r-- and page 6
-/// unmapped (four regions); `0x600000` 2 pages u-r-x, page 0 executed; `0x700000` kernel-only
+/// `0x400000` 8 pages u-rw-, pages 0-4 and 6 written, then pages 2-3 protected u-r-- and page
+/// 6 unmapped (four regions); `0x600000` 2 pages u-r-x, page 0 executed; `0x700000` kernel-only
 /// --rw-; `0x800000` 2 pages written, then protected to PROT_NONE; two adjacent u-rw- regions at
 /// `0x900000` and `0x902000`, written on both sides of their boundary; 4 pages placed anywhere
 /// 2 MiB-aligned and 16 pages u-r-- placed at random, one page of each touched later.
@@ -110,8 +110,9 @@ pub fn batches() -> Vec<Vec<Planned>> {
             },
             Ok,
         ),
+        write(a, 0x40_6000, 7),
         at(
-            "unmap page 6 (split the last piece)",
+            "unmap page 6, written (split the last piece; its PTE goes and is flushed)",
             Unmap {
                 space: a,
                 addr: 0x40_6000,

@@ -1,6 +1,7 @@
 //! The `info mem`-style text view of a [`Report`].
 
 use super::{region_label, Owner, Report, Row, SpaceReport};
+use crate::coherence::describe;
 use std::fmt::Write;
 
 impl Row {
@@ -32,7 +33,11 @@ fn write_space(out: &mut String, space: &SpaceReport) {
     let _ = writeln!(out, "  {}", space.verdict());
     for finding in &space.findings {
         let _ = writeln!(out, "    {finding}");
+        for event in &finding.events {
+            let _ = writeln!(out, "      trace {}", describe(event));
+        }
     }
+    let _ = writeln!(out, "  {}", space.tlb_line());
 }
 
 impl Report {
