@@ -196,6 +196,23 @@ pub enum Op {
 }
 
 impl Op {
+    /// The address space the operation names (`None` for `CreateSpace`, which names none).
+    pub fn space(&self) -> Option<u32> {
+        match *self {
+            Op::CreateSpace => None,
+            Op::DestroySpace { space }
+            | Op::MapAnywhere { space, .. }
+            | Op::MapFixed { space, .. }
+            | Op::MapRandomized { space, .. }
+            | Op::Unmap { space, .. }
+            | Op::Protect { space, .. }
+            | Op::TouchRead { space, .. }
+            | Op::TouchWrite { space, .. }
+            | Op::TouchExec { space, .. }
+            | Op::Snapshot { space } => Some(space),
+        }
+    }
+
     const CREATE_SPACE: u32 = 1;
     const DESTROY_SPACE: u32 = 2;
     const MAP_ANYWHERE: u32 = 3;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::coverage::{CoverageMap, CoverageSet};
-use vmm::driver::Driver;
+use vmm::driver::{Driver, DriverError};
 use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::{Script, SelfCheck};
 use vmm::{Vm, VmConfig};
@@ -55,7 +55,7 @@ impl<D: Driver> Driver for CoverageProbe<D> {
         mem: &GuestMemoryMmap,
         results: &[OpResult],
         spaces: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String> {
+    ) -> Result<Option<Vec<Op>>, DriverError> {
         let counters = self.map.read(mem)?;
         let new = self.seen.merge(&counters);
         self.map.reset(mem)?;
@@ -75,7 +75,7 @@ impl<D: Driver> Driver for CoverageProbe<D> {
         first: u64,
         total: u64,
         regions: &[RegionRecord],
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         self.inner.snapshot(mem, space, cr3, first, total, regions)
     }
 }

@@ -94,11 +94,12 @@ impl vmm::driver::Driver for FrameProbe {
         mem: &vm_memory::GuestMemoryMmap,
         results: &[shared_mm::abi::OpResult],
         spaces: &[shared_mm::abi::SpaceRecord],
-    ) -> Result<Option<Vec<shared_mm::abi::Op>>, String> {
+    ) -> Result<Option<Vec<shared_mm::abi::Op>>, vmm::driver::DriverError> {
         if let (Some(vas), Some(space)) = (self.probes.get(self.frames.len()), spaces.first()) {
             let mut frames = Vec::new();
             for &va in vas {
-                let t = vmm::page_walk::translate(mem, space.cr3, va).map_err(|e| e.to_string())?;
+                let t = vmm::page_walk::translate(mem, space.cr3, va)
+                    .unwrap_or_else(|e| panic!("walking {va:#x}: {e}"));
                 frames.push(t.map(|t| t.phys & !0xfff));
             }
             self.frames.push(frames);

@@ -23,7 +23,7 @@ use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_1G};
 use shared_mm::region::{Access, Region};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::Checked;
-use vmm::driver::{Driver, IdleDriver};
+use vmm::driver::{Driver, DriverError, IdleDriver};
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
 use vmm::fuzz::shrink::Budget;
 use vmm::hypercall;
@@ -262,7 +262,7 @@ impl Driver for Markers {
         _: &GuestMemoryMmap,
         _: &[OpResult],
         _: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String> {
+    ) -> Result<Option<Vec<Op>>, DriverError> {
         self.0.push(Instant::now());
         Ok(Some(Vec::new()))
     }
@@ -270,13 +270,13 @@ impl Driver for Markers {
     fn snapshot(
         &mut self,
         _: &GuestMemoryMmap,
-        _: u32,
+        space: u32,
         _: u64,
         _: u64,
         _: u64,
         _: &[RegionRecord],
-    ) -> Result<(), String> {
-        Err("the bench guest takes no snapshots".into())
+    ) -> Result<(), DriverError> {
+        Err(DriverError::UnrequestedSnapshot { space })
     }
 }
 
@@ -391,14 +391,13 @@ impl<D: Driver> Driver for Timed<D> {
         mem: &GuestMemoryMmap,
         results: &[OpResult],
         spaces: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String> {
+    ) -> Result<Option<Vec<Op>>, DriverError> {
         self.calls += 1;
-        let started = match (self.calls, self.started) {
-            (1, _) => return self.inner.next_batch(mem, results, spaces),
-            (2, _) => *self.started.insert(Instant::now()),
-            (_, Some(started)) => started,
-            (_, None) => return Err("timing never started".into()),
-        };
+        if self.calls == 1 {
+            return self.inner.next_batch(mem, results, spaces);
+        }
+        // The clock starts with the second call: the first batch has run by then.
+        let started = *self.started.get_or_insert_with(Instant::now);
         if self.calls > 2 {
             self.ops += results.len();
             self.elapsed = started.elapsed();
@@ -421,7 +420,7 @@ impl<D: Driver> Driver for Timed<D> {
         first: u64,
         total: u64,
         regions: &[RegionRecord],
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         self.inner.snapshot(mem, space, cr3, first, total, regions)
     }
 }

@@ -1,5 +1,6 @@
 //! Edge coverage of a sanitizer-coverage guest: its counters in guest memory, read and zeroed per batch.
 
+use crate::driver::DriverError;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const START_SYMBOL: &[u8] = b"__start___sancov_cntrs";
@@ -143,9 +144,9 @@ impl Elf<'_> {
 /// kernel image, so find the counters in the ELF bytes the VM was booted from:
 ///
 /// ```no_run
-/// # fn demo(config: &vmm::VmConfig, mem: &vm_memory::GuestMemoryMmap) -> Result<(), String> {
+/// # fn demo(config: &vmm::VmConfig, mem: &vm_memory::GuestMemoryMmap) -> Result<(), vmm::driver::DriverError> {
 /// use vmm::coverage::{CoverageMap, CoverageSet};
-/// let map = CoverageMap::from_elf(&config.kernel)?.expect("a coverage build of the guest");
+/// let map = CoverageMap::from_elf(&config.kernel).expect("an ELF").expect("a coverage build");
 /// let mut seen = CoverageSet::new();
 /// // After each batch, with the guest paused:
 /// let new_edges = seen.merge(&map.read(mem)?);
@@ -209,17 +210,17 @@ impl CoverageMap {
 
     /// The counters' current values (hits since the last [`CoverageMap::reset`], modulo 256).
     /// Call it while the guest is paused.
-    pub fn read(&self, mem: &GuestMemoryMmap) -> Result<Vec<u8>, String> {
+    pub fn read(&self, mem: &GuestMemoryMmap) -> Result<Vec<u8>, DriverError> {
         let mut counters = vec![0u8; self.len];
         mem.read_slice(&mut counters, self.start)
-            .map_err(|e| format!("reading {} coverage counters: {e}", self.len))?;
+            .map_err(|e| DriverError::Coverage(format!("reading {}: {e}", self.len)))?;
         Ok(counters)
     }
 
     /// Zeroes the counters. Call it while the guest is paused.
-    pub fn reset(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
+    pub fn reset(&self, mem: &GuestMemoryMmap) -> Result<(), DriverError> {
         mem.write_slice(&vec![0u8; self.len], self.start)
-            .map_err(|e| format!("zeroing {} coverage counters: {e}", self.len))
+            .map_err(|e| DriverError::Coverage(format!("zeroing {}: {e}", self.len)))
     }
 }
 

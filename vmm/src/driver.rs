@@ -1,9 +1,86 @@
 //! The Driver trait: what hands the guest MM its work and receives the results, whichever
 //! backend runs it; plus the snapshot collector drivers share.
 
-use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord};
+use crate::coherence::TraceTooLarge;
+use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status};
 use shared_mm::trace::TraceEvent;
+use std::fmt;
 use vm_memory::GuestMemoryMmap;
+
+/// Regions one snapshot may announce: more than a guest heap of the largest supported RAM can
+/// hold (each region is a heap object), so a larger count is a lie and is refused.
+pub const MAX_SNAPSHOT_REGIONS: u64 = 1 << 22;
+
+/// Why a driver cannot go on. The guest's part of the protocol is attacker-controlled, so most
+/// of these are the guest breaking it ([`DriverError::is_guest_fault`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverError {
+    /// The guest sent a number of results that is not the number of operations it was given.
+    ResultCount { got: usize, sent: usize },
+    /// A snapshot chunk that does not continue the snapshot in progress.
+    SnapshotOutOfOrder { space: u32, first: u64 },
+    /// A snapshot with more regions than it announced, or than any guest can hold.
+    SnapshotTooLarge { space: u32, total: u64 },
+    /// A snapshot nothing asked for.
+    UnrequestedSnapshot { space: u32 },
+    /// A snapshot of the kernel was asked for and none came.
+    NoKernelSnapshot,
+    /// The guest could not export a snapshot it was asked for.
+    SnapshotFailed { status: Status },
+    /// The flush trace asked for more state than the guest's RAM can map.
+    Trace(TraceTooLarge),
+    /// The guest exited before the driver's work was done.
+    ExitedEarly { status: u32 },
+    /// The guest's coverage counters could not be read or reset.
+    Coverage(String),
+}
+
+impl DriverError {
+    /// Whether the guest broke the protocol (exit 103), rather than the host failing (exit 2).
+    pub fn is_guest_fault(&self) -> bool {
+        !matches!(self, DriverError::Coverage(_))
+    }
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverError::ResultCount { got, sent } => {
+                write!(f, "guest returned {got} results for {sent} operations")
+            }
+            DriverError::SnapshotOutOfOrder { space, first } => write!(
+                f,
+                "snapshot chunk at {first} for space {space} does not continue the snapshot in progress"
+            ),
+            DriverError::SnapshotTooLarge { space, total } => write!(
+                f,
+                "snapshot of space {space} is larger than it announced or than a guest can hold \
+                 ({total} regions, at most {MAX_SNAPSHOT_REGIONS})"
+            ),
+            DriverError::UnrequestedSnapshot { space } => {
+                write!(f, "unrequested snapshot of space {space}")
+            }
+            DriverError::NoKernelSnapshot => f.write_str("the guest sent no kernel snapshot"),
+            DriverError::SnapshotFailed { status } => {
+                write!(f, "the guest could not export a snapshot: {status:?}")
+            }
+            DriverError::Trace(e) => write!(f, "{e}"),
+            DriverError::ExitedEarly { status } => write!(
+                f,
+                "the guest exited with status {status} before the driver's work was done"
+            ),
+            DriverError::Coverage(why) => write!(f, "coverage counters: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DriverError {}
+
+impl From<TraceTooLarge> for DriverError {
+    fn from(e: TraceTooLarge) -> Self {
+        DriverError::Trace(e)
+    }
+}
 
 /// One address space's exported region tree, with the root of its page tables.
 #[derive(Clone, Debug)]
@@ -17,7 +94,9 @@ pub struct SpaceSnapshot {
 
 impl SpaceSnapshot {
     /// Adds one `Snapshot` hypercall chunk to `list`: a chunk that starts at region 0 opens a
-    /// new snapshot; a later chunk extends the last one, which must be of the same space.
+    /// new snapshot; a later chunk must continue the last one exactly (same space, `first` the
+    /// number of regions received so far), and no snapshot may grow past the `total` it
+    /// announced or [`MAX_SNAPSHOT_REGIONS`].
     pub fn collect(
         list: &mut Vec<SpaceSnapshot>,
         space: u32,
@@ -25,7 +104,10 @@ impl SpaceSnapshot {
         first: u64,
         total: u64,
         regions: &[RegionRecord],
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
+        if total > MAX_SNAPSHOT_REGIONS {
+            return Err(DriverError::SnapshotTooLarge { space, total });
+        }
         if first == 0 {
             list.push(SpaceSnapshot {
                 space,
@@ -34,15 +116,16 @@ impl SpaceSnapshot {
                 regions: Vec::new(),
             });
         }
-        match list.last_mut() {
-            Some(snapshot) if snapshot.space == space => {
-                snapshot.regions.extend_from_slice(regions);
-                Ok(())
-            }
-            _ => Err(format!(
-                "snapshot chunk at {first} for space {space} arrived without its start"
-            )),
+        let Some(snapshot) = list.last_mut().filter(|s| {
+            s.space == space && s.regions.len() as u64 == first && s.reported_count == total
+        }) else {
+            return Err(DriverError::SnapshotOutOfOrder { space, first });
+        };
+        if first.saturating_add(regions.len() as u64) > total {
+            return Err(DriverError::SnapshotTooLarge { space, total });
         }
+        snapshot.regions.extend_from_slice(regions);
+        Ok(())
     }
 }
 
@@ -57,7 +140,7 @@ pub trait Driver {
         mem: &GuestMemoryMmap,
         results: &[OpResult],
         spaces: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String>;
+    ) -> Result<Option<Vec<Op>>, DriverError>;
 
     /// A chunk of the region tree of `space` (whose page tables are rooted at `cr3`), starting at
     /// region index `first` of `total` (see [`SpaceSnapshot::collect`]). The default ignores it.
@@ -69,13 +152,13 @@ pub trait Driver {
         _first: u64,
         _total: u64,
         _regions: &[RegionRecord],
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         Ok(())
     }
 
     /// The next events of the guest's flush trace, in order (every event since boot reaches the
     /// driver exactly once). The default ignores them.
-    fn trace(&mut self, _mem: &GuestMemoryMmap, _events: &[TraceEvent]) -> Result<(), String> {
+    fn trace(&mut self, _mem: &GuestMemoryMmap, _events: &[TraceEvent]) -> Result<(), DriverError> {
         Ok(())
     }
 }
@@ -89,7 +172,7 @@ impl Driver for IdleDriver {
         _: &GuestMemoryMmap,
         _: &[OpResult],
         _: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String> {
+    ) -> Result<Option<Vec<Op>>, DriverError> {
         Ok(None)
     }
 }

@@ -1,5 +1,6 @@
 //! Everything that can go wrong while setting up or running a guest, as one enum.
 
+pub use crate::protocol_error::ProtocolError;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -51,11 +52,25 @@ pub enum VmmError {
     GuestHalted { registers: String },
     /// The guest did something the VMM cannot serve (unknown hypercall, bad mailbox contents,
     /// failed VM entry, internal KVM error).
-    GuestProtocol(String),
+    GuestProtocol(ProtocolError),
     /// The MM self-check ran, and these steps did not give the expected result.
     SelfCheckFailed(Vec<String>),
-    /// The host-side driver of the guest's work failed.
-    Driver(String),
+    /// The host-side driver of the guest's work failed, mostly because the guest broke the
+    /// protocol.
+    Driver(crate::driver::DriverError),
+    /// The guest's console output could not be written.
+    Console(std::io::Error),
+    /// An output file could not be written.
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A host driver built a batch larger than the ABI allows (a bug of the driver).
+    BatchTooLarge { ops: usize },
+    /// The timeout's signal handler could not be installed.
+    SignalHandler(vmm_sys_util::errno::Error),
+    /// A fuzz job's thread panicked.
+    JobPanicked,
     /// The chosen backend cannot do what was asked.
     BackendUnsupported { backend: &'static str, what: String },
 }
@@ -135,6 +150,19 @@ impl fmt::Display for VmmError {
                 failures.iter().try_for_each(|line| write!(f, "\n  {line}"))
             }
             VmmError::Driver(why) => write!(f, "{why}"),
+            VmmError::Console(e) => write!(f, "writing the guest console: {e}"),
+            VmmError::Output { path, source } => {
+                write!(f, "cannot write {}: {source}", path.display())
+            }
+            VmmError::BatchTooLarge { ops } => write!(
+                f,
+                "a driver built a batch of {ops} ops; the ABI allows {}",
+                shared_mm::abi::MAX_BATCH
+            ),
+            VmmError::SignalHandler(e) => {
+                write!(f, "cannot install the timeout signal handler: {e}")
+            }
+            VmmError::JobPanicked => f.write_str("a fuzz job panicked"),
             VmmError::BackendUnsupported { backend, what } => {
                 write!(f, "the {backend} backend does not support {what}")
             }
@@ -151,6 +179,7 @@ impl VmmError {
             VmmError::GuestPanic { .. } => 101,
             VmmError::TripleFault { .. } => 102,
             VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => 103,
+            VmmError::Driver(e) if e.is_guest_fault() => 103,
             VmmError::Timeout { .. } => 124,
             VmmError::SelfCheckFailed(_) => 1,
             _ => 2,

@@ -1,9 +1,13 @@
 //! Host side of the hypercall ABI: decodes the guest's mailbox, serves the call, writes the reply.
+//!
+//! Everything in the mailbox is attacker-controlled: every count and length is checked with
+//! checked arithmetic against the payload it claims to describe before anything is allocated
+//! for it, and any violation is a [`ProtocolError`] (exit 103).
 
 use crate::driver::Driver;
-use crate::error::VmmError;
+use crate::error::{ProtocolError, VmmError};
 use shared_mm::abi::{
-    Hypercall, MailboxHeader, OpResult, RegionRecord, SpaceRecord, BATCH_DONE, HEADER_SIZE,
+    Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, BATCH_DONE, HEADER_SIZE,
     MAX_BATCH, OP_RECORD_SIZE, REGION_RECORD_SIZE, RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
 use shared_mm::boot_info::{MAILBOX_ADDR, MAILBOX_SIZE};
@@ -16,27 +20,159 @@ pub enum Next {
     Exit(u32),
 }
 
-fn protocol(why: impl Into<String>) -> VmmError {
-    VmmError::GuestProtocol(why.into())
+/// A reply to write back: the header's `count` and `args[0]`, and the payload.
+#[derive(Default)]
+struct Reply {
+    count: u32,
+    flags: u64,
+    payload: Vec<u8>,
 }
 
+fn protocol(e: ProtocolError) -> VmmError {
+    VmmError::GuestProtocol(e)
+}
+
+/// The `count` records of `size` bytes at the start of `payload`, decoded.
 fn decode_records<T>(
     payload: &[u8],
-    count: usize,
+    count: u64,
     size: usize,
-    what: &str,
+    what: &'static str,
     decode: impl Fn(&[u8]) -> Option<T>,
 ) -> Result<Vec<T>, VmmError> {
-    let bytes = payload
-        .get(..count * size)
-        .ok_or_else(|| protocol(format!("{count} {what} records do not fit the payload")))?;
+    let bytes = usize::try_from(count)
+        .ok()
+        .and_then(|n| n.checked_mul(size))
+        .and_then(|n| payload.get(..n))
+        .ok_or(protocol(ProtocolError::RecordsDoNotFit { what, count }))?;
     bytes
         .chunks_exact(size)
         .enumerate()
-        .map(|(i, rec)| {
-            decode(rec).ok_or_else(|| protocol(format!("{what} record {i} is malformed")))
+        .map(|(index, rec)| {
+            decode(rec).ok_or(protocol(ProtocolError::MalformedRecord { what, index }))
         })
         .collect()
+}
+
+fn read_mailbox(mem: &GuestMemoryMmap) -> Result<(MailboxHeader, Vec<u8>), VmmError> {
+    let mut head = [0u8; HEADER_SIZE];
+    mem.read_slice(&mut head, GuestAddress(MAILBOX_ADDR))
+        .map_err(|e| VmmError::GuestMemory(format!("reading the mailbox: {e}")))?;
+    let header = MailboxHeader::decode(&head).ok_or(protocol(ProtocolError::ShortHeader))?;
+    let len = header.len as usize;
+    if len > MAILBOX_SIZE as usize - HEADER_SIZE {
+        return Err(protocol(ProtocolError::PayloadTooLong { len: header.len }));
+    }
+    let mut payload = vec![0u8; len];
+    mem.read_slice(
+        &mut payload,
+        GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64),
+    )
+    .map_err(|e| VmmError::GuestMemory(format!("reading the mailbox payload: {e}")))?;
+    Ok((header, payload))
+}
+
+fn write_reply(mem: &GuestMemoryMmap, call: u32, reply: Reply) -> Result<(), VmmError> {
+    let header = MailboxHeader {
+        call,
+        count: reply.count,
+        len: reply.payload.len() as u32,
+        args: [reply.flags, 0, 0, 0],
+        ..Default::default()
+    };
+    let mut out = vec![0u8; HEADER_SIZE + reply.payload.len()];
+    header.encode(&mut out[..HEADER_SIZE]).expect("header fits");
+    out[HEADER_SIZE..].copy_from_slice(&reply.payload);
+    mem.write_slice(&out, GuestAddress(MAILBOX_ADDR))
+        .map_err(|e| VmmError::GuestMemory(format!("writing the mailbox: {e}")))
+}
+
+/// `Panic`: the payload is the file name (`args[0]` bytes) and then the message.
+fn guest_panic(header: &MailboxHeader, payload: &[u8]) -> VmmError {
+    let file_len = usize::try_from(header.args[0]).map_or(payload.len(), |n| n.min(payload.len()));
+    VmmError::GuestPanic {
+        file: String::from_utf8_lossy(&payload[..file_len]).into_owned(),
+        message: String::from_utf8_lossy(&payload[file_len..]).into_owned(),
+        line: header.args[1],
+        column: header.args[2],
+    }
+}
+
+/// `Batch`: the results of the last batch and the live spaces in, the next batch out.
+fn batch(
+    mem: &GuestMemoryMmap,
+    header: &MailboxHeader,
+    payload: &[u8],
+    driver: &mut dyn Driver,
+) -> Result<Reply, VmmError> {
+    if header.count as usize > MAX_BATCH {
+        return Err(protocol(ProtocolError::TooManyResults {
+            count: header.count,
+        }));
+    }
+    let n_results = u64::from(header.count);
+    let results = decode_records(payload, n_results, RESULT_RECORD_SIZE, "result", |r| {
+        OpResult::decode(r)
+    })?;
+    let after_results = &payload[results.len() * RESULT_RECORD_SIZE..];
+    let spaces = decode_records(
+        after_results,
+        header.args[0],
+        SPACE_RECORD_SIZE,
+        "space",
+        SpaceRecord::decode,
+    )?;
+    let ops = match driver
+        .next_batch(mem, &results, &spaces)
+        .map_err(VmmError::Driver)?
+    {
+        None => {
+            return Ok(Reply {
+                flags: BATCH_DONE,
+                ..Reply::default()
+            })
+        }
+        Some(ops) if ops.len() > MAX_BATCH => {
+            return Err(VmmError::BatchTooLarge { ops: ops.len() })
+        }
+        Some(ops) => ops,
+    };
+    Ok(Reply {
+        count: ops.len() as u32,
+        flags: 0,
+        payload: encode_ops(&ops),
+    })
+}
+
+fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    let mut payload = vec![0u8; ops.len() * OP_RECORD_SIZE];
+    for (op, rec) in ops.iter().zip(payload.as_chunks_mut::<OP_RECORD_SIZE>().0) {
+        op.encode(rec).expect("record buffer is OP_RECORD_SIZE");
+    }
+    payload
+}
+
+/// `Snapshot`: one chunk of a region tree.
+fn snapshot(
+    mem: &GuestMemoryMmap,
+    header: &MailboxHeader,
+    payload: &[u8],
+    driver: &mut dyn Driver,
+) -> Result<Reply, VmmError> {
+    let regions = decode_records(
+        payload,
+        u64::from(header.count),
+        REGION_RECORD_SIZE,
+        "region",
+        RegionRecord::decode,
+    )?;
+    let [space, first, total, cr3] = header.args;
+    let space = u32::try_from(space)
+        .map_err(|_| protocol(ProtocolError::SpaceIdOutOfRange { id: space }))?;
+    driver
+        .snapshot(mem, space, cr3, first, total, &regions)
+        .map_err(VmmError::Driver)?;
+    Ok(Reply::default())
 }
 
 /// Serves the hypercall the guest just signalled.
@@ -45,105 +181,21 @@ pub fn handle(
     log: &mut dyn std::io::Write,
     driver: &mut dyn Driver,
 ) -> Result<Next, VmmError> {
-    let mut head = [0u8; HEADER_SIZE];
-    mem.read_slice(&mut head, GuestAddress(MAILBOX_ADDR))
-        .map_err(|e| VmmError::GuestMemory(format!("reading the mailbox: {e}")))?;
-    let header = MailboxHeader::decode(&head).ok_or_else(|| protocol("short mailbox header"))?;
-    let len = header.len as usize;
-    if len > MAILBOX_SIZE as usize - HEADER_SIZE {
-        return Err(protocol(format!(
-            "payload length {len} exceeds the mailbox"
-        )));
-    }
-    let mut payload = vec![0u8; len];
-    mem.read_slice(
-        &mut payload,
-        GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64),
-    )
-    .map_err(|e| VmmError::GuestMemory(format!("reading the mailbox payload: {e}")))?;
-    let payload = payload.as_slice();
+    let (header, payload) = read_mailbox(mem)?;
     let call = Hypercall::from_u32(header.call)
-        .ok_or_else(|| protocol(format!("unknown hypercall number {}", header.call)))?;
-    let mut reply = MailboxHeader {
-        call: header.call,
-        ..Default::default()
-    };
-    let mut reply_payload: Vec<u8> = Vec::new();
-    match call {
+        .ok_or(protocol(ProtocolError::UnknownHypercall(header.call)))?;
+    let reply = match call {
         Hypercall::Log => {
-            let text = String::from_utf8_lossy(payload);
-            writeln!(log, "{text}").map_err(|e| VmmError::Driver(format!("console: {e}")))?;
+            writeln!(log, "{}", String::from_utf8_lossy(&payload)).map_err(VmmError::Console)?;
+            Reply::default()
         }
-        Hypercall::Panic => {
-            let file_len = (header.args[0] as usize).min(payload.len());
-            return Err(VmmError::GuestPanic {
-                file: String::from_utf8_lossy(&payload[..file_len]).into_owned(),
-                message: String::from_utf8_lossy(&payload[file_len..]).into_owned(),
-                line: header.args[1],
-                column: header.args[2],
-            });
-        }
+        Hypercall::Panic => return Err(guest_panic(&header, &payload)),
         Hypercall::Exit => return Ok(Next::Exit(header.args[0] as u32)),
         // An empty reply: the cost of the hypercall path, for the `system` bench.
-        Hypercall::Ping => {}
-        Hypercall::Batch => {
-            let n_results = header.count as usize;
-            let results = decode_records(
-                payload,
-                n_results,
-                RESULT_RECORD_SIZE,
-                "result",
-                OpResult::decode,
-            )?;
-            let spaces = decode_records(
-                &payload[n_results * RESULT_RECORD_SIZE..],
-                header.args[0] as usize,
-                SPACE_RECORD_SIZE,
-                "space",
-                SpaceRecord::decode,
-            )?;
-            match driver
-                .next_batch(mem, &results, &spaces)
-                .map_err(VmmError::Driver)?
-            {
-                None => reply.args[0] = BATCH_DONE,
-                Some(ops) => {
-                    if ops.len() > MAX_BATCH {
-                        return Err(VmmError::Driver(format!(
-                            "batch of {} ops exceeds {MAX_BATCH}",
-                            ops.len()
-                        )));
-                    }
-                    reply_payload = vec![0u8; ops.len() * OP_RECORD_SIZE];
-                    for (op, rec) in ops
-                        .iter()
-                        .zip(reply_payload.as_chunks_mut::<OP_RECORD_SIZE>().0)
-                    {
-                        op.encode(rec).expect("record buffer is OP_RECORD_SIZE");
-                    }
-                    reply.count = ops.len() as u32;
-                }
-            }
-        }
-        Hypercall::Snapshot => {
-            let regions = decode_records(
-                payload,
-                header.count as usize,
-                REGION_RECORD_SIZE,
-                "region",
-                RegionRecord::decode,
-            )?;
-            let [space, first, total, cr3] = header.args;
-            driver
-                .snapshot(mem, space as u32, cr3, first, total, &regions)
-                .map_err(VmmError::Driver)?;
-        }
-    }
-    reply.len = reply_payload.len() as u32;
-    let mut out = vec![0u8; HEADER_SIZE + reply_payload.len()];
-    reply.encode(&mut out[..HEADER_SIZE]).expect("header fits");
-    out[HEADER_SIZE..].copy_from_slice(&reply_payload);
-    mem.write_slice(&out, GuestAddress(MAILBOX_ADDR))
-        .map_err(|e| VmmError::GuestMemory(format!("writing the mailbox: {e}")))?;
+        Hypercall::Ping => Reply::default(),
+        Hypercall::Batch => batch(mem, &header, &payload, driver)?,
+        Hypercall::Snapshot => snapshot(mem, &header, &payload, driver)?,
+    };
+    write_reply(mem, header.call, reply)?;
     Ok(Next::Resume)
 }

@@ -12,7 +12,7 @@ mod table;
 
 use crate::checker::{self, access_string, Finding};
 use crate::coherence::Coherence;
-use crate::driver::{Driver, SpaceSnapshot};
+use crate::driver::{Driver, DriverError, SpaceSnapshot};
 use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
 use crate::scenario::check;
 use crate::{Guest, VmConfig, VmmError};
@@ -299,14 +299,13 @@ impl Inspector {
         }
     }
 
-    fn check_batch(&mut self, results: &[OpResult]) -> Result<(), String> {
+    fn check_batch(&mut self, results: &[OpResult]) -> Result<(), DriverError> {
         let batch = &self.batches[self.sent - 1];
         if results.len() != batch.len() {
-            return Err(format!(
-                "guest returned {} results for {} operations",
-                results.len(),
-                batch.len()
-            ));
+            return Err(DriverError::ResultCount {
+                got: results.len(),
+                sent: batch.len(),
+            });
         }
         for (i, (planned, got)) in batch.iter().zip(results).enumerate() {
             let index = self.first_in_flight + i;
@@ -338,14 +337,14 @@ impl Inspector {
         mem: &GuestMemoryMmap,
         mut views: Vec<SpaceSnapshot>,
         results: &[OpResult],
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         if let Some(bad) = results.iter().find(|r| r.status != Status::Ok) {
-            return Err(format!("the guest could not export a snapshot: {bad:?}"));
+            return Err(DriverError::SnapshotFailed { status: bad.status });
         }
         let kernel_at = views.iter().position(|v| v.space == KERNEL_SPACE);
         let kernel = kernel_at
             .map(|i| views.remove(i))
-            .ok_or("the guest sent no kernel snapshot")?;
+            .ok_or(DriverError::NoKernelSnapshot)?;
         views.sort_by_key(|v| v.space);
         let coherence = self.coherence.get_or_insert_with(|| Coherence::new(0));
         let trace = coherence.take_findings();
@@ -389,7 +388,7 @@ impl Driver for Inspector {
         mem: &GuestMemoryMmap,
         results: &[OpResult],
         spaces: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String> {
+    ) -> Result<Option<Vec<Op>>, DriverError> {
         if let Some(views) = self.snapshots.take() {
             // The guest is paused with exactly the trees it just exported: walk now.
             self.finish(mem, views, results)?;
@@ -417,18 +416,18 @@ impl Driver for Inspector {
         first: u64,
         total: u64,
         regions: &[RegionRecord],
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let views = self
             .snapshots
             .as_mut()
-            .ok_or_else(|| format!("unrequested snapshot of space {space}"))?;
+            .ok_or(DriverError::UnrequestedSnapshot { space })?;
         SpaceSnapshot::collect(views, space, cr3, first, total, regions)
     }
 
-    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), String> {
+    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
         let ram = GuestMemoryBackend::last_addr(mem).0.saturating_add(1);
         let coherence = self.coherence.get_or_insert_with(|| Coherence::new(ram));
-        coherence.apply_all(events).map_err(|e| e.to_string())
+        Ok(coherence.apply_all(events)?)
     }
 }
 
@@ -437,11 +436,9 @@ pub fn inspect(config: &VmConfig) -> Result<Report, VmmError> {
     let mut vm = Guest::boot(config)?;
     let mut inspector = Inspector::new(scenario::batches());
     let status = vm.run(&mut inspector)?;
-    let mut report = inspector.report.ok_or_else(|| {
-        VmmError::Driver(format!(
-            "the guest exited with status {status} before it could be inspected"
-        ))
-    })?;
+    let mut report = inspector
+        .report
+        .ok_or(VmmError::Driver(DriverError::ExitedEarly { status }))?;
     report.exit_status = status;
     Ok(report)
 }

@@ -15,6 +15,7 @@ pub mod hypercall;
 pub mod inspect;
 pub mod loader;
 pub mod page_walk;
+pub mod protocol_error;
 pub mod scenario;
 pub mod serial;
 pub mod sim;

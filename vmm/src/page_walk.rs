@@ -14,11 +14,12 @@ use std::fmt;
 use std::iter::FusedIterator;
 use std::ops::RangeInclusive;
 
+use shared_mm::boot_info::MAX_GUEST_RAM;
 use shared_mm::pte::{
     is_canonical, sign_extend, PageLevel, PageTableEntry, ADDRESS_MASK, ENTRIES_PER_TABLE,
-    LOWER_HALF_LAST, TABLE_SIZE, UPPER_HALF_FIRST,
+    LOWER_HALF_LAST, PAGE_SIZE_4K, TABLE_SIZE, UPPER_HALF_FIRST,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError};
 
 /// The canonical lower half, usually the user half of an address space.
 pub const LOWER_HALF: RangeInclusive<u64> = 0..=LOWER_HALF_LAST;
@@ -59,6 +60,14 @@ pub enum WalkError {
         /// A virtual address whose translation goes through it.
         va: u64,
     },
+    /// The walk read more tables, or found more leaves, than guest RAM can honestly hold: the
+    /// tables alias each other (a PML4 pointing at itself, say). The walk stops.
+    BudgetExceeded {
+        /// Tables read when it stopped.
+        tables: u64,
+        /// Leaves found when it stopped.
+        leaves: u64,
+    },
     /// A present entry has architecturally reserved bits set (the CPU would raise #PF with RSVD).
     ReservedBits {
         /// The level of the entry.
@@ -79,6 +88,11 @@ impl fmt::Display for WalkError {
             Self::TableOutsideMemory { level, table, va } => write!(
                 f,
                 "{level:?} table at {table:#x} (walking {va:#x}) is outside guest memory"
+            ),
+            Self::BudgetExceeded { tables, leaves } => write!(
+                f,
+                "tables alias: walk budget exceeded after {tables} tables and {leaves} leaves \
+                 (more than guest RAM can hold)"
             ),
             Self::ReservedBits {
                 level,
@@ -257,6 +271,7 @@ pub fn leaves_in<M: GuestMemory + ?Sized>(
         last = LOWER_HALF_LAST;
     }
     let root = (!range.is_empty() && first <= last).then_some(cr3 & ADDRESS_MASK);
+    let budget = WalkBudget::for_memory(mem);
     Leaves {
         mem,
         first,
@@ -264,6 +279,30 @@ pub fn leaves_in<M: GuestMemory + ?Sized>(
         root,
         cursors: [TableCursor::EMPTY; 4],
         depth: 0,
+        budget,
+        used: WalkBudget::default(),
+    }
+}
+
+/// What one walk may read and find, from the guest's RAM size: honest tables are distinct
+/// frames, and an honest space has about one leaf per frame (plus 2^18 of slack: 1 GiB of 4 KiB
+/// pages). Aliasing tables can describe 512^4 leaves; the budget stops them at a few times RAM.
+#[derive(Clone, Copy, Debug, Default)]
+struct WalkBudget {
+    tables: u64,
+    leaves: u64,
+}
+
+impl WalkBudget {
+    fn for_memory<M: GuestMemory + ?Sized>(mem: &M) -> Self {
+        let last = mem
+            .physical_memory()
+            .map_or(MAX_GUEST_RAM - 1, |m| m.last_addr().0);
+        let ram_pages = last / PAGE_SIZE_4K + 1;
+        WalkBudget {
+            tables: ram_pages,
+            leaves: ram_pages.saturating_mul(2).saturating_add(1 << 18),
+        }
     }
 }
 
@@ -312,6 +351,8 @@ pub struct Leaves<'m, M: ?Sized> {
     cursors: [TableCursor; 4],
     /// How many cursors are active.
     depth: usize,
+    budget: WalkBudget,
+    used: WalkBudget,
 }
 
 impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
@@ -324,6 +365,10 @@ impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
         last: u64,
         perms: EffectivePerms,
     ) -> Result<(), WalkError> {
+        self.used.tables += 1;
+        if self.used.tables > self.budget.tables {
+            return Err(self.stop());
+        }
         let cursor = &mut self.cursors[level as usize];
         self.mem
             .read_slice(&mut cursor.bytes, GuestAddress(table))
@@ -347,6 +392,27 @@ impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
         };
         self.depth = level as usize + 1;
         Ok(())
+    }
+}
+
+impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
+    /// Ends the walk: the budget is spent.
+    fn stop(&mut self) -> WalkError {
+        self.depth = 0;
+        self.root = None;
+        WalkError::BudgetExceeded {
+            tables: self.used.tables,
+            leaves: self.used.leaves,
+        }
+    }
+
+    /// Counts `leaf` against the budget.
+    fn found(&mut self, leaf: Leaf) -> Result<Leaf, WalkError> {
+        self.used.leaves += 1;
+        if self.used.leaves > self.budget.leaves {
+            return Err(self.stop());
+        }
+        Ok(leaf)
     }
 }
 
@@ -375,7 +441,7 @@ impl<M: GuestMemory + ?Sized> Iterator for Leaves<'_, M> {
             let span = cursor.level.entry_span();
             let va = sign_extend(cursor.base + index as u64 * span);
             match step(entry, cursor.level, va, cursor.perms) {
-                Ok(Step::Leaf(leaf)) => return Some(Ok(leaf)),
+                Ok(Step::Leaf(leaf)) => return Some(self.found(leaf)),
                 Ok(Step::Table {
                     table,
                     level,
@@ -636,6 +702,34 @@ mod tests {
             .unwrap();
         }
         b.cr3()
+    }
+
+    #[test]
+    fn a_pml4_aliasing_itself_ends_the_walk_at_the_budget() {
+        // Every entry of the PML4 points at the PML4: 512^4 leaves if walked to the end.
+        let mem = ram();
+        let pml4 = 0x1000;
+        let entry = PageTableEntry::new(pml4, F::PRESENT | F::WRITABLE | F::USER).raw();
+        for index in 0..ENTRIES_PER_TABLE as u64 {
+            mem.write_obj(entry, GuestAddress(pml4 + 8 * index))
+                .unwrap();
+        }
+        let walk: Vec<_> = leaves(&mem, pml4).collect();
+        let budget = WalkBudget::for_memory(&mem);
+        assert!(
+            walk.len() as u64 <= budget.leaves + 1,
+            "{} items",
+            walk.len()
+        );
+        assert!(matches!(
+            walk.last(),
+            Some(Err(WalkError::BudgetExceeded { .. }))
+        ));
+        let message = walk.last().unwrap().unwrap_err().to_string();
+        assert!(
+            message.starts_with("tables alias: walk budget exceeded"),
+            "{message}"
+        );
     }
 
     #[test]

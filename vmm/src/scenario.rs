@@ -2,7 +2,7 @@
 //! real hypercalls, each step with the result the guest must produce.
 
 use crate::checker::{Checked, Finding};
-use crate::driver::{Driver, SpaceSnapshot};
+use crate::driver::{Driver, DriverError, SpaceSnapshot};
 use crate::{Guest, VmmError};
 use shared_mm::abi::{
     access_bits::{EXECUTE, READ, USER, WRITE},
@@ -719,17 +719,16 @@ impl Driver for SelfCheck {
         _: &GuestMemoryMmap,
         results: &[OpResult],
         _: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String> {
+    ) -> Result<Option<Vec<Op>>, DriverError> {
         let start = match self.in_flight {
             None => 0,
             Some(start) => {
                 let batch = &self.steps[start..(start + STEPS_PER_BATCH).min(self.steps.len())];
                 if results.len() != batch.len() {
-                    return Err(format!(
-                        "guest returned {} results for {} operations",
-                        results.len(),
-                        batch.len()
-                    ));
+                    return Err(DriverError::ResultCount {
+                        got: results.len(),
+                        sent: batch.len(),
+                    });
                 }
                 for (i, (step, got)) in batch.iter().zip(results).enumerate() {
                     if let Err(why) = check(step.expect, got) {
@@ -758,7 +757,7 @@ impl Driver for SelfCheck {
         first: u64,
         total: u64,
         regions: &[RegionRecord],
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
     }
 }
@@ -789,7 +788,7 @@ impl Driver for Script {
         _: &GuestMemoryMmap,
         results: &[OpResult],
         _: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String> {
+    ) -> Result<Option<Vec<Op>>, DriverError> {
         if self.in_flight {
             self.results.push(results.to_vec());
         }

@@ -1,16 +1,12 @@
 //! The host side of the flush trace: draining the guest's trace buffer (attacker-controlled:
 //! its count and every record are checked) and the in-process sink the sim writes to.
 
-use crate::error::VmmError;
+use crate::error::{ProtocolError, VmmError};
 use guest_mm::trace::TraceSink;
 use shared_mm::trace::{
     TraceEvent, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
-
-fn protocol(why: String) -> VmmError {
-    VmmError::GuestProtocol(why)
-}
 
 /// Takes every record out of the guest's trace buffer, in order, and empties it.
 pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
@@ -21,9 +17,7 @@ pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
         return Ok(Vec::new());
     }
     if count > TRACE_CAPACITY as u64 {
-        return Err(protocol(format!(
-            "flush trace claims {count} records; the buffer holds {TRACE_CAPACITY}"
-        )));
+        return Err(VmmError::GuestProtocol(ProtocolError::TraceCount { count }));
     }
     let mut records = vec![0u8; count as usize * TRACE_RECORD_SIZE];
     mem.read_slice(
@@ -35,8 +29,9 @@ pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
         .chunks_exact(TRACE_RECORD_SIZE)
         .enumerate()
         .map(|(i, record)| {
-            TraceEvent::decode(record)
-                .ok_or_else(|| protocol(format!("flush trace record {i} is malformed")))
+            TraceEvent::decode(record).ok_or(VmmError::GuestProtocol(
+                ProtocolError::MalformedTraceRecord { index: i },
+            ))
         })
         .collect::<Result<Vec<_>, _>>()?;
     mem.write_obj(0u64, GuestAddress(TRACE_ADDR))

@@ -4,7 +4,7 @@ use crate::arch::{cpuid, regs};
 use crate::backend::Backend;
 use crate::boot_memory::{self, BootMemory};
 use crate::driver::Driver;
-use crate::error::VmmError;
+use crate::error::{ProtocolError, VmmError};
 use crate::hypercall::{self, Next};
 use crate::loader::LoadedKernel;
 use crate::serial::{ConsoleSink, SerialConsole, COM1_BASE, COM1_LEN};
@@ -221,7 +221,7 @@ impl Vm {
                     let value = data.first().copied().unwrap_or(0);
                     self.console
                         .write((port - COM1_BASE) as u8, value)
-                        .map_err(|e| VmmError::Driver(format!("console output: {e}")))?;
+                        .map_err(VmmError::Console)?;
                 }
                 VcpuExit::IoIn(port, data) => {
                     let value = if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&port) {
@@ -243,22 +243,22 @@ impl Vm {
                     })
                 }
                 VcpuExit::FailEntry(reason, cpu) => {
-                    return Err(VmmError::GuestProtocol(format!(
-                        "VM entry failed (hardware reason {reason:#x}, cpu {cpu})"
-                    )))
+                    return Err(VmmError::GuestProtocol(ProtocolError::EntryFailed {
+                        reason,
+                        cpu,
+                    }))
                 }
                 VcpuExit::InternalError => {
-                    return Err(VmmError::GuestProtocol(format!(
-                        "KVM internal error; vCPU state:\n{}",
-                        regs::dump(&self.vcpu)
-                    )))
+                    return Err(VmmError::GuestProtocol(ProtocolError::KvmInternalError {
+                        registers: regs::dump(&self.vcpu),
+                    }))
                 }
                 other => {
                     let exit = format!("{other:?}");
-                    return Err(VmmError::GuestProtocol(format!(
-                        "unexpected vCPU exit {exit}; vCPU state:\n{}",
-                        regs::dump(&self.vcpu)
-                    )));
+                    return Err(VmmError::GuestProtocol(ProtocolError::UnexpectedExit {
+                        exit,
+                        registers: regs::dump(&self.vcpu),
+                    }));
                 }
             }
         }

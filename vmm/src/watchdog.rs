@@ -31,9 +31,8 @@ pub struct Watchdog {
 impl Watchdog {
     /// Arms a watchdog for the current thread: it fires once `limit` passes without a pet.
     pub fn start(limit: Duration) -> Result<Watchdog, VmmError> {
-        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(|e| {
-            VmmError::Driver(format!("cannot install the timeout signal handler: {e}"))
-        })?;
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(VmmError::SignalHandler)?;
         // SAFETY: pthread_self has no preconditions.
         let target = unsafe { libc::pthread_self() };
         let expired = Arc::new(AtomicBool::new(false));

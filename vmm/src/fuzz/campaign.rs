@@ -158,15 +158,18 @@ impl Shared<'_> {
             ],
             ops,
         };
-        std::fs::create_dir_all(&config.out_dir).map_err(|e| {
-            VmmError::Driver(format!("cannot create {}: {e}", config.out_dir.display()))
+        std::fs::create_dir_all(&config.out_dir).map_err(|source| VmmError::Output {
+            path: config.out_dir.clone(),
+            source,
         })?;
         let mut bugs = self.bugs.lock().unwrap_or_else(|e| e.into_inner());
         let path = config
             .out_dir
             .join(format!("repro-seed{}-{}.txt", config.seed, bugs.len() + 1));
-        std::fs::write(&path, repro.to_text())
-            .map_err(|e| VmmError::Driver(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, repro.to_text()).map_err(|source| VmmError::Output {
+            path: path.clone(),
+            source,
+        })?;
         self.say(format!(
             "  saved {} ({} ops, shrunk from {original_len})",
             path.display(),
@@ -297,10 +300,7 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(VmmError::Driver("a fuzz job panicked".into())))
-            })
+            .map(|h| h.join().unwrap_or(Err(VmmError::JobPanicked)))
             .collect()
     });
     shared.bar.finish_and_clear();

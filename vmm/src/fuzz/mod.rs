@@ -10,7 +10,7 @@ pub mod shrink;
 
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
-use crate::driver::{Driver, SpaceSnapshot};
+use crate::driver::{Driver, DriverError, SpaceSnapshot};
 use crate::{Guest, VmConfig, VmmError};
 use generate::Generator;
 use model::Model;
@@ -110,7 +110,7 @@ impl<'a> Feedback<'a> {
     }
 
     /// Reads and zeroes the counters after `batch`; keeps the batch if it reached new edges.
-    fn observe(&mut self, mem: &GuestMemoryMmap, batch: &[Op]) -> Result<(), String> {
+    fn observe(&mut self, mem: &GuestMemoryMmap, batch: &[Op]) -> Result<(), DriverError> {
         let counters = self.map.read(mem)?;
         self.map.reset(mem)?;
         if self.seen.merge(&counters) > 0 && !batch.is_empty() {
@@ -270,7 +270,7 @@ impl Driver for Session<'_, '_, '_> {
         mem: &GuestMemoryMmap,
         results: &[OpResult],
         _: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String> {
+    ) -> Result<Option<Vec<Op>>, DriverError> {
         if !self.in_flight.is_empty() {
             let n = self.in_flight.len();
             self.check_results(results);
@@ -307,7 +307,7 @@ impl Driver for Session<'_, '_, '_> {
         first: u64,
         total: u64,
         regions: &[RegionRecord],
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
     }
 }

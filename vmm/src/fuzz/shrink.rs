@@ -45,22 +45,6 @@ pub struct Shrunk {
     pub budget_exhausted: bool,
 }
 
-fn space_of(op: &Op) -> Option<u32> {
-    match *op {
-        Op::CreateSpace => None,
-        Op::DestroySpace { space }
-        | Op::MapAnywhere { space, .. }
-        | Op::MapFixed { space, .. }
-        | Op::MapRandomized { space, .. }
-        | Op::Unmap { space, .. }
-        | Op::Protect { space, .. }
-        | Op::TouchRead { space, .. }
-        | Op::TouchWrite { space, .. }
-        | Op::TouchExec { space, .. }
-        | Op::Snapshot { space } => Some(space),
-    }
-}
-
 fn with_space(op: Op, new: u32) -> Op {
     match op {
         Op::CreateSpace => Op::CreateSpace,
@@ -130,7 +114,7 @@ fn creators(ops: &[Op]) -> Vec<Option<usize>> {
     ops.iter()
         .enumerate()
         .map(|(i, op)| {
-            let space = space_of(op)?;
+            let space = op.space()?;
             let creator = *created.get((space as usize).checked_sub(1)?)?;
             (creator < i).then_some(creator)
         })
@@ -149,7 +133,7 @@ fn materialize(ops: &[Op], creators: &[Option<usize>], kept: &[usize]) -> Vec<Op
                 next += 1;
                 return op;
             }
-            match (space_of(&op), creators[i]) {
+            match (op.space(), creators[i]) {
                 (Some(KERNEL_SPACE), _) | (None, _) => op,
                 (Some(_), Some(creator)) => with_space(op, new_id[creator]),
                 // A space id no create-space made (a deliberately bad id): keep it as it was.

@@ -100,10 +100,7 @@ impl SimVm {
                 return Ok(0);
             };
             if ops.len() > MAX_BATCH {
-                return Err(VmmError::Driver(format!(
-                    "batch of {} ops exceeds {MAX_BATCH}",
-                    ops.len()
-                )));
+                return Err(VmmError::BatchTooLarge { ops: ops.len() });
             }
             results.clear();
             for op in ops {

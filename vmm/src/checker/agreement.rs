@@ -1,0 +1,427 @@
+//! The agreement checker's state between checks, and one check: the region lists and the
+//! host's own walk of each space's tables, rule by rule.
+//!
+//! The state remembers which frames each space's user pages mapped at its last walk, so a check
+//! can walk only the spaces that changed since the last one and still see a frame that two
+//! spaces map. Everything it keeps and does is bounded by guest RAM: frames outside RAM are not
+//! tracked, the frames tracked in all are at most [`FRAME_BUDGET_PER_RAM_PAGE`] per RAM page,
+//! the walk stops at its own budget, and at most [`MAX_PER_RULE`] findings per rule are kept
+//! per check (the rest are counted in one more finding).
+
+use super::{region_containing, space_name, Finding, Rule};
+use crate::driver::SpaceSnapshot;
+use crate::page_walk::{leaves_in, translate, Leaf, LOWER_HALF, UPPER_HALF};
+use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
+use shared_mm::abi::{
+    RegionRecord, KERNEL_SPACE, KERNEL_SPACE_BASE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
+};
+use std::collections::{BTreeMap, HashMap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+/// Findings one check keeps per rule.
+pub const MAX_PER_RULE: usize = 32;
+/// Frame mappings tracked per page of guest RAM, over all spaces.
+pub const FRAME_BUDGET_PER_RAM_PAGE: u64 = 4;
+
+const PAGE: u64 = 4096;
+
+/// What the checker remembers between checks.
+pub struct Agreement {
+    /// 4 KiB frame -> the (space, page) mappings of it, in the order seen.
+    frame_users: HashMap<u64, Vec<(u32, u64)>>,
+    /// Space -> the frames its user pages mapped at its last walk.
+    space_frames: HashMap<u32, Vec<u64>>,
+    tracked: u64,
+    /// One past the last byte of guest RAM.
+    ram_end: u64,
+}
+
+/// One check in progress.
+pub struct Check<'a> {
+    state: &'a mut Agreement,
+    findings: Vec<Finding>,
+    /// Findings past [`MAX_PER_RULE`], per (space, rule).
+    dropped: BTreeMap<(u32, Rule), usize>,
+    budget_reported: bool,
+}
+
+impl Agreement {
+    /// A checker for a guest whose RAM ends at `ram_end`.
+    pub fn new(ram_end: u64) -> Self {
+        Agreement {
+            frame_users: HashMap::new(),
+            space_frames: HashMap::new(),
+            tracked: 0,
+            ram_end,
+        }
+    }
+
+    /// A checker for the RAM of `mem`.
+    pub fn for_memory<M: GuestMemory + ?Sized>(mem: &M) -> Self {
+        let ram_end = mem
+            .physical_memory()
+            .map_or(shared_mm::boot_info::MAX_GUEST_RAM, |m| {
+                vm_memory::GuestMemoryBackend::last_addr(m)
+                    .0
+                    .saturating_add(1)
+            });
+        Agreement::new(ram_end)
+    }
+
+    /// Drops what the last walk of `space` recorded (it is walked again, or gone).
+    pub fn forget(&mut self, space: u32) {
+        for frame in self.space_frames.remove(&space).unwrap_or_default() {
+            if let Some(users) = self.frame_users.get_mut(&frame) {
+                let before = users.len();
+                users.retain(|&(s, _)| s != space);
+                self.tracked -= (before - users.len()) as u64;
+                if users.is_empty() {
+                    self.frame_users.remove(&frame);
+                }
+            }
+        }
+    }
+
+    /// The spaces whose frames are remembered.
+    pub fn spaces(&self) -> impl Iterator<Item = u32> + '_ {
+        self.space_frames.keys().copied()
+    }
+
+    /// Starts a check.
+    pub fn check(&mut self) -> Check<'_> {
+        Check {
+            state: self,
+            findings: Vec::new(),
+            dropped: BTreeMap::new(),
+            budget_reported: false,
+        }
+    }
+}
+
+fn kernel_half<M: GuestMemory + ?Sized>(mem: &M, cr3: u64) -> Option<[u8; 2048]> {
+    let mut half = [0u8; 2048];
+    mem.read_slice(&mut half, GuestAddress((cr3 & !0xfff) + 2048))
+        .ok()?;
+    Some(half)
+}
+
+impl Check<'_> {
+    fn report(
+        &mut self,
+        space: u32,
+        rule: Rule,
+        leaf: Option<&Leaf>,
+        region: Option<&RegionRecord>,
+        detail: String,
+    ) {
+        let kept = self
+            .findings
+            .iter()
+            .filter(|f| f.space == space && f.rule == rule)
+            .count();
+        if kept >= MAX_PER_RULE {
+            *self.dropped.entry((space, rule)).or_default() += 1;
+            return;
+        }
+        self.findings.push(Finding {
+            space,
+            rule,
+            va: leaf.map(|l| l.va),
+            pte: leaf.map(|l| l.pte.raw()),
+            region: region.copied(),
+            detail,
+            events: Vec::new(),
+        });
+    }
+
+    /// The findings, with one more per (space, rule) that had more than [`MAX_PER_RULE`].
+    pub fn finish(mut self) -> Vec<Finding> {
+        for ((space, rule), n) in std::mem::take(&mut self.dropped) {
+            self.findings.push(Finding {
+                space,
+                rule,
+                va: None,
+                pte: None,
+                region: None,
+                detail: format!("{n} more findings of this rule in this space not shown"),
+                events: Vec::new(),
+            });
+        }
+        self.findings
+    }
+
+    /// The kernel's region list and the upper half of its tables.
+    pub fn kernel<M: GuestMemory + ?Sized>(&mut self, mem: &M, kernel: &SpaceSnapshot) {
+        self.region_list(kernel, (KERNEL_SPACE_BASE, u64::MAX));
+        self.walk(mem, KERNEL_SPACE, kernel.cr3, UPPER_HALF, |c, leaf| {
+            c.kernel_leaf(kernel, leaf)
+        });
+    }
+
+    /// One user space: its region list, the lower half of its tables, its kernel half against
+    /// the kernel's, and its trampoline. A space walked again must be [`Agreement::forget`]ten
+    /// first, before any space of the check is walked, or its old frames look mapped twice.
+    pub fn space<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        view: &SpaceSnapshot,
+        kernel: &SpaceSnapshot,
+    ) {
+        self.state.space_frames.insert(view.space, Vec::new());
+        self.region_list(view, (USER_SPACE_BASE, USER_SPACE_END - 1));
+        self.walk(mem, view.space, view.cr3, LOWER_HALF, |c, leaf| {
+            c.user_leaf(view, leaf)
+        });
+        let kernel_slots = kernel_half(mem, kernel.cr3);
+        if kernel_slots.is_none() || kernel_half(mem, view.cr3) != kernel_slots {
+            let detail = "PML4 slots 256..511 differ from the kernel's".to_string();
+            self.report(view.space, Rule::KernelHalfDiffers, None, None, detail);
+        }
+        if let Ok(None) = translate(mem, view.cr3, USER_TRAMPOLINE) {
+            let detail = "trampoline page not mapped".into();
+            self.report(view.space, Rule::Trampoline, None, None, detail);
+        }
+    }
+
+    fn region_list(&mut self, view: &SpaceSnapshot, total: (u64, u64)) {
+        let space = view.space;
+        if view.regions.len() as u64 != view.reported_count {
+            let detail = format!(
+                "{} regions exported, tree reports {}",
+                view.regions.len(),
+                view.reported_count
+            );
+            self.report(space, Rule::RegionCount, None, None, detail);
+        }
+        for r in &view.regions {
+            let last = r.base.checked_add(r.size.saturating_sub(1));
+            if r.size == 0 || r.base < total.0 || last.is_none_or(|l| l > total.1) {
+                let detail = format!("outside [{:#x}, {:#x}]", total.0, total.1);
+                self.report(space, Rule::RegionOutOfRange, None, Some(r), detail);
+            }
+        }
+        for pair in view.regions.windows(2) {
+            if pair[0].base.saturating_add(pair[0].size) > pair[1].base {
+                let detail = format!(
+                    "overlaps or precedes the next region at {:#x}",
+                    pair[1].base
+                );
+                self.report(space, Rule::RegionsOverlap, None, Some(&pair[0]), detail);
+            }
+        }
+    }
+
+    fn walk<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        space: u32,
+        cr3: u64,
+        half: std::ops::RangeInclusive<u64>,
+        mut visit: impl FnMut(&mut Self, &Leaf),
+    ) {
+        for leaf in leaves_in(mem, cr3, half) {
+            match leaf {
+                Ok(leaf) => visit(self, &leaf),
+                Err(e) => self.report(space, Rule::Walk, None, None, e.to_string()),
+            }
+        }
+    }
+
+    fn user_leaf(&mut self, view: &SpaceSnapshot, leaf: &Leaf) {
+        let space = view.space;
+        if leaf.va == USER_TRAMPOLINE {
+            if !leaf.perms.user || leaf.perms.writable || !leaf.perms.executable() {
+                let detail = "must be user r-x".into();
+                self.report(space, Rule::Trampoline, Some(leaf), None, detail);
+            }
+            return;
+        }
+        let Some(region) = region_containing(&view.regions, leaf.va) else {
+            let detail = "present page where no region is".into();
+            return self.report(space, Rule::PteInHole, Some(leaf), None, detail);
+        };
+        self.access(space, leaf, region);
+        let access = region.access;
+        if leaf.perms.writable
+            && leaf.perms.executable()
+            && access & (WRITE | EXECUTE) != WRITE | EXECUTE
+        {
+            let detail = "W+X page".into();
+            self.report(
+                space,
+                Rule::WriteAndExecute,
+                Some(leaf),
+                Some(region),
+                detail,
+            );
+        }
+        self.frames(space, leaf, region);
+    }
+
+    /// Records the RAM frames `leaf` maps; a frame already mapped by another page is a finding.
+    fn frames(&mut self, space: u32, leaf: &Leaf, region: &RegionRecord) {
+        let end = leaf.phys.saturating_add(leaf.size).min(self.state.ram_end);
+        for frame in (leaf.phys..end).step_by(PAGE as usize) {
+            let budget = (self.state.ram_end / PAGE).saturating_mul(FRAME_BUDGET_PER_RAM_PAGE);
+            if self.state.tracked >= budget {
+                return self.over_budget(space);
+            }
+            let va = leaf.va + (frame - leaf.phys);
+            let users = self.state.frame_users.entry(frame).or_default();
+            let other = users.first().copied();
+            users.push((space, va));
+            self.state.tracked += 1;
+            self.state
+                .space_frames
+                .entry(space)
+                .or_default()
+                .push(frame);
+            if let Some((other_space, other_va)) = other {
+                let detail = format!(
+                    "frame {frame:#x} is also mapped by {} at {other_va:#x}",
+                    space_name(other_space)
+                );
+                self.report(
+                    space,
+                    Rule::FrameMappedTwice,
+                    Some(leaf),
+                    Some(region),
+                    detail,
+                );
+            }
+        }
+    }
+
+    fn over_budget(&mut self, space: u32) {
+        if !std::mem::replace(&mut self.budget_reported, true) {
+            let detail = format!(
+                "the spaces map more than {FRAME_BUDGET_PER_RAM_PAGE} frames per page of RAM; \
+                 the rest is not checked for frames mapped twice"
+            );
+            self.report(space, Rule::Walk, None, None, detail);
+        }
+    }
+
+    fn kernel_leaf(&mut self, kernel: &SpaceSnapshot, leaf: &Leaf) {
+        let Some(region) = region_containing(&kernel.regions, leaf.va) else {
+            let detail = "kernel page outside every kernel region".into();
+            return self.report(KERNEL_SPACE, Rule::PteInHole, Some(leaf), None, detail);
+        };
+        self.access(KERNEL_SPACE, leaf, region);
+    }
+
+    /// The page must grant nothing its region does not: presence needs READ, and user, write
+    /// and execute access need USER, WRITE and EXECUTE (kernel regions never have USER).
+    fn access(&mut self, space: u32, leaf: &Leaf, region: &RegionRecord) {
+        let access = region.access;
+        let excess: Vec<&str> = [
+            (access & READ == 0, "present"),
+            (leaf.perms.user && access & USER == 0, "user"),
+            (leaf.perms.writable && access & WRITE == 0, "writable"),
+            (
+                leaf.perms.executable() && access & EXECUTE == 0,
+                "executable",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(broken, what)| broken.then_some(what))
+        .collect();
+        if !excess.is_empty() {
+            let detail = format!(
+                "page is {} but the region does not allow it",
+                excess.join(", ")
+            );
+            self.report(
+                space,
+                Rule::PteExceedsRegion,
+                Some(leaf),
+                Some(region),
+                detail,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page_walk::PageTableBuilder;
+    use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_4K};
+    use vm_memory::GuestMemoryMmap;
+
+    fn region(base: u64) -> RegionRecord {
+        RegionRecord {
+            base,
+            size: PAGE,
+            access: USER | READ | WRITE,
+            backed: 1,
+            name: RegionRecord::name_field("anon"),
+        }
+    }
+
+    fn view(space: u32, cr3: u64, regions: Vec<RegionRecord>) -> SpaceSnapshot {
+        SpaceSnapshot {
+            space,
+            cr3,
+            reported_count: regions.len() as u64,
+            regions,
+        }
+    }
+
+    #[test]
+    fn a_frame_of_an_unchanged_space_is_still_seen_mapped_twice() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mut tables = PageTableBuilder::new(&mem, (1 << 20)..(16 << 20)).unwrap();
+        let flags = PageTableFlags::WRITABLE | PageTableFlags::USER;
+        tables
+            .map(0x40_0000, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, flags)
+            .unwrap();
+        let cr3 = tables.cr3();
+        let mut other = PageTableBuilder::new(&mem, (8 << 20)..(16 << 20)).unwrap();
+        other
+            .map(0x80_0000, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, flags)
+            .unwrap();
+        let kernel = view(KERNEL_SPACE, 0, Vec::new());
+        let mut state = Agreement::for_memory(&mem);
+        let mut first = state.check();
+        first.space(&mem, &view(1, cr3, vec![region(0x40_0000)]), &kernel);
+        let rules = |found: Vec<Finding>| -> Vec<Rule> {
+            found
+                .into_iter()
+                .map(|f| f.rule)
+                .filter(|r| *r == Rule::FrameMappedTwice)
+                .collect()
+        };
+        assert!(rules(first.finish()).is_empty());
+        // Only space 2 changed: it is walked, space 1 is not, and the shared frame shows.
+        let mut second = state.check();
+        second.space(
+            &mem,
+            &view(2, other.cr3(), vec![region(0x80_0000)]),
+            &kernel,
+        );
+        assert_eq!(rules(second.finish()), [Rule::FrameMappedTwice]);
+        // Space 1 gone: its frames are forgotten.
+        state.forget(1);
+        state.forget(2);
+        let mut third = state.check();
+        third.space(
+            &mem,
+            &view(2, other.cr3(), vec![region(0x80_0000)]),
+            &kernel,
+        );
+        assert!(rules(third.finish()).is_empty());
+    }
+
+    #[test]
+    fn findings_past_the_cap_are_counted_in_one() {
+        let mut state = Agreement::new(16 << 20);
+        let mut check = state.check();
+        for _ in 0..MAX_PER_RULE + 5 {
+            check.report(1, Rule::PteInHole, None, None, "stale".into());
+        }
+        let found = check.finish();
+        assert_eq!(found.len(), MAX_PER_RULE + 1);
+        assert!(found.last().unwrap().detail.starts_with("5 more findings"));
+    }
+}

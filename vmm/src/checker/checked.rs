@@ -1,0 +1,204 @@
+//! `Checked<D>`: a [`Driver`] adapter that runs the agreement checker and the flush-trace
+//! replay after every batch of the inner driver.
+//!
+//! After each inner batch it asks the guest for snapshots of the kernel and of every space the
+//! batch may have changed (the spaces its operations named, and new ones), then walks their
+//! tables while the guest is paused with exactly those trees. Spaces the batch did not name
+//! keep their last check's frames in the [`Agreement`], so a frame mapped by a changed and an
+//! unchanged space is still seen; every [`FULL_CHECK_EVERY`] checks, every live space is walked
+//! again. A replay of one op per batch thus costs a couple of snapshots per op, not one per
+//! live space.
+
+use super::{region_containing, Agreement, Finding};
+use crate::coherence::{Coherence, CoherenceFinding};
+use crate::driver::{Driver, DriverError, SpaceSnapshot};
+use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, KERNEL_SPACE};
+use shared_mm::trace::TraceEvent;
+use std::collections::BTreeSet;
+use vm_memory::GuestMemoryMmap;
+
+/// Every this many checks, every live space is walked, changed or not.
+pub const FULL_CHECK_EVERY: usize = 64;
+
+pub struct Checked<D> {
+    inner: D,
+    /// What the checker remembers between checks (created at the first, with RAM size known).
+    agreement: Option<Agreement>,
+    /// The flush trace replayed so far.
+    coherence: Option<Coherence>,
+    /// Results of the inner driver's last batch, held back while the snapshots are taken.
+    held_results: Option<Vec<OpResult>>,
+    snapshots: Vec<SpaceSnapshot>,
+    /// Spaces the inner driver's operations named since their last check.
+    dirty: BTreeSet<u32>,
+    /// Every finding so far, with the number of the check that found it.
+    pub findings: Vec<(usize, Finding)>,
+    /// How many times the checker ran.
+    pub checks_run: usize,
+    /// How many snapshots it asked the guest for.
+    pub snapshots_asked: usize,
+    /// End the guest's work at the first finding instead of handing out more batches.
+    pub stop_on_finding: bool,
+}
+
+impl<D: Driver> Checked<D> {
+    pub fn new(inner: D) -> Self {
+        Checked {
+            inner,
+            agreement: None,
+            coherence: None,
+            held_results: None,
+            snapshots: Vec::new(),
+            dirty: BTreeSet::new(),
+            findings: Vec::new(),
+            checks_run: 0,
+            snapshots_asked: 0,
+            stop_on_finding: false,
+        }
+    }
+
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    pub fn inner_mut(&mut self) -> &mut D {
+        &mut self.inner
+    }
+
+    pub fn into_inner(self) -> D {
+        self.inner
+    }
+
+    /// The live spaces to walk now: the changed and the new ones, or all of them on a full check.
+    /// Spaces gone since the last check are forgotten.
+    fn spaces_to_walk(&mut self, mem: &GuestMemoryMmap, spaces: &[SpaceRecord]) -> Vec<u32> {
+        let agreement = self
+            .agreement
+            .get_or_insert_with(|| Agreement::for_memory(mem));
+        let live: BTreeSet<u32> = spaces.iter().map(|s| s.space).collect();
+        let gone: Vec<u32> = agreement.spaces().filter(|s| !live.contains(s)).collect();
+        for space in gone {
+            agreement.forget(space);
+        }
+        let known: BTreeSet<u32> = agreement.spaces().collect();
+        let full = self.checks_run.is_multiple_of(FULL_CHECK_EVERY);
+        live.into_iter()
+            .filter(|s| full || self.dirty.contains(s) || !known.contains(s))
+            .collect()
+    }
+
+    /// Runs the checks on the snapshots received; returns their findings, trace findings first
+    /// (each was seen at the event that broke the rule, before what the tables show now).
+    fn run_checks(&mut self, mem: &GuestMemoryMmap) -> Result<Vec<Finding>, DriverError> {
+        let kernel_at = self.snapshots.iter().position(|v| v.space == KERNEL_SPACE);
+        let kernel = kernel_at
+            .map(|i| self.snapshots.remove(i))
+            .ok_or(DriverError::NoKernelSnapshot)?;
+        let mut found: Vec<Finding> = match &mut self.coherence {
+            Some(coherence) => {
+                let views = (&kernel, self.snapshots.as_slice());
+                let trace = coherence.take_findings();
+                trace.iter().map(|f| as_finding(f, views)).collect()
+            }
+            None => Vec::new(),
+        };
+        let agreement = self
+            .agreement
+            .get_or_insert_with(|| Agreement::for_memory(mem));
+        for view in &self.snapshots {
+            agreement.forget(view.space);
+        }
+        let mut check = agreement.check();
+        check.kernel(mem, &kernel);
+        for view in &self.snapshots {
+            check.space(mem, view, &kernel);
+        }
+        found.extend(check.finish());
+        self.dirty.clear();
+        Ok(found)
+    }
+}
+
+impl<D: Driver> Driver for Checked<D> {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, DriverError> {
+        let Some(held) = self.held_results.take() else {
+            // The inner driver's batch just finished: snapshot what it may have changed first.
+            self.held_results = Some(results.to_vec());
+            self.snapshots.clear();
+            let walk = self.spaces_to_walk(mem, spaces);
+            let mut ops = vec![Op::Snapshot {
+                space: KERNEL_SPACE,
+            }];
+            ops.extend(walk.into_iter().map(|space| Op::Snapshot { space }));
+            self.snapshots_asked += ops.len();
+            return Ok(Some(ops));
+        };
+        let run = self.checks_run;
+        self.checks_run += 1;
+        let found = self.run_checks(mem)?;
+        let stop = self.stop_on_finding && !found.is_empty();
+        self.findings.extend(found.into_iter().map(|f| (run, f)));
+        if stop {
+            return Ok(None);
+        }
+        let next = self.inner.next_batch(mem, &held, spaces)?;
+        let named = next
+            .iter()
+            .flatten()
+            .filter(|op| !matches!(op, Op::Snapshot { .. }));
+        self.dirty.extend(named.filter_map(Op::space));
+        Ok(next)
+    }
+
+    fn snapshot(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        space: u32,
+        cr3: u64,
+        first: u64,
+        total: u64,
+        regions: &[RegionRecord],
+    ) -> Result<(), DriverError> {
+        if self.held_results.is_none() {
+            return self.inner.snapshot(mem, space, cr3, first, total, regions);
+        }
+        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
+    }
+
+    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
+        // The guest's RAM size bounds what the replay may track.
+        let coherence = self.coherence.get_or_insert_with(|| {
+            let ram = vm_memory::GuestMemoryBackend::last_addr(mem).0;
+            Coherence::new(ram.saturating_add(1))
+        });
+        coherence.apply_all(events)?;
+        self.inner.trace(mem, events)
+    }
+}
+
+/// A coherence finding as a checker finding of the space whose directory it concerns (the
+/// kernel's, a live space's, or space 0 for a directory no snapshot shows).
+pub fn as_finding(found: &CoherenceFinding, views: (&SpaceSnapshot, &[SpaceSnapshot])) -> Finding {
+    let (kernel, spaces) = views;
+    let view = std::iter::once(kernel)
+        .chain(spaces)
+        .find(|v| v.cr3 & !0xfff == found.directory);
+    let space = view.map_or(0, |v| v.space);
+    let region = view
+        .and_then(|v| region_containing(&v.regions, found.va))
+        .copied();
+    Finding {
+        space,
+        rule: found.rule,
+        va: Some(found.va),
+        pte: Some(found.pte),
+        region,
+        detail: format!("directory {:#x}: {}", found.directory, found.detail),
+        events: found.events.clone(),
+    }
+}

@@ -1,0 +1,145 @@
+//! The agreement checker: the guest's exported region trees against the page tables the host
+//! walks itself through guest memory (never the guest's own view). Each broken invariant of
+//! DESIGN.md becomes a [`Finding`] naming the space, address, PTE, region and rule.
+
+mod agreement;
+mod checked;
+
+pub use agreement::{Agreement, Check, FRAME_BUDGET_PER_RAM_PAGE, MAX_PER_RULE};
+pub use checked::{as_finding, Checked};
+
+use crate::coherence::Numbered;
+use crate::driver::SpaceSnapshot;
+use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
+use shared_mm::abi::{RegionRecord, KERNEL_SPACE};
+use std::fmt;
+use vm_memory::GuestMemory;
+
+/// Which invariant a finding breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// The region list is not sorted and disjoint.
+    RegionsOverlap,
+    /// A region lies outside the tree's total range.
+    RegionOutOfRange,
+    /// The snapshot's region count differs from the tree's `len()`.
+    RegionCount,
+    /// A present PTE where no region is (the classic stale PTE after munmap).
+    PteInHole,
+    /// A PTE grants an access its region does not allow.
+    PteExceedsRegion,
+    /// A page is writable and executable though its region does not allow both.
+    WriteAndExecute,
+    /// One frame is mapped by two private pages.
+    FrameMappedTwice,
+    /// The kernel half of an address space differs from the kernel's.
+    KernelHalfDiffers,
+    /// The trampoline page is missing or has the wrong permissions.
+    Trampoline,
+    /// The page tables could not be walked.
+    Walk,
+    /// Ring 3 ran while a possibly-cached translation was a downgrade of its PTE (flush trace).
+    StaleTlbEntry,
+    /// A frame was freed while a possibly-cached translation pointed at it (flush trace).
+    FrameFreedWhileCached,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rule::RegionsOverlap => "regions-sorted-and-disjoint",
+            Rule::RegionOutOfRange => "region-inside-total-range",
+            Rule::RegionCount => "region-count",
+            Rule::PteInHole => "no-pte-in-hole",
+            Rule::PteExceedsRegion => "pte-within-region-access",
+            Rule::WriteAndExecute => "no-write-and-execute",
+            Rule::FrameMappedTwice => "frame-mapped-once",
+            Rule::KernelHalfDiffers => "kernel-half-shared",
+            Rule::Trampoline => "trampoline-page",
+            Rule::Walk => "page-tables-walkable",
+            Rule::StaleTlbEntry => "stale-tlb-entry",
+            Rule::FrameFreedWhileCached => "frame-freed-while-cached",
+        })
+    }
+}
+
+/// One broken invariant, precisely located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// The address space (`KERNEL_SPACE` for the kernel).
+    pub space: u32,
+    pub rule: Rule,
+    pub va: Option<u64>,
+    /// The raw leaf PTE involved.
+    pub pte: Option<u64>,
+    /// The region involved.
+    pub region: Option<RegionRecord>,
+    pub detail: String,
+    /// For flush-trace findings, the trace events behind it (numbered from boot).
+    pub events: Vec<Numbered>,
+}
+
+fn space_name(space: u32) -> String {
+    if space == KERNEL_SPACE {
+        "kernel".into()
+    } else {
+        format!("space {space}")
+    }
+}
+
+/// `u-rwx` style text for an access mask.
+pub fn access_string(access: u32) -> String {
+    let bit = |b, c| if access & b != 0 { c } else { '-' };
+    [
+        bit(USER, 'u'),
+        '-',
+        bit(READ, 'r'),
+        bit(WRITE, 'w'),
+        bit(EXECUTE, 'x'),
+    ]
+    .iter()
+    .collect()
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]", space_name(self.space), self.rule)?;
+        if let Some(va) = self.va {
+            write!(f, " at {va:#x}")?;
+        }
+        if let Some(pte) = self.pte {
+            write!(f, " pte {pte:#x}")?;
+        }
+        if let Some(r) = &self.region {
+            write!(
+                f,
+                " region {:?} {:#x}+{:#x} {}",
+                r.name_str(),
+                r.base,
+                r.size,
+                access_string(r.access)
+            )?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+fn region_containing(regions: &[RegionRecord], va: u64) -> Option<&RegionRecord> {
+    let i = regions.partition_point(|r| r.base <= va);
+    regions[..i].last().filter(|r| va - r.base < r.size)
+}
+
+/// Checks every invariant for the kernel and each user space; empty means they all agree.
+pub fn check<M: GuestMemory + ?Sized>(
+    mem: &M,
+    kernel: &SpaceSnapshot,
+    spaces: &[SpaceSnapshot],
+) -> Vec<Finding> {
+    let mut state = Agreement::for_memory(mem);
+    let mut check = state.check();
+    check.kernel(mem, kernel);
+    for view in spaces {
+        check.space(mem, view, kernel);
+    }
+    check.finish()
+}

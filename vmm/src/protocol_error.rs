@@ -1,0 +1,82 @@
+//! The ways a guest can break the hypercall protocol, or leave KVM in a state the VMM cannot
+//! serve: everything the guest writes is attacker-controlled, and each of these ends the run
+//! with exit 103.
+
+use std::fmt;
+
+/// How the guest broke the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// The mailbox header could not be decoded.
+    ShortHeader,
+    /// The header's payload length does not fit the mailbox.
+    PayloadTooLong { len: u32 },
+    /// An unknown hypercall number.
+    UnknownHypercall(u32),
+    /// A record count whose records do not fit the payload (or overflow while counting).
+    RecordsDoNotFit { what: &'static str, count: u64 },
+    /// A record that does not decode.
+    MalformedRecord { what: &'static str, index: usize },
+    /// More results than any batch can hold.
+    TooManyResults { count: u32 },
+    /// A space id that does not fit the ABI's 32 bits.
+    SpaceIdOutOfRange { id: u64 },
+    /// The flush trace claims more records than its buffer holds.
+    TraceCount { count: u64 },
+    /// A flush-trace record that does not decode.
+    MalformedTraceRecord { index: usize },
+    /// KVM could not enter the guest.
+    EntryFailed { reason: u64, cpu: u32 },
+    /// KVM reported an internal error.
+    KvmInternalError { registers: String },
+    /// A vCPU exit the VMM does not serve.
+    UnexpectedExit { exit: String, registers: String },
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::ShortHeader => f.write_str("short mailbox header"),
+            ProtocolError::PayloadTooLong { len } => {
+                write!(f, "payload length {len} exceeds the mailbox")
+            }
+            ProtocolError::UnknownHypercall(n) => write!(f, "unknown hypercall number {n}"),
+            ProtocolError::RecordsDoNotFit { what, count } => {
+                write!(f, "{count} {what} records do not fit the payload")
+            }
+            ProtocolError::MalformedRecord { what, index } => {
+                write!(f, "{what} record {index} is malformed")
+            }
+            ProtocolError::TooManyResults { count } => write!(
+                f,
+                "{count} results, more than a batch of {} can have",
+                shared_mm::abi::MAX_BATCH
+            ),
+            ProtocolError::TraceCount { count } => write!(
+                f,
+                "flush trace claims {count} records; the buffer holds {}",
+                shared_mm::trace::TRACE_CAPACITY
+            ),
+            ProtocolError::SpaceIdOutOfRange { id } => {
+                write!(f, "space id {id:#x} does not fit 32 bits")
+            }
+            ProtocolError::MalformedTraceRecord { index } => {
+                write!(f, "flush trace record {index} is malformed")
+            }
+            ProtocolError::EntryFailed { reason, cpu } => {
+                write!(
+                    f,
+                    "VM entry failed (hardware reason {reason:#x}, cpu {cpu})"
+                )
+            }
+            ProtocolError::KvmInternalError { registers } => {
+                write!(f, "KVM internal error; vCPU state:\n{registers}")
+            }
+            ProtocolError::UnexpectedExit { exit, registers } => {
+                write!(f, "unexpected vCPU exit {exit}; vCPU state:\n{registers}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
