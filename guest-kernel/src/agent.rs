@@ -10,7 +10,8 @@ use shared_mm::abi::{
     RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
 
-type Mm = MemoryManager<TracedMachine>;
+/// The guest's memory manager, on this CPU with the flush trace.
+pub type Mm = MemoryManager<TracedMachine>;
 
 /// Serves the host until it says there is no more work; returns normally then.
 pub fn serve(mailbox: &mut Mailbox, mm: &mut Mm) -> Result<(), HypercallError> {

@@ -12,6 +12,7 @@ mod arch;
 mod bench;
 mod cpu_info;
 mod heap;
+mod hostile;
 mod hypercall;
 
 use arch::x86_64::machine::X86Machine;
@@ -60,31 +61,15 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
     arch::x86_64::gdt::init();
     arch::x86_64::idt::init();
     match GuestCommand::from_u64(boot_info.command) {
-        Some(GuestCommand::Serve) => {
-            heap::HEAP.init_bootstrap();
-            let boot_pml4 = PhysicalFrame(arch::x86_64::registers::read_cr3());
-            let bugs = SeededBugs::compiled();
-            // SAFETY: the only trace buffer; kmain runs once.
-            let trace = unsafe { TraceBuffer::take() };
-            let tracing = boot_info.flags & BOOT_FLAG_TRACE != 0;
-            let machine = Traced::new(X86Machine, trace, tracing);
-            let (mut mm, heap) = match MemoryManager::init(&boot_info, boot_pml4, machine, bugs) {
-                Ok(ready) => ready,
-                Err(e) => panic!("memory manager init failed: {e:?}"),
-            };
-            // SAFETY: the MM just mapped the heap range writable in the kernel half; its kmalloc
-            // region keeps the range reserved for good, and nothing else uses it.
-            unsafe { heap::HEAP.add_kmalloc(heap.base().get(), heap.size() as usize) };
-            println!(
-                "guest-kernel: memory manager up: {} kernel regions, {} free frames",
-                mm.kernel_tree().len(),
-                mm.free_frames()
-            );
-            let _ = mailbox.log("guest-kernel: serving MM operations");
-            if let Err(e) = agent::serve(&mut mailbox, &mut mm) {
-                panic!("agent loop: hypercall failed: {e:?}");
-            }
-            mailbox.exit(0)
+        Some(GuestCommand::Serve) => serve(&mut mailbox, bring_up_mm(&boot_info)),
+        Some(GuestCommand::AliasTables) => {
+            let mut mm = bring_up_mm(&boot_info);
+            hostile::alias_tables(&mut mm);
+            serve(&mut mailbox, mm)
+        }
+        Some(GuestCommand::HugeCount) => {
+            hostile::huge_count(&mut mailbox);
+            panic!("the host accepted a batch announcing 2^60 space records")
         }
         Some(GuestCommand::Bench) => {
             if let Err(e) = bench::run(&mut mailbox) {
@@ -99,6 +84,39 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
         Some(GuestCommand::TripleFault) => arch::x86_64::triple_fault(),
         None => panic!("unknown boot command {}", boot_info.command),
     }
+}
+
+/// Brings up the memory manager on this CPU and gives the heap its backing.
+fn bring_up_mm(boot_info: &BootInfo) -> agent::Mm {
+    heap::HEAP.init_bootstrap();
+    let boot_pml4 = PhysicalFrame(arch::x86_64::registers::read_cr3());
+    let bugs = SeededBugs::compiled();
+    // SAFETY: the only trace buffer; this runs once, from kmain.
+    let trace = unsafe { TraceBuffer::take() };
+    let tracing = boot_info.flags & BOOT_FLAG_TRACE != 0;
+    let machine = Traced::new(X86Machine, trace, tracing);
+    let (mm, heap) = match MemoryManager::init(boot_info, boot_pml4, machine, bugs) {
+        Ok(ready) => ready,
+        Err(e) => panic!("memory manager init failed: {e:?}"),
+    };
+    // SAFETY: the MM just mapped the heap range writable in the kernel half; its kmalloc region
+    // keeps the range reserved for good, and nothing else uses it.
+    unsafe { heap::HEAP.add_kmalloc(heap.base().get(), heap.size() as usize) };
+    println!(
+        "guest-kernel: memory manager up: {} kernel regions, {} free frames",
+        mm.kernel_tree().len(),
+        mm.free_frames()
+    );
+    mm
+}
+
+/// Serves the host's MM operations until it has no more, then exits 0.
+fn serve(mailbox: &mut Mailbox, mut mm: agent::Mm) -> ! {
+    let _ = mailbox.log("guest-kernel: serving MM operations");
+    if let Err(e) = agent::serve(mailbox, &mut mm) {
+        panic!("agent loop: hypercall failed: {e:?}");
+    }
+    mailbox.exit(0)
 }
 
 #[panic_handler]

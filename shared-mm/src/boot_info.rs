@@ -55,6 +55,11 @@ pub enum GuestCommand {
     /// Time the exits: raw port-I/O exits, then `Ping` hypercalls, between marker `Batch`
     /// hypercalls, then exit 0 (drives the `system` bench).
     Bench = 4,
+    /// Attack the host's page walker: bring up the MM, create space 1, point every user-half
+    /// PML4 entry of it at the PML4 itself (512^4 leaves if walked to the end), then serve.
+    AliasTables = 5,
+    /// Attack the host's decoder: a `Batch` hypercall announcing 2^60 space records.
+    HugeCount = 6,
 }
 
 impl GuestCommand {
@@ -65,6 +70,8 @@ impl GuestCommand {
             2 => GuestCommand::Hang,
             3 => GuestCommand::TripleFault,
             4 => GuestCommand::Bench,
+            5 => GuestCommand::AliasTables,
+            6 => GuestCommand::HugeCount,
             _ => return None,
         })
     }

@@ -137,3 +137,18 @@ fn coverage_feedback_reports_reached_edges() {
     let (covered, total) = report.coverage.expect("coverage guest has counters");
     assert!(covered > 100 && covered <= total, "{covered} of {total}");
 }
+
+#[test]
+fn a_guest_that_cannot_boot_stops_the_campaign_with_its_error() {
+    // A kernel that halts at its first instruction: it never asks for work.
+    let hlt = integration_tests::minimal_elf(shared_mm::boot_info::KERNEL_PHYS_BASE, &[0xf4]);
+    let mut config = campaign("no-boot", hlt, 1_000, true);
+    config.coverage = None;
+    match run_campaign(&config) {
+        Err(e @ vmm::VmmError::FailedBeforeFirstBatch(_)) => {
+            assert_eq!(e.exit_code(), 103, "a halted guest: {e}");
+            assert!(e.to_string().contains("halted"), "{e}");
+        }
+        other => panic!("expected the boot failure, got {other:?}"),
+    }
+}

@@ -7,13 +7,16 @@ use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_1G};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm::page_walk::{coalesce, leaves, translate, PageTableBuilder};
 
-const RAM: usize = 16 << 20;
+/// As much RAM as the tables map, so the walk stays within the budget an honest guest has.
+const RAM: usize = 1 << 30;
+/// Where the tables go.
+const POOL: std::ops::Range<u64> = 0x10_0000..16 << 20;
 const BASE: u64 = 0x4000_0000;
 
 /// Guest memory holding tables that map 1 GiB at `BASE` with pages of `level`, and their CR3.
 fn one_gib(level: PageLevel) -> (GuestMemoryMmap, u64) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest memory");
-    let mut builder = PageTableBuilder::new(&mem, 0x10_0000..RAM as u64).expect("table pool");
+    let mut builder = PageTableBuilder::new(&mem, POOL).expect("table pool");
     let flags = PageTableFlags::WRITABLE | PageTableFlags::USER;
     builder
         .map(BASE, 0, PAGE_SIZE_1G, level, flags)

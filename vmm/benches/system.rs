@@ -640,7 +640,8 @@ fn page_walk(rows: &mut Vec<Row>) {
         ("4K", PageLevel::Pt, Goal::ValueAtMost(10.0)),
         ("2M", PageLevel::Pd, Goal::None),
     ] {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)])
+        // As much RAM as the tables map: the walk's budget is that of an honest guest.
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 30)])
             .expect("guest memory");
         let mut builder = PageTableBuilder::new(&mem, 0x10_0000..16 << 20).expect("table pool");
         let flags = PageTableFlags::WRITABLE | PageTableFlags::USER;

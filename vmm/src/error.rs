@@ -67,10 +67,14 @@ pub enum VmmError {
     },
     /// A host driver built a batch larger than the ABI allows (a bug of the driver).
     BatchTooLarge { ops: usize },
+    /// An input file is too large, or an output could not be written.
+    File(crate::files::FileError),
     /// The timeout's signal handler could not be installed.
     SignalHandler(vmm_sys_util::errno::Error),
     /// A fuzz job's thread panicked.
     JobPanicked,
+    /// The guest failed before it asked for its first batch of work.
+    FailedBeforeFirstBatch(Box<VmmError>),
     /// The chosen backend cannot do what was asked.
     BackendUnsupported { backend: &'static str, what: String },
 }
@@ -163,6 +167,10 @@ impl fmt::Display for VmmError {
                 write!(f, "cannot install the timeout signal handler: {e}")
             }
             VmmError::JobPanicked => f.write_str("a fuzz job panicked"),
+            VmmError::File(e) => write!(f, "{e}"),
+            VmmError::FailedBeforeFirstBatch(e) => {
+                write!(f, "the guest failed before its first batch of work: {e}")
+            }
             VmmError::BackendUnsupported { backend, what } => {
                 write!(f, "the {backend} backend does not support {what}")
             }
@@ -180,6 +188,7 @@ impl VmmError {
             VmmError::TripleFault { .. } => 102,
             VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => 103,
             VmmError::Driver(e) if e.is_guest_fault() => 103,
+            VmmError::FailedBeforeFirstBatch(e) => e.exit_code(),
             VmmError::Timeout { .. } => 124,
             VmmError::SelfCheckFailed(_) => 1,
             _ => 2,

@@ -9,6 +9,7 @@ pub mod coherence;
 pub mod coverage;
 pub mod driver;
 pub mod error;
+pub mod files;
 pub mod fuzz;
 pub mod guest_build;
 pub mod hypercall;

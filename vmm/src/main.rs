@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
+use vmm::files::{read_capped, write_atomically, FileError, MAX_KERNEL_BYTES};
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig};
 use vmm::fuzz::replay;
 use vmm::fuzz::repro::Reproducer;
@@ -35,14 +36,14 @@ struct GuestArgs {
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
     /// Guest RAM in MiB [default: 256; replay: the reproducer's].
-    #[arg(long, value_name = "MIB")]
+    #[arg(long, value_name = "MIB", value_parser = parse_u64)]
     memory: Option<u64>,
-    /// Stop a guest that makes no hypercall for this many seconds (0: never).
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    /// Stop a guest that makes no hypercall for this many seconds (0: never; at most a year).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
     timeout: f64,
-    /// Seed for the guest's randomized placement, and for fuzz the operation generator
-    /// [default: 24301 (0x5eed); replay: the reproducer's].
-    #[arg(long)]
+    /// Seed for the guest's randomized placement, and for fuzz the operation generator,
+    /// decimal or 0x-hex [default: 0x5eed; replay: the reproducer's].
+    #[arg(long, value_parser = parse_u64)]
     seed: Option<u64>,
     /// Where the MM runs: kvm (the guest kernel under KVM) or sim (the MM library on the
     /// in-process simulated machine) [default: kvm; replay: the reproducer's].
@@ -54,6 +55,48 @@ struct GuestArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     guest_features: Option<Vec<String>>,
 }
+
+/// A number as the README writes them: decimal or `0x` hexadecimal, `_` allowed between digits.
+fn parse_u64(text: &str) -> Result<u64, String> {
+    let digits = text.replace('_', "");
+    let parsed = match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => digits.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not a 64-bit number, decimal or 0x-hex ({e})"))
+}
+
+/// Longest `--timeout`: a year, so the deadline arithmetic can never overflow.
+const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.0..=MAX_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!(
+            "{text} is not between 0 and {MAX_TIMEOUT_SECS} seconds (a year)"
+        ));
+    }
+    Ok(secs)
+}
+
+/// Most operations `vmm fuzz --ops` takes.
+const MAX_OPS: u64 = 1_000_000_000_000;
+
+fn parse_ops(text: &str) -> Result<u64, String> {
+    let ops = parse_u64(text)?;
+    if ops > MAX_OPS {
+        return Err(format!("{ops} is more than {MAX_OPS} operations"));
+    }
+    Ok(ops)
+}
+
+/// Largest reproducer `vmm replay` reads.
+const MAX_REPRODUCER_BYTES: u64 = 16 << 20;
 
 /// Guest RAM when `--memory` is not given.
 const DEFAULT_MEMORY_MIB: u64 = 256;
@@ -119,15 +162,15 @@ enum Command {
 /// Options of `vmm fuzz`.
 #[derive(clap::Args, Clone)]
 struct FuzzArgs {
-    /// Operations to generate in total.
-    #[arg(long, default_value_t = 100_000)]
+    /// Operations to generate in total (at most 10^12).
+    #[arg(long, default_value_t = 100_000, value_parser = parse_ops)]
     ops: u64,
-    /// Guests fuzzed in parallel (each a deterministic stream of its own).
-    #[arg(long, default_value_t = 1)]
-    jobs: usize,
-    /// Operations per hypercall batch.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
+    /// Guests fuzzed in parallel, each a deterministic stream of its own (1 to 64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// Operations per hypercall batch (1 to 1024).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    batch: u16,
     /// Skip the agreement checker after each batch.
     #[arg(long)]
     no_check: bool,
@@ -141,8 +184,8 @@ struct FuzzArgs {
     #[arg(long)]
     quiet: bool,
     /// Stop once this many distinct failures are found (0: run the whole budget).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    max_findings: usize,
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_u64)]
+    max_findings: u64,
     /// Build the guest with sanitizer coverage and steer generation toward new edges (kvm
     /// only; needs this source checkout and cargo). A --kernel built with coverage enables it
     /// too.
@@ -155,6 +198,10 @@ enum Misbehave {
     Panic,
     Hang,
     TripleFault,
+    /// Page tables that alias each other (a hostile guest).
+    AliasTables,
+    /// A hypercall with an absurd record count (a hostile guest).
+    HugeCount,
 }
 
 /// The seeded bugs `features` name; every feature must be one.
@@ -174,10 +221,10 @@ fn seeded_bugs(features: &[String]) -> anyhow::Result<SeededBugs> {
 /// The kernel image to boot under KVM and how reproducers name it: `--kernel`, a variant
 /// built with `features` (and coverage), or the embedded guest.
 fn kvm_kernel(args: &GuestArgs, coverage: bool) -> anyhow::Result<(Vec<u8>, String)> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| VmmError::KernelUnreadable {
-            path: path.to_path_buf(),
-            source,
+    let read = |path: &Path| -> Result<Vec<u8>, VmmError> {
+        read_capped(path, MAX_KERNEL_BYTES).map_err(|e| match e {
+            FileError::Io { path, source } => VmmError::KernelUnreadable { path, source },
+            too_large => VmmError::File(too_large),
         })
     };
     if let Some(path) = &args.kernel {
@@ -205,9 +252,6 @@ fn config_with(
     command: GuestCommand,
     coverage: bool,
 ) -> anyhow::Result<(VmConfig, String)> {
-    if !(args.timeout.is_finite() && args.timeout >= 0.0) {
-        bail!("--timeout {} is not a number of seconds", args.timeout);
-    }
     let seeded = seeded_bugs(args.features())?;
     let (kernel, label, seeded_bugs) = match args.backend() {
         Backend::Kvm => {
@@ -232,7 +276,10 @@ fn config_with(
             .memory
             .unwrap_or(DEFAULT_MEMORY_MIB)
             .saturating_mul(1 << 20),
-        timeout: (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout)),
+        timeout: (args.timeout > 0.0)
+            .then(|| Duration::try_from_secs_f64(args.timeout))
+            .transpose()
+            .map_err(|e| anyhow!("--timeout {}: {e}", args.timeout))?,
         echo_console: true,
         random_seed: args.seed(),
         command,
@@ -259,6 +306,8 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 Some(Misbehave::Panic) => GuestCommand::Panic,
                 Some(Misbehave::Hang) => GuestCommand::Hang,
                 Some(Misbehave::TripleFault) => GuestCommand::TripleFault,
+                Some(Misbehave::AliasTables) => GuestCommand::AliasTables,
+                Some(Misbehave::HugeCount) => GuestCommand::HugeCount,
             };
             let mut vm = Guest::boot(&config(&guest, command)?)?;
             let (status, check, findings) = if no_check {
@@ -303,8 +352,8 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 }
             );
             if let Some(path) = &svg {
-                std::fs::write(path, report.to_svg())
-                    .with_context(|| format!("cannot write the SVG map to {}", path.display()))?;
+                write_atomically(path, report.to_svg().as_bytes())
+                    .context("cannot write the SVG map")?;
                 eprintln!("vmm: wrote the address-space map to {}", path.display());
             }
             let problems = report.problems();
@@ -331,9 +380,6 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         max_findings,
     } = *args;
     let (check, shrink) = (!no_check, !no_shrink);
-    if jobs == 0 || batch == 0 {
-        bail!("--jobs and --batch must be at least 1");
-    }
     let (mut vm, kernel_label) = config_with(guest, GuestCommand::Serve, coverage)?;
     vm.echo_console = false;
     let counters = match guest.backend() {
@@ -355,8 +401,8 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     let campaign = CampaignConfig {
         seed: guest.seed(),
         ops,
-        jobs,
-        batch,
+        jobs: jobs.into(),
+        batch: batch.into(),
         check,
         shrink,
         shrink_budget: Budget::default(),
@@ -367,7 +413,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         guest_features: guest.features().to_vec(),
         progress: !quiet,
         coverage: counters,
-        max_findings,
+        max_findings: usize::try_from(max_findings).unwrap_or(usize::MAX),
     };
     let report = run_campaign(&campaign)?;
     eprintln!(
@@ -446,9 +492,10 @@ fn recorded_args(guest: &GuestArgs, repro: &Reproducer) -> anyhow::Result<GuestA
     Ok(guest)
 }
 
-fn replay_file(guest: &GuestArgs, file: &PathBuf) -> anyhow::Result<u32> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read reproducer {}", file.display()))?;
+fn replay_file(guest: &GuestArgs, file: &Path) -> anyhow::Result<u32> {
+    let bytes = read_capped(file, MAX_REPRODUCER_BYTES).context("cannot read the reproducer")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow!("{}: the reproducer is not UTF-8 text", file.display()))?;
     let repro = Reproducer::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
     let guest = recorded_args(guest, &repro)?;
     let mut vm = config(&guest, GuestCommand::Serve)?;

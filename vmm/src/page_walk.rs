@@ -285,8 +285,8 @@ pub fn leaves_in<M: GuestMemory + ?Sized>(
 }
 
 /// What one walk may read and find, from the guest's RAM size: honest tables are distinct
-/// frames, and an honest space has about one leaf per frame (plus 2^18 of slack: 1 GiB of 4 KiB
-/// pages). Aliasing tables can describe 512^4 leaves; the budget stops them at a few times RAM.
+/// frames, and an honest space has at most about one leaf per frame. Aliasing tables can
+/// describe 512^4 leaves; the budget stops them at a few times RAM.
 #[derive(Clone, Copy, Debug, Default)]
 struct WalkBudget {
     tables: u64,
@@ -301,7 +301,7 @@ impl WalkBudget {
         let ram_pages = last / PAGE_SIZE_4K + 1;
         WalkBudget {
             tables: ram_pages,
-            leaves: ram_pages.saturating_mul(2).saturating_add(1 << 18),
+            leaves: ram_pages.saturating_mul(4),
         }
     }
 }
@@ -943,7 +943,8 @@ mod tests {
 
     #[test]
     fn one_gib_of_4k_pages() {
-        let mem = ram();
+        // As much RAM as the tables map: an honest guest's walk budget.
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 30)]).unwrap();
         let mut b = builder(&mem);
         let base = 0xFFFF_FFFF_C000_0000;
         b.map(base, 0, PAGE_SIZE_1G, PageLevel::Pt, rwu()).unwrap();

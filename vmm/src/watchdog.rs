@@ -43,9 +43,13 @@ impl Watchdog {
         let thread = std::thread::spawn(move || {
             while !stp.load(Ordering::Acquire) {
                 let now = Instant::now();
-                let deadline = epoch + Duration::from_millis(pet.load(Ordering::Relaxed)) + limit;
-                if now < deadline {
-                    std::thread::park_timeout((deadline - now).min(Duration::from_millis(100)));
+                let deadline = epoch
+                    .checked_add(Duration::from_millis(pet.load(Ordering::Relaxed)))
+                    .and_then(|pet| pet.checked_add(limit));
+                // A deadline past what Instant can hold never comes.
+                if deadline.is_none_or(|deadline| now < deadline) {
+                    let wait = deadline.map_or(Duration::MAX, |d| d - now);
+                    std::thread::park_timeout(wait.min(Duration::from_millis(100)));
                     continue;
                 }
                 exp.store(true, Ordering::Release);

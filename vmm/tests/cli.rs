@@ -236,7 +236,46 @@ fn fuzz_of_the_correct_guest_exits_0_with_a_summary() {
 #[test]
 fn fuzz_rejects_zero_jobs() {
     let outcome = vmm(&["fuzz", "--jobs", "0", "--ops", "10"]);
-    assert_fails(&outcome, 2, &["--jobs and --batch must be at least 1"]);
+    assert_fails(&outcome, 2, &["invalid value '0' for '--jobs"]);
+}
+
+#[test]
+fn out_of_range_values_exit_2_naming_the_option() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["run", "--timeout", "1e20"],
+            "is not between 0 and 31536000 seconds",
+        ),
+        (&["run", "--timeout=-1"], "is not between 0 and"),
+        (
+            &["fuzz", "--batch", "2000"],
+            "invalid value '2000' for '--batch",
+        ),
+        (&["run", "--seed", "0xzz"], "is not a 64-bit number"),
+    ];
+    for (args, needle) in cases {
+        assert_fails(&vmm(args), 2, &[needle]);
+    }
+}
+
+#[test]
+fn the_readmes_hex_seed_notation_is_accepted() {
+    let outcome = vmm(&["run", "--backend", "sim", "--seed", "0x5eed"]);
+    assert_eq!(outcome.code, Some(0), "{}", outcome.describe());
+}
+
+#[test]
+fn endless_input_files_are_refused_at_a_size_limit() {
+    assert_fails(
+        &vmm_run(&["--kernel", "/dev/zero"]),
+        2,
+        &["larger than the 64 MiB"],
+    );
+    assert_fails(
+        &vmm(&["replay", "/dev/zero"]),
+        2,
+        &["larger than the 16 MiB"],
+    );
 }
 
 #[test]
@@ -267,6 +306,6 @@ fn replay_of_a_missing_file_exits_2() {
     assert_fails(
         &outcome,
         2,
-        &["cannot read reproducer /nonexistent/x.repro"],
+        &["cannot read the reproducer: /nonexistent/x.repro"],
     );
 }

@@ -58,7 +58,7 @@ fn unwritable_svg_path_is_a_clean_error() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("vmm: error: cannot write the SVG map to /nonexistent-dir/x.svg"),
+        stderr.contains("vmm: error: cannot write the SVG map: /nonexistent-dir/x.svg"),
         "{}",
         describe(&out)
     );

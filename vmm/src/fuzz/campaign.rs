@@ -6,6 +6,7 @@ use super::repro::Reproducer;
 use super::shrink::{shrink, Budget};
 use super::{replay, run_session, Failure, Feedback, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
+use crate::files::write_atomically;
 use crate::{VmConfig, VmmError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shared_mm::abi::{Op, OpResult};
@@ -166,10 +167,7 @@ impl Shared<'_> {
         let path = config
             .out_dir
             .join(format!("repro-seed{}-{}.txt", config.seed, bugs.len() + 1));
-        std::fs::write(&path, repro.to_text()).map_err(|source| VmmError::Output {
-            path: path.clone(),
-            source,
-        })?;
+        write_atomically(&path, repro.to_text().as_bytes()).map_err(VmmError::File)?;
         self.say(format!(
             "  saved {} ({} ops, shrunk from {original_len})",
             path.display(),

@@ -339,6 +339,13 @@ pub fn run_session(
     };
     let findings = std::mem::take(&mut driver.findings);
     let session = driver.into_inner();
+    if session.sent.is_empty() {
+        // Before the first batch nothing was fuzzed: the guest cannot boot, and a campaign
+        // that booted it again would fail the same way forever.
+        if let Err(e) = outcome {
+            return Err(VmmError::FailedBeforeFirstBatch(Box::new(e)));
+        }
+    }
     let crash = match outcome {
         Ok(0) => None,
         Ok(status) => Some(("nonzero exit", format!("guest exited with status {status}"))),

@@ -100,22 +100,40 @@ impl SpaceModel {
         }
     }
 
+    /// The byte at `addr`: the trampoline's code on its page, what was written, or zero.
+    fn byte(&self, addr: u64) -> u8 {
+        let (page, off) = (addr & !(PAGE - 1), (addr % PAGE) as usize);
+        if page == USER_TRAMPOLINE {
+            return TRAMPOLINE_CODE.get(off).copied().unwrap_or(0);
+        }
+        self.memory.get(&page).map_or(0, |bytes| bytes[off])
+    }
+
+    /// The little-endian u64 at `addr`, which may straddle two pages.
     fn read_u64(&self, addr: u64) -> u64 {
-        let page = addr & !(PAGE - 1);
-        let off = (addr - page) as usize;
-        self.memory.get(&page).map_or(0, |bytes| {
-            u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes"))
-        })
+        let bytes: [u8; 8] = std::array::from_fn(|i| self.byte(addr.wrapping_add(i as u64)));
+        u64::from_le_bytes(bytes)
     }
 
     fn write_u64(&mut self, addr: u64, value: u64) {
-        let page = addr & !(PAGE - 1);
-        let off = (addr - page) as usize;
-        let bytes = self
-            .memory
-            .entry(page)
-            .or_insert_with(|| Box::new([0; PAGE as usize]));
-        bytes[off..off + 8].copy_from_slice(&value.to_le_bytes());
+        for (i, byte) in value.to_le_bytes().into_iter().enumerate() {
+            let at = addr.wrapping_add(i as u64);
+            let (page, off) = (at & !(PAGE - 1), (at % PAGE) as usize);
+            let bytes = self
+                .memory
+                .entry(page)
+                .or_insert_with(|| Box::new([0; PAGE as usize]));
+            bytes[off] = byte;
+        }
+    }
+
+    /// Commits the region pages an access of `[first, last]` touched (not the trampoline's).
+    fn commit_touched(&mut self, first: u64, last: u64) {
+        for at in [first, last] {
+            if at < USER_TRAMPOLINE {
+                self.commit(at);
+            }
+        }
     }
 
     fn commit(&mut self, addr: u64) {
@@ -219,6 +237,8 @@ enum Prediction {
         align: u64,
         hole_exists: bool,
     },
+    /// Either of two outcomes the architecture allows.
+    Either(Box<Prediction>, Box<Prediction>),
 }
 
 fn ok() -> Prediction {
@@ -257,6 +277,25 @@ fn value(v: u64) -> Prediction {
     }
 }
 
+/// The fault a ring-3 access needing `need` takes at `at` in `s`, if it takes one.
+fn page_denies(s: &SpaceModel, at: u64, need: u32) -> Option<Prediction> {
+    if at >= KERNEL_SPACE_BASE {
+        return Some(fault(FaultKind::SegvAccess, at));
+    }
+    if at >= USER_TRAMPOLINE {
+        // The trampoline page: user r-x, outside every region.
+        return (need == WRITE).then(|| fault(FaultKind::SegvNoRegion, at));
+    }
+    let Some((_, region)) = s.region_at(at) else {
+        return Some(fault(FaultKind::SegvNoRegion, at));
+    };
+    (region.access & USER == 0 || region.access & need == 0)
+        .then(|| fault(FaultKind::SegvAccess, at))
+}
+
+/// One past the last address of the canonical lower half.
+const LOWER_HALF_END: u64 = 0x0000_8000_0000_0000;
+
 /// Whether `addr` is canonical (bits 63..47 all equal).
 fn canonical(addr: u64) -> bool {
     let top = addr >> 47;
@@ -273,7 +312,19 @@ impl Model {
     /// placement where the model allows any valid one). Returns the disagreement, if any.
     pub fn apply(&mut self, op: &Op, got: &OpResult) -> Option<Mismatch> {
         let prediction = self.predict(op);
-        let verdict = match prediction {
+        if let Some(expected) = self.verdict(&prediction, got) {
+            return Some(Mismatch {
+                expected,
+                got: *got,
+            });
+        }
+        self.update(op, got);
+        None
+    }
+
+    /// `None` when `got` is what `prediction` allows, else what was expected.
+    fn verdict(&self, prediction: &Prediction, got: &OpResult) -> Option<String> {
+        match *prediction {
             Prediction::Exact {
                 status,
                 fault,
@@ -304,15 +355,11 @@ impl Model {
                 align,
                 hole_exists,
             } => self.check_placement(space, size, align, hole_exists, got),
-        };
-        if let Some(expected) = verdict {
-            return Some(Mismatch {
-                expected,
-                got: *got,
-            });
+            Prediction::Either(ref a, ref b) => {
+                let (first, second) = (self.verdict(a, got)?, self.verdict(b, got)?);
+                Some(format!("{first} or {second}"))
+            }
         }
-        self.update(op, got);
-        None
     }
 
     fn check_placement(
@@ -480,37 +527,34 @@ impl Model {
         let Some(s) = self.spaces.get(&space) else {
             return error(Status::NoSuchSpace);
         };
-        if !canonical(addr) {
-            return Prediction::Exact {
-                status: Status::Faulted,
-                fault: FaultKind::GeneralProtection,
-                addr: Some(addr),
-                value: None,
-            };
-        }
-        if addr >= KERNEL_SPACE_BASE {
-            return fault(FaultKind::SegvAccess, addr);
-        }
-        if addr >= USER_TRAMPOLINE {
-            // The trampoline page: user r-x, outside every region.
-            return match need {
-                WRITE => fault(FaultKind::SegvNoRegion, addr),
-                EXECUTE => value(0),
-                _ => {
-                    let mut page = [0u8; PAGE as usize];
-                    page[..TRAMPOLINE_CODE.len()].copy_from_slice(&TRAMPOLINE_CODE);
-                    let off = (addr - USER_TRAMPOLINE) as usize;
-                    value(u64::from_le_bytes(
-                        page[off..off + 8].try_into().expect("8 bytes"),
-                    ))
-                }
-            };
-        }
-        let Some((_, region)) = s.region_at(addr) else {
-            return fault(FaultKind::SegvNoRegion, addr);
+        // A load or store touches 8 bytes; an execute touch, the one byte of its `int3`.
+        let last = if need == EXECUTE {
+            Some(addr)
+        } else {
+            addr.checked_add(7)
         };
-        if region.access & USER == 0 || region.access & need == 0 {
-            return fault(FaultKind::SegvAccess, addr);
+        let general_protection = fault(FaultKind::GeneralProtection, addr);
+        if !canonical(addr) {
+            return general_protection;
+        }
+        let Some(last) = last else {
+            return general_protection; // Past 2^64.
+        };
+        if !canonical(last) {
+            // An access that runs off the top of the lower half: #GP with 4-level paging. A
+            // host with 5-level paging (ring 3 runs natively under KVM's PVM) sees a canonical
+            // address and a missing page there, which the MM reports as a fault with no region.
+            return Prediction::Either(
+                Box::new(general_protection),
+                Box::new(fault(FaultKind::SegvNoRegion, LOWER_HALF_END)),
+            );
+        }
+        // Page by page, lower first; a fault on the upper page reports its first byte.
+        let second = (last / PAGE != addr / PAGE).then_some(last & !(PAGE - 1));
+        for at in std::iter::once(addr).chain(second) {
+            if let Some(denied) = page_denies(s, at, need) {
+                return denied;
+            }
         }
         match (need, write) {
             (WRITE, Some(v)) => value(v),
@@ -570,16 +614,19 @@ impl Model {
                     s.protect(addr, size, access);
                 }
             }
-            Op::TouchRead { space, addr } | Op::TouchExec { space, addr } => {
+            Op::TouchExec { space, addr } => {
                 if let Some(s) = self.spaces.get_mut(&space) {
-                    if addr < USER_TRAMPOLINE {
-                        s.commit(addr);
-                    }
+                    s.commit_touched(addr, addr);
+                }
+            }
+            Op::TouchRead { space, addr } => {
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    s.commit_touched(addr, addr + 7);
                 }
             }
             Op::TouchWrite { space, addr, value } => {
                 if let Some(s) = self.spaces.get_mut(&space) {
-                    s.commit(addr);
+                    s.commit_touched(addr, addr + 7);
                     s.write_u64(addr, value);
                 }
             }
@@ -617,5 +664,122 @@ impl Model {
             got.len(),
             want.len()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URW: u32 = USER | READ | WRITE;
+
+    fn ok_at(addr: u64) -> OpResult {
+        OpResult {
+            addr,
+            ..OpResult::ok()
+        }
+    }
+
+    fn faulted(fault: FaultKind, addr: u64) -> OpResult {
+        OpResult {
+            status: Status::Faulted,
+            fault,
+            addr,
+            value: 0,
+        }
+    }
+
+    /// A model with space 1 and one read-write page at 0x400000.
+    fn model() -> Model {
+        let mut m = Model::default();
+        assert!(m
+            .apply(
+                &Op::CreateSpace,
+                &OpResult {
+                    value: 1,
+                    ..OpResult::ok()
+                }
+            )
+            .is_none());
+        let map = Op::MapFixed {
+            space: 1,
+            addr: 0x40_0000,
+            size: PAGE,
+            access: URW,
+        };
+        assert!(m.apply(&map, &ok_at(0x40_0000)).is_none());
+        m
+    }
+
+    #[test]
+    fn an_access_straddling_into_a_hole_faults_at_the_second_page() {
+        let mut m = model();
+        let read = Op::TouchRead {
+            space: 1,
+            addr: 0x40_0ffc,
+        };
+        assert!(m
+            .apply(&read, &faulted(FaultKind::SegvNoRegion, 0x40_1000))
+            .is_none());
+        assert!(m
+            .apply(&read, &faulted(FaultKind::SegvNoRegion, 0x40_0ffc))
+            .is_some());
+    }
+
+    #[test]
+    fn a_value_straddling_two_pages_reads_back() {
+        let mut m = model();
+        let map = Op::MapFixed {
+            space: 1,
+            addr: 0x40_1000,
+            size: PAGE,
+            access: URW,
+        };
+        assert!(m.apply(&map, &ok_at(0x40_1000)).is_none());
+        let (addr, v) = (0x40_0ffd, 0x1122_3344_5566_7788);
+        let write = Op::TouchWrite {
+            space: 1,
+            addr,
+            value: v,
+        };
+        let read_back = OpResult {
+            value: v,
+            ..OpResult::ok()
+        };
+        assert!(m.apply(&write, &read_back).is_none());
+        let read = Op::TouchRead { space: 1, addr };
+        assert!(m.apply(&read, &read_back).is_none());
+        let upper = Op::TouchRead {
+            space: 1,
+            addr: 0x40_1000,
+        };
+        let upper_value = OpResult {
+            value: v >> 24,
+            ..OpResult::ok()
+        };
+        assert!(m.apply(&upper, &upper_value).is_none());
+    }
+
+    #[test]
+    fn a_read_off_the_top_of_the_lower_half_does_not_panic() {
+        let mut m = model();
+        let read = Op::TouchRead {
+            space: 1,
+            addr: 0x7fff_ffff_fff9,
+        };
+        let gp = faulted(FaultKind::GeneralProtection, 0x7fff_ffff_fff9);
+        assert!(m.apply(&read, &gp).is_none(), "4-level paging: #GP");
+        let la57 = faulted(FaultKind::SegvNoRegion, LOWER_HALF_END);
+        assert!(m.apply(&read, &la57).is_none(), "5-level host: #PF at 2^47");
+        let trampoline = Op::TouchRead {
+            space: 1,
+            addr: USER_TRAMPOLINE + 1,
+        };
+        let code = u64::from_le_bytes(TRAMPOLINE_CODE[1..9].try_into().unwrap());
+        let want = OpResult {
+            value: code,
+            ..OpResult::ok()
+        };
+        assert!(m.apply(&trampoline, &want).is_none());
     }
 }
