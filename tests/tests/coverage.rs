@@ -10,8 +10,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::coverage::{CoverageMap, CoverageSet};
 use vmm::driver::Driver;
+use vmm::driver::Script;
 use vmm::guest_build::{build_variant_with, GuestVariant};
-use vmm::scenario::{Script, SelfCheck};
+use vmm::scenario::SelfCheck;
 use vmm::{Vm, VmConfig};
 
 /// The coverage build of the default guest, built once per test binary.

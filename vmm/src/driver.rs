@@ -1,8 +1,9 @@
 //! The Driver trait: what hands the guest MM its work and receives the results, whichever
-//! backend runs it; plus the snapshot collector drivers share.
+//! backend runs it; plus the snapshot collector drivers share and the simplest drivers.
 
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord};
 use shared_mm::trace::TraceEvent;
+use std::collections::VecDeque;
 use vm_memory::GuestMemoryMmap;
 
 /// One address space's exported region tree, with the root of its page tables.
@@ -91,5 +92,41 @@ impl Driver for IdleDriver {
         _: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, String> {
         Ok(None)
+    }
+}
+
+/// A driver that sends fixed batches of operations and keeps every result: the building block
+/// for targeted tests (for example the seeded-bug tests) and reproducers.
+#[derive(Default)]
+pub struct Script {
+    batches: VecDeque<Vec<Op>>,
+    in_flight: bool,
+    /// Results, one vector per batch sent.
+    pub results: Vec<Vec<OpResult>>,
+}
+
+impl Script {
+    pub fn new(batches: Vec<Vec<Op>>) -> Self {
+        Script {
+            batches: batches.into(),
+            in_flight: false,
+            results: Vec::new(),
+        }
+    }
+}
+
+impl Driver for Script {
+    fn next_batch(
+        &mut self,
+        _: &GuestMemoryMmap,
+        results: &[OpResult],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, String> {
+        if self.in_flight {
+            self.results.push(results.to_vec());
+        }
+        let next = self.batches.pop_front();
+        self.in_flight = next.is_some();
+        Ok(next)
     }
 }

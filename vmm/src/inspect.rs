@@ -6,7 +6,7 @@
 //! an SVG map.
 
 mod json;
-pub mod scenario;
+pub mod plan;
 mod svg;
 mod table;
 
@@ -270,7 +270,7 @@ fn space_report(
 /// The driver: runs the scenario's batches, then snapshots every space and the kernel, then
 /// walks the page tables while the guest waits for its next batch.
 struct Inspector {
-    batches: Vec<Vec<scenario::Planned>>,
+    batches: Vec<Vec<plan::Planned>>,
     /// Batches sent so far.
     sent: usize,
     /// Index (over all batches) of the first step of the batch in flight.
@@ -286,7 +286,7 @@ struct Inspector {
 }
 
 impl Inspector {
-    fn new(batches: Vec<Vec<scenario::Planned>>) -> Self {
+    fn new(batches: Vec<Vec<plan::Planned>>) -> Self {
         Inspector {
             batches,
             sent: 0,
@@ -327,7 +327,7 @@ impl Inspector {
         batch
             .iter()
             .map(|p| match p.placed_by {
-                Some(by) => scenario::relocate(p.step.op, self.placed[by]),
+                Some(by) => plan::relocate(p.step.op, self.placed[by]),
                 None => p.step.op,
             })
             .collect()
@@ -435,7 +435,7 @@ impl Driver for Inspector {
 /// Boots the guest of `config`, runs the inspect scenario and reports every space and the kernel.
 pub fn inspect(config: &VmConfig) -> Result<Report, VmmError> {
     let mut vm = Guest::boot(config)?;
-    let mut inspector = Inspector::new(scenario::batches());
+    let mut inspector = Inspector::new(plan::batches());
     let status = vm.run(&mut inspector)?;
     let mut report = inspector.report.ok_or_else(|| {
         VmmError::Driver(format!(

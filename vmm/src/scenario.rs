@@ -2,7 +2,7 @@
 //! real hypercalls, each step with the result the guest must produce.
 
 use crate::checker::{Checked, Finding};
-use crate::driver::{Driver, SpaceSnapshot};
+use crate::driver::{Driver, Script, SpaceSnapshot};
 use crate::{Guest, VmmError};
 use shared_mm::abi::{
     access_bits::{EXECUTE, READ, USER, WRITE},
@@ -760,42 +760,6 @@ impl Driver for SelfCheck {
         regions: &[RegionRecord],
     ) -> Result<(), String> {
         SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
-    }
-}
-
-/// A driver that sends fixed batches of operations and keeps every result: the building block
-/// for targeted tests (for example the seeded-bug tests) and reproducers.
-#[derive(Default)]
-pub struct Script {
-    batches: std::collections::VecDeque<Vec<Op>>,
-    in_flight: bool,
-    /// Results, one vector per batch sent.
-    pub results: Vec<Vec<OpResult>>,
-}
-
-impl Script {
-    pub fn new(batches: Vec<Vec<Op>>) -> Self {
-        Script {
-            batches: batches.into(),
-            in_flight: false,
-            results: Vec::new(),
-        }
-    }
-}
-
-impl Driver for Script {
-    fn next_batch(
-        &mut self,
-        _: &GuestMemoryMmap,
-        results: &[OpResult],
-        _: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, String> {
-        if self.in_flight {
-            self.results.push(results.to_vec());
-        }
-        let next = self.batches.pop_front();
-        self.in_flight = next.is_some();
-        Ok(next)
     }
 }
 

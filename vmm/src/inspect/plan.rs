@@ -1,4 +1,4 @@
-//! The built-in inspect scenario: three address spaces with regions of every kind of access,
+//! The plan `vmm inspect` runs: three address spaces with regions of every kind of access,
 //! split by protect and unmap, some pages touched from ring 3 and some left untouched.
 
 use crate::scenario::{Expect, Step};
