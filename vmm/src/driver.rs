@@ -95,22 +95,24 @@ impl Driver for IdleDriver {
     }
 }
 
-/// A driver that sends fixed batches of operations and keeps every result: the building block
-/// for targeted tests (for example the seeded-bug tests) and reproducers.
+/// A driver that sends fixed batches of operations and keeps every result and every region tree
+/// its snapshot operations export: the building block of the scenario runner and of targeted
+/// tests and benchmarks.
 #[derive(Default)]
 pub struct Script {
     batches: VecDeque<Vec<Op>>,
     in_flight: bool,
     /// Results, one vector per batch sent.
     pub results: Vec<Vec<OpResult>>,
+    /// Region trees received, in arrival order.
+    pub snapshots: Vec<SpaceSnapshot>,
 }
 
 impl Script {
     pub fn new(batches: Vec<Vec<Op>>) -> Self {
         Script {
             batches: batches.into(),
-            in_flight: false,
-            results: Vec::new(),
+            ..Script::default()
         }
     }
 }
@@ -128,5 +130,17 @@ impl Driver for Script {
         let next = self.batches.pop_front();
         self.in_flight = next.is_some();
         Ok(next)
+    }
+
+    fn snapshot(
+        &mut self,
+        _: &GuestMemoryMmap,
+        space: u32,
+        cr3: u64,
+        first: u64,
+        total: u64,
+        regions: &[RegionRecord],
+    ) -> Result<(), String> {
+        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
     }
 }

@@ -14,7 +14,7 @@ use crate::checker::{self, access_string, Finding};
 use crate::coherence::Coherence;
 use crate::driver::{Driver, SpaceSnapshot};
 use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
-use crate::scenario::check;
+use crate::scenario::Expect;
 use crate::{Guest, VmConfig, VmmError};
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
@@ -310,10 +310,12 @@ impl Inspector {
         }
         for (i, (planned, got)) in batch.iter().zip(results).enumerate() {
             let index = self.first_in_flight + i;
-            if let Err(why) = check(planned.step.expect, got) {
-                let what = planned.step.what;
-                self.mismatches
-                    .push(format!("step {index} ({what}): {why}"));
+            if !planned.expect.holds(got) {
+                let (what, expected) = (planned.what, planned.expect);
+                let got = Expect::observed(&planned.op, got);
+                self.mismatches.push(format!(
+                    "step {index} ({what}): expected {expected}, got {got}"
+                ));
             }
             self.placed.push(got.addr);
         }
@@ -327,8 +329,8 @@ impl Inspector {
         batch
             .iter()
             .map(|p| match p.placed_by {
-                Some(by) => plan::relocate(p.step.op, self.placed[by]),
-                None => p.step.op,
+                Some(by) => plan::relocate(p.op, self.placed[by]),
+                None => p.op,
             })
             .collect()
     }

@@ -14,6 +14,8 @@ use vmm::fuzz::replay;
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
 use vmm::guest_build::{build_variant_with, GuestVariant};
+use vmm::scenario::file::load;
+use vmm::scenario::header::Settings;
 use vmm::scenario::SelfCheck;
 use vmm::{Backend, Guest, VmConfig, VmmError};
 
@@ -410,34 +412,28 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     Ok(1)
 }
 
-/// `guest` with what the command line leaves open taken from `repro`: the same seed
+/// `guest` with what the command line leaves open taken from a file's header: the same seed
 /// (randomized placement depends on it), RAM size, backend, seeded bugs and kernel make the
-/// same run.
-fn recorded_args(guest: &GuestArgs, repro: &Reproducer) -> anyhow::Result<GuestArgs> {
+/// same run. `command` names the subcommand in messages.
+fn recorded_args(
+    guest: &GuestArgs,
+    recorded: &Settings,
+    command: &str,
+) -> anyhow::Result<GuestArgs> {
     let mut guest = guest.clone();
-    let recorded = |key: &str| repro.header_value(key).and_then(|v| v.parse::<u64>().ok());
-    guest.seed = guest.seed.or(recorded("seed"));
-    guest.memory = guest.memory.or(recorded("memory-mib"));
-    if guest.backend.is_none() {
-        if let Some(name) = repro.header_value("backend") {
-            guest.backend = Some(name.parse()?);
-        }
-    }
+    guest.seed = guest.seed.or(recorded.seed);
+    guest.memory = guest.memory.or(recorded.memory_mib);
+    guest.backend = guest.backend.or(recorded.backend);
     if guest.guest_features.is_none() {
-        guest.guest_features = repro.header_value("guest-features").map(|list| {
-            list.split(',')
-                .filter(|f| !f.is_empty())
-                .map(str::to_string)
-                .collect()
-        });
+        guest.guest_features.clone_from(&recorded.guest_features);
     }
-    let recorded_kernel = repro.header_value("kernel").map(PathBuf::from);
+    let recorded_kernel = recorded.kernel.as_deref().map(PathBuf::from);
     let variant_given = !guest.features().is_empty();
     if guest.kernel.is_none() && guest.backend() == Backend::Kvm && !variant_given {
         match recorded_kernel {
             Some(path) if path.is_file() => guest.kernel = Some(path),
             Some(path) if path != Path::new("embedded") => eprintln!(
-                "vmm replay: recorded kernel {} is missing; using the embedded one",
+                "vmm {command}: recorded kernel {} is missing; using the embedded one",
                 path.display()
             ),
             _ => {}
@@ -446,11 +442,9 @@ fn recorded_args(guest: &GuestArgs, repro: &Reproducer) -> anyhow::Result<GuestA
     Ok(guest)
 }
 
-fn replay_file(guest: &GuestArgs, file: &PathBuf) -> anyhow::Result<u32> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read reproducer {}", file.display()))?;
-    let repro = Reproducer::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let guest = recorded_args(guest, &repro)?;
+fn replay_file(guest: &GuestArgs, file: &Path) -> anyhow::Result<u32> {
+    let repro = Reproducer::from(load(file, "reproducer")?);
+    let guest = recorded_args(guest, &Settings::of(&repro.header)?, "replay")?;
     let mut vm = config(&guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
