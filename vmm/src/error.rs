@@ -54,6 +54,11 @@ pub enum VmmError {
     GuestProtocol(String),
     /// The MM self-check ran, and these steps did not give the expected result.
     SelfCheckFailed(Vec<String>),
+    /// A scenario file ran, and these steps or agreement checks failed, one line each.
+    ScenarioFailed {
+        scenario: PathBuf,
+        problems: Vec<String>,
+    },
     /// The host-side driver of the guest's work failed.
     Driver(String),
     /// The chosen backend cannot do what was asked.
@@ -134,6 +139,15 @@ impl fmt::Display for VmmError {
                 write!(f, "MM self-check failed in {} step(s):", failures.len())?;
                 failures.iter().try_for_each(|line| write!(f, "\n  {line}"))
             }
+            VmmError::ScenarioFailed { scenario, problems } => {
+                write!(
+                    f,
+                    "scenario {} failed in {} place(s):",
+                    scenario.display(),
+                    problems.len()
+                )?;
+                problems.iter().try_for_each(|line| write!(f, "\n  {line}"))
+            }
             VmmError::Driver(why) => write!(f, "{why}"),
             VmmError::BackendUnsupported { backend, what } => {
                 write!(f, "the {backend} backend does not support {what}")
@@ -152,7 +166,7 @@ impl VmmError {
             VmmError::TripleFault { .. } => 102,
             VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => 103,
             VmmError::Timeout { .. } => 124,
-            VmmError::SelfCheckFailed(_) => 1,
+            VmmError::SelfCheckFailed(_) | VmmError::ScenarioFailed { .. } => 1,
             _ => 2,
         }
     }

@@ -40,6 +40,32 @@ impl Reproducer {
         self.scenario().to_text(TITLE)
     }
 
+    /// The reproducer as a scenario to record as a regression test: one op per batch, as
+    /// `vmm replay` runs them, the op at `failed_at` (its index, and why) labelled as where the
+    /// replay failed; the header keeps `failure` and `detail` and adds `setup` (the settings the
+    /// results depend on).
+    pub fn regression(
+        &self,
+        setup: &[(String, String)],
+        failed_at: Option<(usize, &str)>,
+    ) -> Scenario {
+        let kept = self
+            .header
+            .iter()
+            .filter(|(key, _)| key == "failure" || key == "detail");
+        let batches = self.ops.iter().enumerate().map(|(i, &op)| {
+            let label = match failed_at {
+                Some((at, why)) if at == i => format!("replay failed here: {why}"),
+                _ => String::new(),
+            };
+            vec![Step::new(op, None, &label)]
+        });
+        Scenario {
+            header: kept.chain(setup).cloned().collect(),
+            batches: batches.collect(),
+        }
+    }
+
     /// Parses a reproducer, or any scenario (its expectations and batches are left out).
     pub fn parse(text: &str) -> Result<Reproducer, ParseError> {
         Scenario::parse(text).map(Reproducer::from)
@@ -106,5 +132,40 @@ mod tests {
             }
         );
         assert_eq!(Reproducer::parse(&repro.to_text()), Ok(repro));
+    }
+
+    #[test]
+    fn a_regression_scenario_runs_one_op_per_batch_and_labels_the_failure() {
+        let repro = Reproducer {
+            header: vec![
+                ("failure".into(), "f".into()),
+                ("seed".into(), "3".into()),
+                ("detail".into(), "d".into()),
+                ("backend".into(), "sim".into()),
+            ],
+            ops: vec![Op::CreateSpace, Op::DestroySpace { space: 1 }],
+        };
+        let setup = [("seed".to_string(), "9".to_string())];
+        let scenario = repro.regression(&setup, Some((1, "why")));
+        assert_eq!(
+            scenario.header,
+            [
+                ("failure".to_string(), "f".to_string()),
+                ("detail".into(), "d".into()),
+                ("seed".into(), "9".into()),
+            ]
+        );
+        let lines: Vec<Vec<String>> = scenario
+            .batches
+            .iter()
+            .map(|b| b.iter().map(Step::to_line).collect())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                vec!["create-space".to_string()],
+                vec!["destroy-space space=1  # replay failed here: why".into()]
+            ]
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod file;
 pub mod format;
 pub mod header;
 pub mod ops;
+pub mod record;
 pub mod runner;
 
 pub use builtin::{bug_bait, self_check, SelfCheck};
