@@ -221,3 +221,81 @@ pub fn run(vm: &mut Guest, scenario: &Scenario, check: bool) -> Result<Outcome, 
 pub fn run_checked(vm: &mut Guest, scenario: &Scenario) -> Result<Outcome, VmmError> {
     run(vm, scenario, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::Rule;
+    use shared_mm::abi::{FaultKind, Status};
+
+    fn step(line: usize) -> Step {
+        Step {
+            line,
+            ..Step::new(Op::CreateSpace, Some(Expect::Value(1)), "")
+        }
+    }
+
+    #[test]
+    fn a_batch_longer_than_a_hypercall_carries_is_sent_in_pieces() {
+        let scenario = Scenario {
+            header: Vec::new(),
+            batches: vec![(1..=2050).map(step).collect(), vec![step(2052)]],
+        };
+        let runner = Runner::new(&scenario);
+        assert_eq!(
+            runner.batches,
+            [0..1024, 1024..2048, 2048..2050, 2050..2051]
+        );
+        assert_eq!(runner.step_count(), 2051);
+        // Check 0 runs before the first batch; check k after batch k - 1.
+        assert_eq!(runner.line_before_check(0), None);
+        assert_eq!(runner.line_before_check(1), Some(1024));
+        assert_eq!(runner.line_before_check(4), Some(2052));
+        assert_eq!(runner.line_before_check(5), None);
+    }
+
+    #[test]
+    fn problems_read_in_line_order_with_what_was_expected_and_got() {
+        let read = Op::TouchRead {
+            space: 1,
+            addr: 0x1000,
+        };
+        let mismatch = |line, label: &str| Mismatch {
+            line,
+            op: read,
+            label: label.into(),
+            expected: Expect::Value(5),
+            got: OpResult {
+                status: Status::Faulted,
+                fault: FaultKind::SegvNoRegion,
+                addr: 0x1000,
+                value: 0,
+            },
+        };
+        let finding = Finding {
+            space: 1,
+            rule: Rule::PteInHole,
+            va: Some(0x1000),
+            pte: None,
+            region: None,
+            detail: "stale".into(),
+            events: Vec::new(),
+        };
+        let outcome = Outcome {
+            mismatches: vec![mismatch(9, "read it"), mismatch(3, "")],
+            findings: vec![(2, finding.clone()), (0, finding)],
+            finding_lines: vec![Some(5), None],
+            ..Outcome::default()
+        };
+        assert!(!outcome.is_clean());
+        assert_eq!(
+            outcome.problems(),
+            [
+                "before the first batch: checker: space 1 [no-pte-in-hole] at 0x1000: stale",
+                "line 3: touch-read space=1 addr=0x1000: expected value 0x5, got fault segv-no-region at 0x1000",
+                "line 5: checker, after this batch: space 1 [no-pte-in-hole] at 0x1000: stale",
+                "line 9: touch-read space=1 addr=0x1000 (read it): expected value 0x5, got fault segv-no-region at 0x1000",
+            ]
+        );
+    }
+}
