@@ -9,8 +9,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::driver::{Driver, DriverError, SpaceSnapshot};
 use vmm::fuzz::generate::Generator;
-use vmm::fuzz::repro::op_to_line;
 use vmm::fuzz::{run_session, Session, Source};
+use vmm::scenario::ops::op_to_line;
 use vmm::scenario::SelfCheck;
 use vmm::{Backend, Guest, VmConfig};
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::coverage::{CoverageMap, CoverageSet};
-use vmm::driver::{Driver, DriverError};
+use vmm::driver::{Driver, DriverError, Script};
 use vmm::guest_build::{build_variant_with, GuestVariant};
-use vmm::scenario::{Script, SelfCheck};
+use vmm::scenario::SelfCheck;
 use vmm::{Vm, VmConfig};
 
 /// The coverage build of the default guest, built once per test binary.

@@ -83,7 +83,7 @@ fn kernel_tree_holds_unbacked_reservations() {
 /// Runs a script and, at each batch boundary where space 1 exists, translates every address of
 /// the next `probes` entry with the host's own page walk (the guest is paused there).
 struct FrameProbe {
-    script: vmm::scenario::Script,
+    script: vmm::driver::Script,
     probes: Vec<Vec<u64>>,
     frames: Vec<Vec<Option<u64>>>,
 }
@@ -152,7 +152,7 @@ fn freed_frames_are_reused_and_never_mapped_twice() {
         ],
     ];
     let mut driver = vmm::checker::Checked::new(FrameProbe {
-        script: vmm::scenario::Script::new(batches),
+        script: vmm::driver::Script::new(batches),
         probes: vec![vec![0x40_0000], vec![0x40_0000, 0x80_0000, 0x80_1000]],
         frames: Vec::new(),
     });

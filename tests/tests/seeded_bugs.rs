@@ -100,7 +100,7 @@ fn assert_stale_read_caught(outcome: &Outcome) {
         outcome
             .mismatches
             .iter()
-            .any(|m| m.contains("unmapped page faults")),
+            .any(|m| m.to_string().contains("unmapped page faults")),
         "{outcome:#?}"
     );
 }

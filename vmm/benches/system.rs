@@ -23,12 +23,11 @@ use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_1G};
 use shared_mm::region::{Access, Region};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::Checked;
-use vmm::driver::{Driver, DriverError, IdleDriver};
+use vmm::driver::{Driver, DriverError, IdleDriver, Script};
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
 use vmm::fuzz::shrink::Budget;
 use vmm::hypercall;
 use vmm::page_walk::{leaves, PageTableBuilder};
-use vmm::scenario::Script;
 use vmm::{Backend, Vm, VmConfig};
 
 /// Samples per figure; the median is reported.

@@ -1,9 +1,10 @@
 //! The Driver trait: what hands the guest MM its work and receives the results, whichever
-//! backend runs it; plus the snapshot collector drivers share.
+//! backend runs it; plus the snapshot collector drivers share and the simplest drivers.
 
 use crate::coherence::TraceTooLarge;
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status};
 use shared_mm::trace::TraceEvent;
+use std::collections::VecDeque;
 use std::fmt;
 use vm_memory::GuestMemoryMmap;
 
@@ -174,5 +175,55 @@ impl Driver for IdleDriver {
         _: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, DriverError> {
         Ok(None)
+    }
+}
+
+/// A driver that sends fixed batches of operations and keeps every result and every region tree
+/// its snapshot operations export: the building block of the scenario runner and of targeted
+/// tests and benchmarks.
+#[derive(Default)]
+pub struct Script {
+    batches: VecDeque<Vec<Op>>,
+    in_flight: bool,
+    /// Results, one vector per batch sent.
+    pub results: Vec<Vec<OpResult>>,
+    /// Region trees received, in arrival order.
+    pub snapshots: Vec<SpaceSnapshot>,
+}
+
+impl Script {
+    pub fn new(batches: Vec<Vec<Op>>) -> Self {
+        Script {
+            batches: batches.into(),
+            ..Script::default()
+        }
+    }
+}
+
+impl Driver for Script {
+    fn next_batch(
+        &mut self,
+        _: &GuestMemoryMmap,
+        results: &[OpResult],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, DriverError> {
+        if self.in_flight {
+            self.results.push(results.to_vec());
+        }
+        let next = self.batches.pop_front();
+        self.in_flight = next.is_some();
+        Ok(next)
+    }
+
+    fn snapshot(
+        &mut self,
+        _: &GuestMemoryMmap,
+        space: u32,
+        cr3: u64,
+        first: u64,
+        total: u64,
+        regions: &[RegionRecord],
+    ) -> Result<(), DriverError> {
+        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
     }
 }

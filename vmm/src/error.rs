@@ -55,6 +55,11 @@ pub enum VmmError {
     GuestProtocol(ProtocolError),
     /// The MM self-check ran, and these steps did not give the expected result.
     SelfCheckFailed(Vec<String>),
+    /// A scenario file ran, and these steps or agreement checks failed, one line each.
+    ScenarioFailed {
+        scenario: PathBuf,
+        problems: Vec<String>,
+    },
     /// The host-side driver of the guest's work failed, mostly because the guest broke the
     /// protocol.
     Driver(crate::driver::DriverError),
@@ -153,6 +158,15 @@ impl fmt::Display for VmmError {
                 write!(f, "MM self-check failed in {} step(s):", failures.len())?;
                 failures.iter().try_for_each(|line| write!(f, "\n  {line}"))
             }
+            VmmError::ScenarioFailed { scenario, problems } => {
+                write!(
+                    f,
+                    "scenario {} failed in {} place(s):",
+                    scenario.display(),
+                    problems.len()
+                )?;
+                problems.iter().try_for_each(|line| write!(f, "\n  {line}"))
+            }
             VmmError::Driver(why) => write!(f, "{why}"),
             VmmError::Console(e) => write!(f, "writing the guest console: {e}"),
             VmmError::Output { path, source } => {
@@ -190,7 +204,7 @@ impl VmmError {
             VmmError::Driver(e) if e.is_guest_fault() => 103,
             VmmError::FailedBeforeFirstBatch(e) => e.exit_code(),
             VmmError::Timeout { .. } => 124,
-            VmmError::SelfCheckFailed(_) => 1,
+            VmmError::SelfCheckFailed(_) | VmmError::ScenarioFailed { .. } => 1,
             _ => 2,
         }
     }

@@ -6,7 +6,7 @@
 //! an SVG map.
 
 mod json;
-pub mod scenario;
+pub mod plan;
 mod svg;
 mod table;
 
@@ -14,7 +14,7 @@ use crate::checker::{self, access_string, Finding};
 use crate::coherence::Coherence;
 use crate::driver::{Driver, DriverError, SpaceSnapshot};
 use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
-use crate::scenario::check;
+use crate::scenario::Expect;
 use crate::{Guest, VmConfig, VmmError};
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
@@ -270,7 +270,7 @@ fn space_report(
 /// The driver: runs the scenario's batches, then snapshots every space and the kernel, then
 /// walks the page tables while the guest waits for its next batch.
 struct Inspector {
-    batches: Vec<Vec<scenario::Planned>>,
+    batches: Vec<Vec<plan::Planned>>,
     /// Batches sent so far.
     sent: usize,
     /// Index (over all batches) of the first step of the batch in flight.
@@ -286,7 +286,7 @@ struct Inspector {
 }
 
 impl Inspector {
-    fn new(batches: Vec<Vec<scenario::Planned>>) -> Self {
+    fn new(batches: Vec<Vec<plan::Planned>>) -> Self {
         Inspector {
             batches,
             sent: 0,
@@ -309,10 +309,12 @@ impl Inspector {
         }
         for (i, (planned, got)) in batch.iter().zip(results).enumerate() {
             let index = self.first_in_flight + i;
-            if let Err(why) = check(planned.step.expect, got) {
-                let what = planned.step.what;
-                self.mismatches
-                    .push(format!("step {index} ({what}): {why}"));
+            if !planned.expect.holds(got) {
+                let (what, expected) = (planned.what, planned.expect);
+                let got = Expect::observed(&planned.op, got);
+                self.mismatches.push(format!(
+                    "step {index} ({what}): expected {expected}, got {got}"
+                ));
             }
             self.placed.push(got.addr);
         }
@@ -326,8 +328,8 @@ impl Inspector {
         batch
             .iter()
             .map(|p| match p.placed_by {
-                Some(by) => scenario::relocate(p.step.op, self.placed[by]),
-                None => p.step.op,
+                Some(by) => plan::relocate(p.op, self.placed[by]),
+                None => p.op,
             })
             .collect()
     }
@@ -434,7 +436,7 @@ impl Driver for Inspector {
 /// Boots the guest of `config`, runs the inspect scenario and reports every space and the kernel.
 pub fn inspect(config: &VmConfig) -> Result<Report, VmmError> {
     let mut vm = Guest::boot(config)?;
-    let mut inspector = Inspector::new(scenario::batches());
+    let mut inspector = Inspector::new(plan::batches());
     let status = vm.run(&mut inspector)?;
     let mut report = inspector
         .report

@@ -15,6 +15,9 @@ use vmm::fuzz::replay;
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
 use vmm::guest_build::{build_variant_with, GuestVariant};
+use vmm::scenario::file::load;
+use vmm::scenario::header::Settings;
+use vmm::scenario::record::record;
 use vmm::scenario::SelfCheck;
 use vmm::{Backend, Guest, VmConfig, VmmError};
 
@@ -95,9 +98,6 @@ fn parse_ops(text: &str) -> Result<u64, String> {
     Ok(ops)
 }
 
-/// Largest reproducer `vmm replay` reads.
-const MAX_REPRODUCER_BYTES: u64 = 16 << 20;
-
 /// Guest RAM when `--memory` is not given.
 const DEFAULT_MEMORY_MIB: u64 = 256;
 /// Seed when `--seed` is not given.
@@ -119,13 +119,18 @@ impl GuestArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot the guest and run its memory-manager self-check.
+    /// Boot the guest and run its memory-manager self-check, or a scenario file.
     Run {
         #[command(flatten)]
         guest: GuestArgs,
         /// Skip the agreement checker (page tables against region trees) after each batch.
         #[arg(long)]
         no_check: bool,
+        /// Run this scenario file instead of the built-in self-check, and report each step
+        /// whose result differs from its expectation by line [seed, RAM size, backend, seeded
+        /// bugs and kernel: the file's header's, unless given].
+        #[arg(long, value_name = "FILE", conflicts_with = "misbehave")]
+        scenario: Option<PathBuf>,
         /// Make the guest misbehave on purpose (for testing the VMM's error reports).
         #[arg(long, value_enum, hide = true)]
         misbehave: Option<Misbehave>,
@@ -156,6 +161,11 @@ enum Command {
         guest: GuestArgs,
         /// The reproducer file.
         file: PathBuf,
+        /// Also run the operations once more, one per batch with the checker, and save them
+        /// with the results observed as their expectations: a regression scenario for
+        /// `vmm run --scenario`.
+        #[arg(long, value_name = "OUT")]
+        save_scenario: Option<PathBuf>,
     },
 }
 
@@ -300,7 +310,11 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             guest,
             no_check,
             misbehave,
+            scenario,
         } => {
+            if let Some(file) = scenario {
+                return run_scenario(&guest, &file, !no_check);
+            }
             let command = match misbehave {
                 None => GuestCommand::Serve,
                 Some(Misbehave::Panic) => GuestCommand::Panic,
@@ -363,8 +377,38 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             Ok(report.exit_status)
         }
         Command::Fuzz { guest, fuzz: args } => fuzz(&guest, &args),
-        Command::Replay { guest, file } => replay_file(&guest, &file),
+        Command::Replay {
+            guest,
+            file,
+            save_scenario,
+        } => replay_file(&guest, &file, save_scenario.as_deref()),
     }
+}
+
+/// `vmm run --scenario FILE`: a scenario file, its header's settings under the command line's.
+fn run_scenario(guest: &GuestArgs, file: &Path, check: bool) -> anyhow::Result<u32> {
+    let scenario = load(file, "scenario")?;
+    let guest = recorded_args(guest, &Settings::of(&scenario.header)?, "run")?;
+    let mut vm = Guest::boot(&config(&guest, GuestCommand::Serve)?)?;
+    let outcome = vmm::scenario::run(&mut vm, &scenario, check)?;
+    if check {
+        eprintln!("vmm: agreement checker ran {} times", outcome.checks_run);
+    }
+    if !outcome.is_clean() {
+        return Err(VmmError::ScenarioFailed {
+            scenario: file.to_path_buf(),
+            problems: outcome.problems(),
+        }
+        .into());
+    }
+    eprintln!(
+        "vmm: scenario {} passed: {} of {} steps",
+        file.display(),
+        outcome.judged,
+        outcome.steps
+    );
+    eprintln!("vmm: guest exited with status {}", outcome.exit_status);
+    Ok(outcome.exit_status)
 }
 
 fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
@@ -456,34 +500,28 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     Ok(1)
 }
 
-/// `guest` with what the command line leaves open taken from `repro`: the same seed
+/// `guest` with what the command line leaves open taken from a file's header: the same seed
 /// (randomized placement depends on it), RAM size, backend, seeded bugs and kernel make the
-/// same run.
-fn recorded_args(guest: &GuestArgs, repro: &Reproducer) -> anyhow::Result<GuestArgs> {
+/// same run. `command` names the subcommand in messages.
+fn recorded_args(
+    guest: &GuestArgs,
+    recorded: &Settings,
+    command: &str,
+) -> anyhow::Result<GuestArgs> {
     let mut guest = guest.clone();
-    let recorded = |key: &str| repro.header_value(key).and_then(|v| v.parse::<u64>().ok());
-    guest.seed = guest.seed.or(recorded("seed"));
-    guest.memory = guest.memory.or(recorded("memory-mib"));
-    if guest.backend.is_none() {
-        if let Some(name) = repro.header_value("backend") {
-            guest.backend = Some(name.parse()?);
-        }
-    }
+    guest.seed = guest.seed.or(recorded.seed);
+    guest.memory = guest.memory.or(recorded.memory_mib);
+    guest.backend = guest.backend.or(recorded.backend);
     if guest.guest_features.is_none() {
-        guest.guest_features = repro.header_value("guest-features").map(|list| {
-            list.split(',')
-                .filter(|f| !f.is_empty())
-                .map(str::to_string)
-                .collect()
-        });
+        guest.guest_features.clone_from(&recorded.guest_features);
     }
-    let recorded_kernel = repro.header_value("kernel").map(PathBuf::from);
+    let recorded_kernel = recorded.kernel.as_deref().map(PathBuf::from);
     let variant_given = !guest.features().is_empty();
     if guest.kernel.is_none() && guest.backend() == Backend::Kvm && !variant_given {
         match recorded_kernel {
             Some(path) if path.is_file() => guest.kernel = Some(path),
             Some(path) if path != Path::new("embedded") => eprintln!(
-                "vmm replay: recorded kernel {} is missing; using the embedded one",
+                "vmm {command}: recorded kernel {} is missing; using the embedded one",
                 path.display()
             ),
             _ => {}
@@ -492,12 +530,9 @@ fn recorded_args(guest: &GuestArgs, repro: &Reproducer) -> anyhow::Result<GuestA
     Ok(guest)
 }
 
-fn replay_file(guest: &GuestArgs, file: &Path) -> anyhow::Result<u32> {
-    let bytes = read_capped(file, MAX_REPRODUCER_BYTES).context("cannot read the reproducer")?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow!("{}: the reproducer is not UTF-8 text", file.display()))?;
-    let repro = Reproducer::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let guest = recorded_args(guest, &repro)?;
+fn replay_file(guest: &GuestArgs, file: &Path, save: Option<&Path>) -> anyhow::Result<u32> {
+    let repro = Reproducer::from(load(file, "reproducer")?);
+    let guest = recorded_args(guest, &Settings::of(&repro.header)?, "replay")?;
     let mut vm = config(&guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
@@ -507,22 +542,71 @@ fn replay_file(guest: &GuestArgs, file: &Path) -> anyhow::Result<u32> {
             guest.backend()
         );
     }
-    match replay(&vm, &repro.ops, 1, true)? {
-        Some((failure, at)) => {
-            eprintln!(
-                "vmm replay: reproduced after {at} ops: {}\n{}",
-                failure.signature, failure.description
-            );
-            Ok(1)
-        }
-        None => {
-            eprintln!(
-                "vmm replay: all {} ops ran clean; the failure did not reproduce",
-                repro.ops.len()
-            );
-            Ok(0)
-        }
+    let replayed = replay(&vm, &repro.ops, 1, true)?;
+    match &replayed {
+        Some((failure, at)) => eprintln!(
+            "vmm replay: reproduced after {at} ops: {}\n{}",
+            failure.signature, failure.description
+        ),
+        None => eprintln!(
+            "vmm replay: all {} ops ran clean; the failure did not reproduce",
+            repro.ops.len()
+        ),
     }
+    if let Some(out) = save {
+        // The replay runs one op per batch: a failure shows at the last op it sent.
+        let failed_at = replayed
+            .as_ref()
+            .and_then(|(f, at)| Some((at.checked_sub(1)?, f.signature.to_string())));
+        save_scenario(&vm, &guest, &repro, failed_at, out)?;
+    }
+    Ok(u32::from(replayed.is_some()))
+}
+
+/// `vmm replay --save-scenario OUT`: records the reproducer's operations on a fresh `vm` (see
+/// [`Reproducer::regression`]) and saves them with their observed results as expectations.
+/// The header records the seed and RAM size the results depend on, and the guest they were
+/// observed on in the free-text `recorded-with`: `vmm run --scenario OUT` runs the guest its
+/// command line names.
+fn save_scenario(
+    vm: &VmConfig,
+    guest: &GuestArgs,
+    repro: &Reproducer,
+    failed_at: Option<(usize, String)>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let mut recorded_with = format!(
+        "backend={} guest-features={}",
+        guest.backend(),
+        guest.features().join(",")
+    );
+    if let Some(path) = &guest.kernel {
+        recorded_with += &format!(" kernel={}", path.display());
+    }
+    let setup = [
+        ("seed".into(), guest.seed().to_string()),
+        ("memory-mib".into(), (vm.memory >> 20).to_string()),
+        ("recorded-with".into(), recorded_with),
+    ];
+    let failed_at = failed_at.as_ref().map(|(at, why)| (*at, why.as_str()));
+    let recording = record(&mut Guest::boot(vm)?, &repro.regression(&setup, failed_at));
+    let title =
+        "vmm scenario saved by `vmm replay --save-scenario`: expectations are the results observed";
+    std::fs::write(out, recording.scenario.to_text(title))
+        .with_context(|| format!("cannot write the scenario to {}", out.display()))?;
+    eprintln!(
+        "vmm replay: saved {} ops with their observed results as scenario {}",
+        recording.recorded,
+        out.display()
+    );
+    if let Some(e) = recording.stopped {
+        let why = e.to_string();
+        eprintln!(
+            "vmm replay: the recording run stopped early ({}); the ops after it expect nothing",
+            why.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -11,6 +11,7 @@ pub mod shrink;
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::driver::{Driver, DriverError, SpaceSnapshot};
+use crate::scenario::ops::{op_name, op_to_line};
 use crate::{Guest, VmConfig, VmmError};
 use generate::Generator;
 use model::Model;
@@ -62,22 +63,6 @@ impl Failure {
     pub fn shows(&self, target: &Signature) -> bool {
         &self.signature == target
             || matches!(target, Signature::Finding(rule) if self.rules.contains(rule))
-    }
-}
-
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::CreateSpace => "create-space",
-        Op::DestroySpace { .. } => "destroy-space",
-        Op::MapAnywhere { .. } => "map-anywhere",
-        Op::MapFixed { .. } => "map-fixed",
-        Op::MapRandomized { .. } => "map-randomized",
-        Op::Unmap { .. } => "unmap",
-        Op::Protect { .. } => "protect",
-        Op::TouchRead { .. } => "touch-read",
-        Op::TouchWrite { .. } => "touch-write",
-        Op::TouchExec { .. } => "touch-exec",
-        Op::Snapshot { .. } => "snapshot",
     }
 }
 
@@ -206,7 +191,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                     if let Err(why) = self.model.compare_snapshot(*space, regions) {
                         return self.fail(
                             Signature::SnapshotDiffers,
-                            format!("op {index} ({}): {why}", repro::op_to_line(op)),
+                            format!("op {index} ({}): {why}", op_to_line(op)),
                         );
                     }
                 }
@@ -214,7 +199,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             if let Some(m) = self.model.apply(op, got) {
                 let why = format!(
                     "op {index} ({}): expected {}, got {:?}",
-                    repro::op_to_line(op),
+                    op_to_line(op),
                     m.expected,
                     m.got
                 );

@@ -1,144 +1,11 @@
-//! Reproducer files: a header of `# key: value` lines and one operation per line, in a text
-//! format people can read and edit (`map-fixed space=1 addr=0x400000 size=0x2000 access=0xb`).
+//! Fuzz reproducers: scenarios without expectations (`# key: value` header lines, one operation
+//! per line), written by `vmm fuzz` and run again by `vmm replay`.
 
+use crate::scenario::format::{ParseError, Scenario, Step};
 use shared_mm::abi::Op;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
-/// One operation as a line.
-pub fn op_to_line(op: &Op) -> String {
-    match *op {
-        Op::CreateSpace => "create-space".into(),
-        Op::DestroySpace { space } => format!("destroy-space space={space}"),
-        Op::MapAnywhere {
-            space,
-            size,
-            align,
-            access,
-        } => {
-            format!("map-anywhere space={space} size={size:#x} align={align:#x} access={access:#x}")
-        }
-        Op::MapFixed {
-            space,
-            addr,
-            size,
-            access,
-        } => {
-            format!("map-fixed space={space} addr={addr:#x} size={size:#x} access={access:#x}")
-        }
-        Op::MapRandomized {
-            space,
-            size,
-            align,
-            access,
-        } => {
-            format!(
-                "map-randomized space={space} size={size:#x} align={align:#x} access={access:#x}"
-            )
-        }
-        Op::Unmap { space, addr, size } => {
-            format!("unmap space={space} addr={addr:#x} size={size:#x}")
-        }
-        Op::Protect {
-            space,
-            addr,
-            size,
-            access,
-        } => {
-            format!("protect space={space} addr={addr:#x} size={size:#x} access={access:#x}")
-        }
-        Op::TouchRead { space, addr } => format!("touch-read space={space} addr={addr:#x}"),
-        Op::TouchWrite { space, addr, value } => {
-            format!("touch-write space={space} addr={addr:#x} value={value:#x}")
-        }
-        Op::TouchExec { space, addr } => format!("touch-exec space={space} addr={addr:#x}"),
-        Op::Snapshot { space } => format!("snapshot space={space}"),
-    }
-}
-
-fn number(text: &str) -> Option<u64> {
-    match text.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16).ok(),
-        None => text.replace('_', "").parse().ok(),
-    }
-}
-
-/// Parses one operation line; the error names what is wrong.
-pub fn op_from_line(line: &str) -> Result<Op, String> {
-    let mut words = line.split_whitespace();
-    let kind = words.next().ok_or("empty line")?;
-    let mut fields = BTreeMap::new();
-    for word in words {
-        let (key, value) = word
-            .split_once('=')
-            .ok_or_else(|| format!("{word:?} is not key=value"))?;
-        let value = number(value).ok_or_else(|| format!("{key}={value} is not a number"))?;
-        if fields.insert(key, value).is_some() {
-            return Err(format!("{key} is given twice"));
-        }
-    }
-    let mut take = |key: &str| {
-        fields
-            .remove(key)
-            .ok_or_else(|| format!("{kind} needs {key}="))
-    };
-    let op = match kind {
-        "create-space" => Op::CreateSpace,
-        "destroy-space" => Op::DestroySpace {
-            space: take("space")? as u32,
-        },
-        "map-anywhere" => Op::MapAnywhere {
-            space: take("space")? as u32,
-            size: take("size")?,
-            align: take("align")?,
-            access: take("access")? as u32,
-        },
-        "map-fixed" => Op::MapFixed {
-            space: take("space")? as u32,
-            addr: take("addr")?,
-            size: take("size")?,
-            access: take("access")? as u32,
-        },
-        "map-randomized" => Op::MapRandomized {
-            space: take("space")? as u32,
-            size: take("size")?,
-            align: take("align")?,
-            access: take("access")? as u32,
-        },
-        "unmap" => Op::Unmap {
-            space: take("space")? as u32,
-            addr: take("addr")?,
-            size: take("size")?,
-        },
-        "protect" => Op::Protect {
-            space: take("space")? as u32,
-            addr: take("addr")?,
-            size: take("size")?,
-            access: take("access")? as u32,
-        },
-        "touch-read" => Op::TouchRead {
-            space: take("space")? as u32,
-            addr: take("addr")?,
-        },
-        "touch-write" => Op::TouchWrite {
-            space: take("space")? as u32,
-            addr: take("addr")?,
-            value: take("value")?,
-        },
-        "touch-exec" => Op::TouchExec {
-            space: take("space")? as u32,
-            addr: take("addr")?,
-        },
-        "snapshot" => Op::Snapshot {
-            space: take("space")? as u32,
-        },
-        other => return Err(format!("unknown operation {other:?}")),
-    };
-    if let Some(extra) = fields.keys().next() {
-        return Err(format!("{kind} takes no {extra}="));
-    }
-    Ok(op)
-}
+/// The comment a reproducer file starts with.
+const TITLE: &str = "vmm fuzz reproducer: replay with `vmm replay FILE`";
 
 /// A reproducer: what it was found with, what failed, and the operations.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,87 +23,149 @@ impl Reproducer {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn to_text(&self) -> String {
-        let mut text = String::from("# vmm fuzz reproducer: replay with `vmm replay FILE`\n");
-        for (key, value) in &self.header {
-            let _ = writeln!(text, "# {key}: {}", value.replace('\n', " "));
+    /// The reproducer as a scenario: its header and one batch of steps that expect nothing.
+    pub fn scenario(&self) -> Scenario {
+        let steps: Vec<Step> = self.ops.iter().map(|&op| Step::new(op, None, "")).collect();
+        Scenario {
+            header: self.header.clone(),
+            batches: if steps.is_empty() {
+                Vec::new()
+            } else {
+                vec![steps]
+            },
         }
-        for op in &self.ops {
-            text += &op_to_line(op);
-            text.push('\n');
-        }
-        text
     }
 
-    /// Parses a reproducer; errors carry the line number.
-    pub fn parse(text: &str) -> Result<Reproducer, String> {
-        let mut repro = Reproducer {
-            header: Vec::new(),
-            ops: Vec::new(),
-        };
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if let Some(comment) = line.strip_prefix('#') {
-                if let Some((key, value)) = comment.split_once(':') {
-                    let key = key.trim();
-                    if !key.contains(' ') {
-                        repro
-                            .header
-                            .push((key.to_string(), value.trim().to_string()));
-                    }
-                }
-                continue;
-            }
-            if line.is_empty() {
-                continue;
-            }
-            repro
-                .ops
-                .push(op_from_line(line).map_err(|e| format!("line {}: {e}", n + 1))?);
+    pub fn to_text(&self) -> String {
+        self.scenario().to_text(TITLE)
+    }
+
+    /// The reproducer as a scenario to record as a regression test: one op per batch, as
+    /// `vmm replay` runs them, the op at `failed_at` (its index, and why) labelled as where the
+    /// replay failed; the header keeps `failure` and `detail` and adds `setup` (the settings the
+    /// results depend on).
+    pub fn regression(
+        &self,
+        setup: &[(String, String)],
+        failed_at: Option<(usize, &str)>,
+    ) -> Scenario {
+        let kept = self
+            .header
+            .iter()
+            .filter(|(key, _)| key == "failure" || key == "detail");
+        let batches = self.ops.iter().enumerate().map(|(i, &op)| {
+            let label = match failed_at {
+                Some((at, why)) if at == i => format!("replay failed here: {why}"),
+                _ => String::new(),
+            };
+            vec![Step::new(op, None, &label)]
+        });
+        Scenario {
+            header: kept.chain(setup).cloned().collect(),
+            batches: batches.collect(),
         }
-        Ok(repro)
+    }
+
+    /// Parses a reproducer, or any scenario (its expectations and batches are left out).
+    pub fn parse(text: &str) -> Result<Reproducer, ParseError> {
+        Scenario::parse(text).map(Reproducer::from)
+    }
+}
+
+impl From<Scenario> for Reproducer {
+    fn from(scenario: Scenario) -> Reproducer {
+        let ops = scenario.steps().map(|s| s.op).collect();
+        Reproducer {
+            header: scenario.header,
+            ops,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::steps;
+    use crate::scenario::self_check;
 
     #[test]
-    fn every_op_round_trips_through_text() {
-        for step in steps() {
-            let line = op_to_line(&step.op);
-            assert_eq!(op_from_line(&line), Ok(step.op), "{line}");
-        }
-    }
-
-    #[test]
-    fn reproducer_round_trips_and_reports_bad_lines() {
+    fn reproducer_round_trips_through_text() {
         let repro = Reproducer {
             header: vec![
                 ("seed".into(), "7".into()),
                 ("failure".into(), "x\ny".into()),
             ],
-            ops: steps().into_iter().map(|s| s.op).collect(),
+            ops: self_check().steps().map(|s| s.op).collect(),
         };
         let parsed = Reproducer::parse(&repro.to_text()).expect("parses");
         assert_eq!(parsed.ops, repro.ops);
         assert_eq!(parsed.header_value("seed"), Some("7"));
         assert_eq!(parsed.header_value("failure"), Some("x y"));
-        let err =
-            Reproducer::parse("create-space\nmap-fixed space=1 addr=zz size=0x1000 access=3\n")
-                .unwrap_err();
-        assert!(
-            err.starts_with("line 2:") && err.contains("addr=zz"),
-            "{err}"
+    }
+
+    /// A reproducer as `vmm fuzz` wrote it before scenarios existed parses the same.
+    #[test]
+    fn a_saved_reproducer_still_parses() {
+        let text = "# vmm fuzz reproducer: replay with `vmm replay FILE`\n\
+            # failure: agreement checker: pte-within-region-access\n\
+            # detail: space 1 [pte-within-region-access] at 0x68b552500000: page is writable\n\
+            # seed: 1\n# job: 0\n# backend: sim\n# guest-features: bug-keep-writable\n\
+            # kernel: embedded\n# memory-mib: 256\n# found-after-ops: 448\n\
+            # original-length: 448\n\
+            create-space\n\
+            map-fixed space=1 addr=0x68b552500000 size=0x1000 access=0xb\n\
+            touch-write space=1 addr=0x68b552500458 value=0xfaaddf24a1549511\n\
+            protect space=1 addr=0x68b552500000 size=0x1000 access=0x9\n";
+        let repro = Reproducer::parse(text).expect("parses");
+        assert_eq!(repro.ops.len(), 4);
+        assert_eq!(repro.header.len(), 10);
+        assert_eq!(
+            repro.header_value("failure"),
+            Some("agreement checker: pte-within-region-access")
         );
-        assert!(op_from_line("unmap space=1 addr=0x1000")
-            .unwrap_err()
-            .contains("size="));
-        assert!(op_from_line("unmap space=1 addr=0x1000 size=0x1000 oops=1")
-            .unwrap_err()
-            .contains("oops"));
-        assert!(op_from_line("frobnicate").unwrap_err().contains("unknown"));
+        assert_eq!(
+            repro.ops[3],
+            Op::Protect {
+                space: 1,
+                addr: 0x68b5_5250_0000,
+                size: 0x1000,
+                access: 9
+            }
+        );
+        assert_eq!(Reproducer::parse(&repro.to_text()), Ok(repro));
+    }
+
+    #[test]
+    fn a_regression_scenario_runs_one_op_per_batch_and_labels_the_failure() {
+        let repro = Reproducer {
+            header: vec![
+                ("failure".into(), "f".into()),
+                ("seed".into(), "3".into()),
+                ("detail".into(), "d".into()),
+                ("backend".into(), "sim".into()),
+            ],
+            ops: vec![Op::CreateSpace, Op::DestroySpace { space: 1 }],
+        };
+        let setup = [("seed".to_string(), "9".to_string())];
+        let scenario = repro.regression(&setup, Some((1, "why")));
+        assert_eq!(
+            scenario.header,
+            [
+                ("failure".to_string(), "f".to_string()),
+                ("detail".into(), "d".into()),
+                ("seed".into(), "9".into()),
+            ]
+        );
+        let lines: Vec<Vec<String>> = scenario
+            .batches
+            .iter()
+            .map(|b| b.iter().map(Step::to_line).collect())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                vec!["create-space".to_string()],
+                vec!["destroy-space space=1  # replay failed here: why".into()]
+            ]
+        );
     }
 }

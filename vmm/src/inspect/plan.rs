@@ -1,7 +1,7 @@
-//! The built-in inspect scenario: three address spaces with regions of every kind of access,
+//! The plan `vmm inspect` runs: three address spaces with regions of every kind of access,
 //! split by protect and unmap, some pages touched from ring 3 and some left untouched.
 
-use crate::scenario::{Expect, Step};
+use crate::scenario::Expect;
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{FaultKind, Op, USER_SPACE_END};
 
@@ -14,24 +14,30 @@ const KRW: u32 = READ | WRITE;
 const NONE: u32 = USER;
 const TWO_MIB: u64 = 2 << 20;
 
-/// One scenario step. With `placed_by: Some(i)`, the op's `addr` is an offset into the region
-/// that step `i` (counted over all batches) placed, so it must be in a later batch.
+/// One step of the plan. With `placed_by: Some(i)`, the op's `addr` is an offset into the
+/// region that step `i` (counted over all batches) placed, so it must be in a later batch.
 #[derive(Clone, Copy, Debug)]
 pub struct Planned {
-    pub step: Step,
+    pub what: &'static str,
+    pub op: Op,
+    pub expect: Expect,
     pub placed_by: Option<usize>,
 }
 
 const fn at(what: &'static str, op: Op, expect: Expect) -> Planned {
     Planned {
-        step: Step { what, op, expect },
+        what,
+        op,
+        expect,
         placed_by: None,
     }
 }
 
 const fn placed(what: &'static str, by: usize, op: Op, expect: Expect) -> Planned {
     Planned {
-        step: Step { what, op, expect },
+        what,
+        op,
+        expect,
         placed_by: Some(by),
     }
 }
@@ -79,7 +85,10 @@ pub fn batches() -> Vec<Vec<Planned>> {
             Value(value),
         )
     };
-    let segv = Fault(FaultKind::SegvAccess);
+    let segv = Fault {
+        kind: FaultKind::SegvAccess,
+        at: None,
+    };
     let first = vec![
         at("create space 1", CreateSpace, Value(1)),
         at("create space 2", CreateSpace, Value(2)),
@@ -308,11 +317,11 @@ pub fn batches() -> Vec<Vec<Planned>> {
     ];
     let anywhere = first
         .iter()
-        .position(|p| matches!(p.step.op, MapAnywhere { .. }))
+        .position(|p| matches!(p.op, MapAnywhere { .. }))
         .expect("the first batch maps anywhere");
     let random = first
         .iter()
-        .position(|p| matches!(p.step.op, MapRandomized { space: 1, .. }))
+        .position(|p| matches!(p.op, MapRandomized { space: 1, .. }))
         .expect("the first batch maps at random in space 1");
     let second = vec![
         placed(

@@ -1,0 +1,16 @@
+//! Scenarios: MM operations with the results they must give, in one text format that the
+//! built-in self-check, the seeded-bug bait, fuzz reproducers and users' regression files share.
+
+pub mod builtin;
+pub mod expect;
+pub mod file;
+pub mod format;
+pub mod header;
+pub mod ops;
+pub mod record;
+pub mod runner;
+
+pub use builtin::{bug_bait, self_check, SelfCheck};
+pub use expect::Expect;
+pub use format::{Scenario, Step};
+pub use runner::{run, run_checked, Outcome};
