@@ -592,8 +592,8 @@ fn save_scenario(
     let recording = record(&mut Guest::boot(vm)?, &repro.regression(&setup, failed_at));
     let title =
         "vmm scenario saved by `vmm replay --save-scenario`: expectations are the results observed";
-    std::fs::write(out, recording.scenario.to_text(title))
-        .with_context(|| format!("cannot write the scenario to {}", out.display()))?;
+    write_atomically(out, recording.scenario.to_text(title).as_bytes())
+        .context("cannot write the scenario")?;
     eprintln!(
         "vmm replay: saved {} ops with their observed results as scenario {}",
         recording.recorded,
