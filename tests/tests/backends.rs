@@ -2,12 +2,12 @@
 //! gives exactly the same results on KVM and on the sim (status, fault, address and value of
 //! every op, and every region tree exported along the way).
 
-use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord};
+use shared_mm::abi::{Op, OpResult, SpaceRecord};
 use std::collections::VecDeque;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
-use vmm::driver::{Driver, DriverError, SpaceSnapshot};
+use vmm::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use vmm::fuzz::generate::Generator;
 use vmm::fuzz::{run_session, Session, Source};
 use vmm::scenario::ops::op_to_line;
@@ -68,13 +68,9 @@ impl Driver for Recorder {
     fn snapshot(
         &mut self,
         _: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
-        SpaceSnapshot::collect(&mut self.trees, space, cr3, first, total, regions)
+        SpaceSnapshot::collect(&mut self.trees, chunk)
     }
 }
 

@@ -2,14 +2,14 @@
 
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
-    Op, OpResult, RegionRecord, SpaceRecord, Status,
+    Op, OpResult, SpaceRecord, Status,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::coverage::{CoverageMap, CoverageSet};
-use vmm::driver::{Driver, DriverError, Script};
+use vmm::driver::{Driver, DriverError, Script, SnapshotChunk};
 use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::SelfCheck;
 use vmm::{Vm, VmConfig};
@@ -70,13 +70,9 @@ impl<D: Driver> Driver for CoverageProbe<D> {
     fn snapshot(
         &mut self,
         mem: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
-        self.inner.snapshot(mem, space, cr3, first, total, regions)
+        self.inner.snapshot(mem, chunk)
     }
 }
 

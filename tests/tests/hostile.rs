@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::{check, Checked, Rule};
-use vmm::driver::{Driver, DriverError, SpaceSnapshot};
+use vmm::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use vmm::error::ProtocolError;
 use vmm::{hypercall, Vm, VmmError};
 
@@ -183,7 +183,8 @@ proptest! {
             })
             .collect();
         let mut views = Vec::new();
-        let collected = SpaceSnapshot::collect(&mut views, 1, 0x1000, first, total, &records);
+        let chunk = SnapshotChunk { space: 1, cr3: 0x1000, first, total, regions: &records };
+        let collected = SpaceSnapshot::collect(&mut views, chunk);
         let view = views.pop().unwrap_or(SpaceSnapshot {
             space: 1,
             cr3: 0x1000,

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use guest_mm::{Bug, SeededBugs};
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
-    Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, Status, HEADER_SIZE,
-    MAX_BATCH,
+    Hypercall, MailboxHeader, Op, OpResult, SpaceRecord, Status, HEADER_SIZE, MAX_BATCH,
 };
 use shared_mm::address::PAGE_SIZE;
 use shared_mm::boot_info::{GuestCommand, MAILBOX_ADDR};
@@ -23,7 +22,7 @@ use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_1G};
 use shared_mm::region::{Access, Region};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::Checked;
-use vmm::driver::{Driver, DriverError, IdleDriver, Script};
+use vmm::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
 use vmm::fuzz::shrink::Budget;
 use vmm::hypercall;
@@ -269,13 +268,9 @@ impl Driver for Markers {
     fn snapshot(
         &mut self,
         _: &GuestMemoryMmap,
-        space: u32,
-        _: u64,
-        _: u64,
-        _: u64,
-        _: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
-        Err(DriverError::UnrequestedSnapshot { space })
+        Err(DriverError::UnrequestedSnapshot { space: chunk.space })
     }
 }
 
@@ -414,13 +409,9 @@ impl<D: Driver> Driver for Timed<D> {
     fn snapshot(
         &mut self,
         mem: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
-        self.inner.snapshot(mem, space, cr3, first, total, regions)
+        self.inner.snapshot(mem, chunk)
     }
 }
 

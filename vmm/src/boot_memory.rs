@@ -81,8 +81,9 @@ fn memory_map(ram_size: u64, kernel: &LoadedKernel) -> ([MemoryRegion; MAX_MEMOR
 pub fn prepare(config: &VmConfig) -> Result<BootMemory, VmmError> {
     check(config)?;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.memory as usize)])
-        .map_err(|e| {
-            VmmError::GuestMemory(format!("cannot allocate {} MiB: {e}", config.memory >> 20))
+        .map_err(|source| VmmError::GuestMemoryAlloc {
+            mib: config.memory >> 20,
+            source,
         })?;
     let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
     let (regions, region_count) = memory_map(config.memory, &kernel);
@@ -102,14 +103,17 @@ pub fn prepare(config: &VmConfig) -> Result<BootMemory, VmmError> {
     info.encode(&mut encoded).expect("buffer is ENCODED_SIZE");
     let write = |data: &[u8], addr: u64| {
         mem.write_slice(data, GuestAddress(addr))
-            .map_err(|e| VmmError::GuestMemory(format!("writing boot data at {addr:#x}: {e}")))
+            .map_err(|source| VmmError::GuestMemory {
+                what: "writing the boot data",
+                source,
+            })
     };
     write(&encoded, BOOT_INFO_ADDR)?;
     let gdt: Vec<u8> = ENTRY_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
     write(&gdt, BOOT_GDT_ADDR)?;
     let cr3 =
         paging::build_boot_page_tables(&mem, config.memory, kernel.phys_start, kernel.phys_end)
-            .map_err(VmmError::GuestMemory)?;
+            .map_err(VmmError::BootTables)?;
     Ok(BootMemory {
         mem,
         kernel,

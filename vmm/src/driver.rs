@@ -83,6 +83,17 @@ impl From<TraceTooLarge> for DriverError {
     }
 }
 
+/// One `Snapshot` hypercall's worth of a region tree: regions `first..first + regions.len()`
+/// of the `total` that `space` (whose page tables are rooted at `cr3`) holds.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotChunk<'a> {
+    pub space: u32,
+    pub cr3: u64,
+    pub first: u64,
+    pub total: u64,
+    pub regions: &'a [RegionRecord],
+}
+
 /// One address space's exported region tree, with the root of its page tables.
 #[derive(Clone, Debug)]
 pub struct SpaceSnapshot {
@@ -100,12 +111,15 @@ impl SpaceSnapshot {
     /// announced or [`MAX_SNAPSHOT_REGIONS`].
     pub fn collect(
         list: &mut Vec<SpaceSnapshot>,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
+        let SnapshotChunk {
+            space,
+            cr3,
+            first,
+            total,
+            regions,
+        } = chunk;
         if total > MAX_SNAPSHOT_REGIONS {
             return Err(DriverError::SnapshotTooLarge { space, total });
         }
@@ -143,16 +157,11 @@ pub trait Driver {
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, DriverError>;
 
-    /// A chunk of the region tree of `space` (whose page tables are rooted at `cr3`), starting at
-    /// region index `first` of `total` (see [`SpaceSnapshot::collect`]). The default ignores it.
+    /// A chunk of a region tree (see [`SpaceSnapshot::collect`]). The default ignores it.
     fn snapshot(
         &mut self,
         _mem: &GuestMemoryMmap,
-        _space: u32,
-        _cr3: u64,
-        _first: u64,
-        _total: u64,
-        _regions: &[RegionRecord],
+        _chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
         Ok(())
     }
@@ -218,12 +227,8 @@ impl Driver for Script {
     fn snapshot(
         &mut self,
         _: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
-        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
+        SpaceSnapshot::collect(&mut self.snapshots, chunk)
     }
 }

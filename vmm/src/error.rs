@@ -35,8 +35,19 @@ pub enum VmmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    /// Guest memory could not be allocated or accessed.
-    GuestMemory(String),
+    /// Guest RAM could not be allocated.
+    GuestMemoryAlloc {
+        mib: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// Guest memory could not be read or written.
+    GuestMemory {
+        /// What the VMM was doing ("reading the mailbox").
+        what: &'static str,
+        source: vm_memory::GuestMemoryError,
+    },
+    /// The boot page tables could not be built.
+    BootTables(crate::arch::paging::BootTablesError),
     /// The guest triple-faulted (KVM_EXIT_SHUTDOWN); carries a register dump.
     TripleFault { registers: String },
     /// The guest reported a panic.
@@ -127,7 +138,11 @@ impl fmt::Display for VmmError {
             }
             VmmError::KvmUnavailable(why) => write!(f, "KVM is not available: {why}"),
             VmmError::Kvm { what, source } => write!(f, "KVM {what} failed: {source}"),
-            VmmError::GuestMemory(why) => write!(f, "guest memory: {why}"),
+            VmmError::GuestMemoryAlloc { mib, source } => {
+                write!(f, "cannot allocate {mib} MiB of guest RAM: {source}")
+            }
+            VmmError::GuestMemory { what, source } => write!(f, "guest memory: {what}: {source}"),
+            VmmError::BootTables(e) => write!(f, "boot page tables: {e}"),
             VmmError::TripleFault { registers } => {
                 write!(
                     f,

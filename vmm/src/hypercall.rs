@@ -4,7 +4,7 @@
 //! checked arithmetic against the payload it claims to describe before anything is allocated
 //! for it, and any violation is a [`ProtocolError`] (exit 103).
 
-use crate::driver::Driver;
+use crate::driver::{Driver, SnapshotChunk};
 use crate::error::{ProtocolError, VmmError};
 use shared_mm::abi::{
     Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, BATCH_DONE, HEADER_SIZE,
@@ -57,7 +57,10 @@ fn decode_records<T>(
 fn read_mailbox(mem: &GuestMemoryMmap) -> Result<(MailboxHeader, Vec<u8>), VmmError> {
     let mut head = [0u8; HEADER_SIZE];
     mem.read_slice(&mut head, GuestAddress(MAILBOX_ADDR))
-        .map_err(|e| VmmError::GuestMemory(format!("reading the mailbox: {e}")))?;
+        .map_err(|source| VmmError::GuestMemory {
+            what: "reading the mailbox",
+            source,
+        })?;
     let header = MailboxHeader::decode(&head).ok_or(protocol(ProtocolError::ShortHeader))?;
     let len = header.len as usize;
     if len > MAILBOX_SIZE as usize - HEADER_SIZE {
@@ -68,7 +71,10 @@ fn read_mailbox(mem: &GuestMemoryMmap) -> Result<(MailboxHeader, Vec<u8>), VmmEr
         &mut payload,
         GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64),
     )
-    .map_err(|e| VmmError::GuestMemory(format!("reading the mailbox payload: {e}")))?;
+    .map_err(|source| VmmError::GuestMemory {
+        what: "reading the mailbox payload",
+        source,
+    })?;
     Ok((header, payload))
 }
 
@@ -84,7 +90,10 @@ fn write_reply(mem: &GuestMemoryMmap, call: u32, reply: Reply) -> Result<(), Vmm
     header.encode(&mut out[..HEADER_SIZE]).expect("header fits");
     out[HEADER_SIZE..].copy_from_slice(&reply.payload);
     mem.write_slice(&out, GuestAddress(MAILBOX_ADDR))
-        .map_err(|e| VmmError::GuestMemory(format!("writing the mailbox: {e}")))
+        .map_err(|source| VmmError::GuestMemory {
+            what: "writing the mailbox",
+            source,
+        })
 }
 
 /// `Panic`: the payload is the file name (`args[0]` bytes) and then the message.
@@ -170,7 +179,16 @@ fn snapshot(
     let space = u32::try_from(space)
         .map_err(|_| protocol(ProtocolError::SpaceIdOutOfRange { id: space }))?;
     driver
-        .snapshot(mem, space, cr3, first, total, &regions)
+        .snapshot(
+            mem,
+            SnapshotChunk {
+                space,
+                cr3,
+                first,
+                total,
+                regions: &regions,
+            },
+        )
         .map_err(VmmError::Driver)?;
     Ok(Reply::default())
 }

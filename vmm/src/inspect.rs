@@ -12,7 +12,7 @@ mod table;
 
 use crate::checker::{self, access_string, Finding};
 use crate::coherence::Coherence;
-use crate::driver::{Driver, DriverError, SpaceSnapshot};
+use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
 use crate::scenario::Expect;
 use crate::{Guest, VmConfig, VmmError};
@@ -413,17 +413,13 @@ impl Driver for Inspector {
     fn snapshot(
         &mut self,
         _: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
         let views = self
             .snapshots
             .as_mut()
-            .ok_or(DriverError::UnrequestedSnapshot { space })?;
-        SpaceSnapshot::collect(views, space, cr3, first, total, regions)
+            .ok_or(DriverError::UnrequestedSnapshot { space: chunk.space })?;
+        SpaceSnapshot::collect(views, chunk)
     }
 
     fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {

@@ -10,9 +10,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// Takes every record out of the guest's trace buffer, in order, and empties it.
 pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
-    let count: u64 = mem
-        .read_obj(GuestAddress(TRACE_ADDR))
-        .map_err(|e| VmmError::GuestMemory(format!("reading the trace count: {e}")))?;
+    let count: u64 =
+        mem.read_obj(GuestAddress(TRACE_ADDR))
+            .map_err(|source| VmmError::GuestMemory {
+                what: "reading the trace count",
+                source,
+            })?;
     if count == 0 {
         return Ok(Vec::new());
     }
@@ -24,7 +27,10 @@ pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
         &mut records,
         GuestAddress(TRACE_ADDR + TRACE_HEADER_SIZE as u64),
     )
-    .map_err(|e| VmmError::GuestMemory(format!("reading the flush trace: {e}")))?;
+    .map_err(|source| VmmError::GuestMemory {
+        what: "reading the flush trace",
+        source,
+    })?;
     let events = records
         .chunks_exact(TRACE_RECORD_SIZE)
         .enumerate()
@@ -35,7 +41,10 @@ pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     mem.write_obj(0u64, GuestAddress(TRACE_ADDR))
-        .map_err(|e| VmmError::GuestMemory(format!("emptying the flush trace: {e}")))?;
+        .map_err(|source| VmmError::GuestMemory {
+            what: "emptying the flush trace",
+            source,
+        })?;
     Ok(events)
 }
 

@@ -115,7 +115,10 @@ impl Vm {
         for (slot, region) in mem.iter().enumerate() {
             let host = mem
                 .get_host_address(region.start_addr())
-                .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+                .map_err(|source| VmmError::GuestMemory {
+                    what: "mapping guest RAM into KVM",
+                    source,
+                })?;
             let mr = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,

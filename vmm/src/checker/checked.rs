@@ -11,8 +11,8 @@
 
 use super::{region_containing, Agreement, Finding};
 use crate::coherence::{Coherence, CoherenceFinding};
-use crate::driver::{Driver, DriverError, SpaceSnapshot};
-use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, KERNEL_SPACE};
+use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use shared_mm::trace::TraceEvent;
 use std::collections::BTreeSet;
 use vm_memory::GuestMemoryMmap;
@@ -158,16 +158,12 @@ impl<D: Driver> Driver for Checked<D> {
     fn snapshot(
         &mut self,
         mem: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
         if self.held_results.is_none() {
-            return self.inner.snapshot(mem, space, cr3, first, total, regions);
+            return self.inner.snapshot(mem, chunk);
         }
-        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
+        SpaceSnapshot::collect(&mut self.snapshots, chunk)
     }
 
     fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {

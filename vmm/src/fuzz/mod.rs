@@ -10,12 +10,12 @@ pub mod shrink;
 
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
-use crate::driver::{Driver, DriverError, SpaceSnapshot};
+use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use crate::scenario::ops::{op_name, op_to_line};
 use crate::{Guest, VmConfig, VmmError};
 use generate::Generator;
 use model::Model;
-use shared_mm::abi::{FaultKind, Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE};
+use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
@@ -287,13 +287,9 @@ impl Driver for Session<'_, '_, '_> {
     fn snapshot(
         &mut self,
         _: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
-        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
+        SpaceSnapshot::collect(&mut self.snapshots, chunk)
     }
 }
 

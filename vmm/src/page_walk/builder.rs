@@ -1,4 +1,5 @@
-//! Builds x86_64 page tables in guest memory: fixtures for the walker's tests and benches.
+//! Builds x86_64 page tables in guest memory: the guest's boot tables, and fixtures for the
+//! walker's tests and benches.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -91,21 +92,38 @@ impl std::error::Error for BuildError {}
 
 /// Writes 4-level page tables into guest memory, taking table frames from a pool.
 ///
-/// Intermediate entries it creates are `PRESENT | WRITABLE | USER`, so a leaf's effective
-/// permissions are its own until [`Self::update`] narrows an upper level.
+/// Intermediate entries it creates are `PRESENT | WRITABLE | USER` (or the flags given to
+/// [`Self::with_table_flags`]), so a leaf's effective permissions are its own until
+/// [`Self::update`] narrows an upper level.
 pub struct PageTableBuilder<'m, M: ?Sized> {
     mem: &'m M,
     root: u64,
     pool: Range<u64>,
+    table_flags: PageTableFlags,
 }
 
 impl<'m, M: GuestMemory + ?Sized> PageTableBuilder<'m, M> {
     /// Starts empty tables whose frames come from the guest-physical `pool`; the PML4 is its first.
     pub fn new(mem: &'m M, pool: Range<u64>) -> Result<Self, BuildError> {
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::USER;
+        Self::with_table_flags(mem, pool, flags)
+    }
+
+    /// As [`Self::new`], with `flags` in the intermediate entries it creates.
+    pub fn with_table_flags(
+        mem: &'m M,
+        pool: Range<u64>,
+        flags: PageTableFlags,
+    ) -> Result<Self, BuildError> {
         if !pool.start.is_multiple_of(TABLE_SIZE as u64) {
             return Err(BuildError::PoolMisaligned { start: pool.start });
         }
-        let mut builder = Self { mem, root: 0, pool };
+        let mut builder = Self {
+            mem,
+            root: 0,
+            pool,
+            table_flags: flags | PageTableFlags::PRESENT,
+        };
         builder.root = builder.alloc_table()?;
         Ok(builder)
     }
@@ -185,9 +203,8 @@ impl<'m, M: GuestMemory + ?Sized> PageTableBuilder<'m, M> {
                     return Err(BuildError::NotMapped { va, level: lower });
                 }
                 let new = self.alloc_table()?;
-                let flags =
-                    PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::USER;
-                self.write(&PageTableEntry::new(new, flags).to_le_bytes(), addr)?;
+                let entry = PageTableEntry::new(new, self.table_flags);
+                self.write(&entry.to_le_bytes(), addr)?;
                 new
             } else if entry.is_leaf(current) {
                 return Err(BuildError::HugePageInTheWay { va, level: current });

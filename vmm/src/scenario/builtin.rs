@@ -3,8 +3,8 @@
 
 use super::format::Scenario;
 use super::runner::Runner;
-use crate::driver::{Driver, DriverError, SpaceSnapshot};
-use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, KERNEL_SPACE};
+use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use vm_memory::GuestMemoryMmap;
 
 /// The self-check's file name, for messages.
@@ -115,13 +115,9 @@ impl Driver for SelfCheck {
     fn snapshot(
         &mut self,
         mem: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
-        self.runner.snapshot(mem, space, cr3, first, total, regions)
+        self.runner.snapshot(mem, chunk)
     }
 }
 

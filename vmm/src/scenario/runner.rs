@@ -5,9 +5,9 @@ use super::expect::Expect;
 use super::format::{Scenario, Step};
 use super::ops::op_to_line;
 use crate::checker::{Checked, Finding};
-use crate::driver::{Driver, DriverError, Script, SpaceSnapshot};
+use crate::driver::{Driver, DriverError, Script, SnapshotChunk, SpaceSnapshot};
 use crate::{Guest, VmmError};
-use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, MAX_BATCH};
+use shared_mm::abi::{Op, OpResult, SpaceRecord, MAX_BATCH};
 use std::fmt;
 use std::ops::Range;
 use vm_memory::GuestMemoryMmap;
@@ -135,13 +135,9 @@ impl Driver for Runner {
     fn snapshot(
         &mut self,
         mem: &GuestMemoryMmap,
-        space: u32,
-        cr3: u64,
-        first: u64,
-        total: u64,
-        regions: &[RegionRecord],
+        chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
-        self.script.snapshot(mem, space, cr3, first, total, regions)
+        self.script.snapshot(mem, chunk)
     }
 }
 

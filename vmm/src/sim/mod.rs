@@ -8,7 +8,7 @@ pub mod machine;
 mod panic;
 
 use crate::boot_memory;
-use crate::driver::Driver;
+use crate::driver::{Driver, SnapshotChunk};
 use crate::error::VmmError;
 use crate::serial::ConsoleSink;
 use crate::trace::TraceLog;
@@ -139,7 +139,16 @@ impl SimVm {
         let (cr3, total) = (export.cr3, export.total as u64);
         let records: Vec<RegionRecord> = export.regions.collect();
         driver
-            .snapshot(&self.mem, space, cr3, 0, total, &records)
+            .snapshot(
+                &self.mem,
+                SnapshotChunk {
+                    space,
+                    cr3,
+                    first: 0,
+                    total,
+                    regions: &records,
+                },
+            )
             .map_err(VmmError::Driver)?;
         Ok(OpResult {
             value: total,
