@@ -6,8 +6,8 @@ use crate::hypercall::{HypercallError, Mailbox};
 use alloc::vec::Vec;
 use guest_mm::MemoryManager;
 use shared_mm::abi::{
-    Hypercall, Op, OpResult, Status, BATCH_DONE, OP_RECORD_SIZE, REGION_RECORD_SIZE,
-    RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
+    Hypercall, Op, OpResult, Status, BATCH_DONE, FRAMES_ALLOCATED, FRAMES_OWNED, KERNEL_SPACE,
+    OP_RECORD_SIZE, REGION_RECORD_SIZE, RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
 
 /// The guest's memory manager, on this CPU with the flush trace.
@@ -40,6 +40,7 @@ pub fn serve(mailbox: &mut Mailbox, mm: &mut Mm) -> Result<(), HypercallError> {
             results.push(match op {
                 None => OpResult::error(Status::BadOp),
                 Some(Op::Snapshot { space }) => snapshot(mailbox, mm, space)?,
+                Some(Op::Frames { space }) => frames(mailbox, mm, space)?,
                 Some(op) => mm.execute(op),
             });
         }
@@ -99,6 +100,50 @@ fn snapshot(mailbox: &mut Mailbox, mm: &Mm, space: u32) -> Result<OpResult, Hype
                 value: export.total as u64,
                 ..OpResult::ok()
             });
+        }
+    }
+}
+
+/// Sends the frame report of `space`: for the kernel, the allocator's bitmap of allocated
+/// frames first; then the frames the space owns.
+fn frames(mailbox: &mut Mailbox, mm: &Mm, space: u32) -> Result<OpResult, HypercallError> {
+    let Some(owned) = mm.owned_frames(space) else {
+        return Ok(OpResult::error(Status::NoSuchSpace));
+    };
+    if space == KERNEL_SPACE {
+        let words: Vec<u64> = mm.allocated_frames().collect();
+        send_words(mailbox, space, FRAMES_ALLOCATED, &words)?;
+    }
+    let words: Vec<u64> = owned.iter().map(|r| r.to_word()).collect();
+    send_words(mailbox, space, FRAMES_OWNED, &words)?;
+    Ok(OpResult {
+        value: words.len() as u64,
+        ..OpResult::ok()
+    })
+}
+
+/// Sends `words` as `part` of the frame report of `space`, in as many `Frames` hypercalls as it
+/// takes (at least one, so an empty part arrives too).
+fn send_words(
+    mailbox: &mut Mailbox,
+    space: u32,
+    part: u64,
+    words: &[u64],
+) -> Result<(), HypercallError> {
+    let per_chunk = mailbox.payload_capacity() / 8;
+    let total = words.len() as u64;
+    let mut first = 0;
+    loop {
+        let chunk = &words[first..(first + per_chunk).min(words.len())];
+        let payload = mailbox.payload();
+        for (slot, word) in payload.as_chunks_mut::<8>().0.iter_mut().zip(chunk) {
+            *slot = word.to_le_bytes();
+        }
+        let args = [space as u64, first as u64, total, part];
+        mailbox.call(Hypercall::Frames, chunk.len() as u32, chunk.len() * 8, args)?;
+        first += chunk.len();
+        if first >= words.len() {
+            return Ok(());
         }
     }
 }

@@ -55,6 +55,61 @@ pub enum Hypercall {
     /// No payload; the host replies at once. Its round trip against a [`RAW_EXIT_PORT`] exit is
     /// the cost of the hypercall path itself.
     Ping = 6,
+    /// Payload: `count` little-endian u64 words of the frame report of space `args[0]` (or
+    /// [`KERNEL_SPACE`]) starting at word `args[1]` of `args[2]`; `args[3]` is the part
+    /// ([`FRAMES_ALLOCATED`] or [`FRAMES_OWNED`]).
+    Frames = 7,
+}
+
+/// `args[3]` of a [`Hypercall::Frames`]: the words are the frame allocator's bitmap of allocated
+/// frames (bit set: handed out), frame 0 first (sent for [`KERNEL_SPACE`] only).
+pub const FRAMES_ALLOCATED: u64 = 0;
+/// `args[3]` of a [`Hypercall::Frames`]: the words are [`FrameRecord`]s of the frames the space
+/// owns.
+pub const FRAMES_OWNED: u64 = 1;
+
+/// What an owner uses a frame for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrameUse {
+    /// A user page's data.
+    Data = 0,
+    /// A page table (or PML4).
+    Table = 1,
+    /// The kernel heap.
+    Heap = 2,
+    /// The user trampoline page.
+    Trampoline = 3,
+    /// A 2 MiB block of the kernel heap: the record's frame and the 511 after it.
+    HeapBlock = 4,
+}
+
+/// One owned frame as a word: its address, with its [`FrameUse`] in the low bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrameRecord {
+    pub frame: u64,
+    pub usage: FrameUse,
+}
+
+impl FrameRecord {
+    pub fn to_word(self) -> u64 {
+        self.frame | self.usage as u64
+    }
+
+    /// `None` for a word with other low bits set or an unknown use.
+    pub fn from_word(word: u64) -> Option<FrameRecord> {
+        let usage = match word & 0xfff {
+            0 => FrameUse::Data,
+            1 => FrameUse::Table,
+            2 => FrameUse::Heap,
+            3 => FrameUse::Trampoline,
+            4 => FrameUse::HeapBlock,
+            _ => return None,
+        };
+        Some(FrameRecord {
+            frame: word & !0xfff,
+            usage,
+        })
+    }
 }
 
 impl Hypercall {
@@ -66,6 +121,7 @@ impl Hypercall {
             4 => Hypercall::Batch,
             5 => Hypercall::Snapshot,
             6 => Hypercall::Ping,
+            7 => Hypercall::Frames,
             _ => return None,
         })
     }
@@ -193,6 +249,34 @@ pub enum Op {
     Snapshot {
         space: u32,
     },
+    /// Export the frames `space` owns (for [`KERNEL_SPACE`]: the kernel's, and the allocator's
+    /// bitmap first) through [`Hypercall::Frames`]. Result `value`: the owned frames sent.
+    Frames {
+        space: u32,
+    },
+    /// Read the u64 at user address `addr` of `space` from the kernel, the way
+    /// `access_process_vm` does: the range must be user memory of a region that allows reading,
+    /// and a page not present yet is faulted in. Result `value`: what was read.
+    KernelRead {
+        space: u32,
+        addr: u64,
+    },
+    /// Write `value` at user address `addr` of `space` from the kernel, likewise (the region
+    /// must allow writing), then read it back. Result `value`: what was read back.
+    KernelWrite {
+        space: u32,
+        addr: u64,
+        value: u64,
+    },
+    /// Fault in every page of `[addr, addr + size)` for writing, like
+    /// `madvise(MADV_POPULATE_WRITE)`: the range must be mapped, by regions that allow user
+    /// writes. All or nothing: without frames for every page it fails with `OutOfMemory` and
+    /// changes nothing.
+    Populate {
+        space: u32,
+        addr: u64,
+        size: u64,
+    },
 }
 
 impl Op {
@@ -209,7 +293,11 @@ impl Op {
             | Op::TouchRead { space, .. }
             | Op::TouchWrite { space, .. }
             | Op::TouchExec { space, .. }
-            | Op::Snapshot { space } => Some(space),
+            | Op::Snapshot { space }
+            | Op::Frames { space }
+            | Op::KernelRead { space, .. }
+            | Op::KernelWrite { space, .. }
+            | Op::Populate { space, .. } => Some(space),
         }
     }
 
@@ -224,6 +312,10 @@ impl Op {
     const TOUCH_WRITE: u32 = 9;
     const TOUCH_EXEC: u32 = 10;
     const SNAPSHOT: u32 = 11;
+    const FRAMES: u32 = 12;
+    const KERNEL_READ: u32 = 13;
+    const KERNEL_WRITE: u32 = 14;
+    const POPULATE: u32 = 15;
 
     /// Fields in wire order: kind, space, addr, size, align, access, value.
     fn fields(&self) -> (u32, u32, u64, u64, u64, u32, u64) {
@@ -261,6 +353,12 @@ impl Op {
             }
             Op::TouchExec { space, addr } => (Self::TOUCH_EXEC, space, addr, 0, 0, 0, 0),
             Op::Snapshot { space } => (Self::SNAPSHOT, space, 0, 0, 0, 0, 0),
+            Op::Frames { space } => (Self::FRAMES, space, 0, 0, 0, 0, 0),
+            Op::KernelRead { space, addr } => (Self::KERNEL_READ, space, addr, 0, 0, 0, 0),
+            Op::KernelWrite { space, addr, value } => {
+                (Self::KERNEL_WRITE, space, addr, 0, 0, 0, value)
+            }
+            Op::Populate { space, addr, size } => (Self::POPULATE, space, addr, size, 0, 0, 0),
         }
     }
 
@@ -317,6 +415,10 @@ impl Op {
             Self::TOUCH_WRITE => Op::TouchWrite { space, addr, value },
             Self::TOUCH_EXEC => Op::TouchExec { space, addr },
             Self::SNAPSHOT => Op::Snapshot { space },
+            Self::FRAMES => Op::Frames { space },
+            Self::KERNEL_READ => Op::KernelRead { space, addr },
+            Self::KERNEL_WRITE => Op::KernelWrite { space, addr, value },
+            Self::POPULATE => Op::Populate { space, addr, size },
             _ => return None,
         })
     }
@@ -588,12 +690,47 @@ mod tests {
             Op::Snapshot {
                 space: KERNEL_SPACE,
             },
+            Op::Frames { space: 2 },
+            Op::KernelRead {
+                space: 1,
+                addr: 0x40_0ffc,
+            },
+            Op::KernelWrite {
+                space: 1,
+                addr: 0x40_0008,
+                value: 7,
+            },
+            Op::Populate {
+                space: 1,
+                addr: 0x40_0000,
+                size: 0x4000,
+            },
         ];
         for op in ops {
             let mut buf = [0u8; OP_RECORD_SIZE];
             assert_eq!(op.encode(&mut buf), Some(OP_RECORD_SIZE));
             assert_eq!(Op::decode(&buf), Some(op));
         }
+    }
+
+    #[test]
+    fn frame_records_round_trip_and_refuse_stray_bits() {
+        let uses = [
+            FrameUse::Data,
+            FrameUse::Table,
+            FrameUse::Heap,
+            FrameUse::Trampoline,
+            FrameUse::HeapBlock,
+        ];
+        for usage in uses {
+            let record = FrameRecord {
+                frame: 0x46000,
+                usage,
+            };
+            assert_eq!(FrameRecord::from_word(record.to_word()), Some(record));
+        }
+        assert_eq!(FrameRecord::from_word(0x46005), None);
+        assert_eq!(FrameRecord::from_word(0x46800), None);
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn campaign(name: &str, kernel: Vec<u8>, ops: u64, shrink: bool) -> CampaignConf
         progress: false,
         coverage,
         max_findings: 1,
+        pressure: false,
     }
 }
 
@@ -151,4 +152,59 @@ fn a_guest_that_cannot_boot_stops_the_campaign_with_its_error() {
         }
         other => panic!("expected the boot failure, got {other:?}"),
     }
+}
+
+/// A sim campaign of `ops` with `bug` planted.
+fn sim_campaign(name: &str, bug: guest_mm::Bug, ops: u64) -> CampaignConfig {
+    let mut config = campaign(name, vmm::vm::EMBEDDED_KERNEL.to_vec(), ops, true);
+    config.vm.backend = vmm::Backend::Sim;
+    config.vm.seeded_bugs = guest_mm::SeededBugs::NONE.with(bug);
+    config.coverage = None;
+    config
+}
+
+#[test]
+fn memory_pressure_reaches_the_end_of_ram_and_finds_its_double_allocation() {
+    let mut config = sim_campaign("double-alloc", guest_mm::Bug::DoubleAllocEndOfRam, 50_000);
+    config.pressure = true;
+    config.vm.memory = 16 << 20;
+    let report = run(&config);
+    let found = report
+        .bugs
+        .first()
+        .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    assert!(
+        matches!(
+            found.signature,
+            Signature::Finding(Rule::FrameMappedTwice | Rule::FrameOwner)
+        ),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn memory_pressure_on_the_correct_mm_runs_out_of_frames_and_recovers_cleanly() {
+    let mut config = campaign("pressure", vmm::vm::EMBEDDED_KERNEL.to_vec(), 30_000, false);
+    config.vm.backend = vmm::Backend::Sim;
+    config.coverage = None;
+    config.pressure = true;
+    config.max_findings = 0;
+    config.vm.memory = 16 << 20;
+    let report = run(&config);
+    assert!(report.bugs.is_empty(), "{:#?}", report.bugs);
+    assert!(
+        report.out_of_memory > 0,
+        "pressure never exhausted the frames"
+    );
+}
+
+#[test]
+fn a_leak_is_found_and_shrunk_to_a_few_ops() {
+    let report = run(&sim_campaign("leak", guest_mm::Bug::LeakOnUnmap, 20_000));
+    let found = report
+        .bugs
+        .first()
+        .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    assert_eq!(found.signature, Signature::Finding(Rule::FrameAccounting));
+    assert!(found.repro_len <= 8, "{found:#?}");
 }

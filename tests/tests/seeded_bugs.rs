@@ -149,3 +149,16 @@ fn a_flush_before_the_clear_is_caught_by_the_trace() {
     let both = [Rule::StaleTlbEntry, Rule::FrameFreedWhileCached];
     assert_trace_reports(Bug::FlushBeforeClear, &both);
 }
+
+#[test]
+fn a_leak_on_unmap_is_caught_by_frame_accounting_on_both_backends() {
+    for backend in [Backend::Kvm, Backend::Sim] {
+        let outcome = run_on(backend, Some(Bug::LeakOnUnmap));
+        let leak = outcome
+            .findings
+            .iter()
+            .find(|(_, f)| f.rule == Rule::FrameAccounting)
+            .unwrap_or_else(|| panic!("{backend}: no frame-accounting finding: {outcome:#?}"));
+        assert!(leak.1.detail.contains("no owner holds it"), "{}", leak.1);
+    }
+}

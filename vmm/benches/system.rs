@@ -759,6 +759,7 @@ fn campaign(backend: Backend, ops: u64, bugs: SeededBugs, name: &str) -> Campaig
         progress: false,
         coverage: None,
         max_findings: 1,
+        pressure: false,
     }
 }
 

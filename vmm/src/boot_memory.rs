@@ -77,6 +77,27 @@ fn memory_map(ram_size: u64, kernel: &LoadedKernel) -> ([MemoryRegion; MAX_MEMOR
     (regions, n)
 }
 
+/// About how many frames the guest MM can hand out after boot with `config`: the usable RAM of
+/// the memory map, less the kernel heap and a few frames for the kernel's own tables. `None`
+/// when the kernel image cannot be read.
+pub fn available_frames(config: &VmConfig) -> Option<usize> {
+    let (start, end) = loader::check_elf(&config.kernel, config.memory).ok()?;
+    let kernel = LoadedKernel {
+        entry: 0,
+        phys_start: start,
+        phys_end: end,
+    };
+    let (regions, n) = memory_map(config.memory, &kernel);
+    let usable: u64 = regions[..n]
+        .iter()
+        .filter(|r| r.kind == MemoryKind::Usable)
+        .map(|r| r.size / 4096)
+        .sum();
+    let heap = guest_mm::memory_manager::heap_size(config.memory) / 4096;
+    let kernel_tables = 8;
+    usize::try_from(usable.saturating_sub(heap + kernel_tables)).ok()
+}
+
 /// Allocates guest RAM and writes everything the guest finds there at entry.
 pub fn prepare(config: &VmConfig) -> Result<BootMemory, VmmError> {
     check(config)?;

@@ -30,6 +30,12 @@ pub enum DriverError {
     SnapshotFailed { status: Status },
     /// The flush trace asked for more state than the guest's RAM can map.
     Trace(TraceTooLarge),
+    /// A frame report chunk that does not continue the part in progress.
+    FramesOutOfOrder { space: u32, first: u64 },
+    /// A frame report larger than it announced, or than any guest can have.
+    FramesTooLarge { space: u32, total: u64 },
+    /// A frame report word that is not a frame with a known use.
+    MalformedFrameRecord { space: u32, word: u64 },
     /// The guest exited before the driver's work was done.
     ExitedEarly { status: u32 },
     /// The guest's coverage counters could not be read or reset.
@@ -66,6 +72,17 @@ impl fmt::Display for DriverError {
                 write!(f, "the guest could not export a snapshot: {status:?}")
             }
             DriverError::Trace(e) => write!(f, "{e}"),
+            DriverError::FramesOutOfOrder { space, first } => write!(
+                f,
+                "frame report chunk at {first} for space {space} does not continue the part in progress"
+            ),
+            DriverError::FramesTooLarge { space, total } => write!(
+                f,
+                "frame report of space {space} is larger than it announced or than a guest can have ({total} words)"
+            ),
+            DriverError::MalformedFrameRecord { space, word } => {
+                write!(f, "frame report of space {space} holds a malformed word {word:#x}")
+            }
             DriverError::ExitedEarly { status } => write!(
                 f,
                 "the guest exited with status {status} before the driver's work was done"
@@ -92,6 +109,26 @@ pub struct SnapshotChunk<'a> {
     pub first: u64,
     pub total: u64,
     pub regions: &'a [RegionRecord],
+}
+
+/// Which part of a frame report a [`FramesChunk`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FramesPart {
+    /// The allocator's bitmap of allocated frames (words, frame 0 first).
+    Allocated,
+    /// [`FrameRecord`](shared_mm::abi::FrameRecord) words of the frames the space owns.
+    Owned,
+}
+
+/// One `Frames` hypercall's worth of a frame report: words `first..first + words.len()` of the
+/// `total` of `part` for `space`.
+#[derive(Clone, Copy, Debug)]
+pub struct FramesChunk<'a> {
+    pub space: u32,
+    pub part: FramesPart,
+    pub first: u64,
+    pub total: u64,
+    pub words: &'a [u64],
 }
 
 /// One address space's exported region tree, with the root of its page tables.
@@ -162,6 +199,15 @@ pub trait Driver {
         &mut self,
         _mem: &GuestMemoryMmap,
         _chunk: SnapshotChunk<'_>,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// A chunk of a frame report. The default ignores it.
+    fn frames(
+        &mut self,
+        _mem: &GuestMemoryMmap,
+        _chunk: FramesChunk<'_>,
     ) -> Result<(), DriverError> {
         Ok(())
     }

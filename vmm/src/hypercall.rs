@@ -4,11 +4,12 @@
 //! checked arithmetic against the payload it claims to describe before anything is allocated
 //! for it, and any violation is a [`ProtocolError`] (exit 103).
 
-use crate::driver::{Driver, SnapshotChunk};
+use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
 use crate::error::{ProtocolError, VmmError};
 use shared_mm::abi::{
-    Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, BATCH_DONE, HEADER_SIZE,
-    MAX_BATCH, OP_RECORD_SIZE, REGION_RECORD_SIZE, RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
+    Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, BATCH_DONE,
+    FRAMES_ALLOCATED, FRAMES_OWNED, HEADER_SIZE, MAX_BATCH, OP_RECORD_SIZE, REGION_RECORD_SIZE,
+    RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
 use shared_mm::boot_info::{MAILBOX_ADDR, MAILBOX_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -193,6 +194,35 @@ fn snapshot(
     Ok(Reply::default())
 }
 
+/// `Frames`: one chunk of a frame report.
+fn frames(
+    mem: &GuestMemoryMmap,
+    header: &MailboxHeader,
+    payload: &[u8],
+    driver: &mut dyn Driver,
+) -> Result<Reply, VmmError> {
+    let words = decode_records(payload, u64::from(header.count), 8, "frame", |w| {
+        Some(u64::from_le_bytes(w.try_into().ok()?))
+    })?;
+    let [space, first, total, part] = header.args;
+    let space = u32::try_from(space)
+        .map_err(|_| protocol(ProtocolError::SpaceIdOutOfRange { id: space }))?;
+    let part = match part {
+        FRAMES_ALLOCATED => FramesPart::Allocated,
+        FRAMES_OWNED => FramesPart::Owned,
+        other => return Err(protocol(ProtocolError::UnknownFramesPart(other))),
+    };
+    let chunk = FramesChunk {
+        space,
+        part,
+        first,
+        total,
+        words: &words,
+    };
+    driver.frames(mem, chunk).map_err(VmmError::Driver)?;
+    Ok(Reply::default())
+}
+
 /// Serves the hypercall the guest just signalled.
 pub fn handle(
     mem: &GuestMemoryMmap,
@@ -213,6 +243,7 @@ pub fn handle(
         Hypercall::Ping => Reply::default(),
         Hypercall::Batch => batch(mem, &header, &payload, driver)?,
         Hypercall::Snapshot => snapshot(mem, &header, &payload, driver)?,
+        Hypercall::Frames => frames(mem, &header, &payload, driver)?,
     };
     write_reply(mem, header.call, reply)?;
     Ok(Next::Resume)

@@ -201,6 +201,10 @@ struct FuzzArgs {
     /// too.
     #[arg(long)]
     coverage: bool,
+    /// Memory pressure: fill big regions until the guest runs out of frames, then give them
+    /// back, again and again (best with a small --memory).
+    #[arg(long)]
+    pressure: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -422,6 +426,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         quiet,
         coverage,
         max_findings,
+        pressure,
     } = *args;
     let (check, shrink) = (!no_check, !no_shrink);
     let (mut vm, kernel_label) = config_with(guest, GuestCommand::Serve, coverage)?;
@@ -458,6 +463,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         progress: !quiet,
         coverage: counters,
         max_findings: usize::try_from(max_findings).unwrap_or(usize::MAX),
+        pressure,
     };
     let report = run_campaign(&campaign)?;
     eprintln!(
@@ -472,6 +478,12 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         jobs,
         if check { "on" } else { "off" }
     );
+    if report.out_of_memory > 0 {
+        eprintln!(
+            "vmm fuzz: {} ops ran out of guest frames (each judged by the model)",
+            report.out_of_memory
+        );
+    }
     if let Some((covered, total)) = report.coverage {
         eprintln!(
             "vmm fuzz: coverage {covered} of {total} guest edges ({:.1}%)",

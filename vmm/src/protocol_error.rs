@@ -21,6 +21,8 @@ pub enum ProtocolError {
     TooManyResults { count: u32 },
     /// A space id that does not fit the ABI's 32 bits.
     SpaceIdOutOfRange { id: u64 },
+    /// A frame report part the ABI does not define.
+    UnknownFramesPart(u64),
     /// The flush trace claims more records than its buffer holds.
     TraceCount { count: u64 },
     /// A flush-trace record that does not decode.
@@ -57,6 +59,9 @@ impl fmt::Display for ProtocolError {
                 "flush trace claims {count} records; the buffer holds {}",
                 shared_mm::trace::TRACE_CAPACITY
             ),
+            ProtocolError::UnknownFramesPart(part) => {
+                write!(f, "unknown frame report part {part}")
+            }
             ProtocolError::SpaceIdOutOfRange { id } => {
                 write!(f, "space id {id:#x} does not fit 32 bits")
             }

@@ -11,7 +11,7 @@ use crate::vmobject::VMObject;
 use crate::{MmError, PhysicalFrame};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use shared_mm::abi::{USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE};
+use shared_mm::abi::{FrameRecord, FrameUse, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE};
 use shared_mm::address::{VirtualAddress, VirtualRange, PAGE_SIZE};
 use shared_mm::pte::PageTableFlags;
 use shared_mm::region::{Access, Region};
@@ -113,6 +113,24 @@ impl AddressSpace {
 
     pub fn directory(&self) -> &PageDirectory {
         &self.directory
+    }
+
+    /// The frames this space owns: its page tables, then its regions' committed data frames.
+    pub fn owned_frames(&self) -> impl Iterator<Item = FrameRecord> + '_ {
+        let table = |frame: PhysicalFrame| FrameRecord {
+            frame: frame.0,
+            usage: FrameUse::Table,
+        };
+        let data = self
+            .tree
+            .iter()
+            .filter_map(|r| r.backing())
+            .flat_map(|object| object.pages_in(0, u64::MAX))
+            .map(|(_, frame)| FrameRecord {
+                frame: frame.0,
+                usage: FrameUse::Data,
+            });
+        self.directory.frames().map(table).chain(data)
     }
 
     fn new_region(access: Access, object: VMObject) -> Box<UserRegion> {
@@ -287,8 +305,10 @@ impl AddressSpace {
                 object,
             });
             self.place_pieces([left, right]);
-            for frame in freed {
-                hw.free_frame(frame);
+            if !self.bugs.has(Bug::LeakOnUnmap) {
+                for frame in freed {
+                    hw.free_frame(frame);
+                }
             }
             if self.bugs.has(Bug::FreeBeforeFlush) {
                 // Seeded bug: the flushes come after the frames went back.
@@ -385,6 +405,55 @@ impl AddressSpace {
             }
             hw.machine.flush_page(page);
         }
+    }
+
+    /// Faults in every page of `[addr, addr + size)` for writing (`MADV_POPULATE_WRITE`): the
+    /// range must be covered by regions with USER and WRITE. Prepare, then commit: without
+    /// enough free frames for every missing page and table, nothing changes.
+    pub fn populate_range<M: Machine>(
+        &mut self,
+        addr: u64,
+        size: u64,
+        hw: &mut Hardware<M>,
+    ) -> Result<Option<u64>, MmError> {
+        let range = self.checked_range(addr, size)?;
+        let wholes = self.intersecting(range);
+        if !Self::covers(range, &wholes) {
+            return Err(MmError::NotMapped);
+        }
+        // Prepare: every region allows user writes, and the frames are there.
+        let mut committed = 0;
+        for whole in &wholes {
+            let region = self
+                .tree
+                .find_region_containing(whole.base())
+                .expect("region is in the tree");
+            if !region.access().contains(Access::USER | Access::WRITE) {
+                return Ok(Some(whole.base().get().max(addr)));
+            }
+            let part = whole
+                .intersection(&range)
+                .expect("regions intersect the range");
+            let object = region.backing().expect("user regions are backed");
+            committed += object.pages_in(part.base().get(), part.last().get()).len() as u64;
+        }
+        let missing = range.page_count() - committed;
+        let free = hw.frames.free_count() as u64;
+        if missing > free {
+            return Err(MmError::OutOfFrames);
+        }
+        let tables =
+            self.directory
+                .tables_missing(range.base().get(), range.last().get(), &hw.machine);
+        if missing + tables as u64 > free {
+            return Err(MmError::OutOfFrames);
+        }
+        // Commit: nothing below can fail.
+        for page in (range.base().get()..=range.last().get()).step_by(PAGE_SIZE as usize) {
+            self.populate(page, hw)
+                .expect("the frames for every page were counted");
+        }
+        Ok(None)
     }
 
     /// Demand-zero paging for `page` (page-aligned), which lies in an accessible region: maps

@@ -1,5 +1,6 @@
 //! The physical frame allocator: a bitmap over the usable RAM in the boot memory map.
 
+use crate::seeded_bugs::{Bug, SeededBugs};
 use crate::{MmError, PhysicalFrame, FRAME_SIZE};
 use alloc::boxed::Box;
 use alloc::vec;
@@ -13,6 +14,11 @@ const FRAMES_PER_2M: usize = 512;
 pub struct FrameAllocator {
     /// One word per 64 frames of RAM.
     free: Box<[u64]>,
+    /// Which frames the memory map makes usable at all.
+    usable: Box<[u64]>,
+    /// The highest usable frame (for the seeded end-of-RAM bug).
+    last_usable: Option<PhysicalFrame>,
+    bugs: SeededBugs,
     /// No free frame lies below this word: searches start here, so the lowest free frame is
     /// handed out first and a freed frame is reused at once (which makes use-after-free bugs
     /// show up quickly instead of after a wrap-around).
@@ -28,11 +34,14 @@ impl FrameAllocator {
     /// Marks every whole usable frame of the memory map free: whole bitmap words at once, and
     /// bit masks only at the two ends of each range. The bitmap covers `info.ram_size`, rounded
     /// up to 2 MiB blocks (at most the largest supported RAM).
-    pub fn new(info: &BootInfo) -> Self {
+    pub fn new(info: &BootInfo, bugs: SeededBugs) -> Self {
         let ram = info.ram_size.min(MAX_GUEST_RAM);
         let frames = (ram / FRAME_SIZE).next_multiple_of(FRAMES_PER_2M as u64) as usize;
         let mut allocator = FrameAllocator {
             free: vec![0; frames / 64].into_boxed_slice(),
+            usable: Box::default(),
+            last_usable: None,
+            bugs,
             hint: 0,
             free_count: 0,
         };
@@ -44,9 +53,19 @@ impl FrameAllocator {
             let end = (region.base.saturating_add(region.size) / FRAME_SIZE).min(frames as u64);
             if first < end {
                 allocator.mark_free(first as usize, end as usize);
+                allocator.last_usable = Some(PhysicalFrame((end - 1) * FRAME_SIZE));
             }
         }
+        allocator.usable = allocator.free.clone();
         allocator
+    }
+
+    /// The allocated frames as bitmap words (bit set: handed out and not freed), frame 0 first.
+    pub fn allocated_words(&self) -> impl Iterator<Item = u64> + '_ {
+        self.usable
+            .iter()
+            .zip(self.free.iter())
+            .map(|(u, f)| u & !f)
     }
 
     /// Sets the bits of frames `[first, end)`.
@@ -89,10 +108,14 @@ impl FrameAllocator {
         for w in self.hint..self.free.len() {
             if self.free[w] != 0 {
                 let b = self.free[w].trailing_zeros() as u64;
+                let frame = PhysicalFrame((w as u64 * 64 + b) * FRAME_SIZE);
+                if self.bugs.has(Bug::DoubleAllocEndOfRam) && Some(frame) == self.last_usable {
+                    return Ok(frame); // Seeded bug: the last frame stays free.
+                }
                 self.free[w] &= !(1 << b);
                 self.free_count -= 1;
                 self.hint = w;
-                return Ok(PhysicalFrame((w as u64 * 64 + b) * FRAME_SIZE));
+                return Ok(frame);
             }
         }
         Err(MmError::OutOfFrames)

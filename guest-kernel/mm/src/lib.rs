@@ -15,6 +15,7 @@ pub mod address_space;
 pub mod export;
 pub mod frame_allocator;
 pub mod hardware;
+pub mod kernel_access;
 pub mod machine;
 pub mod memory_manager;
 pub mod page_directory;

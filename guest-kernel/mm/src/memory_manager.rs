@@ -4,6 +4,7 @@
 use crate::address_space::AddressSpace;
 use crate::frame_allocator::FrameAllocator;
 use crate::hardware::Hardware;
+use crate::kernel_access::{kernel_access, KernelAccess};
 use crate::machine::Machine;
 use crate::page_directory::PageDirectory;
 use crate::seeded_bugs::SeededBugs;
@@ -12,7 +13,10 @@ use crate::vmobject::VMObject;
 use crate::{MmError, PhysicalFrame};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
-use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE_BASE, MAX_SPACES};
+use alloc::vec::Vec;
+use shared_mm::abi::{
+    FrameRecord, FrameUse, Op, OpResult, Status, KERNEL_SPACE, KERNEL_SPACE_BASE, MAX_SPACES,
+};
 use shared_mm::address::{VirtualAddress, VirtualRange};
 use shared_mm::boot_info::{BootInfo, KERNEL_VIRT_BASE, PHYSMAP_BASE};
 use shared_mm::pte::{pml4_index, PageTableFlags};
@@ -42,6 +46,8 @@ pub struct MemoryManager<M> {
     /// The directory last activated (reading CR3 is a privileged instruction: costly under
     /// emulation).
     active: PhysicalFrame,
+    /// The 2 MiB blocks backing the kernel heap.
+    heap_blocks: Vec<PhysicalFrame>,
     bugs: SeededBugs,
 }
 
@@ -107,7 +113,7 @@ impl<M: Machine> MemoryManager<M> {
     ) -> Result<(Self, VirtualRange), MmError> {
         let mut hw = Hardware {
             machine,
-            frames: FrameAllocator::new(info),
+            frames: FrameAllocator::new(info, bugs),
         };
         let (kernel_tree, kmalloc) = kernel_tree(info)?;
         // Every PML4 slot a kernel region spans gets its PDPT now; kernel regions are only
@@ -128,6 +134,7 @@ impl<M: Machine> MemoryManager<M> {
             next_space_id: 1,
             rng: SplitMix64::new(info.random_seed),
             active,
+            heap_blocks: Vec::new(),
             bugs,
         };
         let heap = mm.map_heap(kmalloc.base().get(), heap_size(info.ram_size))?;
@@ -145,6 +152,7 @@ impl<M: Machine> MemoryManager<M> {
         let flags = PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         for offset in (0..size).step_by(TWO_MIB as usize) {
             let block = self.hw.frames.allocate_2m()?;
+            self.heap_blocks.push(block);
             self.kernel_directory
                 .map_2m(base + offset, block, flags, &mut self.hw)?;
         }
@@ -277,8 +285,54 @@ impl<M: Machine> MemoryManager<M> {
             Op::TouchRead { space, addr } => self.touch(space, addr, Touch::Read),
             Op::TouchWrite { space, addr, value } => self.touch(space, addr, Touch::Write(value)),
             Op::TouchExec { space, addr } => self.touch(space, addr, Touch::Execute),
-            Op::Snapshot { .. } => OpResult::error(Status::BadOp),
+            Op::KernelRead { space, addr } => self.kernel_access(space, addr, KernelAccess::Read),
+            Op::Populate { space, addr, size } => {
+                let populated = self.with_space(space, |s, hw, _| s.populate_range(addr, size, hw));
+                match populated {
+                    Ok(None) => OpResult::ok(),
+                    Ok(Some(denied)) => OpResult {
+                        status: Status::Faulted,
+                        fault: shared_mm::abi::FaultKind::SegvAccess,
+                        addr: denied,
+                        value: 0,
+                    },
+                    Err(e) => OpResult::error(e.into()),
+                }
+            }
+            Op::KernelWrite { space, addr, value } => {
+                self.kernel_access(space, addr, KernelAccess::Write(value))
+            }
+            Op::Snapshot { .. } | Op::Frames { .. } => OpResult::error(Status::BadOp),
         }
+    }
+
+    fn kernel_access(&mut self, space: u32, addr: u64, kind: KernelAccess) -> OpResult {
+        self.with_space(space, |s, hw, _| Ok(kernel_access(s, addr, kind, hw)))
+            .unwrap_or_else(|e| OpResult::error(e.into()))
+    }
+
+    /// The allocator's allocated frames, as bitmap words (frame 0 first).
+    pub fn allocated_frames(&self) -> impl Iterator<Item = u64> + '_ {
+        self.hw.frames.allocated_words()
+    }
+
+    /// The frames `space` owns ([`KERNEL_SPACE`]: the kernel's tables, heap and trampoline),
+    /// or `None` if no such space is alive.
+    pub fn owned_frames(&self, space: u32) -> Option<Vec<FrameRecord>> {
+        if space != KERNEL_SPACE {
+            return Some(self.spaces.get(&space)?.owned_frames().collect());
+        }
+        let record = |frame: u64, usage| FrameRecord { frame, usage };
+        let tables = self
+            .kernel_directory
+            .frames()
+            .map(|f| record(f.0, FrameUse::Table));
+        let heap = self
+            .heap_blocks
+            .iter()
+            .map(|block| record(block.0, FrameUse::HeapBlock));
+        let trampoline = core::iter::once(record(self.trampoline.0, FrameUse::Trampoline));
+        Some(tables.chain(heap).chain(trampoline).collect())
     }
 
     fn touch(&mut self, space: u32, addr: u64, kind: Touch) -> OpResult {

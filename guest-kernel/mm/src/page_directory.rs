@@ -9,6 +9,7 @@
 use crate::hardware::Hardware;
 use crate::machine::{Machine, PteSlot};
 use crate::{MmError, PhysicalFrame};
+use alloc::vec::Vec;
 use shared_mm::pte::{sign_extend, PageLevel, PageTableEntry, PageTableFlags, ENTRIES_PER_TABLE};
 
 /// First PML4 slot of the kernel half.
@@ -25,6 +26,8 @@ fn slot_va(slot: usize) -> u64 {
 
 pub struct PageDirectory {
     pml4: PhysicalFrame,
+    /// Every table below the PML4 this directory allocated, in order: what it owns, and frees.
+    tables: Vec<PhysicalFrame>,
 }
 
 impl PageDirectory {
@@ -35,8 +38,9 @@ impl PageDirectory {
         kernel_slots: impl IntoIterator<Item = usize>,
         hw: &mut Hardware<M>,
     ) -> Result<Self, MmError> {
-        let directory = PageDirectory {
+        let mut directory = PageDirectory {
             pml4: hw.zeroed_frame()?,
+            tables: Vec::new(),
         };
         directory.copy_kernel_half(boot_pml4, hw);
         for slot in kernel_slots {
@@ -44,6 +48,7 @@ impl PageDirectory {
             let entry = PageTableEntry::from_raw(hw.machine.read_pte(directory.pml4, slot));
             if !entry.contains(PageTableFlags::PRESENT) {
                 let pdpt = hw.zeroed_frame()?;
+                directory.tables.push(pdpt);
                 let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
                 let slot = directory.slot(directory.pml4, PageLevel::Pml4, slot, slot_va(slot));
                 hw.machine
@@ -60,6 +65,7 @@ impl PageDirectory {
     ) -> Result<Self, MmError> {
         let directory = PageDirectory {
             pml4: hw.zeroed_frame()?,
+            tables: Vec::new(),
         };
         directory.copy_kernel_half(kernel.pml4, hw);
         Ok(directory)
@@ -126,7 +132,7 @@ impl PageDirectory {
     /// Walks `levels` from the PML4 to the table below the last of them, creating missing
     /// tables (user tables are user-accessible; the leaf decides the access).
     fn make_table<M: Machine>(
-        &self,
+        &mut self,
         hw: &mut Hardware<M>,
         va: u64,
         levels: &[PageLevel],
@@ -145,6 +151,7 @@ impl PageDirectory {
                 continue;
             }
             let next = hw.zeroed_frame()?;
+            self.tables.push(next);
             let mut flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
             if va < 0x0000_8000_0000_0000 {
                 flags |= PageTableFlags::USER;
@@ -155,6 +162,36 @@ impl PageDirectory {
             table = next;
         }
         Ok(table)
+    }
+
+    /// How many tables mapping every 4 KiB page of `[first, last]` would add: each missing PT,
+    /// PD and PDPT on the way, once.
+    pub fn tables_missing<M: Machine>(&self, first: u64, last: u64, machine: &M) -> usize {
+        let (mut counted_pd, mut counted_pdpt) = (None, None);
+        let mut missing = 0;
+        let mut area = first & !(PageLevel::Pd.entry_span() - 1);
+        while area <= last {
+            let depth = [TO_PT, TO_PD, &TO_PD[..1]]
+                .iter()
+                .position(|levels| self.find_table(machine, area, levels).is_some())
+                .unwrap_or(3);
+            // depth 0: the PT exists; 1: the PD; 2: the PDPT; 3: nothing below the PML4.
+            missing += usize::from(depth >= 1);
+            let (pd, pdpt) = (area >> 30, area >> 39);
+            if depth >= 2 && counted_pd != Some(pd) {
+                missing += 1;
+                counted_pd = Some(pd);
+            }
+            if depth >= 3 && counted_pdpt != Some(pdpt) {
+                missing += 1;
+                counted_pdpt = Some(pdpt);
+            }
+            match area.checked_add(PageLevel::Pd.entry_span()) {
+                Some(next) => area = next,
+                None => break,
+            }
+        }
+        missing
     }
 
     /// Maps the 4 KiB page at `va` to `frame` with `flags` (PRESENT is added).
@@ -213,33 +250,17 @@ impl PageDirectory {
             .then(|| (PhysicalFrame(entry.frame()), entry.flags()))
     }
 
-    /// Frees every user-half table and the PML4. The leaf frames must already be released, and
-    /// the directory must not be active.
+    /// The frames this directory owns: its PML4, then every table it allocated.
+    pub fn frames(&self) -> impl Iterator<Item = PhysicalFrame> + '_ {
+        core::iter::once(self.pml4).chain(self.tables.iter().copied())
+    }
+
+    /// Frees every table this directory allocated, and the PML4. The leaf frames must already
+    /// be released, and the directory must not be active.
     pub fn destroy_user<M: Machine>(self, hw: &mut Hardware<M>) {
-        for slot in 0..KERNEL_HALF_FIRST_SLOT {
-            free_table_below(self.pml4, slot, PageLevel::Pml4, hw);
+        for table in self.tables {
+            hw.free_frame(table);
         }
         hw.free_frame(self.pml4);
     }
-}
-
-/// Frees the table entry `index` of `table` (at `level`) points to, and every table below it.
-fn free_table_below<M: Machine>(
-    table: PhysicalFrame,
-    index: usize,
-    level: PageLevel,
-    hw: &mut Hardware<M>,
-) {
-    let entry = PageTableEntry::from_raw(hw.machine.read_pte(table, index));
-    if !entry.contains(PageTableFlags::PRESENT) || entry.contains(PageTableFlags::HUGE_PAGE) {
-        return;
-    }
-    let Some(lower) = level.lower() else { return };
-    let child = PhysicalFrame(entry.frame());
-    if lower.lower().is_some() {
-        for child_index in 0..ENTRIES_PER_TABLE {
-            free_table_below(child, child_index, lower, hw);
-        }
-    }
-    hw.free_frame(child);
 }

@@ -22,11 +22,16 @@ pub enum Bug {
     FreeBeforeFlush,
     /// Unmap flushes before it clears the PTE: a window in which the entry can be refilled.
     FlushBeforeClear,
+    /// Unmap forgets the frames it takes out of the region instead of freeing them.
+    LeakOnUnmap,
+    /// The frame allocator hands out the last frame of RAM without marking it allocated, so it
+    /// is handed out again.
+    DoubleAllocEndOfRam,
 }
 
 impl Bug {
     /// Every seeded bug, in feature order.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 11] = [
         Bug::StalePte,
         Bug::KeepWritable,
         Bug::NoTlbFlush,
@@ -36,6 +41,8 @@ impl Bug {
         Bug::FlushWrongPage,
         Bug::FreeBeforeFlush,
         Bug::FlushBeforeClear,
+        Bug::LeakOnUnmap,
+        Bug::DoubleAllocEndOfRam,
     ];
 
     /// The cargo feature that plants it.
@@ -50,6 +57,8 @@ impl Bug {
             Bug::FlushWrongPage => "bug-flush-wrong-page",
             Bug::FreeBeforeFlush => "bug-free-before-flush",
             Bug::FlushBeforeClear => "bug-flush-before-clear",
+            Bug::LeakOnUnmap => "bug-leak-on-unmap",
+            Bug::DoubleAllocEndOfRam => "bug-double-alloc-end-of-ram",
         }
     }
 
@@ -83,6 +92,8 @@ impl SeededBugs {
             cfg!(feature = "bug-flush-wrong-page"),
             cfg!(feature = "bug-free-before-flush"),
             cfg!(feature = "bug-flush-before-clear"),
+            cfg!(feature = "bug-leak-on-unmap"),
+            cfg!(feature = "bug-double-alloc-end-of-ram"),
         ];
         let mut set = SeededBugs::NONE;
         let mut i = 0;

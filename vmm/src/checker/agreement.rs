@@ -8,6 +8,7 @@
 //! the walk stops at its own budget, and at most [`MAX_PER_RULE`] findings per rule are kept
 //! per check (the rest are counted in one more finding).
 
+use super::frame_map::FrameMap;
 use super::{region_containing, space_name, Finding, Rule};
 use crate::driver::SpaceSnapshot;
 use crate::page_walk::{leaves_in, translate, Leaf, LOWER_HALF, UPPER_HALF};
@@ -15,7 +16,7 @@ use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{
     RegionRecord, KERNEL_SPACE, KERNEL_SPACE_BASE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// Findings one check keeps per rule.
@@ -28,9 +29,9 @@ const PAGE: u64 = 4096;
 /// What the checker remembers between checks.
 pub struct Agreement {
     /// 4 KiB frame -> the (space, page) mappings of it, in the order seen.
-    frame_users: HashMap<u64, Vec<(u32, u64)>>,
+    frame_users: FrameMap<u64, Vec<(u32, u64)>>,
     /// Space -> the frames its user pages mapped at its last walk.
-    space_frames: HashMap<u32, Vec<u64>>,
+    space_frames: FrameMap<u32, Vec<u64>>,
     tracked: u64,
     /// One past the last byte of guest RAM.
     ram_end: u64,
@@ -49,8 +50,8 @@ impl Agreement {
     /// A checker for a guest whose RAM ends at `ram_end`.
     pub fn new(ram_end: u64) -> Self {
         Agreement {
-            frame_users: HashMap::new(),
-            space_frames: HashMap::new(),
+            frame_users: FrameMap::default(),
+            space_frames: FrameMap::default(),
             tracked: 0,
             ram_end,
         }
@@ -80,6 +81,20 @@ impl Agreement {
                 }
             }
         }
+    }
+
+    /// The (frame, page) pairs the user pages of `space` mapped at its last walk.
+    pub fn mapped(&self, space: u32) -> Vec<(u64, u64)> {
+        self.space_frames
+            .get(&space)
+            .into_iter()
+            .flatten()
+            .filter_map(|&frame| {
+                let users = self.frame_users.get(&frame)?;
+                let (_, va) = users.iter().find(|(s, _)| *s == space)?;
+                Some((frame, *va))
+            })
+            .collect()
     }
 
     /// The spaces whose frames are remembered.

@@ -9,12 +9,12 @@
 //! again. A replay of one op per batch thus costs a couple of snapshots per op, not one per
 //! live space.
 
-use super::{region_containing, Agreement, Finding};
+use super::{region_containing, Accounting, Agreement, Finding, FrameReports};
 use crate::coherence::{Coherence, CoherenceFinding};
-use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use shared_mm::trace::TraceEvent;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use vm_memory::GuestMemoryMmap;
 
 /// Every this many checks, every live space is walked, changed or not.
@@ -31,11 +31,16 @@ pub struct Checked<D> {
     snapshots: Vec<SpaceSnapshot>,
     /// Spaces the inner driver's operations named since their last check.
     dirty: BTreeSet<u32>,
+    /// What frame accounting remembers between checks, and the reports for this one.
+    accounting: Accounting,
+    frame_reports: FrameReports,
+    /// Whether this check walks every live space.
+    full: bool,
     /// Every finding so far, with the number of the check that found it.
     pub findings: Vec<(usize, Finding)>,
     /// How many times the checker ran.
     pub checks_run: usize,
-    /// How many snapshots it asked the guest for.
+    /// How many snapshots (each with its frame report) it asked the guest for.
     pub snapshots_asked: usize,
     /// End the guest's work at the first finding instead of handing out more batches.
     pub stop_on_finding: bool,
@@ -50,6 +55,9 @@ impl<D: Driver> Checked<D> {
             held_results: None,
             snapshots: Vec::new(),
             dirty: BTreeSet::new(),
+            accounting: Accounting::default(),
+            frame_reports: FrameReports::default(),
+            full: false,
             findings: Vec::new(),
             checks_run: 0,
             snapshots_asked: 0,
@@ -82,6 +90,7 @@ impl<D: Driver> Checked<D> {
         }
         let known: BTreeSet<u32> = agreement.spaces().collect();
         let full = self.checks_run.is_multiple_of(FULL_CHECK_EVERY);
+        self.full = full;
         live.into_iter()
             .filter(|s| full || self.dirty.contains(s) || !known.contains(s))
             .collect()
@@ -89,7 +98,11 @@ impl<D: Driver> Checked<D> {
 
     /// Runs the checks on the snapshots received; returns their findings, trace findings first
     /// (each was seen at the event that broke the rule, before what the tables show now).
-    fn run_checks(&mut self, mem: &GuestMemoryMmap) -> Result<Vec<Finding>, DriverError> {
+    fn run_checks(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        spaces: &[SpaceRecord],
+    ) -> Result<Vec<Finding>, DriverError> {
         let kernel_at = self.snapshots.iter().position(|v| v.space == KERNEL_SPACE);
         let kernel = kernel_at
             .map(|i| self.snapshots.remove(i))
@@ -114,6 +127,14 @@ impl<D: Driver> Checked<D> {
             check.space(mem, view, &kernel);
         }
         found.extend(check.finish());
+        let live: BTreeSet<u32> = spaces.iter().map(|s| s.space).collect();
+        let mapped: BTreeMap<u32, Vec<(u64, u64)>> = self
+            .snapshots
+            .iter()
+            .map(|v| (v.space, agreement.mapped(v.space)))
+            .collect();
+        let reports = std::mem::take(&mut self.frame_reports);
+        found.extend(self.accounting.check(reports, &live, &mapped, self.full));
         self.dirty.clear();
         Ok(found)
     }
@@ -130,17 +151,18 @@ impl<D: Driver> Driver for Checked<D> {
             // The inner driver's batch just finished: snapshot what it may have changed first.
             self.held_results = Some(results.to_vec());
             self.snapshots.clear();
+            self.frame_reports = FrameReports::default();
             let walk = self.spaces_to_walk(mem, spaces);
-            let mut ops = vec![Op::Snapshot {
-                space: KERNEL_SPACE,
-            }];
-            ops.extend(walk.into_iter().map(|space| Op::Snapshot { space }));
-            self.snapshots_asked += ops.len();
+            let ops: Vec<Op> = std::iter::once(KERNEL_SPACE)
+                .chain(walk)
+                .flat_map(|space| [Op::Snapshot { space }, Op::Frames { space }])
+                .collect();
+            self.snapshots_asked += ops.len() / 2;
             return Ok(Some(ops));
         };
         let run = self.checks_run;
         self.checks_run += 1;
-        let found = self.run_checks(mem)?;
+        let found = self.run_checks(mem, spaces)?;
         let stop = self.stop_on_finding && !found.is_empty();
         self.findings.extend(found.into_iter().map(|f| (run, f)));
         if stop {
@@ -164,6 +186,13 @@ impl<D: Driver> Driver for Checked<D> {
             return self.inner.snapshot(mem, chunk);
         }
         SpaceSnapshot::collect(&mut self.snapshots, chunk)
+    }
+
+    fn frames(&mut self, mem: &GuestMemoryMmap, chunk: FramesChunk<'_>) -> Result<(), DriverError> {
+        if self.held_results.is_none() {
+            return self.inner.frames(mem, chunk);
+        }
+        self.frame_reports.collect(chunk)
     }
 
     fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {

@@ -2,9 +2,12 @@
 //! walks itself through guest memory (never the guest's own view). Each broken invariant of
 //! DESIGN.md becomes a [`Finding`] naming the space, address, PTE, region and rule.
 
+mod accounting;
 mod agreement;
 mod checked;
+mod frame_map;
 
+pub use accounting::{Accounting, FrameReports};
 pub use agreement::{Agreement, Check, FRAME_BUDGET_PER_RAM_PAGE, MAX_PER_RULE};
 pub use checked::{as_finding, Checked};
 
@@ -40,6 +43,12 @@ pub enum Rule {
     Walk,
     /// Ring 3 ran while a possibly-cached translation was a downgrade of its PTE (flush trace).
     StaleTlbEntry,
+    /// An owned or mapped frame is free, or an allocated frame has no owner (a leak).
+    FrameAccounting,
+    /// A destroyed space's frame is still allocated.
+    NoLeakAfterDestroy,
+    /// A frame has two owners, or a user page maps a frame its space does not own as data.
+    FrameOwner,
     /// A frame was freed while a possibly-cached translation pointed at it (flush trace).
     FrameFreedWhileCached,
 }
@@ -58,6 +67,9 @@ impl fmt::Display for Rule {
             Rule::Trampoline => "trampoline-page",
             Rule::Walk => "page-tables-walkable",
             Rule::StaleTlbEntry => "stale-tlb-entry",
+            Rule::FrameAccounting => "frame-accounting",
+            Rule::NoLeakAfterDestroy => "no-leak-after-destroy",
+            Rule::FrameOwner => "frame-owner",
             Rule::FrameFreedWhileCached => "frame-freed-while-cached",
         })
     }

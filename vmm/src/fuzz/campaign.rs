@@ -9,7 +9,7 @@ use crate::coverage::{CoverageMap, CoverageSet};
 use crate::files::write_atomically;
 use crate::{VmConfig, VmmError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shared_mm::abi::{Op, OpResult};
+use shared_mm::abi::{Op, OpResult, Status};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +46,8 @@ pub struct CampaignConfig {
     pub coverage: Option<CoverageMap>,
     /// Stop every job once this many distinct failures are recorded (0: never stop early).
     pub max_findings: usize,
+    /// Generate in memory-pressure mode (see [`Generator::with_pressure`]).
+    pub pressure: bool,
 }
 
 /// One distinct failure the campaign found.
@@ -69,6 +71,8 @@ pub struct FoundBug {
 #[derive(Debug)]
 pub struct CampaignReport {
     pub ops_executed: u64,
+    /// Operations the guest answered with OutOfMemory (the model judged each).
+    pub out_of_memory: u64,
     pub elapsed: Duration,
     /// Time spent shrinking failures (summed over jobs), included in `elapsed`.
     pub shrinking: Duration,
@@ -96,6 +100,7 @@ struct Shared<'a> {
     start: Instant,
     bar: ProgressBar,
     executed: AtomicUsize,
+    out_of_memory: AtomicUsize,
     guests: AtomicUsize,
     bugs: Mutex<BTreeMap<Signature, FoundBug>>,
     coverage: Mutex<CoverageSet>,
@@ -224,6 +229,9 @@ impl Shared<'_> {
     fn run_job(&self, job: usize, budget: u64) -> Result<(), VmmError> {
         let config = self.config;
         let mut generator = Generator::new(job_seed(config.seed, job));
+        if config.pressure {
+            generator = generator.with_pressure();
+        }
         let mut feedback = config
             .coverage
             .map(|map| Feedback::new(map, &self.coverage));
@@ -246,6 +254,11 @@ impl Shared<'_> {
             let (sent, results, failure) = (run.sent, run.results, run.failure);
             remaining = before.saturating_sub(sent.len());
             done_in_job += sent.len() as u64;
+            let oom = results
+                .iter()
+                .filter(|r| r.status == Status::OutOfMemory)
+                .count();
+            self.out_of_memory.fetch_add(oom, Ordering::Relaxed);
             match failure {
                 Some(failure) => self.record(job, sent, &results, failure, done_in_job)?,
                 None if sent.is_empty() => break,
@@ -281,6 +294,7 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
         start: Instant::now(),
         bar,
         executed: AtomicUsize::new(0),
+        out_of_memory: AtomicUsize::new(0),
         guests: AtomicUsize::new(0),
         bugs: Mutex::new(BTreeMap::new()),
         coverage: Mutex::new(CoverageSet::new()),
@@ -311,6 +325,7 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
         .covered();
     Ok(CampaignReport {
         ops_executed: shared.executed.load(Ordering::Relaxed) as u64,
+        out_of_memory: shared.out_of_memory.load(Ordering::Relaxed) as u64,
         elapsed: shared.start.elapsed(),
         shrinking: shared
             .shrinking

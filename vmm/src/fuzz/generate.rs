@@ -5,6 +5,7 @@ use super::model::{Model, SpaceModel};
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{Op, KERNEL_SPACE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE};
 use shared_mm::region_tree::{RandomSource, SplitMix64};
+use std::collections::VecDeque;
 
 const PAGE: u64 = 4096;
 /// Guest frames the generator lets the model's spaces hold before it destroys one.
@@ -40,6 +41,14 @@ pub struct Generator {
     /// several calls in a row, so sequences within one space (touch, unmap, touch again) come
     /// up without a switch of page tables in between.
     last_space: Option<u32>,
+    /// Memory pressure: drive the guest's frames to exhaustion and back, again and again.
+    pressure: bool,
+    /// Touches queued to fill a big region page by page (pressure mode).
+    sweep: VecDeque<Op>,
+    /// Giving frames back after an exhaustion, until half the budget is free (pressure mode).
+    releasing: bool,
+    /// The model's count of OutOfMemory results when the generator last looked.
+    seen_out_of_memory: u64,
 }
 
 impl Generator {
@@ -48,7 +57,19 @@ impl Generator {
             rng: SplitMix64::new(seed),
             history: Vec::new(),
             last_space: None,
+            pressure: false,
+            sweep: VecDeque::new(),
+            releasing: false,
+            seen_out_of_memory: 0,
         }
+    }
+
+    /// The same generator in memory-pressure mode: it fills big regions page by page until
+    /// the guest runs out of frames, then unmaps and destroys until half are free, and again.
+    /// Every out-of-memory path runs, and the model checks each leaves the MM as it was.
+    pub fn with_pressure(mut self) -> Self {
+        self.pressure = true;
+        self
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -116,14 +137,23 @@ impl Generator {
         let choice = self.below(100);
         let (base, size) = if choice < 45 && !regions.is_empty() {
             let (b, s) = self.pick(&regions);
-            match self.below(5) {
+            match self.below(9) {
                 0 => (b, s),
                 1 => (b + self.below(s / PAGE) * PAGE, self.size()),
                 2 => (
                     b.saturating_sub(self.below(4) * PAGE),
                     s + self.below(8) * PAGE,
                 ),
+                // One page over either edge, the first page as often as the last.
                 3 => (b + s - PAGE, 2 * PAGE),
+                4 => (b.saturating_sub(PAGE), 2 * PAGE),
+                // Exactly on the boundaries of the holes on either side.
+                5 => {
+                    let size = self.size();
+                    (b.saturating_sub(size), size)
+                }
+                6 => (b + s, self.size()),
+                7 => (b, PAGE),
                 _ => (b, self.size()),
             }
         } else if choice < 70 && !self.history.is_empty() {
@@ -182,12 +212,107 @@ impl Generator {
         space
     }
 
+    /// The frames the generator lets the spaces hold before it destroys one: its budget, and
+    /// less on a small guest.
+    fn frame_budget(&self, model: &Model) -> usize {
+        model
+            .frame_budget()
+            .map_or(FRAME_BUDGET, |b| FRAME_BUDGET.min(b * 3 / 4))
+    }
+
+    /// In pressure mode, the next op of a fill or of a release, if one is due.
+    fn pressure_op(&mut self, model: &Model) -> Option<Op> {
+        let budget = model.frame_budget()?;
+        let in_use = model.frames_estimate();
+        if self.releasing && in_use < budget / 2 {
+            self.releasing = false;
+        }
+        // Exhausted: the guest said so, or the model's (upper-bound) count is well past it.
+        let exhausted = model.out_of_memory_results() > self.seen_out_of_memory;
+        self.seen_out_of_memory = model.out_of_memory_results();
+        if !self.releasing && (exhausted || in_use > budget + budget / 4) {
+            self.releasing = true;
+            self.sweep.clear();
+        }
+        if self.releasing {
+            return self.release(model);
+        }
+        if let Some(op) = self.sweep.pop_front() {
+            return Some(op);
+        }
+        let space = self.space(model);
+        if !model.spaces.contains_key(&space) || !self.chance(40) {
+            return None;
+        }
+        // A big read-write region somewhere high, then filled: populated whole, or written page
+        // by page.
+        let pages = 256 + self.below(1792);
+        let addr = 0x1000_0000_0000 + self.below(1 << 20) * (8 << 20);
+        if self.chance(50) {
+            self.sweep.push_back(Op::Populate {
+                space,
+                addr,
+                size: pages * PAGE,
+            });
+        } else {
+            self.sweep.extend((0..pages).map(|i| Op::TouchWrite {
+                space,
+                addr: addr + i * PAGE,
+                value: i + 1,
+            }));
+        }
+        Some(Op::MapFixed {
+            space,
+            addr,
+            size: pages * PAGE,
+            access: USER | READ | WRITE,
+        })
+    }
+
+    /// Gives frames back: unmaps the heaviest space's biggest region, or destroys the space.
+    fn release(&mut self, model: &Model) -> Option<Op> {
+        let (&space, s) = model
+            .spaces
+            .iter()
+            .max_by_key(|(_, s)| s.frames_estimate())?;
+        let biggest = s.regions.iter().max_by_key(|(_, r)| r.size);
+        match biggest {
+            Some((&addr, r)) if self.chance(70) => Some(Op::Unmap {
+                space,
+                addr,
+                size: r.size,
+            }),
+            _ => Some(Op::DestroySpace { space }),
+        }
+    }
+
+    /// Changes the access of a page that is present already, to any mask (kernel-only and
+    /// invalid ones too).
+    fn protect_present(&mut self, space: u32, s: &SpaceModel) -> Option<Op> {
+        let pages: Vec<u64> = s.committed_pages().collect();
+        if pages.is_empty() {
+            return None;
+        }
+        let page = self.pick(&pages);
+        Some(Op::Protect {
+            space,
+            addr: page,
+            size: PAGE,
+            access: self.below(17) as u32,
+        })
+    }
+
     /// The next operation, chosen with the model's current state in view.
     pub fn next_op(&mut self, model: &Model) -> Op {
         if model.spaces.is_empty() || (model.spaces.len() < SPACE_BUDGET && self.chance(2)) {
             return Op::CreateSpace;
         }
-        if model.frames_estimate() > FRAME_BUDGET || self.chance(1) {
+        if self.pressure {
+            if let Some(op) = self.pressure_op(model) {
+                return op;
+            }
+        }
+        if model.frames_estimate() > self.frame_budget(model) || self.chance(1) {
             let heaviest = model
                 .spaces
                 .iter()
@@ -201,6 +326,27 @@ impl Generator {
         let s = model.spaces.get(&space);
         let crowded = s.is_some_and(|s| s.regions.len() >= REGION_BUDGET);
 
+        if let Some(s) = s.filter(|_| self.chance(3)) {
+            if let Some(op) = self.protect_present(space, s) {
+                return op;
+            }
+        }
+        if self.chance(2) {
+            let (addr, size) = self.range(s);
+            return Op::Populate { space, addr, size };
+        }
+        if self.chance(4) {
+            let addr = self.touch_address(s);
+            return if self.chance(50) {
+                Op::KernelRead { space, addr }
+            } else {
+                Op::KernelWrite {
+                    space,
+                    addr,
+                    value: self.rng.next_u64(),
+                }
+            };
+        }
         match self.below(100) {
             0..=13 if !crowded => {
                 let (addr, size) = self.range(s);

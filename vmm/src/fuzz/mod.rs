@@ -158,6 +158,15 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
         }
     }
 
+    /// The same session, its model knowing the guest has `frames` frames to hand out (so an
+    /// OutOfMemory far from that is a finding).
+    pub fn with_frame_budget(mut self, frames: Option<usize>) -> Self {
+        if let Some(frames) = frames {
+            self.model = Model::with_frame_budget(frames);
+        }
+        self
+    }
+
     fn fail(&mut self, signature: Signature, description: String) {
         if self.failure.is_none() {
             self.failure = Some(Failure {
@@ -311,6 +320,7 @@ pub fn run_session(
     check: bool,
 ) -> Result<Run, VmmError> {
     let mut vm = Guest::boot(config)?;
+    let session = session.with_frame_budget(crate::boot_memory::available_frames(config));
     let mut driver = Checked::new(session);
     driver.stop_on_finding = true;
     let outcome = if check {

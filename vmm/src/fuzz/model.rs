@@ -46,9 +46,15 @@ impl SpaceModel {
         self.regions.range(base..=last).next().is_some()
     }
 
+    /// The pages touched so far in live regions (their frames are committed).
+    pub fn committed_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.committed.iter().copied()
+    }
+
     /// Guest frames this space holds, at most: committed pages plus page tables.
     pub fn frames_estimate(&self) -> usize {
-        1 + self.committed.len() + self.table_areas.len()
+        // The PML4 and the trampoline's PDPT, PD and PT, then what touches committed.
+        4 + self.committed.len() + self.table_areas.len()
     }
 
     /// Splits the regions that straddle either edge of `[base, last]`, so that every region
@@ -210,6 +216,11 @@ pub struct Mismatch {
 pub struct Model {
     pub spaces: BTreeMap<u32, SpaceModel>,
     next_id: u32,
+    /// Frames the guest can hand out after boot, when known: an OutOfMemory the model's
+    /// count of frames in use does not come close to is a finding (a leak, most likely).
+    frame_budget: Option<usize>,
+    /// OutOfMemory results accepted so far.
+    out_of_memory: u64,
 }
 
 impl Default for Model {
@@ -217,9 +228,16 @@ impl Default for Model {
         Model {
             spaces: BTreeMap::new(),
             next_id: 1,
+            frame_budget: None,
+            out_of_memory: 0,
         }
     }
 }
+
+/// How far below the budget the model's count may be when the guest runs out of frames: the
+/// count is an upper bound of what the spaces hold, but page tables a failed allocation left
+/// behind and the budget's own estimate of the kernel's share are not counted.
+const OUT_OF_MEMORY_SLACK: usize = 64;
 
 /// What the model predicts for an operation.
 enum Prediction {
@@ -277,6 +295,20 @@ fn value(v: u64) -> Prediction {
     }
 }
 
+/// Whether `op` may need a new frame (so an OutOfMemory result can be right).
+fn allocates_frames(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::CreateSpace
+            | Op::TouchRead { .. }
+            | Op::TouchWrite { .. }
+            | Op::TouchExec { .. }
+            | Op::KernelRead { .. }
+            | Op::KernelWrite { .. }
+            | Op::Populate { .. }
+    )
+}
+
 /// The fault a ring-3 access needing `need` takes at `at` in `s`, if it takes one.
 fn page_denies(s: &SpaceModel, at: u64, need: u32) -> Option<Prediction> {
     if at >= KERNEL_SPACE_BASE {
@@ -303,6 +335,24 @@ fn canonical(addr: u64) -> bool {
 }
 
 impl Model {
+    /// A model of a guest with `frames` frames to hand out after boot.
+    pub fn with_frame_budget(frames: usize) -> Self {
+        Model {
+            frame_budget: Some(frames),
+            ..Model::default()
+        }
+    }
+
+    /// How many OutOfMemory results the model has accepted.
+    pub fn out_of_memory_results(&self) -> u64 {
+        self.out_of_memory
+    }
+
+    /// The frames the guest has to hand out, when known.
+    pub fn frame_budget(&self) -> Option<usize> {
+        self.frame_budget
+    }
+
     /// Guest frames the spaces hold at most (committed pages plus page tables).
     pub fn frames_estimate(&self) -> usize {
         self.spaces.values().map(SpaceModel::frames_estimate).sum()
@@ -312,6 +362,23 @@ impl Model {
     /// placement where the model allows any valid one). Returns the disagreement, if any.
     pub fn apply(&mut self, op: &Op, got: &OpResult) -> Option<Mismatch> {
         let prediction = self.predict(op);
+        let would_succeed = matches!(
+            prediction,
+            Prediction::Exact {
+                status: Status::Ok,
+                ..
+            }
+        );
+        if got.status == Status::OutOfMemory && allocates_frames(op) && would_succeed {
+            let refused = self.out_of_memory(op);
+            if refused.is_none() {
+                self.out_of_memory += 1;
+            }
+            return refused.map(|expected| Mismatch {
+                expected,
+                got: *got,
+            });
+        }
         if let Some(expected) = self.verdict(&prediction, got) {
             return Some(Mismatch {
                 expected,
@@ -320,6 +387,23 @@ impl Model {
         }
         self.update(op, got);
         None
+    }
+
+    /// `None` when the guest may be out of frames for `op` now, else why the model thinks not.
+    fn out_of_memory(&self, op: &Op) -> Option<String> {
+        let budget = self.frame_budget?;
+        let wanted = match *op {
+            Op::Populate { space, addr, size } => self.spaces.get(&space).map_or(0, |s| {
+                let last = addr + (size - 1);
+                let committed = s.committed_pages().filter(|p| (addr..=last).contains(p));
+                (size / PAGE) as usize - committed.count()
+            }),
+            _ => 0,
+        };
+        let in_use = self.frames_estimate() + wanted;
+        (in_use + OUT_OF_MEMORY_SLACK < budget).then(|| {
+            format!("no OutOfMemory: the spaces hold at most {in_use} of the {budget} frames")
+        })
     }
 
     /// `None` when `got` is what `prediction` allows, else what was expected.
@@ -510,6 +594,20 @@ impl Model {
                 value: v,
             } => self.predict_touch(space, addr, WRITE, Some(v)),
             Op::TouchExec { space, addr } => self.predict_touch(space, addr, EXECUTE, None),
+            Op::KernelRead { space, addr } => self.predict_kernel_access(space, addr, READ, None),
+            Op::KernelWrite {
+                space,
+                addr,
+                value: v,
+            } => self.predict_kernel_access(space, addr, WRITE, Some(v)),
+            Op::Frames { space } => {
+                if space == KERNEL_SPACE || space_of(space).is_some() {
+                    ok()
+                } else {
+                    error(Status::NoSuchSpace)
+                }
+            }
+            Op::Populate { space, addr, size } => self.predict_populate(space, addr, size),
             Op::Snapshot { space } => {
                 if space == KERNEL_SPACE {
                     ok()
@@ -563,7 +661,67 @@ impl Model {
         }
     }
 
+    /// Populate: a valid range, covered by regions, each with USER and WRITE.
+    fn predict_populate(&self, space: u32, addr: u64, size: u64) -> Prediction {
+        let Some(s) = self.spaces.get(&space) else {
+            return error(Status::NoSuchSpace);
+        };
+        if let Err(e) = check_range(addr, size) {
+            return error(e);
+        }
+        let last = addr + (size - 1);
+        let mut next = addr;
+        let mut denied = None;
+        loop {
+            let Some((base, r)) = s.region_at(next) else {
+                return error(Status::NotMapped);
+            };
+            if denied.is_none() && r.access & (USER | WRITE) != USER | WRITE {
+                denied = Some(base.max(addr));
+            }
+            let end = base + r.size;
+            if end > last {
+                break;
+            }
+            next = end;
+        }
+        denied.map_or_else(ok, |at| fault(FaultKind::SegvAccess, at))
+    }
+
+    /// A kernel access to the u64 at `addr`: the range must be user memory, and each of its
+    /// pages in a region with USER and `need` (the access `access_process_vm` checks).
+    fn predict_kernel_access(
+        &self,
+        space: u32,
+        addr: u64,
+        need: u32,
+        write: Option<u64>,
+    ) -> Prediction {
+        let Some(s) = self.spaces.get(&space) else {
+            return error(Status::NoSuchSpace);
+        };
+        let in_user =
+            addr >= USER_SPACE_BASE && addr.checked_add(8).is_some_and(|e| e <= USER_SPACE_END);
+        if !in_user {
+            return fault(FaultKind::SegvAccess, addr);
+        }
+        let last = addr + 7;
+        let second = (last / PAGE != addr / PAGE).then_some(last & !(PAGE - 1));
+        for at in std::iter::once(addr).chain(second) {
+            let Some((_, region)) = s.region_at(at) else {
+                return fault(FaultKind::SegvNoRegion, at);
+            };
+            if region.access & USER == 0 || region.access & need == 0 {
+                return fault(FaultKind::SegvAccess, at);
+            }
+        }
+        value(write.unwrap_or_else(|| s.read_u64(addr)))
+    }
+
     fn update(&mut self, op: &Op, got: &OpResult) {
+        if got.status == Status::Faulted {
+            return self.commit_before_fault(op, got);
+        }
         if got.status != Status::Ok {
             return;
         }
@@ -624,13 +782,43 @@ impl Model {
                     s.commit_touched(addr, addr + 7);
                 }
             }
-            Op::TouchWrite { space, addr, value } => {
+            Op::TouchWrite { space, addr, value } | Op::KernelWrite { space, addr, value } => {
                 if let Some(s) = self.spaces.get_mut(&space) {
                     s.commit_touched(addr, addr + 7);
                     s.write_u64(addr, value);
                 }
             }
+            Op::KernelRead { space, addr } => {
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    s.commit_touched(addr, addr + 7);
+                }
+            }
+            Op::Frames { .. } => {}
+            Op::Populate { space, addr, size } => {
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    for page in (addr..=addr + (size - 1)).step_by(PAGE as usize) {
+                        s.commit(page);
+                    }
+                }
+            }
             Op::Snapshot { .. } => {}
+        }
+    }
+
+    /// An access that faulted on the second of its two pages made the first present first.
+    fn commit_before_fault(&mut self, op: &Op, got: &OpResult) {
+        let (Op::TouchRead { space, addr }
+        | Op::TouchWrite { space, addr, .. }
+        | Op::KernelRead { space, addr }
+        | Op::KernelWrite { space, addr, .. }) = *op
+        else {
+            return;
+        };
+        let second = (addr.wrapping_add(7)) & !(PAGE - 1);
+        if second != addr & !(PAGE - 1) && got.addr == second {
+            if let Some(s) = self.spaces.get_mut(&space) {
+                s.commit_touched(addr, addr);
+            }
         }
     }
 

@@ -100,6 +100,18 @@ fn with_space(op: Op, new: u32) -> Op {
         },
         Op::TouchExec { addr, .. } => Op::TouchExec { space: new, addr },
         Op::Snapshot { .. } => Op::Snapshot { space: new },
+        Op::Frames { .. } => Op::Frames { space: new },
+        Op::Populate { addr, size, .. } => Op::Populate {
+            space: new,
+            addr,
+            size,
+        },
+        Op::KernelRead { addr, .. } => Op::KernelRead { space: new, addr },
+        Op::KernelWrite { addr, value, .. } => Op::KernelWrite {
+            space: new,
+            addr,
+            value,
+        },
     }
 }
 
@@ -207,6 +219,11 @@ fn simpler(op: Op) -> Vec<Op> {
                 .into_iter()
                 .map(|size| Op::Unmap { space, addr, size }),
         ),
+        Op::Populate { space, addr, size } => out.extend(
+            sizes(size)
+                .into_iter()
+                .map(|size| Op::Populate { space, addr, size }),
+        ),
         Op::Protect {
             space,
             addr,
@@ -234,7 +251,20 @@ fn simpler(op: Op) -> Vec<Op> {
                 });
             }
         }
-        Op::CreateSpace | Op::DestroySpace { .. } | Op::Snapshot { .. } => {}
+        Op::KernelRead { space, addr } => {
+            out.extend(aligned(addr).map(|addr| Op::KernelRead { space, addr }))
+        }
+        Op::KernelWrite { space, addr, value } => {
+            out.extend(aligned(addr).map(|addr| Op::KernelWrite { space, addr, value }));
+            if value != 1 {
+                out.push(Op::KernelWrite {
+                    space,
+                    addr,
+                    value: 1,
+                });
+            }
+        }
+        Op::CreateSpace | Op::DestroySpace { .. } | Op::Snapshot { .. } | Op::Frames { .. } => {}
     }
     out
 }
@@ -314,6 +344,58 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
         }
     }
 
+    /// The end (exclusive, in `kept`) of the run of writes to consecutive pages of one space
+    /// that starts at `at`, with the run's space and first and last pages.
+    fn touch_run(&self, at: usize) -> Option<(usize, u32, u64, u64)> {
+        let page = |op: &Op| match *op {
+            Op::TouchWrite { space, addr, .. } => Some((space, addr & !(PAGE - 1))),
+            _ => None,
+        };
+        let (space, first) = page(&self.ops[self.kept[at]])?;
+        let mut last = first;
+        let mut end = at + 1;
+        while let Some((s, p)) = self.kept.get(end).and_then(|&i| page(&self.ops[i])) {
+            if s != space || p != last + PAGE {
+                break;
+            }
+            last = p;
+            end += 1;
+        }
+        Some((end, space, first, last))
+    }
+
+    /// Replaces each run of writes to consecutive pages (how memory pressure is built up) by
+    /// one populate of those pages, where the failure stays.
+    fn merge_touch_runs(&mut self) -> Result<(), VmmError> {
+        let mut at = 0;
+        while at < self.kept.len() && !self.exhausted {
+            let Some((end, space, first, last)) = self.touch_run(at) else {
+                at += 1;
+                continue;
+            };
+            if end - at >= 4 {
+                let mut ops = self.ops.clone();
+                let size = last - first + PAGE;
+                ops[self.kept[at]] = Op::Populate {
+                    space,
+                    addr: first,
+                    size,
+                };
+                let kept: Vec<usize> = self.kept[..=at]
+                    .iter()
+                    .chain(&self.kept[end..])
+                    .copied()
+                    .collect();
+                if self.try_candidate(&ops, &kept)? {
+                    at += 1;
+                    continue;
+                }
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
     /// Replaces kept operations by simpler ones that still fail.
     fn simplify(&mut self) -> Result<(), VmmError> {
         let mut at = 0;
@@ -364,6 +446,7 @@ pub fn shrink_with(
     loop {
         let before = (shrinker.kept.clone(), shrinker.ops.clone());
         shrinker.drop_spaces()?;
+        shrinker.merge_touch_runs()?;
         shrinker.drop_chunks(shrinker.kept.len().div_ceil(2).max(1))?;
         shrinker.simplify()?;
         if shrinker.exhausted || (shrinker.kept.clone(), shrinker.ops.clone()) == before {

@@ -77,6 +77,10 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::TouchWrite { .. } => "touch-write",
         Op::TouchExec { .. } => "touch-exec",
         Op::Snapshot { .. } => "snapshot",
+        Op::Frames { .. } => "frames",
+        Op::KernelRead { .. } => "kernel-read",
+        Op::KernelWrite { .. } => "kernel-write",
+        Op::Populate { .. } => "populate",
     }
 }
 
@@ -85,7 +89,9 @@ pub fn op_to_line(op: &Op) -> String {
     let name = op_name(op);
     match *op {
         Op::CreateSpace => name.into(),
-        Op::DestroySpace { space } | Op::Snapshot { space } => format!("{name} space={space}"),
+        Op::DestroySpace { space } | Op::Snapshot { space } | Op::Frames { space } => {
+            format!("{name} space={space}")
+        }
         Op::MapAnywhere {
             space,
             size,
@@ -110,13 +116,13 @@ pub fn op_to_line(op: &Op) -> String {
             size,
             access,
         } => format!("{name} space={space} addr={addr:#x} size={size:#x} access={access:#x}"),
-        Op::Unmap { space, addr, size } => {
+        Op::Unmap { space, addr, size } | Op::Populate { space, addr, size } => {
             format!("{name} space={space} addr={addr:#x} size={size:#x}")
         }
-        Op::TouchRead { space, addr } | Op::TouchExec { space, addr } => {
-            format!("{name} space={space} addr={addr:#x}")
-        }
-        Op::TouchWrite { space, addr, value } => {
+        Op::TouchRead { space, addr }
+        | Op::TouchExec { space, addr }
+        | Op::KernelRead { space, addr } => format!("{name} space={space} addr={addr:#x}"),
+        Op::TouchWrite { space, addr, value } | Op::KernelWrite { space, addr, value } => {
             format!("{name} space={space} addr={addr:#x} value={value:#x}")
         }
     }
@@ -229,6 +235,23 @@ pub fn op_from_line(text: &str) -> Result<Op, OpError> {
         },
         "snapshot" => Op::Snapshot {
             space: f.u32("space")?,
+        },
+        "frames" => Op::Frames {
+            space: f.u32("space")?,
+        },
+        "kernel-read" => Op::KernelRead {
+            space: f.u32("space")?,
+            addr: f.u64("addr")?,
+        },
+        "populate" => Op::Populate {
+            space: f.u32("space")?,
+            addr: f.u64("addr")?,
+            size: f.u64("size")?,
+        },
+        "kernel-write" => Op::KernelWrite {
+            space: f.u32("space")?,
+            addr: f.u64("addr")?,
+            value: f.u64("value")?,
         },
         other => return Err(OpError::UnknownOp(other.into())),
     };

@@ -8,7 +8,7 @@ pub mod machine;
 mod panic;
 
 use crate::boot_memory;
-use crate::driver::{Driver, SnapshotChunk};
+use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
 use crate::error::VmmError;
 use crate::serial::ConsoleSink;
 use crate::trace::TraceLog;
@@ -16,7 +16,9 @@ use crate::vm::VmConfig;
 use guest_mm::trace::Traced;
 use guest_mm::{MemoryManager, PhysicalFrame};
 use machine::SimMachine;
-use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status, MAX_BATCH, OP_RECORD_SIZE};
+use shared_mm::abi::{
+    Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH, OP_RECORD_SIZE,
+};
 use shared_mm::boot_info::GuestCommand;
 use std::io::Write;
 use vm_memory::GuestMemoryMmap;
@@ -126,8 +128,37 @@ impl SimVm {
         match Op::decode(&record) {
             None => Ok(OpResult::error(Status::BadOp)),
             Some(Op::Snapshot { space }) => self.snapshot(space, driver),
+            Some(Op::Frames { space }) => self.frames(space, driver),
             Some(op) => panic::catch(|| self.mm.execute(op)),
         }
+    }
+
+    /// Hands the frame report of `space` to `driver`: for the kernel the allocated bitmap
+    /// first, then the frames the space owns, one chunk each.
+    fn frames(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, VmmError> {
+        let Some(owned) = self.mm.owned_frames(space) else {
+            return Ok(OpResult::error(Status::NoSuchSpace));
+        };
+        let mut send = |part, words: &[u64]| {
+            let chunk = FramesChunk {
+                space,
+                part,
+                first: 0,
+                total: words.len() as u64,
+                words,
+            };
+            driver.frames(&self.mem, chunk).map_err(VmmError::Driver)
+        };
+        if space == KERNEL_SPACE {
+            let allocated: Vec<u64> = self.mm.allocated_frames().collect();
+            send(FramesPart::Allocated, &allocated)?;
+        }
+        let words: Vec<u64> = owned.iter().map(|r| r.to_word()).collect();
+        send(FramesPart::Owned, &words)?;
+        Ok(OpResult {
+            value: words.len() as u64,
+            ..OpResult::ok()
+        })
     }
 
     /// Hands the region tree of `space` to `driver` in one chunk.
