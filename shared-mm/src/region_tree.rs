@@ -16,6 +16,7 @@ mod gap_index;
 mod holes;
 mod invariants;
 mod random;
+mod seeded_bug;
 
 pub use error::{InvariantViolation, PlaceError, RegionTreeError};
 pub use random::{RandomSource, SplitMix64};
@@ -30,6 +31,7 @@ use crate::address::{VirtualAddress, VirtualRange, PAGE_SIZE};
 use crate::region::Region;
 use gap_index::GapIndex;
 use holes::{Hole, HolesBySize};
+use seeded_bug::OverlapBug;
 
 intrusive_adapter!(ByAddress<B> = Box<Region<B>>: Region<B> { address_link => RBTreeLink });
 
@@ -130,6 +132,7 @@ pub struct RegionTree<B> {
     /// First address above the last region (the total base when empty); `None` when the
     /// last region ends at 2^64. The tail hole is `tail_start..=total.last`, if non-empty.
     tail_start: Option<u64>,
+    overlap_bug: OverlapBug,
 }
 
 // SAFETY: a `RegionTree` exclusively owns every region it links: the address index owns
@@ -149,6 +152,7 @@ impl<B> RegionTree<B> {
             gaps: GapIndex::new(),
             len: 0,
             tail_start: Some(total_range.base().get()),
+            overlap_bug: OverlapBug::initial(),
         }
     }
 
@@ -278,6 +282,15 @@ impl<B> RegionTree<B> {
         self.regions.iter()
     }
 
+    /// Plants (`true`) or removes (`false`) the seeded `place_specifically` bug in this tree: an
+    /// overlap of one page with the left neighbour goes unnoticed. For an in-process simulator
+    /// that must switch the bug without recompiling; the `bug-overlap` feature turns it on in
+    /// every new tree. Only with the `seeded-bugs` feature.
+    #[cfg(feature = "seeded-bugs")]
+    pub fn set_seeded_overlap_bug(&mut self, on: bool) {
+        self.overlap_bug.set(on);
+    }
+
     fn commit(
         &mut self,
         region: Box<Region<B>>,
@@ -321,7 +334,9 @@ impl<B> RegionTree<B> {
             _ => self.tail_start = last.checked_add(1),
         }
         region.set_range(range);
-        region.gap_before.set(base - hole_base);
+        // Saturating: after a seeded overlap (see `seeded_bug`) the region gets no hole below
+        // it, rather than a wrapped-around one.
+        region.gap_before.set(base.saturating_sub(hole_base));
         // At the null position (no previous region) this inserts at the front.
         cursor.insert_after(region);
         cursor.move_next();
@@ -342,9 +357,9 @@ impl<B> RegionTree<B> {
             return Err(RegionTreeError::OutOfRange);
         }
         let previous = self.regions.upper_bound(Included(&base.get()));
-        // The `bug-overlap` feature seeds the off-by-one SerenityOS shipped: an overlap of
-        // one page with the left neighbour goes unnoticed (for the agreement-checker tests).
-        let missed = if cfg!(feature = "bug-overlap") {
+        // The seeded bug (see `seeded_bug`): an overlap of one page with the left neighbour
+        // goes unnoticed.
+        let missed = if self.overlap_bug.is_on() {
             PAGE_SIZE
         } else {
             0
