@@ -41,19 +41,25 @@ impl Summary {
                 room[i] = room[i].max(child.room[i].get());
             }
         }
-        self.count.set(count);
-        for i in 0..Class::COUNT {
-            self.marks[i].set(marks[i]);
-            self.room[i].set(room[i]);
-        }
+        self.set(count, &marks, &room);
     }
 
     /// Adds the holes of `other`, a disjoint subtree, to this summary.
     pub(super) fn absorb(&self, other: &Summary) {
-        self.count.set(self.count.get() + other.count.get());
+        // All loads before all stores: the two may alias as far as the compiler knows (they
+        // are `Cell`s), and this way the loops vectorize.
+        let marks: [u64; Class::COUNT] =
+            core::array::from_fn(|i| self.marks[i].get() + other.marks[i].get());
+        let room: [u64; Class::COUNT] =
+            core::array::from_fn(|i| self.room[i].get().max(other.room[i].get()));
+        self.set(self.count.get() + other.count.get(), &marks, &room);
+    }
+
+    fn set(&self, count: u64, marks: &[u64; Class::COUNT], room: &[u64; Class::COUNT]) {
+        self.count.set(count);
         for i in 0..Class::COUNT {
-            self.marks[i].set(self.marks[i].get() + other.marks[i].get());
-            self.room[i].set(self.room[i].get().max(other.room[i].get()));
+            self.marks[i].set(marks[i]);
+            self.room[i].set(room[i]);
         }
     }
 
@@ -71,7 +77,8 @@ impl Summary {
         for class in Class::all() {
             let i = class.index();
             self.marks[i].set(self.marks[i].get() - removed.marks[i].get());
-            if self.room[i].get() <= removed.room[i].get() {
+            let gone = removed.room[i].get();
+            if gone > 0 && self.room[i].get() <= gone {
                 let children = [left, right].into_iter().flatten();
                 let room = children.fold(hole.room(class), |max, c| max.max(c.room[i].get()));
                 self.room[i].set(room);
