@@ -9,10 +9,14 @@ extern crate std;
 
 pub mod abi;
 pub mod address;
+#[cfg(feature = "baseline")]
+pub mod bench_layouts;
 pub mod boot_info;
 #[cfg(feature = "baseline")]
 pub mod first_fit;
 pub mod pte;
 pub mod region;
 pub mod region_tree;
+#[cfg(feature = "baseline")]
+pub mod try_loop;
 pub mod wire;
