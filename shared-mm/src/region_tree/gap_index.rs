@@ -196,19 +196,25 @@ impl GapIndex {
     }
 
     /// Slots of a `size`-byte placement in `class` over all holes of at least `size` bytes.
+    ///
+    /// The smaller holes form a prefix in key order, so this takes their marks and count off
+    /// the root's: when every hole is large enough, the descent reads nothing off its path.
     pub(super) fn slots(&self, class: Class, size: u64) -> u64 {
-        let mut total = 0;
-        let mut at = self.root();
+        let Some(root) = self.root() else { return 0 };
+        let (mut marks, mut count) = (root.summary.marks(class), root.summary.count());
+        let mut at = Some(root);
         while let Some(node) = at {
             if node.size() >= size {
-                // The right subtree holds larger keys, so only holes of at least `size` bytes.
-                total += own_slots(node, class, size) + slots_of(node.right(), class, size);
                 at = node.left();
-            } else {
-                at = node.right();
+                continue;
             }
+            // The node and its left subtree hold only holes smaller than `size`.
+            let left = summary(node.left());
+            marks -= node.hole().marks(class) + left.map_or(0, |left| left.marks(class));
+            count -= 1 + left.map_or(0, Summary::count);
+            at = node.right();
         }
-        total
+        marks - count * class.units(size)
     }
 
     /// Slot number `k` (`k < self.slots(class, size)`) of a `size`-byte placement: its hole

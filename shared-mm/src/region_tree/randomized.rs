@@ -39,15 +39,27 @@ pub(super) fn uniform(
     }
     let slots = space.slots(class, size);
     let mut scan = space.fitting(size, alignment);
+    // The first hole the scan found: its lowest start and number of starts.
+    let mut first = None;
     let mut counted = 0;
     loop {
         if let Some(start) = draw_slot(space, class, size, alignment, uniform_below(rng, slots)) {
             return Some(start);
         }
         match scan.next() {
-            // Holes are disjoint and starts at least a page apart: no overflow.
-            Some((_, _, count)) => counted += count,
-            None => return nth_start(space, size, alignment, uniform_below(rng, counted)),
+            Some((_, start, count)) => {
+                first.get_or_insert((start, count));
+                // Holes are disjoint and starts at least a page apart: no overflow.
+                counted += count;
+            }
+            None => {
+                let k = uniform_below(rng, counted);
+                return match first {
+                    // Often the only hole (many near misses, few fits): no second scan.
+                    Some((start, count)) if k < count => Some(start + k * alignment),
+                    _ => nth_start(space, size, alignment, k),
+                };
+            }
         }
     }
 }

@@ -91,6 +91,11 @@ impl Summary {
         self.count.get()
     }
 
+    /// The sum of the holes' marks in the class.
+    pub(super) fn marks(&self, class: Class) -> u64 {
+        self.marks[class.index()].get()
+    }
+
     /// Slots of a `size`-byte placement in the class over the subtree's holes, each of which
     /// must hold at least `size` bytes (then each contributes `marks - units(size) >= 0`).
     pub(super) fn slots(&self, class: Class, size: u64) -> u64 {
