@@ -18,7 +18,7 @@ use super::random::{uniform_below, RandomSource};
 /// first draw is taken.
 ///
 /// Otherwise a draw may be rejected. Interleaved with the draws, a scan walks the holes that
-/// fit, one per round, counting their starts; if it ends first, the start is picked by rank
+/// fit (two after the first rejected draw, then one per draw), counting their starts; if it ends first, the start is picked by rank
 /// among the starts it counted, again uniformly. The scan needs no randomness, so mixing the
 /// two keeps the result uniform, and the loop ends even if the source always rejects.
 pub(super) fn uniform(
@@ -42,24 +42,27 @@ pub(super) fn uniform(
     // The first hole the scan found: its lowest start and number of starts.
     let mut first = None;
     let mut counted = 0;
+    // Holes the scan visits after the next rejected draw.
+    let mut steps = 2;
     loop {
         if let Some(start) = draw_slot(space, class, size, alignment, uniform_below(rng, slots)) {
             return Some(start);
         }
-        match scan.next() {
-            Some((_, start, count)) => {
-                first.get_or_insert((start, count));
-                // Holes are disjoint and starts at least a page apart: no overflow.
-                counted += count;
-            }
-            None => {
+        // Two holes after the first rejected draw, so that with one hole that fits among many
+        // near misses the scan ends without a second draw; then one per draw. The schedule
+        // depends on no random value.
+        for _ in 0..core::mem::replace(&mut steps, 1) {
+            let Some((_, start, count)) = scan.next() else {
                 let k = uniform_below(rng, counted);
                 return match first {
                     // Often the only hole (many near misses, few fits): no second scan.
                     Some((start, count)) if k < count => Some(start + k * alignment),
                     _ => nth_start(space, size, alignment, k),
                 };
-            }
+            };
+            first.get_or_insert((start, count));
+            // Holes are disjoint and starts at least a page apart: no overflow.
+            counted += count;
         }
     }
 }
