@@ -1,4 +1,4 @@
-//! Benchmark layouts (feature `baseline`): the nearly full and the adversarial trees the randomized and aligned placement rows measure.
+//! Benchmark layouts (feature `baseline`): the sparse, nearly full and adversarial trees of the placement rows.
 
 use alloc::vec::Vec;
 

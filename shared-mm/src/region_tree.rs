@@ -231,8 +231,9 @@ impl<B> RegionTree<B> {
     /// one slot; a hole may have one more slot that runs past its end, and a draw that lands
     /// there is rejected. With page alignment, or a size that is a multiple of the
     /// alignment, there is no such slot and the first draw is taken: O(log n). Otherwise a
-    /// scan of the holes that fit runs beside the draws, one hole per rejected draw; if it
-    /// ends first, the position is picked by rank among the ones it counted. The result is
+    /// scan of the holes that fit runs beside the draws (two holes after the first rejected
+    /// draw, then one per draw); if it ends first, the position is picked by rank among the
+    /// ones it counted. The result is
     /// uniform either way (the scan uses no randomness), the loop ends for any `rng`, and
     /// each position's probability is within a relative `2^-74` of `1 / count`. See the
     /// complexity on [`RegionTree`], and `randomized.rs` for the argument.

@@ -1,5 +1,4 @@
-//! The `place_randomized` draw: uniform over every valid aligned start, from slots counted in
-//! the gap index's summaries.
+//! The `place_randomized` draw: uniform over every valid aligned start, from counted slots.
 
 use super::best_fit::best_fit;
 use super::free_space::FreeSpace;

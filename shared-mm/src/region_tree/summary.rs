@@ -1,5 +1,4 @@
-//! Per-subtree summaries of the gap index: hole count, and per alignment class the aligned
-//! marks (for counting slots) and the largest aligned room (for finding a fit).
+//! Per-subtree summaries of the gap index: hole count, and aligned marks and room per class.
 
 use core::cell::Cell;
 
