@@ -9,6 +9,8 @@ extern crate std;
 
 pub mod abi;
 pub mod address;
+#[cfg(feature = "baseline")]
+pub mod bench_layouts;
 pub mod boot_info;
 #[cfg(feature = "baseline")]
 pub mod first_fit;
@@ -16,4 +18,6 @@ pub mod pte;
 pub mod region;
 pub mod region_tree;
 pub mod trace;
+#[cfg(feature = "baseline")]
+pub mod try_loop;
 pub mod wire;

@@ -7,6 +7,7 @@ use core::ops::{BitAnd, BitOr, BitOrAssign};
 use intrusive_collections::RBTreeLink;
 
 use crate::address::{VirtualAddress, VirtualRange};
+use crate::region_tree::GapNode;
 
 /// What a region allows: a small bit set of [`Access::READ`], [`Access::WRITE`],
 /// [`Access::EXECUTE`] and [`Access::USER`].
@@ -141,10 +142,9 @@ pub struct Region<B> {
     /// Link in the tree's address index (keyed by the range's base).
     pub(crate) address_link: RBTreeLink,
     range: Cell<Option<VirtualRange>>,
-    /// Size of the free hole immediately below this region; maintained by the tree.
-    pub(crate) gap_before: Cell<u64>,
-    /// Link in the tree's gap index (linked iff `gap_before > 0`).
-    pub(crate) gap_link: RBTreeLink,
+    /// The free hole immediately below this region and its node in the tree's gap index
+    /// (linked iff the hole is non-empty); maintained by the tree.
+    pub(crate) gap: GapNode,
     access: Cell<Access>,
     name: &'static str,
     backing: Option<B>,
@@ -155,8 +155,7 @@ impl<B> Region<B> {
     pub fn new(name: &'static str, access: Access, backing: Option<B>) -> Self {
         Self {
             address_link: RBTreeLink::new(),
-            gap_link: RBTreeLink::new(),
-            gap_before: Cell::new(0),
+            gap: GapNode::new(),
             range: Cell::new(None),
             access: Cell::new(access),
             name,

@@ -1,23 +1,33 @@
 //! RegionTree: the placed Regions of one address space, with an O(log n) index of free holes.
 //!
-//! Two intrusive red-black trees share the same heap-allocated [`Region`]s:
+//! Two intrusive trees share the same heap-allocated [`Region`]s:
 //!
-//! - the *address index* owns every region (`Box<Region<B>>`), keyed by base address;
-//! - the *gap index* (module `gap_index`) holds, for each region with a free hole immediately
-//!   below it, a non-owning reference keyed by `(hole size, hole base)`. Each region owns
-//!   the hole before it; the hole after the last region (the *tail*) is tracked by the
-//!   tree itself.
+//! - the *address index*, an `intrusive-collections` red-black tree, owns every region
+//!   (`Box<Region<B>>`), keyed by base address;
+//! - the *gap index* (module `gap_index`), an AVL tree of our own, links for each region with
+//!   a free hole immediately below it a node inside the region, keyed by `(hole size, hole
+//!   base)`. Each region owns the hole before it; the hole after the last region (the *tail*)
+//!   is tracked by the tree itself. Every subtree carries a summary (module `summary`) for 19
+//!   alignment classes, 4 KiB to 1 GiB: the number of holes, how many aligned addresses they
+//!   span ("marks", from which the slots of a placement are counted) and the largest aligned
+//!   room.
 //!
 //! No operation allocates: the caller allocates the `Box<Region<B>>`, and removal hands
 //! it back.
 
+mod best_fit;
 mod error;
+mod free_space;
 mod gap_index;
 mod holes;
 mod invariants;
 mod random;
+mod randomized;
+mod seeded_bug;
+mod summary;
 
 pub use error::{InvariantViolation, PlaceError, RegionTreeError};
+pub(crate) use gap_index::GapNode;
 pub use random::{RandomSource, SplitMix64};
 
 use alloc::boxed::Box;
@@ -28,8 +38,10 @@ use intrusive_collections::{intrusive_adapter, KeyAdapter, RBTree, RBTreeLink};
 
 use crate::address::{VirtualAddress, VirtualRange, PAGE_SIZE};
 use crate::region::Region;
+use free_space::FreeSpace;
 use gap_index::GapIndex;
-use holes::{Hole, HolesBySize};
+use holes::Hole;
+use seeded_bug::OverlapBug;
 
 intrusive_adapter!(ByAddress<B> = Box<Region<B>>: Region<B> { address_link => RBTreeLink });
 
@@ -59,7 +71,7 @@ impl<'a, B> KeyAdapter<'a> for ByAddress<B> {
 ///
 /// # Complexity
 ///
-/// With `n` regions (both indexes are red-black trees, so every descent is O(log n)):
+/// With `n` regions (both indexes are balanced trees, so every descent is O(log n)):
 ///
 /// - O(1): [`len`](Self::len), [`is_empty`](Self::is_empty),
 ///   [`total_range`](Self::total_range).
@@ -67,15 +79,19 @@ impl<'a, B> KeyAdapter<'a> for ByAddress<B> {
 ///   [`remove`](Self::remove), [`find_region_containing`](Self::find_region_containing),
 ///   and reaching the first region of
 ///   [`find_regions_intersecting`](Self::find_regions_intersecting) (then amortized O(1)
-///   per region yielded).
-/// - [`place_anywhere`](Self::place_anywhere): O(log n) when `alignment` is `PAGE_SIZE`
-///   (success or failure), and whenever some hole has at least
-///   `size + alignment - PAGE_SIZE` bytes (step 1). Otherwise step 2 visits holes of
-///   `size..roomy` bytes in size order until one fits: O(log n + k) for `k` holes
-///   visited, O(n) in the worst case (many holes that are large enough but cannot hold
-///   an aligned placement).
-/// - [`place_randomized`](Self::place_randomized): O(log n + h), `h` being the number of
-///   holes of at least `size` bytes.
+///   per region yielded). A placement or removal that changes a hole also updates the 19
+///   class summaries on one gap-index path: O(19 log n) word operations.
+/// - [`place_anywhere`](Self::place_anywhere): O(log n), success or failure, for every
+///   alignment up to 1 GiB: step 2 follows the largest aligned room per subtree, so a hole
+///   that cannot hold an aligned start is never visited. Above 1 GiB the room is known only
+///   at 1 GiB: O(log n (1 + k)) for `k` holes that fit at 1 GiB but not at `alignment`
+///   (each holds a distinct odd multiple of 1 GiB, so `k < total size / 1 GiB`).
+/// - [`place_randomized`](Self::place_randomized): O(log n) with page alignment, or a size
+///   that is a multiple of the alignment. Otherwise O(log n) per round, and the expected
+///   number of rounds is at most `min(1 + x / v, f + 1) <= 1 + sqrt(x)`: `v` valid
+///   positions in `f` holes, and `x` holes of at least `size` bytes that end less than
+///   `size % alignment` bytes past an aligned address (each adds one slot that is never
+///   valid). Failure is O(1) up to 1 GiB, as for `place_anywhere` above.
 /// - [`check_invariants`](Self::check_invariants): O(n log n).
 ///
 /// No operation allocates.
@@ -125,14 +141,12 @@ impl<'a, B> KeyAdapter<'a> for ByAddress<B> {
 pub struct RegionTree<B> {
     total: VirtualRange,
     regions: RBTree<ByAddress<B>>,
-    gaps: GapIndex<B>,
+    gaps: GapIndex,
     len: usize,
     /// First address above the last region (the total base when empty); `None` when the
     /// last region ends at 2^64. The tail hole is `tail_start..=total.last`, if non-empty.
     tail_start: Option<u64>,
-    /// The seeded `bug-overlap`, switched at run time (see [`RegionTree::set_seeded_overlap_bug`]).
-    #[cfg(feature = "seeded-bugs")]
-    overlap_bug: bool,
+    overlap_bug: OverlapBug,
 }
 
 // SAFETY: a `RegionTree` exclusively owns every region it links: the address index owns
@@ -152,25 +166,8 @@ impl<B> RegionTree<B> {
             gaps: GapIndex::new(),
             len: 0,
             tail_start: Some(total_range.base().get()),
-            #[cfg(feature = "seeded-bugs")]
-            overlap_bug: cfg!(feature = "bug-overlap"),
+            overlap_bug: OverlapBug::initial(),
         }
-    }
-
-    /// Plants (or removes) the seeded `bug-overlap` in this tree: `place_specifically` then
-    /// misses an overlap of one page with the left neighbour. For hosts that test an MM
-    /// checker without rebuilding; never call it otherwise.
-    #[cfg(feature = "seeded-bugs")]
-    pub fn set_seeded_overlap_bug(&mut self, on: bool) {
-        self.overlap_bug = on;
-    }
-
-    /// Whether the seeded `bug-overlap` is planted.
-    fn overlap_bug(&self) -> bool {
-        #[cfg(feature = "seeded-bugs")]
-        return self.overlap_bug;
-        #[cfg(not(feature = "seeded-bugs"))]
-        cfg!(feature = "bug-overlap")
     }
 
     /// The range all regions must lie in.
@@ -228,11 +225,21 @@ impl<B> RegionTree<B> {
     /// Places `region` at a position drawn uniformly from *all* valid `alignment`-aligned
     /// positions in all holes (for ASLR).
     ///
-    /// Exactly two values are drawn from `rng` on success and none on failure, so the time
-    /// is bounded: O(log n + h) for `h` holes of at least `size` bytes. The index of the
-    /// position is `floor(r * count / 2^128)` for a 128-bit draw `r`: no retry loop, and
-    /// each of the `count <= 2^52` positions has probability within a relative `2^-76` of
-    /// `1 / count` (exact uniformity would need an unbounded rejection loop).
+    /// It fails exactly when [`place_anywhere`](Self::place_anywhere) would, and then draws
+    /// nothing from `rng`. Otherwise it draws a slot, two values from `rng` for each draw
+    /// (a 128-bit `r`, index `floor(r * slots / 2^128)`). Every valid position has exactly
+    /// one slot; a hole may have one more slot that runs past its end, and a draw that lands
+    /// there is rejected. With page alignment, or a size that is a multiple of the
+    /// alignment, there is no such slot and the first draw is taken: O(log n). Otherwise a
+    /// scan of the holes that fit runs beside the draws (two holes after the first rejected
+    /// draw, then one per draw); if it ends first, the position is picked by rank among the
+    /// ones it counted. The result is
+    /// uniform either way (the scan uses no randomness), the loop ends for any `rng`, and
+    /// each position's probability is within a relative `2^-74` of `1 / count`. See the
+    /// complexity on [`RegionTree`], and `randomized.rs` for the argument.
+    ///
+    /// The positions returned for a seed are deterministic for a given tree, but are not
+    /// those of earlier versions of this crate.
     ///
     /// Errors as for [`place_anywhere`](Self::place_anywhere).
     pub fn place_randomized(
@@ -252,20 +259,19 @@ impl<B> RegionTree<B> {
     pub fn remove(&mut self, base: VirtualAddress) -> Option<Box<Region<B>>> {
         let mut cursor = self.regions.find_mut(&base.get());
         let region = cursor.get()?;
-        let hole_base = base.get() - region.gap_before.get();
-        self.gaps.unlink(region);
+        let hole_base = base.get() - region.gap.size();
+        self.gaps.unlink(&region.gap);
         // The next region (or the tail) inherits the hole below the removed one.
         let next = cursor.peek_next();
-        match (next.get(), next.get_ptr()) {
-            (Some(next_region), Some(next_ptr)) => {
-                self.gaps.unlink(next_region);
-                next_region.gap_before.set(next_region.span().0 - hole_base);
-                // SAFETY: `next_ptr` points to a region owned by `self.regions`; it is
-                // unlinked from the gap index before it leaves `self.regions` (here in
-                // `remove`) or is dropped with it (`Drop` empties the gap index first).
-                unsafe { self.gaps.link(next_ptr) };
+        match next.get() {
+            Some(next_region) => {
+                let size = next_region.span().0 - hole_base;
+                // SAFETY: `next_region` is owned by `self.regions`; its node is unlinked
+                // before it leaves `self.regions` (here in `remove`), or forgotten before
+                // `self.regions` drops it (`Drop`).
+                unsafe { self.gaps.set_hole(&next_region.gap, hole_base, size) };
             }
-            _ => self.tail_start = Some(hole_base),
+            None => self.tail_start = Some(hole_base),
         }
         let removed = cursor.remove()?;
         self.len -= 1;
@@ -299,6 +305,15 @@ impl<B> RegionTree<B> {
         self.regions.iter()
     }
 
+    /// Plants (`true`) or removes (`false`) the seeded `place_specifically` bug in this tree: an
+    /// overlap of one page with the left neighbour goes unnoticed. For an in-process simulator
+    /// that must switch the bug without recompiling; the `bug-overlap` feature turns it on in
+    /// every new tree. Only with the `seeded-bugs` feature.
+    #[cfg(feature = "seeded-bugs")]
+    pub fn set_seeded_overlap_bug(&mut self, on: bool) {
+        self.overlap_bug.set(on);
+    }
+
     fn commit(
         &mut self,
         region: Box<Region<B>>,
@@ -314,8 +329,8 @@ impl<B> RegionTree<B> {
     }
 
     /// Inserts `region` at `range`, which must lie inside a hole of the total range: one
-    /// descent to the previous region, then O(1) amortized work, plus two gap-index
-    /// updates when the next region's hole shrinks.
+    /// descent to the previous region, then O(1) amortized work, plus gap-index updates for
+    /// the holes below `region` and below the next region.
     fn link(&mut self, region: Box<Region<B>>, range: VirtualRange) {
         let (base, last) = (range.base().get(), range.last().get());
         // In the tail hole the previous region is the last one: following right links is
@@ -329,28 +344,23 @@ impl<B> RegionTree<B> {
             .get()
             .map_or(self.total.base().get(), |previous| previous.span().1 + 1);
         // The next region (or the tail) keeps only the part of the hole above `range`.
-        let next = cursor.peek_next();
-        match (next.get(), next.get_ptr()) {
-            (Some(next_region), Some(next_ptr)) => {
-                self.gaps.unlink(next_region);
-                next_region
-                    .gap_before
-                    .set(next_region.span().0 - (last + 1));
-                // SAFETY: as in `remove`: `next_ptr` is owned by `self.regions`.
-                unsafe { self.gaps.link(next_ptr) };
-            }
-            _ => self.tail_start = last.checked_add(1),
+        if let Some(next_region) = cursor.peek_next().get() {
+            let size = next_region.span().0 - (last + 1);
+            // SAFETY: as in `remove`: `next_region` is owned by `self.regions`.
+            unsafe { self.gaps.set_hole(&next_region.gap, last + 1, size) };
+        } else {
+            self.tail_start = last.checked_add(1);
         }
         region.set_range(range);
-        // Wraps only when the seeded `bug-overlap` let an overlap through: then the hole is
-        // garbage, as it is in a release build, and must not panic in a debug one.
-        region.gap_before.set(base.wrapping_sub(hole_base));
         // At the null position (no previous region) this inserts at the front.
         cursor.insert_after(region);
         cursor.move_next();
-        if let Some(ptr) = cursor.get_ptr() {
-            // SAFETY: `ptr` was just inserted into (and is owned by) `self.regions`.
-            unsafe { self.gaps.link(ptr) };
+        if let Some(placed) = cursor.get() {
+            // Saturating: after a seeded overlap (see `seeded_bug`) the region gets no hole
+            // below it, rather than a wrapped-around one.
+            let size = base.saturating_sub(hole_base);
+            // SAFETY: as in `remove`: `placed` was just inserted into `self.regions`.
+            unsafe { self.gaps.set_hole(&placed.gap, hole_base, size) };
         }
         self.len += 1;
     }
@@ -365,9 +375,13 @@ impl<B> RegionTree<B> {
             return Err(RegionTreeError::OutOfRange);
         }
         let previous = self.regions.upper_bound(Included(&base.get()));
-        // The `bug-overlap` feature seeds the off-by-one SerenityOS shipped: an overlap of
-        // one page with the left neighbour goes unnoticed (for the agreement-checker tests).
-        let missed = if self.overlap_bug() { PAGE_SIZE } else { 0 };
+        // The seeded bug (see `seeded_bug`): an overlap of one page with the left neighbour
+        // goes unnoticed.
+        let missed = if self.overlap_bug.is_on() {
+            PAGE_SIZE
+        } else {
+            0
+        };
         if previous
             .get()
             .is_some_and(|r| r.span().1 >= base.get().saturating_add(missed))
@@ -384,19 +398,8 @@ impl<B> RegionTree<B> {
 
     fn find_anywhere(&self, size: u64, alignment: u64) -> Result<VirtualRange, RegionTreeError> {
         check_request(size, alignment)?;
-        // Every hole of `roomy` bytes fits; `None` when no hole can be that large.
-        let roomy = size.checked_add(alignment - PAGE_SIZE);
-        let best_roomy = roomy.and_then(|roomy| self.holes_by_size(roomy).next());
-        let start = match best_roomy {
-            Some(hole) => hole.first_fit(size, alignment),
-            None => self
-                .holes_by_size(size)
-                .take_while(|hole| roomy.is_none_or(|roomy| hole.size() < roomy))
-                .find_map(|hole| hole.first_fit(size, alignment)),
-        };
-        start
-            .map(|start| VirtualRange::from_base_last(start, start + (size - 1)))
-            .ok_or(RegionTreeError::NoSpace)
+        let start = best_fit::best_fit(&self.free_space(), size, alignment);
+        Ok(placed_at(start.ok_or(RegionTreeError::NoSpace)?, size))
     }
 
     fn find_randomized(
@@ -406,34 +409,13 @@ impl<B> RegionTree<B> {
         rng: &mut impl RandomSource,
     ) -> Result<VirtualRange, RegionTreeError> {
         check_request(size, alignment)?;
-        // Holes are disjoint and positions are >= PAGE_SIZE apart, so the count is at most
-        // 2^52 and the sum cannot overflow.
-        let count: u64 = self
-            .holes_by_size(size)
-            .filter_map(|hole| hole.placements(size, alignment))
-            .map(|(_, n)| n)
-            .sum();
-        if count == 0 {
-            return Err(RegionTreeError::NoSpace);
-        }
-        let mut index = random::uniform_below(rng, count);
-        for (first, n) in self
-            .holes_by_size(size)
-            .filter_map(|hole| hole.placements(size, alignment))
-        {
-            if index < n {
-                let start = first + index * alignment;
-                return Ok(VirtualRange::from_base_last(start, start + (size - 1)));
-            }
-            index -= n;
-        }
-        Err(RegionTreeError::NoSpace)
+        let start = randomized::uniform(&self.free_space(), size, alignment, rng);
+        Ok(placed_at(start.ok_or(RegionTreeError::NoSpace)?, size))
     }
 
-    /// Holes of at least `min_size` bytes in `(size, base)` order.
-    fn holes_by_size(&self, min_size: u64) -> HolesBySize<'_, B> {
-        let tail = self.tail_hole().filter(|hole| hole.size() >= min_size);
-        HolesBySize::new(self.gaps.at_least(min_size), tail)
+    /// Every free hole: the gap index and the tail.
+    fn free_space(&self) -> FreeSpace<'_> {
+        FreeSpace::new(&self.gaps, self.tail_hole())
     }
 
     /// The hole between the last region and the end of the total range.
@@ -443,6 +425,11 @@ impl<B> RegionTree<B> {
             .filter(|&start| start <= total_last)
             .map(|start| Hole::new(start, total_last))
     }
+}
+
+/// The range of `size` bytes at `start`, which a hole holds.
+fn placed_at(start: u64, size: u64) -> VirtualRange {
+    VirtualRange::from_base_last(start, start + (size - 1))
 }
 
 /// Validates a `place_anywhere`/`place_randomized` request.

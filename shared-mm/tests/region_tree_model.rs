@@ -3,6 +3,8 @@
 //! The reference is a `BTreeMap` of `base -> (last, id)` with brute-force scans. After
 //! every step the tree must pass `check_invariants` and hold exactly the model's regions,
 //! and every answer (error kind, placed address, lookups) must match the model.
+//! `check_invariants` also recomputes every gap-index summary, height and balance, so each
+//! step checks the augmented index as well.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +22,18 @@ fn total_range() -> impl Strategy<Value = (u64, u64)> {
         Just((0, 48 * PAGE_SIZE)),
         Just((0u64.wrapping_sub(64 * PAGE_SIZE), 64 * PAGE_SIZE)),
         Just((GIB - 128 * PAGE_SIZE, 512 * PAGE_SIZE)),
+    ]
+}
+
+/// Ops that mostly place small regions, so the gap index grows deep enough for its
+/// rotations and summaries to be exercised on every path (checked after every step).
+fn filling_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u64..=3, alignment()).prop_map(|(pages, alignment)| Op::Anywhere { size: pages * PAGE_SIZE, alignment }),
+        3 => ((-4i64..520, Just(0u64)), 1u64..=2).prop_map(|(offset, pages)| Op::Specifically { offset, size: pages * PAGE_SIZE }),
+        3 => (1u64..=3, alignment(), any::<u64>())
+            .prop_map(|(pages, alignment, seed)| Op::Randomized { size: pages * PAGE_SIZE, alignment, seed }),
+        2 => any::<usize>().prop_map(|pick| Op::RemoveExisting { pick }),
     ]
 }
 
@@ -363,5 +377,14 @@ proptest! {
     #[test]
     fn region_tree_matches_model(total in total_range(), ops in prop::collection::vec(op(), 100..400)) {
         run(total, ops)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn region_tree_matches_model_with_many_holes(ops in prop::collection::vec(filling_op(), 200..400)) {
+        run((GIB - 128 * PAGE_SIZE, 512 * PAGE_SIZE), ops)?;
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p vmm --bench system` (or `bash scripts/bench.sh`). Every figure is host wall
 //! time from `std::time::Instant`; each is the median of several samples. The targets are goals:
-//! the table says which were met, and the bench exits 0 either way.
+//! the table says which were met, and the bench exits 0 either way. With
+//! `SYSTEM_BENCH_ONLY=region_tree` only the RegionTree rows run (they need no KVM).
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -16,10 +17,13 @@ use shared_mm::abi::{
     Hypercall, MailboxHeader, Op, OpResult, SpaceRecord, Status, HEADER_SIZE, MAX_BATCH,
 };
 use shared_mm::address::PAGE_SIZE;
+use shared_mm::bench_layouts::{self, Layout, ADVERSARIAL_ALIGNMENT, ADVERSARIAL_SIZE};
 use shared_mm::boot_info::{GuestCommand, MAILBOX_ADDR};
-use shared_mm::first_fit::{SteadyState, REQUEST};
+use shared_mm::first_fit::{shuffled_tree, SteadyState, REQUEST};
 use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_1G};
 use shared_mm::region::{Access, Region};
+use shared_mm::region_tree::{RegionTree, SplitMix64};
+use shared_mm::try_loop::place_by_tries;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::Checked;
 use vmm::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
@@ -60,7 +64,9 @@ struct Row {
     goal: Goal,
 }
 
-const RATIO_LEGEND: &str = "ratio: RegionTree rows, first fit's time / RegionTree's (speed-up); \
+const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / RegionTree's (speed-up; \
+     the baseline is first fit, the try loop, place_anywhere in the same tree, or the same call \
+     in a sparse tree of the same size, as the row says); \
      Ping row, Ping / raw exit; checker row, ops/s without / with the checker (slow-down); \
      trace row, ops/s with the flush trace off / on; sim fuzz rows, sim ops/s / kvm ops/s; \
      seeded-bug rows, shrinking time / time to find.";
@@ -246,6 +252,162 @@ fn region_tree(rows: &mut Vec<Row>) {
     rows.push(
         Row::new("RegionTree growth 1k → 100k regions", growth, "×").goal(Goal::ValueAtMost(3.0)),
     );
+}
+
+type BenchTree = RegionTree<()>;
+
+fn bench_tree(layout: &Layout) -> BenchTree {
+    shuffled_tree(layout.total, &layout.ranges, bench_region).expect("the layout fits")
+}
+
+/// Nanoseconds of `place_randomized` + `remove` and of the try loop + `remove`, 4 pages.
+fn randomized_ns(tree: &mut BenchTree, alignment: u64) -> (f64, f64) {
+    let mut rng = SplitMix64::new(0x5eed);
+    let mut spare = Some(bench_region());
+    let ours = ns_per_op(|| {
+        let region = spare.take().expect("the spare region is back");
+        let placed = tree
+            .place_randomized(region, black_box(REQUEST), alignment, &mut rng)
+            .expect("a position exists");
+        spare = tree.remove(placed.base());
+    });
+    let tries = ns_per_op(|| {
+        let region = spare.take().expect("the spare region is back");
+        let placement = place_by_tries(tree, region, black_box(REQUEST), alignment, &mut rng);
+        spare = tree.remove(placement.result.expect("a position exists").base());
+    });
+    (ours, tries)
+}
+
+/// `place_randomized` against the SerenityOS-style try loop, in the issue's sparse space and
+/// a nearly full one, and against `place_anywhere` in the same sparse tree.
+fn region_tree_randomized(rows: &mut Vec<Row>) {
+    let mut sparse_ns = Vec::new();
+    for n in [1_000, 10_000, 100_000] {
+        eprintln!("bench: RegionTree place_randomized vs try loop, {n} regions");
+        let mut sparse = bench_tree(&bench_layouts::sparse(n).expect("sparse layout"));
+        let mut nearly_full =
+            bench_tree(&bench_layouts::nearly_full(n).expect("nearly full layout"));
+        for (align_name, alignment) in [("4 KiB", PAGE_SIZE), ("2 MiB", 2 << 20)] {
+            let (ours, tries) = randomized_ns(&mut sparse, alignment);
+            let goal = if n == 100_000 {
+                Goal::RatioAtLeast(1.0)
+            } else {
+                Goal::None
+            };
+            let name = format!(
+                "RegionTree place_randomized+remove, sparse, {align_name}, {}k vs try loop",
+                n / 1000
+            );
+            rows.push(
+                Row::new(name, ours, "ns/op")
+                    .against(tries, tries / ours)
+                    .goal(goal),
+            );
+            if alignment == PAGE_SIZE {
+                sparse_ns.push(ours);
+                anywhere_row(rows, &mut sparse, n, ours);
+            }
+            let (ours, tries) = randomized_ns(&mut nearly_full, alignment);
+            let name = format!(
+                "RegionTree place_randomized+remove, nearly full, {align_name}, {}k vs try loop",
+                n / 1000
+            );
+            rows.push(
+                Row::new(name, ours, "ns/op")
+                    .against(tries, tries / ours)
+                    .goal(Goal::RatioAtLeast(10.0)),
+            );
+        }
+    }
+    let growth = sparse_ns[2] / sparse_ns[0];
+    rows.push(
+        Row::new(
+            "RegionTree place_randomized growth 1k → 100k regions, sparse",
+            growth,
+            "×",
+        )
+        .goal(Goal::ValueAtMost(3.0)),
+    );
+}
+
+/// `place_randomized` (`randomized_ns`, already measured) against `place_anywhere` in the same
+/// sparse tree; the target is at most 2× at 100k.
+fn anywhere_row(rows: &mut Vec<Row>, tree: &mut BenchTree, n: usize, randomized_ns: f64) {
+    let mut spare = Some(bench_region());
+    let anywhere = ns_per_op(|| {
+        let region = spare.take().expect("the spare region is back");
+        let placed = tree
+            .place_anywhere(region, black_box(REQUEST), PAGE_SIZE)
+            .expect("a hole fits");
+        spare = tree.remove(placed.base());
+    });
+    let goal = if n == 100_000 {
+        Goal::RatioAtLeast(0.5)
+    } else {
+        Goal::None
+    };
+    let name = format!(
+        "RegionTree place_randomized+remove, sparse, 4 KiB, {}k vs place_anywhere",
+        n / 1000
+    );
+    rows.push(
+        Row::new(name, randomized_ns, "ns/op")
+            .against(anywhere, anywhere / randomized_ns)
+            .goal(goal),
+    );
+}
+
+/// One call of 16 KiB at 2 MiB, `place_randomized` or `place_anywhere`, and a `remove` if it
+/// succeeds: nanoseconds.
+fn adversarial_ns(tree: &mut BenchTree, randomized: bool) -> f64 {
+    let mut rng = SplitMix64::new(0x5eed);
+    let mut spare = Some(bench_region());
+    ns_per_op(|| {
+        let region = spare.take().expect("the spare region is back");
+        let (size, alignment) = (black_box(ADVERSARIAL_SIZE), ADVERSARIAL_ALIGNMENT);
+        let placed = if randomized {
+            tree.place_randomized(region, size, alignment, &mut rng)
+        } else {
+            tree.place_anywhere(region, size, alignment)
+        };
+        spare = Some(match placed {
+            Ok(range) => tree.remove(range.base()).expect("just placed"),
+            Err(error) => error.region,
+        });
+    })
+}
+
+/// Both aligned calls on the adversarial layout (no hole, or exactly one, holds an aligned
+/// start) against the same call on a sparse tree of the same size: at most 5× at 1M regions.
+fn region_tree_adversarial(rows: &mut Vec<Row>) {
+    let n = 1_000_000;
+    eprintln!("bench: RegionTree adversarial layout, {n} regions");
+    let mut sparse = SteadyState::new(n, 3, bench_region)
+        .expect("steady state")
+        .tree;
+    let mut layouts = [
+        (
+            "no aligned hole",
+            bench_tree(&bench_layouts::adversarial(n, false).expect("layout")),
+        ),
+        (
+            "one aligned hole",
+            bench_tree(&bench_layouts::adversarial(n, true).expect("layout")),
+        ),
+    ];
+    for (call, randomized) in [("place_anywhere", false), ("place_randomized", true)] {
+        let baseline = adversarial_ns(&mut sparse, randomized);
+        for (layout, tree) in &mut layouts {
+            let ours = adversarial_ns(tree, randomized);
+            let name = format!("RegionTree {call} 16 KiB at 2 MiB, 1M regions, {layout} vs sparse");
+            rows.push(
+                Row::new(name, ours, "ns/op")
+                    .against(baseline, baseline / ours)
+                    .goal(Goal::RatioAtLeast(0.2)),
+            );
+        }
+    }
 }
 
 // ---- 2. Hypercall round trip against a raw exit --------------------------------------------
@@ -852,12 +1014,16 @@ fn main() {
     println!("{machine}");
     let mut rows = Vec::new();
     region_tree(&mut rows);
-    hypercalls(&mut rows);
-    mm_ops(&mut rows);
-    op_kinds(&mut rows);
-    page_walk(&mut rows);
-    boot(&mut rows);
-    fuzz_backends(&mut rows);
+    region_tree_randomized(&mut rows);
+    region_tree_adversarial(&mut rows);
+    if std::env::var("SYSTEM_BENCH_ONLY").as_deref() != Ok("region_tree") {
+        hypercalls(&mut rows);
+        mm_ops(&mut rows);
+        op_kinds(&mut rows);
+        page_walk(&mut rows);
+        boot(&mut rows);
+        fuzz_backends(&mut rows);
+    }
     println!();
     print!("{}", table(&rows));
     println!();

@@ -149,6 +149,16 @@ pub enum InvariantViolation {
         /// The key found out of order.
         key: (u64, u64),
     },
+    /// The gap index is not AVL-balanced, or records a wrong subtree height.
+    GapIndexUnbalanced {
+        /// The key of the subtree's root.
+        key: (u64, u64),
+    },
+    /// A subtree summary of the gap index differs from the one recomputed from its holes.
+    GapIndexSummary {
+        /// The key of the subtree's root.
+        key: (u64, u64),
+    },
     /// The gap index holds a region that is not in the address index.
     GapIndexStale {
         /// The key of that entry.
@@ -194,6 +204,14 @@ impl fmt::Display for InvariantViolation {
             Self::GapIndexOrder { key: (size, base) } => {
                 write!(f, "gap index out of order at hole of {size:#x} bytes at {base:#x}")
             }
+            Self::GapIndexUnbalanced { key: (size, base) } => write!(
+                f,
+                "gap index unbalanced below the hole of {size:#x} bytes at {base:#x}"
+            ),
+            Self::GapIndexSummary { key: (size, base) } => write!(
+                f,
+                "gap index summary of the subtree at the hole of {size:#x} bytes at {base:#x} is stale"
+            ),
             Self::GapIndexStale { key: (size, base) } => write!(
                 f,
                 "gap index entry for hole of {size:#x} bytes at {base:#x} is not a region of this tree"

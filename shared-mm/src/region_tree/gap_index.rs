@@ -1,84 +1,431 @@
-//! The gap index: regions with a free hole below them, keyed by `(hole size, hole base)`.
+//! The gap index: an intrusive AVL tree of the holes below regions, keyed by `(size, base)`,
+//! with a [`Summary`] per subtree.
 //!
-//! This is the only place that holds non-owning pointers to regions, and so the only
-//! `unsafe` in the crate. Invariant: every region linked here is owned by the address
-//! index of the same `RegionTree`, and is unlinked before it leaves that index; the tree
-//! calls [`GapIndex::forget_all`] before the address index drops its regions.
+//! Every region carries a [`GapNode`] for the hole immediately below it; the node is linked
+//! here iff that hole is non-empty. This module holds the only non-owning pointers to regions,
+//! and so most of the crate's `unsafe`. Invariant: every node linked here belongs to a region
+//! owned by the address index of the same `RegionTree`, and is unlinked before the region
+//! leaves that index; the tree calls [`GapIndex::forget_all`] before the address index drops
+//! its regions. Recursion is bounded by the AVL height, below 1.45 log2(n + 2).
 
+use core::cell::Cell;
+use core::cmp::Ordering;
 use core::ptr::{self, NonNull};
-use intrusive_collections::Bound::Included;
 
-use intrusive_collections::{intrusive_adapter, rbtree, KeyAdapter, RBTree, RBTreeLink, UnsafeRef};
+use super::holes::{Class, Hole, Key};
+use super::summary::Summary;
+use super::InvariantViolation;
 
-use crate::region::Region;
+type Link = Option<NonNull<GapNode>>;
 
-intrusive_adapter!(pub(super) ByGap<B> = UnsafeRef<Region<B>>: Region<B> { gap_link => RBTreeLink });
-
-impl<'a, B> KeyAdapter<'a> for ByGap<B> {
-    type Key = (u64, u64);
-    fn get_key(&self, region: &'a Region<B>) -> (u64, u64) {
-        gap_key(region)
-    }
+/// The gap index's node inside every region: the hole below the region, and, while linked,
+/// its place in the tree.
+#[derive(Debug)]
+pub(crate) struct GapNode {
+    left: Cell<Link>,
+    right: Cell<Link>,
+    /// Height of the subtree rooted here; 0 while not linked.
+    height: Cell<u8>,
+    /// The hole below the region: `size` bytes from `base`; `size` is 0 if there is none.
+    base: Cell<u64>,
+    size: Cell<u64>,
+    summary: Summary,
 }
 
-/// `(size, base)` of the hole below `region`. Holes are disjoint and non-empty, so keys
-/// are unique.
-pub(super) fn gap_key<B>(region: &Region<B>) -> (u64, u64) {
-    let gap = region.gap_before.get();
-    (gap, region.span().0.wrapping_sub(gap))
-}
+// SAFETY: the pointers in a node are only followed by the gap index that linked it, which is
+// owned by the same `RegionTree` as the region holding the node; an unlinked node's pointers
+// are never followed. Sending a region therefore sends no access to another one, exactly as
+// for the address index's `RBTreeLink` (which is `Send` too).
+unsafe impl Send for GapNode {}
 
-/// Regions with `gap_before > 0`, ordered by the hole below them, smallest first.
-pub(super) struct GapIndex<B> {
-    tree: RBTree<ByGap<B>>,
-}
-
-impl<B> GapIndex<B> {
-    pub(super) const fn new() -> Self {
+impl GapNode {
+    pub(crate) fn new() -> Self {
         Self {
-            tree: RBTree::new(ByGap::NEW),
+            left: Cell::new(None),
+            right: Cell::new(None),
+            height: Cell::new(0),
+            base: Cell::new(0),
+            size: Cell::new(0),
+            summary: Summary::new(),
         }
     }
 
-    /// Links `region` if it has a hole below it (`gap_before > 0`).
+    /// Size of the hole below the region (0 if none).
+    pub(crate) fn size(&self) -> u64 {
+        self.size.get()
+    }
+
+    /// Whether the recorded hole is `size` bytes from `base` (any base when `size` is 0).
+    pub(crate) fn records(&self, base: u64, size: u64) -> bool {
+        self.size.get() == size && (size == 0 || self.base.get() == base)
+    }
+
+    /// Whether the node is in a gap index.
+    pub(crate) fn is_linked(&self) -> bool {
+        self.height.get() > 0
+    }
+
+    /// The recorded hole; `size` must be non-zero.
+    pub(super) fn hole(&self) -> Hole {
+        Hole::new(self.base.get(), self.base.get() + (self.size.get() - 1))
+    }
+
+    fn key(&self) -> Key {
+        (self.size.get(), self.base.get())
+    }
+
+    fn left(&self) -> Option<&GapNode> {
+        // SAFETY: the children of a linked node are linked nodes of the same index, live until
+        // they are unlinked (module invariant); every caller reached `self` through the index.
+        self.left.get().map(|ptr| unsafe { ptr.as_ref() })
+    }
+
+    fn right(&self) -> Option<&GapNode> {
+        // SAFETY: as in `left`.
+        self.right.get().map(|ptr| unsafe { ptr.as_ref() })
+    }
+
+    fn set_left(&self, child: Option<&GapNode>) {
+        self.left.set(child.map(NonNull::from));
+    }
+
+    fn set_right(&self, child: Option<&GapNode>) {
+        self.right.set(child.map(NonNull::from));
+    }
+
+    /// Recomputes height and summary from the children.
+    fn update(&self) {
+        self.update_height();
+        let (left, right) = (self.left(), self.right());
+        self.summary
+            .update(&self.hole(), summary(left), summary(right));
+    }
+
+    fn update_height(&self) {
+        self.height
+            .set(1 + height(self.left()).max(height(self.right())));
+    }
+
+    /// Marks the node as not linked.
+    fn detach(&self) {
+        self.set_left(None);
+        self.set_right(None);
+        self.height.set(0);
+    }
+}
+
+fn height(node: Option<&GapNode>) -> u8 {
+    node.map_or(0, |node| node.height.get())
+}
+
+fn summary(node: Option<&GapNode>) -> Option<&Summary> {
+    node.map(|node| &node.summary)
+}
+
+/// The holes below regions, ordered by `(size, base)`, smallest first.
+pub(super) struct GapIndex {
+    root: Link,
+}
+
+impl GapIndex {
+    pub(super) const fn new() -> Self {
+        Self { root: None }
+    }
+
+    fn root(&self) -> Option<&GapNode> {
+        // SAFETY: the root is a linked node (module invariant).
+        self.root.map(|ptr| unsafe { ptr.as_ref() })
+    }
+
+    /// Records `size` bytes from `base` as the hole of `node`, linked here iff `size > 0`.
     ///
     /// # Safety
     ///
-    /// `region` must point to a live region, not linked here, that stays alive and in
-    /// place until it is [`unlink`](Self::unlink)ed or [`forget_all`](Self::forget_all)
-    /// is called.
-    pub(super) unsafe fn link(&mut self, region: NonNull<Region<B>>) {
-        // SAFETY: the caller guarantees that `region` points to a live region.
-        let gap = unsafe { region.as_ref() }.gap_before.get();
-        if gap > 0 {
-            // SAFETY: the caller guarantees the region outlives its membership here.
-            self.tree
-                .insert(unsafe { UnsafeRef::from_raw(region.as_ptr()) });
+    /// `node` must stay alive and in place until it is [`unlink`](Self::unlink)ed or
+    /// [`forget_all`](Self::forget_all) is called, and must not be linked in another index.
+    pub(super) unsafe fn set_hole(&mut self, node: &GapNode, base: u64, size: u64) {
+        self.unlink(node);
+        node.base.set(base);
+        node.size.set(size);
+        if size > 0 {
+            node.update();
+            self.root = Some(NonNull::from(insert(self.root(), node)));
         }
     }
 
-    /// Unlinks `region` if it is linked. Its `gap_before` must not have changed since it
-    /// was linked (it is part of the key).
-    pub(super) fn unlink(&mut self, region: &Region<B>) {
-        if region.gap_link.is_linked() {
-            let removed = self.tree.find_mut(&gap_key(region)).remove();
-            debug_assert!(removed.is_some_and(|r| ptr::eq(&*r, region)));
+    /// Unlinks `node` if it is linked. Its hole must not have changed since it was linked
+    /// (it is the key).
+    pub(super) fn unlink(&mut self, node: &GapNode) {
+        if node.is_linked() {
+            let removed = Summary::new();
+            removed.update(&node.hole(), None, None);
+            self.root = remove(self.root(), node.key(), &removed).map(NonNull::from);
+            debug_assert!(!node.is_linked());
         }
     }
 
-    /// A cursor at the region with the smallest hole of at least `min_size` bytes (one
-    /// descent); moving it forward visits larger holes.
-    pub(super) fn at_least(&self, min_size: u64) -> rbtree::Cursor<'_, ByGap<B>> {
-        self.tree.lower_bound(Included(&(min_size, 0)))
-    }
-
-    /// All linked regions, smallest hole first.
-    pub(super) fn iter(&self) -> rbtree::Iter<'_, ByGap<B>> {
-        self.tree.iter()
-    }
-
-    /// Empties the index without touching the regions (which may be about to be freed).
+    /// Empties the index without touching the nodes (which may be about to be freed).
     pub(super) fn forget_all(&mut self) {
-        self.tree.fast_clear();
+        self.root = None;
     }
+
+    /// The smallest hole of at least `min_size` bytes (the lowest among equals).
+    pub(super) fn smallest_at_least(&self, min_size: u64) -> Option<Hole> {
+        let mut found = None;
+        let mut at = self.root();
+        while let Some(node) = at {
+            if node.size() >= min_size {
+                found = Some(node.hole());
+                at = node.left();
+            } else {
+                at = node.right();
+            }
+        }
+        found
+    }
+
+    /// The smallest hole with a key of at least `from` that has at least `size` bytes of
+    /// [room](Hole::room) in `class`. One descent: O(log n).
+    pub(super) fn first_with_room(&self, from: Key, class: Class, size: u64) -> Option<Hole> {
+        first_with_room(self.root(), from, class, size)
+    }
+
+    /// The largest [room](Hole::room) in `class` of any hole (0 if there is none).
+    pub(super) fn max_room(&self, class: Class) -> u64 {
+        self.root().map_or(0, |root| root.summary.room(class))
+    }
+
+    /// Slots of a `size`-byte placement in `class` over all holes of at least `size` bytes.
+    ///
+    /// The smaller holes form a prefix in key order, so this takes their marks and count off
+    /// the root's: when every hole is large enough, the descent reads nothing off its path.
+    pub(super) fn slots(&self, class: Class, size: u64) -> u64 {
+        let Some(root) = self.root() else { return 0 };
+        let (mut marks, mut count) = (root.summary.marks(class), root.summary.count());
+        let mut at = Some(root);
+        while let Some(node) = at {
+            if node.size() >= size {
+                at = node.left();
+                continue;
+            }
+            // The node and its left subtree hold only holes smaller than `size`.
+            let left = summary(node.left());
+            marks -= node.hole().marks(class) + left.map_or(0, |left| left.marks(class));
+            count -= 1 + left.map_or(0, Summary::count);
+            at = node.right();
+        }
+        marks - count * class.units(size)
+    }
+
+    /// Slot number `k` (`k < self.slots(class, size)`) of a `size`-byte placement: its hole
+    /// and its slot within the hole. The order is fixed for a given index (largest hole
+    /// first), which is all a uniform draw needs.
+    pub(super) fn slot(&self, class: Class, size: u64, mut k: u64) -> Option<(Hole, u64)> {
+        let mut at = self.root();
+        while let Some(node) = at {
+            if node.size() < size {
+                at = node.right();
+                continue;
+            }
+            let right = slots_of(node.right(), class, size);
+            if k < right {
+                at = node.right();
+                continue;
+            }
+            k -= right;
+            let own = own_slots(node, class, size);
+            if k < own {
+                return Some((node.hole(), k));
+            }
+            k -= own;
+            at = node.left();
+        }
+        None
+    }
+
+    /// Whether `node` is linked here (found by its key).
+    pub(super) fn contains(&self, node: &GapNode) -> bool {
+        let key = node.key();
+        let mut at = self.root();
+        while let Some(here) = at {
+            at = match key.cmp(&here.key()) {
+                Ordering::Less => here.left(),
+                Ordering::Greater => here.right(),
+                Ordering::Equal => return ptr::eq(here, node),
+            };
+        }
+        false
+    }
+
+    /// Checks order, balance, heights and summaries, and that `owned` holds for every node.
+    /// Returns the number of holes linked.
+    pub(super) fn check(
+        &self,
+        owned: &impl Fn(&GapNode) -> bool,
+    ) -> Result<u64, InvariantViolation> {
+        check(self.root(), (None, None), owned)?;
+        Ok(self.root().map_or(0, |root| root.summary.count()))
+    }
+}
+
+fn own_slots(node: &GapNode, class: Class, size: u64) -> u64 {
+    node.hole().marks(class) - class.units(size)
+}
+
+fn slots_of(node: Option<&GapNode>, class: Class, size: u64) -> u64 {
+    node.map_or(0, |node| node.summary.slots(class, size))
+}
+
+fn first_with_room(node: Option<&GapNode>, from: Key, class: Class, size: u64) -> Option<Hole> {
+    // A subtree without enough room anywhere is skipped whole; in a subtree whose keys are
+    // all at least `from`, this goes straight down to the answer.
+    let node = node.filter(|node| node.summary.room(class) >= size)?;
+    if node.key() < from {
+        return first_with_room(node.right(), from, class, size);
+    }
+    first_with_room(node.left(), from, class, size)
+        .or_else(|| Some(node.hole()).filter(|hole| hole.room(class) >= size))
+        .or_else(|| first_with_room(node.right(), from, class, size))
+}
+
+/// Inserts `new` (a detached node with its summary set) into the subtree at `at`; returns
+/// the subtree's new root.
+fn insert<'n>(at: Option<&'n GapNode>, new: &'n GapNode) -> &'n GapNode {
+    let Some(node) = at else { return new };
+    // The summary grows by exactly the new hole: cheaper than recomputing it on the way up.
+    node.summary.absorb(&new.summary);
+    if new.key() < node.key() {
+        node.set_left(Some(insert(node.left(), new)));
+    } else {
+        node.set_right(Some(insert(node.right(), new)));
+    }
+    rebalance(node, Summarized::Already)
+}
+
+/// Whether [`rebalance`] finds the node's summary up to date.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Summarized {
+    Already,
+    NotYet,
+}
+
+/// Removes the node with `key`, whose own hole is summarized by `removed`, from the subtree at
+/// `at`; returns the subtree's new root.
+fn remove<'n>(at: Option<&'n GapNode>, key: Key, removed: &Summary) -> Option<&'n GapNode> {
+    let node = at?;
+    match key.cmp(&node.key()) {
+        Ordering::Less => node.set_left(remove(node.left(), key, removed)),
+        Ordering::Greater => node.set_right(remove(node.right(), key, removed)),
+        Ordering::Equal => {
+            let (left, right) = (node.left(), node.right());
+            node.detach();
+            let Some(right) = right else { return left };
+            let (successor, rest) = take_min(right);
+            successor.set_left(left);
+            successor.set_right(rest);
+            return Some(rebalance(successor, Summarized::NotYet));
+        }
+    }
+    // The subtree lost exactly the removed hole: cheaper than recomputing the summary.
+    let hole = node.hole();
+    node.summary
+        .release(removed, &hole, summary(node.left()), summary(node.right()));
+    Some(rebalance(node, Summarized::Already))
+}
+
+/// Detaches the smallest node of the subtree at `node`; returns it and the subtree's new root.
+fn take_min(node: &GapNode) -> (&GapNode, Option<&GapNode>) {
+    match node.left() {
+        None => (node, node.right()),
+        Some(left) => {
+            let (min, rest) = take_min(left);
+            node.set_left(rest);
+            (min, Some(rebalance(node, Summarized::NotYet)))
+        }
+    }
+}
+
+/// Restores the AVL balance at `node`, whose subtrees are balanced and differ in height by at
+/// most 2, and updates heights and summaries; returns the subtree's new root.
+fn rebalance(node: &GapNode, summarized: Summarized) -> &GapNode {
+    let (left, right) = (node.left(), node.right());
+    match (left, right) {
+        (Some(left), _) if height(Some(left)) > height(right) + 1 => {
+            let left = match left.right() {
+                Some(inner) if height(Some(inner)) > height(left.left()) => {
+                    let lifted = rotate_left(left, inner);
+                    node.set_left(Some(lifted));
+                    lifted
+                }
+                _ => left,
+            };
+            rotate_right(node, left)
+        }
+        (_, Some(right)) if height(Some(right)) > height(left) + 1 => {
+            let right = match right.left() {
+                Some(inner) if height(Some(inner)) > height(right.right()) => {
+                    let lifted = rotate_right(right, inner);
+                    node.set_right(Some(lifted));
+                    lifted
+                }
+                _ => right,
+            };
+            rotate_left(node, right)
+        }
+        _ if summarized == Summarized::Already => {
+            node.update_height();
+            node
+        }
+        _ => {
+            node.update();
+            node
+        }
+    }
+}
+
+/// Lifts `left`, the left child of `node`, above it.
+fn rotate_right<'n>(node: &'n GapNode, left: &'n GapNode) -> &'n GapNode {
+    node.set_left(left.right());
+    node.update();
+    left.set_right(Some(node));
+    left.update();
+    left
+}
+
+/// Lifts `right`, the right child of `node`, above it.
+fn rotate_left<'n>(node: &'n GapNode, right: &'n GapNode) -> &'n GapNode {
+    node.set_right(right.left());
+    node.update();
+    right.set_left(Some(node));
+    right.update();
+    right
+}
+
+/// Checks the subtree at `node`, whose keys must lie strictly between `bounds`; returns its
+/// height.
+fn check(
+    node: Option<&GapNode>,
+    bounds: (Option<Key>, Option<Key>),
+    owned: &impl Fn(&GapNode) -> bool,
+) -> Result<u8, InvariantViolation> {
+    let Some(node) = node else { return Ok(0) };
+    let key = node.key();
+    let (low, high) = bounds;
+    if key.0 == 0 || low.is_some_and(|low| low >= key) || high.is_some_and(|high| high <= key) {
+        return Err(InvariantViolation::GapIndexOrder { key });
+    }
+    if !owned(node) {
+        return Err(InvariantViolation::GapIndexStale { key });
+    }
+    let left = check(node.left(), (low, Some(key)), owned)?;
+    let right = check(node.right(), (Some(key), high), owned)?;
+    if left.abs_diff(right) > 1 || node.height.get() != 1 + left.max(right) {
+        return Err(InvariantViolation::GapIndexUnbalanced { key });
+    }
+    let expected = Summary::new();
+    expected.update(&node.hole(), summary(node.left()), summary(node.right()));
+    if expected != node.summary {
+        return Err(InvariantViolation::GapIndexSummary { key });
+    }
+    Ok(node.height.get())
 }

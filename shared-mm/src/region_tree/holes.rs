@@ -1,9 +1,55 @@
-//! Free holes between regions, and iteration over them from the smallest up.
+//! Free holes between regions, and what an aligned placement of some size finds in one.
 
-use intrusive_collections::rbtree;
+use crate::address::PAGE_SIZE;
 
-use super::gap_index::ByGap;
-use crate::region::Region;
+/// A hole's place in the gap index: `(size, base)`. Holes are disjoint and non-empty, so
+/// keys are unique.
+pub(super) type Key = (u64, u64);
+
+/// An alignment class the gap index keeps summaries for: `PAGE_SIZE << index`, from 4 KiB
+/// (class 0) up to 1 GiB (class [`Class::COUNT`]` - 1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Class(u32);
+
+impl Class {
+    /// Number of classes: 4 KiB, 8 KiB, ..., 1 GiB.
+    pub(super) const COUNT: usize = 19;
+
+    /// All classes, smallest alignment first.
+    pub(super) fn all() -> impl Iterator<Item = Class> {
+        (0..Self::COUNT as u32).map(Class)
+    }
+
+    /// The class of `alignment` (a power of two of at least `PAGE_SIZE`): itself up to 1 GiB,
+    /// the 1 GiB class above (every larger alignment is a multiple of it).
+    pub(super) fn of(alignment: u64) -> Self {
+        let index = alignment.trailing_zeros() - PAGE_SIZE.trailing_zeros();
+        Class(index.min(Self::COUNT as u32 - 1))
+    }
+
+    /// The class at position `index` of the summary arrays (`index < COUNT`).
+    pub(super) fn all_at(index: usize) -> Self {
+        Class(index as u32)
+    }
+
+    /// Position in the summary arrays.
+    pub(super) fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    fn shift(self) -> u32 {
+        PAGE_SIZE.trailing_zeros() + self.0
+    }
+
+    pub(super) fn alignment(self) -> u64 {
+        1 << self.shift()
+    }
+
+    /// `size` in whole multiples of the alignment (rounded down).
+    pub(super) fn units(self, size: u64) -> u64 {
+        size >> self.shift()
+    }
+}
 
 /// A non-empty free span `[base, last]` inside the total range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,10 +64,8 @@ impl Hole {
         Self { base, last }
     }
 
-    /// The hole a region owns: the one immediately below it (`gap_before > 0`).
-    fn below<B>(region: &Region<B>) -> Self {
-        let base = region.span().0;
-        Self::new(base - region.gap_before.get(), base - 1)
+    pub(super) fn last(&self) -> u64 {
+        self.last
     }
 
     /// Size in bytes. A hole lies inside a `VirtualRange`, so this cannot overflow.
@@ -29,7 +73,7 @@ impl Hole {
         self.last - self.base + 1
     }
 
-    fn key(&self) -> (u64, u64) {
+    pub(super) fn key(&self) -> Key {
         (self.size(), self.base)
     }
 
@@ -45,45 +89,41 @@ impl Hole {
         let last_start = self.last.checked_sub(size - 1)?;
         (first <= last_start).then(|| (first, (last_start - first) / alignment + 1))
     }
-}
 
-/// Holes of at least some size in `(size, base)` order: the gap index merged with the
-/// tail hole.
-pub(super) struct HolesBySize<'a, B> {
-    gaps: rbtree::Cursor<'a, ByGap<B>>,
-    peeked: Option<Hole>,
-    tail: Option<Hole>,
-}
-
-impl<'a, B> HolesBySize<'a, B> {
-    /// `gaps` (a cursor at the first candidate) and `tail` must already be restricted to the
-    /// minimum size.
-    pub(super) fn new(gaps: rbtree::Cursor<'a, ByGap<B>>, tail: Option<Hole>) -> Self {
-        Self {
-            gaps,
-            peeked: None,
-            tail,
-        }
+    /// The number of multiples of the class's alignment in `[base, last + 1]`; also correct
+    /// when `last + 1` is 2^64.
+    ///
+    /// For a placement of `size <= self.size()` bytes, `marks - class.units(size)` is at
+    /// least the number of aligned starts, and at most one more: the *slots* of the hole.
+    pub(super) fn marks(&self, class: Class) -> u64 {
+        let mask = class.alignment() - 1;
+        let up_to_end = (self.last >> class.shift()) + u64::from(self.last & mask == mask);
+        let from_base = (self.base >> class.shift()) + u64::from(self.base & mask != 0);
+        // `from_base` is at most `up_to_end + 1`, since `base <= last + 1`.
+        up_to_end + 1 - from_base
     }
-}
 
-impl<B> Iterator for HolesBySize<'_, B> {
-    type Item = Hole;
+    /// Bytes from the first address aligned to the class up to the end of the hole (0 if
+    /// there is none): a placement of `size` bytes aligned to the class fits iff this is at
+    /// least `size`.
+    pub(super) fn room(&self, class: Class) -> u64 {
+        self.first_aligned(class)
+            .filter(|&first| first <= self.last)
+            .map_or(0, |first| self.last - first + 1)
+    }
 
-    fn next(&mut self) -> Option<Hole> {
-        if self.peeked.is_none() {
-            if let Some(region) = self.gaps.get() {
-                self.peeked = Some(Hole::below(region));
-                // Past the last entry the cursor becomes null, and `get` stops the walk
-                // (moving a null cursor would wrap around to the first entry).
-                self.gaps.move_next();
-            }
-        }
-        match (self.peeked, self.tail) {
-            (Some(gap), Some(tail)) if tail.key() < gap.key() => self.tail.take(),
-            (Some(_), _) => self.peeked.take(),
-            (None, _) => self.tail.take(),
-        }
+    /// The start of slot `slot` of the class (the `slot`-th aligned address from the base),
+    /// `None` past 2^64.
+    pub(super) fn slot_start(&self, class: Class, slot: u64) -> Option<u64> {
+        let first = self.first_aligned(class)?;
+        first.checked_add(slot.checked_mul(class.alignment())?)
+    }
+
+    /// The lowest address aligned to the class at or above the base; `None` past 2^64. (A
+    /// mask, not `checked_next_multiple_of`, which divides: this runs per class per node.)
+    fn first_aligned(&self, class: Class) -> Option<u64> {
+        let mask = class.alignment() - 1;
+        Some(self.base.checked_add(mask)? & !mask)
     }
 }
 
@@ -115,5 +155,48 @@ mod tests {
         );
         // Aligning up past 2^64 must not wrap around to 0.
         assert_eq!(hole.placements(0x1000, 1 << 30), None);
+    }
+
+    #[test]
+    fn classes_cover_page_to_gib() {
+        assert_eq!(Class::of(PAGE_SIZE), Class(0));
+        assert_eq!(Class::of(2 << 20).alignment(), 2 << 20);
+        assert_eq!(Class::of(1 << 30).index(), Class::COUNT - 1);
+        assert_eq!(Class::of(1 << 63).alignment(), 1 << 30);
+        assert_eq!(Class::all().count(), Class::COUNT);
+        assert_eq!(Class::of(0x4000).units(0x9000), 2);
+    }
+
+    /// Slots bound the aligned starts from above, by at most one, for every size and class.
+    #[test]
+    fn slots_bound_placements_by_at_most_one() {
+        let holes = [
+            Hole::new(0x1000, 0x8fff),
+            Hole::new(0x3000, 0x3fff),
+            Hole::new(0x7000, 0x1_8fff),
+            Hole::new(0xFFFF_FFFF_FFFF_8000, u64::MAX),
+        ];
+        for hole in holes {
+            for class in Class::all().take(6) {
+                for pages in 1..=hole.size() / PAGE_SIZE {
+                    let size = pages * PAGE_SIZE;
+                    let starts = hole.placements(size, class.alignment()).map_or(0, |p| p.1);
+                    let slots = hole.marks(class) - class.units(size);
+                    assert!(
+                        starts <= slots && slots <= starts + 1,
+                        "{hole:?} {class:?} {size:#x}"
+                    );
+                    assert_eq!(hole.room(class) >= size, starts > 0);
+                    // The valid slots come first.
+                    for slot in 0..slots {
+                        let fits = hole
+                            .slot_start(class, slot)
+                            .and_then(|start| start.checked_add(size - 1))
+                            .is_some_and(|end| end <= hole.last);
+                        assert_eq!(fits, slot < starts, "{hole:?} {class:?} {size:#x} {slot}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use core::ptr;
 
-use super::gap_index::gap_key;
+use super::gap_index::GapNode;
 use super::{InvariantViolation, RegionTree};
 use crate::address::VirtualRange;
 
@@ -15,8 +15,9 @@ impl<B> RegionTree<B> {
     ///   tail hole is the first address above the last region;
     /// - each region's recorded hole below it equals the recomputed one, and the region is
     ///   in the gap index exactly when that hole is non-empty;
-    /// - the gap index is ordered by `(size, base)`, holds only regions of this tree, and
-    ///   has one entry per non-empty hole.
+    /// - the gap index is ordered by `(size, base)`, AVL-balanced with exact heights and
+    ///   subtree summaries, holds only regions of this tree, and has one entry per non-empty
+    ///   hole.
     ///
     /// Meant for tests and for the guest kernel's self-check.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
@@ -42,16 +43,15 @@ impl<B> RegionTree<B> {
                 None => total.base().get(),
             };
             let actual = range.base().get() - hole_base;
-            let recorded = region.gap_before.get();
-            if recorded != actual {
+            if !region.gap.records(hole_base, actual) {
                 return Err(InvariantViolation::GapMismatch {
                     range,
-                    recorded,
+                    recorded: region.gap.size(),
                     actual,
                 });
             }
-            let indexed = region.gap_link.is_linked();
-            if indexed != (actual > 0) {
+            let indexed = self.gaps.contains(&region.gap);
+            if indexed != (actual > 0) || indexed != region.gap.is_linked() {
                 return Err(InvariantViolation::GapIndexMembership { range, indexed });
             }
             with_hole += usize::from(actual > 0);
@@ -75,26 +75,19 @@ impl<B> RegionTree<B> {
             });
         }
 
-        let mut indexed = 0;
-        let mut previous_key = None;
-        for region in self.gaps.iter() {
-            let key = gap_key(region);
-            if previous_key >= Some(key) {
-                return Err(InvariantViolation::GapIndexOrder { key });
-            }
-            let owned = self.regions.find(&region.span().0).get();
-            if !owned.is_some_and(|owned| ptr::eq(owned, region)) {
-                return Err(InvariantViolation::GapIndexStale { key });
-            }
-            previous_key = Some(key);
-            indexed += 1;
-        }
-        if indexed != with_hole {
+        let indexed = self.gaps.check(&|node| self.owns(node))?;
+        if indexed != with_hole as u64 {
             return Err(InvariantViolation::GapIndexCount {
-                indexed,
+                indexed: indexed as usize,
                 expected: with_hole,
             });
         }
         Ok(())
+    }
+
+    /// Whether `node` is the gap node of a region of this tree (the one its hole ends at).
+    fn owns(&self, node: &GapNode) -> bool {
+        let owner = self.regions.find(&(node.hole().last() + 1)).get();
+        owner.is_some_and(|owner| ptr::eq(&owner.gap, node))
     }
 }

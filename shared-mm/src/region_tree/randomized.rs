@@ -1,0 +1,92 @@
+//! The `place_randomized` draw: uniform over every valid aligned start, from counted slots.
+
+use super::best_fit::best_fit;
+use super::free_space::FreeSpace;
+use super::holes::Class;
+use super::random::{uniform_below, RandomSource};
+
+/// A start drawn uniformly from all valid `alignment`-aligned starts of a `size`-byte
+/// placement (both valid); `None` if there is none, and then nothing is drawn.
+///
+/// Each hole of at least `size` bytes has `marks - units(size)` *slots* in the alignment's
+/// class: its aligned starts first, then at most one start that runs past the hole (see
+/// [`Hole::marks`](super::holes::Hole::marks)). The gap index sums them per subtree, so one
+/// descent counts them and another picks the k-th. A draw that lands on a valid start is
+/// taken: every valid start has exactly one slot, so the result is uniform. With page
+/// alignment, or a size that is a multiple of the alignment, every slot is valid and the
+/// first draw is taken.
+///
+/// Otherwise a draw may be rejected. Interleaved with the draws, a scan walks the holes that
+/// fit (two after the first rejected draw, then one per draw), counting their starts; if it ends first, the start is picked by rank
+/// among the starts it counted, again uniformly. The scan needs no randomness, so mixing the
+/// two keeps the result uniform, and the loop ends even if the source always rejects.
+pub(super) fn uniform(
+    space: &FreeSpace<'_>,
+    size: u64,
+    alignment: u64,
+    rng: &mut impl RandomSource,
+) -> Option<u64> {
+    let class = Class::of(alignment);
+    // Above 1 GiB, room at 1 GiB does not prove room at `alignment`.
+    let exists = if class.alignment() == alignment {
+        space.has_room(class, size)
+    } else {
+        best_fit(space, size, alignment).is_some()
+    };
+    if !exists {
+        return None;
+    }
+    let slots = space.slots(class, size);
+    let mut scan = space.fitting(size, alignment);
+    // The first hole the scan found: its lowest start and number of starts.
+    let mut first = None;
+    let mut counted = 0;
+    // Holes the scan visits after the next rejected draw.
+    let mut steps = 2;
+    loop {
+        if let Some(start) = draw_slot(space, class, size, alignment, uniform_below(rng, slots)) {
+            return Some(start);
+        }
+        // Two holes after the first rejected draw, so that with one hole that fits among many
+        // near misses the scan ends without a second draw; then one per draw. The schedule
+        // depends on no random value.
+        for _ in 0..core::mem::replace(&mut steps, 1) {
+            let Some((_, start, count)) = scan.next() else {
+                let k = uniform_below(rng, counted);
+                return match first {
+                    // Often the only hole (many near misses, few fits): no second scan.
+                    Some((start, count)) if k < count => Some(start + k * alignment),
+                    _ => nth_start(space, size, alignment, k),
+                };
+            };
+            first.get_or_insert((start, count));
+            // Holes are disjoint and starts at least a page apart: no overflow.
+            counted += count;
+        }
+    }
+}
+
+/// The start of slot `k`, if it is a valid `alignment`-aligned start of `size` bytes.
+fn draw_slot(
+    space: &FreeSpace<'_>,
+    class: Class,
+    size: u64,
+    alignment: u64,
+    k: u64,
+) -> Option<u64> {
+    let (hole, slot) = space.slot(class, size, k)?;
+    let start = hole.slot_start(class, slot)?;
+    let fits = start.checked_add(size - 1)? <= hole.last();
+    (fits && start.is_multiple_of(alignment)).then_some(start)
+}
+
+/// The `k`-th valid start, in the order of [`FreeSpace::fitting`].
+fn nth_start(space: &FreeSpace<'_>, size: u64, alignment: u64, mut k: u64) -> Option<u64> {
+    for (_, first, count) in space.fitting(size, alignment) {
+        if k < count {
+            return Some(first + k * alignment);
+        }
+        k -= count;
+    }
+    None
+}
