@@ -26,13 +26,15 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
         PEAK.fetch_max(now, Ordering::Relaxed);
-        // SAFETY: the caller's layout is passed on as given.
+        // SAFETY: our caller upholds `GlobalAlloc::alloc`'s contract (a layout of non-zero
+        // size), which is all `System.alloc` requires; the layout is passed on as given.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` above with this layout.
+        // SAFETY: our caller guarantees `ptr` came from `alloc` above with this layout, and
+        // `alloc` got every block from `System`, so `System` may free it.
         unsafe { System.dealloc(ptr, layout) }
     }
 }

@@ -1,9 +1,10 @@
 //! The gap index: regions with a free hole below them, keyed by `(hole size, hole base)`.
 //!
-//! This is the only place that holds non-owning pointers to regions, and so the only
-//! `unsafe` in the crate. Invariant: every region linked here is owned by the address
-//! index of the same `RegionTree`, and is unlinked before it leaves that index; the tree
-//! calls [`GapIndex::forget_all`] before the address index drops its regions.
+//! This is the only place that holds non-owning pointers to regions, and so the reason for
+//! every `unsafe` in the crate (here, and where `RegionTree` links a region). Invariant: every
+//! region linked here is owned by the address index of the same `RegionTree`, and is unlinked
+//! before it leaves that index; the tree calls [`GapIndex::forget_all`] before the address
+//! index drops its regions.
 
 use core::ptr::{self, NonNull};
 use intrusive_collections::Bound::Included;
