@@ -10,6 +10,7 @@
 //!
 //! The baseline and the steady state are in `shared_mm::first_fit` (feature `baseline`), which
 //! the `system` bench of the vmm shares.
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! A hypercall is: the guest writes a [`MailboxHeader`] and its payload at the start of the
 //! mailbox, then writes one byte to [`HYPERCALL_PORT`]. The VMM handles the exit, writes the
 //! response header and payload into the same mailbox, and resumes the guest.
+#![forbid(unsafe_code)]
 
 use crate::wire::{Reader, Writer};
 

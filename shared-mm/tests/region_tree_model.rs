@@ -3,6 +3,7 @@
 //! The reference is a `BTreeMap` of `base -> (last, id)` with brute-force scans. After
 //! every step the tree must pass `check_invariants` and hold exactly the model's regions,
 //! and every answer (error kind, placed address, lookups) must match the model.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 

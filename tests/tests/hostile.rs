@@ -1,6 +1,8 @@
 //! A hostile guest against the host: tables that alias each other and absurd counts under KVM,
 //! and arbitrary mailbox contents, snapshot records and page tables thrown at the hypercall
 //! decoder, the walker and the checker, with the memory they allocate bounded.
+// Only the counting allocator needs unsafe code (`GlobalAlloc` is an unsafe trait).
+#![deny(unsafe_code)]
 
 use proptest::prelude::*;
 use shared_mm::abi::{MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, HEADER_SIZE};
@@ -21,6 +23,7 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+#[allow(unsafe_code)]
 // SAFETY: forwards every call to the system allocator unchanged; the counters are atomics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {

@@ -3,6 +3,7 @@
 //! `cargo bench -p vmm --bench system` (or `bash scripts/bench.sh`). Every figure is host wall
 //! time from `std::time::Instant`; each is the median of several samples. The targets are goals:
 //! the table says which were met, and the bench exits 0 either way.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::hint::black_box;

@@ -1,4 +1,5 @@
 //! The `vmm` command line: boot the guest and run its MM self-check, inspect, fuzz and replay.
+#![forbid(unsafe_code)]
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};

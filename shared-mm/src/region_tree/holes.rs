@@ -1,4 +1,5 @@
 //! Free holes between regions, and iteration over them from the smallest up.
+#![forbid(unsafe_code)]
 
 use intrusive_collections::rbtree;
 

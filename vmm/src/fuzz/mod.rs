@@ -1,6 +1,7 @@
 //! Fuzzing the guest MM through hypercalls: generated operation batches, every result checked
 //! against a host-side model and the page tables against the region trees, and each failure
 //! shrunk to a minimal reproducer that `vmm replay` runs again.
+#![forbid(unsafe_code)]
 
 pub mod campaign;
 pub mod generate;
