@@ -1,5 +1,6 @@
 //! Builds the guest kernel for x86_64-unknown-none and embeds it in the vmm binary, so that
 //! `cargo run -p vmm -- run` needs no separate step.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 

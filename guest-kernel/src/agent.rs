@@ -1,5 +1,6 @@
 //! The agent loop: fetch a batch of MM operations from the host, run them, send back the
 //! results and every address space's CR3; export region-tree snapshots on request.
+#![forbid(unsafe_code)]
 
 use crate::arch::x86_64::machine::TracedMachine;
 use crate::hypercall::{HypercallError, Mailbox};

@@ -4,6 +4,7 @@
 //! the host's bench driver sees and timestamps, so the figures are host wall time. A third phase
 //! encodes and decodes a mailbox header in a stack buffer without exiting: the guest's own share
 //! of a hypercall.
+#![forbid(unsafe_code)]
 
 use crate::arch::x86_64::port::outb;
 use crate::hypercall::{HypercallError, Mailbox};

@@ -1,4 +1,5 @@
 //! The serial console on COM1 and the `print!`/`println!` macros.
+#![forbid(unsafe_code)]
 
 use crate::arch::x86_64::port::{inb, outb};
 use core::fmt;

@@ -1,4 +1,5 @@
 //! Processor identification from CPUID, reported in Intel SDM terms (Vol. 2A, CPUID).
+#![forbid(unsafe_code)]
 
 use crate::arch::x86_64::cpuid::cpuid;
 

@@ -29,16 +29,22 @@ impl KernelHeap {
     /// Starts the bootstrap arena. Call once, first thing at boot.
     pub fn init_bootstrap(&self) {
         let mut arenas = self.arenas.lock();
-        // SAFETY: BOOTSTRAP is a static used only by this arena, initialised once.
+        // `Heap::init` may run only once, on an empty heap: a second call must not reach it.
+        assert!(arenas[0].size() == 0, "the bootstrap arena is started once");
+        // SAFETY: BOOTSTRAP is a static that nothing but this arena uses, it lives forever, and
+        // the arena is still empty (checked above), as `Heap::init` requires.
         unsafe { arenas[0].init((&raw mut BOOTSTRAP) as *mut u8, BOOTSTRAP_SIZE) };
     }
 
     /// Adds the mapped kmalloc memory at `[base, base + size)` as the main arena.
     ///
     /// # Safety
-    /// The range must be mapped writable, used by nothing else, and stay mapped forever.
+    /// Call at most once. The range must be mapped writable, used by nothing else, and stay
+    /// mapped forever.
     pub unsafe fn add_kmalloc(&self, base: u64, size: usize) {
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: `Heap::init` needs an empty heap and memory that is valid, used by nothing else
+        // and lives as long as the heap: the caller guarantees the memory, and calling at most
+        // once keeps the kmalloc arena empty until now.
         unsafe { self.arenas.lock()[1].init(base as *mut u8, size) };
     }
 }
@@ -62,7 +68,9 @@ unsafe impl GlobalAlloc for KernelHeap {
             .iter_mut()
             .find(|h| h.size() > 0 && (h.bottom() as usize..h.top() as usize).contains(&addr))
             .expect("freed pointer belongs to no heap arena");
-        // SAFETY: `ptr` came from this arena's allocate_first_fit with the same layout.
+        // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` is a block `alloc` returned (so not
+        // null) for this layout. `alloc` takes every block from one of the two arenas, whose
+        // ranges are disjoint, so the arena whose range holds `ptr` is the one that handed it out.
         unsafe { arena.deallocate(NonNull::new_unchecked(ptr), layout) };
     }
 }

@@ -1,5 +1,6 @@
 //! Hostile behaviours, on the host's request: the guest attacks the VMM's page walker and
 //! decoders the way a compromised kernel could, so the host's tests can show it survives.
+#![forbid(unsafe_code)]
 
 use crate::agent::Mm;
 use crate::arch::x86_64::physmap::write_entry;

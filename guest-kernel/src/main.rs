@@ -50,7 +50,9 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
     if boot_info_phys != BOOT_INFO_ADDR {
         panic!("boot info at {boot_info_phys:#x}, expected {BOOT_INFO_ADDR:#x}");
     }
-    // SAFETY: the VMM wrote the boot info there and marked its page reserved.
+    // SAFETY: `boot_info_phys` is BOOT_INFO_ADDR (checked above): a page of RAM the VMM wrote
+    // the boot info into and marked reserved, so no allocator hands it out and nothing else
+    // in the kernel writes it while `raw` lives.
     let raw = unsafe { arch::x86_64::physmap::slice_mut(boot_info_phys, BootInfo::ENCODED_SIZE) };
     let boot_info = match BootInfo::decode(raw) {
         Ok(info) => info,

@@ -21,6 +21,7 @@
 //!
 //! The baselines, layouts and steady state are in `shared_mm::{first_fit, try_loop,
 //! bench_layouts}` (feature `baseline`), which the `system` bench of the vmm shares.
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::time::Duration;

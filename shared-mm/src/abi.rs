@@ -3,6 +3,7 @@
 //! A hypercall is: the guest writes a [`MailboxHeader`] and its payload at the start of the
 //! mailbox, then writes one byte to [`HYPERCALL_PORT`]. The VMM handles the exit, writes the
 //! response header and payload into the same mailbox, and resumes the guest.
+#![forbid(unsafe_code)]
 
 use crate::wire::{Reader, Writer};
 
@@ -298,6 +299,28 @@ impl Op {
             | Op::KernelRead { space, .. }
             | Op::KernelWrite { space, .. }
             | Op::Populate { space, .. } => Some(space),
+        }
+    }
+
+    /// The user address the operation names, for those that name one (placements chosen by
+    /// the MM name none).
+    pub fn addr_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            Op::MapFixed { addr, .. }
+            | Op::Unmap { addr, .. }
+            | Op::Protect { addr, .. }
+            | Op::TouchRead { addr, .. }
+            | Op::TouchWrite { addr, .. }
+            | Op::TouchExec { addr, .. }
+            | Op::KernelRead { addr, .. }
+            | Op::KernelWrite { addr, .. }
+            | Op::Populate { addr, .. } => Some(addr),
+            Op::CreateSpace
+            | Op::DestroySpace { .. }
+            | Op::MapAnywhere { .. }
+            | Op::MapRandomized { .. }
+            | Op::Snapshot { .. }
+            | Op::Frames { .. } => None,
         }
     }
 

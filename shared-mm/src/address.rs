@@ -3,6 +3,7 @@
 //! A [`VirtualRange`] stores its *inclusive* last byte rather than its end, so a range may
 //! reach the very top of the 64-bit space (for example base `0xFFFF_FFFF_FFFF_F000`, size
 //! `0x1000`) without any computation overflowing.
+#![forbid(unsafe_code)]
 
 use core::fmt;
 

@@ -1,4 +1,5 @@
 //! Benchmark layouts (feature `baseline`): the sparse, nearly full and adversarial trees of the placement rows.
+#![forbid(unsafe_code)]
 
 use alloc::vec::Vec;
 

@@ -1,4 +1,5 @@
 //! The boot-info block the VMM hands the guest: guest-physical layout, memory map and mailbox location.
+#![forbid(unsafe_code)]
 
 use crate::wire::{Reader, Writer};
 

@@ -2,6 +2,7 @@
 //!
 //! Steady state: `n` live one-page regions with holes of 1 to `max_hole` pages between them.
 //! The benches then place one region anywhere and remove it again, over and over.
+#![forbid(unsafe_code)]
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;

@@ -1,4 +1,5 @@
 //! A Region: a named span of virtual memory with an access mask and an optional backing.
+#![forbid(unsafe_code)]
 
 use core::cell::Cell;
 use core::fmt;

@@ -5,6 +5,7 @@
 //! offset 0) and then [`TRACE_CAPACITY`] records of [`TRACE_RECORD_SIZE`] bytes. The guest
 //! appends; the host drains every record and sets the count back to 0 at every hypercall, and
 //! when the guest rings [`TRACE_PORT`] because the buffer is full. Nothing is ever dropped.
+#![forbid(unsafe_code)]
 
 use crate::wire::{Reader, Writer};
 

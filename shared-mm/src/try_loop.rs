@@ -1,4 +1,5 @@
 //! Benchmark baseline (feature `baseline`): SerenityOS-style randomized placement, random aligned addresses tried one by one.
+#![forbid(unsafe_code)]
 
 use alloc::boxed::Box;
 

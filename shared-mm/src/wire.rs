@@ -1,4 +1,5 @@
 //! Little-endian cursors that encode and decode the fixed-layout records guest and host exchange.
+#![forbid(unsafe_code)]
 
 /// Writes little-endian fields into a byte buffer; running past the end is reported, not a panic.
 pub struct Writer<'a> {

@@ -1,4 +1,5 @@
 //! Named edge cases of RegionTree: the top of the address space, alignment, errors, neighbours.
+#![forbid(unsafe_code)]
 
 use std::rc::Rc;
 

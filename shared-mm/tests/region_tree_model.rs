@@ -5,6 +5,7 @@
 //! and every answer (error kind, placed address, lookups) must match the model.
 //! `check_invariants` also recomputes every gap-index summary, height and balance, so each
 //! step checks the augmented index as well.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,5 @@
 //! Helpers for the tests that boot real guests: configs, a hand-made ELF, console parsing.
+#![forbid(unsafe_code)]
 
 use shared_mm::boot_info::{GuestCommand, KERNEL_VIRT_BASE};
 use std::collections::BTreeMap;

@@ -1,6 +1,7 @@
 //! The two backends side by side: the self-check passes on the sim, and one seeded fuzz stream
 //! gives exactly the same results on KVM and on the sim (status, fault, address and value of
 //! every op, and every region tree exported along the way).
+#![forbid(unsafe_code)]
 
 use shared_mm::abi::{Op, OpResult, SpaceRecord};
 use std::collections::VecDeque;

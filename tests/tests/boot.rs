@@ -1,4 +1,5 @@
 //! Booting guests in-process: the default one exits 0; bad input and misbehaviour are named errors.
+#![forbid(unsafe_code)]
 
 use integration_tests::{boot, config, minimal_elf, run_error, setup_error, TEST_MEMORY};
 use shared_mm::boot_info::{GuestCommand, BOOT_INFO_ADDR, KERNEL_PHYS_BASE, MAILBOX_ADDR};

@@ -1,4 +1,5 @@
 //! Coverage feedback: a sanitizer-coverage guest boots, passes the self-check, and its edge counters can be read, merged and reset between batches.
+#![forbid(unsafe_code)]
 
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},

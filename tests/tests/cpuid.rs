@@ -1,4 +1,5 @@
 //! The guest's `cpu:` report matches the VMM's CPUID table, decoded here per the Intel SDM.
+#![forbid(unsafe_code)]
 
 use integration_tests::{boot, config, cpu_facts, parse_hex};
 use shared_mm::boot_info::GuestCommand;

@@ -1,5 +1,6 @@
 //! The fuzzer end to end: a clean run on the correct guest, determinism, a seeded bug found,
 //! shrunk and replayed from its reproducer file, and coverage feedback.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::time::Duration;

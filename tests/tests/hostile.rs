@@ -1,6 +1,8 @@
 //! A hostile guest against the host: tables that alias each other and absurd counts under KVM,
 //! and arbitrary mailbox contents, snapshot records and page tables thrown at the hypercall
 //! decoder, the walker and the checker, with the memory they allocate bounded.
+// Only the counting allocator needs unsafe code (`GlobalAlloc` is an unsafe trait).
+#![deny(unsafe_code)]
 
 use proptest::prelude::*;
 use shared_mm::abi::{MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, HEADER_SIZE};
@@ -21,18 +23,21 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+#[allow(unsafe_code)]
 // SAFETY: forwards every call to the system allocator unchanged; the counters are atomics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
         PEAK.fetch_max(now, Ordering::Relaxed);
-        // SAFETY: the caller's layout is passed on as given.
+        // SAFETY: our caller upholds `GlobalAlloc::alloc`'s contract (a layout of non-zero
+        // size), which is all `System.alloc` requires; the layout is passed on as given.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` above with this layout.
+        // SAFETY: our caller guarantees `ptr` came from `alloc` above with this layout, and
+        // `alloc` got every block from `System`, so `System` may free it.
         unsafe { System.dealloc(ptr, layout) }
     }
 }

@@ -1,5 +1,6 @@
 //! `vmm::inspect` in-process: the built-in scenario's spaces, their present pages as the host
 //! walks them, the agreement verdict, and the table, JSON and SVG views agreeing with each other.
+#![forbid(unsafe_code)]
 
 use integration_tests::config;
 use serde_json::Value;

@@ -1,4 +1,5 @@
 //! The guest MM through real hypercalls: the built-in self-check, and the region trees it exports.
+#![forbid(unsafe_code)]
 
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::KERNEL_SPACE;

@@ -2,6 +2,7 @@
 //! run time on the sim; the agreement checker (or, for what page tables cannot show, the
 //! expected results) must catch it on both backends, and the correct MM must pass the same
 //! scenario clean.
+#![forbid(unsafe_code)]
 
 use guest_mm::{Bug, SeededBugs};
 use std::time::Duration;

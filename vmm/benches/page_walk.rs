@@ -1,4 +1,5 @@
 //! Leaves per second of the page-table walker over 1 GiB mapped with 4 KiB and with 2 MiB pages.
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 

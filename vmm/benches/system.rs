@@ -4,6 +4,7 @@
 //! time from `std::time::Instant`; each is the median of several samples. The targets are goals:
 //! the table says which were met, and the bench exits 0 either way. With
 //! `SYSTEM_BENCH_ONLY=region_tree` only the RegionTree rows run (they need no KVM).
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::hint::black_box;

@@ -1,6 +1,7 @@
 //! The two places the guest MM runs: in the guest kernel under KVM (the ground truth), or
 //! in-process on the simulated machine (fast, deterministic, with a TLB you can see). The same
 //! drivers, model, checker and reproducers work on both.
+#![forbid(unsafe_code)]
 
 use crate::driver::Driver;
 use crate::error::VmmError;

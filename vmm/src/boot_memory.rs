@@ -1,5 +1,6 @@
 //! Guest RAM as both backends boot it: the kernel ELF loaded at its physical addresses, the
 //! boot info with its memory map, the entry GDT and the boot page tables.
+#![forbid(unsafe_code)]
 
 use crate::arch::{gdt::ENTRY_GDT, paging};
 use crate::error::VmmError;

@@ -15,6 +15,7 @@
 //! (PML4E, PDPTE, PDE pointing to tables) are not: the MM changes them only while building a
 //! space and when it frees one that is not active. The trace is attacker-controlled, so the
 //! state it can grow is bounded (by RAM size) and an excess is an error, not a slow host.
+#![forbid(unsafe_code)]
 
 use crate::checker::Rule;
 use crate::page_walk::EffectivePerms;

@@ -1,4 +1,5 @@
 //! Edge coverage of a sanitizer-coverage guest: its counters in guest memory, read and zeroed per batch.
+#![forbid(unsafe_code)]
 
 use crate::driver::DriverError;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};

@@ -1,5 +1,6 @@
 //! The Driver trait: what hands the guest MM its work and receives the results, whichever
 //! backend runs it; plus the snapshot collector drivers share and the simplest drivers.
+#![forbid(unsafe_code)]
 
 use crate::coherence::TraceTooLarge;
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status};

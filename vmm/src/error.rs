@@ -1,4 +1,5 @@
 //! Everything that can go wrong while setting up or running a guest, as one enum.
+#![forbid(unsafe_code)]
 
 pub use crate::protocol_error::ProtocolError;
 use std::fmt;

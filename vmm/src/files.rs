@@ -1,6 +1,7 @@
 //! Reading input files with a size cap (a kernel or a reproducer named `/dev/zero` must not
 //! eat the host's memory) and writing outputs atomically (a full disk must not leave a
 //! truncated file where a good one was).
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::io::{Read, Write};

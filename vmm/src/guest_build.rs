@@ -1,6 +1,7 @@
 //! Builds the guest kernel for x86_64-unknown-none, optionally with cargo features (the seeded
 //! bugs) and sanitizer coverage. Shared by vmm/build.rs, which embeds the default guest, and by
 //! tests and tools that need a variant. Uses std only, so the build script can include it by path.
+#![forbid(unsafe_code)]
 
 use std::env;
 use std::path::{Path, PathBuf};

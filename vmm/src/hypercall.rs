@@ -3,6 +3,7 @@
 //! Everything in the mailbox is attacker-controlled: every count and length is checked with
 //! checked arithmetic against the payload it claims to describe before anything is allocated
 //! for it, and any violation is a [`ProtocolError`] (exit 103).
+#![forbid(unsafe_code)]
 
 use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
 use crate::error::{ProtocolError, VmmError};

@@ -4,6 +4,7 @@
 //! The snapshots and the walk happen while the guest is paused at one `Batch` hypercall, so the
 //! trees and the tables agree in time. [`Report`] renders as an `info mem`-style table, JSON or
 //! an SVG map.
+#![forbid(unsafe_code)]
 
 mod json;
 pub mod plan;

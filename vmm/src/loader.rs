@@ -1,4 +1,5 @@
 //! Loads the guest kernel ELF into guest memory with linux-loader, after checking its headers.
+#![forbid(unsafe_code)]
 
 use crate::error::VmmError;
 use linux_loader::loader::{elf::Elf, KernelLoader};

@@ -1,7 +1,7 @@
 //! Walks x86_64 guest page tables from a CR3 through vm-memory, caching nothing between calls.
 //!
-//! The host never trusts the guest's own view of its page tables (DESIGN, "Agreement checks"):
-//! it reads them itself, stops at PS in a PDPTE or PDE, visits every index up to 511,
+//! The host never trusts the guest's own view of its page tables (README, "The agreement
+//! checker"): it reads them itself, stops at PS in a PDPTE or PDE, visits every index up to 511,
 //! sign-extends addresses, ANDs U and W down the levels and ORs NX. Every call starts again
 //! from CR3, so an unmap is never hidden behind a stale translation (LibVMI's v2p cache bug).
 #![forbid(unsafe_code)]

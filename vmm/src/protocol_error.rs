@@ -1,6 +1,7 @@
 //! The ways a guest can break the hypercall protocol, or leave KVM in a state the VMM cannot
 //! serve: everything the guest writes is attacker-controlled, and each of these ends the run
 //! with exit 103.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 

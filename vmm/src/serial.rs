@@ -1,4 +1,5 @@
 //! The COM1 serial console (vm-superio's 16550), streaming guest output to stdout and a capture.
+#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::io::Write;

@@ -12,6 +12,7 @@
 //!
 //! Paging-structure caches (cached PML4Es, PDPTEs, PDEs) are not modelled: the MM frees page
 //! tables only with a space that is not active, after a CR3 load has dropped them anyway.
+#![forbid(unsafe_code)]
 
 use crate::page_walk::{EffectivePerms, Leaf};
 use std::collections::HashMap;

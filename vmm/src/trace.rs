@@ -1,5 +1,6 @@
 //! The host side of the flush trace: draining the guest's trace buffer (attacker-controlled:
 //! its count and every record are checked) and the in-process sink the sim writes to.
+#![forbid(unsafe_code)]
 
 use crate::error::{ProtocolError, VmmError};
 use guest_mm::trace::TraceSink;

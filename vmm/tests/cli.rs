@@ -1,4 +1,5 @@
 //! The `vmm` command line (run, fuzz, replay): exit codes and the error lines it prints.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
 //! The `vmm inspect` command line: JSON on stdout, the SVG file, and a clean error for a bad path.
+#![forbid(unsafe_code)]
 
 use std::process::{Command, Output};
 

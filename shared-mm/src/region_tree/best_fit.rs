@@ -1,4 +1,5 @@
 //! The `place_anywhere` policy: best fit among the holes that hold an aligned placement.
+#![forbid(unsafe_code)]
 
 use super::free_space::FreeSpace;
 use crate::address::PAGE_SIZE;

@@ -1,4 +1,5 @@
 //! Errors of RegionTree operations and of its invariant check.
+#![forbid(unsafe_code)]
 
 use alloc::boxed::Box;
 use core::fmt;

@@ -1,4 +1,5 @@
 //! All free holes of a tree, the gap index plus the tail hole, queried as one set.
+#![forbid(unsafe_code)]
 
 use super::gap_index::GapIndex;
 use super::holes::{Class, Hole, Key};

@@ -1,4 +1,5 @@
 //! Free holes between regions, and what an aligned placement of some size finds in one.
+#![forbid(unsafe_code)]
 
 use crate::address::PAGE_SIZE;
 

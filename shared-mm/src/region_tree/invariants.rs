@@ -1,4 +1,5 @@
 //! RegionTree self-check: sorted, disjoint, inside the total range, counted, gap index exact.
+#![forbid(unsafe_code)]
 
 use core::ptr;
 

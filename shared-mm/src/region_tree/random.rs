@@ -1,4 +1,5 @@
 //! Random sources for randomized placement, and an unbiased-to-2^-76 bounded draw.
+#![forbid(unsafe_code)]
 
 /// A source of uniformly distributed 64-bit values.
 pub trait RandomSource {

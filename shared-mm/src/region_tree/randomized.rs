@@ -1,4 +1,5 @@
 //! The `place_randomized` draw: uniform over every valid aligned start, from counted slots.
+#![forbid(unsafe_code)]
 
 use super::best_fit::best_fit;
 use super::free_space::FreeSpace;

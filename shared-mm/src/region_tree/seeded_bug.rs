@@ -1,4 +1,5 @@
 //! The seeded `place_specifically` bug: compiled in by `bug-overlap`, switchable with `seeded-bugs`.
+#![forbid(unsafe_code)]
 
 /// Whether `place_specifically` misses an overlap of one page with the left neighbour (the
 /// off-by-one SerenityOS shipped), for the agreement-checker tests.

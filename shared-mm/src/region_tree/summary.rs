@@ -1,4 +1,5 @@
 //! Per-subtree summaries of the gap index: hole count, and aligned marks and room per class.
+#![forbid(unsafe_code)]
 
 use core::cell::Cell;
 

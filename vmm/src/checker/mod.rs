@@ -1,6 +1,8 @@
 //! The agreement checker: the guest's exported region trees against the page tables the host
-//! walks itself through guest memory (never the guest's own view). Each broken invariant of
-//! DESIGN.md becomes a [`Finding`] naming the space, address, PTE, region and rule.
+//! walks itself through guest memory (never the guest's own view). Each broken rule (the
+//! README's "The agreement checker" lists them) becomes a [`Finding`] naming the space, address,
+//! PTE, region and rule.
+#![forbid(unsafe_code)]
 
 mod accounting;
 mod agreement;

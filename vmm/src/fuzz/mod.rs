@@ -1,10 +1,12 @@
 //! Fuzzing the guest MM through hypercalls: generated operation batches, every result checked
 //! against a host-side model and the page tables against the region trees, and each failure
 //! shrunk to a minimal reproducer that `vmm replay` runs again.
+#![forbid(unsafe_code)]
 
 pub mod campaign;
 pub mod generate;
 pub mod model;
+pub mod rebase;
 pub mod repro;
 pub mod shrink;
 

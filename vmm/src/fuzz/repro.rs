@@ -99,7 +99,7 @@ mod tests {
         let parsed = Reproducer::parse(&repro.to_text()).expect("parses");
         assert_eq!(parsed.ops, repro.ops);
         assert_eq!(parsed.header_value("seed"), Some("7"));
-        assert_eq!(parsed.header_value("failure"), Some("x y"));
+        assert_eq!(parsed.header_value("failure"), Some("x; y"));
     }
 
     /// A reproducer as `vmm fuzz` wrote it before scenarios existed parses the same.

@@ -4,7 +4,8 @@
 //! signature: first the failing prefix; then whole spaces (a `create-space` with every operation
 //! on that space); then ever smaller chunks down to single operations (delta debugging); then
 //! each operation is simplified (one page instead of many, a page-aligned touch, the plain
-//! value 1, read-write access), and the chunk pass runs again while anything changes.
+//! value 1, read-write access), each space's addresses move down towards 0x1000, and the chunk
+//! pass runs again while anything changes.
 //!
 //! Space ids are renumbered as operations go: the guest numbers spaces 1, 2, ... in creation
 //! order, so dropping a `create-space` would otherwise point every later operation at the
@@ -13,7 +14,7 @@
 //! The budget counts replays, never seconds: the same failure shrinks to the same reproducer
 //! on any machine and under any load.
 
-use super::{replay, Signature};
+use super::{rebase, replay, Signature};
 use crate::{VmConfig, VmmError};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE};
@@ -396,6 +397,26 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
         Ok(())
     }
 
+    /// Moves each space's addresses down (see [`rebase`]) where the failure stays.
+    fn rebase(&mut self) -> Result<(), VmmError> {
+        let mut spaces: Vec<u32> = self
+            .kept
+            .iter()
+            .filter_map(|&i| self.ops[i].space())
+            .collect();
+        spaces.sort_unstable();
+        spaces.dedup();
+        for space in spaces {
+            for ops in rebase::candidates(&self.ops, &self.kept, space) {
+                let kept = self.kept.clone();
+                if self.exhausted || self.try_candidate(&ops, &kept)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces kept operations by simpler ones that still fail.
     fn simplify(&mut self) -> Result<(), VmmError> {
         let mut at = 0;
@@ -449,6 +470,7 @@ pub fn shrink_with(
         shrinker.merge_touch_runs()?;
         shrinker.drop_chunks(shrinker.kept.len().div_ceil(2).max(1))?;
         shrinker.simplify()?;
+        shrinker.rebase()?;
         if shrinker.exhausted || (shrinker.kept.clone(), shrinker.ops.clone()) == before {
             break;
         }

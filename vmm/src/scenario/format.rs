@@ -162,11 +162,12 @@ impl Scenario {
 
     /// The scenario as text, after a `# title` comment: the header, then each batch's steps,
     /// with [`BATCH_SEPARATOR`] between batches. [`Scenario::parse`] reads it back unchanged
-    /// (but for line numbers, and newlines in header values, which become spaces).
+    /// (but for line numbers, and line breaks in header values, which become `; `).
     pub fn to_text(&self, title: &str) -> String {
         let mut text = format!("# {title}\n");
         for (key, value) in &self.header {
-            let _ = writeln!(text, "# {key}: {}", value.replace(['\n', '\r'], " "));
+            let one_line: Vec<&str> = value.lines().map(str::trim).collect();
+            let _ = writeln!(text, "# {key}: {}", one_line.join("; "));
         }
         for (i, batch) in self.batches.iter().enumerate() {
             if i > 0 {

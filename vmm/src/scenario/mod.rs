@@ -1,5 +1,6 @@
 //! Scenarios: MM operations with the results they must give, in one text format that the
 //! built-in self-check, the seeded-bug bait, fuzz reproducers and users' regression files share.
+#![forbid(unsafe_code)]
 
 pub mod builtin;
 pub mod expect;

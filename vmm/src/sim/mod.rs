@@ -2,6 +2,7 @@
 //! as the guest's agent loop serves the mailbox. Fast and deterministic, with guest RAM laid out
 //! exactly as under KVM (the same kernel image, boot info and boot page tables), so the same
 //! seed and operations give the same results on both backends.
+#![forbid(unsafe_code)]
 
 pub mod cpu;
 pub mod machine;

@@ -1,4 +1,5 @@
 //! The CPUID instruction.
+#![forbid(unsafe_code)]
 
 /// Registers returned by one CPUID leaf.
 #[derive(Clone, Copy, Debug)]

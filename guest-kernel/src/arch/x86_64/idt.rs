@@ -107,8 +107,11 @@ static mut IDT: [[u64; 2]; 32] = [[0; 2]; 32];
 
 /// Installs the exception handlers. Call once, after the GDT.
 pub fn init() {
-    // SAFETY: runs once at boot on the only CPU; the IDT static lives forever and every gate
-    // points at a stub in this module with a valid kernel code selector.
+    // SAFETY: runs at boot on the only CPU with interrupts off, and nothing else refers to the
+    // IDT static, so the `&mut` to it is unique; a second call writes the same gates again.
+    // `TRAP_STUBS` is the 32-entry table the `global_asm!` above defines, one entry per vector.
+    // The IDT lives forever and every gate points at one of those stubs with the kernel code
+    // selector of the GDT (`gdt::init` runs first), so `lidt` installs a table the CPU can use.
     unsafe {
         let idt_ptr = &raw mut IDT;
         let idt = &mut *idt_ptr;
@@ -195,7 +198,9 @@ pub fn enter_user(entry: &UserEntry) -> UserTrap {
     // SAFETY: enter_user_asm saves the callee-saved registers and the stack pointer, drops to
     // ring 3 with iretq, and comes back here through user_exit_to_kernel with the same registers
     // and stack, so from Rust's point of view this is an ordinary call that clobbers the
-    // caller-saved registers (all of which the C ABI already treats as clobbered).
+    // caller-saved registers (all of which the C ABI already treats as clobbered). Reading
+    // LAST_USER_TRAP: `trap_dispatch` wrote it on the way back, and nothing else touches it
+    // (single CPU, interrupts off).
     unsafe {
         enter_user_asm(entry);
         LAST_USER_TRAP
