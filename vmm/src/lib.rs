@@ -12,6 +12,7 @@ pub mod fuzz;
 pub mod guest_build;
 pub mod hypercall;
 pub mod inspect;
+pub mod kick;
 pub mod loader;
 pub mod page_walk;
 pub mod scenario;
