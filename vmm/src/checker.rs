@@ -2,7 +2,7 @@
 //! walks itself through guest memory (never the guest's own view). Each broken invariant of
 //! DESIGN.md becomes a [`Finding`] naming the space, address, PTE, region and rule.
 
-use crate::driver::{Driver, SpaceSnapshot};
+use crate::driver::{Driver, RoundStep, SnapshotRound, SpaceSnapshot};
 use crate::page_walk::{leaves_in, Leaf, LOWER_HALF, UPPER_HALF};
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{
@@ -335,9 +335,7 @@ pub fn check<M: GuestMemory + ?Sized>(
 /// tables while the guest is paused with exactly those trees.
 pub struct Checked<D> {
     inner: D,
-    /// Results of the inner driver's last batch, held back while the snapshots are taken.
-    held_results: Option<Vec<OpResult>>,
-    snapshots: Vec<SpaceSnapshot>,
+    round: SnapshotRound,
     /// Every finding so far, with the number of the check that found it.
     pub findings: Vec<(usize, Finding)>,
     /// How many times the checker ran.
@@ -350,8 +348,7 @@ impl<D: Driver> Checked<D> {
     pub fn new(inner: D) -> Self {
         Checked {
             inner,
-            held_results: None,
-            snapshots: Vec::new(),
+            round: SnapshotRound::new(),
             findings: Vec::new(),
             checks_run: 0,
             stop_on_finding: false,
@@ -378,31 +375,22 @@ impl<D: Driver> Driver for Checked<D> {
         results: &[OpResult],
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, String> {
-        match self.held_results.take() {
-            None => {
-                // The inner driver's batch just finished: snapshot everything first.
-                self.held_results = Some(results.to_vec());
-                self.snapshots.clear();
-                let mut ops = vec![Op::Snapshot {
-                    space: KERNEL_SPACE,
-                }];
-                ops.extend(spaces.iter().map(|s| Op::Snapshot { space: s.space }));
-                Ok(Some(ops))
-            }
-            Some(held) => {
-                let kernel_at = self.snapshots.iter().position(|v| v.space == KERNEL_SPACE);
-                let kernel = kernel_at
-                    .map(|i| self.snapshots.remove(i))
-                    .ok_or("the guest sent no kernel snapshot")?;
+        match self.round.next(results, spaces)? {
+            RoundStep::Snapshot(ops) => Ok(Some(ops)),
+            RoundStep::Done {
+                results,
+                kernel,
+                spaces: trees,
+            } => {
                 let run = self.checks_run;
                 self.checks_run += 1;
-                let found = check(mem, &kernel, &self.snapshots);
-                if self.stop_on_finding && !found.is_empty() {
-                    self.findings.extend(found.into_iter().map(|f| (run, f)));
+                let found = check(mem, &kernel, &trees);
+                let stop = self.stop_on_finding && !found.is_empty();
+                self.findings.extend(found.into_iter().map(|f| (run, f)));
+                if stop {
                     return Ok(None);
                 }
-                self.findings.extend(found.into_iter().map(|f| (run, f)));
-                self.inner.next_batch(mem, &held, spaces)
+                self.inner.next_batch(mem, &results, spaces)
             }
         }
     }
@@ -416,9 +404,9 @@ impl<D: Driver> Driver for Checked<D> {
         total: u64,
         regions: &[RegionRecord],
     ) -> Result<(), String> {
-        if self.held_results.is_none() {
-            return self.inner.snapshot(mem, space, cr3, first, total, regions);
+        match self.round.collect(space, cr3, first, total, regions) {
+            Some(taken) => taken,
+            None => self.inner.snapshot(mem, space, cr3, first, total, regions),
         }
-        SpaceSnapshot::collect(&mut self.snapshots, space, cr3, first, total, regions)
     }
 }

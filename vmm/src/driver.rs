@@ -1,7 +1,7 @@
 //! The Driver trait: what hands the guest MM its work and receives the results, whichever
-//! backend runs it; plus the snapshot collector drivers share.
+//! backend runs it; plus the snapshot collector and the snapshot round drivers share.
 
-use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord};
+use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, KERNEL_SPACE};
 use vm_memory::GuestMemoryMmap;
 
 /// One address space's exported region tree, with the root of its page tables.
@@ -42,6 +42,84 @@ impl SpaceSnapshot {
                 "snapshot chunk at {first} for space {space} arrived without its start"
             )),
         }
+    }
+}
+
+/// What [`SnapshotRound::next`] asks its driver to do.
+#[derive(Debug)]
+pub enum RoundStep {
+    /// Send these snapshot operations (the kernel's and every live space's) to take the round.
+    Snapshot(Vec<Op>),
+    /// The round is in: the inner driver's held-back results, and the trees, taken while the
+    /// guest waits with exactly these trees and tables.
+    Done {
+        results: Vec<OpResult>,
+        kernel: SpaceSnapshot,
+        spaces: Vec<SpaceSnapshot>,
+    },
+}
+
+/// A snapshot of the kernel and every live space after each batch of an inner driver: the
+/// round an adapter such as `checker::Checked` takes before it hands the batch's results on.
+#[derive(Debug, Default)]
+pub struct SnapshotRound {
+    /// Results of the inner driver's last batch, held back while the snapshots are taken.
+    held_results: Option<Vec<OpResult>>,
+    trees: Vec<SpaceSnapshot>,
+}
+
+impl SnapshotRound {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// At a `Batch` hypercall: either starts a round (the inner driver's batch just finished
+    /// with `results`), or ends the one whose snapshot operations just ran.
+    pub fn next(
+        &mut self,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<RoundStep, String> {
+        let Some(held) = self.held_results.take() else {
+            self.held_results = Some(results.to_vec());
+            self.trees.clear();
+            let mut ops = vec![Op::Snapshot {
+                space: KERNEL_SPACE,
+            }];
+            ops.extend(spaces.iter().map(|s| Op::Snapshot { space: s.space }));
+            return Ok(RoundStep::Snapshot(ops));
+        };
+        let mut spaces = std::mem::take(&mut self.trees);
+        let kernel_at = spaces.iter().position(|v| v.space == KERNEL_SPACE);
+        let kernel = kernel_at
+            .map(|i| spaces.remove(i))
+            .ok_or("the guest sent no kernel snapshot")?;
+        Ok(RoundStep::Done {
+            results: held,
+            kernel,
+            spaces,
+        })
+    }
+
+    /// Takes a snapshot chunk while a round is in progress; `None` hands it back (it belongs to
+    /// the inner driver).
+    pub fn collect(
+        &mut self,
+        space: u32,
+        cr3: u64,
+        first: u64,
+        total: u64,
+        regions: &[RegionRecord],
+    ) -> Option<Result<(), String>> {
+        self.held_results.as_ref()?;
+        Some(SpaceSnapshot::collect(
+            &mut self.trees,
+            space,
+            cr3,
+            first,
+            total,
+            regions,
+        ))
     }
 }
 
