@@ -58,6 +58,14 @@ pub enum VmmError {
     Driver(String),
     /// The chosen backend cannot do what was asked.
     BackendUnsupported { backend: &'static str, what: String },
+    /// The gdb stub failed, or gdb killed the guest.
+    Gdb(crate::gdb::GdbError),
+}
+
+impl From<crate::gdb::GdbError> for VmmError {
+    fn from(e: crate::gdb::GdbError) -> Self {
+        VmmError::Gdb(e)
+    }
 }
 
 impl fmt::Display for VmmError {
@@ -138,6 +146,7 @@ impl fmt::Display for VmmError {
             VmmError::BackendUnsupported { backend, what } => {
                 write!(f, "the {backend} backend does not support {what}")
             }
+            VmmError::Gdb(e) => write!(f, "{e}"),
         }
     }
 }
@@ -153,6 +162,7 @@ impl VmmError {
             VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => 103,
             VmmError::Timeout { .. } => 124,
             VmmError::SelfCheckFailed(_) => 1,
+            VmmError::Gdb(crate::gdb::GdbError::Killed) => 137,
             _ => 2,
         }
     }

@@ -233,7 +233,13 @@ pub fn split_rows(runs: &[MappedRun], regions: &[RegionRecord], trampoline: bool
     rows
 }
 
-fn space_report(mem: &GuestMemoryMmap, view: SpaceSnapshot, findings: Vec<Finding>) -> SpaceReport {
+/// The report of one space (or the kernel): its tree beside the present pages the host walks
+/// now, with the checker's `findings` for it.
+pub(crate) fn space_report(
+    mem: &GuestMemoryMmap,
+    view: SpaceSnapshot,
+    findings: Vec<Finding>,
+) -> SpaceReport {
     let user = view.space != KERNEL_SPACE;
     let half = if user { LOWER_HALF } else { UPPER_HALF };
     // A walk error stops the walk here; the agreement checker reports it as a finding.

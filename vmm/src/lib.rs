@@ -9,6 +9,7 @@ pub mod coverage;
 pub mod driver;
 pub mod error;
 pub mod fuzz;
+pub mod gdb;
 pub mod guest_build;
 pub mod hypercall;
 pub mod inspect;

@@ -1,0 +1,106 @@
+//! What the host knows of the guest MM while gdb holds the guest stopped: the live spaces and
+//! their CR3s from the last `Batch` hypercall, and every region tree from a snapshot round the
+//! [`Observed`] driver takes after each batch. The page tables themselves are never kept: the
+//! monitor commands walk them live.
+
+use crate::driver::{Driver, RoundStep, SnapshotRound, SpaceSnapshot};
+use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord};
+use std::sync::{Arc, Mutex};
+use vm_memory::GuestMemoryMmap;
+
+/// The MM as of the last batch boundary.
+#[derive(Clone, Debug, Default)]
+pub struct MmView {
+    /// `Batch` hypercalls served so far.
+    pub batches: u64,
+    /// The live user spaces and their CR3s, as the guest reported them with its last batch.
+    pub spaces: Vec<SpaceRecord>,
+    /// The kernel's region tree from the last snapshot round.
+    pub kernel: Option<SpaceSnapshot>,
+    /// Every live user space's tree from the same round, in the order the guest listed them.
+    pub trees: Vec<SpaceSnapshot>,
+    /// The batch after which that round was taken.
+    pub trees_at: u64,
+}
+
+impl MmView {
+    /// The tree of `space` from the last round.
+    pub fn tree(&self, space: u32) -> Option<&SpaceSnapshot> {
+        self.kernel
+            .iter()
+            .chain(&self.trees)
+            .find(|tree| tree.space == space)
+    }
+}
+
+/// The view one gdb session shares between its driver and its monitor commands.
+pub type SharedView = Arc<Mutex<MmView>>;
+
+/// Wraps the driver of a debugged guest: everything passes through unchanged, and after each
+/// of its batches the kernel and every live space are snapshotted into the shared [`MmView`],
+/// so `monitor regions` and `monitor check` see the trees of the last batch boundary.
+pub struct Observed<'d> {
+    inner: &'d mut dyn Driver,
+    round: SnapshotRound,
+    view: SharedView,
+}
+
+impl<'d> Observed<'d> {
+    pub fn new(inner: &'d mut dyn Driver, view: SharedView) -> Self {
+        Observed {
+            inner,
+            round: SnapshotRound::new(),
+            view,
+        }
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, MmView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Driver for Observed<'_> {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, String> {
+        {
+            let mut view = self.view();
+            view.batches += 1;
+            view.spaces = spaces.to_vec();
+        }
+        match self.round.next(results, spaces)? {
+            RoundStep::Snapshot(ops) => Ok(Some(ops)),
+            RoundStep::Done {
+                results,
+                kernel,
+                spaces: trees,
+            } => {
+                {
+                    let mut view = self.view();
+                    view.trees_at = view.batches;
+                    view.kernel = Some(kernel);
+                    view.trees = trees;
+                }
+                self.inner.next_batch(mem, &results, spaces)
+            }
+        }
+    }
+
+    fn snapshot(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        space: u32,
+        cr3: u64,
+        first: u64,
+        total: u64,
+        regions: &[RegionRecord],
+    ) -> Result<(), String> {
+        match self.round.collect(space, cr3, first, total, regions) {
+            Some(taken) => taken,
+            None => self.inner.snapshot(mem, space, cr3, first, total, regions),
+        }
+    }
+}
