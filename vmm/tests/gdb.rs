@@ -232,7 +232,7 @@ fn connects_stopped_at_the_entry_with_system_registers_then_detach_runs_the_gues
             "[ LME LMA NXE ]",
             "fs_base",
             "<_start>:",
-            "no user address space is live",
+            "no user address space was live at the last batch boundary",
             "[Inferior 1 (process 1) detached]",
         ],
         &stderr,

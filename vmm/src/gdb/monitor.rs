@@ -146,7 +146,10 @@ impl Stopped<'_> {
                         .iter()
                         .map(|s| s.space.to_string())
                         .collect();
-                    format!("there is no space {id} (live spaces: {})", live.join(", "))
+                    format!(
+                        "there was no space {id} at the last batch boundary (spaces then: {})",
+                        live.join(", ")
+                    )
                 }),
             SpaceArg::Current => Ok(self
                 .view
@@ -190,7 +193,10 @@ impl Stopped<'_> {
             line(&mut out, s.space, s.cr3);
         }
         if self.view.spaces.is_empty() {
-            let _ = writeln!(out, "no user address space is live");
+            let _ = writeln!(
+                out,
+                "no user address space was live at the last batch boundary"
+            );
         }
         let _ = writeln!(out, "{}", self.trees_note());
         out
@@ -392,7 +398,10 @@ mod tests {
             "{hole}"
         );
         let missing = stopped.run(Command::Regions(SpaceArg::User(3)));
-        assert_eq!(missing, "error: there is no space 3 (live spaces: 7)\n");
+        assert_eq!(
+            missing,
+            "error: there was no space 3 at the last batch boundary (spaces then: 7)\n"
+        );
         let none = stopped.run(Command::Regions(SpaceArg::User(7)));
         assert!(
             none.starts_with("no region tree has been exported yet"),
