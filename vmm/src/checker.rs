@@ -2,7 +2,7 @@
 //! walks itself through guest memory (never the guest's own view). Each broken invariant of
 //! DESIGN.md becomes a [`Finding`] naming the space, address, PTE, region and rule.
 
-use crate::driver::{Driver, RoundStep, SnapshotRound, SpaceSnapshot};
+use crate::driver::{Driver, SnapshotRound, SpaceSnapshot};
 use crate::page_walk::{leaves_in, Leaf, LOWER_HALF, UPPER_HALF};
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{
@@ -375,24 +375,18 @@ impl<D: Driver> Driver for Checked<D> {
         results: &[OpResult],
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, String> {
-        match self.round.next(results, spaces)? {
-            RoundStep::Snapshot(ops) => Ok(Some(ops)),
-            RoundStep::Done {
-                results,
-                kernel,
-                spaces: trees,
-            } => {
-                let run = self.checks_run;
-                self.checks_run += 1;
-                let found = check(mem, &kernel, &trees);
-                let stop = self.stop_on_finding && !found.is_empty();
-                self.findings.extend(found.into_iter().map(|f| (run, f)));
-                if stop {
-                    return Ok(None);
-                }
-                self.inner.next_batch(mem, &results, spaces)
-            }
-        }
+        let (findings, checks_run) = (&mut self.findings, &mut self.checks_run);
+        let stop_on_finding = self.stop_on_finding;
+        let check_trees = |kernel: SpaceSnapshot, trees: Vec<SpaceSnapshot>| {
+            let run = *checks_run;
+            *checks_run += 1;
+            let found = check(mem, &kernel, &trees);
+            let stop = stop_on_finding && !found.is_empty();
+            findings.extend(found.into_iter().map(|f| (run, f)));
+            !stop
+        };
+        self.round
+            .next_batch(&mut self.inner, mem, results, spaces, check_trees)
     }
 
     fn snapshot(
@@ -404,9 +398,8 @@ impl<D: Driver> Driver for Checked<D> {
         total: u64,
         regions: &[RegionRecord],
     ) -> Result<(), String> {
-        match self.round.collect(space, cr3, first, total, regions) {
-            Some(taken) => taken,
-            None => self.inner.snapshot(mem, space, cr3, first, total, regions),
-        }
+        let inner = &mut self.inner;
+        self.round
+            .snapshot(inner, mem, space, cr3, first, total, regions)
     }
 }

@@ -45,22 +45,17 @@ impl SpaceSnapshot {
     }
 }
 
-/// What [`SnapshotRound::next`] asks its driver to do.
-#[derive(Debug)]
-pub enum RoundStep {
+/// Where a round stands at a `Batch` hypercall.
+enum RoundStep {
     /// Send these snapshot operations (the kernel's and every live space's) to take the round.
     Snapshot(Vec<Op>),
-    /// The round is in: the inner driver's held-back results, and the trees, taken while the
-    /// guest waits with exactly these trees and tables.
-    Done {
-        results: Vec<OpResult>,
-        kernel: SpaceSnapshot,
-        spaces: Vec<SpaceSnapshot>,
-    },
+    /// The round is in: the inner driver's held-back results, the kernel's tree and the spaces'.
+    Done(Vec<OpResult>, SpaceSnapshot, Vec<SpaceSnapshot>),
 }
 
 /// A snapshot of the kernel and every live space after each batch of an inner driver: the
 /// round an adapter such as `checker::Checked` takes before it hands the batch's results on.
+/// The adapter forwards both hypercalls here with its inner driver.
 #[derive(Debug, Default)]
 pub struct SnapshotRound {
     /// Results of the inner driver's last batch, held back while the snapshots are taken.
@@ -73,13 +68,9 @@ impl SnapshotRound {
         Self::default()
     }
 
-    /// At a `Batch` hypercall: either starts a round (the inner driver's batch just finished
-    /// with `results`), or ends the one whose snapshot operations just ran.
-    pub fn next(
-        &mut self,
-        results: &[OpResult],
-        spaces: &[SpaceRecord],
-    ) -> Result<RoundStep, String> {
+    /// Either starts a round (the inner driver's batch just finished with `results`), or ends
+    /// the one whose snapshot operations just ran.
+    fn step(&mut self, results: &[OpResult], spaces: &[SpaceRecord]) -> Result<RoundStep, String> {
         let Some(held) = self.held_results.take() else {
             self.held_results = Some(results.to_vec());
             self.trees.clear();
@@ -89,37 +80,52 @@ impl SnapshotRound {
             ops.extend(spaces.iter().map(|s| Op::Snapshot { space: s.space }));
             return Ok(RoundStep::Snapshot(ops));
         };
-        let mut spaces = std::mem::take(&mut self.trees);
-        let kernel_at = spaces.iter().position(|v| v.space == KERNEL_SPACE);
+        let mut trees = std::mem::take(&mut self.trees);
+        let kernel_at = trees.iter().position(|v| v.space == KERNEL_SPACE);
         let kernel = kernel_at
-            .map(|i| spaces.remove(i))
+            .map(|i| trees.remove(i))
             .ok_or("the guest sent no kernel snapshot")?;
-        Ok(RoundStep::Done {
-            results: held,
-            kernel,
-            spaces,
-        })
+        Ok(RoundStep::Done(held, kernel, trees))
     }
 
-    /// Takes a snapshot chunk while a round is in progress; `None` hands it back (it belongs to
-    /// the inner driver).
-    pub fn collect(
+    /// A `Batch` hypercall: asks for the round's snapshots, or, when they are in, hands the
+    /// kernel's tree and the spaces' to `take` (taken while the guest waits with exactly these
+    /// trees and tables) and then, if `take` says the work goes on, the held-back results to
+    /// `inner`.
+    pub fn next_batch(
         &mut self,
+        inner: &mut dyn Driver,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+        take: impl FnOnce(SpaceSnapshot, Vec<SpaceSnapshot>) -> bool,
+    ) -> Result<Option<Vec<Op>>, String> {
+        match self.step(results, spaces)? {
+            RoundStep::Snapshot(ops) => Ok(Some(ops)),
+            RoundStep::Done(held, kernel, trees) => match take(kernel, trees) {
+                true => inner.next_batch(mem, &held, spaces),
+                false => Ok(None),
+            },
+        }
+    }
+
+    /// A `Snapshot` hypercall: the round's chunk while a round is in progress, else `inner`'s.
+    // The arguments of `Driver::snapshot`, plus the driver the chunk may belong to.
+    #[allow(clippy::too_many_arguments)]
+    pub fn snapshot(
+        &mut self,
+        inner: &mut dyn Driver,
+        mem: &GuestMemoryMmap,
         space: u32,
         cr3: u64,
         first: u64,
         total: u64,
         regions: &[RegionRecord],
-    ) -> Option<Result<(), String>> {
-        self.held_results.as_ref()?;
-        Some(SpaceSnapshot::collect(
-            &mut self.trees,
-            space,
-            cr3,
-            first,
-            total,
-            regions,
-        ))
+    ) -> Result<(), String> {
+        if self.held_results.is_none() {
+            return inner.snapshot(mem, space, cr3, first, total, regions);
+        }
+        SpaceSnapshot::collect(&mut self.trees, space, cr3, first, total, regions)
     }
 }
 

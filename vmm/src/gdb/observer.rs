@@ -3,7 +3,7 @@
 //! [`Observed`] driver takes after each batch. The page tables themselves are never kept: the
 //! monitor commands walk them live.
 
-use crate::driver::{Driver, RoundStep, SnapshotRound, SpaceSnapshot};
+use crate::driver::{Driver, SnapshotRound, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord};
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -53,10 +53,6 @@ impl<'d> Observed<'d> {
             view,
         }
     }
-
-    fn view(&self) -> std::sync::MutexGuard<'_, MmView> {
-        self.view.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl Driver for Observed<'_> {
@@ -66,27 +62,22 @@ impl Driver for Observed<'_> {
         results: &[OpResult],
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, String> {
+        let view = &self.view;
+        let lock = || view.lock().unwrap_or_else(|e| e.into_inner());
         {
-            let mut view = self.view();
+            let mut view = lock();
             view.batches += 1;
             view.spaces = spaces.to_vec();
         }
-        match self.round.next(results, spaces)? {
-            RoundStep::Snapshot(ops) => Ok(Some(ops)),
-            RoundStep::Done {
-                results,
-                kernel,
-                spaces: trees,
-            } => {
-                {
-                    let mut view = self.view();
-                    view.trees_at = view.batches;
-                    view.kernel = Some(kernel);
-                    view.trees = trees;
-                }
-                self.inner.next_batch(mem, &results, spaces)
-            }
-        }
+        let keep_trees = |kernel, trees| {
+            let mut view = lock();
+            view.trees_at = view.batches;
+            view.kernel = Some(kernel);
+            view.trees = trees;
+            true
+        };
+        self.round
+            .next_batch(self.inner, mem, results, spaces, keep_trees)
     }
 
     fn snapshot(
@@ -98,9 +89,7 @@ impl Driver for Observed<'_> {
         total: u64,
         regions: &[RegionRecord],
     ) -> Result<(), String> {
-        match self.round.collect(space, cr3, first, total, regions) {
-            Some(taken) => taken,
-            None => self.inner.snapshot(mem, space, cr3, first, total, regions),
-        }
+        self.round
+            .snapshot(self.inner, mem, space, cr3, first, total, regions)
     }
 }
