@@ -169,6 +169,14 @@ impl Vmm {
     }
 }
 
+/// `vmm replay` of the reproducer `text` (saved as `name`) with `extra` options, waiting for gdb.
+fn replay_under_gdb(name: &str, text: &str, extra: &[&str]) -> Vmm {
+    let repro = scratch_file(name, text);
+    let mut args = vec!["replay", repro.to_str().expect("UTF-8 path")];
+    args.extend_from_slice(extra);
+    Vmm::start(&args)
+}
+
 /// gdb in batch mode on the VMM's ELF, connected to it, running `commands` in order.
 fn gdb_command(vmm: &Vmm, commands: &[&str]) -> Command {
     let mut gdb = Command::new("gdb");
@@ -317,9 +325,7 @@ fn replay_stops_when_the_guest_starts_the_op_asked_for() {
     if !have_gdb("replay_stops_when_the_guest_starts_the_op_asked_for") {
         return;
     }
-    let repro = scratch_file("gdb-two-unmaps.repro", TWO_UNMAPS);
-    let file = repro.to_str().expect("UTF-8 path");
-    let vmm = Vmm::start(&["replay", file, "--break-at-op", "3"]);
+    let vmm = replay_under_gdb("gdb-two-unmaps.repro", TWO_UNMAPS, &["--break-at-op", "3"]);
     let out = gdb(
         &vmm,
         &[
@@ -371,9 +377,8 @@ fn replay_stops_at_the_failing_op_by_default() {
     if !have_gdb("replay_stops_at_the_failing_op_by_default") {
         return;
     }
-    let repro = scratch_file("gdb-stale-pte.repro", STALE_PTE);
-    let file = repro.to_str().expect("UTF-8 path");
-    let vmm = Vmm::start(&["replay", file, "--guest-features", "bug-stale-pte"]);
+    let features = ["--guest-features", "bug-stale-pte"];
+    let vmm = replay_under_gdb("gdb-stale-pte.repro", STALE_PTE, &features);
     let out = gdb(
         &vmm,
         &[
@@ -418,9 +423,7 @@ fn a_watchpoint_stops_where_the_value_changes_and_too_many_breakpoints_are_refus
     if !have_gdb("a_watchpoint_stops_where_the_value_changes_...") {
         return;
     }
-    let repro = scratch_file("gdb-two-writes.repro", TWO_WRITES);
-    let file = repro.to_str().expect("UTF-8 path");
-    let vmm = Vmm::start(&["replay", file, "--break-at-op", "3"]);
+    let vmm = replay_under_gdb("gdb-two-writes.repro", TWO_WRITES, &["--break-at-op", "3"]);
     let out = gdb(
         &vmm,
         &[
