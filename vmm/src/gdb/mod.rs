@@ -68,6 +68,13 @@ impl fmt::Display for GdbError {
 
 impl std::error::Error for GdbError {}
 
+impl GdbError {
+    /// Maps a failed KVM call `what` to its error.
+    fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> GdbError {
+        move |source| GdbError::Kvm { what, source }
+    }
+}
+
 /// A request from a driver to stop the guest under gdb before it runs on: `vmm replay
 /// --break-at-op N` makes one when it hands out op N. Without a gdb session it does nothing.
 #[derive(Clone, Debug, Default)]

@@ -114,10 +114,6 @@ pub struct VcpuState {
     pub fpu: kvm_fpu,
 }
 
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> GdbError {
-    move |source| GdbError::Kvm { what, source }
-}
-
 /// The full x87 tag word (two bits per register, 11 = empty) from FXSAVE's abridged one.
 fn full_tag(abridged: u8) -> u32 {
     (0..8)
@@ -135,16 +131,19 @@ fn abridged_tag(full: u32) -> u8 {
 impl VcpuState {
     pub fn read(vcpu: &VcpuFd) -> Result<VcpuState, GdbError> {
         Ok(VcpuState {
-            regs: vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?,
-            sregs: vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
-            fpu: vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?,
+            regs: vcpu.get_regs().map_err(GdbError::kvm("KVM_GET_REGS"))?,
+            sregs: vcpu.get_sregs().map_err(GdbError::kvm("KVM_GET_SREGS"))?,
+            fpu: vcpu.get_fpu().map_err(GdbError::kvm("KVM_GET_FPU"))?,
         })
     }
 
     pub fn write(&self, vcpu: &VcpuFd) -> Result<(), GdbError> {
-        vcpu.set_regs(&self.regs).map_err(kvm("KVM_SET_REGS"))?;
-        vcpu.set_sregs(&self.sregs).map_err(kvm("KVM_SET_SREGS"))?;
-        vcpu.set_fpu(&self.fpu).map_err(kvm("KVM_SET_FPU"))
+        vcpu.set_regs(&self.regs)
+            .map_err(GdbError::kvm("KVM_SET_REGS"))?;
+        vcpu.set_sregs(&self.sregs)
+            .map_err(GdbError::kvm("KVM_SET_SREGS"))?;
+        vcpu.set_fpu(&self.fpu)
+            .map_err(GdbError::kvm("KVM_SET_FPU"))
     }
 
     fn gprs(&self) -> [u64; 16] {

@@ -98,10 +98,6 @@ pub struct GuestTarget {
     view: SharedView,
 }
 
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> GdbError {
-    move |source| GdbError::Kvm { what, source }
-}
-
 impl GuestTarget {
     pub fn new(mem: GuestMemoryMmap, view: SharedView) -> Self {
         GuestTarget {
@@ -136,7 +132,7 @@ impl GuestTarget {
         }
         let debug = self.breakpoints.guest_debug(self.step);
         vcpu.set_guest_debug(&debug)
-            .map_err(kvm("KVM_SET_GUEST_DEBUG"))
+            .map_err(GdbError::kvm("KVM_SET_GUEST_DEBUG"))
     }
 
     /// gdb is gone: every `int3` comes out, every debug register is freed, and the guest runs
@@ -168,7 +164,10 @@ impl GuestTarget {
             });
         }
         let changed = if self.breakpoints.needs_stepping() {
-            let cr3 = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?.cr3;
+            let cr3 = vcpu
+                .get_sregs()
+                .map_err(GdbError::kvm("KVM_GET_SREGS"))?
+                .cr3;
             let mem = &self.mem;
             self.breakpoints
                 .stepped_change(|va, len| value_at(mem, cr3, va, len))
@@ -197,7 +196,7 @@ impl GuestTarget {
     pub fn reinject_breakpoint(&self, vcpu: &VcpuFd) -> Result<(), GdbError> {
         let debug = self.breakpoints.reinject_breakpoint(self.step);
         vcpu.set_guest_debug(&debug)
-            .map_err(kvm("KVM_SET_GUEST_DEBUG"))
+            .map_err(GdbError::kvm("KVM_SET_GUEST_DEBUG"))
     }
 
     fn frozen(&self) -> Result<&VcpuState, GdbError> {
