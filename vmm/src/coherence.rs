@@ -92,7 +92,19 @@ const MAX_FINDINGS: usize = 64;
 /// Recent events kept to explain a finding.
 const RECENT: usize = 32;
 
+/// A translation the TLB may hold now, as `monitor tlb` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cached {
+    pub translation: Translation,
+    /// The PTE value it came from.
+    pub pte: u64,
+    /// Whether the PTE has changed since (the translation is stale until a flush), with the
+    /// number of the trace event that changed it.
+    pub stale_since: Option<u64>,
+}
+
 /// The replay state of one guest's trace.
+#[derive(Clone)]
 pub struct Coherence {
     /// Present user-half leaves per directory: page -> (translation, PTE value).
     leaves: HashMap<u64, HashMap<u64, (Translation, u64)>>,
@@ -167,6 +179,33 @@ impl Coherence {
         }
         let present = self.leaves.get(&directory).map_or(0, HashMap::len);
         present + self.stale.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Every translation of `directory` the TLB may hold now, by page: none unless it is
+    /// active; else its present user translations and the stale ones no flush has dropped.
+    pub fn cached(&self, directory: u64) -> Vec<Cached> {
+        if self.active != Some(directory) {
+            return Vec::new();
+        }
+        let present = self.leaves.get(&directory).into_iter().flatten();
+        let present = present.map(|(_, &(translation, pte))| Cached {
+            translation,
+            pte,
+            stale_since: None,
+        });
+        let stale = self.stale.values().flatten().map(|s| Cached {
+            translation: s.translation,
+            pte: s.pte,
+            stale_since: Some(s.write.0),
+        });
+        let mut all: Vec<Cached> = present.chain(stale).collect();
+        all.sort_by_key(|c| (c.translation.page, c.stale_since));
+        all
+    }
+
+    /// Events replayed so far.
+    pub fn events_seen(&self) -> u64 {
+        self.next_event
     }
 
     /// Takes the findings so far.
@@ -423,6 +462,28 @@ mod tests {
     const ACTIVATE: TraceEvent = TraceEvent::Activate { directory: DIR };
     const FLUSH: TraceEvent = TraceEvent::Flush { va: PAGE };
     const FREE: TraceEvent = TraceEvent::FrameFreed { frame: 0x46000 };
+
+    #[test]
+    fn cached_lists_present_and_stale_translations_of_the_active_directory_only() {
+        let mut c = Coherence::new(64 << 20);
+        c.apply_all(&[ACTIVATE, write(0, PTE)])
+            .expect("small trace");
+        let present = c.cached(DIR);
+        assert_eq!(present.len(), 1);
+        assert_eq!(
+            (present[0].translation.page, present[0].stale_since),
+            (PAGE, None)
+        );
+        // Cleared without a flush: the old translation stays, stale since event 2.
+        c.apply_all(&[write(PTE, 0)]).expect("small trace");
+        let stale = c.cached(DIR);
+        assert_eq!(stale.len(), 1);
+        assert_eq!((stale[0].pte, stale[0].stale_since), (PTE, Some(2)));
+        c.apply_all(&[FLUSH]).expect("small trace");
+        assert!(c.cached(DIR).is_empty());
+        assert!(c.cached(0x99000).is_empty(), "not the active directory");
+        assert_eq!(c.events_seen(), 4);
+    }
 
     #[test]
     fn a_correct_unmap_is_clean() {

@@ -94,6 +94,14 @@ pub enum VmmError {
     FailedBeforeFirstBatch(Box<VmmError>),
     /// The chosen backend cannot do what was asked.
     BackendUnsupported { backend: &'static str, what: String },
+    /// The gdb stub failed, or gdb killed the guest.
+    Gdb(crate::gdb::GdbError),
+}
+
+impl From<crate::gdb::GdbError> for VmmError {
+    fn from(e: crate::gdb::GdbError) -> Self {
+        VmmError::Gdb(e)
+    }
 }
 
 impl fmt::Display for VmmError {
@@ -194,7 +202,7 @@ impl fmt::Display for VmmError {
                 shared_mm::abi::MAX_BATCH
             ),
             VmmError::SignalHandler(e) => {
-                write!(f, "cannot install the timeout signal handler: {e}")
+                write!(f, "cannot install the vCPU kick signal handler: {e}")
             }
             VmmError::JobPanicked => f.write_str("a fuzz job panicked"),
             VmmError::File(e) => write!(f, "{e}"),
@@ -204,6 +212,7 @@ impl fmt::Display for VmmError {
             VmmError::BackendUnsupported { backend, what } => {
                 write!(f, "the {backend} backend does not support {what}")
             }
+            VmmError::Gdb(e) => write!(f, "{e}"),
         }
     }
 }
@@ -221,6 +230,7 @@ impl VmmError {
             VmmError::FailedBeforeFirstBatch(e) => e.exit_code(),
             VmmError::Timeout { .. } => 124,
             VmmError::SelfCheckFailed(_) | VmmError::ScenarioFailed { .. } => 1,
+            VmmError::Gdb(crate::gdb::GdbError::Killed) => 137,
             _ => 2,
         }
     }

@@ -247,7 +247,9 @@ pub fn split_rows(runs: &[MappedRun], regions: &[RegionRecord], trampoline: bool
     rows
 }
 
-fn space_report(
+/// The report of one space (or the kernel): its tree beside the present pages the host walks
+/// now, with the checker's `findings` for it and what the flush trace says may be cached.
+pub(crate) fn space_report(
     mem: &GuestMemoryMmap,
     view: SpaceSnapshot,
     findings: Vec<Finding>,

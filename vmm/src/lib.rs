@@ -1,7 +1,7 @@
 //! The VMM library: boots the guest kernel under KVM, serves its hypercalls,
 //! inspects its page tables and fuzzes its memory manager.
-// Unsafe code is opt-in per module: only the KVM memory slots (`vm`) and the watchdog's signal
-// to the vCPU thread (`watchdog`) need it. Every other module forbids it.
+// Unsafe code is opt-in per module: only the KVM memory slots (`vm`) and the signal that kicks
+// the vCPU thread out of KVM_RUN (`kick`) need it. Every other module forbids it.
 #![deny(unsafe_code)]
 
 pub mod arch;
@@ -14,9 +14,12 @@ pub mod driver;
 pub mod error;
 pub mod files;
 pub mod fuzz;
+pub mod gdb;
 pub mod guest_build;
 pub mod hypercall;
 pub mod inspect;
+#[allow(unsafe_code)]
+pub mod kick;
 pub mod loader;
 pub mod page_walk;
 pub mod protocol_error;
@@ -27,7 +30,6 @@ pub mod tlb;
 pub mod trace;
 #[allow(unsafe_code)]
 pub mod vm;
-#[allow(unsafe_code)]
 pub mod watchdog;
 
 pub use backend::{Backend, Guest};

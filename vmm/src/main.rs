@@ -12,12 +12,14 @@ use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
 use vmm::files::{read_capped, write_atomically, FileError, MAX_KERNEL_BYTES};
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig};
-use vmm::fuzz::replay;
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
+use vmm::fuzz::{replay, replay_stopping_at};
+use vmm::gdb::GdbServer;
 use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::file::load;
 use vmm::scenario::header::Settings;
+use vmm::scenario::ops::op_to_line;
 use vmm::scenario::record::record;
 use vmm::scenario::SelfCheck;
 use vmm::{Backend, Guest, VmConfig, VmmError};
@@ -64,6 +66,10 @@ struct GuestArgs {
     /// switches them on at run time [replay: the reproducer's].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     guest_features: Option<Vec<String>>,
+    /// Wait for gdb on ADDR (HOST:PORT, or :PORT for 127.0.0.1; port 0 picks a free one)
+    /// before the guest's first instruction (kvm only; fuzz needs --jobs 1).
+    #[arg(long, value_name = "ADDR")]
+    gdb: Option<String>,
 }
 
 /// A number as the README writes them: decimal or `0x` hexadecimal, `_` allowed between digits.
@@ -173,6 +179,10 @@ enum Command {
         /// `vmm run --scenario`.
         #[arg(long, value_name = "OUT")]
         save_scenario: Option<PathBuf>,
+        /// With --gdb: stop the guest when it starts op N (counted from 0, as replay's
+        /// messages count) [default: the op that fails, else the last].
+        #[arg(long, value_name = "N")]
+        break_at_op: Option<usize>,
     },
 }
 
@@ -267,6 +277,37 @@ fn kvm_kernel(args: &GuestArgs, coverage: bool) -> anyhow::Result<(Vec<u8>, Stri
     Ok((read(&path)?, path.display().to_string()))
 }
 
+/// The ELF gdb loads for a kernel labelled `label` (a path, or `embedded`).
+fn elf_for_gdb(label: &str) -> String {
+    let path = if label == "embedded" {
+        vmm::vm::EMBEDDED_KERNEL_PATH
+    } else {
+        label
+    };
+    if Path::new(path).is_file() {
+        path.to_string()
+    } else {
+        format!("<the guest ELF; {path} is gone>")
+    }
+}
+
+/// The gdb stub `--gdb` asks for, listening, with the command line that connects to it.
+fn gdb_server(args: &GuestArgs, label: &str) -> anyhow::Result<Option<GdbServer>> {
+    let Some(addr) = &args.gdb else {
+        return Ok(None);
+    };
+    if args.backend() == Backend::Sim {
+        bail!("--gdb needs --backend kvm: sim runs the MM in-process, with no guest CPU to debug");
+    }
+    let server = GdbServer::bind(addr).map_err(VmmError::from)?;
+    let at = server.local_addr();
+    eprintln!(
+        "vmm: gdb stub listening on {at}; connect with: gdb -q {} -ex 'target remote {at}'",
+        elf_for_gdb(label)
+    );
+    Ok(Some(server))
+}
+
 /// The VM configuration `args` describe, and the kernel's label for reproducers.
 fn config_with(
     args: &GuestArgs,
@@ -290,6 +331,7 @@ fn config_with(
             (vmm::vm::EMBEDDED_KERNEL.to_vec(), "embedded".into(), seeded)
         }
     };
+    let gdb = gdb_server(args, &label)?;
     let config = VmConfig {
         kernel,
         // Saturates: an overflowing size is then refused by the VM's own size check.
@@ -307,6 +349,7 @@ fn config_with(
         backend: args.backend(),
         trace: true,
         seeded_bugs,
+        gdb,
     };
     Ok((config, label))
 }
@@ -392,7 +435,8 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             guest,
             file,
             save_scenario,
-        } => replay_file(&guest, &file, save_scenario.as_deref()),
+            break_at_op,
+        } => replay_file(&guest, &file, save_scenario.as_deref(), break_at_op),
     }
 }
 
@@ -436,6 +480,9 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         pressure,
     } = *args;
     let (check, shrink) = (!no_check, !no_shrink);
+    if guest.gdb.is_some() && jobs != 1 {
+        bail!("--gdb needs --jobs 1: one gdb debugs one guest");
+    }
     let (mut vm, kernel_label) = config_with(guest, GuestCommand::Serve, coverage)?;
     vm.echo_console = false;
     let counters = match guest.backend() {
@@ -549,7 +596,15 @@ fn recorded_args(
     Ok(guest)
 }
 
-fn replay_file(guest: &GuestArgs, file: &Path, save: Option<&Path>) -> anyhow::Result<u32> {
+fn replay_file(
+    guest: &GuestArgs,
+    file: &Path,
+    save: Option<&Path>,
+    break_at: Option<usize>,
+) -> anyhow::Result<u32> {
+    if break_at.is_some() && guest.gdb.is_none() {
+        bail!("--break-at-op needs --gdb ADDR");
+    }
     let repro = Reproducer::from(load(file, "reproducer")?);
     let guest = recorded_args(guest, &Settings::of(&repro.header)?, "replay")?;
     let mut vm = config(&guest, GuestCommand::Serve)?;
@@ -561,7 +616,10 @@ fn replay_file(guest: &GuestArgs, file: &Path, save: Option<&Path>) -> anyhow::R
             guest.backend()
         );
     }
-    let replayed = replay(&vm, &repro.ops, 1, true)?;
+    let replayed = match vm.gdb.clone() {
+        None => replay(&vm, &repro.ops, 1, true)?,
+        Some(server) => replay_under_gdb(&vm, &repro.ops, break_at, &server)?,
+    };
     match &replayed {
         Some((failure, at)) => eprintln!(
             "vmm replay: reproduced after {at} ops: {}\n{}",
@@ -626,6 +684,54 @@ fn save_scenario(
         );
     }
     Ok(())
+}
+
+/// `vmm replay --gdb`: the replay, stopping for gdb when the guest starts op `break_at` (by
+/// default the op that fails).
+fn replay_under_gdb(
+    vm: &VmConfig,
+    ops: &[shared_mm::abi::Op],
+    break_at: Option<usize>,
+    server: &GdbServer,
+) -> anyhow::Result<Option<(vmm::fuzz::Failure, usize)>> {
+    let at = match break_at {
+        Some(at) => at,
+        None => failing_op(vm, ops)?,
+    };
+    let op = ops.get(at).ok_or_else(|| {
+        anyhow!(
+            "--break-at-op {at}: the reproducer has ops 0 to {}",
+            ops.len().saturating_sub(1)
+        )
+    })?;
+    eprintln!(
+        "vmm replay: the guest stops for gdb when it starts op {at} ({})",
+        op_to_line(op)
+    );
+    Ok(replay_stopping_at(vm, ops, at, server.stop_request())?)
+}
+
+/// The op a replay fails at (found by a replay without gdb), else the last one.
+fn failing_op(vm: &VmConfig, ops: &[shared_mm::abi::Op]) -> anyhow::Result<usize> {
+    if ops.is_empty() {
+        bail!("the reproducer has no ops to stop at");
+    }
+    eprintln!("vmm replay: replaying once without gdb to find the failing op");
+    let clean = VmConfig {
+        gdb: None,
+        ..vm.clone()
+    };
+    Ok(match replay(&clean, ops, 1, true)? {
+        Some((failure, prefix)) => {
+            let at = prefix.saturating_sub(1).min(ops.len() - 1);
+            eprintln!("vmm replay: op {at} fails: {}", failure.signature);
+            at
+        }
+        None => {
+            eprintln!("vmm replay: the failure does not reproduce; stopping at the last op");
+            ops.len() - 1
+        }
+    })
 }
 
 fn main() -> ExitCode {

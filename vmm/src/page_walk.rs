@@ -215,25 +215,63 @@ fn step(
     })
 }
 
-/// Translates `va` through the tables rooted at `cr3` (PCID and cache bits are ignored).
-///
-/// Returns `Ok(None)` when some entry on the path is not present. Reads one entry per level.
-pub fn translate<M: GuestMemory + ?Sized>(
-    mem: &M,
-    cr3: u64,
-    va: u64,
-) -> Result<Option<Translation>, WalkError> {
+/// One entry a walk read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathEntry {
+    /// The level of the table it is in.
+    pub level: PageLevel,
+    /// Its guest-physical address.
+    pub addr: u64,
+    /// What it held.
+    pub entry: PageTableEntry,
+}
+
+/// Every entry the translation of one address reads, from the PML4 down, and where it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkPath {
+    /// The address translated.
+    pub va: u64,
+    /// Indexed by level, `Pml4` first; `None` below the entry where the walk ended.
+    entries: [Option<PathEntry>; 4],
+    /// The translation, or `None` when the last entry read is not present.
+    pub translation: Option<Translation>,
+}
+
+impl WalkPath {
+    /// The entries read, from the PML4 down to the leaf (or the first non-present entry).
+    pub fn entries(&self) -> impl Iterator<Item = &PathEntry> {
+        self.entries.iter().flatten()
+    }
+}
+
+/// Walks `va` through the tables rooted at `cr3` (PCID and cache bits are ignored), keeping
+/// every entry it reads. Reads one entry per level.
+pub fn walk<M: GuestMemory + ?Sized>(mem: &M, cr3: u64, va: u64) -> Result<WalkPath, WalkError> {
     if !is_canonical(va) {
         return Err(WalkError::NonCanonical { va });
     }
+    let mut path = WalkPath {
+        va,
+        entries: [None; 4],
+        translation: None,
+    };
     let mut table = cr3 & ADDRESS_MASK;
     let mut level = PageLevel::Pml4;
     let mut perms = EffectivePerms::UNRESTRICTED;
     loop {
-        let entry = read_entry(mem, entry_addr(table, level, va))
-            .map_err(|_| WalkError::TableOutsideMemory { level, table, va })?;
+        let addr = entry_addr(table, level, va);
+        let entry = read_entry(mem, addr).map_err(|_| WalkError::TableOutsideMemory {
+            level,
+            table,
+            va,
+        })?;
+        path.entries[level as usize] = Some(PathEntry {
+            level,
+            addr: addr.0,
+            entry,
+        });
         if !entry.is_present() {
-            return Ok(None);
+            return Ok(path);
         }
         match step(entry, level, va & !(level.entry_span() - 1), perms)? {
             Step::Table {
@@ -243,10 +281,22 @@ pub fn translate<M: GuestMemory + ?Sized>(
             } => (table, level, perms) = (next, lower, narrowed),
             Step::Leaf(leaf) => {
                 let phys = leaf.phys + (va - leaf.va);
-                return Ok(Some(Translation { va, phys, leaf }));
+                path.translation = Some(Translation { va, phys, leaf });
+                return Ok(path);
             }
         }
     }
+}
+
+/// Translates `va` through the tables rooted at `cr3` (PCID and cache bits are ignored).
+///
+/// Returns `Ok(None)` when some entry on the path is not present. Reads one entry per level.
+pub fn translate<M: GuestMemory + ?Sized>(
+    mem: &M,
+    cr3: u64,
+    va: u64,
+) -> Result<Option<Translation>, WalkError> {
+    walk(mem, cr3, va).map(|path| path.translation)
 }
 
 /// Every present leaf of the tables rooted at `cr3`, in ascending address order.
@@ -573,6 +623,30 @@ mod tests {
         assert!(perms.writable && perms.user && perms.executable());
         assert_eq!(translate(&mem, b.cr3(), 0x40_1000), Ok(None));
         assert_eq!(all_leaves(&mem, b.cr3()), [t.leaf]);
+    }
+
+    #[test]
+    fn walk_keeps_every_entry_it_reads() {
+        let mem = ram();
+        let mut b = builder(&mem);
+        b.map(0x40_0000, 0x12_3000, PAGE_SIZE_4K, PageLevel::Pt, rwu())
+            .unwrap();
+        let path = walk(&mem, b.cr3(), 0x40_0123).unwrap();
+        let levels: Vec<_> = path.entries().map(|e| e.level).collect();
+        assert_eq!(levels, PageLevel::ALL);
+        let first = path.entries().next().unwrap();
+        assert_eq!(
+            first.addr,
+            b.cr3() + 8 * PageLevel::Pml4.index(0x40_0000) as u64
+        );
+        assert!(path.entries().all(|e| e.entry.is_present()));
+        assert_eq!(path.translation.map(|t| t.phys), Some(0x12_3123));
+        // A hole: the walk ends at the first entry that is not present.
+        let hole = walk(&mem, b.cr3(), 0x8000_0000).unwrap();
+        let last = hole.entries().last().unwrap();
+        assert_eq!(last.level, PageLevel::Pdpt);
+        assert!(!last.entry.is_present());
+        assert_eq!(hole.translation, None);
     }
 
     #[test]

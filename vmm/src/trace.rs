@@ -11,6 +11,20 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// Takes every record out of the guest's trace buffer, in order, and empties it.
 pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
+    let events = peek(mem)?;
+    if !events.is_empty() {
+        mem.write_obj(0u64, GuestAddress(TRACE_ADDR))
+            .map_err(|source| VmmError::GuestMemory {
+                what: "emptying the flush trace",
+                source,
+            })?;
+    }
+    Ok(events)
+}
+
+/// Every record in the guest's trace buffer, in order, leaving it as it is (for a debugger
+/// looking at a stopped guest, whose buffer the run loop drains later).
+pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
     let count: u64 =
         mem.read_obj(GuestAddress(TRACE_ADDR))
             .map_err(|source| VmmError::GuestMemory {
@@ -41,11 +55,6 @@ pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
             ))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    mem.write_obj(0u64, GuestAddress(TRACE_ADDR))
-        .map_err(|source| VmmError::GuestMemory {
-            what: "emptying the flush trace",
-            source,
-        })?;
     Ok(events)
 }
 

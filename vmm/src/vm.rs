@@ -5,13 +5,14 @@ use crate::backend::Backend;
 use crate::boot_memory::{self, BootMemory};
 use crate::driver::Driver;
 use crate::error::{ProtocolError, VmmError};
+use crate::gdb::{Claim, GdbServer, Stub};
 use crate::hypercall::{self, Next};
 use crate::loader::LoadedKernel;
 use crate::serial::{ConsoleSink, SerialConsole, COM1_BASE, COM1_LEN};
 use crate::trace;
 use crate::watchdog::Watchdog;
 use guest_mm::SeededBugs;
-use kvm_bindings::{kvm_userspace_memory_region, CpuId};
+use kvm_bindings::{kvm_debug_exit_arch, kvm_userspace_memory_region, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use shared_mm::abi::{HYPERCALL_PORT, RAW_EXIT_PORT};
 use shared_mm::boot_info::{GuestCommand, BOOT_INFO_ADDR};
@@ -21,6 +22,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// The guest kernel built by vmm/build.rs and embedded in this binary.
 pub static EMBEDDED_KERNEL: &[u8] = include_bytes!(env!("GUEST_KERNEL_ELF"));
+
+/// Where vmm/build.rs left that ELF, with its debug info, for gdb.
+pub const EMBEDDED_KERNEL_PATH: &str = env!("GUEST_KERNEL_ELF");
 
 /// Default guest RAM.
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
@@ -48,6 +52,9 @@ pub struct VmConfig {
     /// Seeded bugs the sim backend plants at run time. Under KVM the kernel image carries its
     /// bugs (as cargo features), and this is ignored.
     pub seeded_bugs: SeededBugs,
+    /// The gdb stub (`--gdb`): the first guest booted with it waits for gdb before its first
+    /// instruction. KVM only.
+    pub gdb: Option<GdbServer>,
 }
 
 impl Default for VmConfig {
@@ -62,8 +69,21 @@ impl Default for VmConfig {
             backend: Backend::Kvm,
             trace: true,
             seeded_bugs: SeededBugs::NONE,
+            gdb: None,
         }
     }
+}
+
+/// A debugger attached to the run loop (the gdb stub, [`crate::gdb`]), at its two call-out
+/// points.
+pub trait Debugger {
+    /// Before every KVM_RUN. While the debugger holds the guest stopped, it blocks here,
+    /// reading and changing the vCPU (and guest memory, which it was given when it attached);
+    /// it returns once the vCPU may run.
+    fn before_run(&mut self, vcpu: &VcpuFd) -> Result<(), VmmError>;
+
+    /// The vCPU stopped with KVM_EXIT_DEBUG (a breakpoint, a watchpoint, a step).
+    fn on_debug_exit(&mut self, vcpu: &VcpuFd, exit: kvm_debug_exit_arch) -> Result<(), VmmError>;
 }
 
 /// A booted-but-not-yet-run guest.
@@ -77,6 +97,8 @@ pub struct Vm {
     cpuid: CpuId,
     kernel: LoadedKernel,
     timeout: Option<Duration>,
+    /// The gdb listener this guest claimed, until its run accepts gdb on it.
+    gdb: Option<Claim>,
 }
 
 fn open_kvm() -> Result<Kvm, VmmError> {
@@ -150,6 +172,7 @@ impl Vm {
             cpuid,
             kernel,
             timeout: config.timeout,
+            gdb: config.gdb.as_ref().and_then(GdbServer::claim),
         })
     }
 
@@ -168,28 +191,62 @@ impl Vm {
         self.kernel
     }
 
+    /// The vCPU, for probes that run a throwaway VM by hand.
+    pub(crate) fn vcpu_mut(&mut self) -> &mut VcpuFd {
+        &mut self.vcpu
+    }
+
     /// Everything the guest printed on COM1 so far.
     pub fn console_output(&self) -> String {
         self.console.sink().captured()
     }
 
-    /// Runs the guest until it exits; returns its exit status.
+    /// Runs the guest until it exits; returns its exit status. With a gdb stub claimed (see
+    /// [`VmConfig::gdb`]) it first waits for gdb, and gdb can stop it at two call-out points of
+    /// the run loop: before each KVM_RUN and at each debug exit.
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
         let watchdog = self.timeout.map(Watchdog::start).transpose()?;
-        let result = self.run_loop(driver, watchdog.as_ref());
+        let result = match self.gdb.take() {
+            None => self.run_loop(driver, watchdog.as_ref(), None),
+            Some(claim) => self.run_debugged(claim, driver, watchdog.as_ref()),
+        };
         if let Some(w) = watchdog {
             w.stop();
         }
         result
     }
 
+    /// [`Vm::run`] under gdb: waits for gdb first, and tells it how the guest ended (the time
+    /// spent with gdb, before and after, is not guest time).
+    fn run_debugged(
+        &mut self,
+        claim: Claim,
+        driver: &mut dyn Driver,
+        watchdog: Option<&Watchdog>,
+    ) -> Result<u32, VmmError> {
+        let mut stub = {
+            let _waiting = watchdog.map(Watchdog::pause);
+            Stub::accept(claim, &self.mem)?
+        };
+        let mut observed = stub.observe(driver);
+        let result = self.run_loop(&mut observed, watchdog, Some(&mut stub));
+        let _ended = watchdog.map(Watchdog::pause);
+        stub.finish(&self.vcpu, result)
+    }
+
     fn run_loop(
         &mut self,
         driver: &mut dyn Driver,
         watchdog: Option<&Watchdog>,
+        mut debugger: Option<&mut dyn Debugger>,
     ) -> Result<u32, VmmError> {
         let mut log = self.console.sink().clone();
         loop {
+            if let Some(debugger) = debugger.as_mut() {
+                // Time the debugger holds the guest stopped is not guest time.
+                let _stopped = watchdog.map(Watchdog::pause);
+                debugger.before_run(&self.vcpu)?;
+            }
             if let Some(w) = watchdog.filter(|w| w.expired()) {
                 return Err(VmmError::Timeout {
                     seconds: w.limit().as_secs_f64(),
@@ -235,6 +292,11 @@ impl Vm {
                     data.fill(value);
                 }
                 VcpuExit::IoOut(..) => {}
+                VcpuExit::Debug(exit) if debugger.is_some() => {
+                    if let Some(debugger) = debugger.as_mut() {
+                        debugger.on_debug_exit(&self.vcpu, exit)?;
+                    }
+                }
                 VcpuExit::Hlt => {
                     return Err(VmmError::GuestHalted {
                         registers: regs::dump(&self.vcpu),

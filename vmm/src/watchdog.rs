@@ -1,7 +1,9 @@
 //! Stops a guest that makes no hypercall for too long, by signalling the vCPU thread out of
-//! KVM_RUN. Each hypercall [`Watchdog::pet`]s it, so long but busy runs (fuzzing) go on.
+//! KVM_RUN. Each hypercall [`Watchdog::pet`]s it, so long but busy runs (fuzzing) go on; time a
+//! debugger holds the guest stopped ([`Watchdog::pause`]) does not count.
 
 use crate::error::VmmError;
+use crate::kick::Kick;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,12 +13,6 @@ use std::time::{Duration, Instant};
 /// the vCPU thread was outside KVM_RUN.
 const RESEND: Duration = Duration::from_millis(20);
 
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN()
-}
-
 /// A timer thread that interrupts the calling thread's KVM_RUN once `limit` has passed.
 pub struct Watchdog {
     limit: Duration,
@@ -24,24 +20,48 @@ pub struct Watchdog {
     last_pet_ms: Arc<AtomicU64>,
     epoch: Instant,
     expired: Arc<AtomicBool>,
+    /// Set while a debugger holds the guest stopped: the deadline does not run out then.
+    paused: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The watchdog's clock stands still until this is dropped; see [`Watchdog::pause`].
+pub struct Paused<'w> {
+    watchdog: &'w Watchdog,
+    since: Instant,
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        // The time paused moves the deadline; the last sign of life stays what it was.
+        let ms = self.since.elapsed().as_millis() as u64;
+        self.watchdog.last_pet_ms.fetch_add(ms, Ordering::Relaxed);
+        self.watchdog.paused.store(false, Ordering::Release);
+    }
 }
 
 impl Watchdog {
     /// Arms a watchdog for the current thread: it fires once `limit` passes without a pet.
     pub fn start(limit: Duration) -> Result<Watchdog, VmmError> {
-        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-            .map_err(VmmError::SignalHandler)?;
-        // SAFETY: pthread_self has no preconditions.
-        let target = unsafe { libc::pthread_self() };
+        let kick = Kick::current_thread()?;
         let expired = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let last_pet_ms = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
-        let (exp, stp, pet) = (expired.clone(), stop.clone(), last_pet_ms.clone());
+        let (exp, held, stp, pet) = (
+            expired.clone(),
+            paused.clone(),
+            stop.clone(),
+            last_pet_ms.clone(),
+        );
         let thread = std::thread::spawn(move || {
             while !stp.load(Ordering::Acquire) {
+                if held.load(Ordering::Acquire) {
+                    std::thread::park_timeout(Duration::from_millis(100));
+                    continue;
+                }
                 let now = Instant::now();
                 let deadline = epoch
                     .checked_add(Duration::from_millis(pet.load(Ordering::Relaxed)))
@@ -53,9 +73,8 @@ impl Watchdog {
                     continue;
                 }
                 exp.store(true, Ordering::Release);
-                // SAFETY: `target` is the vCPU thread, which outlives this thread: `stop` joins
-                // us before returning, and the signal's handler does nothing.
-                unsafe { libc::pthread_kill(target, kick_signal()) };
+                // The vCPU thread outlives this thread: `stop` joins us before returning.
+                kick.send();
                 std::thread::park_timeout(RESEND);
             }
         });
@@ -64,6 +83,7 @@ impl Watchdog {
             last_pet_ms,
             epoch,
             expired,
+            paused,
             stop,
             thread: Some(thread),
         })
@@ -73,6 +93,16 @@ impl Watchdog {
     pub fn pet(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_pet_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Stops the clock until the guard is dropped: a guest held stopped by a debugger makes no
+    /// hypercalls, and that is not a hang.
+    pub fn pause(&self) -> Paused<'_> {
+        self.paused.store(true, Ordering::Release);
+        Paused {
+            watchdog: self,
+            since: Instant::now(),
+        }
     }
 
     pub fn limit(&self) -> Duration {

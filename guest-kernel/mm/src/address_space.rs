@@ -174,6 +174,9 @@ impl AddressSpace {
     }
 
     /// Checks an operation's range: aligned, non-empty, no overflow, inside the user range.
+    /// Never inlined, so a breakpoint on `unmap` or `protect` stops in their own frame, with
+    /// their arguments and `range` in view (the README's gdb session relies on it).
+    #[inline(never)]
     fn checked_range(&self, addr: u64, size: u64) -> Result<VirtualRange, MmError> {
         let range =
             VirtualRange::new(VirtualAddress::new(addr), size).map_err(RegionTreeError::from)?;

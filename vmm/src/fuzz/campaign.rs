@@ -237,9 +237,12 @@ impl Shared<'_> {
             .map(|map| Feedback::new(map, &self.coverage));
         let mut remaining = budget as usize;
         let mut done_in_job = 0u64;
+        // The bar moves as batches complete; the count of ops run is settled per guest, so
+        // the ops of a failing batch count too (as they do in `ops_to_find`).
+        let shown = AtomicUsize::new(0);
         let progress = |n: usize| {
             self.bar.inc(n as u64);
-            self.executed.fetch_add(n, Ordering::Relaxed);
+            shown.fetch_add(n, Ordering::Relaxed);
         };
         while remaining > 0 && !self.enough_findings() {
             let before = remaining;
@@ -252,6 +255,9 @@ impl Shared<'_> {
             self.guests.fetch_add(1, Ordering::Relaxed);
             let run = run_session(&config.vm, session, config.check)?;
             let (sent, results, failure) = (run.sent, run.results, run.failure);
+            self.bar
+                .inc(sent.len().saturating_sub(shown.swap(0, Ordering::Relaxed)) as u64);
+            self.executed.fetch_add(sent.len(), Ordering::Relaxed);
             remaining = before.saturating_sub(sent.len());
             done_in_job += sent.len() as u64;
             let oom = results

@@ -13,6 +13,7 @@ pub mod shrink;
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use crate::gdb::StopRequest;
 use crate::scenario::ops::{op_name, op_to_line};
 use crate::{Guest, VmConfig, VmmError};
 use generate::Generator;
@@ -142,6 +143,8 @@ pub struct Session<'g, 'f, 'p> {
     snapshots_used: usize,
     pub failure: Option<Failure>,
     progress: Option<Progress<'p>>,
+    /// Stop the guest under gdb when this op (an index into `sent`) is handed out.
+    stop_at: Option<(usize, StopRequest)>,
 }
 
 impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
@@ -157,6 +160,16 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             snapshots_used: 0,
             failure: None,
             progress,
+            stop_at: None,
+        }
+    }
+
+    /// This session, asking `stop` to stop the guest (under gdb) right after it is handed op
+    /// `op` (counted from 0 over every op sent), before it runs it.
+    pub fn stopping_at(self, op: usize, stop: StopRequest) -> Self {
+        Session {
+            stop_at: Some((op, stop)),
+            ..self
         }
     }
 
@@ -291,6 +304,11 @@ impl Driver for Session<'_, '_, '_> {
             return Ok(None);
         }
         self.sent.extend_from_slice(&batch);
+        if let Some((at, stop)) = &self.stop_at {
+            if (self.sent.len() - batch.len()..self.sent.len()).contains(at) {
+                stop.request(format!("before op {at} ({})", op_to_line(&self.sent[*at])));
+            }
+        }
         self.in_flight = batch.clone();
         Ok(Some(batch))
     }
@@ -385,6 +403,30 @@ pub fn replay(
     check: bool,
 ) -> Result<Option<(Failure, usize)>, VmmError> {
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
+    replay_session(config, session, check)
+}
+
+/// [`replay`] one op per batch, with the checker, asking `stop` to stop the guest under gdb
+/// when it starts op `at` (`vmm replay --gdb --break-at-op`).
+pub fn replay_stopping_at(
+    config: &VmConfig,
+    ops: &[Op],
+    at: usize,
+    stop: StopRequest,
+) -> Result<Option<(Failure, usize)>, VmmError> {
+    let ops = Source::Fixed(ops.iter().copied().collect());
+    replay_session(
+        config,
+        Session::new(ops, 1, None).stopping_at(at, stop),
+        true,
+    )
+}
+
+fn replay_session(
+    config: &VmConfig,
+    session: Session<'_, '_, '_>,
+    check: bool,
+) -> Result<Option<(Failure, usize)>, VmmError> {
     let run = run_session(config, session, check)?;
     let prefix = run.sent.len();
     Ok(run.failure.map(|f| (f, prefix)))

@@ -40,6 +40,15 @@ fn write_space(out: &mut String, space: &SpaceReport) {
     let _ = writeln!(out, "  {}", space.tlb_line());
 }
 
+impl SpaceReport {
+    /// This space's section of [`Report::to_table`].
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        write_space(&mut out, self);
+        out
+    }
+}
+
 impl Report {
     /// One section per space and the kernel: a header, the present runs with their owners, the
     /// regions without present pages and the agreement checker's verdict; then the scenario's.

@@ -30,6 +30,7 @@ const PLACEHOLDERS: &[(&str, &str)] = &[
     ("J", "2"),
     ("LIST", "bug-stale-pte"),
     ("BUG", "bug-stale-pte"),
+    ("ADDR", "127.0.0.1:1234"),
 ];
 
 /// The largest fuzz campaign (on the sim) the test runs for real rather than only parses.

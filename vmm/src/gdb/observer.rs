@@ -1,0 +1,119 @@
+//! What the host knows of the guest MM while gdb holds the guest stopped: the live spaces and
+//! their CR3s from the last `Batch` hypercall, and every region tree from a snapshot round the
+//! [`Observed`] driver takes after each batch, and the flush trace replayed so far. The page
+//! tables themselves are never kept: the monitor commands walk them live.
+#![forbid(unsafe_code)]
+
+use super::snapshot_round::SnapshotRound;
+use crate::coherence::Coherence;
+use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
+use shared_mm::abi::{Op, OpResult, SpaceRecord};
+use shared_mm::trace::TraceEvent;
+use std::sync::{Arc, Mutex};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+
+/// The MM as of the last batch boundary.
+#[derive(Default)]
+pub struct MmView {
+    /// `Batch` hypercalls served so far.
+    pub batches: u64,
+    /// The live user spaces and their CR3s, as the guest reported them with its last batch.
+    pub spaces: Vec<SpaceRecord>,
+    /// The kernel's region tree from the last snapshot round.
+    pub kernel: Option<SpaceSnapshot>,
+    /// Every live user space's tree from the same round, in the order the guest listed them.
+    pub trees: Vec<SpaceSnapshot>,
+    /// The batch after which that round was taken.
+    pub trees_at: u64,
+    /// The flush trace replayed against the TLB model, up to the last event the host drained
+    /// (`None` until the first); `monitor tlb` adds what the guest's buffer holds beyond it.
+    pub tlb: Option<Coherence>,
+    /// The trace grew past what the replay may track, so `tlb` stopped following it.
+    pub tlb_lost: bool,
+}
+
+impl MmView {
+    /// The tree of `space` from the last round.
+    pub fn tree(&self, space: u32) -> Option<&SpaceSnapshot> {
+        self.kernel
+            .iter()
+            .chain(&self.trees)
+            .find(|tree| tree.space == space)
+    }
+}
+
+/// The view one gdb session shares between its driver and its monitor commands.
+pub type SharedView = Arc<Mutex<MmView>>;
+
+/// Wraps the driver of a debugged guest: everything passes through unchanged, and after each
+/// of its batches the kernel and every live space are snapshotted into the shared [`MmView`],
+/// so `monitor regions` and `monitor check` see the trees of the last batch boundary.
+pub struct Observed<'d> {
+    inner: &'d mut dyn Driver,
+    round: SnapshotRound,
+    view: SharedView,
+}
+
+impl<'d> Observed<'d> {
+    pub fn new(inner: &'d mut dyn Driver, view: SharedView) -> Self {
+        Observed {
+            inner,
+            round: SnapshotRound::new(),
+            view,
+        }
+    }
+}
+
+impl Driver for Observed<'_> {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, DriverError> {
+        let view = &self.view;
+        let lock = || view.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut view = lock();
+            view.batches += 1;
+            view.spaces = spaces.to_vec();
+        }
+        let keep_trees = |kernel, trees| {
+            let mut view = lock();
+            view.trees_at = view.batches;
+            view.kernel = Some(kernel);
+            view.trees = trees;
+        };
+        self.round
+            .next_batch(self.inner, mem, results, spaces, keep_trees)
+    }
+
+    fn snapshot(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chunk: SnapshotChunk<'_>,
+    ) -> Result<(), DriverError> {
+        self.round.snapshot(self.inner, mem, chunk)
+    }
+
+    fn frames(&mut self, mem: &GuestMemoryMmap, chunk: FramesChunk<'_>) -> Result<(), DriverError> {
+        self.inner.frames(mem, chunk)
+    }
+
+    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
+        {
+            let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+            let ram = GuestMemoryBackend::last_addr(mem).0.saturating_add(1);
+            if !view.tlb_lost {
+                let tlb = view.tlb.get_or_insert_with(|| Coherence::new(ram));
+                // The inner driver's own replay reports a trace too large to follow; this
+                // one only stops following it.
+                if tlb.apply_all(events).is_err() {
+                    view.tlb = None;
+                    view.tlb_lost = true;
+                }
+            }
+        }
+        self.inner.trace(mem, events)
+    }
+}
