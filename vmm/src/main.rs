@@ -428,7 +428,6 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     vm.echo_console = false;
     let counters = match guest.backend() {
         Backend::Kvm => CoverageMap::from_elf(&vm.kernel)
-            .map_err(anyhow::Error::msg)
             .context("reading the kernel's coverage counters")?,
         Backend::Sim => None,
     };
