@@ -164,21 +164,42 @@ impl CoverageSet {
     /// Adds the edges whose counter is nonzero; returns how many of them were new. The set grows
     /// to the longest `counters` merged, so merge counters of one kernel only.
     pub fn merge(&mut self, counters: &[u8]) -> usize {
+        self.merge_edges(counters).len()
+    }
+
+    /// Like [`CoverageSet::merge`], but returns the new edges themselves, in order.
+    pub fn merge_edges(&mut self, counters: &[u8]) -> Vec<usize> {
         let words = counters.len().div_ceil(64);
         if self.hit.len() < words {
             self.hit.resize(words, 0);
         }
-        let mut new = 0;
-        for (word, chunk) in self.hit.iter_mut().zip(counters.chunks(64)) {
+        let mut new = Vec::new();
+        for (w, (word, chunk)) in self.hit.iter_mut().zip(counters.chunks(64)).enumerate() {
             let mask = chunk
                 .iter()
                 .enumerate()
                 .filter(|(_, &c)| c != 0)
                 .fold(0u64, |m, (i, _)| m | 1 << i);
-            new += (mask & !*word).count_ones() as usize;
+            let mut fresh = mask & !*word;
+            while fresh != 0 {
+                new.push(w * 64 + fresh.trailing_zeros() as usize);
+                fresh &= fresh - 1;
+            }
             *word |= mask;
         }
-        self.covered += new;
+        self.covered += new.len();
+        new
+    }
+
+    /// Adds one edge (a counter's index); returns whether it was new.
+    pub fn insert(&mut self, edge: usize) -> bool {
+        let (word, bit) = (edge / 64, 1u64 << (edge % 64));
+        if self.hit.len() <= word {
+            self.hit.resize(word + 1, 0);
+        }
+        let new = self.hit[word] & bit == 0;
+        self.hit[word] |= bit;
+        self.covered += usize::from(new);
         new
     }
 
@@ -208,6 +229,22 @@ mod tests {
         assert_eq!(set.merge(&[9, 0, 0, 0]), 1);
         assert_eq!(set.merge(&[0; 4]), 0);
         assert_eq!(set.covered(), 3);
+    }
+
+    #[test]
+    fn merge_edges_names_the_new_edges_and_insert_adds_one() {
+        let mut set = CoverageSet::new();
+        let mut counters = vec![0u8; 130];
+        counters[3] = 1;
+        counters[64] = 9;
+        counters[129] = 1;
+        assert_eq!(set.merge_edges(&counters), [3, 64, 129]);
+        assert!(set.insert(5) && !set.insert(5) && !set.insert(64));
+        counters[5] = 1;
+        counters[6] = 1;
+        assert_eq!(set.merge_edges(&counters), [6]);
+        assert!(set.insert(1000));
+        assert_eq!(set.covered(), 6);
     }
 
     #[test]

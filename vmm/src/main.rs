@@ -6,11 +6,12 @@ use guest_mm::{Bug, SeededBugs};
 use shared_mm::boot_info::GuestCommand;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
 use vmm::files::{read_capped, write_atomically, FileError, MAX_KERNEL_BYTES};
-use vmm::fuzz::campaign::{run_campaign, CampaignConfig};
+use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
 use vmm::fuzz::replay;
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
@@ -201,6 +202,11 @@ struct FuzzArgs {
     /// too.
     #[arg(long)]
     coverage: bool,
+    /// Corpus directory: batches that reached new edges are saved there, and the entries in
+    /// it (also those other campaigns add while this one runs) are mutated like its own. On
+    /// sim, which has no coverage, entries are only read.
+    #[arg(long, value_name = "DIR")]
+    corpus: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -411,6 +417,25 @@ fn run_scenario(guest: &GuestArgs, file: &Path, check: bool) -> anyhow::Result<u
     Ok(outcome.exit_status)
 }
 
+/// Set by the first Ctrl-C (SIGINT): a campaign's jobs stop at their next batch boundary.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Exit status of a campaign that Ctrl-C stopped, as shells report a SIGINT (128 + 2).
+const EXIT_INTERRUPTED: u32 = 130;
+
+extern "C" fn on_interrupt(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe and takes no pointers; a second Ctrl-C is a request
+        // to quit at once, without the summary.
+        unsafe { libc::_exit(EXIT_INTERRUPTED as libc::c_int) };
+    }
+    let note =
+        b"\nvmm fuzz: interrupted; stopping at the next batch (Ctrl-C again quits at once)\n";
+    // SAFETY: write is async-signal-safe; the buffer is a static byte string of that length.
+    // Nothing can be done if it fails.
+    let _ = unsafe { libc::write(2, note.as_ptr().cast(), note.len()) };
+}
+
 fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     let FuzzArgs {
         ops,
@@ -422,13 +447,15 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         quiet,
         coverage,
         max_findings,
+        ref corpus,
     } = *args;
     let (check, shrink) = (!no_check, !no_shrink);
     let (mut vm, kernel_label) = config_with(guest, GuestCommand::Serve, coverage)?;
     vm.echo_console = false;
     let counters = match guest.backend() {
-        Backend::Kvm => CoverageMap::from_elf(&vm.kernel)
-            .context("reading the kernel's coverage counters")?,
+        Backend::Kvm => {
+            CoverageMap::from_elf(&vm.kernel).context("reading the kernel's coverage counters")?
+        }
         Backend::Sim => None,
     };
     if coverage && counters.is_none() {
@@ -458,7 +485,26 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         coverage: counters,
         max_findings: usize::try_from(max_findings).unwrap_or(usize::MAX),
     };
-    let report = run_campaign(&campaign)?;
+    vmm_sys_util::signal::register_signal_handler(libc::SIGINT, on_interrupt)
+        .context("cannot install the Ctrl-C handler")?;
+    let links = Links {
+        corpus: corpus.as_deref(),
+        stop: Some(&INTERRUPTED),
+    };
+    let report = run_campaign_with(&campaign, links)?;
+    summary(&report, guest, jobs, check);
+    Ok(if report.interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        u32::from(!report.bugs.is_empty())
+    })
+}
+
+/// The summary of a campaign, on stderr.
+fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
+    if report.interrupted {
+        eprintln!("vmm fuzz: interrupted by Ctrl-C");
+    }
     eprintln!(
         "vmm fuzz: {} ops in {:.1} s ({:.1} s of it shrinking; {:.0} ops/s fuzzing) on {} guest boot(s) ({}), seed {}, {} job(s), checker {}",
         report.ops_executed,
@@ -477,9 +523,19 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
             100.0 * covered as f64 / total as f64
         );
     }
+    if let Some(corpus) = &report.corpus {
+        eprintln!(
+            "vmm fuzz: corpus {}: {} entries at the start, {} saved, {} picked up from other campaigns; {} in the largest job's corpus",
+            corpus.dir.display(),
+            corpus.loaded,
+            corpus.saved,
+            corpus.picked_up,
+            corpus.entries
+        );
+    }
     if report.bugs.is_empty() {
         eprintln!("vmm fuzz: no findings");
-        return Ok(0);
+        return;
     }
     eprintln!("vmm fuzz: {} distinct finding(s):", report.bugs.len());
     for bug in &report.bugs {
@@ -496,7 +552,6 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
             bug.description.lines().next().unwrap_or("")
         );
     }
-    Ok(1)
 }
 
 /// `guest` with what the command line leaves open taken from a file's header: the same seed
