@@ -359,7 +359,15 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                 let max = self.batch_size.min(*budget);
                 if let Some(fb) = feedback {
                     fb.rescan();
-                    if let Some(ops) = generator.from_corpus(&fb.corpus, &self.model, max) {
+                    if let Some(mut ops) = generator.from_corpus(&fb.corpus, &self.model, max) {
+                        // An entry was recorded in another state, and mutation keeps its
+                        // creates: replayed as they are, they pile up spaces past the
+                        // generator's budget (every campaign's first batch is all creates),
+                        // whose regions make every later batch cost more guest time (README,
+                        // Fuzzing results). The generator decides instead.
+                        for op in ops.iter_mut().filter(|op| matches!(op, Op::CreateSpace)) {
+                            *op = generator.next_op(&self.model);
+                        }
                         *budget -= ops.len();
                         return ops;
                     }
@@ -389,6 +397,16 @@ impl Driver for Session<'_, '_, '_> {
         results: &[OpResult],
         _: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, DriverError> {
+        let first_call = self.sent.is_empty();
+        if let Source::Generated {
+            feedback: Some(fb), ..
+        } = &mut self.source
+        {
+            if first_call {
+                // The counters so far are the boot's: seen, but no batch's merit.
+                fb.observe(mem, &[])?;
+            }
+        }
         if !self.in_flight.is_empty() {
             let n = self.in_flight.len();
             self.check_results(results);
