@@ -38,60 +38,85 @@ const COUNTERS_KEY: &str = "counters";
 /// Header key: the edges (counter indices) the entry reached first, as `3,17-20,96`.
 const EDGES_KEY: &str = "new-edges";
 
-/// `edges` (sorted) as runs: `3,17-20,96`.
-fn edges_text(edges: &[usize]) -> String {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for &edge in edges {
-        match runs.last_mut() {
-            Some((_, last)) if *last + 1 == edge => *last = edge,
-            _ => runs.push((edge, edge)),
-        }
-    }
-    let run = |&(first, last): &(usize, usize)| match last - first {
-        0 => first.to_string(),
-        _ => format!("{first}-{last}"),
-    };
-    runs.iter().map(run).collect::<Vec<_>>().join(",")
+/// The edges a batch reached first, as runs of consecutive counter indices: as compact as the
+/// header line it comes from, however many edges it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEdges {
+    /// The counters of the kernel they were found on.
+    pub counters: usize,
+    /// `(first, last)`, in increasing order, not touching, each below `counters`.
+    runs: Vec<(usize, usize)>,
 }
 
-/// The edges of an [`EDGES_KEY`] value, each below `counters`; `None` if any is not.
-fn parse_edges(text: &str, counters: usize) -> Option<Vec<usize>> {
-    let mut edges = Vec::new();
-    for run in text.split(',').filter(|r| !r.is_empty()) {
-        let (first, last) = run.split_once('-').unwrap_or((run, run));
-        let (first, last): (usize, usize) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
-        if first > last || last >= counters {
-            return None;
+impl NewEdges {
+    /// `edges` (sorted, distinct) of a kernel with `counters` counters.
+    pub fn new(counters: usize, edges: &[usize]) -> NewEdges {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &edge in edges {
+            match runs.last_mut() {
+                Some((_, last)) if *last + 1 == edge => *last = edge,
+                _ => runs.push((edge, edge)),
+            }
         }
-        edges.extend(first..=last);
+        NewEdges { counters, runs }
     }
-    Some(edges)
+
+    /// The edges, in order.
+    pub fn edges(&self) -> impl Iterator<Item = usize> + '_ {
+        self.runs.iter().flat_map(|&(first, last)| first..=last)
+    }
+
+    /// The runs as text: `3,17-20,96`.
+    fn text(&self) -> String {
+        let run = |&(first, last): &(usize, usize)| match last - first {
+            0 => first.to_string(),
+            _ => format!("{first}-{last}"),
+        };
+        self.runs.iter().map(run).collect::<Vec<_>>().join(",")
+    }
+
+    /// Parses [`NewEdges::text`]; `None` unless every run is in order, apart from the one
+    /// before it and below `counters` (so a file cannot name an edge twice, or one the kernel
+    /// has not got, and the edges it names are at most `counters`).
+    fn parse(text: &str, counters: usize) -> Option<NewEdges> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for run in text.split(',').filter(|r| !r.is_empty()) {
+            let (first, last) = run.split_once('-').unwrap_or((run, run));
+            let (first, last): (usize, usize) =
+                (first.trim().parse().ok()?, last.trim().parse().ok()?);
+            let after_previous = runs.last().is_none_or(|&(_, end)| first > end + 1);
+            if first > last || last >= counters || !after_previous {
+                return None;
+            }
+            runs.push((first, last));
+        }
+        Some(NewEdges { counters, runs })
+    }
 }
 
 /// A corpus entry: a batch, and the coverage it brought when it was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub ops: Vec<Op>,
-    /// The counters of the kernel it was found on, and the edges among them it reached first
-    /// (`None` for an entry found without coverage, or written by hand).
-    pub new_edges: Option<(usize, Vec<usize>)>,
+    /// `None` for an entry found without coverage, or written by hand.
+    pub new_edges: Option<NewEdges>,
 }
 
 impl Entry {
     /// The edges this entry brings to a kernel with `counters` counters: none unless it was
     /// found on a kernel with as many (the same build, as far as the file can tell).
-    pub fn edges_for(&self, counters: usize) -> &[usize] {
-        match &self.new_edges {
-            Some((n, edges)) if *n == counters => edges,
-            _ => &[],
-        }
+    pub fn edges_for(&self, counters: usize) -> impl Iterator<Item = usize> + '_ {
+        self.new_edges
+            .iter()
+            .filter(move |e| e.counters == counters)
+            .flat_map(NewEdges::edges)
     }
 
     fn header(&self) -> Vec<(String, String)> {
         match &self.new_edges {
-            Some((counters, edges)) => vec![
-                (COUNTERS_KEY.into(), counters.to_string()),
-                (EDGES_KEY.into(), edges_text(edges)),
+            Some(edges) => vec![
+                (COUNTERS_KEY.into(), edges.counters.to_string()),
+                (EDGES_KEY.into(), edges.text()),
             ],
             None => Vec::new(),
         }
@@ -106,7 +131,7 @@ impl Entry {
                 .map(|(_, v)| v.as_str())
         };
         let counters = value(COUNTERS_KEY).and_then(|n| n.parse().ok());
-        let new_edges = counters.and_then(|n| Some((n, parse_edges(value(EDGES_KEY)?, n)?)));
+        let new_edges = counters.and_then(|n| NewEdges::parse(value(EDGES_KEY)?, n));
         Entry {
             ops: scenario.steps().map(|s| s.op).collect(),
             new_edges,
@@ -298,7 +323,7 @@ mod tests {
                     addr: n * 0x1000,
                 },
             ],
-            new_edges: Some((100, vec![1, 2, 3, 7, 9, 10])),
+            new_edges: Some(NewEdges::new(100, &[1, 2, 3, 7, 9, 10])),
         }
     }
 
@@ -329,13 +354,23 @@ mod tests {
     #[test]
     fn edges_count_only_for_a_kernel_with_as_many_counters() {
         let found = entry(1);
-        assert_eq!(found.edges_for(100), [1, 2, 3, 7, 9, 10]);
-        assert!(found.edges_for(101).is_empty());
-        assert_eq!(parse_edges("", 5), Some(vec![]));
-        assert_eq!(parse_edges("4", 5), Some(vec![4]));
-        assert_eq!(parse_edges("5", 5), None, "past the counters");
-        assert_eq!(parse_edges("3-1", 5), None);
-        assert_eq!(parse_edges("x", 5), None);
+        assert_eq!(
+            found.edges_for(100).collect::<Vec<_>>(),
+            [1, 2, 3, 7, 9, 10]
+        );
+        assert_eq!(found.edges_for(101).count(), 0);
+        let parsed = |text| NewEdges::parse(text, 5).map(|e| e.edges().collect::<Vec<_>>());
+        assert_eq!(parsed(""), Some(vec![]));
+        assert_eq!(parsed("0,2-4"), Some(vec![0, 2, 3, 4]));
+        assert_eq!(parsed("5"), None, "past the counters");
+        assert_eq!(parsed("3-1"), None);
+        assert_eq!(parsed("1-2,2"), None, "named twice");
+        assert_eq!(parsed("3,1"), None, "out of order");
+        assert_eq!(parsed("x"), None);
+        // A huge range costs no memory until it is used, and is refused past the counters.
+        let claimed = NewEdges::parse("0-999999999999", usize::MAX).expect("parses");
+        assert_eq!(claimed.runs.len(), 1);
+        assert_eq!(NewEdges::parse("0-999999999999", 932), None);
         let hand_written = Scenario::parse("# counters: 9\n# new-edges: 1-99\ncreate-space\n");
         assert_eq!(Entry::from_scenario(&hand_written.unwrap()).new_edges, None);
     }

@@ -15,7 +15,7 @@ use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use crate::files::FileError;
 use crate::scenario::ops::{op_name, op_to_line};
 use crate::{Guest, VmConfig, VmmError};
-use corpus::{CorpusDir, Entry, Reader};
+use corpus::{CorpusDir, Entry, NewEdges, Reader};
 use generate::Generator;
 use model::Model;
 use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
@@ -162,7 +162,7 @@ impl<'a> Feedback<'a> {
         let counters = self.map.map_or(0, |m| m.len());
         let mut global = self.global.lock().unwrap_or_else(|e| e.into_inner());
         for entry in entries {
-            for &edge in entry.edges_for(counters) {
+            for edge in entry.edges_for(counters) {
                 self.seen.insert(edge);
                 global.insert(edge);
             }
@@ -207,7 +207,7 @@ impl<'a> Feedback<'a> {
         if let Some(synced) = &mut self.synced {
             let entry = Entry {
                 ops: batch.to_vec(),
-                new_edges: Some((map.len(), new)),
+                new_edges: Some(NewEdges::new(map.len(), &new)),
             };
             match synced.dir.save(&synced.header, &entry) {
                 Ok(name) => synced.reader.know(name),
