@@ -1,138 +1,61 @@
-//! Edge coverage of a sanitizer-coverage guest: its counters in guest memory, read and zeroed per batch.
+//! Edge coverage of a sanitizer-coverage guest: its counters, found in the kernel ELF with the
+//! `object` crate, read and zeroed in guest memory per batch.
 #![forbid(unsafe_code)]
 
 use crate::driver::DriverError;
+use object::elf::PT_LOAD;
+use object::read::elf::{ElfFile64, ProgramHeader};
+use object::{FileKind, LittleEndian, Object, ObjectSymbol};
+use std::fmt;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const START_SYMBOL: &[u8] = b"__start___sancov_cntrs";
-const STOP_SYMBOL: &[u8] = b"__stop___sancov_cntrs";
+const START_SYMBOL: &str = "__start___sancov_cntrs";
+const STOP_SYMBOL: &str = "__stop___sancov_cntrs";
 
-const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
-const SHDR_SIZE: usize = 64;
-const SYM_SIZE: usize = 24;
-const PT_LOAD: u32 = 1;
-const SHT_SYMTAB: u32 = 2;
+/// Why the coverage counters of a kernel ELF cannot be located.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CoverageError {
+    /// Not a 64-bit ELF file at all (short, or another format).
+    NotElf64,
+    /// A 64-bit ELF the `object` crate refuses: big-endian, or headers past the end of the file.
+    Malformed(object::read::Error),
+    /// The stop symbol lies below the start symbol.
+    Reversed { start: u64, stop: u64 },
+    /// No loadable segment holds the whole counter range.
+    OutsideSegments { vaddr: u64, len: u64 },
+}
 
-/// Bounds-checked little-endian reads from an ELF64 image.
-struct Elf<'a>(&'a [u8]);
-
-impl Elf<'_> {
-    fn bytes(&self, off: u64, len: usize, what: &str) -> Result<&[u8], String> {
-        usize::try_from(off)
-            .ok()
-            .and_then(|off| self.0.get(off..off.checked_add(len)?))
-            .ok_or_else(|| {
-                format!(
-                    "{what} at offset {off:#x} (+{len:#x}) runs past the ELF's {} bytes",
-                    self.0.len()
-                )
-            })
-    }
-
-    fn u16(&self, off: u64) -> Result<u16, String> {
-        let b = self.bytes(off, 2, "field")?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&self, off: u64) -> Result<u32, String> {
-        let b = self.bytes(off, 4, "field")?;
-        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    }
-
-    fn u64(&self, off: u64) -> Result<u64, String> {
-        let b = self.bytes(off, 8, "field")?;
-        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
-    }
-
-    /// Offsets of the `count` table entries of `size` bytes at `table`, checked to fit the file.
-    fn table(
-        &self,
-        table: u64,
-        count: u64,
-        size: usize,
-        what: &str,
-    ) -> Result<impl Iterator<Item = u64>, String> {
-        let len = count
-            .checked_mul(size as u64)
-            .and_then(|len| usize::try_from(len).ok())
-            .ok_or_else(|| format!("{what} table of {count} entries overflows"))?;
-        self.bytes(table, len, what)?;
-        Ok((0..count).map(move |i| table + i * size as u64))
-    }
-
-    /// The NUL-terminated name at `off` in the string table at `strtab` of `size` bytes.
-    fn name(&self, strtab: u64, size: u64, off: u32) -> Result<&[u8], String> {
-        let table = self.bytes(
-            strtab,
-            usize::try_from(size).map_err(|_| "huge string table")?,
-            "string table",
-        )?;
-        let tail = table
-            .get(off as usize..)
-            .ok_or_else(|| format!("symbol name offset {off:#x} is outside its string table"))?;
-        let end = tail
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or("unterminated symbol name")?;
-        Ok(&tail[..end])
-    }
-
-    /// Virtual addresses of the counter bracket symbols, if the symbol table defines both.
-    fn counter_symbols(&self) -> Result<Option<(u64, u64)>, String> {
-        let (shoff, shnum) = (self.u64(0x28)?, self.u16(0x3c)?);
-        if shnum > 0 && self.u16(0x3a)? as usize != SHDR_SIZE {
-            return Err("section header size is not 64".into());
+impl fmt::Display for CoverageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoverageError::NotElf64 => f.write_str("not a 64-bit ELF file"),
+            CoverageError::Malformed(e) => write!(f, "malformed ELF: {e}"),
+            CoverageError::Reversed { start, stop } => write!(
+                f,
+                "coverage counters end ({stop:#x}) before they start ({start:#x})"
+            ),
+            CoverageError::OutsideSegments { vaddr, len } => write!(
+                f,
+                "coverage counters at {vaddr:#x} (+{len:#x}) lie outside every loadable segment"
+            ),
         }
-        let (mut start, mut stop) = (None, None);
-        for sh in self.table(shoff, shnum.into(), SHDR_SIZE, "section header")? {
-            if self.u32(sh + 4)? != SHT_SYMTAB {
-                continue;
-            }
-            let (symoff, symsize) = (self.u64(sh + 24)?, self.u64(sh + 32)?);
-            let link = u64::from(self.u32(sh + 40)?);
-            if link >= shnum.into() {
-                return Err(format!("symbol table links to missing section {link}"));
-            }
-            let strtab = shoff + link * SHDR_SIZE as u64;
-            let (stroff, strsize) = (self.u64(strtab + 24)?, self.u64(strtab + 32)?);
-            let count = symsize / SYM_SIZE as u64;
-            for sym in self.table(symoff, count, SYM_SIZE, "symbol")? {
-                let name = self.name(stroff, strsize, self.u32(sym)?)?;
-                if name == START_SYMBOL {
-                    start = Some(self.u64(sym + 8)?);
-                } else if name == STOP_SYMBOL {
-                    stop = Some(self.u64(sym + 8)?);
-                }
-            }
-        }
-        Ok(start.zip(stop))
     }
+}
 
-    /// The guest-physical address of `[vaddr, vaddr + len)`, through the loadable segment that
-    /// holds it (the loader puts each segment at its physical address).
-    fn physical(&self, vaddr: u64, len: u64) -> Result<u64, String> {
-        let (phoff, phnum) = (self.u64(0x20)?, self.u16(0x38)?);
-        if phnum > 0 && self.u16(0x36)? as usize != PHDR_SIZE {
-            return Err("program header size is not 56".into());
-        }
-        for ph in self.table(phoff, phnum.into(), PHDR_SIZE, "program header")? {
-            let (seg_vaddr, seg_paddr, memsz) =
-                (self.u64(ph + 16)?, self.u64(ph + 24)?, self.u64(ph + 40)?);
-            let inside = vaddr >= seg_vaddr
-                && (vaddr - seg_vaddr)
-                    .checked_add(len)
-                    .is_some_and(|end| end <= memsz);
-            if self.u32(ph)? == PT_LOAD && inside {
-                return seg_paddr
-                    .checked_add(vaddr - seg_vaddr)
-                    .ok_or_else(|| "segment physical address overflows".into());
-            }
-        }
-        Err(format!(
-            "coverage counters at {vaddr:#x} (+{len:#x}) lie outside every loadable segment"
-        ))
-    }
+impl std::error::Error for CoverageError {}
+
+/// The guest-physical address of `[vaddr, vaddr + len)`, through the loadable segment that holds
+/// it (the loader puts each segment at its physical address).
+fn physical(elf: &ElfFile64<'_, LittleEndian>, vaddr: u64, len: u64) -> Option<u64> {
+    let endian = elf.endian();
+    elf.elf_program_headers().iter().find_map(|ph| {
+        let (seg_vaddr, memsz) = (ph.p_vaddr(endian), ph.p_memsz(endian));
+        let offset = vaddr.checked_sub(seg_vaddr)?;
+        let inside = offset.checked_add(len).is_some_and(|end| end <= memsz);
+        (ph.p_type(endian) == PT_LOAD && inside)
+            .then(|| ph.p_paddr(endian).checked_add(offset))
+            .flatten()
+    })
 }
 
 /// Where a coverage guest keeps its per-edge counters in guest-physical memory.
@@ -169,28 +92,30 @@ impl CoverageMap {
     /// [`crate::VmConfig::kernel`] (`Vm` does not keep the image). `Ok(None)` when the ELF has no
     /// symbol table or no (or an empty) `__sancov_cntrs` range, as in a normal build; an error
     /// when the ELF is malformed or the counters are not in a loadable segment.
-    pub fn from_elf(elf: &[u8]) -> Result<Option<CoverageMap>, String> {
-        if elf.len() < EHDR_SIZE || &elf[..4] != b"\x7fELF" {
-            return Err("not an ELF file (short, or no \\x7fELF magic)".into());
+    pub fn from_elf(elf: &[u8]) -> Result<Option<CoverageMap>, CoverageError> {
+        if !matches!(FileKind::parse(elf), Ok(FileKind::Elf64)) {
+            return Err(CoverageError::NotElf64);
         }
-        if elf[4] != 2 || elf[5] != 1 {
-            return Err("not a 64-bit little-endian ELF".into());
-        }
-        let elf = Elf(elf);
-        let Some((start, stop)) = elf.counter_symbols()? else {
+        let elf = ElfFile64::<LittleEndian>::parse(elf).map_err(CoverageError::Malformed)?;
+        let address = |name| elf.symbol_by_name(name).map(|s| s.address());
+        let (Some(start), Some(stop)) = (address(START_SYMBOL), address(STOP_SYMBOL)) else {
             return Ok(None);
         };
-        let len = stop.checked_sub(start).ok_or_else(|| {
-            format!("coverage counters end ({stop:#x}) before they start ({start:#x})")
-        })?;
-        if len == 0 {
+        let len = stop
+            .checked_sub(start)
+            .ok_or(CoverageError::Reversed { start, stop })?;
+        let outside = CoverageError::OutsideSegments { vaddr: start, len };
+        // A range larger than the host's address space cannot lie in a segment either.
+        let Ok(count) = usize::try_from(len) else {
+            return Err(outside);
+        };
+        if count == 0 {
             return Ok(None);
         }
-        let phys = elf.physical(start, len)?;
-        let len = usize::try_from(len).map_err(|_| "huge coverage counter range")?;
+        let phys = physical(&elf, start, len).ok_or(outside)?;
         Ok(Some(CoverageMap {
             start: GuestAddress(phys),
-            len,
+            len: count,
         }))
     }
 
@@ -240,21 +165,42 @@ impl CoverageSet {
     /// Adds the edges whose counter is nonzero; returns how many of them were new. The set grows
     /// to the longest `counters` merged, so merge counters of one kernel only.
     pub fn merge(&mut self, counters: &[u8]) -> usize {
+        self.merge_edges(counters).len()
+    }
+
+    /// Like [`CoverageSet::merge`], but returns the new edges themselves, in order.
+    pub fn merge_edges(&mut self, counters: &[u8]) -> Vec<usize> {
         let words = counters.len().div_ceil(64);
         if self.hit.len() < words {
             self.hit.resize(words, 0);
         }
-        let mut new = 0;
-        for (word, chunk) in self.hit.iter_mut().zip(counters.chunks(64)) {
+        let mut new = Vec::new();
+        for (w, (word, chunk)) in self.hit.iter_mut().zip(counters.chunks(64)).enumerate() {
             let mask = chunk
                 .iter()
                 .enumerate()
                 .filter(|(_, &c)| c != 0)
                 .fold(0u64, |m, (i, _)| m | 1 << i);
-            new += (mask & !*word).count_ones() as usize;
+            let mut fresh = mask & !*word;
+            while fresh != 0 {
+                new.push(w * 64 + fresh.trailing_zeros() as usize);
+                fresh &= fresh - 1;
+            }
             *word |= mask;
         }
-        self.covered += new;
+        self.covered += new.len();
+        new
+    }
+
+    /// Adds one edge (a counter's index); returns whether it was new.
+    pub fn insert(&mut self, edge: usize) -> bool {
+        let (word, bit) = (edge / 64, 1u64 << (edge % 64));
+        if self.hit.len() <= word {
+            self.hit.resize(word + 1, 0);
+        }
+        let new = self.hit[word] & bit == 0;
+        self.hit[word] |= bit;
+        self.covered += usize::from(new);
         new
     }
 
@@ -269,6 +215,13 @@ mod tests {
     use super::*;
     use shared_mm::boot_info::KERNEL_VIRT_BASE;
 
+    const EHDR_SIZE: usize = 64;
+    const PHDR_SIZE: usize = 56;
+    const SHDR_SIZE: usize = 64;
+    const SYM_SIZE: usize = 24;
+    const SHT_SYMTAB: u32 = 2;
+    const SHT_STRTAB: u32 = 3;
+
     #[test]
     fn merge_counts_only_new_edges() {
         let mut set = CoverageSet::new();
@@ -277,6 +230,22 @@ mod tests {
         assert_eq!(set.merge(&[9, 0, 0, 0]), 1);
         assert_eq!(set.merge(&[0; 4]), 0);
         assert_eq!(set.covered(), 3);
+    }
+
+    #[test]
+    fn merge_edges_names_the_new_edges_and_insert_adds_one() {
+        let mut set = CoverageSet::new();
+        let mut counters = vec![0u8; 130];
+        counters[3] = 1;
+        counters[64] = 9;
+        counters[129] = 1;
+        assert_eq!(set.merge_edges(&counters), [3, 64, 129]);
+        assert!(set.insert(5) && !set.insert(5) && !set.insert(64));
+        counters[5] = 1;
+        counters[6] = 1;
+        assert_eq!(set.merge_edges(&counters), [6]);
+        assert!(set.insert(1000));
+        assert_eq!(set.covered(), 6);
     }
 
     #[test]
@@ -312,15 +281,18 @@ mod tests {
         let stroff = symoff + symtab.len();
         let shoff = stroff + strtab.len();
         let mut elf = vec![0u8; shoff + 3 * SHDR_SIZE];
-        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        elf[0x34..0x36].copy_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
         elf[0x20..0x28].copy_from_slice(&(phoff as u64).to_le_bytes());
         elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
         elf[0x36..0x38].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
         elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
         elf[0x3a..0x3c].copy_from_slice(&(SHDR_SIZE as u16).to_le_bytes());
         elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        // The string table also names the sections (all with the empty name at offset 0).
+        elf[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes());
         let ph = &mut elf[phoff..phoff + PHDR_SIZE];
-        ph[..4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
         ph[16..24].copy_from_slice(&(KERNEL_VIRT_BASE + 0x20_0000).to_le_bytes());
         ph[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
         ph[40..48].copy_from_slice(&0x1000u64.to_le_bytes());
@@ -332,6 +304,7 @@ mod tests {
         sh[32..40].copy_from_slice(&(symtab.len() as u64).to_le_bytes());
         sh[40..44].copy_from_slice(&2u32.to_le_bytes());
         let sh = &mut elf[shoff + 2 * SHDR_SIZE..];
+        sh[4..8].copy_from_slice(&SHT_STRTAB.to_le_bytes());
         sh[24..32].copy_from_slice(&(stroff as u64).to_le_bytes());
         sh[32..40].copy_from_slice(&(strtab.len() as u64).to_le_bytes());
         elf
@@ -340,8 +313,8 @@ mod tests {
     fn counters_at(start: u64, stop: u64) -> Vec<u8> {
         elf_with(&[
             (b"_start", KERNEL_VIRT_BASE + 0x20_0000),
-            (START_SYMBOL, KERNEL_VIRT_BASE + start),
-            (STOP_SYMBOL, KERNEL_VIRT_BASE + stop),
+            (START_SYMBOL.as_bytes(), KERNEL_VIRT_BASE + start),
+            (STOP_SYMBOL.as_bytes(), KERNEL_VIRT_BASE + stop),
         ])
     }
 
@@ -365,18 +338,31 @@ mod tests {
 
     #[test]
     fn malformed_elves_are_errors() {
-        for (elf, why) in [
-            (b"hello".to_vec(), "magic"),
-            (counters_at(0x20_0900, 0x20_0800), "before they start"),
-            (
-                counters_at(0x20_0800, 0x20_1800),
-                "outside every loadable segment",
-            ),
-            (crate::vm::EMBEDDED_KERNEL[..4096].to_vec(), "runs past"),
-        ] {
-            let err = CoverageMap::from_elf(&elf).unwrap_err();
-            assert!(err.contains(why), "{err}");
-        }
+        let err = |elf: &[u8]| CoverageMap::from_elf(elf).unwrap_err();
+        assert_eq!(err(b"hello"), CoverageError::NotElf64);
+        assert_eq!(err(&[0u8; 64]), CoverageError::NotElf64);
+        assert_eq!(
+            err(&counters_at(0x20_0900, 0x20_0800)),
+            CoverageError::Reversed {
+                start: KERNEL_VIRT_BASE + 0x20_0900,
+                stop: KERNEL_VIRT_BASE + 0x20_0800
+            }
+        );
+        assert_eq!(
+            err(&counters_at(0x20_0800, 0x20_1800)),
+            CoverageError::OutsideSegments {
+                vaddr: KERNEL_VIRT_BASE + 0x20_0800,
+                len: 0x1000
+            }
+        );
+        let truncated = err(&crate::vm::EMBEDDED_KERNEL[..4096]);
+        assert!(
+            matches!(truncated, CoverageError::Malformed(_)),
+            "{truncated}"
+        );
+        let mut big_endian = counters_at(0x20_0800, 0x20_0900);
+        big_endian[5] = 2;
+        assert!(matches!(err(&big_endian), CoverageError::Malformed(_)));
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl fmt::Display for VmmError {
                 shared_mm::abi::MAX_BATCH
             ),
             VmmError::SignalHandler(e) => {
-                write!(f, "cannot install the vCPU kick signal handler: {e}")
+                write!(f, "cannot install a signal handler: {e}")
             }
             VmmError::JobPanicked => f.write_str("a fuzz job panicked"),
             VmmError::File(e) => write!(f, "{e}"),

@@ -1,7 +1,7 @@
 //! The VMM library: boots the guest kernel under KVM, serves its hypercalls,
 //! inspects its page tables and fuzzes its memory manager.
 // Unsafe code is opt-in per module: only the KVM memory slots (`vm`) and the signal that kicks
-// the vCPU thread out of KVM_RUN (`kick`) need it. Every other module forbids it.
+// the vCPU thread out of KVM_RUN (`kick`) and the Ctrl-C handler (`interrupt`) need it. Every other module forbids it.
 #![deny(unsafe_code)]
 
 pub mod arch;
@@ -18,6 +18,8 @@ pub mod gdb;
 pub mod guest_build;
 pub mod hypercall;
 pub mod inspect;
+#[allow(unsafe_code)]
+pub mod interrupt;
 #[allow(unsafe_code)]
 pub mod kick;
 pub mod loader;

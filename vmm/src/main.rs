@@ -11,7 +11,7 @@ use std::time::Duration;
 use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
 use vmm::files::{read_capped, write_atomically, FileError, MAX_KERNEL_BYTES};
-use vmm::fuzz::campaign::{run_campaign, CampaignConfig};
+use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
 use vmm::fuzz::{replay, replay_stopping_at};
@@ -222,6 +222,11 @@ struct FuzzArgs {
     /// back, again and again (best with a small --memory).
     #[arg(long)]
     pressure: bool,
+    /// Corpus directory: batches that reached new edges are saved there, and the entries in
+    /// it (also those other campaigns add while this one runs) are mutated like its own. On
+    /// sim, which has no coverage, entries are only read.
+    #[arg(long, value_name = "DIR")]
+    corpus: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -478,6 +483,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         coverage,
         max_findings,
         pressure,
+        ref corpus,
     } = *args;
     let (check, shrink) = (!no_check, !no_shrink);
     if guest.gdb.is_some() && jobs != 1 {
@@ -486,9 +492,9 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     let (mut vm, kernel_label) = config_with(guest, GuestCommand::Serve, coverage)?;
     vm.echo_console = false;
     let counters = match guest.backend() {
-        Backend::Kvm => CoverageMap::from_elf(&vm.kernel)
-            .map_err(anyhow::Error::msg)
-            .context("reading the kernel's coverage counters")?,
+        Backend::Kvm => {
+            CoverageMap::from_elf(&vm.kernel).context("reading the kernel's coverage counters")?
+        }
         Backend::Sim => None,
     };
     if coverage && counters.is_none() {
@@ -519,7 +525,24 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         max_findings: usize::try_from(max_findings).unwrap_or(usize::MAX),
         pressure,
     };
-    let report = run_campaign(&campaign)?;
+    let links = Links {
+        corpus: corpus.as_deref(),
+        stop: Some(vmm::interrupt::install()?),
+    };
+    let report = run_campaign_with(&campaign, links)?;
+    summary(&report, guest, jobs, check);
+    Ok(if report.interrupted {
+        vmm::interrupt::EXIT_INTERRUPTED
+    } else {
+        u32::from(!report.bugs.is_empty())
+    })
+}
+
+/// The summary of a campaign, on stderr.
+fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
+    if report.interrupted {
+        eprintln!("vmm fuzz: interrupted by Ctrl-C");
+    }
     eprintln!(
         "vmm fuzz: {} ops in {:.1} s ({:.1} s of it shrinking; {:.0} ops/s fuzzing) on {} guest boot(s) ({}), seed {}, {} job(s), checker {}",
         report.ops_executed,
@@ -544,9 +567,19 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
             100.0 * covered as f64 / total as f64
         );
     }
+    if let Some(corpus) = &report.corpus {
+        eprintln!(
+            "vmm fuzz: corpus {}: {} entries at the start, {} saved, {} picked up from other campaigns; {} in the largest job's corpus",
+            corpus.dir.display(),
+            corpus.loaded,
+            corpus.saved,
+            corpus.picked_up,
+            corpus.entries
+        );
+    }
     if report.bugs.is_empty() {
         eprintln!("vmm fuzz: no findings");
-        return Ok(0);
+        return;
     }
     eprintln!("vmm fuzz: {} distinct finding(s):", report.bugs.len());
     for bug in &report.bugs {
@@ -563,7 +596,6 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
             bug.description.lines().next().unwrap_or("")
         );
     }
-    Ok(1)
 }
 
 /// `guest` with what the command line leaves open taken from a file's header: the same seed

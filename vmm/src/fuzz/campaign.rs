@@ -1,6 +1,7 @@
 //! A fuzzing campaign: jobs in parallel, each a deterministic stream of generated batches on
 //! its own guest, with progress, deduplicated findings, shrunk reproducers and a summary.
 
+use super::corpus::CorpusDir;
 use super::generate::Generator;
 use super::repro::Reproducer;
 use super::shrink::{shrink, Budget};
@@ -11,8 +12,8 @@ use crate::{VmConfig, VmmError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shared_mm::abi::{Op, OpResult, Status};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,31 @@ pub struct CampaignConfig {
     pub pressure: bool,
 }
 
+/// What a campaign shares with the world outside its process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Links<'a> {
+    /// A corpus directory: saved to, loaded at the start, and shared with every other campaign
+    /// that names it (see [`super::corpus`]).
+    pub corpus: Option<&'a Path>,
+    /// Set from outside (by Ctrl-C): every job stops at its next batch boundary, and the
+    /// campaign reports what it did.
+    pub stop: Option<&'a AtomicBool>,
+}
+
+/// What a campaign did with its corpus directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorpusReport {
+    pub dir: PathBuf,
+    /// Entries in the directory when the campaign started.
+    pub loaded: usize,
+    /// Entries this campaign wrote.
+    pub saved: usize,
+    /// Entries other campaigns wrote while this one ran, that it took (the most any job took).
+    pub picked_up: usize,
+    /// Batches in the largest job's corpus at the end.
+    pub entries: usize,
+}
+
 /// One distinct failure the campaign found.
 #[derive(Clone, Debug)]
 pub struct FoundBug {
@@ -80,6 +106,9 @@ pub struct CampaignReport {
     pub bugs: Vec<FoundBug>,
     /// Edges reached and edges instrumented, with coverage feedback on.
     pub coverage: Option<(usize, usize)>,
+    pub corpus: Option<CorpusReport>,
+    /// Whether the stop flag ended the campaign before its budget was spent.
+    pub interrupted: bool,
 }
 
 impl CampaignReport {
@@ -97,6 +126,12 @@ fn job_seed(seed: u64, job: usize) -> u64 {
 
 struct Shared<'a> {
     config: &'a CampaignConfig,
+    corpus: Option<CorpusDir>,
+    stop: Option<&'a AtomicBool>,
+    /// Corpus figures over the jobs: entries at the start, picked up, and corpus size (maxima).
+    loaded: AtomicUsize,
+    picked_up: AtomicUsize,
+    entries: AtomicUsize,
     start: Instant,
     bar: ProgressBar,
     executed: AtomicUsize,
@@ -112,6 +147,22 @@ impl Shared<'_> {
     /// is reported the moment it is seen, in every output mode).
     fn say(&self, line: String) {
         self.bar.suspend(|| eprintln!("{line}"));
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// The header of the corpus entries job `job` writes.
+    fn entry_header(&self, job: usize) -> Vec<(String, String)> {
+        let config = self.config;
+        vec![
+            ("seed".into(), config.seed.to_string()),
+            ("job".into(), job.to_string()),
+            ("backend".into(), config.vm.backend.to_string()),
+            ("kernel".into(), config.kernel_label.clone()),
+            ("memory-mib".into(), (config.vm.memory >> 20).to_string()),
+        ]
     }
 
     fn enough_findings(&self) -> bool {
@@ -232,9 +283,14 @@ impl Shared<'_> {
         if config.pressure {
             generator = generator.with_pressure();
         }
-        let mut feedback = config
-            .coverage
-            .map(|map| Feedback::new(map, &self.coverage));
+        let mut feedback = (config.coverage.is_some() || self.corpus.is_some())
+            .then(|| Feedback::new(config.coverage, &self.coverage));
+        if let (Some(fb), Some(dir)) = (&mut feedback, &self.corpus) {
+            let loaded = fb
+                .sync_with(dir, self.entry_header(job))
+                .map_err(VmmError::File)?;
+            self.loaded.fetch_max(loaded, Ordering::Relaxed);
+        }
         let mut remaining = budget as usize;
         let mut done_in_job = 0u64;
         // The bar moves as batches complete; the count of ops run is settled per guest, so
@@ -244,16 +300,22 @@ impl Shared<'_> {
             self.bar.inc(n as u64);
             shown.fetch_add(n, Ordering::Relaxed);
         };
-        while remaining > 0 && !self.enough_findings() {
+        while remaining > 0 && !self.enough_findings() && !self.stopped() {
             let before = remaining;
             let source = Source::Generated {
                 generator: &mut generator,
                 budget: remaining,
                 feedback: feedback.as_mut(),
             };
-            let session = Session::new(source, config.batch, Some(&progress));
+            let mut session = Session::new(source, config.batch, Some(&progress));
+            if let Some(stop) = self.stop {
+                session = session.with_stop(stop);
+            }
             self.guests.fetch_add(1, Ordering::Relaxed);
             let run = run_session(&config.vm, session, config.check)?;
+            if let Some(e) = feedback.as_mut().and_then(Feedback::take_error) {
+                return Err(VmmError::File(e));
+            }
             let (sent, results, failure) = (run.sent, run.results, run.failure);
             self.bar
                 .inc(sent.len().saturating_sub(shown.swap(0, Ordering::Relaxed)) as u64);
@@ -271,6 +333,10 @@ impl Shared<'_> {
                 None => {}
             }
         }
+        if let Some(fb) = &feedback {
+            self.picked_up.fetch_max(fb.picked_up(), Ordering::Relaxed);
+            self.entries.fetch_max(fb.corpus().len(), Ordering::Relaxed);
+        }
         Ok(())
     }
 }
@@ -278,7 +344,20 @@ impl Shared<'_> {
 /// Runs the campaign to the end (every job's budget spent); failures are findings, not errors.
 /// Errors are setup problems (no KVM, unusable kernel, unwritable output directory).
 pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError> {
+    run_campaign_with(config, Links::default())
+}
+
+/// [`run_campaign`], with a corpus directory and a stop flag.
+pub fn run_campaign_with(
+    config: &CampaignConfig,
+    links: Links<'_>,
+) -> Result<CampaignReport, VmmError> {
     let jobs = config.jobs.max(1);
+    let corpus = links
+        .corpus
+        .map(CorpusDir::open)
+        .transpose()
+        .map_err(VmmError::File)?;
     let bar = ProgressBar::with_draw_target(
         Some(config.ops),
         if config.progress {
@@ -297,6 +376,11 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
     bar.set_message("0 findings");
     let shared = Shared {
         config,
+        corpus,
+        stop: links.stop,
+        loaded: AtomicUsize::new(0),
+        picked_up: AtomicUsize::new(0),
+        entries: AtomicUsize::new(0),
         start: Instant::now(),
         bar,
         executed: AtomicUsize::new(0),
@@ -323,6 +407,7 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
     });
     shared.bar.finish_and_clear();
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let interrupted = shared.stopped();
     let bugs = shared.bugs.into_inner().unwrap_or_else(|e| e.into_inner());
     let covered = shared
         .coverage
@@ -340,5 +425,13 @@ pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError>
         guests_booted: shared.guests.load(Ordering::Relaxed),
         bugs: bugs.into_values().collect(),
         coverage: config.coverage.map(|map| (covered, map.len())),
+        corpus: shared.corpus.as_ref().map(|dir| CorpusReport {
+            dir: dir.path().to_path_buf(),
+            loaded: shared.loaded.load(Ordering::Relaxed),
+            saved: dir.saved(),
+            picked_up: shared.picked_up.load(Ordering::Relaxed),
+            entries: shared.entries.load(Ordering::Relaxed),
+        }),
+        interrupted,
     })
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod campaign;
+pub mod corpus;
 pub mod generate;
 pub mod model;
 pub mod rebase;
@@ -13,15 +14,19 @@ pub mod shrink;
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use crate::files::FileError;
 use crate::gdb::StopRequest;
 use crate::scenario::ops::{op_name, op_to_line};
 use crate::{Guest, VmConfig, VmmError};
+use corpus::{CorpusDir, Entry, NewEdges, Reader};
 use generate::Generator;
 use model::Model;
 use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 
 /// What kind of failure a run hit; two runs fail "the same way" when these are equal.
@@ -77,37 +82,141 @@ fn status_text(r: &OpResult) -> String {
     }
 }
 
-/// Coverage feedback for one fuzz job: the edges it has reached, and the batches that reached
-/// new ones (its corpus, which the generator mutates).
+/// How often a job looks for entries that other campaigns wrote into its corpus directory.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A job's link to a corpus directory: what it has taken from it, and how it names its finds.
+struct Synced<'a> {
+    dir: &'a CorpusDir,
+    reader: Reader,
+    /// Header lines of the entries this job writes.
+    header: Vec<(String, String)>,
+    last_scan: Instant,
+    /// Entries taken after the first scan that another process wrote.
+    picked_up: usize,
+}
+
+/// Feedback for one fuzz job: the edges it has reached (with a coverage guest) and its corpus,
+/// the batches that reached new ones, which the generator mutates; with a corpus directory,
+/// the corpus is also saved there and grows with what other campaigns save.
 pub struct Feedback<'a> {
-    map: CoverageMap,
+    map: Option<CoverageMap>,
     seen: CoverageSet,
     corpus: Vec<Vec<Op>>,
     /// The campaign-wide union, for reporting.
     global: &'a Mutex<CoverageSet>,
+    synced: Option<Synced<'a>>,
+    /// Why the corpus directory could not be written or read; ends the job.
+    error: Option<FileError>,
 }
 
 impl<'a> Feedback<'a> {
-    pub fn new(map: CoverageMap, global: &'a Mutex<CoverageSet>) -> Self {
+    /// Feedback from the counters of `map`; none (only corpus entries) without one.
+    pub fn new(map: Option<CoverageMap>, global: &'a Mutex<CoverageSet>) -> Self {
         Feedback {
             map,
             seen: CoverageSet::new(),
             corpus: Vec::new(),
             global,
+            synced: None,
+            error: None,
+        }
+    }
+
+    /// Also saves the corpus in `dir`, each entry after `header`, and takes the entries already
+    /// there and, every [`RESCAN_INTERVAL`], those that other campaigns add. Returns how many
+    /// entries were there at the start.
+    pub fn sync_with(
+        &mut self,
+        dir: &'a CorpusDir,
+        header: Vec<(String, String)>,
+    ) -> Result<usize, FileError> {
+        let mut synced = Synced {
+            dir,
+            reader: Reader::default(),
+            header,
+            last_scan: Instant::now(),
+            picked_up: 0,
+        };
+        let entries = synced.reader.scan(dir)?;
+        let loaded = entries.len();
+        self.synced = Some(synced);
+        self.take(entries.into_iter().map(|(entry, _)| entry));
+        Ok(loaded)
+    }
+
+    /// The corpus: batches that reached new edges, found here or taken from the directory.
+    pub fn corpus(&self) -> &[Vec<Op>] {
+        &self.corpus
+    }
+
+    /// Entries taken from the directory after the start that other campaigns wrote.
+    pub fn picked_up(&self) -> usize {
+        self.synced.as_ref().map_or(0, |s| s.picked_up)
+    }
+
+    /// The error that stopped the job's use of its corpus directory, if one did.
+    pub fn take_error(&mut self) -> Option<FileError> {
+        self.error.take()
+    }
+
+    /// Adds `entries` to the corpus, and the edges they reached (on this kernel) to those seen.
+    fn take(&mut self, entries: impl IntoIterator<Item = Entry>) {
+        let counters = self.map.map_or(0, |m| m.len());
+        let mut global = self.global.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in entries {
+            for edge in entry.edges_for(counters) {
+                self.seen.insert(edge);
+                global.insert(edge);
+            }
+            self.corpus.push(entry.ops);
+        }
+    }
+
+    /// Takes what other campaigns added to the directory, if the last look was long enough ago.
+    fn rescan(&mut self) {
+        let Some(synced) = &mut self.synced else {
+            return;
+        };
+        if synced.last_scan.elapsed() < RESCAN_INTERVAL {
+            return;
+        }
+        synced.last_scan = Instant::now();
+        match synced.reader.scan(synced.dir) {
+            Ok(entries) => {
+                synced.picked_up += entries.iter().filter(|(_, ours)| !ours).count();
+                self.take(entries.into_iter().map(|(entry, _)| entry));
+            }
+            Err(e) => self.error = Some(e),
         }
     }
 
     /// Reads and zeroes the counters after `batch`; keeps the batch if it reached new edges.
     fn observe(&mut self, mem: &GuestMemoryMmap, batch: &[Op]) -> Result<(), DriverError> {
-        let counters = self.map.read(mem)?;
-        self.map.reset(mem)?;
-        if self.seen.merge(&counters) > 0 && !batch.is_empty() {
-            self.corpus.push(batch.to_vec());
-        }
+        let Some(map) = self.map else {
+            return Ok(());
+        };
+        let counters = map.read(mem)?;
+        map.reset(mem)?;
+        let new = self.seen.merge_edges(&counters);
         self.global
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .merge(&counters);
+        if new.is_empty() || batch.is_empty() {
+            return Ok(());
+        }
+        self.corpus.push(batch.to_vec());
+        if let Some(synced) = &mut self.synced {
+            let entry = Entry {
+                ops: batch.to_vec(),
+                new_edges: Some(NewEdges::new(map.len(), &new)),
+            };
+            match synced.dir.save(&synced.header, &entry) {
+                Ok(name) => synced.reader.know(name),
+                Err(e) => self.error = Some(e),
+            }
+        }
         Ok(())
     }
 }
@@ -145,6 +254,8 @@ pub struct Session<'g, 'f, 'p> {
     progress: Option<Progress<'p>>,
     /// Stop the guest under gdb when this op (an index into `sent`) is handed out.
     stop_at: Option<(usize, StopRequest)>,
+    /// Set from outside (Ctrl-C): end at the next batch boundary.
+    stop: Option<&'p AtomicBool>,
 }
 
 impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
@@ -161,6 +272,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             failure: None,
             progress,
             stop_at: None,
+            stop: None,
         }
     }
 
@@ -173,6 +285,14 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
         }
     }
 
+    /// The same session, ending at the first batch boundary after `stop` is set.
+    pub fn with_stop(self, stop: &'p AtomicBool) -> Self {
+        Session {
+            stop: Some(stop),
+            ..self
+        }
+    }
+
     /// The same session, its model knowing the guest has `frames` frames to hand out (so an
     /// OutOfMemory far from that is a finding).
     pub fn with_frame_budget(mut self, frames: Option<usize>) -> Self {
@@ -180,6 +300,18 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             self.model = Model::with_frame_budget(frames);
         }
         self
+    }
+
+    /// Whether to send no more batches: a failure, a stop request, or a corpus that cannot be
+    /// kept.
+    fn done(&self) -> bool {
+        let corpus_failed = matches!(
+            &self.source,
+            Source::Generated { feedback: Some(fb), .. } if fb.error.is_some()
+        );
+        self.failure.is_some()
+            || corpus_failed
+            || self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
     fn fail(&mut self, signature: Signature, description: String) {
@@ -250,7 +382,16 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                 // its result arrives.
                 let max = self.batch_size.min(*budget);
                 if let Some(fb) = feedback {
-                    if let Some(ops) = generator.from_corpus(&fb.corpus, &self.model, max) {
+                    fb.rescan();
+                    if let Some(mut ops) = generator.from_corpus(&fb.corpus, &self.model, max) {
+                        // An entry was recorded in another state, and mutation keeps its
+                        // creates: replayed as they are, they pile up spaces past the
+                        // generator's budget (every campaign's first batch is all creates),
+                        // whose regions make every later batch cost more guest time (README,
+                        // Fuzzing results). The generator decides instead.
+                        for op in ops.iter_mut().filter(|op| matches!(op, Op::CreateSpace)) {
+                            *op = generator.next_op(&self.model);
+                        }
                         *budget -= ops.len();
                         return ops;
                     }
@@ -280,6 +421,16 @@ impl Driver for Session<'_, '_, '_> {
         results: &[OpResult],
         _: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, DriverError> {
+        let first_call = self.sent.is_empty();
+        if let Source::Generated {
+            feedback: Some(fb), ..
+        } = &mut self.source
+        {
+            if first_call {
+                // The counters so far are the boot's: seen, but no batch's merit.
+                fb.observe(mem, &[])?;
+            }
+        }
         if !self.in_flight.is_empty() {
             let n = self.in_flight.len();
             self.check_results(results);
@@ -296,7 +447,7 @@ impl Driver for Session<'_, '_, '_> {
                 progress(n);
             }
         }
-        if self.failure.is_some() {
+        if self.done() {
             return Ok(None);
         }
         let batch = self.next_ops();
