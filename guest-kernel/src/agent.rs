@@ -7,8 +7,8 @@ use crate::hypercall::{HypercallError, Mailbox};
 use alloc::vec::Vec;
 use guest_mm::MemoryManager;
 use shared_mm::abi::{
-    Hypercall, Op, OpResult, Status, BATCH_DONE, FRAMES_ALLOCATED, FRAMES_OWNED, KERNEL_SPACE,
-    OP_RECORD_SIZE, REGION_RECORD_SIZE, RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
+    Hypercall, Op, OpResult, Status, BATCH_DONE, FRAMES_ALLOCATED, FRAMES_OWNED, FRAMES_SHARED,
+    KERNEL_SPACE, OP_RECORD_SIZE, REGION_RECORD_SIZE, RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
 
 /// The guest's memory manager, on this CPU with the flush trace.
@@ -106,7 +106,7 @@ fn snapshot(mailbox: &mut Mailbox, mm: &Mm, space: u32) -> Result<OpResult, Hype
 }
 
 /// Sends the frame report of `space`: for the kernel, the allocator's bitmap of allocated
-/// frames first; then the frames the space owns.
+/// frames and the reference counts of shared frames first; then the frames the space owns.
 fn frames(mailbox: &mut Mailbox, mm: &Mm, space: u32) -> Result<OpResult, HypercallError> {
     let Some(owned) = mm.owned_frames(space) else {
         return Ok(OpResult::error(Status::NoSuchSpace));
@@ -114,6 +114,8 @@ fn frames(mailbox: &mut Mailbox, mm: &Mm, space: u32) -> Result<OpResult, Hyperc
     if space == KERNEL_SPACE {
         let words: Vec<u64> = mm.allocated_frames().collect();
         send_words(mailbox, space, FRAMES_ALLOCATED, &words)?;
+        let words: Vec<u64> = mm.shared_frames().map(|r| r.to_word()).collect();
+        send_words(mailbox, space, FRAMES_SHARED, &words)?;
     }
     let words: Vec<u64> = owned.iter().map(|r| r.to_word()).collect();
     send_words(mailbox, space, FRAMES_OWNED, &words)?;

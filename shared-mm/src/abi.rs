@@ -58,7 +58,7 @@ pub enum Hypercall {
     Ping = 6,
     /// Payload: `count` little-endian u64 words of the frame report of space `args[0]` (or
     /// [`KERNEL_SPACE`]) starting at word `args[1]` of `args[2]`; `args[3]` is the part
-    /// ([`FRAMES_ALLOCATED`] or [`FRAMES_OWNED`]).
+    /// ([`FRAMES_ALLOCATED`], [`FRAMES_OWNED`] or [`FRAMES_SHARED`]).
     Frames = 7,
 }
 
@@ -68,6 +68,32 @@ pub const FRAMES_ALLOCATED: u64 = 0;
 /// `args[3]` of a [`Hypercall::Frames`]: the words are [`FrameRecord`]s of the frames the space
 /// owns.
 pub const FRAMES_OWNED: u64 = 1;
+/// `args[3]` of a [`Hypercall::Frames`]: the words are [`FrameRefs`] of every frame referenced
+/// more than once (copy-on-write after a fork), in frame order (sent for [`KERNEL_SPACE`] only).
+pub const FRAMES_SHARED: u64 = 2;
+
+/// A frame and how many VMObjects reference it, as one word: the frame's address with the count
+/// in the low 12 bits (a count is at most [`MAX_SPACES`], one object per space).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrameRefs {
+    pub frame: u64,
+    pub refs: u32,
+}
+
+impl FrameRefs {
+    pub fn to_word(self) -> u64 {
+        self.frame | u64::from(self.refs.min(0xfff))
+    }
+
+    /// `None` for a count of 0 or 1 (such frames are not listed).
+    pub fn from_word(word: u64) -> Option<FrameRefs> {
+        let refs = (word & 0xfff) as u32;
+        (refs >= 2).then_some(FrameRefs {
+            frame: word & !0xfff,
+            refs,
+        })
+    }
+}
 
 /// What an owner uses a frame for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,6 +108,8 @@ pub enum FrameUse {
     Trampoline = 3,
     /// A 2 MiB block of the kernel heap: the record's frame and the 511 after it.
     HeapBlock = 4,
+    /// A page of a shared VMObject (`map-shared`): every space mapping the object lists it.
+    SharedData = 5,
 }
 
 /// One owned frame as a word: its address, with its [`FrameUse`] in the low bits.
@@ -104,6 +132,7 @@ impl FrameRecord {
             2 => FrameUse::Heap,
             3 => FrameUse::Trampoline,
             4 => FrameUse::HeapBlock,
+            5 => FrameUse::SharedData,
             _ => return None,
         };
         Some(FrameRecord {
@@ -177,7 +206,7 @@ pub const RESULT_RECORD_SIZE: usize = 32;
 /// Encoded size of one [`SpaceRecord`].
 pub const SPACE_RECORD_SIZE: usize = 16;
 /// Encoded size of one [`RegionRecord`].
-pub const REGION_RECORD_SIZE: usize = 48;
+pub const REGION_RECORD_SIZE: usize = 56;
 /// Bytes of a region name carried in a [`RegionRecord`].
 pub const REGION_NAME_LEN: usize = 24;
 
@@ -189,6 +218,9 @@ pub mod access_bits {
     pub const WRITE: u32 = 2;
     pub const EXECUTE: u32 = 4;
     pub const USER: u32 = 8;
+    /// Shared anonymous memory (`MAP_SHARED`): a fork shares it instead of copying it. Only a
+    /// map takes it; protect keeps a region's sharing.
+    pub const SHARED: u32 = 16;
 }
 
 /// One memory-management operation the host asks the guest to run.
@@ -197,6 +229,11 @@ pub enum Op {
     /// Result `value`: the new space's id.
     CreateSpace,
     DestroySpace {
+        space: u32,
+    },
+    /// Like `fork`: a new space with `space`'s regions, private memory copy-on-write in both,
+    /// shared memory shared. Result `value`: the new space's id.
+    Fork {
         space: u32,
     },
     /// Result `addr`: where the region was placed.
@@ -286,6 +323,7 @@ impl Op {
         match *self {
             Op::CreateSpace => None,
             Op::DestroySpace { space }
+            | Op::Fork { space }
             | Op::MapAnywhere { space, .. }
             | Op::MapFixed { space, .. }
             | Op::MapRandomized { space, .. }
@@ -317,6 +355,7 @@ impl Op {
             | Op::Populate { addr, .. } => Some(addr),
             Op::CreateSpace
             | Op::DestroySpace { .. }
+            | Op::Fork { .. }
             | Op::MapAnywhere { .. }
             | Op::MapRandomized { .. }
             | Op::Snapshot { .. }
@@ -339,12 +378,14 @@ impl Op {
     const KERNEL_READ: u32 = 13;
     const KERNEL_WRITE: u32 = 14;
     const POPULATE: u32 = 15;
+    const FORK: u32 = 16;
 
     /// Fields in wire order: kind, space, addr, size, align, access, value.
     fn fields(&self) -> (u32, u32, u64, u64, u64, u32, u64) {
         match *self {
             Op::CreateSpace => (Self::CREATE_SPACE, 0, 0, 0, 0, 0, 0),
             Op::DestroySpace { space } => (Self::DESTROY_SPACE, space, 0, 0, 0, 0, 0),
+            Op::Fork { space } => (Self::FORK, space, 0, 0, 0, 0, 0),
             Op::MapAnywhere {
                 space,
                 size,
@@ -442,6 +483,7 @@ impl Op {
             Self::KERNEL_READ => Op::KernelRead { space, addr },
             Self::KERNEL_WRITE => Op::KernelWrite { space, addr, value },
             Self::POPULATE => Op::Populate { space, addr, size },
+            Self::FORK => Op::Fork { space },
             _ => return None,
         })
     }
@@ -614,6 +656,9 @@ pub struct RegionRecord {
     pub access: u32,
     /// Nonzero when the region has a VMObject behind it.
     pub backed: u32,
+    /// For a region of shared memory, the id of its VMObject (the same in every space that
+    /// shares it); 0 for private memory.
+    pub object: u64,
     /// NUL-padded name.
     pub name: [u8; REGION_NAME_LEN],
 }
@@ -643,6 +688,7 @@ impl RegionRecord {
         w.put_u64(self.size);
         w.put_u32(self.access);
         w.put_u32(self.backed);
+        w.put_u64(self.object);
         w.put_bytes(&self.name);
         w.finish()
     }
@@ -654,6 +700,7 @@ impl RegionRecord {
             size: r.u64()?,
             access: r.u32()?,
             backed: r.u32()?,
+            object: r.u64()?,
             name: r.bytes()?,
         })
     }
@@ -668,6 +715,7 @@ mod tests {
         let ops = [
             Op::CreateSpace,
             Op::DestroySpace { space: 3 },
+            Op::Fork { space: 2 },
             Op::MapAnywhere {
                 space: 1,
                 size: 0x3000,
@@ -752,8 +800,19 @@ mod tests {
             };
             assert_eq!(FrameRecord::from_word(record.to_word()), Some(record));
         }
-        assert_eq!(FrameRecord::from_word(0x46005), None);
+        assert_eq!(FrameRecord::from_word(0x46006), None);
         assert_eq!(FrameRecord::from_word(0x46800), None);
+    }
+
+    #[test]
+    fn frame_refs_round_trip_and_single_references_are_not_listed() {
+        let refs = FrameRefs {
+            frame: 0x46000,
+            refs: 3,
+        };
+        assert_eq!(FrameRefs::from_word(refs.to_word()), Some(refs));
+        assert_eq!(FrameRefs::from_word(0x46001), None);
+        assert_eq!(FrameRefs::from_word(0x46000), None);
     }
 
     #[test]
@@ -792,6 +851,7 @@ mod tests {
             size: 0x2000,
             access: 3,
             backed: 1,
+            object: 7,
             name: RegionRecord::name_field("a-rather-long-region-name-cut-here"),
         };
         let mut buf = [0u8; REGION_RECORD_SIZE];

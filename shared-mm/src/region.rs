@@ -27,8 +27,10 @@ impl Access {
     pub const EXECUTE: Access = Access(1 << 2);
     /// Reachable from ring 3 (otherwise kernel only).
     pub const USER: Access = Access(1 << 3);
+    /// Shared memory: a fork shares the region's pages instead of copying them.
+    pub const SHARED: Access = Access(1 << 4);
 
-    const ALL_BITS: u8 = 0b1111;
+    const ALL_BITS: u8 = 0b1_1111;
 
     /// No access at all (a kernel-only guard reservation).
     pub const fn empty() -> Self {
@@ -115,7 +117,8 @@ impl fmt::Display for Access {
         };
         write!(
             f,
-            "{ring}-{}{}{}",
+            "{ring}{}{}{}{}",
+            flag(Access::SHARED, 's'),
             flag(Access::READ, 'r'),
             flag(Access::WRITE, 'w'),
             flag(Access::EXECUTE, 'x')
@@ -263,7 +266,7 @@ mod tests {
         assert!(Access::empty().is_subset_of(Access::empty()));
         assert_eq!(rw & Access::WRITE, Access::WRITE);
         assert_eq!(rw.difference(Access::READ), Access::WRITE);
-        assert_eq!(Access::from_bits(0b1_0000), None);
+        assert_eq!(Access::from_bits(0b10_0000), None);
         assert_eq!(Access::from_bits(Access::all().bits()), Some(Access::all()));
         let mut a = Access::empty();
         assert!(a.is_empty());

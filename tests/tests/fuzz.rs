@@ -177,7 +177,7 @@ fn memory_pressure_reaches_the_end_of_ram_and_finds_its_double_allocation() {
     assert!(
         matches!(
             found.signature,
-            Signature::Finding(Rule::FrameMappedTwice | Rule::FrameOwner)
+            Signature::Finding(Rule::FrameOverMapped | Rule::FrameOwner)
         ),
         "{found:#?}"
     );

@@ -184,6 +184,7 @@ proptest! {
                 size,
                 access,
                 backed: 1,
+                object: 0,
                 name: RegionRecord::name_field("anon"),
             })
             .collect();
@@ -198,7 +199,7 @@ proptest! {
         });
         prop_assert!(collected.is_ok() || views.is_empty());
         let kernel = SpaceSnapshot { space: u32::MAX, cr3: 0x2000, reported_count: 0, regions: Vec::new() };
-        let findings = bounded(|| check(&mem, &kernel, &[view]));
+        let findings = bounded(|| check(&mem, &kernel, &[view], &Default::default()));
         prop_assert!(findings.len() < 64 * 16, "{} findings", findings.len());
     }
 }

@@ -73,7 +73,7 @@ fn overlapping_placement_is_reported() {
 
 #[test]
 fn frame_freed_while_mapped_is_reported() {
-    assert_checker_reports("bug-free-mapped", Rule::FrameMappedTwice);
+    assert_checker_reports("bug-free-mapped", Rule::FrameOverMapped);
 }
 
 #[test]

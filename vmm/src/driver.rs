@@ -119,6 +119,8 @@ pub enum FramesPart {
     Allocated,
     /// [`FrameRecord`](shared_mm::abi::FrameRecord) words of the frames the space owns.
     Owned,
+    /// [`FrameRefs`](shared_mm::abi::FrameRefs) words of the frames held more than once.
+    Shared,
 }
 
 /// One `Frames` hypercall's worth of a frame report: words `first..first + words.len()` of the

@@ -9,8 +9,8 @@ use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
 use crate::error::{ProtocolError, VmmError};
 use shared_mm::abi::{
     Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, BATCH_DONE,
-    FRAMES_ALLOCATED, FRAMES_OWNED, HEADER_SIZE, MAX_BATCH, OP_RECORD_SIZE, REGION_RECORD_SIZE,
-    RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
+    FRAMES_ALLOCATED, FRAMES_OWNED, FRAMES_SHARED, HEADER_SIZE, MAX_BATCH, OP_RECORD_SIZE,
+    REGION_RECORD_SIZE, RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
 use shared_mm::boot_info::{MAILBOX_ADDR, MAILBOX_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -211,6 +211,7 @@ fn frames(
     let part = match part {
         FRAMES_ALLOCATED => FramesPart::Allocated,
         FRAMES_OWNED => FramesPart::Owned,
+        FRAMES_SHARED => FramesPart::Shared,
         other => return Err(protocol(ProtocolError::UnknownFramesPart(other))),
     };
     let chunk = FramesChunk {

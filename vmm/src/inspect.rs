@@ -8,12 +8,13 @@
 
 mod json;
 pub mod plan;
+pub mod sharing;
 mod svg;
 mod table;
 
-use crate::checker::{self, access_string, Finding};
+use crate::checker::{self, access_string, Finding, FrameReports, Refs};
 use crate::coherence::Coherence;
-use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
 use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
 use crate::scenario::Expect;
 use crate::{Guest, VmConfig, VmmError};
@@ -21,6 +22,7 @@ use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
 };
 use shared_mm::trace::TraceEvent;
+pub use sharing::Sharing;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 const PAGE: u64 = 4096;
@@ -36,11 +38,12 @@ pub enum Owner {
     Hole,
 }
 
-/// Contiguous present pages with equal effective permissions, all inside one owner.
+/// Contiguous present pages with equal effective permissions and sharing, all inside one owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Row {
     pub run: MappedRun,
     pub owner: Owner,
+    pub sharing: Sharing,
 }
 
 impl Row {
@@ -240,6 +243,7 @@ pub fn split_rows(runs: &[MappedRun], regions: &[RegionRecord], trampoline: bool
                     ..*run
                 },
                 owner,
+                sharing: Sharing::Private,
             });
             at = piece_end;
         }
@@ -247,19 +251,33 @@ pub fn split_rows(runs: &[MappedRun], regions: &[RegionRecord], trampoline: bool
     rows
 }
 
+/// What the rest of the guest says about a space's pages: the flush trace replayed, and the
+/// reference counts of frames held more than once.
+pub(crate) struct Context<'a> {
+    pub coherence: &'a Coherence,
+    pub refs: &'a Refs,
+}
+
 /// The report of one space (or the kernel): its tree beside the present pages the host walks
-/// now, with the checker's `findings` for it and what the flush trace says may be cached.
+/// now (shared and copy-on-write pages marked), with the checker's `findings` for it and what
+/// the flush trace says may be cached.
 pub(crate) fn space_report(
     mem: &GuestMemoryMmap,
     view: SpaceSnapshot,
     findings: Vec<Finding>,
-    coherence: &Coherence,
+    context: Context<'_>,
 ) -> SpaceReport {
+    let coherence = context.coherence;
     let user = view.space != KERNEL_SPACE;
     let half = if user { LOWER_HALF } else { UPPER_HALF };
     // A walk error stops the walk here; the agreement checker reports it as a finding.
-    let leaves = leaves_in(mem, view.cr3, half).map_while(Result::ok);
-    let rows = split_rows(&coalesce(leaves), &view.regions, user);
+    let leaves: Vec<_> = leaves_in(mem, view.cr3, half)
+        .map_while(Result::ok)
+        .collect();
+    let mut rows = split_rows(&coalesce(leaves.iter().copied()), &view.regions, user);
+    if user {
+        rows = sharing::mark(rows, &leaves, &view.regions, context.refs);
+    }
     SpaceReport {
         space: view.space,
         cr3: view.cr3,
@@ -285,6 +303,8 @@ struct Inspector {
     snapshots: Option<Vec<SpaceSnapshot>>,
     /// The flush trace replayed so far.
     coherence: Option<Coherence>,
+    /// The kernel's frame report, for the reference counts of shared frames.
+    frames: FrameReports,
     report: Option<Report>,
 }
 
@@ -298,6 +318,7 @@ impl Inspector {
             mismatches: Vec::new(),
             snapshots: None,
             coherence: None,
+            frames: FrameReports::default(),
             report: None,
         }
     }
@@ -357,8 +378,10 @@ impl Inspector {
             .iter()
             .map(|f| checker::as_finding(f, (&kernel, &views)))
             .collect();
-        findings.extend(checker::check(mem, &kernel, &views));
+        let refs = self.frames.shared_frames();
+        findings.extend(checker::check(mem, &kernel, &views, refs));
         let coherence = &*coherence;
+        let context = || Context { coherence, refs };
         let mut take = |space: u32| {
             let (mine, rest) = std::mem::take(&mut findings)
                 .into_iter()
@@ -370,13 +393,13 @@ impl Inspector {
             .into_iter()
             .map(|v| {
                 let found = take(v.space);
-                space_report(mem, v, found, coherence)
+                space_report(mem, v, found, context())
             })
             .collect();
         let mut found = take(KERNEL_SPACE);
         // Trace findings of a directory no live space has (destroyed since) go to the kernel's.
         found.extend(findings);
-        spaces.push(space_report(mem, kernel, found, coherence));
+        spaces.push(space_report(mem, kernel, found, context()));
         self.report = Some(Report {
             spaces,
             steps: self.placed.len(),
@@ -410,7 +433,17 @@ impl Driver for Inspector {
             space: KERNEL_SPACE,
         }];
         ops.extend(spaces.iter().map(|s| Op::Snapshot { space: s.space }));
+        ops.push(Op::Frames {
+            space: KERNEL_SPACE,
+        });
         Ok(Some(ops))
+    }
+
+    fn frames(&mut self, _: &GuestMemoryMmap, chunk: FramesChunk<'_>) -> Result<(), DriverError> {
+        if self.snapshots.is_none() {
+            return Err(DriverError::UnrequestedSnapshot { space: chunk.space });
+        }
+        self.frames.collect(chunk)
     }
 
     fn snapshot(
@@ -455,6 +488,7 @@ mod tests {
             size,
             access: USER | READ | WRITE,
             backed: 1,
+            object: 0,
             name: RegionRecord::name_field("anon"),
         }
     }

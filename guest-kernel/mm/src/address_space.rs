@@ -1,8 +1,10 @@
 //! AddressSpace: one process's user half, a RegionTree of anonymous regions plus its page tables.
 //!
 //! Partial unmap and protect split regions. Both run as *prepare, then commit*: every check
-//! that can fail runs before the first change, so an error leaves the space untouched.
+//! that can fail runs before the first change, so an error leaves the space untouched. Fork and
+//! copy-on-write live in [`crate::fork`] and [`crate::copy_on_write`].
 
+use crate::copy_on_write::leaf_flags;
 use crate::hardware::Hardware;
 use crate::machine::Machine;
 use crate::page_directory::PageDirectory;
@@ -64,9 +66,9 @@ struct Piece {
 
 pub struct AddressSpace {
     id: u32,
-    tree: RegionTree<VMObject>,
-    directory: PageDirectory,
-    bugs: SeededBugs,
+    pub(crate) tree: RegionTree<VMObject>,
+    pub(crate) directory: PageDirectory,
+    pub(crate) bugs: SeededBugs,
 }
 
 impl AddressSpace {
@@ -115,61 +117,86 @@ impl AddressSpace {
         &self.directory
     }
 
-    /// The frames this space owns: its page tables, then its regions' committed data frames.
+    /// The frames this space owns: its page tables, then its regions' committed data frames
+    /// (those of a shared object once, however many of its regions map it).
     pub fn owned_frames(&self) -> impl Iterator<Item = FrameRecord> + '_ {
-        let table = |frame: PhysicalFrame| FrameRecord {
-            frame: frame.0,
-            usage: FrameUse::Table,
-        };
-        let data = self
-            .tree
-            .iter()
-            .filter_map(|r| r.backing())
-            .flat_map(|object| object.pages_in(0, u64::MAX))
-            .map(|(_, frame)| FrameRecord {
+        let record = |usage| {
+            move |frame: PhysicalFrame| FrameRecord {
                 frame: frame.0,
-                usage: FrameUse::Data,
-            });
-        self.directory.frames().map(table).chain(data)
+                usage,
+            }
+        };
+        let mut shared_seen = Vec::new();
+        let objects = self.tree.iter().filter_map(|r| r.backing());
+        let data = objects.flat_map(move |object| {
+            let usage = match object.shared_id() {
+                None => FrameUse::Data,
+                Some(id) if !shared_seen.contains(&id) => {
+                    shared_seen.push(id);
+                    FrameUse::SharedData
+                }
+                Some(_) => return Vec::new(),
+            };
+            object.frames().into_iter().map(record(usage)).collect()
+        });
+        self.directory
+            .frames()
+            .map(record(FrameUse::Table))
+            .chain(data)
     }
 
-    fn new_region(access: Access, object: VMObject) -> Box<UserRegion> {
+    pub(crate) fn new_region(access: Access, object: VMObject) -> Box<UserRegion> {
         Box::new(Region::new(ANON, access, Some(object)))
     }
 
+    /// A new region's object: shared for `SHARED` access, else private.
+    fn object_for<M: Machine>(access: Access, hw: &mut Hardware<M>) -> VMObject {
+        if access.contains(Access::SHARED) {
+            VMObject::shared(hw.new_object_id())
+        } else {
+            VMObject::new()
+        }
+    }
+
     /// Maps fresh demand-zero memory in the lowest-addressed hole that fits.
-    pub fn map_anywhere(
+    pub fn map_anywhere<M: Machine>(
         &mut self,
         size: u64,
         align: u64,
         access: u32,
+        hw: &mut Hardware<M>,
     ) -> Result<VirtualRange, MmError> {
-        let region = Self::new_region(normalize_access(access)?, VMObject::new());
+        let access = normalize_access(access)?;
+        let region = Self::new_region(access, Self::object_for(access, hw));
         Ok(self.tree.place_anywhere(region, size, align)?)
     }
 
     /// Maps fresh demand-zero memory at exactly `[addr, addr + size)`; fails on any overlap.
-    pub fn map_fixed(
+    pub fn map_fixed<M: Machine>(
         &mut self,
         addr: u64,
         size: u64,
         access: u32,
+        hw: &mut Hardware<M>,
     ) -> Result<VirtualRange, MmError> {
-        let region = Self::new_region(normalize_access(access)?, VMObject::new());
+        let access = normalize_access(access)?;
+        let region = Self::new_region(access, Self::object_for(access, hw));
         Ok(self
             .tree
             .place_specifically(region, VirtualAddress::new(addr), size)?)
     }
 
     /// Maps fresh demand-zero memory at a uniformly random aligned position.
-    pub fn map_randomized(
+    pub fn map_randomized<M: Machine>(
         &mut self,
         size: u64,
         align: u64,
         access: u32,
         rng: &mut impl RandomSource,
+        hw: &mut Hardware<M>,
     ) -> Result<VirtualRange, MmError> {
-        let region = Self::new_region(normalize_access(access)?, VMObject::new());
+        let access = normalize_access(access)?;
+        let region = Self::new_region(access, Self::object_for(access, hw));
         Ok(self.tree.place_randomized(region, size, align, rng)?)
     }
 
@@ -187,7 +214,7 @@ impl AddressSpace {
     }
 
     /// The ranges of the regions intersecting `range`, in order.
-    fn intersecting(&self, range: VirtualRange) -> Vec<VirtualRange> {
+    pub(crate) fn intersecting(&self, range: VirtualRange) -> Vec<VirtualRange> {
         self.tree
             .find_regions_intersecting(range)
             .filter_map(|r| r.range())
@@ -302,15 +329,25 @@ impl AddressSpace {
                 access,
                 object: object.split_off(range.base().get()),
             });
-            let left = left.map(|range| Piece {
-                range,
-                access,
-                object,
-            });
+            // Without a left piece this handle is done with (a shared object may live on).
+            let (left, done) = match left {
+                Some(range) => (
+                    Some(Piece {
+                        range,
+                        access,
+                        object,
+                    }),
+                    None,
+                ),
+                None => (None, Some(object)),
+            };
             self.place_pieces([left, right]);
             if !self.bugs.has(Bug::LeakOnUnmap) {
                 for frame in freed {
-                    hw.free_frame(frame);
+                    hw.release_frame(frame);
+                }
+                if let Some(object) = done {
+                    object.release(hw);
                 }
             }
             if self.bugs.has(Bug::FreeBeforeFlush) {
@@ -346,6 +383,10 @@ impl AddressSpace {
     ) -> Result<(), MmError> {
         let range = self.checked_range(addr, size)?;
         let access = normalize_access(access)?;
+        // Sharing is chosen at map time; protect keeps it.
+        if access.contains(Access::SHARED) {
+            return Err(MmError::BadAccess);
+        }
         let wholes = self.intersecting(range);
         // Prepare: the regions must cover the range with no gap.
         if !Self::covers(range, &wholes) {
@@ -357,6 +398,7 @@ impl AddressSpace {
                 .intersection(&range)
                 .expect("regions intersect the range");
             let (old_access, object) = self.detach(whole, None, hw);
+            let access = access | (old_access & Access::SHARED);
             let (left, right) = whole.subtract(&range);
             let middle_object = object.split_off(middle.base().get());
             let right = right.map(|range| Piece {
@@ -380,8 +422,9 @@ impl AddressSpace {
         Ok(())
     }
 
-    /// Rewrites the PTEs of the committed pages of `object` in `range` for `access` (or clears
-    /// them for `PROT_NONE`), flushing each.
+    /// Rewrites the present PTEs of the committed pages of `object` in `range` for `access`
+    /// (or clears them for `PROT_NONE`), flushing each. Pages not present here (after a
+    /// `PROT_NONE`, or touched only by another space sharing the object) are mapped on demand.
     fn remap<M: Machine>(
         &mut self,
         object: &VMObject,
@@ -390,18 +433,21 @@ impl AddressSpace {
         access: Access,
         hw: &mut Hardware<M>,
     ) {
-        let mut flags = pte_flags(access);
-        if self.bugs.has(Bug::KeepWritable) && old_access.contains(Access::WRITE) {
-            flags = flags.map(|f| f | PageTableFlags::WRITABLE); // Seeded bug.
-        }
         for (page, frame) in object.pages_in(range.base().get(), range.last().get()) {
+            if self.directory.translate(page, &hw.machine).is_none() {
+                continue;
+            }
+            let mut flags = pte_flags(access).map(|f| leaf_flags(f, object, frame, &hw.refs));
+            if self.bugs.has(Bug::KeepWritable) && old_access.contains(Access::WRITE) {
+                flags = flags.map(|f| f | PageTableFlags::WRITABLE); // Seeded bug.
+            }
             match flags {
-                // A committed page was mapped before, so its page table exists (tables are
-                // only freed with the space) and this map allocates nothing: it cannot fail.
+                // The page is present, so its page table exists and this map allocates
+                // nothing: it cannot fail.
                 Some(flags) => self
                     .directory
                     .map(page, frame, flags, hw)
-                    .expect("page table of a committed page exists"),
+                    .expect("page table of a present page exists"),
                 None => {
                     self.directory.unmap(page, hw);
                 }
@@ -438,7 +484,13 @@ impl AddressSpace {
                 .intersection(&range)
                 .expect("regions intersect the range");
             let object = region.backing().expect("user regions are backed");
-            committed += object.pages_in(part.base().get(), part.last().get()).len() as u64;
+            let pages = object.pages_in(part.base().get(), part.last().get());
+            // A copy-on-write page takes a fresh frame for its copy, like a missing one.
+            let shared = pages
+                .iter()
+                .filter(|(_, frame)| object.shared_id().is_none() && hw.refs.count(*frame) > 1)
+                .count();
+            committed += (pages.len() - shared) as u64;
         }
         let missing = range.page_count() - committed;
         let free = hw.frames.free_count() as u64;
@@ -453,39 +505,50 @@ impl AddressSpace {
         }
         // Commit: nothing below can fail.
         for page in (range.base().get()..=range.last().get()).step_by(PAGE_SIZE as usize) {
-            self.populate(page, hw)
+            self.populate(page, true, hw)
                 .expect("the frames for every page were counted");
         }
         Ok(None)
     }
 
     /// Demand-zero paging for `page` (page-aligned), which lies in an accessible region: maps
-    /// the page's committed frame, or commits a fresh zeroed one.
-    pub fn populate<M: Machine>(&mut self, page: u64, hw: &mut Hardware<M>) -> Result<(), MmError> {
-        let region = self
+    /// the page's committed frame, or commits a fresh zeroed one. For a `write`, a
+    /// copy-on-write frame is copied first (or taken over, if this is its last reference).
+    pub fn populate<M: Machine>(
+        &mut self,
+        page: u64,
+        write: bool,
+        hw: &mut Hardware<M>,
+    ) -> Result<(), MmError> {
+        let object = self
             .tree
             .find_region_containing(VirtualAddress::new(page))
-            .expect("populate is called for a page inside a region");
-        let flags =
-            pte_flags(region.access()).expect("populate is called for an accessible region");
-        let object = region.backing().expect("user regions are backed");
-        let frame = match object.frame_at(page) {
-            Some(frame) => frame,
+            .and_then(|region| region.backing())
+            .expect("populate is called for a page inside a user region");
+        match object.frame_at(page) {
+            Some(_) if write => self.break_cow(page, hw),
+            Some(frame) => self.map_leaf(page, frame, hw),
             None => {
                 let frame = hw.zeroed_frame()?;
                 object.insert(page, frame);
-                frame
+                let mapped = self.map_leaf(page, frame, hw);
+                if mapped.is_err() {
+                    // No page-table frame for the mapping: undo the commit.
+                    let object = self.object_at(page);
+                    object.take_pages(page, page);
+                    hw.release_frame(frame);
+                }
+                mapped
             }
-        };
-        if let Err(e) = self.directory.map(page, frame, flags, hw) {
-            // No page-table frame for the mapping: undo the commit of the fresh frame.
-            if object.take_pages(page, page).first() == Some(&frame) {
-                hw.free_frame(frame);
-            }
-            return Err(e);
         }
-        hw.machine.flush_page(page);
-        Ok(())
+    }
+
+    /// The object of the (user) region containing `page`.
+    pub(crate) fn object_at(&self, page: u64) -> &VMObject {
+        self.tree
+            .find_region_containing(VirtualAddress::new(page))
+            .and_then(|region| region.backing())
+            .expect("the page lies in a user region")
     }
 
     /// Releases every frame and page table. The space must not be the active one.
@@ -494,8 +557,9 @@ impl AddressSpace {
         for range in ranges {
             let (_, object) = self.detach(range, Some(range), hw);
             for frame in object.take_pages(range.base().get(), range.last().get()) {
-                hw.free_frame(frame);
+                hw.release_frame(frame);
             }
+            object.release(hw);
         }
         self.directory.unmap(USER_TRAMPOLINE, hw);
         self.directory.destroy_user(hw);

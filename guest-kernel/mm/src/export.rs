@@ -15,6 +15,7 @@ pub fn region_record(region: &Region<VMObject>) -> RegionRecord {
         size: range.size(),
         access: region.access().bits() as u32,
         backed: region.is_backed() as u32,
+        object: region.backing().and_then(VMObject::shared_id).unwrap_or(0),
         name: RegionRecord::name_field(region.name()),
     }
 }

@@ -1,7 +1,8 @@
 //! The machine and its physical frames together: what every MM operation allocates from and
-//! writes to.
+//! writes to, with the reference counts of data frames and the ids of shared objects.
 
 use crate::frame_allocator::FrameAllocator;
+use crate::frame_refs::ReferenceCounts;
 use crate::machine::Machine;
 use crate::{MmError, PhysicalFrame};
 
@@ -9,9 +10,29 @@ use crate::{MmError, PhysicalFrame};
 pub struct Hardware<M> {
     pub machine: M,
     pub frames: FrameAllocator,
+    /// How many VMObjects hold each data frame.
+    pub refs: ReferenceCounts,
+    /// The id the next shared object gets.
+    next_object: u64,
 }
 
 impl<M: Machine> Hardware<M> {
+    pub fn new(machine: M, frames: FrameAllocator) -> Self {
+        Hardware {
+            machine,
+            frames,
+            refs: ReferenceCounts::default(),
+            next_object: 1,
+        }
+    }
+
+    /// A fresh id for a shared object (never 0).
+    pub fn new_object_id(&mut self) -> u64 {
+        let id = self.next_object;
+        self.next_object += 1;
+        id
+    }
+
     /// A free frame, zeroed.
     pub fn zeroed_frame(&mut self) -> Result<PhysicalFrame, MmError> {
         let frame = self.frames.allocate()?;
@@ -26,5 +47,12 @@ impl<M: Machine> Hardware<M> {
             panic!("frame {:#x} freed but not allocated", frame.0);
         }
         self.machine.frame_freed(frame);
+    }
+
+    /// Drops one reference to the data frame `frame`, and frees it if that was the last.
+    pub fn release_frame(&mut self, frame: PhysicalFrame) {
+        if self.refs.drop_one(frame) {
+            self.free_frame(frame);
+        }
     }
 }

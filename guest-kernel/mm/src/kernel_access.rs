@@ -6,8 +6,7 @@
 use crate::address_space::AddressSpace;
 use crate::hardware::Hardware;
 use crate::machine::Machine;
-use crate::page_fault::FaultOutcome;
-use crate::MmError;
+use crate::page_fault::{outcome, FaultOutcome};
 use shared_mm::abi::{FaultKind, OpResult, Status, USER_SPACE_BASE, USER_SPACE_END};
 use shared_mm::address::{VirtualAddress, PAGE_SIZE};
 use shared_mm::pte::PageTableFlags;
@@ -47,13 +46,14 @@ fn make_present<M: Machine>(
     if !access.contains(Access::USER) || !access.contains(required) {
         return FaultOutcome::Segv(FaultKind::SegvAccess);
     }
-    if space.directory().translate(page, &hw.machine).is_some() {
-        return FaultOutcome::Resolved;
-    }
-    match space.populate(page, hw) {
-        Ok(()) => FaultOutcome::Resolved,
-        Err(MmError::OutOfFrames) => FaultOutcome::OutOfMemory,
-        Err(e) => panic!("faulting in {page:#x} for the kernel failed: {e:?}"),
+    let write = required == Access::WRITE;
+    match space.directory().translate(page, &hw.machine) {
+        Some((_, flags)) if !write || flags.contains(PageTableFlags::WRITABLE) => {
+            FaultOutcome::Resolved
+        }
+        // A write to a read-only page of a writable region: copy-on-write, as for ring 3.
+        Some(_) => outcome(space.break_cow(page, hw), page),
+        None => outcome(space.populate(page, write, hw), page),
     }
 }
 

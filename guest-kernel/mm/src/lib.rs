@@ -12,8 +12,11 @@
 extern crate alloc;
 
 pub mod address_space;
+pub mod copy_on_write;
 pub mod export;
+pub mod fork;
 pub mod frame_allocator;
+pub mod frame_refs;
 pub mod hardware;
 pub mod kernel_access;
 pub mod machine;

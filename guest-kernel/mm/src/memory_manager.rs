@@ -111,10 +111,7 @@ impl<M: Machine> MemoryManager<M> {
         machine: M,
         bugs: SeededBugs,
     ) -> Result<(Self, VirtualRange), MmError> {
-        let mut hw = Hardware {
-            machine,
-            frames: FrameAllocator::new(info, bugs),
-        };
+        let mut hw = Hardware::new(machine, FrameAllocator::new(info, bugs));
         let (kernel_tree, kmalloc) = kernel_tree(info)?;
         // Every PML4 slot a kernel region spans gets its PDPT now; kernel regions are only
         // placed at boot, so the kernel half of the PML4 never changes once spaces exist.
@@ -204,21 +201,44 @@ impl<M: Machine> MemoryManager<M> {
         f(space, &mut self.hw, &mut self.rng)
     }
 
-    fn create_space(&mut self) -> Result<u32, MmError> {
+    /// A new, empty space with the next id (not yet in the set).
+    fn new_space(&mut self) -> Result<AddressSpace, MmError> {
         if self.spaces.len() >= MAX_SPACES {
             return Err(MmError::Tree(RegionTreeError::NoSpace));
         }
-        let id = self.next_space_id;
-        let space = AddressSpace::new(
-            id,
+        AddressSpace::new(
+            self.next_space_id,
             &self.kernel_directory,
             self.trampoline,
             self.bugs,
             &mut self.hw,
-        )?;
+        )
+    }
+
+    fn create_space(&mut self) -> Result<u32, MmError> {
+        let space = self.new_space()?;
+        Ok(self.add_space(space))
+    }
+
+    fn add_space(&mut self, space: AddressSpace) -> u32 {
+        let id = space.id();
         self.next_space_id += 1;
         self.spaces.insert(id, space);
-        Ok(id)
+        id
+    }
+
+    /// Forks `parent`: prepare (the child's empty space, which may run out of frames), then
+    /// commit (the regions copied, private memory write-protected in the parent, active now).
+    fn fork_space(&mut self, parent: u32) -> Result<u32, MmError> {
+        if !self.spaces.contains_key(&parent) {
+            return Err(MmError::NoSuchSpace);
+        }
+        let mut child = self.new_space()?;
+        self.with_space(parent, |parent, hw, _| {
+            parent.fork_into(&mut child, hw);
+            Ok(())
+        })?;
+        Ok(self.add_space(child))
     }
 
     fn destroy_space(&mut self, id: u32) -> Result<(), MmError> {
@@ -253,25 +273,32 @@ impl<M: Machine> MemoryManager<M> {
                 Err(e) => OpResult::error(e.into()),
             },
             Op::DestroySpace { space } => done(self.destroy_space(space)),
+            Op::Fork { space } => match self.fork_space(space) {
+                Ok(id) => OpResult {
+                    value: id as u64,
+                    ..OpResult::ok()
+                },
+                Err(e) => OpResult::error(e.into()),
+            },
             Op::MapAnywhere {
                 space,
                 size,
                 align,
                 access,
-            } => placed(self.with_space(space, |s, _, _| s.map_anywhere(size, align, access))),
+            } => placed(self.with_space(space, |s, hw, _| s.map_anywhere(size, align, access, hw))),
             Op::MapFixed {
                 space,
                 addr,
                 size,
                 access,
-            } => placed(self.with_space(space, |s, _, _| s.map_fixed(addr, size, access))),
+            } => placed(self.with_space(space, |s, hw, _| s.map_fixed(addr, size, access, hw))),
             Op::MapRandomized {
                 space,
                 size,
                 align,
                 access,
-            } => placed(self.with_space(space, |s, _, rng| {
-                s.map_randomized(size, align, access, rng)
+            } => placed(self.with_space(space, |s, hw, rng| {
+                s.map_randomized(size, align, access, rng, hw)
             })),
             Op::Unmap { space, addr, size } => {
                 done(self.with_space(space, |s, hw, _| s.unmap(addr, size, hw)))
@@ -309,6 +336,11 @@ impl<M: Machine> MemoryManager<M> {
     fn kernel_access(&mut self, space: u32, addr: u64, kind: KernelAccess) -> OpResult {
         self.with_space(space, |s, hw, _| Ok(kernel_access(s, addr, kind, hw)))
             .unwrap_or_else(|e| OpResult::error(e.into()))
+    }
+
+    /// Every data frame more than one object holds, with its count, in frame order.
+    pub fn shared_frames(&self) -> impl Iterator<Item = shared_mm::abi::FrameRefs> + '_ {
+        self.hw.refs.shared()
     }
 
     /// The allocator's allocated frames, as bitmap words (frame 0 first).

@@ -65,19 +65,29 @@ pub fn handle_user_page_fault<M: Machine>(
         return FaultOutcome::Segv(FaultKind::SegvAccess);
     }
     let page = address & !(PAGE_SIZE - 1);
+    let write = required == Access::WRITE;
     if error_code & PF_PRESENT != 0 {
         // A protection fault on a page the region allows. If the PTE allows it too, the TLB
-        // held an older, narrower entry (an upgrade without a flush): drop it and retry. If the
-        // PTE disagrees with the region, report it rather than retry forever.
+        // held an older, narrower entry (an upgrade without a flush): drop it and retry. A
+        // write to a read-only PTE of a writable region is copy-on-write. Otherwise the PTE
+        // disagrees with the region: report it rather than retry forever.
         if pte_allows(space, page, required, &hw.machine) {
             hw.machine.flush_page(page);
             return FaultOutcome::Resolved;
         }
-        return FaultOutcome::Segv(FaultKind::SegvAccess);
+        if !write || !pte_allows(space, page, Access::READ, &hw.machine) {
+            return FaultOutcome::Segv(FaultKind::SegvAccess);
+        }
+        return outcome(space.break_cow(page, hw), address);
     }
-    match space.populate(page, hw) {
+    outcome(space.populate(page, write, hw), address)
+}
+
+/// How a fault ends once the MM tried to resolve it at `address`.
+pub fn outcome(resolved: Result<(), MmError>, address: u64) -> FaultOutcome {
+    match resolved {
         Ok(()) => FaultOutcome::Resolved,
         Err(MmError::OutOfFrames) => FaultOutcome::OutOfMemory,
-        Err(e) => panic!("demand paging at {address:#x} failed: {e:?}"),
+        Err(e) => panic!("paging in {address:#x} failed: {e:?}"),
     }
 }

@@ -27,11 +27,21 @@ pub enum Bug {
     /// The frame allocator hands out the last frame of RAM without marking it allocated, so it
     /// is handed out again.
     DoubleAllocEndOfRam,
+    /// Fork leaves the parent's private pages writable, so its writes leak into the child.
+    ForkParentWritable,
+    /// Fork write-protects the parent's pages without flushing their writable translations.
+    ForkNoFlush,
+    /// A write to a copy-on-write page makes the shared frame writable instead of copying it.
+    CowNoCopy,
+    /// A copy-on-write break keeps its reference to the old frame, which is then never freed.
+    RefcountLeak,
+    /// Fork gives the child a private copy-on-write copy of shared memory.
+    SharedBecomesPrivate,
 }
 
 impl Bug {
     /// Every seeded bug, in feature order.
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 16] = [
         Bug::StalePte,
         Bug::KeepWritable,
         Bug::NoTlbFlush,
@@ -43,6 +53,11 @@ impl Bug {
         Bug::FlushBeforeClear,
         Bug::LeakOnUnmap,
         Bug::DoubleAllocEndOfRam,
+        Bug::ForkParentWritable,
+        Bug::ForkNoFlush,
+        Bug::CowNoCopy,
+        Bug::RefcountLeak,
+        Bug::SharedBecomesPrivate,
     ];
 
     /// The cargo feature that plants it.
@@ -59,6 +74,11 @@ impl Bug {
             Bug::FlushBeforeClear => "bug-flush-before-clear",
             Bug::LeakOnUnmap => "bug-leak-on-unmap",
             Bug::DoubleAllocEndOfRam => "bug-double-alloc-end-of-ram",
+            Bug::ForkParentWritable => "bug-fork-parent-writable",
+            Bug::ForkNoFlush => "bug-fork-no-flush",
+            Bug::CowNoCopy => "bug-cow-no-copy",
+            Bug::RefcountLeak => "bug-refcount-leak",
+            Bug::SharedBecomesPrivate => "bug-shared-becomes-private",
         }
     }
 
@@ -94,6 +114,11 @@ impl SeededBugs {
             cfg!(feature = "bug-flush-before-clear"),
             cfg!(feature = "bug-leak-on-unmap"),
             cfg!(feature = "bug-double-alloc-end-of-ram"),
+            cfg!(feature = "bug-fork-parent-writable"),
+            cfg!(feature = "bug-fork-no-flush"),
+            cfg!(feature = "bug-cow-no-copy"),
+            cfg!(feature = "bug-refcount-leak"),
+            cfg!(feature = "bug-shared-becomes-private"),
         ];
         let mut set = SeededBugs::NONE;
         let mut i = 0;

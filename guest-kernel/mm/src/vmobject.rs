@@ -1,52 +1,148 @@
-//! VMObject: the memory behind a region. Here: anonymous, demand-zero, private frames.
+//! VMObject: the memory behind a region: anonymous, demand-zero frames, keyed by the virtual
+//! page they back. Private memory has an object per region piece, whose frames a fork makes
+//! copy-on-write (reference-counted in [`crate::frame_refs`]); shared memory (`map-shared`) has
+//! one object that every region of it, in every space, holds a handle to, and its frames stay
+//! until the last handle goes.
 
+use crate::hardware::Hardware;
+use crate::machine::Machine;
 use crate::PhysicalFrame;
 use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
 use core::cell::RefCell;
 
-/// The frames committed to one anonymous region, keyed by the virtual page they back.
-/// The page tables mirror this map for pages whose region is accessible; it stays the
+type Pages = RefCell<BTreeMap<u64, PhysicalFrame>>;
+
+/// The frames of one shared object, and its id (the same in every space that maps it).
+pub struct SharedPages {
+    id: u64,
+    pages: Pages,
+}
+
+/// The frames committed to one region (or, for shared memory, to every region of an object).
+/// The page tables mirror them for pages whose region is accessible; the object stays the
 /// authority when a `PROT_NONE` protect removes the PTEs but keeps the data.
-#[derive(Default)]
-pub struct VMObject {
-    frames: RefCell<BTreeMap<u64, PhysicalFrame>>,
+pub enum VMObject {
+    Private(Pages),
+    Shared(Rc<SharedPages>),
+}
+
+impl Default for VMObject {
+    fn default() -> Self {
+        VMObject::Private(RefCell::default())
+    }
 }
 
 impl VMObject {
+    /// A new private object.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A new shared object named `id`.
+    pub fn shared(id: u64) -> Self {
+        VMObject::Shared(Rc::new(SharedPages {
+            id,
+            pages: RefCell::default(),
+        }))
+    }
+
+    fn pages(&self) -> &Pages {
+        match self {
+            VMObject::Private(pages) => pages,
+            VMObject::Shared(shared) => &shared.pages,
+        }
+    }
+
+    /// The id of a shared object; `None` for private memory.
+    pub fn shared_id(&self) -> Option<u64> {
+        match self {
+            VMObject::Private(_) => None,
+            VMObject::Shared(shared) => Some(shared.id),
+        }
+    }
+
     /// The frame backing the page at `page`, if it was touched.
     pub fn frame_at(&self, page: u64) -> Option<PhysicalFrame> {
-        self.frames.borrow().get(&page).copied()
+        self.pages().borrow().get(&page).copied()
     }
 
     pub fn insert(&self, page: u64, frame: PhysicalFrame) {
-        let previous = self.frames.borrow_mut().insert(page, frame);
+        let previous = self.pages().borrow_mut().insert(page, frame);
         assert!(previous.is_none(), "page {page:#x} was already backed");
     }
 
+    /// Puts `frame` behind `page` instead of the frame there (a copy-on-write break).
+    pub fn replace(&self, page: u64, frame: PhysicalFrame) {
+        self.pages().borrow_mut().insert(page, frame);
+    }
+
     /// The committed pages in `[first, last]`, in order.
-    pub fn pages_in(&self, first: u64, last: u64) -> alloc::vec::Vec<(u64, PhysicalFrame)> {
-        self.frames
+    pub fn pages_in(&self, first: u64, last: u64) -> Vec<(u64, PhysicalFrame)> {
+        self.pages()
             .borrow()
             .range(first..=last)
             .map(|(p, f)| (*p, *f))
             .collect()
     }
 
-    /// Drops the pages in `[first, last]` from the object and returns their frames.
-    pub fn take_pages(&self, first: u64, last: u64) -> alloc::vec::Vec<PhysicalFrame> {
-        let mut frames = self.frames.borrow_mut();
-        let pages: alloc::vec::Vec<u64> = frames.range(first..=last).map(|(p, _)| *p).collect();
+    /// Every committed frame.
+    pub fn frames(&self) -> Vec<PhysicalFrame> {
+        self.pages().borrow().values().copied().collect()
+    }
+
+    /// Drops the pages in `[first, last]` from a private object and returns their frames. A
+    /// shared object keeps them (other regions may map them): it gives them up only as a whole,
+    /// in [`VMObject::release`].
+    pub fn take_pages(&self, first: u64, last: u64) -> Vec<PhysicalFrame> {
+        let VMObject::Private(pages) = self else {
+            return Vec::new();
+        };
+        let mut frames = pages.borrow_mut();
+        let pages: Vec<u64> = frames.range(first..=last).map(|(p, _)| *p).collect();
         pages.iter().filter_map(|p| frames.remove(p)).collect()
     }
 
-    /// Moves the pages at and above `page` into a new object (for splitting a region).
+    /// The object for the pages at and above `page` when a region splits there: a private
+    /// object moves them into a new one; a shared object is one object, so both pieces hold it.
     pub fn split_off(&self, page: u64) -> VMObject {
-        VMObject {
-            frames: RefCell::new(self.frames.borrow_mut().split_off(&page)),
+        match self {
+            VMObject::Private(pages) => {
+                VMObject::Private(RefCell::new(pages.borrow_mut().split_off(&page)))
+            }
+            VMObject::Shared(shared) => VMObject::Shared(Rc::clone(shared)),
+        }
+    }
+
+    /// The child's object after a fork: for private memory a copy holding the same frames
+    /// (each now referenced once more: copy-on-write); for shared memory the same object. With
+    /// `privatize`, shared memory is copied like private memory (a seeded bug).
+    pub fn fork<M: Machine>(&self, privatize: bool, hw: &mut Hardware<M>) -> VMObject {
+        match self {
+            VMObject::Shared(shared) if !privatize => VMObject::Shared(Rc::clone(shared)),
+            _ => {
+                let pages = self.pages().borrow().clone();
+                for &frame in pages.values() {
+                    hw.refs.add(frame);
+                }
+                VMObject::Private(RefCell::new(pages))
+            }
+        }
+    }
+
+    /// Lets go of a region's handle for good: a private object releases every frame it still
+    /// holds; a shared object does so only if this was its last handle.
+    pub fn release<M: Machine>(self, hw: &mut Hardware<M>) {
+        let pages = match self {
+            VMObject::Private(pages) => pages.into_inner(),
+            VMObject::Shared(shared) => match Rc::try_unwrap(shared) {
+                Ok(last) => last.pages.into_inner(),
+                Err(_) => return,
+            },
+        };
+        for frame in pages.into_values() {
+            hw.release_frame(frame);
         }
     }
 }

@@ -6,8 +6,12 @@
 //!   has an owner (a frame allocated and owned by nobody is a leak);
 //! - `no-leak-after-destroy`: once a space is destroyed, every frame it owned is free again (or
 //!   owned by someone else);
-//! - `frame-owner`: no frame has two owners, and a user page maps only its own space's data
-//!   frames, never a frame the kernel or another space owns.
+//! - `frame-owner`: no frame has two owners, but for data frames shared on purpose: a private
+//!   (copy-on-write) frame has exactly as many owners as the guest's reference count says, and
+//!   a frame of shared memory is owned by each space that maps its object; and a user page maps
+//!   only its own space's data frames, never a frame the kernel or another space owns. A
+//!   reference count above the owners holding the frame is a `frame-accounting` finding (a
+//!   reference leaked, so the frame can never be freed).
 //!
 //! Owners not reported in a check keep their last report, so only changed spaces need to
 //! report; the leak scan over the bitmap runs only when the counts disagree.
@@ -15,7 +19,7 @@
 use super::frame_map::FrameMap;
 use super::{Finding, Rule};
 use crate::driver::{DriverError, FramesChunk, FramesPart};
-use shared_mm::abi::{FrameRecord, FrameUse, KERNEL_SPACE};
+use shared_mm::abi::{FrameRecord, FrameRefs, FrameUse, KERNEL_SPACE};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Words of frames one report may hold at most: two per page of the largest supported RAM.
@@ -27,6 +31,8 @@ const MAX_PER_RULE: usize = 16;
 #[derive(Debug, Default)]
 pub struct FrameReports {
     allocated: Option<Vec<u64>>,
+    /// Frame -> its reference count, for frames held more than once.
+    refs: FrameMap<u64, u32>,
     owned: BTreeMap<u32, Vec<FrameRecord>>,
     /// The owner and part being received, and how many words it announced.
     receiving: Option<(u32, FramesPart, u64)>,
@@ -50,6 +56,7 @@ impl FrameReports {
             self.receiving = Some((space, part, total));
             match part {
                 FramesPart::Allocated => self.allocated = Some(Vec::new()),
+                FramesPart::Shared => self.refs.clear(),
                 FramesPart::Owned => {
                     self.owned.insert(space, Vec::new());
                 }
@@ -60,6 +67,7 @@ impl FrameReports {
         };
         let received = match part {
             FramesPart::Allocated => self.allocated.as_ref().map_or(0, Vec::len),
+            FramesPart::Shared => self.refs.len(),
             FramesPart::Owned => self.owned.get(&space).map_or(0, Vec::len),
         } as u64;
         if (at_space, at_part, at_total) != (space, part, total) || received != first {
@@ -70,6 +78,15 @@ impl FrameReports {
         }
         match part {
             FramesPart::Allocated => self.allocated.get_or_insert_default().extend(words),
+            FramesPart::Shared => {
+                for &word in words {
+                    let refs = FrameRefs::from_word(word)
+                        .ok_or(DriverError::MalformedFrameRecord { space, word })?;
+                    if self.refs.insert(refs.frame, refs.refs).is_some() {
+                        return Err(DriverError::MalformedFrameRecord { space, word });
+                    }
+                }
+            }
             FramesPart::Owned => {
                 let records = words.iter().map(|&w| {
                     FrameRecord::from_word(w)
@@ -85,11 +102,62 @@ impl FrameReports {
     }
 }
 
+impl FrameReports {
+    /// How many objects hold `frame`, as the guest reported (1 unless listed).
+    pub fn refs(&self, frame: u64) -> u32 {
+        self.refs.get(&frame).copied().unwrap_or(1)
+    }
+
+    /// The reference counts of the frames held more than once.
+    pub fn shared_frames(&self) -> &FrameMap<u64, u32> {
+        &self.refs
+    }
+}
+
+/// Who owns one frame: its use, and the owners (more than one only for shared data).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Owners {
+    usage: FrameUse,
+    first: u32,
+    more: Vec<u32>,
+}
+
+impl Owners {
+    fn count(&self) -> u32 {
+        1 + self.more.len() as u32
+    }
+
+    fn contains(&self, space: u32) -> bool {
+        self.first == space || self.more.contains(&space)
+    }
+
+    fn names(&self) -> String {
+        let all: Vec<String> = std::iter::once(self.first)
+            .chain(self.more.iter().copied())
+            .map(name)
+            .collect();
+        all.join(", ")
+    }
+
+    /// Drops `space`; `false` when no owner is left.
+    fn remove(&mut self, space: u32) -> bool {
+        if self.first == space {
+            match self.more.pop() {
+                Some(next) => self.first = next,
+                None => return false,
+            }
+        } else {
+            self.more.retain(|&s| s != space);
+        }
+        true
+    }
+}
+
 /// What the accounting remembers between checks.
 #[derive(Debug, Default)]
 pub struct Accounting {
-    /// Frame -> its owner and use, from each owner's last report.
-    owner: FrameMap<u64, (u32, FrameUse)>,
+    /// Frame -> its use and owners, from each owner's last report.
+    owner: FrameMap<u64, Owners>,
     /// Owner -> the frames of its last report.
     owned: FrameMap<u32, Vec<u64>>,
     /// Owner -> its last report as received (an unchanged report needs no work).
@@ -106,6 +174,7 @@ fn use_name(usage: FrameUse) -> &'static str {
         FrameUse::Table => "a page table",
         FrameUse::Heap | FrameUse::HeapBlock => "the heap",
         FrameUse::Trampoline => "the trampoline",
+        FrameUse::SharedData => "shared memory",
     }
 }
 
@@ -160,15 +229,14 @@ impl Accounting {
     /// every owner's frames are checked against the bitmap, not only those reported now.
     pub fn check(
         &mut self,
-        reports: FrameReports,
+        mut reports: FrameReports,
         live: &BTreeSet<u32>,
         mapped: &BTreeMap<u32, Vec<(u64, u64)>>,
         full: bool,
     ) -> Vec<Finding> {
         let mut found = Found::default();
         let released = self.release_gone(live);
-        let changed: BTreeMap<u32, Vec<FrameRecord>> = reports
-            .owned
+        let changed: BTreeMap<u32, Vec<FrameRecord>> = std::mem::take(&mut reports.owned)
             .into_iter()
             .filter(|(space, records)| self.last.get(space) != Some(records))
             .collect();
@@ -178,10 +246,12 @@ impl Accounting {
         for &space in &reported {
             self.forget(space);
         }
+        let mut multiple = Vec::new();
         for (space, records) in changed {
-            self.insert(space, &records, &mut found);
+            multiple.extend(self.insert(space, &records, &mut found));
             self.last.insert(space, records);
         }
+        self.references(&reports, multiple, &mut found);
         let Some(words) = reports.allocated else {
             return found.findings;
         };
@@ -220,43 +290,95 @@ impl Accounting {
         self.last.remove(&space);
         let frames = self.owned.remove(&space).unwrap_or_default();
         for frame in &frames {
-            if self.owner.get(frame).is_some_and(|(s, _)| *s == space) {
+            let left = self.owner.get_mut(frame).map(|o| o.remove(space));
+            if left == Some(false) {
                 self.owner.remove(frame);
             }
         }
         frames
     }
 
-    /// Takes `records` as what `space` owns now; a frame another owner holds is a finding.
-    fn insert(&mut self, space: u32, records: &[FrameRecord], found: &mut Found) {
+    /// Takes `records` as what `space` owns now. A frame another owner holds is a finding,
+    /// unless both hold it as the same kind of data (copy-on-write or shared memory); returns
+    /// those frames, to be checked against their reference counts.
+    fn insert(&mut self, space: u32, records: &[FrameRecord], found: &mut Found) -> Vec<u64> {
         let mut frames = Vec::with_capacity(records.len());
+        let mut multiple = Vec::new();
         for record in records.iter().flat_map(|&r| frames_of(r)) {
-            match self.owner.get(&record.frame) {
-                Some(&(other, usage)) => found.report(
-                    space,
-                    Rule::FrameOwner,
-                    format!(
-                        "frame {:#x} is owned as {} by {} and as {} by {}",
-                        record.frame,
-                        use_name(usage),
-                        name(other),
-                        use_name(record.usage),
-                        name(space)
-                    ),
-                ),
-                None => {
-                    self.owner.insert(record.frame, (space, record.usage));
-                    frames.push(record.frame);
-                }
+            let Some(owners) = self.owner.get_mut(&record.frame) else {
+                let owners = Owners {
+                    usage: record.usage,
+                    first: space,
+                    more: Vec::new(),
+                };
+                self.owner.insert(record.frame, owners);
+                frames.push(record.frame);
+                continue;
+            };
+            let data = matches!(record.usage, FrameUse::Data | FrameUse::SharedData);
+            if data && owners.usage == record.usage && !owners.contains(space) {
+                owners.more.push(space);
+                frames.push(record.frame);
+                multiple.push(record.frame);
+                continue;
             }
+            let detail = format!(
+                "frame {:#x} is owned as {} by {} and as {} by {}",
+                record.frame,
+                use_name(owners.usage),
+                owners.names(),
+                use_name(record.usage),
+                name(space)
+            );
+            found.report(space, Rule::FrameOwner, detail);
         }
         self.owned.insert(space, frames);
+        multiple
+    }
+
+    /// Every frame held more than once, or owned by more than one space, against its
+    /// reference count: a private frame has as many owners as references; a frame of shared
+    /// memory is held once (by its object), however many spaces map it.
+    fn references(&self, reports: &FrameReports, multiple: Vec<u64>, found: &mut Found) {
+        let mut frames: Vec<u64> = reports.shared_frames().keys().copied().collect();
+        frames.extend(multiple);
+        frames.sort_unstable();
+        frames.dedup();
+        for frame in frames {
+            let Some(owners) = self.owner.get(&frame) else {
+                continue; // Reported shared but owned by nobody: the leak scan reports it.
+            };
+            let refs = reports.refs(frame);
+            let (holders, usage) = (owners.count(), owners.usage);
+            let expected = if usage == FrameUse::SharedData {
+                1
+            } else {
+                holders
+            };
+            if refs == expected {
+                continue;
+            }
+            let (rule, why) = if refs > expected {
+                (
+                    Rule::FrameAccounting,
+                    "a reference leaked: it can never be freed",
+                )
+            } else {
+                (Rule::FrameOwner, "more owners than references")
+            };
+            let detail = format!(
+                "frame {frame:#x} ({}) has {refs} reference(s) but is held by {}: {why}",
+                use_name(usage),
+                owners.names()
+            );
+            found.report(owners.first, rule, detail);
+        }
     }
 
     fn owned_are_allocated(&self, space: u32, words: &[u64], found: &mut Found) {
         for &frame in self.owned.get(&space).into_iter().flatten() {
             if !allocated(words, frame) {
-                let usage = self.owner[&frame].1;
+                let usage = self.owner[&frame].usage;
                 let detail = format!(
                     "frame {frame:#x} is owned as {} but free in the frame allocator",
                     use_name(usage)
@@ -284,11 +406,16 @@ impl Accounting {
                         );
                         continue;
                     }
-                    Some(&(owner, FrameUse::Data)) if owner == space => continue,
-                    Some(&(owner, usage)) => format!(
+                    Some(owners)
+                        if owners.contains(space)
+                            && matches!(owners.usage, FrameUse::Data | FrameUse::SharedData) =>
+                    {
+                        continue
+                    }
+                    Some(owners) => format!(
                         "page {va:#x} maps frame {frame:#x}, which {} owns as {}",
-                        name(owner),
-                        use_name(usage)
+                        owners.names(),
+                        use_name(owners.usage)
                     ),
                     None => format!("page {va:#x} maps frame {frame:#x}, which nobody owns"),
                 };

@@ -3,7 +3,9 @@
 //!
 //! The state remembers which frames each space's user pages mapped at its last walk, so a check
 //! can walk only the spaces that changed since the last one and still see a frame that two
-//! spaces map. Everything it keeps and does is bounded by guest RAM: frames outside RAM are not
+//! spaces map. With sharing, a frame may be mapped more than once: by each private page whose
+//! object holds it (copy-on-write after a fork: the reference count says how many), and by the
+//! same page of a shared object in every space that maps the object (which counts once). Everything it keeps and does is bounded by guest RAM: frames outside RAM are not
 //! tracked, the frames tracked in all are at most [`FRAME_BUDGET_PER_RAM_PAGE`] per RAM page,
 //! the walk stops at its own budget, and at most [`MAX_PER_RULE`] findings per rule are kept
 //! per check (the rest are counted in one more finding).
@@ -26,12 +28,28 @@ pub const FRAME_BUDGET_PER_RAM_PAGE: u64 = 4;
 
 const PAGE: u64 = 4096;
 
+/// One user page mapping a frame: its space, its address, and the shared object it belongs to
+/// (0 for private memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct User {
+    space: u32,
+    va: u64,
+    object: u64,
+}
+
+/// Reference counts of frames held more than once, as the guest reported them.
+pub type Refs = FrameMap<u64, u32>;
+
 /// What the checker remembers between checks.
 pub struct Agreement {
-    /// 4 KiB frame -> the (space, page) mappings of it, in the order seen.
-    frame_users: FrameMap<u64, Vec<(u32, u64)>>,
+    /// 4 KiB frame -> the user pages mapping it, in the order seen.
+    frame_users: FrameMap<u64, Vec<User>>,
     /// Space -> the frames its user pages mapped at its last walk.
     space_frames: FrameMap<u32, Vec<u64>>,
+    /// (shared object, page) -> the (space, frame) of each space mapping that page.
+    shared_pages: FrameMap<(u64, u64), Vec<(u32, u64)>>,
+    /// Space -> the shared pages it mapped at its last walk.
+    space_shared: FrameMap<u32, Vec<(u64, u64)>>,
     tracked: u64,
     /// One past the last byte of guest RAM.
     ram_end: u64,
@@ -40,6 +58,7 @@ pub struct Agreement {
 /// One check in progress.
 pub struct Check<'a> {
     state: &'a mut Agreement,
+    refs: &'a Refs,
     findings: Vec<Finding>,
     /// Findings past [`MAX_PER_RULE`], per (space, rule).
     dropped: BTreeMap<(u32, Rule), usize>,
@@ -52,6 +71,8 @@ impl Agreement {
         Agreement {
             frame_users: FrameMap::default(),
             space_frames: FrameMap::default(),
+            shared_pages: FrameMap::default(),
+            space_shared: FrameMap::default(),
             tracked: 0,
             ram_end,
         }
@@ -74,10 +95,18 @@ impl Agreement {
         for frame in self.space_frames.remove(&space).unwrap_or_default() {
             if let Some(users) = self.frame_users.get_mut(&frame) {
                 let before = users.len();
-                users.retain(|&(s, _)| s != space);
+                users.retain(|u| u.space != space);
                 self.tracked -= (before - users.len()) as u64;
                 if users.is_empty() {
                     self.frame_users.remove(&frame);
+                }
+            }
+        }
+        for key in self.space_shared.remove(&space).unwrap_or_default() {
+            if let Some(mappers) = self.shared_pages.get_mut(&key) {
+                mappers.retain(|&(s, _)| s != space);
+                if mappers.is_empty() {
+                    self.shared_pages.remove(&key);
                 }
             }
         }
@@ -91,8 +120,8 @@ impl Agreement {
             .flatten()
             .filter_map(|&frame| {
                 let users = self.frame_users.get(&frame)?;
-                let (_, va) = users.iter().find(|(s, _)| *s == space)?;
-                Some((frame, *va))
+                let user = users.iter().find(|u| u.space == space)?;
+                Some((frame, user.va))
             })
             .collect()
     }
@@ -102,10 +131,11 @@ impl Agreement {
         self.space_frames.keys().copied()
     }
 
-    /// Starts a check.
-    pub fn check(&mut self) -> Check<'_> {
+    /// Starts a check, with the guest's reference counts of frames held more than once.
+    pub fn check<'a>(&'a mut self, refs: &'a Refs) -> Check<'a> {
         Check {
             state: self,
+            refs,
             findings: Vec::new(),
             dropped: BTreeMap::new(),
             budget_reported: false,
@@ -273,7 +303,7 @@ impl Check<'_> {
         self.frames(space, leaf, region);
     }
 
-    /// Records the RAM frames `leaf` maps; a frame already mapped by another page is a finding.
+    /// Records the RAM frames `leaf` maps (in `region`), and checks the sharing rules for each.
     fn frames(&mut self, space: u32, leaf: &Leaf, region: &RegionRecord) {
         let end = leaf.phys.saturating_add(leaf.size).min(self.state.ram_end);
         for frame in (leaf.phys..end).step_by(PAGE as usize) {
@@ -281,29 +311,98 @@ impl Check<'_> {
             if self.state.tracked >= budget {
                 return self.over_budget(space);
             }
-            let va = leaf.va + (frame - leaf.phys);
+            let user = User {
+                space,
+                va: leaf.va + (frame - leaf.phys),
+                object: region.object,
+            };
             let users = self.state.frame_users.entry(frame).or_default();
-            let other = users.first().copied();
-            users.push((space, va));
+            users.push(user);
             self.state.tracked += 1;
             self.state
                 .space_frames
                 .entry(space)
                 .or_default()
                 .push(frame);
-            if let Some((other_space, other_va)) = other {
+            self.references(frame, leaf, region);
+            if region.object != 0 {
+                self.shared_page(user, frame, leaf, region);
+            } else if leaf.perms.writable && self.refs.get(&frame).is_some_and(|&n| n > 1) {
                 let detail = format!(
-                    "frame {frame:#x} is also mapped by {} at {other_va:#x}",
-                    space_name(other_space)
+                    "frame {frame:#x} is copy-on-write ({} references) but mapped writable",
+                    self.refs[&frame]
                 );
-                self.report(
-                    space,
-                    Rule::FrameMappedTwice,
-                    Some(leaf),
-                    Some(region),
-                    detail,
-                );
+                self.report(space, Rule::CowWritable, Some(leaf), Some(region), detail);
             }
+        }
+    }
+
+    /// A frame may be mapped once per reference: each private page counts, and each page of a
+    /// shared object once however many spaces map it.
+    fn references(&mut self, frame: u64, leaf: &Leaf, region: &RegionRecord) {
+        let users = &self.state.frame_users[&frame];
+        let last = *users.last().expect("just added");
+        let mut shared: Vec<(u64, u64)> = users
+            .iter()
+            .filter(|u| u.object != 0)
+            .map(|u| (u.object, u.va))
+            .collect();
+        shared.sort_unstable();
+        shared.dedup();
+        let private = users.iter().filter(|u| u.object == 0).count();
+        let mappings = private + shared.len();
+        let refs = self.refs.get(&frame).copied().unwrap_or(1) as usize;
+        // Only a page that added a mapping is reported: a shared page another space already
+        // maps added none.
+        let same_page = users
+            .iter()
+            .filter(|u| u.object == last.object && u.va == last.va)
+            .count();
+        let added = last.object == 0 || same_page == 1;
+        if mappings <= refs || !added {
+            return;
+        }
+        let other = users[0];
+        let detail = format!(
+            "frame {frame:#x} is mapped {mappings} times ({private} private, {} shared) with \
+             {refs} reference(s); also by {} at {:#x}",
+            shared.len(),
+            space_name(other.space),
+            other.va
+        );
+        self.report(
+            last.space,
+            Rule::FrameOverMapped,
+            Some(leaf),
+            Some(region),
+            detail,
+        );
+    }
+
+    /// Every space that maps a page of a shared object maps the same frame there.
+    fn shared_page(&mut self, user: User, frame: u64, leaf: &Leaf, region: &RegionRecord) {
+        let key = (user.object, user.va);
+        let mappers = self.state.shared_pages.entry(key).or_default();
+        let differs = mappers.iter().find(|&&(_, f)| f != frame).copied();
+        mappers.push((user.space, frame));
+        self.state
+            .space_shared
+            .entry(user.space)
+            .or_default()
+            .push(key);
+        if let Some((other, other_frame)) = differs {
+            let detail = format!(
+                "page of shared object {} maps frame {frame:#x}, but {} maps it to {other_frame:#x}",
+                user.object,
+                space_name(other)
+            );
+            self.report(
+                user.space,
+                Rule::SharedPageDiffers,
+                Some(leaf),
+                Some(region),
+                detail,
+            );
         }
     }
 
@@ -311,7 +410,7 @@ impl Check<'_> {
         if !std::mem::replace(&mut self.budget_reported, true) {
             let detail = format!(
                 "the spaces map more than {FRAME_BUDGET_PER_RAM_PAGE} frames per page of RAM; \
-                 the rest is not checked for frames mapped twice"
+                 the rest is not checked for frames mapped past their references"
             );
             self.report(space, Rule::Walk, None, None, detail);
         }
@@ -361,15 +460,18 @@ impl Check<'_> {
 mod tests {
     use super::*;
     use crate::page_walk::PageTableBuilder;
+    use shared_mm::abi::access_bits::SHARED;
     use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_4K};
     use vm_memory::GuestMemoryMmap;
 
-    fn region(base: u64) -> RegionRecord {
+    fn region(base: u64, object: u64) -> RegionRecord {
+        let shared = if object != 0 { SHARED } else { 0 };
         RegionRecord {
             base,
             size: PAGE,
-            access: USER | READ | WRITE,
+            access: USER | READ | WRITE | shared,
             backed: 1,
+            object,
             name: RegionRecord::name_field("anon"),
         }
     }
@@ -383,55 +485,140 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_frame_of_an_unchanged_space_is_still_seen_mapped_twice() {
+    /// Guest memory with two spaces' tables: space 1 maps page 0x400000, space 2 page `va2`,
+    /// both to frame 0x5000, with `flags`.
+    struct TwoSpaces {
+        mem: GuestMemoryMmap,
+        cr3: [u64; 2],
+    }
+
+    fn two_spaces(va2: u64, flags: [PageTableFlags; 2]) -> TwoSpaces {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        let mut tables = PageTableBuilder::new(&mem, (1 << 20)..(16 << 20)).unwrap();
-        let flags = PageTableFlags::WRITABLE | PageTableFlags::USER;
-        tables
-            .map(0x40_0000, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, flags)
+        let mut first = PageTableBuilder::new(&mem, (1 << 20)..(8 << 20)).unwrap();
+        first
+            .map(0x40_0000, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, flags[0])
             .unwrap();
-        let cr3 = tables.cr3();
-        let mut other = PageTableBuilder::new(&mem, (8 << 20)..(16 << 20)).unwrap();
-        other
-            .map(0x80_0000, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, flags)
+        let mut second = PageTableBuilder::new(&mem, (8 << 20)..(16 << 20)).unwrap();
+        second
+            .map(va2, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, flags[1])
             .unwrap();
+        let cr3 = [first.cr3(), second.cr3()];
+        TwoSpaces { mem, cr3 }
+    }
+
+    const RW: PageTableFlags = PageTableFlags::WRITABLE.union(PageTableFlags::USER);
+    const RO: PageTableFlags = PageTableFlags::USER;
+
+    fn sharing_rules(found: Vec<Finding>) -> Vec<Rule> {
+        let sharing = [
+            Rule::FrameOverMapped,
+            Rule::CowWritable,
+            Rule::SharedPageDiffers,
+        ];
+        let rules = found.into_iter().map(|f| f.rule);
+        rules.filter(|r| sharing.contains(r)).collect()
+    }
+
+    /// Both spaces walked in one check, with `refs` and the two regions given.
+    fn check_both(t: &TwoSpaces, refs: &Refs, regions: [RegionRecord; 2]) -> Vec<Rule> {
         let kernel = view(KERNEL_SPACE, 0, Vec::new());
-        let mut state = Agreement::for_memory(&mem);
-        let mut first = state.check();
-        first.space(&mem, &view(1, cr3, vec![region(0x40_0000)]), &kernel);
-        let rules = |found: Vec<Finding>| -> Vec<Rule> {
-            found
-                .into_iter()
-                .map(|f| f.rule)
-                .filter(|r| *r == Rule::FrameMappedTwice)
-                .collect()
-        };
-        assert!(rules(first.finish()).is_empty());
-        // Only space 2 changed: it is walked, space 1 is not, and the shared frame shows.
-        let mut second = state.check();
-        second.space(
-            &mem,
-            &view(2, other.cr3(), vec![region(0x80_0000)]),
+        let mut state = Agreement::for_memory(&t.mem);
+        let mut check = state.check(refs);
+        check.space(&t.mem, &view(1, t.cr3[0], vec![regions[0]]), &kernel);
+        check.space(&t.mem, &view(2, t.cr3[1], vec![regions[1]]), &kernel);
+        sharing_rules(check.finish())
+    }
+
+    #[test]
+    fn a_frame_of_an_unchanged_space_is_still_seen_mapped_past_its_references() {
+        let t = two_spaces(0x80_0000, [RW, RW]);
+        let kernel = view(KERNEL_SPACE, 0, Vec::new());
+        let refs = Refs::default();
+        let mut state = Agreement::for_memory(&t.mem);
+        let mut first = state.check(&refs);
+        first.space(
+            &t.mem,
+            &view(1, t.cr3[0], vec![region(0x40_0000, 0)]),
             &kernel,
         );
-        assert_eq!(rules(second.finish()), [Rule::FrameMappedTwice]);
+        assert!(sharing_rules(first.finish()).is_empty());
+        // Only space 2 changed: it is walked, space 1 is not, and the frame mapped twice shows.
+        let mut second = state.check(&refs);
+        let two = view(2, t.cr3[1], vec![region(0x80_0000, 0)]);
+        second.space(&t.mem, &two, &kernel);
+        assert_eq!(sharing_rules(second.finish()), [Rule::FrameOverMapped]);
         // Space 1 gone: its frames are forgotten.
         state.forget(1);
         state.forget(2);
-        let mut third = state.check();
-        third.space(
-            &mem,
-            &view(2, other.cr3(), vec![region(0x80_0000)]),
-            &kernel,
+        let mut third = state.check(&refs);
+        third.space(&t.mem, &two, &kernel);
+        assert!(sharing_rules(third.finish()).is_empty());
+    }
+
+    #[test]
+    fn copy_on_write_frames_may_be_mapped_once_per_reference_but_only_read_only() {
+        let regions = [region(0x40_0000, 0), region(0x40_0000, 0)];
+        let mut refs = Refs::default();
+        refs.insert(0x5000, 2);
+        let read_only = two_spaces(0x40_0000, [RO, RO]);
+        assert!(check_both(&read_only, &refs, regions).is_empty());
+        let parent_writable = two_spaces(0x40_0000, [RW, RO]);
+        assert_eq!(
+            check_both(&parent_writable, &refs, regions),
+            [Rule::CowWritable]
         );
-        assert!(rules(third.finish()).is_empty());
+        // One reference only: the second private mapping is one too many.
+        assert_eq!(
+            check_both(&read_only, &Refs::default(), regions),
+            [Rule::FrameOverMapped]
+        );
+    }
+
+    #[test]
+    fn a_shared_page_counts_once_and_must_be_the_same_frame_in_every_space() {
+        let refs = Refs::default();
+        let shared = [region(0x40_0000, 7), region(0x40_0000, 7)];
+        let same = two_spaces(0x40_0000, [RW, RW]);
+        assert!(check_both(&same, &refs, shared).is_empty());
+        // The same frame at another page of the object: two pages of one object on one frame.
+        let moved = two_spaces(0x40_1000, [RW, RW]);
+        let regions = [
+            region(0x40_0000, 7),
+            RegionRecord {
+                base: 0x40_1000,
+                ..shared[1]
+            },
+        ];
+        assert_eq!(check_both(&moved, &refs, regions), [Rule::FrameOverMapped]);
+    }
+
+    #[test]
+    fn a_shared_page_on_two_frames_is_found() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mut first = PageTableBuilder::new(&mem, (1 << 20)..(8 << 20)).unwrap();
+        first
+            .map(0x40_0000, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, RW)
+            .unwrap();
+        let mut second = PageTableBuilder::new(&mem, (8 << 20)..(16 << 20)).unwrap();
+        second
+            .map(0x40_0000, 0x6000, PAGE_SIZE_4K, PageLevel::Pt, RW)
+            .unwrap();
+        let t = TwoSpaces {
+            cr3: [first.cr3(), second.cr3()],
+            mem,
+        };
+        let shared = [region(0x40_0000, 7), region(0x40_0000, 7)];
+        assert_eq!(
+            check_both(&t, &Refs::default(), shared),
+            [Rule::SharedPageDiffers]
+        );
     }
 
     #[test]
     fn findings_past_the_cap_are_counted_in_one() {
+        let refs = Refs::default();
         let mut state = Agreement::new(16 << 20);
-        let mut check = state.check();
+        let mut check = state.check(&refs);
         for _ in 0..MAX_PER_RULE + 5 {
             check.report(1, Rule::PteInHole, None, None, "stale".into());
         }

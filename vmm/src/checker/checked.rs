@@ -5,7 +5,8 @@
 //! batch may have changed (the spaces its operations named, and new ones), then walks their
 //! tables while the guest is paused with exactly those trees. Spaces the batch did not name
 //! keep their last check's frames in the [`Agreement`], so a frame mapped by a changed and an
-//! unchanged space is still seen; every [`FULL_CHECK_EVERY`] checks, every live space is walked
+//! unchanged space is still seen. A space that shares an object with a changed one changed too
+//! (the other may have given the object a page); every [`FULL_CHECK_EVERY`] checks, every live space is walked
 //! again. A replay of one op per batch thus costs a couple of snapshots per op, not one per
 //! live space.
 
@@ -31,6 +32,8 @@ pub struct Checked<D> {
     snapshots: Vec<SpaceSnapshot>,
     /// Spaces the inner driver's operations named since their last check.
     dirty: BTreeSet<u32>,
+    /// The shared objects each space's regions held at its last snapshot.
+    objects: BTreeMap<u32, BTreeSet<u64>>,
     /// What frame accounting remembers between checks, and the reports for this one.
     accounting: Accounting,
     frame_reports: FrameReports,
@@ -55,6 +58,7 @@ impl<D: Driver> Checked<D> {
             held_results: None,
             snapshots: Vec::new(),
             dirty: BTreeSet::new(),
+            objects: BTreeMap::new(),
             accounting: Accounting::default(),
             frame_reports: FrameReports::default(),
             full: false,
@@ -91,9 +95,32 @@ impl<D: Driver> Checked<D> {
         let known: BTreeSet<u32> = agreement.spaces().collect();
         let full = self.checks_run.is_multiple_of(FULL_CHECK_EVERY);
         self.full = full;
+        // A space gone since may have given a shared object pages on its way out.
+        let changed = self.sharers_of_dirty();
+        self.objects.retain(|s, _| live.contains(s));
         live.into_iter()
-            .filter(|s| full || self.dirty.contains(s) || !known.contains(s))
+            .filter(|s| full || changed.contains(s) || !known.contains(s))
             .collect()
+    }
+
+    /// The dirty spaces, and every space holding a shared object one of them holds.
+    fn sharers_of_dirty(&self) -> BTreeSet<u32> {
+        let touched: BTreeSet<u64> = self
+            .dirty
+            .iter()
+            .filter_map(|s| self.objects.get(s))
+            .flatten()
+            .copied()
+            .collect();
+        let mut changed = self.dirty.clone();
+        if !touched.is_empty() {
+            let sharers = self
+                .objects
+                .iter()
+                .filter(|(_, held)| !held.is_disjoint(&touched));
+            changed.extend(sharers.map(|(&s, _)| s));
+        }
+        changed
     }
 
     /// Runs the checks on the snapshots received; returns their findings, trace findings first
@@ -115,13 +142,17 @@ impl<D: Driver> Checked<D> {
             }
             None => Vec::new(),
         };
+        for view in &self.snapshots {
+            let held = view.regions.iter().map(|r| r.object).filter(|&o| o != 0);
+            self.objects.insert(view.space, held.collect());
+        }
         let agreement = self
             .agreement
             .get_or_insert_with(|| Agreement::for_memory(mem));
         for view in &self.snapshots {
             agreement.forget(view.space);
         }
-        let mut check = agreement.check();
+        let mut check = agreement.check(self.frame_reports.shared_frames());
         check.kernel(mem, &kernel);
         for view in &self.snapshots {
             check.space(mem, view, &kernel);

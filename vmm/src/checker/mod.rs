@@ -10,12 +10,12 @@ mod checked;
 mod frame_map;
 
 pub use accounting::{Accounting, FrameReports};
-pub use agreement::{Agreement, Check, FRAME_BUDGET_PER_RAM_PAGE, MAX_PER_RULE};
+pub use agreement::{Agreement, Check, Refs, FRAME_BUDGET_PER_RAM_PAGE, MAX_PER_RULE};
 pub use checked::{as_finding, Checked};
 
 use crate::coherence::Numbered;
 use crate::driver::SpaceSnapshot;
-use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
+use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
 use shared_mm::abi::{RegionRecord, KERNEL_SPACE};
 use std::fmt;
 use vm_memory::GuestMemory;
@@ -35,8 +35,13 @@ pub enum Rule {
     PteExceedsRegion,
     /// A page is writable and executable though its region does not allow both.
     WriteAndExecute,
-    /// One frame is mapped by two private pages.
-    FrameMappedTwice,
+    /// A frame is mapped by more pages than it has references (a private page counts once, a
+    /// page of a shared object once over every space that maps it).
+    FrameOverMapped,
+    /// A copy-on-write frame (referenced more than once) is mapped writable by private memory.
+    CowWritable,
+    /// A page of a shared object maps different frames in two spaces.
+    SharedPageDiffers,
     /// The kernel half of an address space differs from the kernel's.
     KernelHalfDiffers,
     /// The trampoline page is missing or has the wrong permissions.
@@ -64,7 +69,9 @@ impl fmt::Display for Rule {
             Rule::PteInHole => "no-pte-in-hole",
             Rule::PteExceedsRegion => "pte-within-region-access",
             Rule::WriteAndExecute => "no-write-and-execute",
-            Rule::FrameMappedTwice => "frame-mapped-once",
+            Rule::FrameOverMapped => "frame-mapped-within-refs",
+            Rule::CowWritable => "cow-read-only",
+            Rule::SharedPageDiffers => "shared-page-one-frame",
             Rule::KernelHalfDiffers => "kernel-half-shared",
             Rule::Trampoline => "trampoline-page",
             Rule::Walk => "page-tables-walkable",
@@ -101,12 +108,12 @@ fn space_name(space: u32) -> String {
     }
 }
 
-/// `u-rwx` style text for an access mask.
+/// `u-rwx` style text for an access mask (`usrwx` for shared memory).
 pub fn access_string(access: u32) -> String {
     let bit = |b, c| if access & b != 0 { c } else { '-' };
     [
         bit(USER, 'u'),
-        '-',
+        bit(SHARED, 's'),
         bit(READ, 'r'),
         bit(WRITE, 'w'),
         bit(EXECUTE, 'x'),
@@ -143,14 +150,16 @@ fn region_containing(regions: &[RegionRecord], va: u64) -> Option<&RegionRecord>
     regions[..i].last().filter(|r| va - r.base < r.size)
 }
 
-/// Checks every invariant for the kernel and each user space; empty means they all agree.
+/// Checks every invariant for the kernel and each user space, with `refs` the reference counts
+/// of frames held more than once; empty means they all agree.
 pub fn check<M: GuestMemory + ?Sized>(
     mem: &M,
     kernel: &SpaceSnapshot,
     spaces: &[SpaceSnapshot],
+    refs: &Refs,
 ) -> Vec<Finding> {
     let mut state = Agreement::for_memory(mem);
-    let mut check = state.check();
+    let mut check = state.check(refs);
     check.kernel(mem, kernel);
     for view in spaces {
         check.space(mem, view, kernel);

@@ -1,8 +1,10 @@
 //! The operation generator: syzkaller-style choices that reuse and overlap earlier ranges
-//! often, keep sizes mostly small but sometimes huge, and aim at the edges of the space.
+//! often, keep sizes mostly small but sometimes huge, and aim at the edges of the space. It
+//! forks, maps shared memory, and follows a touch in one space of a fork's family by an access
+//! to the same address in another, where copy-on-write and sharing bugs show.
 
 use super::model::{Model, SpaceModel};
-use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
+use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
 use shared_mm::abi::{Op, KERNEL_SPACE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE};
 use shared_mm::region_tree::{RandomSource, SplitMix64};
 use std::collections::VecDeque;
@@ -16,6 +18,8 @@ const REGION_BUDGET: usize = 1_500;
 const SPACE_BUDGET: usize = 8;
 /// Ranges remembered for reuse.
 const HISTORY: usize = 64;
+/// Forks remembered, for accesses across a parent and its child.
+const FAMILIES: usize = 16;
 
 /// Addresses worth trying on their own: both ends of the space, the trampoline, the kernel
 /// half, the non-canonical hole and the top of the 64-bit space.
@@ -49,6 +53,10 @@ pub struct Generator {
     releasing: bool,
     /// The model's count of OutOfMemory results when the generator last looked.
     seen_out_of_memory: u64,
+    /// Recent forks: (parent, child).
+    families: Vec<(u32, u32)>,
+    /// The space and address of the last touch.
+    last_touch: Option<(u32, u64)>,
 }
 
 impl Generator {
@@ -61,6 +69,8 @@ impl Generator {
             sweep: VecDeque::new(),
             releasing: false,
             seen_out_of_memory: 0,
+            families: Vec::new(),
+            last_touch: None,
         }
     }
 
@@ -117,6 +127,16 @@ impl Generator {
             85..=89 => USER,
             90..=97 => self.below(16) as u32,
             _ => 16 << self.below(4),
+        }
+    }
+
+    /// A map's access: as [`Generator::access`], shared a fifth of the time.
+    fn map_access(&mut self) -> u32 {
+        let access = self.access();
+        if self.chance(20) {
+            access | SHARED
+        } else {
+            access
         }
     }
 
@@ -302,6 +322,74 @@ impl Generator {
         })
     }
 
+    /// Forks a live space; the child is the space worked on next, half the time.
+    fn fork(&mut self, model: &Model) -> Op {
+        let space = self.space(model);
+        if model.spaces.contains_key(&space) {
+            let child = model.next_space_id();
+            if self.families.len() == FAMILIES {
+                self.families.remove(0);
+            }
+            self.families.push((space, child));
+            if self.chance(50) {
+                self.last_space = Some(child);
+            }
+        }
+        Op::Fork { space }
+    }
+
+    /// After a touch in one space of a fork's family, an access to the same address in another
+    /// of its live spaces: the read that shows a write leaking, the write that must copy, the
+    /// unmap that must leave the other's copy alone.
+    fn across_family(&mut self, model: &Model) -> Option<Op> {
+        let (touched, addr) = self.last_touch?;
+        let relatives: Vec<u32> = self
+            .families
+            .iter()
+            .filter_map(|&(p, c)| match touched {
+                t if t == p => Some(c),
+                t if t == c => Some(p),
+                _ => None,
+            })
+            .filter(|s| model.spaces.contains_key(s))
+            .collect();
+        if relatives.is_empty() {
+            return None;
+        }
+        let space = self.pick(&relatives);
+        self.last_space = Some(space);
+        self.last_touch = Some((space, addr));
+        Some(match self.below(100) {
+            0..=39 => Op::TouchRead { space, addr },
+            40..=69 => Op::TouchWrite {
+                space,
+                addr,
+                value: self.rng.next_u64(),
+            },
+            70..=84 => Op::KernelRead { space, addr },
+            _ => Op::Unmap {
+                space,
+                addr: addr & !(PAGE - 1),
+                size: PAGE,
+            },
+        })
+    }
+
+    /// A touch of `kind` at an address of `space`, remembered for [`Generator::across_family`].
+    fn touch(&mut self, space: u32, s: Option<&SpaceModel>, kind: u64) -> Op {
+        let addr = self.touch_address(s);
+        self.last_touch = Some((space, addr));
+        match kind {
+            0 => Op::TouchRead { space, addr },
+            1 => Op::TouchWrite {
+                space,
+                addr,
+                value: self.rng.next_u64(),
+            },
+            _ => Op::TouchExec { space, addr },
+        }
+    }
+
     /// The next operation, chosen with the model's current state in view.
     pub fn next_op(&mut self, model: &Model) -> Op {
         if model.spaces.is_empty() || (model.spaces.len() < SPACE_BUDGET && self.chance(2)) {
@@ -320,6 +408,14 @@ impl Generator {
                 .map(|(&id, _)| id);
             if let Some(space) = heaviest {
                 return Op::DestroySpace { space };
+            }
+        }
+        if model.spaces.len() < SPACE_BUDGET && self.chance(2) {
+            return self.fork(model);
+        }
+        if self.chance(10) {
+            if let Some(op) = self.across_family(model) {
+                return op;
             }
         }
         let space = self.space(model);
@@ -355,20 +451,20 @@ impl Generator {
                     space,
                     addr,
                     size,
-                    access: self.access(),
+                    access: self.map_access(),
                 }
             }
             14..=25 if !crowded => Op::MapAnywhere {
                 space,
                 size: self.size(),
                 align: self.alignment(),
-                access: self.access(),
+                access: self.map_access(),
             },
             26..=33 if !crowded => Op::MapRandomized {
                 space,
                 size: self.size(),
                 align: self.alignment(),
-                access: self.access(),
+                access: self.map_access(),
             },
             0..=49 => {
                 let (addr, size) = self.range(s);
@@ -385,19 +481,9 @@ impl Generator {
                     access: self.access(),
                 }
             }
-            65..=77 => Op::TouchRead {
-                space,
-                addr: self.touch_address(s),
-            },
-            78..=92 => Op::TouchWrite {
-                space,
-                addr: self.touch_address(s),
-                value: self.rng.next_u64(),
-            },
-            93..=96 => Op::TouchExec {
-                space,
-                addr: self.touch_address(s),
-            },
+            65..=77 => self.touch(space, s, 0),
+            78..=92 => self.touch(space, s, 1),
+            93..=96 => self.touch(space, s, 2),
             _ => Op::Snapshot {
                 space: if self.chance(20) { KERNEL_SPACE } else { space },
             },

@@ -16,14 +16,14 @@ const PAGE: u64 = 4096;
 /// table of that level and below.
 const SPANS: [u64; 4] = [1 << 39, 1 << 30, 1 << 21, PAGE];
 
-/// Copies of `ops` with every address of `space` (among the operations at `kept`) moved down,
-/// most structure-preserving first. Empty when the space already starts low or holds a
-/// placement chosen by the MM.
-pub fn candidates(ops: &[Op], kept: &[usize], space: u32) -> Vec<Vec<Op>> {
+/// Copies of `ops` with every address of `space` (every space's, for `None`: a fork's family
+/// shares its layout) among the operations at `kept` moved down, most structure-preserving
+/// first. Empty when the addresses already start low or a placement was chosen by the MM.
+pub fn candidates(ops: &[Op], kept: &[usize], space: Option<u32>) -> Vec<Vec<Op>> {
     let of_space = || {
-        kept.iter()
-            .map(|&i| (i, ops[i]))
-            .filter(move |(_, op)| op.space() == Some(space))
+        kept.iter().map(|&i| (i, ops[i])).filter(move |(_, op)| {
+            op.space().is_some() && space.is_none_or(|s| op.space() == Some(s))
+        })
     };
     if of_space().any(|(_, op)| matches!(op, Op::MapAnywhere { .. } | Op::MapRandomized { .. })) {
         return Vec::new();
@@ -84,7 +84,7 @@ mod tests {
                 addr: 0x1760_7008,
             },
         ];
-        let all = candidates(&ops, &[0, 1, 2], 1);
+        let all = candidates(&ops, &[0, 1, 2], Some(1));
         let firsts: Vec<u64> = all
             .iter()
             .map(|c| match c[1] {
@@ -123,7 +123,7 @@ mod tests {
             },
             map(0x5000_0000),
         ];
-        assert!(candidates(&chosen, &[0, 1, 2], 1).is_empty());
-        assert!(candidates(&[Op::CreateSpace, map(0x1000)], &[0, 1], 1).is_empty());
+        assert!(candidates(&chosen, &[0, 1, 2], Some(1)).is_empty());
+        assert!(candidates(&[Op::CreateSpace, map(0x1000)], &[0, 1], None).is_empty());
     }
 }

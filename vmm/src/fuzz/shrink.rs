@@ -50,6 +50,7 @@ fn with_space(op: Op, new: u32) -> Op {
     match op {
         Op::CreateSpace => Op::CreateSpace,
         Op::DestroySpace { .. } => Op::DestroySpace { space: new },
+        Op::Fork { .. } => Op::Fork { space: new },
         Op::MapAnywhere {
             size,
             align,
@@ -116,22 +117,21 @@ fn with_space(op: Op, new: u32) -> Op {
     }
 }
 
-/// For each op of `ops`, the index of the `create-space` that made the space it names (if any).
+/// For each op of `ops`, the index of the `create-space` or `fork` that made the space it
+/// names (if any). A fork makes a space when the space it forks was made before it.
 fn creators(ops: &[Op]) -> Vec<Option<usize>> {
-    let created: Vec<usize> = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, op)| **op == Op::CreateSpace)
-        .map(|(i, _)| i)
-        .collect();
-    ops.iter()
-        .enumerate()
-        .map(|(i, op)| {
-            let space = op.space()?;
-            let creator = *created.get((space as usize).checked_sub(1)?)?;
-            (creator < i).then_some(creator)
-        })
-        .collect()
+    let mut created: Vec<usize> = Vec::new();
+    let mut out = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let creator = op
+            .space()
+            .and_then(|space| created.get((space as usize).checked_sub(1)?).copied());
+        if *op == Op::CreateSpace || (matches!(op, Op::Fork { .. }) && creator.is_some()) {
+            created.push(i);
+        }
+        out.push(creator);
+    }
+    out
 }
 
 /// The operations at `kept` (indices into `ops`), with space ids renumbered.
@@ -141,15 +141,17 @@ fn materialize(ops: &[Op], creators: &[Option<usize>], kept: &[usize]) -> Vec<Op
     kept.iter()
         .map(|&i| {
             let op = ops[i];
-            if op == Op::CreateSpace {
+            // A fork of a space that is still made makes one too.
+            let forks =
+                matches!(op, Op::Fork { .. }) && creators[i].is_some_and(|c| new_id[c] != 0);
+            if op == Op::CreateSpace || forks {
                 new_id[i] = next;
                 next += 1;
-                return op;
             }
             match (op.space(), creators[i]) {
                 (Some(KERNEL_SPACE), _) | (None, _) => op,
                 (Some(_), Some(creator)) => with_space(op, new_id[creator]),
-                // A space id no create-space made (a deliberately bad id): keep it as it was.
+                // A space id nothing made (a deliberately bad id): keep it as it was.
                 (Some(_), None) => op,
             }
         })
@@ -265,7 +267,11 @@ fn simpler(op: Op) -> Vec<Op> {
                 });
             }
         }
-        Op::CreateSpace | Op::DestroySpace { .. } | Op::Snapshot { .. } | Op::Frames { .. } => {}
+        Op::CreateSpace
+        | Op::DestroySpace { .. }
+        | Op::Fork { .. }
+        | Op::Snapshot { .. }
+        | Op::Frames { .. } => {}
     }
     out
 }
@@ -310,13 +316,15 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
         self.try_candidate(&ops, &candidate)
     }
 
-    /// Drops whole spaces: a `create-space` with every operation on the space it made.
+    /// Drops whole spaces: a `create-space` (or `fork`) with every operation on the space it
+    /// made.
     fn drop_spaces(&mut self) -> Result<(), VmmError> {
+        let creators = &self.creators;
         let creations: Vec<usize> = self
             .kept
             .iter()
             .copied()
-            .filter(|&i| self.ops[i] == Op::CreateSpace)
+            .filter(|&i| self.ops[i] == Op::CreateSpace || creators.contains(&Some(i)))
             .collect();
         for c in creations.into_iter().rev() {
             let creators = self.creators.clone();
@@ -406,7 +414,8 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
             .collect();
         spaces.sort_unstable();
         spaces.dedup();
-        for space in spaces {
+        // All spaces together first: a fork's child has its parent's layout.
+        for space in std::iter::once(None).chain(spaces.into_iter().map(Some)) {
             for ops in rebase::candidates(&self.ops, &self.kept, space) {
                 let kept = self.kept.clone();
                 if self.exhausted || self.try_candidate(&ops, &kept)? {

@@ -8,7 +8,7 @@ use super::tlb_listing;
 use crate::checker::{self, Finding};
 use crate::coherence::Coherence;
 use crate::driver::SpaceSnapshot;
-use crate::inspect::space_report;
+use crate::inspect::{space_report, Context};
 use crate::page_walk::{walk, WalkPath};
 use shared_mm::abi::KERNEL_SPACE;
 use shared_mm::pte::{PageLevel, PageTableEntry, ADDRESS_MASK};
@@ -208,7 +208,10 @@ impl Stopped<'_> {
     /// The agreement checker over the last trees and today's page tables.
     fn findings(&self) -> Option<(&SpaceSnapshot, Vec<Finding>)> {
         let kernel = self.view.kernel.as_ref()?;
-        Some((kernel, checker::check(self.mem, kernel, &self.view.trees)))
+        Some((
+            kernel,
+            checker::check(self.mem, kernel, &self.view.trees, &self.view.refs),
+        ))
     }
 
     fn regions(&self, arg: SpaceArg) -> Result<String, String> {
@@ -220,7 +223,11 @@ impl Stopped<'_> {
         // Without a usable replay the report just marks nothing as possibly cached.
         let tlb = tlb_listing::current(self.mem, self.view.tlb.as_ref())
             .unwrap_or_else(|_| Coherence::new(0));
-        let report = space_report(self.mem, tree.clone(), mine, &tlb);
+        let context = Context {
+            coherence: &tlb,
+            refs: &self.view.refs,
+        };
+        let report = space_report(self.mem, tree.clone(), mine, context);
         Ok(format!("{}{}\n", report.to_table(), self.trees_note()))
     }
 

@@ -5,9 +5,10 @@
 #![forbid(unsafe_code)]
 
 use super::snapshot_round::SnapshotRound;
+use crate::checker::{FrameReports, Refs};
 use crate::coherence::Coherence;
-use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
-use shared_mm::abi::{Op, OpResult, SpaceRecord};
+use crate::driver::{Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk, SpaceSnapshot};
+use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use shared_mm::trace::TraceEvent;
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
@@ -30,6 +31,8 @@ pub struct MmView {
     pub tlb: Option<Coherence>,
     /// The trace grew past what the replay may track, so `tlb` stopped following it.
     pub tlb_lost: bool,
+    /// The reference counts of frames held more than once, from the last kernel frame report.
+    pub refs: Refs,
 }
 
 impl MmView {
@@ -52,6 +55,8 @@ pub struct Observed<'d> {
     inner: &'d mut dyn Driver,
     round: SnapshotRound,
     view: SharedView,
+    /// The kernel frame report being received.
+    frames: FrameReports,
 }
 
 impl<'d> Observed<'d> {
@@ -60,6 +65,7 @@ impl<'d> Observed<'d> {
             inner,
             round: SnapshotRound::new(),
             view,
+            frames: FrameReports::default(),
         }
     }
 }
@@ -97,6 +103,17 @@ impl Driver for Observed<'_> {
     }
 
     fn frames(&mut self, mem: &GuestMemoryMmap, chunk: FramesChunk<'_>) -> Result<(), DriverError> {
+        if chunk.space == KERNEL_SPACE && chunk.part != FramesPart::Owned {
+            if chunk.part == FramesPart::Allocated && chunk.first == 0 {
+                self.frames = FrameReports::default();
+            }
+            // The checker inside reports a malformed report; this copy only stops following.
+            let whole = chunk.first + chunk.words.len() as u64 == chunk.total;
+            if self.frames.collect(chunk).is_ok() && chunk.part == FramesPart::Shared && whole {
+                let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+                view.refs = self.frames.shared_frames().clone();
+            }
+        }
         self.inner.frames(mem, chunk)
     }
 

@@ -26,6 +26,7 @@ fn row(space: &SpaceReport, row: &Row) -> Value {
         "perms": row.perms(),
         "owner": owner,
         "region_base": region_base,
+        "sharing": row.sharing.name(),
     })
 }
 

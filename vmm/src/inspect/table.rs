@@ -1,16 +1,21 @@
 //! The `info mem`-style text view of a [`Report`].
 
-use super::{region_label, Owner, Report, Row, SpaceReport};
+use super::{region_label, Owner, Report, Row, Sharing, SpaceReport};
 use crate::coherence::describe;
 use std::fmt::Write;
 
 impl Row {
-    /// The owner column: the region's label, `<trampoline>` or `<hole>`.
+    /// The owner column: the region's label, `<trampoline>` or `<hole>`; ` [cow]` or
+    /// ` [shared]` after it for shared pages.
     fn owner_label(&self, space: &SpaceReport) -> String {
-        match self.owner {
+        let owner = match self.owner {
             Owner::Region(i) => region_label(&space.regions[i]),
             Owner::Trampoline => "<trampoline>".into(),
             Owner::Hole => "<hole>".into(),
+        };
+        match self.sharing {
+            Sharing::Private => owner,
+            sharing => format!("{owner} [{}]", sharing.name()),
         }
     }
 }

@@ -226,6 +226,7 @@ impl Expect {
                     Expect::At(got.addr)
                 }
                 Op::CreateSpace
+                | Op::Fork { .. }
                 | Op::TouchRead { .. }
                 | Op::TouchWrite { .. }
                 | Op::Snapshot { .. } => Expect::Value(got.value),

@@ -1,6 +1,7 @@
 //! One MM operation as text: `map-fixed space=1 addr=0x400000 size=0x2000 access=0xb`, printed
 //! and parsed, with the numbers of the format and an error that names the field.
 
+use shared_mm::abi::access_bits::SHARED;
 use shared_mm::abi::Op;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -68,7 +69,9 @@ pub fn op_name(op: &Op) -> &'static str {
     match op {
         Op::CreateSpace => "create-space",
         Op::DestroySpace { .. } => "destroy-space",
+        Op::Fork { .. } => "fork",
         Op::MapAnywhere { .. } => "map-anywhere",
+        Op::MapFixed { access, .. } if access & SHARED != 0 => "map-shared",
         Op::MapFixed { .. } => "map-fixed",
         Op::MapRandomized { .. } => "map-randomized",
         Op::Unmap { .. } => "unmap",
@@ -89,9 +92,20 @@ pub fn op_to_line(op: &Op) -> String {
     let name = op_name(op);
     match *op {
         Op::CreateSpace => name.into(),
-        Op::DestroySpace { space } | Op::Snapshot { space } | Op::Frames { space } => {
-            format!("{name} space={space}")
-        }
+        Op::DestroySpace { space }
+        | Op::Fork { space }
+        | Op::Snapshot { space }
+        | Op::Frames { space } => format!("{name} space={space}"),
+        // `map-shared` is a fixed map with the SHARED bit, which its name already says.
+        Op::MapFixed {
+            space,
+            addr,
+            size,
+            access,
+        } if access & SHARED != 0 => format!(
+            "{name} space={space} addr={addr:#x} size={size:#x} access={:#x}",
+            access & !SHARED
+        ),
         Op::MapAnywhere {
             space,
             size,
@@ -190,6 +204,15 @@ pub fn op_from_line(text: &str) -> Result<Op, OpError> {
         "create-space" => Op::CreateSpace,
         "destroy-space" => Op::DestroySpace {
             space: f.u32("space")?,
+        },
+        "fork" => Op::Fork {
+            space: f.u32("space")?,
+        },
+        "map-shared" => Op::MapFixed {
+            space: f.u32("space")?,
+            addr: f.u64("addr")?,
+            size: f.u64("size")?,
+            access: f.u32("access")? | SHARED,
         },
         "map-anywhere" => Op::MapAnywhere {
             space: f.u32("space")?,

@@ -153,6 +153,8 @@ impl SimVm {
         if space == KERNEL_SPACE {
             let allocated: Vec<u64> = self.mm.allocated_frames().collect();
             send(FramesPart::Allocated, &allocated)?;
+            let shared: Vec<u64> = self.mm.shared_frames().map(|r| r.to_word()).collect();
+            send(FramesPart::Shared, &shared)?;
         }
         let words: Vec<u64> = owned.iter().map(|r| r.to_word()).collect();
         send(FramesPart::Owned, &words)?;

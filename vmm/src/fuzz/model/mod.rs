@@ -1,159 +1,26 @@
 //! The host-side reference model of the guest MM: predicts every operation's result from first
 //! principles (simple ordered maps and naive scans, no shared code with the guest's RegionTree)
-//! and reports each disagreement.
+//! and reports each disagreement. A space's regions and private pages are in [`space`], shared
+//! objects in [`shared`], and what a byte reads in [`memory`].
 
-use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
+mod memory;
+mod shared;
+mod space;
+
+pub use space::{ModelRegion, SpaceModel};
+
+use shared::SharedMemory;
+use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
 use shared_mm::abi::{
     FaultKind, Op, OpResult, RegionRecord, Status, KERNEL_SPACE, KERNEL_SPACE_BASE, MAX_SPACES,
-    TRAMPOLINE_CODE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
+    USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
-
-const PAGE: u64 = 4096;
-
-/// One modelled region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ModelRegion {
-    pub size: u64,
-    pub access: u32,
-}
-
-/// One modelled address space.
-#[derive(Clone, Debug, Default)]
-pub struct SpaceModel {
-    /// Regions by base address.
-    pub regions: BTreeMap<u64, ModelRegion>,
-    /// Contents of pages written so far; other pages of a region read as zero.
-    memory: HashMap<u64, Box<[u8; PAGE as usize]>>,
-    /// Pages committed (touched) in live regions: each costs the guest a frame.
-    committed: HashSet<u64>,
-    /// 2 MiB, 1 GiB and 512 GiB areas ever touched: page tables the guest keeps until destroy.
-    table_areas: HashSet<(u8, u64)>,
-}
-
-impl SpaceModel {
-    fn region_at(&self, addr: u64) -> Option<(u64, ModelRegion)> {
-        let (&base, &r) = self.regions.range(..=addr).next_back()?;
-        (addr - base < r.size).then_some((base, r))
-    }
-
-    /// Whether `[base, base + size)` shares an address with a region.
-    pub fn overlaps(&self, base: u64, size: u64) -> bool {
-        let last = base + (size - 1);
-        if self.region_at(base).is_some() {
-            return true;
-        }
-        self.regions.range(base..=last).next().is_some()
-    }
-
-    /// The pages touched so far in live regions (their frames are committed).
-    pub fn committed_pages(&self) -> impl Iterator<Item = u64> + '_ {
-        self.committed.iter().copied()
-    }
-
-    /// Guest frames this space holds, at most: committed pages plus page tables.
-    pub fn frames_estimate(&self) -> usize {
-        // The PML4 and the trampoline's PDPT, PD and PT, then what touches committed.
-        4 + self.committed.len() + self.table_areas.len()
-    }
-
-    /// Splits the regions that straddle either edge of `[base, last]`, so that every region
-    /// is then wholly inside or wholly outside it; returns the bases of those inside.
-    fn split_at_edges(&mut self, base: u64, last: u64) -> Vec<u64> {
-        let hit: Vec<(u64, ModelRegion)> = self
-            .regions
-            .range(..=last)
-            .filter(|(&b, r)| b + (r.size - 1) >= base)
-            .map(|(&b, &r)| (b, r))
-            .collect();
-        let mut inside = Vec::with_capacity(hit.len());
-        for (b, r) in hit {
-            let r_last = b + (r.size - 1);
-            let piece = |from: u64, to: u64| ModelRegion {
-                size: to - from + 1,
-                access: r.access,
-            };
-            self.regions.remove(&b);
-            if b < base {
-                self.regions.insert(b, piece(b, base - 1));
-            }
-            let (m_base, m_last) = (b.max(base), r_last.min(last));
-            self.regions.insert(m_base, piece(m_base, m_last));
-            inside.push(m_base);
-            if r_last > last {
-                self.regions.insert(last + 1, piece(last + 1, r_last));
-            }
-        }
-        inside
-    }
-
-    /// Removes `[base, base + size)` from the regions (splitting them) and forgets its pages.
-    fn cut(&mut self, base: u64, size: u64) {
-        let last = base + (size - 1);
-        for inside in self.split_at_edges(base, last) {
-            self.regions.remove(&inside);
-        }
-        self.memory.retain(|&p, _| p < base || p > last);
-        self.committed.retain(|&p| p < base || p > last);
-    }
-
-    /// Gives `[base, base + size)` the access `access` (splitting regions; pages and data stay).
-    fn protect(&mut self, base: u64, size: u64, access: u32) {
-        for inside in self.split_at_edges(base, base + (size - 1)) {
-            if let Some(r) = self.regions.get_mut(&inside) {
-                r.access = access;
-            }
-        }
-    }
-
-    /// The byte at `addr`: the trampoline's code on its page, what was written, or zero.
-    fn byte(&self, addr: u64) -> u8 {
-        let (page, off) = (addr & !(PAGE - 1), (addr % PAGE) as usize);
-        if page == USER_TRAMPOLINE {
-            return TRAMPOLINE_CODE.get(off).copied().unwrap_or(0);
-        }
-        self.memory.get(&page).map_or(0, |bytes| bytes[off])
-    }
-
-    /// The little-endian u64 at `addr`, which may straddle two pages.
-    fn read_u64(&self, addr: u64) -> u64 {
-        let bytes: [u8; 8] = std::array::from_fn(|i| self.byte(addr.wrapping_add(i as u64)));
-        u64::from_le_bytes(bytes)
-    }
-
-    fn write_u64(&mut self, addr: u64, value: u64) {
-        for (i, byte) in value.to_le_bytes().into_iter().enumerate() {
-            let at = addr.wrapping_add(i as u64);
-            let (page, off) = (at & !(PAGE - 1), (at % PAGE) as usize);
-            let bytes = self
-                .memory
-                .entry(page)
-                .or_insert_with(|| Box::new([0; PAGE as usize]));
-            bytes[off] = byte;
-        }
-    }
-
-    /// Commits the region pages an access of `[first, last]` touched (not the trampoline's).
-    fn commit_touched(&mut self, first: u64, last: u64) {
-        for at in [first, last] {
-            if at < USER_TRAMPOLINE {
-                self.commit(at);
-            }
-        }
-    }
-
-    fn commit(&mut self, addr: u64) {
-        let page = addr & !(PAGE - 1);
-        self.committed.insert(page);
-        for (level, shift) in [(1u8, 21), (2, 30), (3, 39)] {
-            self.table_areas.insert((level, page >> shift));
-        }
-    }
-}
+use space::PAGE;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Normalized access as the guest computes it, or `None` for unknown bits.
 pub fn normalize_access(bits: u32) -> Option<u32> {
-    if bits & !(READ | WRITE | EXECUTE | USER) != 0 {
+    if bits & !(READ | WRITE | EXECUTE | USER | SHARED) != 0 {
         return None;
     }
     Some(if bits & (WRITE | EXECUTE) != 0 {
@@ -215,6 +82,8 @@ pub struct Mismatch {
 #[derive(Clone, Debug)]
 pub struct Model {
     pub spaces: BTreeMap<u32, SpaceModel>,
+    /// The shared objects the spaces' shared regions hold.
+    shared: SharedMemory,
     next_id: u32,
     /// Frames the guest can hand out after boot, when known: an OutOfMemory the model's
     /// count of frames in use does not come close to is a finding (a leak, most likely).
@@ -227,6 +96,7 @@ impl Default for Model {
     fn default() -> Self {
         Model {
             spaces: BTreeMap::new(),
+            shared: SharedMemory::default(),
             next_id: 1,
             frame_budget: None,
             out_of_memory: 0,
@@ -300,6 +170,7 @@ fn allocates_frames(op: &Op) -> bool {
     matches!(
         op,
         Op::CreateSpace
+            | Op::Fork { .. }
             | Op::TouchRead { .. }
             | Op::TouchWrite { .. }
             | Op::TouchExec { .. }
@@ -343,6 +214,11 @@ impl Model {
         }
     }
 
+    /// The id the guest gives the next space it makes.
+    pub fn next_space_id(&self) -> u32 {
+        self.next_id
+    }
+
     /// How many OutOfMemory results the model has accepted.
     pub fn out_of_memory_results(&self) -> u64 {
         self.out_of_memory
@@ -353,9 +229,11 @@ impl Model {
         self.frame_budget
     }
 
-    /// Guest frames the spaces hold at most (committed pages plus page tables).
+    /// Guest frames the spaces hold at most (committed pages plus page tables, and the pages of
+    /// shared objects once).
     pub fn frames_estimate(&self) -> usize {
-        self.spaces.values().map(SpaceModel::frames_estimate).sum()
+        let spaces: usize = self.spaces.values().map(SpaceModel::frames_estimate).sum();
+        spaces + self.shared.frames()
     }
 
     /// Checks `got` against the prediction for `op`, then applies `op` (with the guest's own
@@ -394,9 +272,8 @@ impl Model {
         let budget = self.frame_budget?;
         let wanted = match *op {
             Op::Populate { space, addr, size } => self.spaces.get(&space).map_or(0, |s| {
-                let last = addr + (size - 1);
-                let committed = s.committed_pages().filter(|p| (addr..=last).contains(p));
-                (size / PAGE) as usize - committed.count()
+                let committed = self.committed_in(s, addr, addr + (size - 1));
+                (size / PAGE) as usize - committed
             }),
             _ => 0,
         };
@@ -503,6 +380,15 @@ impl Model {
                     error(Status::NoSuchSpace)
                 }
             }
+            Op::Fork { space } => {
+                if space_of(space).is_none() {
+                    error(Status::NoSuchSpace)
+                } else if self.spaces.len() >= MAX_SPACES {
+                    error(Status::NoSpace)
+                } else {
+                    value(self.next_id as u64)
+                }
+            }
             Op::MapAnywhere {
                 space,
                 size,
@@ -570,7 +456,8 @@ impl Model {
                 if let Err(e) = check_range(addr, size) {
                     return error(e);
                 }
-                if normalize_access(access).is_none() {
+                // Sharing is chosen at map time: protect refuses the bit.
+                if normalize_access(access).is_none_or(|a| a & SHARED != 0) {
                     return error(Status::BadAccess);
                 }
                 let mut next = addr;
@@ -657,7 +544,7 @@ impl Model {
         match (need, write) {
             (WRITE, Some(v)) => value(v),
             (EXECUTE, _) => value(0),
-            _ => value(s.read_u64(addr)),
+            _ => value(self.read_u64(s, addr)),
         }
     }
 
@@ -715,7 +602,7 @@ impl Model {
                 return fault(FaultKind::SegvAccess, at);
             }
         }
-        value(write.unwrap_or_else(|| s.read_u64(addr)))
+        value(write.unwrap_or_else(|| self.read_u64(s, addr)))
     }
 
     fn update(&mut self, op: &Op, got: &OpResult) {
@@ -730,8 +617,16 @@ impl Model {
                 self.spaces.insert(self.next_id, SpaceModel::default());
                 self.next_id += 1;
             }
+            Op::Fork { space } => {
+                // The child sees a copy of the parent's private memory as it is now, and the
+                // same shared objects.
+                let child = self.spaces.get(&space).cloned().unwrap_or_default();
+                self.spaces.insert(self.next_id, child);
+                self.next_id += 1;
+            }
             Op::DestroySpace { space } => {
                 self.spaces.remove(&space);
+                self.drop_unheld_objects();
             }
             Op::MapAnywhere {
                 space,
@@ -750,16 +645,12 @@ impl Model {
                 size,
                 access,
                 ..
-            } => {
-                let access = normalize_access(access).expect("checked by predict");
-                if let Some(s) = self.spaces.get_mut(&space) {
-                    s.regions.insert(got.addr, ModelRegion { size, access });
-                }
-            }
+            } => self.map(space, got.addr, size, access),
             Op::Unmap { space, addr, size } => {
                 if let Some(s) = self.spaces.get_mut(&space) {
                     s.cut(addr, size);
                 }
+                self.drop_unheld_objects();
             }
             Op::Protect {
                 space,
@@ -772,37 +663,43 @@ impl Model {
                     s.protect(addr, size, access);
                 }
             }
-            Op::TouchExec { space, addr } => {
-                if let Some(s) = self.spaces.get_mut(&space) {
-                    s.commit_touched(addr, addr);
-                }
-            }
-            Op::TouchRead { space, addr } => {
-                if let Some(s) = self.spaces.get_mut(&space) {
-                    s.commit_touched(addr, addr + 7);
-                }
+            Op::TouchExec { space, addr } => self.commit_touched(space, addr, addr),
+            Op::TouchRead { space, addr } | Op::KernelRead { space, addr } => {
+                self.commit_touched(space, addr, addr + 7)
             }
             Op::TouchWrite { space, addr, value } | Op::KernelWrite { space, addr, value } => {
-                if let Some(s) = self.spaces.get_mut(&space) {
-                    s.commit_touched(addr, addr + 7);
-                    s.write_u64(addr, value);
-                }
+                self.commit_touched(space, addr, addr + 7);
+                self.write_u64(space, addr, value);
             }
-            Op::KernelRead { space, addr } => {
-                if let Some(s) = self.spaces.get_mut(&space) {
-                    s.commit_touched(addr, addr + 7);
-                }
-            }
-            Op::Frames { .. } => {}
             Op::Populate { space, addr, size } => {
-                if let Some(s) = self.spaces.get_mut(&space) {
-                    for page in (addr..=addr + (size - 1)).step_by(PAGE as usize) {
-                        s.commit(page);
-                    }
+                for page in (addr..=addr + (size - 1)).step_by(PAGE as usize) {
+                    self.commit(space, page);
                 }
             }
-            Op::Snapshot { .. } => {}
+            Op::Frames { .. } | Op::Snapshot { .. } => {}
         }
+    }
+
+    /// A new region at `base` of `space`: private memory, or a new shared object.
+    fn map(&mut self, space: u32, base: u64, size: u64, access: u32) {
+        let access = normalize_access(access).expect("checked by predict");
+        let object = (access & SHARED != 0).then(|| self.shared.create());
+        if let Some(s) = self.spaces.get_mut(&space) {
+            s.regions.insert(
+                base,
+                ModelRegion {
+                    size,
+                    access,
+                    object,
+                },
+            );
+        }
+    }
+
+    /// Forgets the shared objects no region of any space holds: their frames go back.
+    fn drop_unheld_objects(&mut self) {
+        let held: BTreeSet<u64> = self.spaces.values().flat_map(SpaceModel::objects).collect();
+        self.shared.keep_only(&held);
     }
 
     /// An access that faulted on the second of its two pages made the first present first.
@@ -816,9 +713,7 @@ impl Model {
         };
         let second = (addr.wrapping_add(7)) & !(PAGE - 1);
         if second != addr & !(PAGE - 1) && got.addr == second {
-            if let Some(s) = self.spaces.get_mut(&space) {
-                s.commit_touched(addr, addr);
-            }
+            self.commit_touched(space, addr, addr);
         }
     }
 
@@ -830,12 +725,15 @@ impl Model {
                 "snapshot of space {space}, which the model does not have"
             ));
         };
-        let got: Vec<(u64, u64, u32)> =
-            regions.iter().map(|r| (r.base, r.size, r.access)).collect();
-        let want: Vec<(u64, u64, u32)> = s
+        // The guest names a shared region's object; the model only says whether it has one.
+        let got: Vec<(u64, u64, u32, bool)> = regions
+            .iter()
+            .map(|r| (r.base, r.size, r.access, r.object != 0))
+            .collect();
+        let want: Vec<(u64, u64, u32, bool)> = s
             .regions
             .iter()
-            .map(|(&b, r)| (b, r.size, r.access))
+            .map(|(&b, r)| (b, r.size, r.access, r.object.is_some()))
             .collect();
         if got == want {
             return Ok(());
@@ -858,6 +756,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared_mm::abi::TRAMPOLINE_CODE;
 
     const URW: u32 = USER | READ | WRITE;
 
