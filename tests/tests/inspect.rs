@@ -10,7 +10,7 @@ use shared_mm::boot_info::GuestCommand;
 use std::sync::OnceLock;
 use vmm::checker::Rule;
 use vmm::guest_build::build_variant;
-use vmm::inspect::{inspect, Owner, Report, Row, SpaceReport};
+use vmm::inspect::{inspect, Owner, Report, Row, Sharing, SpaceReport};
 use vmm::VmConfig;
 
 /// One inspection of the embedded guest, shared by the tests of this file.
@@ -49,7 +49,7 @@ fn row(start: u64, size: u64, perms: &str) -> (u64, u64, String) {
 #[test]
 fn every_scenario_space_and_the_kernel_appear() {
     let ids: Vec<u32> = report().spaces.iter().map(|s| s.space).collect();
-    assert_eq!(ids, [1, 2, 3, KERNEL_SPACE]);
+    assert_eq!(ids, [1, 2, 3, 4, KERNEL_SPACE]);
     assert!(report().spaces.iter().all(|s| s.cr3 != 0));
     assert!(report().steps > 30);
     assert_eq!(report().exit_status, 0);
@@ -59,7 +59,7 @@ fn every_scenario_space_and_the_kernel_appear() {
 fn a_correct_guest_gives_expected_results_and_no_findings() {
     assert!(report().problems().is_empty(), "{:#?}", report().problems());
     let table = report().to_table();
-    assert_eq!(table.matches("  agreement: ok\n").count(), 4, "{table}");
+    assert_eq!(table.matches("  agreement: ok\n").count(), 5, "{table}");
     assert!(table.contains("scenario: all "), "{table}");
 }
 
@@ -70,8 +70,14 @@ fn touched_pages_show_their_effective_perms() {
     // Space 2 read one page of its u-r-- region at the address where space 1 has its own.
     assert_eq!(rows_of(2, 0x40_0000), [row(0x40_1000, 0x1000, "ur--")]);
     assert_eq!(rows_of(2, 0x1000), [row(0x1000, 0x1000, "ur-x")]);
-    // One written page in the middle of a 1 MiB region.
-    assert_eq!(rows_of(3, 0x1000_0000), [row(0x1008_0000, 0x1000, "urw-")]);
+    // Two pages written in the middle of a 1 MiB region, read-only since the fork.
+    assert_eq!(
+        rows_of(3, 0x1000_0000),
+        [
+            row(0x1008_0000, 0x1000, "ur--"),
+            row(0x1008_1000, 0x1000, "ur--")
+        ]
+    );
     for id in [1, 2, 3] {
         let trampoline: Vec<&Row> = space(id)
             .rows
@@ -81,6 +87,73 @@ fn touched_pages_show_their_effective_perms() {
         assert_eq!(trampoline.len(), 1, "space {id}");
         assert_eq!(trampoline[0].perms(), "ur-x");
     }
+}
+
+/// The rows of the region at `base` of space `id`, as (start, perms, sharing).
+fn sharing_of(id: u32, base: u64) -> Vec<(u64, String, Sharing)> {
+    let space = space(id);
+    let (index, _) = space.region_at(base).expect("region");
+    space
+        .rows_in(index)
+        .map(|r| (r.run.range_base, r.perms(), r.sharing))
+        .collect()
+}
+
+#[test]
+fn a_fork_shows_copy_on_write_and_shared_pages_in_both_spaces() {
+    let cow = |va, perms: &str, sharing| (va, perms.to_string(), sharing);
+    // The page only read since the fork is one frame in both spaces, read-only in both; the
+    // one the child wrote is a copy of its own, and the parent's frame is private again
+    // (read-only until the parent writes).
+    assert_eq!(
+        sharing_of(3, 0x1000_0000),
+        [
+            cow(0x1008_0000, "ur--", Sharing::CopyOnWrite),
+            cow(0x1008_1000, "ur--", Sharing::Private),
+        ]
+    );
+    assert_eq!(
+        sharing_of(4, 0x1000_0000),
+        [
+            cow(0x1008_0000, "ur--", Sharing::CopyOnWrite),
+            cow(0x1008_1000, "urw-", Sharing::Private),
+        ]
+    );
+    // Shared memory stays writable: the parent wrote page 0 before the fork, the child page 1.
+    assert_eq!(
+        sharing_of(3, 0x2000_0000),
+        [cow(0x2000_0000, "urw-", Sharing::Shared)]
+    );
+    assert_eq!(
+        sharing_of(4, 0x2000_0000),
+        [cow(0x2000_1000, "urw-", Sharing::Shared)]
+    );
+    let table = report().to_table();
+    assert!(table.contains("u-rw- [cow]\n"), "{table}");
+    assert!(table.contains("usrw- [shared]\n"), "{table}");
+    let doc: Value = serde_json::from_str(&report().to_json()).expect("valid JSON");
+    let marks: Vec<&str> = doc["spaces"]
+        .as_array()
+        .expect("spaces")
+        .iter()
+        .flat_map(|s| s["runs"].as_array().expect("runs"))
+        .filter_map(|r| r["sharing"].as_str())
+        .filter(|&m| m != "private")
+        .collect();
+    assert_eq!(marks, ["cow", "shared", "cow", "shared"]);
+    let svg = report().to_svg();
+    assert!(
+        svg.contains("stripe: copy-on-write page"),
+        "no legend entry"
+    );
+    assert!(
+        svg.contains("><title>cow 0x10080000-0x10081000"),
+        "no cow stripe"
+    );
+    assert!(
+        svg.contains("><title>shared 0x20000000-0x20002000"),
+        "no shared stripe"
+    );
 }
 
 #[test]
@@ -265,10 +338,12 @@ fn json_parses_and_agrees_with_the_table() {
                         region["name"].as_str().unwrap(),
                         region["size"].as_str().unwrap()
                     );
-                    assert!(
-                        line.ends_with(&format!("{label} {}", region["access"].as_str().unwrap())),
-                        "{line}"
-                    );
+                    let mark = match run["sharing"].as_str().expect("sharing") {
+                        "private" => String::new(),
+                        sharing => format!(" [{sharing}]"),
+                    };
+                    let access = region["access"].as_str().unwrap();
+                    assert!(line.ends_with(&format!("{label} {access}{mark}")), "{line}");
                 }
                 None => assert!(
                     line.ends_with("<trampoline>") || line.ends_with("<hole>"),

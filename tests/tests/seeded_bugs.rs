@@ -163,3 +163,50 @@ fn a_leak_on_unmap_is_caught_by_frame_accounting_on_both_backends() {
         assert!(leak.1.detail.contains("no owner holds it"), "{}", leak.1);
     }
 }
+
+#[test]
+fn a_parent_left_writable_after_fork_is_reported() {
+    assert_checker_reports("bug-fork-parent-writable", Rule::CowWritable);
+}
+
+#[test]
+fn a_fork_that_does_not_flush_the_parent_is_caught_by_the_trace() {
+    // The parent's write after the fork goes through its cached writable translation.
+    for backend in [Backend::Kvm, Backend::Sim] {
+        let outcome = run_on(backend, Some(Bug::ForkNoFlush));
+        assert!(
+            rules(&outcome).contains(&Rule::StaleTlbEntry),
+            "{backend}: {outcome:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_copy_on_write_break_that_does_not_copy_is_reported() {
+    assert_checker_reports("bug-cow-no-copy", Rule::CowWritable);
+}
+
+#[test]
+fn a_leaked_reference_count_is_reported_by_frame_accounting() {
+    assert_checker_reports("bug-refcount-leak", Rule::FrameAccounting);
+}
+
+#[test]
+fn shared_memory_that_turns_private_on_fork_is_reported() {
+    for backend in [Backend::Kvm, Backend::Sim] {
+        let outcome = run_on(backend, Some(Bug::SharedBecomesPrivate));
+        // The checker sees frames of a shared object that its sharers do not hold, and the
+        // parent no longer sees what the child wrote to shared memory.
+        assert!(
+            rules(&outcome).contains(&Rule::FrameOwner),
+            "{backend}: {outcome:#?}"
+        );
+        assert!(
+            outcome
+                .mismatches
+                .iter()
+                .any(|m| m.to_string().contains("the parent sees it")),
+            "{backend}: {outcome:#?}"
+        );
+    }
+}

@@ -220,6 +220,20 @@ impl fmt::Display for VmmError {
 impl std::error::Error for VmmError {}
 
 impl VmmError {
+    /// Whether the guest failed (panicked, triple-faulted, hung, halted or broke the protocol),
+    /// as opposed to the host or its input.
+    pub fn is_guest_failure(&self) -> bool {
+        match self {
+            VmmError::GuestPanic { .. }
+            | VmmError::TripleFault { .. }
+            | VmmError::GuestHalted { .. }
+            | VmmError::GuestProtocol(_)
+            | VmmError::Timeout { .. } => true,
+            VmmError::Driver(e) => e.is_guest_fault(),
+            _ => false,
+        }
+    }
+
     /// The process exit status the CLI uses for this error.
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -450,9 +450,20 @@ fn run_scenario(guest: &GuestArgs, file: &Path, check: bool) -> anyhow::Result<u
     let scenario = load(file, "scenario")?;
     let guest = recorded_args(guest, &Settings::of(&scenario.header)?, "run")?;
     let mut vm = Guest::boot(&config(&guest, GuestCommand::Serve)?)?;
-    let outcome = vmm::scenario::run(&mut vm, &scenario, check)?;
+    let mut outcome = vmm::scenario::run(&mut vm, &scenario, check)?;
     if check {
         eprintln!("vmm: agreement checker ran {} times", outcome.checks_run);
+    }
+    if let Some(crash) = outcome.crash.take() {
+        // What went wrong before the guest failed is often its cause: show it first.
+        for problem in outcome.problems() {
+            eprintln!("vmm: {}: {problem}", file.display());
+        }
+        eprintln!(
+            "vmm: the guest failed after {} of {} steps",
+            outcome.judged, outcome.steps
+        );
+        return Err(crash.into());
     }
     if !outcome.is_clean() {
         return Err(VmmError::ScenarioFailed {

@@ -84,6 +84,18 @@ impl fmt::Display for Rule {
     }
 }
 
+impl Rule {
+    /// The rule that names the same defect whichever way the checks fell: a leaked frame is a
+    /// `no-leak-after-destroy` finding when its space is destroyed in the same batch as the
+    /// leak, and a `frame-accounting` one when a check runs between the two.
+    pub fn defect(self) -> Rule {
+        match self {
+            Rule::NoLeakAfterDestroy => Rule::FrameAccounting,
+            rule => rule,
+        }
+    }
+}
+
 /// One broken invariant, precisely located.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {

@@ -57,6 +57,9 @@ pub struct Generator {
     families: Vec<(u32, u32)>,
     /// The space and address of the last touch.
     last_touch: Option<(u32, u64)>,
+    /// Spaces the batch being generated creates or forks: the model, as of the last batch,
+    /// does not hold them yet.
+    new_spaces: u32,
 }
 
 impl Generator {
@@ -71,7 +74,28 @@ impl Generator {
             seen_out_of_memory: 0,
             families: Vec::new(),
             last_touch: None,
+            new_spaces: 0,
         }
+    }
+
+    /// A new batch begins: the model now holds every space the last one created.
+    pub fn start_batch(&mut self) {
+        self.new_spaces = 0;
+    }
+
+    /// The id the next space created or forked gets: the guest numbers them in order.
+    fn next_space_id(&self, model: &Model) -> u32 {
+        model.next_space_id().saturating_add(self.new_spaces)
+    }
+
+    /// Live spaces, counting those this batch has created or forked so far.
+    fn live_spaces(&self, model: &Model) -> usize {
+        model.spaces.len() + self.new_spaces as usize
+    }
+
+    fn create_space(&mut self) -> Op {
+        self.new_spaces += 1;
+        Op::CreateSpace
     }
 
     /// The same generator in memory-pressure mode: it fills big regions page by page until
@@ -220,7 +244,8 @@ impl Generator {
     }
 
     fn space(&mut self, model: &Model) -> u32 {
-        let live: Vec<u32> = model.spaces.keys().copied().collect();
+        let pending = model.next_space_id()..self.next_space_id(model);
+        let live: Vec<u32> = model.spaces.keys().copied().chain(pending).collect();
         if live.is_empty() || self.chance(3) {
             return self.pick(&[0, 1, 2, 99, KERNEL_SPACE - 1]);
         }
@@ -325,8 +350,10 @@ impl Generator {
     /// Forks a live space; the child is the space worked on next, half the time.
     fn fork(&mut self, model: &Model) -> Op {
         let space = self.space(model);
-        if model.spaces.contains_key(&space) {
-            let child = model.next_space_id();
+        let pending = model.next_space_id()..self.next_space_id(model);
+        if model.spaces.contains_key(&space) || pending.contains(&space) {
+            let child = self.next_space_id(model);
+            self.new_spaces += 1;
             if self.families.len() == FAMILIES {
                 self.families.remove(0);
             }
@@ -392,8 +419,9 @@ impl Generator {
 
     /// The next operation, chosen with the model's current state in view.
     pub fn next_op(&mut self, model: &Model) -> Op {
-        if model.spaces.is_empty() || (model.spaces.len() < SPACE_BUDGET && self.chance(2)) {
-            return Op::CreateSpace;
+        let live = self.live_spaces(model);
+        if live == 0 || (live < SPACE_BUDGET && self.chance(2)) {
+            return self.create_space();
         }
         if self.pressure {
             if let Some(op) = self.pressure_op(model) {
@@ -410,7 +438,7 @@ impl Generator {
                 return Op::DestroySpace { space };
             }
         }
-        if model.spaces.len() < SPACE_BUDGET && self.chance(2) {
+        if live < SPACE_BUDGET && self.chance(2) {
             return self.fork(model);
         }
         if self.chance(10) {

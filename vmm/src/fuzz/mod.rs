@@ -67,10 +67,12 @@ pub struct Failure {
 impl Failure {
     /// Whether this failure shows `target`: the same signature, or, for a checker finding, the
     /// same rule among those its check found (batches split differently as a sequence shrinks,
-    /// so two findings of one check may come apart or together).
+    /// so two findings of one check may come apart or together, and one defect may show under
+    /// either of its rules: see [`Rule::defect`]).
     pub fn shows(&self, target: &Signature) -> bool {
         &self.signature == target
-            || matches!(target, Signature::Finding(rule) if self.rules.contains(rule))
+            || matches!(target, Signature::Finding(rule)
+                if self.rules.iter().any(|found| found.defect() == rule.defect()))
     }
 }
 
@@ -381,13 +383,13 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                 // Aimed with the model as of the last batch; each op is checked for real when
                 // its result arrives.
                 let max = self.batch_size.min(*budget);
+                generator.start_batch();
                 if let Some(fb) = feedback {
                     fb.rescan();
                     if let Some(mut ops) = generator.from_corpus(&fb.corpus, &self.model, max) {
                         // An entry was recorded in another state, and mutation keeps its
                         // creates: replayed as they are, they pile up spaces past the
-                        // generator's budget (every campaign's first batch is all creates),
-                        // whose regions make every later batch cost more guest time (README,
+                        // generator's budget, whose regions make every later batch cost more guest time (README,
                         // Fuzzing results). The generator decides instead.
                         for op in ops.iter_mut().filter(|op| matches!(op, Op::CreateSpace)) {
                             *op = generator.next_op(&self.model);

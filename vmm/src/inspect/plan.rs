@@ -1,13 +1,15 @@
-//! The plan `vmm inspect` runs: three address spaces with regions of every kind of access,
-//! split by protect and unmap, some pages touched from ring 3 and some left untouched.
+//! The plan `vmm inspect` runs: four address spaces (one forked) with regions of every kind of
+//! access, split by protect and unmap, some pages touched from ring 3 and some left untouched.
 
 use crate::scenario::Expect;
-use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
+use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
 use shared_mm::abi::{FaultKind, Op, USER_SPACE_END};
 
 const URW: u32 = USER | READ | WRITE;
 const UR: u32 = USER | READ;
 const URX: u32 = USER | READ | EXECUTE;
+/// Shared anonymous memory: a fork shares it instead of copying it.
+const SHARED_URW: u32 = URW | SHARED;
 /// Kernel-only read-write: mapped in a user space, but not reachable from ring 3.
 const KRW: u32 = READ | WRITE;
 /// PROT_NONE: the region stays, nothing can access it.
@@ -72,8 +74,11 @@ pub fn relocate(op: Op, base: u64) -> Op {
 /// `0x900000` and `0x902000`, written on both sides of their boundary; 4 pages placed anywhere
 /// 2 MiB-aligned and 16 pages u-r-- placed at random, one page of each touched later.
 /// Space 2: `0x400000` u-r-- (the same address as space 1, read there), `0x1000` u-r-x executed,
-/// 2 MiB u-rw- at random, untouched. Space 3: 1 MiB u-rw- at `0x10000000` with one page written
-/// in its middle, and the top page of user space, untouched.
+/// 2 MiB u-rw- at random, untouched. Space 3: 1 MiB u-rw- at `0x10000000` with two pages
+/// written in its middle, the top page of user space, untouched, and 2 pages of shared memory
+/// at `0x20000000`, page 0 written. Space 4 is space 3's fork: it reads the first written page
+/// (still copy-on-write in both), writes the second (its own copy now) and page 1 of the shared
+/// region, which space 3 then reads.
 pub fn batches() -> Vec<Vec<Planned>> {
     use Expect::*;
     use Op::*;
@@ -304,6 +309,7 @@ pub fn batches() -> Vec<Vec<Planned>> {
             At(0x1000_0000),
         ),
         write(c, 0x1008_0000, 10),
+        write(c, 0x1008_1000, 12),
         at(
             "map the top page of user space, untouched",
             MapFixed {
@@ -313,6 +319,45 @@ pub fn batches() -> Vec<Vec<Planned>> {
                 access: URW,
             },
             At(USER_SPACE_END - 0x1000),
+        ),
+        at(
+            "map 2 pages of shared memory u-rw-",
+            MapFixed {
+                space: c,
+                addr: 0x2000_0000,
+                size: 0x2000,
+                access: SHARED_URW,
+            },
+            At(0x2000_0000),
+        ),
+        write(c, 0x2000_0000, 13),
+        // Space 4.
+        at("fork space 3 into space 4", Fork { space: c }, Value(4)),
+        at(
+            "the child reads its parent's page, still copy-on-write",
+            TouchRead {
+                space: 4,
+                addr: 0x1008_0000,
+            },
+            Value(10),
+        ),
+        write(4, 0x1008_1000, 14),
+        write(4, 0x2000_1000, 15),
+        at(
+            "the parent reads what the child wrote to shared memory",
+            TouchRead {
+                space: c,
+                addr: 0x2000_1000,
+            },
+            Value(15),
+        ),
+        at(
+            "the parent keeps its own copy of the page the child wrote",
+            TouchRead {
+                space: c,
+                addr: 0x1008_1000,
+            },
+            Value(12),
         ),
     ];
     let anywhere = first

@@ -1,9 +1,9 @@
 //! The SVG map of a [`Report`]: one band per address space, its regions as boxes in address
 //! order (width growing with log2 of the size, so a single page stays visible next to a 64 MiB
 //! region), present pages as marks inside them, holes as fixed-width breaks labelled with their
-//! size, colours by access, and a legend.
+//! size, colours by access, stripes over copy-on-write and shared pages, and a legend.
 
-use super::{human_size, Owner, Report, SpaceReport, PAGE};
+use super::{human_size, Owner, Report, Sharing, SpaceReport, PAGE};
 use crate::checker::access_string;
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{KERNEL_SPACE_BASE, USER_SPACE_BASE, USER_TRAMPOLINE};
@@ -25,6 +25,10 @@ const LEGEND_ROW: f64 = 22.0;
 const LEGEND_COLUMN: f64 = 300.0;
 /// The mark of a present page where no region is: always a bug.
 const BUG: &str = "#d50000";
+/// The stripe over a copy-on-write page's mark.
+const COW: &str = "#6a1b9a";
+/// The stripe over the mark of a page of shared memory.
+const SHARED_MEMORY: &str = "#00838f";
 
 /// Box fill, page-mark colour and legend text of each access class.
 const PALETTE: [(&str, &str, &str); 7] = [
@@ -295,6 +299,23 @@ fn draw_marks(out: &mut String, space: &SpaceReport, segments: &[Segment], y: f6
             y + BOX_H - MARK_H - 2.0,
             PALETTE[colour].1,
         );
+        if let Some(stripe) = sharing_stripe(row.sharing) {
+            let _ = writeln!(
+                out,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{w:.1}" height="3" fill="{stripe}"><title>{} {title}</title></rect>"#,
+                y + BOX_H - MARK_H - 6.0,
+                row.sharing.name(),
+            );
+        }
+    }
+}
+
+/// The colour of the stripe above a page mark that is shared: copy-on-write or shared memory.
+fn sharing_stripe(sharing: Sharing) -> Option<&'static str> {
+    match sharing {
+        Sharing::Private => None,
+        Sharing::CopyOnWrite => Some(COW),
+        Sharing::Shared => Some(SHARED_MEMORY),
     }
 }
 
@@ -328,6 +349,12 @@ fn draw_legend(out: &mut String, y: f64, width: f64) -> f64 {
         .collect();
     entries.push(format!(
         r##"<rect width="26" height="14" fill="white" stroke="#455a64"/>{marks}<text x="34" y="11">present pages: colour = page perms</text>"##
+    ));
+    entries.push(format!(
+        r##"<rect width="22" height="14" fill="white" stroke="#455a64"/><rect x="2" y="3" width="18" height="3" fill="{COW}"/><text x="30" y="11">stripe: copy-on-write page (frame shared after fork)</text>"##
+    ));
+    entries.push(format!(
+        r##"<rect width="22" height="14" fill="white" stroke="#455a64"/><rect x="2" y="3" width="18" height="3" fill="{SHARED_MEMORY}"/><text x="30" y="11">stripe: page of shared memory</text>"##
     ));
     entries.push(format!(
         r##"<rect width="22" height="14" fill="{BUG}"/><text x="30" y="11">present page in a hole (a bug)</text>"##

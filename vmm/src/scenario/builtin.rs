@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 pub const SELF_CHECK_NAME: &str = "self-check.scn";
 /// The self-check: every operation kind and edge case, in batches of eight.
 pub const SELF_CHECK: &str = include_str!("../../scenarios/self-check.scn");
-/// The seeded-bug bait: four batches.
+/// The seeded-bug bait: seven batches, the last three around a fork.
 pub const BUG_BAIT: &str = include_str!("../../scenarios/bug-bait.scn");
 
 fn builtin(text: &str) -> Scenario {
@@ -24,7 +24,7 @@ pub fn self_check() -> Scenario {
     builtin(SELF_CHECK)
 }
 
-/// A short scenario in four batches that springs each seeded bug of the guest (see the `bug-*`
+/// A short scenario in seven batches that springs each seeded bug of the guest (see the `bug-*`
 /// features in guest-kernel/Cargo.toml): the agreement checker runs between batches, and each
 /// step's expectation catches what the checker cannot see.
 pub fn bug_bait() -> Scenario {
@@ -142,7 +142,7 @@ mod tests {
         // As the Rust tables had them: 56 steps in batches of 8; the bait in 6, 5, 7 and 1.
         let batches = |s: Scenario| s.batches.iter().map(Vec::len).collect::<Vec<_>>();
         assert_eq!(batches(self_check()), [8; 7]);
-        assert_eq!(batches(bug_bait()), [6, 5, 7, 1]);
+        assert_eq!(batches(bug_bait()), [6, 5, 7, 1, 10, 6, 5]);
     }
 
     #[test]

@@ -156,13 +156,16 @@ pub struct Outcome {
     pub finding_lines: Vec<Option<usize>>,
     /// How many times the agreement checker ran (0 in an unchecked run).
     pub checks_run: usize,
-    /// The guest's exit status.
+    /// The guest's exit status (0 when it failed).
     pub exit_status: u32,
+    /// The guest failure (a panic, triple fault, hang or protocol error) that ended the run
+    /// before its end; what was judged and found before it is kept above.
+    pub crash: Option<VmmError>,
 }
 
 impl Outcome {
     pub fn is_clean(&self) -> bool {
-        self.mismatches.is_empty() && self.findings.is_empty()
+        self.mismatches.is_empty() && self.findings.is_empty() && self.crash.is_none()
     }
 
     /// Each mismatch and each finding, one line apiece, in line order.
@@ -184,18 +187,25 @@ impl Outcome {
     }
 }
 
-/// Runs `scenario` on `vm`, with the agreement checker after every batch if `check`.
+/// Runs `scenario` on `vm`, with the agreement checker after every batch if `check`. A guest
+/// failure ends the run with what was found before it (see [`Outcome::crash`]); an error of the
+/// host is an error.
 pub fn run(vm: &mut Guest, scenario: &Scenario, check: bool) -> Result<Outcome, VmmError> {
     let mut runner = Runner::new(scenario);
-    let (exit_status, findings, checks_run) = if check {
+    let (ended, findings, checks_run) = if check {
         let mut checked = Checked::new(runner);
-        let status = vm.run(&mut checked)?;
+        let ended = vm.run(&mut checked);
         let findings = std::mem::take(&mut checked.findings);
         let checks_run = checked.checks_run;
         runner = checked.into_inner();
-        (status, findings, checks_run)
+        (ended, findings, checks_run)
     } else {
-        (vm.run(&mut runner)?, Vec::new(), 0)
+        (vm.run(&mut runner), Vec::new(), 0)
+    };
+    let (exit_status, crash) = match ended {
+        Ok(status) => (status, None),
+        Err(e) if e.is_guest_failure() => (0, Some(e)),
+        Err(e) => return Err(e),
     };
     let finding_lines = findings
         .iter()
@@ -208,6 +218,7 @@ pub fn run(vm: &mut Guest, scenario: &Scenario, check: bool) -> Result<Outcome, 
         finding_lines,
         checks_run,
         exit_status,
+        crash,
         mismatches: runner.mismatches,
     })
 }
