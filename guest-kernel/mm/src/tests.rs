@@ -1,10 +1,12 @@
 //! Unit tests of the MM library on the test machine: splitting and rollback, demand paging,
-//! frame reuse, and the flushes each change owes the TLB.
+//! frame reuse, the flushes each change owes the TLB, and sharing: fork, copy-on-write and
+//! shared memory.
 
 use crate::test_machine::{boot_info, Event, TestMachine, BOOT_PML4};
 use crate::{Bug, MemoryManager, SeededBugs};
-use shared_mm::abi::access_bits::{READ, USER, WRITE};
+use shared_mm::abi::access_bits::{READ, SHARED, USER, WRITE};
 use shared_mm::abi::{FaultKind, Op, OpResult, RegionRecord, Status};
+use shared_mm::pte::PageTableFlags;
 
 const URW: u32 = USER | READ | WRITE;
 const BASE: u64 = 0x40_0000;
@@ -313,4 +315,141 @@ fn every_seeded_bug_has_a_feature_name_that_parses_back() {
         assert_eq!(Bug::from_feature(bug.feature()), Some(bug));
     }
     assert_eq!(Bug::from_feature("bug-nonexistent"), None);
+}
+
+/// The frame and writability of `va` in `space`'s page tables.
+fn leaf(mm: &MemoryManager<TestMachine>, space: u32, va: u64) -> Option<(u64, bool)> {
+    let space = mm.space(space).expect("space exists");
+    let (frame, flags) = space.directory().translate(va, mm.machine())?;
+    Some((frame.0, flags.contains(PageTableFlags::WRITABLE)))
+}
+
+fn refs(mm: &MemoryManager<TestMachine>) -> Vec<(u64, u32)> {
+    mm.shared_frames().map(|r| (r.frame, r.refs)).collect()
+}
+
+#[test]
+fn fork_shares_frames_read_only_and_a_write_copies_once() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    write(&mut mm, BASE, 0x11);
+    let (frame, _) = leaf(&mm, 1, BASE).expect("written");
+    mm.machine_mut().events.clear();
+    assert_eq!(mm.execute(Op::Fork { space: 1 }).value, 2);
+    assert_eq!(leaf(&mm, 1, BASE), Some((frame, false)), "parent read-only");
+    assert!(
+        flushes(&mm).contains(&BASE),
+        "the parent's W entry is flushed"
+    );
+    assert_eq!(refs(&mm), [(frame, 2)]);
+    let child_read = Op::TouchRead {
+        space: 2,
+        addr: BASE,
+    };
+    assert_eq!(
+        mm.execute(child_read).value,
+        0x11,
+        "the child sees the data"
+    );
+    assert_eq!(
+        leaf(&mm, 2, BASE),
+        Some((frame, false)),
+        "one frame, read-only"
+    );
+    // The child's write copies; the parent keeps its data and, as the last holder, its frame.
+    let child_write = Op::TouchWrite {
+        space: 2,
+        addr: BASE,
+        value: 0x22,
+    };
+    assert_eq!(mm.execute(child_write).value, 0x22);
+    let (copy, writable) = leaf(&mm, 2, BASE).expect("mapped");
+    assert!(copy != frame && writable);
+    assert!(refs(&mm).is_empty(), "{:?}", refs(&mm));
+    assert_eq!(read(&mut mm, BASE).value, 0x11);
+    let free = mm.free_frames();
+    assert_eq!(write(&mut mm, BASE, 0x33).value, 0x33);
+    assert_eq!(
+        leaf(&mm, 1, BASE),
+        Some((frame, true)),
+        "reused, not copied"
+    );
+    assert_eq!(mm.free_frames(), free);
+}
+
+#[test]
+fn shared_memory_is_one_frame_for_both_and_lives_until_the_last_unmap() {
+    let mut mm = mm_with(SeededBugs::NONE);
+    assert_eq!(mm.execute(Op::CreateSpace).value, 1);
+    let map = Op::MapFixed {
+        space: 1,
+        addr: BASE,
+        size: PAGE,
+        access: URW | SHARED,
+    };
+    assert_eq!(mm.execute(map).addr, BASE);
+    write(&mut mm, BASE, 0x44);
+    assert_eq!(mm.execute(Op::Fork { space: 1 }).value, 2);
+    let child_write = Op::TouchWrite {
+        space: 2,
+        addr: BASE,
+        value: 0x55,
+    };
+    assert_eq!(mm.execute(child_write).value, 0x55);
+    assert_eq!(read(&mut mm, BASE).value, 0x55, "the parent sees the write");
+    let (frame, writable) = leaf(&mm, 1, BASE).expect("mapped");
+    assert!(writable, "shared memory is never copy-on-write");
+    assert_eq!(leaf(&mm, 2, BASE), Some((frame, true)));
+    mm.machine_mut().events.clear();
+    let unmap = Op::Unmap {
+        space: 1,
+        addr: BASE,
+        size: PAGE,
+    };
+    assert_eq!(mm.execute(unmap).status, Status::Ok);
+    let freed =
+        |mm: &MemoryManager<TestMachine>| mm.machine().events.contains(&Event::Freed(frame));
+    assert!(!freed(&mm), "the child still maps it");
+    let child_read = Op::TouchRead {
+        space: 2,
+        addr: BASE,
+    };
+    assert_eq!(mm.execute(child_read).value, 0x55);
+    assert_eq!(mm.execute(Op::DestroySpace { space: 2 }).status, Status::Ok);
+    assert!(freed(&mm), "the last reference is gone");
+}
+
+#[test]
+fn protect_cannot_add_or_drop_sharing() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    let protect = |access| Op::Protect {
+        space: 1,
+        addr: BASE,
+        size: PAGE,
+        access,
+    };
+    assert_eq!(mm.execute(protect(URW | SHARED)).status, Status::BadAccess);
+    assert_eq!(regions(&mm), [(BASE, 4 * PAGE, URW)], "unchanged");
+}
+
+#[test]
+fn seeded_sharing_bugs_are_planted() {
+    let forked = |bug| {
+        let mut mm = mm_with_region(SeededBugs::NONE.with(bug));
+        write(&mut mm, BASE, 1);
+        mm.machine_mut().events.clear();
+        mm.execute(Op::Fork { space: 1 });
+        mm
+    };
+    let mm = forked(Bug::ForkParentWritable);
+    assert_eq!(leaf(&mm, 1, BASE).map(|(_, w)| w), Some(true));
+    let mm = forked(Bug::ForkNoFlush);
+    assert_eq!(leaf(&mm, 1, BASE).map(|(_, w)| w), Some(false));
+    assert!(flushes(&mm).is_empty(), "{:?}", mm.machine().events);
+    let mut mm = forked(Bug::CowNoCopy);
+    let (frame, _) = leaf(&mm, 1, BASE).expect("mapped");
+    write(&mut mm, BASE, 2);
+    assert_eq!(leaf(&mm, 1, BASE), Some((frame, true)), "no copy made");
+    let mut mm = forked(Bug::RefcountLeak);
+    write(&mut mm, BASE, 2);
+    assert_eq!(refs(&mm).len(), 1, "the old frame keeps a reference");
 }

@@ -159,7 +159,7 @@ fn materialize(ops: &[Op], creators: &[Option<usize>], kept: &[usize]) -> Vec<Op
 }
 
 /// Simpler versions of `op`, simplest first: fewer pages, a page-aligned touch, the value 1,
-/// plain read-write access. Space ids and placements stay.
+/// plain read-write access, a new space for a fork. Space ids and placements stay.
 fn simpler(op: Op) -> Vec<Op> {
     let sizes = |size: u64| -> Vec<u64> {
         let half = (size / 2) & !(PAGE - 1);
@@ -238,6 +238,9 @@ fn simpler(op: Op) -> Vec<Op> {
             size,
             access,
         })),
+        // A fresh space instead of a copy: the parent can then go too, unless sharing is
+        // what fails.
+        Op::Fork { .. } => out.push(Op::CreateSpace),
         Op::TouchRead { space, addr } => {
             out.extend(aligned(addr).map(|addr| Op::TouchRead { space, addr }))
         }
@@ -267,11 +270,7 @@ fn simpler(op: Op) -> Vec<Op> {
                 });
             }
         }
-        Op::CreateSpace
-        | Op::DestroySpace { .. }
-        | Op::Fork { .. }
-        | Op::Snapshot { .. }
-        | Op::Frames { .. } => {}
+        Op::CreateSpace | Op::DestroySpace { .. } | Op::Snapshot { .. } | Op::Frames { .. } => {}
     }
     out
 }

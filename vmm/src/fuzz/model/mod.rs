@@ -869,4 +869,90 @@ mod tests {
         };
         assert!(m.apply(&trampoline, &want).is_none());
     }
+
+    fn value(value: u64) -> OpResult {
+        OpResult {
+            value,
+            ..OpResult::ok()
+        }
+    }
+
+    /// `model()` with 0x400000 written, a shared page at 0x500000 written, and space 1
+    /// forked into space 2.
+    fn forked() -> Model {
+        let mut m = model();
+        let shared = Op::MapFixed {
+            space: 1,
+            addr: 0x50_0000,
+            size: PAGE,
+            access: URW | SHARED,
+        };
+        assert!(m.apply(&shared, &ok_at(0x50_0000)).is_none());
+        for (addr, v) in [(0x40_0000, 1), (0x50_0000, 2)] {
+            let write = Op::TouchWrite {
+                space: 1,
+                addr,
+                value: v,
+            };
+            assert!(m.apply(&write, &value(v)).is_none());
+        }
+        assert!(m.apply(&Op::Fork { space: 1 }, &value(2)).is_none());
+        m
+    }
+
+    #[test]
+    fn after_fork_private_memory_is_a_copy_and_shared_memory_is_shared() {
+        let mut m = forked();
+        let write = |space, addr, v| Op::TouchWrite {
+            space,
+            addr,
+            value: v,
+        };
+        let read = |space, addr| Op::TouchRead { space, addr };
+        assert!(m.apply(&read(2, 0x40_0000), &value(1)).is_none());
+        assert!(m.apply(&write(2, 0x40_0000, 3), &value(3)).is_none());
+        assert!(
+            m.apply(&read(1, 0x40_0000), &value(1)).is_none(),
+            "own copy"
+        );
+        assert!(m.apply(&read(1, 0x40_0000), &value(3)).is_some());
+        assert!(m.apply(&write(2, 0x50_0000, 4), &value(4)).is_none());
+        assert!(m.apply(&read(1, 0x50_0000), &value(4)).is_none(), "shared");
+        assert!(m.apply(&read(1, 0x50_0000), &value(2)).is_some());
+    }
+
+    #[test]
+    fn shared_values_live_until_the_last_unmap() {
+        let mut m = forked();
+        let unmap = Op::Unmap {
+            space: 1,
+            addr: 0x50_0000,
+            size: PAGE,
+        };
+        assert!(m.apply(&unmap, &OpResult::ok()).is_none());
+        let read = Op::TouchRead {
+            space: 2,
+            addr: 0x50_0000,
+        };
+        assert!(m.apply(&read, &value(2)).is_none());
+        let protect = Op::Protect {
+            space: 2,
+            addr: 0x50_0000,
+            size: PAGE,
+            access: URW | SHARED,
+        };
+        let refused = OpResult::error(Status::BadAccess);
+        assert!(
+            m.apply(&protect, &refused).is_none(),
+            "SHARED is set at map time only"
+        );
+    }
+
+    #[test]
+    fn a_fork_of_no_space_is_an_error_and_makes_none() {
+        let mut m = model();
+        let missing = OpResult::error(Status::NoSuchSpace);
+        assert!(m.apply(&Op::Fork { space: 9 }, &missing).is_none());
+        assert_eq!(m.next_space_id(), 2);
+    }
 }
