@@ -968,12 +968,17 @@ fn fuzz_backends(rows: &mut Vec<Row>) {
     );
     for bug in Bug::ALL {
         eprintln!("bench: {} on sim, found and shrunk", bug.feature());
-        let config = campaign(
+        let mut config = campaign(
             Backend::Sim,
             100_000,
             SeededBugs::NONE.with(bug),
             bug.feature(),
         );
+        if bug == Bug::DoubleAllocEndOfRam {
+            // Only running out of frames reaches the end of RAM (as in tests/tests/fuzz.rs).
+            config.pressure = true;
+            config.vm.memory = 16 << 20;
+        }
         let report = run_campaign_or_die(&config);
         let Some(found) = report.bugs.first() else {
             rows.push(

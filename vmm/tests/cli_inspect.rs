@@ -35,7 +35,10 @@ fn json_goes_to_stdout_alone() {
         .iter()
         .filter_map(|s| s["name"].as_str())
         .collect();
-    assert_eq!(names, ["space 1", "space 2", "space 3", "kernel"]);
+    assert_eq!(
+        names,
+        ["space 1", "space 2", "space 3", "space 4", "kernel"]
+    );
 }
 
 #[test]

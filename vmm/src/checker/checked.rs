@@ -81,9 +81,15 @@ impl<D: Driver> Checked<D> {
         self.inner
     }
 
-    /// The live spaces to walk now: the changed and the new ones, or all of them on a full check.
-    /// Spaces gone since the last check are forgotten.
-    fn spaces_to_walk(&mut self, mem: &GuestMemoryMmap, spaces: &[SpaceRecord]) -> Vec<u32> {
+    /// The live spaces to walk now (the changed and the new ones, or all of them on a full
+    /// check), and those that need only report their frames again: the other holders of a
+    /// shared object a changed space holds, whose tables did not change but whose object may
+    /// have gained or lost pages. Spaces gone since the last check are forgotten.
+    fn spaces_to_walk(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        spaces: &[SpaceRecord],
+    ) -> (Vec<u32>, Vec<u32>) {
         let agreement = self
             .agreement
             .get_or_insert_with(|| Agreement::for_memory(mem));
@@ -96,14 +102,16 @@ impl<D: Driver> Checked<D> {
         let full = self.checks_run.is_multiple_of(FULL_CHECK_EVERY);
         self.full = full;
         // A space gone since may have given a shared object pages on its way out.
-        let changed = self.sharers_of_dirty();
+        let sharers = self.sharers_of_dirty();
         self.objects.retain(|s, _| live.contains(s));
-        live.into_iter()
-            .filter(|s| full || changed.contains(s) || !known.contains(s))
-            .collect()
+        let (walk, rest): (Vec<u32>, Vec<u32>) = live
+            .into_iter()
+            .partition(|s| full || self.dirty.contains(s) || !known.contains(s));
+        let report = rest.into_iter().filter(|s| sharers.contains(s)).collect();
+        (walk, report)
     }
 
-    /// The dirty spaces, and every space holding a shared object one of them holds.
+    /// Every space holding a shared object one of the dirty spaces holds.
     fn sharers_of_dirty(&self) -> BTreeSet<u32> {
         let touched: BTreeSet<u64> = self
             .dirty
@@ -112,15 +120,14 @@ impl<D: Driver> Checked<D> {
             .flatten()
             .copied()
             .collect();
-        let mut changed = self.dirty.clone();
-        if !touched.is_empty() {
-            let sharers = self
-                .objects
-                .iter()
-                .filter(|(_, held)| !held.is_disjoint(&touched));
-            changed.extend(sharers.map(|(&s, _)| s));
+        if touched.is_empty() {
+            return BTreeSet::new();
         }
-        changed
+        self.objects
+            .iter()
+            .filter(|(_, held)| !held.is_disjoint(&touched))
+            .map(|(&s, _)| s)
+            .collect()
     }
 
     /// Runs the checks on the snapshots received; returns their findings, trace findings first
@@ -183,12 +190,13 @@ impl<D: Driver> Driver for Checked<D> {
             self.held_results = Some(results.to_vec());
             self.snapshots.clear();
             self.frame_reports = FrameReports::default();
-            let walk = self.spaces_to_walk(mem, spaces);
+            let (walk, report) = self.spaces_to_walk(mem, spaces);
+            self.snapshots_asked += 1 + walk.len();
             let ops: Vec<Op> = std::iter::once(KERNEL_SPACE)
                 .chain(walk)
                 .flat_map(|space| [Op::Snapshot { space }, Op::Frames { space }])
+                .chain(report.into_iter().map(|space| Op::Frames { space }))
                 .collect();
-            self.snapshots_asked += ops.len() / 2;
             return Ok(Some(ops));
         };
         let run = self.checks_run;
