@@ -382,6 +382,16 @@ impl TableCursor {
     fn entry(&self, index: usize) -> PageTableEntry {
         PageTableEntry::from_le_bytes(self.bytes.as_chunks::<ENTRY_SIZE>().0[index])
     }
+
+    /// The index of the next present entry at or after `next` (before `end`), or `end`: most
+    /// entries of a sparse space's tables are empty, and one tight scan skips them.
+    fn next_present(&self) -> usize {
+        let entries = &self.bytes.as_chunks::<ENTRY_SIZE>().0[..self.end];
+        entries[self.next.min(self.end)..]
+            .iter()
+            .position(|raw| raw[0] & 1 != 0)
+            .map_or(self.end, |i| self.next + i)
+    }
 }
 
 /// Iterator over present leaves, from [`leaves`] or [`leaves_in`].
@@ -478,6 +488,7 @@ impl<M: GuestMemory + ?Sized> Iterator for Leaves<'_, M> {
         }
         while let Some(top) = self.depth.checked_sub(1) {
             let cursor = &mut self.cursors[top];
+            cursor.next = cursor.next_present();
             if cursor.next >= cursor.end {
                 self.depth = top;
                 continue;
@@ -485,9 +496,6 @@ impl<M: GuestMemory + ?Sized> Iterator for Leaves<'_, M> {
             let index = cursor.next;
             cursor.next += 1;
             let entry = cursor.entry(index);
-            if !entry.is_present() {
-                continue;
-            }
             let span = cursor.level.entry_span();
             let va = sign_extend(cursor.base + index as u64 * span);
             match step(entry, cursor.level, va, cursor.perms) {
