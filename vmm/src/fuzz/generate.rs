@@ -334,7 +334,10 @@ impl Generator {
     /// Changes the access of a page that is present already, to any mask (kernel-only and
     /// invalid ones too).
     fn protect_present(&mut self, space: u32, s: &SpaceModel) -> Option<Op> {
-        let pages: Vec<u64> = s.committed_pages().collect();
+        let mut pages: Vec<u64> = s.committed_pages().collect();
+        // In order: a hash set's order differs between runs, and the same seed must give the
+        // same operations.
+        pages.sort_unstable();
         if pages.is_empty() {
             return None;
         }
