@@ -221,17 +221,9 @@ impl std::error::Error for VmmError {}
 
 impl VmmError {
     /// Whether the guest failed (panicked, triple-faulted, hung, halted or broke the protocol),
-    /// as opposed to the host or its input.
+    /// as opposed to the host or its input: the exit codes the README gives guest failures.
     pub fn is_guest_failure(&self) -> bool {
-        match self {
-            VmmError::GuestPanic { .. }
-            | VmmError::TripleFault { .. }
-            | VmmError::GuestHalted { .. }
-            | VmmError::GuestProtocol(_)
-            | VmmError::Timeout { .. } => true,
-            VmmError::Driver(e) => e.is_guest_fault(),
-            _ => false,
-        }
+        matches!(self.exit_code(), 101..=103 | 124)
     }
 
     /// The process exit status the CLI uses for this error.

@@ -88,6 +88,11 @@ impl Generator {
         model.next_space_id().saturating_add(self.new_spaces)
     }
 
+    /// The ids of the spaces this batch has created or forked so far.
+    fn pending_spaces(&self, model: &Model) -> std::ops::Range<u32> {
+        model.next_space_id()..self.next_space_id(model)
+    }
+
     /// Live spaces, counting those this batch has created or forked so far.
     fn live_spaces(&self, model: &Model) -> usize {
         model.spaces.len() + self.new_spaces as usize
@@ -244,7 +249,7 @@ impl Generator {
     }
 
     fn space(&mut self, model: &Model) -> u32 {
-        let pending = model.next_space_id()..self.next_space_id(model);
+        let pending = self.pending_spaces(model);
         let live: Vec<u32> = model.spaces.keys().copied().chain(pending).collect();
         if live.is_empty() || self.chance(3) {
             return self.pick(&[0, 1, 2, 99, KERNEL_SPACE - 1]);
@@ -353,8 +358,7 @@ impl Generator {
     /// Forks a live space; the child is the space worked on next, half the time.
     fn fork(&mut self, model: &Model) -> Op {
         let space = self.space(model);
-        let pending = model.next_space_id()..self.next_space_id(model);
-        if model.spaces.contains_key(&space) || pending.contains(&space) {
+        if model.spaces.contains_key(&space) || self.pending_spaces(model).contains(&space) {
             let child = self.next_space_id(model);
             self.new_spaces += 1;
             if self.families.len() == FAMILIES {
