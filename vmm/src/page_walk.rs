@@ -389,7 +389,7 @@ impl TableCursor {
         let entries = &self.bytes.as_chunks::<ENTRY_SIZE>().0[..self.end];
         entries[self.next.min(self.end)..]
             .iter()
-            .position(|raw| raw[0] & 1 != 0)
+            .position(|raw| PageTableEntry::from_le_bytes(*raw).is_present())
             .map_or(self.end, |i| self.next + i)
     }
 }
