@@ -182,6 +182,8 @@ fn memory_pressure_reaches_the_end_of_ram_and_finds_its_double_allocation() {
         ),
         "{found:#?}"
     );
+    // The exhaustion skeleton: fill RAM to the last frame, then fault once more.
+    assert!(found.repro_len <= 8, "{found:#?}");
 }
 
 #[test]

@@ -263,7 +263,15 @@ impl Shared<'_> {
             Ok(pinned.filter(|f| f.shows(&target)))
         };
         if let Some(twin) = &config.shrink_on {
-            let shrunk = shrink(twin, ops, results, &target, config.shrink_budget)?.ops;
+            let shrunk = shrink(
+                twin,
+                ops,
+                results,
+                &target,
+                config.shrink_budget,
+                config.pressure,
+            )?
+            .ops;
             if let Some(pinned) = confirmed(&shrunk)? {
                 return Ok((shrunk, pinned));
             }
@@ -272,7 +280,15 @@ impl Shared<'_> {
                 twin.backend, config.vm.backend
             ));
         }
-        let shrunk = shrink(&config.vm, ops, results, &target, config.shrink_budget)?.ops;
+        let shrunk = shrink(
+            &config.vm,
+            ops,
+            results,
+            &target,
+            config.shrink_budget,
+            config.pressure,
+        )?
+        .ops;
         let pinned = confirmed(&shrunk)?;
         Ok((shrunk, pinned.unwrap_or(failure)))
     }

@@ -5,6 +5,7 @@
 
 pub mod campaign;
 pub mod corpus;
+pub mod exhaustion;
 pub mod generate;
 pub mod model;
 pub mod rebase;
@@ -557,6 +558,17 @@ pub fn replay(
 ) -> Result<Option<(Failure, usize)>, VmmError> {
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
     replay_session(config, session, check)
+}
+
+/// [`replay`], returning the whole run: what was sent, the results and the failure.
+pub fn replay_run(
+    config: &VmConfig,
+    ops: &[Op],
+    batch: usize,
+    check: bool,
+) -> Result<Run, VmmError> {
+    let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
+    run_session(config, session, check)
 }
 
 /// [`replay`] one op per batch, with the checker, asking `stop` to stop the guest under gdb

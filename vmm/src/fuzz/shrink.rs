@@ -14,7 +14,8 @@
 //! The budget counts replays, never seconds: the same failure shrinks to the same reproducer
 //! on any machine and under any load.
 
-use super::{rebase, replay, Signature};
+use super::exhaustion::{self, Probe};
+use super::{rebase, replay, replay_run, Signature};
 use crate::{VmConfig, VmmError};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE};
@@ -415,30 +416,57 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
         spaces.dedup();
         // All spaces together first: a fork's child has its parent's layout.
         for space in std::iter::once(None).chain(spaces.into_iter().map(Some)) {
-            for ops in rebase::candidates(&self.ops, &self.kept, space) {
-                let kept = self.kept.clone();
-                if self.exhausted || self.try_candidate(&ops, &kept)? {
-                    break;
-                }
-            }
+            // Each move lowers the space's lowest address, so this ends; moving again at once
+            // saves a round of every pass per move.
+            while self.rebase_once(space)? {}
         }
         Ok(())
     }
 
-    /// Replaces kept operations by simpler ones that still fail.
+    /// Moves the addresses of `space` (of all spaces, for `None`) down once, if the failure
+    /// stays with any of the candidates.
+    fn rebase_once(&mut self, space: Option<u32>) -> Result<bool, VmmError> {
+        for ops in rebase::candidates(&self.ops, &self.kept, space) {
+            let kept = self.kept.clone();
+            if self.exhausted {
+                return Ok(false);
+            }
+            if self.try_candidate(&ops, &kept)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Replaces kept operations by simpler ones that still fail. An operation that took a
+    /// simpler form is tried again at once: a size halves down to what the failure needs in
+    /// one pass, not one halving per round of all the passes.
     fn simplify(&mut self) -> Result<(), VmmError> {
         let mut at = 0;
+        // The variants of the operation at `at` that did not fail (a one-page size need not
+        // be tried again after each halving).
+        let mut failed: Vec<Op> = Vec::new();
         while at < self.kept.len() && !self.exhausted {
             let i = self.kept[at];
+            let mut simplified = false;
             for variant in simpler(self.ops[i]) {
+                if failed.contains(&variant) {
+                    continue;
+                }
                 let mut ops = self.ops.clone();
                 ops[i] = variant;
                 let kept = self.kept.clone();
                 if self.try_candidate(&ops, &kept)? {
+                    simplified = true;
                     break;
                 }
+                failed.push(variant);
             }
-            at += 1;
+            // A candidate that fails earlier can cut `kept` short of `at`.
+            if !simplified || self.kept.get(at) != Some(&i) {
+                at += 1;
+                failed.clear();
+            }
         }
         Ok(())
     }
@@ -525,12 +553,15 @@ pub fn pin_placements(ops: &[Op], results: &[OpResult]) -> Vec<Op> {
 /// Shrinks `ops` (whose results, as far as they came, are `results`), replaying each candidate
 /// on a fresh guest and keeping those that fail with `target`. Placements are pinned first when
 /// the pinned sequence still fails the same way (a placement bug may need them unpinned).
+/// When the run came near exhausting memory (`near_exhaustion`, or a result that ran out), the
+/// [`exhaustion`] skeleton is tried first.
 pub fn shrink(
     config: &VmConfig,
     ops: &[Op],
     results: &[OpResult],
     target: &Signature,
     budget: Budget,
+    near_exhaustion: bool,
 ) -> Result<Shrunk, VmmError> {
     // Only agreement-checker findings need the checker; results are checked op by op anyway.
     let check = matches!(target, Signature::Finding(_));
@@ -541,12 +572,32 @@ pub fn shrink(
             .map(|(_, prefix)| prefix))
     };
     let pinned = pin_placements(ops, results);
-    let start = if pinned != ops && still_fails(&pinned)?.is_some() {
+    let mut start = if pinned != ops && still_fails(&pinned)?.is_some() {
         pinned
     } else {
         ops.to_vec()
     };
-    shrink_with(&start, budget, still_fails)
+    // A failure that came with memory running out may need nothing but RAM filled to one
+    // exact level, which no dropping or halving of operations hits.
+    let mut left = budget.max_replays;
+    if near_exhaustion || results.iter().any(|r| r.status == Status::OutOfMemory) {
+        let exhausted = |candidate: &[Op]| -> Result<Probe, VmmError> {
+            let run = replay_run(config, candidate, SHRINK_BATCH, check)?;
+            Ok(if run.failure.is_some_and(|f| f.shows(target)) {
+                Probe::Fails
+            } else if run.results.iter().any(|r| r.status == Status::OutOfMemory) {
+                Probe::OutOfMemory
+            } else {
+                Probe::Short
+            })
+        };
+        if let Some(skeleton) = exhaustion::search(config.memory / PAGE, &mut left, exhausted)? {
+            start = skeleton;
+        }
+    }
+    let mut shrunk = shrink_with(&start, Budget { max_replays: left }, still_fails)?;
+    shrunk.replays += budget.max_replays - left;
+    Ok(shrunk)
 }
 
 #[cfg(test)]
