@@ -4,13 +4,13 @@
 
 use crate::arch::{gdt::ENTRY_GDT, paging};
 use crate::error::VmmError;
-use crate::loader::{self, LoadedKernel};
+use crate::loader::{self, Layout, LoadedKernel};
 use crate::vm::VmConfig;
 use shared_mm::boot_info::{
     BootInfo, MemoryKind, MemoryRegion, BOOT_FLAG_TRACE, BOOT_GDT_ADDR, BOOT_INFO_ADDR,
     LOW_RESERVED_END, MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest RAM ready to boot.
 pub struct BootMemory {
@@ -108,6 +108,40 @@ pub fn prepare(config: &VmConfig) -> Result<BootMemory, VmmError> {
             source,
         })?;
     let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
+    write_boot_data(config, mem, kernel)
+}
+
+/// RAM a guest booted on and wrote nothing else into since (or whose other writes were undone):
+/// its kernel image as laid out, and the boot data of its RAM size.
+pub struct UsedRam {
+    pub mem: GuestMemoryMmap,
+    pub kernel: LoadedKernel,
+    pub layout: Layout,
+}
+
+/// [`prepare`] on `used` where it holds this kernel laid out the same way and is of this RAM
+/// size: the kernel is left in place and the boot data written over the old (the same boot
+/// tables, a boot info that may differ only in fields that are always written). Anything else
+/// gets fresh RAM.
+pub fn prepare_on(config: &VmConfig, used: UsedRam) -> Result<(BootMemory, Layout), VmmError> {
+    check(config)?;
+    let layout = loader::layout(&config.kernel, config.memory)?;
+    let same = used.layout == layout
+        && used.mem.last_addr().0.checked_add(1) == Some(config.memory)
+        && loader::holds(&used.mem, &config.kernel, &layout);
+    if !same {
+        return Ok((prepare(config)?, layout));
+    }
+    Ok((write_boot_data(config, used.mem, used.kernel)?, layout))
+}
+
+/// Writes the boot info, the entry GDT and the boot page tables into `mem`, which holds
+/// `kernel`.
+fn write_boot_data(
+    config: &VmConfig,
+    mem: GuestMemoryMmap,
+    kernel: LoadedKernel,
+) -> Result<BootMemory, VmmError> {
     let (regions, region_count) = memory_map(config.memory, &kernel);
     let info = BootInfo {
         ram_size: config.memory,

@@ -5,7 +5,7 @@ use crate::error::VmmError;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use shared_mm::boot_info::KERNEL_PHYS_BASE;
 use std::io::Cursor;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const PT_LOAD: u32 = 1;
 
@@ -27,9 +27,47 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(b[off..off + 8].try_into().expect("8-byte slice"))
 }
 
+/// One loadable segment: `memsz` bytes at guest-physical `paddr`, the first `filesz` of them
+/// from file offset `offset` (the rest zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub paddr: u64,
+    pub offset: u64,
+    pub filesz: u64,
+    pub memsz: u64,
+}
+
+/// Where a kernel image goes: its entry point and its loadable segments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub entry: u64,
+    pub segments: Vec<Segment>,
+}
+
 /// Checks that `image` is an x86_64 ELF executable whose loadable segments fit in
 /// `[KERNEL_PHYS_BASE, ram_size)`; returns the physical extent of those segments.
 pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), VmmError> {
+    parse(image, ram_size).map(|(extent, _)| extent)
+}
+
+/// The checked [`Layout`] of `image` in RAM of `ram_size` bytes.
+pub fn layout(image: &[u8], ram_size: u64) -> Result<Layout, VmmError> {
+    parse(image, ram_size).map(|(_, layout)| layout)
+}
+
+/// Whether `mem` holds the file bytes of every segment of `layout` of `image`, as
+/// [`load_kernel`] writes them.
+pub fn holds(mem: &GuestMemoryMmap, image: &[u8], layout: &Layout) -> bool {
+    let mut buf = Vec::new();
+    layout.segments.iter().all(|seg| {
+        let file = &image[seg.offset as usize..(seg.offset + seg.filesz) as usize];
+        buf.resize(file.len(), 0);
+        mem.read_slice(&mut buf, GuestAddress(seg.paddr)).is_ok() && buf == file
+    })
+}
+
+/// [`check_elf`]'s extent, and the layout.
+fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), VmmError> {
     const EHDR_SIZE: usize = 64;
     const PHDR_SIZE: usize = 56;
     if image.len() < 4 || &image[..4] != b"\x7fELF" {
@@ -68,6 +106,7 @@ pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), VmmError> {
             ))
         })?;
     let mut extent: Option<(u64, u64)> = None;
+    let mut segments = Vec::new();
     for ph in image[phoff as usize..table_end as usize]
         .as_chunks::<PHDR_SIZE>()
         .0
@@ -100,12 +139,20 @@ pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), VmmError> {
             });
         }
         let end = end.expect("checked above");
+        segments.push(Segment {
+            paddr,
+            offset,
+            filesz,
+            memsz,
+        });
         extent = Some(match extent {
             None => (paddr, end),
             Some((s, e)) => (s.min(paddr), e.max(end)),
         });
     }
-    extent.ok_or_else(|| VmmError::NotElf("no loadable segment".into()))
+    let extent = extent.ok_or_else(|| VmmError::NotElf("no loadable segment".into()))?;
+    let entry = u64_at(image, 24);
+    Ok((extent, Layout { entry, segments }))
 }
 
 /// Checks and loads `image`; segments go to their physical addresses, entry is the ELF entry.

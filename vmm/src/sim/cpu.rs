@@ -4,6 +4,7 @@
 //! first and through the page tables on a miss, and faults as the hardware raises them: #GP
 //! for a non-canonical address, #PF with the architectural error code and CR2 otherwise.
 
+use super::ram::WrittenPages;
 use crate::page_walk::{self, WalkError};
 use crate::tlb::{Access, Tlb, Translation};
 use guest_mm::machine::{
@@ -29,6 +30,7 @@ struct Cpu<'a> {
     mem: &'a GuestMemoryMmap,
     cr3: u64,
     tlb: &'a mut Tlb,
+    written: &'a mut WrittenPages,
     rip: u64,
     rdi: u64,
     rsi: u64,
@@ -36,11 +38,18 @@ struct Cpu<'a> {
 }
 
 /// Runs ring-3 code from `entry` until its first exception.
-pub fn run(mem: &GuestMemoryMmap, cr3: u64, tlb: &mut Tlb, entry: &UserEntry) -> UserTrap {
+pub fn run(
+    mem: &GuestMemoryMmap,
+    cr3: u64,
+    tlb: &mut Tlb,
+    written: &mut WrittenPages,
+    entry: &UserEntry,
+) -> UserTrap {
     let mut cpu = Cpu {
         mem,
         cr3,
         tlb,
+        written,
         rip: entry.rip,
         rdi: entry.rdi,
         rsi: entry.rsi,
@@ -192,6 +201,7 @@ impl Cpu<'_> {
         let bytes = value.to_le_bytes();
         let mut at = 0;
         for (phys, len) in self.data_pieces(va, Access::Write)? {
+            self.written.mark(phys, len);
             if let Err(e) = self
                 .mem
                 .write_slice(&bytes[at..at + len], GuestAddress(phys))

@@ -3,26 +3,36 @@
 //! CPU whose TLB is maximally stale.
 
 use super::cpu;
+use super::ram::WrittenPages;
 use crate::tlb::Tlb;
 use guest_mm::page_directory::PageDirectory;
 use guest_mm::{Machine, PhysicalFrame, PteSlot, UserEntry, UserTrap, FRAME_SIZE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// RAM, CR3 and the TLB of the one simulated CPU.
 pub struct SimMachine {
     mem: GuestMemoryMmap,
     cr3: u64,
     tlb: Tlb,
+    /// Every page written since boot, so that RAM can be reset for the next guest.
+    written: WrittenPages,
 }
 
 impl SimMachine {
     /// A CPU on `mem` running on the page tables at `cr3`, with an empty TLB.
     pub fn new(mem: GuestMemoryMmap, cr3: u64) -> Self {
+        let ram_size = mem.last_addr().0.saturating_add(1);
         SimMachine {
             mem,
             cr3,
             tlb: Tlb::default(),
+            written: WrittenPages::new(ram_size),
         }
+    }
+
+    /// The pages written since boot.
+    pub fn written(&self) -> &WrittenPages {
+        &self.written
     }
 
     /// The translations the CPU holds now.
@@ -52,7 +62,8 @@ impl SimMachine {
         }
     }
 
-    fn write(&self, addr: GuestAddress, bytes: &[u8]) {
+    fn write(&mut self, addr: GuestAddress, bytes: &[u8]) {
+        self.written.mark(addr.0, bytes.len());
         if let Err(e) = self.mem.write_slice(bytes, addr) {
             panic!("physical write at {:#x}: {e}", addr.0);
         }
@@ -104,6 +115,6 @@ impl Machine for SimMachine {
     }
 
     fn enter_user(&mut self, entry: &UserEntry) -> UserTrap {
-        cpu::run(&self.mem, self.cr3, &mut self.tlb, entry)
+        cpu::run(&self.mem, self.cr3, &mut self.tlb, &mut self.written, entry)
     }
 }

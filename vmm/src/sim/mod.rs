@@ -7,10 +7,12 @@
 pub mod cpu;
 pub mod machine;
 mod panic;
+pub mod ram;
 
-use crate::boot_memory;
+use crate::boot_memory::{self, UsedRam};
 use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
 use crate::error::VmmError;
+use crate::loader::{self, Layout, LoadedKernel};
 use crate::serial::ConsoleSink;
 use crate::trace::TraceLog;
 use crate::vm::VmConfig;
@@ -24,6 +26,18 @@ use shared_mm::boot_info::GuestCommand;
 use std::io::Write;
 use vm_memory::GuestMemoryMmap;
 
+impl Drop for SimVm {
+    /// Leaves this guest's RAM to the next guest of the thread, zeroed where it wrote.
+    fn drop(&mut self) {
+        let used = UsedRam {
+            mem: self.mem.clone(),
+            kernel: self.kernel,
+            layout: std::mem::take(&mut self.layout),
+        };
+        ram::recycle(used, self.mm.machine().inner().written());
+    }
+}
+
 /// The simulated machine with the flush trace collected in-process.
 pub type TracedSim = Traced<SimMachine, TraceLog>;
 
@@ -32,6 +46,9 @@ pub struct SimVm {
     mem: GuestMemoryMmap,
     mm: MemoryManager<TracedSim>,
     console: ConsoleSink,
+    /// The kernel in RAM, for the next guest of this thread to boot on this RAM.
+    kernel: LoadedKernel,
+    layout: Layout,
 }
 
 impl SimVm {
@@ -46,7 +63,13 @@ impl SimVm {
                 ),
             });
         }
-        let boot = boot_memory::prepare(config)?;
+        let (boot, layout) = match ram::take(config.memory) {
+            Some(used) => boot_memory::prepare_on(config, used)?,
+            None => {
+                let layout = loader::layout(&config.kernel, config.memory)?;
+                (boot_memory::prepare(config)?, layout)
+            }
+        };
         let mut console = ConsoleSink::new(config.echo_console);
         let _ = writeln!(console, "sim: booted, {} MiB RAM", boot.info.ram_size >> 20);
         let machine = Traced::new(
@@ -71,6 +94,8 @@ impl SimVm {
             mem: boot.mem,
             mm,
             console,
+            kernel: boot.kernel,
+            layout,
         })
     }
 
