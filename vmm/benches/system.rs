@@ -1004,6 +1004,14 @@ fn fuzz_backends(rows: &mut Vec<Row>) {
         );
         rows.push(
             Row::new(
+                format!("sim: {} shrink / find", bug.feature()),
+                shrink / find,
+                "×",
+            )
+            .goal(Goal::ValueAtMost(10.0)),
+        );
+        rows.push(
+            Row::new(
                 format!("sim: {} reproducer", bug.feature()),
                 found.repro_len as f64,
                 "ops",

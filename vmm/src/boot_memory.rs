@@ -4,7 +4,7 @@
 
 use crate::arch::{gdt::ENTRY_GDT, paging};
 use crate::error::VmmError;
-use crate::loader::{self, Layout, LoadedKernel};
+use crate::loader::{self, KernelInRam, LoadedKernel};
 use crate::vm::VmConfig;
 use shared_mm::boot_info::{
     BootInfo, MemoryKind, MemoryRegion, BOOT_FLAG_TRACE, BOOT_GDT_ADDR, BOOT_INFO_ADDR,
@@ -116,23 +116,23 @@ pub fn prepare(config: &VmConfig) -> Result<BootMemory, VmmError> {
 pub struct UsedRam {
     pub mem: GuestMemoryMmap,
     pub kernel: LoadedKernel,
-    pub layout: Layout,
+    pub in_ram: KernelInRam,
 }
 
 /// [`prepare`] on `used` where it holds this kernel laid out the same way and is of this RAM
 /// size: the kernel is left in place and the boot data written over the old (the same boot
 /// tables, a boot info that may differ only in fields that are always written). Anything else
-/// gets fresh RAM.
-pub fn prepare_on(config: &VmConfig, used: UsedRam) -> Result<(BootMemory, Layout), VmmError> {
+/// gets fresh RAM. Returns what the kernel left in RAM too.
+pub fn prepare_on(config: &VmConfig, used: UsedRam) -> Result<(BootMemory, KernelInRam), VmmError> {
     check(config)?;
     let layout = loader::layout(&config.kernel, config.memory)?;
-    let same = used.layout == layout
-        && used.mem.last_addr().0.checked_add(1) == Some(config.memory)
-        && loader::holds(&used.mem, &config.kernel, &layout);
+    let same = used.in_ram.matches(&config.kernel, &layout)
+        && used.mem.last_addr().0.checked_add(1) == Some(config.memory);
     if !same {
-        return Ok((prepare(config)?, layout));
+        let in_ram = KernelInRam::of(&config.kernel, layout);
+        return Ok((prepare(config)?, in_ram));
     }
-    Ok((write_boot_data(config, used.mem, used.kernel)?, layout))
+    Ok((write_boot_data(config, used.mem, used.kernel)?, used.in_ram))
 }
 
 /// Writes the boot info, the entry GDT and the boot page tables into `mem`, which holds

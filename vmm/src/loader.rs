@@ -5,7 +5,7 @@ use crate::error::VmmError;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use shared_mm::boot_info::KERNEL_PHYS_BASE;
 use std::io::Cursor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 const PT_LOAD: u32 = 1;
 
@@ -55,15 +55,45 @@ pub fn layout(image: &[u8], ram_size: u64) -> Result<Layout, VmmError> {
     parse(image, ram_size).map(|(_, layout)| layout)
 }
 
-/// Whether `mem` holds the file bytes of every segment of `layout` of `image`, as
-/// [`load_kernel`] writes them.
-pub fn holds(mem: &GuestMemoryMmap, image: &[u8], layout: &Layout) -> bool {
-    let mut buf = Vec::new();
-    layout.segments.iter().all(|seg| {
-        let file = &image[seg.offset as usize..(seg.offset + seg.filesz) as usize];
-        buf.resize(file.len(), 0);
-        mem.read_slice(&mut buf, GuestAddress(seg.paddr)).is_ok() && buf == file
-    })
+/// What loading a kernel image leaves in RAM: its layout and the file bytes of its segments, in
+/// segment order (kept so that RAM reused by the next guest can be matched without reading it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelInRam {
+    pub layout: Layout,
+    bytes: Vec<u8>,
+}
+
+impl KernelInRam {
+    /// What [`load_kernel`] leaves of `image`, laid out as `layout` (from [`layout`]).
+    pub fn of(image: &[u8], layout: Layout) -> Self {
+        let bytes = layout
+            .segments
+            .iter()
+            .flat_map(|seg| &image[seg.offset as usize..(seg.offset + seg.filesz) as usize])
+            .copied()
+            .collect();
+        KernelInRam { layout, bytes }
+    }
+
+    /// Whether loading `image` would leave exactly this.
+    pub fn matches(&self, image: &[u8], layout: &Layout) -> bool {
+        let mut at = 0usize;
+        self.layout == *layout
+            && layout.segments.iter().all(|seg| {
+                let file = &image[seg.offset as usize..(seg.offset + seg.filesz) as usize];
+                let held = self.bytes.get(at..at + file.len());
+                at += file.len();
+                held == Some(file)
+            })
+    }
+
+    /// Whether the page at `page` holds any of the image's bytes.
+    pub fn overlaps(&self, page: u64) -> bool {
+        self.layout
+            .segments
+            .iter()
+            .any(|seg| seg.filesz > 0 && page < seg.paddr + seg.filesz && seg.paddr < page + 4096)
+    }
 }
 
 /// [`check_elf`]'s extent, and the layout.
@@ -173,6 +203,23 @@ pub fn load_kernel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_in_ram_matches_only_the_same_bytes_laid_out_the_same_way() {
+        let image = crate::vm::EMBEDDED_KERNEL;
+        let layout = layout(image, 256 << 20).expect("the embedded kernel");
+        let in_ram = KernelInRam::of(image, layout.clone());
+        assert!(in_ram.matches(image, &layout));
+        let first = layout.segments[0];
+        let mut changed = image.to_vec();
+        changed[(first.offset + first.filesz - 1) as usize] ^= 1;
+        assert!(!in_ram.matches(&changed, &layout));
+        let mut other = layout.clone();
+        other.entry += 1;
+        assert!(!in_ram.matches(image, &other));
+        assert!(in_ram.overlaps(first.paddr & !0xfff));
+        assert!(!in_ram.overlaps(0));
+    }
 
     #[test]
     fn rejects_non_elf_and_short_headers() {

@@ -432,8 +432,16 @@ impl Accounting {
     }
 
     fn owned_are_allocated(&self, space: u32, words: &[u64], found: &mut Found) {
+        // A block is checked frame by frame only when its eight bitmap words are not all set.
         let blocks = self.owned_blocks.get(&space).into_iter().flatten();
-        let in_blocks = blocks.flat_map(|&block| (0..512).map(move |i| block + i * 4096));
+        let whole = |block: u64| {
+            let first = (block / 4096 / 64) as usize;
+            words
+                .get(first..first + 8)
+                .is_some_and(|w| w.iter().all(|&w| w == u64::MAX))
+        };
+        let partial = blocks.copied().filter(|&block| !whole(block));
+        let in_blocks = partial.flat_map(|block| (0..512).map(move |i| block + i * 4096));
         let frames = self.owned.get(&space).into_iter().flatten().copied();
         for frame in frames.chain(in_blocks) {
             if !allocated(words, frame) {

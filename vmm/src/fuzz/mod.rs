@@ -63,6 +63,8 @@ pub struct Failure {
     pub description: String,
     /// For checker findings, every rule the failing check found (the signature is the first).
     pub rules: Vec<Rule>,
+    /// For checker findings, the spaces the failing check named.
+    pub spaces: Vec<u32>,
 }
 
 impl Failure {
@@ -323,6 +325,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                 signature,
                 description,
                 rules: Vec::new(),
+                spaces: Vec::new(),
             });
         }
     }
@@ -527,6 +530,7 @@ pub fn run_session(
             signature: Signature::Crash(kind),
             description: why,
             rules: Vec::new(),
+            spaces: Vec::new(),
         }),
         (None, Some(f), _) => Some(f),
         (None, None, Some((_, finding))) => Some(Failure {
@@ -537,6 +541,7 @@ pub fn run_session(
                 .collect::<Vec<_>>()
                 .join("\n"),
             rules: findings.iter().map(|(_, f)| f.rule).collect(),
+            spaces: findings.iter().map(|(_, f)| f.space).collect(),
         }),
         (None, None, None) => None,
     };

@@ -18,11 +18,20 @@ use super::exhaustion::{self, Probe};
 use super::{rebase, replay, replay_run, Signature};
 use crate::{VmConfig, VmmError};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
-use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE};
+use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE, MAX_BATCH};
 
-/// Operations per batch when replaying candidates: small enough that a failure is pinned
+/// Operations per batch when replaying short candidates: small enough that a failure is pinned
 /// close to its operation, large enough to keep replays quick.
-const SHRINK_BATCH: usize = 16;
+const SHRINK_BATCH: usize = 32;
+
+/// Checks per replay of a long candidate at most: the first candidates of a long run are
+/// replayed with larger batches, since a check costs as much as dozens of operations on sim.
+const MAX_CHECKS: usize = 16;
+
+/// The batch size a candidate of `len` operations is replayed with.
+fn shrink_batch(len: usize) -> usize {
+    (len / MAX_CHECKS).clamp(SHRINK_BATCH, MAX_BATCH)
+}
 
 const PAGE: u64 = 4096;
 
@@ -316,21 +325,100 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
         self.try_candidate(&ops, &candidate)
     }
 
-    /// Drops whole spaces: a `create-space` (or `fork`) with every operation on the space it
-    /// made.
-    fn drop_spaces(&mut self) -> Result<(), VmmError> {
+    /// The kept operations that make a space: `create-space`s, and forks something runs on.
+    fn creations(&self) -> Vec<usize> {
         let creators = &self.creators;
-        let creations: Vec<usize> = self
-            .kept
+        self.kept
             .iter()
             .copied()
             .filter(|&i| self.ops[i] == Op::CreateSpace || creators.contains(&Some(i)))
+            .collect()
+    }
+
+    /// Keeps only the spaces `named` (numbered as the guest numbered them in the last replay)
+    /// with their fork families, if the failure stays: a long run's finding often needs one
+    /// space of dozens.
+    fn focus(&mut self, named: &[u32]) -> Result<(), VmmError> {
+        // The guest numbers every space made, used or not.
+        let made: Vec<usize> = self
+            .kept
+            .iter()
+            .copied()
+            .filter(|&i| match self.ops[i] {
+                Op::CreateSpace => true,
+                Op::Fork { .. } => self.creators[i].is_some(),
+                _ => false,
+            })
             .collect();
-        for c in creations.into_iter().rev() {
-            let creators = self.creators.clone();
-            self.try_without(|i| i == c || creators[i] == Some(c))?;
+        let mut keep: Vec<usize> = named
+            .iter()
+            .filter_map(|&id| made.get((id as usize).checked_sub(1)?).copied())
+            .collect();
+        if keep.is_empty() {
+            return Ok(());
         }
+        // A fork and the space it forked stand or fall together.
+        loop {
+            let before = keep.len();
+            for &child in &made {
+                let Some(parent) = self.creators[child] else {
+                    continue;
+                };
+                if keep.contains(&child) != keep.contains(&parent) {
+                    keep.extend([child, parent]);
+                    keep.sort_unstable();
+                    keep.dedup();
+                }
+            }
+            if keep.len() == before {
+                break;
+            }
+        }
+        let owner = |i: usize| {
+            if made.contains(&i) {
+                Some(i)
+            } else {
+                self.creators[i]
+            }
+        };
+        let dropped: Vec<usize> = self
+            .kept
+            .iter()
+            .copied()
+            .filter(|&i| owner(i).is_some_and(|c| !keep.contains(&c)))
+            .collect();
+        self.try_without(|i| dropped.contains(&i))?;
         Ok(())
+    }
+
+    /// Drops whole spaces: a `create-space` (or `fork`) with every operation on the space it
+    /// made. Spaces go in ever smaller groups, as operations do in [`Self::drop_chunks`]: most
+    /// spaces of a long run play no part, and half of them go in one replay.
+    fn drop_spaces(&mut self) -> Result<(), VmmError> {
+        let mut creations = self.creations();
+        let mut chunk = creations.len().div_ceil(2).max(1);
+        loop {
+            let mut at = 0;
+            while at < creations.len() && !self.exhausted {
+                let group = &creations[at..(at + chunk).min(creations.len())];
+                let made = |i: usize| self.creators[i].is_some_and(|c| group.contains(&c));
+                let dropped: Vec<usize> = self
+                    .kept
+                    .iter()
+                    .copied()
+                    .filter(|&i| group.contains(&i) || made(i))
+                    .collect();
+                if self.try_without(|i| dropped.contains(&i))? {
+                    creations = self.creations();
+                } else {
+                    at += chunk;
+                }
+            }
+            if self.exhausted || chunk == 1 {
+                return Ok(());
+            }
+            chunk = (chunk / 2).max(1);
+        }
     }
 
     /// Delta debugging: drops chunks of `chunk` kept operations, halving the chunk down to one.
@@ -479,10 +567,30 @@ pub fn shrink_with(
     budget: Budget,
     still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, VmmError>,
 ) -> Result<Shrunk, VmmError> {
+    shrink_from(ops, None, budget, still_fails)
+}
+
+/// How a replay showed the target failure.
+struct Shown {
+    /// The failing prefix.
+    prefix: usize,
+    /// The spaces the failing check named.
+    spaces: Vec<u32>,
+}
+
+/// [`shrink_with`], where `failing` is how a replay of `ops` just showed the failure, if one
+/// did (then `ops` is not replayed whole once more, and the spaces it named are tried alone
+/// first).
+fn shrink_from(
+    ops: &[Op],
+    failing: Option<Shown>,
+    budget: Budget,
+    still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, VmmError>,
+) -> Result<Shrunk, VmmError> {
     let mut shrinker = Shrinker {
         ops: ops.to_vec(),
         creators: creators(ops),
-        kept: Vec::new(),
+        kept: (0..failing.as_ref().map_or(0, |f| f.prefix).min(ops.len())).collect(),
         replays: 0,
         budget: Budget {
             max_replays: budget.max_replays.max(1),
@@ -491,15 +599,21 @@ pub fn shrink_with(
         still_fails,
     };
     let all: Vec<usize> = (0..ops.len()).collect();
-    if !shrinker.try_candidate(ops, &all)? {
-        return Ok(Shrunk {
-            ops: ops.to_vec(),
-            replays: shrinker.replays,
-            budget_exhausted: false,
-        });
+    match failing {
+        Some(shown) => shrinker.focus(&shown.spaces)?,
+        None if !shrinker.try_candidate(ops, &all)? => {
+            return Ok(Shrunk {
+                ops: ops.to_vec(),
+                replays: shrinker.replays,
+                budget_exhausted: false,
+            })
+        }
+        None => {}
     }
     // Each pass can open the way for another (a space that could not go while other spaces
-    // held frames can once they are gone), so run them all until none changes anything.
+    // held frames can once they are gone), so run them all until none changes anything. Every
+    // round starts with large chunks again: a simpler operation can let a whole group go that
+    // no single drop could.
     loop {
         let before = (shrinker.kept.clone(), shrinker.ops.clone());
         shrinker.drop_spaces()?;
@@ -565,24 +679,28 @@ pub fn shrink(
 ) -> Result<Shrunk, VmmError> {
     // Only agreement-checker findings need the checker; results are checked op by op anyway.
     let check = matches!(target, Signature::Finding(_));
-    let still_fails = |candidate: &[Op]| -> Result<Option<usize>, VmmError> {
-        let failure = replay(config, candidate, SHRINK_BATCH, check)?;
+    let shown = |candidate: &[Op]| -> Result<Option<Shown>, VmmError> {
+        let failure = replay(config, candidate, shrink_batch(candidate.len()), check)?;
         Ok(failure
             .filter(|(f, _)| f.shows(target))
-            .map(|(_, prefix)| prefix))
+            .map(|(f, prefix)| Shown {
+                prefix,
+                spaces: f.spaces,
+            }))
     };
+    let still_fails = |candidate: &[Op]| Ok(shown(candidate)?.map(|s| s.prefix));
     let pinned = pin_placements(ops, results);
-    let mut start = if pinned != ops && still_fails(&pinned)?.is_some() {
-        pinned
-    } else {
-        ops.to_vec()
+    let pinned_shown = if pinned != ops { shown(&pinned)? } else { None };
+    let (mut start, mut failing) = match pinned_shown {
+        Some(found) => (pinned, Some(found)),
+        None => (ops.to_vec(), None),
     };
     // A failure that came with memory running out may need nothing but RAM filled to one
     // exact level, which no dropping or halving of operations hits.
     let mut left = budget.max_replays;
     if near_exhaustion || results.iter().any(|r| r.status == Status::OutOfMemory) {
         let exhausted = |candidate: &[Op]| -> Result<Probe, VmmError> {
-            let run = replay_run(config, candidate, SHRINK_BATCH, check)?;
+            let run = replay_run(config, candidate, shrink_batch(candidate.len()), check)?;
             Ok(if run.failure.is_some_and(|f| f.shows(target)) {
                 Probe::Fails
             } else if run.results.iter().any(|r| r.status == Status::OutOfMemory) {
@@ -592,10 +710,10 @@ pub fn shrink(
             })
         };
         if let Some(skeleton) = exhaustion::search(config.memory / PAGE, &mut left, exhausted)? {
-            start = skeleton;
+            (start, failing) = (skeleton, None);
         }
     }
-    let mut shrunk = shrink_with(&start, Budget { max_replays: left }, still_fails)?;
+    let mut shrunk = shrink_from(&start, failing, Budget { max_replays: left }, still_fails)?;
     shrunk.replays += budget.max_replays - left;
     Ok(shrunk)
 }
@@ -700,6 +818,42 @@ mod tests {
                 ops[2],
             ]
         );
+    }
+
+    #[test]
+    fn the_named_space_alone_is_tried_first() {
+        // Ten spaces with a touch each; only the touch of 0x4000 (on the third space) fails.
+        let mut ops = vec![Op::CreateSpace; 10];
+        ops.extend((1..=10).map(|space| Op::TouchRead {
+            space,
+            addr: if space == 3 { 0x4000 } else { 0x1000 },
+        }));
+        let mut replays = Vec::new();
+        let fails = |ops: &[Op]| -> Result<Option<usize>, VmmError> {
+            replays.push(ops.len());
+            let created = ops.iter().filter(|op| **op == Op::CreateSpace).count() as u32;
+            let hit = ops.iter().position(|op| {
+                matches!(*op, Op::TouchRead { space, addr: 0x4000 } if space >= 1 && space <= created)
+            });
+            Ok(hit.map(|i| i + 1))
+        };
+        let shown = Shown {
+            prefix: ops.len(),
+            spaces: vec![3],
+        };
+        let shrunk = shrink_from(&ops, Some(shown), Budget::default(), fails).expect("no VM");
+        assert_eq!(
+            shrunk.ops,
+            vec![
+                Op::CreateSpace,
+                Op::TouchRead {
+                    space: 1,
+                    addr: 0x4000
+                }
+            ]
+        );
+        // The first candidate already held only the third space.
+        assert_eq!(replays[0], 2);
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod ram;
 use crate::boot_memory::{self, UsedRam};
 use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
 use crate::error::VmmError;
-use crate::loader::{self, Layout, LoadedKernel};
+use crate::loader::{self, KernelInRam, LoadedKernel};
 use crate::serial::ConsoleSink;
 use crate::trace::TraceLog;
 use crate::vm::VmConfig;
@@ -32,7 +32,7 @@ impl Drop for SimVm {
         let used = UsedRam {
             mem: self.mem.clone(),
             kernel: self.kernel,
-            layout: std::mem::take(&mut self.layout),
+            in_ram: std::mem::take(&mut self.in_ram),
         };
         ram::recycle(used, self.mm.machine().inner().written());
     }
@@ -48,7 +48,7 @@ pub struct SimVm {
     console: ConsoleSink,
     /// The kernel in RAM, for the next guest of this thread to boot on this RAM.
     kernel: LoadedKernel,
-    layout: Layout,
+    in_ram: KernelInRam,
 }
 
 impl SimVm {
@@ -63,11 +63,12 @@ impl SimVm {
                 ),
             });
         }
-        let (boot, layout) = match ram::take(config.memory) {
+        let (boot, in_ram) = match ram::take(config.memory) {
             Some(used) => boot_memory::prepare_on(config, used)?,
             None => {
                 let layout = loader::layout(&config.kernel, config.memory)?;
-                (boot_memory::prepare(config)?, layout)
+                let boot = boot_memory::prepare(config)?;
+                (boot, KernelInRam::of(&config.kernel, layout))
             }
         };
         let mut console = ConsoleSink::new(config.echo_console);
@@ -95,7 +96,7 @@ impl SimVm {
             mm,
             console,
             kernel: boot.kernel,
-            layout,
+            in_ram,
         })
     }
 

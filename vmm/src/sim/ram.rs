@@ -66,8 +66,12 @@ thread_local! {
     static SPARE: RefCell<Option<UsedRam>> = const { RefCell::new(None) };
 }
 
-/// Zeroes the `written` pages of `used` and keeps it for this thread's next guest.
+/// Zeroes the `written` pages of `used` and keeps it for this thread's next guest, unless a
+/// write hit the kernel image (then RAM no longer holds it as loaded).
 pub fn recycle(used: UsedRam, written: &WrittenPages) {
+    if written.pages().any(|page| used.in_ram.overlaps(page)) {
+        return;
+    }
     let zeros = [0u8; PAGE as usize];
     for page in written.pages() {
         if used.mem.write_slice(&zeros, GuestAddress(page)).is_err() {
@@ -160,7 +164,7 @@ mod tests {
     }
 
     fn used(pages: u64) -> UsedRam {
-        use crate::loader::{Layout, LoadedKernel};
+        use crate::loader::{KernelInRam, LoadedKernel};
         UsedRam {
             mem: GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (pages * PAGE) as usize)])
                 .expect("small RAM"),
@@ -169,7 +173,7 @@ mod tests {
                 phys_start: 0,
                 phys_end: 0,
             },
-            layout: Layout::default(),
+            in_ram: KernelInRam::default(),
         }
     }
 
