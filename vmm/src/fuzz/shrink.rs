@@ -26,7 +26,7 @@ const SHRINK_BATCH: usize = 32;
 
 /// Checks per replay of a long candidate at most: the first candidates of a long run are
 /// replayed with larger batches, since a check costs as much as dozens of operations on sim.
-const MAX_CHECKS: usize = 16;
+const MAX_CHECKS: usize = 8;
 
 /// The batch size a candidate of `len` operations is replayed with.
 fn shrink_batch(len: usize) -> usize {
