@@ -262,16 +262,12 @@ impl Shared<'_> {
             let pinned = replay(&config.vm, shrunk, 1, true)?.map(|(f, _)| f);
             Ok(pinned.filter(|f| f.shows(&target)))
         };
+        let shrink_on = |vm: &VmConfig| {
+            let budget = config.shrink_budget;
+            shrink(vm, ops, results, &target, budget, config.pressure).map(|s| s.ops)
+        };
         if let Some(twin) = &config.shrink_on {
-            let shrunk = shrink(
-                twin,
-                ops,
-                results,
-                &target,
-                config.shrink_budget,
-                config.pressure,
-            )?
-            .ops;
+            let shrunk = shrink_on(twin)?;
             if let Some(pinned) = confirmed(&shrunk)? {
                 return Ok((shrunk, pinned));
             }
@@ -280,15 +276,7 @@ impl Shared<'_> {
                 twin.backend, config.vm.backend
             ));
         }
-        let shrunk = shrink(
-            &config.vm,
-            ops,
-            results,
-            &target,
-            config.shrink_budget,
-            config.pressure,
-        )?
-        .ops;
+        let shrunk = shrink_on(&config.vm)?;
         let pinned = confirmed(&shrunk)?;
         Ok((shrunk, pinned.unwrap_or(failure)))
     }

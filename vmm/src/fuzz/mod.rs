@@ -561,8 +561,9 @@ pub fn replay(
     batch: usize,
     check: bool,
 ) -> Result<Option<(Failure, usize)>, VmmError> {
-    let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
-    replay_session(config, session, check)
+    let run = replay_run(config, ops, batch, check)?;
+    let prefix = run.sent.len();
+    Ok(run.failure.map(|f| (f, prefix)))
 }
 
 /// [`replay`], returning the whole run: what was sent, the results and the failure.

@@ -842,16 +842,7 @@ mod tests {
             spaces: vec![3],
         };
         let shrunk = shrink_from(&ops, Some(shown), Budget::default(), fails).expect("no VM");
-        assert_eq!(
-            shrunk.ops,
-            vec![
-                Op::CreateSpace,
-                Op::TouchRead {
-                    space: 1,
-                    addr: 0x4000
-                }
-            ]
-        );
+        assert_eq!(shrunk.ops, one_space_touched_at_0x4000());
         // The first candidate already held only the third space.
         assert_eq!(replays[0], 2);
     }
@@ -885,15 +876,17 @@ mod tests {
             Ok(hit.filter(|_| created > 0).map(|i| i + 1))
         };
         let shrunk = shrink_with(&ops, Budget::default(), fails).expect("no VM involved");
-        assert_eq!(
-            shrunk.ops,
-            vec![
-                Op::CreateSpace,
-                Op::TouchRead {
-                    space: 1,
-                    addr: 0x4000
-                }
-            ]
-        );
+        assert_eq!(shrunk.ops, one_space_touched_at_0x4000());
+    }
+
+    /// What both renumbering tests shrink to.
+    fn one_space_touched_at_0x4000() -> Vec<Op> {
+        vec![
+            Op::CreateSpace,
+            Op::TouchRead {
+                space: 1,
+                addr: 0x4000,
+            },
+        ]
     }
 }
