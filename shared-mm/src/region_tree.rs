@@ -79,8 +79,11 @@ impl<'a, B> KeyAdapter<'a> for ByAddress<B> {
 ///   [`remove`](Self::remove), [`find_region_containing`](Self::find_region_containing),
 ///   and reaching the first region of
 ///   [`find_regions_intersecting`](Self::find_regions_intersecting) (then amortized O(1)
-///   per region yielded). A placement or removal that changes a hole also updates the 19
-///   class summaries on one gap-index path: O(19 log n) word operations.
+///   per region yielded). A placement or removal that changes a hole also updates the
+///   summaries on one gap-index path, one per alignment class in use: O(c log n) word
+///   operations for `c` classes, `c <= 19`. A class comes into use with the first placement
+///   that asks for it, which summarizes it over every hole once: O(n), at most 19 times in
+///   a tree's life (the page class is in use from the start).
 /// - [`place_anywhere`](Self::place_anywhere): O(log n), success or failure, for every
 ///   alignment up to 1 GiB: step 2 follows the largest aligned room per subtree, so a hole
 ///   that cannot hold an aligned start is never visited. Above 1 GiB the room is known only

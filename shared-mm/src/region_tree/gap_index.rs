@@ -12,7 +12,7 @@ use core::cell::Cell;
 use core::cmp::Ordering;
 use core::ptr::{self, NonNull};
 
-use super::holes::{Class, Hole, Key};
+use super::holes::{Class, Classes, Hole, Key};
 use super::summary::Summary;
 use super::InvariantViolation;
 
@@ -93,12 +93,17 @@ impl GapNode {
         self.right.set(child.map(NonNull::from));
     }
 
-    /// Recomputes height and summary from the children.
-    fn update(&self) {
+    /// Recomputes height and summary (of `classes`) from the children.
+    fn update(&self, classes: Classes) {
         self.update_height();
+        self.summarize(classes);
+    }
+
+    /// Recomputes the summary of `classes` from the children.
+    fn summarize(&self, classes: Classes) {
         let (left, right) = (self.left(), self.right());
         self.summary
-            .update(&self.hole(), summary(left), summary(right));
+            .update(&self.hole(), summary(left), summary(right), classes);
     }
 
     fn update_height(&self) {
@@ -125,11 +130,28 @@ fn summary(node: Option<&GapNode>) -> Option<&Summary> {
 /// The holes below regions, ordered by `(size, base)`, smallest first.
 pub(super) struct GapIndex {
     root: Link,
+    /// The classes the summaries are kept for: the page class, and every class a query has
+    /// asked for since.
+    classes: Cell<Classes>,
 }
 
 impl GapIndex {
     pub(super) const fn new() -> Self {
-        Self { root: None }
+        Self {
+            root: None,
+            classes: Cell::new(Classes::PAGE),
+        }
+    }
+
+    /// Keeps summaries for `class` from now on: the first query of a class summarizes it in
+    /// every node once (O(n), at most once per class for the life of the tree).
+    fn keep(&self, class: Class) {
+        let classes = self.classes.get();
+        if !classes.contains(class) {
+            let classes = classes.with(class);
+            self.classes.set(classes);
+            resummarize(self.root(), classes);
+        }
     }
 
     fn root(&self) -> Option<&GapNode> {
@@ -148,8 +170,9 @@ impl GapIndex {
         node.base.set(base);
         node.size.set(size);
         if size > 0 {
-            node.update();
-            self.root = Some(NonNull::from(insert(self.root(), node)));
+            let classes = self.classes.get();
+            node.update(classes);
+            self.root = Some(NonNull::from(insert(self.root(), node, classes)));
         }
     }
 
@@ -157,9 +180,11 @@ impl GapIndex {
     /// (it is the key).
     pub(super) fn unlink(&mut self, node: &GapNode) {
         if node.is_linked() {
+            let classes = self.classes.get();
             let removed = Summary::new();
-            removed.update(&node.hole(), None, None);
-            self.root = remove(self.root(), node.key(), &removed).map(NonNull::from);
+            removed.update(&node.hole(), None, None, classes);
+            let root = remove(self.root(), node.key(), &removed, classes);
+            self.root = root.map(NonNull::from);
             debug_assert!(!node.is_linked());
         }
     }
@@ -187,11 +212,13 @@ impl GapIndex {
     /// The smallest hole with a key of at least `from` that has at least `size` bytes of
     /// [room](Hole::room) in `class`. One descent: O(log n).
     pub(super) fn first_with_room(&self, from: Key, class: Class, size: u64) -> Option<Hole> {
+        self.keep(class);
         first_with_room(self.root(), from, class, size)
     }
 
     /// The largest [room](Hole::room) in `class` of any hole (0 if there is none).
     pub(super) fn max_room(&self, class: Class) -> u64 {
+        self.keep(class);
         self.root().map_or(0, |root| root.summary.room(class))
     }
 
@@ -200,6 +227,7 @@ impl GapIndex {
     /// The smaller holes form a prefix in key order, so this takes their marks and count off
     /// the root's: when every hole is large enough, the descent reads nothing off its path.
     pub(super) fn slots(&self, class: Class, size: u64) -> u64 {
+        self.keep(class);
         let Some(root) = self.root() else { return 0 };
         let (mut marks, mut count) = (root.summary.marks(class), root.summary.count());
         let mut at = Some(root);
@@ -221,6 +249,7 @@ impl GapIndex {
     /// and its slot within the hole. The order is fixed for a given index (largest hole
     /// first), which is all a uniform draw needs.
     pub(super) fn slot(&self, class: Class, size: u64, mut k: u64) -> Option<(Hole, u64)> {
+        self.keep(class);
         let mut at = self.root();
         while let Some(node) = at {
             if node.size() < size {
@@ -263,7 +292,7 @@ impl GapIndex {
         &self,
         owned: &impl Fn(&GapNode) -> bool,
     ) -> Result<u64, InvariantViolation> {
-        check(self.root(), (None, None), owned)?;
+        check(self.root(), (None, None), owned, self.classes.get())?;
         Ok(self.root().map_or(0, |root| root.summary.count()))
     }
 }
@@ -290,16 +319,24 @@ fn first_with_room(node: Option<&GapNode>, from: Key, class: Class, size: u64) -
 
 /// Inserts `new` (a detached node with its summary set) into the subtree at `at`; returns
 /// the subtree's new root.
-fn insert<'n>(at: Option<&'n GapNode>, new: &'n GapNode) -> &'n GapNode {
+fn insert<'n>(at: Option<&'n GapNode>, new: &'n GapNode, classes: Classes) -> &'n GapNode {
     let Some(node) = at else { return new };
     // The summary grows by exactly the new hole: cheaper than recomputing it on the way up.
-    node.summary.absorb(&new.summary);
+    node.summary.absorb(&new.summary, classes);
     if new.key() < node.key() {
-        node.set_left(Some(insert(node.left(), new)));
+        node.set_left(Some(insert(node.left(), new, classes)));
     } else {
-        node.set_right(Some(insert(node.right(), new)));
+        node.set_right(Some(insert(node.right(), new, classes)));
     }
-    rebalance(node, Summarized::Already)
+    rebalance(node, Summarized::Already, classes)
+}
+
+/// Recomputes every summary of the subtree at `node` for `classes`, children first.
+fn resummarize(node: Option<&GapNode>, classes: Classes) {
+    let Some(node) = node else { return };
+    resummarize(node.left(), classes);
+    resummarize(node.right(), classes);
+    node.summarize(classes);
 }
 
 /// Whether [`rebalance`] finds the node's summary up to date.
@@ -311,102 +348,108 @@ enum Summarized {
 
 /// Removes the node with `key`, whose own hole is summarized by `removed`, from the subtree at
 /// `at`; returns the subtree's new root.
-fn remove<'n>(at: Option<&'n GapNode>, key: Key, removed: &Summary) -> Option<&'n GapNode> {
+fn remove<'n>(
+    at: Option<&'n GapNode>,
+    key: Key,
+    removed: &Summary,
+    classes: Classes,
+) -> Option<&'n GapNode> {
     let node = at?;
     match key.cmp(&node.key()) {
-        Ordering::Less => node.set_left(remove(node.left(), key, removed)),
-        Ordering::Greater => node.set_right(remove(node.right(), key, removed)),
+        Ordering::Less => node.set_left(remove(node.left(), key, removed, classes)),
+        Ordering::Greater => node.set_right(remove(node.right(), key, removed, classes)),
         Ordering::Equal => {
             let (left, right) = (node.left(), node.right());
             node.detach();
             let Some(right) = right else { return left };
-            let (successor, rest) = take_min(right);
+            let (successor, rest) = take_min(right, classes);
             successor.set_left(left);
             successor.set_right(rest);
-            return Some(rebalance(successor, Summarized::NotYet));
+            return Some(rebalance(successor, Summarized::NotYet, classes));
         }
     }
     // The subtree lost exactly the removed hole: cheaper than recomputing the summary.
-    let hole = node.hole();
+    let children = [summary(node.left()), summary(node.right())];
     node.summary
-        .release(removed, &hole, summary(node.left()), summary(node.right()));
-    Some(rebalance(node, Summarized::Already))
+        .release(removed, &node.hole(), children, classes);
+    Some(rebalance(node, Summarized::Already, classes))
 }
 
 /// Detaches the smallest node of the subtree at `node`; returns it and the subtree's new root.
-fn take_min(node: &GapNode) -> (&GapNode, Option<&GapNode>) {
+fn take_min(node: &GapNode, classes: Classes) -> (&GapNode, Option<&GapNode>) {
     match node.left() {
         None => (node, node.right()),
         Some(left) => {
-            let (min, rest) = take_min(left);
+            let (min, rest) = take_min(left, classes);
             node.set_left(rest);
-            (min, Some(rebalance(node, Summarized::NotYet)))
+            (min, Some(rebalance(node, Summarized::NotYet, classes)))
         }
     }
 }
 
 /// Restores the AVL balance at `node`, whose subtrees are balanced and differ in height by at
 /// most 2, and updates heights and summaries; returns the subtree's new root.
-fn rebalance(node: &GapNode, summarized: Summarized) -> &GapNode {
+fn rebalance(node: &GapNode, summarized: Summarized, classes: Classes) -> &GapNode {
     let (left, right) = (node.left(), node.right());
     match (left, right) {
         (Some(left), _) if height(Some(left)) > height(right) + 1 => {
             let left = match left.right() {
                 Some(inner) if height(Some(inner)) > height(left.left()) => {
-                    let lifted = rotate_left(left, inner);
+                    let lifted = rotate_left(left, inner, classes);
                     node.set_left(Some(lifted));
                     lifted
                 }
                 _ => left,
             };
-            rotate_right(node, left)
+            rotate_right(node, left, classes)
         }
         (_, Some(right)) if height(Some(right)) > height(left) + 1 => {
             let right = match right.left() {
                 Some(inner) if height(Some(inner)) > height(right.right()) => {
-                    let lifted = rotate_right(right, inner);
+                    let lifted = rotate_right(right, inner, classes);
                     node.set_right(Some(lifted));
                     lifted
                 }
                 _ => right,
             };
-            rotate_left(node, right)
+            rotate_left(node, right, classes)
         }
         _ if summarized == Summarized::Already => {
             node.update_height();
             node
         }
         _ => {
-            node.update();
+            node.update(classes);
             node
         }
     }
 }
 
 /// Lifts `left`, the left child of `node`, above it.
-fn rotate_right<'n>(node: &'n GapNode, left: &'n GapNode) -> &'n GapNode {
+fn rotate_right<'n>(node: &'n GapNode, left: &'n GapNode, classes: Classes) -> &'n GapNode {
     node.set_left(left.right());
-    node.update();
+    node.update(classes);
     left.set_right(Some(node));
-    left.update();
+    left.update(classes);
     left
 }
 
 /// Lifts `right`, the right child of `node`, above it.
-fn rotate_left<'n>(node: &'n GapNode, right: &'n GapNode) -> &'n GapNode {
+fn rotate_left<'n>(node: &'n GapNode, right: &'n GapNode, classes: Classes) -> &'n GapNode {
     node.set_right(right.left());
-    node.update();
+    node.update(classes);
     right.set_left(Some(node));
-    right.update();
+    right.update(classes);
     right
 }
 
-/// Checks the subtree at `node`, whose keys must lie strictly between `bounds`; returns its
-/// height.
+/// Checks the subtree at `node`, whose keys must lie strictly between `bounds`, with the
+/// summaries of `classes`; returns its height.
 fn check(
     node: Option<&GapNode>,
     bounds: (Option<Key>, Option<Key>),
     owned: &impl Fn(&GapNode) -> bool,
+    classes: Classes,
 ) -> Result<u8, InvariantViolation> {
     let Some(node) = node else { return Ok(0) };
     let key = node.key();
@@ -417,14 +460,19 @@ fn check(
     if !owned(node) {
         return Err(InvariantViolation::GapIndexStale { key });
     }
-    let left = check(node.left(), (low, Some(key)), owned)?;
-    let right = check(node.right(), (Some(key), high), owned)?;
+    let left = check(node.left(), (low, Some(key)), owned, classes)?;
+    let right = check(node.right(), (Some(key), high), owned, classes)?;
     if left.abs_diff(right) > 1 || node.height.get() != 1 + left.max(right) {
         return Err(InvariantViolation::GapIndexUnbalanced { key });
     }
     let expected = Summary::new();
-    expected.update(&node.hole(), summary(node.left()), summary(node.right()));
-    if expected != node.summary {
+    expected.update(
+        &node.hole(),
+        summary(node.left()),
+        summary(node.right()),
+        classes,
+    );
+    if !expected.agrees(&node.summary, classes) {
         return Err(InvariantViolation::GapIndexSummary { key });
     }
     Ok(node.height.get())

@@ -17,6 +17,7 @@ impl Class {
     pub(super) const COUNT: usize = 19;
 
     /// All classes, smallest alignment first.
+    #[cfg(test)]
     pub(super) fn all() -> impl Iterator<Item = Class> {
         (0..Self::COUNT as u32).map(Class)
     }
@@ -26,11 +27,6 @@ impl Class {
     pub(super) fn of(alignment: u64) -> Self {
         let index = alignment.trailing_zeros() - PAGE_SIZE.trailing_zeros();
         Class(index.min(Self::COUNT as u32 - 1))
-    }
-
-    /// The class at position `index` of the summary arrays (`index < COUNT`).
-    pub(super) fn all_at(index: usize) -> Self {
-        Class(index as u32)
     }
 
     /// Position in the summary arrays.
@@ -49,6 +45,36 @@ impl Class {
     /// `size` in whole multiples of the alignment (rounded down).
     pub(super) fn units(self, size: u64) -> u64 {
         size >> self.shift()
+    }
+}
+
+/// A set of classes: those the gap index keeps summaries for. A class joins the set the first
+/// time a placement asks for it, so a tree that only ever places at 4 KiB and 2 MiB updates two
+/// classes per node, not nineteen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Classes(u32);
+
+impl Classes {
+    /// Only the page class.
+    pub(super) const PAGE: Self = Classes(1);
+
+    pub(super) fn contains(self, class: Class) -> bool {
+        self.0 & (1 << class.0) != 0
+    }
+
+    /// The set with `class` in it.
+    pub(super) fn with(self, class: Class) -> Self {
+        Classes(self.0 | 1 << class.0)
+    }
+
+    /// The classes in the set, smallest alignment first.
+    pub(super) fn iter(self) -> impl Iterator<Item = Class> {
+        let mut bits = self.0;
+        core::iter::from_fn(move || {
+            let index = (bits != 0).then(|| bits.trailing_zeros())?;
+            bits &= bits - 1;
+            Some(Class(index))
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use core::cell::Cell;
 
-use super::holes::{Class, Hole};
+use super::holes::{Class, Classes, Hole};
 
 /// What the gap index keeps for every subtree, so that one descent can count the slots of a
 /// placement, pick the k-th, or find the first hole that fits.
@@ -26,40 +26,36 @@ impl Summary {
     }
 
     /// Recomputes the summary of a subtree from its root's `hole` and its children's
-    /// summaries. This runs for every node on the path of each gap-index update, so it is
-    /// written as plain loops over the class arrays.
-    pub(super) fn update(&self, hole: &Hole, left: Option<&Summary>, right: Option<&Summary>) {
-        let mut count = 1;
-        let mut marks: [u64; Class::COUNT] = core::array::from_fn(|i| hole.marks(Class::all_at(i)));
-        let mut room: [u64; Class::COUNT] = core::array::from_fn(|i| hole.room(Class::all_at(i)));
-        for child in [left, right].into_iter().flatten() {
-            count += child.count.get();
-            for i in 0..Class::COUNT {
-                // Holes are disjoint, so the marks of a class sum to at most 2^52 plus the
-                // number of holes: no overflow.
-                marks[i] += child.marks[i].get();
-                room[i] = room[i].max(child.room[i].get());
-            }
+    /// summaries, for the `classes` kept. This runs for every node on the path of each
+    /// gap-index update.
+    pub(super) fn update(
+        &self,
+        hole: &Hole,
+        left: Option<&Summary>,
+        right: Option<&Summary>,
+        classes: Classes,
+    ) {
+        let children = || [left, right].into_iter().flatten();
+        self.count
+            .set(1 + children().map(|c| c.count.get()).sum::<u64>());
+        for class in classes.iter() {
+            let i = class.index();
+            // Holes are disjoint, so the marks of a class sum to at most 2^52 plus the number
+            // of holes: no overflow.
+            let marks = children().fold(hole.marks(class), |sum, c| sum + c.marks[i].get());
+            let room = children().fold(hole.room(class), |max, c| max.max(c.room[i].get()));
+            self.marks[i].set(marks);
+            self.room[i].set(room);
         }
-        self.set(count, &marks, &room);
     }
 
     /// Adds the holes of `other`, a disjoint subtree, to this summary.
-    pub(super) fn absorb(&self, other: &Summary) {
-        // All loads before all stores: the two may alias as far as the compiler knows (they
-        // are `Cell`s), and this way the loops vectorize.
-        let marks: [u64; Class::COUNT] =
-            core::array::from_fn(|i| self.marks[i].get() + other.marks[i].get());
-        let room: [u64; Class::COUNT] =
-            core::array::from_fn(|i| self.room[i].get().max(other.room[i].get()));
-        self.set(self.count.get() + other.count.get(), &marks, &room);
-    }
-
-    fn set(&self, count: u64, marks: &[u64; Class::COUNT], room: &[u64; Class::COUNT]) {
-        self.count.set(count);
-        for i in 0..Class::COUNT {
-            self.marks[i].set(marks[i]);
-            self.room[i].set(room[i]);
+    pub(super) fn absorb(&self, other: &Summary, classes: Classes) {
+        self.count.set(self.count.get() + other.count.get());
+        for class in classes.iter() {
+            let i = class.index();
+            self.marks[i].set(self.marks[i].get() + other.marks[i].get());
+            self.room[i].set(self.room[i].get().max(other.room[i].get()));
         }
     }
 
@@ -70,20 +66,29 @@ impl Summary {
         &self,
         removed: &Summary,
         hole: &Hole,
-        left: Option<&Summary>,
-        right: Option<&Summary>,
+        children: [Option<&Summary>; 2],
+        classes: Classes,
     ) {
         self.count.set(self.count.get() - removed.count.get());
-        for class in Class::all() {
+        for class in classes.iter() {
             let i = class.index();
             self.marks[i].set(self.marks[i].get() - removed.marks[i].get());
             let gone = removed.room[i].get();
             if gone > 0 && self.room[i].get() <= gone {
-                let children = [left, right].into_iter().flatten();
+                let children = children.into_iter().flatten();
                 let room = children.fold(hole.room(class), |max, c| max.max(c.room[i].get()));
                 self.room[i].set(room);
             }
         }
+    }
+
+    /// Whether this and `other` agree on the count and on the `classes` kept.
+    pub(super) fn agrees(&self, other: &Summary, classes: Classes) -> bool {
+        self.count == other.count
+            && classes.iter().all(|class| {
+                let i = class.index();
+                self.marks[i] == other.marks[i] && self.room[i] == other.room[i]
+            })
     }
 
     /// Number of holes in the subtree.
