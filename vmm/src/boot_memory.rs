@@ -121,18 +121,25 @@ pub struct UsedRam {
 
 /// [`prepare`] on `used` where it holds this kernel laid out the same way and is of this RAM
 /// size: the kernel is left in place and the boot data written over the old (the same boot
-/// tables, a boot info that may differ only in fields that are always written). Anything else
-/// gets fresh RAM. Returns what the kernel left in RAM too.
-pub fn prepare_on(config: &VmConfig, used: UsedRam) -> Result<(BootMemory, KernelInRam), VmmError> {
+/// tables, a boot info that may differ only in fields that are always written). No `used`, or
+/// any other, gets fresh RAM. Returns what the kernel left in RAM too.
+pub fn prepare_on(
+    config: &VmConfig,
+    used: Option<UsedRam>,
+) -> Result<(BootMemory, KernelInRam), VmmError> {
     check(config)?;
     let layout = loader::layout(&config.kernel, config.memory)?;
-    let same = used.in_ram.matches(&config.kernel, &layout)
-        && used.mem.last_addr().0.checked_add(1) == Some(config.memory);
-    if !same {
-        let in_ram = KernelInRam::of(&config.kernel, layout);
-        return Ok((prepare(config)?, in_ram));
+    let reusable = used.filter(|used| {
+        used.in_ram.matches(&config.kernel, &layout)
+            && used.mem.last_addr().0.checked_add(1) == Some(config.memory)
+    });
+    match reusable {
+        Some(used) => Ok((write_boot_data(config, used.mem, used.kernel)?, used.in_ram)),
+        None => {
+            let in_ram = KernelInRam::of(&config.kernel, layout);
+            Ok((prepare(config)?, in_ram))
+        }
     }
-    Ok((write_boot_data(config, used.mem, used.kernel)?, used.in_ram))
 }
 
 /// Writes the boot info, the entry GDT and the boot page tables into `mem`, which holds

@@ -6,8 +6,9 @@ use core::cell::Cell;
 use super::holes::{Class, Classes, Hole};
 
 /// What the gap index keeps for every subtree, so that one descent can count the slots of a
-/// placement, pick the k-th, or find the first hole that fits.
-#[derive(Debug, PartialEq, Eq)]
+/// placement, pick the k-th, or find the first hole that fits. Only the classes in use are
+/// kept up to date, so two summaries compare with [`Summary::agrees`], not field by field.
+#[derive(Debug)]
 pub(super) struct Summary {
     count: Cell<u64>,
     /// Per class: the sum of [`Hole::marks`].

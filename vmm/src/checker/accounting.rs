@@ -211,7 +211,7 @@ impl Found {
 /// The 4 KiB frames a record stands for: one, or the 512 of a heap block.
 fn frames_of(record: FrameRecord) -> impl Iterator<Item = FrameRecord> {
     let count = if record.usage == FrameUse::HeapBlock {
-        512
+        BLOCK_FRAMES
     } else {
         1
     };
@@ -233,8 +233,15 @@ fn clash(record: FrameRecord, owners: &Owners, space: u32) -> String {
     )
 }
 
+/// Frames in a heap block.
+const BLOCK_FRAMES: u64 = 512;
 /// Bytes in a heap block.
-const BLOCK_SIZE: u64 = 512 * 4096;
+const BLOCK_SIZE: u64 = BLOCK_FRAMES * 4096;
+
+/// The frames of the heap block at `base`.
+fn block_frames(base: u64) -> impl Iterator<Item = u64> {
+    (0..BLOCK_FRAMES).map(move |i| base + i * 4096)
+}
 
 /// Whether frame `frame` is allocated in the bitmap `words`.
 fn allocated(words: &[u64], frame: u64) -> bool {
@@ -317,7 +324,7 @@ impl Accounting {
         }
         for block in self.owned_blocks.remove(&space).unwrap_or_default() {
             self.blocks.remove(&block);
-            frames.extend((0..512).map(|i| block + i * 4096));
+            frames.extend(block_frames(block));
         }
         frames
     }
@@ -331,7 +338,7 @@ impl Accounting {
 
     /// Frames with an owner.
     fn owned_frames(&self) -> u64 {
-        self.owner.len() as u64 + 512 * self.blocks.len() as u64
+        self.owner.len() as u64 + BLOCK_FRAMES * self.blocks.len() as u64
     }
 
     /// Takes the aligned heap block at `record` as `space`'s, unless any of its frames has an
@@ -340,7 +347,7 @@ impl Accounting {
         let base = record.frame;
         let clear = base.is_multiple_of(BLOCK_SIZE)
             && !self.blocks.contains_key(&base)
-            && (0..512).all(|i| !self.owner.contains_key(&(base + i * 4096)));
+            && block_frames(base).all(|frame| !self.owner.contains_key(&frame));
         if clear {
             let owners = Owners {
                 usage: record.usage,
@@ -432,16 +439,17 @@ impl Accounting {
     }
 
     fn owned_are_allocated(&self, space: u32, words: &[u64], found: &mut Found) {
-        // A block is checked frame by frame only when its eight bitmap words are not all set.
+        // A block is checked frame by frame only when its bitmap words are not all set.
         let blocks = self.owned_blocks.get(&space).into_iter().flatten();
         let whole = |block: u64| {
             let first = (block / 4096 / 64) as usize;
+            let count = (BLOCK_FRAMES / 64) as usize;
             words
-                .get(first..first + 8)
+                .get(first..first + count)
                 .is_some_and(|w| w.iter().all(|&w| w == u64::MAX))
         };
         let partial = blocks.copied().filter(|&block| !whole(block));
-        let in_blocks = partial.flat_map(|block| (0..512).map(move |i| block + i * 4096));
+        let in_blocks = partial.flat_map(block_frames);
         let frames = self.owned.get(&space).into_iter().flatten().copied();
         for frame in frames.chain(in_blocks) {
             if !allocated(words, frame) {

@@ -1,11 +1,13 @@
 //! Shrinking a failing operation sequence to a minimal one that fails the same way.
 //!
 //! Hierarchically, each pass keeping a candidate only if it still fails with the same
-//! signature: first the failing prefix; then whole spaces (a `create-space` with every operation
-//! on that space); then ever smaller chunks down to single operations (delta debugging); then
-//! each operation is simplified (one page instead of many, a page-aligned touch, the plain
-//! value 1, read-write access), each space's addresses move down towards 0x1000, and the chunk
-//! pass runs again while anything changes.
+//! signature: a failure that came near exhausting memory first tries the [`exhaustion`]
+//! skeleton; then the failing prefix, and the spaces the failing check named alone; then whole
+//! spaces in halving groups (a `create-space` with every operation on that space); then ever
+//! smaller chunks down to single operations (delta debugging); then each operation is
+//! simplified (sizes halved while the failure stays, a page-aligned touch, the plain value 1,
+//! read-write access), each space's addresses move down towards 0x1000, and all the passes run
+//! again while anything changes.
 //!
 //! Space ids are renumbered as operations go: the guest numbers spaces 1, 2, ... in creation
 //! order, so dropping a `create-space` would otherwise point every later operation at the
@@ -15,7 +17,7 @@
 //! on any machine and under any load.
 
 use super::exhaustion::{self, Probe};
-use super::{rebase, replay, replay_run, Signature};
+use super::{rebase, replay_run, Signature};
 use crate::{VmConfig, VmmError};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE, MAX_BATCH};
@@ -679,14 +681,15 @@ pub fn shrink(
 ) -> Result<Shrunk, VmmError> {
     // Only agreement-checker findings need the checker; results are checked op by op anyway.
     let check = matches!(target, Signature::Finding(_));
+    let run =
+        |candidate: &[Op]| replay_run(config, candidate, shrink_batch(candidate.len()), check);
     let shown = |candidate: &[Op]| -> Result<Option<Shown>, VmmError> {
-        let failure = replay(config, candidate, shrink_batch(candidate.len()), check)?;
-        Ok(failure
-            .filter(|(f, _)| f.shows(target))
-            .map(|(f, prefix)| Shown {
-                prefix,
-                spaces: f.spaces,
-            }))
+        let run = run(candidate)?;
+        let prefix = run.sent.len();
+        Ok(run.failure.filter(|f| f.shows(target)).map(|f| Shown {
+            prefix,
+            spaces: f.spaces,
+        }))
     };
     let still_fails = |candidate: &[Op]| Ok(shown(candidate)?.map(|s| s.prefix));
     let pinned = pin_placements(ops, results);
@@ -700,7 +703,7 @@ pub fn shrink(
     let mut left = budget.max_replays;
     if near_exhaustion || results.iter().any(|r| r.status == Status::OutOfMemory) {
         let exhausted = |candidate: &[Op]| -> Result<Probe, VmmError> {
-            let run = replay_run(config, candidate, shrink_batch(candidate.len()), check)?;
+            let run = run(candidate)?;
             Ok(if run.failure.is_some_and(|f| f.shows(target)) {
                 Probe::Fails
             } else if run.results.iter().any(|r| r.status == Status::OutOfMemory) {

@@ -12,7 +12,7 @@ pub mod ram;
 use crate::boot_memory::{self, UsedRam};
 use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
 use crate::error::VmmError;
-use crate::loader::{self, KernelInRam, LoadedKernel};
+use crate::loader::{KernelInRam, LoadedKernel};
 use crate::serial::ConsoleSink;
 use crate::trace::TraceLog;
 use crate::vm::VmConfig;
@@ -63,14 +63,7 @@ impl SimVm {
                 ),
             });
         }
-        let (boot, in_ram) = match ram::take(config.memory) {
-            Some(used) => boot_memory::prepare_on(config, used)?,
-            None => {
-                let layout = loader::layout(&config.kernel, config.memory)?;
-                let boot = boot_memory::prepare(config)?;
-                (boot, KernelInRam::of(&config.kernel, layout))
-            }
-        };
+        let (boot, in_ram) = boot_memory::prepare_on(config, ram::take(config.memory))?;
         let mut console = ConsoleSink::new(config.echo_console);
         let _ = writeln!(console, "sim: booted, {} MiB RAM", boot.info.ram_size >> 20);
         let machine = Traced::new(
