@@ -94,7 +94,10 @@ impl<'a, B> KeyAdapter<'a> for ByAddress<B> {
 ///   number of rounds is at most `min(1 + x / v, f + 1) <= 1 + sqrt(x)`: `v` valid
 ///   positions in `f` holes, and `x` holes of at least `size` bytes that end less than
 ///   `size % alignment` bytes past an aligned address (each adds one slot that is never
-///   valid). Failure is O(1) up to 1 GiB, as for `place_anywhere` above.
+///   valid). Failure is O(1) up to 1 GiB, as for `place_anywhere` above. When the tail
+///   holds at least as many slots as the other holes have marks, one draw over that bound
+///   comes first: O(1) when it lands in the tail (at least half the time), one descent
+///   otherwise.
 /// - [`check_invariants`](Self::check_invariants): O(n log n).
 ///
 /// No operation allocates.
@@ -233,7 +236,9 @@ impl<B> RegionTree<B> {
     /// (a 128-bit `r`, index `floor(r * slots / 2^128)`). Every valid position has exactly
     /// one slot; a hole may have one more slot that runs past its end, and a draw that lands
     /// there is rejected. With page alignment, or a size that is a multiple of the
-    /// alignment, there is no such slot and the first draw is taken: O(log n). Otherwise a
+    /// alignment, there is no such slot and the first draw is taken: O(log n). (In a space
+    /// whose tail holds most slots, one draw over a bound that needs no count comes first;
+    /// see `randomized.rs`.) Otherwise a
     /// scan of the holes that fit runs beside the draws (two holes after the first rejected
     /// draw, then one per draw); if it ends first, the position is picked by rank among the
     /// ones it counted. The result is

@@ -125,6 +125,30 @@ fn uniform_with_larger_alignments() {
     }
 }
 
+/// Holes of 1, 3 and 6 pages under a tail of 40: the tail holds more slots than the other
+/// holes have marks, so the first draw counts no slots and may land on a mark that is none
+/// (in the 1-page hole, or past a hole's last start); what it leaves goes to the exact draw.
+#[test]
+fn uniform_when_the_tail_holds_most_positions() {
+    let page = |n: u64| n * PAGE_SIZE;
+    let holes = [(page(1), page(1)), (page(3), page(3)), (page(7), page(6))];
+    for (pages, alignment, seed) in [
+        (1, PAGE_SIZE, 41),
+        (2, PAGE_SIZE, 42),
+        (4, PAGE_SIZE, 43),
+        (1, 2 * PAGE_SIZE, 44),
+        (3, 2 * PAGE_SIZE, 45),
+        (3, 4 * PAGE_SIZE, 46),
+    ] {
+        let mut tree = tree_with_holes(
+            0x20_1000,
+            page(54),
+            &[holes[0], holes[1], holes[2], (page(14), page(40))],
+        );
+        assert_uniform(&mut tree, pages * PAGE_SIZE, alignment, seed);
+    }
+}
+
 /// 2 MiB alignment: 16 KiB holes that straddle 2 MiB boundaries with only 8 KiB above them
 /// (each has a slot, none a valid position) around a few holes that do fit.
 #[test]

@@ -168,23 +168,53 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Nanoseconds per call of `op`: batches of iterations sized to about 30 ms, median of them.
 fn ns_per_op(mut op: impl FnMut()) -> f64 {
+    let iters = calibrate(&mut op);
+    median((0..SAMPLES).map(|_| ns_per_iter(&mut op, iters)).collect())
+}
+
+/// Nanoseconds per call of `op(Side::Ours)` and of `op(Side::Baseline)`, their samples taken
+/// by turns so that a change in the machine's speed during the row weighs on both alike.
+/// One closure for both, since both sides work on the same tree.
+fn ns_per_op_paired(mut op: impl FnMut(Side)) -> (f64, f64) {
+    let ours = calibrate(|| op(Side::Ours));
+    let baseline = calibrate(|| op(Side::Baseline));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..PAIRED_SAMPLES {
+        a.push(ns_per_iter(|| op(Side::Ours), ours));
+        b.push(ns_per_iter(|| op(Side::Baseline), baseline));
+    }
+    (median(a), median(b))
+}
+
+/// Which side of a paired row a call measures.
+#[derive(Clone, Copy)]
+enum Side {
+    Ours,
+    Baseline,
+}
+
+/// Samples of each side of a paired row: more than [`SAMPLES`], since the two sides of the
+/// sparse rows differ by less than the machine's noise between samples.
+const PAIRED_SAMPLES: usize = 15;
+
+/// Iterations of `op` that take at least 30 ms.
+fn calibrate(mut op: impl FnMut()) -> u64 {
     let mut iters = 1u64;
     loop {
         let start = Instant::now();
         (0..iters).for_each(|_| op());
         if start.elapsed() >= Duration::from_millis(30) {
-            break;
+            return iters;
         }
         iters *= 2;
     }
-    let samples = (0..SAMPLES)
-        .map(|_| {
-            let start = Instant::now();
-            (0..iters).for_each(|_| op());
-            start.elapsed().as_nanos() as f64 / iters as f64
-        })
-        .collect();
-    median(samples)
+}
+
+/// Nanoseconds per call over `iters` calls of `op`.
+fn ns_per_iter(mut op: impl FnMut(), iters: u64) -> f64 {
+    let start = Instant::now();
+    (0..iters).for_each(|_| op());
+    start.elapsed().as_nanos() as f64 / iters as f64
 }
 
 fn machine() -> String {
@@ -261,23 +291,21 @@ fn bench_tree(layout: &Layout) -> BenchTree {
     shuffled_tree(layout.total, &layout.ranges, bench_region).expect("the layout fits")
 }
 
-/// Nanoseconds of `place_randomized` + `remove` and of the try loop + `remove`, 4 pages.
+/// Nanoseconds of `place_randomized` + `remove` and of the try loop + `remove`, 4 pages, sampled
+/// by turns.
 fn randomized_ns(tree: &mut BenchTree, alignment: u64) -> (f64, f64) {
     let mut rng = SplitMix64::new(0x5eed);
     let mut spare = Some(bench_region());
-    let ours = ns_per_op(|| {
+    ns_per_op_paired(|side| {
         let region = spare.take().expect("the spare region is back");
-        let placed = tree
-            .place_randomized(region, black_box(REQUEST), alignment, &mut rng)
-            .expect("a position exists");
-        spare = tree.remove(placed.base());
-    });
-    let tries = ns_per_op(|| {
-        let region = spare.take().expect("the spare region is back");
-        let placement = place_by_tries(tree, region, black_box(REQUEST), alignment, &mut rng);
-        spare = tree.remove(placement.result.expect("a position exists").base());
-    });
-    (ours, tries)
+        let placed = match side {
+            Side::Ours => tree.place_randomized(region, black_box(REQUEST), alignment, &mut rng),
+            Side::Baseline => {
+                place_by_tries(tree, region, black_box(REQUEST), alignment, &mut rng).result
+            }
+        };
+        spare = tree.remove(placed.expect("a position exists").base());
+    })
 }
 
 /// `place_randomized` against the SerenityOS-style try loop, in the sparse space and

@@ -50,6 +50,25 @@ impl<'a> FreeSpace<'a> {
         }
     }
 
+    /// A bound on the slots of a `size`-byte placement in `class` that needs no descent:
+    /// the tail's slots, and the marks of every hole in the gap index (at least its slots).
+    pub(super) fn slot_bound(&self, class: Class, size: u64) -> (u64, u64) {
+        (self.tail_slots(class, size), self.gaps.marks(class))
+    }
+
+    /// Number `k` of the [`slot_bound`](Self::slot_bound), tail first: the slot it is (hole
+    /// and slot there), `None` if it is a mark of the gap index that is no slot.
+    pub(super) fn bounded_slot(&self, class: Class, size: u64, k: u64) -> Option<(Hole, u64)> {
+        let tail_slots = self.tail_slots(class, size);
+        if k < tail_slots {
+            return Some((self.tail?, k));
+        }
+        let (hole, mark) = self.gaps.mark(class, k - tail_slots)?;
+        // A hole's first `marks - units(size)` marks are its slots.
+        let slot = hole.size() >= size && mark < hole.marks(class) - class.units(size);
+        slot.then_some((hole, mark))
+    }
+
     fn tail_slots(&self, class: Class, size: u64) -> u64 {
         self.tail
             .filter(|tail| tail.size() >= size)

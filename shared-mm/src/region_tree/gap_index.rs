@@ -19,8 +19,10 @@ use super::InvariantViolation;
 type Link = Option<NonNull<GapNode>>;
 
 /// The gap index's node inside every region: the hole below the region, and, while linked,
-/// its place in the tree.
+/// its place in the tree. `repr(C)` keeps what a descent and a rebalance read (links, height,
+/// key, count) in the first 48 bytes, rather than the height after the summary's arrays.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct GapNode {
     left: Cell<Link>,
     right: Cell<Link>,
@@ -270,6 +272,20 @@ impl GapIndex {
             at = node.left();
         }
         None
+    }
+
+    /// The sum of every hole's marks in `class`: at least [`slots`](Self::slots) for any size.
+    /// O(1).
+    pub(super) fn marks(&self, class: Class) -> u64 {
+        self.keep(class);
+        self.root().map_or(0, |root| root.summary.marks(class))
+    }
+
+    /// Mark number `k` (`k < self.marks(class)`) over all holes: its hole and its place
+    /// among the hole's marks. A placement of no bytes has every mark as a slot, so this is
+    /// [`slot`](Self::slot) for size 0.
+    pub(super) fn mark(&self, class: Class, k: u64) -> Option<(Hole, u64)> {
+        self.slot(class, 0, k)
     }
 
     /// Whether `node` is linked here (found by its key).

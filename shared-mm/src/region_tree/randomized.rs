@@ -3,7 +3,7 @@
 
 use super::best_fit::best_fit;
 use super::free_space::FreeSpace;
-use super::holes::Class;
+use super::holes::{Class, Hole};
 use super::random::{uniform_below, RandomSource};
 
 /// A start drawn uniformly from all valid `alignment`-aligned starts of a `size`-byte
@@ -37,6 +37,9 @@ pub(super) fn uniform(
     if !exists {
         return None;
     }
+    if let Some(start) = tail_first_draw(space, class, size, alignment, rng) {
+        return Some(start);
+    }
     let slots = space.slots(class, size);
     let mut scan = space.fitting(size, alignment);
     // The first hole the scan found: its lowest start and number of starts.
@@ -67,6 +70,32 @@ pub(super) fn uniform(
     }
 }
 
+/// One draw that counts no slots, for a space whose tail holds most of them: uniform over
+/// the [`slot_bound`](FreeSpace::slot_bound), the tail's slots and then every mark of the gap
+/// index. It is made only when the tail's slots are at least the marks, so that it lands in
+/// the tail, at no descent, at least half the time; it is taken if it lands on a valid start.
+///
+/// Every valid start has one number in the bound, so each is taken here with the same
+/// probability; what is not taken goes on to the exact draw, itself uniform. The mix is
+/// uniform: with `b` numbers in the bound and `v` valid starts, a start's probability is
+/// `1/b + (1 - v/b) / v = 1/v`.
+fn tail_first_draw(
+    space: &FreeSpace<'_>,
+    class: Class,
+    size: u64,
+    alignment: u64,
+    rng: &mut impl RandomSource,
+) -> Option<u64> {
+    let (tail, marks) = space.slot_bound(class, size);
+    if tail == 0 || tail < marks {
+        return None;
+    }
+    // Both count aligned addresses of disjoint holes: the sum is below 2^53.
+    let k = uniform_below(rng, tail + marks);
+    let (hole, slot) = space.bounded_slot(class, size, k)?;
+    valid_start(hole, class, slot, size, alignment)
+}
+
 /// The start of slot `k`, if it is a valid `alignment`-aligned start of `size` bytes.
 fn draw_slot(
     space: &FreeSpace<'_>,
@@ -76,6 +105,11 @@ fn draw_slot(
     k: u64,
 ) -> Option<u64> {
     let (hole, slot) = space.slot(class, size, k)?;
+    valid_start(hole, class, slot, size, alignment)
+}
+
+/// The start of `slot` in `hole`, if it is a valid `alignment`-aligned start of `size` bytes.
+fn valid_start(hole: Hole, class: Class, slot: u64, size: u64, alignment: u64) -> Option<u64> {
     let start = hole.slot_start(class, slot)?;
     let fits = start.checked_add(size - 1)? <= hole.last();
     (fits && start.is_multiple_of(alignment)).then_some(start)
