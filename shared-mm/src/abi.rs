@@ -48,7 +48,7 @@ pub enum Hypercall {
     /// `args[0]`: exit status.
     Exit = 3,
     /// Request payload: results of the previous batch (`count` records), then `args[0]`
-    /// [`SpaceRecord`]s. Response payload: `count` [`OpRecord`]s; `args[0]` may hold [`BATCH_DONE`].
+    /// [`SpaceRecord`]s. Response payload: `count` encoded [`Op`]s; `args[0]` may hold [`BATCH_DONE`].
     Batch = 4,
     /// Payload: `count` [`RegionRecord`]s of space `args[0]` starting at index `args[1]`;
     /// `args[2]` total regions, `args[3]` the space's CR3.
@@ -199,7 +199,7 @@ impl MailboxHeader {
     }
 }
 
-/// Encoded size of one [`OpRecord`].
+/// Encoded size of one [`Op`].
 pub const OP_RECORD_SIZE: usize = 48;
 /// Encoded size of one [`OpResult`].
 pub const RESULT_RECORD_SIZE: usize = 32;
