@@ -1098,6 +1098,9 @@ fn coverage_guided(rows: &mut Vec<Row>) {
     );
 }
 
+/// One part of the bench: it measures and pushes its rows.
+type Section = fn(&mut Vec<Row>);
+
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no options.
     let started = Instant::now();
@@ -1105,7 +1108,7 @@ fn main() {
     println!("{machine}");
     let mut rows = Vec::new();
     let only = std::env::var("SYSTEM_BENCH_ONLY").ok();
-    let sections: [(&str, fn(&mut Vec<Row>)); 10] = [
+    let sections: [(&str, Section); 10] = [
         ("region_tree", region_tree),
         ("region_tree", region_tree_randomized),
         ("region_tree", region_tree_adversarial),
