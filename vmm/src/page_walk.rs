@@ -385,12 +385,23 @@ impl TableCursor {
 
     /// The index of the next present entry at or after `next` (before `end`), or `end`: most
     /// entries of a sparse space's tables are empty, and one tight scan skips them.
+    ///
+    /// Eight entries at a time: a block with no present entry is passed with one test, and the
+    /// test has no branch per entry, so the compiler can do it in a few vector instructions.
     fn next_present(&self) -> usize {
-        let entries = &self.bytes.as_chunks::<ENTRY_SIZE>().0[..self.end];
-        entries[self.next.min(self.end)..]
+        let start = self.next.min(self.end);
+        let entries = &self.bytes.as_chunks::<ENTRY_SIZE>().0[start..self.end];
+        let present = |raw: &[u8; ENTRY_SIZE]| PageTableEntry::from_le_bytes(*raw).is_present();
+        let (blocks, _) = entries.as_chunks::<8>();
+        let skipped = blocks
             .iter()
-            .position(|raw| PageTableEntry::from_le_bytes(*raw).is_present())
-            .map_or(self.end, |i| self.next + i)
+            .take_while(|block| !block.iter().fold(false, |any, raw| any | present(raw)))
+            .count()
+            * 8;
+        entries[skipped..]
+            .iter()
+            .position(present)
+            .map_or(self.end, |i| start + skipped + i)
     }
 }
 
