@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's bench command: measures the whole system in one run and prints one table
-# (vmm/benches/system.rs, 11 to 16 minutes on this machine, most of it kvm guests). With --criterion it then also runs the detailed criterion
+# (vmm/benches/system.rs, 10 to 16 minutes on this machine, most of it kvm guests). With --criterion it then also runs the detailed criterion
 # benches of the RegionTree and of the page-table walker (about 2 more minutes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
