@@ -215,8 +215,8 @@ fn frames_of(record: FrameRecord) -> impl Iterator<Item = FrameRecord> {
     } else {
         1
     };
-    (0..count).map(move |i| FrameRecord {
-        frame: record.frame + i * 4096,
+    frames_from(record.frame, count).map(move |frame| FrameRecord {
+        frame,
         usage: record.usage,
     })
 }
@@ -240,7 +240,12 @@ const BLOCK_SIZE: u64 = BLOCK_FRAMES * 4096;
 
 /// The frames of the heap block at `base`.
 fn block_frames(base: u64) -> impl Iterator<Item = u64> {
-    (0..BLOCK_FRAMES).map(move |i| base + i * 4096)
+    frames_from(base, BLOCK_FRAMES)
+}
+
+/// `count` consecutive 4 KiB frames from `base`.
+fn frames_from(base: u64, count: u64) -> impl Iterator<Item = u64> {
+    (0..count).map(move |i| base + i * 4096)
 }
 
 /// Whether frame `frame` is allocated in the bitmap `words`.
