@@ -72,9 +72,16 @@ impl PageDirectory {
     }
 
     /// Copies the present kernel-half entries of `from` into this (zeroed) PML4.
+    /// The half is read in one access, not entry by entry: most of it is empty, and every
+    /// space and fork pays for this.
     fn copy_kernel_half<M: Machine>(&self, from: PhysicalFrame, hw: &mut Hardware<M>) {
-        for index in KERNEL_HALF_FIRST_SLOT..ENTRIES_PER_TABLE {
-            let value = hw.machine.read_pte(from, index);
+        let mut half = [0u8; (ENTRIES_PER_TABLE - KERNEL_HALF_FIRST_SLOT) * 8];
+        hw.machine
+            .read_frame(from, KERNEL_HALF_FIRST_SLOT * 8, &mut half);
+        let entries = half
+            .chunks_exact(8)
+            .map(|raw| u64::from_le_bytes(raw.try_into().expect("chunks of 8 bytes")));
+        for (index, value) in (KERNEL_HALF_FIRST_SLOT..).zip(entries) {
             if value != 0 {
                 let slot = self.slot(self.pml4, PageLevel::Pml4, index, slot_va(index));
                 hw.machine.write_pte(slot, value);

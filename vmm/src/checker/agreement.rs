@@ -428,7 +428,7 @@ impl Check<'_> {
     /// and execute access need USER, WRITE and EXECUTE (kernel regions never have USER).
     fn access(&mut self, space: u32, leaf: &Leaf, region: &RegionRecord) {
         let access = region.access;
-        let excess: Vec<&str> = [
+        let broken = [
             (access & READ == 0, "present"),
             (leaf.perms.user && access & USER == 0, "user"),
             (leaf.perms.writable && access & WRITE == 0, "writable"),
@@ -436,23 +436,26 @@ impl Check<'_> {
                 leaf.perms.executable() && access & EXECUTE == 0,
                 "executable",
             ),
-        ]
-        .into_iter()
-        .filter_map(|(broken, what)| broken.then_some(what))
-        .collect();
-        if !excess.is_empty() {
-            let detail = format!(
-                "page is {} but the region does not allow it",
-                excess.join(", ")
-            );
-            self.report(
-                space,
-                Rule::PteExceedsRegion,
-                Some(leaf),
-                Some(region),
-                detail,
-            );
+        ];
+        // Every leaf of every check comes here: no list unless something is wrong.
+        if broken.iter().all(|&(broken, _)| !broken) {
+            return;
         }
+        let excess: Vec<&str> = broken
+            .into_iter()
+            .filter_map(|(broken, what)| broken.then_some(what))
+            .collect();
+        let detail = format!(
+            "page is {} but the region does not allow it",
+            excess.join(", ")
+        );
+        self.report(
+            space,
+            Rule::PteExceedsRegion,
+            Some(leaf),
+            Some(region),
+            detail,
+        );
     }
 }
 

@@ -625,8 +625,10 @@ impl Model {
                 self.next_id += 1;
             }
             Op::DestroySpace { space } => {
-                self.spaces.remove(&space);
-                self.drop_unheld_objects();
+                let gone = self.spaces.remove(&space);
+                if gone.is_some_and(|s| s.objects().next().is_some()) {
+                    self.drop_unheld_objects();
+                }
             }
             Op::MapAnywhere {
                 space,
@@ -647,10 +649,14 @@ impl Model {
                 ..
             } => self.map(space, got.addr, size, access),
             Op::Unmap { space, addr, size } => {
-                if let Some(s) = self.spaces.get_mut(&space) {
-                    s.cut(addr, size);
+                // Only a region that held an object can leave it unheld.
+                if self
+                    .spaces
+                    .get_mut(&space)
+                    .is_some_and(|s| s.cut(addr, size))
+                {
+                    self.drop_unheld_objects();
                 }
-                self.drop_unheld_objects();
             }
             Op::Protect {
                 space,
@@ -946,6 +952,43 @@ mod tests {
             m.apply(&protect, &refused).is_none(),
             "SHARED is set at map time only"
         );
+    }
+
+    #[test]
+    fn an_unmapped_page_of_many_written_reads_as_zero_when_mapped_again() {
+        // Eight written pages, then one unmapped and mapped again: the unmap forgets that page
+        // alone (one by one, as there are fewer pages in the range than written).
+        let mut m = Model::default();
+        assert!(m.apply(&Op::CreateSpace, &value(1)).is_none());
+        let map = |addr, size| Op::MapFixed {
+            space: 1,
+            addr,
+            size,
+            access: URW,
+        };
+        assert!(m
+            .apply(&map(0x40_0000, 8 * PAGE), &ok_at(0x40_0000))
+            .is_none());
+        for page in 0..8 {
+            let addr = 0x40_0000 + page * PAGE;
+            let write = Op::TouchWrite {
+                space: 1,
+                addr,
+                value: page + 1,
+            };
+            assert!(m.apply(&write, &value(page + 1)).is_none());
+        }
+        let unmap = Op::Unmap {
+            space: 1,
+            addr: 0x40_3000,
+            size: PAGE,
+        };
+        assert!(m.apply(&unmap, &OpResult::ok()).is_none());
+        assert!(m.apply(&map(0x40_3000, PAGE), &ok_at(0x40_3000)).is_none());
+        let read = |addr| Op::TouchRead { space: 1, addr };
+        assert!(m.apply(&read(0x40_3000), &value(0)).is_none(), "forgotten");
+        assert!(m.apply(&read(0x40_2000), &value(3)).is_none(), "kept below");
+        assert!(m.apply(&read(0x40_4000), &value(5)).is_none(), "kept above");
     }
 
     #[test]

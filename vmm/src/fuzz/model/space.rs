@@ -65,7 +65,10 @@ impl SpaceModel {
         let hit: Vec<(u64, ModelRegion)> = self
             .regions
             .range(..=last)
-            .filter(|(&b, r)| b + (r.size - 1) >= base)
+            .rev()
+            // Regions are disjoint, so their ends rise with their bases: the first that ends
+            // below `base` has only such regions below it.
+            .take_while(|(&b, r)| b + (r.size - 1) >= base)
             .map(|(&b, &r)| (b, r))
             .collect();
         let mut inside = Vec::with_capacity(hit.len());
@@ -91,13 +94,36 @@ impl SpaceModel {
 
     /// Removes `[base, base + size)` from the regions (splitting them) and forgets its private
     /// pages. Shared objects keep theirs: other regions may still map them.
-    pub(super) fn cut(&mut self, base: u64, size: u64) {
+    /// Returns whether a region it removed held a shared object.
+    pub(super) fn cut(&mut self, base: u64, size: u64) -> bool {
         let last = base + (size - 1);
+        let mut held_object = false;
         for inside in self.split_at_edges(base, last) {
-            self.regions.remove(&inside);
+            held_object |= self
+                .regions
+                .remove(&inside)
+                .is_some_and(|r| r.object.is_some());
         }
-        self.memory.retain(|&p, _| p < base || p > last);
-        self.committed.retain(|&p| p < base || p > last);
+        let outside = |p: u64| p < base || p > last;
+        // The pages in the range, one by one when they are fewer than the pages recorded.
+        let first = base.checked_next_multiple_of(PAGE).unwrap_or(u64::MAX);
+        let pages = || (first..=last).step_by(PAGE as usize);
+        let count = last.checked_sub(first).map_or(0, |span| span / PAGE + 1);
+        if count < self.memory.len() as u64 {
+            for page in pages() {
+                self.memory.remove(&page);
+            }
+        } else {
+            self.memory.retain(|&p, _| outside(p));
+        }
+        if count < self.committed.len() as u64 {
+            for page in pages() {
+                self.committed.remove(&page);
+            }
+        } else {
+            self.committed.retain(|&p| outside(p));
+        }
+        held_object
     }
 
     /// Gives `[base, base + size)` the access `access` (splitting regions; pages and data
