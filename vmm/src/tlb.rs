@@ -83,8 +83,9 @@ const PAGE_SIZES: [u64; 3] = [1 << 12, 1 << 21, 1 << 30];
 /// A maximally stale TLB for one CPU.
 #[derive(Clone, Debug, Default)]
 pub struct Tlb {
-    /// By `(page size, first address)`.
-    entries: HashMap<(u64, u64), Translation>,
+    /// One map per entry of [`PAGE_SIZES`], by first address: a lookup hashes one address per
+    /// size that has entries, and most have none (every simulated access looks up).
+    entries: [HashMap<u64, Translation>; 3],
 }
 
 impl Tlb {
@@ -92,19 +93,27 @@ impl Tlb {
     pub fn lookup(&self, va: u64) -> Option<&Translation> {
         PAGE_SIZES
             .iter()
-            .find_map(|&size| self.entries.get(&(size, va & !(size - 1))))
+            .zip(&self.entries)
+            .filter(|(_, entries)| !entries.is_empty())
+            .find_map(|(&size, entries)| entries.get(&(va & !(size - 1))))
     }
 
     /// Caches `translation`.
     pub fn fill(&mut self, translation: Translation) {
-        self.entries
-            .insert((translation.size, translation.page), translation);
+        if let Some(entries) = self.of_size(translation.size) {
+            entries.insert(translation.page, translation);
+        }
+    }
+
+    fn of_size(&mut self, size: u64) -> Option<&mut HashMap<u64, Translation>> {
+        let at = PAGE_SIZES.iter().position(|&s| s == size)?;
+        Some(&mut self.entries[at])
     }
 
     /// `invlpg va`: drops every entry covering `va`.
     pub fn invlpg(&mut self, va: u64) {
-        for size in PAGE_SIZES {
-            self.entries.remove(&(size, va & !(size - 1)));
+        for (size, entries) in PAGE_SIZES.iter().zip(&mut self.entries) {
+            entries.remove(&(va & !(size - 1)));
         }
     }
 
@@ -115,22 +124,22 @@ impl Tlb {
 
     /// A CR3 load: drops every entry.
     pub fn reload(&mut self) {
-        self.entries.clear();
+        self.entries.iter_mut().for_each(HashMap::clear);
     }
 
     /// How many translations are cached.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.iter().map(HashMap::len).sum()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.iter().all(HashMap::is_empty)
     }
 
     /// The cached translations, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Translation> {
-        self.entries.values()
+        self.entries.iter().flat_map(HashMap::values)
     }
 }
 
