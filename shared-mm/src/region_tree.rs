@@ -239,9 +239,9 @@ impl<B> RegionTree<B> {
     /// alignment, there is no such slot and the first draw is taken: O(log n). (In a space
     /// whose tail holds most slots, one draw over a bound that needs no count comes first;
     /// see `randomized.rs`.) Otherwise a
-    /// scan of the holes that fit runs beside the draws (two holes after the first rejected
-    /// draw, then one per draw); if it ends first, the position is picked by rank among the
-    /// ones it counted. The result is
+    /// scan of the holes that fit runs beside the draws (two holes before the first draw,
+    /// then one per draw; with at most 64 slots one draw comes first); if it ends first, the
+    /// position is picked by rank among the ones it counted. The result is
     /// uniform either way (the scan uses no randomness), the loop ends for any `rng`, and
     /// each position's probability is within a relative `2^-74` of `1 / count`. See the
     /// complexity on [`RegionTree`], and `randomized.rs` for the argument.

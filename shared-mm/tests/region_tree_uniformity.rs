@@ -149,19 +149,40 @@ fn uniform_when_the_tail_holds_most_positions() {
     }
 }
 
-/// 2 MiB alignment: 16 KiB holes that straddle 2 MiB boundaries with only 8 KiB above them
-/// (each has a slot, none a valid position) around a few holes that do fit.
-#[test]
-fn uniform_at_2_mib_among_near_misses() {
+/// `boundaries - 1` holes of 16 KiB that straddle 2 MiB boundaries with only 8 KiB above them
+/// (each has a slot, none a valid position), every `every`-th a little larger so that it
+/// fits.
+fn near_misses_at_2_mib(boundaries: u64, every: u64) -> RegionTree<()> {
     let mib2 = 2 << 20;
     let mut holes = Vec::new();
-    for k in 1..40u64 {
+    for k in 1..boundaries {
         let boundary = k * mib2;
-        let extra = if k % 8 == 0 { k / 8 * PAGE_SIZE } else { 0 };
+        let extra = if k % every == 0 {
+            k / every * PAGE_SIZE
+        } else {
+            0
+        };
         holes.push((boundary - 2 * PAGE_SIZE, 4 * PAGE_SIZE + extra));
     }
-    let mut tree = tree_with_holes(0, 41 * mib2, &holes);
-    assert_uniform(&mut tree, 3 * PAGE_SIZE, mib2, 31);
+    tree_with_holes(0, (boundaries + 1) * mib2, &holes)
+}
+
+/// 2 MiB alignment among 39 near misses: few slots, so the first draw comes before the scan.
+#[test]
+fn uniform_at_2_mib_among_near_misses() {
+    assert_uniform(&mut near_misses_at_2_mib(40, 8), 3 * PAGE_SIZE, 2 << 20, 31);
+}
+
+/// 2 MiB alignment, 6 holes that fit among 393 near misses: more slots than the draw-first
+/// bound, so the scan starts before any draw, and mostly ends before a draw is taken.
+#[test]
+fn uniform_at_2_mib_among_many_near_misses() {
+    assert_uniform(
+        &mut near_misses_at_2_mib(400, 64),
+        3 * PAGE_SIZE,
+        2 << 20,
+        32,
+    );
 }
 
 /// Single-page holes at `k * alignment + alignment / 2` (never aligned; at 1 GiB-aligned
