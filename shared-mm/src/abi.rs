@@ -224,7 +224,7 @@ pub mod access_bits {
 }
 
 /// One memory-management operation the host asks the guest to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     /// Result `value`: the new space's id.
     CreateSpace,

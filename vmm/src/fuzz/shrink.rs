@@ -21,6 +21,7 @@ use super::{rebase, replay_run, Signature};
 use crate::{VmConfig, VmmError};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE, MAX_BATCH};
+use std::collections::HashMap;
 
 /// Operations per batch when replaying short candidates: small enough that a failure is pinned
 /// close to its operation, large enough to keep replays quick.
@@ -299,7 +300,14 @@ struct Shrinker<F> {
     budget: Budget,
     exhausted: bool,
     still_fails: F,
+    /// The outcome of every short candidate replayed so far: a replay is deterministic, and
+    /// the last rounds, which find nothing more to change, try many candidates again.
+    replayed: HashMap<Vec<Op>, Option<usize>>,
 }
+
+/// Operations up to which a candidate's outcome is kept in [`Shrinker::replayed`] (at most
+/// the budget's 2,000 replays of them: bounded memory).
+const REMEMBERED_LEN: usize = 64;
 
 impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
     /// Replays the kept operations of `ops` at `kept`; keeps both if they still fail.
@@ -308,8 +316,19 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
             self.exhausted = true;
             return Ok(false);
         }
-        self.replays += 1;
-        match (self.still_fails)(&materialize(ops, &self.creators, kept))? {
+        let candidate = materialize(ops, &self.creators, kept);
+        let outcome = match self.replayed.get(&candidate) {
+            Some(&outcome) => outcome,
+            None => {
+                self.replays += 1;
+                let outcome = (self.still_fails)(&candidate)?;
+                if candidate.len() <= REMEMBERED_LEN {
+                    self.replayed.insert(candidate, outcome);
+                }
+                outcome
+            }
+        };
+        match outcome {
             Some(prefix) => {
                 self.ops = ops.to_vec();
                 self.kept = kept[..prefix.min(kept.len())].to_vec();
@@ -627,6 +646,7 @@ fn shrink_from(
         },
         exhausted: false,
         still_fails,
+        replayed: HashMap::new(),
     };
     let all: Vec<usize> = (0..ops.len()).collect();
     match failing {
@@ -779,6 +799,29 @@ mod tests {
             ]
         );
         assert!(!shrunk.budget_exhausted);
+    }
+
+    #[test]
+    fn no_short_candidate_is_replayed_twice() {
+        let ops: Vec<Op> = (0..40)
+            .map(|n| Op::DestroySpace { space: 1000 + n })
+            .collect();
+        let mut replayed: Vec<Vec<Op>> = Vec::new();
+        let shrunk = shrink_with(&ops, Budget::default(), |candidate| {
+            replayed.push(candidate.to_vec());
+            fails(candidate)
+        })
+        .expect("no VM involved");
+        assert_eq!(shrunk.ops.len(), 2);
+        assert_eq!(shrunk.replays, replayed.len());
+        let mut distinct = replayed.clone();
+        distinct.sort_by_key(|c| format!("{c:?}"));
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            replayed.len(),
+            "a candidate was replayed again"
+        );
     }
 
     #[test]
