@@ -360,8 +360,8 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
 
     /// Keeps only the spaces `named` (numbered as the guest numbered them in the last replay),
     /// if the failure stays: a long run's finding often needs one space of dozens. First the
-    /// named spaces alone, each fork among them made a fresh space (most findings on a forked
-    /// space need none of its parent's history); then with their fork families.
+    /// named spaces alone, each fork among them made a fresh space (a finding on a forked
+    /// space may need none of its parent's history); then with their fork families.
     fn focus(&mut self, named: &[u32]) -> Result<(), VmmError> {
         // The guest numbers every space made, used or not.
         let made: Vec<usize> = self
