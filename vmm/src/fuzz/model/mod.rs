@@ -16,7 +16,7 @@ use shared_mm::abi::{
     USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
 };
 use space::PAGE;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Normalized access as the guest computes it, or `None` for unknown bits.
 pub fn normalize_access(bits: u32) -> Option<u32> {
@@ -625,9 +625,8 @@ impl Model {
                 self.next_id += 1;
             }
             Op::DestroySpace { space } => {
-                let gone = self.spaces.remove(&space);
-                if gone.is_some_and(|s| s.objects().next().is_some()) {
-                    self.drop_unheld_objects();
+                if let Some(gone) = self.spaces.remove(&space) {
+                    self.drop_unheld(gone.objects());
                 }
             }
             Op::MapAnywhere {
@@ -649,13 +648,9 @@ impl Model {
                 ..
             } => self.map(space, got.addr, size, access),
             Op::Unmap { space, addr, size } => {
-                // Only a region that held an object can leave it unheld.
-                if self
-                    .spaces
-                    .get_mut(&space)
-                    .is_some_and(|s| s.cut(addr, size))
-                {
-                    self.drop_unheld_objects();
+                if let Some(s) = self.spaces.get_mut(&space) {
+                    let released = s.cut(addr, size);
+                    self.drop_unheld(released.into_iter());
                 }
             }
             Op::Protect {
@@ -702,10 +697,19 @@ impl Model {
         }
     }
 
-    /// Forgets the shared objects no region of any space holds: their frames go back.
-    fn drop_unheld_objects(&mut self) {
-        let held: BTreeSet<u64> = self.spaces.values().flat_map(SpaceModel::objects).collect();
-        self.shared.keep_only(&held);
+    /// Forgets those of `released` (objects regions just stopped holding) that no region of
+    /// any space holds any more: their frames go back. Only a released object can have become
+    /// unheld, so only those are looked for.
+    fn drop_unheld(&mut self, released: impl Iterator<Item = u64>) {
+        for object in released {
+            let held = self
+                .spaces
+                .values()
+                .any(|s| s.objects().any(|held| held == object));
+            if !held {
+                self.shared.forget(object);
+            }
+        }
     }
 
     /// An access that faulted on the second of its two pages made the first present first.

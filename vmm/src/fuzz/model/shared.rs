@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use super::space::Page;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// One shared object's pages.
 #[derive(Clone, Debug, Default)]
@@ -64,8 +64,8 @@ impl SharedMemory {
         self.objects.values().map(|o| o.committed.len()).sum()
     }
 
-    /// Drops the objects no region holds any more.
-    pub fn keep_only(&mut self, held: &BTreeSet<u64>) {
-        self.objects.retain(|id, _| held.contains(id));
+    /// Drops `object`: no region holds it any more.
+    pub fn forget(&mut self, object: u64) {
+        self.objects.remove(&object);
     }
 }

@@ -94,15 +94,12 @@ impl SpaceModel {
 
     /// Removes `[base, base + size)` from the regions (splitting them) and forgets its private
     /// pages. Shared objects keep theirs: other regions may still map them.
-    /// Returns whether a region it removed held a shared object.
-    pub(super) fn cut(&mut self, base: u64, size: u64) -> bool {
+    /// Returns the shared objects the removed regions held.
+    pub(super) fn cut(&mut self, base: u64, size: u64) -> Vec<u64> {
         let last = base + (size - 1);
-        let mut held_object = false;
+        let mut objects = Vec::new();
         for inside in self.split_at_edges(base, last) {
-            held_object |= self
-                .regions
-                .remove(&inside)
-                .is_some_and(|r| r.object.is_some());
+            objects.extend(self.regions.remove(&inside).and_then(|r| r.object));
         }
         let outside = |p: u64| p < base || p > last;
         // The pages in the range, one by one when they are fewer than the pages recorded.
@@ -123,7 +120,7 @@ impl SpaceModel {
         } else {
             self.committed.retain(|&p| outside(p));
         }
-        held_object
+        objects
     }
 
     /// Gives `[base, base + size)` the access `access` (splitting regions; pages and data
