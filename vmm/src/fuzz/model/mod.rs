@@ -959,6 +959,24 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_object_goes_with_its_last_region() {
+        // The shared page of `forked()` holds a frame while either space maps it.
+        let mut m = forked();
+        assert_eq!(m.shared.frames(), 1);
+        let unmap = |space| Op::Unmap {
+            space,
+            addr: 0x50_0000,
+            size: PAGE,
+        };
+        assert!(m.apply(&unmap(1), &OpResult::ok()).is_none());
+        assert_eq!(m.shared.frames(), 1, "space 2 still maps it");
+        assert!(m
+            .apply(&Op::DestroySpace { space: 2 }, &OpResult::ok())
+            .is_none());
+        assert_eq!(m.shared.frames(), 0, "no region holds it");
+    }
+
+    #[test]
     fn an_unmapped_page_of_many_written_reads_as_zero_when_mapped_again() {
         // Eight written pages, then one unmapped and mapped again: the unmap forgets that page
         // alone (one by one, as there are fewer pages in the range than written).
