@@ -22,9 +22,8 @@ use crate::address::PAGE_SIZE;
 /// fit (two before the loop's first draw, then one per draw; a draw comes before the scan
 /// only when every slot is valid or there are at most [`FEW_SLOTS`]), counting their starts;
 /// if it ends first, the start is picked by rank among the starts it counted, again
-/// uniformly. The scan
-/// needs no randomness, so mixing the two keeps the result uniform, and the loop ends even if
-/// the source always rejects.
+/// uniformly. The scan needs no randomness, so mixing the two keeps the result uniform, and
+/// the loop ends even if the source always rejects.
 pub(super) fn uniform(
     space: &FreeSpace<'_>,
     size: u64,
@@ -45,10 +44,11 @@ pub(super) fn uniform(
         return Some(start);
     }
     let slots = space.slots(class, size);
+    let draw = |rng: &mut _| draw_slot(space, class, size, alignment, uniform_below(rng, slots));
     let every_slot_valid = alignment == PAGE_SIZE || size.is_multiple_of(alignment);
     if every_slot_valid || slots <= FEW_SLOTS {
         // The first draw is taken, or likely to be.
-        if let Some(start) = draw_slot(space, class, size, alignment, uniform_below(rng, slots)) {
+        if let Some(start) = draw(rng) {
             return Some(start);
         }
     }
@@ -75,7 +75,7 @@ pub(super) fn uniform(
             // Holes are disjoint and starts at least a page apart: no overflow.
             counted += count;
         }
-        if let Some(start) = draw_slot(space, class, size, alignment, uniform_below(rng, slots)) {
+        if let Some(start) = draw(rng) {
             return Some(start);
         }
     }

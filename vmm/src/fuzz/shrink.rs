@@ -390,9 +390,11 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
                 fresh[i] = Op::CreateSpace;
             }
         }
+        // When no fork joins a kept space to another, `alone` is the family's candidate.
+        // Otherwise it differs from the kept operations: a kept fork became a fresh space, or
+        // a fork of a kept space is dropped.
         let family = families(&made, &self.creators, keep.clone());
-        let changed = fresh != self.ops || alone.len() < self.kept.len();
-        if changed && family != keep && self.try_candidate(&fresh, &alone)? {
+        if family != keep && self.try_candidate(&fresh, &alone)? {
             return Ok(());
         }
         let family = self.keep_spaces(&made, &family);
