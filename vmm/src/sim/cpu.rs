@@ -1,12 +1,13 @@
 //! The simulated CPU in ring 3. It runs the few instructions the MM's user accesses use (the
 //! trampoline's `mov rax, [rdi]` and `mov [rdi], rsi`, `nop`, and the `int3` that ends every
 //! stay); anything else raises #UD. Every fetch and data access is translated through the TLB
-//! first and through the page tables on a miss, and faults as the hardware raises them: #GP
-//! for a non-canonical address, #PF with the architectural error code and CR2 otherwise.
+//! first and through the page tables on a miss (from the deepest paging-structure-cache entry
+//! that covers the address, else from CR3), and faults as the hardware raises them: #GP for a
+//! non-canonical address, #PF with the architectural error code and CR2 otherwise.
 
 use super::ram::WrittenPages;
 use crate::page_walk::{self, WalkError};
-use crate::tlb::{Access, Tlb, Translation};
+use crate::tlb::{Access, CpuCaches, Translation};
 use guest_mm::machine::{
     PF_FETCH, PF_PRESENT, PF_RESERVED, PF_USER, PF_WRITE, VECTOR_BREAKPOINT,
     VECTOR_GENERAL_PROTECTION, VECTOR_INVALID_OPCODE, VECTOR_PAGE_FAULT,
@@ -26,10 +27,27 @@ const REX_W: u8 = 0x48;
 const LOAD: [u8; 3] = [0x48, 0x8b, 0x07]; // mov rax, [rdi]
 const STORE: [u8; 3] = [0x48, 0x89, 0x37]; // mov [rdi], rsi
 
+/// What one simulated CPU keeps between its stays in ring 3: the tables it walks and what it
+/// caches of them. The sim has one; an SMP sim has one per CPU.
+#[derive(Clone, Debug)]
+pub struct CpuState {
+    pub cr3: u64,
+    pub caches: CpuCaches,
+}
+
+impl CpuState {
+    /// A CPU on the tables at `cr3`, with nothing cached.
+    pub fn new(cr3: u64) -> Self {
+        CpuState {
+            cr3,
+            caches: CpuCaches::default(),
+        }
+    }
+}
+
 struct Cpu<'a> {
     mem: &'a GuestMemoryMmap,
-    cr3: u64,
-    tlb: &'a mut Tlb,
+    state: &'a mut CpuState,
     written: &'a mut WrittenPages,
     rip: u64,
     rdi: u64,
@@ -40,15 +58,13 @@ struct Cpu<'a> {
 /// Runs ring-3 code from `entry` until its first exception.
 pub fn run(
     mem: &GuestMemoryMmap,
-    cr3: u64,
-    tlb: &mut Tlb,
+    state: &mut CpuState,
     written: &mut WrittenPages,
     entry: &UserEntry,
 ) -> UserTrap {
     let mut cpu = Cpu {
         mem,
-        cr3,
-        tlb,
+        state,
         written,
         rip: entry.rip,
         rdi: entry.rdi,
@@ -137,37 +153,46 @@ impl Cpu<'_> {
     }
 
     /// The physical address of `va` for `access`: the TLB's entry if it has one, else a walk of
-    /// the active tables, whose result is cached.
+    /// the active tables (from the paging-structure caches where they cover it), whose result
+    /// is cached. A page fault drops what the CPU cached for the address.
     fn translate(&mut self, va: u64, access: Access) -> Result<u64, UserTrap> {
         if !is_canonical(va) {
             return Err(trap(VECTOR_GENERAL_PROTECTION, 0, 0));
         }
-        if let Some(cached) = self.tlb.lookup(va) {
+        let caches = &mut self.state.caches;
+        if let Some(cached) = caches.tlb.lookup(va) {
             if cached.allows(access) {
                 return Ok(cached.phys(va));
             }
             // A stale entry with fewer rights faults as it stands; the fault drops it.
-            self.tlb.fault(va);
+            caches.fault(va);
             return Err(trap(VECTOR_PAGE_FAULT, error_code(access, true), va));
         }
-        match page_walk::translate(self.mem, self.cr3, va) {
-            Ok(Some(found)) => {
-                let translation = Translation::of(&found.leaf);
-                if !translation.allows(access) {
-                    self.tlb.fault(va);
-                    return Err(trap(VECTOR_PAGE_FAULT, error_code(access, true), va));
+        let start = caches.paging.start(self.state.cr3, va);
+        let fault = |caches: &mut CpuCaches, present: bool, reserved: u64| {
+            caches.fault(va);
+            Err(trap(
+                VECTOR_PAGE_FAULT,
+                error_code(access, present) | reserved,
+                va,
+            ))
+        };
+        match page_walk::walk_from(self.mem, start, va) {
+            Ok(path) => match path.translation {
+                Some(found) => {
+                    let translation = Translation::of(&found.leaf);
+                    if !translation.allows(access) {
+                        return fault(caches, true, 0);
+                    }
+                    caches.paging.fill(&path);
+                    caches.tlb.fill(translation);
+                    Ok(found.phys)
                 }
-                self.tlb.fill(translation);
-                Ok(found.phys)
-            }
-            Ok(None) => Err(trap(VECTOR_PAGE_FAULT, error_code(access, false), va)),
+                None => fault(caches, false, 0),
+            },
             Err(WalkError::NonCanonical { .. }) => Err(trap(VECTOR_GENERAL_PROTECTION, 0, 0)),
             // Reserved bits, or a table outside RAM (which reads as all ones on hardware).
-            Err(_) => Err(trap(
-                VECTOR_PAGE_FAULT,
-                error_code(access, true) | PF_RESERVED,
-                va,
-            )),
+            Err(_) => fault(caches, true, PF_RESERVED),
         }
     }
 
