@@ -8,10 +8,12 @@ mod accounting;
 mod agreement;
 mod checked;
 mod frame_map;
+mod provenance;
 
 pub use accounting::{Accounting, FrameReports};
 pub use agreement::{Agreement, Check, Refs, FRAME_BUDGET_PER_RAM_PAGE, MAX_PER_RULE};
 pub use checked::{as_finding, Checked};
+pub use provenance::Provenance;
 
 use crate::coherence::Numbered;
 use crate::driver::SpaceSnapshot;
