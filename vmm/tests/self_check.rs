@@ -14,22 +14,55 @@ const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 const CAUGHT: &[(&str, &[&str])] = &[
     ("bug-stale-pte", &["[no-pte-in-hole]"]),
     ("bug-keep-writable", &["[pte-within-region-access]"]),
-    ("bug-no-tlb-flush", &["[frame-freed-while-cached]", "[stale-tlb-entry]"]),
-    ("bug-overlap", &["[regions-sorted-and-disjoint]", "[region-tree-invariants]"]),
-    ("bug-free-mapped", &["[frame-accounting]", "[frame-mapped-within-refs]"]),
+    (
+        "bug-no-tlb-flush",
+        &["[frame-freed-while-cached]", "[stale-tlb-entry]"],
+    ),
+    (
+        "bug-overlap",
+        &["[regions-sorted-and-disjoint]", "[region-tree-invariants]"],
+    ),
+    (
+        "bug-free-mapped",
+        &["[frame-accounting]", "[frame-mapped-within-refs]"],
+    ),
     ("bug-split-off-by-one", &["[no-pte-in-hole]"]),
-    ("bug-flush-wrong-page", &["[frame-freed-while-cached]", "[stale-tlb-entry]"]),
+    (
+        "bug-flush-wrong-page",
+        &["[frame-freed-while-cached]", "[stale-tlb-entry]"],
+    ),
     ("bug-free-before-flush", &["[frame-freed-while-cached]"]),
-    ("bug-flush-before-clear", &["[frame-freed-while-cached]", "[stale-tlb-entry]"]),
-    ("bug-leak-on-unmap", &["[frame-accounting]", "[no-leak-after-destroy]"]),
+    (
+        "bug-flush-before-clear",
+        &["[frame-freed-while-cached]", "[stale-tlb-entry]"],
+    ),
+    (
+        "bug-leak-on-unmap",
+        &["[frame-accounting]", "[no-leak-after-destroy]"],
+    ),
     ("bug-fork-parent-writable", &["[cow-read-only]"]),
     ("bug-fork-no-flush", &["[stale-tlb-entry]"]),
-    ("bug-cow-no-copy", &["[cow-read-only]", "(C keeps its own copy): expected"]),
+    (
+        "bug-cow-no-copy",
+        &["[cow-read-only]", "(C keeps its own copy): expected"],
+    ),
     ("bug-refcount-leak", &["[frame-accounting]"]),
-    ("bug-shared-becomes-private", &["[frame-owner]", "(C sees it): expected"]),
-    ("bug-kernel-end-off-by-one", &["[frame-provenance]", "lies in the kernel image"]),
-    ("bug-destroy-active-space", &["[table-freed-while-reachable]"]),
-    ("bug-stale-gap-summary", &["[region-tree-invariants]", "summary is stale"]),
+    (
+        "bug-shared-becomes-private",
+        &["[frame-owner]", "(C sees it): expected"],
+    ),
+    (
+        "bug-kernel-end-off-by-one",
+        &["[frame-provenance]", "lies in the kernel image"],
+    ),
+    (
+        "bug-destroy-active-space",
+        &["[table-freed-while-reachable]"],
+    ),
+    (
+        "bug-stale-gap-summary",
+        &["[region-tree-invariants]", "summary is stale"],
+    ),
 ];
 
 /// The one seeded bug the self-check cannot spring: the allocator hands out the last frame of
@@ -51,7 +84,11 @@ fn vmm_run(backend: &str, bug: &str) -> (Option<i32>, String) {
 fn assert_every_bug_fails_the_self_check(backend: &str) {
     for &(bug, needles) in CAUGHT {
         let (code, stderr) = vmm_run(backend, bug);
-        assert_ne!(code, Some(0), "{bug} on {backend} passed the self-check:\n{stderr}");
+        assert_ne!(
+            code,
+            Some(0),
+            "{bug} on {backend} passed the self-check:\n{stderr}"
+        );
         for needle in needles {
             assert!(
                 stderr.contains(needle),
@@ -60,7 +97,11 @@ fn assert_every_bug_fails_the_self_check(backend: &str) {
         }
     }
     let (code, stderr) = vmm_run(backend, NEEDS_ALL_OF_RAM);
-    assert_eq!(code, Some(0), "{NEEDS_ALL_OF_RAM} is caught now: list it\n{stderr}");
+    assert_eq!(
+        code,
+        Some(0),
+        "{NEEDS_ALL_OF_RAM} is caught now: list it\n{stderr}"
+    );
 }
 
 #[test]
