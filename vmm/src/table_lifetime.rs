@@ -16,11 +16,11 @@
 //! the replay remember is bounded by the caller's limit, and an excess is [`TraceTooLarge`].
 #![forbid(unsafe_code)]
 
+use crate::checker::frame_map::{FrameMap, FrameSet};
 use crate::checker::Rule;
 use crate::coherence::{CoherenceFinding, Numbered, TraceTooLarge};
 use shared_mm::pte::{PageLevel, PageTableEntry, LOWER_HALF_LAST};
 use shared_mm::trace::TraceEvent;
-use std::collections::{HashMap, HashSet};
 
 /// The entry linking a table: where it is and what it held.
 #[derive(Clone, Copy, Debug)]
@@ -67,11 +67,11 @@ impl CpuTables {
 #[derive(Clone, Debug)]
 pub struct TableLifetime {
     /// Lower-half tables linked by a present entry, by frame.
-    user: HashMap<u64, Link>,
+    user: FrameMap<u64, Link>,
     /// Kernel-half tables linked by a present entry (of any directory), by frame.
-    kernel: HashMap<u64, Link>,
+    kernel: FrameMap<u64, Link>,
     /// The directories that link lower-half tables.
-    directories: HashSet<u64>,
+    directories: FrameSet<u64>,
     cpus: Vec<CpuTables>,
     tracked: usize,
     limit: usize,
@@ -89,9 +89,9 @@ impl TableLifetime {
     /// A replay of `cpus` CPUs that remembers at most `limit` tables.
     pub fn new(cpus: usize, limit: usize) -> Self {
         TableLifetime {
-            user: HashMap::new(),
-            kernel: HashMap::new(),
-            directories: HashSet::new(),
+            user: FrameMap::default(),
+            kernel: FrameMap::default(),
+            directories: FrameSet::default(),
             cpus: vec![CpuTables::default(); cpus.max(1)],
             tracked: 0,
             limit,

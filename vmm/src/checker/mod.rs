@@ -7,7 +7,7 @@
 mod accounting;
 mod agreement;
 mod checked;
-mod frame_map;
+pub(crate) mod frame_map;
 mod provenance;
 
 pub use accounting::{Accounting, FrameReports};

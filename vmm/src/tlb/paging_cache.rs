@@ -8,16 +8,16 @@
 //! reads the new contents as page-table entries, as hardware may.
 #![forbid(unsafe_code)]
 
+use crate::checker::frame_map::FrameMap;
 use crate::page_walk::{WalkPath, WalkStart};
 use shared_mm::pte::PageLevel;
-use std::collections::HashMap;
 
 /// The cached upper-level entries of one CPU.
 #[derive(Clone, Debug, Default)]
 pub struct PagingCache {
     /// Indexed by the level of the table an entry points to, less one (PDPT, PD, PT): where a
     /// walk may continue, keyed by the address bits above that table's span.
-    entries: [HashMap<u64, WalkStart>; 3],
+    entries: [FrameMap<u64, WalkStart>; 3],
 }
 
 /// Where the entry pointing to a table at `level` is kept, and the key of `va` there.
@@ -28,11 +28,13 @@ fn slot(level: PageLevel, va: u64) -> Option<(usize, u64)> {
 }
 
 impl PagingCache {
-    /// Where a walk of `va` starts: the deepest cached entry covering it, else CR3.
+    /// Where a walk of `va` starts: the deepest cached entry covering it, else CR3. (Every
+    /// simulated TLB miss asks: levels with no entry cost no lookup.)
     pub fn start(&self, cr3: u64, va: u64) -> WalkStart {
         [PageLevel::Pt, PageLevel::Pd, PageLevel::Pdpt]
             .into_iter()
             .filter_map(|level| slot(level, va))
+            .filter(|&(at, _)| !self.entries[at].is_empty())
             .find_map(|(at, key)| self.entries[at].get(&key).copied())
             .unwrap_or_else(|| WalkStart::root(cr3))
     }
@@ -48,7 +50,7 @@ impl PagingCache {
 
     /// `invlpg` or a CR3 load: drops every entry.
     pub fn invalidate(&mut self) {
-        self.entries.iter_mut().for_each(HashMap::clear);
+        self.entries.iter_mut().for_each(FrameMap::clear);
     }
 
     /// A page fault at `va` drops the entries a walk of `va` would use.
@@ -62,12 +64,12 @@ impl PagingCache {
 
     /// How many entries are cached.
     pub fn len(&self) -> usize {
-        self.entries.iter().map(HashMap::len).sum()
+        self.entries.iter().map(FrameMap::len).sum()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.entries.iter().all(HashMap::is_empty)
+        self.entries.iter().all(FrameMap::is_empty)
     }
 }
 
@@ -81,18 +83,20 @@ mod tests {
     const VA: u64 = 0x40_0000;
     const URW: PageTableFlags = PageTableFlags::WRITABLE.union(PageTableFlags::USER);
 
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
-    }
-
-    #[test]
-    fn a_walk_starts_at_the_deepest_cached_entry_until_a_flush() {
-        let mem = memory();
+    /// Guest memory whose tables (at the CR3 returned) map the page `VA` to frame 0x5000.
+    fn one_page() -> (GuestMemoryMmap, u64) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         let mut tables = PageTableBuilder::new(&mem, (1 << 20)..(2 << 20)).unwrap();
         tables
             .map(VA, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, URW)
             .unwrap();
         let cr3 = tables.cr3();
+        (mem, cr3)
+    }
+
+    #[test]
+    fn a_walk_starts_at_the_deepest_cached_entry_until_a_flush() {
+        let (mem, cr3) = one_page();
         let mut cache = PagingCache::default();
         assert_eq!(cache.start(cr3, VA), WalkStart::root(cr3));
         let path = walk(&mem, cr3, VA).unwrap();
@@ -110,12 +114,7 @@ mod tests {
 
     #[test]
     fn a_cached_entry_keeps_walking_a_table_freed_and_reused_since() {
-        let mem = memory();
-        let mut tables = PageTableBuilder::new(&mem, (1 << 20)..(2 << 20)).unwrap();
-        tables
-            .map(VA, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, URW)
-            .unwrap();
-        let cr3 = tables.cr3();
+        let (mem, cr3) = one_page();
         let mut cache = PagingCache::default();
         let path = walk(&mem, cr3, VA).unwrap();
         cache.fill(&path);
