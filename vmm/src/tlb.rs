@@ -4,15 +4,16 @@
 //!
 //! - Filling: a translation of a present PTE in the active directory may be cached whenever it
 //!   is walked. The sim fills on every successful ring-3 walk.
-//! - Flushing: `invlpg(va)` drops the entries of that page (global ones too); a CR3 load drops
-//!   every non-global entry (the guest runs with CR4.PGE clear, so that is every entry); a page
-//!   fault drops the faulting page's entries. Nothing else does.
+//! - Flushing: `invlpg(va)` drops the entries of that page (global ones too) and every
+//!   paging-structure-cache entry; a CR3 load drops every non-global entry (the guest runs with
+//!   CR4.PGE clear, so that is every entry); a page fault drops the faulting page's entries.
+//!   Nothing else does.
 //! - The sim is maximally stale: it keeps every entry it filled until one of those drops it,
 //!   so every missing or misdirected flush shows, every time.
 //!
-//!
 //! The paging-structure caches (cached PML4Es, PDPTEs, PDEs) are [`PagingCache`]; a CPU's
-//! caches together are [`CpuCaches`].
+//! caches together are [`CpuCaches`]. Which page tables a CPU may still walk, and so must not
+//! be freed, is [`crate::table_lifetime`]'s rule over the flush trace.
 #![forbid(unsafe_code)]
 
 mod paging_cache;
