@@ -244,3 +244,70 @@ impl Cpu<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page_walk::PageTableBuilder;
+    use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_4K};
+
+    const CODE: u64 = 0x1000_0000;
+    const DATA: u64 = 0x40_0000;
+    /// `mov rax, [rdi]; int3`.
+    const LOAD_AND_TRAP: [u8; 4] = [0x48, 0x8b, 0x07, INT3];
+
+    /// A user load of the u64 at `va` on `state`'s CPU: what it read, or the vector it raised.
+    fn load(mem: &GuestMemoryMmap, state: &mut CpuState, va: u64) -> Result<u64, u64> {
+        let mut written = WrittenPages::new(16 << 20);
+        let entry = UserEntry {
+            rip: CODE,
+            rdi: va,
+            rsi: 0,
+        };
+        let trap = run(mem, state, &mut written, &entry);
+        match trap.vector {
+            VECTOR_BREAKPOINT => Ok(trap.rax),
+            vector => Err(vector),
+        }
+    }
+
+    #[test]
+    fn the_cpu_walks_a_freed_and_reused_table_it_still_caches_until_a_flush() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mut tables = PageTableBuilder::new(&mem, (1 << 20)..(2 << 20)).unwrap();
+        let user = PageTableFlags::USER;
+        tables
+            .map(CODE, 0x8000, PAGE_SIZE_4K, PageLevel::Pt, user)
+            .unwrap();
+        tables
+            .map(DATA, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, user)
+            .unwrap();
+        mem.write_slice(&LOAD_AND_TRAP, GuestAddress(0x8000))
+            .unwrap();
+        mem.write_obj(0x1111u64, GuestAddress(0x5000)).unwrap();
+        let mut cpu = CpuState::new(tables.cr3());
+        assert_eq!(load(&mem, &mut cpu, DATA), Ok(0x1111));
+        // The MM unlinks the data's page table and frees it without a flush; the frame is
+        // reused, and its second entry now maps a frame that holds 0x2222.
+        let path = page_walk::walk(&mem, cpu.cr3, DATA).unwrap();
+        let pde = path.entries().find(|e| e.level == PageLevel::Pd).unwrap();
+        let table = pde.entry.frame();
+        mem.write_obj(0u64, GuestAddress(pde.addr)).unwrap();
+        mem.write_obj(0x9005u64, GuestAddress(table + 8)).unwrap();
+        mem.write_obj(0x2222u64, GuestAddress(0x9000)).unwrap();
+        let stale = load(&mem, &mut cpu, DATA + 0x1000);
+        assert_eq!(
+            stale,
+            Ok(0x2222),
+            "the cached PDE still leads to the reused frame"
+        );
+        // `invlpg` of the page drops its translation and every paging-structure-cache entry.
+        cpu.caches.invlpg(DATA + 0x1000);
+        let fresh = load(&mem, &mut cpu, DATA + 0x1000);
+        assert_eq!(
+            fresh,
+            Err(VECTOR_PAGE_FAULT),
+            "after the flush the walk starts at CR3"
+        );
+    }
+}
