@@ -5,9 +5,9 @@
 //! batch may have changed (the spaces its operations named, and new ones), then walks their
 //! tables while the guest is paused with exactly those trees. It also has every live tree run
 //! its own `check_invariants` (a `check-tree` of the kernel and each space), and checks every
-//! frame it learns of against the memory map the host wrote at boot. Spaces the batch did not name
-//! keep their last check's frames in the [`Agreement`], so a frame mapped by a changed and an
-//! unchanged space is still seen. A space that shares an object with a changed one changed too
+//! frame it learns of against the memory map the host wrote at boot. Spaces the batch did not
+//! name keep their last check's frames in the [`Agreement`], so a frame mapped by a changed and
+//! an unchanged space is still seen. A space that shares an object with a changed one changed too
 //! (the other may have given the object a page); every [`FULL_CHECK_EVERY`] checks, every live space is walked
 //! again. A replay of one op per batch thus costs a couple of snapshots per op, not one per
 //! live space.
