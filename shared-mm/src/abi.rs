@@ -315,6 +315,13 @@ pub enum Op {
         addr: u64,
         size: u64,
     },
+    /// Run the region tree's own `check_invariants` on the tree of `space` (or
+    /// [`KERNEL_SPACE`]), gap-index summaries included. Result `value`: 0 if it holds, else the
+    /// [`InvariantViolation::code`](crate::region_tree::InvariantViolation::code) of the first
+    /// broken invariant, with `addr` the address it names.
+    CheckTree {
+        space: u32,
+    },
 }
 
 impl Op {
@@ -336,7 +343,8 @@ impl Op {
             | Op::Frames { space }
             | Op::KernelRead { space, .. }
             | Op::KernelWrite { space, .. }
-            | Op::Populate { space, .. } => Some(space),
+            | Op::Populate { space, .. }
+            | Op::CheckTree { space } => Some(space),
         }
     }
 
@@ -359,7 +367,8 @@ impl Op {
             | Op::MapAnywhere { .. }
             | Op::MapRandomized { .. }
             | Op::Snapshot { .. }
-            | Op::Frames { .. } => None,
+            | Op::Frames { .. }
+            | Op::CheckTree { .. } => None,
         }
     }
 
@@ -379,6 +388,7 @@ impl Op {
     const KERNEL_WRITE: u32 = 14;
     const POPULATE: u32 = 15;
     const FORK: u32 = 16;
+    const CHECK_TREE: u32 = 17;
 
     /// Fields in wire order: kind, space, addr, size, align, access, value.
     fn fields(&self) -> (u32, u32, u64, u64, u64, u32, u64) {
@@ -423,6 +433,7 @@ impl Op {
                 (Self::KERNEL_WRITE, space, addr, 0, 0, 0, value)
             }
             Op::Populate { space, addr, size } => (Self::POPULATE, space, addr, size, 0, 0, 0),
+            Op::CheckTree { space } => (Self::CHECK_TREE, space, 0, 0, 0, 0, 0),
         }
     }
 
@@ -484,6 +495,7 @@ impl Op {
             Self::KERNEL_WRITE => Op::KernelWrite { space, addr, value },
             Self::POPULATE => Op::Populate { space, addr, size },
             Self::FORK => Op::Fork { space },
+            Self::CHECK_TREE => Op::CheckTree { space },
             _ => return None,
         })
     }
@@ -776,6 +788,7 @@ mod tests {
                 addr: 0x40_0000,
                 size: 0x4000,
             },
+            Op::CheckTree { space: 3 },
         ];
         for op in ops {
             let mut buf = [0u8; OP_RECORD_SIZE];

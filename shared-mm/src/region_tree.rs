@@ -322,6 +322,16 @@ impl<B> RegionTree<B> {
         self.overlap_bug.set(on);
     }
 
+    /// Plants (`true`) or removes (`false`) the seeded stale-summary bug in this tree's gap
+    /// index: a removal keeps an ancestor's room summary that only the removed hole held, so
+    /// the summary over-estimates and only [`check_invariants`](Self::check_invariants) sees
+    /// it. The `bug-stale-gap-summary` feature turns it on in every new tree. Only with the
+    /// `seeded-bugs` feature.
+    #[cfg(feature = "seeded-bugs")]
+    pub fn set_seeded_stale_summary_bug(&mut self, on: bool) {
+        self.gaps.set_stale_summary_bug(on);
+    }
+
     fn commit(
         &mut self,
         region: Box<Region<B>>,

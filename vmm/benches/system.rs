@@ -4,7 +4,7 @@
 //! time from `std::time::Instant`; each is the median of several samples. The targets are goals:
 //! the table says which were met, and the bench exits 0 either way. `SYSTEM_BENCH_ONLY=SECTION`
 //! runs one section: `region_tree` (the RegionTree rows, which need no KVM), `hypercalls`,
-//! `mm_ops`, `op_kinds`, `page_walk`, `boot`, `fuzz` or `coverage`.
+//! `mm_ops`, `op_kinds`, `page_walk`, `boot`, `fuzz`, `deep_rules` (no KVM either) or `coverage`.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -30,10 +30,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::Checked;
 use vmm::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
+use vmm::fuzz::generate::Generator;
 use vmm::fuzz::shrink::Budget;
+use vmm::fuzz::{Session, Source};
 use vmm::hypercall;
 use vmm::page_walk::{leaves, PageTableBuilder};
-use vmm::{Backend, Vm, VmConfig};
+use vmm::{Backend, Guest, Vm, VmConfig};
 
 /// Samples per figure; the median is reported.
 const SAMPLES: usize = 7;
@@ -71,7 +73,8 @@ const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / Region
      in a sparse tree of the same size, as the row says); \
      Ping row, Ping / raw exit; checker row, ops/s without / with the checker (slow-down); \
      trace row, ops/s with the flush trace off / on; sim fuzz rows, sim ops/s / kvm ops/s; \
-     seeded-bug rows, shrinking time / time to find.";
+     seeded-bug rows, shrinking time / time to find; deep-rules row, sim fuzz ops/s without / \
+     with frame provenance, table lifetime and tree invariants (slow-down).";
 
 impl Row {
     fn new(name: impl Into<String>, value: f64, unit: &'static str) -> Self {
@@ -1050,7 +1053,66 @@ fn fuzz_backends(rows: &mut Vec<Row>) {
     }
 }
 
-// ---- 7. Coverage-guided fuzzing against plain fuzzing on kvm ----------------------------------
+// ---- 7. What the deep rules cost the sim -----------------------------------------------------
+
+/// Operations of each sim campaign of [`deep_rules`].
+const DEEP_RULES_OPS: usize = 200_000;
+
+/// Ops/s of a one-job sim fuzz campaign (seed 1, 64-op batches, model and checker), with the
+/// checker's deep rules (frame provenance, page-table lifetime, every tree's own invariants)
+/// on or off. The same seed gives the same operations either way.
+fn sim_fuzz_ops_per_second(deep_rules: bool) -> f64 {
+    let config = VmConfig {
+        echo_console: false,
+        backend: Backend::Sim,
+        ..VmConfig::default()
+    };
+    let mut generator = Generator::new(1);
+    let source = Source::Generated {
+        generator: &mut generator,
+        budget: DEEP_RULES_OPS,
+        feedback: None,
+    };
+    let session = Session::new(source, 64, None)
+        .with_frame_budget(vmm::boot_memory::available_frames(&config));
+    let mut checked = Checked::new(session);
+    checked.deep_rules = deep_rules;
+    let mut vm = Guest::boot(&config).expect("boot the sim");
+    let started = Instant::now();
+    vm.run(&mut checked).expect("the sim runs the campaign");
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(checked.findings.is_empty(), "{:?}", checked.findings);
+    let session = checked.into_inner();
+    assert!(session.failure.is_none(), "{:?}", session.failure);
+    session.sent.len() as f64 / elapsed
+}
+
+/// The sim throughput cost of the rules issue 26 added, by turns (without, with), five times.
+fn deep_rules(rows: &mut Vec<Row>) {
+    eprintln!("bench: sim fuzzing with and without the deep rules, {DEEP_RULES_OPS} ops each");
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        without.push(sim_fuzz_ops_per_second(false));
+        with.push(sim_fuzz_ops_per_second(true));
+    }
+    let (without, with) = (median(without), median(with));
+    rows.push(Row::new(
+        "sim fuzz, 1 job: checker without the deep rules",
+        without,
+        "ops/s",
+    ));
+    rows.push(
+        Row::new(
+            "sim fuzz, 1 job: with frame provenance, table lifetime, tree invariants",
+            with,
+            "ops/s",
+        )
+        .against(without, without / with)
+        .goal(Goal::RatioAtMost(1.10)),
+    );
+}
+
+// ---- 8. Coverage-guided fuzzing against plain fuzzing on kvm ----------------------------------
 
 /// Operations per campaign of [`coverage_guided`]: the 100,000 the target speaks of, so that
 /// the corpus replays its entries many times and the guided run shows whether it keeps its
@@ -1108,7 +1170,7 @@ fn main() {
     println!("{machine}");
     let mut rows = Vec::new();
     let only = std::env::var("SYSTEM_BENCH_ONLY").ok();
-    let sections: [(&str, Section); 10] = [
+    let sections: [(&str, Section); 11] = [
         ("region_tree", region_tree),
         ("region_tree", region_tree_randomized),
         ("region_tree", region_tree_adversarial),
@@ -1118,6 +1180,7 @@ fn main() {
         ("page_walk", page_walk),
         ("boot", boot),
         ("fuzz", fuzz_backends),
+        ("deep_rules", deep_rules),
         ("coverage", coverage_guided),
     ];
     if let Some(only) = only.as_deref() {

@@ -10,15 +10,17 @@
 //! - `frame-freed-while-cached`: a frame goes back to the allocator while a possibly-cached
 //!   translation, stale or present, still points at it.
 //!
-//! Only user-half 4 KiB, 2 MiB and 1 GiB leaves are tracked: the direct map in the kernel half
-//! maps every frame by design, and ring 3 cannot use supervisor translations. Table entries
-//! (PML4E, PDPTE, PDE pointing to tables) are not: the MM changes them only while building a
-//! space and when it frees one that is not active. The trace is attacker-controlled, so the
-//! state it can grow is bounded (by RAM size) and an excess is an error, not a slow host.
+//! Only user-half 4 KiB, 2 MiB and 1 GiB leaves are tracked here: the direct map in the kernel
+//! half maps every frame by design, and ring 3 cannot use supervisor translations. Table
+//! entries (PML4E, PDPTE, PDE pointing to tables) and CR3 are the business of
+//! [`crate::table_lifetime`], which the replay runs on the same events:
+//! `table-freed-while-reachable`. The trace is attacker-controlled, so the state it can grow
+//! is bounded (by RAM size) and an excess is an error, not a slow host.
 #![forbid(unsafe_code)]
 
 use crate::checker::Rule;
 use crate::page_walk::EffectivePerms;
+use crate::table_lifetime::TableLifetime;
 use crate::tlb::Translation;
 use shared_mm::pte::{PageLevel, PageTableEntry, LOWER_HALF_LAST};
 use shared_mm::trace::TraceEvent;
@@ -121,6 +123,8 @@ pub struct Coherence {
     findings: Vec<CoherenceFinding>,
     /// Findings past [`MAX_FINDINGS`].
     pub dropped: usize,
+    /// Page-table lifetime, replayed on the same events (`None`: not checked).
+    tables: Option<TableLifetime>,
 }
 
 /// The translation a user-half leaf PTE at `level` for `va` gives; `None` if it is not present,
@@ -152,17 +156,27 @@ impl Coherence {
     /// A replay for a guest with `ram_bytes` of RAM (which bounds what it may track).
     pub fn new(ram_bytes: u64) -> Self {
         let frames = (ram_bytes / 4096) as usize;
+        let limit = frames.saturating_mul(4).max(1 << 16);
         Coherence {
             leaves: HashMap::new(),
             frames: HashMap::new(),
             active: None,
             stale: HashMap::new(),
             tracked: 0,
-            limit: frames.saturating_mul(4).max(1 << 16),
+            limit,
             next_event: 0,
             recent: VecDeque::new(),
             findings: Vec::new(),
             dropped: 0,
+            tables: Some(TableLifetime::new(1, limit)),
+        }
+    }
+
+    /// The same replay without the page-table lifetime rule (to measure what it costs).
+    pub fn without_table_lifetime(self) -> Self {
+        Coherence {
+            tables: None,
+            ..self
         }
     }
 
@@ -221,6 +235,14 @@ impl Coherence {
     fn apply(&mut self, event: TraceEvent) -> Result<(), TraceTooLarge> {
         let numbered = (self.next_event, event);
         self.next_event += 1;
+        // One CPU: every event is CPU 0's.
+        let table_finding = match &mut self.tables {
+            Some(tables) => tables.apply(0, numbered)?,
+            None => None,
+        };
+        if let Some(found) = table_finding {
+            self.report(found);
+        }
         if !matches!(event, TraceEvent::PteWrite { .. } | TraceEvent::EnterUser) {
             if self.recent.len() == RECENT {
                 self.recent.pop_front();

@@ -4,6 +4,7 @@
 
 use crate::coherence::TraceTooLarge;
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status};
+use shared_mm::boot_info::BootInfo;
 use shared_mm::trace::TraceEvent;
 use std::collections::VecDeque;
 use std::fmt;
@@ -188,6 +189,10 @@ impl SpaceSnapshot {
 /// and region-tree snapshots. Implemented by the self-check scenario, the fuzzer and the tests;
 /// served by either backend.
 pub trait Driver {
+    /// The guest boots with `info`, the boot info the host wrote (its memory map says which
+    /// RAM the MM may use). Called once, before the first batch; the default ignores it.
+    fn booted(&mut self, _info: &BootInfo) {}
+
     /// The guest finished the previous batch (`results`, empty on the first call) and reports
     /// its live address spaces. Return the next batch, or `None` when there is no more work.
     fn next_batch(

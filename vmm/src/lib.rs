@@ -28,6 +28,7 @@ pub mod protocol_error;
 pub mod scenario;
 pub mod serial;
 pub mod sim;
+pub mod table_lifetime;
 pub mod tlb;
 pub mod trace;
 #[allow(unsafe_code)]

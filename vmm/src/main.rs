@@ -17,6 +17,7 @@ use vmm::fuzz::shrink::Budget;
 use vmm::fuzz::{replay, replay_stopping_at};
 use vmm::gdb::GdbServer;
 use vmm::guest_build::{build_variant_with, GuestVariant};
+use vmm::scenario::builtin::SELF_CHECK_NAME;
 use vmm::scenario::file::load;
 use vmm::scenario::header::Settings;
 use vmm::scenario::ops::op_to_line;
@@ -388,13 +389,29 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 (vm.run(&mut check)?, check, Vec::new())
             } else {
                 let mut checked = Checked::new(SelfCheck::new());
-                let status = vm.run(&mut checked)?;
+                let outcome = vm.run(&mut checked);
                 eprintln!("vmm: agreement checker ran {} times", checked.checks_run);
-                let findings = checked
+                let findings: Vec<String> = checked
                     .findings
                     .iter()
                     .map(|(run, f)| format!("check {run}: {f}"))
                     .collect();
+                let status = match outcome {
+                    Ok(status) => status,
+                    Err(crash) => {
+                        // What the checker saw before the guest failed is often its cause.
+                        for finding in &findings {
+                            eprintln!("vmm: {SELF_CHECK_NAME}: {finding}");
+                        }
+                        let check = checked.inner();
+                        eprintln!(
+                            "vmm: the guest failed after {} of {} steps",
+                            check.checked,
+                            check.step_count()
+                        );
+                        return Err(crash.into());
+                    }
+                };
                 (status, checked.into_inner(), findings)
             };
             let mut failures = check.failures.clone();

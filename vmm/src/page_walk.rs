@@ -226,13 +226,39 @@ pub struct PathEntry {
     pub entry: PageTableEntry,
 }
 
+/// Where a walk starts: a table, its level, and the rights the entries above it leave. A CPU's
+/// paging-structure caches hold these, so that its walk can skip the levels above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkStart {
+    /// The table's guest-physical address.
+    pub table: u64,
+    pub level: PageLevel,
+    /// U and W ANDed, NX ORed over the entries above the table.
+    pub perms: EffectivePerms,
+}
+
+impl WalkStart {
+    /// The top of the tables rooted at `cr3` (PCID and cache bits are ignored).
+    pub fn root(cr3: u64) -> Self {
+        WalkStart {
+            table: cr3 & ADDRESS_MASK,
+            level: PageLevel::Pml4,
+            perms: EffectivePerms::UNRESTRICTED,
+        }
+    }
+}
+
 /// Every entry the translation of one address reads, from the PML4 down, and where it ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WalkPath {
     /// The address translated.
     pub va: u64,
-    /// Indexed by level, `Pml4` first; `None` below the entry where the walk ended.
+    /// Indexed by level, `Pml4` first; `None` below the entry where the walk ended (and above
+    /// where it started).
     entries: [Option<PathEntry>; 4],
+    /// Indexed by level: each table the walk stepped into below its start, with the rights the
+    /// entries above it leave (what a paging-structure cache may keep).
+    entered: [Option<WalkStart>; 4],
     /// The translation, or `None` when the last entry read is not present.
     pub translation: Option<Translation>,
 }
@@ -242,22 +268,40 @@ impl WalkPath {
     pub fn entries(&self) -> impl Iterator<Item = &PathEntry> {
         self.entries.iter().flatten()
     }
+
+    /// The tables the walk stepped into, from the highest level down.
+    pub fn entered(&self) -> impl Iterator<Item = &WalkStart> {
+        self.entered.iter().flatten()
+    }
 }
 
 /// Walks `va` through the tables rooted at `cr3` (PCID and cache bits are ignored), keeping
 /// every entry it reads. Reads one entry per level.
 pub fn walk<M: GuestMemory + ?Sized>(mem: &M, cr3: u64, va: u64) -> Result<WalkPath, WalkError> {
+    walk_from(mem, WalkStart::root(cr3), va)
+}
+
+/// Walks `va` from `start` down (the rest of a walk whose upper levels a CPU had cached).
+/// Reads one entry per level from `start.level`.
+pub fn walk_from<M: GuestMemory + ?Sized>(
+    mem: &M,
+    start: WalkStart,
+    va: u64,
+) -> Result<WalkPath, WalkError> {
     if !is_canonical(va) {
         return Err(WalkError::NonCanonical { va });
     }
     let mut path = WalkPath {
         va,
         entries: [None; 4],
+        entered: [None; 4],
         translation: None,
     };
-    let mut table = cr3 & ADDRESS_MASK;
-    let mut level = PageLevel::Pml4;
-    let mut perms = EffectivePerms::UNRESTRICTED;
+    let WalkStart {
+        mut table,
+        mut level,
+        mut perms,
+    } = start;
     loop {
         let addr = entry_addr(table, level, va);
         let entry = read_entry(mem, addr).map_err(|_| WalkError::TableOutsideMemory {
@@ -278,7 +322,14 @@ pub fn walk<M: GuestMemory + ?Sized>(mem: &M, cr3: u64, va: u64) -> Result<WalkP
                 table: next,
                 level: lower,
                 perms: narrowed,
-            } => (table, level, perms) = (next, lower, narrowed),
+            } => {
+                (table, level, perms) = (next, lower, narrowed);
+                path.entered[level as usize] = Some(WalkStart {
+                    table,
+                    level,
+                    perms,
+                });
+            }
             Step::Leaf(leaf) => {
                 let phys = leaf.phys + (va - leaf.va);
                 path.translation = Some(Translation { va, phys, leaf });
@@ -331,6 +382,7 @@ pub fn leaves_in<M: GuestMemory + ?Sized>(
         depth: 0,
         budget,
         used: WalkBudget::default(),
+        tables: None,
     }
 }
 
@@ -424,9 +476,23 @@ pub struct Leaves<'m, M: ?Sized> {
     depth: usize,
     budget: WalkBudget,
     used: WalkBudget,
+    /// Every table entered so far (its level and address), when asked to record them.
+    tables: Option<Vec<(PageLevel, u64)>>,
 }
 
 impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
+    /// The same walk, recording every table it enters (the root first), for [`Self::tables`].
+    pub fn recording_tables(mut self) -> Self {
+        self.tables = Some(Vec::new());
+        self
+    }
+
+    /// The tables entered so far, with their levels, if recording (see
+    /// [`Self::recording_tables`]); a table two entries point to is listed twice.
+    pub fn tables(&self) -> &[(PageLevel, u64)] {
+        self.tables.as_deref().unwrap_or_default()
+    }
+
     /// Reads the `level` table at `table` covering `base..=last` and makes it the innermost cursor.
     fn enter(
         &mut self,
@@ -439,6 +505,9 @@ impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
         self.used.tables += 1;
         if self.used.tables > self.budget.tables {
             return Err(self.stop());
+        }
+        if let Some(tables) = &mut self.tables {
+            tables.push((level, table));
         }
         let cursor = &mut self.cursors[level as usize];
         self.mem

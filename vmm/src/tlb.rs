@@ -4,18 +4,53 @@
 //!
 //! - Filling: a translation of a present PTE in the active directory may be cached whenever it
 //!   is walked. The sim fills on every successful ring-3 walk.
-//! - Flushing: `invlpg(va)` drops the entries of that page (global ones too); a CR3 load drops
-//!   every non-global entry (the guest runs with CR4.PGE clear, so that is every entry); a page
-//!   fault drops the faulting page's entries. Nothing else does.
+//! - Flushing: `invlpg(va)` drops the entries of that page (global ones too) and every
+//!   paging-structure-cache entry; a CR3 load drops every non-global entry (the guest runs with
+//!   CR4.PGE clear, so that is every entry); a page fault drops the faulting page's entries.
+//!   Nothing else does.
 //! - The sim is maximally stale: it keeps every entry it filled until one of those drops it,
 //!   so every missing or misdirected flush shows, every time.
 //!
-//! Paging-structure caches (cached PML4Es, PDPTEs, PDEs) are not modelled: the MM frees page
-//! tables only with a space that is not active, after a CR3 load has dropped them anyway.
+//! The paging-structure caches (cached PML4Es, PDPTEs, PDEs) are [`PagingCache`]; a CPU's
+//! caches together are [`CpuCaches`]. Which page tables a CPU may still walk, and so must not
+//! be freed, is [`crate::table_lifetime`]'s rule over the flush trace.
 #![forbid(unsafe_code)]
+
+mod paging_cache;
+
+pub use paging_cache::PagingCache;
 
 use crate::page_walk::{EffectivePerms, Leaf};
 use std::collections::HashMap;
+
+/// What one CPU caches of the tables its CR3 reaches: translations and upper-level entries.
+/// Every flush reaches both: `invlpg` drops the page's translations and every
+/// paging-structure-cache entry, a CR3 load everything, a page fault what served its address.
+#[derive(Clone, Debug, Default)]
+pub struct CpuCaches {
+    pub tlb: Tlb,
+    pub paging: PagingCache,
+}
+
+impl CpuCaches {
+    /// `invlpg va`.
+    pub fn invlpg(&mut self, va: u64) {
+        self.tlb.invlpg(va);
+        self.paging.invalidate();
+    }
+
+    /// A CR3 load.
+    pub fn reload(&mut self) {
+        self.tlb.reload();
+        self.paging.invalidate();
+    }
+
+    /// A page fault at `va`.
+    pub fn fault(&mut self, va: u64) {
+        self.tlb.fault(va);
+        self.paging.fault(va);
+    }
+}
 
 /// What a ring-3 access does with its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use guest_mm::SeededBugs;
 use kvm_bindings::{kvm_debug_exit_arch, kvm_userspace_memory_region, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use shared_mm::abi::{HYPERCALL_PORT, RAW_EXIT_PORT};
-use shared_mm::boot_info::{GuestCommand, BOOT_INFO_ADDR};
+use shared_mm::boot_info::{BootInfo, GuestCommand, BOOT_INFO_ADDR};
 use shared_mm::trace::TRACE_PORT;
 use std::time::Duration;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -96,6 +96,8 @@ pub struct Vm {
     console: SerialConsole,
     cpuid: CpuId,
     kernel: LoadedKernel,
+    /// The boot info the host wrote, for the driver (the guest may overwrite its copy).
+    boot_info: BootInfo,
     timeout: Option<Duration>,
     /// The gdb listener this guest claimed, until its run accepts gdb on it.
     gdb: Option<Claim>,
@@ -132,7 +134,10 @@ impl Vm {
             source,
         })?;
         let BootMemory {
-            mem, kernel, cr3, ..
+            mem,
+            kernel,
+            cr3,
+            info: boot_info,
         } = boot_memory::prepare(config)?;
         for (slot, region) in mem.iter().enumerate() {
             let host = mem
@@ -171,6 +176,7 @@ impl Vm {
             console: SerialConsole::new(ConsoleSink::new(config.echo_console)),
             cpuid,
             kernel,
+            boot_info,
             timeout: config.timeout,
             gdb: config.gdb.as_ref().and_then(GdbServer::claim),
         })
@@ -205,6 +211,7 @@ impl Vm {
     /// [`VmConfig::gdb`]) it first waits for gdb, and gdb can stop it at two call-out points of
     /// the run loop: before each KVM_RUN and at each debug exit.
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
+        driver.booted(&self.boot_info);
         let watchdog = self.timeout.map(Watchdog::start).transpose()?;
         let result = match self.gdb.take() {
             None => self.run_loop(driver, watchdog.as_ref(), None),

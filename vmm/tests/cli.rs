@@ -312,8 +312,8 @@ fn the_built_in_self_check_passes_every_step_on_both_backends() {
         let outcome = vmm_run(&["--backend", backend]);
         assert_eq!(outcome.code, Some(0), "{backend}: {}", outcome.describe());
         for line in [
-            "vmm: agreement checker ran 8 times",
-            "vmm: MM self-check passed: 56 of 56 steps",
+            "vmm: agreement checker ran 12 times",
+            "vmm: MM self-check passed: 88 of 88 steps",
         ] {
             assert!(
                 outcome.stderr.contains(line),

@@ -93,6 +93,7 @@ impl AddressSpace {
         }
         let mut tree = RegionTree::new(total);
         tree.set_seeded_overlap_bug(bugs.has(Bug::Overlap));
+        tree.set_seeded_stale_summary_bug(bugs.has(Bug::StaleGapSummary));
         Ok(AddressSpace {
             id,
             tree,

@@ -49,7 +49,12 @@ impl FrameAllocator {
             if region.kind != MemoryKind::Usable {
                 continue;
             }
-            let first = region.base.div_ceil(FRAME_SIZE);
+            let mut first = region.base.div_ceil(FRAME_SIZE);
+            let after_kernel = info.kernel_phys_end.next_multiple_of(FRAME_SIZE);
+            if bugs.has(Bug::KernelEndOffByOne) && region.base == after_kernel {
+                // Seeded bug: the first frame after the image, from its last byte.
+                first = info.kernel_phys_end.saturating_sub(1) / FRAME_SIZE;
+            }
             let end = (region.base.saturating_add(region.size) / FRAME_SIZE).min(frames as u64);
             if first < end {
                 allocator.mark_free(first as usize, end as usize);

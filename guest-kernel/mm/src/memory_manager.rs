@@ -7,7 +7,7 @@ use crate::hardware::Hardware;
 use crate::kernel_access::{kernel_access, KernelAccess};
 use crate::machine::Machine;
 use crate::page_directory::PageDirectory;
-use crate::seeded_bugs::SeededBugs;
+use crate::seeded_bugs::{Bug, SeededBugs};
 use crate::user_access::{touch, Touch, TRAMPOLINE_CODE};
 use crate::vmobject::VMObject;
 use crate::{MmError, PhysicalFrame};
@@ -243,7 +243,8 @@ impl<M: Machine> MemoryManager<M> {
 
     fn destroy_space(&mut self, id: u32) -> Result<(), MmError> {
         let space = self.spaces.remove(&id).ok_or(MmError::NoSuchSpace)?;
-        if self.active == space.directory().root() {
+        let switch_away = !self.bugs.has(Bug::DestroyActiveSpace);
+        if switch_away && self.active == space.directory().root() {
             self.hw.machine.activate(&self.kernel_directory);
             self.active = self.kernel_directory.root();
         }
@@ -329,7 +330,29 @@ impl<M: Machine> MemoryManager<M> {
             Op::KernelWrite { space, addr, value } => {
                 self.kernel_access(space, addr, KernelAccess::Write(value))
             }
+            Op::CheckTree { space } => self.check_tree(space),
             Op::Snapshot { .. } | Op::Frames { .. } => OpResult::error(Status::BadOp),
+        }
+    }
+
+    /// Runs the region tree's own invariant check on the tree of `space` (or the kernel's):
+    /// `value` 0 when it holds, else the broken invariant's code, with `addr` what it names.
+    fn check_tree(&self, space: u32) -> OpResult {
+        let tree = if space == KERNEL_SPACE {
+            &self.kernel_tree
+        } else {
+            match self.spaces.get(&space) {
+                Some(s) => s.tree(),
+                None => return OpResult::error(Status::NoSuchSpace),
+            }
+        };
+        match tree.check_invariants() {
+            Ok(()) => OpResult::ok(),
+            Err(broken) => OpResult {
+                addr: broken.address(),
+                value: broken.code(),
+                ..OpResult::ok()
+            },
         }
     }
 

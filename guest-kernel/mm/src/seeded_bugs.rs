@@ -37,11 +37,20 @@ pub enum Bug {
     RefcountLeak,
     /// Fork gives the child a private copy-on-write copy of shared memory.
     SharedBecomesPrivate,
+    /// The frame allocator's setup takes the first free frame after the kernel image from the
+    /// image's last byte instead of its end, so it hands out the image's last frame (the top of
+    /// the guest's trap stack) once the frames below the image are used.
+    KernelEndOffByOne,
+    /// Destroying the space whose tables are loaded frees them without loading other tables
+    /// first: the CPU keeps walking freed page tables.
+    DestroyActiveSpace,
+    /// A gap-index removal in the RegionTree keeps a stale room summary (in `shared-mm`).
+    StaleGapSummary,
 }
 
 impl Bug {
     /// Every seeded bug, in feature order.
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 19] = [
         Bug::StalePte,
         Bug::KeepWritable,
         Bug::NoTlbFlush,
@@ -58,6 +67,9 @@ impl Bug {
         Bug::CowNoCopy,
         Bug::RefcountLeak,
         Bug::SharedBecomesPrivate,
+        Bug::KernelEndOffByOne,
+        Bug::DestroyActiveSpace,
+        Bug::StaleGapSummary,
     ];
 
     /// The cargo feature that plants it.
@@ -79,6 +91,9 @@ impl Bug {
             Bug::CowNoCopy => "bug-cow-no-copy",
             Bug::RefcountLeak => "bug-refcount-leak",
             Bug::SharedBecomesPrivate => "bug-shared-becomes-private",
+            Bug::KernelEndOffByOne => "bug-kernel-end-off-by-one",
+            Bug::DestroyActiveSpace => "bug-destroy-active-space",
+            Bug::StaleGapSummary => "bug-stale-gap-summary",
         }
     }
 
@@ -119,6 +134,9 @@ impl SeededBugs {
             cfg!(feature = "bug-cow-no-copy"),
             cfg!(feature = "bug-refcount-leak"),
             cfg!(feature = "bug-shared-becomes-private"),
+            cfg!(feature = "bug-kernel-end-off-by-one"),
+            cfg!(feature = "bug-destroy-active-space"),
+            cfg!(feature = "bug-stale-gap-summary"),
         ];
         let mut set = SeededBugs::NONE;
         let mut i = 0;

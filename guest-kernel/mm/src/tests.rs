@@ -453,3 +453,89 @@ fn seeded_sharing_bugs_are_planted() {
     write(&mut mm, BASE, 2);
     assert_eq!(refs(&mm).len(), 1, "the old frame keeps a reference");
 }
+
+#[test]
+fn the_kernel_end_off_by_one_hands_out_the_images_last_frame_after_the_frames_below() {
+    use crate::frame_allocator::FrameAllocator;
+    use shared_mm::boot_info::LOW_RESERVED_END;
+    let info = boot_info();
+    let below = (info.kernel_phys_start - LOW_RESERVED_END) / PAGE;
+    let last_of_image = info.kernel_phys_end - PAGE;
+    let handed_out = |bugs| {
+        let mut frames = FrameAllocator::new(&info, bugs);
+        (0..=below)
+            .map(|_| frames.allocate().expect("free frames").0)
+            .collect::<Vec<u64>>()
+    };
+    let planted = handed_out(SeededBugs::NONE.with(Bug::KernelEndOffByOne));
+    assert!(!planted[..below as usize].contains(&last_of_image));
+    assert_eq!(
+        planted[below as usize], last_of_image,
+        "the next frame is the image's"
+    );
+    let correct = handed_out(SeededBugs::NONE);
+    assert_eq!(
+        correct[below as usize], info.kernel_phys_end,
+        "the first after the image"
+    );
+}
+
+#[test]
+fn destroying_the_active_space_switches_away_first_unless_the_bug_is_planted() {
+    for (bugs, switched) in [
+        (SeededBugs::NONE, true),
+        (SeededBugs::NONE.with(Bug::DestroyActiveSpace), false),
+    ] {
+        let mut mm = mm_with_region(bugs);
+        write(&mut mm, BASE, 1);
+        let cr3 = mm.space(1).expect("space 1").cr3();
+        mm.machine_mut().events.clear();
+        mm.execute(Op::DestroySpace { space: 1 });
+        let events = &mm.machine().events;
+        let freed = events.iter().position(|e| *e == Event::Freed(cr3));
+        let away = events.iter().position(|e| matches!(e, Event::Activate(_)));
+        assert!(freed.is_some(), "{events:?}");
+        assert_eq!(
+            away.is_some_and(|a| Some(a) < freed),
+            switched,
+            "{events:?}"
+        );
+    }
+}
+
+#[test]
+fn check_tree_reports_the_trees_own_invariants_and_the_stale_summary_bug() {
+    let pages = |mm: &mut MemoryManager<TestMachine>| {
+        // A one-page hole, then the big hole below 0x1000_0000 shrunk by a page: see
+        // shared-mm's seeded_bug tests.
+        for addr in [0x2000, 0x1000_0000, 0x3000] {
+            let map = Op::MapFixed {
+                space: 1,
+                addr,
+                size: PAGE,
+                access: URW,
+            };
+            assert_eq!(mm.execute(map).addr, addr);
+        }
+        mm.execute(Op::CheckTree { space: 1 })
+    };
+    let empty_space = |bugs| {
+        let mut mm = mm_with(bugs);
+        assert_eq!(mm.execute(Op::CreateSpace).value, 1);
+        mm
+    };
+    let mut correct = empty_space(SeededBugs::NONE);
+    assert_eq!(pages(&mut correct), OpResult::ok());
+    let kernel = shared_mm::abi::KERNEL_SPACE;
+    assert_eq!(
+        correct.execute(Op::CheckTree { space: kernel }),
+        OpResult::ok()
+    );
+    let missing = correct.execute(Op::CheckTree { space: 9 });
+    assert_eq!(missing.status, Status::NoSuchSpace);
+    let mut planted = empty_space(SeededBugs::NONE.with(Bug::StaleGapSummary));
+    let found = pages(&mut planted);
+    assert_eq!((found.status, found.addr), (Status::Ok, 0x1000));
+    let name = shared_mm::region_tree::InvariantViolation::kind_name(found.value);
+    assert_eq!(name, Some("a gap-index subtree summary is stale"));
+}

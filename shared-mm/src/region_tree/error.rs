@@ -225,3 +225,64 @@ impl fmt::Display for InvariantViolation {
 }
 
 impl core::error::Error for InvariantViolation {}
+
+/// The kinds of [`InvariantViolation`], by their wire code (1 for the first): what a host that
+/// receives only [`InvariantViolation::code`] reports.
+const KIND_NAMES: [&str; 12] = [
+    "a region has no range",
+    "a region lies outside the total range",
+    "regions out of order or overlapping",
+    "the region count differs from the regions found",
+    "the tail hole's recorded start is wrong",
+    "a region's recorded hole below it is wrong",
+    "gap-index membership differs from the holes",
+    "the gap index is out of order",
+    "the gap index is unbalanced",
+    "a gap-index subtree summary is stale",
+    "the gap index holds a region of no tree",
+    "the gap index holds the wrong number of holes",
+];
+
+impl InvariantViolation {
+    /// The violation's kind as a number for the wire, 1 for the first variant: never 0, so 0
+    /// can mean "no violation".
+    pub const fn code(&self) -> u64 {
+        match self {
+            Self::Unplaced { .. } => 1,
+            Self::OutsideTotalRange { .. } => 2,
+            Self::Overlapping { .. } => 3,
+            Self::CountMismatch { .. } => 4,
+            Self::TailMismatch { .. } => 5,
+            Self::GapMismatch { .. } => 6,
+            Self::GapIndexMembership { .. } => 7,
+            Self::GapIndexOrder { .. } => 8,
+            Self::GapIndexUnbalanced { .. } => 9,
+            Self::GapIndexSummary { .. } => 10,
+            Self::GapIndexStale { .. } => 11,
+            Self::GapIndexCount { .. } => 12,
+        }
+    }
+
+    /// The address the violation names: the base of the region or hole involved (for two
+    /// regions, the second), or 0 when it names none.
+    pub fn address(&self) -> u64 {
+        match self {
+            Self::OutsideTotalRange { range }
+            | Self::Overlapping { next: range, .. }
+            | Self::GapMismatch { range, .. }
+            | Self::GapIndexMembership { range, .. } => range.base().get(),
+            Self::GapIndexOrder { key }
+            | Self::GapIndexUnbalanced { key }
+            | Self::GapIndexSummary { key }
+            | Self::GapIndexStale { key } => key.1,
+            Self::TailMismatch { actual, .. } => actual.unwrap_or(0),
+            Self::Unplaced { .. } | Self::CountMismatch { .. } | Self::GapIndexCount { .. } => 0,
+        }
+    }
+
+    /// What the kind with wire code `code` means; `None` for a code no kind has.
+    pub fn kind_name(code: u64) -> Option<&'static str> {
+        let index = usize::try_from(code.checked_sub(1)?).ok()?;
+        KIND_NAMES.get(index).copied()
+    }
+}

@@ -13,6 +13,7 @@ use core::cmp::Ordering;
 use core::ptr::{self, NonNull};
 
 use super::holes::{Class, Classes, Hole, Key};
+use super::seeded_bug::StaleSummaryBug;
 use super::summary::Summary;
 use super::InvariantViolation;
 
@@ -135,6 +136,7 @@ pub(super) struct GapIndex {
     /// The classes the summaries are kept for: the page class, and every class a query has
     /// asked for since.
     classes: Cell<Classes>,
+    stale_summary_bug: StaleSummaryBug,
 }
 
 impl GapIndex {
@@ -142,7 +144,14 @@ impl GapIndex {
         Self {
             root: None,
             classes: Cell::new(Classes::PAGE),
+            stale_summary_bug: StaleSummaryBug::initial(),
         }
+    }
+
+    /// Plants or removes the seeded stale-summary bug (see [`StaleSummaryBug`]).
+    #[cfg(feature = "seeded-bugs")]
+    pub(super) fn set_stale_summary_bug(&mut self, on: bool) {
+        self.stale_summary_bug.set(on);
     }
 
     /// Keeps summaries for `class` from now on: the first query of a class summarizes it in
@@ -185,7 +194,13 @@ impl GapIndex {
             let classes = self.classes.get();
             let removed = Summary::new();
             removed.update(&node.hole(), None, None, classes);
-            let root = remove(self.root(), node.key(), &removed, classes);
+            let removal = Removal {
+                key: node.key(),
+                removed: &removed,
+                classes,
+                stale_room: self.stale_summary_bug.is_on(),
+            };
+            let root = remove(self.root(), &removal);
             self.root = root.map(NonNull::from);
             debug_assert!(!node.is_linked());
         }
@@ -362,18 +377,22 @@ enum Summarized {
     NotYet,
 }
 
-/// Removes the node with `key`, whose own hole is summarized by `removed`, from the subtree at
-/// `at`; returns the subtree's new root.
-fn remove<'n>(
-    at: Option<&'n GapNode>,
+/// One removal from the gap index: the key of the node, its own hole's summary, the classes
+/// kept, and whether the seeded stale-summary bug is planted.
+struct Removal<'s> {
     key: Key,
-    removed: &Summary,
+    removed: &'s Summary,
     classes: Classes,
-) -> Option<&'n GapNode> {
+    stale_room: bool,
+}
+
+/// Removes the node of `removal` from the subtree at `at`; returns the subtree's new root.
+fn remove<'n>(at: Option<&'n GapNode>, removal: &Removal<'_>) -> Option<&'n GapNode> {
     let node = at?;
-    match key.cmp(&node.key()) {
-        Ordering::Less => node.set_left(remove(node.left(), key, removed, classes)),
-        Ordering::Greater => node.set_right(remove(node.right(), key, removed, classes)),
+    let classes = removal.classes;
+    match removal.key.cmp(&node.key()) {
+        Ordering::Less => node.set_left(remove(node.left(), removal)),
+        Ordering::Greater => node.set_right(remove(node.right(), removal)),
         Ordering::Equal => {
             let (left, right) = (node.left(), node.right());
             node.detach();
@@ -386,8 +405,9 @@ fn remove<'n>(
     }
     // The subtree lost exactly the removed hole: cheaper than recomputing the summary.
     let children = [summary(node.left()), summary(node.right())];
+    let (removed, stale_room) = (removal.removed, removal.stale_room);
     node.summary
-        .release(removed, &node.hole(), children, classes);
+        .release(removed, stale_room, &node.hole(), children, classes);
     Some(rebalance(node, Summarized::Already, classes))
 }
 

@@ -62,10 +62,12 @@ impl Summary {
 
     /// Takes the holes of `removed` out of the summary of a subtree whose root holds `hole`
     /// and whose children (after the removal) have the summaries `left` and `right`. Only the
-    /// room of classes where `removed` may have held the largest is recomputed.
+    /// room of classes where `removed` may have held the largest is recomputed; with the seeded
+    /// stale-summary bug (`stale_room`), a room the removed hole held exactly is kept.
     pub(super) fn release(
         &self,
         removed: &Summary,
+        stale_room: bool,
         hole: &Hole,
         children: [Option<&Summary>; 2],
         classes: Classes,
@@ -75,7 +77,12 @@ impl Summary {
             let i = class.index();
             self.marks[i].set(self.marks[i].get() - removed.marks[i].get());
             let gone = removed.room[i].get();
-            if gone > 0 && self.room[i].get() <= gone {
+            let held = if stale_room {
+                self.room[i].get() < gone
+            } else {
+                self.room[i].get() <= gone
+            };
+            if gone > 0 && held {
                 let children = children.into_iter().flatten();
                 let room = children.fold(hole.room(class), |max, c| max.max(c.room[i].get()));
                 self.room[i].set(room);

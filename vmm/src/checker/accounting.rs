@@ -112,6 +112,18 @@ impl FrameReports {
     pub fn shared_frames(&self) -> &FrameMap<u64, u32> {
         &self.refs
     }
+
+    /// The allocator's bitmap of allocated frames, if the kernel reported it.
+    pub fn allocated(&self) -> Option<&[u64]> {
+        self.allocated.as_deref()
+    }
+
+    /// Each owner reported, with the frames it owns.
+    pub fn owned(&self) -> impl Iterator<Item = (u32, &[FrameRecord])> {
+        self.owned
+            .iter()
+            .map(|(&space, records)| (space, records.as_slice()))
+    }
 }
 
 /// Who owns one frame: its use, and the owners (more than one only for shared data).
@@ -173,7 +185,8 @@ fn name(space: u32) -> String {
     super::space_name(space)
 }
 
-fn use_name(usage: FrameUse) -> &'static str {
+/// What a frame of `usage` is, in words.
+pub(super) fn use_name(usage: FrameUse) -> &'static str {
     match usage {
         FrameUse::Data => "a data page",
         FrameUse::Table => "a page table",

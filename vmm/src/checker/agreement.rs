@@ -11,6 +11,7 @@
 //! per check (the rest are counted in one more finding).
 
 use super::frame_map::FrameMap;
+use super::provenance::Provenance;
 use super::{region_containing, space_name, Finding, Rule};
 use crate::driver::SpaceSnapshot;
 use crate::page_walk::{leaves_in, translate, Leaf, LOWER_HALF, UPPER_HALF};
@@ -18,6 +19,7 @@ use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{
     RegionRecord, KERNEL_SPACE, KERNEL_SPACE_BASE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
 };
+use shared_mm::pte::PageLevel;
 use std::collections::BTreeMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
@@ -53,6 +55,9 @@ pub struct Agreement {
     tracked: u64,
     /// One past the last byte of guest RAM.
     ram_end: u64,
+    /// The memory map the host wrote, when known: every walked table and user page must lie
+    /// in its usable RAM (`frame-provenance`).
+    provenance: Option<Provenance>,
 }
 
 /// One check in progress.
@@ -75,7 +80,13 @@ impl Agreement {
             space_shared: FrameMap::default(),
             tracked: 0,
             ram_end,
+            provenance: None,
         }
+    }
+
+    /// The same checker, also checking frame provenance against `provenance`.
+    pub fn with_provenance(self, provenance: Option<Provenance>) -> Self {
+        Agreement { provenance, ..self }
     }
 
     /// A checker for the RAM of `mem`.
@@ -264,16 +275,53 @@ impl Check<'_> {
         half: std::ops::RangeInclusive<u64>,
         mut visit: impl FnMut(&mut Self, &Leaf),
     ) {
-        for leaf in leaves_in(mem, cr3, half) {
+        let mut walk = leaves_in(mem, cr3, half);
+        if self.state.provenance.is_some() {
+            walk = walk.recording_tables();
+        }
+        for leaf in walk.by_ref() {
             match leaf {
                 Ok(leaf) => visit(self, &leaf),
                 Err(e) => self.report(space, Rule::Walk, None, None, e.to_string()),
             }
         }
+        self.tables_provenance(space, walk.tables());
+    }
+
+    /// Every table the walk of `space` read (its PML4 first) lies where tables may.
+    fn tables_provenance(&mut self, space: u32, tables: &[(PageLevel, u64)]) {
+        let Some(provenance) = &self.state.provenance else {
+            return;
+        };
+        let misplaced: Vec<String> = tables
+            .iter()
+            .filter_map(|&(level, table)| {
+                let place = provenance.misplaced_table(space, table)?;
+                Some(format!("{level:?} table {table:#x} lies {place}"))
+            })
+            .collect();
+        for detail in misplaced {
+            self.report(space, Rule::FrameProvenance, None, None, detail);
+        }
+    }
+
+    /// A user page maps only usable RAM.
+    fn leaf_provenance(&mut self, space: u32, leaf: &Leaf) {
+        let place = self.state.provenance.as_ref().and_then(|p| {
+            let place = p.misplaced(leaf.phys, leaf.size)?;
+            Some(format!(
+                "page maps frame {:#x}, which lies {place}",
+                leaf.phys
+            ))
+        });
+        if let Some(detail) = place {
+            self.report(space, Rule::FrameProvenance, Some(leaf), None, detail);
+        }
     }
 
     fn user_leaf(&mut self, view: &SpaceSnapshot, leaf: &Leaf) {
         let space = view.space;
+        self.leaf_provenance(space, leaf);
         if leaf.va == USER_TRAMPOLINE {
             if !leaf.perms.user || leaf.perms.writable || !leaf.perms.executable() {
                 let detail = "must be user r-x".into();

@@ -3,17 +3,21 @@
 //!
 //! After each inner batch it asks the guest for snapshots of the kernel and of every space the
 //! batch may have changed (the spaces its operations named, and new ones), then walks their
-//! tables while the guest is paused with exactly those trees. Spaces the batch did not name
-//! keep their last check's frames in the [`Agreement`], so a frame mapped by a changed and an
-//! unchanged space is still seen. A space that shares an object with a changed one changed too
+//! tables while the guest is paused with exactly those trees. It also has every live tree run
+//! its own `check_invariants` (a `check-tree` of the kernel and each space), and checks every
+//! frame it learns of against the memory map the host wrote at boot. Spaces the batch did not
+//! name keep their last check's frames in the [`Agreement`], so a frame mapped by a changed and
+//! an unchanged space is still seen. A space that shares an object with a changed one changed too
 //! (the other may have given the object a page); every [`FULL_CHECK_EVERY`] checks, every live space is walked
 //! again. A replay of one op per batch thus costs a couple of snapshots per op, not one per
 //! live space.
 
-use super::{region_containing, Accounting, Agreement, Finding, FrameReports};
+use super::{region_containing, Accounting, Agreement, Finding, FrameReports, Provenance, Rule};
 use crate::coherence::{Coherence, CoherenceFinding};
 use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
-use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
+use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
+use shared_mm::boot_info::BootInfo;
+use shared_mm::region_tree::InvariantViolation;
 use shared_mm::trace::TraceEvent;
 use std::collections::{BTreeMap, BTreeSet};
 use vm_memory::GuestMemoryMmap;
@@ -37,6 +41,13 @@ pub struct Checked<D> {
     /// What frame accounting remembers between checks, and the reports for this one.
     accounting: Accounting,
     frame_reports: FrameReports,
+    /// The memory map the host wrote at boot, once the guest booted (frame provenance).
+    provenance: Option<Provenance>,
+    /// The operations of the check in progress, whose results come back next.
+    round: Vec<Op>,
+    /// The space each directory (CR3) last belonged to, so that a trace finding about the
+    /// tables of a space destroyed since still names it.
+    directories: BTreeMap<u64, u32>,
     /// Whether this check walks every live space.
     full: bool,
     /// Every finding so far, with the number of the check that found it.
@@ -47,6 +58,9 @@ pub struct Checked<D> {
     pub snapshots_asked: usize,
     /// End the guest's work at the first finding instead of handing out more batches.
     pub stop_on_finding: bool,
+    /// Check frame provenance, page-table lifetime and every region tree's own invariants
+    /// (on by default; set it before the guest boots, and off only to measure what they cost).
+    pub deep_rules: bool,
 }
 
 impl<D: Driver> Checked<D> {
@@ -61,11 +75,15 @@ impl<D: Driver> Checked<D> {
             objects: BTreeMap::new(),
             accounting: Accounting::default(),
             frame_reports: FrameReports::default(),
+            provenance: None,
+            round: Vec::new(),
+            directories: BTreeMap::new(),
             full: false,
             findings: Vec::new(),
             checks_run: 0,
             snapshots_asked: 0,
             stop_on_finding: false,
+            deep_rules: true,
         }
     }
 
@@ -90,9 +108,7 @@ impl<D: Driver> Checked<D> {
         mem: &GuestMemoryMmap,
         spaces: &[SpaceRecord],
     ) -> (Vec<u32>, Vec<u32>) {
-        let agreement = self
-            .agreement
-            .get_or_insert_with(|| Agreement::for_memory(mem));
+        let agreement = agreement_for(&mut self.agreement, mem, &self.provenance);
         let live: BTreeSet<u32> = spaces.iter().map(|s| s.space).collect();
         let gone: Vec<u32> = agreement.spaces().filter(|s| !live.contains(s)).collect();
         for space in gone {
@@ -130,6 +146,30 @@ impl<D: Driver> Checked<D> {
             .collect()
     }
 
+    /// The verdicts of the `check-tree` operations of the check in progress (`results` are its
+    /// operations' results): a tree that fails its own invariant check is a finding.
+    fn tree_checks(&self, results: &[OpResult]) -> Result<Vec<Finding>, DriverError> {
+        if results.len() != self.round.len() {
+            return Err(DriverError::ResultCount {
+                got: results.len(),
+                sent: self.round.len(),
+            });
+        }
+        let broken = self
+            .round
+            .iter()
+            .zip(results)
+            .filter_map(|(op, got)| match op {
+                Op::CheckTree { space } if got.status == Status::Ok && got.value != 0 => {
+                    Some((*space, got))
+                }
+                _ => None,
+            });
+        Ok(broken
+            .map(|(space, got)| tree_finding(space, got))
+            .collect())
+    }
+
     /// Runs the checks on the snapshots received; returns their findings, trace findings first
     /// (each was seen at the event that broke the rule, before what the tables show now).
     fn run_checks(
@@ -145,7 +185,16 @@ impl<D: Driver> Checked<D> {
             Some(coherence) => {
                 let views = (&kernel, self.snapshots.as_slice());
                 let trace = coherence.take_findings();
-                trace.iter().map(|f| as_finding(f, views)).collect()
+                let named = |found: &CoherenceFinding| {
+                    let mut finding = as_finding(found, views);
+                    if finding.space == 0 {
+                        // A space destroyed since: the one the directory last belonged to.
+                        let last = self.directories.get(&found.directory);
+                        finding.space = last.copied().unwrap_or(0);
+                    }
+                    finding
+                };
+                trace.iter().map(named).collect()
             }
             None => Vec::new(),
         };
@@ -153,9 +202,7 @@ impl<D: Driver> Checked<D> {
             let held = view.regions.iter().map(|r| r.object).filter(|&o| o != 0);
             self.objects.insert(view.space, held.collect());
         }
-        let agreement = self
-            .agreement
-            .get_or_insert_with(|| Agreement::for_memory(mem));
+        let agreement = agreement_for(&mut self.agreement, mem, &self.provenance);
         for view in &self.snapshots {
             agreement.forget(view.space);
         }
@@ -172,6 +219,9 @@ impl<D: Driver> Checked<D> {
             .map(|v| (v.space, agreement.mapped(v.space)))
             .collect();
         let reports = std::mem::take(&mut self.frame_reports);
+        if let Some(provenance) = &self.provenance {
+            found.extend(provenance.check_reports(&reports));
+        }
         found.extend(self.accounting.check(reports, &live, &mapped, self.full));
         self.dirty.clear();
         Ok(found)
@@ -185,6 +235,9 @@ impl<D: Driver> Driver for Checked<D> {
         results: &[OpResult],
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, DriverError> {
+        for record in spaces {
+            self.directories.insert(record.cr3 & !0xfff, record.space);
+        }
         let Some(held) = self.held_results.take() else {
             // The inner driver's batch just finished: snapshot what it may have changed first.
             self.held_results = Some(results.to_vec());
@@ -192,16 +245,21 @@ impl<D: Driver> Driver for Checked<D> {
             self.frame_reports = FrameReports::default();
             let (walk, report) = self.spaces_to_walk(mem, spaces);
             self.snapshots_asked += 1 + walk.len();
-            let ops: Vec<Op> = std::iter::once(KERNEL_SPACE)
+            let trees = std::iter::once(KERNEL_SPACE).chain(spaces.iter().map(|s| s.space));
+            let trees = trees.filter(|_| self.deep_rules);
+            self.round = std::iter::once(KERNEL_SPACE)
                 .chain(walk)
                 .flat_map(|space| [Op::Snapshot { space }, Op::Frames { space }])
                 .chain(report.into_iter().map(|space| Op::Frames { space }))
+                .chain(trees.map(|space| Op::CheckTree { space }))
                 .collect();
-            return Ok(Some(ops));
+            return Ok(Some(self.round.clone()));
         };
         let run = self.checks_run;
         self.checks_run += 1;
-        let found = self.run_checks(mem, spaces)?;
+        let trees = self.tree_checks(results)?;
+        let mut found = self.run_checks(mem, spaces)?;
+        found.extend(trees);
         let stop = self.stop_on_finding && !found.is_empty();
         self.findings.extend(found.into_iter().map(|f| (run, f)));
         if stop {
@@ -234,14 +292,53 @@ impl<D: Driver> Driver for Checked<D> {
         self.frame_reports.collect(chunk)
     }
 
+    fn booted(&mut self, info: &BootInfo) {
+        if self.deep_rules {
+            self.provenance = Some(Provenance::new(info));
+        }
+        self.inner.booted(info);
+    }
+
     fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
         // The guest's RAM size bounds what the replay may track.
+        let deep = self.deep_rules;
         let coherence = self.coherence.get_or_insert_with(|| {
             let ram = vm_memory::GuestMemoryBackend::last_addr(mem).0;
-            Coherence::new(ram.saturating_add(1))
+            let replay = Coherence::new(ram.saturating_add(1));
+            if deep {
+                replay
+            } else {
+                replay.without_table_lifetime()
+            }
         });
         coherence.apply_all(events)?;
         self.inner.trace(mem, events)
+    }
+}
+
+/// The agreement state for the RAM of `mem`, made at the first check.
+fn agreement_for<'a>(
+    slot: &'a mut Option<Agreement>,
+    mem: &GuestMemoryMmap,
+    provenance: &Option<Provenance>,
+) -> &'a mut Agreement {
+    slot.get_or_insert_with(|| Agreement::for_memory(mem).with_provenance(provenance.clone()))
+}
+
+/// A `region-tree-invariants` finding for `space`, whose `check-tree` gave `got`.
+fn tree_finding(space: u32, got: &OpResult) -> Finding {
+    let what = InvariantViolation::kind_name(got.value).map_or_else(
+        || format!("unknown violation {}", got.value),
+        str::to_string,
+    );
+    Finding {
+        space,
+        rule: Rule::RegionTreeInvariants,
+        va: (got.addr != 0).then_some(got.addr),
+        pte: None,
+        region: None,
+        detail: format!("the region tree fails its own invariant check: {what}"),
+        events: Vec::new(),
     }
 }
 

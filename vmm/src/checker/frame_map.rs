@@ -2,7 +2,7 @@
 //! millions of times a second on the sim, where SipHash's flood resistance buys nothing (the
 //! keys are page-aligned addresses, bounded in number by RAM).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Hashes one u64 by a Fibonacci multiply, then a rotation: the multiply spreads the key's
@@ -33,3 +33,6 @@ impl Hasher for FrameHasher {
 
 /// A map from frames (or other small integer keys) to `V`.
 pub type FrameMap<K, V> = HashMap<K, V, BuildHasherDefault<FrameHasher>>;
+
+/// A set of frames (or other small integer keys).
+pub type FrameSet<K> = HashSet<K, BuildHasherDefault<FrameHasher>>;

@@ -7,11 +7,13 @@
 mod accounting;
 mod agreement;
 mod checked;
-mod frame_map;
+pub(crate) mod frame_map;
+mod provenance;
 
 pub use accounting::{Accounting, FrameReports};
 pub use agreement::{Agreement, Check, Refs, FRAME_BUDGET_PER_RAM_PAGE, MAX_PER_RULE};
 pub use checked::{as_finding, Checked};
+pub use provenance::Provenance;
 
 use crate::coherence::Numbered;
 use crate::driver::SpaceSnapshot;
@@ -58,6 +60,14 @@ pub enum Rule {
     FrameOwner,
     /// A frame was freed while a possibly-cached translation pointed at it (flush trace).
     FrameFreedWhileCached,
+    /// A frame the MM allocated, owns, maps or uses as a page table lies outside the usable RAM
+    /// of the memory map the host wrote at boot.
+    FrameProvenance,
+    /// A page-table frame was freed while a CPU's CR3 could still reach it, or its paging-
+    /// structure caches could still hold it (flush trace).
+    TableFreedWhileReachable,
+    /// A region tree fails its own `check_invariants` (gap-index summaries included).
+    RegionTreeInvariants,
 }
 
 impl fmt::Display for Rule {
@@ -80,6 +90,9 @@ impl fmt::Display for Rule {
             Rule::NoLeakAfterDestroy => "no-leak-after-destroy",
             Rule::FrameOwner => "frame-owner",
             Rule::FrameFreedWhileCached => "frame-freed-while-cached",
+            Rule::FrameProvenance => "frame-provenance",
+            Rule::TableFreedWhileReachable => "table-freed-while-reachable",
+            Rule::RegionTreeInvariants => "region-tree-invariants",
         })
     }
 }

@@ -118,6 +118,7 @@ fn with_space(op: Op, new: u32) -> Op {
         Op::TouchExec { addr, .. } => Op::TouchExec { space: new, addr },
         Op::Snapshot { .. } => Op::Snapshot { space: new },
         Op::Frames { .. } => Op::Frames { space: new },
+        Op::CheckTree { .. } => Op::CheckTree { space: new },
         Op::Populate { addr, size, .. } => Op::Populate {
             space: new,
             addr,
@@ -285,7 +286,11 @@ fn simpler(op: Op) -> Vec<Op> {
                 });
             }
         }
-        Op::CreateSpace | Op::DestroySpace { .. } | Op::Snapshot { .. } | Op::Frames { .. } => {}
+        Op::CreateSpace
+        | Op::DestroySpace { .. }
+        | Op::Snapshot { .. }
+        | Op::Frames { .. }
+        | Op::CheckTree { .. } => {}
     }
     out
 }

@@ -229,7 +229,8 @@ impl Expect {
                 | Op::Fork { .. }
                 | Op::TouchRead { .. }
                 | Op::TouchWrite { .. }
-                | Op::Snapshot { .. } => Expect::Value(got.value),
+                | Op::Snapshot { .. }
+                | Op::CheckTree { .. } => Expect::Value(got.value),
                 _ => Expect::Ok,
             },
             Status::Faulted => Expect::Fault {

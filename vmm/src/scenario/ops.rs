@@ -84,6 +84,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::KernelRead { .. } => "kernel-read",
         Op::KernelWrite { .. } => "kernel-write",
         Op::Populate { .. } => "populate",
+        Op::CheckTree { .. } => "check-tree",
     }
 }
 
@@ -95,7 +96,8 @@ pub fn op_to_line(op: &Op) -> String {
         Op::DestroySpace { space }
         | Op::Fork { space }
         | Op::Snapshot { space }
-        | Op::Frames { space } => format!("{name} space={space}"),
+        | Op::Frames { space }
+        | Op::CheckTree { space } => format!("{name} space={space}"),
         // `map-shared` is a fixed map with the SHARED bit, which its name already says.
         Op::MapFixed {
             space,
@@ -260,6 +262,9 @@ pub fn op_from_line(text: &str) -> Result<Op, OpError> {
             space: f.u32("space")?,
         },
         "frames" => Op::Frames {
+            space: f.u32("space")?,
+        },
+        "check-tree" => Op::CheckTree {
             space: f.u32("space")?,
         },
         "kernel-read" => Op::KernelRead {

@@ -1,12 +1,13 @@
 //! The simulated CPU in ring 3. It runs the few instructions the MM's user accesses use (the
 //! trampoline's `mov rax, [rdi]` and `mov [rdi], rsi`, `nop`, and the `int3` that ends every
 //! stay); anything else raises #UD. Every fetch and data access is translated through the TLB
-//! first and through the page tables on a miss, and faults as the hardware raises them: #GP
-//! for a non-canonical address, #PF with the architectural error code and CR2 otherwise.
+//! first and through the page tables on a miss (from the deepest paging-structure-cache entry
+//! that covers the address, else from CR3), and faults as the hardware raises them: #GP for a
+//! non-canonical address, #PF with the architectural error code and CR2 otherwise.
 
 use super::ram::WrittenPages;
 use crate::page_walk::{self, WalkError};
-use crate::tlb::{Access, Tlb, Translation};
+use crate::tlb::{Access, CpuCaches, Translation};
 use guest_mm::machine::{
     PF_FETCH, PF_PRESENT, PF_RESERVED, PF_USER, PF_WRITE, VECTOR_BREAKPOINT,
     VECTOR_GENERAL_PROTECTION, VECTOR_INVALID_OPCODE, VECTOR_PAGE_FAULT,
@@ -26,10 +27,27 @@ const REX_W: u8 = 0x48;
 const LOAD: [u8; 3] = [0x48, 0x8b, 0x07]; // mov rax, [rdi]
 const STORE: [u8; 3] = [0x48, 0x89, 0x37]; // mov [rdi], rsi
 
+/// What one simulated CPU keeps between its stays in ring 3: the tables it walks and what it
+/// caches of them. The sim has one; an SMP sim has one per CPU.
+#[derive(Clone, Debug)]
+pub struct CpuState {
+    pub cr3: u64,
+    pub caches: CpuCaches,
+}
+
+impl CpuState {
+    /// A CPU on the tables at `cr3`, with nothing cached.
+    pub fn new(cr3: u64) -> Self {
+        CpuState {
+            cr3,
+            caches: CpuCaches::default(),
+        }
+    }
+}
+
 struct Cpu<'a> {
     mem: &'a GuestMemoryMmap,
-    cr3: u64,
-    tlb: &'a mut Tlb,
+    state: &'a mut CpuState,
     written: &'a mut WrittenPages,
     rip: u64,
     rdi: u64,
@@ -40,15 +58,13 @@ struct Cpu<'a> {
 /// Runs ring-3 code from `entry` until its first exception.
 pub fn run(
     mem: &GuestMemoryMmap,
-    cr3: u64,
-    tlb: &mut Tlb,
+    state: &mut CpuState,
     written: &mut WrittenPages,
     entry: &UserEntry,
 ) -> UserTrap {
     let mut cpu = Cpu {
         mem,
-        cr3,
-        tlb,
+        state,
         written,
         rip: entry.rip,
         rdi: entry.rdi,
@@ -137,37 +153,46 @@ impl Cpu<'_> {
     }
 
     /// The physical address of `va` for `access`: the TLB's entry if it has one, else a walk of
-    /// the active tables, whose result is cached.
+    /// the active tables (from the paging-structure caches where they cover it), whose result
+    /// is cached. A page fault drops what the CPU cached for the address.
     fn translate(&mut self, va: u64, access: Access) -> Result<u64, UserTrap> {
         if !is_canonical(va) {
             return Err(trap(VECTOR_GENERAL_PROTECTION, 0, 0));
         }
-        if let Some(cached) = self.tlb.lookup(va) {
+        let caches = &mut self.state.caches;
+        if let Some(cached) = caches.tlb.lookup(va) {
             if cached.allows(access) {
                 return Ok(cached.phys(va));
             }
             // A stale entry with fewer rights faults as it stands; the fault drops it.
-            self.tlb.fault(va);
+            caches.fault(va);
             return Err(trap(VECTOR_PAGE_FAULT, error_code(access, true), va));
         }
-        match page_walk::translate(self.mem, self.cr3, va) {
-            Ok(Some(found)) => {
-                let translation = Translation::of(&found.leaf);
-                if !translation.allows(access) {
-                    self.tlb.fault(va);
-                    return Err(trap(VECTOR_PAGE_FAULT, error_code(access, true), va));
+        let start = caches.paging.start(self.state.cr3, va);
+        let fault = |caches: &mut CpuCaches, present: bool, reserved: u64| {
+            caches.fault(va);
+            Err(trap(
+                VECTOR_PAGE_FAULT,
+                error_code(access, present) | reserved,
+                va,
+            ))
+        };
+        match page_walk::walk_from(self.mem, start, va) {
+            Ok(path) => match path.translation {
+                Some(found) => {
+                    let translation = Translation::of(&found.leaf);
+                    if !translation.allows(access) {
+                        return fault(caches, true, 0);
+                    }
+                    caches.paging.fill(&path);
+                    caches.tlb.fill(translation);
+                    Ok(found.phys)
                 }
-                self.tlb.fill(translation);
-                Ok(found.phys)
-            }
-            Ok(None) => Err(trap(VECTOR_PAGE_FAULT, error_code(access, false), va)),
+                None => fault(caches, false, 0),
+            },
             Err(WalkError::NonCanonical { .. }) => Err(trap(VECTOR_GENERAL_PROTECTION, 0, 0)),
             // Reserved bits, or a table outside RAM (which reads as all ones on hardware).
-            Err(_) => Err(trap(
-                VECTOR_PAGE_FAULT,
-                error_code(access, true) | PF_RESERVED,
-                va,
-            )),
+            Err(_) => fault(caches, true, PF_RESERVED),
         }
     }
 
@@ -217,5 +242,72 @@ impl Cpu<'_> {
         if let Err(e) = self.mem.read_slice(buf, GuestAddress(phys)) {
             panic!("ring-3 access to physical {phys:#x}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page_walk::PageTableBuilder;
+    use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_4K};
+
+    const CODE: u64 = 0x1000_0000;
+    const DATA: u64 = 0x40_0000;
+    /// `mov rax, [rdi]; int3`.
+    const LOAD_AND_TRAP: [u8; 4] = [0x48, 0x8b, 0x07, INT3];
+
+    /// A user load of the u64 at `va` on `state`'s CPU: what it read, or the vector it raised.
+    fn load(mem: &GuestMemoryMmap, state: &mut CpuState, va: u64) -> Result<u64, u64> {
+        let mut written = WrittenPages::new(16 << 20);
+        let entry = UserEntry {
+            rip: CODE,
+            rdi: va,
+            rsi: 0,
+        };
+        let trap = run(mem, state, &mut written, &entry);
+        match trap.vector {
+            VECTOR_BREAKPOINT => Ok(trap.rax),
+            vector => Err(vector),
+        }
+    }
+
+    #[test]
+    fn the_cpu_walks_a_freed_and_reused_table_it_still_caches_until_a_flush() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mut tables = PageTableBuilder::new(&mem, (1 << 20)..(2 << 20)).unwrap();
+        let user = PageTableFlags::USER;
+        tables
+            .map(CODE, 0x8000, PAGE_SIZE_4K, PageLevel::Pt, user)
+            .unwrap();
+        tables
+            .map(DATA, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, user)
+            .unwrap();
+        mem.write_slice(&LOAD_AND_TRAP, GuestAddress(0x8000))
+            .unwrap();
+        mem.write_obj(0x1111u64, GuestAddress(0x5000)).unwrap();
+        let mut cpu = CpuState::new(tables.cr3());
+        assert_eq!(load(&mem, &mut cpu, DATA), Ok(0x1111));
+        // The MM unlinks the data's page table and frees it without a flush; the frame is
+        // reused, and its second entry now maps a frame that holds 0x2222.
+        let path = page_walk::walk(&mem, cpu.cr3, DATA).unwrap();
+        let pde = path.entries().find(|e| e.level == PageLevel::Pd).unwrap();
+        let table = pde.entry.frame();
+        mem.write_obj(0u64, GuestAddress(pde.addr)).unwrap();
+        mem.write_obj(0x9005u64, GuestAddress(table + 8)).unwrap();
+        mem.write_obj(0x2222u64, GuestAddress(0x9000)).unwrap();
+        let stale = load(&mem, &mut cpu, DATA + 0x1000);
+        assert_eq!(
+            stale,
+            Ok(0x2222),
+            "the cached PDE still leads to the reused frame"
+        );
+        // `invlpg` of the page drops its translation and every paging-structure-cache entry.
+        cpu.caches.invlpg(DATA + 0x1000);
+        let fresh = load(&mem, &mut cpu, DATA + 0x1000);
+        assert_eq!(
+            fresh,
+            Err(VECTOR_PAGE_FAULT),
+            "after the flush the walk starts at CR3"
+        );
     }
 }

@@ -1,31 +1,28 @@
 //! The simulated machine: `guest_mm::Machine` in-process, over guest RAM in a `GuestMemoryMmap`
 //! (so the page walker, the checker and inspect read it as they read a KVM guest's), with one
-//! CPU whose TLB is maximally stale.
+//! CPU whose TLB and paging-structure caches are maximally stale.
 
-use super::cpu;
+use super::cpu::{self, CpuState};
 use super::ram::WrittenPages;
-use crate::tlb::Tlb;
 use guest_mm::page_directory::PageDirectory;
 use guest_mm::{Machine, PhysicalFrame, PteSlot, UserEntry, UserTrap, FRAME_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-/// RAM, CR3 and the TLB of the one simulated CPU.
+/// RAM and the one simulated CPU.
 pub struct SimMachine {
     mem: GuestMemoryMmap,
-    cr3: u64,
-    tlb: Tlb,
+    cpu: CpuState,
     /// Every page written since boot, so that RAM can be reset for the next guest.
     written: WrittenPages,
 }
 
 impl SimMachine {
-    /// A CPU on `mem` running on the page tables at `cr3`, with an empty TLB.
+    /// A CPU on `mem` running on the page tables at `cr3`, with nothing cached.
     pub fn new(mem: GuestMemoryMmap, cr3: u64) -> Self {
         let ram_size = mem.last_addr().0.saturating_add(1);
         SimMachine {
             mem,
-            cr3,
-            tlb: Tlb::default(),
+            cpu: CpuState::new(cr3),
             written: WrittenPages::new(ram_size),
         }
     }
@@ -35,14 +32,9 @@ impl SimMachine {
         &self.written
     }
 
-    /// The translations the CPU holds now.
-    pub fn tlb(&self) -> &Tlb {
-        &self.tlb
-    }
-
-    /// The active page tables.
-    pub fn cr3(&self) -> u64 {
-        self.cr3
+    /// The CPU: its CR3 and what it caches.
+    pub fn cpu(&self) -> &CpuState {
+        &self.cpu
     }
 
     /// Guest-physical `frame + offset`, checked to stay inside the frame. The MM passing a bad
@@ -106,15 +98,15 @@ impl Machine for SimMachine {
     }
 
     fn flush_page(&mut self, va: u64) {
-        self.tlb.invlpg(va);
+        self.cpu.caches.invlpg(va);
     }
 
     fn activate(&mut self, directory: &PageDirectory) {
-        self.cr3 = directory.cr3();
-        self.tlb.reload();
+        self.cpu.cr3 = directory.cr3();
+        self.cpu.caches.reload();
     }
 
     fn enter_user(&mut self, entry: &UserEntry) -> UserTrap {
-        cpu::run(&self.mem, self.cr3, &mut self.tlb, &mut self.written, entry)
+        cpu::run(&self.mem, &mut self.cpu, &mut self.written, entry)
     }
 }

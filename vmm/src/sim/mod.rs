@@ -22,7 +22,7 @@ use machine::SimMachine;
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH, OP_RECORD_SIZE,
 };
-use shared_mm::boot_info::GuestCommand;
+use shared_mm::boot_info::{BootInfo, GuestCommand};
 use std::io::Write;
 use vm_memory::GuestMemoryMmap;
 
@@ -49,6 +49,8 @@ pub struct SimVm {
     /// The kernel in RAM, for the next guest of this thread to boot on this RAM.
     kernel: LoadedKernel,
     in_ram: KernelInRam,
+    /// The boot info the host wrote, for the driver.
+    boot_info: BootInfo,
 }
 
 impl SimVm {
@@ -90,6 +92,7 @@ impl SimVm {
             console,
             kernel: boot.kernel,
             in_ram,
+            boot_info: boot.info,
         })
     }
 
@@ -111,6 +114,7 @@ impl SimVm {
     /// Serves `driver` until it has no more work; returns the exit status (0).
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
         let _ = writeln!(self.console, "sim: serving MM operations");
+        driver.booted(&self.boot_info);
         let mut results: Vec<OpResult> = Vec::new();
         loop {
             self.deliver_trace(driver)?;

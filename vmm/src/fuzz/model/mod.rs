@@ -494,6 +494,14 @@ impl Model {
                     error(Status::NoSuchSpace)
                 }
             }
+            // A tree that holds its invariants reports no broken one.
+            Op::CheckTree { space } => {
+                if space == KERNEL_SPACE || space_of(space).is_some() {
+                    value(0)
+                } else {
+                    error(Status::NoSuchSpace)
+                }
+            }
             Op::Populate { space, addr, size } => self.predict_populate(space, addr, size),
             Op::Snapshot { space } => {
                 if space == KERNEL_SPACE {
@@ -677,7 +685,7 @@ impl Model {
                     self.commit(space, page);
                 }
             }
-            Op::Frames { .. } | Op::Snapshot { .. } => {}
+            Op::Frames { .. } | Op::Snapshot { .. } | Op::CheckTree { .. } => {}
         }
     }
 
