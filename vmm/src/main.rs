@@ -50,7 +50,8 @@ struct GuestArgs {
     /// Guest RAM in MiB [default: 256; replay: the reproducer's].
     #[arg(long, value_name = "MIB", value_parser = parse_u64)]
     memory: Option<u64>,
-    /// Stop a guest that makes no hypercall for this many seconds (0: never; at most a year).
+    /// Stop a guest that makes no progress (no hypercall, and no heartbeat from a long loop)
+    /// for this many seconds (0: never; at most a year).
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
     timeout: f64,
     /// Seed for the guest's randomized placement, and for fuzz the operation generator,

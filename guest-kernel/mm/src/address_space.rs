@@ -158,7 +158,8 @@ impl AddressSpace {
         }
     }
 
-    /// Maps fresh demand-zero memory in the lowest-addressed hole that fits.
+    /// Maps fresh demand-zero memory in the smallest hole that fits (best fit, see
+    /// `shared_mm::region_tree`'s placement policy).
     pub fn map_anywhere<M: Machine>(
         &mut self,
         size: u64,
@@ -241,6 +242,7 @@ impl AddressSpace {
             .pages_in(cut.base().get(), last);
         let bugs = self.bugs;
         for (page, _) in pages {
+            hw.machine.progress();
             if bugs.has(Bug::FlushBeforeClear) {
                 hw.machine.flush_page(page); // Seeded bug: the entry can be refilled now.
             }
@@ -434,6 +436,7 @@ impl AddressSpace {
         hw: &mut Hardware<M>,
     ) {
         for (page, frame) in object.pages_in(range.base().get(), range.last().get()) {
+            hw.machine.progress();
             if self.directory.translate(page, &hw.machine).is_none() {
                 continue;
             }

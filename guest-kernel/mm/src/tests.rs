@@ -453,3 +453,46 @@ fn seeded_sharing_bugs_are_planted() {
     write(&mut mm, BASE, 2);
     assert_eq!(refs(&mm).len(), 1, "the old frame keeps a reference");
 }
+
+#[test]
+fn every_long_loop_reports_progress_per_page() {
+    // A watchdog takes a slow guest for a hung one unless its long loops report progress:
+    // each op over many pages must report at least one step per page.
+    const PAGES: u64 = 64;
+    let mut mm = mm_with(SeededBugs::NONE);
+    assert_eq!(mm.execute(Op::CreateSpace).value, 1);
+    let range = |op: fn(u64, u64) -> Op| op(BASE, PAGES * PAGE);
+    let ops = [
+        range(|addr, size| Op::MapFixed {
+            space: 1,
+            addr,
+            size,
+            access: URW,
+        }),
+        range(|addr, size| Op::Populate {
+            space: 1,
+            addr,
+            size,
+        }),
+        Op::Fork { space: 1 },
+        range(|addr, size| Op::Protect {
+            space: 1,
+            addr,
+            size,
+            access: USER | READ,
+        }),
+        range(|addr, size| Op::Unmap {
+            space: 1,
+            addr,
+            size,
+        }),
+        Op::DestroySpace { space: 2 },
+    ];
+    let mut steps = Vec::new();
+    for op in ops {
+        let before = mm.machine().progress.get();
+        assert_eq!(mm.execute(op).status, Status::Ok, "{op:?}");
+        steps.push(mm.machine().progress.get() - before);
+    }
+    assert!(steps[1..].iter().all(|&n| n >= PAGES), "{steps:?}");
+}
