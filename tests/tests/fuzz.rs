@@ -60,6 +60,8 @@ fn correct_guest_survives_a_campaign() {
     let report = run(&config);
     assert!(report.bugs.is_empty(), "{:#?}", report.bugs);
     assert_eq!(report.ops_executed, 3_000);
+    // The placement probe after 1,024 ops: one uniformity test per layout, both passed.
+    assert_eq!(report.uniformity_tests, 2);
 }
 
 #[test]
@@ -244,4 +246,67 @@ fn every_sharing_bug_is_found_on_the_sim_and_shrunk_to_a_few_ops() {
         assert!(shows(&found.signature), "{bug:?}: {found:#?}");
         assert!(found.repro_len <= 8, "{bug:?}: {found:#?}");
     }
+}
+
+/// A campaign of `ops` on kvm with `bug` planted, without shrinking (kvm replays are slow).
+fn kvm_campaign(bug: guest_mm::Bug, ops: u64) -> CampaignConfig {
+    let bug = kernel(&GuestVariant::new(&[bug.feature()]));
+    campaign("kvm-placement", bug, ops, false)
+}
+
+#[test]
+fn a_biased_randomized_placement_is_found_by_the_probe_on_both_backends() {
+    use vmm::fuzz::uniformity::DRAWS;
+    let bug = guest_mm::Bug::AslrLowHalf;
+    let sim = run(&sim_campaign("aslr-low-half", bug, 5_000));
+    let kvm = run(&kvm_campaign(bug, 3_000));
+    for report in [&sim, &kvm] {
+        let found = report
+            .bugs
+            .first()
+            .unwrap_or_else(|| panic!("no finding: {report:?}"));
+        assert_eq!(found.signature, Signature::NotUniform, "{found:#?}");
+        assert!(found.description.contains("chi-square"), "{found:#?}");
+    }
+    // A statistical finding needs its draws: the probe's space, its two regions around the
+    // hole, and the draws, each but the last unmapped again.
+    let found = &sim.bugs[0];
+    assert!(found.repro_len <= 2 * DRAWS as usize + 4, "{found:#?}");
+    let text = std::fs::read_to_string(&found.repro_path).expect("reproducer written");
+    let repro = Reproducer::parse(&text).expect("reproducer parses");
+    let mut config = sim_campaign("aslr-low-half", bug, 0).vm;
+    let (again, _) = replay(&config, &repro.ops, 1, true)
+        .expect("replay runs")
+        .expect("still fails");
+    assert_eq!(again.signature, Signature::NotUniform);
+    config.seeded_bugs = guest_mm::SeededBugs::NONE;
+    assert_eq!(
+        replay(&config, &repro.ops, 1, true).expect("replay runs"),
+        None
+    );
+}
+
+#[test]
+fn map_anywhere_by_first_fit_breaks_the_documented_policy_on_both_backends() {
+    let bug = guest_mm::Bug::AnywhereFirstFit;
+    let sim = run(&sim_campaign("anywhere-first-fit", bug, 5_000));
+    let kvm = run(&kvm_campaign(bug, 3_000));
+    for report in [&sim, &kvm] {
+        let found = report
+            .bugs
+            .first()
+            .unwrap_or_else(|| panic!("no finding: {report:?}"));
+        assert!(
+            matches!(
+                found.signature,
+                Signature::Mismatch {
+                    op: "map-anywhere",
+                    ..
+                }
+            ),
+            "{found:#?}"
+        );
+        assert!(found.description.contains("the best fit"), "{found:#?}");
+    }
+    assert!(sim.bugs[0].repro_len <= 8, "{:#?}", sim.bugs[0]);
 }

@@ -573,6 +573,13 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
             report.out_of_memory
         );
     }
+    if report.uniformity_tests > 0 {
+        eprintln!(
+            "vmm fuzz: {} placement uniformity tests (chi-square; false-alarm rate at most {:.0e} for the campaign)",
+            report.uniformity_tests,
+            vmm::fuzz::uniformity::CAMPAIGN_ALPHA
+        );
+    }
     if let Some((covered, total)) = report.coverage {
         eprintln!(
             "vmm fuzz: coverage {covered} of {total} guest edges ({:.1}%)",

@@ -9,6 +9,7 @@ use crate::hardware::Hardware;
 use crate::machine::Machine;
 use crate::page_directory::PageDirectory;
 use crate::seeded_bugs::{Bug, SeededBugs};
+use crate::seeded_placement::{first_fit, LowHalf};
 use crate::vmobject::VMObject;
 use crate::{MmError, PhysicalFrame};
 use alloc::boxed::Box;
@@ -169,6 +170,12 @@ impl AddressSpace {
     ) -> Result<VirtualRange, MmError> {
         let access = normalize_access(access)?;
         let region = Self::new_region(access, Self::object_for(access, hw));
+        if self.bugs.has(Bug::AnywhereFirstFit) {
+            if let Some(start) = first_fit(&self.tree, size, align) {
+                // Seeded bug: the lowest hole that fits, not the best fit.
+                return Ok(self.tree.place_specifically(region, start, size)?);
+            }
+        }
         Ok(self.tree.place_anywhere(region, size, align)?)
     }
 
@@ -198,6 +205,12 @@ impl AddressSpace {
     ) -> Result<VirtualRange, MmError> {
         let access = normalize_access(access)?;
         let region = Self::new_region(access, Self::object_for(access, hw));
+        if self.bugs.has(Bug::AslrLowHalf) {
+            // Seeded bug: draws from the first half of the valid positions only.
+            return Ok(self
+                .tree
+                .place_randomized(region, size, align, &mut LowHalf(rng))?);
+        }
         Ok(self.tree.place_randomized(region, size, align, rng)?)
     }
 

@@ -37,11 +37,16 @@ pub enum Bug {
     RefcountLeak,
     /// Fork gives the child a private copy-on-write copy of shared memory.
     SharedBecomesPrivate,
+    /// `map-anywhere` takes the lowest-addressed hole that fits (first fit), not the best fit.
+    AnywhereFirstFit,
+    /// Randomized placement's random words lose their top bit (a signed conversion), so it
+    /// draws from the first half of the valid positions only: in one hole, the low half.
+    AslrLowHalf,
 }
 
 impl Bug {
     /// Every seeded bug, in feature order.
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 18] = [
         Bug::StalePte,
         Bug::KeepWritable,
         Bug::NoTlbFlush,
@@ -58,6 +63,8 @@ impl Bug {
         Bug::CowNoCopy,
         Bug::RefcountLeak,
         Bug::SharedBecomesPrivate,
+        Bug::AnywhereFirstFit,
+        Bug::AslrLowHalf,
     ];
 
     /// The cargo feature that plants it.
@@ -79,6 +86,8 @@ impl Bug {
             Bug::CowNoCopy => "bug-cow-no-copy",
             Bug::RefcountLeak => "bug-refcount-leak",
             Bug::SharedBecomesPrivate => "bug-shared-becomes-private",
+            Bug::AnywhereFirstFit => "bug-anywhere-first-fit",
+            Bug::AslrLowHalf => "bug-aslr-low-half",
         }
     }
 
@@ -119,6 +128,8 @@ impl SeededBugs {
             cfg!(feature = "bug-cow-no-copy"),
             cfg!(feature = "bug-refcount-leak"),
             cfg!(feature = "bug-shared-becomes-private"),
+            cfg!(feature = "bug-anywhere-first-fit"),
+            cfg!(feature = "bug-aslr-low-half"),
         ];
         let mut set = SeededBugs::NONE;
         let mut i = 0;

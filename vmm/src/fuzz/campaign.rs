@@ -5,6 +5,7 @@ use super::corpus::CorpusDir;
 use super::generate::Generator;
 use super::repro::Reproducer;
 use super::shrink::{shrink, Budget};
+use super::uniformity::Spending;
 use super::{replay, run_session, Failure, Feedback, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::files::write_atomically;
@@ -99,6 +100,8 @@ pub struct CampaignReport {
     pub ops_executed: u64,
     /// Operations the guest answered with OutOfMemory (the model judged each).
     pub out_of_memory: u64,
+    /// Placement uniformity tests run (see [`super::uniformity`]), over all jobs.
+    pub uniformity_tests: u64,
     pub elapsed: Duration,
     /// Time spent shrinking failures (summed over jobs), included in `elapsed`.
     pub shrinking: Duration,
@@ -136,6 +139,7 @@ struct Shared<'a> {
     bar: ProgressBar,
     executed: AtomicUsize,
     out_of_memory: AtomicUsize,
+    uniformity_tests: AtomicUsize,
     guests: AtomicUsize,
     bugs: Mutex<BTreeMap<Signature, FoundBug>>,
     coverage: Mutex<CoverageSet>,
@@ -297,6 +301,11 @@ impl Shared<'_> {
         }
         let mut remaining = budget as usize;
         let mut done_in_job = 0u64;
+        // The job's share of the campaign's false-alarm rate, over all its guests.
+        let mut spending = Spending {
+            jobs: config.jobs.max(1) as u64,
+            tests: 0,
+        };
         // The bar moves as batches complete; the count of ops run is settled per guest, so
         // the ops of a failing batch count too (as they do in `ops_to_find`).
         let shown = AtomicUsize::new(0);
@@ -311,7 +320,8 @@ impl Shared<'_> {
                 budget: remaining,
                 feedback: feedback.as_mut(),
             };
-            let mut session = Session::new(source, config.batch, Some(&progress));
+            let mut session =
+                Session::new(source, config.batch, Some(&progress)).with_spending(spending);
             if let Some(stop) = self.stop {
                 session = session.with_stop(stop);
             }
@@ -320,6 +330,7 @@ impl Shared<'_> {
             if let Some(e) = feedback.as_mut().and_then(Feedback::take_error) {
                 return Err(VmmError::File(e));
             }
+            spending = run.spending;
             let (sent, results, failure) = (run.sent, run.results, run.failure);
             self.bar
                 .inc(sent.len().saturating_sub(shown.swap(0, Ordering::Relaxed)) as u64);
@@ -337,6 +348,8 @@ impl Shared<'_> {
                 None => {}
             }
         }
+        self.uniformity_tests
+            .fetch_add(spending.tests as usize, Ordering::Relaxed);
         if let Some(fb) = &feedback {
             self.picked_up.fetch_max(fb.picked_up(), Ordering::Relaxed);
             self.entries.fetch_max(fb.corpus().len(), Ordering::Relaxed);
@@ -389,6 +402,7 @@ pub fn run_campaign_with(
         bar,
         executed: AtomicUsize::new(0),
         out_of_memory: AtomicUsize::new(0),
+        uniformity_tests: AtomicUsize::new(0),
         guests: AtomicUsize::new(0),
         bugs: Mutex::new(BTreeMap::new()),
         coverage: Mutex::new(CoverageSet::new()),
@@ -421,6 +435,7 @@ pub fn run_campaign_with(
     Ok(CampaignReport {
         ops_executed: shared.executed.load(Ordering::Relaxed) as u64,
         out_of_memory: shared.out_of_memory.load(Ordering::Relaxed) as u64,
+        uniformity_tests: shared.uniformity_tests.load(Ordering::Relaxed) as u64,
         elapsed: shared.start.elapsed(),
         shrinking: shared
             .shrinking

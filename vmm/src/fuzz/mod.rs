@@ -4,13 +4,16 @@
 #![forbid(unsafe_code)]
 
 pub mod campaign;
+pub mod chi_square;
 pub mod corpus;
 pub mod exhaustion;
 pub mod generate;
 pub mod model;
+pub mod probe;
 pub mod rebase;
 pub mod repro;
 pub mod shrink;
+pub mod uniformity;
 
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
@@ -28,6 +31,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use uniformity::{Spending, Uniformity};
 use vm_memory::GuestMemoryMmap;
 
 /// What kind of failure a run hit; two runs fail "the same way" when these are equal.
@@ -37,6 +41,8 @@ pub enum Signature {
     Mismatch { op: &'static str, status: String },
     /// An exported region list differed from the model's.
     SnapshotDiffers,
+    /// Repeated `map-randomized` draws on one layout were not uniform (see [`uniformity`]).
+    NotUniform,
     /// The agreement checker found this rule broken.
     Finding(Rule),
     /// The guest panicked, triple-faulted, hung or broke the protocol.
@@ -50,6 +56,7 @@ impl fmt::Display for Signature {
                 write!(f, "mismatch on {op} (guest said {status})")
             }
             Signature::SnapshotDiffers => f.write_str("region list differs from the model"),
+            Signature::NotUniform => f.write_str("map-randomized is not uniform (chi-square)"),
             Signature::Finding(rule) => write!(f, "agreement checker: {rule}"),
             Signature::Crash(kind) => write!(f, "guest {kind}"),
         }
@@ -256,6 +263,8 @@ pub struct Session<'g, 'f, 'p> {
     snapshots: Vec<SpaceSnapshot>,
     snapshots_used: usize,
     pub failure: Option<Failure>,
+    /// The placement uniformity rule over this session's draws.
+    uniformity: Uniformity,
     progress: Option<Progress<'p>>,
     /// Stop the guest under gdb when this op (an index into `sent`) is handed out.
     stop_at: Option<(usize, StopRequest)>,
@@ -275,6 +284,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             snapshots: Vec::new(),
             snapshots_used: 0,
             failure: None,
+            uniformity: Uniformity::default(),
             progress,
             stop_at: None,
             stop: None,
@@ -286,6 +296,14 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     pub fn stopping_at(self, op: usize, stop: StopRequest) -> Self {
         Session {
             stop_at: Some((op, stop)),
+            ..self
+        }
+    }
+
+    /// The same session, its uniformity tests spending what is left of `spending`.
+    pub fn with_spending(self, spending: Spending) -> Self {
+        Session {
+            uniformity: Uniformity::new(spending),
             ..self
         }
     }
@@ -320,12 +338,17 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     }
 
     fn fail(&mut self, signature: Signature, description: String) {
+        self.fail_in(signature, description, Vec::new());
+    }
+
+    /// [`Self::fail`], naming the spaces the failure is about.
+    fn fail_in(&mut self, signature: Signature, description: String, spaces: Vec<u32>) {
         if self.failure.is_none() {
             self.failure = Some(Failure {
                 signature,
                 description,
                 rules: Vec::new(),
-                spaces: Vec::new(),
+                spaces,
             });
         }
     }
@@ -358,6 +381,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                     }
                 }
             }
+            let biased = self.uniformity.observe(op, got, &self.model);
             if let Some(m) = self.model.apply(op, got) {
                 let why = format!(
                     "op {index} ({}): expected {}, got {:?}",
@@ -372,6 +396,10 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                     },
                     why,
                 );
+            }
+            if let Some(why) = biased {
+                let why = format!("op {index} ({}): {why}", op_to_line(op));
+                return self.fail_in(Signature::NotUniform, why, op.space().into_iter().collect());
             }
         }
     }
@@ -388,7 +416,8 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                 // its result arrives.
                 let max = self.batch_size.min(*budget);
                 generator.start_batch();
-                if let Some(fb) = feedback {
+                // A probe's draws must all see its layout: no corpus batch in between.
+                if let Some(fb) = feedback.as_mut().filter(|_| !generator.probing()) {
                     fb.rescan();
                     if let Some(mut ops) = generator.from_corpus(&fb.corpus, &self.model, max) {
                         // An entry was recorded in another state, and mutation keeps its
@@ -487,6 +516,8 @@ pub struct Run {
     /// The guest's results for the operations it finished, in order.
     pub results: Vec<OpResult>,
     pub failure: Option<Failure>,
+    /// The uniformity tests' false-alarm budget, as the session left it.
+    pub spending: Spending,
 }
 
 /// Runs `session` on a fresh guest; returns the operations it sent and how it failed, if it
@@ -546,6 +577,7 @@ pub fn run_session(
         (None, None, None) => None,
     };
     Ok(Run {
+        spending: session.uniformity.spending(),
         sent: session.sent,
         results: session.results,
         failure,

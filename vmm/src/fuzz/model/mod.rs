@@ -4,11 +4,13 @@
 //! objects in [`shared`], and what a byte reads in [`memory`].
 
 mod memory;
+pub mod placement;
 mod shared;
 mod space;
 
 pub use space::{ModelRegion, SpaceModel};
 
+use placement::{best_fit, has_aligned_hole};
 use shared::SharedMemory;
 use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
 use shared_mm::abi::{
@@ -50,25 +52,6 @@ fn check_request(size: u64, align: u64) -> Result<(), Status> {
     } else {
         Ok(())
     }
-}
-
-/// Whether the space has an `align`-aligned hole of `size` bytes (a naive scan of the holes).
-pub fn has_aligned_hole(space: &SpaceModel, size: u64, align: u64) -> bool {
-    let mut hole_start = USER_SPACE_BASE;
-    let fits = |start: u64, end: u64| {
-        // Hole [start, end): is there an aligned base with base + size <= end?
-        let Some(base) = start.checked_next_multiple_of(align) else {
-            return false;
-        };
-        base.checked_add(size).is_some_and(|e| e <= end)
-    };
-    for (&base, r) in &space.regions {
-        if fits(hole_start, base) {
-            return true;
-        }
-        hole_start = base + r.size;
-    }
-    fits(hole_start, USER_SPACE_END)
 }
 
 /// One way the guest disagreed with the model.
@@ -118,6 +101,8 @@ enum Prediction {
         addr: Option<u64>,
         value: Option<u64>,
     },
+    /// `map-anywhere`: placed exactly at the best fit, or NoSpace when nothing fits.
+    BestFit(Option<u64>),
     /// A successful placement somewhere valid, or NoSpace iff no hole exists.
     Placement {
         space: u32,
@@ -316,6 +301,15 @@ impl Model {
                 align,
                 hole_exists,
             } => self.check_placement(space, size, align, hole_exists, got),
+            Prediction::BestFit(at) => {
+                let placed = got.status == Status::Ok && got.fault == FaultKind::None;
+                match at {
+                    Some(at) if placed && got.addr == at => None,
+                    None if got.status == Status::NoSpace => None,
+                    Some(at) => Some(format!("Ok at {at:#x} (the best fit)")),
+                    None => Some("NoSpace (no hole fits)".into()),
+                }
+            }
             Prediction::Either(ref a, ref b) => {
                 let (first, second) = (self.verdict(a, got)?, self.verdict(b, got)?);
                 Some(format!("{first} or {second}"))
@@ -394,8 +388,17 @@ impl Model {
                 size,
                 align,
                 access,
+            } => {
+                let s = match self.new_region_space(space, access) {
+                    Ok(s) => s,
+                    Err(status) => return error(status),
+                };
+                if let Err(e) = check_request(size, align) {
+                    return error(e);
+                }
+                Prediction::BestFit(best_fit(s, size, align))
             }
-            | Op::MapRandomized {
+            Op::MapRandomized {
                 space,
                 size,
                 align,
