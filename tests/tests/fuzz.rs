@@ -310,3 +310,81 @@ fn map_anywhere_by_first_fit_breaks_the_documented_policy_on_both_backends() {
     }
     assert!(sim.bugs[0].repro_len <= 8, "{:#?}", sim.bugs[0]);
 }
+
+/// Ops on which `bug-free-mapped` panics the guest one op after the checker could see it, in
+/// one batch with ops of another space around them: a partial unmap frees the frame of the
+/// page that stays mapped (the flush trace and the frame rules see it), and unmapping that
+/// page next frees the frame again, which the allocator refuses with a panic.
+fn panic_after_a_finding() -> Vec<shared_mm::abi::Op> {
+    use shared_mm::abi::Op;
+    let (urw, base) = (0xb, 0x40_0000);
+    let mut ops = vec![Op::CreateSpace, Op::CreateSpace];
+    let noise = (0..8).map(|i| Op::MapFixed {
+        space: 2,
+        addr: 0x1000_0000 + i * 0x2000,
+        size: 0x1000,
+        access: urw,
+    });
+    ops.extend(noise.clone());
+    ops.extend([
+        Op::MapFixed {
+            space: 1,
+            addr: base,
+            size: 0x2000,
+            access: urw,
+        },
+        Op::TouchWrite {
+            space: 1,
+            addr: base,
+            value: 7,
+        },
+        Op::Unmap {
+            space: 1,
+            addr: base + 0x1000,
+            size: 0x1000,
+        },
+        Op::Unmap {
+            space: 1,
+            addr: base,
+            size: 0x1000,
+        },
+    ]);
+    ops.extend(noise.map(|op| match op {
+        Op::MapFixed { addr, .. } => Op::TouchRead { space: 2, addr },
+        other => other,
+    }));
+    ops
+}
+
+#[test]
+fn a_crash_right_after_a_finding_is_shrunk_to_the_finding_as_its_root_cause() {
+    use vmm::fuzz::campaign::reduce;
+    let bug = guest_mm::Bug::FreeMapped;
+    let sim = sim_campaign("root-cause", bug, 0);
+    let mut kvm = campaign(
+        "root-cause-kvm",
+        kernel(&GuestVariant::new(&[bug.feature()])),
+        0,
+        true,
+    );
+    kvm.shrink_on = Some(sim.vm.clone());
+    for config in [&sim, &kvm] {
+        let ops = panic_after_a_finding();
+        // The run, in one batch as a campaign sends it: the panic ends it, unchecked.
+        let run = vmm::fuzz::replay_run(&config.vm, &ops, config.batch, true).expect("runs");
+        let found = run.failure.clone().expect("the guest panics");
+        assert_eq!(found.signature, Signature::Crash("panic"), "{found:#?}");
+        let (shrunk, failure) = reduce(config, &run, &found, &|_| {}).expect("reduces");
+        assert!(
+            matches!(failure.signature, Signature::Finding(_)),
+            "{}: {failure:#?}",
+            config.vm.backend
+        );
+        assert!(
+            failure.description.contains("symptom") && failure.description.contains("panic"),
+            "{failure:#?}"
+        );
+        // create-space, map, write, partial unmap: not the batch.
+        assert!(shrunk.len() <= 4, "{shrunk:#?}");
+    }
+}

@@ -9,6 +9,7 @@ pub mod corpus;
 pub mod exhaustion;
 pub mod generate;
 pub mod model;
+pub mod narrow;
 pub mod probe;
 pub mod rebase;
 pub mod repro;
@@ -266,6 +267,10 @@ pub struct Session<'g, 'f, 'p> {
     /// The placement uniformity rule over this session's draws.
     uniformity: Uniformity,
     progress: Option<Progress<'p>>,
+    /// Where the batch sent last starts (an index into `sent`).
+    last_batch: usize,
+    /// From this op on (an index into `sent`), one op per batch: a finer replay.
+    fine_from: Option<usize>,
     /// Stop the guest under gdb when this op (an index into `sent`) is handed out.
     stop_at: Option<(usize, StopRequest)>,
     /// Set from outside (Ctrl-C): end at the next batch boundary.
@@ -286,6 +291,8 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             failure: None,
             uniformity: Uniformity::default(),
             progress,
+            last_batch: 0,
+            fine_from: None,
             stop_at: None,
             stop: None,
         }
@@ -296,6 +303,15 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     pub fn stopping_at(self, op: usize, stop: StopRequest) -> Self {
         Session {
             stop_at: Some((op, stop)),
+            ..self
+        }
+    }
+
+    /// The same session, sending one op per batch from op `from` on (counted from 0 over
+    /// every op sent), and before it batches that end exactly there.
+    pub fn finer_from(self, from: usize) -> Self {
+        Session {
+            fine_from: Some(from),
             ..self
         }
     }
@@ -404,8 +420,21 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
         }
     }
 
+    /// How many ops the next batch may hold.
+    fn next_batch_size(&self) -> usize {
+        match self
+            .fine_from
+            .map(|from| from.saturating_sub(self.sent.len()))
+        {
+            Some(0) => 1,
+            Some(left) => left.min(self.batch_size),
+            None => self.batch_size,
+        }
+    }
+
     fn next_ops(&mut self) -> Vec<Op> {
-        let mut batch = Vec::with_capacity(self.batch_size);
+        let size = self.next_batch_size();
+        let mut batch = Vec::with_capacity(size);
         match &mut self.source {
             Source::Generated {
                 generator,
@@ -414,7 +443,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             } => {
                 // Aimed with the model as of the last batch; each op is checked for real when
                 // its result arrives.
-                let max = self.batch_size.min(*budget);
+                let max = size.min(*budget);
                 generator.start_batch();
                 // A probe's draws must all see its layout: no corpus batch in between.
                 if let Some(fb) = feedback.as_mut().filter(|_| !generator.probing()) {
@@ -431,13 +460,13 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                         return ops;
                     }
                 }
-                while batch.len() < self.batch_size && *budget > 0 {
+                while batch.len() < size && *budget > 0 {
                     batch.push(generator.next_op(&self.model));
                     *budget -= 1;
                 }
             }
             Source::Fixed(ops) => {
-                while batch.len() < self.batch_size {
+                while batch.len() < size {
                     match ops.pop_front() {
                         Some(op) => batch.push(op),
                         None => break,
@@ -489,6 +518,7 @@ impl Driver for Session<'_, '_, '_> {
         if batch.is_empty() {
             return Ok(None);
         }
+        self.last_batch = self.sent.len();
         self.sent.extend_from_slice(&batch);
         if let Some((at, stop)) = &self.stop_at {
             if (self.sent.len() - batch.len()..self.sent.len()).contains(at) {
@@ -516,6 +546,8 @@ pub struct Run {
     /// The guest's results for the operations it finished, in order.
     pub results: Vec<OpResult>,
     pub failure: Option<Failure>,
+    /// Where the last batch sent starts in `sent`: a failure showed in it.
+    pub last_batch: usize,
     /// The uniformity tests' false-alarm budget, as the session left it.
     pub spending: Spending,
 }
@@ -577,6 +609,7 @@ pub fn run_session(
         (None, None, None) => None,
     };
     Ok(Run {
+        last_batch: session.last_batch,
         spending: session.uniformity.spending(),
         sent: session.sent,
         results: session.results,

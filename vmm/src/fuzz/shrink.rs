@@ -17,6 +17,7 @@
 //! on any machine and under any load.
 
 use super::exhaustion::{self, Probe};
+use super::narrow::replay_finer;
 use super::{rebase, replay_run, Signature};
 use crate::{VmConfig, VmmError};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
@@ -734,7 +735,14 @@ pub fn shrink(
     let run =
         |candidate: &[Op]| replay_run(config, candidate, shrink_batch(candidate.len()), check);
     let shown = |candidate: &[Op]| -> Result<Option<Shown>, VmmError> {
-        let run = run(candidate)?;
+        let mut run = run(candidate)?;
+        // Another failure, in a batch of several ops, may have hidden the target at an op
+        // before it (a crash right after a finding): look again there, one op per batch.
+        let moved = run.failure.as_ref().is_some_and(|f| !f.shows(target));
+        if moved && run.sent.len() - run.last_batch > 1 {
+            let batch = shrink_batch(candidate.len());
+            run = replay_finer(config, candidate, batch, run.last_batch, check)?;
+        }
         let prefix = run.sent.len();
         Ok(run.failure.filter(|f| f.shows(target)).map(|f| Shown {
             prefix,
