@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vmm::checker::Rule;
 use vmm::coverage::CoverageMap;
-use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
+use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug};
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
 use vmm::fuzz::{replay, Signature};
@@ -47,6 +47,7 @@ fn campaign(name: &str, kernel: Vec<u8>, ops: u64, shrink: bool) -> CampaignConf
         coverage,
         max_findings: 1,
         pressure: false,
+        placement_rules: true,
     }
 }
 
@@ -248,29 +249,34 @@ fn every_sharing_bug_is_found_on_the_sim_and_shrunk_to_a_few_ops() {
     }
 }
 
-/// A campaign of `ops` on kvm with `bug` planted, without shrinking (kvm replays are slow).
-fn kvm_campaign(bug: guest_mm::Bug, ops: u64) -> CampaignConfig {
-    let bug = kernel(&GuestVariant::new(&[bug.feature()]));
-    campaign("kvm-placement", bug, ops, false)
+/// The first finding of a 5,000-op sim campaign with `bug` planted (shrunk), and of a 3,000-op
+/// kvm campaign with it (not shrunk: kvm replays are slow).
+fn found_on_both_backends(bug: guest_mm::Bug) -> [FoundBug; 2] {
+    let kvm = campaign(
+        "kvm",
+        kernel(&GuestVariant::new(&[bug.feature()])),
+        3_000,
+        false,
+    );
+    [&sim_campaign(bug.feature(), bug, 5_000), &kvm].map(|config| {
+        let report = run(config);
+        let found = report.bugs.first().cloned();
+        found.unwrap_or_else(|| panic!("{bug:?} on {}: no finding: {report:?}", config.vm.backend))
+    })
 }
 
 #[test]
 fn a_biased_randomized_placement_is_found_by_the_probe_on_both_backends() {
     use vmm::fuzz::uniformity::DRAWS;
     let bug = guest_mm::Bug::AslrLowHalf;
-    let sim = run(&sim_campaign("aslr-low-half", bug, 5_000));
-    let kvm = run(&kvm_campaign(bug, 3_000));
-    for report in [&sim, &kvm] {
-        let found = report
-            .bugs
-            .first()
-            .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    let [sim, kvm] = found_on_both_backends(bug);
+    for found in [&sim, &kvm] {
         assert_eq!(found.signature, Signature::NotUniform, "{found:#?}");
         assert!(found.description.contains("chi-square"), "{found:#?}");
     }
     // A statistical finding needs its draws: the probe's space, its two regions around the
     // hole, and the draws, each but the last unmapped again.
-    let found = &sim.bugs[0];
+    let found = &sim;
     assert!(found.repro_len <= 2 * DRAWS as usize + 4, "{found:#?}");
     let text = std::fs::read_to_string(&found.repro_path).expect("reproducer written");
     let repro = Reproducer::parse(&text).expect("reproducer parses");
@@ -288,14 +294,8 @@ fn a_biased_randomized_placement_is_found_by_the_probe_on_both_backends() {
 
 #[test]
 fn map_anywhere_by_first_fit_breaks_the_documented_policy_on_both_backends() {
-    let bug = guest_mm::Bug::AnywhereFirstFit;
-    let sim = run(&sim_campaign("anywhere-first-fit", bug, 5_000));
-    let kvm = run(&kvm_campaign(bug, 3_000));
-    for report in [&sim, &kvm] {
-        let found = report
-            .bugs
-            .first()
-            .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    let [sim, kvm] = found_on_both_backends(guest_mm::Bug::AnywhereFirstFit);
+    for found in [&sim, &kvm] {
         assert!(
             matches!(
                 found.signature,
@@ -308,7 +308,7 @@ fn map_anywhere_by_first_fit_breaks_the_documented_policy_on_both_backends() {
         );
         assert!(found.description.contains("the best fit"), "{found:#?}");
     }
-    assert!(sim.bugs[0].repro_len <= 8, "{:#?}", sim.bugs[0]);
+    assert!(sim.repro_len <= 8, "{sim:#?}");
 }
 
 /// Ops on which `bug-free-mapped` panics the guest one op after the checker could see it, in

@@ -536,6 +536,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         coverage: counters,
         max_findings: usize::try_from(max_findings).unwrap_or(usize::MAX),
         pressure,
+        placement_rules: true,
     };
     let links = Links {
         corpus: corpus.as_deref(),

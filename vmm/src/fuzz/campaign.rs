@@ -50,6 +50,10 @@ pub struct CampaignConfig {
     pub max_findings: usize,
     /// Generate in memory-pressure mode (see [`Generator::with_pressure`]).
     pub pressure: bool,
+    /// The placement rules: `map-anywhere` held to the best-fit policy, and the placement
+    /// probe with its uniformity tests ([`super::uniformity`]). On everywhere; the bench turns
+    /// them off to measure what they cost.
+    pub placement_rules: bool,
 }
 
 /// What a campaign shares with the world outside its process.
@@ -280,6 +284,9 @@ impl Shared<'_> {
         if config.pressure {
             generator = generator.with_pressure();
         }
+        if !config.placement_rules {
+            generator = generator.without_probes();
+        }
         let mut feedback = (config.coverage.is_some() || self.corpus.is_some())
             .then(|| Feedback::new(config.coverage, &self.coverage));
         if let (Some(fb), Some(dir)) = (&mut feedback, &self.corpus) {
@@ -313,6 +320,9 @@ impl Shared<'_> {
                 Session::new(source, config.batch, Some(&progress)).with_spending(spending);
             if let Some(stop) = self.stop {
                 session = session.with_stop(stop);
+            }
+            if !config.placement_rules {
+                session = session.without_placement_rules();
             }
             self.guests.fetch_add(1, Ordering::Relaxed);
             let run = run_session(&config.vm, session, config.check)?;

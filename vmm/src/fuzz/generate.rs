@@ -66,8 +66,8 @@ pub struct Generator {
     new_spaces: u32,
     /// The placement probe's operations still to send.
     probe: VecDeque<Op>,
-    /// Operations generated until the next probe is due.
-    until_probe: usize,
+    /// Operations generated until the next probe is due; `None`: no probes.
+    until_probe: Option<usize>,
 }
 
 impl Generator {
@@ -84,7 +84,15 @@ impl Generator {
             last_touch: None,
             new_spaces: 0,
             probe: VecDeque::new(),
-            until_probe: PROBE_FIRST,
+            until_probe: Some(PROBE_FIRST),
+        }
+    }
+
+    /// The same generator, sending no placement probe (to measure what the probes cost).
+    pub fn without_probes(self) -> Self {
+        Generator {
+            until_probe: None,
+            ..self
         }
     }
 
@@ -97,12 +105,13 @@ impl Generator {
     /// for its spaces.
     fn probe_op(&mut self, model: &Model) -> Option<Op> {
         if self.probe.is_empty() {
-            self.until_probe = self.until_probe.saturating_sub(1);
+            let until = self.until_probe?.saturating_sub(1);
             let room = self.live_spaces(model) + probe::spaces() <= MAX_SPACES;
-            if self.until_probe > 0 || !room {
+            if until > 0 || !room {
+                self.until_probe = Some(until);
                 return None;
             }
-            self.until_probe = PROBE_EVERY;
+            self.until_probe = Some(PROBE_EVERY);
             self.probe = probe::ops(self.next_space_id(model)).into();
         }
         let op = self.probe.pop_front()?;

@@ -264,8 +264,9 @@ pub struct Session<'g, 'f, 'p> {
     snapshots: Vec<SpaceSnapshot>,
     snapshots_used: usize,
     pub failure: Option<Failure>,
-    /// The placement uniformity rule over this session's draws.
-    uniformity: Uniformity,
+    /// The placement uniformity rule over this session's draws; `None` with the placement
+    /// rules off.
+    uniformity: Option<Uniformity>,
     progress: Option<Progress<'p>>,
     /// Where the batch sent last starts (an index into `sent`).
     last_batch: usize,
@@ -289,7 +290,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             snapshots: Vec::new(),
             snapshots_used: 0,
             failure: None,
-            uniformity: Uniformity::default(),
+            uniformity: Some(Uniformity::default()),
             progress,
             last_batch: 0,
             fine_from: None,
@@ -319,7 +320,18 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     /// The same session, its uniformity tests spending what is left of `spending`.
     pub fn with_spending(self, spending: Spending) -> Self {
         Session {
-            uniformity: Uniformity::new(spending),
+            uniformity: Some(Uniformity::new(spending)),
+            ..self
+        }
+    }
+
+    /// The same session without the placement rules: no uniformity tests, and any valid
+    /// `map-anywhere` placement accepted (the campaign then sends no probe either). Only to
+    /// measure what the rules cost.
+    pub fn without_placement_rules(self) -> Self {
+        Session {
+            uniformity: None,
+            model: self.model.with_best_fit(false),
             ..self
         }
     }
@@ -336,7 +348,8 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     /// OutOfMemory far from that is a finding).
     pub fn with_frame_budget(mut self, frames: Option<usize>) -> Self {
         if let Some(frames) = frames {
-            self.model = Model::with_frame_budget(frames);
+            let best_fit = self.model.checks_best_fit();
+            self.model = Model::with_frame_budget(frames).with_best_fit(best_fit);
         }
         self
     }
@@ -397,7 +410,8 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                     }
                 }
             }
-            let biased = self.uniformity.observe(op, got, &self.model);
+            let uniformity = self.uniformity.as_mut();
+            let biased = uniformity.and_then(|u| u.observe(op, got, &self.model));
             if let Some(m) = self.model.apply(op, got) {
                 let why = format!(
                     "op {index} ({}): expected {}, got {:?}",
@@ -610,7 +624,10 @@ pub fn run_session(
     };
     Ok(Run {
         last_batch: session.last_batch,
-        spending: session.uniformity.spending(),
+        spending: session
+            .uniformity
+            .as_ref()
+            .map_or_else(Spending::default, Uniformity::spending),
         sent: session.sent,
         results: session.results,
         failure,

@@ -73,6 +73,8 @@ pub struct Model {
     frame_budget: Option<usize>,
     /// OutOfMemory results accepted so far.
     out_of_memory: u64,
+    /// Whether `map-anywhere` must follow the best-fit policy, not only place validly.
+    best_fit: bool,
 }
 
 impl Default for Model {
@@ -83,6 +85,7 @@ impl Default for Model {
             next_id: 1,
             frame_budget: None,
             out_of_memory: 0,
+            best_fit: true,
         }
     }
 }
@@ -103,7 +106,8 @@ enum Prediction {
     },
     /// `map-anywhere`: placed exactly at the best fit, or NoSpace when nothing fits.
     BestFit(Option<u64>),
-    /// A successful placement somewhere valid, or NoSpace iff no hole exists.
+    /// A successful placement somewhere valid, or NoSpace iff no hole exists (`map-randomized`,
+    /// and `map-anywhere` with the best-fit check off).
     Placement {
         space: u32,
         size: u64,
@@ -197,6 +201,17 @@ impl Model {
             frame_budget: Some(frames),
             ..Model::default()
         }
+    }
+
+    /// The same model, predicting `map-anywhere` by the documented best-fit policy (`true`,
+    /// the default) or accepting any valid placement (to measure what the policy check costs).
+    pub fn with_best_fit(self, best_fit: bool) -> Self {
+        Model { best_fit, ..self }
+    }
+
+    /// Whether `map-anywhere` is held to the best-fit policy.
+    pub fn checks_best_fit(&self) -> bool {
+        self.best_fit
     }
 
     /// The id the guest gives the next space it makes.
@@ -388,17 +403,8 @@ impl Model {
                 size,
                 align,
                 access,
-            } => {
-                let s = match self.new_region_space(space, access) {
-                    Ok(s) => s,
-                    Err(status) => return error(status),
-                };
-                if let Err(e) = check_request(size, align) {
-                    return error(e);
-                }
-                Prediction::BestFit(best_fit(s, size, align))
             }
-            Op::MapRandomized {
+            | Op::MapRandomized {
                 space,
                 size,
                 align,
@@ -410,6 +416,9 @@ impl Model {
                 };
                 if let Err(e) = check_request(size, align) {
                     return error(e);
+                }
+                if self.best_fit && matches!(op, Op::MapAnywhere { .. }) {
+                    return Prediction::BestFit(best_fit(s, size, align));
                 }
                 Prediction::Placement {
                     space,
