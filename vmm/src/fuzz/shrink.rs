@@ -7,7 +7,9 @@
 //! smaller chunks down to single operations (delta debugging); then each operation is
 //! simplified (sizes halved while the failure stays, a page-aligned touch, the plain value 1,
 //! read-write access), each space's addresses move down towards 0x1000, and all the passes run
-//! again while anything changes.
+//! again while anything changes. A candidate that fails otherwise, in a batch of several ops, is
+//! replayed once more one op per batch from there ([`super::narrow`]): a crash right after the
+//! target failure must not hide it.
 //!
 //! Space ids are renumbered as operations go: the guest numbers spaces 1, 2, ... in creation
 //! order, so dropping a `create-space` would otherwise point every later operation at the
