@@ -63,11 +63,16 @@ pub fn root_cause(
     let prefix = run.sent.len();
     Ok(run.failure.map(|failure| {
         let symptom = (!failure.shows(&recorded.signature)).then(|| {
+            let mut lines = recorded.description.lines();
+            let more = match lines.clone().count().saturating_sub(1) {
+                0 => String::new(),
+                n => format!(" (and {n} more lines)"),
+            };
             format!(
-                "symptom, in the batch of ops {last_batch} to {}: {}: {}",
+                "symptom, in the batch of ops {last_batch} to {}: {}: {}{more}",
                 ops.len().saturating_sub(1),
                 recorded.signature,
-                recorded.description
+                lines.next().unwrap_or_default(),
             )
         });
         Cause {
