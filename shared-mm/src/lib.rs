@@ -17,6 +17,7 @@ pub mod bench_layouts;
 pub mod boot_info;
 #[cfg(feature = "baseline")]
 pub mod first_fit;
+pub mod heartbeat;
 pub mod pte;
 pub mod region;
 #[allow(unsafe_code)]

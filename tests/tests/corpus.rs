@@ -59,6 +59,7 @@ fn campaign(name: &str, backend: Backend, seed: u64, ops: u64) -> CampaignConfig
         guest_features: Vec::new(),
         progress: false,
         pressure: false,
+        placement_rules: true,
         coverage,
         max_findings: 1,
     }

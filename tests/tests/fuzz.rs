@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vmm::checker::Rule;
 use vmm::coverage::CoverageMap;
-use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
+use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug};
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
 use vmm::fuzz::{replay, Signature};
@@ -47,6 +47,7 @@ fn campaign(name: &str, kernel: Vec<u8>, ops: u64, shrink: bool) -> CampaignConf
         coverage,
         max_findings: 1,
         pressure: false,
+        placement_rules: true,
     }
 }
 
@@ -60,6 +61,8 @@ fn correct_guest_survives_a_campaign() {
     let report = run(&config);
     assert!(report.bugs.is_empty(), "{:#?}", report.bugs);
     assert_eq!(report.ops_executed, 3_000);
+    // The placement probe after 1,024 ops: one uniformity test per layout, both passed.
+    assert_eq!(report.uniformity_tests, 2);
 }
 
 #[test]
@@ -175,10 +178,13 @@ fn memory_pressure_reaches_the_end_of_ram_and_finds_its_double_allocation() {
         .bugs
         .first()
         .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    // The root cause shows at the op that took the last frame: it stays free in the allocator
+    // while a page maps it (frame-accounting); at the end of that batch, once it is handed out
+    // again, two owners map it (frame-mapped-within-refs, frame-owner).
     assert!(
         matches!(
             found.signature,
-            Signature::Finding(Rule::FrameOverMapped | Rule::FrameOwner)
+            Signature::Finding(Rule::FrameAccounting | Rule::FrameOverMapped | Rule::FrameOwner)
         ),
         "{found:#?}"
     );
@@ -243,5 +249,145 @@ fn every_sharing_bug_is_found_on_the_sim_and_shrunk_to_a_few_ops() {
             .unwrap_or_else(|| panic!("{bug:?}: no finding: {report:?}"));
         assert!(shows(&found.signature), "{bug:?}: {found:#?}");
         assert!(found.repro_len <= 8, "{bug:?}: {found:#?}");
+    }
+}
+
+/// The first finding of a 5,000-op sim campaign with `bug` planted (shrunk), and of a 3,000-op
+/// kvm campaign with it (not shrunk: kvm replays are slow).
+fn found_on_both_backends(bug: guest_mm::Bug) -> [FoundBug; 2] {
+    let kvm = campaign(
+        "kvm",
+        kernel(&GuestVariant::new(&[bug.feature()])),
+        3_000,
+        false,
+    );
+    [&sim_campaign(bug.feature(), bug, 5_000), &kvm].map(|config| {
+        let report = run(config);
+        let found = report.bugs.first().cloned();
+        found.unwrap_or_else(|| panic!("{bug:?} on {}: no finding: {report:?}", config.vm.backend))
+    })
+}
+
+#[test]
+fn a_biased_randomized_placement_is_found_by_the_probe_on_both_backends() {
+    use vmm::fuzz::uniformity::DRAWS;
+    let bug = guest_mm::Bug::AslrLowHalf;
+    let [sim, kvm] = found_on_both_backends(bug);
+    for found in [&sim, &kvm] {
+        assert_eq!(found.signature, Signature::NotUniform, "{found:#?}");
+        assert!(found.description.contains("chi-square"), "{found:#?}");
+    }
+    // A statistical finding needs its draws: the probe's space, its two regions around the
+    // hole, and the draws, each but the last unmapped again.
+    let found = &sim;
+    assert!(found.repro_len <= 2 * DRAWS as usize + 4, "{found:#?}");
+    let text = std::fs::read_to_string(&found.repro_path).expect("reproducer written");
+    let repro = Reproducer::parse(&text).expect("reproducer parses");
+    let mut config = sim_campaign("aslr-low-half", bug, 0).vm;
+    let (again, _) = replay(&config, &repro.ops, 1, true)
+        .expect("replay runs")
+        .expect("still fails");
+    assert_eq!(again.signature, Signature::NotUniform);
+    config.seeded_bugs = guest_mm::SeededBugs::NONE;
+    assert_eq!(
+        replay(&config, &repro.ops, 1, true).expect("replay runs"),
+        None
+    );
+}
+
+#[test]
+fn map_anywhere_by_first_fit_breaks_the_documented_policy_on_both_backends() {
+    let [sim, kvm] = found_on_both_backends(guest_mm::Bug::AnywhereFirstFit);
+    for found in [&sim, &kvm] {
+        assert!(
+            matches!(
+                found.signature,
+                Signature::Mismatch {
+                    op: "map-anywhere",
+                    ..
+                }
+            ),
+            "{found:#?}"
+        );
+        assert!(found.description.contains("the best fit"), "{found:#?}");
+    }
+    assert!(sim.repro_len <= 8, "{sim:#?}");
+}
+
+/// Ops on which `bug-free-mapped` panics the guest one op after the checker could see it, in
+/// one batch with ops of another space around them: a partial unmap frees the frame of the
+/// page that stays mapped (the flush trace and the frame rules see it), and unmapping that
+/// page next frees the frame again, which the allocator refuses with a panic.
+fn panic_after_a_finding() -> Vec<shared_mm::abi::Op> {
+    use shared_mm::abi::Op;
+    let (urw, base) = (0xb, 0x40_0000);
+    let mut ops = vec![Op::CreateSpace, Op::CreateSpace];
+    let noise = (0..8).map(|i| Op::MapFixed {
+        space: 2,
+        addr: 0x1000_0000 + i * 0x2000,
+        size: 0x1000,
+        access: urw,
+    });
+    ops.extend(noise.clone());
+    ops.extend([
+        Op::MapFixed {
+            space: 1,
+            addr: base,
+            size: 0x2000,
+            access: urw,
+        },
+        Op::TouchWrite {
+            space: 1,
+            addr: base,
+            value: 7,
+        },
+        Op::Unmap {
+            space: 1,
+            addr: base + 0x1000,
+            size: 0x1000,
+        },
+        Op::Unmap {
+            space: 1,
+            addr: base,
+            size: 0x1000,
+        },
+    ]);
+    ops.extend(noise.map(|op| match op {
+        Op::MapFixed { addr, .. } => Op::TouchRead { space: 2, addr },
+        other => other,
+    }));
+    ops
+}
+
+#[test]
+fn a_crash_right_after_a_finding_is_shrunk_to_the_finding_as_its_root_cause() {
+    use vmm::fuzz::campaign::reduce;
+    let bug = guest_mm::Bug::FreeMapped;
+    let sim = sim_campaign("root-cause", bug, 0);
+    let mut kvm = campaign(
+        "root-cause-kvm",
+        kernel(&GuestVariant::new(&[bug.feature()])),
+        0,
+        true,
+    );
+    kvm.shrink_on = Some(sim.vm.clone());
+    for config in [&sim, &kvm] {
+        let ops = panic_after_a_finding();
+        // The run, in one batch as a campaign sends it: the panic ends it, unchecked.
+        let run = vmm::fuzz::replay_run(&config.vm, &ops, config.batch, true).expect("runs");
+        let found = run.failure.clone().expect("the guest panics");
+        assert_eq!(found.signature, Signature::Crash("panic"), "{found:#?}");
+        let (shrunk, failure) = reduce(config, &run, &found, &|_| {}).expect("reduces");
+        assert!(
+            matches!(failure.signature, Signature::Finding(_)),
+            "{}: {failure:#?}",
+            config.vm.backend
+        );
+        assert!(
+            failure.description.contains("symptom") && failure.description.contains("panic"),
+            "{failure:#?}"
+        );
+        // create-space, map, write, partial unmap: not the batch.
+        assert!(shrunk.len() <= 4, "{shrunk:#?}");
     }
 }

@@ -58,7 +58,8 @@ pub enum VmmError {
         line: u64,
         column: u64,
     },
-    /// The guest made no hypercall for `--timeout` seconds (a hang, or a guest that never exits).
+    /// The guest made no progress for `--timeout` seconds: no hypercall, and no heartbeat from
+    /// a long loop (a hang, or a guest that never exits).
     Timeout { seconds: f64, registers: String },
     /// The guest halted without an exit hypercall.
     GuestHalted { registers: String },
@@ -168,7 +169,8 @@ impl fmt::Display for VmmError {
             }
             VmmError::Timeout { seconds, registers } => write!(
                 f,
-                "guest did not exit within {seconds} s of its last hypercall (raise --timeout, or 0 for none); \
+                "guest did not exit within {seconds} s of its last sign of progress (a hypercall, or a heartbeat \
+                 from a long loop; raise --timeout, or 0 for none); \
                  vCPU state:\n{registers}"
             ),
             VmmError::GuestHalted { registers } => {

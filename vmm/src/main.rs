@@ -51,7 +51,8 @@ struct GuestArgs {
     /// Guest RAM in MiB [default: 256; replay: the reproducer's].
     #[arg(long, value_name = "MIB", value_parser = parse_u64)]
     memory: Option<u64>,
-    /// Stop a guest that makes no hypercall for this many seconds (0: never; at most a year).
+    /// Stop a guest that makes no progress (no hypercall, and no heartbeat from a long loop)
+    /// for this many seconds (0: never; at most a year).
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
     timeout: f64,
     /// Seed for the guest's randomized placement, and for fuzz the operation generator,
@@ -552,6 +553,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         coverage: counters,
         max_findings: usize::try_from(max_findings).unwrap_or(usize::MAX),
         pressure,
+        placement_rules: true,
     };
     let links = Links {
         corpus: corpus.as_deref(),
@@ -587,6 +589,13 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
         eprintln!(
             "vmm fuzz: {} ops ran out of guest frames (each judged by the model)",
             report.out_of_memory
+        );
+    }
+    if report.uniformity_tests > 0 {
+        eprintln!(
+            "vmm fuzz: {} placement uniformity tests (chi-square; false-alarm rate at most {:.0e} for the campaign)",
+            report.uniformity_tests,
+            vmm::fuzz::uniformity::CAMPAIGN_ALPHA
         );
     }
     if let Some((covered, total)) = report.coverage {

@@ -10,7 +10,7 @@ use crate::hypercall::{self, Next};
 use crate::loader::LoadedKernel;
 use crate::serial::{ConsoleSink, SerialConsole, COM1_BASE, COM1_LEN};
 use crate::trace;
-use crate::watchdog::Watchdog;
+use crate::watchdog::{guest_heartbeat, Watchdog};
 use guest_mm::SeededBugs;
 use kvm_bindings::{kvm_debug_exit_arch, kvm_userspace_memory_region, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -212,7 +212,11 @@ impl Vm {
     /// the run loop: before each KVM_RUN and at each debug exit.
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
         driver.booted(&self.boot_info);
-        let watchdog = self.timeout.map(Watchdog::start).transpose()?;
+        let heartbeat = || Some(guest_heartbeat(self.mem.clone()));
+        let watchdog = self
+            .timeout
+            .map(|limit| Watchdog::start(limit, heartbeat()))
+            .transpose()?;
         let result = match self.gdb.take() {
             None => self.run_loop(driver, watchdog.as_ref(), None),
             Some(claim) => self.run_debugged(claim, driver, watchdog.as_ref()),

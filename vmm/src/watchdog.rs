@@ -1,17 +1,34 @@
-//! Stops a guest that makes no hypercall for too long, by signalling the vCPU thread out of
-//! KVM_RUN. Each hypercall [`Watchdog::pet`]s it, so long but busy runs (fuzzing) go on; time a
-//! debugger holds the guest stopped ([`Watchdog::pause`]) does not count.
+//! Stops a guest that makes no progress for too long, by signalling the vCPU thread out of
+//! KVM_RUN. Each hypercall [`Watchdog::pet`]s it, and so does every change of the guest's
+//! heartbeat counter (`shared_mm::heartbeat`), which its long loops bump: a slow guest that is
+//! making progress (a large populate on an emulating host) runs on, and a guest stuck in a loop
+//! is stopped. Time a debugger holds the guest stopped ([`Watchdog::pause`]) does not count.
 
 use crate::error::VmmError;
 use crate::kick::Kick;
+use shared_mm::heartbeat::HEARTBEAT_ADDR;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// How often the watchdog re-sends its signal after the deadline, in case one arrived while
 /// the vCPU thread was outside KVM_RUN.
 const RESEND: Duration = Duration::from_millis(20);
+
+/// A sign of progress the watchdog reads by itself, without the guest stopping: the value of
+/// a counter the guest bumps. Any change since the last read counts as a pet.
+pub type Heartbeat = Box<dyn Fn() -> u64 + Send>;
+
+/// The heartbeat of a guest whose RAM is `mem`: the counter at `HEARTBEAT_ADDR` (a read that
+/// fails, impossible for RAM the VM was built with, reads as no progress).
+pub fn guest_heartbeat(mem: GuestMemoryMmap) -> Heartbeat {
+    Box::new(move || {
+        mem.load(GuestAddress(HEARTBEAT_ADDR), Ordering::Relaxed)
+            .unwrap_or(0)
+    })
+}
 
 /// A timer thread that interrupts the calling thread's KVM_RUN once `limit` has passed.
 pub struct Watchdog {
@@ -42,8 +59,9 @@ impl Drop for Paused<'_> {
 }
 
 impl Watchdog {
-    /// Arms a watchdog for the current thread: it fires once `limit` passes without a pet.
-    pub fn start(limit: Duration) -> Result<Watchdog, VmmError> {
+    /// Arms a watchdog for the current thread: it fires once `limit` passes without a pet,
+    /// where a change of `heartbeat` (read at least every 100 ms) is a pet too.
+    pub fn start(limit: Duration, heartbeat: Option<Heartbeat>) -> Result<Watchdog, VmmError> {
         let kick = Kick::current_thread()?;
         let expired = Arc::new(AtomicBool::new(false));
         let paused = Arc::new(AtomicBool::new(false));
@@ -57,10 +75,18 @@ impl Watchdog {
             last_pet_ms.clone(),
         );
         let thread = std::thread::spawn(move || {
+            let mut beats = heartbeat.as_ref().map(|read| read());
             while !stp.load(Ordering::Acquire) {
                 if held.load(Ordering::Acquire) {
                     std::thread::park_timeout(Duration::from_millis(100));
                     continue;
+                }
+                if let Some(read) = &heartbeat {
+                    let now = read();
+                    if beats != Some(now) {
+                        beats = Some(now);
+                        pet.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
                 }
                 let now = Instant::now();
                 let deadline = epoch
@@ -120,5 +146,30 @@ impl Watchdog {
             t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread::sleep;
+
+    #[test]
+    fn a_changing_heartbeat_keeps_the_guest_alive_and_a_still_one_does_not() {
+        let limit = Duration::from_millis(500);
+        let beats = Arc::new(AtomicU64::new(0));
+        let read = beats.clone();
+        let heartbeat: Heartbeat = Box::new(move || read.load(Ordering::Relaxed));
+        let watchdog = Watchdog::start(limit, Some(heartbeat)).expect("watchdog");
+        // Four times the limit without a pet, but with progress all along.
+        for _ in 0..40 {
+            sleep(limit / 10);
+            beats.fetch_add(1, Ordering::Relaxed);
+        }
+        assert!(!watchdog.expired(), "stopped a guest that made progress");
+        // Then no progress for three times the limit: a hang.
+        sleep(3 * limit);
+        assert!(watchdog.expired(), "a still heartbeat went unnoticed");
+        watchdog.stop();
     }
 }

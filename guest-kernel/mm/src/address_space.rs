@@ -9,6 +9,7 @@ use crate::hardware::Hardware;
 use crate::machine::Machine;
 use crate::page_directory::PageDirectory;
 use crate::seeded_bugs::{Bug, SeededBugs};
+use crate::seeded_placement::{first_fit, LowHalf};
 use crate::vmobject::VMObject;
 use crate::{MmError, PhysicalFrame};
 use alloc::boxed::Box;
@@ -159,7 +160,8 @@ impl AddressSpace {
         }
     }
 
-    /// Maps fresh demand-zero memory in the lowest-addressed hole that fits.
+    /// Maps fresh demand-zero memory in the smallest hole that fits (best fit, see
+    /// `shared_mm::region_tree`'s placement policy).
     pub fn map_anywhere<M: Machine>(
         &mut self,
         size: u64,
@@ -169,6 +171,12 @@ impl AddressSpace {
     ) -> Result<VirtualRange, MmError> {
         let access = normalize_access(access)?;
         let region = Self::new_region(access, Self::object_for(access, hw));
+        if self.bugs.has(Bug::AnywhereFirstFit) {
+            if let Some(start) = first_fit(&self.tree, size, align) {
+                // Seeded bug: the lowest hole that fits, not the best fit.
+                return Ok(self.tree.place_specifically(region, start, size)?);
+            }
+        }
         Ok(self.tree.place_anywhere(region, size, align)?)
     }
 
@@ -198,6 +206,12 @@ impl AddressSpace {
     ) -> Result<VirtualRange, MmError> {
         let access = normalize_access(access)?;
         let region = Self::new_region(access, Self::object_for(access, hw));
+        if self.bugs.has(Bug::AslrLowHalf) {
+            // Seeded bug: draws from the first half of the valid positions only.
+            return Ok(self
+                .tree
+                .place_randomized(region, size, align, &mut LowHalf(rng))?);
+        }
         Ok(self.tree.place_randomized(region, size, align, rng)?)
     }
 
@@ -242,6 +256,7 @@ impl AddressSpace {
             .pages_in(cut.base().get(), last);
         let bugs = self.bugs;
         for (page, _) in pages {
+            hw.machine.progress();
             if bugs.has(Bug::FlushBeforeClear) {
                 hw.machine.flush_page(page); // Seeded bug: the entry can be refilled now.
             }
@@ -435,6 +450,7 @@ impl AddressSpace {
         hw: &mut Hardware<M>,
     ) {
         for (page, frame) in object.pages_in(range.base().get(), range.last().get()) {
+            hw.machine.progress();
             if self.directory.translate(page, &hw.machine).is_none() {
                 continue;
             }

@@ -56,6 +56,7 @@ impl AddressSpace {
             .flat_map(|object| object.pages_in(0, u64::MAX))
             .collect();
         for (page, frame) in pages {
+            hw.machine.progress();
             let Some((_, flags)) = self.directory.translate(page, &hw.machine) else {
                 continue;
             };

@@ -33,20 +33,24 @@ impl<M: Machine> Hardware<M> {
         id
     }
 
-    /// A free frame, zeroed.
+    /// A free frame, zeroed. Zeroing is the slow part of a long populate: each frame is a
+    /// step of [`Machine::progress`].
     pub fn zeroed_frame(&mut self) -> Result<PhysicalFrame, MmError> {
         let frame = self.frames.allocate()?;
         self.machine.zero_frame(frame);
+        self.machine.progress();
         Ok(frame)
     }
 
     /// Gives `frame` back to the allocator and tells the machine. Freeing a frame that is not
-    /// allocated is an MM bug, and panics.
+    /// allocated is an MM bug, and panics. Each frame is a step of [`Machine::progress`]
+    /// (destroying a large space frees many).
     pub fn free_frame(&mut self, frame: PhysicalFrame) {
         if self.frames.free(frame).is_err() {
             panic!("frame {:#x} freed but not allocated", frame.0);
         }
         self.machine.frame_freed(frame);
+        self.machine.progress();
     }
 
     /// Drops one reference to the data frame `frame`, and frees it if that was the last.

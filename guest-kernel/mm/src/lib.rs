@@ -24,6 +24,7 @@ pub mod memory_manager;
 pub mod page_directory;
 pub mod page_fault;
 pub mod seeded_bugs;
+mod seeded_placement;
 pub mod trace;
 pub mod user_access;
 pub mod vmobject;

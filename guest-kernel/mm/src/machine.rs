@@ -77,4 +77,9 @@ pub trait Machine {
     fn enter_user(&mut self, entry: &UserEntry) -> UserTrap;
     /// `frame` went back to the allocator. Nothing to do on hardware; a tracing machine notes it.
     fn frame_freed(&mut self, _frame: PhysicalFrame) {}
+    /// A long loop did one more step of work (a frame zeroed, freed or shared, a page's entry
+    /// rewritten, a stretch of a frame scan): the guest is slow, not stuck. The host's watchdog
+    /// counts time since the last sign of progress, so this must cost no exit (on x86_64 it
+    /// bumps a counter in memory the host reads). Nothing to do on a machine without one.
+    fn progress(&self) {}
 }

@@ -28,6 +28,9 @@ const TWO_MIB: u64 = 2 << 20;
 const KMALLOC_RANGE: u64 = 64 << 20;
 /// Largest heap mapped into the kmalloc range at boot.
 const MAX_HEAP: u64 = 16 << 20;
+/// Items of a frame scan per step of [`Machine::progress`]: an item costs a few instructions,
+/// so a step for each would cost about as much as the scan.
+const SCAN_STEP: usize = 1024;
 
 /// The kernel heap [`MemoryManager::init`] maps for `ram_size` bytes of RAM: 1/8 of RAM, at
 /// most 16 MiB, in whole 2 MiB pages.
@@ -368,14 +371,28 @@ impl<M: Machine> MemoryManager<M> {
 
     /// The allocator's allocated frames, as bitmap words (frame 0 first).
     pub fn allocated_frames(&self) -> impl Iterator<Item = u64> + '_ {
-        self.hw.frames.allocated_words()
+        self.scanning(self.hw.frames.allocated_words())
+    }
+
+    /// `items` of a frame scan, with a step of [`Machine::progress`] every [`SCAN_STEP`].
+    fn scanning<'a, T>(
+        &'a self,
+        items: impl Iterator<Item = T> + 'a,
+    ) -> impl Iterator<Item = T> + 'a {
+        items.enumerate().map(|(i, item)| {
+            if i.is_multiple_of(SCAN_STEP) {
+                self.hw.machine.progress();
+            }
+            item
+        })
     }
 
     /// The frames `space` owns ([`KERNEL_SPACE`]: the kernel's tables, heap and trampoline),
     /// or `None` if no such space is alive.
     pub fn owned_frames(&self, space: u32) -> Option<Vec<FrameRecord>> {
         if space != KERNEL_SPACE {
-            return Some(self.spaces.get(&space)?.owned_frames().collect());
+            let space = self.spaces.get(&space)?;
+            return Some(self.scanning(space.owned_frames()).collect());
         }
         let record = |frame: u64, usage| FrameRecord { frame, usage };
         let tables = self

@@ -46,11 +46,16 @@ pub enum Bug {
     DestroyActiveSpace,
     /// A gap-index removal in the RegionTree keeps a stale room summary (in `shared-mm`).
     StaleGapSummary,
+    /// `map-anywhere` takes the lowest-addressed hole that fits (first fit), not the best fit.
+    AnywhereFirstFit,
+    /// Randomized placement's random words lose their top bit (a signed conversion), so it
+    /// draws from the first half of the valid positions only: in one hole, the low half.
+    AslrLowHalf,
 }
 
 impl Bug {
     /// Every seeded bug, in feature order.
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 21] = [
         Bug::StalePte,
         Bug::KeepWritable,
         Bug::NoTlbFlush,
@@ -70,6 +75,8 @@ impl Bug {
         Bug::KernelEndOffByOne,
         Bug::DestroyActiveSpace,
         Bug::StaleGapSummary,
+        Bug::AnywhereFirstFit,
+        Bug::AslrLowHalf,
     ];
 
     /// The cargo feature that plants it.
@@ -94,6 +101,8 @@ impl Bug {
             Bug::KernelEndOffByOne => "bug-kernel-end-off-by-one",
             Bug::DestroyActiveSpace => "bug-destroy-active-space",
             Bug::StaleGapSummary => "bug-stale-gap-summary",
+            Bug::AnywhereFirstFit => "bug-anywhere-first-fit",
+            Bug::AslrLowHalf => "bug-aslr-low-half",
         }
     }
 
@@ -137,6 +146,8 @@ impl SeededBugs {
             cfg!(feature = "bug-kernel-end-off-by-one"),
             cfg!(feature = "bug-destroy-active-space"),
             cfg!(feature = "bug-stale-gap-summary"),
+            cfg!(feature = "bug-anywhere-first-fit"),
+            cfg!(feature = "bug-aslr-low-half"),
         ];
         let mut set = SeededBugs::NONE;
         let mut i = 0;

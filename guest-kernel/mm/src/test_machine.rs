@@ -32,6 +32,8 @@ pub struct TestMachine {
     ram: Vec<u8>,
     cr3: u64,
     pub events: Vec<Event>,
+    /// Steps of progress reported so far.
+    pub progress: core::cell::Cell<u64>,
 }
 
 /// A boot memory map like the VMM's: the low area and the kernel reserved, the rest usable.
@@ -77,6 +79,7 @@ impl TestMachine {
             ram: vec![0; TEST_RAM as usize],
             cr3: BOOT_PML4_ADDR,
             events: Vec::new(),
+            progress: core::cell::Cell::new(0),
         }
     }
 
@@ -190,5 +193,9 @@ impl Machine for TestMachine {
 
     fn frame_freed(&mut self, frame: PhysicalFrame) {
         self.events.push(Event::Freed(frame.0));
+    }
+
+    fn progress(&self) {
+        self.progress.set(self.progress.get() + 1);
     }
 }

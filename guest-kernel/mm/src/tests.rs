@@ -539,3 +539,115 @@ fn check_tree_reports_the_trees_own_invariants_and_the_stale_summary_bug() {
     let name = shared_mm::region_tree::InvariantViolation::kind_name(found.value);
     assert_eq!(name, Some("a gap-index subtree summary is stale"));
 }
+
+#[test]
+fn every_long_loop_reports_progress_per_page() {
+    // A watchdog takes a slow guest for a hung one unless its long loops report progress:
+    // each op over many pages must report at least one step per page.
+    const PAGES: u64 = 64;
+    let mut mm = mm_with(SeededBugs::NONE);
+    assert_eq!(mm.execute(Op::CreateSpace).value, 1);
+    let range = |op: fn(u64, u64) -> Op| op(BASE, PAGES * PAGE);
+    let ops = [
+        range(|addr, size| Op::MapFixed {
+            space: 1,
+            addr,
+            size,
+            access: URW,
+        }),
+        range(|addr, size| Op::Populate {
+            space: 1,
+            addr,
+            size,
+        }),
+        Op::Fork { space: 1 },
+        range(|addr, size| Op::Protect {
+            space: 1,
+            addr,
+            size,
+            access: USER | READ,
+        }),
+        range(|addr, size| Op::Unmap {
+            space: 1,
+            addr,
+            size,
+        }),
+        Op::DestroySpace { space: 2 },
+    ];
+    let mut steps = Vec::new();
+    for op in ops {
+        let before = mm.machine().progress.get();
+        assert_eq!(mm.execute(op).status, Status::Ok, "{op:?}");
+        steps.push(mm.machine().progress.get() - before);
+    }
+    assert!(steps[1..].iter().all(|&n| n >= PAGES), "{steps:?}");
+}
+
+/// A space whose only holes are `[BASE, BASE + 8 pages)` and, above a one-page region,
+/// `[BASE + 9 pages, BASE + 10 pages)`: everything else is mapped.
+fn mm_with_two_holes(bugs: SeededBugs) -> MemoryManager<TestMachine> {
+    use shared_mm::abi::{USER_SPACE_BASE, USER_SPACE_END};
+    let mut mm = mm_with(bugs);
+    assert_eq!(mm.execute(Op::CreateSpace).value, 1);
+    let fills = [
+        (USER_SPACE_BASE, BASE - USER_SPACE_BASE),
+        (BASE + 8 * PAGE, PAGE),
+        (BASE + 10 * PAGE, USER_SPACE_END - BASE - 10 * PAGE),
+    ];
+    for (addr, size) in fills {
+        let map = Op::MapFixed {
+            space: 1,
+            addr,
+            size,
+            access: USER | READ,
+        };
+        assert_eq!(mm.execute(map).addr, addr);
+    }
+    mm
+}
+
+#[test]
+fn seeded_placement_bugs_are_planted() {
+    let anywhere = Op::MapAnywhere {
+        space: 1,
+        size: PAGE,
+        align: PAGE,
+        access: URW,
+    };
+    let mut mm = mm_with_two_holes(SeededBugs::NONE);
+    assert_eq!(mm.execute(anywhere).addr, BASE + 9 * PAGE, "best fit");
+    let mut mm = mm_with_two_holes(SeededBugs::NONE.with(Bug::AnywhereFirstFit));
+    assert_eq!(mm.execute(anywhere).addr, BASE, "first fit");
+
+    // Draws in the 8-page hole (the other is taken first): the low half only with the bug.
+    let high_half_draws = |bugs| {
+        let mut mm = mm_with_two_holes(bugs);
+        mm.execute(Op::MapFixed {
+            space: 1,
+            addr: BASE + 9 * PAGE,
+            size: PAGE,
+            access: URW,
+        });
+        let randomized = Op::MapRandomized {
+            space: 1,
+            size: PAGE,
+            align: PAGE,
+            access: URW,
+        };
+        let unmap = Op::Unmap {
+            space: 1,
+            addr: BASE,
+            size: 8 * PAGE,
+        };
+        (0..64)
+            .filter(|_| {
+                let at = mm.execute(randomized).addr;
+                assert_eq!(mm.execute(unmap).status, Status::Ok);
+                assert!((BASE..BASE + 8 * PAGE).contains(&at), "{at:#x}");
+                at >= BASE + 4 * PAGE
+            })
+            .count()
+    };
+    assert!(high_half_draws(SeededBugs::NONE) > 0);
+    assert_eq!(high_half_draws(SeededBugs::NONE.with(Bug::AslrLowHalf)), 0);
+}

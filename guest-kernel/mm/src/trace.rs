@@ -97,4 +97,8 @@ impl<M: Machine, S: TraceSink> Machine for Traced<M, S> {
         self.record(TraceEvent::FrameFreed { frame: frame.0 });
         self.inner.frame_freed(frame)
     }
+
+    fn progress(&self) {
+        self.inner.progress()
+    }
 }

@@ -125,6 +125,7 @@ impl VMObject {
                 let pages = self.pages().borrow().clone();
                 for &frame in pages.values() {
                     hw.refs.add(frame);
+                    hw.machine.progress();
                 }
                 VMObject::Private(RefCell::new(pages))
             }

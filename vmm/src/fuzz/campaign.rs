@@ -5,12 +5,13 @@ use super::corpus::CorpusDir;
 use super::generate::Generator;
 use super::repro::Reproducer;
 use super::shrink::{shrink, Budget};
-use super::{replay, run_session, Failure, Feedback, Session, Signature, Source};
+use super::uniformity::Spending;
+use super::{narrow, replay, run_session, Failure, Feedback, Run, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::files::write_atomically;
 use crate::{VmConfig, VmmError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shared_mm::abi::{Op, OpResult, Status};
+use shared_mm::abi::{Op, Status};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -49,6 +50,10 @@ pub struct CampaignConfig {
     pub max_findings: usize,
     /// Generate in memory-pressure mode (see [`Generator::with_pressure`]).
     pub pressure: bool,
+    /// The placement rules: `map-anywhere` held to the best-fit policy, and the placement
+    /// probe with its uniformity tests ([`super::uniformity`]). On everywhere; the bench turns
+    /// them off to measure what they cost.
+    pub placement_rules: bool,
 }
 
 /// What a campaign shares with the world outside its process.
@@ -99,6 +104,8 @@ pub struct CampaignReport {
     pub ops_executed: u64,
     /// Operations the guest answered with OutOfMemory (the model judged each).
     pub out_of_memory: u64,
+    /// Placement uniformity tests run (see [`super::uniformity`]), over all jobs.
+    pub uniformity_tests: u64,
     pub elapsed: Duration,
     /// Time spent shrinking failures (summed over jobs), included in `elapsed`.
     pub shrinking: Duration,
@@ -136,8 +143,11 @@ struct Shared<'a> {
     bar: ProgressBar,
     executed: AtomicUsize,
     out_of_memory: AtomicUsize,
+    uniformity_tests: AtomicUsize,
     guests: AtomicUsize,
     bugs: Mutex<BTreeMap<Signature, FoundBug>>,
+    /// Failures found to be the symptom of another (their root cause), by signature.
+    symptoms: Mutex<BTreeMap<Signature, Signature>>,
     coverage: Mutex<CoverageSet>,
     shrinking: Mutex<Duration>,
 }
@@ -170,36 +180,56 @@ impl Shared<'_> {
         max > 0 && self.bugs.lock().unwrap_or_else(|e| e.into_inner()).len() >= max
     }
 
+    /// Counts a hit of `signature` (or of the cause it was found to be a symptom of) if the
+    /// campaign knows it already; whether it did.
+    fn known(&self, signature: &Signature) -> bool {
+        let symptoms = self.symptoms.lock().unwrap_or_else(|e| e.into_inner());
+        let cause = symptoms.get(signature).unwrap_or(signature);
+        let mut bugs = self.bugs.lock().unwrap_or_else(|e| e.into_inner());
+        bugs.get_mut(cause).map(|bug| bug.hits += 1).is_some()
+    }
+
+    /// Records the failure `run` ended with: shrunk to its root cause (see [`reduce`]), saved
+    /// as a reproducer under the cause's name, and counted.
     fn record(
         &self,
         job: usize,
-        ops: Vec<Op>,
-        results: &[OpResult],
-        failure: Failure,
+        run: Run,
+        found: Failure,
         ops_to_find: u64,
     ) -> Result<(), VmmError> {
         let time_to_find = self.start.elapsed();
-        {
-            let mut bugs = self.bugs.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(bug) = bugs.get_mut(&failure.signature) {
-                bug.hits += 1;
-                return Ok(());
-            }
+        if self.known(&found.signature) {
+            return Ok(());
         }
         let config = self.config;
         self.say(format!(
             "finding (job {job}, after {ops_to_find} ops): {}",
-            failure.signature
+            found.signature
         ));
-        let original_len = ops.len();
+        let original_len = run.sent.len();
         let shrink_start = Instant::now();
         let (ops, failure) = if config.shrink {
-            self.bar.set_message(format!("shrinking {} ops", ops.len()));
-            self.shrunk(&ops, results, failure)?
+            self.bar
+                .set_message(format!("shrinking {} ops", run.sent.len()));
+            reduce(config, &run, &found, &|line| self.say(line))?
         } else {
-            (ops, failure)
+            (run.sent, found.clone())
         };
         *self.shrinking.lock().unwrap_or_else(|e| e.into_inner()) += shrink_start.elapsed();
+        if failure.signature != found.signature {
+            self.say(format!(
+                "  root cause: {} (the {} came after it)",
+                failure.signature, found.signature
+            ));
+            self.symptoms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(found.signature, failure.signature.clone());
+            if self.known(&failure.signature) {
+                return Ok(());
+            }
+        }
         let repro = Reproducer {
             header: vec![
                 ("failure".into(), failure.signature.to_string()),
@@ -248,44 +278,14 @@ impl Shared<'_> {
         Ok(())
     }
 
-    /// `ops` shrunk (on the faster twin where there is one, confirmed on the campaign's own
-    /// guest), and the failure as the shrunk sequence shows it, pinned to its operation.
-    fn shrunk(
-        &self,
-        ops: &[Op],
-        results: &[OpResult],
-        failure: Failure,
-    ) -> Result<(Vec<Op>, Failure), VmmError> {
-        let config = self.config;
-        let target = failure.signature.clone();
-        let confirmed = |shrunk: &[Op]| -> Result<Option<Failure>, VmmError> {
-            let pinned = replay(&config.vm, shrunk, 1, true)?.map(|(f, _)| f);
-            Ok(pinned.filter(|f| f.shows(&target)))
-        };
-        let shrink_on = |vm: &VmConfig| {
-            let budget = config.shrink_budget;
-            shrink(vm, ops, results, &target, budget, config.pressure).map(|s| s.ops)
-        };
-        if let Some(twin) = &config.shrink_on {
-            let shrunk = shrink_on(twin)?;
-            if let Some(pinned) = confirmed(&shrunk)? {
-                return Ok((shrunk, pinned));
-            }
-            self.say(format!(
-                "  the {} twin's reproducer does not fail on {}; shrinking there instead",
-                twin.backend, config.vm.backend
-            ));
-        }
-        let shrunk = shrink_on(&config.vm)?;
-        let pinned = confirmed(&shrunk)?;
-        Ok((shrunk, pinned.unwrap_or(failure)))
-    }
-
     fn run_job(&self, job: usize, budget: u64) -> Result<(), VmmError> {
         let config = self.config;
         let mut generator = Generator::new(job_seed(config.seed, job));
         if config.pressure {
             generator = generator.with_pressure();
+        }
+        if !config.placement_rules {
+            generator = generator.without_probes();
         }
         let mut feedback = (config.coverage.is_some() || self.corpus.is_some())
             .then(|| Feedback::new(config.coverage, &self.coverage));
@@ -297,6 +297,11 @@ impl Shared<'_> {
         }
         let mut remaining = budget as usize;
         let mut done_in_job = 0u64;
+        // The job's share of the campaign's false-alarm rate, over all its guests.
+        let mut spending = Spending {
+            jobs: config.jobs.max(1) as u64,
+            tests: 0,
+        };
         // The bar moves as batches complete; the count of ops run is settled per guest, so
         // the ops of a failing batch count too (as they do in `ops_to_find`).
         let shown = AtomicUsize::new(0);
@@ -311,38 +316,103 @@ impl Shared<'_> {
                 budget: remaining,
                 feedback: feedback.as_mut(),
             };
-            let mut session = Session::new(source, config.batch, Some(&progress));
+            let mut session =
+                Session::new(source, config.batch, Some(&progress)).with_spending(spending);
             if let Some(stop) = self.stop {
                 session = session.with_stop(stop);
+            }
+            if !config.placement_rules {
+                session = session.without_placement_rules();
             }
             self.guests.fetch_add(1, Ordering::Relaxed);
             let run = run_session(&config.vm, session, config.check)?;
             if let Some(e) = feedback.as_mut().and_then(Feedback::take_error) {
                 return Err(VmmError::File(e));
             }
-            let (sent, results, failure) = (run.sent, run.results, run.failure);
+            spending = run.spending;
+            let sent = run.sent.len();
             self.bar
-                .inc(sent.len().saturating_sub(shown.swap(0, Ordering::Relaxed)) as u64);
-            self.executed.fetch_add(sent.len(), Ordering::Relaxed);
-            remaining = before.saturating_sub(sent.len());
-            done_in_job += sent.len() as u64;
-            let oom = results
+                .inc(sent.saturating_sub(shown.swap(0, Ordering::Relaxed)) as u64);
+            self.executed.fetch_add(sent, Ordering::Relaxed);
+            remaining = before.saturating_sub(sent);
+            done_in_job += sent as u64;
+            let oom = run
+                .results
                 .iter()
                 .filter(|r| r.status == Status::OutOfMemory)
                 .count();
             self.out_of_memory.fetch_add(oom, Ordering::Relaxed);
-            match failure {
-                Some(failure) => self.record(job, sent, &results, failure, done_in_job)?,
-                None if sent.is_empty() => break,
+            match run.failure.clone() {
+                Some(failure) => self.record(job, run, failure, done_in_job)?,
+                None if sent == 0 => break,
                 None => {}
             }
         }
+        self.uniformity_tests
+            .fetch_add(spending.tests as usize, Ordering::Relaxed);
         if let Some(fb) = &feedback {
             self.picked_up.fetch_max(fb.picked_up(), Ordering::Relaxed);
             self.entries.fetch_max(fb.corpus().len(), Ordering::Relaxed);
         }
         Ok(())
     }
+}
+
+/// The failure `found`, with which `run` ended, reduced for its reproducer: first its root
+/// cause, the earliest failure a finer replay of the failing batch shows
+/// ([`narrow::root_cause`]; a crash right after a checker finding is the finding's symptom,
+/// kept in the description); then the run's ops up to the cause, shrunk to what still shows
+/// it (on the faster twin where there is one, confirmed on the campaign's own guest). Returns
+/// the ops and the failure as a one-op-per-batch replay of them shows it. `say` reports
+/// progress.
+pub fn reduce(
+    config: &CampaignConfig,
+    run: &Run,
+    found: &Failure,
+    say: &dyn Fn(String),
+) -> Result<(Vec<Op>, Failure), VmmError> {
+    let guests: Vec<&VmConfig> = config.shrink_on.iter().chain([&config.vm]).collect();
+    let mut cause = None;
+    for vm in &guests {
+        let (batch, from) = (config.batch, run.last_batch);
+        cause = narrow::root_cause(vm, &run.sent, batch, from, found, config.check)?;
+        if cause.is_some() {
+            break;
+        }
+    }
+    let (ops, target) = match &cause {
+        Some(cause) => (&run.sent[..cause.prefix], cause.failure.signature.clone()),
+        None => (&run.sent[..], found.signature.clone()),
+    };
+    let described = |failure: Failure| match &cause {
+        Some(cause) => cause.describe(failure),
+        None => failure,
+    };
+    let confirmed = |shrunk: &[Op]| -> Result<Option<Failure>, VmmError> {
+        let pinned = replay(&config.vm, shrunk, 1, true)?.map(|(f, _)| f);
+        Ok(pinned.filter(|f| f.shows(&target)).map(described))
+    };
+    let shrink_on = |vm: &VmConfig| {
+        let budget = config.shrink_budget;
+        shrink(vm, ops, &run.results, &target, budget, config.pressure).map(|s| s.ops)
+    };
+    if let Some(twin) = &config.shrink_on {
+        let shrunk = shrink_on(twin)?;
+        if let Some(pinned) = confirmed(&shrunk)? {
+            return Ok((shrunk, pinned));
+        }
+        say(format!(
+            "  the {} twin's reproducer does not fail on {}; shrinking there instead",
+            twin.backend, config.vm.backend
+        ));
+    }
+    let shrunk = shrink_on(&config.vm)?;
+    let fallback = match &cause {
+        Some(cause) => described(cause.failure.clone()),
+        None => found.clone(),
+    };
+    let failure = confirmed(&shrunk)?.unwrap_or(fallback);
+    Ok((shrunk, failure))
 }
 
 /// Runs the campaign to the end (every job's budget spent); failures are findings, not errors.
@@ -389,8 +459,10 @@ pub fn run_campaign_with(
         bar,
         executed: AtomicUsize::new(0),
         out_of_memory: AtomicUsize::new(0),
+        uniformity_tests: AtomicUsize::new(0),
         guests: AtomicUsize::new(0),
         bugs: Mutex::new(BTreeMap::new()),
+        symptoms: Mutex::new(BTreeMap::new()),
         coverage: Mutex::new(CoverageSet::new()),
         shrinking: Mutex::new(Duration::ZERO),
     };
@@ -421,6 +493,7 @@ pub fn run_campaign_with(
     Ok(CampaignReport {
         ops_executed: shared.executed.load(Ordering::Relaxed) as u64,
         out_of_memory: shared.out_of_memory.load(Ordering::Relaxed) as u64,
+        uniformity_tests: shared.uniformity_tests.load(Ordering::Relaxed) as u64,
         elapsed: shared.start.elapsed(),
         shrinking: shared
             .shrinking

@@ -1,11 +1,15 @@
 //! The operation generator: syzkaller-style choices that reuse and overlap earlier ranges
 //! often, keep sizes mostly small but sometimes huge, and aim at the edges of the space. It
 //! forks, maps shared memory, and follows a touch in one space of a fork's family by an access
-//! to the same address in another, where copy-on-write and sharing bugs show.
+//! to the same address in another, where copy-on-write and sharing bugs show. Now and then it
+//! sends a placement probe ([`super::probe`]) for the uniformity rule.
 
 use super::model::{Model, SpaceModel};
+use super::probe::{self, PROBE_EVERY, PROBE_FIRST};
 use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
-use shared_mm::abi::{Op, KERNEL_SPACE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE};
+use shared_mm::abi::{
+    Op, KERNEL_SPACE, MAX_SPACES, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
+};
 use shared_mm::region_tree::{RandomSource, SplitMix64};
 use std::collections::VecDeque;
 
@@ -60,6 +64,10 @@ pub struct Generator {
     /// Spaces the batch being generated creates or forks: the model, as of the last batch,
     /// does not hold them yet.
     new_spaces: u32,
+    /// The placement probe's operations still to send.
+    probe: VecDeque<Op>,
+    /// Operations generated until the next probe is due; `None`: no probes.
+    until_probe: Option<usize>,
 }
 
 impl Generator {
@@ -75,7 +83,42 @@ impl Generator {
             families: Vec::new(),
             last_touch: None,
             new_spaces: 0,
+            probe: VecDeque::new(),
+            until_probe: Some(PROBE_FIRST),
         }
+    }
+
+    /// The same generator, sending no placement probe (to measure what the probes cost).
+    pub fn without_probes(self) -> Self {
+        Generator {
+            until_probe: None,
+            ..self
+        }
+    }
+
+    /// Whether a placement probe is under way: its operations come next.
+    pub fn probing(&self) -> bool {
+        !self.probe.is_empty()
+    }
+
+    /// The next operation of a placement probe, starting one if it is due and there is room
+    /// for its spaces.
+    fn probe_op(&mut self, model: &Model) -> Option<Op> {
+        if self.probe.is_empty() {
+            let until = self.until_probe?.saturating_sub(1);
+            let room = self.live_spaces(model) + probe::spaces() <= MAX_SPACES;
+            if until > 0 || !room {
+                self.until_probe = Some(until);
+                return None;
+            }
+            self.until_probe = Some(PROBE_EVERY);
+            self.probe = probe::ops(self.next_space_id(model)).into();
+        }
+        let op = self.probe.pop_front()?;
+        if op == Op::CreateSpace {
+            self.new_spaces += 1;
+        }
+        Some(op)
     }
 
     /// A new batch begins: the model now holds every space the last one created.
@@ -426,6 +469,9 @@ impl Generator {
 
     /// The next operation, chosen with the model's current state in view.
     pub fn next_op(&mut self, model: &Model) -> Op {
+        if let Some(op) = self.probe_op(model) {
+            return op;
+        }
         let live = self.live_spaces(model);
         if live == 0 || (live < SPACE_BUDGET && self.chance(2)) {
             return self.create_space();

@@ -4,13 +4,17 @@
 #![forbid(unsafe_code)]
 
 pub mod campaign;
+pub mod chi_square;
 pub mod corpus;
 pub mod exhaustion;
 pub mod generate;
 pub mod model;
+pub mod narrow;
+pub mod probe;
 pub mod rebase;
 pub mod repro;
 pub mod shrink;
+pub mod uniformity;
 
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
@@ -28,6 +32,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use uniformity::{Spending, Uniformity};
 use vm_memory::GuestMemoryMmap;
 
 /// What kind of failure a run hit; two runs fail "the same way" when these are equal.
@@ -37,6 +42,8 @@ pub enum Signature {
     Mismatch { op: &'static str, status: String },
     /// An exported region list differed from the model's.
     SnapshotDiffers,
+    /// Repeated `map-randomized` draws on one layout were not uniform (see [`uniformity`]).
+    NotUniform,
     /// The agreement checker found this rule broken.
     Finding(Rule),
     /// The guest panicked, triple-faulted, hung or broke the protocol.
@@ -50,6 +57,7 @@ impl fmt::Display for Signature {
                 write!(f, "mismatch on {op} (guest said {status})")
             }
             Signature::SnapshotDiffers => f.write_str("region list differs from the model"),
+            Signature::NotUniform => f.write_str("map-randomized is not uniform (chi-square)"),
             Signature::Finding(rule) => write!(f, "agreement checker: {rule}"),
             Signature::Crash(kind) => write!(f, "guest {kind}"),
         }
@@ -256,7 +264,14 @@ pub struct Session<'g, 'f, 'p> {
     snapshots: Vec<SpaceSnapshot>,
     snapshots_used: usize,
     pub failure: Option<Failure>,
+    /// The placement uniformity rule over this session's draws; `None` with the placement
+    /// rules off.
+    uniformity: Option<Uniformity>,
     progress: Option<Progress<'p>>,
+    /// Where the batch sent last starts (an index into `sent`).
+    last_batch: usize,
+    /// From this op on (an index into `sent`), one op per batch: a finer replay.
+    fine_from: Option<usize>,
     /// Stop the guest under gdb when this op (an index into `sent`) is handed out.
     stop_at: Option<(usize, StopRequest)>,
     /// Set from outside (Ctrl-C): end at the next batch boundary.
@@ -275,7 +290,10 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             snapshots: Vec::new(),
             snapshots_used: 0,
             failure: None,
+            uniformity: Some(Uniformity::default()),
             progress,
+            last_batch: 0,
+            fine_from: None,
             stop_at: None,
             stop: None,
         }
@@ -286,6 +304,34 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     pub fn stopping_at(self, op: usize, stop: StopRequest) -> Self {
         Session {
             stop_at: Some((op, stop)),
+            ..self
+        }
+    }
+
+    /// The same session, sending one op per batch from op `from` on (counted from 0 over
+    /// every op sent), and before it batches that end exactly there.
+    pub fn finer_from(self, from: usize) -> Self {
+        Session {
+            fine_from: Some(from),
+            ..self
+        }
+    }
+
+    /// The same session, its uniformity tests spending what is left of `spending`.
+    pub fn with_spending(self, spending: Spending) -> Self {
+        Session {
+            uniformity: Some(Uniformity::new(spending)),
+            ..self
+        }
+    }
+
+    /// The same session without the placement rules: no uniformity tests, and any valid
+    /// `map-anywhere` placement accepted (the campaign then sends no probe either). Only to
+    /// measure what the rules cost.
+    pub fn without_placement_rules(self) -> Self {
+        Session {
+            uniformity: None,
+            model: self.model.with_best_fit(false),
             ..self
         }
     }
@@ -302,7 +348,8 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     /// OutOfMemory far from that is a finding).
     pub fn with_frame_budget(mut self, frames: Option<usize>) -> Self {
         if let Some(frames) = frames {
-            self.model = Model::with_frame_budget(frames);
+            let best_fit = self.model.checks_best_fit();
+            self.model = Model::with_frame_budget(frames).with_best_fit(best_fit);
         }
         self
     }
@@ -320,12 +367,17 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     }
 
     fn fail(&mut self, signature: Signature, description: String) {
+        self.fail_in(signature, description, Vec::new());
+    }
+
+    /// [`Self::fail`], naming the spaces the failure is about.
+    fn fail_in(&mut self, signature: Signature, description: String, spaces: Vec<u32>) {
         if self.failure.is_none() {
             self.failure = Some(Failure {
                 signature,
                 description,
                 rules: Vec::new(),
-                spaces: Vec::new(),
+                spaces,
             });
         }
     }
@@ -358,6 +410,8 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                     }
                 }
             }
+            let uniformity = self.uniformity.as_mut();
+            let biased = uniformity.and_then(|u| u.observe(op, got, &self.model));
             if let Some(m) = self.model.apply(op, got) {
                 let why = format!(
                     "op {index} ({}): expected {}, got {:?}",
@@ -373,11 +427,28 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                     why,
                 );
             }
+            if let Some(why) = biased {
+                let why = format!("op {index} ({}): {why}", op_to_line(op));
+                return self.fail_in(Signature::NotUniform, why, op.space().into_iter().collect());
+            }
+        }
+    }
+
+    /// How many ops the next batch may hold.
+    fn next_batch_size(&self) -> usize {
+        match self
+            .fine_from
+            .map(|from| from.saturating_sub(self.sent.len()))
+        {
+            Some(0) => 1,
+            Some(left) => left.min(self.batch_size),
+            None => self.batch_size,
         }
     }
 
     fn next_ops(&mut self) -> Vec<Op> {
-        let mut batch = Vec::with_capacity(self.batch_size);
+        let size = self.next_batch_size();
+        let mut batch = Vec::with_capacity(size);
         match &mut self.source {
             Source::Generated {
                 generator,
@@ -386,9 +457,10 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             } => {
                 // Aimed with the model as of the last batch; each op is checked for real when
                 // its result arrives.
-                let max = self.batch_size.min(*budget);
+                let max = size.min(*budget);
                 generator.start_batch();
-                if let Some(fb) = feedback {
+                // A probe's draws must all see its layout: no corpus batch in between.
+                if let Some(fb) = feedback.as_mut().filter(|_| !generator.probing()) {
                     fb.rescan();
                     if let Some(mut ops) = generator.from_corpus(&fb.corpus, &self.model, max) {
                         // An entry was recorded in another state, and mutation keeps its
@@ -402,13 +474,13 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                         return ops;
                     }
                 }
-                while batch.len() < self.batch_size && *budget > 0 {
+                while batch.len() < size && *budget > 0 {
                     batch.push(generator.next_op(&self.model));
                     *budget -= 1;
                 }
             }
             Source::Fixed(ops) => {
-                while batch.len() < self.batch_size {
+                while batch.len() < size {
                     match ops.pop_front() {
                         Some(op) => batch.push(op),
                         None => break,
@@ -460,6 +532,7 @@ impl Driver for Session<'_, '_, '_> {
         if batch.is_empty() {
             return Ok(None);
         }
+        self.last_batch = self.sent.len();
         self.sent.extend_from_slice(&batch);
         if let Some((at, stop)) = &self.stop_at {
             if (self.sent.len() - batch.len()..self.sent.len()).contains(at) {
@@ -487,6 +560,10 @@ pub struct Run {
     /// The guest's results for the operations it finished, in order.
     pub results: Vec<OpResult>,
     pub failure: Option<Failure>,
+    /// Where the last batch sent starts in `sent`: a failure showed in it.
+    pub last_batch: usize,
+    /// The uniformity tests' false-alarm budget, as the session left it.
+    pub spending: Spending,
 }
 
 /// Runs `session` on a fresh guest; returns the operations it sent and how it failed, if it
@@ -546,6 +623,11 @@ pub fn run_session(
         (None, None, None) => None,
     };
     Ok(Run {
+        last_batch: session.last_batch,
+        spending: session
+            .uniformity
+            .as_ref()
+            .map_or_else(Spending::default, Uniformity::spending),
         sent: session.sent,
         results: session.results,
         failure,

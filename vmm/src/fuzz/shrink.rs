@@ -7,7 +7,9 @@
 //! smaller chunks down to single operations (delta debugging); then each operation is
 //! simplified (sizes halved while the failure stays, a page-aligned touch, the plain value 1,
 //! read-write access), each space's addresses move down towards 0x1000, and all the passes run
-//! again while anything changes.
+//! again while anything changes. A candidate that fails otherwise, in a batch of several ops, is
+//! replayed once more one op per batch from there ([`super::narrow`]): a crash right after the
+//! target failure must not hide it.
 //!
 //! Space ids are renumbered as operations go: the guest numbers spaces 1, 2, ... in creation
 //! order, so dropping a `create-space` would otherwise point every later operation at the
@@ -17,6 +19,7 @@
 //! on any machine and under any load.
 
 use super::exhaustion::{self, Probe};
+use super::narrow::replay_finer;
 use super::{rebase, replay_run, Signature};
 use crate::{VmConfig, VmmError};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
@@ -739,7 +742,14 @@ pub fn shrink(
     let run =
         |candidate: &[Op]| replay_run(config, candidate, shrink_batch(candidate.len()), check);
     let shown = |candidate: &[Op]| -> Result<Option<Shown>, VmmError> {
-        let run = run(candidate)?;
+        let mut run = run(candidate)?;
+        // Another failure, in a batch of several ops, may have hidden the target at an op
+        // before it (a crash right after a finding): look again there, one op per batch.
+        let moved = run.failure.as_ref().is_some_and(|f| !f.shows(target));
+        if moved && run.sent.len() - run.last_batch > 1 {
+            let batch = shrink_batch(candidate.len());
+            run = replay_finer(config, candidate, batch, run.last_batch, check)?;
+        }
         let prefix = run.sent.len();
         Ok(run.failure.filter(|f| f.shows(target)).map(|f| Shown {
             prefix,

@@ -1,5 +1,6 @@
 //! The real machine under the MM library: `guest_mm::Machine` on x86_64 instructions.
 
+use super::heartbeat;
 use super::idt::enter_user;
 use super::physmap;
 use super::registers::{invlpg, write_cr3};
@@ -50,5 +51,9 @@ impl Machine for X86Machine {
 
     fn enter_user(&mut self, entry: &UserEntry) -> UserTrap {
         enter_user(entry)
+    }
+
+    fn progress(&self) {
+        heartbeat::beat()
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod cpuid;
 pub mod gdt;
+pub mod heartbeat;
 pub mod idt;
 pub mod machine;
 pub mod physmap;

@@ -1,14 +1,17 @@
 //! The host-side reference model of the guest MM: predicts every operation's result from first
 //! principles (simple ordered maps and naive scans, no shared code with the guest's RegionTree)
 //! and reports each disagreement. A space's regions and private pages are in [`space`], shared
-//! objects in [`shared`], and what a byte reads in [`memory`].
+//! objects in [`shared`], what a byte reads in [`memory`], and where a placement may or must
+//! go in [`placement`].
 
 mod memory;
+pub mod placement;
 mod shared;
 mod space;
 
 pub use space::{ModelRegion, SpaceModel};
 
+use placement::{best_fit, has_aligned_hole};
 use shared::SharedMemory;
 use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
 use shared_mm::abi::{
@@ -52,25 +55,6 @@ fn check_request(size: u64, align: u64) -> Result<(), Status> {
     }
 }
 
-/// Whether the space has an `align`-aligned hole of `size` bytes (a naive scan of the holes).
-pub fn has_aligned_hole(space: &SpaceModel, size: u64, align: u64) -> bool {
-    let mut hole_start = USER_SPACE_BASE;
-    let fits = |start: u64, end: u64| {
-        // Hole [start, end): is there an aligned base with base + size <= end?
-        let Some(base) = start.checked_next_multiple_of(align) else {
-            return false;
-        };
-        base.checked_add(size).is_some_and(|e| e <= end)
-    };
-    for (&base, r) in &space.regions {
-        if fits(hole_start, base) {
-            return true;
-        }
-        hole_start = base + r.size;
-    }
-    fits(hole_start, USER_SPACE_END)
-}
-
 /// One way the guest disagreed with the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mismatch {
@@ -90,6 +74,8 @@ pub struct Model {
     frame_budget: Option<usize>,
     /// OutOfMemory results accepted so far.
     out_of_memory: u64,
+    /// Whether `map-anywhere` must follow the best-fit policy, not only place validly.
+    best_fit: bool,
 }
 
 impl Default for Model {
@@ -100,6 +86,7 @@ impl Default for Model {
             next_id: 1,
             frame_budget: None,
             out_of_memory: 0,
+            best_fit: true,
         }
     }
 }
@@ -118,7 +105,10 @@ enum Prediction {
         addr: Option<u64>,
         value: Option<u64>,
     },
-    /// A successful placement somewhere valid, or NoSpace iff no hole exists.
+    /// `map-anywhere`: placed exactly at the best fit, or NoSpace when nothing fits.
+    BestFit(Option<u64>),
+    /// A successful placement somewhere valid, or NoSpace iff no hole exists (`map-randomized`,
+    /// and `map-anywhere` with the best-fit check off).
     Placement {
         space: u32,
         size: u64,
@@ -212,6 +202,17 @@ impl Model {
             frame_budget: Some(frames),
             ..Model::default()
         }
+    }
+
+    /// The same model, predicting `map-anywhere` by the documented best-fit policy (`true`,
+    /// the default) or accepting any valid placement (to measure what the policy check costs).
+    pub fn with_best_fit(self, best_fit: bool) -> Self {
+        Model { best_fit, ..self }
+    }
+
+    /// Whether `map-anywhere` is held to the best-fit policy.
+    pub fn checks_best_fit(&self) -> bool {
+        self.best_fit
     }
 
     /// The id the guest gives the next space it makes.
@@ -316,6 +317,15 @@ impl Model {
                 align,
                 hole_exists,
             } => self.check_placement(space, size, align, hole_exists, got),
+            Prediction::BestFit(at) => {
+                let placed = got.status == Status::Ok && got.fault == FaultKind::None;
+                match at {
+                    Some(at) if placed && got.addr == at => None,
+                    None if got.status == Status::NoSpace => None,
+                    Some(at) => Some(format!("Ok at {at:#x} (the best fit)")),
+                    None => Some("NoSpace (no hole fits)".into()),
+                }
+            }
             Prediction::Either(ref a, ref b) => {
                 let (first, second) = (self.verdict(a, got)?, self.verdict(b, got)?);
                 Some(format!("{first} or {second}"))
@@ -407,6 +417,9 @@ impl Model {
                 };
                 if let Err(e) = check_request(size, align) {
                     return error(e);
+                }
+                if self.best_fit && matches!(op, Op::MapAnywhere { .. }) {
+                    return Prediction::BestFit(best_fit(s, size, align));
                 }
                 Prediction::Placement {
                     space,
