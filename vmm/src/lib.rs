@@ -10,6 +10,7 @@ pub mod boot_memory;
 pub mod checker;
 pub mod coherence;
 pub mod coverage;
+pub mod cpus;
 pub mod driver;
 pub mod error;
 pub mod files;
@@ -30,6 +31,7 @@ pub mod serial;
 pub mod sim;
 pub mod tlb;
 pub mod trace;
+pub mod vcpu_exit;
 #[allow(unsafe_code)]
 pub mod vm;
 pub mod watchdog;

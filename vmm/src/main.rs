@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use guest_mm::{Bug, SeededBugs};
 use shared_mm::boot_info::GuestCommand;
+use shared_mm::smp::MAX_CPUS;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -50,6 +51,10 @@ struct GuestArgs {
     /// Guest RAM in MiB [default: 256; replay: the reproducer's].
     #[arg(long, value_name = "MIB", value_parser = parse_u64)]
     memory: Option<u64>,
+    /// CPUs, 1 to 8 (more than 1: kvm only). CPU 0 runs the MM; the others come online and
+    /// serve IPIs [default: 1; replay: the reproducer's].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CPUS)))]
+    cpus: Option<u32>,
     /// Stop a guest that makes no hypercall for this many seconds (0: never; at most a year).
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
     timeout: f64,
@@ -123,6 +128,10 @@ impl GuestArgs {
 
     fn backend(&self) -> Backend {
         self.backend.unwrap_or_default()
+    }
+
+    fn cpus(&self) -> u32 {
+        self.cpus.unwrap_or(1)
     }
 
     fn features(&self) -> &[String] {
@@ -238,6 +247,12 @@ enum Misbehave {
     AliasTables,
     /// A hypercall with an absurd record count (a hostile guest).
     HugeCount,
+    /// The last CPU panics after it reports in (needs --cpus 2 or more).
+    ApPanic,
+    /// The last CPU triple-faults after it reports in (needs --cpus 2 or more).
+    ApTripleFault,
+    /// The last CPU never reports in (needs --cpus 2 or more).
+    ApSilent,
 }
 
 /// The seeded bugs `features` name; every feature must be one.
@@ -319,6 +334,9 @@ fn config_with(
     command: GuestCommand,
     coverage: bool,
 ) -> anyhow::Result<(VmConfig, String)> {
+    if args.backend() == Backend::Sim {
+        vmm::sim::check_cpus(args.cpus())?;
+    }
     let seeded = seeded_bugs(args.features())?;
     let (kernel, label, seeded_bugs) = match args.backend() {
         Backend::Kvm => {
@@ -336,9 +354,13 @@ fn config_with(
             (vmm::vm::EMBEDDED_KERNEL.to_vec(), "embedded".into(), seeded)
         }
     };
+    if args.cpus() > 1 && args.gdb.is_some() {
+        bail!("--gdb needs --cpus 1: the stub debugs one vCPU in this version");
+    }
     let gdb = gdb_server(args, &label)?;
     let config = VmConfig {
         kernel,
+        cpus: args.cpus(),
         // Saturates: an overflowing size is then refused by the VM's own size check.
         memory: args
             .memory
@@ -381,7 +403,17 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 Some(Misbehave::TripleFault) => GuestCommand::TripleFault,
                 Some(Misbehave::AliasTables) => GuestCommand::AliasTables,
                 Some(Misbehave::HugeCount) => GuestCommand::HugeCount,
+                Some(Misbehave::ApPanic) => GuestCommand::ApPanic,
+                Some(Misbehave::ApTripleFault) => GuestCommand::ApTripleFault,
+                Some(Misbehave::ApSilent) => GuestCommand::ApSilent,
             };
+            let on_an_ap = matches!(
+                command,
+                GuestCommand::ApPanic | GuestCommand::ApTripleFault | GuestCommand::ApSilent
+            );
+            if on_an_ap && guest.cpus() < 2 {
+                bail!("this --misbehave mode needs --cpus 2 or more: it names the last CPU");
+            }
             let mut vm = Guest::boot(&config(&guest, command)?)?;
             let (status, check, findings) = if no_check {
                 let mut check = SelfCheck::new();
