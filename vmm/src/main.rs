@@ -19,7 +19,7 @@ use vmm::fuzz::{replay, replay_stopping_at};
 use vmm::gdb::GdbServer;
 use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::file::load;
-use vmm::scenario::header::Settings;
+use vmm::scenario::header::{cpus_line, Settings};
 use vmm::scenario::ops::op_to_line;
 use vmm::scenario::record::record;
 use vmm::scenario::SelfCheck;
@@ -149,8 +149,8 @@ enum Command {
         #[arg(long)]
         no_check: bool,
         /// Run this scenario file instead of the built-in self-check, and report each step
-        /// whose result differs from its expectation by line [seed, RAM size, backend, seeded
-        /// bugs and kernel: the file's header's, unless given].
+        /// whose result differs from its expectation by line [seed, RAM size, CPUs, backend,
+        /// seeded bugs and kernel: the file's header's, unless given].
         #[arg(long, value_name = "FILE", conflicts_with = "misbehave")]
         scenario: Option<PathBuf>,
         /// Make the guest misbehave on purpose (for testing the VMM's error reports).
@@ -544,9 +544,11 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         bail!("the coverage guest has no sanitizer-coverage counters");
     }
     // A KVM guest whose MM is the library with known seeded bugs has a sim twin: failures
-    // shrink there, fast, and are confirmed on KVM.
+    // shrink there, fast, and are confirmed on KVM. The twin has one CPU: the MM runs on CPU 0
+    // alone in this version, so the others change nothing it does.
     let shrink_on = (guest.backend() == Backend::Kvm && guest.kernel.is_none()).then(|| VmConfig {
         backend: Backend::Sim,
+        cpus: 1,
         seeded_bugs: seeded_bugs(guest.features()).unwrap_or_default(),
         ..vm.clone()
     });
@@ -642,8 +644,8 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
 }
 
 /// `guest` with what the command line leaves open taken from a file's header: the same seed
-/// (randomized placement depends on it), RAM size, backend, seeded bugs and kernel make the
-/// same run. `command` names the subcommand in messages.
+/// (randomized placement depends on it), RAM size, CPUs, backend, seeded bugs and kernel make
+/// the same run. `command` names the subcommand in messages.
 fn recorded_args(
     guest: &GuestArgs,
     recorded: &Settings,
@@ -652,6 +654,7 @@ fn recorded_args(
     let mut guest = guest.clone();
     guest.seed = guest.seed.or(recorded.seed);
     guest.memory = guest.memory.or(recorded.memory_mib);
+    guest.cpus = guest.cpus.or(recorded.cpus);
     guest.backend = guest.backend.or(recorded.backend);
     if guest.guest_features.is_none() {
         guest.guest_features.clone_from(&recorded.guest_features);
@@ -685,8 +688,12 @@ fn replay_file(
     let mut vm = config(&guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
+        let cpus = match guest.cpus() {
+            1 => String::new(),
+            n => format!(" with {n} cpus"),
+        };
         eprintln!(
-            "vmm replay: {} ops on {}; recorded failure: {expected}",
+            "vmm replay: {} ops on {}{cpus}; recorded failure: {expected}",
             repro.ops.len(),
             guest.backend()
         );
@@ -735,11 +742,12 @@ fn save_scenario(
     if let Some(path) = &guest.kernel {
         recorded_with += &format!(" kernel={}", path.display());
     }
-    let setup = [
+    let mut setup = vec![
         ("seed".into(), guest.seed().to_string()),
         ("memory-mib".into(), (vm.memory >> 20).to_string()),
-        ("recorded-with".into(), recorded_with),
     ];
+    setup.extend(cpus_line(vm.cpus));
+    setup.push(("recorded-with".into(), recorded_with));
     let failed_at = failed_at.as_ref().map(|(at, why)| (*at, why.as_str()));
     let recording = record(&mut Guest::boot(vm)?, &repro.regression(&setup, failed_at));
     let title =

@@ -8,6 +8,7 @@ use super::shrink::{shrink, Budget};
 use super::{replay, run_session, Failure, Feedback, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::files::write_atomically;
+use crate::scenario::header::cpus_line;
 use crate::{VmConfig, VmmError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shared_mm::abi::{Op, OpResult, Status};
@@ -156,13 +157,15 @@ impl Shared<'_> {
     /// The header of the corpus entries job `job` writes.
     fn entry_header(&self, job: usize) -> Vec<(String, String)> {
         let config = self.config;
-        vec![
+        let mut header = vec![
             ("seed".into(), config.seed.to_string()),
             ("job".into(), job.to_string()),
             ("backend".into(), config.vm.backend.to_string()),
             ("kernel".into(), config.kernel_label.clone()),
             ("memory-mib".into(), (config.vm.memory >> 20).to_string()),
-        ]
+        ];
+        header.extend(cpus_line(config.vm.cpus));
+        header
     }
 
     fn enough_findings(&self) -> bool {
@@ -200,7 +203,7 @@ impl Shared<'_> {
             (ops, failure)
         };
         *self.shrinking.lock().unwrap_or_else(|e| e.into_inner()) += shrink_start.elapsed();
-        let repro = Reproducer {
+        let mut repro = Reproducer {
             header: vec![
                 ("failure".into(), failure.signature.to_string()),
                 ("detail".into(), failure.description.clone()),
@@ -215,6 +218,7 @@ impl Shared<'_> {
             ],
             ops,
         };
+        repro.header.extend(cpus_line(config.vm.cpus));
         std::fs::create_dir_all(&config.out_dir).map_err(|source| VmmError::Output {
             path: config.out_dir.clone(),
             source,
