@@ -1,10 +1,13 @@
 //! `--cpus` on the command line: its range on every command, the sim's refusal, a one-CPU run
-//! that is what it always was, what a two-CPU run prints, and the `cpus` header of
-//! reproducers and scenarios.
-#![forbid(unsafe_code)]
+//! that is what it always was, what a two-CPU run prints, the `cpus` header of reproducers and
+//! scenarios, and Ctrl-C on a fuzz campaign with several CPUs.
+// Only the Ctrl-C test needs unsafe code (`kill`).
+#![deny(unsafe_code)]
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 
@@ -222,4 +225,50 @@ fn a_cpus_header_out_of_range_names_its_line() {
         text.contains("line 4: header cpus: 9 is not 1 to 8"),
         "{text}"
     );
+}
+
+/// What a Ctrl-C in the terminal does to `child`: SIGINT.
+#[allow(unsafe_code)]
+fn ctrl_c(child: &std::process::Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    // SAFETY: kill takes no pointers; `pid` is our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0, "kill");
+}
+
+#[test]
+fn ctrl_c_stops_a_fuzz_campaign_on_several_cpus_with_its_summary() {
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cpus-fuzz-out");
+    let mut child = Command::new(VMM)
+        .args(["fuzz", "--cpus", "2", "--memory", "64", "--timeout", "30"])
+        .args(["--ops", "1000000000000", "--quiet", "--out"])
+        .arg(&out_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start vmm fuzz");
+    // Booted and fuzzing by then (a boot takes well under a second); the handler is installed
+    // before the first boot.
+    std::thread::sleep(Duration::from_secs(3));
+    ctrl_c(&child);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for vmm fuzz") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("vmm fuzz --cpus 2 did not stop within a minute of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut text);
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(text.contains("vmm fuzz: interrupted by Ctrl-C"), "{text}");
+    assert!(text.contains("no findings"), "{text}");
 }
