@@ -27,11 +27,11 @@ impl Request {
         (value == Request::Ping as u32).then_some(Request::Ping)
     }
 
-    /// Runs the request on this CPU.
-    fn run(self) {
+    /// Runs the request on CPU `me`, the one this runs on.
+    fn run(self, me: u32) {
         match self {
             Request::Ping => {
-                PINGS_SERVED[percpu::current() as usize].fetch_add(1, Ordering::Relaxed);
+                PINGS_SERVED[me as usize].fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -86,7 +86,7 @@ pub fn call(targets: CpuSet, request: Request) {
         apic::send_ipi(percpu::apic_id(target), apic::IPI_VECTOR);
     }
     if targets.contains(me) {
-        request.run();
+        request.run(me);
     }
     interrupts::wait_until(|| {
         others
@@ -98,13 +98,13 @@ pub fn call(targets: CpuSet, request: Request) {
 /// Runs every request sent to this CPU and not yet run, acknowledging each to its sender:
 /// what this CPU's IPI handler does.
 pub fn serve() {
-    let me = percpu::current() as usize;
-    let senders = CpuSet::from_bits(PENDING[me].swap(0, Ordering::Acquire));
+    let me = percpu::current();
+    let senders = CpuSet::from_bits(PENDING[me as usize].swap(0, Ordering::Acquire));
     for sender in senders.iter() {
-        let slot = &SLOTS[sender as usize][me];
+        let slot = &SLOTS[sender as usize][me as usize];
         let requested = slot.requested.load(Ordering::Acquire);
         if let Some(request) = Request::from_u32(slot.request.load(Ordering::Relaxed)) {
-            request.run();
+            request.run(me);
         }
         slot.acked.store(requested, Ordering::Release);
         apic::send_ipi(percpu::apic_id(sender), apic::WAKE_VECTOR);
