@@ -16,8 +16,8 @@ use crate::vcpu_exit::{self, Exit};
 use crate::watchdog::Watchdog;
 use guest_mm::SeededBugs;
 use kvm_bindings::{
-    kvm_debug_exit_arch, kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
+    kvm_debug_exit_arch, kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use shared_mm::boot_info::GuestCommand;
@@ -174,13 +174,7 @@ impl Vm {
             })?;
         }
 
-        let vcpus = create_vcpus(&kvm, &vm, config.cpus, cr3, kernel.entry)?;
-        let cpuid = vcpus[0]
-            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| VmmError::Kvm {
-                what: "KVM_GET_CPUID2",
-                source,
-            })?;
+        let (vcpus, cpuid) = create_vcpus(&kvm, &vm, config.cpus, cr3, kernel.entry)?;
         let tsc_khz = vcpus[0].get_tsc_khz().ok();
         Ok(Vm {
             _kvm: kvm,
@@ -297,7 +291,7 @@ impl Vm {
 }
 
 /// Creates the vCPUs of a VM of `count` CPUs, each ready to enter `entry` in 64-bit mode on the
-/// boot tables at `cr3`. With more than one, KVM's in-kernel irqchip comes first (every vCPU
+/// boot tables at `cr3`; returns them, CPU 0 first, and the CPUID table KVM applied to CPU 0. With more than one, KVM's in-kernel irqchip comes first (every vCPU
 /// gets a local APIC, and HLT waits in the kernel), and the APs are made runnable: they start
 /// UNINITIALIZED and would block in KVM_RUN. A one-CPU VM has no irqchip, so a `hlt` with
 /// interrupts off exits to the VMM as it always did.
@@ -307,7 +301,7 @@ fn create_vcpus(
     count: u32,
     cr3: u64,
     entry: u64,
-) -> Result<Vec<VcpuFd>, VmmError> {
+) -> Result<(Vec<VcpuFd>, CpuId), VmmError> {
     let failed = |what| move |source| VmmError::Kvm { what, source };
     if count > 1 {
         let max = kvm.get_max_vcpus();
@@ -320,23 +314,26 @@ fn create_vcpus(
         vm.create_irq_chip().map_err(failed("KVM_CREATE_IRQCHIP"))?;
     }
     let supported = cpuid::supported_cpuid(kvm)?;
-    (0..count)
-        .map(|cpu| {
-            let vcpu = vm
-                .create_vcpu(cpu.into())
-                .map_err(failed("KVM_CREATE_VCPU"))?;
-            cpuid::set_cpuid(&vcpu, &supported, cpu)?;
-            regs::setup_long_mode(&vcpu, cr3, entry, cpu)?;
-            if cpu > 0 {
-                let runnable = kvm_mp_state {
-                    mp_state: KVM_MP_STATE_RUNNABLE,
-                };
-                vcpu.set_mp_state(runnable)
-                    .map_err(failed("KVM_SET_MP_STATE"))?;
-            }
-            Ok(vcpu)
-        })
-        .collect()
+    let mut vcpus = Vec::new();
+    let mut cpu0_cpuid = None;
+    for cpu in 0..count {
+        let vcpu = vm
+            .create_vcpu(cpu.into())
+            .map_err(failed("KVM_CREATE_VCPU"))?;
+        let applied = cpuid::set_cpuid(&vcpu, &supported, cpu)?;
+        regs::setup_long_mode(&vcpu, cr3, entry, cpu)?;
+        if cpu > 0 {
+            let runnable = kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            };
+            vcpu.set_mp_state(runnable)
+                .map_err(failed("KVM_SET_MP_STATE"))?;
+        }
+        cpu0_cpuid.get_or_insert(applied);
+        vcpus.push(vcpu);
+    }
+    let cpuid = cpu0_cpuid.ok_or(VmmError::BadCpuCount { requested: count })?;
+    Ok((vcpus, cpuid))
 }
 
 /// CPU 0's run loop: it serves the driver's MM work, the flush trace and the debugger, and

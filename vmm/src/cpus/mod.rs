@@ -301,3 +301,99 @@ fn say(log: &mut dyn Write, line: &str) -> Result<(), VmmError> {
     log.write_all(format!("{line}\n").as_bytes())
         .map_err(VmmError::Console)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpus(count: u32) -> Cpus {
+        Cpus::new(count, Some(Duration::ZERO), None).expect("a kick for this thread")
+    }
+
+    fn protocol(result: Result<bool, VmmError>) -> ProtocolError {
+        match result {
+            Err(VmmError::GuestProtocol(e)) => e,
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_call_comes_from_the_cpus_that_may_make_it() {
+        let cpus = cpus(2);
+        let log = &mut Vec::new();
+        let start = CpuCall::Start { apic_id: 1 };
+        assert!(matches!(
+            protocol(cpus.serve(1, start, log)),
+            ProtocolError::Cpu0Only { cpu: 1, .. }
+        ));
+        let online = CpuCall::Online { cpu: 0, apic_id: 0 };
+        assert_eq!(
+            protocol(cpus.serve(0, online, log)),
+            ProtocolError::Cpu0Online
+        );
+        assert!(log.is_empty(), "nothing came online");
+    }
+
+    #[test]
+    fn a_cpu_reports_in_once_as_itself() {
+        let cpus = cpus(3);
+        let log = &mut Vec::new();
+        let as_other = CpuCall::Online { cpu: 2, apic_id: 1 };
+        assert!(matches!(
+            protocol(cpus.serve(1, as_other, log)),
+            ProtocolError::WrongIdentity { cpu: 1, .. }
+        ));
+        let itself = CpuCall::Online { cpu: 1, apic_id: 1 };
+        assert!(cpus.serve(1, itself.clone(), log).expect("in"));
+        assert_eq!(
+            protocol(cpus.serve(1, itself, log)),
+            ProtocolError::OnlineTwice { cpu: 1 }
+        );
+        assert_eq!(
+            String::from_utf8_lossy(log),
+            "vmm: cpu 1 online (APIC id 1)\n"
+        );
+    }
+
+    #[test]
+    fn starting_names_the_first_cpu_missing_at_the_deadline_and_happens_once() {
+        let cpus = cpus(3);
+        let log = &mut Vec::new();
+        let online = CpuCall::Online { cpu: 1, apic_id: 1 };
+        assert!(cpus.serve(1, online, log).expect("in"));
+        let start = CpuCall::Start { apic_id: 0 };
+        let err = cpus
+            .serve(0, start.clone(), log)
+            .expect_err("cpu 2 never comes");
+        assert!(matches!(err, VmmError::CpuOffline { cpu: 2, .. }), "{err}");
+        assert!(matches!(
+            protocol(cpus.serve(0, start, log)),
+            ProtocolError::CannotStartCpus { cpus: 3 }
+        ));
+        let one = super::tests::cpus(1);
+        let start = CpuCall::Start { apic_id: 0 };
+        assert!(matches!(
+            protocol(one.serve(0, start, log)),
+            ProtocolError::CannotStartCpus { cpus: 1 }
+        ));
+    }
+
+    #[test]
+    fn an_ended_vm_keeps_its_first_outcome() {
+        let cpus = cpus(2);
+        cpus.end(Ok(3));
+        cpus.end(Err(VmmError::JobPanicked));
+        assert!(cpus.stopped() && !cpus.wait_for_start());
+        let (outcome, report) = cpus.run(&mut [], &test_memory(), &test_console(), |_| Ok(None));
+        assert_eq!(outcome.ok(), Some(3));
+        assert_eq!(report, SmpReport::default());
+    }
+
+    fn test_memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 4096)]).expect("memory")
+    }
+
+    fn test_console() -> Mutex<SerialConsole> {
+        Mutex::new(SerialConsole::new(crate::serial::ConsoleSink::new(false)))
+    }
+}
