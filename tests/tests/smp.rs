@@ -129,13 +129,17 @@ fn a_triple_fault_on_an_ap_names_its_cpu_and_its_registers() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
+/// The tests' config for `command` with `cpus` CPUs and a time limit of one second.
+fn timing_out(cpus: u32, command: GuestCommand) -> VmConfig {
+    VmConfig {
+        timeout: Some(Duration::from_secs(1)),
+        ..with_cpus(cpus, command)
+    }
+}
+
 #[test]
 fn an_ap_that_never_reports_in_is_named_when_the_timeout_runs_out() {
-    let config = VmConfig {
-        timeout: Some(Duration::from_secs(1)),
-        ..with_cpus(3, GuestCommand::ApSilent)
-    };
-    let (err, took) = run_error(&config);
+    let (err, took) = run_error(&timing_out(3, GuestCommand::ApSilent));
     assert!(matches!(err, VmmError::CpuOffline { cpu: 2, .. }), "{err}");
     assert_eq!(err.exit_code(), 124);
     assert!(err
@@ -146,11 +150,7 @@ fn an_ap_that_never_reports_in_is_named_when_the_timeout_runs_out() {
 
 #[test]
 fn a_hang_on_cpu_0_times_out_and_stops_the_halted_aps() {
-    let config = VmConfig {
-        timeout: Some(Duration::from_secs(1)),
-        ..with_cpus(2, GuestCommand::Hang)
-    };
-    let (err, took) = run_error(&config);
+    let (err, took) = run_error(&timing_out(2, GuestCommand::Hang));
     assert!(matches!(err, VmmError::Timeout { .. }), "{err}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
@@ -167,8 +167,7 @@ fn a_panic_on_cpu_0_names_it_when_there_are_several() {
 fn a_halt_without_exit_is_reported_as_such_with_several_cpus() {
     let config = VmConfig {
         kernel: minimal_elf(KERNEL_PHYS_BASE, &[0xf4]),
-        timeout: Some(Duration::from_secs(1)),
-        ..with_cpus(2, GuestCommand::Serve)
+        ..timing_out(2, GuestCommand::Serve)
     };
     let (err, _) = run_error(&config);
     assert_on_cpu(&err, 0, 103, "guest halted without an exit hypercall");

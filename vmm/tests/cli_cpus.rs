@@ -125,36 +125,30 @@ fn two_cpus_print_a_line_per_cpu_online_and_the_ipi_round_trip() {
     );
 }
 
+/// Asserts `out` exited `code` with `needle` in its stderr.
+fn assert_fails(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", describe(out));
+    assert!(stderr(out).contains(needle), "{}", describe(out));
+}
+
 #[test]
 fn a_panic_on_an_ap_exits_101_naming_the_cpu() {
     let out = run(&["--cpus", "2", "--misbehave", "ap-panic"]);
-    assert_eq!(out.status.code(), Some(101), "{}", describe(&out));
-    assert!(
-        stderr(&out).contains("vmm: error: on cpu 1: guest panicked at"),
-        "{}",
-        describe(&out)
-    );
+    assert_fails(&out, 101, "vmm: error: on cpu 1: guest panicked at");
 }
 
 #[test]
 fn an_ap_misbehaviour_needs_an_ap() {
     let out = run(&["--misbehave", "ap-panic"]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(
-        stderr(&out).contains("needs --cpus 2 or more"),
-        "{}",
-        describe(&out)
-    );
+    assert_fails(&out, 2, "needs --cpus 2 or more");
 }
 
 #[test]
 fn gdb_needs_one_cpu() {
-    let out = run(&["--cpus", "2", "--gdb", ":0"]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(
-        stderr(&out).contains("--gdb needs --cpus 1"),
-        "{}",
-        describe(&out)
+    assert_fails(
+        &run(&["--cpus", "2", "--gdb", ":0"]),
+        2,
+        "--gdb needs --cpus 1",
     );
 }
 
@@ -167,8 +161,7 @@ fn a_reproducer_header_gives_the_cpus_the_command_line_leaves_open() {
         &format!("{REPRO}# backend: sim\n# cpus: 2\ncreate-space\n"),
     );
     let out = vmm(&["replay", on_sim.to_str().expect("utf-8")]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(stderr(&out).contains("does not support several CPUs"));
+    assert_fails(&out, 2, "does not support several CPUs");
     let out = vmm(&["replay", on_sim.to_str().expect("utf-8"), "--cpus", "1"]);
     assert_eq!(
         out.status.code(),
@@ -219,12 +212,7 @@ fn a_cpus_header_out_of_range_names_its_line() {
         &format!("{REPRO}# cpus: 9\ncreate-space\n"),
     );
     let out = vmm(&["replay", bad.to_str().expect("utf-8")]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    let text = stderr(&out);
-    assert!(
-        text.contains("line 4: header cpus: 9 is not 1 to 8"),
-        "{text}"
-    );
+    assert_fails(&out, 2, "line 4: header cpus: 9 is not 1 to 8");
 }
 
 /// What a Ctrl-C in the terminal does to `child`: SIGINT.
