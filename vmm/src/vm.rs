@@ -291,10 +291,11 @@ impl Vm {
 }
 
 /// Creates the vCPUs of a VM of `count` CPUs, each ready to enter `entry` in 64-bit mode on the
-/// boot tables at `cr3`; returns them, CPU 0 first, and the CPUID table KVM applied to CPU 0. With more than one, KVM's in-kernel irqchip comes first (every vCPU
-/// gets a local APIC, and HLT waits in the kernel), and the APs are made runnable: they start
-/// UNINITIALIZED and would block in KVM_RUN. A one-CPU VM has no irqchip, so a `hlt` with
-/// interrupts off exits to the VMM as it always did.
+/// boot tables at `cr3`; returns them, CPU 0 first, and the CPUID table KVM applied to CPU 0.
+/// With more than one, KVM's in-kernel irqchip comes first (every vCPU gets a local APIC, and
+/// HLT waits in the kernel), and the APs are made runnable: they start UNINITIALIZED and would
+/// block in KVM_RUN. A one-CPU VM has no irqchip, so a `hlt` with interrupts off exits to the
+/// VMM as it always did.
 fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
