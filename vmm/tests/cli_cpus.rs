@@ -125,6 +125,25 @@ fn two_cpus_print_a_line_per_cpu_online_and_the_ipi_round_trip() {
     );
 }
 
+#[test]
+fn inspect_runs_with_several_cpus() {
+    let out = vmm(&[
+        "inspect",
+        "--cpus",
+        "2",
+        "--memory",
+        "64",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stdout(&out).starts_with("space 1: cr3 0x"),
+        "{}",
+        describe(&out)
+    );
+}
+
 /// Asserts `out` exited `code` with `needle` in its stderr.
 fn assert_fails(out: &Output, code: i32, needle: &str) {
     assert_eq!(out.status.code(), Some(code), "{}", describe(out));
