@@ -2,9 +2,10 @@
 
 use crate::arch::x86_64::{physmap, port::outb};
 use shared_mm::abi::{Hypercall, MailboxHeader, HEADER_SIZE, HYPERCALL_PORT};
-use shared_mm::boot_info::{MAILBOX_ADDR, MAILBOX_SIZE};
+use shared_mm::boot_info::MAILBOX_SIZE;
+use shared_mm::smp::mailbox_addr;
 
-/// The shared mailbox: request and response both live at its start.
+/// A CPU's mailbox, shared with the host: request and response both live at its start.
 pub struct Mailbox {
     buf: &'static mut [u8],
 }
@@ -21,15 +22,17 @@ pub enum HypercallError {
 }
 
 impl Mailbox {
-    /// Takes the mailbox at its fixed physical address.
+    /// Takes the mailbox of CPU `cpu`, at its fixed physical address. The doorbell is the same
+    /// port for every CPU: the host serves the mailbox of the CPU that rang it.
     ///
     /// # Safety
-    /// Only one `Mailbox` may be in use at a time (the panic path is the one exception: it takes
-    /// over after normal execution has stopped).
-    pub unsafe fn take() -> Mailbox {
-        // SAFETY: the VMM marks the mailbox reserved in the memory map, so no allocator hands it
-        // out; the caller guarantees exclusive use.
-        let buf = unsafe { physmap::slice_mut(MAILBOX_ADDR, MAILBOX_SIZE as usize) };
+    /// `cpu` must be the CPU this runs on, and only one `Mailbox` of it may be in use at a time
+    /// (the panic path is the one exception: it takes over after the CPU's normal execution has
+    /// stopped).
+    pub unsafe fn take(cpu: u32) -> Mailbox {
+        // SAFETY: the VMM marks every CPU's mailbox reserved in the memory map, so no allocator
+        // hands it out; no other CPU uses this one, and the caller guarantees exclusive use here.
+        let buf = unsafe { physmap::slice_mut(mailbox_addr(cpu), MAILBOX_SIZE as usize) };
         Mailbox { buf }
     }
 

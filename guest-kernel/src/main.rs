@@ -1,5 +1,5 @@
-//! The guest kernel: boots from the VMM's 64-bit entry, reports the CPU, brings up its memory
-//! manager and serves the host's MM operations.
+//! The guest kernel: boots from the VMM's 64-bit entry, reports the CPU, starts the other CPUs
+//! (if any), brings up its memory manager and serves the host's MM operations.
 #![no_std]
 #![no_main]
 
@@ -14,6 +14,7 @@ mod cpu_info;
 mod heap;
 mod hostile;
 mod hypercall;
+mod smp;
 
 use arch::x86_64::machine::X86Machine;
 use arch::x86_64::trace_buffer::TraceBuffer;
@@ -23,11 +24,16 @@ use guest_mm::{MemoryManager, PhysicalFrame, SeededBugs};
 use hypercall::Mailbox;
 use shared_mm::boot_info::{BootInfo, GuestCommand, BOOT_FLAG_TRACE, BOOT_INFO_ADDR};
 
+// Every CPU enters here with `rdi` = the boot info and `rsi` = its index. CPU 0 takes the boot
+// stack; the VMM gave every other CPU a stack of its own (`shared_mm::smp`).
 core::arch::global_asm!(
     ".section .text.boot, \"ax\"",
     ".global _start",
     "_start:",
+    "    test rsi, rsi",
+    "    jnz 1f",
     "    lea rsp, [rip + {stack} + {stack_size}]",
+    "1:",
     "    xor ebp, ebp",
     "    call {kmain}",
     "    ud2",
@@ -41,29 +47,40 @@ const BOOT_STACK_SIZE: usize = 64 * 1024;
 #[repr(C, align(16))]
 struct Stack([u8; BOOT_STACK_SIZE]);
 
-/// The stack `_start` runs `kmain` on.
+/// The stack `_start` runs `kmain` on, on CPU 0.
 static mut BOOT_STACK: Stack = Stack([0; BOOT_STACK_SIZE]);
 
-extern "C" fn kmain(boot_info_phys: u64) -> ! {
-    // SAFETY: kmain is the only user of the mailbox.
-    let mut mailbox = unsafe { Mailbox::take() };
-    if boot_info_phys != BOOT_INFO_ADDR {
-        panic!("boot info at {boot_info_phys:#x}, expected {BOOT_INFO_ADDR:#x}");
+extern "C" fn kmain(boot_info_phys: u64, cpu: u64) -> ! {
+    arch::x86_64::percpu::init(cpu);
+    let cpu = arch::x86_64::percpu::current();
+    // SAFETY: this is CPU `cpu`, and kmain is the only user of its mailbox.
+    let mut mailbox = unsafe { Mailbox::take(cpu) };
+    let boot_info = read_boot_info(boot_info_phys);
+    if cpu != 0 {
+        smp::ap_main(cpu, mailbox, &boot_info)
     }
-    // SAFETY: `boot_info_phys` is BOOT_INFO_ADDR (checked above): a page of RAM the VMM wrote
-    // the boot info into and marked reserved, so no allocator hands it out and nothing else
-    // in the kernel writes it while `raw` lives.
-    let raw = unsafe { arch::x86_64::physmap::slice_mut(boot_info_phys, BootInfo::ENCODED_SIZE) };
-    let boot_info = match BootInfo::decode(raw) {
-        Ok(info) => info,
-        Err(e) => panic!("{e}"),
-    };
     println!("guest-kernel: booted, {} MiB RAM", boot_info.ram_size >> 20);
     cpu_info::report();
-    arch::x86_64::gdt::init();
+    arch::x86_64::gdt::init(0);
     arch::x86_64::idt::init();
-    match GuestCommand::from_u64(boot_info.command) {
-        Some(GuestCommand::Serve) => serve(&mut mailbox, bring_up_mm(&boot_info)),
+    let command = GuestCommand::from_u64(boot_info.command);
+    if boot_info.cpu_count > 1 {
+        if let Err(e) = smp::start_others(&mut mailbox, boot_info.cpu_count as u32) {
+            panic!("starting the other CPUs: hypercall failed: {e:?}");
+        }
+    } else if let Some(
+        GuestCommand::ApPanic | GuestCommand::ApTripleFault | GuestCommand::ApSilent,
+    ) = command
+    {
+        panic!("{command:?} needs a second CPU");
+    }
+    match command {
+        Some(
+            GuestCommand::Serve
+            | GuestCommand::ApPanic
+            | GuestCommand::ApTripleFault
+            | GuestCommand::ApSilent,
+        ) => serve(&mut mailbox, bring_up_mm(&boot_info)),
         Some(GuestCommand::AliasTables) => {
             let mut mm = bring_up_mm(&boot_info);
             hostile::alias_tables(&mut mm);
@@ -85,6 +102,21 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
         },
         Some(GuestCommand::TripleFault) => arch::x86_64::triple_fault(),
         None => panic!("unknown boot command {}", boot_info.command),
+    }
+}
+
+/// The boot info the VMM wrote at `phys` (which must be `BOOT_INFO_ADDR`).
+fn read_boot_info(phys: u64) -> BootInfo {
+    if phys != BOOT_INFO_ADDR {
+        panic!("boot info at {phys:#x}, expected {BOOT_INFO_ADDR:#x}");
+    }
+    // SAFETY: `phys` is BOOT_INFO_ADDR (checked above): a page of RAM the VMM wrote the boot
+    // info into before any CPU started and marked reserved, so no allocator hands it out and
+    // nothing writes it while `raw` lives.
+    let raw = unsafe { arch::x86_64::physmap::slice(phys, BootInfo::ENCODED_SIZE) };
+    match BootInfo::decode(raw) {
+        Ok(info) => info,
+        Err(e) => panic!("{e}"),
     }
 }
 
@@ -145,6 +177,7 @@ fn panic(info: &PanicInfo) -> ! {
         .location()
         .map(|l| (l.file(), l.line(), l.column()))
         .unwrap_or(("<unknown>", 0, 0));
-    // SAFETY: normal execution has stopped; the panic path takes the mailbox over for good.
-    unsafe { Mailbox::take() }.panic(file, line, col, text)
+    // SAFETY: normal execution has stopped on this CPU; the panic path takes its mailbox over
+    // for good (the host names the CPU whose mailbox the panic arrives in).
+    unsafe { Mailbox::take(arch::x86_64::percpu::current()) }.panic(file, line, col, text)
 }

@@ -2,7 +2,9 @@
 //!
 //! A hypercall is: the guest writes a [`MailboxHeader`] and its payload at the start of the
 //! mailbox, then writes one byte to [`HYPERCALL_PORT`]. The VMM handles the exit, writes the
-//! response header and payload into the same mailbox, and resumes the guest.
+//! response header and payload into the same mailbox, and resumes the guest. Each CPU has its
+//! own mailbox ([`crate::smp::mailbox_addr`]): the VMM serves a call in the mailbox of the CPU
+//! that rang, so calls of different CPUs are in flight at the same time.
 #![forbid(unsafe_code)]
 
 use crate::wire::{Reader, Writer};
@@ -60,6 +62,17 @@ pub enum Hypercall {
     /// [`KERNEL_SPACE`]) starting at word `args[1]` of `args[2]`; `args[3]` is the part
     /// ([`FRAMES_ALLOCATED`], [`FRAMES_OWNED`] or [`FRAMES_SHARED`]).
     Frames = 7,
+    /// CPU 0 only, with several CPUs: `args[0]` its APIC id. The host starts every other CPU
+    /// and replies once each has made its [`Hypercall::CpuOnline`].
+    StartCpus = 8,
+    /// Every CPU but 0, once, over its own mailbox: it is up (GDT, IDT, per-CPU area, x2APIC)
+    /// and serves IPIs. `args[0]` its index, `args[1]` its APIC id.
+    CpuOnline = 9,
+    /// CPU 0 only: the IPI round trip it measured. `args[0]` pings sent to every CPU of the set
+    /// `args[3]` (a [`CpuSet`](crate::smp::CpuSet) mask), `args[1]` the median round trip and
+    /// `args[2]` the median cost of reading the TSC, both in TSC cycles. Payload: `count`
+    /// little-endian u64 words, the pings each CPU served, CPU 0 first.
+    IpiRoundTrip = 10,
 }
 
 /// `args[3]` of a [`Hypercall::Frames`]: the words are the frame allocator's bitmap of allocated
@@ -152,6 +165,9 @@ impl Hypercall {
             5 => Hypercall::Snapshot,
             6 => Hypercall::Ping,
             7 => Hypercall::Frames,
+            8 => Hypercall::StartCpus,
+            9 => Hypercall::CpuOnline,
+            10 => Hypercall::IpiRoundTrip,
             _ => return None,
         })
     }
@@ -879,6 +895,15 @@ mod tests {
         let mut buf = [0u8; SPACE_RECORD_SIZE];
         assert_eq!(sp.encode(&mut buf), Some(SPACE_RECORD_SIZE));
         assert_eq!(SpaceRecord::decode(&buf), Some(sp));
+    }
+
+    #[test]
+    fn hypercall_numbers_round_trip() {
+        for n in 1..=10 {
+            assert_eq!(Hypercall::from_u32(n).map(|c| c as u32), Some(n));
+        }
+        assert_eq!(Hypercall::from_u32(0), None);
+        assert_eq!(Hypercall::from_u32(11), None);
     }
 
     #[test]

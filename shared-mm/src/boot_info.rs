@@ -61,6 +61,13 @@ pub enum GuestCommand {
     AliasTables = 5,
     /// Attack the host's decoder: a `Batch` hypercall announcing 2^60 space records.
     HugeCount = 6,
+    /// The last CPU panics after it reports in (tests the report naming an AP; needs 2 CPUs).
+    ApPanic = 7,
+    /// The last CPU triple-faults after it reports in (needs 2 CPUs).
+    ApTripleFault = 8,
+    /// The last CPU halts with interrupts off instead of reporting in (tests the report of a
+    /// CPU that never comes online; needs 2 CPUs).
+    ApSilent = 9,
 }
 
 impl GuestCommand {
@@ -73,6 +80,9 @@ impl GuestCommand {
             4 => GuestCommand::Bench,
             5 => GuestCommand::AliasTables,
             6 => GuestCommand::HugeCount,
+            7 => GuestCommand::ApPanic,
+            8 => GuestCommand::ApTripleFault,
+            9 => GuestCommand::ApSilent,
             _ => return None,
         })
     }
@@ -109,6 +119,8 @@ pub struct BootInfo {
     pub command: u64,
     /// `BOOT_FLAG_*` bits.
     pub flags: u64,
+    /// CPUs the VM has (1 to [`MAX_CPUS`](crate::smp::MAX_CPUS)); CPU 0 starts the others.
+    pub cpu_count: u64,
     pub region_count: usize,
     pub regions: [MemoryRegion; MAX_MEMORY_REGIONS],
 }
@@ -135,7 +147,7 @@ impl core::fmt::Display for BootInfoError {
 
 impl BootInfo {
     /// Encoded size in bytes.
-    pub const ENCODED_SIZE: usize = 9 * 8 + 8 + MAX_MEMORY_REGIONS * 24;
+    pub const ENCODED_SIZE: usize = 10 * 8 + 8 + MAX_MEMORY_REGIONS * 24;
 
     pub const EMPTY_REGION: MemoryRegion = MemoryRegion {
         base: 0,
@@ -159,6 +171,7 @@ impl BootInfo {
         w.put_u64(self.random_seed);
         w.put_u64(self.command);
         w.put_u64(self.flags);
+        w.put_u64(self.cpu_count);
         w.put_u64(self.region_count as u64);
         for r in &self.regions {
             w.put_u64(r.base);
@@ -183,6 +196,7 @@ impl BootInfo {
             random_seed: next()?,
             command: next()?,
             flags: next()?,
+            cpu_count: next()?,
             region_count: 0,
             regions: [Self::EMPTY_REGION; MAX_MEMORY_REGIONS],
         };
@@ -219,6 +233,7 @@ mod tests {
             random_seed: 7,
             command: GuestCommand::Serve as u64,
             flags: BOOT_FLAG_TRACE,
+            cpu_count: 2,
             region_count: 2,
             regions: [BootInfo::EMPTY_REGION; MAX_MEMORY_REGIONS],
         };

@@ -1,5 +1,5 @@
 //! What the guest kernel and the VMM agree on: the RegionTree, the hypercall ABI,
-//! the boot-info layout and the x86_64 page-table entry format.
+//! the boot-info layout, the per-CPU layout and the x86_64 page-table entry format.
 #![no_std]
 // Unsafe code is opt-in per module: only `region_tree` needs it, for its intrusive gap index
 // (non-owning links into regions the address index owns). Every other module forbids it.
@@ -22,6 +22,7 @@ pub mod pte;
 pub mod region;
 #[allow(unsafe_code)]
 pub mod region_tree;
+pub mod smp;
 pub mod trace;
 #[cfg(feature = "baseline")]
 pub mod try_loop;

@@ -143,7 +143,7 @@ proptest! {
 
     #[test]
     fn any_mailbox_contents_are_served_or_refused_without_panic(
-        call in 0u32..9,
+        call in 0u32..12,
         len in edgy_u32(),
         count in edgy_u32(),
         args in proptest::array::uniform4(edgy_u64()),
@@ -156,7 +156,7 @@ proptest! {
         mem.write_slice(&head, GuestAddress(MAILBOX_ADDR)).unwrap();
         mem.write_slice(&payload, GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64)).unwrap();
         let mut driver = Checked::new(NoWork);
-        let outcome = bounded(|| hypercall::handle(&mem, &mut std::io::sink(), &mut driver));
+        let outcome = bounded(|| hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut driver)));
         if let Err(e) = outcome {
             // Whatever the guest wrote, the answer is one error with a documented code.
             prop_assert!([2, 101, 103].contains(&e.exit_code()), "{e}");

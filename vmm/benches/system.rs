@@ -4,7 +4,9 @@
 //! time from `std::time::Instant`; each is the median of several samples. The targets are goals:
 //! the table says which were met, and the bench exits 0 either way. `SYSTEM_BENCH_ONLY=SECTION`
 //! runs one section: `region_tree` (the RegionTree rows, which need no KVM), `hypercalls`,
-//! `mm_ops`, `op_kinds`, `page_walk`, `boot`, `fuzz`, `deep_rules` (no KVM either) or `coverage`.
+//! `ipi`, `mm_ops`, `op_kinds`, `page_walk`, `boot`, `fuzz`, `placement`, `deep_rules` (no KVM
+//! either) or `coverage`. The IPI rows are the exception to host wall time: the guest times the
+//! round trip between its CPUs with its TSC.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -28,6 +30,7 @@ use shared_mm::region_tree::{RegionTree, SplitMix64};
 use shared_mm::try_loop::place_by_tries;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::Checked;
+use vmm::cpus::round_trip::IpiRoundTrip;
 use vmm::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
 use vmm::fuzz::generate::Generator;
@@ -71,7 +74,8 @@ struct Row {
 const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / RegionTree's (speed-up; \
      the baseline is first fit, the try loop, place_anywhere in the same tree, or the same call \
      in a sparse tree of the same size, as the row says); \
-     Ping row, Ping / raw exit; checker row, ops/s without / with the checker (slow-down); \
+     Ping row, Ping / raw exit; IPI row with 3 APs, its round trip / the one with 1 AP; \
+     checker row, ops/s without / with the checker (slow-down); \
      trace row, ops/s with the flush trace off / on; sim fuzz rows, sim ops/s / kvm ops/s; \
      placement rules row, ops/s with the rules off / on (slow-down); \
      seeded-bug rows, shrinking time / time to find; deep-rules row, sim fuzz ops/s without / \
@@ -522,7 +526,7 @@ fn ping_dispatch() -> f64 {
         .expect("mailbox");
     // The reply is a Ping header again, so the mailbox stays a valid request.
     ns_per_op(|| {
-        hypercall::handle(&mem, &mut std::io::sink(), &mut IdleDriver).expect("ping");
+        hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut IdleDriver)).expect("ping");
     }) / 1e3
 }
 
@@ -547,6 +551,63 @@ fn hypercalls(rows: &mut Vec<Row>) {
         ping_dispatch(),
         "µs",
     ));
+}
+
+// ---- 2b. IPI round trip between vCPUs -------------------------------------------------------
+
+/// The IPI round trip CPU 0 of a `cpus`-CPU guest measures at boot (it pings every AP at once,
+/// many times, and reports the median with the TSC's own cost).
+fn ipi_round_trip(cpus: u32) -> IpiRoundTrip {
+    let config = VmConfig {
+        cpus,
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::new(&config).expect("SMP bench VM");
+    let status = vm.run(&mut IdleDriver).expect("SMP bench guest run");
+    assert_eq!(status, 0, "SMP bench guest exit status");
+    let report = vm.smp_report().round_trip.clone();
+    report.expect("CPU 0 reports the IPI round trip")
+}
+
+fn ipis(rows: &mut Vec<Row>) {
+    eprintln!("bench: IPI round trips with 2 and 4 CPUs ({SAMPLES} guests each)");
+    let of = |trips: &[IpiRoundTrip], cycles: fn(&IpiRoundTrip) -> u64| {
+        let us = trips
+            .iter()
+            .map(|t| t.micros(cycles(t)).unwrap_or(f64::NAN));
+        (
+            median(us.collect()),
+            median(trips.iter().map(|t| cycles(t) as f64).collect()),
+        )
+    };
+    let one: Vec<IpiRoundTrip> = (0..SAMPLES).map(|_| ipi_round_trip(2)).collect();
+    let three: Vec<IpiRoundTrip> = (0..SAMPLES).map(|_| ipi_round_trip(4)).collect();
+    let pings = one[0].pings;
+    let (one_us, one_cycles) = of(&one, |t| t.median_cycles);
+    let (tsc_us, tsc_cycles) = of(&one, |t| t.tsc_read_cycles);
+    let (three_us, _) = of(&three, |t| t.median_cycles);
+    rows.push(Row::new(
+        format!("IPI round trip, cpu 0 to 1 halted AP (guest TSC, median of {pings} pings)"),
+        one_us,
+        "µs",
+    ));
+    rows.push(Row::new("  the same in TSC cycles", one_cycles, "cycles"));
+    rows.push(Row::new(
+        format!(
+            "  of which reading the TSC ({} cycles, included once)",
+            num(tsc_cycles)
+        ),
+        tsc_us,
+        "µs",
+    ));
+    rows.push(
+        Row::new(
+            "IPI round trip, cpu 0 to 3 halted APs at once",
+            three_us,
+            "µs",
+        )
+        .against(one_us, three_us / one_us),
+    );
 }
 
 // ---- 3. MM operations through batched hypercalls -------------------------------------------
@@ -1214,11 +1275,12 @@ fn main() {
     println!("{machine}");
     let mut rows = Vec::new();
     let only = std::env::var("SYSTEM_BENCH_ONLY").ok();
-    let sections: [(&str, Section); 12] = [
+    let sections: [(&str, Section); 13] = [
         ("region_tree", region_tree),
         ("region_tree", region_tree_randomized),
         ("region_tree", region_tree_adversarial),
         ("hypercalls", hypercalls),
+        ("ipi", ipis),
         ("mm_ops", mm_ops),
         ("op_kinds", op_kinds),
         ("page_walk", page_walk),

@@ -8,8 +8,9 @@ use crate::loader::{self, KernelInRam, LoadedKernel};
 use crate::vm::VmConfig;
 use shared_mm::boot_info::{
     BootInfo, MemoryKind, MemoryRegion, BOOT_FLAG_TRACE, BOOT_GDT_ADDR, BOOT_INFO_ADDR,
-    LOW_RESERVED_END, MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
+    MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
 };
+use shared_mm::smp::{reserved_end, MAX_CPUS};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest RAM ready to boot.
@@ -45,22 +46,30 @@ pub(crate) fn check_memory_size(size: u64) -> Result<(), VmmError> {
     Ok(())
 }
 
-/// Checks the RAM size and the kernel image, before anything is allocated.
+/// Checks the CPU count, the RAM size and the kernel image, before anything is allocated.
 pub fn check(config: &VmConfig) -> Result<(), VmmError> {
+    if !(1..=MAX_CPUS).contains(&config.cpus) {
+        return Err(VmmError::BadCpuCount {
+            requested: config.cpus,
+        });
+    }
     check_memory_size(config.memory)?;
     loader::check_elf(&config.kernel, config.memory).map(|_| ())
 }
 
-fn memory_map(ram_size: u64, kernel: &LoadedKernel) -> ([MemoryRegion; MAX_MEMORY_REGIONS], usize) {
+/// The memory map of `ram_size` bytes of RAM holding `kernel`, for a VM of `cpus` CPUs (the
+/// low reserved area grows by one block per AP).
+fn memory_map(
+    ram_size: u64,
+    kernel: &LoadedKernel,
+    cpus: u32,
+) -> ([MemoryRegion; MAX_MEMORY_REGIONS], usize) {
     let mut regions = [BootInfo::EMPTY_REGION; MAX_MEMORY_REGIONS];
     let kernel_end = kernel.phys_end.next_multiple_of(0x1000);
+    let low_end = reserved_end(cpus);
     let layout = [
-        (0, LOW_RESERVED_END, MemoryKind::Reserved),
-        (
-            LOW_RESERVED_END,
-            kernel.phys_start - LOW_RESERVED_END,
-            MemoryKind::Usable,
-        ),
+        (0, low_end, MemoryKind::Reserved),
+        (low_end, kernel.phys_start - low_end, MemoryKind::Usable),
         (
             kernel.phys_start,
             kernel_end - kernel.phys_start,
@@ -88,7 +97,7 @@ pub fn available_frames(config: &VmConfig) -> Option<usize> {
         phys_start: start,
         phys_end: end,
     };
-    let (regions, n) = memory_map(config.memory, &kernel);
+    let (regions, n) = memory_map(config.memory, &kernel, config.cpus);
     let usable: u64 = regions[..n]
         .iter()
         .filter(|r| r.kind == MemoryKind::Usable)
@@ -149,7 +158,7 @@ fn write_boot_data(
     mem: GuestMemoryMmap,
     kernel: LoadedKernel,
 ) -> Result<BootMemory, VmmError> {
-    let (regions, region_count) = memory_map(config.memory, &kernel);
+    let (regions, region_count) = memory_map(config.memory, &kernel, config.cpus);
     let info = BootInfo {
         ram_size: config.memory,
         mailbox_addr: MAILBOX_ADDR,
@@ -159,6 +168,7 @@ fn write_boot_data(
         random_seed: config.random_seed,
         command: config.command as u64,
         flags: if config.trace { BOOT_FLAG_TRACE } else { 0 },
+        cpu_count: config.cpus.into(),
         region_count,
         regions,
     };
@@ -204,17 +214,41 @@ mod tests {
             phys_start: 0x20_0000,
             phys_end: 0x28_0800,
         };
-        let (regions, n) = memory_map(64 << 20, &kernel);
-        let map = &regions[..n];
-        assert_eq!(map.iter().map(|r| r.size).sum::<u64>(), 64 << 20);
-        assert_eq!(
-            map[2],
-            MemoryRegion {
-                base: 0x20_0000,
-                size: 0x8_1000,
-                kind: MemoryKind::Reserved
-            }
-        );
-        assert!(map.windows(2).all(|w| w[0].base + w[0].size == w[1].base));
+        for cpus in 1..=MAX_CPUS {
+            let (regions, n) = memory_map(64 << 20, &kernel, cpus);
+            let map = &regions[..n];
+            assert_eq!(map.iter().map(|r| r.size).sum::<u64>(), 64 << 20);
+            assert_eq!(
+                map[0],
+                MemoryRegion {
+                    base: 0,
+                    size: reserved_end(cpus),
+                    kind: MemoryKind::Reserved
+                }
+            );
+            assert_eq!(
+                map[2],
+                MemoryRegion {
+                    base: 0x20_0000,
+                    size: 0x8_1000,
+                    kind: MemoryKind::Reserved
+                }
+            );
+            assert!(map.windows(2).all(|w| w[0].base + w[0].size == w[1].base));
+        }
+        let (one_cpu, _) = memory_map(64 << 20, &kernel, 1);
+        assert_eq!(one_cpu[0].size, shared_mm::boot_info::LOW_RESERVED_END);
+    }
+
+    #[test]
+    fn cpu_counts_are_checked() {
+        for cpus in [0, MAX_CPUS + 1] {
+            let config = VmConfig {
+                cpus,
+                ..VmConfig::default()
+            };
+            let err = check(&config).expect_err("out of range");
+            assert!(matches!(err, VmmError::BadCpuCount { .. }), "{err}");
+        }
     }
 }

@@ -29,6 +29,10 @@ pub enum VmmError {
     /// The requested guest memory size in bytes (`u64::MAX` when it does not fit in 64 bits)
     /// is below the minimum, above the maximum, or not a multiple of 2 MiB.
     BadMemorySize { requested: u64, reason: String },
+    /// A CPU count outside 1 to `MAX_CPUS`.
+    BadCpuCount { requested: u32 },
+    /// More CPUs than this host's KVM allows in one VM.
+    TooManyCpus { requested: u32, max: usize },
     /// /dev/kvm is missing or not usable.
     KvmUnavailable(String),
     /// A KVM ioctl failed.
@@ -61,8 +65,14 @@ pub enum VmmError {
     /// The guest made no progress for `--timeout` seconds: no hypercall, and no heartbeat from
     /// a long loop (a hang, or a guest that never exits).
     Timeout { seconds: f64, registers: String },
-    /// The guest halted without an exit hypercall.
+    /// The guest halted without an exit hypercall (with several CPUs, where the in-kernel
+    /// irqchip keeps a halted CPU in KVM: CPU 0 was halted with interrupts off when `--timeout`
+    /// ran out).
     GuestHalted { registers: String },
+    /// A CPU that was started did not report in within `--timeout` seconds.
+    CpuOffline { cpu: u32, seconds: f64 },
+    /// What went wrong on one CPU of a VM with several.
+    OnCpu { cpu: u32, error: Box<VmmError> },
     /// The guest did something the VMM cannot serve (unknown hypercall, bad mailbox contents,
     /// failed VM entry, internal KVM error).
     GuestProtocol(ProtocolError),
@@ -146,6 +156,15 @@ impl fmt::Display for VmmError {
             VmmError::BadMemorySize { requested, reason } => {
                 write!(f, "bad guest memory size {requested} bytes: {reason}")
             }
+            VmmError::BadCpuCount { requested } => write!(
+                f,
+                "bad CPU count {requested}: a VM has 1 to {} CPUs",
+                shared_mm::smp::MAX_CPUS
+            ),
+            VmmError::TooManyCpus { requested, max } => write!(
+                f,
+                "{requested} CPUs: this host's KVM allows at most {max} vCPUs in a VM"
+            ),
             VmmError::KvmUnavailable(why) => write!(f, "KVM is not available: {why}"),
             VmmError::Kvm { what, source } => write!(f, "KVM {what} failed: {source}"),
             VmmError::GuestMemoryAlloc { mib, source } => {
@@ -179,6 +198,11 @@ impl fmt::Display for VmmError {
                     "guest halted without an exit hypercall; vCPU state:\n{registers}"
                 )
             }
+            VmmError::CpuOffline { cpu, seconds } => write!(
+                f,
+                "cpu {cpu} did not report in within {seconds} s of being started (raise --timeout)"
+            ),
+            VmmError::OnCpu { cpu, error } => write!(f, "on cpu {cpu}: {error}"),
             VmmError::GuestProtocol(why) => write!(f, "guest protocol error: {why}"),
             VmmError::SelfCheckFailed(failures) => {
                 write!(f, "MM self-check failed in {} step(s):", failures.len())?;
@@ -235,8 +259,8 @@ impl VmmError {
             VmmError::TripleFault { .. } => 102,
             VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => 103,
             VmmError::Driver(e) if e.is_guest_fault() => 103,
-            VmmError::FailedBeforeFirstBatch(e) => e.exit_code(),
-            VmmError::Timeout { .. } => 124,
+            VmmError::FailedBeforeFirstBatch(e) | VmmError::OnCpu { error: e, .. } => e.exit_code(),
+            VmmError::Timeout { .. } | VmmError::CpuOffline { .. } => 124,
             VmmError::SelfCheckFailed(_) | VmmError::ScenarioFailed { .. } => 1,
             VmmError::Gdb(crate::gdb::GdbError::Killed) => 137,
             _ => 2,

@@ -1,4 +1,5 @@
-//! Host side of the hypercall ABI: decodes the guest's mailbox, serves the call, writes the reply.
+//! Host side of the hypercall ABI: decodes the mailbox of the CPU that rang, serves the call,
+//! writes the reply. The calls about CPUs are decoded here and served by [`crate::cpus`].
 //!
 //! Everything in the mailbox is attacker-controlled: every count and length is checked with
 //! checked arithmetic against the payload it claims to describe before anything is allocated
@@ -12,7 +13,8 @@ use shared_mm::abi::{
     FRAMES_ALLOCATED, FRAMES_OWNED, FRAMES_SHARED, HEADER_SIZE, MAX_BATCH, OP_RECORD_SIZE,
     REGION_RECORD_SIZE, RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
-use shared_mm::boot_info::{MAILBOX_ADDR, MAILBOX_SIZE};
+use shared_mm::boot_info::MAILBOX_SIZE;
+use shared_mm::smp::mailbox_addr;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// What the run loop does after a hypercall.
@@ -20,6 +22,34 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 pub enum Next {
     Resume,
     Exit(u32),
+    /// A call about the VM's CPUs, for the run loop to serve (its reply is already written).
+    Cpus(CpuCall),
+}
+
+/// The hypercalls about CPUs, decoded (and not yet checked against the VM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpuCall {
+    /// `StartCpus`: start every other CPU; the caller's APIC id.
+    Start { apic_id: u64 },
+    /// `CpuOnline`: the index and APIC id the caller reports.
+    Online { cpu: u64, apic_id: u64 },
+    /// `IpiRoundTrip`: what CPU 0 measured.
+    RoundTrip(IpiReport),
+}
+
+/// An `IpiRoundTrip` hypercall's contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpiReport {
+    /// Pings sent to every target.
+    pub pings: u64,
+    /// The median round trip, in TSC cycles.
+    pub median: u64,
+    /// The median cost of reading the TSC, in TSC cycles.
+    pub tsc_read: u64,
+    /// The CPUs pinged, as a `CpuSet` mask.
+    pub targets: u64,
+    /// The pings each CPU served, CPU 0 first.
+    pub served: Vec<u64>,
 }
 
 /// A reply to write back: the header's `count` and `args[0]`, and the payload.
@@ -56,9 +86,9 @@ fn decode_records<T>(
         .collect()
 }
 
-fn read_mailbox(mem: &GuestMemoryMmap) -> Result<(MailboxHeader, Vec<u8>), VmmError> {
+fn read_mailbox(mem: &GuestMemoryMmap, at: u64) -> Result<(MailboxHeader, Vec<u8>), VmmError> {
     let mut head = [0u8; HEADER_SIZE];
-    mem.read_slice(&mut head, GuestAddress(MAILBOX_ADDR))
+    mem.read_slice(&mut head, GuestAddress(at))
         .map_err(|source| VmmError::GuestMemory {
             what: "reading the mailbox",
             source,
@@ -69,18 +99,15 @@ fn read_mailbox(mem: &GuestMemoryMmap) -> Result<(MailboxHeader, Vec<u8>), VmmEr
         return Err(protocol(ProtocolError::PayloadTooLong { len: header.len }));
     }
     let mut payload = vec![0u8; len];
-    mem.read_slice(
-        &mut payload,
-        GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64),
-    )
-    .map_err(|source| VmmError::GuestMemory {
-        what: "reading the mailbox payload",
-        source,
-    })?;
+    mem.read_slice(&mut payload, GuestAddress(at + HEADER_SIZE as u64))
+        .map_err(|source| VmmError::GuestMemory {
+            what: "reading the mailbox payload",
+            source,
+        })?;
     Ok((header, payload))
 }
 
-fn write_reply(mem: &GuestMemoryMmap, call: u32, reply: Reply) -> Result<(), VmmError> {
+fn write_reply(mem: &GuestMemoryMmap, at: u64, call: u32, reply: Reply) -> Result<(), VmmError> {
     let header = MailboxHeader {
         call,
         count: reply.count,
@@ -91,7 +118,7 @@ fn write_reply(mem: &GuestMemoryMmap, call: u32, reply: Reply) -> Result<(), Vmm
     let mut out = vec![0u8; HEADER_SIZE + reply.payload.len()];
     header.encode(&mut out[..HEADER_SIZE]).expect("header fits");
     out[HEADER_SIZE..].copy_from_slice(&reply.payload);
-    mem.write_slice(&out, GuestAddress(MAILBOX_ADDR))
+    mem.write_slice(&out, GuestAddress(at))
         .map_err(|source| VmmError::GuestMemory {
             what: "writing the mailbox",
             source,
@@ -225,28 +252,68 @@ fn frames(
     Ok(Reply::default())
 }
 
-/// Serves the hypercall the guest just signalled.
+/// `IpiRoundTrip`: the measurement and the ping counts (words, bounded by the payload).
+fn ipi_report(header: &MailboxHeader, payload: &[u8]) -> Result<IpiReport, VmmError> {
+    let served = decode_records(payload, u64::from(header.count), 8, "ping count", |w| {
+        Some(u64::from_le_bytes(w.try_into().ok()?))
+    })?;
+    let [pings, median, tsc_read, targets] = header.args;
+    Ok(IpiReport {
+        pings,
+        median,
+        tsc_read,
+        targets,
+        served,
+    })
+}
+
+/// Serves the hypercall CPU `cpu` just signalled, in its mailbox. MM work (a batch, a snapshot,
+/// a frame report) goes to `driver`, which only CPU 0 has in this version.
 pub fn handle(
     mem: &GuestMemoryMmap,
+    cpu: u32,
     log: &mut dyn std::io::Write,
-    driver: &mut dyn Driver,
+    driver: Option<&mut dyn Driver>,
 ) -> Result<Next, VmmError> {
-    let (header, payload) = read_mailbox(mem)?;
+    let at = mailbox_addr(cpu);
+    let (header, payload) = read_mailbox(mem, at)?;
     let call = Hypercall::from_u32(header.call)
         .ok_or(protocol(ProtocolError::UnknownHypercall(header.call)))?;
-    let reply = match call {
+    let work = |name| driver.ok_or(protocol(ProtocolError::MmWorkOffCpu0 { cpu, call: name }));
+    let (reply, next) = match call {
         Hypercall::Log => {
             writeln!(log, "{}", String::from_utf8_lossy(&payload)).map_err(VmmError::Console)?;
-            Reply::default()
+            (Reply::default(), Next::Resume)
         }
         Hypercall::Panic => return Err(guest_panic(&header, &payload)),
         Hypercall::Exit => return Ok(Next::Exit(header.args[0] as u32)),
         // An empty reply: the cost of the hypercall path, for the `system` bench.
-        Hypercall::Ping => Reply::default(),
-        Hypercall::Batch => batch(mem, &header, &payload, driver)?,
-        Hypercall::Snapshot => snapshot(mem, &header, &payload, driver)?,
-        Hypercall::Frames => frames(mem, &header, &payload, driver)?,
+        Hypercall::Ping => (Reply::default(), Next::Resume),
+        Hypercall::Batch => (batch(mem, &header, &payload, work("Batch")?)?, Next::Resume),
+        Hypercall::Snapshot => (
+            snapshot(mem, &header, &payload, work("Snapshot")?)?,
+            Next::Resume,
+        ),
+        Hypercall::Frames => (
+            frames(mem, &header, &payload, work("Frames")?)?,
+            Next::Resume,
+        ),
+        Hypercall::StartCpus => {
+            let apic_id = header.args[0];
+            (Reply::default(), Next::Cpus(CpuCall::Start { apic_id }))
+        }
+        Hypercall::CpuOnline => {
+            let [cpu, apic_id, ..] = header.args;
+            (
+                Reply::default(),
+                Next::Cpus(CpuCall::Online { cpu, apic_id }),
+            )
+        }
+        Hypercall::IpiRoundTrip => {
+            let report = ipi_report(&header, &payload)?;
+            (Reply::default(), Next::Cpus(CpuCall::RoundTrip(report)))
+        }
     };
-    write_reply(mem, header.call, reply)?;
-    Ok(Next::Resume)
+    write_reply(mem, at, header.call, reply)?;
+    Ok(next)
 }

@@ -10,6 +10,7 @@ pub mod boot_memory;
 pub mod checker;
 pub mod coherence;
 pub mod coverage;
+pub mod cpus;
 pub mod driver;
 pub mod error;
 pub mod files;
@@ -31,6 +32,7 @@ pub mod sim;
 pub mod table_lifetime;
 pub mod tlb;
 pub mod trace;
+pub mod vcpu_exit;
 #[allow(unsafe_code)]
 pub mod vm;
 pub mod watchdog;

@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use guest_mm::{Bug, SeededBugs};
 use shared_mm::boot_info::GuestCommand;
+use shared_mm::smp::MAX_CPUS;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use vmm::gdb::GdbServer;
 use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::builtin::SELF_CHECK_NAME;
 use vmm::scenario::file::load;
-use vmm::scenario::header::Settings;
+use vmm::scenario::header::{cpus_line, Settings};
 use vmm::scenario::ops::op_to_line;
 use vmm::scenario::record::record;
 use vmm::scenario::SelfCheck;
@@ -51,6 +52,10 @@ struct GuestArgs {
     /// Guest RAM in MiB [default: 256; replay: the reproducer's].
     #[arg(long, value_name = "MIB", value_parser = parse_u64)]
     memory: Option<u64>,
+    /// CPUs, 1 to 8 (more than 1: kvm only). CPU 0 runs the MM; the others come online and
+    /// serve IPIs [default: 1; replay: the reproducer's].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CPUS)))]
+    cpus: Option<u32>,
     /// Stop a guest that makes no progress (no hypercall, and no heartbeat from a long loop)
     /// for this many seconds (0: never; at most a year).
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
@@ -127,6 +132,10 @@ impl GuestArgs {
         self.backend.unwrap_or_default()
     }
 
+    fn cpus(&self) -> u32 {
+        self.cpus.unwrap_or(1)
+    }
+
     fn features(&self) -> &[String] {
         self.guest_features.as_deref().unwrap_or_default()
     }
@@ -142,8 +151,8 @@ enum Command {
         #[arg(long)]
         no_check: bool,
         /// Run this scenario file instead of the built-in self-check, and report each step
-        /// whose result differs from its expectation by line [seed, RAM size, backend, seeded
-        /// bugs and kernel: the file's header's, unless given].
+        /// whose result differs from its expectation by line [seed, RAM size, CPUs, backend,
+        /// seeded bugs and kernel: the file's header's, unless given].
         #[arg(long, value_name = "FILE", conflicts_with = "misbehave")]
         scenario: Option<PathBuf>,
         /// Make the guest misbehave on purpose (for testing the VMM's error reports).
@@ -240,6 +249,12 @@ enum Misbehave {
     AliasTables,
     /// A hypercall with an absurd record count (a hostile guest).
     HugeCount,
+    /// The last CPU panics after it reports in (needs --cpus 2 or more).
+    ApPanic,
+    /// The last CPU triple-faults after it reports in (needs --cpus 2 or more).
+    ApTripleFault,
+    /// The last CPU never reports in (needs --cpus 2 or more).
+    ApSilent,
 }
 
 /// The seeded bugs `features` name; every feature must be one.
@@ -321,6 +336,9 @@ fn config_with(
     command: GuestCommand,
     coverage: bool,
 ) -> anyhow::Result<(VmConfig, String)> {
+    if args.backend() == Backend::Sim {
+        vmm::sim::check_cpus(args.cpus())?;
+    }
     let seeded = seeded_bugs(args.features())?;
     let (kernel, label, seeded_bugs) = match args.backend() {
         Backend::Kvm => {
@@ -338,9 +356,13 @@ fn config_with(
             (vmm::vm::EMBEDDED_KERNEL.to_vec(), "embedded".into(), seeded)
         }
     };
+    if args.cpus() > 1 && args.gdb.is_some() {
+        bail!("--gdb needs --cpus 1: the stub debugs one vCPU in this version");
+    }
     let gdb = gdb_server(args, &label)?;
     let config = VmConfig {
         kernel,
+        cpus: args.cpus(),
         // Saturates: an overflowing size is then refused by the VM's own size check.
         memory: args
             .memory
@@ -383,7 +405,17 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 Some(Misbehave::TripleFault) => GuestCommand::TripleFault,
                 Some(Misbehave::AliasTables) => GuestCommand::AliasTables,
                 Some(Misbehave::HugeCount) => GuestCommand::HugeCount,
+                Some(Misbehave::ApPanic) => GuestCommand::ApPanic,
+                Some(Misbehave::ApTripleFault) => GuestCommand::ApTripleFault,
+                Some(Misbehave::ApSilent) => GuestCommand::ApSilent,
             };
+            let on_an_ap = matches!(
+                command,
+                GuestCommand::ApPanic | GuestCommand::ApTripleFault | GuestCommand::ApSilent
+            );
+            if on_an_ap && guest.cpus() < 2 {
+                bail!("this --misbehave mode needs --cpus 2 or more: it names the last CPU");
+            }
             let mut vm = Guest::boot(&config(&guest, command)?)?;
             let (status, check, findings) = if no_check {
                 let mut check = SelfCheck::new();
@@ -530,9 +562,11 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         bail!("the coverage guest has no sanitizer-coverage counters");
     }
     // A KVM guest whose MM is the library with known seeded bugs has a sim twin: failures
-    // shrink there, fast, and are confirmed on KVM.
+    // shrink there, fast, and are confirmed on KVM. The twin has one CPU: the MM runs on CPU 0
+    // alone in this version, so the others change nothing it does.
     let shrink_on = (guest.backend() == Backend::Kvm && guest.kernel.is_none()).then(|| VmConfig {
         backend: Backend::Sim,
+        cpus: 1,
         seeded_bugs: seeded_bugs(guest.features()).unwrap_or_default(),
         ..vm.clone()
     });
@@ -636,8 +670,8 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
 }
 
 /// `guest` with what the command line leaves open taken from a file's header: the same seed
-/// (randomized placement depends on it), RAM size, backend, seeded bugs and kernel make the
-/// same run. `command` names the subcommand in messages.
+/// (randomized placement depends on it), RAM size, CPUs, backend, seeded bugs and kernel make
+/// the same run. `command` names the subcommand in messages.
 fn recorded_args(
     guest: &GuestArgs,
     recorded: &Settings,
@@ -646,6 +680,7 @@ fn recorded_args(
     let mut guest = guest.clone();
     guest.seed = guest.seed.or(recorded.seed);
     guest.memory = guest.memory.or(recorded.memory_mib);
+    guest.cpus = guest.cpus.or(recorded.cpus);
     guest.backend = guest.backend.or(recorded.backend);
     if guest.guest_features.is_none() {
         guest.guest_features.clone_from(&recorded.guest_features);
@@ -679,8 +714,12 @@ fn replay_file(
     let mut vm = config(&guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
+        let cpus = match guest.cpus() {
+            1 => String::new(),
+            n => format!(" with {n} cpus"),
+        };
         eprintln!(
-            "vmm replay: {} ops on {}; recorded failure: {expected}",
+            "vmm replay: {} ops on {}{cpus}; recorded failure: {expected}",
             repro.ops.len(),
             guest.backend()
         );
@@ -729,11 +768,12 @@ fn save_scenario(
     if let Some(path) = &guest.kernel {
         recorded_with += &format!(" kernel={}", path.display());
     }
-    let setup = [
+    let mut setup = vec![
         ("seed".into(), guest.seed().to_string()),
         ("memory-mib".into(), (vm.memory >> 20).to_string()),
-        ("recorded-with".into(), recorded_with),
     ];
+    setup.extend(cpus_line(vm.cpus));
+    setup.push(("recorded-with".into(), recorded_with));
     let failed_at = failed_at.as_ref().map(|(at, why)| (*at, why.as_str()));
     let recording = record(&mut Guest::boot(vm)?, &repro.regression(&setup, failed_at));
     let title =

@@ -34,6 +34,28 @@ pub enum ProtocolError {
     KvmInternalError { registers: String },
     /// A vCPU exit the VMM does not serve.
     UnexpectedExit { exit: String, registers: String },
+    /// A CPU other than 0 asked for MM work (a batch, a snapshot, a frame report, the flush
+    /// trace): only CPU 0 runs the MM in this version.
+    MmWorkOffCpu0 { cpu: u32, call: &'static str },
+    /// A CPU other than 0 made a call only CPU 0 makes.
+    Cpu0Only { cpu: u32, call: &'static str },
+    /// CPU 0 reported itself online (it starts the others instead).
+    Cpu0Online,
+    /// CPU 0 asked to start other CPUs twice, or in a VM that has none.
+    CannotStartCpus { cpus: u32 },
+    /// A CPU reported in a second time.
+    OnlineTwice { cpu: u32 },
+    /// A CPU reported an index or APIC id that is not its own (`cpu`, as KVM created it).
+    WrongIdentity {
+        cpu: u32,
+        claimed_cpu: u64,
+        apic_id: u64,
+    },
+    /// CPU 0's IPI report does not cover every CPU: the targets are not all the others, or
+    /// the counts are not one per CPU.
+    IpiReportIncomplete { targets: u64, counts: usize },
+    /// A CPU served a different number of pings than CPU 0 sent it.
+    PingsUnacknowledged { cpu: u32, served: u64, sent: u64 },
 }
 
 impl fmt::Display for ProtocolError {
@@ -81,6 +103,42 @@ impl fmt::Display for ProtocolError {
             ProtocolError::UnexpectedExit { exit, registers } => {
                 write!(f, "unexpected vCPU exit {exit}; vCPU state:\n{registers}")
             }
+            ProtocolError::MmWorkOffCpu0 { cpu, call } => write!(
+                f,
+                "cpu {cpu} made a {call} hypercall; only cpu 0 runs MM work in this version"
+            ),
+            ProtocolError::Cpu0Only { cpu, call } => {
+                write!(
+                    f,
+                    "cpu {cpu} made a {call} hypercall, which only cpu 0 makes"
+                )
+            }
+            ProtocolError::Cpu0Online => {
+                f.write_str("cpu 0 reported itself online; it starts the others instead")
+            }
+            ProtocolError::CannotStartCpus { cpus } => write!(
+                f,
+                "cpu 0 asked to start the other cpus a second time, or with none ({cpus} in all)"
+            ),
+            ProtocolError::OnlineTwice { cpu } => write!(f, "cpu {cpu} reported in twice"),
+            ProtocolError::WrongIdentity {
+                cpu,
+                claimed_cpu,
+                apic_id,
+            } => write!(
+                f,
+                "cpu {cpu} reported as cpu {claimed_cpu} with APIC id {apic_id}; \
+                 both should be {cpu}"
+            ),
+            ProtocolError::IpiReportIncomplete { targets, counts } => write!(
+                f,
+                "the IPI report names targets {targets:#x} with {counts} ping counts; \
+                 it must name every other cpu and count for each cpu"
+            ),
+            ProtocolError::PingsUnacknowledged { cpu, served, sent } => write!(
+                f,
+                "cpu {cpu} served {served} of the {sent} pings cpu 0 sent it"
+            ),
         }
     }
 }

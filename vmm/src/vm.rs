@@ -1,22 +1,27 @@
-//! One guest VM: memory, the loaded kernel, a vCPU in 64-bit mode, its devices and its run loop.
+//! One guest VM: memory, the loaded kernel, its vCPUs in 64-bit mode, its devices and CPU 0's
+//! run loop (the other CPUs' threads are [`crate::cpus`]).
 
 use crate::arch::{cpuid, regs};
 use crate::backend::Backend;
 use crate::boot_memory::{self, BootMemory};
+use crate::cpus::{Cpus, SmpReport};
 use crate::driver::Driver;
-use crate::error::{ProtocolError, VmmError};
+use crate::error::VmmError;
 use crate::gdb::{Claim, GdbServer, Stub};
 use crate::hypercall::{self, Next};
 use crate::loader::LoadedKernel;
-use crate::serial::{ConsoleSink, SerialConsole, COM1_BASE, COM1_LEN};
+use crate::serial::{ConsoleSink, SerialConsole};
 use crate::trace;
+use crate::vcpu_exit::{self, Exit};
 use crate::watchdog::{guest_heartbeat, Watchdog};
 use guest_mm::SeededBugs;
-use kvm_bindings::{kvm_debug_exit_arch, kvm_userspace_memory_region, CpuId};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use shared_mm::abi::{HYPERCALL_PORT, RAW_EXIT_PORT};
-use shared_mm::boot_info::{BootInfo, GuestCommand, BOOT_INFO_ADDR};
-use shared_mm::trace::TRACE_PORT;
+use kvm_bindings::{
+    kvm_debug_exit_arch, kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_RUNNABLE,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use shared_mm::boot_info::{BootInfo, GuestCommand};
+use std::sync::Mutex;
 use std::time::Duration;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -29,6 +34,9 @@ pub const EMBEDDED_KERNEL_PATH: &str = env!("GUEST_KERNEL_ELF");
 /// Default guest RAM.
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
 
+/// RFLAGS.IF: interrupts enabled.
+const RFLAGS_IF: u64 = 1 << 9;
+
 /// How to build a VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -36,6 +44,9 @@ pub struct VmConfig {
     pub kernel: Vec<u8>,
     /// Guest RAM in bytes.
     pub memory: u64,
+    /// CPUs (1 to [`MAX_CPUS`](shared_mm::smp::MAX_CPUS)). With more than one, the VM has the
+    /// in-kernel irqchip and one thread per vCPU (KVM only).
+    pub cpus: u32,
     /// Stop a guest that runs this long; `None` lets it run forever.
     pub timeout: Option<Duration>,
     /// Stream guest serial output to stdout (it is always captured too).
@@ -62,6 +73,7 @@ impl Default for VmConfig {
         VmConfig {
             kernel: EMBEDDED_KERNEL.to_vec(),
             memory: DEFAULT_MEMORY,
+            cpus: 1,
             timeout: Some(Duration::from_secs(60)),
             echo_console: false,
             random_seed: 0x5eed,
@@ -91,14 +103,20 @@ pub struct Vm {
     // Kept alive for the VM's lifetime; the fds close on drop.
     _kvm: Kvm,
     _vm: VmFd,
-    vcpu: VcpuFd,
+    /// CPU 0 first.
+    vcpus: Vec<VcpuFd>,
     mem: GuestMemoryMmap,
-    console: SerialConsole,
+    /// Every vCPU thread serves COM1.
+    console: Mutex<SerialConsole>,
     cpuid: CpuId,
     kernel: LoadedKernel,
     /// The boot info the host wrote, for the driver (the guest may overwrite its copy).
     boot_info: BootInfo,
     timeout: Option<Duration>,
+    /// The guest's TSC frequency, to tell its TSC readings in time.
+    tsc_khz: Option<u32>,
+    /// What the CPUs did in the last run.
+    smp: SmpReport,
     /// The gdb listener this guest claimed, until its run accepts gdb on it.
     gdb: Option<Claim>,
 }
@@ -161,23 +179,20 @@ impl Vm {
             })?;
         }
 
-        let vcpu = vm.create_vcpu(0).map_err(|source| VmmError::Kvm {
-            what: "KVM_CREATE_VCPU",
-            source,
-        })?;
-        let cpuid = cpuid::set_supported_cpuid(&kvm, &vcpu)?;
-        regs::setup_long_mode(&vcpu, cr3, kernel.entry, BOOT_INFO_ADDR)?;
-
+        let (vcpus, cpuid) = create_vcpus(&kvm, &vm, config.cpus, cr3, kernel.entry)?;
+        let tsc_khz = vcpus[0].get_tsc_khz().ok();
         Ok(Vm {
             _kvm: kvm,
             _vm: vm,
-            vcpu,
+            vcpus,
             mem,
-            console: SerialConsole::new(ConsoleSink::new(config.echo_console)),
+            console: Mutex::new(SerialConsole::new(ConsoleSink::new(config.echo_console))),
             cpuid,
             kernel,
             boot_info,
             timeout: config.timeout,
+            tsc_khz,
+            smp: SmpReport::default(),
             gdb: config.gdb.as_ref().and_then(GdbServer::claim),
         })
     }
@@ -187,7 +202,7 @@ impl Vm {
         &self.mem
     }
 
-    /// The CPUID table the vCPU was given.
+    /// The CPUID table CPU 0 was given.
     pub fn cpuid(&self) -> &CpuId {
         &self.cpuid
     }
@@ -197,19 +212,30 @@ impl Vm {
         self.kernel
     }
 
-    /// The vCPU, for probes that run a throwaway VM by hand.
+    /// CPU 0's vCPU, for probes that run a throwaway VM by hand.
     pub(crate) fn vcpu_mut(&mut self) -> &mut VcpuFd {
-        &mut self.vcpu
+        &mut self.vcpus[0]
     }
 
-    /// Everything the guest printed on COM1 so far.
+    /// Everything the guest printed on COM1 so far, and what the VMM logged for it.
     pub fn console_output(&self) -> String {
-        self.console.sink().captured()
+        self.console_sink().captured()
     }
 
-    /// Runs the guest until it exits; returns its exit status. With a gdb stub claimed (see
-    /// [`VmConfig::gdb`]) it first waits for gdb, and gdb can stop it at two call-out points of
-    /// the run loop: before each KVM_RUN and at each debug exit.
+    /// What the CPUs did in the last run: which came online, and the IPI round trip.
+    pub fn smp_report(&self) -> &SmpReport {
+        &self.smp
+    }
+
+    fn console_sink(&self) -> ConsoleSink {
+        let console = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        console.sink().clone()
+    }
+
+    /// Runs the guest until it exits; returns its exit status. With several CPUs each runs on a
+    /// thread of its own, and every one has left KVM_RUN when this returns. With a gdb stub
+    /// claimed (see [`VmConfig::gdb`]) it first waits for gdb, and gdb can stop CPU 0 at two
+    /// call-out points of its run loop: before each KVM_RUN and at each debug exit.
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
         driver.booted(&self.boot_info);
         let heartbeat = || Some(guest_heartbeat(self.mem.clone()));
@@ -242,100 +268,164 @@ impl Vm {
         let mut observed = stub.observe(driver);
         let result = self.run_loop(&mut observed, watchdog, Some(&mut stub));
         let _ended = watchdog.map(Watchdog::pause);
-        stub.finish(&self.vcpu, result)
+        stub.finish(&self.vcpus[0], result)
     }
 
     fn run_loop(
         &mut self,
         driver: &mut dyn Driver,
         watchdog: Option<&Watchdog>,
-        mut debugger: Option<&mut dyn Debugger>,
+        debugger: Option<&mut dyn Debugger>,
     ) -> Result<u32, VmmError> {
-        let mut log = self.console.sink().clone();
+        let cpus = Cpus::new(self.vcpus.len() as u32, self.timeout, self.tsc_khz)?;
+        let log = self.console_sink();
+        let Vm {
+            vcpus,
+            mem,
+            console,
+            ..
+        } = self;
+        let (vcpu, aps) = vcpus.split_first_mut().expect("a VM has CPU 0");
+        let (outcome, report) = cpus.run(aps, mem, console, |cpus| {
+            let cpu0 = Cpu0 {
+                vcpu,
+                mem,
+                console,
+                cpus,
+                log,
+            };
+            cpu0.run(driver, watchdog, debugger)
+        });
+        self.smp = report;
+        outcome
+    }
+}
+
+/// Creates the vCPUs of a VM of `count` CPUs, each ready to enter `entry` in 64-bit mode on the
+/// boot tables at `cr3`; returns them, CPU 0 first, and the CPUID table KVM applied to CPU 0.
+/// With more than one, KVM's in-kernel irqchip comes first (every vCPU gets a local APIC, and
+/// HLT waits in the kernel), and the APs are made runnable: they start UNINITIALIZED and would
+/// block in KVM_RUN. A one-CPU VM has no irqchip, so a `hlt` with interrupts off exits to the
+/// VMM as it always did.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    count: u32,
+    cr3: u64,
+    entry: u64,
+) -> Result<(Vec<VcpuFd>, CpuId), VmmError> {
+    let failed = |what| move |source| VmmError::Kvm { what, source };
+    if count > 1 {
+        let max = kvm.get_max_vcpus();
+        if count as usize > max {
+            return Err(VmmError::TooManyCpus {
+                requested: count,
+                max,
+            });
+        }
+        vm.create_irq_chip().map_err(failed("KVM_CREATE_IRQCHIP"))?;
+    }
+    let supported = cpuid::supported_cpuid(kvm)?;
+    let mut vcpus = Vec::new();
+    let mut cpu0_cpuid = None;
+    for cpu in 0..count {
+        let vcpu = vm
+            .create_vcpu(cpu.into())
+            .map_err(failed("KVM_CREATE_VCPU"))?;
+        let applied = cpuid::set_cpuid(&vcpu, &supported, cpu)?;
+        regs::setup_long_mode(&vcpu, cr3, entry, cpu)?;
+        if cpu > 0 {
+            let runnable = kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            };
+            vcpu.set_mp_state(runnable)
+                .map_err(failed("KVM_SET_MP_STATE"))?;
+        }
+        cpu0_cpuid.get_or_insert(applied);
+        vcpus.push(vcpu);
+    }
+    let cpuid = cpu0_cpuid.ok_or(VmmError::BadCpuCount { requested: count })?;
+    Ok((vcpus, cpuid))
+}
+
+/// CPU 0's run loop: it serves the driver's MM work, the flush trace and the debugger, and
+/// starts the other CPUs when the guest asks.
+struct Cpu0<'a> {
+    vcpu: &'a mut VcpuFd,
+    mem: &'a GuestMemoryMmap,
+    console: &'a Mutex<SerialConsole>,
+    cpus: &'a Cpus,
+    log: ConsoleSink,
+}
+
+impl Cpu0<'_> {
+    /// Runs until the guest exits (its status), fails, or another CPU ends the VM (`None`).
+    fn run(
+        mut self,
+        driver: &mut dyn Driver,
+        watchdog: Option<&Watchdog>,
+        mut debugger: Option<&mut dyn Debugger>,
+    ) -> Result<Option<u32>, VmmError> {
         loop {
             if let Some(debugger) = debugger.as_mut() {
                 // Time the debugger holds the guest stopped is not guest time.
                 let _stopped = watchdog.map(Watchdog::pause);
-                debugger.before_run(&self.vcpu)?;
+                debugger.before_run(self.vcpu)?;
+            }
+            if self.cpus.stopped() {
+                return Ok(None);
             }
             if let Some(w) = watchdog.filter(|w| w.expired()) {
-                return Err(VmmError::Timeout {
-                    seconds: w.limit().as_secs_f64(),
-                    registers: regs::dump(&self.vcpu),
-                });
+                return Err(self.hang(w));
             }
-            let exit = match self.vcpu.run() {
-                Ok(exit) => exit,
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(source) => {
-                    return Err(VmmError::Kvm {
-                        what: "KVM_RUN",
-                        source,
-                    })
-                }
-            };
-            match exit {
-                VcpuExit::IoOut(HYPERCALL_PORT, _) => {
+            match vcpu_exit::run(self.vcpu, self.console)? {
+                Exit::Hypercall => {
                     if let Some(w) = watchdog {
                         w.pet();
                     }
-                    deliver_trace(&self.mem, driver)?;
-                    if let Next::Exit(status) = hypercall::handle(&self.mem, &mut log, driver)? {
-                        return Ok(status);
+                    deliver_trace(self.mem, driver)?;
+                    match hypercall::handle(self.mem, 0, &mut self.log, Some(driver))? {
+                        Next::Resume => {}
+                        Next::Exit(status) => return Ok(Some(status)),
+                        Next::Cpus(call) => {
+                            if !self.cpus.serve(0, call, &mut self.log)? {
+                                return Ok(None);
+                            }
+                            // Waiting for the other CPUs was host time.
+                            if let Some(w) = watchdog {
+                                w.pet();
+                            }
+                        }
                     }
                 }
-                VcpuExit::IoOut(TRACE_PORT, _) => deliver_trace(&self.mem, driver)?,
-                VcpuExit::IoOut(RAW_EXIT_PORT, _) => {}
-                VcpuExit::IoOut(port, data)
-                    if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&port) =>
-                {
-                    let value = data.first().copied().unwrap_or(0);
-                    self.console
-                        .write((port - COM1_BASE) as u8, value)
-                        .map_err(VmmError::Console)?;
-                }
-                VcpuExit::IoIn(port, data) => {
-                    let value = if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&port) {
-                        self.console.read((port - COM1_BASE) as u8)
-                    } else {
-                        0xff
-                    };
-                    data.fill(value);
-                }
-                VcpuExit::IoOut(..) => {}
-                VcpuExit::Debug(exit) if debugger.is_some() => {
-                    if let Some(debugger) = debugger.as_mut() {
-                        debugger.on_debug_exit(&self.vcpu, exit)?;
-                    }
-                }
-                VcpuExit::Hlt => {
-                    return Err(VmmError::GuestHalted {
-                        registers: regs::dump(&self.vcpu),
-                    })
-                }
-                VcpuExit::Shutdown => {
-                    return Err(VmmError::TripleFault {
-                        registers: regs::dump(&self.vcpu),
-                    })
-                }
-                VcpuExit::FailEntry(reason, cpu) => {
-                    return Err(VmmError::GuestProtocol(ProtocolError::EntryFailed {
-                        reason,
-                        cpu,
-                    }))
-                }
-                VcpuExit::InternalError => {
-                    return Err(VmmError::GuestProtocol(ProtocolError::KvmInternalError {
-                        registers: regs::dump(&self.vcpu),
-                    }))
-                }
-                other => {
-                    let exit = format!("{other:?}");
-                    return Err(VmmError::GuestProtocol(ProtocolError::UnexpectedExit {
-                        exit,
-                        registers: regs::dump(&self.vcpu),
-                    }));
-                }
+                Exit::FlushTrace => deliver_trace(self.mem, driver)?,
+                Exit::Debug(exit) => match debugger.as_mut() {
+                    Some(debugger) => debugger.on_debug_exit(self.vcpu, exit)?,
+                    None => return Err(vcpu_exit::unexpected_debug(self.vcpu, exit)),
+                },
+                Exit::Resume => {}
+            }
+        }
+    }
+
+    /// The watchdog ran out. With several CPUs, where HLT waits in the kernel, a CPU 0 halted
+    /// with interrupts off is what a `hlt` exit is with one: a guest halted without exiting.
+    fn hang(&self, watchdog: &Watchdog) -> VmmError {
+        let registers = regs::dump(self.vcpu);
+        let halted = self
+            .vcpu
+            .get_mp_state()
+            .is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED);
+        let interrupts_off = self
+            .vcpu
+            .get_regs()
+            .is_ok_and(|r| r.rflags & RFLAGS_IF == 0);
+        if self.cpus.count() > 1 && halted && interrupts_off {
+            VmmError::GuestHalted { registers }
+        } else {
+            VmmError::Timeout {
+                seconds: watchdog.limit().as_secs_f64(),
+                registers,
             }
         }
     }

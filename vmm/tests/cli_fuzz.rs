@@ -48,13 +48,21 @@ fn start(extra: &[&str]) -> (Child, JoinHandle<String>) {
     (child, stderr)
 }
 
-/// The files in `dir` once `enough` of them are there, or a test failure after [`LIMIT`].
+/// The files in `dir` once `enough` of them are there, or a test failure after [`LIMIT`]. A
+/// file being written atomically (`.NAME.PID.tmp`, renamed once complete) is not one yet.
 fn wait_for_files(child: &mut Child, dir: &Path, enough: usize) -> Vec<PathBuf> {
     let started = Instant::now();
     loop {
         let files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
             .unwrap_or_default();
+        let files: Vec<PathBuf> = files
+            .into_iter()
+            .filter(|f| {
+                f.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
         if files.len() >= enough {
             return files;
         }

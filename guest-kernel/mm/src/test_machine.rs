@@ -65,6 +65,7 @@ pub fn boot_info() -> BootInfo {
         random_seed: 0x5eed,
         command: GuestCommand::Serve as u64,
         flags: 0,
+        cpu_count: 1,
         region_count: layout.len(),
         regions,
     }

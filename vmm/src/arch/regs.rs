@@ -4,15 +4,18 @@ use super::gdt::{segment_from_entry, ENTRY_GDT, KERNEL_CS, KERNEL_DS};
 use crate::error::VmmError;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use shared_mm::boot_info::BOOT_GDT_ADDR;
+use shared_mm::boot_info::{BOOT_GDT_ADDR, BOOT_INFO_ADDR, PHYSMAP_BASE};
+use shared_mm::smp::ap_stack_top;
 
 const CR0_ENTRY: u64 = 0x8005_0033; // PG, WP, NE, ET, MP, PE
 const CR4_PAE: u64 = 1 << 5;
 const EFER_LME_LMA: u64 = 0x500;
 const EFER_NXE: u64 = 1 << 11;
 
-/// Puts the vCPU in 64-bit mode with paging on `cr3`, about to run `entry` with `rdi = arg`.
-pub fn setup_long_mode(vcpu: &VcpuFd, cr3: u64, entry: u64, arg: u64) -> Result<(), VmmError> {
+/// Puts vCPU `cpu` in 64-bit mode with paging on `cr3`, about to run `entry` with
+/// `rdi` = the boot info and `rsi` = `cpu`; an AP (`cpu` > 0) also gets `rsp` at the top of its
+/// kernel stack, in the direct map (`shared_mm::smp`). CPU 0 sets up its own stack.
+pub fn setup_long_mode(vcpu: &VcpuFd, cr3: u64, entry: u64, cpu: u32) -> Result<(), VmmError> {
     let kvm = |what| move |source| VmmError::Kvm { what, source };
     let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
     sregs.gdt.base = BOOT_GDT_ADDR;
@@ -34,7 +37,13 @@ pub fn setup_long_mode(vcpu: &VcpuFd, cr3: u64, entry: u64, arg: u64) -> Result<
 
     let regs = kvm_regs {
         rip: entry,
-        rdi: arg,
+        rdi: BOOT_INFO_ADDR,
+        rsi: cpu.into(),
+        rsp: if cpu == 0 {
+            0
+        } else {
+            PHYSMAP_BASE + ap_stack_top(cpu)
+        },
         rflags: 0x2,
         ..Default::default()
     };

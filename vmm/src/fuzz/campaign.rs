@@ -9,6 +9,7 @@ use super::uniformity::Spending;
 use super::{narrow, replay, run_session, Failure, Feedback, Run, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::files::write_atomically;
+use crate::scenario::header::cpus_line;
 use crate::{VmConfig, VmmError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shared_mm::abi::{Op, Status};
@@ -166,13 +167,15 @@ impl Shared<'_> {
     /// The header of the corpus entries job `job` writes.
     fn entry_header(&self, job: usize) -> Vec<(String, String)> {
         let config = self.config;
-        vec![
+        let mut header = vec![
             ("seed".into(), config.seed.to_string()),
             ("job".into(), job.to_string()),
             ("backend".into(), config.vm.backend.to_string()),
             ("kernel".into(), config.kernel_label.clone()),
             ("memory-mib".into(), (config.vm.memory >> 20).to_string()),
-        ]
+        ];
+        header.extend(cpus_line(config.vm.cpus));
+        header
     }
 
     fn enough_findings(&self) -> bool {
@@ -230,7 +233,7 @@ impl Shared<'_> {
                 return Ok(());
             }
         }
-        let repro = Reproducer {
+        let mut repro = Reproducer {
             header: vec![
                 ("failure".into(), failure.signature.to_string()),
                 ("detail".into(), failure.description.clone()),
@@ -245,6 +248,7 @@ impl Shared<'_> {
             ],
             ops,
         };
+        repro.header.extend(cpus_line(config.vm.cpus));
         std::fs::create_dir_all(&config.out_dir).map_err(|source| VmmError::Output {
             path: config.out_dir.clone(),
             source,

@@ -1,5 +1,5 @@
 //! Header lines (`# key: value`): which keys the format knows, how their values are checked,
-//! and the run settings (seed, RAM, backend, seeded bugs, kernel) they record.
+//! and the run settings (seed, RAM, CPUs, backend, seeded bugs, kernel) they record.
 
 use super::ops::number;
 use crate::backend::Backend;
@@ -18,6 +18,10 @@ pub enum HeaderError {
     },
     UnknownFeature {
         name: String,
+    },
+    /// A CPU count outside 1 to `MAX_CPUS`.
+    CpusOutOfRange {
+        value: u64,
     },
     /// A known key given a second time.
     Twice {
@@ -43,6 +47,11 @@ impl fmt::Display for HeaderError {
                     known.join(", ")
                 )
             }
+            HeaderError::CpusOutOfRange { value } => write!(
+                f,
+                "header cpus: {value} is not 1 to {}",
+                shared_mm::smp::MAX_CPUS
+            ),
             HeaderError::Twice { key, first_line } => {
                 write!(
                     f,
@@ -56,9 +65,10 @@ impl fmt::Display for HeaderError {
 impl std::error::Error for HeaderError {}
 
 /// Keys whose value is a number: the run's setup, and what `vmm fuzz` records about a finding.
-const NUMBER_KEYS: [&str; 5] = [
+const NUMBER_KEYS: [&str; 6] = [
     "seed",
     "memory-mib",
+    "cpus",
     "job",
     "found-after-ops",
     "original-length",
@@ -106,10 +116,14 @@ fn value<'t>(key: &str, text: &'t str) -> Result<Value<'t>, HeaderError> {
         ),
         "guest-features" => Value::Features(features(text)?),
         key if NUMBER_KEYS.contains(&key) => {
-            Value::Number(number(text).ok_or_else(|| HeaderError::NotANumber {
+            let n = number(text).ok_or_else(|| HeaderError::NotANumber {
                 key: key.into(),
                 value: text.into(),
-            })?)
+            })?;
+            if key == "cpus" && !(1..=u64::from(shared_mm::smp::MAX_CPUS)).contains(&n) {
+                return Err(HeaderError::CpusOutOfRange { value: n });
+            }
+            Value::Number(n)
         }
         _ => Value::Text(text),
     })
@@ -126,11 +140,19 @@ pub struct Settings {
     /// The seed of the guest's randomized placement.
     pub seed: Option<u64>,
     pub memory_mib: Option<u64>,
+    /// CPUs; a header names them only when there are several.
+    pub cpus: Option<u32>,
     pub backend: Option<Backend>,
     /// Seeded bugs (cargo features of the guest); `Some(empty)` says: none.
     pub guest_features: Option<Vec<String>>,
     /// The kernel: a path, or `embedded`.
     pub kernel: Option<String>,
+}
+
+/// The header line that records `cpus` CPUs, if they are several (one is the default, and a
+/// one-CPU run's files stay as they were).
+pub fn cpus_line(cpus: u32) -> Option<(String, String)> {
+    (cpus > 1).then(|| ("cpus".into(), cpus.to_string()))
 }
 
 impl Settings {
@@ -142,6 +164,8 @@ impl Settings {
             match (key.as_str(), value(key, text)?) {
                 ("seed", Value::Number(n)) => settings.seed = Some(n),
                 ("memory-mib", Value::Number(n)) => settings.memory_mib = Some(n),
+                // In range: checked by `value`.
+                ("cpus", Value::Number(n)) => settings.cpus = u32::try_from(n).ok(),
                 (_, Value::Backend(b)) => settings.backend = Some(b),
                 (_, Value::Features(list)) => settings.guest_features = Some(list),
                 ("kernel", Value::Text(path)) => settings.kernel = Some(path.to_string()),
@@ -169,6 +193,7 @@ mod tests {
             ("failure", "x"),
             ("seed", "0x10"),
             ("memory-mib", "64"),
+            ("cpus", "2"),
             ("backend", "sim"),
             ("guest-features", "bug-stale-pte, bug-overlap"),
             ("kernel", "embedded"),
@@ -180,6 +205,7 @@ mod tests {
             Settings {
                 seed: Some(16),
                 memory_mib: Some(64),
+                cpus: Some(2),
                 backend: Some(Backend::Sim),
                 guest_features: Some(vec!["bug-stale-pte".into(), "bug-overlap".into()]),
                 kernel: Some("embedded".into()),
@@ -200,6 +226,13 @@ mod tests {
             })
         );
         assert!(check("found-after-ops", "1e3").is_err());
+        for cpus in ["0", "9"] {
+            assert!(matches!(
+                check("cpus", cpus),
+                Err(HeaderError::CpusOutOfRange { .. })
+            ));
+        }
+        assert!(check("cpus", "8").is_ok());
         assert!(check("backend", "KVM").is_err());
         assert!(check("detail", "anything: at all").is_ok());
         assert!(check("kernel", "/any/path").is_ok());

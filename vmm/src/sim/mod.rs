@@ -53,9 +53,22 @@ pub struct SimVm {
     boot_info: BootInfo,
 }
 
+/// Refuses more than one CPU: the sim runs one (several are to come, deterministically
+/// scheduled).
+pub fn check_cpus(cpus: u32) -> Result<(), VmmError> {
+    if cpus == 1 {
+        return Ok(());
+    }
+    Err(VmmError::BackendUnsupported {
+        backend: "sim",
+        what: format!("several CPUs yet (--cpus {cpus}); use --backend kvm"),
+    })
+}
+
 impl SimVm {
     /// Lays out guest RAM as a KVM boot would and brings up the MM on the simulated machine.
     pub fn new(config: &VmConfig) -> Result<SimVm, VmmError> {
+        check_cpus(config.cpus)?;
         if config.command != GuestCommand::Serve {
             return Err(VmmError::BackendUnsupported {
                 backend: "sim",

@@ -1,10 +1,14 @@
-//! The IDT, the exception entry stubs, and the trip to ring 3 and back.
+//! The IDT (one, shared by every CPU), the exception and interrupt entry stubs, and the trip to
+//! ring 3 and back.
 //!
 //! A trap from ring 3 never resumes user code directly: its state is recorded and control goes
 //! back to the kernel code that entered user mode (see [`enter_user`]), which decides what to do
 //! (resolve a demand fault and re-enter, or report the outcome). Traps in ring 0 are kernel bugs
-//! and panic.
+//! and panic. An IPI is served and resumes whatever it interrupted; a spurious interrupt just
+//! returns. Only CPU 0 enters ring 3 in this version: the saved kernel stack pointer and the
+//! last user trap are single statics.
 
+use super::apic::{self, EOI_MSR, IPI_VECTOR, SPURIOUS_VECTOR, WAKE_VECTOR};
 use super::gdt::{KERNEL_CS, USER_CS, USER_DS};
 use super::registers::read_cr2;
 use core::arch::{asm, global_asm};
@@ -80,8 +84,48 @@ global_asm!(
     ".endr",
 );
 
+// The interrupt stubs, as short as they can be: each guest instruction in ring 0 costs
+// thousands of host cycles here. The IPI's saves only the registers a C call may clobber (nine:
+// with the CPU's five-word frame that keeps the stack 16-byte aligned at the call) and calls
+// `ipi_handler`. The wake-up's only signals the end of the interrupt: waking the `hlt` was its
+// whole job. The spurious interrupt's needs no EOI and has nothing to do.
+global_asm!(
+    ".global interrupt_stub_ipi",
+    "interrupt_stub_ipi:",
+    "    push rax", "push rcx", "push rdx", "push rsi", "push rdi",
+    "    push r8", "push r9", "push r10", "push r11",
+    "    cld",
+    "    call {handler}",
+    "    pop r11", "pop r10", "pop r9", "pop r8",
+    "    pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
+    "    iretq",
+    ".global interrupt_stub_wake",
+    "interrupt_stub_wake:",
+    "    push rax", "push rcx", "push rdx",
+    "    mov ecx, {eoi}",
+    "    xor eax, eax",
+    "    xor edx, edx",
+    "    wrmsr",
+    "    pop rdx", "pop rcx", "pop rax",
+    "    iretq",
+    ".global interrupt_stub_spurious",
+    "interrupt_stub_spurious:",
+    "    iretq",
+    handler = sym ipi_handler,
+    eoi = const EOI_MSR,
+);
+
+/// The IPI: runs the cross calls waiting for this CPU, then ends the interrupt.
+extern "C" fn ipi_handler() {
+    crate::smp::cross_call::serve();
+    apic::end_of_interrupt();
+}
+
 extern "C" {
     static TRAP_STUBS: [u64; 32];
+    fn interrupt_stub_ipi();
+    fn interrupt_stub_wake();
+    fn interrupt_stub_spurious();
 }
 
 /// Kernel stack pointer saved by [`enter_user`], restored when a user trap returns to the kernel.
@@ -103,38 +147,53 @@ struct DescriptorPointer {
     base: u64,
 }
 
-static mut IDT: [[u64; 2]; 32] = [[0; 2]; 32];
+/// Every vector's gate; the ones without a handler are not present.
+static mut IDT: [[u64; 2]; 256] = [[0; 2]; 256];
 
-/// Installs the exception handlers. Call once, after the GDT.
+/// An interrupt gate to `handler` with the kernel code selector; `dpl` 3 lets ring 3 raise it
+/// with `int` (only #BP: int3 checks the gate's DPL).
+fn gate(handler: u64, dpl: u64) -> [u64; 2] {
+    let type_attr = 0x8e | (dpl << 5);
+    [
+        (handler & 0xffff)
+            | ((KERNEL_CS as u64) << 16)
+            | (type_attr << 40)
+            | (((handler >> 16) & 0xffff) << 48),
+        handler >> 32,
+    ]
+}
+
+/// Fills the IDT: the exceptions, the two IPIs and the spurious vector. Call once, on CPU 0, after
+/// its GDT and before any other CPU starts; then [`load`] it.
 pub fn init() {
-    // SAFETY: runs at boot on the only CPU with interrupts off, and nothing else refers to the
-    // IDT static, so the `&mut` to it is unique; a second call writes the same gates again.
-    // `TRAP_STUBS` is the 32-entry table the `global_asm!` above defines, one entry per vector.
-    // The IDT lives forever and every gate points at one of those stubs with the kernel code
-    // selector of the GDT (`gdt::init` runs first), so `lidt` installs a table the CPU can use.
+    // SAFETY: runs once, on CPU 0 with interrupts off before the other CPUs start, and nothing
+    // else refers to the IDT static, so the `&mut` to it is unique. `TRAP_STUBS` is the
+    // 32-entry table the `global_asm!` above defines, one entry per vector; the two interrupt
+    // stubs are defined there too.
     unsafe {
         let idt_ptr = &raw mut IDT;
         let idt = &mut *idt_ptr;
-        for (vector, gate) in idt.iter_mut().enumerate() {
-            let handler = TRAP_STUBS[vector];
-            // Interrupt gate; #BP is callable from ring 3 (int3 checks the gate's DPL).
-            let type_attr: u64 = if vector == VECTOR_BREAKPOINT as usize {
-                0xee
-            } else {
-                0x8e
-            };
-            gate[0] = (handler & 0xffff)
-                | ((KERNEL_CS as u64) << 16)
-                | (type_attr << 40)
-                | (((handler >> 16) & 0xffff) << 48);
-            gate[1] = handler >> 32;
+        for (vector, handler) in TRAP_STUBS.iter().enumerate() {
+            let dpl = u64::from(vector == VECTOR_BREAKPOINT as usize) * 3;
+            idt[vector] = gate(*handler, dpl);
         }
-        let pointer = DescriptorPointer {
-            limit: (size_of::<[[u64; 2]; 32]>() - 1) as u16,
-            base: idt.as_ptr() as u64,
-        };
-        asm!("lidt [{}]", in(reg) &pointer, options(nostack));
+        idt[IPI_VECTOR as usize] = gate(interrupt_stub_ipi as *const () as u64, 0);
+        idt[WAKE_VECTOR as usize] = gate(interrupt_stub_wake as *const () as u64, 0);
+        idt[SPURIOUS_VECTOR as usize] = gate(interrupt_stub_spurious as *const () as u64, 0);
     }
+    load();
+}
+
+/// Loads the IDT [`init`] filled on this CPU. Call after this CPU's GDT.
+pub fn load() {
+    let pointer = DescriptorPointer {
+        limit: (size_of::<[[u64; 2]; 256]>() - 1) as u16,
+        base: (&raw const IDT) as u64,
+    };
+    // SAFETY: the IDT lives forever and `init` filled it before this CPU got here (CPU 0 calls
+    // it first; the others start after it): every present gate points at a stub with the kernel
+    // code selector of this CPU's GDT (`gdt::init` ran), so `lidt` installs a table it can use.
+    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(nostack)) }
 }
 
 /// Called by `trap_common` with the saved frame; returns nonzero to go back to the kernel code
@@ -148,7 +207,8 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> u64 {
             rip: frame.rip,
             rax: frame.rax,
         };
-        // SAFETY: single CPU, interrupts off: nothing else touches LAST_USER_TRAP now.
+        // SAFETY: only CPU 0 enters ring 3, and does so with interrupts off: nothing else
+        // touches LAST_USER_TRAP now.
         unsafe { LAST_USER_TRAP = trap };
         return 1;
     }
@@ -200,7 +260,7 @@ pub fn enter_user(entry: &UserEntry) -> UserTrap {
     // and stack, so from Rust's point of view this is an ordinary call that clobbers the
     // caller-saved registers (all of which the C ABI already treats as clobbered). Reading
     // LAST_USER_TRAP: `trap_dispatch` wrote it on the way back, and nothing else touches it
-    // (single CPU, interrupts off).
+    // (only CPU 0 enters ring 3, with interrupts off).
     unsafe {
         enter_user_asm(entry);
         LAST_USER_TRAP

@@ -1,14 +1,19 @@
 //! x86_64 specifics: the only place in the kernel that executes privileged or raw instructions.
 
+pub mod apic;
 pub mod cpuid;
 pub mod gdt;
 pub mod heartbeat;
 pub mod idt;
+pub mod interrupts;
 pub mod machine;
+mod msr;
+pub mod percpu;
 pub mod physmap;
 pub mod port;
 pub mod registers;
 pub mod trace_buffer;
+pub mod tsc;
 
 /// Stops this CPU for good (interrupts stay disabled).
 pub fn halt_forever() -> ! {

@@ -7,6 +7,16 @@ pub fn virt(phys: u64) -> u64 {
     PHYSMAP_BASE + phys
 }
 
+/// A read-only byte slice over physical memory `[phys, phys + len)` through the direct map.
+///
+/// # Safety
+/// The range must be guest RAM that nothing writes while the slice lives (for example the
+/// boot-info page: the VMM writes it before any CPU starts, and it is marked reserved).
+pub unsafe fn slice(phys: u64, len: usize) -> &'static [u8] {
+    // SAFETY: the caller guarantees the range is RAM, direct-mapped and not written.
+    unsafe { core::slice::from_raw_parts(virt(phys) as *const u8, len) }
+}
+
 /// A byte slice over physical memory `[phys, phys + len)` through the direct map.
 ///
 /// # Safety

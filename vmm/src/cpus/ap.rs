@@ -1,0 +1,79 @@
+//! An AP's host thread: it waits until CPU 0 asks for the other CPUs, then runs its vCPU and
+//! serves its hypercalls, in its own mailbox, until the VM ends. It has no driver: MM work
+//! runs on CPU 0 alone in this version, and nor does it drain the flush trace, which only
+//! CPU 0 writes.
+#![forbid(unsafe_code)]
+
+use super::Cpus;
+use crate::error::{ProtocolError, VmmError};
+use crate::hypercall::{self, Next};
+use crate::kick::Kick;
+use crate::serial::SerialConsole;
+use crate::vcpu_exit::{self, Exit};
+use kvm_ioctls::VcpuFd;
+use std::sync::Mutex;
+use vm_memory::GuestMemoryMmap;
+
+/// The thread of AP `cpu`.
+pub(super) fn run(
+    cpu: u32,
+    vcpu: &mut VcpuFd,
+    cpus: &Cpus,
+    mem: &GuestMemoryMmap,
+    console: &Mutex<SerialConsole>,
+) {
+    let ended = match Kick::current_thread() {
+        Ok(kick) => {
+            cpus.register(cpu, kick);
+            if !cpus.wait_for_start() {
+                return;
+            }
+            serve(cpu, vcpu, cpus, mem, console)
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(outcome) = ended.map_err(|e| cpus.named(cpu, e)).transpose() {
+        cpus.end(outcome);
+        cpus.kick_cpu0_until_it_stops();
+    }
+}
+
+/// Runs the vCPU until it ends the VM (`Some` exit status, or an error) or another CPU does
+/// (`None`).
+fn serve(
+    cpu: u32,
+    vcpu: &mut VcpuFd,
+    cpus: &Cpus,
+    mem: &GuestMemoryMmap,
+    console: &Mutex<SerialConsole>,
+) -> Result<Option<u32>, VmmError> {
+    let mut log = console
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .sink()
+        .clone();
+    loop {
+        if cpus.stopped() {
+            return Ok(None);
+        }
+        match vcpu_exit::run(vcpu, console)? {
+            Exit::Hypercall => match hypercall::handle(mem, cpu, &mut log, None)? {
+                Next::Resume => {}
+                Next::Exit(status) => return Ok(Some(status)),
+                Next::Cpus(call) => {
+                    if !cpus.serve(cpu, call, &mut log)? {
+                        return Ok(None);
+                    }
+                }
+            },
+            Exit::FlushTrace => {
+                return Err(VmmError::GuestProtocol(ProtocolError::MmWorkOffCpu0 {
+                    cpu,
+                    call: "flush-trace",
+                }))
+            }
+            Exit::Debug(exit) => return Err(vcpu_exit::unexpected_debug(vcpu, exit)),
+            Exit::Resume => {}
+        }
+    }
+}
