@@ -222,6 +222,7 @@ mod tests {
             random_seed: 0,
             command: 0,
             flags: 0,
+            cpu_count: 1,
             region_count: layout.len(),
             regions,
         }
