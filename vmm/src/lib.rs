@@ -12,6 +12,7 @@ pub mod coherence;
 pub mod coverage;
 pub mod driver;
 pub mod error;
+pub mod excerpt;
 pub mod files;
 pub mod fuzz;
 pub mod gdb;

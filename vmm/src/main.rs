@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
+use vmm::excerpt::{excerpt, MAX_QUOTED};
 use vmm::files::{read_capped, write_atomically, FileError, MAX_KERNEL_BYTES};
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
 use vmm::fuzz::repro::Reproducer;
@@ -82,7 +83,12 @@ fn parse_u64(text: &str) -> Result<u64, String> {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => digits.parse(),
     };
-    parsed.map_err(|e| format!("{text:?} is not a 64-bit number, decimal or 0x-hex ({e})"))
+    parsed.map_err(|e| {
+        format!(
+            "{:?} is not a 64-bit number, decimal or 0x-hex ({e})",
+            excerpt(text)
+        )
+    })
 }
 
 /// Longest `--timeout`: a year, so the deadline arithmetic can never overflow.
@@ -91,10 +97,11 @@ const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
 fn parse_timeout(text: &str) -> Result<f64, String> {
     let secs: f64 = text
         .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+        .map_err(|_| format!("{:?} is not a number of seconds", excerpt(text)))?;
     if !(0.0..=MAX_TIMEOUT_SECS).contains(&secs) {
         return Err(format!(
-            "{text} is not between 0 and {MAX_TIMEOUT_SECS} seconds (a year)"
+            "{} is not between 0 and {MAX_TIMEOUT_SECS} seconds (a year)",
+            excerpt(text)
         ));
     }
     Ok(secs)
@@ -246,7 +253,8 @@ fn seeded_bugs(features: &[String]) -> anyhow::Result<SeededBugs> {
         let bug = Bug::from_feature(name).ok_or_else(|| {
             let known: Vec<&str> = Bug::ALL.iter().map(|b| b.feature()).collect();
             anyhow!(
-                "unknown guest feature {name:?} (the seeded bugs are {})",
+                "unknown guest feature {:?} (the seeded bugs are {})",
+                excerpt(name),
                 known.join(", ")
             )
         })?;
@@ -777,8 +785,34 @@ fn failing_op(vm: &VmConfig, ops: &[shared_mm::abi::Op]) -> anyhow::Result<usize
     })
 }
 
+/// `error` (a usage error: clap's, in clap's format, exit 2) with every piece of the command
+/// line it quotes cut to an [`excerpt`].
+fn bounded_usage_error(mut error: clap::Error) -> clap::Error {
+    use clap::error::ContextValue;
+    let cut = |text: &String| excerpt(text).to_string();
+    let long: Vec<_> = error
+        .context()
+        .filter_map(|(kind, value)| match value {
+            ContextValue::String(text) if text.len() > MAX_QUOTED => {
+                Some((kind, ContextValue::String(cut(text))))
+            }
+            ContextValue::Strings(list) if list.iter().any(|t| t.len() > MAX_QUOTED) => {
+                Some((kind, ContextValue::Strings(list.iter().map(cut).collect())))
+            }
+            ContextValue::StyledStr(text) if text.to_string().len() > MAX_QUOTED => {
+                Some((kind, ContextValue::StyledStr(cut(&text.to_string()).into())))
+            }
+            _ => None,
+        })
+        .collect();
+    for (kind, value) in long {
+        error.insert(kind, value);
+    }
+    error
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| bounded_usage_error(e).exit());
     if cli.check_args {
         return ExitCode::SUCCESS;
     }

@@ -7,6 +7,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "cli/quoting.rs"]
+mod quoting;
+
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 
 /// Longest a `vmm` process may live in these tests before it is killed (its own `--timeout`
