@@ -1,6 +1,7 @@
 //! Everything that can go wrong while setting up or running a guest, as one enum.
 #![forbid(unsafe_code)]
 
+use crate::excerpt::path as shown;
 pub use crate::protocol_error::ProtocolError;
 use std::fmt;
 use std::path::PathBuf;
@@ -108,7 +109,7 @@ impl fmt::Display for VmmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VmmError::KernelUnreadable { path, source } => {
-                write!(f, "cannot read kernel {}: {source}", path.display())
+                write!(f, "cannot read kernel {}: {source}", shown(path))
             }
             VmmError::NotElf(why) => {
                 write!(f, "kernel image is not an x86_64 ELF executable: {why}")
@@ -194,7 +195,7 @@ impl fmt::Display for VmmError {
             VmmError::Driver(why) => write!(f, "{why}"),
             VmmError::Console(e) => write!(f, "writing the guest console: {e}"),
             VmmError::Output { path, source } => {
-                write!(f, "cannot write {}: {source}", path.display())
+                write!(f, "cannot write {}: {source}", shown(path))
             }
             VmmError::BatchTooLarge { ops } => write!(
                 f,

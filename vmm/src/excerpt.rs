@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
+use std::path::Path;
 
 /// The most bytes of one piece of input an error line quotes.
 pub const MAX_QUOTED: usize = 64;
@@ -16,6 +17,12 @@ pub struct Excerpt<'a>(&'a str);
 /// `text` as an error quotes it (see [`Excerpt`]).
 pub fn excerpt(text: &str) -> Excerpt<'_> {
     Excerpt(text)
+}
+
+/// `path` as an error shows it, cut like any input: a path read from a file (a reproducer's
+/// recorded kernel) may be as long as the file.
+pub fn path(path: &Path) -> String {
+    excerpt(&path.to_string_lossy()).to_string()
 }
 
 impl<'a> Excerpt<'a> {

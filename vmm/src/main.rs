@@ -11,7 +11,7 @@ use std::time::Duration;
 use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
 use vmm::excerpt::{excerpt, MAX_QUOTED};
-use vmm::files::{read_capped, write_atomically, FileError, MAX_KERNEL_BYTES};
+use vmm::files::{read_capped, write_output, FileError, Naming, MAX_KERNEL_BYTES};
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
@@ -268,6 +268,10 @@ fn kvm_kernel(args: &GuestArgs, coverage: bool) -> anyhow::Result<(Vec<u8>, Stri
     let read = |path: &Path| -> Result<Vec<u8>, VmmError> {
         read_capped(path, MAX_KERNEL_BYTES).map_err(|e| match e {
             FileError::Io { path, source } => VmmError::KernelUnreadable { path, source },
+            FileError::NotRegular { path, kind } => VmmError::KernelUnreadable {
+                path,
+                source: std::io::Error::other(format!("{kind}, not a regular file")),
+            },
             too_large => VmmError::File(too_large),
         })
     };
@@ -433,7 +437,7 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 }
             );
             if let Some(path) = &svg {
-                write_atomically(path, report.to_svg().as_bytes())
+                write_output(path, report.to_svg().as_bytes(), Naming::Named)
                     .context("cannot write the SVG map")?;
                 eprintln!("vmm: wrote the address-space map to {}", path.display());
             }
@@ -720,8 +724,12 @@ fn save_scenario(
     let recording = record(&mut Guest::boot(vm)?, &repro.regression(&setup, failed_at));
     let title =
         "vmm scenario saved by `vmm replay --save-scenario`: expectations are the results observed";
-    write_atomically(out, recording.scenario.to_text(title).as_bytes())
-        .context("cannot write the scenario")?;
+    write_output(
+        out,
+        recording.scenario.to_text(title).as_bytes(),
+        Naming::Named,
+    )
+    .context("cannot write the scenario")?;
     eprintln!(
         "vmm replay: saved {} ops with their observed results as scenario {}",
         recording.recorded,
