@@ -21,7 +21,9 @@ use core::panic::PanicInfo;
 use guest_mm::trace::Traced;
 use guest_mm::{MemoryManager, PhysicalFrame, SeededBugs};
 use hypercall::Mailbox;
-use shared_mm::boot_info::{BootInfo, GuestCommand, BOOT_FLAG_TRACE, BOOT_INFO_ADDR};
+use shared_mm::boot_info::{
+    BootInfo, GuestCommand, BOOT_FLAG_TRACE, BOOT_INFO_ADDR, EARLY_EXIT_STATUS,
+};
 
 core::arch::global_asm!(
     ".section .text.boot, \"ax\"",
@@ -80,6 +82,7 @@ extern "C" fn kmain(boot_info_phys: u64) -> ! {
             mailbox.exit(0)
         }
         Some(GuestCommand::Panic) => panic!("panic requested by the host"),
+        Some(GuestCommand::ExitEarly) => mailbox.exit(EARLY_EXIT_STATUS),
         Some(GuestCommand::Hang) => loop {
             core::hint::spin_loop()
         },

@@ -61,7 +61,13 @@ pub enum GuestCommand {
     AliasTables = 5,
     /// Attack the host's decoder: a `Batch` hypercall announcing 2^60 space records.
     HugeCount = 6,
+    /// Exit with status [`EARLY_EXIT_STATUS`] before asking for any work (tests that the VMM
+    /// names the status).
+    ExitEarly = 7,
 }
+
+/// The status [`GuestCommand::ExitEarly`] exits with.
+pub const EARLY_EXIT_STATUS: u32 = 7;
 
 impl GuestCommand {
     pub fn from_u64(v: u64) -> Option<Self> {
@@ -73,6 +79,7 @@ impl GuestCommand {
             4 => GuestCommand::Bench,
             5 => GuestCommand::AliasTables,
             6 => GuestCommand::HugeCount,
+            7 => GuestCommand::ExitEarly,
             _ => return None,
         })
     }

@@ -18,6 +18,9 @@ pub enum VmmError {
     NotElf(String),
     /// The ELF headers point past the end of the file.
     TruncatedElf(String),
+    /// The ELF entry point lies in no loadable segment's bytes from the file: the guest would
+    /// start on zeroes or unmapped memory.
+    EntryOutsideSegments { entry: u64 },
     /// An ELF segment would land outside guest RAM or on the VMM's boot structures.
     SegmentOutsideRam {
         paddr: u64,
@@ -63,6 +66,14 @@ pub enum VmmError {
     Timeout { seconds: f64, registers: String },
     /// The guest halted without an exit hypercall.
     GuestHalted { registers: String },
+    /// The guest exited before it had done the `steps` steps of `work` it was given (`done` of
+    /// them came back), or with a nonzero status after them.
+    GuestExited {
+        status: u32,
+        work: &'static str,
+        done: usize,
+        steps: usize,
+    },
     /// The guest did something the VMM cannot serve (unknown hypercall, bad mailbox contents,
     /// failed VM entry, internal KVM error).
     GuestProtocol(ProtocolError),
@@ -115,6 +126,10 @@ impl fmt::Display for VmmError {
                 write!(f, "kernel image is not an x86_64 ELF executable: {why}")
             }
             VmmError::TruncatedElf(why) => write!(f, "kernel ELF is truncated: {why}"),
+            VmmError::EntryOutsideSegments { entry } => write!(
+                f,
+                "kernel ELF entry point {entry:#x} lies outside every loadable segment's file bytes"
+            ),
             VmmError::SegmentOutsideRam {
                 paddr,
                 memsz,
@@ -178,6 +193,15 @@ impl fmt::Display for VmmError {
                     "guest halted without an exit hypercall; vCPU state:\n{registers}"
                 )
             }
+            VmmError::GuestExited {
+                status,
+                work,
+                done,
+                steps,
+            } => write!(
+                f,
+                "the guest exited with status {status} after {done} of the {steps} steps of its {work}"
+            ),
             VmmError::GuestProtocol(why) => write!(f, "guest protocol error: {why}"),
             VmmError::SelfCheckFailed(failures) => {
                 write!(f, "MM self-check failed in {} step(s):", failures.len())?;
@@ -232,7 +256,9 @@ impl VmmError {
         match self {
             VmmError::GuestPanic { .. } => 101,
             VmmError::TripleFault { .. } => 102,
-            VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => 103,
+            VmmError::GuestHalted { .. }
+            | VmmError::GuestExited { .. }
+            | VmmError::GuestProtocol(_) => 103,
             VmmError::Driver(e) if e.is_guest_fault() => 103,
             VmmError::FailedBeforeFirstBatch(e) => e.exit_code(),
             VmmError::Timeout { .. } => 124,

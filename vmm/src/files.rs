@@ -81,10 +81,9 @@ fn kind_of(meta: &Metadata) -> &'static str {
     }
 }
 
-/// The bytes of `path`, which must be a regular file of at most `limit` bytes. It is opened
-/// non-blocking (a FIFO does not wait for a writer), refused unless it is a regular file, and
-/// read no further than the limit.
-pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+/// `path` opened for reading if it is a regular file: opened non-blocking (a FIFO does not wait
+/// for a writer) and refused, before anything is read, unless it is one.
+pub fn open_regular(path: &Path) -> Result<File, FileError> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -97,6 +96,13 @@ pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
             kind: kind_of(&meta),
         });
     }
+    Ok(file)
+}
+
+/// The bytes of `path`, which must be a regular file ([`open_regular`]) of at most `limit`
+/// bytes; reading stops at the limit.
+pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+    let file = open_regular(path)?;
     let mut bytes = Vec::new();
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)

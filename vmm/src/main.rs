@@ -11,7 +11,7 @@ use std::time::Duration;
 use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
 use vmm::excerpt::{excerpt, MAX_QUOTED};
-use vmm::files::{read_capped, write_output, FileError, Naming, MAX_KERNEL_BYTES};
+use vmm::files::{open_regular, read_capped, write_output, FileError, Naming, MAX_KERNEL_BYTES};
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
@@ -245,6 +245,8 @@ enum Misbehave {
     AliasTables,
     /// A hypercall with an absurd record count (a hostile guest).
     HugeCount,
+    /// Exit with status 7 before asking for any work.
+    ExitEarly,
 }
 
 /// The seeded bugs `features` name; every feature must be one.
@@ -393,6 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 Some(Misbehave::TripleFault) => GuestCommand::TripleFault,
                 Some(Misbehave::AliasTables) => GuestCommand::AliasTables,
                 Some(Misbehave::HugeCount) => GuestCommand::HugeCount,
+                Some(Misbehave::ExitEarly) => GuestCommand::ExitEarly,
             };
             let mut vm = Guest::boot(&config(&guest, command)?)?;
             let (status, check, findings) = if no_check {
@@ -411,6 +414,19 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             };
             let mut failures = check.failures.clone();
             failures.extend(findings);
+            if status != 0 || check.checked < check.step_count() {
+                // What went wrong before the guest ended is often its cause: show it first.
+                for failure in &failures {
+                    eprintln!("vmm: {failure}");
+                }
+                return Err(VmmError::GuestExited {
+                    status,
+                    work: "self-check",
+                    done: check.checked,
+                    steps: check.step_count(),
+                }
+                .into());
+            }
             if !check.passed() || !failures.is_empty() {
                 return Err(VmmError::SelfCheckFailed(failures).into());
             }
@@ -460,22 +476,36 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
 /// `vmm run --scenario FILE`: a scenario file, its header's settings under the command line's.
 fn run_scenario(guest: &GuestArgs, file: &Path, check: bool) -> anyhow::Result<u32> {
     let scenario = load(file, "scenario")?;
-    let guest = recorded_args(guest, &Settings::of(&scenario.header)?, "run")?;
+    let guest = recorded_args(guest, &Settings::of(&scenario.header)?)?;
     let mut vm = Guest::boot(&config(&guest, GuestCommand::Serve)?)?;
     let mut outcome = vmm::scenario::run(&mut vm, &scenario, check)?;
     if check {
         eprintln!("vmm: agreement checker ran {} times", outcome.checks_run);
     }
-    if let Some(crash) = outcome.crash.take() {
-        // What went wrong before the guest failed is often its cause: show it first.
+    let ended = match outcome.crash.take() {
+        Some(crash) => {
+            eprintln!(
+                "vmm: the guest failed after {} of {} steps",
+                outcome.judged, outcome.steps
+            );
+            Some(crash)
+        }
+        None if outcome.exit_status != 0 || outcome.judged < outcome.steps => {
+            Some(VmmError::GuestExited {
+                status: outcome.exit_status,
+                work: "scenario",
+                done: outcome.judged,
+                steps: outcome.steps,
+            })
+        }
+        None => None,
+    };
+    if let Some(ended) = ended {
+        // What went wrong before the guest ended is often its cause: show it first.
         for problem in outcome.problems() {
             eprintln!("vmm: {}: {problem}", file.display());
         }
-        eprintln!(
-            "vmm: the guest failed after {} of {} steps",
-            outcome.judged, outcome.steps
-        );
-        return Err(crash.into());
+        return Err(ended.into());
     }
     if !outcome.is_clean() {
         return Err(VmmError::ScenarioFailed {
@@ -623,12 +653,9 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
 
 /// `guest` with what the command line leaves open taken from a file's header: the same seed
 /// (randomized placement depends on it), RAM size, backend, seeded bugs and kernel make the
-/// same run. `command` names the subcommand in messages.
-fn recorded_args(
-    guest: &GuestArgs,
-    recorded: &Settings,
-    command: &str,
-) -> anyhow::Result<GuestArgs> {
+/// same run. A recorded kernel (other than the embedded one) must be a readable regular file:
+/// another kernel would not make the same run.
+fn recorded_args(guest: &GuestArgs, recorded: &Settings) -> anyhow::Result<GuestArgs> {
     let mut guest = guest.clone();
     guest.seed = guest.seed.or(recorded.seed);
     guest.memory = guest.memory.or(recorded.memory_mib);
@@ -639,13 +666,10 @@ fn recorded_args(
     let recorded_kernel = recorded.kernel.as_deref().map(PathBuf::from);
     let variant_given = !guest.features().is_empty();
     if guest.kernel.is_none() && guest.backend() == Backend::Kvm && !variant_given {
-        match recorded_kernel {
-            Some(path) if path.is_file() => guest.kernel = Some(path),
-            Some(path) if path != Path::new("embedded") => eprintln!(
-                "vmm {command}: recorded kernel {} is missing; using the embedded one",
-                path.display()
-            ),
-            _ => {}
+        if let Some(path) = recorded_kernel.filter(|p| p != Path::new("embedded")) {
+            open_regular(&path)
+                .map_err(|e| anyhow!("recorded kernel {e} (give --kernel PATH to boot another)"))?;
+            guest.kernel = Some(path);
         }
     }
     Ok(guest)
@@ -661,7 +685,13 @@ fn replay_file(
         bail!("--break-at-op needs --gdb ADDR");
     }
     let repro = Reproducer::from(load(file, "reproducer")?);
-    let guest = recorded_args(guest, &Settings::of(&repro.header)?, "replay")?;
+    if repro.ops.is_empty() {
+        bail!(
+            "{}: the reproducer has no operations to replay",
+            vmm::excerpt::path(file)
+        );
+    }
+    let guest = recorded_args(guest, &Settings::of(&repro.header)?)?;
     let mut vm = config(&guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {

@@ -7,6 +7,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "cli/exit_codes.rs"]
+mod exit_codes;
 #[path = "cli/files.rs"]
 mod files;
 #[path = "cli/quoting.rs"]
