@@ -5,7 +5,7 @@ use crate::backend::Backend;
 use crate::boot_memory::{self, BootMemory};
 use crate::driver::Driver;
 use crate::error::{ProtocolError, VmmError};
-use crate::gdb::{Claim, GdbServer, Stub};
+use crate::gdb::{Claim, GdbServer, Stub, PACKET_BUFFER};
 use crate::hypercall::{self, Next};
 use crate::loader::LoadedKernel;
 use crate::serial::{ConsoleSink, SerialConsole, COM1_BASE, COM1_LEN};
@@ -224,9 +224,10 @@ impl Vm {
         driver: &mut dyn Driver,
         watchdog: Option<&Watchdog>,
     ) -> Result<u32, VmmError> {
+        let mut packets = [0u8; PACKET_BUFFER];
         let mut stub = {
             let _waiting = watchdog.map(Watchdog::pause);
-            Stub::accept(claim, &self.mem)?
+            Stub::accept(claim, &self.mem, &mut packets)?
         };
         let mut observed = stub.observe(driver);
         let result = self.run_loop(&mut observed, watchdog, Some(&mut stub));

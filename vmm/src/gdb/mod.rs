@@ -20,7 +20,7 @@ mod target;
 mod tlb_listing;
 
 pub use observer::{MmView, Observed};
-pub use session::Stub;
+pub use session::{Stub, PACKET_BUFFER};
 
 use crate::excerpt::excerpt;
 use std::fmt;
