@@ -338,6 +338,27 @@ fn the_built_in_self_check_passes_every_step_on_both_backends() {
     }
 }
 
+/// The documented smallest and largest `--memory` boot and pass the self-check on both
+/// backends: the guest heap scales with RAM (a fixed 16 MiB heap, and a boot heap holding two
+/// bitmaps of RAM, ran out at 16 GiB).
+#[test]
+fn the_smallest_and_largest_documented_memory_pass_the_self_check_on_both_backends() {
+    for memory in ["16", "16384"] {
+        for backend in ["kvm", "sim"] {
+            let outcome = vmm_run(&["--memory", memory, "--backend", backend]);
+            let context = format!("--memory {memory} --backend {backend}");
+            assert_eq!(outcome.code, Some(0), "{context}: {}", outcome.describe());
+            assert!(
+                outcome
+                    .stderr
+                    .contains("MM self-check passed: 56 of 56 steps"),
+                "{context}: {}",
+                outcome.describe()
+            );
+        }
+    }
+}
+
 /// A user's regression scenario: two batches, a header that picks the sim.
 const USER_SCENARIO: &str = "\
 # backend: sim
