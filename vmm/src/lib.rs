@@ -26,6 +26,7 @@ pub mod kick;
 pub mod loader;
 pub mod page_walk;
 pub mod protocol_error;
+pub mod report_guard;
 pub mod scenario;
 pub mod serial;
 pub mod sim;

@@ -8,6 +8,7 @@ use crate::error::{ProtocolError, VmmError};
 use crate::gdb::{Claim, GdbServer, Stub, PACKET_BUFFER};
 use crate::hypercall::{self, Next};
 use crate::loader::LoadedKernel;
+use crate::report_guard::{ReportBounds, ReportGuard};
 use crate::serial::{ConsoleSink, SerialConsole, COM1_BASE, COM1_LEN};
 use crate::trace;
 use crate::watchdog::Watchdog;
@@ -242,6 +243,9 @@ impl Vm {
         mut debugger: Option<&mut dyn Debugger>,
     ) -> Result<u32, VmmError> {
         let mut log = self.console.sink().clone();
+        // Every report the guest sends passes the guard before any driver keeps it.
+        let mut guard = ReportGuard::new(driver, ReportBounds::for_memory(&self.mem));
+        let driver: &mut dyn Driver = &mut guard;
         loop {
             if let Some(debugger) = debugger.as_mut() {
                 // Time the debugger holds the guest stopped is not guest time.
