@@ -13,9 +13,9 @@ use vmm::coverage::CoverageMap;
 use vmm::excerpt::{excerpt, MAX_QUOTED};
 use vmm::files::{open_regular, read_capped, write_output, FileError, Naming, MAX_KERNEL_BYTES};
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
+use vmm::fuzz::narrow::{replay_narrowed, replay_planned, Plan, Replayed};
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
-use vmm::fuzz::{replay, replay_stopping_at};
 use vmm::gdb::GdbServer;
 use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::file::load;
@@ -179,11 +179,13 @@ enum Command {
     Replay {
         #[command(flatten)]
         guest: GuestArgs,
+        #[command(flatten)]
+        batch: BatchArg,
         /// The reproducer file.
         file: PathBuf,
-        /// Also run the operations once more, one per batch with the checker, and save them
-        /// with the results observed as their expectations: a regression scenario for
-        /// `vmm run --scenario`.
+        /// Also run the operations once more, in the replay's batches with the checker, and
+        /// save them with the results observed as their expectations: a regression scenario
+        /// for `vmm run --scenario`.
         #[arg(long, value_name = "OUT")]
         save_scenario: Option<PathBuf>,
         /// With --gdb: stop the guest when it starts op N (counted from 0, as replay's
@@ -191,6 +193,15 @@ enum Command {
         #[arg(long, value_name = "N")]
         break_at_op: Option<usize>,
     },
+}
+
+/// `--batch`: how many operations the guest runs between two checks.
+#[derive(clap::Args, Clone, Copy)]
+struct BatchArg {
+    /// Operations per hypercall batch, with the checker after each (1 to 1024); `replay`
+    /// replays a failing batch again one op per batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    batch: u16,
 }
 
 /// Options of `vmm fuzz`.
@@ -202,9 +213,8 @@ struct FuzzArgs {
     /// Guests fuzzed in parallel, each a deterministic stream of its own (1 to 64).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
-    /// Operations per hypercall batch (1 to 1024).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    batch: u16,
+    #[command(flatten)]
+    batch: BatchArg,
     /// Skip the agreement checker after each batch.
     #[arg(long)]
     no_check: bool,
@@ -466,10 +476,18 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
         Command::Fuzz { guest, fuzz: args } => fuzz(&guest, &args),
         Command::Replay {
             guest,
+            batch,
             file,
             save_scenario,
             break_at_op,
-        } => replay_file(&guest, &file, save_scenario.as_deref(), break_at_op),
+        } => {
+            let ways = ReplayWays {
+                batch: batch.batch.into(),
+                save: save_scenario.as_deref(),
+                break_at: break_at_op,
+            };
+            replay_file(&guest, &file, ways)
+        }
     }
 }
 
@@ -564,7 +582,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         seed: guest.seed(),
         ops,
         jobs: jobs.into(),
-        batch: batch.into(),
+        batch: batch.batch.into(),
         check,
         shrink,
         shrink_budget: Budget::default(),
@@ -675,13 +693,15 @@ fn recorded_args(guest: &GuestArgs, recorded: &Settings) -> anyhow::Result<Guest
     Ok(guest)
 }
 
-fn replay_file(
-    guest: &GuestArgs,
-    file: &Path,
-    save: Option<&Path>,
+/// How `vmm replay` runs: its batch size, the scenario to save, the op to stop at under gdb.
+struct ReplayWays<'a> {
+    batch: usize,
+    save: Option<&'a Path>,
     break_at: Option<usize>,
-) -> anyhow::Result<u32> {
-    if break_at.is_some() && guest.gdb.is_none() {
+}
+
+fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyhow::Result<u32> {
+    if ways.break_at.is_some() && guest.gdb.is_none() {
         bail!("--break-at-op needs --gdb ADDR");
     }
     let repro = Reproducer::from(load(file, "reproducer")?);
@@ -702,39 +722,63 @@ fn replay_file(
         );
     }
     let replayed = match vm.gdb.clone() {
-        None => replay(&vm, &repro.ops, 1, true)?,
-        Some(server) => replay_under_gdb(&vm, &repro.ops, break_at, &server)?,
+        None => replay_narrowed(&vm, &repro.ops, ways.batch)?,
+        Some(server) => replay_under_gdb(&vm, &repro.ops, &ways, &server)?,
     };
-    match &replayed {
-        Some((failure, at)) => eprintln!(
-            "vmm replay: reproduced after {at} ops: {}\n{}",
-            failure.signature, failure.description
-        ),
-        None => eprintln!(
-            "vmm replay: all {} ops ran clean; the failure did not reproduce",
-            repro.ops.len()
-        ),
-    }
-    if let Some(out) = save {
-        // The replay runs one op per batch: a failure shows at the last op it sent.
+    report_replay(&replayed, repro.ops.len());
+    if let Some(out) = ways.save {
+        // Labelled at the last op of the batch after which the failure showed.
         let failed_at = replayed
+            .failure
             .as_ref()
-            .and_then(|(f, at)| Some((at.checked_sub(1)?, f.signature.to_string())));
-        save_scenario(&vm, &guest, &repro, failed_at, out)?;
+            .and_then(|f| Some((replayed.prefix.checked_sub(1)?, f.signature.to_string())));
+        save_scenario(&vm, &guest, &repro, (failed_at, &replayed.plan), out)?;
     }
-    Ok(u32::from(replayed.is_some()))
+    Ok(u32::from(replayed.failure.is_some()))
+}
+
+/// What a replay showed, on stderr.
+fn report_replay(replayed: &Replayed, ops: usize) {
+    if let Some(batch) = &replayed.narrowed_from {
+        eprintln!(
+            "vmm replay: the batch of ops {} to {} failed; replayed it again one op per batch",
+            batch.start,
+            batch.end - 1
+        );
+    }
+    let Some(failure) = &replayed.failure else {
+        let batches = replayed.plan.lengths().len();
+        eprintln!(
+            "vmm replay: all {ops} ops ran clean in {batches} batch(es), the checker after each; \
+             the failure did not reproduce"
+        );
+        return;
+    };
+    match replayed.failing_batch().filter(|b| b.len() > 1) {
+        None => eprintln!(
+            "vmm replay: reproduced after {} ops: {}\n{}",
+            replayed.prefix, failure.signature, failure.description
+        ),
+        Some(batch) => eprintln!(
+            "vmm replay: reproduced after ops {} to {} as one batch (not one op at a time): {}\n{}",
+            batch.start,
+            batch.end - 1,
+            failure.signature,
+            failure.description
+        ),
+    }
 }
 
 /// `vmm replay --save-scenario OUT`: records the reproducer's operations on a fresh `vm` (see
-/// [`Reproducer::regression`]) and saves them with their observed results as expectations.
-/// The header records the seed and RAM size the results depend on, and the guest they were
-/// observed on in the free-text `recorded-with`: `vmm run --scenario OUT` runs the guest its
-/// command line names.
+/// [`Reproducer::regression`]), in the batches of the replay's `plan`, and saves them with their
+/// observed results as expectations. The header records the seed and RAM size the results
+/// depend on, and the guest they were observed on in the free-text `recorded-with`: `vmm run
+/// --scenario OUT` runs the guest its command line names.
 fn save_scenario(
     vm: &VmConfig,
     guest: &GuestArgs,
     repro: &Reproducer,
-    failed_at: Option<(usize, String)>,
+    (failed_at, plan): (Option<(usize, String)>, &Plan),
     out: &Path,
 ) -> anyhow::Result<()> {
     let mut recorded_with = format!(
@@ -751,7 +795,8 @@ fn save_scenario(
         ("recorded-with".into(), recorded_with),
     ];
     let failed_at = failed_at.as_ref().map(|(at, why)| (*at, why.as_str()));
-    let recording = record(&mut Guest::boot(vm)?, &repro.regression(&setup, failed_at));
+    let scenario = repro.regression(&setup, failed_at, plan.lengths());
+    let recording = record(&mut Guest::boot(vm)?, &scenario);
     let title =
         "vmm scenario saved by `vmm replay --save-scenario`: expectations are the results observed";
     write_output(
@@ -775,17 +820,17 @@ fn save_scenario(
     Ok(())
 }
 
-/// `vmm replay --gdb`: the replay, stopping for gdb when the guest starts op `break_at` (by
-/// default the op that fails).
+/// `vmm replay --gdb`: the replay, in batches but for the op it stops at, alone in its batch:
+/// the guest stops for gdb when it starts op `break_at` (by default the op that fails).
 fn replay_under_gdb(
     vm: &VmConfig,
     ops: &[shared_mm::abi::Op],
-    break_at: Option<usize>,
+    ways: &ReplayWays<'_>,
     server: &GdbServer,
-) -> anyhow::Result<Option<(vmm::fuzz::Failure, usize)>> {
-    let at = match break_at {
+) -> anyhow::Result<Replayed> {
+    let at = match ways.break_at {
         Some(at) => at,
-        None => failing_op(vm, ops)?,
+        None => failing_op(vm, ops, ways.batch)?,
     };
     let op = ops.get(at).ok_or_else(|| {
         anyhow!(
@@ -797,22 +842,26 @@ fn replay_under_gdb(
         "vmm replay: the guest stops for gdb when it starts op {at} ({})",
         op_to_line(op)
     );
-    Ok(replay_stopping_at(vm, ops, at, server.stop_request())?)
+    let plan = Plan::new(ops.len(), ways.batch, at..at + 1);
+    Ok(replay_planned(
+        vm,
+        ops,
+        plan,
+        Some((at, server.stop_request())),
+    )?)
 }
 
-/// The op a replay fails at (found by a replay without gdb), else the last one.
-fn failing_op(vm: &VmConfig, ops: &[shared_mm::abi::Op]) -> anyhow::Result<usize> {
-    if ops.is_empty() {
-        bail!("the reproducer has no ops to stop at");
-    }
+/// The op a replay fails at (found by a replay without gdb, narrowed to its op), else the last.
+fn failing_op(vm: &VmConfig, ops: &[shared_mm::abi::Op], batch: usize) -> anyhow::Result<usize> {
     eprintln!("vmm replay: replaying once without gdb to find the failing op");
     let clean = VmConfig {
         gdb: None,
         ..vm.clone()
     };
-    Ok(match replay(&clean, ops, 1, true)? {
-        Some((failure, prefix)) => {
-            let at = prefix.saturating_sub(1).min(ops.len() - 1);
+    let replayed = replay_narrowed(&clean, ops, batch)?;
+    Ok(match &replayed.failure {
+        Some(failure) => {
+            let at = replayed.prefix.saturating_sub(1).min(ops.len() - 1);
             eprintln!("vmm replay: op {at} fails: {}", failure.signature);
             at
         }

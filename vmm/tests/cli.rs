@@ -13,6 +13,8 @@ mod exit_codes;
 mod files;
 #[path = "cli/quoting.rs"]
 mod quoting;
+#[path = "cli/replay.rs"]
+mod replay;
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 

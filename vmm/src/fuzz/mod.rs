@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod exhaustion;
 pub mod generate;
 pub mod model;
+pub mod narrow;
 pub mod rebase;
 pub mod repro;
 pub mod shrink;
@@ -234,8 +235,10 @@ pub enum Source<'g, 'f> {
         budget: usize,
         feedback: Option<&'g mut Feedback<'f>>,
     },
-    /// A fixed list (a reproducer).
+    /// A fixed list (a reproducer), sent in batches of the session's batch size.
     Fixed(VecDeque<Op>),
+    /// A fixed list already cut into batches (a replay narrowing to one op: see [`narrow`]).
+    Planned(VecDeque<Vec<Op>>),
 }
 
 /// Called after every batch with the number of operations it held.
@@ -415,6 +418,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                     }
                 }
             }
+            Source::Planned(batches) => batch = batches.pop_front().unwrap_or_default(),
         }
         batch
     }
@@ -575,30 +579,4 @@ pub fn replay_run(
 ) -> Result<Run, VmmError> {
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
     run_session(config, session, check)
-}
-
-/// [`replay`] one op per batch, with the checker, asking `stop` to stop the guest under gdb
-/// when it starts op `at` (`vmm replay --gdb --break-at-op`).
-pub fn replay_stopping_at(
-    config: &VmConfig,
-    ops: &[Op],
-    at: usize,
-    stop: StopRequest,
-) -> Result<Option<(Failure, usize)>, VmmError> {
-    let ops = Source::Fixed(ops.iter().copied().collect());
-    replay_session(
-        config,
-        Session::new(ops, 1, None).stopping_at(at, stop),
-        true,
-    )
-}
-
-fn replay_session(
-    config: &VmConfig,
-    session: Session<'_, '_, '_>,
-    check: bool,
-) -> Result<Option<(Failure, usize)>, VmmError> {
-    let run = run_session(config, session, check)?;
-    let prefix = run.sent.len();
-    Ok(run.failure.map(|f| (f, prefix)))
 }
