@@ -179,8 +179,10 @@ enum Command {
     Replay {
         #[command(flatten)]
         guest: GuestArgs,
-        #[command(flatten)]
-        batch: BatchArg,
+        /// Operations per batch, with the checker after each (1 to 1024); a batch that fails is
+        /// replayed again one op per batch, to pin the failure to its op.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        batch: u16,
         /// The reproducer file.
         file: PathBuf,
         /// Also run the operations once more, in the replay's batches with the checker, and
@@ -195,15 +197,6 @@ enum Command {
     },
 }
 
-/// `--batch`: how many operations the guest runs between two checks.
-#[derive(clap::Args, Clone, Copy)]
-struct BatchArg {
-    /// Operations per hypercall batch, with the checker after each (1 to 1024); `replay`
-    /// replays a failing batch again one op per batch.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    batch: u16,
-}
-
 /// Options of `vmm fuzz`.
 #[derive(clap::Args, Clone)]
 struct FuzzArgs {
@@ -213,8 +206,9 @@ struct FuzzArgs {
     /// Guests fuzzed in parallel, each a deterministic stream of its own (1 to 64).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
-    #[command(flatten)]
-    batch: BatchArg,
+    /// Operations per hypercall batch (1 to 1024).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    batch: u16,
     /// Skip the agreement checker after each batch.
     #[arg(long)]
     no_check: bool,
@@ -482,7 +476,7 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             break_at_op,
         } => {
             let ways = ReplayWays {
-                batch: batch.batch.into(),
+                batch: batch.into(),
                 save: save_scenario.as_deref(),
                 break_at: break_at_op,
             };
@@ -582,7 +576,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         seed: guest.seed(),
         ops,
         jobs: jobs.into(),
-        batch: batch.batch.into(),
+        batch: batch.into(),
         check,
         shrink,
         shrink_budget: Budget::default(),
