@@ -10,6 +10,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use vmm::fuzz::generate::Generator;
+use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::{run_session, Session, Source};
 use vmm::scenario::ops::op_to_line;
 use vmm::scenario::SelfCheck;
@@ -161,27 +162,12 @@ fn a_one_op_per_batch_replay_snapshots_only_what_changed() {
 /// #GP. All three now agree on segv-access at the address (README, "Faults").
 #[test]
 fn an_access_that_wraps_past_2_64_gives_the_same_result_on_kvm_sim_and_the_model() {
-    let top = u64::MAX;
-    let ops = [
-        Op::CreateSpace,
-        Op::TouchRead {
-            space: 1,
-            addr: top,
-        },
-        Op::TouchWrite {
-            space: 1,
-            addr: top,
-            value: 1,
-        },
-        Op::TouchExec {
-            space: 1,
-            addr: top,
-        },
-        Op::TouchRead {
-            space: 1,
-            addr: top - 6,
-        },
-    ];
+    let text = "create-space\n\
+        touch-read space=1 addr=0xffffffffffffffff\n\
+        touch-write space=1 addr=0xffffffffffffffff value=1\n\
+        touch-exec space=1 addr=0xffffffffffffffff\n\
+        touch-read space=1 addr=0xfffffffffffffff9\n";
+    let ops = Reproducer::parse(text).expect("the ops parse").ops;
     let mut results = Vec::new();
     for backend in [Backend::Kvm, Backend::Sim] {
         // The model judges every result: a failure is a disagreement with it.
