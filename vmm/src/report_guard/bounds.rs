@@ -35,8 +35,8 @@ impl ReportBounds {
         Self::for_ram(mem.last_addr().0.saturating_add(1))
     }
 
-    /// Regions in all the snapshots that answer one batch: each region is a heap object of the
-    /// guest (`UserRegion`, or larger), and all of them are alive at once.
+    /// Regions in one tree: each region is a heap object of the guest (`UserRegion`, or
+    /// larger), and all of a tree's are alive at once.
     pub fn regions(&self) -> u64 {
         self.heap_bytes / core::mem::size_of::<UserRegion>() as u64
     }

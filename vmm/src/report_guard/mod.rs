@@ -54,8 +54,6 @@ pub struct ReportGuard<'d> {
     /// The frame report parts the batch in flight asked for, not yet sent.
     frames: Vec<(u32, FramesPart)>,
     receiving: Option<Receiving>,
-    /// Regions the snapshots of the batch in flight may still announce.
-    regions_left: u64,
     /// The length of the last owned-frame report of each live space and the kernel: what the
     /// checker keeps between checks.
     owned: BTreeMap<u32, u64>,
@@ -69,7 +67,6 @@ impl<'d> ReportGuard<'d> {
             snapshots: VecDeque::new(),
             frames: Vec::new(),
             receiving: None,
-            regions_left: 0,
             owned: BTreeMap::new(),
         }
     }
@@ -91,25 +88,15 @@ impl<'d> ReportGuard<'d> {
                 _ => {}
             }
         }
-        self.regions_left = self.bounds.regions();
     }
 
     /// A tree of `space` with `total` regions starts: it must be the next one asked for (those
-    /// before it were not sent: no such space), within what is left of the region bound.
+    /// before it were not sent: no such space), and no larger than the guest's heap holds.
     fn start_snapshot(&mut self, space: u32, total: u64) -> Result<(), DriverError> {
         let asked = self.snapshots.iter().position(|&s| s == space);
         let at = asked.ok_or(DriverError::UnrequestedSnapshot { space })?;
         self.snapshots.drain(..=at);
-        // Checked against what is left, reported against the whole bound.
-        let used = self.bounds.regions() - self.regions_left;
-        check(
-            "snapshot regions",
-            space,
-            total.saturating_add(used),
-            self.bounds.regions(),
-        )?;
-        self.regions_left -= total;
-        Ok(())
+        check("snapshot regions", space, total, self.bounds.regions())
     }
 
     /// A frame report part of `space` with `total` words starts: it must be asked for and not
@@ -357,6 +344,19 @@ mod tests {
             guard.frames(&mem, bitmap),
             Err(DriverError::ReportPastBound { bound: 128, .. })
         ));
+    }
+
+    /// The bound is the heap's, per tree: a batch may ask for the same large tree twice.
+    #[test]
+    fn each_tree_asked_for_may_be_as_large_as_the_heap_holds() {
+        let mem = mem();
+        let most = ReportBounds::for_ram(RAM).regions();
+        let twice = vec![Op::Snapshot { space: 1 }, Op::Snapshot { space: 1 }];
+        let mut script = Script::new(vec![twice]);
+        let mut guard = guarded(&mut script, &mem, &[space(1)]);
+        for _ in 0..2 {
+            guard.snapshot(&mem, snapshot(1, 0, most, &[])).unwrap();
+        }
     }
 
     #[test]
