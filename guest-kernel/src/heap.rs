@@ -7,7 +7,7 @@ use spin::Mutex;
 
 /// Room for the allocations made before the kmalloc range is mapped: the frame allocator's
 /// bitmap (512 KiB at the largest supported RAM) and the first regions.
-const BOOTSTRAP_SIZE: usize = 1024 * 1024;
+const BOOTSTRAP_SIZE: usize = guest_mm::memory_manager::BOOTSTRAP_HEAP as usize;
 
 #[repr(C, align(4096))]
 struct Bootstrap([u8; BOOTSTRAP_SIZE]);

@@ -22,7 +22,9 @@ use core::panic::PanicInfo;
 use guest_mm::trace::Traced;
 use guest_mm::{MemoryManager, PhysicalFrame, SeededBugs};
 use hypercall::Mailbox;
-use shared_mm::boot_info::{BootInfo, GuestCommand, BOOT_FLAG_TRACE, BOOT_INFO_ADDR};
+use shared_mm::boot_info::{
+    BootInfo, GuestCommand, BOOT_FLAG_TRACE, BOOT_INFO_ADDR, EARLY_EXIT_STATUS,
+};
 
 // Every CPU enters here with `rdi` = the boot info and `rsi` = its index. CPU 0 takes the boot
 // stack; the VMM gave every other CPU a stack of its own (`shared_mm::smp`).
@@ -97,6 +99,7 @@ extern "C" fn kmain(boot_info_phys: u64, cpu: u64) -> ! {
             mailbox.exit(0)
         }
         Some(GuestCommand::Panic) => panic!("panic requested by the host"),
+        Some(GuestCommand::ExitEarly) => mailbox.exit(EARLY_EXIT_STATUS),
         Some(GuestCommand::Hang) => loop {
             core::hint::spin_loop()
         },

@@ -68,7 +68,13 @@ pub enum GuestCommand {
     /// The last CPU halts with interrupts off instead of reporting in (tests the report of a
     /// CPU that never comes online; needs 2 CPUs).
     ApSilent = 9,
+    /// Exit with status [`EARLY_EXIT_STATUS`] before asking for any work (tests that the VMM
+    /// names the status).
+    ExitEarly = 10,
 }
+
+/// The status [`GuestCommand::ExitEarly`] exits with.
+pub const EARLY_EXIT_STATUS: u32 = 7;
 
 impl GuestCommand {
     pub fn from_u64(v: u64) -> Option<Self> {
@@ -83,6 +89,7 @@ impl GuestCommand {
             7 => GuestCommand::ApPanic,
             8 => GuestCommand::ApTripleFault,
             9 => GuestCommand::ApSilent,
+            10 => GuestCommand::ExitEarly,
             _ => return None,
         })
     }

@@ -3,13 +3,14 @@
 //! every op, and every region tree exported along the way).
 #![forbid(unsafe_code)]
 
-use shared_mm::abi::{Op, OpResult, SpaceRecord};
+use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status};
 use std::collections::VecDeque;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use vmm::fuzz::generate::Generator;
+use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::{run_session, Session, Source};
 use vmm::scenario::ops::op_to_line;
 use vmm::scenario::SelfCheck;
@@ -154,4 +155,33 @@ fn a_one_op_per_batch_replay_snapshots_only_what_changed() {
     );
     let session = checked.into_inner();
     assert!(session.failure.is_none(), "{:?}", session.failure);
+}
+
+/// 8 bytes at 0xffff_ffff_ffff_ffff wrap past 2^64 to 0x6, as x86 linear addresses do: kvm
+/// faulted segv-access on the kernel page of the first byte while the sim and the model said
+/// #GP. All three now agree on segv-access at the address (README, "Faults").
+#[test]
+fn an_access_that_wraps_past_2_64_gives_the_same_result_on_kvm_sim_and_the_model() {
+    let text = "create-space\n\
+        touch-read space=1 addr=0xffffffffffffffff\n\
+        touch-write space=1 addr=0xffffffffffffffff value=1\n\
+        touch-exec space=1 addr=0xffffffffffffffff\n\
+        touch-read space=1 addr=0xfffffffffffffff9\n";
+    let ops = Reproducer::parse(text).expect("the ops parse").ops;
+    let mut results = Vec::new();
+    for backend in [Backend::Kvm, Backend::Sim] {
+        // The model judges every result: a failure is a disagreement with it.
+        let run = vmm::fuzz::replay_run(&config(backend), &ops, 1, true).expect("the replay runs");
+        assert!(run.failure.is_none(), "{backend}: {:?}", run.failure);
+        for (op, result) in ops[1..].iter().zip(&run.results[1..]) {
+            assert_eq!(
+                (result.status, result.fault),
+                (Status::Faulted, FaultKind::SegvAccess),
+                "{backend}: {}",
+                op_to_line(op)
+            );
+        }
+        results.push(run.results);
+    }
+    assert_eq!(results[0], results[1], "kvm and sim");
 }

@@ -1,11 +1,15 @@
 //! A hostile guest against the host: tables that alias each other and absurd counts under KVM,
-//! and arbitrary mailbox contents, snapshot records and page tables thrown at the hypercall
-//! decoder, the walker and the checker, with the memory they allocate bounded.
+//! reports no one asked for or larger than the guest's RAM could hold, and arbitrary mailbox
+//! contents, snapshot records and page tables thrown at the hypercall decoder, the walker and
+//! the checker, with the memory they allocate bounded.
 // Only the counting allocator needs unsafe code (`GlobalAlloc` is an unsafe trait).
 #![deny(unsafe_code)]
 
 use proptest::prelude::*;
-use shared_mm::abi::{MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, HEADER_SIZE};
+use shared_mm::abi::{
+    Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, FRAMES_ALLOCATED,
+    FRAMES_OWNED, HEADER_SIZE, KERNEL_SPACE, REGION_RECORD_SIZE,
+};
 use shared_mm::boot_info::{GuestCommand, MAILBOX_ADDR};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +18,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::{check, Checked, Rule};
 use vmm::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use vmm::error::ProtocolError;
+use vmm::hypercall::Next;
+use vmm::report_guard::{ReportBounds, ReportGuard};
 use vmm::{hypercall, Vm, VmmError};
 
 /// Counts the bytes the test process has allocated and its peak, to bound what hostile input
@@ -119,6 +125,112 @@ fn an_absurd_record_count_is_a_protocol_error() {
     }
 }
 
+/// RAM of the guest the attacks below were measured from (before the guard, each grew the host
+/// by 127 to 375 MiB).
+const ATTACKER_RAM: usize = 32 << 20;
+
+/// Serves one hypercall `call` with `count` records in `payload` through the guard, as the KVM
+/// run loop does.
+fn call(
+    mem: &GuestMemoryMmap,
+    guard: &mut ReportGuard<'_>,
+    call: Hypercall,
+    count: usize,
+    args: [u64; 4],
+    payload: &[u8],
+) -> Result<Next, VmmError> {
+    let header = MailboxHeader {
+        call: call as u32,
+        status: 0,
+        len: payload.len() as u32,
+        count: count as u32,
+        args,
+    };
+    let mut head = [0u8; HEADER_SIZE];
+    header.encode(&mut head).expect("fits");
+    mem.write_slice(&head, GuestAddress(MAILBOX_ADDR)).unwrap();
+    mem.write_slice(payload, GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64))
+        .unwrap();
+    hypercall::handle(mem, 0, &mut std::io::sink(), Some(guard))
+}
+
+/// Runs `attack` against a checker behind the guard on a 32 MiB guest whose first batch (the
+/// checker asking for the kernel's tree and frame report) was just handed out; asserts the
+/// attack ends the run with a protocol error (exit 103) naming `why`, within the allocation
+/// bound.
+fn attack_ends_the_run(
+    why: &str,
+    attack: impl FnOnce(&GuestMemoryMmap, &mut ReportGuard<'_>) -> Result<(), VmmError>,
+) {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ATTACKER_RAM)]).unwrap();
+    let mut checked = Checked::new(NoWork);
+    let mut guard = ReportGuard::new(&mut checked, ReportBounds::for_memory(&mem));
+    call(&mem, &mut guard, Hypercall::Batch, 0, [0; 4], &[]).expect("the first batch");
+    let err = bounded(|| attack(&mem, &mut guard)).expect_err("the attack is refused");
+    assert_eq!(err.exit_code(), 103, "{err}");
+    assert!(err.to_string().contains(why), "{err}");
+}
+
+fn words(n: usize) -> Vec<u8> {
+    vec![0u8; 8 * n]
+}
+
+fn regions(n: usize) -> Vec<u8> {
+    let record = RegionRecord {
+        base: 0x1000,
+        size: 0x1000,
+        access: 0xb,
+        backed: 1,
+        object: 0,
+        name: RegionRecord::name_field("anon"),
+    };
+    let mut bytes = vec![0u8; n * REGION_RECORD_SIZE];
+    for chunk in bytes.chunks_exact_mut(REGION_RECORD_SIZE) {
+        record.encode(chunk).expect("fits");
+    }
+    bytes
+}
+
+#[test]
+fn frame_reports_for_space_ids_nobody_asked_for_end_the_run() {
+    attack_ends_the_run("unrequested frame report of space 1", |mem, guard| {
+        for id in 1..=3000u64 {
+            let args = [id, 0, 8000, FRAMES_OWNED];
+            call(mem, guard, Hypercall::Frames, 8000, args, &words(8000))?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn an_allocated_bitmap_larger_than_ram_ends_the_run() {
+    attack_ends_the_run("allocated-frame bitmap words", |mem, guard| {
+        let args = [u64::from(KERNEL_SPACE), 0, 1 << 23, FRAMES_ALLOCATED];
+        call(mem, guard, Hypercall::Frames, 8000, args, &words(8000))?;
+        Ok(())
+    });
+}
+
+#[test]
+fn snapshot_chunks_that_restart_at_0_end_the_run() {
+    attack_ends_the_run("unrequested snapshot", |mem, guard| {
+        for _ in 0..3000 {
+            let args = [u64::from(KERNEL_SPACE), 0, 1000, 0x1000];
+            call(mem, guard, Hypercall::Snapshot, 1000, args, &regions(1000))?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_snapshot_larger_than_the_guest_s_heap_holds_ends_the_run() {
+    attack_ends_the_run("snapshot regions", |mem, guard| {
+        let args = [u64::from(KERNEL_SPACE), 0, 1 << 22, 0x1000];
+        call(mem, guard, Hypercall::Snapshot, 1000, args, &regions(1000))?;
+        Ok(())
+    });
+}
+
 fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("4 MiB")
 }
@@ -156,7 +268,8 @@ proptest! {
         mem.write_slice(&head, GuestAddress(MAILBOX_ADDR)).unwrap();
         mem.write_slice(&payload, GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64)).unwrap();
         let mut driver = Checked::new(NoWork);
-        let outcome = bounded(|| hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut driver)));
+        let mut guard = ReportGuard::new(&mut driver, ReportBounds::for_memory(&mem));
+        let outcome = bounded(|| hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut guard)));
         if let Err(e) = outcome {
             // Whatever the guest wrote, the answer is one error with a documented code.
             prop_assert!([2, 101, 103].contains(&e.exit_code()), "{e}");

@@ -43,7 +43,11 @@ pub struct UnknownBackend(pub String);
 
 impl fmt::Display for UnknownBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown backend {:?} (expected kvm or sim)", self.0)
+        write!(
+            f,
+            "unknown backend {:?} (expected kvm or sim)",
+            crate::excerpt::excerpt(&self.0)
+        )
     }
 }
 

@@ -21,7 +21,8 @@ pub enum CoverageError {
     Malformed(object::read::Error),
     /// The stop symbol lies below the start symbol.
     Reversed { start: u64, stop: u64 },
-    /// No loadable segment holds the whole counter range.
+    /// No loadable segment holds the whole counter range in bytes of the file (so a crafted
+    /// ELF cannot make the host allocate more counters than the file has bytes).
     OutsideSegments { vaddr: u64, len: u64 },
 }
 
@@ -36,7 +37,7 @@ impl fmt::Display for CoverageError {
             ),
             CoverageError::OutsideSegments { vaddr, len } => write!(
                 f,
-                "coverage counters at {vaddr:#x} (+{len:#x}) lie outside every loadable segment"
+                "coverage counters at {vaddr:#x} (+{len:#x}) lie outside the file bytes of every loadable segment"
             ),
         }
     }
@@ -44,15 +45,23 @@ impl fmt::Display for CoverageError {
 
 impl std::error::Error for CoverageError {}
 
-/// The guest-physical address of `[vaddr, vaddr + len)`, through the loadable segment that holds
-/// it (the loader puts each segment at its physical address).
+/// The guest-physical address of `[vaddr, vaddr + len)`, through the loadable segment whose
+/// bytes from the file hold it (the loader puts each segment at its physical address). The
+/// counters start at zero in the file, and a range checked against the file's bytes is no
+/// larger than the file: sizes a crafted ELF claims (a segment's memory size, a section's
+/// size) never decide how much the host allocates.
 fn physical(elf: &ElfFile64<'_, LittleEndian>, vaddr: u64, len: u64) -> Option<u64> {
     let endian = elf.endian();
+    let file_len = elf.data().len() as u64;
     elf.elf_program_headers().iter().find_map(|ph| {
-        let (seg_vaddr, memsz) = (ph.p_vaddr(endian), ph.p_memsz(endian));
+        let (seg_vaddr, filesz) = (ph.p_vaddr(endian), ph.p_filesz(endian));
+        let in_file = ph
+            .p_offset(endian)
+            .checked_add(filesz)
+            .is_some_and(|end| end <= file_len);
         let offset = vaddr.checked_sub(seg_vaddr)?;
-        let inside = offset.checked_add(len).is_some_and(|end| end <= memsz);
-        (ph.p_type(endian) == PT_LOAD && inside)
+        let inside = offset.checked_add(len).is_some_and(|end| end <= filesz);
+        (ph.p_type(endian) == PT_LOAD && in_file && inside)
             .then(|| ph.p_paddr(endian).checked_add(offset))
             .flatten()
     })
@@ -264,7 +273,7 @@ mod tests {
     }
 
     /// A minimal ELF64: one PT_LOAD segment at `KERNEL_VIRT_BASE + 0x200000` (physical
-    /// 0x200000, 0x1000 bytes) and a symbol table with `symbols`.
+    /// 0x200000, the file's first 0x1000 bytes) and a symbol table with `symbols`.
     fn elf_with(symbols: &[(&[u8], u64)]) -> Vec<u8> {
         let mut strtab = vec![0u8];
         let mut symtab = vec![0u8; SYM_SIZE];
@@ -280,7 +289,7 @@ mod tests {
         let symoff = phoff + PHDR_SIZE;
         let stroff = symoff + symtab.len();
         let shoff = stroff + strtab.len();
-        let mut elf = vec![0u8; shoff + 3 * SHDR_SIZE];
+        let mut elf = vec![0u8; (shoff + 3 * SHDR_SIZE).max(0x1000)];
         elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
         elf[0x34..0x36].copy_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
         elf[0x20..0x28].copy_from_slice(&(phoff as u64).to_le_bytes());
@@ -295,6 +304,7 @@ mod tests {
         ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
         ph[16..24].copy_from_slice(&(KERNEL_VIRT_BASE + 0x20_0000).to_le_bytes());
         ph[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
+        ph[32..40].copy_from_slice(&0x1000u64.to_le_bytes());
         ph[40..48].copy_from_slice(&0x1000u64.to_le_bytes());
         elf[symoff..stroff].copy_from_slice(&symtab);
         elf[stroff..shoff].copy_from_slice(&strtab);
@@ -363,6 +373,31 @@ mod tests {
         let mut big_endian = counters_at(0x20_0800, 0x20_0900);
         big_endian[5] = 2;
         assert!(matches!(err(&big_endian), CoverageError::Malformed(_)));
+    }
+
+    /// A segment that claims a GiB of memory, or of file, holds no counters: the host would have
+    /// allocated that much to read them.
+    #[test]
+    fn counter_sizes_are_checked_against_the_file_before_anything_is_allocated() {
+        let huge = 1u64 << 30;
+        let start = 0x20_0800;
+        let mut in_bss = counters_at(start, start + huge);
+        let memsz = EHDR_SIZE + 40;
+        in_bss[memsz..memsz + 8].copy_from_slice(&(huge + 0x1000).to_le_bytes());
+        assert_eq!(
+            CoverageMap::from_elf(&in_bss),
+            Err(CoverageError::OutsideSegments {
+                vaddr: KERNEL_VIRT_BASE + start,
+                len: huge
+            })
+        );
+        let mut past_the_file = counters_at(start, start + 0x100);
+        let filesz = EHDR_SIZE + 32;
+        past_the_file[filesz..filesz + 8].copy_from_slice(&huge.to_le_bytes());
+        assert!(matches!(
+            CoverageMap::from_elf(&past_the_file),
+            Err(CoverageError::OutsideSegments { .. })
+        ));
     }
 
     #[test]

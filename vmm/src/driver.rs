@@ -10,10 +10,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use vm_memory::GuestMemoryMmap;
 
-/// Regions one snapshot may announce: more than a guest heap of the largest supported RAM can
-/// hold (each region is a heap object), so a larger count is a lie and is refused.
-pub const MAX_SNAPSHOT_REGIONS: u64 = 1 << 22;
-
 /// Why a driver cannot go on. The guest's part of the protocol is attacker-controlled, so most
 /// of these are the guest breaking it ([`DriverError::is_guest_fault`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,10 +18,22 @@ pub enum DriverError {
     ResultCount { got: usize, sent: usize },
     /// A snapshot chunk that does not continue the snapshot in progress.
     SnapshotOutOfOrder { space: u32, first: u64 },
-    /// A snapshot with more regions than it announced, or than any guest can hold.
+    /// A snapshot with more regions than it announced.
     SnapshotTooLarge { space: u32, total: u64 },
     /// A snapshot nothing asked for.
     UnrequestedSnapshot { space: u32 },
+    /// A frame report (or a part of one) nothing asked for.
+    UnrequestedFrames { space: u32 },
+    /// A report announcing more than the guest's RAM could hold
+    /// ([`crate::report_guard::ReportBounds`]): `total` of `what`, at most `bound`.
+    ReportPastBound {
+        what: &'static str,
+        space: u32,
+        total: u64,
+        bound: u64,
+    },
+    /// More live spaces than the ABI allows.
+    TooManySpaces { count: usize },
     /// A snapshot of the kernel was asked for and none came.
     NoKernelSnapshot,
     /// The guest could not export a snapshot it was asked for.
@@ -34,7 +42,7 @@ pub enum DriverError {
     Trace(TraceTooLarge),
     /// A frame report chunk that does not continue the part in progress.
     FramesOutOfOrder { space: u32, first: u64 },
-    /// A frame report larger than it announced, or than any guest can have.
+    /// A frame report larger than it announced.
     FramesTooLarge { space: u32, total: u64 },
     /// A frame report word that is not a frame with a known use.
     MalformedFrameRecord { space: u32, word: u64 },
@@ -63,12 +71,29 @@ impl fmt::Display for DriverError {
             ),
             DriverError::SnapshotTooLarge { space, total } => write!(
                 f,
-                "snapshot of space {space} is larger than it announced or than a guest can hold \
-                 ({total} regions, at most {MAX_SNAPSHOT_REGIONS})"
+                "snapshot of space {space} is larger than the {total} regions it announced"
             ),
             DriverError::UnrequestedSnapshot { space } => {
                 write!(f, "unrequested snapshot of space {space}")
             }
+            DriverError::UnrequestedFrames { space } => {
+                write!(f, "unrequested frame report of space {space}")
+            }
+            DriverError::ReportPastBound {
+                what,
+                space,
+                total,
+                bound,
+            } => write!(
+                f,
+                "a report of space {space} makes {total} {what}, more than this guest's RAM can \
+                 hold ({bound} at most)"
+            ),
+            DriverError::TooManySpaces { count } => write!(
+                f,
+                "the guest reports {count} live spaces; at most {} can exist",
+                shared_mm::abi::MAX_SPACES
+            ),
             DriverError::NoKernelSnapshot => f.write_str("the guest sent no kernel snapshot"),
             DriverError::SnapshotFailed { status } => {
                 write!(f, "the guest could not export a snapshot: {status:?}")
@@ -80,7 +105,7 @@ impl fmt::Display for DriverError {
             ),
             DriverError::FramesTooLarge { space, total } => write!(
                 f,
-                "frame report of space {space} is larger than it announced or than a guest can have ({total} words)"
+                "frame report of space {space} is larger than the {total} words it announced"
             ),
             DriverError::MalformedFrameRecord { space, word } => {
                 write!(f, "frame report of space {space} holds a malformed word {word:#x}")
@@ -149,7 +174,8 @@ impl SpaceSnapshot {
     /// Adds one `Snapshot` hypercall chunk to `list`: a chunk that starts at region 0 opens a
     /// new snapshot; a later chunk must continue the last one exactly (same space, `first` the
     /// number of regions received so far), and no snapshot may grow past the `total` it
-    /// announced or [`MAX_SNAPSHOT_REGIONS`].
+    /// announced. (How much a guest may announce is bounded by its RAM, before any driver sees
+    /// it: [`crate::report_guard`].)
     pub fn collect(
         list: &mut Vec<SpaceSnapshot>,
         chunk: SnapshotChunk<'_>,
@@ -161,9 +187,6 @@ impl SpaceSnapshot {
             total,
             regions,
         } = chunk;
-        if total > MAX_SNAPSHOT_REGIONS {
-            return Err(DriverError::SnapshotTooLarge { space, total });
-        }
         if first == 0 {
             list.push(SpaceSnapshot {
                 space,

@@ -1,6 +1,7 @@
 //! Everything that can go wrong while setting up or running a guest, as one enum.
 #![forbid(unsafe_code)]
 
+use crate::excerpt::path as shown;
 pub use crate::protocol_error::ProtocolError;
 use std::fmt;
 use std::path::PathBuf;
@@ -17,6 +18,9 @@ pub enum VmmError {
     NotElf(String),
     /// The ELF headers point past the end of the file.
     TruncatedElf(String),
+    /// The ELF entry point lies in no loadable segment's bytes from the file: the guest would
+    /// start on zeroes or unmapped memory.
+    EntryOutsideSegments { entry: u64 },
     /// An ELF segment would land outside guest RAM or on the VMM's boot structures.
     SegmentOutsideRam {
         paddr: u64,
@@ -73,6 +77,14 @@ pub enum VmmError {
     CpuOffline { cpu: u32, seconds: f64 },
     /// What went wrong on one CPU of a VM with several.
     OnCpu { cpu: u32, error: Box<VmmError> },
+    /// The guest exited before it had done the `steps` steps of `work` it was given (`done` of
+    /// them came back), or with a nonzero status after them.
+    GuestExited {
+        status: u32,
+        work: &'static str,
+        done: usize,
+        steps: usize,
+    },
     /// The guest did something the VMM cannot serve (unknown hypercall, bad mailbox contents,
     /// failed VM entry, internal KVM error).
     GuestProtocol(ProtocolError),
@@ -119,12 +131,16 @@ impl fmt::Display for VmmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VmmError::KernelUnreadable { path, source } => {
-                write!(f, "cannot read kernel {}: {source}", path.display())
+                write!(f, "cannot read kernel {}: {source}", shown(path))
             }
             VmmError::NotElf(why) => {
                 write!(f, "kernel image is not an x86_64 ELF executable: {why}")
             }
             VmmError::TruncatedElf(why) => write!(f, "kernel ELF is truncated: {why}"),
+            VmmError::EntryOutsideSegments { entry } => write!(
+                f,
+                "kernel ELF entry point {entry:#x} lies outside every loadable segment's file bytes"
+            ),
             VmmError::SegmentOutsideRam {
                 paddr,
                 memsz,
@@ -203,6 +219,15 @@ impl fmt::Display for VmmError {
                 "cpu {cpu} did not report in within {seconds} s of being started (raise --timeout)"
             ),
             VmmError::OnCpu { cpu, error } => write!(f, "on cpu {cpu}: {error}"),
+            VmmError::GuestExited {
+                status,
+                work,
+                done,
+                steps,
+            } => write!(
+                f,
+                "the guest exited with status {status} after {done} of the {steps} steps of its {work}"
+            ),
             VmmError::GuestProtocol(why) => write!(f, "guest protocol error: {why}"),
             VmmError::SelfCheckFailed(failures) => {
                 write!(f, "MM self-check failed in {} step(s):", failures.len())?;
@@ -220,7 +245,7 @@ impl fmt::Display for VmmError {
             VmmError::Driver(why) => write!(f, "{why}"),
             VmmError::Console(e) => write!(f, "writing the guest console: {e}"),
             VmmError::Output { path, source } => {
-                write!(f, "cannot write {}: {source}", path.display())
+                write!(f, "cannot write {}: {source}", shown(path))
             }
             VmmError::BatchTooLarge { ops } => write!(
                 f,
@@ -257,7 +282,9 @@ impl VmmError {
         match self {
             VmmError::GuestPanic { .. } => 101,
             VmmError::TripleFault { .. } => 102,
-            VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => 103,
+            VmmError::GuestHalted { .. }
+            | VmmError::GuestExited { .. }
+            | VmmError::GuestProtocol(_) => 103,
             VmmError::Driver(e) if e.is_guest_fault() => 103,
             VmmError::FailedBeforeFirstBatch(e) | VmmError::OnCpu { error: e, .. } => e.exit_code(),
             VmmError::Timeout { .. } | VmmError::CpuOffline { .. } => 124,

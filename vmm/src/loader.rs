@@ -45,7 +45,8 @@ pub struct Layout {
 }
 
 /// Checks that `image` is an x86_64 ELF executable whose loadable segments fit in
-/// `[KERNEL_PHYS_BASE, ram_size)`; returns the physical extent of those segments.
+/// `[KERNEL_PHYS_BASE, ram_size)` and whose entry point lies in the file bytes of one of them;
+/// returns the physical extent of those segments.
 pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), VmmError> {
     parse(image, ram_size).map(|(extent, _)| extent)
 }
@@ -137,6 +138,8 @@ fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), VmmError> 
         })?;
     let mut extent: Option<(u64, u64)> = None;
     let mut segments = Vec::new();
+    let entry = u64_at(image, 24);
+    let mut entry_loaded = false;
     for ph in image[phoff as usize..table_end as usize]
         .as_chunks::<PHDR_SIZE>()
         .0
@@ -144,12 +147,16 @@ fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), VmmError> 
         if u32_at(ph, 0) != PT_LOAD {
             continue;
         }
-        let (offset, paddr, filesz, memsz) = (
+        let (offset, vaddr, paddr, filesz, memsz) = (
             u64_at(ph, 8),
+            u64_at(ph, 16),
             u64_at(ph, 24),
             u64_at(ph, 32),
             u64_at(ph, 40),
         );
+        entry_loaded |= entry
+            .checked_sub(vaddr)
+            .is_some_and(|offset| offset < filesz.min(memsz));
         if offset
             .checked_add(filesz)
             .is_none_or(|end| end > image.len() as u64)
@@ -181,7 +188,9 @@ fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), VmmError> 
         });
     }
     let extent = extent.ok_or_else(|| VmmError::NotElf("no loadable segment".into()))?;
-    let entry = u64_at(image, 24);
+    if !entry_loaded {
+        return Err(VmmError::EntryOutsideSegments { entry });
+    }
     Ok((extent, Layout { entry, segments }))
 }
 
@@ -219,6 +228,28 @@ mod tests {
         assert!(!in_ram.matches(image, &other));
         assert!(in_ram.overlaps(first.paddr & !0xfff));
         assert!(!in_ram.overlaps(0));
+    }
+
+    #[test]
+    fn an_entry_point_outside_every_segment_is_refused() {
+        let layout = layout(crate::vm::EMBEDDED_KERNEL, 256 << 20).expect("the embedded kernel");
+        let code = layout.segments[0];
+        let first_vaddr = layout.entry; // the embedded kernel starts at its first segment
+        for entry in [0, first_vaddr - 1, u64::MAX, first_vaddr + code.filesz] {
+            let mut image = crate::vm::EMBEDDED_KERNEL.to_vec();
+            image[24..32].copy_from_slice(&entry.to_le_bytes());
+            match check_elf(&image, 256 << 20) {
+                Err(e @ VmmError::EntryOutsideSegments { .. }) => {
+                    assert_eq!(e.exit_code(), 2);
+                    assert!(e.to_string().contains(&format!("{entry:#x}")), "{e}");
+                }
+                other => panic!("entry {entry:#x}: {other:?}"),
+            }
+        }
+        let mut last_byte = crate::vm::EMBEDDED_KERNEL.to_vec();
+        let inside = first_vaddr + code.filesz - 1;
+        last_byte[24..32].copy_from_slice(&inside.to_le_bytes());
+        assert!(check_elf(&last_byte, 256 << 20).is_ok());
     }
 
     #[test]

@@ -11,11 +11,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
-use vmm::files::{read_capped, write_atomically, FileError, MAX_KERNEL_BYTES};
+use vmm::excerpt::{excerpt, MAX_QUOTED};
+use vmm::files::{open_regular, read_capped, write_output, FileError, Naming, MAX_KERNEL_BYTES};
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
+use vmm::fuzz::narrow::{replay_narrowed, replay_planned, Plan, Replayed};
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
-use vmm::fuzz::{replay, replay_stopping_at};
 use vmm::gdb::GdbServer;
 use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::builtin::SELF_CHECK_NAME;
@@ -89,7 +90,12 @@ fn parse_u64(text: &str) -> Result<u64, String> {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => digits.parse(),
     };
-    parsed.map_err(|e| format!("{text:?} is not a 64-bit number, decimal or 0x-hex ({e})"))
+    parsed.map_err(|e| {
+        format!(
+            "{:?} is not a 64-bit number, decimal or 0x-hex ({e})",
+            excerpt(text)
+        )
+    })
 }
 
 /// Longest `--timeout`: a year, so the deadline arithmetic can never overflow.
@@ -98,10 +104,11 @@ const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
 fn parse_timeout(text: &str) -> Result<f64, String> {
     let secs: f64 = text
         .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+        .map_err(|_| format!("{:?} is not a number of seconds", excerpt(text)))?;
     if !(0.0..=MAX_TIMEOUT_SECS).contains(&secs) {
         return Err(format!(
-            "{text} is not between 0 and {MAX_TIMEOUT_SECS} seconds (a year)"
+            "{} is not between 0 and {MAX_TIMEOUT_SECS} seconds (a year)",
+            excerpt(text)
         ));
     }
     Ok(secs)
@@ -183,11 +190,15 @@ enum Command {
     Replay {
         #[command(flatten)]
         guest: GuestArgs,
+        /// Operations per batch, with the checker after each (1 to 1024); a batch that fails is
+        /// replayed again one op per batch, to pin the failure to its op.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        batch: u16,
         /// The reproducer file.
         file: PathBuf,
-        /// Also run the operations once more, one per batch with the checker, and save them
-        /// with the results observed as their expectations: a regression scenario for
-        /// `vmm run --scenario`.
+        /// Also run the operations once more, in the replay's batches with the checker, and
+        /// save them with the results observed as their expectations: a regression scenario
+        /// for `vmm run --scenario`.
         #[arg(long, value_name = "OUT")]
         save_scenario: Option<PathBuf>,
         /// With --gdb: stop the guest when it starts op N (counted from 0, as replay's
@@ -255,6 +266,8 @@ enum Misbehave {
     ApTripleFault,
     /// The last CPU never reports in (needs --cpus 2 or more).
     ApSilent,
+    /// Exit with status 7 before asking for any work.
+    ExitEarly,
 }
 
 /// The seeded bugs `features` name; every feature must be one.
@@ -263,7 +276,8 @@ fn seeded_bugs(features: &[String]) -> anyhow::Result<SeededBugs> {
         let bug = Bug::from_feature(name).ok_or_else(|| {
             let known: Vec<&str> = Bug::ALL.iter().map(|b| b.feature()).collect();
             anyhow!(
-                "unknown guest feature {name:?} (the seeded bugs are {})",
+                "unknown guest feature {:?} (the seeded bugs are {})",
+                excerpt(name),
                 known.join(", ")
             )
         })?;
@@ -277,6 +291,10 @@ fn kvm_kernel(args: &GuestArgs, coverage: bool) -> anyhow::Result<(Vec<u8>, Stri
     let read = |path: &Path| -> Result<Vec<u8>, VmmError> {
         read_capped(path, MAX_KERNEL_BYTES).map_err(|e| match e {
             FileError::Io { path, source } => VmmError::KernelUnreadable { path, source },
+            FileError::NotRegular { path, kind } => VmmError::KernelUnreadable {
+                path,
+                source: std::io::Error::other(format!("{kind}, not a regular file")),
+            },
             too_large => VmmError::File(too_large),
         })
     };
@@ -408,6 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 Some(Misbehave::ApPanic) => GuestCommand::ApPanic,
                 Some(Misbehave::ApTripleFault) => GuestCommand::ApTripleFault,
                 Some(Misbehave::ApSilent) => GuestCommand::ApSilent,
+                Some(Misbehave::ExitEarly) => GuestCommand::ExitEarly,
             };
             let on_an_ap = matches!(
                 command,
@@ -449,6 +468,19 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             };
             let mut failures = check.failures.clone();
             failures.extend(findings);
+            if status != 0 || check.checked < check.step_count() {
+                // What went wrong before the guest ended is often its cause: show it first.
+                for failure in &failures {
+                    eprintln!("vmm: {failure}");
+                }
+                return Err(VmmError::GuestExited {
+                    status,
+                    work: "self-check",
+                    done: check.checked,
+                    steps: check.step_count(),
+                }
+                .into());
+            }
             if !check.passed() || !failures.is_empty() {
                 return Err(VmmError::SelfCheckFailed(failures).into());
             }
@@ -475,7 +507,7 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                 }
             );
             if let Some(path) = &svg {
-                write_atomically(path, report.to_svg().as_bytes())
+                write_output(path, report.to_svg().as_bytes(), Naming::Named)
                     .context("cannot write the SVG map")?;
                 eprintln!("vmm: wrote the address-space map to {}", path.display());
             }
@@ -488,32 +520,54 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
         Command::Fuzz { guest, fuzz: args } => fuzz(&guest, &args),
         Command::Replay {
             guest,
+            batch,
             file,
             save_scenario,
             break_at_op,
-        } => replay_file(&guest, &file, save_scenario.as_deref(), break_at_op),
+        } => {
+            let ways = ReplayWays {
+                batch: batch.into(),
+                save: save_scenario.as_deref(),
+                break_at: break_at_op,
+            };
+            replay_file(&guest, &file, ways)
+        }
     }
 }
 
 /// `vmm run --scenario FILE`: a scenario file, its header's settings under the command line's.
 fn run_scenario(guest: &GuestArgs, file: &Path, check: bool) -> anyhow::Result<u32> {
     let scenario = load(file, "scenario")?;
-    let guest = recorded_args(guest, &Settings::of(&scenario.header)?, "run")?;
+    let guest = recorded_args(guest, &Settings::of(&scenario.header)?)?;
     let mut vm = Guest::boot(&config(&guest, GuestCommand::Serve)?)?;
     let mut outcome = vmm::scenario::run(&mut vm, &scenario, check)?;
     if check {
         eprintln!("vmm: agreement checker ran {} times", outcome.checks_run);
     }
-    if let Some(crash) = outcome.crash.take() {
-        // What went wrong before the guest failed is often its cause: show it first.
+    let ended = match outcome.crash.take() {
+        Some(crash) => {
+            eprintln!(
+                "vmm: the guest failed after {} of {} steps",
+                outcome.judged, outcome.steps
+            );
+            Some(crash)
+        }
+        None if outcome.exit_status != 0 || outcome.judged < outcome.steps => {
+            Some(VmmError::GuestExited {
+                status: outcome.exit_status,
+                work: "scenario",
+                done: outcome.judged,
+                steps: outcome.steps,
+            })
+        }
+        None => None,
+    };
+    if let Some(ended) = ended {
+        // What went wrong before the guest ended is often its cause: show it first.
         for problem in outcome.problems() {
             eprintln!("vmm: {}: {problem}", file.display());
         }
-        eprintln!(
-            "vmm: the guest failed after {} of {} steps",
-            outcome.judged, outcome.steps
-        );
-        return Err(crash.into());
+        return Err(ended.into());
     }
     if !outcome.is_clean() {
         return Err(VmmError::ScenarioFailed {
@@ -671,12 +725,9 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
 
 /// `guest` with what the command line leaves open taken from a file's header: the same seed
 /// (randomized placement depends on it), RAM size, CPUs, backend, seeded bugs and kernel make
-/// the same run. `command` names the subcommand in messages.
-fn recorded_args(
-    guest: &GuestArgs,
-    recorded: &Settings,
-    command: &str,
-) -> anyhow::Result<GuestArgs> {
+/// the same run. A recorded kernel (other than the embedded one) must be a readable regular
+/// file: another kernel would not make the same run.
+fn recorded_args(guest: &GuestArgs, recorded: &Settings) -> anyhow::Result<GuestArgs> {
     let mut guest = guest.clone();
     guest.seed = guest.seed.or(recorded.seed);
     guest.memory = guest.memory.or(recorded.memory_mib);
@@ -688,29 +739,34 @@ fn recorded_args(
     let recorded_kernel = recorded.kernel.as_deref().map(PathBuf::from);
     let variant_given = !guest.features().is_empty();
     if guest.kernel.is_none() && guest.backend() == Backend::Kvm && !variant_given {
-        match recorded_kernel {
-            Some(path) if path.is_file() => guest.kernel = Some(path),
-            Some(path) if path != Path::new("embedded") => eprintln!(
-                "vmm {command}: recorded kernel {} is missing; using the embedded one",
-                path.display()
-            ),
-            _ => {}
+        if let Some(path) = recorded_kernel.filter(|p| p != Path::new("embedded")) {
+            open_regular(&path)
+                .map_err(|e| anyhow!("recorded kernel {e} (give --kernel PATH to boot another)"))?;
+            guest.kernel = Some(path);
         }
     }
     Ok(guest)
 }
 
-fn replay_file(
-    guest: &GuestArgs,
-    file: &Path,
-    save: Option<&Path>,
+/// How `vmm replay` runs: its batch size, the scenario to save, the op to stop at under gdb.
+struct ReplayWays<'a> {
+    batch: usize,
+    save: Option<&'a Path>,
     break_at: Option<usize>,
-) -> anyhow::Result<u32> {
-    if break_at.is_some() && guest.gdb.is_none() {
+}
+
+fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyhow::Result<u32> {
+    if ways.break_at.is_some() && guest.gdb.is_none() {
         bail!("--break-at-op needs --gdb ADDR");
     }
     let repro = Reproducer::from(load(file, "reproducer")?);
-    let guest = recorded_args(guest, &Settings::of(&repro.header)?, "replay")?;
+    if repro.ops.is_empty() {
+        bail!(
+            "{}: the reproducer has no operations to replay",
+            vmm::excerpt::path(file)
+        );
+    }
+    let guest = recorded_args(guest, &Settings::of(&repro.header)?)?;
     let mut vm = config(&guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
@@ -725,39 +781,63 @@ fn replay_file(
         );
     }
     let replayed = match vm.gdb.clone() {
-        None => replay(&vm, &repro.ops, 1, true)?,
-        Some(server) => replay_under_gdb(&vm, &repro.ops, break_at, &server)?,
+        None => replay_narrowed(&vm, &repro.ops, ways.batch)?,
+        Some(server) => replay_under_gdb(&vm, &repro.ops, &ways, &server)?,
     };
-    match &replayed {
-        Some((failure, at)) => eprintln!(
-            "vmm replay: reproduced after {at} ops: {}\n{}",
-            failure.signature, failure.description
-        ),
-        None => eprintln!(
-            "vmm replay: all {} ops ran clean; the failure did not reproduce",
-            repro.ops.len()
-        ),
-    }
-    if let Some(out) = save {
-        // The replay runs one op per batch: a failure shows at the last op it sent.
+    report_replay(&replayed, repro.ops.len());
+    if let Some(out) = ways.save {
+        // Labelled at the last op of the batch after which the failure showed.
         let failed_at = replayed
+            .failure
             .as_ref()
-            .and_then(|(f, at)| Some((at.checked_sub(1)?, f.signature.to_string())));
-        save_scenario(&vm, &guest, &repro, failed_at, out)?;
+            .and_then(|f| Some((replayed.prefix.checked_sub(1)?, f.signature.to_string())));
+        save_scenario(&vm, &guest, &repro, (failed_at, &replayed.plan), out)?;
     }
-    Ok(u32::from(replayed.is_some()))
+    Ok(u32::from(replayed.failure.is_some()))
+}
+
+/// What a replay showed, on stderr.
+fn report_replay(replayed: &Replayed, ops: usize) {
+    if let Some(batch) = &replayed.narrowed_from {
+        eprintln!(
+            "vmm replay: the batch of ops {} to {} failed; replayed it again one op per batch",
+            batch.start,
+            batch.end - 1
+        );
+    }
+    let Some(failure) = &replayed.failure else {
+        let batches = replayed.plan.lengths().len();
+        eprintln!(
+            "vmm replay: all {ops} ops ran clean in {batches} batch(es), the checker after each; \
+             the failure did not reproduce"
+        );
+        return;
+    };
+    match replayed.failing_batch().filter(|b| b.len() > 1) {
+        None => eprintln!(
+            "vmm replay: reproduced after {} ops: {}\n{}",
+            replayed.prefix, failure.signature, failure.description
+        ),
+        Some(batch) => eprintln!(
+            "vmm replay: reproduced after ops {} to {} as one batch (not one op at a time): {}\n{}",
+            batch.start,
+            batch.end - 1,
+            failure.signature,
+            failure.description
+        ),
+    }
 }
 
 /// `vmm replay --save-scenario OUT`: records the reproducer's operations on a fresh `vm` (see
-/// [`Reproducer::regression`]) and saves them with their observed results as expectations.
-/// The header records the seed and RAM size the results depend on, and the guest they were
-/// observed on in the free-text `recorded-with`: `vmm run --scenario OUT` runs the guest its
-/// command line names.
+/// [`Reproducer::regression`]), in the batches of the replay's `plan`, and saves them with their
+/// observed results as expectations. The header records the seed and RAM size the results
+/// depend on, and the guest they were observed on in the free-text `recorded-with`: `vmm run
+/// --scenario OUT` runs the guest its command line names.
 fn save_scenario(
     vm: &VmConfig,
     guest: &GuestArgs,
     repro: &Reproducer,
-    failed_at: Option<(usize, String)>,
+    (failed_at, plan): (Option<(usize, String)>, &Plan),
     out: &Path,
 ) -> anyhow::Result<()> {
     let mut recorded_with = format!(
@@ -775,11 +855,16 @@ fn save_scenario(
     setup.extend(cpus_line(vm.cpus));
     setup.push(("recorded-with".into(), recorded_with));
     let failed_at = failed_at.as_ref().map(|(at, why)| (*at, why.as_str()));
-    let recording = record(&mut Guest::boot(vm)?, &repro.regression(&setup, failed_at));
+    let scenario = repro.regression(&setup, failed_at, plan.lengths());
+    let recording = record(&mut Guest::boot(vm)?, &scenario);
     let title =
         "vmm scenario saved by `vmm replay --save-scenario`: expectations are the results observed";
-    write_atomically(out, recording.scenario.to_text(title).as_bytes())
-        .context("cannot write the scenario")?;
+    write_output(
+        out,
+        recording.scenario.to_text(title).as_bytes(),
+        Naming::Named,
+    )
+    .context("cannot write the scenario")?;
     eprintln!(
         "vmm replay: saved {} ops with their observed results as scenario {}",
         recording.recorded,
@@ -795,17 +880,17 @@ fn save_scenario(
     Ok(())
 }
 
-/// `vmm replay --gdb`: the replay, stopping for gdb when the guest starts op `break_at` (by
-/// default the op that fails).
+/// `vmm replay --gdb`: the replay, in batches but for the op it stops at, alone in its batch:
+/// the guest stops for gdb when it starts op `break_at` (by default the op that fails).
 fn replay_under_gdb(
     vm: &VmConfig,
     ops: &[shared_mm::abi::Op],
-    break_at: Option<usize>,
+    ways: &ReplayWays<'_>,
     server: &GdbServer,
-) -> anyhow::Result<Option<(vmm::fuzz::Failure, usize)>> {
-    let at = match break_at {
+) -> anyhow::Result<Replayed> {
+    let at = match ways.break_at {
         Some(at) => at,
-        None => failing_op(vm, ops)?,
+        None => failing_op(vm, ops, ways.batch)?,
     };
     let op = ops.get(at).ok_or_else(|| {
         anyhow!(
@@ -817,22 +902,26 @@ fn replay_under_gdb(
         "vmm replay: the guest stops for gdb when it starts op {at} ({})",
         op_to_line(op)
     );
-    Ok(replay_stopping_at(vm, ops, at, server.stop_request())?)
+    let plan = Plan::new(ops.len(), ways.batch, at..at + 1);
+    Ok(replay_planned(
+        vm,
+        ops,
+        plan,
+        Some((at, server.stop_request())),
+    )?)
 }
 
-/// The op a replay fails at (found by a replay without gdb), else the last one.
-fn failing_op(vm: &VmConfig, ops: &[shared_mm::abi::Op]) -> anyhow::Result<usize> {
-    if ops.is_empty() {
-        bail!("the reproducer has no ops to stop at");
-    }
+/// The op a replay fails at (found by a replay without gdb, narrowed to its op), else the last.
+fn failing_op(vm: &VmConfig, ops: &[shared_mm::abi::Op], batch: usize) -> anyhow::Result<usize> {
     eprintln!("vmm replay: replaying once without gdb to find the failing op");
     let clean = VmConfig {
         gdb: None,
         ..vm.clone()
     };
-    Ok(match replay(&clean, ops, 1, true)? {
-        Some((failure, prefix)) => {
-            let at = prefix.saturating_sub(1).min(ops.len() - 1);
+    let replayed = replay_narrowed(&clean, ops, batch)?;
+    Ok(match &replayed.failure {
+        Some(failure) => {
+            let at = replayed.prefix.saturating_sub(1).min(ops.len() - 1);
             eprintln!("vmm replay: op {at} fails: {}", failure.signature);
             at
         }
@@ -843,8 +932,34 @@ fn failing_op(vm: &VmConfig, ops: &[shared_mm::abi::Op]) -> anyhow::Result<usize
     })
 }
 
+/// `error` (a usage error: clap's, in clap's format, exit 2) with every piece of the command
+/// line it quotes cut to an [`excerpt`].
+fn bounded_usage_error(mut error: clap::Error) -> clap::Error {
+    use clap::error::ContextValue;
+    let cut = |text: &String| excerpt(text).to_string();
+    let long: Vec<_> = error
+        .context()
+        .filter_map(|(kind, value)| match value {
+            ContextValue::String(text) if text.len() > MAX_QUOTED => {
+                Some((kind, ContextValue::String(cut(text))))
+            }
+            ContextValue::Strings(list) if list.iter().any(|t| t.len() > MAX_QUOTED) => {
+                Some((kind, ContextValue::Strings(list.iter().map(cut).collect())))
+            }
+            ContextValue::StyledStr(text) if text.to_string().len() > MAX_QUOTED => {
+                Some((kind, ContextValue::StyledStr(cut(&text.to_string()).into())))
+            }
+            _ => None,
+        })
+        .collect();
+    for (kind, value) in long {
+        error.insert(kind, value);
+    }
+    error
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| bounded_usage_error(e).exit());
     if cli.check_args {
         return ExitCode::SUCCESS;
     }

@@ -7,9 +7,10 @@ use crate::boot_memory::{self, BootMemory};
 use crate::cpus::{Cpus, SmpReport};
 use crate::driver::Driver;
 use crate::error::VmmError;
-use crate::gdb::{Claim, GdbServer, Stub};
+use crate::gdb::{Claim, GdbServer, Stub, PACKET_BUFFER};
 use crate::hypercall::{self, Next};
 use crate::loader::LoadedKernel;
+use crate::report_guard::{ReportBounds, ReportGuard};
 use crate::serial::{ConsoleSink, SerialConsole};
 use crate::trace;
 use crate::vcpu_exit::{self, Exit};
@@ -261,9 +262,10 @@ impl Vm {
         driver: &mut dyn Driver,
         watchdog: Option<&Watchdog>,
     ) -> Result<u32, VmmError> {
+        let mut packets = [0u8; PACKET_BUFFER];
         let mut stub = {
             let _waiting = watchdog.map(Watchdog::pause);
-            Stub::accept(claim, &self.mem)?
+            Stub::accept(claim, &self.mem, &mut packets)?
         };
         let mut observed = stub.observe(driver);
         let result = self.run_loop(&mut observed, watchdog, Some(&mut stub));
@@ -286,6 +288,9 @@ impl Vm {
             ..
         } = self;
         let (vcpu, aps) = vcpus.split_first_mut().expect("a VM has CPU 0");
+        // Every report the guest sends passes the guard before any driver keeps it.
+        let mut guard = ReportGuard::new(driver, ReportBounds::for_memory(mem));
+        let driver: &mut dyn Driver = &mut guard;
         let (outcome, report) = cpus.run(aps, mem, console, |cpus| {
             let cpu0 = Cpu0 {
                 vcpu,

@@ -67,3 +67,29 @@ fn unwritable_svg_path_is_a_clean_error() {
         describe(&out)
     );
 }
+
+/// A device named as the SVG file is written in place: a full one is an error (exit 2) and stays
+/// a device, never renamed over; `/dev/stdout` (a pipe here) gets the map after the table.
+#[test]
+fn an_svg_into_a_device_is_written_in_place() {
+    let out = inspect(&["--svg", "/dev/full"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("vmm: error: cannot write the SVG map: /dev/full: No space left on device"),
+        "{}",
+        describe(&out)
+    );
+    let full = std::fs::metadata("/dev/full").expect("/dev/full");
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &full.file_type()
+    ));
+    let out = inspect(&["--svg", "/dev/stdout"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("space 1: cr3 0x") && stdout.trim_end().ends_with("</svg>"),
+        "{}",
+        describe(&out)
+    );
+}

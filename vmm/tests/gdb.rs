@@ -564,6 +564,32 @@ fn a_gdb_that_vanishes_mid_session_leaves_the_guest_to_run_to_its_end() {
     );
 }
 
+/// A peer that sends one packet and never ends it: the stub's packet buffer has a fixed
+/// capacity (gdbstub's own buffer API), so the session ends at the first byte past it instead of
+/// growing the buffer with what arrives (300 MB sent grew the VMM by 321 MB), and the guest runs
+/// on to its end. Needs no gdb.
+#[test]
+fn an_unterminated_packet_ends_the_session_at_the_buffer_s_capacity() {
+    let vmm = Vmm::start(&["run", "--memory", "64", "--timeout", "30"]);
+    let mut peer = std::net::TcpStream::connect(&vmm.addr).expect("connect to the stub");
+    peer.set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("a write timeout");
+    // 1 MiB of packet body after `$`, and no `#checksum`: 256 times the buffer.
+    let body = vec![b'a'; 1 << 20];
+    let sent = peer.write_all(b"$").and_then(|()| peer.write_all(&body));
+    let (code, stderr) = vmm.finish();
+    assert_eq!(code, Some(0), "{stderr} (sent: {sent:?})");
+    assert_has(
+        &stderr,
+        &[
+            "gdb session failed (Received an oversized packet",
+            "the guest runs on without gdb",
+            "guest exited with status 0",
+        ],
+        "",
+    );
+}
+
 /// Runs `vmm ARGS` to its end; exit code and stderr.
 fn vmm(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(VMM)

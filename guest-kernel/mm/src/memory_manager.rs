@@ -24,18 +24,30 @@ use shared_mm::region::{Access, Region};
 use shared_mm::region_tree::{RegionTree, RegionTreeError, SplitMix64};
 
 const TWO_MIB: u64 = 2 << 20;
-/// Size of the kmalloc reservation in the kernel tree.
-const KMALLOC_RANGE: u64 = 64 << 20;
-/// Largest heap mapped into the kmalloc range at boot.
-const MAX_HEAP: u64 = 16 << 20;
+/// The least size of the kmalloc reservation in the kernel tree (it grows with the heap).
+const MIN_KMALLOC_RANGE: u64 = 64 << 20;
+/// Up to this heap size, the heap is 1/8 of RAM; above it, 1/16.
+const SMALL_HEAP: u64 = 16 << 20;
+/// The heap the guest binary's allocator starts with, in its image (`.bss`), before the kmalloc
+/// range is mapped: the frame allocator's bitmap and the first regions live there.
+pub const BOOTSTRAP_HEAP: u64 = 1 << 20;
 /// Items of a frame scan per step of [`Machine::progress`]: an item costs a few instructions,
 /// so a step for each would cost about as much as the scan.
 const SCAN_STEP: usize = 1024;
 
-/// The kernel heap [`MemoryManager::init`] maps for `ram_size` bytes of RAM: 1/8 of RAM, at
-/// most 16 MiB, in whole 2 MiB pages.
+/// The kernel heap [`MemoryManager::init`] maps for `ram_size` bytes of RAM, in whole 2 MiB
+/// pages: 1/8 of RAM up to 16 MiB (at 128 MiB of RAM), 16 MiB up to 256 MiB of RAM, and 1/16
+/// of RAM above (2 MiB at the smallest supported RAM, 16 MiB at the default 256 MiB, 1 GiB at
+/// the largest, 16 GiB). What the MM
+/// keeps per frame (the pages of each object, reference counts) grows with RAM, so a fixed
+/// heap ran out on a large guest.
 pub fn heap_size(ram_size: u64) -> u64 {
-    MAX_HEAP.min(ram_size / 8) & !(TWO_MIB - 1)
+    SMALL_HEAP.min(ram_size / 8).max(ram_size / 16) & !(TWO_MIB - 1)
+}
+
+/// The kmalloc reservation for `ram_size` bytes of RAM: room for the heap, at least 64 MiB.
+fn kmalloc_range(ram_size: u64) -> u64 {
+    heap_size(ram_size).max(MIN_KMALLOC_RANGE)
 }
 
 pub struct MemoryManager<M> {
@@ -98,7 +110,7 @@ fn kernel_tree(info: &BootInfo) -> Result<(RegionTree<VMObject>, VirtualRange), 
     );
     let kmalloc = Box::new(Region::new("kmalloc", rw, None));
     let kmalloc = tree
-        .place_anywhere(kmalloc, KMALLOC_RANGE, TWO_MIB)
+        .place_anywhere(kmalloc, kmalloc_range(info.ram_size), TWO_MIB)
         .map_err(|e| MmError::Tree(e.kind))?;
     Ok((tree, kmalloc))
 }
@@ -410,5 +422,25 @@ impl<M: Machine> MemoryManager<M> {
     fn touch(&mut self, space: u32, addr: u64, kind: Touch) -> OpResult {
         self.with_space(space, |s, hw, _| Ok(touch(s, addr, kind, hw)))
             .unwrap_or_else(|e| OpResult::error(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod heap_tests {
+    use super::*;
+
+    #[test]
+    fn the_heap_scales_with_ram_and_its_reservation_holds_it() {
+        const MIB: u64 = 1 << 20;
+        for (ram, heap) in [
+            (16 * MIB, 2 * MIB),
+            (64 * MIB, 8 * MIB),
+            (256 * MIB, 16 * MIB),
+            (1024 * MIB, 64 * MIB),
+            (16384 * MIB, 1024 * MIB),
+        ] {
+            assert_eq!(heap_size(ram), heap, "{} MiB of RAM", ram / MIB);
+            assert!(kmalloc_range(ram) >= heap && kmalloc_range(ram).is_multiple_of(TWO_MIB));
+        }
     }
 }

@@ -22,8 +22,6 @@ use crate::driver::{DriverError, FramesChunk, FramesPart};
 use shared_mm::abi::{FrameRecord, FrameRefs, FrameUse, KERNEL_SPACE};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// Words of frames one report may hold at most: two per page of the largest supported RAM.
-const MAX_REPORT_WORDS: u64 = 2 * (shared_mm::boot_info::MAX_GUEST_RAM / 4096);
 /// Findings one accounting check keeps per rule.
 const MAX_PER_RULE: usize = 16;
 
@@ -49,9 +47,6 @@ impl FrameReports {
             words,
         } = chunk;
         let out_of_order = DriverError::FramesOutOfOrder { space, first };
-        if total > MAX_REPORT_WORDS {
-            return Err(DriverError::FramesTooLarge { space, total });
-        }
         if first == 0 {
             self.receiving = Some((space, part, total));
             match part {

@@ -8,7 +8,7 @@ use super::shrink::{shrink, Budget};
 use super::uniformity::Spending;
 use super::{narrow, replay, run_session, Failure, Feedback, Run, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
-use crate::files::write_atomically;
+use crate::files::{write_output, Naming};
 use crate::scenario::header::cpus_line;
 use crate::{VmConfig, VmmError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -257,7 +257,7 @@ impl Shared<'_> {
         let path = config
             .out_dir
             .join(format!("repro-seed{}-{}.txt", config.seed, bugs.len() + 1));
-        write_atomically(&path, repro.to_text().as_bytes()).map_err(VmmError::File)?;
+        write_output(&path, repro.to_text().as_bytes(), Naming::Chosen).map_err(VmmError::File)?;
         self.say(format!(
             "  saved {} ({} ops, shrunk from {original_len})",
             path.display(),

@@ -3,12 +3,13 @@
 //!
 //! The convention is libFuzzer's and AFL's sync directory: every campaign writes its own finds
 //! into the directory and now and then reads what the others wrote. Files are written to a
-//! temporary name and renamed ([`write_atomically`]), so a reader sees a whole entry or none;
+//! temporary name and renamed ([`write_output`]), so a reader sees a whole entry or none;
 //! a file whose name starts with `.` is such a temporary and is skipped. The directory is
 //! input from other processes, maybe other machines: every file is read with a size cap, and
-//! one that does not parse is skipped with a warning, never fatal.
+//! only if it is a regular file; one that is not, or does not parse, is skipped with a
+//! warning, never fatal.
 
-use crate::files::{read_capped, write_atomically, FileError};
+use crate::files::{read_capped, write_output, FileError, Naming};
 use crate::scenario::format::{Scenario, Step};
 use shared_mm::abi::{Op, MAX_BATCH};
 use std::collections::HashSet;
@@ -237,7 +238,7 @@ impl CorpusDir {
         let (name, text) = entry_text(header, entry);
         let path = self.path.join(&name);
         if !path.exists() {
-            write_atomically(&path, text.as_bytes())?;
+            write_output(&path, text.as_bytes(), Naming::Chosen)?;
             self.written().insert(name.clone());
         }
         Ok(name)

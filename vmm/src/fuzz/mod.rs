@@ -242,8 +242,10 @@ pub enum Source<'g, 'f> {
         budget: usize,
         feedback: Option<&'g mut Feedback<'f>>,
     },
-    /// A fixed list (a reproducer).
+    /// A fixed list (a reproducer), sent in batches of the session's batch size.
     Fixed(VecDeque<Op>),
+    /// A fixed list already cut into batches (a replay narrowing to one op: see [`narrow`]).
+    Planned(VecDeque<Vec<Op>>),
 }
 
 /// Called after every batch with the number of operations it held.
@@ -270,8 +272,6 @@ pub struct Session<'g, 'f, 'p> {
     progress: Option<Progress<'p>>,
     /// Where the batch sent last starts (an index into `sent`).
     last_batch: usize,
-    /// From this op on (an index into `sent`), one op per batch: a finer replay.
-    fine_from: Option<usize>,
     /// Stop the guest under gdb when this op (an index into `sent`) is handed out.
     stop_at: Option<(usize, StopRequest)>,
     /// Set from outside (Ctrl-C): end at the next batch boundary.
@@ -293,7 +293,6 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             uniformity: Some(Uniformity::default()),
             progress,
             last_batch: 0,
-            fine_from: None,
             stop_at: None,
             stop: None,
         }
@@ -304,15 +303,6 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     pub fn stopping_at(self, op: usize, stop: StopRequest) -> Self {
         Session {
             stop_at: Some((op, stop)),
-            ..self
-        }
-    }
-
-    /// The same session, sending one op per batch from op `from` on (counted from 0 over
-    /// every op sent), and before it batches that end exactly there.
-    pub fn finer_from(self, from: usize) -> Self {
-        Session {
-            fine_from: Some(from),
             ..self
         }
     }
@@ -434,20 +424,8 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
         }
     }
 
-    /// How many ops the next batch may hold.
-    fn next_batch_size(&self) -> usize {
-        match self
-            .fine_from
-            .map(|from| from.saturating_sub(self.sent.len()))
-        {
-            Some(0) => 1,
-            Some(left) => left.min(self.batch_size),
-            None => self.batch_size,
-        }
-    }
-
     fn next_ops(&mut self) -> Vec<Op> {
-        let size = self.next_batch_size();
+        let size = self.batch_size;
         let mut batch = Vec::with_capacity(size);
         match &mut self.source {
             Source::Generated {
@@ -487,6 +465,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                     }
                 }
             }
+            Source::Planned(batches) => batch = batches.pop_front().unwrap_or_default(),
         }
         batch
     }
@@ -657,30 +636,4 @@ pub fn replay_run(
 ) -> Result<Run, VmmError> {
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
     run_session(config, session, check)
-}
-
-/// [`replay`] one op per batch, with the checker, asking `stop` to stop the guest under gdb
-/// when it starts op `at` (`vmm replay --gdb --break-at-op`).
-pub fn replay_stopping_at(
-    config: &VmConfig,
-    ops: &[Op],
-    at: usize,
-    stop: StopRequest,
-) -> Result<Option<(Failure, usize)>, VmmError> {
-    let ops = Source::Fixed(ops.iter().copied().collect());
-    replay_session(
-        config,
-        Session::new(ops, 1, None).stopping_at(at, stop),
-        true,
-    )
-}
-
-fn replay_session(
-    config: &VmConfig,
-    session: Session<'_, '_, '_>,
-    check: bool,
-) -> Result<Option<(Failure, usize)>, VmmError> {
-    let run = run_session(config, session, check)?;
-    let prefix = run.sent.len();
-    Ok(run.failure.map(|f| (f, prefix)))
 }

@@ -40,29 +40,36 @@ impl Reproducer {
         self.scenario().to_text(TITLE)
     }
 
-    /// The reproducer as a scenario to record as a regression test: one op per batch, as
-    /// `vmm replay` runs them, the op at `failed_at` (its index, and why) labelled as where the
-    /// replay failed; the header keeps `failure` and `detail` and adds `setup` (the settings the
-    /// results depend on).
+    /// The reproducer as a scenario to record as a regression test: in batches of the lengths
+    /// `batches`, as `vmm replay` ran them (ops past them, if any, in one more batch), the op at
+    /// `failed_at` (its index, and why) labelled as where the replay failed; the header keeps
+    /// `failure` and `detail` and adds `setup` (the settings the results depend on).
     pub fn regression(
         &self,
         setup: &[(String, String)],
         failed_at: Option<(usize, &str)>,
+        batches: &[usize],
     ) -> Scenario {
         let kept = self
             .header
             .iter()
             .filter(|(key, _)| key == "failure" || key == "detail");
-        let batches = self.ops.iter().enumerate().map(|(i, &op)| {
+        let mut steps = self.ops.iter().enumerate().map(|(i, &op)| {
             let label = match failed_at {
                 Some((at, why)) if at == i => format!("replay failed here: {why}"),
                 _ => String::new(),
             };
-            vec![Step::new(op, None, &label)]
+            Step::new(op, None, &label)
         });
+        let mut cut: Vec<Vec<Step>> = batches
+            .iter()
+            .map(|&n| steps.by_ref().take(n).collect())
+            .collect();
+        cut.push(steps.collect());
+        cut.retain(|batch| !batch.is_empty());
         Scenario {
             header: kept.chain(setup).cloned().collect(),
-            batches: batches.collect(),
+            batches: cut,
         }
     }
 
@@ -135,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn a_regression_scenario_runs_one_op_per_batch_and_labels_the_failure() {
+    fn a_regression_scenario_keeps_the_replay_s_batches_and_labels_the_failure() {
         let repro = Reproducer {
             header: vec![
                 ("failure".into(), "f".into()),
@@ -146,7 +153,7 @@ mod tests {
             ops: vec![Op::CreateSpace, Op::DestroySpace { space: 1 }],
         };
         let setup = [("seed".to_string(), "9".to_string())];
-        let scenario = repro.regression(&setup, Some((1, "why")));
+        let scenario = repro.regression(&setup, Some((1, "why")), &[1, 1]);
         assert_eq!(
             scenario.header,
             [
@@ -167,5 +174,10 @@ mod tests {
                 vec!["destroy-space space=1  # replay failed here: why".into()]
             ]
         );
+        let batched = repro.regression(&setup, None, &[2]);
+        assert_eq!(batched.batches.len(), 1);
+        assert_eq!(batched.batches[0].len(), 2);
+        // Ops past the plan's batches (none here) would go in one more batch.
+        assert_eq!(repro.regression(&setup, None, &[1]).batches.len(), 2);
     }
 }

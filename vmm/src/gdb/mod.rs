@@ -20,8 +20,9 @@ mod target;
 mod tlb_listing;
 
 pub use observer::{MmView, Observed};
-pub use session::Stub;
+pub use session::{Stub, PACKET_BUFFER};
 
+use crate::excerpt::excerpt;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -54,10 +55,11 @@ impl fmt::Display for GdbError {
         match self {
             GdbError::BadAddress { addr, why } => write!(
                 f,
-                "--gdb {addr:?} is not an address to listen on (HOST:PORT or :PORT): {why}"
+                "--gdb {:?} is not an address to listen on (HOST:PORT or :PORT): {why}",
+                excerpt(addr)
             ),
             GdbError::Bind { addr, source } => {
-                write!(f, "cannot listen for gdb on {addr}: {source}")
+                write!(f, "cannot listen for gdb on {}: {source}", excerpt(addr))
             }
             GdbError::Accept(e) => write!(f, "waiting for gdb to connect failed: {e}"),
             GdbError::Interrupt(e) => write!(f, "cannot watch the gdb connection for Ctrl-C: {e}"),

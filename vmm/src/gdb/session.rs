@@ -22,8 +22,17 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
-type Machine = GdbStubStateMachine<'static, GuestTarget, TcpStream>;
-type Transition = Result<Machine, GdbStubError<GdbError, std::io::Error>>;
+/// gdbstub's state machine, over the packet buffer `'b` borrows.
+type Machine<'b> = GdbStubStateMachine<'b, GuestTarget, TcpStream>;
+type Transition<'b> = Result<Machine<'b>, GdbStubError<GdbError, std::io::Error>>;
+
+/// The largest packet gdb may send (gdbstub tells gdb in `qSupported`, and gdb keeps to it): a
+/// packet that does not fit, or never ends, ends the session instead of growing a buffer with
+/// whatever arrives.
+pub const PACKET_BUFFER: usize = 4096;
+
+/// The fixed-capacity buffer a session parses gdb's packets in ([`Stub::accept`]).
+pub type PacketBuffer = [u8; PACKET_BUFFER];
 
 /// Bytes read from gdb and not yet handed to gdbstub.
 #[derive(Default)]
@@ -75,9 +84,9 @@ impl Inbox {
 }
 
 /// The gdb stub attached to one guest.
-pub struct Stub {
+pub struct Stub<'b> {
     /// `None` once gdb has detached or gone away.
-    gdb: Option<Machine>,
+    gdb: Option<Machine<'b>>,
     target: GuestTarget,
     watch: InterruptWatch,
     inbox: Inbox,
@@ -99,10 +108,14 @@ fn fatal_signal(error: &VmmError) -> Option<Signal> {
     }
 }
 
-impl Stub {
+impl<'b> Stub<'b> {
     /// Waits for gdb on the claimed listener, on the vCPU thread, before the guest's first
-    /// instruction.
-    pub fn accept(claim: Claim, mem: &GuestMemoryMmap) -> Result<Stub, VmmError> {
+    /// instruction; gdb's packets are parsed in `packets`.
+    pub fn accept(
+        claim: Claim,
+        mem: &GuestMemoryMmap,
+        packets: &'b mut PacketBuffer,
+    ) -> Result<Stub<'b>, VmmError> {
         let Claim { listener, stop } = claim;
         let (conn, peer) = loop {
             match listener.accept() {
@@ -116,7 +129,11 @@ impl Stub {
         let watch = InterruptWatch::start(clone, kick)?;
         let view: SharedView = Arc::new(Mutex::new(MmView::default()));
         let mut target = GuestTarget::new(mem.clone(), view);
-        let gdb = GdbStub::new(conn)
+        let stub = GdbStub::builder(conn)
+            .with_packet_buffer(packets)
+            .build()
+            .map_err(|e| GdbError::Accept(std::io::Error::other(e.to_string())))?;
+        let gdb = stub
             .run_state_machine(&mut target)
             .map_err(|e| GdbError::Accept(std::io::Error::other(e.to_string())))?;
         Ok(Stub {
@@ -174,7 +191,11 @@ impl Stub {
 
     /// A transition while the guest lives: a target error is fatal; a lost connection or a
     /// protocol error ends the session, and the guest runs on (`None`).
-    fn step(&mut self, vcpu: &VcpuFd, transition: Transition) -> Result<Option<Machine>, VmmError> {
+    fn step(
+        &mut self,
+        vcpu: &VcpuFd,
+        transition: Transition<'b>,
+    ) -> Result<Option<Machine<'b>>, VmmError> {
         match transition {
             Ok(gdb) => Ok(Some(gdb)),
             Err(e) if e.is_target_error() => Err(VmmError::Gdb(
@@ -214,8 +235,8 @@ impl Stub {
     fn pump_running(
         &mut self,
         vcpu: &VcpuFd,
-        mut gdb: Machine,
-    ) -> Result<Option<Machine>, VmmError> {
+        mut gdb: Machine<'b>,
+    ) -> Result<Option<Machine<'b>>, VmmError> {
         loop {
             let Machine::Running(mut running) = gdb else {
                 return Ok(Some(gdb));
@@ -239,7 +260,7 @@ impl Stub {
     /// Holds the guest stopped and serves gdb until it resumes the guest (which the stub arms
     /// and lets run) or leaves. After the guest's end, a resume only tells gdb that the guest
     /// terminated.
-    fn serve(&mut self, vcpu: &VcpuFd, mut gdb: Machine) -> Result<(), VmmError> {
+    fn serve(&mut self, vcpu: &VcpuFd, mut gdb: Machine<'b>) -> Result<(), VmmError> {
         self.watch.set_running(false);
         loop {
             let next = match gdb {
@@ -282,13 +303,13 @@ impl Stub {
 }
 
 /// A transition after the guest's end, whose failure only ends the session.
-fn settle(transition: Transition) -> Option<Machine> {
+fn settle(transition: Transition<'_>) -> Option<Machine<'_>> {
     transition
         .map_err(|e| eprintln!("vmm: gdb: session ended: {e}"))
         .ok()
 }
 
-impl Debugger for Stub {
+impl Debugger for Stub<'_> {
     fn before_run(&mut self, vcpu: &VcpuFd) -> Result<(), VmmError> {
         let Some(gdb) = self.gdb.take() else {
             return Ok(());

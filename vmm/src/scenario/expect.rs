@@ -2,6 +2,7 @@
 //! `error overlap`, `fault segv-access [at ADDR]`): its text, its check, and what a result says.
 
 use super::ops::number;
+use crate::excerpt::excerpt;
 use shared_mm::abi::{FaultKind, Op, OpResult, Status};
 use std::fmt;
 
@@ -49,10 +50,12 @@ impl fmt::Display for ExpectError {
             ExpectError::Empty => f.write_str("nothing after =>"),
             ExpectError::UnknownKind(word) => write!(
                 f,
-                "unknown expectation {word:?} (expected ok, value, at, aligned, error or fault)"
+                "unknown expectation {:?} (expected ok, value, at, aligned, error or fault)",
+                excerpt(word)
             ),
             ExpectError::MissingNumber(kind) => write!(f, "=> {kind} needs a number"),
             ExpectError::NotANumber { kind, text } => {
+                let text = excerpt(text);
                 write!(f, "=> {kind} {text}: {text:?} is not a number")
             }
             ExpectError::NotPowerOfTwo(align) => {
@@ -60,15 +63,19 @@ impl fmt::Display for ExpectError {
             }
             ExpectError::UnknownStatus(name) => write!(
                 f,
-                "=> error {name}: unknown status (expected one of {})",
+                "=> error {}: unknown status (expected one of {})",
+                excerpt(name),
                 names(&ERROR_STATUSES, status_name)
             ),
             ExpectError::UnknownFault(name) => write!(
                 f,
-                "=> fault {name}: unknown fault (expected one of {})",
+                "=> fault {}: unknown fault (expected one of {})",
+                excerpt(name),
                 names(&FAULT_KINDS, fault_name)
             ),
-            ExpectError::Trailing(text) => write!(f, "unexpected {text:?} after the expectation"),
+            ExpectError::Trailing(text) => {
+                write!(f, "unexpected {:?} after the expectation", excerpt(text))
+            }
         }
     }
 }

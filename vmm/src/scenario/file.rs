@@ -2,6 +2,7 @@
 //! and parsed, with errors that name the file.
 
 use super::format::{ParseError, Scenario};
+use crate::excerpt::path as shown;
 use crate::files::{read_capped, FileError};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// Why a scenario file could not be loaded.
 #[derive(Debug)]
 pub enum LoadError {
-    /// The file could not be read, or is larger than [`MAX_FILE_BYTES`].
+    /// The file could not be read, is not a regular file, or is larger than [`MAX_FILE_BYTES`].
     File {
         what: &'static str,
         source: FileError,
@@ -33,21 +34,21 @@ impl fmt::Display for LoadError {
         match self {
             LoadError::File {
                 what,
-                source: FileError::Io { path, source },
-            } => write!(f, "cannot read {what} {}: {source}", path.display()),
+                source: source @ (FileError::Io { .. } | FileError::NotRegular { .. }),
+            } => write!(f, "cannot read {what} {source}"),
             LoadError::File {
                 source: FileError::TooLarge { path, limit },
                 ..
             } => write!(
                 f,
                 "{}: larger than {} MiB, the limit for scenario and reproducer files",
-                path.display(),
+                shown(path),
                 limit >> 20
             ),
             LoadError::NotText { path, line } => {
-                write!(f, "{}: line {line}: not UTF-8 text", path.display())
+                write!(f, "{}: line {line}: not UTF-8 text", shown(path))
             }
-            LoadError::Parse { path, source } => write!(f, "{}: {source}", path.display()),
+            LoadError::Parse { path, source } => write!(f, "{}: {source}", shown(path)),
         }
     }
 }
@@ -55,8 +56,9 @@ impl fmt::Display for LoadError {
 /// The message carries each cause's text, so there is no `source()` to print it twice.
 impl std::error::Error for LoadError {}
 
-/// Reads `path` as text, refusing more than [`MAX_FILE_BYTES`] before reading further (so a
-/// device like /dev/zero fails fast). `what` names the file in errors ("scenario").
+/// Reads `path` as text: only a regular file (a FIFO or a device like /dev/zero is refused
+/// before anything is read), and no more than [`MAX_FILE_BYTES`]. `what` names the file in
+/// errors ("scenario").
 pub fn read_text(path: &Path, what: &'static str) -> Result<String, LoadError> {
     let bytes =
         read_capped(path, MAX_FILE_BYTES).map_err(|source| LoadError::File { what, source })?;
@@ -89,21 +91,27 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_file_is_refused_after_the_limit() {
-        let err = read_text(Path::new("/dev/zero"), "reproducer").unwrap_err();
-        assert!(
-            matches!(
-                err,
-                LoadError::File {
-                    source: FileError::TooLarge { .. },
-                    ..
-                }
-            ),
-            "{err}"
-        );
+    fn a_file_past_the_limit_is_refused_and_a_device_is_not_read_at_all() {
+        // Sparse: 17 MiB long, nothing written.
+        let big = scratch("big.repro", b"");
+        std::fs::File::options()
+            .write(true)
+            .open(&big)
+            .and_then(|f| f.set_len(MAX_FILE_BYTES + (1 << 20)))
+            .expect("grow the scratch file");
+        let err = read_text(&big, "reproducer").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "/dev/zero: larger than 16 MiB, the limit for scenario and reproducer files"
+            format!(
+                "{}: larger than 16 MiB, the limit for scenario and reproducer files",
+                big.display()
+            )
+        );
+        let _ = std::fs::remove_file(big);
+        let err = read_text(Path::new("/dev/zero"), "reproducer").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read reproducer /dev/zero: a character device, not a regular file"
         );
     }
 

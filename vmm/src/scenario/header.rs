@@ -3,6 +3,7 @@
 
 use super::ops::number;
 use crate::backend::Backend;
+use crate::excerpt::excerpt;
 use guest_mm::Bug;
 use std::fmt;
 
@@ -34,16 +35,22 @@ impl fmt::Display for HeaderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HeaderError::NotANumber { key, value } => {
-                write!(f, "header {key}: {value:?} is not a number")
+                write!(
+                    f,
+                    "header {}: {:?} is not a number",
+                    excerpt(key),
+                    excerpt(value)
+                )
             }
             HeaderError::UnknownBackend { value } => {
-                write!(f, "header backend: {value:?} is not kvm or sim")
+                write!(f, "header backend: {:?} is not kvm or sim", excerpt(value))
             }
             HeaderError::UnknownFeature { name } => {
                 let known: Vec<&str> = Bug::ALL.iter().map(|b| b.feature()).collect();
                 write!(
                     f,
-                    "header guest-features: unknown feature {name:?} (the seeded bugs are {})",
+                    "header guest-features: unknown feature {:?} (the seeded bugs are {})",
+                    excerpt(name),
                     known.join(", ")
                 )
             }
@@ -55,7 +62,8 @@ impl fmt::Display for HeaderError {
             HeaderError::Twice { key, first_line } => {
                 write!(
                     f,
-                    "header {key} is given twice (first on line {first_line})"
+                    "header {} is given twice (first on line {first_line})",
+                    excerpt(key)
                 )
             }
         }

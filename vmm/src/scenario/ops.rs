@@ -1,6 +1,7 @@
 //! One MM operation as text: `map-fixed space=1 addr=0x400000 size=0x2000 access=0xb`, printed
 //! and parsed, with the numbers of the format and an error that names the field.
 
+use crate::excerpt::excerpt;
 use shared_mm::abi::access_bits::SHARED;
 use shared_mm::abi::Op;
 use std::collections::BTreeMap;
@@ -40,15 +41,17 @@ impl fmt::Display for OpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpError::Empty => f.write_str("no operation"),
-            OpError::UnknownOp(name) => write!(f, "unknown operation {name:?}"),
-            OpError::NotKeyValue(word) => write!(f, "{word:?} is not field=value"),
-            OpError::NotANumber { field, text } => write!(f, "{field}={text} is not a number"),
-            OpError::TooLarge { field, value } => {
-                write!(f, "{field}={value:#x} does not fit in 32 bits")
+            OpError::UnknownOp(name) => write!(f, "unknown operation {:?}", excerpt(name)),
+            OpError::NotKeyValue(word) => write!(f, "{:?} is not field=value", excerpt(word)),
+            OpError::NotANumber { field, text } => {
+                write!(f, "{}={} is not a number", excerpt(field), excerpt(text))
             }
-            OpError::Twice { field } => write!(f, "{field} is given twice"),
+            OpError::TooLarge { field, value } => {
+                write!(f, "{}={value:#x} does not fit in 32 bits", excerpt(field))
+            }
+            OpError::Twice { field } => write!(f, "{} is given twice", excerpt(field)),
             OpError::Missing { op, field } => write!(f, "{op} needs {field}="),
-            OpError::Extra { op, field } => write!(f, "{op} takes no {field}="),
+            OpError::Extra { op, field } => write!(f, "{op} takes no {}=", excerpt(field)),
         }
     }
 }

@@ -197,12 +197,15 @@ impl Cpu<'_> {
     }
 
     /// The physical addresses of the 8 bytes at `va` for `access`: one piece, or two where the
-    /// access crosses a page. Both pages are translated before anything is accessed, lower one
-    /// first (a fault on the upper one reports its first byte in CR2).
+    /// access crosses a page. Both pages are translated before anything is accessed, the first
+    /// byte's first (a fault on the other reports its first byte in CR2). The linear address
+    /// wraps at 2^64, as on x86: 8 bytes at `0xffff_ffff_ffff_ffff` end at `0x6`, both ends
+    /// canonical; an access that runs off the lower half into non-canonical addresses is #GP.
     fn data_pieces(&mut self, va: u64, access: Access) -> Result<[(u64, usize); 2], UserTrap> {
-        let Some(last) = va.checked_add(7).filter(|&l| is_canonical(l)) else {
+        let last = va.wrapping_add(7);
+        if !is_canonical(last) {
             return Err(trap(VECTOR_GENERAL_PROTECTION, 0, 0));
-        };
+        }
         let first = self.translate(va, access)?;
         let split = (PAGE - va % PAGE).min(8) as usize;
         if split == 8 {

@@ -533,29 +533,28 @@ impl Model {
         let Some(s) = self.spaces.get(&space) else {
             return error(Status::NoSuchSpace);
         };
-        // A load or store touches 8 bytes; an execute touch, the one byte of its `int3`.
+        // A load or store touches 8 bytes; an execute touch, the one byte of its `int3`. Linear
+        // addresses wrap at 2^64 as on x86 (the access at 0xffff_ffff_ffff_ffff ends at 0x6):
+        // both ends are canonical, and the page of the first byte, a kernel page, faults first.
         let last = if need == EXECUTE {
-            Some(addr)
+            addr
         } else {
-            addr.checked_add(7)
+            addr.wrapping_add(7)
         };
         let general_protection = fault(FaultKind::GeneralProtection, addr);
         if !canonical(addr) {
             return general_protection;
         }
-        let Some(last) = last else {
-            return general_protection; // Past 2^64.
-        };
         if !canonical(last) {
             // An access that runs off the top of the lower half: #GP with 4-level paging. A
             // host with 5-level paging (ring 3 runs natively under KVM's PVM) sees a canonical
-            // address and a missing page there, which the MM reports as a fault with no region.
-            return Prediction::Either(
-                Box::new(general_protection),
-                Box::new(fault(FaultKind::SegvNoRegion, LOWER_HALF_END)),
-            );
+            // address and checks the pages in order: the first byte's (the trampoline, which a
+            // write faults on), then the missing one past it, a fault with no region.
+            let missing = fault(FaultKind::SegvNoRegion, LOWER_HALF_END);
+            let five_level = page_denies(s, addr, need).unwrap_or(missing);
+            return Prediction::Either(Box::new(general_protection), Box::new(five_level));
         }
-        // Page by page, lower first; a fault on the upper page reports its first byte.
+        // Page by page, the first byte's first; a fault on the other reports its first byte.
         let second = (last / PAGE != addr / PAGE).then_some(last & !(PAGE - 1));
         for at in std::iter::once(addr).chain(second) {
             if let Some(denied) = page_denies(s, at, need) {
@@ -899,6 +898,57 @@ mod tests {
             ..OpResult::ok()
         };
         assert!(m.apply(&trampoline, &want).is_none());
+        // A write faults on the trampoline page first, on a 5-level host; never past it.
+        let write = Op::TouchWrite {
+            space: 1,
+            addr: 0x7fff_ffff_fffa,
+            value: 1,
+        };
+        let on_trampoline = faulted(FaultKind::SegvNoRegion, 0x7fff_ffff_fffa);
+        assert!(m.apply(&write, &on_trampoline).is_none(), "5-level host");
+        let past_it = faulted(FaultKind::SegvNoRegion, LOWER_HALF_END);
+        assert!(m.apply(&write, &past_it).is_some());
+    }
+
+    /// The decision for an access that wraps past 2^64 (README, "Faults"): x86 wraps linear
+    /// addresses, both ends of 8 bytes at 0xffff_ffff_ffff_ffff are canonical, and the first
+    /// byte's page, a kernel page, faults first: segv-access at the address, never #GP. An
+    /// execute touch is one byte and faults the same way.
+    #[test]
+    fn an_access_that_wraps_past_2_64_faults_on_its_kernel_page() {
+        let mut m = model();
+        let top = u64::MAX;
+        let ops = [
+            Op::TouchRead {
+                space: 1,
+                addr: top,
+            },
+            Op::TouchWrite {
+                space: 1,
+                addr: top,
+                value: 1,
+            },
+            Op::TouchExec {
+                space: 1,
+                addr: top,
+            },
+            Op::TouchRead {
+                space: 1,
+                addr: top - 6,
+            },
+        ];
+        for op in ops {
+            let at = match op {
+                Op::TouchRead { addr, .. }
+                | Op::TouchWrite { addr, .. }
+                | Op::TouchExec { addr, .. } => addr,
+                _ => unreachable!(),
+            };
+            let gp = faulted(FaultKind::GeneralProtection, at);
+            assert!(m.apply(&op, &gp).is_some(), "{op:?}: not #GP");
+            let access = faulted(FaultKind::SegvAccess, at);
+            assert!(m.apply(&op, &access).is_none(), "{op:?}: segv-access");
+        }
     }
 
     fn value(value: u64) -> OpResult {
