@@ -353,7 +353,7 @@ fn the_smallest_and_largest_documented_memory_pass_the_self_check_on_both_backen
             assert!(
                 outcome
                     .stderr
-                    .contains("MM self-check passed: 56 of 56 steps"),
+                    .contains("MM self-check passed: 88 of 88 steps"),
                 "{context}: {}",
                 outcome.describe()
             );
