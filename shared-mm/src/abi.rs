@@ -341,6 +341,30 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operation's name in the scenario format (and in the guest's lock-order findings).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::CreateSpace => "create-space",
+            Op::DestroySpace { .. } => "destroy-space",
+            Op::Fork { .. } => "fork",
+            Op::MapAnywhere { .. } => "map-anywhere",
+            Op::MapFixed { access, .. } if access & access_bits::SHARED != 0 => "map-shared",
+            Op::MapFixed { .. } => "map-fixed",
+            Op::MapRandomized { .. } => "map-randomized",
+            Op::Unmap { .. } => "unmap",
+            Op::Protect { .. } => "protect",
+            Op::TouchRead { .. } => "touch-read",
+            Op::TouchWrite { .. } => "touch-write",
+            Op::TouchExec { .. } => "touch-exec",
+            Op::Snapshot { .. } => "snapshot",
+            Op::Frames { .. } => "frames",
+            Op::KernelRead { .. } => "kernel-read",
+            Op::KernelWrite { .. } => "kernel-write",
+            Op::Populate { .. } => "populate",
+            Op::CheckTree { .. } => "check-tree",
+        }
+    }
+
     /// The address space the operation names (`None` for `CreateSpace`, which names none).
     pub fn space(&self) -> Option<u32> {
         match *self {

@@ -90,6 +90,15 @@ impl CpuSet {
         cpu < 32 && self.0 & (1 << cpu) != 0
     }
 
+    /// This set with `cpu` (below 32).
+    pub const fn with(self, cpu: u32) -> CpuSet {
+        if cpu < 32 {
+            CpuSet(self.0 | (1 << cpu))
+        } else {
+            self
+        }
+    }
+
     /// This set without `cpu`.
     pub const fn without(self, cpu: u32) -> CpuSet {
         if cpu < 32 {
@@ -156,5 +165,7 @@ mod tests {
         assert!(CpuSet::EMPTY.is_empty() && CpuSet::first(0).is_empty());
         assert_eq!(CpuSet::first(32).len(), 32);
         assert!(!all.contains(40) && all.without(40) == all);
+        assert_eq!(CpuSet::EMPTY.with(2).with(0).bits(), 0b101);
+        assert_eq!(all.with(40), all);
     }
 }

@@ -51,11 +51,26 @@ pub enum Bug {
     /// Randomized placement's random words lose their top bit (a signed conversion), so it
     /// draws from the first half of the valid positions only: in one hole, the low half.
     AslrLowHalf,
+    /// A TLB shootdown flushes only the CPU that changed the page tables: no IPI is sent.
+    ShootdownLocalOnly,
+    /// A shootdown skips the CPUs that ran the space and switched away lazily (still have its
+    /// tables loaded, but run no operation in it now).
+    ShootdownMissesLazy,
+    /// Frames and page tables are freed before the shootdown's acknowledgements arrive (before
+    /// its IPIs are even sent).
+    FreeBeforeAck,
+    /// The page-fault path trusts the region it looked up before it took the space's lock
+    /// again to resolve the fault, so a concurrent unmap or protect goes unseen.
+    FaultNoRecheck,
+    /// Releasing a shared object's last handle takes the frame allocator's lock and then the
+    /// object's, against the documented order (object, then frames) that a fault on shared
+    /// memory follows.
+    LockOrder,
 }
 
 impl Bug {
     /// Every seeded bug, in feature order.
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 26] = [
         Bug::StalePte,
         Bug::KeepWritable,
         Bug::NoTlbFlush,
@@ -77,6 +92,11 @@ impl Bug {
         Bug::StaleGapSummary,
         Bug::AnywhereFirstFit,
         Bug::AslrLowHalf,
+        Bug::ShootdownLocalOnly,
+        Bug::ShootdownMissesLazy,
+        Bug::FreeBeforeAck,
+        Bug::FaultNoRecheck,
+        Bug::LockOrder,
     ];
 
     /// The cargo feature that plants it.
@@ -103,6 +123,11 @@ impl Bug {
             Bug::StaleGapSummary => "bug-stale-gap-summary",
             Bug::AnywhereFirstFit => "bug-anywhere-first-fit",
             Bug::AslrLowHalf => "bug-aslr-low-half",
+            Bug::ShootdownLocalOnly => "bug-shootdown-local-only",
+            Bug::ShootdownMissesLazy => "bug-shootdown-misses-lazy",
+            Bug::FreeBeforeAck => "bug-free-before-ack",
+            Bug::FaultNoRecheck => "bug-fault-no-recheck",
+            Bug::LockOrder => "bug-lock-order",
         }
     }
 
@@ -148,6 +173,11 @@ impl SeededBugs {
             cfg!(feature = "bug-stale-gap-summary"),
             cfg!(feature = "bug-anywhere-first-fit"),
             cfg!(feature = "bug-aslr-low-half"),
+            cfg!(feature = "bug-shootdown-local-only"),
+            cfg!(feature = "bug-shootdown-misses-lazy"),
+            cfg!(feature = "bug-free-before-ack"),
+            cfg!(feature = "bug-fault-no-recheck"),
+            cfg!(feature = "bug-lock-order"),
         ];
         let mut set = SeededBugs::NONE;
         let mut i = 0;
