@@ -16,6 +16,9 @@ use crate::boot_info::{KERNEL_PHYS_BASE, LOW_RESERVED_END, MAILBOX_ADDR, MAILBOX
 
 /// Most CPUs a VM may have.
 pub const MAX_CPUS: u32 = 8;
+/// The interrupt vector the host sends a CPU (an MSI through the in-kernel irqchip) when it
+/// has a batch for it, after answering it [`BATCH_WAIT`](crate::abi::BATCH_WAIT).
+pub const WORK_VECTOR: u8 = 0xf2;
 /// Start of the AP area: the block of CPU 1.
 pub const AP_AREA_BASE: u64 = LOW_RESERVED_END;
 /// Bytes of one AP's block: mailbox, kernel stack, trap stack.

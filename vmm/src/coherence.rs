@@ -44,6 +44,16 @@ pub fn describe((number, event): &Numbered) -> String {
         TraceEvent::Activate { directory } => format!("activate dir {directory:#x}"),
         TraceEvent::FrameFreed { frame } => format!("frame-freed {frame:#x}"),
         TraceEvent::EnterUser => "enter-user".into(),
+        TraceEvent::FlushAll => "flush-all".into(),
+        TraceEvent::ShootdownRequest {
+            directory,
+            targets,
+            scope,
+        } => format!(
+            "shootdown dir {directory:#x} to cpus {:#b} ({scope:?})",
+            targets.bits()
+        ),
+        TraceEvent::ShootdownAck { sender } => format!("shootdown-ack to cpu {sender}"),
     };
     format!("#{number} {what}")
 }
@@ -265,14 +275,22 @@ impl Coherence {
             }
             TraceEvent::Activate { directory } => {
                 self.active = Some(directory);
-                let gone = self.stale.values().map(Vec::len).sum();
-                self.stale.clear();
-                self.untrack(gone);
+                self.flush_all();
             }
+            TraceEvent::FlushAll => self.flush_all(),
             TraceEvent::FrameFreed { frame } => self.frame_freed(numbered, frame),
             TraceEvent::EnterUser => self.enter_user(numbered),
+            // One CPU: a shootdown has no other TLB to reach.
+            TraceEvent::ShootdownRequest { .. } | TraceEvent::ShootdownAck { .. } => {}
         }
         Ok(())
+    }
+
+    /// A CR3 load or reload: every cached translation goes.
+    fn flush_all(&mut self) {
+        let gone = self.stale.values().map(Vec::len).sum();
+        self.stale.clear();
+        self.untrack(gone);
     }
 
     fn track(&mut self) -> Result<(), TraceTooLarge> {

@@ -66,6 +66,9 @@ pub enum VmmError {
         line: u64,
         column: u64,
     },
+    /// The guest MM's lock-order checker found two paths taking two locks in opposite orders
+    /// (they can deadlock each other); `finding` names both locks and both paths.
+    LockOrder { cpu: u32, finding: String },
     /// The guest made no progress for `--timeout` seconds: no hypercall, and no heartbeat from
     /// a long loop (a hang, or a guest that never exits).
     Timeout { seconds: f64, registers: String },
@@ -202,6 +205,9 @@ impl fmt::Display for VmmError {
             } => {
                 write!(f, "guest panicked at {file}:{line}:{column}: {message}")
             }
+            VmmError::LockOrder { cpu, finding } => {
+                write!(f, "lock-order: the guest MM on cpu {cpu} found: {finding}")
+            }
             VmmError::Timeout { seconds, registers } => write!(
                 f,
                 "guest did not exit within {seconds} s of its last sign of progress (a hypercall, or a heartbeat \
@@ -280,7 +286,7 @@ impl VmmError {
     /// The process exit status the CLI uses for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmmError::GuestPanic { .. } => 101,
+            VmmError::GuestPanic { .. } | VmmError::LockOrder { .. } => 101,
             VmmError::TripleFault { .. } => 102,
             VmmError::GuestHalted { .. }
             | VmmError::GuestExited { .. }

@@ -268,7 +268,8 @@ fn ipi_report(header: &MailboxHeader, payload: &[u8]) -> Result<IpiReport, VmmEr
 }
 
 /// Serves the hypercall CPU `cpu` just signalled, in its mailbox. MM work (a batch, a snapshot,
-/// a frame report) goes to `driver`, which only CPU 0 has in this version.
+/// a frame report) goes to `driver`, which only CPU 0 has in this version: another CPU asking
+/// for a batch is told there is none (it idles).
 pub fn handle(
     mem: &GuestMemoryMmap,
     cpu: u32,
@@ -279,6 +280,7 @@ pub fn handle(
     let (header, payload) = read_mailbox(mem, at)?;
     let call = Hypercall::from_u32(header.call)
         .ok_or(protocol(ProtocolError::UnknownHypercall(header.call)))?;
+    let idle = cpu != 0 && driver.is_none();
     let work = |name| driver.ok_or(protocol(ProtocolError::MmWorkOffCpu0 { cpu, call: name }));
     let (reply, next) = match call {
         Hypercall::Log => {
@@ -286,9 +288,22 @@ pub fn handle(
             (Reply::default(), Next::Resume)
         }
         Hypercall::Panic => return Err(guest_panic(&header, &payload)),
+        Hypercall::LockOrder => {
+            return Err(VmmError::LockOrder {
+                cpu,
+                finding: String::from_utf8_lossy(&payload).into_owned(),
+            })
+        }
         Hypercall::Exit => return Ok(Next::Exit(header.args[0] as u32)),
         // An empty reply: the cost of the hypercall path, for the `system` bench.
         Hypercall::Ping => (Reply::default(), Next::Resume),
+        Hypercall::Batch if idle && header.count == 0 => (
+            Reply {
+                flags: BATCH_DONE,
+                ..Reply::default()
+            },
+            Next::Resume,
+        ),
         Hypercall::Batch => (batch(mem, &header, &payload, work("Batch")?)?, Next::Resume),
         Hypercall::Snapshot => (
             snapshot(mem, &header, &payload, work("Snapshot")?)?,

@@ -5,12 +5,12 @@
 use crate::error::{ProtocolError, VmmError};
 use guest_mm::trace::TraceSink;
 use shared_mm::trace::{
-    TraceEvent, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
+    TraceEvent, TraceRecord, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// Takes every record out of the guest's trace buffer, in order, and empties it.
-pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
+pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceRecord>, VmmError> {
     let events = peek(mem)?;
     if !events.is_empty() {
         mem.write_obj(0u64, GuestAddress(TRACE_ADDR))
@@ -24,7 +24,7 @@ pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
 
 /// Every record in the guest's trace buffer, in order, leaving it as it is (for a debugger
 /// looking at a stopped guest, whose buffer the run loop drains later).
-pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
+pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceRecord>, VmmError> {
     let count: u64 =
         mem.read_obj(GuestAddress(TRACE_ADDR))
             .map_err(|source| VmmError::GuestMemory {
@@ -50,7 +50,7 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
         .chunks_exact(TRACE_RECORD_SIZE)
         .enumerate()
         .map(|(i, record)| {
-            TraceEvent::decode(record).ok_or(VmmError::GuestProtocol(
+            TraceRecord::decode(record).ok_or(VmmError::GuestProtocol(
                 ProtocolError::MalformedTraceRecord { index: i },
             ))
         })
@@ -58,22 +58,27 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
     Ok(events)
 }
 
-/// The sim's trace sink: events collected in-process until the host takes them.
+/// The events of `records`, in order, whatever CPU made them (the replay keeps one CPU yet).
+pub fn events(records: &[TraceRecord]) -> Vec<TraceEvent> {
+    records.iter().map(|r| r.event).collect()
+}
+
+/// The sim's trace sink: records collected in-process until the host takes them.
 #[derive(Debug, Default)]
 pub struct TraceLog {
-    events: Vec<TraceEvent>,
+    records: Vec<TraceRecord>,
 }
 
 impl TraceLog {
-    /// Every event since the last call, in order.
-    pub fn take(&mut self) -> Vec<TraceEvent> {
-        std::mem::take(&mut self.events)
+    /// Every record since the last call, in order.
+    pub fn take(&mut self) -> Vec<TraceRecord> {
+        std::mem::take(&mut self.records)
     }
 }
 
 impl TraceSink for TraceLog {
-    fn record(&mut self, event: TraceEvent) {
-        self.events.push(event);
+    fn record(&mut self, record: TraceRecord) {
+        self.records.push(record);
     }
 }
 
@@ -90,7 +95,8 @@ mod tests {
     fn drain_takes_every_record_and_empties_the_buffer() {
         let mem = memory();
         let events = [TraceEvent::Flush { va: 0x1000 }, TraceEvent::EnterUser];
-        for (i, event) in events.iter().enumerate() {
+        let records = events.map(|event| TraceRecord { cpu: 0, event });
+        for (i, event) in records.iter().enumerate() {
             let mut record = [0u8; TRACE_RECORD_SIZE];
             event.encode(&mut record).expect("fits");
             let at = TRACE_ADDR + (TRACE_HEADER_SIZE + i * TRACE_RECORD_SIZE) as u64;
@@ -98,7 +104,7 @@ mod tests {
         }
         mem.write_obj(2u64, GuestAddress(TRACE_ADDR))
             .expect("in RAM");
-        assert_eq!(drain(&mem).expect("valid"), events);
+        assert_eq!(drain(&mem).expect("valid"), records);
         assert!(drain(&mem).expect("valid").is_empty(), "drained");
     }
 
