@@ -935,11 +935,11 @@ mod tests {
 
     #[test]
     fn hypercall_numbers_round_trip() {
-        for n in 1..=10 {
+        for n in 1..=11 {
             assert_eq!(Hypercall::from_u32(n).map(|c| c as u32), Some(n));
         }
         assert_eq!(Hypercall::from_u32(0), None);
-        assert_eq!(Hypercall::from_u32(11), None);
+        assert_eq!(Hypercall::from_u32(12), None);
     }
 
     #[test]
