@@ -17,8 +17,8 @@ use shared_mm::abi::{
 /// The guest's memory manager, shared by every CPU, each with its traced machine.
 pub type Mm = MemoryManager<TracedMachine>;
 
-/// The MM, once CPU 0 brought it up.
-pub static MM: spin::Once<Mm> = spin::Once::new();
+/// The MM, once CPU 0 brought it up. It lives on the heap: only this pointer is a static.
+pub static MM: spin::Once<&'static Mm> = spin::Once::new();
 
 /// One CPU as the MM sees it.
 pub type MmCpu = Cpu<TracedMachine>;

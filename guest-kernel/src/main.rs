@@ -147,7 +147,8 @@ fn bring_up_mm(boot_info: &BootInfo) -> (&'static Mm, MmCpu) {
         mm.kernel_tree(&mut cpu, |tree| tree.len()),
         mm.free_frames(&mut cpu)
     );
-    let mm = agent::MM.call_once(|| mm);
+    let mm: &'static Mm = alloc::boxed::Box::leak(alloc::boxed::Box::new(mm));
+    agent::MM.call_once(|| mm);
     smp::mm_ready(boot_info.cpu_count as u32);
     (mm, cpu)
 }

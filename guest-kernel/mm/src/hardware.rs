@@ -131,6 +131,7 @@ impl<'a, M: Machine> Hardware<'a, M> {
     }
 
     /// A fresh id for a shared object (never 0).
+    #[track_caller]
     pub fn new_object_id(&mut self) -> u64 {
         self.frames(|f, _| {
             let id = f.next_object;
@@ -140,11 +141,13 @@ impl<'a, M: Machine> Hardware<'a, M> {
     }
 
     /// How many objects hold the data frame `frame`.
+    #[track_caller]
     pub fn ref_count(&mut self, frame: PhysicalFrame) -> u32 {
         self.frames(|f, _| f.refs.count(frame))
     }
 
     /// Frames free in the allocator now.
+    #[track_caller]
     pub fn free_count(&mut self) -> usize {
         self.frames(|f, _| f.allocator.free_count())
     }
@@ -152,6 +155,7 @@ impl<'a, M: Machine> Hardware<'a, M> {
     /// Takes `count` frames for this operation alone, or none (`OutOfFrames`): what an
     /// all-or-nothing operation checks before its first change, since another CPU may take
     /// frames meanwhile. Unused ones go back when the operation ends.
+    #[track_caller]
     pub fn reserve(&mut self, count: usize) -> Result<(), MmError> {
         let pool = &mut self.carried.pool;
         self.frames.with(self.cpu, |f, _| {
@@ -169,6 +173,7 @@ impl<'a, M: Machine> Hardware<'a, M> {
     }
 
     /// A frame (its contents are whatever it held).
+    #[track_caller]
     pub fn allocate(&mut self) -> Result<PhysicalFrame, MmError> {
         match self.carried.pool.pop() {
             Some(frame) => Ok(frame),
@@ -178,6 +183,7 @@ impl<'a, M: Machine> Hardware<'a, M> {
 
     /// A frame, zeroed. Zeroing is the slow part of a long populate: each frame is a step of
     /// [`Machine::progress`].
+    #[track_caller]
     pub fn zeroed_frame(&mut self) -> Result<PhysicalFrame, MmError> {
         let frame = self.allocate()?;
         self.machine().zero_frame(frame);
@@ -187,12 +193,14 @@ impl<'a, M: Machine> Hardware<'a, M> {
 
     /// Gives `frame` back to the allocator now. Each frame is a step of
     /// [`Machine::progress`] (destroying a large space frees many).
+    #[track_caller]
     pub fn free_frame(&mut self, frame: PhysicalFrame) {
         self.frames(|f, cpu| f.free(frame, &mut cpu.machine));
         self.machine().progress();
     }
 
     /// Drops one reference to the data frame `frame` now, and frees it if that was the last.
+    #[track_caller]
     pub fn release_frame(&mut self, frame: PhysicalFrame) {
         let freed = self.frames(|f, cpu| f.release(frame, &mut cpu.machine));
         if freed {

@@ -70,7 +70,7 @@ pub fn ap_main(cpu: u32, mut mailbox: Mailbox, boot_info: &BootInfo) -> ! {
 /// CPU until the host has no more work; then serves IPIs for good.
 fn serve(cpu: u32, mailbox: &mut Mailbox) -> ! {
     interrupts::wait_until(|| agent::MM.get().is_some());
-    let mm = agent::MM.get().expect("the MM is up");
+    let mm = *agent::MM.get().expect("the MM is up");
     let mut mm_cpu = mm.cpu(cpu, machine::traced(cpu));
     if let Err(e) = agent::serve(mailbox, mm, &mut mm_cpu) {
         panic!("agent loop: hypercall failed: {e:?}");
