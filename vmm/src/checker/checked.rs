@@ -5,14 +5,17 @@
 //! batch may have changed (the spaces its operations named, and new ones), then walks their
 //! tables while the guest is paused with exactly those trees. It also has every live tree run
 //! its own `check_invariants` (a `check-tree` of the kernel and each space), and checks every
-//! frame it learns of against the memory map the host wrote at boot. Spaces the batch did not
+//! frame it learns of against the memory map the host wrote at boot: those the trace shows
+//! allocated at once, during the batch, the others at the check. Spaces the batch did not
 //! name keep their last check's frames in the [`Agreement`], so a frame mapped by a changed and
 //! an unchanged space is still seen. A space that shares an object with a changed one changed too
 //! (the other may have given the object a page); every [`FULL_CHECK_EVERY`] checks, every live space is walked
 //! again. A replay of one op per batch thus costs a couple of snapshots per op, not one per
 //! live space.
 
-use super::{region_containing, Accounting, Agreement, Finding, FrameReports, Provenance, Rule};
+use super::{
+    provenance, region_containing, Accounting, Agreement, Finding, FrameReports, Provenance, Rule,
+};
 use crate::coherence::{Coherence, CoherenceFinding};
 use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
@@ -260,7 +263,8 @@ impl<D: Driver> Driver for Checked<D> {
         let trees = self.tree_checks(results)?;
         let mut found = self.run_checks(mem, spaces)?;
         found.extend(trees);
-        let stop = self.stop_on_finding && !found.is_empty();
+        let seen_in_trace = self.findings.last().is_some_and(|(r, _)| *r == run);
+        let stop = self.stop_on_finding && (seen_in_trace || !found.is_empty());
         self.findings.extend(found.into_iter().map(|f| (run, f)));
         if stop {
             return Ok(None);
@@ -311,7 +315,17 @@ impl<D: Driver> Driver for Checked<D> {
                 replay.without_table_lifetime()
             }
         });
+        let first = coherence.events_seen();
         coherence.apply_all(events)?;
+        if let Some(provenance) = &self.provenance {
+            // Found now, during the batch (it is the next check's): the guest may not live to
+            // the check if the frame was not RAM it could write.
+            let run = self.checks_run;
+            let this_check = self.findings.iter().rev().take_while(|(r, _)| *r == run);
+            let room = provenance::MAX_FINDINGS.saturating_sub(this_check.count());
+            let found = provenance.check_allocations(first, events, room);
+            self.findings.extend(found.into_iter().map(|f| (run, f)));
+        }
         self.inner.trace(mem, events)
     }
 }
