@@ -329,7 +329,7 @@ fn the_built_in_self_check_passes_every_step_on_both_backends() {
         assert_eq!(outcome.code, Some(0), "{backend}: {}", outcome.describe());
         for line in [
             "vmm: agreement checker ran 13 times",
-            "vmm: MM self-check passed: 90 of 90 steps",
+            "vmm: MM self-check passed: 93 of 93 steps",
         ] {
             assert!(
                 outcome.stderr.contains(line),
@@ -353,7 +353,7 @@ fn the_smallest_and_largest_documented_memory_pass_the_self_check_on_both_backen
             assert!(
                 outcome
                     .stderr
-                    .contains("MM self-check passed: 90 of 90 steps"),
+                    .contains("MM self-check passed: 93 of 93 steps"),
                 "{context}: {}",
                 outcome.describe()
             );

@@ -68,6 +68,27 @@ const CAUGHT: &[(&str, &[&str])] = &[
         "bug-anywhere-first-fit",
         &["(best fit), not the lowest): expected at 0x20001000, got at 0x4000"],
     ),
+    ("bug-kernel-half-user", &["[kernel-half-shared]"]),
+    ("bug-trampoline-writable", &["[trampoline-page]"]),
+    ("bug-export-short-range", &["[region-count]"]),
+    (
+        "bug-user-range-past-top",
+        &[
+            "[region-inside-total-range]",
+            "(the trampoline's page is not user space): expected error out-of-range",
+        ],
+    ),
+    (
+        "bug-protect-keeps-exec",
+        &[
+            "[no-write-and-execute]",
+            "(a writable page does not run (W^X)): expected fault",
+        ],
+    ),
+    (
+        "bug-fork-shared-new-object",
+        &["[shared-page-one-frame]", "(C sees it): expected"],
+    ),
     (
         "bug-aslr-low-half",
         &[

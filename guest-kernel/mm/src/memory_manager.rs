@@ -63,7 +63,7 @@ pub struct MemoryManager<M> {
     active: PhysicalFrame,
     /// The 2 MiB blocks backing the kernel heap.
     heap_blocks: Vec<PhysicalFrame>,
-    bugs: SeededBugs,
+    pub(crate) bugs: SeededBugs,
 }
 
 fn reserve(
