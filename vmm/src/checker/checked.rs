@@ -18,7 +18,7 @@ use super::{
 };
 use crate::coherence::{Coherence, CoherenceFinding};
 use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
-use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
+use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH, MAX_SPACES};
 use shared_mm::boot_info::BootInfo;
 use shared_mm::region_tree::InvariantViolation;
 use shared_mm::trace::TraceEvent;
@@ -27,6 +27,13 @@ use vm_memory::GuestMemoryMmap;
 
 /// Every this many checks, every live space is walked, changed or not.
 pub const FULL_CHECK_EVERY: usize = 64;
+
+/// The most operations one check sends: a snapshot, a frame report and a `check-tree` of the
+/// kernel and of each of at most [`MAX_SPACES`] live spaces. A guest claiming more is refused
+/// before a check is built (by the report guard under KVM, and here), so one batch always holds
+/// a whole check.
+pub const MAX_CHECK_OPS: usize = 3 * (MAX_SPACES + 1);
+const _: () = assert!(MAX_CHECK_OPS <= MAX_BATCH, "a check must fit one batch");
 
 pub struct Checked<D> {
     inner: D,
@@ -242,6 +249,11 @@ impl<D: Driver> Driver for Checked<D> {
             self.directories.insert(record.cr3 & !0xfff, record.space);
         }
         let Some(held) = self.held_results.take() else {
+            if spaces.len() > MAX_SPACES {
+                return Err(DriverError::TooManySpaces {
+                    count: spaces.len(),
+                });
+            }
             // The inner driver's batch just finished: snapshot what it may have changed first.
             self.held_results = Some(results.to_vec());
             self.snapshots.clear();
@@ -375,5 +387,36 @@ pub fn as_finding(found: &CoherenceFinding, views: (&SpaceSnapshot, &[SpaceSnaps
         region,
         detail: format!("directory {:#x}: {}", found.directory, found.detail),
         events: found.events.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::Script;
+    use vm_memory::GuestAddress;
+
+    /// The first check (a full one: every space is walked, and every tree checked), of a guest
+    /// that reports `live` spaces.
+    fn first_check(live: u32) -> Result<Option<Vec<Op>>, DriverError> {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let spaces: Vec<SpaceRecord> = (1..=live)
+            .map(|space| SpaceRecord { space, cr3: 0 })
+            .collect();
+        Checked::new(Script::new(Vec::new())).next_batch(&mem, &[], &spaces)
+    }
+
+    #[test]
+    fn a_check_of_as_many_spaces_as_can_live_fits_one_batch() {
+        let ops = first_check(MAX_SPACES as u32).unwrap().expect("a check");
+        assert_eq!(ops.len(), MAX_CHECK_OPS);
+        let trees = ops.iter().filter(|op| matches!(op, Op::CheckTree { .. }));
+        assert_eq!(trees.count(), MAX_SPACES + 1);
+        assert_eq!(
+            first_check(MAX_SPACES as u32 + 1),
+            Err(DriverError::TooManySpaces {
+                count: MAX_SPACES + 1
+            })
+        );
     }
 }
