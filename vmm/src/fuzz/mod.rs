@@ -581,25 +581,30 @@ pub fn run_session(
         ) => Some(("protocol error", e.to_string())),
         Err(setup) => return Err(setup),
     };
-    let failure = match (crash, session.failure, findings.first()) {
-        (Some((kind, why)), _, _) => Some(Failure {
+    let found = |then: Option<String>| {
+        let lines = findings.iter().map(|(_, f)| f.to_string()).chain(then);
+        Failure {
+            signature: Signature::Finding(findings[0].1.rule),
+            description: lines.collect::<Vec<_>>().join("\n"),
+            rules: findings.iter().map(|(_, f)| f.rule).collect(),
+            spaces: findings.iter().map(|(_, f)| f.space).collect(),
+        }
+    };
+    let failure = match (crash, session.failure) {
+        // The flush trace showed a finding before the guest failed in the same batch (a frame
+        // that is not RAM, allocated and then written): that is the cause.
+        (Some((_, why)), _) if !findings.is_empty() => {
+            Some(found(Some(format!("then the guest failed: {why}"))))
+        }
+        (Some((kind, why)), _) => Some(Failure {
             signature: Signature::Crash(kind),
             description: why,
             rules: Vec::new(),
             spaces: Vec::new(),
         }),
-        (None, Some(f), _) => Some(f),
-        (None, None, Some((_, finding))) => Some(Failure {
-            signature: Signature::Finding(finding.rule),
-            description: findings
-                .iter()
-                .map(|(_, f)| f.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-            rules: findings.iter().map(|(_, f)| f.rule).collect(),
-            spaces: findings.iter().map(|(_, f)| f.space).collect(),
-        }),
-        (None, None, None) => None,
+        (None, Some(f)) => Some(f),
+        (None, None) if !findings.is_empty() => Some(found(None)),
+        (None, None) => None,
     };
     Ok(Run {
         last_batch: session.last_batch,
