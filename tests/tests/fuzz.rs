@@ -391,3 +391,34 @@ fn a_crash_right_after_a_finding_is_shrunk_to_the_finding_as_its_root_cause() {
         assert!(shrunk.len() <= 4, "{shrunk:#?}");
     }
 }
+
+/// Under kvm, zeroing a kernel-image frame the buggy allocator hands out may corrupt the guest's
+/// boot heap (.bss) and panic it in the same batch, depending on what the heap holds there. The
+/// flush trace names the allocation before that, so a pressure campaign reports the cause and
+/// keeps it while it shrinks, whether a candidate's guest then survives or not (`vmm fuzz` with
+/// these settings, before the trace named allocations, kept 464 of 512 ops after 359 s of
+/// shrinking on kvm here).
+#[test]
+fn a_frame_that_is_not_ram_is_found_and_shrunk_on_kvm() {
+    let bug = kernel(&GuestVariant::new(&["bug-kernel-end-off-by-one"]));
+    let mut config = campaign("kernel-end", bug, 5_000, true);
+    config.seed = 1;
+    config.pressure = true;
+    config.vm.memory = 16 << 20;
+    config.coverage = None;
+    let report = run(&config);
+    let found = report
+        .bugs
+        .first()
+        .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    assert_eq!(
+        found.signature,
+        Signature::Finding(Rule::FrameProvenance),
+        "{found:#?}"
+    );
+    assert!(
+        found.description.contains("lies in the kernel image"),
+        "{found:#?}"
+    );
+    assert!(found.repro_len <= 8, "{found:#?}");
+}
