@@ -45,6 +45,10 @@ pub enum TraceEvent {
     Activate { directory: u64 },
     /// `frame` went back to the frame allocator.
     FrameFreed { frame: u64 },
+    /// `size` bytes at `frame` (one 4 KiB frame, or a 2 MiB block of them) were taken from the
+    /// frame allocator, before the MM wrote to them: a host that knows the memory map can name
+    /// a frame that is not usable RAM before its contents are overwritten.
+    FrameAllocated { frame: u64, size: u64 },
     /// Ring 3 was entered on the active directory.
     EnterUser,
     /// A CR3 reload of the active directory: every non-global entry is gone.
@@ -104,11 +108,15 @@ const FLUSH: u64 = 2;
 const ACTIVATE: u64 = 3;
 const FRAME_FREED: u64 = 4;
 const ENTER_USER: u64 = 5;
-const FLUSH_ALL: u64 = 6;
-const SHOOTDOWN_REQUEST: u64 = 7;
-const SHOOTDOWN_ACK: u64 = 8;
+const FRAME_ALLOCATED: u64 = 6;
+const FLUSH_ALL: u64 = 7;
+const SHOOTDOWN_REQUEST: u64 = 8;
+const SHOOTDOWN_ACK: u64 = 9;
 /// The CPU's index sits in bits 16-23 of a record's kind word.
 const CPU_SHIFT: u32 = 16;
+
+/// The sizes an allocation may have: a frame, or a 2 MiB block.
+pub const ALLOCATION_SIZES: [u64; 2] = [0x1000, 0x20_0000];
 
 impl TraceRecord {
     /// Writes the record into `buf` (at least [`TRACE_RECORD_SIZE`] bytes); `None` if it is
@@ -129,6 +137,7 @@ impl TraceRecord {
             TraceEvent::Activate { directory } => (ACTIVATE, directory, 0, 0, 0),
             TraceEvent::FrameFreed { frame } => (FRAME_FREED, frame, 0, 0, 0),
             TraceEvent::EnterUser => (ENTER_USER, 0, 0, 0, 0),
+            TraceEvent::FrameAllocated { frame, size } => (FRAME_ALLOCATED, frame, size, 0, 0),
             TraceEvent::FlushAll => (FLUSH_ALL, 0, 0, 0, 0),
             TraceEvent::ShootdownRequest {
                 directory,
@@ -149,7 +158,7 @@ impl TraceRecord {
     }
 
     /// Reads one record; `None` for a short buffer, an unknown kind, a CPU past [`MAX_CPUS`],
-    /// a level above 3, or stray bits.
+    /// a level above 3, an allocation of another size than [`ALLOCATION_SIZES`], or stray bits.
     pub fn decode(buf: &[u8]) -> Option<TraceRecord> {
         let mut r = Reader::new(buf);
         let (word, a, b, c, d) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
@@ -173,6 +182,9 @@ impl TraceRecord {
             ACTIVATE => bare(TraceEvent::Activate { directory: a })?,
             FRAME_FREED => bare(TraceEvent::FrameFreed { frame: a })?,
             ENTER_USER => bare(TraceEvent::EnterUser)?,
+            FRAME_ALLOCATED if ALLOCATION_SIZES.contains(&b) => {
+                bare(TraceEvent::FrameAllocated { frame: a, size: b })?
+            }
             FLUSH_ALL => bare(TraceEvent::FlushAll)?,
             SHOOTDOWN_REQUEST => bare(TraceEvent::ShootdownRequest {
                 directory: a,
@@ -206,6 +218,10 @@ mod tests {
             TraceEvent::Activate { directory: 0x42000 },
             TraceEvent::FrameFreed { frame: 0x46000 },
             TraceEvent::EnterUser,
+            TraceEvent::FrameAllocated {
+                frame: 0x20_0000,
+                size: 0x20_0000,
+            },
             TraceEvent::FlushAll,
             TraceEvent::ShootdownRequest {
                 directory: 0x42000,
@@ -240,11 +256,26 @@ mod tests {
         buf[0] = 2;
         buf[1] = 1;
         assert_eq!(TraceRecord::decode(&buf), None, "stray bits in a flush");
+        let odd = TraceRecord {
+            cpu: 0,
+            event: TraceEvent::FrameAllocated {
+                frame: 0x46000,
+                size: 0x2000,
+            },
+        };
+        odd.encode(&mut buf).expect("fits");
+        assert_eq!(
+            TraceRecord::decode(&buf),
+            None,
+            "an allocation of two frames"
+        );
+        buf.fill(0);
+        buf[0] = 2;
         buf[1] = 0;
         buf[2] = MAX_CPUS as u8;
         assert_eq!(TraceRecord::decode(&buf), None, "no such CPU");
         buf[2] = 0;
-        buf[0] = 7;
+        buf[0] = 8;
         buf[24] = 3;
         assert_eq!(TraceRecord::decode(&buf), None, "no such flush scope");
         assert_eq!(TraceRecord::decode(&buf[..8]), None, "short");

@@ -3,7 +3,7 @@
 //! every op, and every region tree exported along the way).
 #![forbid(unsafe_code)]
 
-use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status};
+use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, MAX_SPACES};
 use std::collections::VecDeque;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
@@ -13,7 +13,7 @@ use vmm::fuzz::generate::Generator;
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::{run_session, Session, Source};
 use vmm::scenario::ops::op_to_line;
-use vmm::scenario::SelfCheck;
+use vmm::scenario::{Scenario, SelfCheck};
 use vmm::{Backend, Guest, VmConfig};
 
 fn config(backend: Backend) -> VmConfig {
@@ -34,6 +34,30 @@ fn the_self_check_passes_on_the_sim_with_the_checker() {
     assert!(checked.checks_run > 0);
     let check = checked.into_inner();
     assert!(check.passed(), "{}", check.failures.join("\n"));
+}
+
+/// As many spaces as can live (a guest claiming more is refused before a check is built): every
+/// check walks and checks all of them in one batch, on both backends, and the next create is
+/// refused.
+#[test]
+fn the_checker_checks_as_many_spaces_as_can_live_on_both_backends() {
+    let creates: String = (1..=MAX_SPACES)
+        .map(|id| format!("create-space => value {id}\n"))
+        .collect();
+    let text =
+        format!("{creates}create-space => error no-space\n---\ndestroy-space space=7 => ok\n");
+    let scenario = Scenario::parse(&text).expect("the scenario parses");
+    for backend in [Backend::Kvm, Backend::Sim] {
+        let mut guest = Guest::boot(&config(backend)).expect("boot");
+        let outcome = vmm::scenario::run(&mut guest, &scenario, true).expect("no host error");
+        assert!(
+            outcome.is_clean(),
+            "{backend:?}: {:?} {:?}",
+            outcome.problems(),
+            outcome.crash
+        );
+        assert_eq!(outcome.checks_run, 3, "{backend:?}");
+    }
 }
 
 /// Sends a fixed list of ops, snapshotting every live space after each batch, and keeps every

@@ -43,6 +43,9 @@ pub fn describe((number, event): &Numbered) -> String {
         TraceEvent::Flush { va } => format!("flush va {va:#x}"),
         TraceEvent::Activate { directory } => format!("activate dir {directory:#x}"),
         TraceEvent::FrameFreed { frame } => format!("frame-freed {frame:#x}"),
+        TraceEvent::FrameAllocated { frame, size } => {
+            format!("frame-allocated {frame:#x} size {size:#x}")
+        }
         TraceEvent::EnterUser => "enter-user".into(),
         TraceEvent::FlushAll => "flush-all".into(),
         TraceEvent::ShootdownRequest {
@@ -253,7 +256,11 @@ impl Coherence {
         if let Some(found) = table_finding {
             self.report(found);
         }
-        if !matches!(event, TraceEvent::PteWrite { .. } | TraceEvent::EnterUser) {
+        let noted = !matches!(
+            event,
+            TraceEvent::PteWrite { .. } | TraceEvent::EnterUser | TraceEvent::FrameAllocated { .. }
+        );
+        if noted {
             if self.recent.len() == RECENT {
                 self.recent.pop_front();
             }
@@ -280,6 +287,8 @@ impl Coherence {
             TraceEvent::FlushAll => self.flush_all(),
             TraceEvent::FrameFreed { frame } => self.frame_freed(numbered, frame),
             TraceEvent::EnterUser => self.enter_user(numbered),
+            // Frame provenance is judged from the same events by the checker.
+            TraceEvent::FrameAllocated { .. } => {}
             // One CPU: a shootdown has no other TLB to reach.
             TraceEvent::ShootdownRequest { .. } | TraceEvent::ShootdownAck { .. } => {}
         }

@@ -468,7 +468,7 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             };
             let mut failures = check.failures.clone();
             failures.extend(findings);
-            if status != 0 || check.checked < check.step_count() {
+            if status != 0 || check.checked < check.step_count() || !check.probe_judged {
                 // What went wrong before the guest ended is often its cause: show it first.
                 for failure in &failures {
                     eprintln!("vmm: {failure}");

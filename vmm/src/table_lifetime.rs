@@ -137,6 +137,7 @@ impl TableLifetime {
             }
             TraceEvent::FrameFreed { frame } => return Ok(self.freed(numbered, frame)),
             TraceEvent::EnterUser
+            | TraceEvent::FrameAllocated { .. }
             | TraceEvent::ShootdownRequest { .. }
             | TraceEvent::ShootdownAck { .. } => {}
         }

@@ -4,6 +4,7 @@
 use crate::cpu::Cpu;
 use crate::machine::Machine;
 use crate::memory_manager::MemoryManager;
+use crate::seeded_bugs::Bug;
 use crate::vmobject::VMObject;
 use shared_mm::abi::{RegionRecord, KERNEL_SPACE};
 use shared_mm::region::Region;
@@ -41,17 +42,23 @@ impl<M: Machine> MemoryManager<M> {
         space: u32,
         f: impl FnOnce(Export<'_>) -> R,
     ) -> Option<R> {
-        fn export(tree: &RegionTree<VMObject>, cr3: u64) -> Export<'_> {
-            Export {
+        let short = self.bugs().has(Bug::ExportShortRange);
+        let export = move |tree: &RegionTree<VMObject>, cr3| {
+            // Seeded bug otherwise: the export ends a page short of the tree's total range.
+            let end = tree.total_range().last().get();
+            let inside =
+                move |r: &&Region<VMObject>| r.range().is_some_and(|r| r.last().get() < end);
+            let exported = tree.iter().filter(move |r| !short || inside(r));
+            f(Export {
                 cr3,
                 total: tree.len(),
-                regions: alloc::boxed::Box::new(tree.iter().map(region_record)),
-            }
-        }
+                regions: alloc::boxed::Box::new(exported.map(region_record)),
+            })
+        };
         if space == KERNEL_SPACE {
             let cr3 = self.kernel_cr3();
-            return Some(self.kernel_tree(cpu, |tree| f(export(tree, cr3))));
+            return Some(self.kernel_tree(cpu, |tree| export(tree, cr3)));
         }
-        self.inspect_space(cpu, space, |s, _| f(export(s.tree(), s.cr3())))
+        self.inspect_space(cpu, space, |s, _| export(s.tree(), s.cr3()))
     }
 }

@@ -11,7 +11,7 @@ use crate::seeded_bugs::{Bug, SeededBugs};
 use crate::shootdown::{CpuTable, Gather};
 use crate::sync::Lock;
 use crate::vmobject::VMObject;
-use crate::{MmError, PhysicalFrame};
+use crate::{MmError, PhysicalFrame, FRAME_SIZE};
 use alloc::vec::Vec;
 use shared_mm::smp::CpuSet;
 
@@ -41,6 +41,24 @@ impl Frames {
             panic!("frame {:#x} freed but not allocated", frame.0);
         }
         machine.frame_freed(frame);
+    }
+
+    /// A free frame, as it is; the machine hears of it (under the lock) before anything
+    /// writes it.
+    fn allocate<M: Machine>(&mut self, machine: &mut M) -> Result<PhysicalFrame, MmError> {
+        let frame = self.allocator.allocate()?;
+        machine.frame_allocated(frame, FRAME_SIZE);
+        Ok(frame)
+    }
+
+    /// A free 2 MiB block of frames, as it is; the machine hears of it first.
+    pub(crate) fn allocate_2m<M: Machine>(
+        &mut self,
+        machine: &mut M,
+    ) -> Result<PhysicalFrame, MmError> {
+        let block = self.allocator.allocate_2m()?;
+        machine.frame_allocated(block, 512 * FRAME_SIZE);
+        Ok(block)
     }
 
     /// Drops one reference to the data frame `frame`, and frees it if that was the last;
@@ -158,12 +176,12 @@ impl<'a, M: Machine> Hardware<'a, M> {
     #[track_caller]
     pub fn reserve(&mut self, count: usize) -> Result<(), MmError> {
         let pool = &mut self.carried.pool;
-        self.frames.with(self.cpu, |f, _| {
+        self.frames.with(self.cpu, |f, cpu| {
             if f.allocator.free_count() < count {
                 return Err(MmError::OutOfFrames);
             }
             for _ in 0..count {
-                pool.push(f.allocator.allocate()?);
+                pool.push(f.allocate(&mut cpu.machine)?);
             }
             Ok(())
         })?;
@@ -177,7 +195,7 @@ impl<'a, M: Machine> Hardware<'a, M> {
     pub fn allocate(&mut self) -> Result<PhysicalFrame, MmError> {
         match self.carried.pool.pop() {
             Some(frame) => Ok(frame),
-            None => self.frames(|f, _| f.allocator.allocate()),
+            None => self.frames(|f, cpu| f.allocate(&mut cpu.machine)),
         }
     }
 

@@ -642,7 +642,7 @@ fn map_heap<M: Machine>(
     let flags = PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
     let mut blocks = Vec::new();
     for offset in (0..size).step_by(TWO_MIB as usize) {
-        let block = hw.frames(|f, _| f.allocator.allocate_2m())?;
+        let block = hw.frames(|f, cpu| f.allocate_2m(&mut cpu.machine))?;
         blocks.push(block);
         directory.map_2m(base + offset, block, flags, hw)?;
     }

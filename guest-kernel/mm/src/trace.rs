@@ -1,8 +1,9 @@
 //! The flush trace, MM side: a [`Machine`] wrapper that reports every call changing what a TLB
 //! may hold (PTE writes with their old value, flushes, activations, frees, entries to ring 3,
-//! shootdowns sent and served) to a [`TraceSink`], with the CPU that made it, then performs it.
-//! The guest's sink is the buffer in guest memory that the host drains; the host's simulated
-//! machine collects the same records in-process.
+//! shootdowns sent and served), and every frame allocation (for the host's frame-provenance
+//! rule), to a [`TraceSink`], with the CPU that made it, then performs it. The guest's sink is
+//! the buffer in guest memory that the host drains; the host's simulated machine collects the
+//! same records in-process.
 
 use crate::lock_order::LockOrderViolation;
 use crate::machine::{Machine, PteSlot, UserEntry, UserTrap};
@@ -148,6 +149,14 @@ impl<M: Machine, S: TraceSink> Machine for Traced<M, S> {
     fn frame_freed(&mut self, frame: PhysicalFrame) {
         self.record(TraceEvent::FrameFreed { frame: frame.0 });
         self.inner.frame_freed(frame)
+    }
+
+    fn frame_allocated(&mut self, frame: PhysicalFrame, size: u64) {
+        self.record(TraceEvent::FrameAllocated {
+            frame: frame.0,
+            size,
+        });
+        self.inner.frame_allocated(frame, size)
     }
 
     fn progress(&self) {

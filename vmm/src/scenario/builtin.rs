@@ -4,13 +4,15 @@
 use super::format::Scenario;
 use super::runner::Runner;
 use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
-use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
+use crate::fuzz::probe;
+use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
 use vm_memory::GuestMemoryMmap;
 
 /// The self-check's file name, for messages.
 pub const SELF_CHECK_NAME: &str = "self-check.scn";
-/// The self-check: every operation kind and edge case, in batches of eight, and a step or
-/// check that every seeded bug but the end-of-RAM one trips.
+/// The self-check: every operation kind and edge case, in batches of eight to ten, and a
+/// step or check that every seeded bug but the end-of-RAM one trips (the placement probe that
+/// [`SelfCheck`] sends after it trips the ASLR one).
 pub const SELF_CHECK: &str = include_str!("../../scenarios/self-check.scn");
 /// The seeded-bug bait: seven batches, the last three around a fork.
 pub const BUG_BAIT: &str = include_str!("../../scenarios/bug-bait.scn");
@@ -33,9 +35,15 @@ pub fn bug_bait() -> Scenario {
 }
 
 /// Runs the self-check and records what passed; at the end it also checks the kernel's
-/// snapshot for its three unbacked reservations.
+/// snapshot for its three unbacked reservations. After the last step it runs the fuzzer's
+/// placement probe as one batch more, judged by the same uniformity rule and false-alarm
+/// rate ([`probe::Standalone`]): the draws of `map-randomized` must be uniform.
 pub struct SelfCheck {
     runner: Runner,
+    /// The placement probe, once sent.
+    probe: Option<probe::Standalone>,
+    /// Whether the probe's results came back and were judged.
+    pub probe_judged: bool,
     /// One line per failed step or check.
     pub failures: Vec<String>,
     /// Region trees received, in arrival order (complete once the run has ended).
@@ -48,6 +56,8 @@ impl SelfCheck {
     pub fn new() -> Self {
         SelfCheck {
             runner: Runner::new(&self_check()),
+            probe: None,
+            probe_judged: false,
             failures: Vec::new(),
             snapshots: Vec::new(),
             checked: 0,
@@ -59,15 +69,28 @@ impl SelfCheck {
     }
 
     pub fn passed(&self) -> bool {
-        self.checked == self.step_count() && self.failures.is_empty()
+        self.checked == self.step_count() && self.probe_judged && self.failures.is_empty()
+    }
+
+    /// The id the guest gives its next space: one past the last a step made.
+    fn next_space_id(&self) -> u32 {
+        let made = self
+            .runner
+            .ops()
+            .zip(self.runner.results())
+            .filter_map(|(op, got)| {
+                let makes = matches!(op, Op::CreateSpace | Op::Fork { .. });
+                (makes && got.status == Status::Ok).then_some(got.value)
+            });
+        let last = made.max().unwrap_or(0);
+        u32::try_from(last).map_or(u32::MAX, |id| id.saturating_add(1))
     }
 
     /// Called once the last batch is judged.
     fn finish(&mut self) {
         let mismatches = self.runner.mismatches.iter();
-        self.failures = mismatches
-            .map(|m| format!("{SELF_CHECK_NAME} {m}"))
-            .collect();
+        let mismatches = mismatches.map(|m| format!("{SELF_CHECK_NAME} {m}"));
+        self.failures.splice(0..0, mismatches);
         self.snapshots = self.runner.snapshots().to_vec();
         self.check_kernel_snapshot();
     }
@@ -105,12 +128,23 @@ impl Driver for SelfCheck {
         results: &[OpResult],
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, DriverError> {
+        if let Some(probe) = &self.probe {
+            let failures = probe.judge(results).into_iter();
+            self.failures
+                .extend(failures.map(|f| format!("placement probe: {f}")));
+            self.probe_judged = true;
+            self.finish();
+            return Ok(None);
+        }
         let next = self.runner.next_batch(mem, results, spaces)?;
         self.checked = self.runner.judged();
-        if next.is_none() {
-            self.finish();
+        if next.is_some() {
+            return Ok(next);
         }
-        Ok(next)
+        let probe = probe::Standalone::new(self.next_space_id());
+        let ops = probe.ops().to_vec();
+        self.probe = Some(probe);
+        Ok(Some(ops))
     }
 
     fn snapshot(
@@ -140,9 +174,9 @@ mod tests {
             );
             assert!(scenario.batches.iter().all(|b| b.len() <= MAX_BATCH));
         }
-        // 88 steps in batches of 8; the bait in 6, 5, 7, 1, 10, 6 and 5.
+        // 93 steps in batches of 8 to 10; the bait in 6, 5, 7, 1, 10, 6 and 5.
         let batches = |s: Scenario| s.batches.iter().map(Vec::len).collect::<Vec<_>>();
-        assert_eq!(batches(self_check()), [8; 11]);
+        assert_eq!(batches(self_check()), [8, 8, 9, 8, 10, 8, 8, 8, 8, 10, 8]);
         assert_eq!(batches(bug_bait()), [6, 5, 7, 1, 10, 6, 5]);
     }
 
