@@ -5,7 +5,7 @@
 use crate::coherence::TraceTooLarge;
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status};
 use shared_mm::boot_info::BootInfo;
-use shared_mm::trace::TraceEvent;
+use shared_mm::trace::TraceRecord;
 use std::collections::VecDeque;
 use std::fmt;
 use vm_memory::GuestMemoryMmap;
@@ -245,7 +245,11 @@ pub trait Driver {
 
     /// The next events of the guest's flush trace, in order (every event since boot reaches the
     /// driver exactly once). The default ignores them.
-    fn trace(&mut self, _mem: &GuestMemoryMmap, _events: &[TraceEvent]) -> Result<(), DriverError> {
+    fn trace(
+        &mut self,
+        _mem: &GuestMemoryMmap,
+        _records: &[TraceRecord],
+    ) -> Result<(), DriverError> {
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 use crate::error::{ProtocolError, VmmError};
 use guest_mm::trace::TraceSink;
 use shared_mm::trace::{
-    TraceEvent, TraceRecord, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
+    TraceRecord, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
@@ -58,11 +58,6 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceRecord>, VmmError> {
     Ok(events)
 }
 
-/// The events of `records`, in order, whatever CPU made them (the replay keeps one CPU yet).
-pub fn events(records: &[TraceRecord]) -> Vec<TraceEvent> {
-    records.iter().map(|r| r.event).collect()
-}
-
 /// The sim's trace sink: records collected in-process until the host takes them.
 #[derive(Debug, Default)]
 pub struct TraceLog {
@@ -85,6 +80,7 @@ impl TraceSink for TraceLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared_mm::trace::TraceEvent;
     use vm_memory::GuestMemoryMmap;
 
     fn memory() -> GuestMemoryMmap {

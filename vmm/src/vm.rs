@@ -135,7 +135,7 @@ fn open_kvm() -> Result<Kvm, VmmError> {
 
 /// Hands what the guest's flush trace holds to `driver`, emptying it.
 fn deliver_trace(mem: &GuestMemoryMmap, driver: &mut dyn Driver) -> Result<(), VmmError> {
-    let events = trace::events(&trace::drain(mem)?);
+    let events = trace::drain(mem)?;
     if events.is_empty() {
         return Ok(());
     }

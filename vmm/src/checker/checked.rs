@@ -21,7 +21,7 @@ use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapsh
 use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH, MAX_SPACES};
 use shared_mm::boot_info::BootInfo;
 use shared_mm::region_tree::InvariantViolation;
-use shared_mm::trace::TraceEvent;
+use shared_mm::trace::TraceRecord;
 use std::collections::{BTreeMap, BTreeSet};
 use vm_memory::GuestMemoryMmap;
 
@@ -315,7 +315,7 @@ impl<D: Driver> Driver for Checked<D> {
         self.inner.booted(info);
     }
 
-    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
+    fn trace(&mut self, mem: &GuestMemoryMmap, records: &[TraceRecord]) -> Result<(), DriverError> {
         // The guest's RAM size bounds what the replay may track.
         let deep = self.deep_rules;
         let coherence = self.coherence.get_or_insert_with(|| {
@@ -328,17 +328,17 @@ impl<D: Driver> Driver for Checked<D> {
             }
         });
         let first = coherence.events_seen();
-        coherence.apply_all(events)?;
+        coherence.apply_all(records)?;
         if let Some(provenance) = &self.provenance {
             // Found now, during the batch (it is the next check's): the guest may not live to
             // the check if the frame was not RAM it could write.
             let run = self.checks_run;
             let this_check = self.findings.iter().rev().take_while(|(r, _)| *r == run);
             let room = provenance::MAX_FINDINGS.saturating_sub(this_check.count());
-            let found = provenance.check_allocations(first, events, room);
+            let found = provenance.check_allocations(first, records, room);
             self.findings.extend(found.into_iter().map(|f| (run, f)));
         }
-        self.inner.trace(mem, events)
+        self.inner.trace(mem, records)
     }
 }
 

@@ -17,8 +17,7 @@ pub fn current(mem: &GuestMemoryMmap, replayed: Option<&Coherence>) -> Result<Co
     let mut tlb = replayed.cloned().unwrap_or_else(|| Coherence::new(ram));
     let pending =
         trace::peek(mem).map_err(|e| format!("cannot read the guest's flush trace: {e}"))?;
-    tlb.apply_all(&trace::events(&pending))
-        .map_err(|e| e.to_string())?;
+    tlb.apply_all(&pending).map_err(|e| e.to_string())?;
     Ok(tlb)
 }
 

@@ -11,7 +11,7 @@ pub use bounds::ReportBounds;
 
 use crate::driver::{Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE, MAX_SPACES};
-use shared_mm::trace::TraceEvent;
+use shared_mm::trace::TraceRecord;
 use std::collections::{BTreeMap, VecDeque};
 use vm_memory::GuestMemoryMmap;
 
@@ -224,8 +224,8 @@ impl Driver for ReportGuard<'_> {
         self.inner.frames(mem, chunk)
     }
 
-    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
-        self.inner.trace(mem, events)
+    fn trace(&mut self, mem: &GuestMemoryMmap, records: &[TraceRecord]) -> Result<(), DriverError> {
+        self.inner.trace(mem, records)
     }
 }
 

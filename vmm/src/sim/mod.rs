@@ -160,7 +160,7 @@ impl SimVm {
 
     /// Hands the trace events since the last call to `driver`.
     fn deliver_trace(&mut self, driver: &mut dyn Driver) -> Result<(), VmmError> {
-        let events = crate::trace::events(&self.cpu.machine_mut().sink_mut().take());
+        let events = self.cpu.machine_mut().sink_mut().take();
         if events.is_empty() {
             return Ok(());
         }
