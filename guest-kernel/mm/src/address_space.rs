@@ -563,6 +563,10 @@ impl AddressSpace {
             committed += (pages.len() - shared) as u64;
         }
         let missing = range.page_count() - committed;
+        // Not even the pages fit: no need to count the tables (a walk of the whole range).
+        if missing > hw.free_count() as u64 {
+            return Err(MmError::OutOfFrames);
+        }
         let tables =
             self.directory
                 .tables_missing(range.base().get(), range.last().get(), hw.machine_ref());

@@ -108,7 +108,7 @@ impl LockOrder {
             first[held.index()][taken.index()].get_or_insert(nesting);
             self.seen.fetch_or(pair, Ordering::SeqCst);
         }
-        if self.seen.load(Ordering::SeqCst) & bit(taken, held) == 0 || held == taken {
+        if self.seen.load(Ordering::SeqCst) & bit(taken, held) == 0 {
             return None;
         }
         let before = self.first.lock()[taken.index()][held.index()]?;
@@ -124,13 +124,17 @@ impl LockOrder {
 pub struct Held {
     locks: [Option<(LockClass, LockSite)>; MAX_HELD],
     len: usize,
+    /// The pairs this CPU has noted in the shared table already (bits as there). It need not
+    /// look again: a CPU that later takes the opposite pair finds this one's bit and reports
+    /// it. So a pair costs one atomic look per CPU, once.
+    noted: u64,
 }
 
 impl Held {
     /// `cpu` is about to take `taken` at `site`: every lock it holds makes a nesting with it.
     /// Returns the first finding.
     pub fn check(
-        &self,
+        &mut self,
         order: &LockOrder,
         cpu: u32,
         taken: LockClass,
@@ -138,6 +142,9 @@ impl Held {
     ) -> Option<LockOrderViolation> {
         let mut found = None;
         for &(held, held_site) in self.locks[..self.len].iter().flatten() {
+            if self.noted & bit(held, taken) != 0 {
+                continue;
+            }
             let nesting = Nesting {
                 held,
                 taken,
@@ -156,6 +163,7 @@ impl Held {
                 continue;
             }
             found = found.or(order.note(nesting));
+            self.noted |= bit(held, taken);
         }
         found
     }
@@ -212,14 +220,14 @@ mod tests {
     #[test]
     fn one_order_is_never_a_finding() {
         let order = LockOrder::default();
-        let held = holding(&[(LockClass::Space, "unmap")]);
+        let mut held = holding(&[(LockClass::Space, "unmap")]);
         for _ in 0..3 {
             assert_eq!(
                 held.check(&order, 0, LockClass::Frames, site("unmap")),
                 None
             );
         }
-        let held = holding(&[(LockClass::Space, "touch"), (LockClass::Object, "touch")]);
+        let mut held = holding(&[(LockClass::Space, "touch"), (LockClass::Object, "touch")]);
         assert_eq!(
             held.check(&order, 1, LockClass::Frames, site("touch")),
             None
@@ -229,12 +237,12 @@ mod tests {
     #[test]
     fn the_opposite_order_names_both_locks_and_both_paths() {
         let order = LockOrder::default();
-        let first = holding(&[(LockClass::Object, "touch-write")]);
+        let mut first = holding(&[(LockClass::Object, "touch-write")]);
         assert_eq!(
             first.check(&order, 0, LockClass::Frames, site("touch-write")),
             None
         );
-        let second = holding(&[(LockClass::Frames, "unmap")]);
+        let mut second = holding(&[(LockClass::Frames, "unmap")]);
         let found = second
             .check(&order, 1, LockClass::Object, site("unmap"))
             .expect("object after frames, after frames after object");
@@ -259,7 +267,7 @@ mod tests {
     #[test]
     fn a_second_lock_of_a_held_class_is_a_finding() {
         let order = LockOrder::default();
-        let held = holding(&[(LockClass::Space, "fork")]);
+        let mut held = holding(&[(LockClass::Space, "fork")]);
         let found = held
             .check(&order, 0, LockClass::Space, site("fork"))
             .expect("two spaces");
