@@ -69,7 +69,17 @@ impl<M: Machine> Cpu<M> {
 
     /// Before the first try at a lock of `class` from `at`: the order check (a finding goes to
     /// the machine) and the machine's hook.
+    #[inline]
     pub(crate) fn acquiring(&mut self, class: LockClass, at: &'static Location<'static>) {
+        if !self.held.known_clean(class) {
+            self.check_order(class, at);
+        }
+        self.machine.lock_acquiring(class);
+    }
+
+    /// The lock-order check of a take not known clean (the first under these locks).
+    #[cold]
+    fn check_order(&mut self, class: LockClass, at: &'static Location<'static>) {
         let site = LockSite {
             path: self.path,
             at,
@@ -77,17 +87,14 @@ impl<M: Machine> Cpu<M> {
         if let Some(violation) = self.held.check(&self.order, self.index, class, site) {
             self.machine.lock_order_violation(&violation);
         }
-        self.machine.lock_acquiring(class);
     }
 
-    pub(crate) fn acquired(&mut self, class: LockClass, at: &'static Location<'static>) {
-        let site = LockSite {
-            path: self.path,
-            at,
-        };
-        self.held.push(class, site);
+    #[inline]
+    pub(crate) fn acquired(&mut self, class: LockClass) {
+        self.held.push(class);
     }
 
+    #[inline]
     pub(crate) fn released(&mut self, class: LockClass) {
         self.held.pop(class);
         self.machine.lock_released(class);

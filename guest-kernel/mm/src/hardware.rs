@@ -73,11 +73,19 @@ impl Frames {
 }
 
 /// What an operation carries from one lock's closure into the next: the work it owes the
-/// other CPUs, and the frames it reserved.
+/// other CPUs, and the frames it reserved. It lives in the caller's frame; every `Hardware`
+/// of the operation refers to it (nothing is moved as locks nest: guest code runs emulated).
 #[derive(Default)]
-struct Carried {
+pub struct Carried {
     gather: Gather,
     pool: Vec<PhysicalFrame>,
+}
+
+impl Carried {
+    /// Nothing to flush elsewhere, free or give back.
+    fn is_empty(&self) -> bool {
+        self.gather.is_empty() && self.pool.is_empty()
+    }
 }
 
 /// One operation's view of the machine: its CPU, the shared frames and CPU table, and what it
@@ -89,7 +97,7 @@ pub struct Hardware<'a, M> {
     pub(crate) bugs: SeededBugs,
     /// What it owes the other CPUs, and the frames an all-or-nothing operation took up front
     /// (handed out before the allocator's).
-    carried: Carried,
+    carried: &'a mut Carried,
 }
 
 impl<'a, M: Machine> Hardware<'a, M> {
@@ -98,13 +106,14 @@ impl<'a, M: Machine> Hardware<'a, M> {
         frames: &'a Lock<Frames>,
         cpus: &'a CpuTable,
         bugs: SeededBugs,
+        carried: &'a mut Carried,
     ) -> Self {
         Hardware {
             cpu,
             frames,
             cpus,
             bugs,
-            carried: Carried::default(),
+            carried,
         }
     }
 
@@ -116,21 +125,17 @@ impl<'a, M: Machine> Hardware<'a, M> {
         f: impl FnOnce(&mut T, &mut Hardware<'_, M>) -> R,
     ) -> R {
         let (frames, cpus, bugs) = (self.frames, self.cpus, self.bugs);
-        let mut carried = core::mem::take(&mut self.carried);
-        let result = lock.with(self.cpu, |state, cpu| {
+        let carried = &mut *self.carried;
+        lock.with(self.cpu, |state, cpu| {
             let mut inner = Hardware {
                 cpu,
                 frames,
                 cpus,
                 bugs,
-                carried: core::mem::take(&mut carried),
+                carried,
             };
-            let result = f(state, &mut inner);
-            carried = inner.carried;
-            result
-        });
-        self.carried = carried;
-        result
+            f(state, &mut inner)
+        })
     }
 
     pub fn machine(&mut self) -> &mut M {
@@ -257,6 +262,9 @@ impl<'a, M: Machine> Hardware<'a, M> {
     /// round, waiting for every acknowledgement), then what it deferred is freed, and the frames
     /// it reserved and did not use go back.
     pub fn finish(mut self, space: Option<&mut AddressSpace>) {
+        if self.carried.is_empty() {
+            return;
+        }
         if self.bugs.has(Bug::FreeBeforeAck) {
             self.release_deferred(); // Seeded bug: the other CPUs may still cache these.
         }

@@ -120,17 +120,45 @@ impl LockOrder {
 }
 
 /// The locks one CPU holds, innermost last.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Held {
-    locks: [Option<(LockClass, LockSite)>; MAX_HELD],
+    locks: [LockClass; MAX_HELD],
     len: usize,
+    /// The classes held, as a bit mask.
+    mask: u8,
+    /// The mask under each lock held: what popping it returns to.
+    masks: [u8; MAX_HELD],
+    /// By class taken, the held masks already checked clean (bit `mask`): taking that class
+    /// under that mask needs no look at all (the fast path, most takes).
+    clean: [u64; CLASSES],
     /// The pairs this CPU has noted in the shared table already (bits as there). It need not
     /// look again: a CPU that later takes the opposite pair finds this one's bit and reports
     /// it. So a pair costs one atomic look per CPU, once.
     noted: u64,
 }
 
+impl Default for Held {
+    fn default() -> Self {
+        Held {
+            locks: [LockClass::Exec; MAX_HELD],
+            len: 0,
+            mask: 0,
+            masks: [0; MAX_HELD],
+            clean: [0; CLASSES],
+            noted: 0,
+        }
+    }
+}
+
 impl Held {
+    /// Whether taking `taken` now was checked clean before (under the same locks): the fast
+    /// path, with nothing to look up.
+    #[inline]
+    pub fn known_clean(&self, taken: LockClass) -> bool {
+        let class = taken.index();
+        self.mask & (1 << class) == 0 && self.clean[class] & (1 << self.mask) != 0
+    }
+
     /// `cpu` is about to take `taken` at `site`: every lock it holds makes a nesting with it.
     /// Returns the first finding.
     pub fn check(
@@ -140,8 +168,10 @@ impl Held {
         taken: LockClass,
         site: LockSite,
     ) -> Option<LockOrderViolation> {
+        let class = taken.index();
+        let repeated = self.mask & (1 << class) != 0;
         let mut found = None;
-        for &(held, held_site) in self.locks[..self.len].iter().flatten() {
+        for &held in &self.locks[..self.len] {
             if self.noted & bit(held, taken) != 0 {
                 continue;
             }
@@ -152,49 +182,51 @@ impl Held {
                 site,
             };
             if held == taken {
-                let before = Nesting {
-                    site: held_site,
-                    ..nesting
-                };
+                // Two of one class: any two CPUs taking two of them in opposite orders
+                // deadlock. This take is both paths.
                 found = found.or(Some(LockOrderViolation {
                     now: nesting,
-                    before,
+                    before: nesting,
                 }));
                 continue;
             }
             found = found.or(order.note(nesting));
             self.noted |= bit(held, taken);
         }
+        if found.is_none() && !repeated {
+            self.clean[class] |= 1 << self.mask;
+        }
         found
     }
 
-    pub fn push(&mut self, class: LockClass, site: LockSite) {
+    #[inline]
+    pub fn push(&mut self, class: LockClass) {
         assert!(
             self.len < MAX_HELD,
             "a CPU holds more than {MAX_HELD} locks"
         );
-        self.locks[self.len] = Some((class, site));
+        self.locks[self.len] = class;
+        self.masks[self.len] = self.mask;
+        self.mask |= 1 << class.index();
         self.len += 1;
     }
 
     /// Drops the innermost lock of `class` (locks are released in the reverse order of their
     /// taking, closures being nested).
+    #[inline]
     pub fn pop(&mut self, class: LockClass) {
-        let top = self.len.checked_sub(1).and_then(|i| self.locks[i]);
+        let top = self.len.checked_sub(1).map(|i| self.locks[i]);
         assert!(
-            top.is_some_and(|(held, _)| held == class),
+            top == Some(class),
             "released {class} but it is not the innermost lock held"
         );
         self.len -= 1;
-        self.locks[self.len] = None;
+        self.mask = self.masks[self.len];
     }
 
     /// The classes held, outermost first.
     pub fn classes(&self) -> impl Iterator<Item = LockClass> + '_ {
-        self.locks[..self.len]
-            .iter()
-            .flatten()
-            .map(|(class, _)| *class)
+        self.locks[..self.len].iter().copied()
     }
 }
 
@@ -211,8 +243,8 @@ mod tests {
 
     fn holding(classes: &[(LockClass, &'static str)]) -> Held {
         let mut held = Held::default();
-        for &(class, path) in classes {
-            held.push(class, site(path));
+        for &(class, _) in classes {
+            held.push(class);
         }
         held
     }

@@ -6,7 +6,7 @@
 use crate::address_space::AddressSpace;
 use crate::cpu::Cpu;
 use crate::frame_allocator::FrameAllocator;
-use crate::hardware::{Frames, Hardware};
+use crate::hardware::{Carried, Frames, Hardware};
 use crate::kernel_access::{kernel_access, KernelAccess};
 use crate::lock_order::LockOrder;
 use crate::machine::Machine;
@@ -87,8 +87,9 @@ pub struct MemoryManager<M> {
     /// The 2 MiB blocks backing the kernel heap.
     heap_blocks: Vec<PhysicalFrame>,
     /// Every operation passes as a reader; an exec touch, which patches the page it executes
-    /// for its stay in ring 3, as the writer.
-    exec: Gate,
+    /// for its stay in ring 3, as the writer. Only with several CPUs (the boot info's count):
+    /// one CPU runs one operation at a time anyway.
+    exec: Option<Gate>,
     spaces: Lock<SpaceTable>,
     frames: Lock<Frames>,
     rng: Lock<SplitMix64>,
@@ -165,7 +166,8 @@ impl<M: Machine> MemoryManager<M> {
         );
         let cpus = CpuTable::default();
         let (kernel_tree, kmalloc) = kernel_tree(info)?;
-        let mut hw = Hardware::new(cpu, &frames, &cpus, bugs);
+        let mut carried = Carried::default();
+        let mut hw = Hardware::new(cpu, &frames, &cpus, bugs, &mut carried);
         // Every PML4 slot a kernel region spans gets its PDPT now; kernel regions are only
         // placed at boot, so the kernel half of the PML4 never changes once spaces exist.
         let kernel_slots = kernel_tree
@@ -192,7 +194,7 @@ impl<M: Machine> MemoryManager<M> {
             kernel_directory,
             trampoline,
             heap_blocks,
-            exec: Gate::new(LockClass::Exec),
+            exec: (info.cpu_count > 1).then(|| Gate::new(LockClass::Exec)),
             spaces: Lock::new(
                 LockClass::Spaces,
                 SpaceTable {
@@ -247,8 +249,9 @@ impl<M: Machine> MemoryManager<M> {
         self.frames.with(cpu, |f, _| f.allocator.free_count())
     }
 
-    fn hardware<'a>(&'a self, cpu: &'a mut Cpu<M>) -> Hardware<'a, M> {
-        Hardware::new(cpu, &self.frames, &self.cpus, self.bugs)
+    /// This operation's view of the machine on `cpu`, carrying what it owes in `carried`.
+    fn hardware<'a>(&'a self, cpu: &'a mut Cpu<M>, carried: &'a mut Carried) -> Hardware<'a, M> {
+        Hardware::new(cpu, &self.frames, &self.cpus, self.bugs, carried)
     }
 
     /// The live space `id`.
@@ -273,7 +276,8 @@ impl<M: Machine> MemoryManager<M> {
             if space.dead {
                 return Err(MmError::NoSuchSpace);
             }
-            let mut hw = self.hardware(cpu);
+            let mut carried = Carried::default();
+            let mut hw = self.hardware(cpu, &mut carried);
             self.activate(space, &mut hw);
             let result = f(space, &mut hw);
             hw.finish(Some(space));
@@ -314,7 +318,8 @@ impl<M: Machine> MemoryManager<M> {
             if space.dead {
                 return None;
             }
-            let mut hw = self.hardware(cpu);
+            let mut carried = Carried::default();
+            let mut hw = self.hardware(cpu, &mut carried);
             let result = f(space, &mut hw);
             hw.finish(None);
             Some(result)
@@ -326,7 +331,8 @@ impl<M: Machine> MemoryManager<M> {
         if self.spaces.with(cpu, |table, _| table.map.len()) >= MAX_SPACES {
             return Err(MmError::Tree(RegionTreeError::NoSpace));
         }
-        let mut hw = self.hardware(cpu);
+        let mut carried = Carried::default();
+        let mut hw = self.hardware(cpu, &mut carried);
         let space = AddressSpace::new(
             0,
             &self.kernel_directory,
@@ -357,7 +363,8 @@ impl<M: Machine> MemoryManager<M> {
             Some(id)
         });
         if added.is_none() {
-            let mut hw = self.hardware(cpu);
+            let mut carried = Carried::default();
+            let mut hw = self.hardware(cpu, &mut carried);
             let Some(mut space) = Arc::into_inner(handle).map(Lock::into_inner) else {
                 unreachable!("a space left out of the table has one handle")
             };
@@ -384,7 +391,8 @@ impl<M: Machine> MemoryManager<M> {
             Ok(())
         });
         if let Err(e) = forked {
-            let mut hw = self.hardware(cpu);
+            let mut carried = Carried::default();
+            let mut hw = self.hardware(cpu, &mut carried);
             child.destroy(&mut hw);
             hw.finish(Some(&mut child));
             return Err(e);
@@ -404,7 +412,8 @@ impl<M: Machine> MemoryManager<M> {
             })
             .ok_or(MmError::NoSuchSpace)?;
         entry.space.with(cpu, |space, cpu| {
-            let mut hw = self.hardware(cpu);
+            let mut carried = Carried::default();
+            let mut hw = self.hardware(cpu, &mut carried);
             let me = hw.cpu.index();
             let switch_away = !self.bugs.has(Bug::DestroyActiveSpace);
             if switch_away && self.cpus.loaded(me) == space.cr3() {
@@ -421,13 +430,19 @@ impl<M: Machine> MemoryManager<M> {
     /// host's transport serves with [`MemoryManager::export`] and the frame reports).
     pub fn execute(&self, cpu: &mut Cpu<M>, op: Op) -> OpResult {
         let previous = cpu.enter_path(op.name());
-        let me = cpu.index();
-        self.cpus.set_running(me, op.space().unwrap_or(0));
-        let result = match op {
-            Op::TouchExec { .. } => self.exec.exclusive(cpu, |cpu| self.run(cpu, op)),
-            _ => self.exec.shared(cpu, |cpu| self.run(cpu, op)),
+        // Only the seeded bug-shootdown-misses-lazy looks at what a CPU runs.
+        let running = self.bugs.has(Bug::ShootdownMissesLazy);
+        if running {
+            self.cpus.set_running(cpu.index(), op.space().unwrap_or(0));
+        }
+        let result = match (&self.exec, op) {
+            (None, _) => self.run(cpu, op),
+            (Some(gate), Op::TouchExec { .. }) => gate.exclusive(cpu, |cpu| self.run(cpu, op)),
+            (Some(gate), _) => gate.shared(cpu, |cpu| self.run(cpu, op)),
         };
-        self.cpus.set_running(me, 0);
+        if running {
+            self.cpus.set_running(cpu.index(), 0);
+        }
         cpu.enter_path(previous);
         result
     }

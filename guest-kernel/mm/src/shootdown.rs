@@ -108,8 +108,8 @@ pub struct CpuTable {
     /// The root of the directory each CPU has in CR3 (0 before its first activation).
     loaded: [AtomicU64; MAX_CPUS as usize],
     /// The space each CPU runs an operation in now (0: none). Only the seeded
-    /// `bug-shootdown-misses-lazy` reads it: a CPU in a space's set that runs nothing there is
-    /// lazy.
+    /// `bug-shootdown-misses-lazy` keeps and reads it: a CPU in a space's set that runs nothing
+    /// there is lazy.
     running: [AtomicU32; MAX_CPUS as usize],
 }
 
@@ -154,6 +154,13 @@ pub struct Gather {
 }
 
 impl Gather {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.request.is_none()
+            && self.frames.is_empty()
+            && self.objects.is_empty()
+            && self.tables.is_empty()
+    }
+
     /// Adds `page` of `directory` to the request (one directory per operation).
     pub(crate) fn flush(&mut self, directory: PhysicalFrame, page: u64) {
         self.request

@@ -7,6 +7,7 @@ use crate::test_machine::{boot_info, Event, TestMachine, BOOT_PML4};
 use crate::{Bug, Cpu, MemoryManager, PhysicalFrame, SeededBugs};
 use shared_mm::abi::access_bits::{READ, SHARED, USER, WRITE};
 use shared_mm::abi::{FaultKind, Op, OpResult, Status};
+use shared_mm::boot_info::BootInfo;
 use shared_mm::smp::CpuSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,11 @@ struct Smp {
 
 fn smp(n: u32, bugs: SeededBugs) -> Smp {
     let mut cpu0 = Cpu::new(0, TestMachine::new());
-    let (mm, _heap) = MemoryManager::init(&boot_info(), BOOT_PML4, &mut cpu0, bugs).expect("init");
+    let info = BootInfo {
+        cpu_count: u64::from(n),
+        ..boot_info()
+    };
+    let (mm, _heap) = MemoryManager::init(&info, BOOT_PML4, &mut cpu0, bugs).expect("init");
     let siblings: Vec<TestMachine> = (1..n).map(|i| cpu0.machine().sibling(i)).collect();
     let mut cpus = vec![cpu0];
     cpus.extend((1..).zip(siblings).map(|(i, m)| mm.cpu(i, m)));

@@ -85,7 +85,7 @@ fn acquire<M: Machine, G>(
         }
         cpu.machine.lock_contended(class);
     };
-    cpu.acquired(class, site);
+    cpu.acquired(class);
     guard
 }
 

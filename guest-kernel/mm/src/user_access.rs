@@ -93,11 +93,16 @@ pub fn touch<M: Machine>(
         return faulted(FaultKind::GeneralProtection, addr);
     }
     let (entry, done) = entry_for(kind, addr);
+    // Load the space (and plant the `int3`), under its lock; ring 3 runs with no lock held.
+    let mut planted = match mm.locked(cpu, space, |s, hw| Ok(plant(s, &entry, kind, hw))) {
+        Ok(planted) => planted,
+        Err(e) => return OpResult::error(e.into()),
+    };
     for _ in 0..=MAX_FAULTS {
-        let trap = match run_once(mm, cpu, space, &entry, kind) {
-            Ok(trap) => trap,
-            Err(e) => return OpResult::error(e.into()),
-        };
+        let trap = cpu.machine.enter_user(&entry);
+        if let Some((frame, offset, old)) = planted.take() {
+            cpu.machine.write_frame(frame, offset, &old);
+        }
         match trap.vector {
             VECTOR_BREAKPOINT if trap.rip == done => {
                 let value = if matches!(kind, Touch::Execute) {
@@ -112,10 +117,10 @@ pub fn touch<M: Machine>(
                     value,
                 };
             }
-            VECTOR_PAGE_FAULT => match page_fault(mm, cpu, space, &trap) {
-                Ok(FaultOutcome::Resolved) => continue,
-                Ok(FaultOutcome::Segv(kind)) => return faulted(kind, trap.fault_address),
-                Ok(FaultOutcome::OutOfMemory) => return OpResult::error(Status::OutOfMemory),
+            VECTOR_PAGE_FAULT => match page_fault(mm, cpu, space, &trap, &entry, kind) {
+                Ok((FaultOutcome::Resolved, again)) => planted = again,
+                Ok((FaultOutcome::Segv(kind), _)) => return faulted(kind, trap.fault_address),
+                Ok((FaultOutcome::OutOfMemory, _)) => return OpResult::error(Status::OutOfMemory),
                 Err(e) => return OpResult::error(e.into()),
             },
             VECTOR_GENERAL_PROTECTION => return faulted(FaultKind::GeneralProtection, addr),
@@ -126,40 +131,40 @@ pub fn touch<M: Machine>(
     panic!("touch at {addr:#x} still faults after {MAX_FAULTS} resolved faults");
 }
 
+/// Where an execute touch planted its `int3`, and the byte it replaced.
+type Planted = Option<(PhysicalFrame, usize, [u8; 1])>;
+
 /// The page fault `trap` raised, handled with the space locked again: its region is looked up
-/// afresh, since another CPU may have changed the space while this one was in ring 3.
+/// afresh, since another CPU may have changed the space while this one was in ring 3. A
+/// resolved fault leaves the space loaded for the next stay in ring 3 (an execute touch plants
+/// its `int3` again: the page may be present now).
 fn page_fault<M: Machine>(
     mm: &MemoryManager<M>,
     cpu: &mut Cpu<M>,
     space: &SpaceHandle,
     trap: &UserTrap,
-) -> Result<FaultOutcome, MmError> {
-    let (address, code) = (trap.fault_address, trap.error_code);
-    if mm.bugs().has(Bug::FaultNoRecheck) {
-        return crate::page_fault::without_recheck(mm, cpu, space, address, code);
-    }
-    mm.locked(cpu, space, |s, hw| {
-        Ok(handle_user_page_fault(s, address, code, hw))
-    })
-}
-
-/// Enters ring 3 once: loads the space under its lock (and, for an execute touch, plants
-/// `int3` at the target if its page is present), runs ring 3 with no lock held, then restores
-/// the planted byte, so the data stays as it was (an execute touch runs alone: no other CPU
-/// sees the byte).
-fn run_once<M: Machine>(
-    mm: &MemoryManager<M>,
-    cpu: &mut Cpu<M>,
-    space: &SpaceHandle,
     entry: &UserEntry,
     kind: Touch,
-) -> Result<UserTrap, MmError> {
-    let planted = mm.locked(cpu, space, |s, hw| Ok(plant(s, entry, kind, hw)))?;
-    let trap = cpu.machine.enter_user(entry);
-    if let Some((frame, offset, old)) = planted {
-        cpu.machine.write_frame(frame, offset, &old);
+) -> Result<(FaultOutcome, Planted), MmError> {
+    let (address, code) = (trap.fault_address, trap.error_code);
+    if mm.bugs().has(Bug::FaultNoRecheck) {
+        let outcome = crate::page_fault::without_recheck(mm, cpu, space, address, code)?;
+        let planted = match outcome {
+            FaultOutcome::Resolved => {
+                mm.locked(cpu, space, |s, hw| Ok(plant(s, entry, kind, hw)))?
+            }
+            _ => None,
+        };
+        return Ok((outcome, planted));
     }
-    Ok(trap)
+    mm.locked(cpu, space, |s, hw| {
+        let outcome = handle_user_page_fault(s, address, code, hw);
+        let planted = match outcome {
+            FaultOutcome::Resolved => plant(s, entry, kind, hw),
+            _ => None,
+        };
+        Ok((outcome, planted))
+    })
 }
 
 /// For an execute touch whose target page is present, writes `int3` there; returns where, and
@@ -169,7 +174,7 @@ fn plant<M: Machine>(
     entry: &UserEntry,
     kind: Touch,
     hw: &mut Hardware<'_, M>,
-) -> Option<(PhysicalFrame, usize, [u8; 1])> {
+) -> Planted {
     match kind {
         // Only user pages: a kernel page must never be patched on a user's behalf.
         Touch::Execute if entry.rip < KERNEL_SPACE_BASE => space
