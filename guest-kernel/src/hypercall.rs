@@ -112,12 +112,7 @@ pub fn report_lock_order(violation: &guest_mm::LockOrderViolation) -> ! {
     let mut mailbox = unsafe { Mailbox::take(crate::arch::x86_64::percpu::current()) };
     let n = text.as_str().len().min(mailbox.payload_capacity());
     mailbox.payload()[..n].copy_from_slice(&text.as_str().as_bytes()[..n]);
-    let classes = [
-        violation.now.held as u64,
-        violation.now.taken as u64,
-        0,
-        0,
-    ];
+    let classes = [violation.now.held as u64, violation.now.taken as u64, 0, 0];
     let _ = mailbox.call(Hypercall::LockOrder, 0, n, classes);
     crate::arch::x86_64::halt_forever()
 }

@@ -32,7 +32,8 @@ static SLOTS: [Slot; MAX_CPUS as usize] = [const {
 /// Posts `request` in this CPU's slot, for the targets of its next cross call.
 pub fn post(request: &FlushRequest) {
     let slot = &SLOTS[percpu::current() as usize];
-    slot.directory.store(request.directory().0, Ordering::Relaxed);
+    slot.directory
+        .store(request.directory().0, Ordering::Relaxed);
     let scope = match request.scope() {
         FlushScope::Pages(_) => 0,
         FlushScope::All => 1,

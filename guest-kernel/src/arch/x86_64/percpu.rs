@@ -103,8 +103,10 @@ pub fn set_last_user_trap(trap: &UserTrap) {
 
 /// The trap that ended this CPU's last stay in ring 3.
 pub fn last_user_trap() -> UserTrap {
-    let [vector, error_code, fault_address, rip, rax] =
-        AREAS[current() as usize].last_trap.each_ref().map(|f| f.load(Ordering::Relaxed));
+    let [vector, error_code, fault_address, rip, rax] = AREAS[current() as usize]
+        .last_trap
+        .each_ref()
+        .map(|f| f.load(Ordering::Relaxed));
     UserTrap {
         vector,
         error_code,
@@ -116,7 +118,9 @@ pub fn last_user_trap() -> UserTrap {
 
 /// The host has work for this CPU: what its work interrupt's handler records.
 pub fn work_arrived() {
-    AREAS[current() as usize].work.store(true, Ordering::Release);
+    AREAS[current() as usize]
+        .work
+        .store(true, Ordering::Release);
 }
 
 /// Whether the host sent this CPU work since the last call (and forgets it).
