@@ -46,7 +46,7 @@ impl fmt::Display for UnknownBackend {
         write!(
             f,
             "unknown backend {:?} (expected kvm or sim)",
-            crate::excerpt::excerpt(&self.0)
+            bounded_io::excerpt::excerpt(&self.0)
         )
     }
 }

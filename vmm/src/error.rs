@@ -1,8 +1,8 @@
 //! Everything that can go wrong while setting up or running a guest, as one enum.
 #![forbid(unsafe_code)]
 
-use crate::excerpt::path as shown;
 pub use crate::protocol_error::ProtocolError;
+use bounded_io::excerpt::path as shown;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -108,7 +108,7 @@ pub enum VmmError {
     /// A host driver built a batch larger than the ABI allows (a bug of the driver).
     BatchTooLarge { ops: usize },
     /// An input file is too large, or an output could not be written.
-    File(crate::files::FileError),
+    File(bounded_io::files::FileError),
     /// The timeout's signal handler could not be installed.
     SignalHandler(vmm_sys_util::errno::Error),
     /// A fuzz job's thread panicked.

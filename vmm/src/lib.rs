@@ -13,8 +13,6 @@ pub mod coverage;
 pub mod cpus;
 pub mod driver;
 pub mod error;
-pub mod excerpt;
-pub mod files;
 pub mod fuzz;
 pub mod gdb;
 pub mod guest_build;

@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{anyhow, bail, Context};
+use bounded_io::excerpt::{excerpt, MAX_QUOTED};
+use bounded_io::files::{open_regular, read_capped, write_output, FileError, Naming};
 use clap::{Parser, Subcommand};
 use guest_mm::{Bug, SeededBugs};
 use shared_mm::boot_info::GuestCommand;
@@ -11,8 +13,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
-use vmm::excerpt::{excerpt, MAX_QUOTED};
-use vmm::files::{open_regular, read_capped, write_output, FileError, Naming, MAX_KERNEL_BYTES};
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
 use vmm::fuzz::narrow::{replay_narrowed, replay_planned, Plan, Replayed};
 use vmm::fuzz::repro::Reproducer;
@@ -124,6 +124,9 @@ fn parse_ops(text: &str) -> Result<u64, String> {
     }
     Ok(ops)
 }
+
+/// Largest kernel image `--kernel` reads.
+const MAX_KERNEL_BYTES: u64 = 64 << 20;
 
 /// Guest RAM when `--memory` is not given.
 const DEFAULT_MEMORY_MIB: u64 = 256;
@@ -763,7 +766,7 @@ fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyhow::
     if repro.ops.is_empty() {
         bail!(
             "{}: the reproducer has no operations to replay",
-            vmm::excerpt::path(file)
+            bounded_io::excerpt::path(file)
         );
     }
     let guest = recorded_args(guest, &Settings::of(&repro.header)?)?;

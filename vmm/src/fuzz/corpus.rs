@@ -9,8 +9,8 @@
 //! only if it is a regular file; one that is not, or does not parse, is skipped with a
 //! warning, never fatal.
 
-use crate::files::{read_capped, write_output, FileError, Naming};
 use crate::scenario::format::{Scenario, Step};
+use bounded_io::files::{read_capped, write_output, FileError, Naming};
 use shared_mm::abi::{Op, MAX_BATCH};
 use std::collections::HashSet;
 use std::fmt;

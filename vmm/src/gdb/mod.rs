@@ -22,7 +22,7 @@ mod tlb_listing;
 pub use observer::{MmView, Observed};
 pub use session::{Stub, PACKET_BUFFER};
 
-use crate::excerpt::excerpt;
+use bounded_io::excerpt::excerpt;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};

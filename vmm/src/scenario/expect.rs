@@ -2,7 +2,7 @@
 //! `error overlap`, `fault segv-access [at ADDR]`): its text, its check, and what a result says.
 
 use super::ops::number;
-use crate::excerpt::excerpt;
+use bounded_io::excerpt::excerpt;
 use shared_mm::abi::{FaultKind, Op, OpResult, Status};
 use std::fmt;
 

@@ -2,8 +2,8 @@
 //! and parsed, with errors that name the file.
 
 use super::format::{ParseError, Scenario};
-use crate::excerpt::path as shown;
-use crate::files::{read_capped, FileError};
+use bounded_io::excerpt::path as shown;
+use bounded_io::files::{read_capped, FileError};
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 
 use super::ops::number;
 use crate::backend::Backend;
-use crate::excerpt::excerpt;
+use bounded_io::excerpt::excerpt;
 use guest_mm::Bug;
 use std::fmt;
 

@@ -1,7 +1,7 @@
 //! One MM operation as text: `map-fixed space=1 addr=0x400000 size=0x2000 access=0xb`, printed
 //! and parsed, with the numbers of the format and an error that names the field.
 
-use crate::excerpt::excerpt;
+use bounded_io::excerpt::excerpt;
 use shared_mm::abi::access_bits::SHARED;
 use shared_mm::abi::Op;
 use std::collections::BTreeMap;

@@ -19,9 +19,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Largest kernel image `--kernel` reads.
-pub const MAX_KERNEL_BYTES: u64 = 64 << 20;
-
 /// Why a file could not be read or written.
 #[derive(Debug)]
 pub enum FileError {
