@@ -99,7 +99,7 @@ impl vmm::driver::Driver for FrameProbe {
         if let (Some(vas), Some(space)) = (self.probes.get(self.frames.len()), spaces.first()) {
             let mut frames = Vec::new();
             for &va in vas {
-                let t = vmm::page_walk::translate(mem, space.cr3, va)
+                let t = x86_paging::page_walk::translate(mem, space.cr3, va)
                     .unwrap_or_else(|e| panic!("walking {va:#x}: {e}"));
                 frames.push(t.map(|t| t.phys & !0xfff));
             }

@@ -37,8 +37,8 @@ use vmm::fuzz::generate::Generator;
 use vmm::fuzz::shrink::Budget;
 use vmm::fuzz::{Session, Source};
 use vmm::hypercall;
-use vmm::page_walk::{leaves, PageTableBuilder};
 use vmm::{Backend, Guest, Vm, VmConfig};
+use x86_paging::page_walk::{leaves, PageTableBuilder};
 
 /// Samples per figure; the median is reported.
 const SAMPLES: usize = 7;

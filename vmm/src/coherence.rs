@@ -1,4 +1,4 @@
-//! TLB coherence checking: the flush trace replayed against the TLB rules of [`crate::tlb`].
+//! TLB coherence checking: the flush trace replayed against the TLB rules of [`x86_paging::tlb`].
 //!
 //! Without PCID a TLB holds only translations of the active directory, and any present
 //! translation of it may be cached from the moment it is activated (speculatively too). When a
@@ -19,13 +19,13 @@
 #![forbid(unsafe_code)]
 
 use crate::checker::Rule;
-use crate::page_walk::EffectivePerms;
 use crate::table_lifetime::TableLifetime;
-use crate::tlb::Translation;
 use shared_mm::pte::{PageLevel, PageTableEntry, LOWER_HALF_LAST};
 use shared_mm::trace::TraceEvent;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use x86_paging::page_walk::EffectivePerms;
+use x86_paging::tlb::Translation;
 
 /// One event of the trace with its position in it (counted from the guest's boot).
 pub type Numbered = (u64, TraceEvent);

@@ -15,7 +15,6 @@ mod table;
 use crate::checker::{self, access_string, Finding, FrameReports, Refs};
 use crate::coherence::Coherence;
 use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
-use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
 use crate::scenario::Expect;
 use crate::{Guest, VmConfig, VmmError};
 use shared_mm::abi::{
@@ -24,6 +23,7 @@ use shared_mm::abi::{
 use shared_mm::trace::TraceEvent;
 pub use sharing::Sharing;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use x86_paging::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
 
 const PAGE: u64 = 4096;
 

@@ -23,14 +23,12 @@ pub mod interrupt;
 #[allow(unsafe_code)]
 pub mod kick;
 pub mod loader;
-pub mod page_walk;
 pub mod protocol_error;
 pub mod report_guard;
 pub mod scenario;
 pub mod serial;
 pub mod sim;
 pub mod table_lifetime;
-pub mod tlb;
 pub mod trace;
 pub mod vcpu_exit;
 #[allow(unsafe_code)]

@@ -16,11 +16,11 @@
 //! the replay remember is bounded by the caller's limit, and an excess is [`TraceTooLarge`].
 #![forbid(unsafe_code)]
 
-use crate::checker::frame_map::{FrameMap, FrameSet};
 use crate::checker::Rule;
 use crate::coherence::{CoherenceFinding, Numbered, TraceTooLarge};
 use shared_mm::pte::{PageLevel, PageTableEntry, LOWER_HALF_LAST};
 use shared_mm::trace::TraceEvent;
+use x86_paging::frame_map::{FrameMap, FrameSet};
 
 /// The entry linking a table: where it is and what it held.
 #[derive(Clone, Copy, Debug)]

@@ -2,12 +2,12 @@
 //! `KERNEL_VIRT_BASE + phys`, both with 2 MiB pages, built with the same [`PageTableBuilder`]
 //! the walker's tests use. The user half stays empty.
 
-use crate::page_walk::{BuildError, PageTableBuilder};
 use shared_mm::boot_info::{BOOT_PML4_ADDR, KERNEL_VIRT_BASE, PHYSMAP_BASE};
 use shared_mm::pte::{PageLevel, PageTableFlags};
 use shared_mm::trace::TRACE_ADDR;
 use std::fmt;
 use vm_memory::GuestMemoryMmap;
+use x86_paging::page_walk::{BuildError, PageTableBuilder};
 
 const TWO_MIB: u64 = 2 << 20;
 const ONE_GIB: u64 = 1 << 30;

@@ -16,11 +16,11 @@
 //! Owners not reported in a check keep their last report, so only changed spaces need to
 //! report; the leak scan over the bitmap runs only when the counts disagree.
 
-use super::frame_map::FrameMap;
 use super::{Finding, Rule};
 use crate::driver::{DriverError, FramesChunk, FramesPart};
 use shared_mm::abi::{FrameRecord, FrameRefs, FrameUse, KERNEL_SPACE};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use x86_paging::frame_map::FrameMap;
 
 /// Findings one accounting check keeps per rule.
 const MAX_PER_RULE: usize = 16;

@@ -10,11 +10,9 @@
 //! the walk stops at its own budget, and at most [`MAX_PER_RULE`] findings per rule are kept
 //! per check (the rest are counted in one more finding).
 
-use super::frame_map::FrameMap;
 use super::provenance::Provenance;
 use super::{region_containing, space_name, Finding, Rule};
 use crate::driver::SpaceSnapshot;
-use crate::page_walk::{leaves_in, translate, Leaf, LOWER_HALF, UPPER_HALF};
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{
     RegionRecord, KERNEL_SPACE, KERNEL_SPACE_BASE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
@@ -22,6 +20,8 @@ use shared_mm::abi::{
 use shared_mm::pte::PageLevel;
 use std::collections::BTreeMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use x86_paging::frame_map::FrameMap;
+use x86_paging::page_walk::{leaves_in, translate, Leaf, LOWER_HALF, UPPER_HALF};
 
 /// Findings one check keeps per rule.
 pub const MAX_PER_RULE: usize = 32;
@@ -510,10 +510,10 @@ impl Check<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page_walk::PageTableBuilder;
     use shared_mm::abi::access_bits::SHARED;
     use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_4K};
     use vm_memory::GuestMemoryMmap;
+    use x86_paging::page_walk::PageTableBuilder;
 
     fn region(base: u64, object: u64) -> RegionRecord {
         let shared = if object != 0 { SHARED } else { 0 };

@@ -7,7 +7,6 @@
 mod accounting;
 mod agreement;
 mod checked;
-pub(crate) mod frame_map;
 mod provenance;
 
 pub use accounting::{Accounting, FrameReports};

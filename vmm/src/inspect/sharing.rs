@@ -5,10 +5,10 @@
 
 use super::{Owner, Row};
 use crate::checker::Refs;
-use crate::page_walk::Leaf;
 use shared_mm::abi::access_bits::SHARED;
 use shared_mm::abi::RegionRecord;
 use std::collections::HashMap;
+use x86_paging::page_walk::Leaf;
 
 const PAGE: u64 = 4096;
 

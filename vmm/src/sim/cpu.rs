@@ -6,8 +6,6 @@
 //! non-canonical address, #PF with the architectural error code and CR2 otherwise.
 
 use super::ram::WrittenPages;
-use crate::page_walk::{self, WalkError};
-use crate::tlb::{Access, CpuCaches, Translation};
 use guest_mm::machine::{
     PF_FETCH, PF_PRESENT, PF_RESERVED, PF_USER, PF_WRITE, VECTOR_BREAKPOINT,
     VECTOR_GENERAL_PROTECTION, VECTOR_INVALID_OPCODE, VECTOR_PAGE_FAULT,
@@ -15,6 +13,8 @@ use guest_mm::machine::{
 use guest_mm::{UserEntry, UserTrap};
 use shared_mm::pte::is_canonical;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use x86_paging::page_walk::{self, WalkError};
+use x86_paging::tlb::{Access, CpuCaches, Translation};
 
 /// Instructions one stay in ring 3 may run: the longest the MM starts is three.
 const MAX_INSTRUCTIONS: usize = 16;
@@ -251,8 +251,8 @@ impl Cpu<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page_walk::PageTableBuilder;
     use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_4K};
+    use x86_paging::page_walk::PageTableBuilder;
 
     const CODE: u64 = 0x1000_0000;
     const DATA: u64 = 0x40_0000;

@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shared_mm::pte::{PageLevel, PageTableFlags, PAGE_SIZE_1G};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm::page_walk::{coalesce, leaves, translate, PageTableBuilder};
+use x86_paging::page_walk::{coalesce, leaves, translate, PageTableBuilder};
 
 /// As much RAM as the tables map, so the walk stays within the budget an honest guest has.
 const RAM: usize = 1 << 30;

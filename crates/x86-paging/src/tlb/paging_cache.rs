@@ -8,7 +8,7 @@
 //! reads the new contents as page-table entries, as hardware may.
 #![forbid(unsafe_code)]
 
-use crate::checker::frame_map::FrameMap;
+use crate::frame_map::FrameMap;
 use crate::page_walk::{WalkPath, WalkStart};
 use shared_mm::pte::PageLevel;
 

@@ -13,7 +13,7 @@
 //!
 //! The paging-structure caches (cached PML4Es, PDPTEs, PDEs) are [`PagingCache`]; a CPU's
 //! caches together are [`CpuCaches`]. Which page tables a CPU may still walk, and so must not
-//! be freed, is [`crate::table_lifetime`]'s rule over the flush trace.
+//! be freed, is the checker's table-lifetime rule over the flush trace.
 #![forbid(unsafe_code)]
 
 mod paging_cache;
