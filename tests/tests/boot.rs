@@ -1,10 +1,10 @@
 //! Booting guests in-process: the default one exits 0; bad input and misbehaviour are named errors.
 #![forbid(unsafe_code)]
 
+use guest_image::EMBEDDED_KERNEL;
 use integration_tests::{boot, config, minimal_elf, run_error, setup_error, TEST_MEMORY};
 use shared_mm::boot_info::{GuestCommand, BOOT_INFO_ADDR, KERNEL_PHYS_BASE, MAILBOX_ADDR};
 use std::time::{Duration, Instant};
-use vmm::vm::EMBEDDED_KERNEL;
 use vmm::{VmConfig, VmmError};
 
 /// `hlt`: with interrupts off and no in-kernel irqchip, KVM exits to the VMM.

@@ -1,6 +1,7 @@
 //! The fuzz corpus directory: a campaign saves the batches that reached new edges, a later one
 //! starts from them, and campaigns that share the directory take each other's entries.
 
+use guest_image::variant::{build_variant_with, GuestVariant};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -9,7 +10,6 @@ use vmm::coverage::CoverageMap;
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
 use vmm::fuzz::shrink::Budget;
 use vmm::fuzz::RESCAN_INTERVAL;
-use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::file::load;
 use vmm::{Backend, VmConfig};
 
@@ -35,7 +35,7 @@ fn coverage_kernel() -> Vec<u8> {
 fn campaign(name: &str, backend: Backend, seed: u64, ops: u64) -> CampaignConfig {
     let kernel = match backend {
         Backend::Kvm => coverage_kernel(),
-        Backend::Sim => vmm::vm::EMBEDDED_KERNEL.to_vec(),
+        Backend::Sim => guest_image::EMBEDDED_KERNEL.to_vec(),
     };
     let coverage = CoverageMap::from_elf(&kernel).expect("kernel ELF parses");
     CampaignConfig {

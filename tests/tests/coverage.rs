@@ -1,6 +1,7 @@
 //! Coverage feedback: a sanitizer-coverage guest boots, passes the self-check, and its edge counters can be read, merged and reset between batches.
 #![forbid(unsafe_code)]
 
+use guest_image::variant::{build_variant_with, GuestVariant};
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
     Op, OpResult, SpaceRecord, Status,
@@ -11,7 +12,6 @@ use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::coverage::{CoverageMap, CoverageSet};
 use vmm::driver::{Driver, DriverError, Script, SnapshotChunk};
-use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::SelfCheck;
 use vmm::{Vm, VmConfig};
 
@@ -93,7 +93,10 @@ fn coverage_build_has_counters_in_the_kernel_image() {
 
 #[test]
 fn normal_build_has_no_counters() {
-    assert_eq!(CoverageMap::from_elf(vmm::vm::EMBEDDED_KERNEL), Ok(None));
+    assert_eq!(
+        CoverageMap::from_elf(guest_image::EMBEDDED_KERNEL),
+        Ok(None)
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! shrunk and replayed from its reproducer file, and coverage feedback.
 #![forbid(unsafe_code)]
 
+use guest_image::variant::{build_variant_with, GuestVariant};
 use std::path::PathBuf;
 use std::time::Duration;
 use vmm::checker::Rule;
@@ -10,7 +11,6 @@ use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
 use vmm::fuzz::{replay, Signature};
-use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::VmConfig;
 
 fn out_dir(name: &str) -> PathBuf {
@@ -57,7 +57,7 @@ fn run(config: &CampaignConfig) -> CampaignReport {
 
 #[test]
 fn correct_guest_survives_a_campaign() {
-    let config = campaign("clean", vmm::vm::EMBEDDED_KERNEL.to_vec(), 3_000, false);
+    let config = campaign("clean", guest_image::EMBEDDED_KERNEL.to_vec(), 3_000, false);
     let report = run(&config);
     assert!(report.bugs.is_empty(), "{:#?}", report.bugs);
     assert_eq!(report.ops_executed, 3_000);
@@ -125,7 +125,7 @@ fn seeded_bug_is_found_shrunk_and_replayed() {
     assert!(at <= repro.ops.len());
     // The same operations are clean on the correct guest.
     let clean = VmConfig {
-        kernel: vmm::vm::EMBEDDED_KERNEL.to_vec(),
+        kernel: guest_image::EMBEDDED_KERNEL.to_vec(),
         ..config.vm
     };
     assert_eq!(
@@ -160,7 +160,7 @@ fn a_guest_that_cannot_boot_stops_the_campaign_with_its_error() {
 
 /// A sim campaign of `ops` with `bug` planted.
 fn sim_campaign(name: &str, bug: guest_mm::Bug, ops: u64) -> CampaignConfig {
-    let mut config = campaign(name, vmm::vm::EMBEDDED_KERNEL.to_vec(), ops, true);
+    let mut config = campaign(name, guest_image::EMBEDDED_KERNEL.to_vec(), ops, true);
     config.vm.backend = vmm::Backend::Sim;
     config.vm.seeded_bugs = guest_mm::SeededBugs::NONE.with(bug);
     config.guest_features = vec![bug.feature().to_string()];
@@ -194,7 +194,12 @@ fn memory_pressure_reaches_the_end_of_ram_and_finds_its_double_allocation() {
 
 #[test]
 fn memory_pressure_on_the_correct_mm_runs_out_of_frames_and_recovers_cleanly() {
-    let mut config = campaign("pressure", vmm::vm::EMBEDDED_KERNEL.to_vec(), 30_000, false);
+    let mut config = campaign(
+        "pressure",
+        guest_image::EMBEDDED_KERNEL.to_vec(),
+        30_000,
+        false,
+    );
     config.vm.backend = vmm::Backend::Sim;
     config.coverage = None;
     config.pressure = true;

@@ -2,6 +2,7 @@
 //! walks them, the agreement verdict, and the table, JSON and SVG views agreeing with each other.
 #![forbid(unsafe_code)]
 
+use guest_image::variant::build_variant;
 use integration_tests::config;
 use serde_json::Value;
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
@@ -9,7 +10,6 @@ use shared_mm::abi::KERNEL_SPACE;
 use shared_mm::boot_info::GuestCommand;
 use std::sync::OnceLock;
 use vmm::checker::Rule;
-use vmm::guest_build::build_variant;
 use vmm::inspect::{inspect, Owner, Report, Row, Sharing, SpaceReport};
 use vmm::VmConfig;
 

@@ -4,10 +4,10 @@
 //! scenario clean.
 #![forbid(unsafe_code)]
 
+use guest_image::variant::build_variant;
 use guest_mm::{Bug, SeededBugs};
 use std::time::Duration;
 use vmm::checker::Rule;
-use vmm::guest_build::build_variant;
 use vmm::scenario::{bug_bait, run_checked, Outcome};
 use vmm::{Backend, Guest, VmConfig};
 

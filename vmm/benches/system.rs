@@ -1229,8 +1229,8 @@ const GUIDED_OPS: u64 = 100_000;
 /// and runs one after the other put that drift into the ratio.
 fn coverage_guided(rows: &mut Vec<Row>) {
     eprintln!("bench: kvm fuzzing, plain and coverage-guided side by side, {GUIDED_OPS} ops each");
-    let elf = vmm::guest_build::build_variant_with(
-        &vmm::guest_build::GuestVariant::default().with_coverage(),
+    let elf = guest_image::variant::build_variant_with(
+        &guest_image::variant::GuestVariant::default().with_coverage(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let kernel = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
@@ -1244,7 +1244,7 @@ fn coverage_guided(rows: &mut Vec<Row>) {
         report.ops_per_second()
     };
     let (plain, guided) = std::thread::scope(|scope| {
-        let plain = scope.spawn(|| run(vmm::vm::EMBEDDED_KERNEL, None, "plain"));
+        let plain = scope.spawn(|| run(guest_image::EMBEDDED_KERNEL, None, "plain"));
         let guided = run(&kernel, counters, "guided");
         (plain.join().expect("the plain campaign"), guided)
     });

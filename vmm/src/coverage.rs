@@ -69,7 +69,7 @@ fn physical(elf: &ElfFile64<'_, LittleEndian>, vaddr: u64, len: u64) -> Option<u
 
 /// Where a coverage guest keeps its per-edge counters in guest-physical memory.
 ///
-/// A coverage build of the guest ([`crate::guest_build::GuestVariant::with_coverage`]) keeps one
+/// A coverage build of the guest ([`guest_image::variant::GuestVariant::with_coverage`]) keeps one
 /// 8-bit counter per control-flow edge between `__start___sancov_cntrs` and
 /// `__stop___sancov_cntrs`. The guest only increments them; the host reads them while the guest is
 /// paused (in [`crate::driver::Driver::next_batch`]), merges them into a [`CoverageSet`] and
@@ -343,7 +343,10 @@ mod tests {
             Ok(None)
         );
         assert_eq!(CoverageMap::from_elf(&elf_with(&[])), Ok(None));
-        assert_eq!(CoverageMap::from_elf(crate::vm::EMBEDDED_KERNEL), Ok(None));
+        assert_eq!(
+            CoverageMap::from_elf(guest_image::EMBEDDED_KERNEL),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -365,7 +368,7 @@ mod tests {
                 len: 0x1000
             }
         );
-        let truncated = err(&crate::vm::EMBEDDED_KERNEL[..4096]);
+        let truncated = err(&guest_image::EMBEDDED_KERNEL[..4096]);
         assert!(
             matches!(truncated, CoverageError::Malformed(_)),
             "{truncated}"

@@ -15,7 +15,6 @@ pub mod driver;
 pub mod error;
 pub mod fuzz;
 pub mod gdb;
-pub mod guest_build;
 pub mod hypercall;
 pub mod inspect;
 #[allow(unsafe_code)]

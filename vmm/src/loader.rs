@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn a_kernel_in_ram_matches_only_the_same_bytes_laid_out_the_same_way() {
-        let image = crate::vm::EMBEDDED_KERNEL;
+        let image = guest_image::EMBEDDED_KERNEL;
         let layout = layout(image, 256 << 20).expect("the embedded kernel");
         let in_ram = KernelInRam::of(image, layout.clone());
         assert!(in_ram.matches(image, &layout));
@@ -232,11 +232,11 @@ mod tests {
 
     #[test]
     fn an_entry_point_outside_every_segment_is_refused() {
-        let layout = layout(crate::vm::EMBEDDED_KERNEL, 256 << 20).expect("the embedded kernel");
+        let layout = layout(guest_image::EMBEDDED_KERNEL, 256 << 20).expect("the embedded kernel");
         let code = layout.segments[0];
         let first_vaddr = layout.entry; // the embedded kernel starts at its first segment
         for entry in [0, first_vaddr - 1, u64::MAX, first_vaddr + code.filesz] {
-            let mut image = crate::vm::EMBEDDED_KERNEL.to_vec();
+            let mut image = guest_image::EMBEDDED_KERNEL.to_vec();
             image[24..32].copy_from_slice(&entry.to_le_bytes());
             match check_elf(&image, 256 << 20) {
                 Err(e @ VmmError::EntryOutsideSegments { .. }) => {
@@ -246,7 +246,7 @@ mod tests {
                 other => panic!("entry {entry:#x}: {other:?}"),
             }
         }
-        let mut last_byte = crate::vm::EMBEDDED_KERNEL.to_vec();
+        let mut last_byte = guest_image::EMBEDDED_KERNEL.to_vec();
         let inside = first_vaddr + code.filesz - 1;
         last_byte[24..32].copy_from_slice(&inside.to_le_bytes());
         assert!(check_elf(&last_byte, 256 << 20).is_ok());

@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context};
 use bounded_io::excerpt::{excerpt, MAX_QUOTED};
 use bounded_io::files::{open_regular, read_capped, write_output, FileError, Naming};
 use clap::{Parser, Subcommand};
+use guest_image::variant::{build_variant_with, GuestVariant};
 use guest_mm::{Bug, SeededBugs};
 use shared_mm::boot_info::GuestCommand;
 use shared_mm::smp::MAX_CPUS;
@@ -18,7 +19,6 @@ use vmm::fuzz::narrow::{replay_narrowed, replay_planned, Plan, Replayed};
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
 use vmm::gdb::GdbServer;
-use vmm::guest_build::{build_variant_with, GuestVariant};
 use vmm::scenario::builtin::SELF_CHECK_NAME;
 use vmm::scenario::file::load;
 use vmm::scenario::header::{cpus_line, Settings};
@@ -308,7 +308,7 @@ fn kvm_kernel(args: &GuestArgs, coverage: bool) -> anyhow::Result<(Vec<u8>, Stri
         return Ok((read(path)?, path.display().to_string()));
     }
     if !coverage && args.features().is_empty() {
-        return Ok((vmm::vm::EMBEDDED_KERNEL.to_vec(), "embedded".into()));
+        return Ok((guest_image::EMBEDDED_KERNEL.to_vec(), "embedded".into()));
     }
     let features: Vec<&str> = args.features().iter().map(String::as_str).collect();
     let mut variant = GuestVariant::new(&features);
@@ -316,14 +316,14 @@ fn kvm_kernel(args: &GuestArgs, coverage: bool) -> anyhow::Result<(Vec<u8>, Stri
         variant = variant.with_coverage();
     }
     eprintln!("vmm: building guest variant {}", variant.name());
-    let path = build_variant_with(&variant).map_err(anyhow::Error::msg)?;
+    let path = build_variant_with(&variant)?;
     Ok((read(&path)?, path.display().to_string()))
 }
 
 /// The ELF gdb loads for a kernel labelled `label` (a path, or `embedded`).
 fn elf_for_gdb(label: &str) -> String {
     let path = if label == "embedded" {
-        vmm::vm::EMBEDDED_KERNEL_PATH
+        guest_image::EMBEDDED_KERNEL_PATH
     } else {
         label
     };
@@ -374,7 +374,11 @@ fn config_with(
                 bail!("--coverage needs --backend kvm: the sim's MM is not instrumented");
             }
             // The embedded image only lays out RAM; its code does not run.
-            (vmm::vm::EMBEDDED_KERNEL.to_vec(), "embedded".into(), seeded)
+            (
+                guest_image::EMBEDDED_KERNEL.to_vec(),
+                "embedded".into(),
+                seeded,
+            )
         }
     };
     if args.cpus() > 1 && args.gdb.is_some() {

@@ -15,6 +15,7 @@ use crate::serial::{ConsoleSink, SerialConsole};
 use crate::trace;
 use crate::vcpu_exit::{self, Exit};
 use crate::watchdog::{guest_heartbeat, Watchdog};
+use guest_image::EMBEDDED_KERNEL;
 use guest_mm::SeededBugs;
 use kvm_bindings::{
     kvm_debug_exit_arch, kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_MP_STATE_HALTED,
@@ -25,12 +26,6 @@ use shared_mm::boot_info::{BootInfo, GuestCommand};
 use std::sync::Mutex;
 use std::time::Duration;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-
-/// The guest kernel built by vmm/build.rs and embedded in this binary.
-pub static EMBEDDED_KERNEL: &[u8] = include_bytes!(env!("GUEST_KERNEL_ELF"));
-
-/// Where vmm/build.rs left that ELF, with its debug info, for gdb.
-pub const EMBEDDED_KERNEL_PATH: &str = env!("GUEST_KERNEL_ELF");
 
 /// Default guest RAM.
 pub const DEFAULT_MEMORY: u64 = 256 << 20;

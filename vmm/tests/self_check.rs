@@ -126,7 +126,7 @@ fn every_seeded_bug_fails_the_self_check_on_the_sim() {
 fn every_seeded_bug_fails_the_self_check_on_kvm() {
     // Each variant is built first (cargo at run time), so that the runs themselves are short.
     for bug in Bug::ALL {
-        vmm::guest_build::build_variant(&[bug.feature()]).unwrap_or_else(|e| panic!("{e}"));
+        guest_image::variant::build_variant(&[bug.feature()]).unwrap_or_else(|e| panic!("{e}"));
     }
     assert_every_bug_fails_the_self_check("kvm");
 }

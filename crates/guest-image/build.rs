@@ -1,13 +1,13 @@
-//! Builds the guest kernel for x86_64-unknown-none and embeds it in the vmm binary, so that
-//! `cargo run -p vmm -- run` needs no separate step.
+//! Builds the guest kernel for x86_64-unknown-none for this crate to embed, so that
+//! `cargo run -p vmm -- run` (and every other user of the image) needs no separate step.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
 
 // The build script needs only part of the module.
 #[allow(dead_code)]
-#[path = "src/guest_build.rs"]
-mod guest_build;
+#[path = "src/variant.rs"]
+mod variant;
 
 fn rerun_if_changed_tree(dir: &Path) {
     println!("cargo:rerun-if-changed={}", dir.display());
@@ -24,9 +24,9 @@ fn rerun_if_changed_tree(dir: &Path) {
 }
 
 fn main() {
-    let root = guest_build::workspace_root();
-    let guest_dir = guest_build::guest_dir();
-    let target_dir = guest_build::target_root().join("guest-kernel");
+    let root = variant::workspace_root();
+    let guest_dir = variant::guest_dir();
+    let target_dir = variant::target_root().join("guest-kernel");
 
     for path in [
         "src",
@@ -46,7 +46,6 @@ fn main() {
         root.join("shared-mm/Cargo.toml").display()
     );
 
-    let elf =
-        guest_build::build_guest(&guest_dir, &target_dir, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let elf = variant::build_guest(&guest_dir, &target_dir, &[]).unwrap_or_else(|e| panic!("{e}"));
     println!("cargo:rustc-env=GUEST_KERNEL_ELF={}", elf.display());
 }

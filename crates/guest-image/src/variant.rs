@@ -1,11 +1,14 @@
 //! Builds the guest kernel for x86_64-unknown-none, optionally with cargo features (the seeded
-//! bugs) and sanitizer coverage. Shared by vmm/build.rs, which embeds the default guest, and by
-//! tests and tools that need a variant. Uses std only, so the build script can include it by path.
+//! bugs) and sanitizer coverage. Shared by this crate's build script, which embeds the default
+//! guest, and by the CLI, tests and tools that need a variant. Uses std only, so the build
+//! script can include it by path.
 #![forbid(unsafe_code)]
 
 use std::env;
+use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
 /// The guest's target triple.
 pub const GUEST_TARGET: &str = "x86_64-unknown-none";
@@ -24,12 +27,51 @@ const HOST_ONLY_ENV: [&str; 9] = [
     "CARGO_PROFILE_RELEASE_DEBUG",
 ];
 
+/// Why a guest could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// The toolchain lacks the guest target, and rustup could not add it.
+    NoGuestTarget(io::Result<ExitStatus>),
+    /// The stale output of a coverage wrapper whose flags changed could not be removed.
+    StaleOutput { path: PathBuf, source: io::Error },
+    /// The coverage wrapper script could not be written.
+    Wrapper { path: PathBuf, source: io::Error },
+    /// cargo could not be started.
+    CannotRunCargo(io::Error),
+    /// cargo ran and failed.
+    Failed { variant: String, status: ExitStatus },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::NoGuestTarget(rustup) => write!(
+                f,
+                "the Rust target {GUEST_TARGET} is missing and `rustup target add {GUEST_TARGET}` failed ({rustup:?})"
+            ),
+            BuildError::StaleOutput { path, source } => {
+                write!(f, "cannot remove the stale {}: {source}", path.display())
+            }
+            BuildError::Wrapper { path, source } => {
+                write!(f, "cannot write {}: {source}", path.display())
+            }
+            BuildError::CannotRunCargo(e) => write!(f, "cannot run cargo to build the guest: {e}"),
+            BuildError::Failed { variant, status } => {
+                write!(f, "building the guest kernel ({variant}) failed: {status}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
 /// The workspace root of this checkout.
 pub fn workspace_root() -> PathBuf {
-    let vmm_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    vmm_dir
-        .parent()
-        .expect("vmm lives in the workspace")
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .ancestors()
+        .nth(2)
+        .expect("guest-image lives in crates/ of the workspace")
         .to_path_buf()
 }
 
@@ -56,7 +98,7 @@ fn rustc_sysroot() -> Option<PathBuf> {
 
 /// Installs the guest target with rustup when the toolchain lacks it (rust-toolchain.toml names
 /// it, but older rustup versions do not install targets on first use).
-pub fn ensure_guest_target() -> Result<(), String> {
+pub fn ensure_guest_target() -> Result<(), BuildError> {
     let Some(sysroot) = rustc_sysroot() else {
         return Ok(());
     };
@@ -70,9 +112,7 @@ pub fn ensure_guest_target() -> Result<(), String> {
     }
     match cmd.status() {
         Ok(s) if s.success() => Ok(()),
-        other => Err(format!(
-            "the Rust target {GUEST_TARGET} is missing and `rustup target add {GUEST_TARGET}` failed ({other:?})"
-        )),
+        other => Err(BuildError::NoGuestTarget(other)),
     }
 }
 
@@ -104,10 +144,10 @@ pub const COVERAGE_CRATES: [&str; 2] = ["guest_mm", "shared_mm"];
 /// Writes a `RUSTC_WRAPPER` script into `target_dir` that runs rustc with
 /// [`COVERAGE_RUSTFLAGS`] for the [`COVERAGE_CRATES`] and unchanged for every other crate (cargo
 /// has no stable per-crate rustflags), and returns its path.
-fn coverage_wrapper(target_dir: &Path) -> Result<PathBuf, String> {
+fn coverage_wrapper(target_dir: &Path) -> Result<PathBuf, BuildError> {
     let script = format!(
         "#!/bin/sh\n\
-         # Written by vmm (guest_build.rs): rustc, with sanitizer coverage for {crates}.\n\
+         # Written by guest-image (variant.rs): rustc, with sanitizer coverage for {crates}.\n\
          rustc=\"$1\"; shift\n\
          name=; prev=\n\
          for arg in \"$@\"; do\n\
@@ -128,8 +168,10 @@ fn coverage_wrapper(target_dir: &Path) -> Result<PathBuf, String> {
     let stale = std::fs::read_to_string(&path).is_ok_and(|old| old != script);
     let built = target_dir.join(GUEST_TARGET);
     if stale && built.exists() {
-        std::fs::remove_dir_all(&built)
-            .map_err(|e| format!("cannot remove the stale {}: {e}", built.display()))?;
+        std::fs::remove_dir_all(&built).map_err(|source| BuildError::StaleOutput {
+            path: built.clone(),
+            source,
+        })?;
     }
     let written = std::fs::create_dir_all(target_dir)
         .and_then(|()| std::fs::write(&path, script))
@@ -137,7 +179,10 @@ fn coverage_wrapper(target_dir: &Path) -> Result<PathBuf, String> {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
         });
-    written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    written.map_err(|source| BuildError::Wrapper {
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 
@@ -186,7 +231,7 @@ pub fn build_guest(
     guest_dir: &Path,
     target_dir: &Path,
     features: &[&str],
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, BuildError> {
     build_guest_with(guest_dir, target_dir, &GuestVariant::new(features))
 }
 
@@ -199,7 +244,7 @@ pub fn build_guest_with(
     guest_dir: &Path,
     target_dir: &Path,
     variant: &GuestVariant,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, BuildError> {
     ensure_guest_target()?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -222,14 +267,12 @@ pub fn build_guest_with(
     if variant.coverage {
         cmd.env("RUSTC_WRAPPER", coverage_wrapper(target_dir)?);
     }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run cargo to build the guest: {e}"))?;
+    let status = cmd.status().map_err(BuildError::CannotRunCargo)?;
     if !status.success() {
-        return Err(format!(
-            "building the guest kernel ({}) failed: {status}",
-            variant.name()
-        ));
+        return Err(BuildError::Failed {
+            variant: variant.name(),
+            status,
+        });
     }
     Ok(target_dir
         .join(GUEST_TARGET)
@@ -239,12 +282,12 @@ pub fn build_guest_with(
 
 /// Builds a guest variant with `features` (for example `["bug-stale-pte"]`) in its own target
 /// directory under `target/guest-variants/`, so variants never overwrite each other.
-pub fn build_variant(features: &[&str]) -> Result<PathBuf, String> {
+pub fn build_variant(features: &[&str]) -> Result<PathBuf, BuildError> {
     build_variant_with(&GuestVariant::new(features))
 }
 
 /// Builds `variant` in its own target directory, `target/guest-variants/<variant name>/`.
-pub fn build_variant_with(variant: &GuestVariant) -> Result<PathBuf, String> {
+pub fn build_variant_with(variant: &GuestVariant) -> Result<PathBuf, BuildError> {
     let target_dir = target_root().join("guest-variants").join(variant.name());
     build_guest_with(&guest_dir(), &target_dir, variant)
 }
@@ -257,7 +300,8 @@ mod tests {
     /// a wrapper that is unchanged keeps what was built.
     #[test]
     fn a_changed_coverage_wrapper_clears_what_it_built() {
-        let dir = std::env::temp_dir().join(format!("vmm-wrapper-test-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("guest-image-wrapper-test-{}", std::process::id()));
         let built = dir.join(GUEST_TARGET).join("release");
         std::fs::create_dir_all(&built).unwrap();
         std::fs::write(dir.join("sancov-rustc.sh"), "#!/bin/sh\n# older flags\n").unwrap();
