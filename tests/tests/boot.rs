@@ -1,6 +1,7 @@
 //! Booting guests in-process: the default one exits 0; bad input and misbehaviour are named errors.
 #![forbid(unsafe_code)]
 
+use guest_boot::BootError;
 use guest_image::EMBEDDED_KERNEL;
 use integration_tests::{boot, config, minimal_elf, run_error, setup_error, TEST_MEMORY};
 use shared_mm::boot_info::{GuestCommand, BOOT_INFO_ADDR, KERNEL_PHYS_BASE, MAILBOX_ADDR};
@@ -65,7 +66,10 @@ fn minimal_elf_at_the_kernel_base_loads_and_runs() {
 #[test]
 fn random_bytes_are_not_an_elf() {
     let err = setup_error(&with_kernel(noise(4096)));
-    assert!(matches!(err, VmmError::NotElf(_)), "{err:?}");
+    assert!(
+        matches!(err, VmmError::Boot(BootError::NotElf(_))),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("not an x86_64 ELF"), "{err}");
 }
 
@@ -74,7 +78,10 @@ fn text_file_is_not_an_elf() {
     let err = setup_error(&with_kernel(
         b"#!/bin/sh\necho this is not a kernel\n".to_vec(),
     ));
-    assert!(matches!(err, VmmError::NotElf(_)), "{err:?}");
+    assert!(
+        matches!(err, VmmError::Boot(BootError::NotElf(_))),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("ELF magic"), "{err}");
 }
 
@@ -83,14 +90,20 @@ fn elf_for_another_machine_is_rejected() {
     let mut elf = minimal_elf(KERNEL_PHYS_BASE, &[HLT]);
     elf[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
     let err = setup_error(&with_kernel(elf));
-    assert!(matches!(err, VmmError::NotElf(_)), "{err:?}");
+    assert!(
+        matches!(err, VmmError::Boot(BootError::NotElf(_))),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("not x86_64"), "{err}");
 }
 
 /// The embedded kernel cut to `len` bytes is refused as truncated, naming the length.
 fn assert_truncated(len: usize) {
     let err = setup_error(&with_kernel(EMBEDDED_KERNEL[..len].to_vec()));
-    assert!(matches!(err, VmmError::TruncatedElf(_)), "{err:?}");
+    assert!(
+        matches!(err, VmmError::Boot(BootError::TruncatedElf(_))),
+        "{err:?}"
+    );
     let message = err.to_string();
     assert!(
         message.contains("truncated") && message.contains(&format!("{len} bytes")),
@@ -114,7 +127,10 @@ fn every_short_prefix_of_the_kernel_is_an_error() {
     for len in 0..=256 {
         let err = setup_error(&with_kernel(EMBEDDED_KERNEL[..len].to_vec()));
         assert!(
-            matches!(err, VmmError::NotElf(_) | VmmError::TruncatedElf(_)),
+            matches!(
+                err,
+                VmmError::Boot(BootError::NotElf(_) | BootError::TruncatedElf(_))
+            ),
             "{len} bytes: {err}"
         );
     }
@@ -125,12 +141,12 @@ fn every_short_prefix_of_the_kernel_is_an_error() {
 /// allowed range.
 fn assert_segment_refused(paddr: u64) -> String {
     let err = setup_error(&with_kernel(minimal_elf(paddr, &[HLT])));
-    let &VmmError::SegmentOutsideRam {
+    let &VmmError::Boot(BootError::SegmentOutsideRam {
         paddr: reported,
         ram_size,
         allowed_start,
         ..
-    } = &err
+    }) = &err
     else {
         panic!("expected SegmentOutsideRam, got {err:?}");
     };
@@ -167,7 +183,7 @@ fn segment_on_the_boot_structures_is_rejected() {
 fn assert_bad_memory(memory: u64, why: &str) {
     let err = setup_error(&with_memory(memory));
     assert!(
-        matches!(err, VmmError::BadMemorySize { requested, .. } if requested == memory),
+        matches!(err, VmmError::Boot(BootError::BadMemorySize { requested, .. }) if requested == memory),
         "{err:?}"
     );
     let message = err.to_string();

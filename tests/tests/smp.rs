@@ -3,6 +3,7 @@
 //! hang, a halt) is reported with its CPU and its exit code, with no vCPU thread left behind.
 #![forbid(unsafe_code)]
 
+use guest_boot::BootError;
 use integration_tests::{boot, config, minimal_elf, Finished, TEST_MEMORY};
 use shared_mm::boot_info::{GuestCommand, KERNEL_PHYS_BASE, MIN_GUEST_RAM};
 use shared_mm::smp::{CpuSet, MAX_CPUS};
@@ -182,7 +183,10 @@ fn cpu_counts_out_of_range_are_refused_before_kvm() {
             ..VmConfig::default()
         };
         let err = vmm::Vm::new(&config).err().expect("refused");
-        assert!(matches!(err, VmmError::BadCpuCount { .. }), "{err}");
+        assert!(
+            matches!(err, VmmError::Boot(BootError::BadCpuCount { .. })),
+            "{err}"
+        );
         assert_eq!(err.exit_code(), 2);
     }
 }

@@ -1178,8 +1178,9 @@ fn sim_fuzz_ops_per_second(deep_rules: bool) -> f64 {
         budget: DEEP_RULES_OPS,
         feedback: None,
     };
-    let session = Session::new(source, 64, None)
-        .with_frame_budget(vmm::boot_memory::available_frames(&config));
+    let session = Session::new(source, 64, None).with_frame_budget(
+        guest_boot::boot_memory::available_frames(&config.boot_spec()),
+    );
     let mut checked = Checked::new(session);
     checked.deep_rules = deep_rules;
     let mut vm = Guest::boot(&config).expect("boot the sim");

@@ -14,27 +14,8 @@ pub enum VmmError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The kernel image is not a 64-bit little-endian x86_64 ELF executable.
-    NotElf(String),
-    /// The ELF headers point past the end of the file.
-    TruncatedElf(String),
-    /// The ELF entry point lies in no loadable segment's bytes from the file: the guest would
-    /// start on zeroes or unmapped memory.
-    EntryOutsideSegments { entry: u64 },
-    /// An ELF segment would land outside guest RAM or on the VMM's boot structures.
-    SegmentOutsideRam {
-        paddr: u64,
-        memsz: u64,
-        ram_size: u64,
-        allowed_start: u64,
-    },
-    /// linux-loader refused the image.
-    Load(linux_loader::loader::Error),
-    /// The requested guest memory size in bytes (`u64::MAX` when it does not fit in 64 bits)
-    /// is below the minimum, above the maximum, or not a multiple of 2 MiB.
-    BadMemorySize { requested: u64, reason: String },
-    /// A CPU count outside 1 to `MAX_CPUS`.
-    BadCpuCount { requested: u32 },
+    /// Guest RAM could not be laid out for the boot (bad image, RAM size or CPU count).
+    Boot(guest_boot::BootError),
     /// More CPUs than this host's KVM allows in one VM.
     TooManyCpus { requested: u32, max: usize },
     /// /dev/kvm is missing or not usable.
@@ -44,19 +25,12 @@ pub enum VmmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    /// Guest RAM could not be allocated.
-    GuestMemoryAlloc {
-        mib: u64,
-        source: vm_memory::mmap::FromRangesError,
-    },
     /// Guest memory could not be read or written.
     GuestMemory {
         /// What the VMM was doing ("reading the mailbox").
         what: &'static str,
         source: vm_memory::GuestMemoryError,
     },
-    /// The boot page tables could not be built.
-    BootTables(crate::arch::paging::BootTablesError),
     /// The guest triple-faulted (KVM_EXIT_SHUTDOWN); carries a register dump.
     TripleFault { registers: String },
     /// The guest reported a panic.
@@ -121,6 +95,12 @@ pub enum VmmError {
     Gdb(crate::gdb::GdbError),
 }
 
+impl From<guest_boot::BootError> for VmmError {
+    fn from(e: guest_boot::BootError) -> Self {
+        VmmError::Boot(e)
+    }
+}
+
 impl From<crate::gdb::GdbError> for VmmError {
     fn from(e: crate::gdb::GdbError) -> Self {
         VmmError::Gdb(e)
@@ -133,61 +113,14 @@ impl fmt::Display for VmmError {
             VmmError::KernelUnreadable { path, source } => {
                 write!(f, "cannot read kernel {}: {source}", shown(path))
             }
-            VmmError::NotElf(why) => {
-                write!(f, "kernel image is not an x86_64 ELF executable: {why}")
-            }
-            VmmError::TruncatedElf(why) => write!(f, "kernel ELF is truncated: {why}"),
-            VmmError::EntryOutsideSegments { entry } => write!(
-                f,
-                "kernel ELF entry point {entry:#x} lies outside every loadable segment's file bytes"
-            ),
-            VmmError::SegmentOutsideRam {
-                paddr,
-                memsz,
-                ram_size,
-                allowed_start,
-            } => {
-                if paddr < allowed_start {
-                    write!(
-                        f,
-                        "kernel ELF segment at physical {paddr:#x} lies below {allowed_start:#x}, \
-                         on the VMM's boot structures (GDT, boot info, mailbox, page tables); \
-                         link the kernel at {allowed_start:#x} or above"
-                    )
-                } else {
-                    write!(
-                        f,
-                        "kernel ELF segment at physical {paddr:#x} (size {memsz:#x}) runs past the end \
-                         of guest RAM at {ram_size:#x}; raise --memory or relink the kernel"
-                    )
-                }
-            }
-            VmmError::Load(e) => write!(f, "cannot load kernel: {e}"),
-            VmmError::BadMemorySize {
-                requested: u64::MAX,
-                reason,
-            } => {
-                write!(f, "bad guest memory size (2^64 bytes or more): {reason}")
-            }
-            VmmError::BadMemorySize { requested, reason } => {
-                write!(f, "bad guest memory size {requested} bytes: {reason}")
-            }
-            VmmError::BadCpuCount { requested } => write!(
-                f,
-                "bad CPU count {requested}: a VM has 1 to {} CPUs",
-                shared_mm::smp::MAX_CPUS
-            ),
+            VmmError::Boot(e) => write!(f, "{e}"),
             VmmError::TooManyCpus { requested, max } => write!(
                 f,
                 "{requested} CPUs: this host's KVM allows at most {max} vCPUs in a VM"
             ),
             VmmError::KvmUnavailable(why) => write!(f, "KVM is not available: {why}"),
             VmmError::Kvm { what, source } => write!(f, "KVM {what} failed: {source}"),
-            VmmError::GuestMemoryAlloc { mib, source } => {
-                write!(f, "cannot allocate {mib} MiB of guest RAM: {source}")
-            }
             VmmError::GuestMemory { what, source } => write!(f, "guest memory: {what}: {source}"),
-            VmmError::BootTables(e) => write!(f, "boot page tables: {e}"),
             VmmError::TripleFault { registers } => {
                 write!(
                     f,

@@ -6,7 +6,6 @@
 
 pub mod arch;
 pub mod backend;
-pub mod boot_memory;
 pub mod checker;
 pub mod coherence;
 pub mod coverage;
@@ -21,7 +20,6 @@ pub mod inspect;
 pub mod interrupt;
 #[allow(unsafe_code)]
 pub mod kick;
-pub mod loader;
 pub mod protocol_error;
 pub mod report_guard;
 pub mod scenario;

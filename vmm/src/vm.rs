@@ -3,18 +3,19 @@
 
 use crate::arch::{cpuid, regs};
 use crate::backend::Backend;
-use crate::boot_memory::{self, BootMemory};
 use crate::cpus::{Cpus, SmpReport};
 use crate::driver::Driver;
 use crate::error::VmmError;
 use crate::gdb::{Claim, GdbServer, Stub, PACKET_BUFFER};
 use crate::hypercall::{self, Next};
-use crate::loader::LoadedKernel;
 use crate::report_guard::{ReportBounds, ReportGuard};
 use crate::serial::{ConsoleSink, SerialConsole};
 use crate::trace;
 use crate::vcpu_exit::{self, Exit};
 use crate::watchdog::{guest_heartbeat, Watchdog};
+use guest_boot::boot_memory::{self, BootMemory, BootSpec};
+use guest_boot::loader::LoadedKernel;
+use guest_boot::BootError;
 use guest_image::EMBEDDED_KERNEL;
 use guest_mm::SeededBugs;
 use kvm_bindings::{
@@ -62,6 +63,20 @@ pub struct VmConfig {
     /// The gdb stub (`--gdb`): the first guest booted with it waits for gdb before its first
     /// instruction. KVM only.
     pub gdb: Option<GdbServer>,
+}
+
+impl VmConfig {
+    /// What booting this guest lays out in RAM.
+    pub fn boot_spec(&self) -> BootSpec<'_> {
+        BootSpec {
+            kernel: &self.kernel,
+            memory: self.memory,
+            cpus: self.cpus,
+            random_seed: self.random_seed,
+            command: self.command,
+            trace: self.trace,
+        }
+    }
 }
 
 impl Default for VmConfig {
@@ -141,7 +156,7 @@ impl Vm {
     /// Creates the VM, loads the kernel and prepares the vCPU for 64-bit entry.
     pub fn new(config: &VmConfig) -> Result<Vm, VmmError> {
         // Check the image before touching KVM, so a bad file is reported as such.
-        boot_memory::check(config)?;
+        boot_memory::check(&config.boot_spec())?;
         let kvm = open_kvm()?;
         let vm = kvm.create_vm().map_err(|source| VmmError::Kvm {
             what: "KVM_CREATE_VM",
@@ -152,7 +167,7 @@ impl Vm {
             kernel,
             cr3,
             info: boot_info,
-        } = boot_memory::prepare(config)?;
+        } = boot_memory::prepare(&config.boot_spec())?;
         for (slot, region) in mem.iter().enumerate() {
             let host = mem
                 .get_host_address(region.start_addr())
@@ -344,7 +359,7 @@ fn create_vcpus(
         cpu0_cpuid.get_or_insert(applied);
         vcpus.push(vcpu);
     }
-    let cpuid = cpu0_cpuid.ok_or(VmmError::BadCpuCount { requested: count })?;
+    let cpuid = cpu0_cpuid.ok_or(BootError::BadCpuCount { requested: count })?;
     Ok((vcpus, cpuid))
 }
 

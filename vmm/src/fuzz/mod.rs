@@ -553,7 +553,9 @@ pub fn run_session(
     check: bool,
 ) -> Result<Run, VmmError> {
     let mut vm = Guest::boot(config)?;
-    let session = session.with_frame_budget(crate::boot_memory::available_frames(config));
+    let session = session.with_frame_budget(guest_boot::boot_memory::available_frames(
+        &config.boot_spec(),
+    ));
     let mut driver = Checked::new(session);
     driver.stop_on_finding = true;
     let outcome = if check {

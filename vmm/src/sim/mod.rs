@@ -9,13 +9,13 @@ pub mod machine;
 mod panic;
 pub mod ram;
 
-use crate::boot_memory::{self, UsedRam};
 use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
 use crate::error::VmmError;
-use crate::loader::{KernelInRam, LoadedKernel};
 use crate::serial::ConsoleSink;
 use crate::trace::TraceLog;
 use crate::vm::VmConfig;
+use guest_boot::boot_memory::{self, UsedRam};
+use guest_boot::loader::{KernelInRam, LoadedKernel};
 use guest_mm::trace::Traced;
 use guest_mm::{MemoryManager, PhysicalFrame};
 use machine::SimMachine;
@@ -78,7 +78,8 @@ impl SimVm {
                 ),
             });
         }
-        let (boot, in_ram) = boot_memory::prepare_on(config, ram::take(config.memory))?;
+        let (boot, in_ram) =
+            boot_memory::prepare_on(&config.boot_spec(), ram::take(config.memory))?;
         let mut console = ConsoleSink::new(config.echo_console);
         let _ = writeln!(console, "sim: booted, {} MiB RAM", boot.info.ram_size >> 20);
         let machine = Traced::new(

@@ -9,7 +9,7 @@
 //! would (`recycled_ram_is_exactly_fresh_ram` checks it against a fresh boot).
 #![forbid(unsafe_code)]
 
-use crate::boot_memory::UsedRam;
+use guest_boot::boot_memory::UsedRam;
 use std::cell::RefCell;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn used(pages: u64) -> UsedRam {
-        use crate::loader::{KernelInRam, LoadedKernel};
+        use guest_boot::loader::{KernelInRam, LoadedKernel};
         UsedRam {
             mem: GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (pages * PAGE) as usize)])
                 .expect("small RAM"),

@@ -2,16 +2,34 @@
 //! boot info with its memory map, the entry GDT and the boot page tables.
 #![forbid(unsafe_code)]
 
-use crate::arch::{gdt::ENTRY_GDT, paging};
-use crate::error::VmmError;
+use crate::boot_tables;
+use crate::error::BootError;
+use crate::gdt::ENTRY_GDT;
 use crate::loader::{self, KernelInRam, LoadedKernel};
-use crate::vm::VmConfig;
 use shared_mm::boot_info::{
-    BootInfo, MemoryKind, MemoryRegion, BOOT_FLAG_TRACE, BOOT_GDT_ADDR, BOOT_INFO_ADDR,
-    MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
+    BootInfo, GuestCommand, MemoryKind, MemoryRegion, BOOT_FLAG_TRACE, BOOT_GDT_ADDR,
+    BOOT_INFO_ADDR, MAILBOX_ADDR, MAILBOX_SIZE, MAX_GUEST_RAM, MAX_MEMORY_REGIONS, MIN_GUEST_RAM,
 };
 use shared_mm::smp::{reserved_end, MAX_CPUS};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// What a boot lays out: the kernel image in RAM of a size, for a number of CPUs, and what
+/// the boot info tells the guest.
+#[derive(Clone, Copy, Debug)]
+pub struct BootSpec<'a> {
+    /// The kernel ELF image.
+    pub kernel: &'a [u8],
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// CPUs (1 to [`MAX_CPUS`]): the low reserved area grows by one block per AP.
+    pub cpus: u32,
+    /// Seed for the guest's randomized placement.
+    pub random_seed: u64,
+    /// What the guest does after boot.
+    pub command: GuestCommand,
+    /// Whether the MM writes the flush trace.
+    pub trace: bool,
+}
 
 /// Guest RAM ready to boot.
 pub struct BootMemory {
@@ -24,9 +42,9 @@ pub struct BootMemory {
     pub cr3: u64,
 }
 
-pub(crate) fn check_memory_size(size: u64) -> Result<(), VmmError> {
+fn check_memory_size(size: u64) -> Result<(), BootError> {
     let bad = |reason: String| {
-        Err(VmmError::BadMemorySize {
+        Err(BootError::BadMemorySize {
             requested: size,
             reason,
         })
@@ -47,14 +65,14 @@ pub(crate) fn check_memory_size(size: u64) -> Result<(), VmmError> {
 }
 
 /// Checks the CPU count, the RAM size and the kernel image, before anything is allocated.
-pub fn check(config: &VmConfig) -> Result<(), VmmError> {
-    if !(1..=MAX_CPUS).contains(&config.cpus) {
-        return Err(VmmError::BadCpuCount {
-            requested: config.cpus,
+pub fn check(spec: &BootSpec<'_>) -> Result<(), BootError> {
+    if !(1..=MAX_CPUS).contains(&spec.cpus) {
+        return Err(BootError::BadCpuCount {
+            requested: spec.cpus,
         });
     }
-    check_memory_size(config.memory)?;
-    loader::check_elf(&config.kernel, config.memory).map(|_| ())
+    check_memory_size(spec.memory)?;
+    loader::check_elf(spec.kernel, spec.memory).map(|_| ())
 }
 
 /// The memory map of `ram_size` bytes of RAM holding `kernel`, for a VM of `cpus` CPUs (the
@@ -87,37 +105,37 @@ fn memory_map(
     (regions, n)
 }
 
-/// About how many frames the guest MM can hand out after boot with `config`: the usable RAM of
+/// About how many frames the guest MM can hand out after a boot of `spec`: the usable RAM of
 /// the memory map, less the kernel heap and a few frames for the kernel's own tables. `None`
 /// when the kernel image cannot be read.
-pub fn available_frames(config: &VmConfig) -> Option<usize> {
-    let (start, end) = loader::check_elf(&config.kernel, config.memory).ok()?;
+pub fn available_frames(spec: &BootSpec<'_>) -> Option<usize> {
+    let (start, end) = loader::check_elf(spec.kernel, spec.memory).ok()?;
     let kernel = LoadedKernel {
         entry: 0,
         phys_start: start,
         phys_end: end,
     };
-    let (regions, n) = memory_map(config.memory, &kernel, config.cpus);
+    let (regions, n) = memory_map(spec.memory, &kernel, spec.cpus);
     let usable: u64 = regions[..n]
         .iter()
         .filter(|r| r.kind == MemoryKind::Usable)
         .map(|r| r.size / 4096)
         .sum();
-    let heap = guest_mm::memory_manager::heap_size(config.memory) / 4096;
+    let heap = guest_mm::memory_manager::heap_size(spec.memory) / 4096;
     let kernel_tables = 8;
     usize::try_from(usable.saturating_sub(heap + kernel_tables)).ok()
 }
 
 /// Allocates guest RAM and writes everything the guest finds there at entry.
-pub fn prepare(config: &VmConfig) -> Result<BootMemory, VmmError> {
-    check(config)?;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.memory as usize)])
-        .map_err(|source| VmmError::GuestMemoryAlloc {
-            mib: config.memory >> 20,
+pub fn prepare(spec: &BootSpec<'_>) -> Result<BootMemory, BootError> {
+    check(spec)?;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), spec.memory as usize)])
+        .map_err(|source| BootError::GuestMemoryAlloc {
+            mib: spec.memory >> 20,
             source,
         })?;
-    let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
-    write_boot_data(config, mem, kernel)
+    let kernel = loader::load_kernel(&mem, spec.kernel, spec.memory)?;
+    write_boot_data(spec, mem, kernel)
 }
 
 /// RAM a guest booted on and wrote nothing else into since (or whose other writes were undone):
@@ -133,20 +151,20 @@ pub struct UsedRam {
 /// tables, a boot info that may differ only in fields that are always written). No `used`, or
 /// any other, gets fresh RAM. Returns what the kernel left in RAM too.
 pub fn prepare_on(
-    config: &VmConfig,
+    spec: &BootSpec<'_>,
     used: Option<UsedRam>,
-) -> Result<(BootMemory, KernelInRam), VmmError> {
-    check(config)?;
-    let layout = loader::layout(&config.kernel, config.memory)?;
+) -> Result<(BootMemory, KernelInRam), BootError> {
+    check(spec)?;
+    let layout = loader::layout(spec.kernel, spec.memory)?;
     let reusable = used.filter(|used| {
-        used.in_ram.matches(&config.kernel, &layout)
-            && used.mem.last_addr().0.checked_add(1) == Some(config.memory)
+        used.in_ram.matches(spec.kernel, &layout)
+            && used.mem.last_addr().0.checked_add(1) == Some(spec.memory)
     });
     match reusable {
-        Some(used) => Ok((write_boot_data(config, used.mem, used.kernel)?, used.in_ram)),
+        Some(used) => Ok((write_boot_data(spec, used.mem, used.kernel)?, used.in_ram)),
         None => {
-            let in_ram = KernelInRam::of(&config.kernel, layout);
-            Ok((prepare(config)?, in_ram))
+            let in_ram = KernelInRam::of(spec.kernel, layout);
+            Ok((prepare(spec)?, in_ram))
         }
     }
 }
@@ -154,21 +172,21 @@ pub fn prepare_on(
 /// Writes the boot info, the entry GDT and the boot page tables into `mem`, which holds
 /// `kernel`.
 fn write_boot_data(
-    config: &VmConfig,
+    spec: &BootSpec<'_>,
     mem: GuestMemoryMmap,
     kernel: LoadedKernel,
-) -> Result<BootMemory, VmmError> {
-    let (regions, region_count) = memory_map(config.memory, &kernel, config.cpus);
+) -> Result<BootMemory, BootError> {
+    let (regions, region_count) = memory_map(spec.memory, &kernel, spec.cpus);
     let info = BootInfo {
-        ram_size: config.memory,
+        ram_size: spec.memory,
         mailbox_addr: MAILBOX_ADDR,
         mailbox_size: MAILBOX_SIZE,
         kernel_phys_start: kernel.phys_start,
         kernel_phys_end: kernel.phys_end,
-        random_seed: config.random_seed,
-        command: config.command as u64,
-        flags: if config.trace { BOOT_FLAG_TRACE } else { 0 },
-        cpu_count: config.cpus.into(),
+        random_seed: spec.random_seed,
+        command: spec.command as u64,
+        flags: if spec.trace { BOOT_FLAG_TRACE } else { 0 },
+        cpu_count: spec.cpus.into(),
         region_count,
         regions,
     };
@@ -176,17 +194,14 @@ fn write_boot_data(
     info.encode(&mut encoded).expect("buffer is ENCODED_SIZE");
     let write = |data: &[u8], addr: u64| {
         mem.write_slice(data, GuestAddress(addr))
-            .map_err(|source| VmmError::GuestMemory {
-                what: "writing the boot data",
-                source,
-            })
+            .map_err(BootError::BootData)
     };
     write(&encoded, BOOT_INFO_ADDR)?;
     let gdt: Vec<u8> = ENTRY_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
     write(&gdt, BOOT_GDT_ADDR)?;
     let cr3 =
-        paging::build_boot_page_tables(&mem, config.memory, kernel.phys_start, kernel.phys_end)
-            .map_err(VmmError::BootTables)?;
+        boot_tables::build_boot_page_tables(&mem, spec.memory, kernel.phys_start, kernel.phys_end)
+            .map_err(BootError::BootTables)?;
     Ok(BootMemory {
         mem,
         kernel,
@@ -201,10 +216,10 @@ mod tests {
 
     #[test]
     fn memory_sizes_are_checked() {
-        assert!(check_memory_size(crate::vm::DEFAULT_MEMORY).is_ok());
+        assert!(check_memory_size(256 << 20).is_ok());
         assert!(check_memory_size(1 << 20).is_err());
         assert!(check_memory_size(1 << 50).is_err());
-        assert!(check_memory_size(crate::vm::DEFAULT_MEMORY + 4096).is_err());
+        assert!(check_memory_size((256 << 20) + 4096).is_err());
     }
 
     #[test]
@@ -243,12 +258,16 @@ mod tests {
     #[test]
     fn cpu_counts_are_checked() {
         for cpus in [0, MAX_CPUS + 1] {
-            let config = VmConfig {
+            let spec = BootSpec {
+                kernel: guest_image::EMBEDDED_KERNEL,
+                memory: 256 << 20,
                 cpus,
-                ..VmConfig::default()
+                random_seed: 0,
+                command: GuestCommand::Serve,
+                trace: true,
             };
-            let err = check(&config).expect_err("out of range");
-            assert!(matches!(err, VmmError::BadCpuCount { .. }), "{err}");
+            let err = check(&spec).expect_err("out of range");
+            assert!(matches!(err, BootError::BadCpuCount { .. }), "{err}");
         }
     }
 }

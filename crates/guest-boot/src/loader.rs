@@ -1,7 +1,7 @@
 //! Loads the guest kernel ELF into guest memory with linux-loader, after checking its headers.
 #![forbid(unsafe_code)]
 
-use crate::error::VmmError;
+use crate::error::BootError;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use shared_mm::boot_info::KERNEL_PHYS_BASE;
 use std::io::Cursor;
@@ -47,12 +47,12 @@ pub struct Layout {
 /// Checks that `image` is an x86_64 ELF executable whose loadable segments fit in
 /// `[KERNEL_PHYS_BASE, ram_size)` and whose entry point lies in the file bytes of one of them;
 /// returns the physical extent of those segments.
-pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), VmmError> {
+pub fn check_elf(image: &[u8], ram_size: u64) -> Result<(u64, u64), BootError> {
     parse(image, ram_size).map(|(extent, _)| extent)
 }
 
 /// The checked [`Layout`] of `image` in RAM of `ram_size` bytes.
-pub fn layout(image: &[u8], ram_size: u64) -> Result<Layout, VmmError> {
+pub fn layout(image: &[u8], ram_size: u64) -> Result<Layout, BootError> {
     parse(image, ram_size).map(|(_, layout)| layout)
 }
 
@@ -98,23 +98,23 @@ impl KernelInRam {
 }
 
 /// [`check_elf`]'s extent, and the layout.
-fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), VmmError> {
+fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), BootError> {
     const EHDR_SIZE: usize = 64;
     const PHDR_SIZE: usize = 56;
     if image.len() < 4 || &image[..4] != b"\x7fELF" {
-        return Err(VmmError::NotElf("missing the \\x7fELF magic".into()));
+        return Err(BootError::NotElf("missing the \\x7fELF magic".into()));
     }
     if image.len() < EHDR_SIZE {
-        return Err(VmmError::TruncatedElf(format!(
+        return Err(BootError::TruncatedElf(format!(
             "{} bytes, shorter than the 64-byte ELF header",
             image.len()
         )));
     }
     if image[4] != 2 || image[5] != 1 {
-        return Err(VmmError::NotElf("not a 64-bit little-endian ELF".into()));
+        return Err(BootError::NotElf("not a 64-bit little-endian ELF".into()));
     }
     if u16_at(image, 18) != 62 {
-        return Err(VmmError::NotElf(format!(
+        return Err(BootError::NotElf(format!(
             "machine {} is not x86_64 (62)",
             u16_at(image, 18)
         )));
@@ -123,7 +123,7 @@ fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), VmmError> 
     let phentsize = u16_at(image, 54) as usize;
     let phnum = u16_at(image, 56) as usize;
     if phentsize != PHDR_SIZE {
-        return Err(VmmError::NotElf(format!(
+        return Err(BootError::NotElf(format!(
             "program header size {phentsize}, expected 56"
         )));
     }
@@ -131,7 +131,7 @@ fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), VmmError> 
         .checked_add((phnum * PHDR_SIZE) as u64)
         .filter(|&end| end <= image.len() as u64)
         .ok_or_else(|| {
-            VmmError::TruncatedElf(format!(
+            BootError::TruncatedElf(format!(
                 "{phnum} program headers at offset {phoff:#x} run past the file's {} bytes",
                 image.len()
             ))
@@ -161,14 +161,14 @@ fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), VmmError> 
             .checked_add(filesz)
             .is_none_or(|end| end > image.len() as u64)
         {
-            return Err(VmmError::TruncatedElf(format!(
+            return Err(BootError::TruncatedElf(format!(
                 "segment at file offset {offset:#x} (size {filesz:#x}) runs past the file's {} bytes",
                 image.len()
             )));
         }
         let end = paddr.checked_add(memsz.max(filesz));
         if paddr < KERNEL_PHYS_BASE || end.is_none_or(|end| end > ram_size) {
-            return Err(VmmError::SegmentOutsideRam {
+            return Err(BootError::SegmentOutsideRam {
                 paddr,
                 memsz,
                 ram_size,
@@ -187,9 +187,9 @@ fn parse(image: &[u8], ram_size: u64) -> Result<((u64, u64), Layout), VmmError> 
             Some((s, e)) => (s.min(paddr), e.max(end)),
         });
     }
-    let extent = extent.ok_or_else(|| VmmError::NotElf("no loadable segment".into()))?;
+    let extent = extent.ok_or_else(|| BootError::NotElf("no loadable segment".into()))?;
     if !entry_loaded {
-        return Err(VmmError::EntryOutsideSegments { entry });
+        return Err(BootError::EntryOutsideSegments { entry });
     }
     Ok((extent, Layout { entry, segments }))
 }
@@ -199,9 +199,9 @@ pub fn load_kernel(
     mem: &GuestMemoryMmap,
     image: &[u8],
     ram_size: u64,
-) -> Result<LoadedKernel, VmmError> {
+) -> Result<LoadedKernel, BootError> {
     let (phys_start, phys_end) = check_elf(image, ram_size)?;
-    let result = Elf::load(mem, None, &mut Cursor::new(image), None).map_err(VmmError::Load)?;
+    let result = Elf::load(mem, None, &mut Cursor::new(image), None).map_err(BootError::Load)?;
     Ok(LoadedKernel {
         entry: result.kernel_load.0,
         phys_start,
@@ -239,8 +239,7 @@ mod tests {
             let mut image = guest_image::EMBEDDED_KERNEL.to_vec();
             image[24..32].copy_from_slice(&entry.to_le_bytes());
             match check_elf(&image, 256 << 20) {
-                Err(e @ VmmError::EntryOutsideSegments { .. }) => {
-                    assert_eq!(e.exit_code(), 2);
+                Err(e @ BootError::EntryOutsideSegments { .. }) => {
                     assert!(e.to_string().contains(&format!("{entry:#x}")), "{e}");
                 }
                 other => panic!("entry {entry:#x}: {other:?}"),
@@ -256,11 +255,11 @@ mod tests {
     fn rejects_non_elf_and_short_headers() {
         assert!(matches!(
             check_elf(b"hello", 1 << 30),
-            Err(VmmError::NotElf(_))
+            Err(BootError::NotElf(_))
         ));
         assert!(matches!(
             check_elf(b"\x7fELF\x02\x01", 1 << 30),
-            Err(VmmError::TruncatedElf(_))
+            Err(BootError::TruncatedElf(_))
         ));
     }
 }
