@@ -3,30 +3,33 @@
 //! every op, and every region tree exported along the way).
 #![forbid(unsafe_code)]
 
+use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use mm_driver::{Backend, Boot, GuestConfig};
 use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status};
 use std::collections::VecDeque;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
-use vmm::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use vmm::fuzz::generate::Generator;
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::{run_session, Session, Source};
 use vmm::scenario::ops::op_to_line;
 use vmm::scenario::SelfCheck;
-use vmm::{Backend, Guest, VmConfig};
+use vmm::Backends;
 
-fn config(backend: Backend) -> VmConfig {
-    VmConfig {
+fn config(backend: Backend) -> GuestConfig {
+    GuestConfig {
         timeout: Some(Duration::from_secs(60)),
         backend,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     }
 }
 
 #[test]
 fn the_self_check_passes_on_the_sim_with_the_checker() {
-    let mut guest = Guest::boot(&config(Backend::Sim)).expect("boot the sim");
+    let mut guest = Backends::default()
+        .boot(&config(Backend::Sim))
+        .expect("boot the sim");
     let mut checked = Checked::new(SelfCheck::new());
     let status = guest.run(&mut checked).expect("the sim runs to its end");
     assert_eq!(status, 0);
@@ -84,7 +87,7 @@ fn record(backend: Backend, ops: &[Op]) -> Recorder {
         trees: Vec::new(),
         snapshotting: true,
     };
-    let mut guest = Guest::boot(&config(backend)).expect("boot");
+    let mut guest = Backends::default().boot(&config(backend)).expect("boot");
     guest
         .run(&mut recorder)
         .unwrap_or_else(|e| panic!("{backend}: {e}"));
@@ -101,8 +104,13 @@ fn a_seeded_20000_op_fuzz_stream_gives_identical_results_on_kvm_and_sim() {
         budget: 20_000,
         feedback: None,
     };
-    let run = run_session(&config(Backend::Sim), Session::new(source, 64, None), true)
-        .expect("the sim session runs");
+    let run = run_session(
+        &Backends::default(),
+        &config(Backend::Sim),
+        Session::new(source, 64, None),
+        true,
+    )
+    .expect("the sim session runs");
     assert!(run.failure.is_none(), "{:?}", run.failure);
     assert_eq!(run.sent.len(), 20_000);
 
@@ -142,7 +150,9 @@ fn a_one_op_per_batch_replay_snapshots_only_what_changed() {
     // space each time would take about 230,000 snapshots.
     let ops = vec![Op::CreateSpace; 1_100];
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), 1, None);
-    let mut guest = Guest::boot(&config(Backend::Sim)).expect("boot the sim");
+    let mut guest = Backends::default()
+        .boot(&config(Backend::Sim))
+        .expect("boot the sim");
     let mut checked = Checked::new(session);
     guest.run(&mut checked).expect("the replay runs");
     assert!(checked.findings.is_empty(), "{:#?}", checked.findings);
@@ -171,7 +181,8 @@ fn an_access_that_wraps_past_2_64_gives_the_same_result_on_kvm_sim_and_the_model
     let mut results = Vec::new();
     for backend in [Backend::Kvm, Backend::Sim] {
         // The model judges every result: a failure is a disagreement with it.
-        let run = vmm::fuzz::replay_run(&config(backend), &ops, 1, true).expect("the replay runs");
+        let run = vmm::fuzz::replay_run(&Backends::default(), &config(backend), &ops, 1, true)
+            .expect("the replay runs");
         assert!(run.failure.is_none(), "{backend}: {:?}", run.failure);
         for (op, result) in ops[1..].iter().zip(&run.results[1..]) {
             assert_eq!(

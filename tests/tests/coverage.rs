@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 use guest_image::variant::{build_variant_with, GuestVariant};
+use mm_driver::driver::{Driver, DriverError, Script, SnapshotChunk};
+use mm_driver::GuestConfig;
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
     Op, OpResult, SpaceRecord, Status,
@@ -11,22 +13,21 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm::checker::Checked;
 use vmm::coverage::{CoverageMap, CoverageSet};
-use vmm::driver::{Driver, DriverError, Script, SnapshotChunk};
 use vmm::scenario::SelfCheck;
-use vmm::{Vm, VmConfig};
+use vmm::Vm;
 
 /// The coverage build of the default guest, built once per test binary.
-fn coverage_config() -> VmConfig {
+fn coverage_config() -> GuestConfig {
     static KERNEL: OnceLock<Vec<u8>> = OnceLock::new();
     let kernel = KERNEL.get_or_init(|| {
         let elf = build_variant_with(&GuestVariant::default().with_coverage())
             .unwrap_or_else(|e| panic!("{e}"));
         std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()))
     });
-    VmConfig {
+    GuestConfig {
         kernel: kernel.clone(),
         timeout: Some(Duration::from_secs(30)),
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     }
 }
 

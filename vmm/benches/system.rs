@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_mm::{Bug, SeededBugs};
+use mm_driver::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
+use mm_driver::{Backend, Boot, GuestConfig};
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
     Hypercall, MailboxHeader, Op, OpResult, SpaceRecord, Status, HEADER_SIZE, MAX_BATCH,
@@ -31,13 +33,12 @@ use shared_mm::try_loop::place_by_tries;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::checker::Checked;
 use vmm::cpus::round_trip::IpiRoundTrip;
-use vmm::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
 use vmm::fuzz::generate::Generator;
 use vmm::fuzz::shrink::Budget;
 use vmm::fuzz::{Session, Source};
 use vmm::hypercall;
-use vmm::{Backend, Guest, Vm, VmConfig};
+use vmm::{Backends, Vm};
 use x86_paging::page_walk::{leaves, PageTableBuilder};
 
 /// Samples per figure; the median is reported.
@@ -482,9 +483,9 @@ struct ExitPhases {
 }
 
 fn exit_phases() -> ExitPhases {
-    let config = VmConfig {
+    let config = GuestConfig {
         command: GuestCommand::Bench,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("bench VM");
     let mut markers = Markers::default();
@@ -558,9 +559,9 @@ fn hypercalls(rows: &mut Vec<Row>) {
 /// The IPI round trip CPU 0 of a `cpus`-CPU guest measures at boot (it pings every AP at once,
 /// many times, and reports the median with the TSC's own cost).
 fn ipi_round_trip(cpus: u32) -> IpiRoundTrip {
-    let config = VmConfig {
+    let config = GuestConfig {
         cpus,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("SMP bench VM");
     let status = vm.run(&mut IdleDriver).expect("SMP bench guest run");
@@ -755,9 +756,9 @@ fn failures(script: &Script) -> usize {
 
 /// One Serve guest driven through `budget` of `batch` after [`mm_setup`]: (ops, time they took).
 fn mm_run(batch: Vec<Op>, budget: Duration, checker: bool, trace: bool) -> (usize, Duration) {
-    let config = VmConfig {
+    let config = GuestConfig {
         trace,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("MM guest VM");
     let timed = if checker {
@@ -1004,11 +1005,11 @@ fn campaign(backend: Backend, ops: u64, bugs: SeededBugs, name: &str) -> Campaig
         shrink: true,
         shrink_budget: Budget::default(),
         shrink_on: None,
-        vm: VmConfig {
+        vm: GuestConfig {
             echo_console: false,
             backend,
             seeded_bugs: bugs,
-            ..VmConfig::default()
+            ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
         },
         out_dir: std::env::temp_dir().join(format!("vmm-bench-{name}-{}", std::process::id())),
         kernel_label: "embedded".into(),
@@ -1022,7 +1023,8 @@ fn campaign(backend: Backend, ops: u64, bugs: SeededBugs, name: &str) -> Campaig
 }
 
 fn run_campaign_or_die(config: &CampaignConfig) -> CampaignReport {
-    let report = run_campaign(config).unwrap_or_else(|e| panic!("bench campaign: {e}"));
+    let report = run_campaign(config, &Backends::default())
+        .unwrap_or_else(|e| panic!("bench campaign: {e}"));
     let _ = std::fs::remove_dir_all(&config.out_dir);
     report
 }
@@ -1167,10 +1169,10 @@ const DEEP_RULES_OPS: usize = 200_000;
 /// checker's deep rules (frame provenance, page-table lifetime, every tree's own invariants)
 /// on or off. The same seed gives the same operations either way.
 fn sim_fuzz_ops_per_second(deep_rules: bool) -> f64 {
-    let config = VmConfig {
+    let config = GuestConfig {
         echo_console: false,
         backend: Backend::Sim,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut generator = Generator::new(1);
     let source = Source::Generated {
@@ -1183,7 +1185,7 @@ fn sim_fuzz_ops_per_second(deep_rules: bool) -> f64 {
     );
     let mut checked = Checked::new(session);
     checked.deep_rules = deep_rules;
-    let mut vm = Guest::boot(&config).expect("boot the sim");
+    let mut vm = Backends::default().boot(&config).expect("boot the sim");
     let started = Instant::now();
     vm.run(&mut checked).expect("the sim runs the campaign");
     let elapsed = started.elapsed().as_secs_f64();

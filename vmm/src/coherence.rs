@@ -20,10 +20,10 @@
 
 use crate::checker::Rule;
 use crate::table_lifetime::TableLifetime;
+use mm_driver::driver::TraceTooLarge;
 use shared_mm::pte::{PageLevel, PageTableEntry, LOWER_HALF_LAST};
 use shared_mm::trace::TraceEvent;
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use x86_paging::page_walk::EffectivePerms;
 use x86_paging::tlb::Translation;
 
@@ -62,24 +62,6 @@ pub struct CoherenceFinding {
     /// The PTE write that left the translation cached, and the event that used or freed it.
     pub events: Vec<Numbered>,
 }
-
-/// The trace asked for more state than a guest of this size can honestly need.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceTooLarge {
-    pub limit: usize,
-}
-
-impl fmt::Display for TraceTooLarge {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "flush trace tracks more than {} translations, more than guest RAM can map",
-            self.limit
-        )
-    }
-}
-
-impl std::error::Error for TraceTooLarge {}
 
 /// A translation that may still be cached although its PTE changed, and the write that did it.
 #[derive(Clone, Copy, Debug)]

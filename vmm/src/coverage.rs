@@ -2,7 +2,7 @@
 //! `object` crate, read and zeroed in guest memory per batch.
 #![forbid(unsafe_code)]
 
-use crate::driver::DriverError;
+use mm_driver::driver::DriverError;
 use object::elf::PT_LOAD;
 use object::read::elf::{ElfFile64, ProgramHeader};
 use object::{FileKind, LittleEndian, Object, ObjectSymbol};
@@ -72,12 +72,12 @@ fn physical(elf: &ElfFile64<'_, LittleEndian>, vaddr: u64, len: u64) -> Option<u
 /// A coverage build of the guest ([`guest_image::variant::GuestVariant::with_coverage`]) keeps one
 /// 8-bit counter per control-flow edge between `__start___sancov_cntrs` and
 /// `__stop___sancov_cntrs`. The guest only increments them; the host reads them while the guest is
-/// paused (in [`crate::driver::Driver::next_batch`]), merges them into a [`CoverageSet`] and
+/// paused (in [`mm_driver::driver::Driver::next_batch`]), merges them into a [`CoverageSet`] and
 /// zeroes them for the next batch: one read and one write per batch. `Vm` does not keep the
 /// kernel image, so find the counters in the ELF bytes the VM was booted from:
 ///
 /// ```no_run
-/// # fn demo(config: &vmm::VmConfig, mem: &vm_memory::GuestMemoryMmap) -> Result<(), vmm::driver::DriverError> {
+/// # fn demo(config: &vmm::VmConfig, mem: &vm_memory::GuestMemoryMmap) -> Result<(), mm_driver::driver::DriverError> {
 /// use vmm::coverage::{CoverageMap, CoverageSet};
 /// let map = CoverageMap::from_elf(&config.kernel).expect("an ELF").expect("a coverage build");
 /// let mut seen = CoverageSet::new();

@@ -1,8 +1,12 @@
-//! Everything that can go wrong while setting up or running a guest, as one enum.
+//! Everything that can go wrong in the VMM, as one enum: what only the KVM backend and the CLI
+//! can hit, and the errors of the crates below, wrapped. Each has the exit code the README
+//! gives it.
 #![forbid(unsafe_code)]
 
-pub use crate::protocol_error::ProtocolError;
 use bounded_io::excerpt::path as shown;
+use mm_driver::driver::DriverError;
+use mm_driver::protocol_error::ProtocolError;
+use mm_driver::RunError;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -14,8 +18,6 @@ pub enum VmmError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// Guest RAM could not be laid out for the boot (bad image, RAM size or CPU count).
-    Boot(guest_boot::BootError),
     /// More CPUs than this host's KVM allows in one VM.
     TooManyCpus { requested: u32, max: usize },
     /// /dev/kvm is missing or not usable.
@@ -31,26 +33,9 @@ pub enum VmmError {
         what: &'static str,
         source: vm_memory::GuestMemoryError,
     },
-    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN); carries a register dump.
-    TripleFault { registers: String },
-    /// The guest reported a panic.
-    GuestPanic {
-        message: String,
-        file: String,
-        line: u64,
-        column: u64,
-    },
-    /// The guest made no progress for `--timeout` seconds: no hypercall, and no heartbeat from
-    /// a long loop (a hang, or a guest that never exits).
-    Timeout { seconds: f64, registers: String },
-    /// The guest halted without an exit hypercall (with several CPUs, where the in-kernel
-    /// irqchip keeps a halted CPU in KVM: CPU 0 was halted with interrupts off when `--timeout`
-    /// ran out).
-    GuestHalted { registers: String },
-    /// A CPU that was started did not report in within `--timeout` seconds.
-    CpuOffline { cpu: u32, seconds: f64 },
-    /// What went wrong on one CPU of a VM with several.
-    OnCpu { cpu: u32, error: Box<VmmError> },
+    /// A guest on either backend could not boot or finish (the guest failed, or its RAM could
+    /// not be laid out, or a driver failed).
+    Run(RunError),
     /// The guest exited before it had done the `steps` steps of `work` it was given (`done` of
     /// them came back), or with a nonzero status after them.
     GuestExited {
@@ -59,9 +44,6 @@ pub enum VmmError {
         done: usize,
         steps: usize,
     },
-    /// The guest did something the VMM cannot serve (unknown hypercall, bad mailbox contents,
-    /// failed VM entry, internal KVM error).
-    GuestProtocol(ProtocolError),
     /// The MM self-check ran, and these steps did not give the expected result.
     SelfCheckFailed(Vec<String>),
     /// A scenario file ran, and these steps or agreement checks failed, one line each.
@@ -69,9 +51,6 @@ pub enum VmmError {
         scenario: PathBuf,
         problems: Vec<String>,
     },
-    /// The host-side driver of the guest's work failed, mostly because the guest broke the
-    /// protocol.
-    Driver(crate::driver::DriverError),
     /// The guest's console output could not be written.
     Console(std::io::Error),
     /// An output file could not be written.
@@ -79,8 +58,6 @@ pub enum VmmError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A host driver built a batch larger than the ABI allows (a bug of the driver).
-    BatchTooLarge { ops: usize },
     /// An input file is too large, or an output could not be written.
     File(bounded_io::files::FileError),
     /// The timeout's signal handler could not be installed.
@@ -89,15 +66,50 @@ pub enum VmmError {
     JobPanicked,
     /// The guest failed before it asked for its first batch of work.
     FailedBeforeFirstBatch(Box<VmmError>),
-    /// The chosen backend cannot do what was asked.
-    BackendUnsupported { backend: &'static str, what: String },
     /// The gdb stub failed, or gdb killed the guest.
     Gdb(crate::gdb::GdbError),
 }
 
+impl From<RunError> for VmmError {
+    /// A run's error, unwrapped where it is one of the VMM's own that the kvm backend passed up
+    /// through the seam.
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Host(host) => match host.downcast::<VmmError>() {
+                Ok(own) => *own,
+                Err(other) => VmmError::Run(RunError::Host(other)),
+            },
+            e => VmmError::Run(e),
+        }
+    }
+}
+
+impl From<VmmError> for RunError {
+    /// The kvm backend's error as the seam passes it up: a run error as it is, anything else
+    /// of the VMM's own as the backend's host error.
+    fn from(e: VmmError) -> Self {
+        match e {
+            VmmError::Run(e) => e,
+            own => RunError::Host(Box::new(own)),
+        }
+    }
+}
+
 impl From<guest_boot::BootError> for VmmError {
     fn from(e: guest_boot::BootError) -> Self {
-        VmmError::Boot(e)
+        VmmError::Run(RunError::Boot(e))
+    }
+}
+
+impl From<DriverError> for VmmError {
+    fn from(e: DriverError) -> Self {
+        VmmError::Run(RunError::Driver(e))
+    }
+}
+
+impl From<ProtocolError> for VmmError {
+    fn from(e: ProtocolError) -> Self {
+        VmmError::Run(RunError::GuestProtocol(e))
     }
 }
 
@@ -113,7 +125,6 @@ impl fmt::Display for VmmError {
             VmmError::KernelUnreadable { path, source } => {
                 write!(f, "cannot read kernel {}: {source}", shown(path))
             }
-            VmmError::Boot(e) => write!(f, "{e}"),
             VmmError::TooManyCpus { requested, max } => write!(
                 f,
                 "{requested} CPUs: this host's KVM allows at most {max} vCPUs in a VM"
@@ -121,37 +132,7 @@ impl fmt::Display for VmmError {
             VmmError::KvmUnavailable(why) => write!(f, "KVM is not available: {why}"),
             VmmError::Kvm { what, source } => write!(f, "KVM {what} failed: {source}"),
             VmmError::GuestMemory { what, source } => write!(f, "guest memory: {what}: {source}"),
-            VmmError::TripleFault { registers } => {
-                write!(
-                    f,
-                    "guest triple-faulted (shutdown exit); vCPU state:\n{registers}"
-                )
-            }
-            VmmError::GuestPanic {
-                message,
-                file,
-                line,
-                column,
-            } => {
-                write!(f, "guest panicked at {file}:{line}:{column}: {message}")
-            }
-            VmmError::Timeout { seconds, registers } => write!(
-                f,
-                "guest did not exit within {seconds} s of its last sign of progress (a hypercall, or a heartbeat \
-                 from a long loop; raise --timeout, or 0 for none); \
-                 vCPU state:\n{registers}"
-            ),
-            VmmError::GuestHalted { registers } => {
-                write!(
-                    f,
-                    "guest halted without an exit hypercall; vCPU state:\n{registers}"
-                )
-            }
-            VmmError::CpuOffline { cpu, seconds } => write!(
-                f,
-                "cpu {cpu} did not report in within {seconds} s of being started (raise --timeout)"
-            ),
-            VmmError::OnCpu { cpu, error } => write!(f, "on cpu {cpu}: {error}"),
+            VmmError::Run(e) => write!(f, "{e}"),
             VmmError::GuestExited {
                 status,
                 work,
@@ -161,7 +142,6 @@ impl fmt::Display for VmmError {
                 f,
                 "the guest exited with status {status} after {done} of the {steps} steps of its {work}"
             ),
-            VmmError::GuestProtocol(why) => write!(f, "guest protocol error: {why}"),
             VmmError::SelfCheckFailed(failures) => {
                 write!(f, "MM self-check failed in {} step(s):", failures.len())?;
                 failures.iter().try_for_each(|line| write!(f, "\n  {line}"))
@@ -175,16 +155,10 @@ impl fmt::Display for VmmError {
                 )?;
                 problems.iter().try_for_each(|line| write!(f, "\n  {line}"))
             }
-            VmmError::Driver(why) => write!(f, "{why}"),
             VmmError::Console(e) => write!(f, "writing the guest console: {e}"),
             VmmError::Output { path, source } => {
                 write!(f, "cannot write {}: {source}", shown(path))
             }
-            VmmError::BatchTooLarge { ops } => write!(
-                f,
-                "a driver built a batch of {ops} ops; the ABI allows {}",
-                shared_mm::abi::MAX_BATCH
-            ),
             VmmError::SignalHandler(e) => {
                 write!(f, "cannot install a signal handler: {e}")
             }
@@ -192,9 +166,6 @@ impl fmt::Display for VmmError {
             VmmError::File(e) => write!(f, "{e}"),
             VmmError::FailedBeforeFirstBatch(e) => {
                 write!(f, "the guest failed before its first batch of work: {e}")
-            }
-            VmmError::BackendUnsupported { backend, what } => {
-                write!(f, "the {backend} backend does not support {what}")
             }
             VmmError::Gdb(e) => write!(f, "{e}"),
         }
@@ -204,26 +175,107 @@ impl fmt::Display for VmmError {
 impl std::error::Error for VmmError {}
 
 impl VmmError {
-    /// Whether the guest failed (panicked, triple-faulted, hung, halted or broke the protocol),
-    /// as opposed to the host or its input: the exit codes the README gives guest failures.
-    pub fn is_guest_failure(&self) -> bool {
-        matches!(self.exit_code(), 101..=103 | 124)
-    }
-
     /// The process exit status the CLI uses for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmmError::GuestPanic { .. } => 101,
-            VmmError::TripleFault { .. } => 102,
-            VmmError::GuestHalted { .. }
-            | VmmError::GuestExited { .. }
-            | VmmError::GuestProtocol(_) => 103,
-            VmmError::Driver(e) if e.is_guest_fault() => 103,
-            VmmError::FailedBeforeFirstBatch(e) | VmmError::OnCpu { error: e, .. } => e.exit_code(),
-            VmmError::Timeout { .. } | VmmError::CpuOffline { .. } => 124,
+            VmmError::Run(e) => run_exit_code(e),
+            VmmError::GuestExited { .. } => 103,
+            VmmError::FailedBeforeFirstBatch(e) => e.exit_code(),
             VmmError::SelfCheckFailed(_) | VmmError::ScenarioFailed { .. } => 1,
             VmmError::Gdb(crate::gdb::GdbError::Killed) => 137,
             _ => 2,
         }
+    }
+}
+
+/// The exit status of a run that ended with `e`: the guest's failures have codes of their own
+/// (101 to 103, 124), everything else is the host's or its input's (2), but for the VMM's own
+/// errors passed up through the seam, which keep theirs.
+pub fn run_exit_code(e: &RunError) -> i32 {
+    match e {
+        RunError::GuestPanic { .. } => 101,
+        RunError::TripleFault { .. } => 102,
+        RunError::GuestHalted { .. } | RunError::GuestProtocol(_) => 103,
+        RunError::Driver(e) if e.is_guest_fault() => 103,
+        RunError::OnCpu { error, .. } => run_exit_code(error),
+        RunError::Timeout { .. } | RunError::CpuOffline { .. } => 124,
+        RunError::Host(host) => host
+            .downcast_ref::<VmmError>()
+            .map_or(2, VmmError::exit_code),
+        RunError::Boot(_)
+        | RunError::Driver(_)
+        | RunError::BatchTooLarge { .. }
+        | RunError::BackendUnsupported { .. } => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest failure, as the seam tells it, is what has a guest failure's exit code.
+    #[test]
+    fn guest_failures_are_the_errors_with_guest_exit_codes() {
+        let registers = String::new;
+        let errors = [
+            RunError::TripleFault {
+                registers: registers(),
+            },
+            RunError::GuestPanic {
+                message: String::new(),
+                file: String::new(),
+                line: 0,
+                column: 0,
+            },
+            RunError::Timeout {
+                seconds: 1.0,
+                registers: registers(),
+            },
+            RunError::GuestHalted {
+                registers: registers(),
+            },
+            RunError::CpuOffline {
+                cpu: 1,
+                seconds: 1.0,
+            },
+            RunError::OnCpu {
+                cpu: 1,
+                error: Box::new(RunError::GuestHalted {
+                    registers: registers(),
+                }),
+            },
+            RunError::GuestProtocol(ProtocolError::Cpu0Online),
+            RunError::Driver(DriverError::NoKernelSnapshot),
+            RunError::Driver(DriverError::Coverage("unreadable".into())),
+            RunError::BatchTooLarge { ops: 2000 },
+            RunError::BackendUnsupported {
+                backend: "sim",
+                what: "gdb".into(),
+            },
+            RunError::Host(Box::new(VmmError::JobPanicked)),
+            RunError::Host(Box::new(VmmError::Gdb(crate::gdb::GdbError::Killed))),
+        ];
+        for e in &errors {
+            let code = run_exit_code(e);
+            assert_eq!(
+                e.is_guest_failure(),
+                matches!(code, 101..=103 | 124),
+                "{e}: exit {code}"
+            );
+        }
+    }
+
+    /// The VMM's own errors keep their exit code and message through the seam and back.
+    #[test]
+    fn the_vmm_s_own_errors_pass_the_seam_unchanged() {
+        let killed = VmmError::Gdb(crate::gdb::GdbError::Killed);
+        let text = killed.to_string();
+        let back = VmmError::from(RunError::from(killed));
+        assert_eq!((back.exit_code(), back.to_string()), (137, text));
+        let inside = RunError::OnCpu {
+            cpu: 1,
+            error: Box::new(RunError::from(VmmError::Gdb(crate::gdb::GdbError::Killed))),
+        };
+        assert_eq!(VmmError::from(inside).exit_code(), 137);
     }
 }

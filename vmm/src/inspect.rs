@@ -14,9 +14,10 @@ mod table;
 
 use crate::checker::{self, access_string, Finding, FrameReports, Refs};
 use crate::coherence::Coherence;
-use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
 use crate::scenario::Expect;
-use crate::{Guest, VmConfig, VmmError};
+use crate::VmmError;
+use mm_driver::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
+use mm_driver::{Boot, GuestConfig};
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
 };
@@ -465,14 +466,15 @@ impl Driver for Inspector {
     }
 }
 
-/// Boots the guest of `config`, runs the inspect scenario and reports every space and the kernel.
-pub fn inspect(config: &VmConfig) -> Result<Report, VmmError> {
-    let mut vm = Guest::boot(config)?;
+/// Boots the guest of `config` on `backends`, runs the inspect scenario and reports every space
+/// and the kernel.
+pub fn inspect(backends: &dyn Boot, config: &GuestConfig) -> Result<Report, VmmError> {
+    let mut vm = backends.boot(config)?;
     let mut inspector = Inspector::new(plan::batches());
     let status = vm.run(&mut inspector)?;
     let mut report = inspector
         .report
-        .ok_or(VmmError::Driver(DriverError::ExitedEarly { status }))?;
+        .ok_or(DriverError::ExitedEarly { status })?;
     report.exit_status = status;
     Ok(report)
 }

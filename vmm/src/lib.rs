@@ -5,12 +5,11 @@
 #![deny(unsafe_code)]
 
 pub mod arch;
-pub mod backend;
+pub mod backends;
 pub mod checker;
 pub mod coherence;
 pub mod coverage;
 pub mod cpus;
-pub mod driver;
 pub mod error;
 pub mod fuzz;
 pub mod gdb;
@@ -20,7 +19,6 @@ pub mod inspect;
 pub mod interrupt;
 #[allow(unsafe_code)]
 pub mod kick;
-pub mod protocol_error;
 pub mod report_guard;
 pub mod scenario;
 pub mod serial;
@@ -32,6 +30,6 @@ pub mod vcpu_exit;
 pub mod vm;
 pub mod watchdog;
 
-pub use backend::{Backend, Guest};
+pub use backends::Backends;
 pub use error::VmmError;
-pub use vm::{Vm, VmConfig};
+pub use vm::Vm;

@@ -7,6 +7,7 @@ use bounded_io::files::{open_regular, read_capped, write_output, FileError, Nami
 use clap::{Parser, Subcommand};
 use guest_image::variant::{build_variant_with, GuestVariant};
 use guest_mm::{Bug, SeededBugs};
+use mm_driver::{Backend, Boot, GuestConfig, RunError};
 use shared_mm::boot_info::GuestCommand;
 use shared_mm::smp::MAX_CPUS;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
+use vmm::error::run_exit_code;
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
 use vmm::fuzz::narrow::{replay_narrowed, replay_planned, Plan, Replayed};
 use vmm::fuzz::repro::Reproducer;
@@ -25,7 +27,7 @@ use vmm::scenario::header::{cpus_line, Settings};
 use vmm::scenario::ops::op_to_line;
 use vmm::scenario::record::record;
 use vmm::scenario::SelfCheck;
-use vmm::{Backend, Guest, VmConfig, VmmError};
+use vmm::{Backends, VmmError};
 
 #[derive(Parser)]
 #[command(
@@ -351,14 +353,15 @@ fn gdb_server(args: &GuestArgs, label: &str) -> anyhow::Result<Option<GdbServer>
     Ok(Some(server))
 }
 
-/// The VM configuration `args` describe, and the kernel's label for reproducers.
+/// The guest configuration `args` describe, the backends that boot it (with the gdb stub
+/// `--gdb` asks for), and the kernel's label for reproducers.
 fn config_with(
     args: &GuestArgs,
     command: GuestCommand,
     coverage: bool,
-) -> anyhow::Result<(VmConfig, String)> {
+) -> anyhow::Result<(GuestConfig, Backends, String)> {
     if args.backend() == Backend::Sim {
-        vmm::sim::check_cpus(args.cpus())?;
+        vmm::sim::check_cpus(args.cpus()).map_err(VmmError::from)?;
     }
     let seeded = seeded_bugs(args.features())?;
     let (kernel, label, seeded_bugs) = match args.backend() {
@@ -385,7 +388,7 @@ fn config_with(
         bail!("--gdb needs --cpus 1: the stub debugs one vCPU in this version");
     }
     let gdb = gdb_server(args, &label)?;
-    let config = VmConfig {
+    let config = GuestConfig {
         kernel,
         cpus: args.cpus(),
         // Saturates: an overflowing size is then refused by the VM's own size check.
@@ -403,13 +406,12 @@ fn config_with(
         backend: args.backend(),
         trace: true,
         seeded_bugs,
-        gdb,
     };
-    Ok((config, label))
+    Ok((config, Backends { gdb }, label))
 }
 
-fn config(args: &GuestArgs, command: GuestCommand) -> anyhow::Result<VmConfig> {
-    config_with(args, command, false).map(|(config, _)| config)
+fn config(args: &GuestArgs, command: GuestCommand) -> anyhow::Result<(GuestConfig, Backends)> {
+    config_with(args, command, false).map(|(config, backends, _)| (config, backends))
 }
 
 fn run(cli: Cli) -> anyhow::Result<u32> {
@@ -442,10 +444,15 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             if on_an_ap && guest.cpus() < 2 {
                 bail!("this --misbehave mode needs --cpus 2 or more: it names the last CPU");
             }
-            let mut vm = Guest::boot(&config(&guest, command)?)?;
+            let (config, backends) = config(&guest, command)?;
+            let mut vm = backends.boot(&config).map_err(VmmError::from)?;
             let (status, check, findings) = if no_check {
                 let mut check = SelfCheck::new();
-                (vm.run(&mut check)?, check, Vec::new())
+                (
+                    vm.run(&mut check).map_err(VmmError::from)?,
+                    check,
+                    Vec::new(),
+                )
             } else {
                 let mut checked = Checked::new(SelfCheck::new());
                 let outcome = vm.run(&mut checked);
@@ -468,7 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
                             check.checked,
                             check.step_count()
                         );
-                        return Err(crash.into());
+                        return Err(VmmError::from(crash).into());
                     }
                 };
                 (status, checked.into_inner(), findings)
@@ -500,11 +507,12 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             Ok(status)
         }
         Command::Inspect { guest, json, svg } => {
-            let config = VmConfig {
+            let (config, backends) = config(&guest, GuestCommand::Serve)?;
+            let config = GuestConfig {
                 echo_console: false,
-                ..config(&guest, GuestCommand::Serve)?
+                ..config
             };
-            let report = vmm::inspect::inspect(&config)?;
+            let report = vmm::inspect::inspect(&backends, &config)?;
             print!(
                 "{}",
                 if json {
@@ -546,8 +554,9 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
 fn run_scenario(guest: &GuestArgs, file: &Path, check: bool) -> anyhow::Result<u32> {
     let scenario = load(file, "scenario")?;
     let guest = recorded_args(guest, &Settings::of(&scenario.header)?)?;
-    let mut vm = Guest::boot(&config(&guest, GuestCommand::Serve)?)?;
-    let mut outcome = vmm::scenario::run(&mut vm, &scenario, check)?;
+    let (config, backends) = config(&guest, GuestCommand::Serve)?;
+    let mut vm = backends.boot(&config).map_err(VmmError::from)?;
+    let mut outcome = vmm::scenario::run(vm.as_mut(), &scenario, check).map_err(VmmError::from)?;
     if check {
         eprintln!("vmm: agreement checker ran {} times", outcome.checks_run);
     }
@@ -557,7 +566,7 @@ fn run_scenario(guest: &GuestArgs, file: &Path, check: bool) -> anyhow::Result<u
                 "vmm: the guest failed after {} of {} steps",
                 outcome.judged, outcome.steps
             );
-            Some(crash)
+            Some(VmmError::from(crash))
         }
         None if outcome.exit_status != 0 || outcome.judged < outcome.steps => {
             Some(VmmError::GuestExited {
@@ -611,7 +620,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     if guest.gdb.is_some() && jobs != 1 {
         bail!("--gdb needs --jobs 1: one gdb debugs one guest");
     }
-    let (mut vm, kernel_label) = config_with(guest, GuestCommand::Serve, coverage)?;
+    let (mut vm, backends, kernel_label) = config_with(guest, GuestCommand::Serve, coverage)?;
     vm.echo_console = false;
     let counters = match guest.backend() {
         Backend::Kvm => {
@@ -625,12 +634,13 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
     // A KVM guest whose MM is the library with known seeded bugs has a sim twin: failures
     // shrink there, fast, and are confirmed on KVM. The twin has one CPU: the MM runs on CPU 0
     // alone in this version, so the others change nothing it does.
-    let shrink_on = (guest.backend() == Backend::Kvm && guest.kernel.is_none()).then(|| VmConfig {
-        backend: Backend::Sim,
-        cpus: 1,
-        seeded_bugs: seeded_bugs(guest.features()).unwrap_or_default(),
-        ..vm.clone()
-    });
+    let shrink_on =
+        (guest.backend() == Backend::Kvm && guest.kernel.is_none()).then(|| GuestConfig {
+            backend: Backend::Sim,
+            cpus: 1,
+            seeded_bugs: seeded_bugs(guest.features()).unwrap_or_default(),
+            ..vm.clone()
+        });
     let campaign = CampaignConfig {
         seed: guest.seed(),
         ops,
@@ -654,7 +664,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         corpus: corpus.as_deref(),
         stop: Some(vmm::interrupt::install()?),
     };
-    let report = run_campaign_with(&campaign, links)?;
+    let report = run_campaign_with(&campaign, &backends, links)?;
     summary(&report, guest, jobs, check);
     Ok(if report.interrupted {
         vmm::interrupt::EXIT_INTERRUPTED
@@ -774,7 +784,7 @@ fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyhow::
         );
     }
     let guest = recorded_args(guest, &Settings::of(&repro.header)?)?;
-    let mut vm = config(&guest, GuestCommand::Serve)?;
+    let (mut vm, backends) = config(&guest, GuestCommand::Serve)?;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
         let cpus = match guest.cpus() {
@@ -787,9 +797,9 @@ fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyhow::
             guest.backend()
         );
     }
-    let replayed = match vm.gdb.clone() {
-        None => replay_narrowed(&vm, &repro.ops, ways.batch)?,
-        Some(server) => replay_under_gdb(&vm, &repro.ops, &ways, &server)?,
+    let replayed = match &backends.gdb {
+        None => replay_narrowed(&backends, &vm, &repro.ops, ways.batch)?,
+        Some(server) => replay_under_gdb((&backends, &vm), &repro.ops, &ways, server)?,
     };
     report_replay(&replayed, repro.ops.len());
     if let Some(out) = ways.save {
@@ -798,7 +808,14 @@ fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyhow::
             .failure
             .as_ref()
             .and_then(|f| Some((replayed.prefix.checked_sub(1)?, f.signature.to_string())));
-        save_scenario(&vm, &guest, &repro, (failed_at, &replayed.plan), out)?;
+        let recording_on = (&backends as &dyn Boot, &vm);
+        save_scenario(
+            recording_on,
+            &guest,
+            &repro,
+            (failed_at, &replayed.plan),
+            out,
+        )?;
     }
     Ok(u32::from(replayed.failure.is_some()))
 }
@@ -841,7 +858,7 @@ fn report_replay(replayed: &Replayed, ops: usize) {
 /// depend on, and the guest they were observed on in the free-text `recorded-with`: `vmm run
 /// --scenario OUT` runs the guest its command line names.
 fn save_scenario(
-    vm: &VmConfig,
+    (backends, vm): (&dyn Boot, &GuestConfig),
     guest: &GuestArgs,
     repro: &Reproducer,
     (failed_at, plan): (Option<(usize, String)>, &Plan),
@@ -863,7 +880,8 @@ fn save_scenario(
     setup.push(("recorded-with".into(), recorded_with));
     let failed_at = failed_at.as_ref().map(|(at, why)| (*at, why.as_str()));
     let scenario = repro.regression(&setup, failed_at, plan.lengths());
-    let recording = record(&mut Guest::boot(vm)?, &scenario);
+    let mut recorder = backends.boot(vm).map_err(VmmError::from)?;
+    let recording = record(recorder.as_mut(), &scenario);
     let title =
         "vmm scenario saved by `vmm replay --save-scenario`: expectations are the results observed";
     write_output(
@@ -890,7 +908,7 @@ fn save_scenario(
 /// `vmm replay --gdb`: the replay, in batches but for the op it stops at, alone in its batch:
 /// the guest stops for gdb when it starts op `break_at` (by default the op that fails).
 fn replay_under_gdb(
-    vm: &VmConfig,
+    (backends, vm): (&Backends, &GuestConfig),
     ops: &[shared_mm::abi::Op],
     ways: &ReplayWays<'_>,
     server: &GdbServer,
@@ -911,6 +929,7 @@ fn replay_under_gdb(
     );
     let plan = Plan::new(ops.len(), ways.batch, at..at + 1);
     Ok(replay_planned(
+        backends,
         vm,
         ops,
         plan,
@@ -919,13 +938,9 @@ fn replay_under_gdb(
 }
 
 /// The op a replay fails at (found by a replay without gdb, narrowed to its op), else the last.
-fn failing_op(vm: &VmConfig, ops: &[shared_mm::abi::Op], batch: usize) -> anyhow::Result<usize> {
+fn failing_op(vm: &GuestConfig, ops: &[shared_mm::abi::Op], batch: usize) -> anyhow::Result<usize> {
     eprintln!("vmm replay: replaying once without gdb to find the failing op");
-    let clean = VmConfig {
-        gdb: None,
-        ..vm.clone()
-    };
-    let replayed = replay_narrowed(&clean, ops, batch)?;
+    let replayed = replay_narrowed(&Backends::default(), vm, ops, batch)?;
     Ok(match &replayed.failure {
         Some(failure) => {
             let at = replayed.prefix.saturating_sub(1).min(ops.len() - 1);
@@ -974,9 +989,13 @@ fn main() -> ExitCode {
         Ok(status) => ExitCode::from(status.min(255) as u8),
         Err(e) => {
             eprintln!("vmm: error: {e:#}");
-            // A VMM error anywhere in the chain decides the code; other errors are bad input.
-            let vmm_error = e.chain().find_map(|cause| cause.downcast_ref::<VmmError>());
-            ExitCode::from(vmm_error.map_or(2, VmmError::exit_code) as u8)
+            // A VMM error (or a run's, which it wraps) anywhere in the chain decides the code;
+            // other errors are bad input.
+            let code = e.chain().find_map(|cause| {
+                let vmm = cause.downcast_ref::<VmmError>().map(VmmError::exit_code);
+                vmm.or_else(|| cause.downcast_ref::<RunError>().map(run_exit_code))
+            });
+            ExitCode::from(code.unwrap_or(2) as u8)
         }
     }
 }

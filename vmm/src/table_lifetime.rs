@@ -17,7 +17,8 @@
 #![forbid(unsafe_code)]
 
 use crate::checker::Rule;
-use crate::coherence::{CoherenceFinding, Numbered, TraceTooLarge};
+use crate::coherence::{CoherenceFinding, Numbered};
+use mm_driver::driver::TraceTooLarge;
 use shared_mm::pte::{PageLevel, PageTableEntry, LOWER_HALF_LAST};
 use shared_mm::trace::TraceEvent;
 use x86_paging::frame_map::{FrameMap, FrameSet};

@@ -2,8 +2,9 @@
 //! its count and every record are checked) and the in-process sink the sim writes to.
 #![forbid(unsafe_code)]
 
-use crate::error::{ProtocolError, VmmError};
+use crate::error::VmmError;
 use guest_mm::trace::TraceSink;
+use mm_driver::protocol_error::ProtocolError;
 use shared_mm::trace::{
     TraceEvent, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
 };
@@ -35,7 +36,7 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
         return Ok(Vec::new());
     }
     if count > TRACE_CAPACITY as u64 {
-        return Err(VmmError::GuestProtocol(ProtocolError::TraceCount { count }));
+        return Err(VmmError::from(ProtocolError::TraceCount { count }));
     }
     let mut records = vec![0u8; count as usize * TRACE_RECORD_SIZE];
     mem.read_slice(
@@ -50,9 +51,9 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
         .chunks_exact(TRACE_RECORD_SIZE)
         .enumerate()
         .map(|(i, record)| {
-            TraceEvent::decode(record).ok_or(VmmError::GuestProtocol(
-                ProtocolError::MalformedTraceRecord { index: i },
-            ))
+            TraceEvent::decode(record).ok_or(VmmError::from(ProtocolError::MalformedTraceRecord {
+                index: i,
+            }))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(events)
@@ -80,6 +81,7 @@ impl TraceSink for TraceLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mm_driver::RunError;
     use vm_memory::GuestMemoryMmap;
 
     fn memory() -> GuestMemoryMmap {
@@ -107,11 +109,14 @@ mod tests {
         let mem = memory();
         mem.write_obj(u64::MAX, GuestAddress(TRACE_ADDR))
             .expect("in RAM");
-        assert!(matches!(drain(&mem), Err(VmmError::GuestProtocol(_))));
+        assert!(matches!(
+            drain(&mem),
+            Err(VmmError::Run(RunError::GuestProtocol(_)))
+        ));
         mem.write_obj(1u64, GuestAddress(TRACE_ADDR))
             .expect("in RAM");
         assert!(
-            matches!(drain(&mem), Err(VmmError::GuestProtocol(_))),
+            matches!(drain(&mem), Err(VmmError::Run(RunError::GuestProtocol(_)))),
             "kind 0 record"
         );
     }

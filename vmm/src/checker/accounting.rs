@@ -17,7 +17,7 @@
 //! report; the leak scan over the bitmap runs only when the counts disagree.
 
 use super::{Finding, Rule};
-use crate::driver::{DriverError, FramesChunk, FramesPart};
+use mm_driver::driver::{DriverError, FramesChunk, FramesPart};
 use shared_mm::abi::{FrameRecord, FrameRefs, FrameUse, KERNEL_SPACE};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use x86_paging::frame_map::FrameMap;

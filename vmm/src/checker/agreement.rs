@@ -12,7 +12,7 @@
 
 use super::provenance::Provenance;
 use super::{region_containing, space_name, Finding, Rule};
-use crate::driver::SpaceSnapshot;
+use mm_driver::driver::SpaceSnapshot;
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{
     RegionRecord, KERNEL_SPACE, KERNEL_SPACE_BASE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,

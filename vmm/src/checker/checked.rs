@@ -14,7 +14,7 @@
 
 use super::{region_containing, Accounting, Agreement, Finding, FrameReports, Provenance, Rule};
 use crate::coherence::{Coherence, CoherenceFinding};
-use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
 use shared_mm::boot_info::BootInfo;
 use shared_mm::region_tree::InvariantViolation;

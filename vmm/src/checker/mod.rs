@@ -15,7 +15,7 @@ pub use checked::{as_finding, Checked};
 pub use provenance::Provenance;
 
 use crate::coherence::Numbered;
-use crate::driver::SpaceSnapshot;
+use mm_driver::driver::SpaceSnapshot;
 use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
 use shared_mm::abi::{RegionRecord, KERNEL_SPACE};
 use std::fmt;

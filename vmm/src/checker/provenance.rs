@@ -191,7 +191,7 @@ impl Provenance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::{FramesChunk, FramesPart};
+    use mm_driver::driver::{FramesChunk, FramesPart};
     use shared_mm::abi::FrameRecord;
     use shared_mm::boot_info::{MemoryRegion, LOW_RESERVED_END, MAX_MEMORY_REGIONS};
 

@@ -9,9 +9,10 @@ use super::uniformity::Spending;
 use super::{narrow, replay, run_session, Failure, Feedback, Run, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::scenario::header::cpus_line;
-use crate::{VmConfig, VmmError};
+use crate::VmmError;
 use bounded_io::files::{write_output, Naming};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mm_driver::{Boot, GuestConfig};
 use shared_mm::abi::{Op, Status};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,10 +34,10 @@ pub struct CampaignConfig {
     /// Shrink each new failure before saving it.
     pub shrink: bool,
     pub shrink_budget: Budget,
-    pub vm: VmConfig,
+    pub vm: GuestConfig,
     /// A faster guest that runs the same MM (the sim twin of a KVM guest with known seeded
     /// bugs): failures are shrunk there and the result confirmed on `vm`. `None`: shrink on `vm`.
-    pub shrink_on: Option<VmConfig>,
+    pub shrink_on: Option<GuestConfig>,
     /// Where reproducers are written.
     pub out_dir: PathBuf,
     /// Recorded in reproducers: which kernel the run used (a path, or "embedded").
@@ -134,6 +135,7 @@ fn job_seed(seed: u64, job: usize) -> u64 {
 
 struct Shared<'a> {
     config: &'a CampaignConfig,
+    backends: &'a dyn Boot,
     corpus: Option<CorpusDir>,
     stop: Option<&'a AtomicBool>,
     /// Corpus figures over the jobs: entries at the start, picked up, and corpus size (maxima).
@@ -215,7 +217,7 @@ impl Shared<'_> {
         let (ops, failure) = if config.shrink {
             self.bar
                 .set_message(format!("shrinking {} ops", run.sent.len()));
-            reduce(config, &run, &found, &|line| self.say(line))?
+            reduce(config, self.backends, &run, &found, &|line| self.say(line))?
         } else {
             (run.sent, found.clone())
         };
@@ -329,7 +331,7 @@ impl Shared<'_> {
                 session = session.without_placement_rules();
             }
             self.guests.fetch_add(1, Ordering::Relaxed);
-            let run = run_session(&config.vm, session, config.check)?;
+            let run = run_session(self.backends, &config.vm, session, config.check)?;
             if let Some(e) = feedback.as_mut().and_then(Feedback::take_error) {
                 return Err(VmmError::File(e));
             }
@@ -371,15 +373,16 @@ impl Shared<'_> {
 /// progress.
 pub fn reduce(
     config: &CampaignConfig,
+    backends: &dyn Boot,
     run: &Run,
     found: &Failure,
     say: &dyn Fn(String),
 ) -> Result<(Vec<Op>, Failure), VmmError> {
-    let guests: Vec<&VmConfig> = config.shrink_on.iter().chain([&config.vm]).collect();
+    let twins: Vec<&GuestConfig> = config.shrink_on.iter().chain([&config.vm]).collect();
     let mut cause = None;
-    for vm in &guests {
+    for vm in &twins {
         let (batch, from) = (config.batch, run.last_batch);
-        cause = narrow::root_cause(vm, &run.sent, batch, from, found, config.check)?;
+        cause = narrow::root_cause(backends, vm, &run.sent, batch, from, found, config.check)?;
         if cause.is_some() {
             break;
         }
@@ -393,12 +396,21 @@ pub fn reduce(
         None => failure,
     };
     let confirmed = |shrunk: &[Op]| -> Result<Option<Failure>, VmmError> {
-        let pinned = replay(&config.vm, shrunk, 1, true)?.map(|(f, _)| f);
+        let pinned = replay(backends, &config.vm, shrunk, 1, true)?.map(|(f, _)| f);
         Ok(pinned.filter(|f| f.shows(&target)).map(described))
     };
-    let shrink_on = |vm: &VmConfig| {
+    let shrink_on = |vm: &GuestConfig| {
         let budget = config.shrink_budget;
-        shrink(vm, ops, &run.results, &target, budget, config.pressure).map(|s| s.ops)
+        shrink(
+            backends,
+            vm,
+            ops,
+            &run.results,
+            &target,
+            budget,
+            config.pressure,
+        )
+        .map(|s| s.ops)
     };
     if let Some(twin) = &config.shrink_on {
         let shrunk = shrink_on(twin)?;
@@ -421,13 +433,17 @@ pub fn reduce(
 
 /// Runs the campaign to the end (every job's budget spent); failures are findings, not errors.
 /// Errors are setup problems (no KVM, unusable kernel, unwritable output directory).
-pub fn run_campaign(config: &CampaignConfig) -> Result<CampaignReport, VmmError> {
-    run_campaign_with(config, Links::default())
+pub fn run_campaign(
+    config: &CampaignConfig,
+    backends: &dyn Boot,
+) -> Result<CampaignReport, VmmError> {
+    run_campaign_with(config, backends, Links::default())
 }
 
 /// [`run_campaign`], with a corpus directory and a stop flag.
 pub fn run_campaign_with(
     config: &CampaignConfig,
+    backends: &dyn Boot,
     links: Links<'_>,
 ) -> Result<CampaignReport, VmmError> {
     let jobs = config.jobs.max(1);
@@ -454,6 +470,7 @@ pub fn run_campaign_with(
     bar.set_message("0 findings");
     let shared = Shared {
         config,
+        backends,
         corpus,
         stop: links.stop,
         loaded: AtomicUsize::new(0),

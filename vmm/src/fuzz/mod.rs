@@ -18,13 +18,14 @@ pub mod uniformity;
 
 use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
-use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
-use crate::gdb::StopRequest;
 use crate::scenario::ops::{op_name, op_to_line};
-use crate::{Guest, VmConfig, VmmError};
+use crate::VmmError;
 use bounded_io::files::FileError;
 use corpus::{CorpusDir, Entry, NewEdges, Reader};
 use generate::Generator;
+use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use mm_driver::stop::StopRequest;
+use mm_driver::{Boot, GuestConfig, RunError};
 use model::Model;
 use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
 use std::collections::VecDeque;
@@ -548,11 +549,12 @@ pub struct Run {
 /// Runs `session` on a fresh guest; returns the operations it sent and how it failed, if it
 /// did. Setup errors (no KVM, bad kernel) are returned as errors, not failures.
 pub fn run_session(
-    config: &VmConfig,
+    backends: &dyn Boot,
+    config: &GuestConfig,
     session: Session<'_, '_, '_>,
     check: bool,
 ) -> Result<Run, VmmError> {
-    let mut vm = Guest::boot(config)?;
+    let mut vm = backends.boot(config)?;
     let session = session.with_frame_budget(guest_boot::boot_memory::available_frames(
         &config.boot_spec(),
     ));
@@ -569,19 +571,19 @@ pub fn run_session(
         // Before the first batch nothing was fuzzed: the guest cannot boot, and a campaign
         // that booted it again would fail the same way forever.
         if let Err(e) = outcome {
-            return Err(VmmError::FailedBeforeFirstBatch(Box::new(e)));
+            return Err(VmmError::FailedBeforeFirstBatch(Box::new(e.into())));
         }
     }
     let crash = match outcome {
         Ok(0) => None,
         Ok(status) => Some(("nonzero exit", format!("guest exited with status {status}"))),
-        Err(e @ VmmError::GuestPanic { .. }) => Some(("panic", e.to_string())),
-        Err(e @ VmmError::TripleFault { .. }) => Some(("triple fault", e.to_string())),
-        Err(e @ VmmError::Timeout { .. }) => Some(("hang", e.to_string())),
+        Err(e @ RunError::GuestPanic { .. }) => Some(("panic", e.to_string())),
+        Err(e @ RunError::TripleFault { .. }) => Some(("triple fault", e.to_string())),
+        Err(e @ RunError::Timeout { .. }) => Some(("hang", e.to_string())),
         Err(
-            e @ (VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) | VmmError::Driver(_)),
+            e @ (RunError::GuestHalted { .. } | RunError::GuestProtocol(_) | RunError::Driver(_)),
         ) => Some(("protocol error", e.to_string())),
-        Err(setup) => return Err(setup),
+        Err(setup) => return Err(setup.into()),
     };
     let failure = match (crash, session.failure, findings.first()) {
         (Some((kind, why)), _, _) => Some(Failure {
@@ -619,23 +621,25 @@ pub fn run_session(
 /// fresh guest. Returns the failure and how many operations had run when it showed (the failing
 /// prefix, to the end of its batch). A batch of 1 pins a failure to its operation.
 pub fn replay(
-    config: &VmConfig,
+    backends: &dyn Boot,
+    config: &GuestConfig,
     ops: &[Op],
     batch: usize,
     check: bool,
 ) -> Result<Option<(Failure, usize)>, VmmError> {
-    let run = replay_run(config, ops, batch, check)?;
+    let run = replay_run(backends, config, ops, batch, check)?;
     let prefix = run.sent.len();
     Ok(run.failure.map(|f| (f, prefix)))
 }
 
 /// [`replay`], returning the whole run: what was sent, the results and the failure.
 pub fn replay_run(
-    config: &VmConfig,
+    backends: &dyn Boot,
+    config: &GuestConfig,
     ops: &[Op],
     batch: usize,
     check: bool,
 ) -> Result<Run, VmmError> {
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
-    run_session(config, session, check)
+    run_session(backends, config, session, check)
 }

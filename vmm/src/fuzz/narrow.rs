@@ -8,8 +8,9 @@
 #![forbid(unsafe_code)]
 
 use super::{run_session, Failure, Run, Session, Signature, Source};
-use crate::gdb::StopRequest;
-use crate::{VmConfig, VmmError};
+use crate::VmmError;
+use mm_driver::stop::StopRequest;
+use mm_driver::{Boot, GuestConfig};
 use shared_mm::abi::{Op, MAX_BATCH};
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -93,7 +94,8 @@ impl Replayed {
 /// with `stop`, asks gdb's stop request to stop the guest when it starts op `stop.0`. A guest
 /// that exits before the last op is a failure too.
 pub fn replay_planned(
-    config: &VmConfig,
+    backends: &dyn Boot,
+    config: &GuestConfig,
     ops: &[Op],
     plan: Plan,
     stop: Option<(usize, StopRequest)>,
@@ -102,7 +104,7 @@ pub fn replay_planned(
     if let Some((at, request)) = stop {
         session = session.stopping_at(at, request);
     }
-    let run = run_session(config, session, true)?;
+    let run = run_session(backends, config, session, true)?;
     let early = (run.results.len() < ops.len()).then(|| Failure {
         signature: Signature::Crash("early exit"),
         description: format!(
@@ -125,14 +127,25 @@ pub fn replay_planned(
 /// one op fails, replays again up to it with that batch one op at a time and reports what that
 /// shows (the earliest failure, pinned to its op), or, if the finer replay runs clean (a
 /// failure that needs the whole batch before a check), the batch's failure.
-pub fn replay_narrowed(config: &VmConfig, ops: &[Op], batch: usize) -> Result<Replayed, VmmError> {
-    let batched = replay_planned(config, ops, Plan::new(ops.len(), batch, 0..0), None)?;
+pub fn replay_narrowed(
+    backends: &dyn Boot,
+    config: &GuestConfig,
+    ops: &[Op],
+    batch: usize,
+) -> Result<Replayed, VmmError> {
+    let batched = replay_planned(
+        backends,
+        config,
+        ops,
+        Plan::new(ops.len(), batch, 0..0),
+        None,
+    )?;
     let Some(failing) = batched.failing_batch().filter(|b| b.len() > 1) else {
         return Ok(batched);
     };
     let end = failing.end;
     let plan = Plan::new(end, batch, failing.clone());
-    let narrowed = replay_planned(config, &ops[..end], plan, None)?;
+    let narrowed = replay_planned(backends, config, &ops[..end], plan, None)?;
     let shown = if narrowed.failure.is_some() {
         narrowed
     } else {
@@ -147,7 +160,8 @@ pub fn replay_narrowed(config: &VmConfig, ops: &[Op], batch: usize) -> Result<Re
 /// Replays `ops` on a fresh guest in batches of `batch` up to op `fine_from`, then one op per
 /// batch; the agreement checker runs after every batch if `check`.
 pub fn replay_finer(
-    config: &VmConfig,
+    backends: &dyn Boot,
+    config: &GuestConfig,
     ops: &[Op],
     batch: usize,
     fine_from: usize,
@@ -155,7 +169,7 @@ pub fn replay_finer(
 ) -> Result<Run, VmmError> {
     let plan = Plan::new(ops.len(), batch, fine_from..ops.len());
     let session = Session::new(Source::Planned(plan.cut(ops)), MAX_BATCH, None);
-    run_session(config, session, check)
+    run_session(backends, config, session, check)
 }
 
 /// The root cause of a failure found at batch granularity, and where it shows.
@@ -188,14 +202,15 @@ impl Cause {
 /// from `last_batch`). `None` if the finer replay runs clean (a failure that needs the batch's
 /// boundaries), and then `recorded` stays what to shrink.
 pub fn root_cause(
-    config: &VmConfig,
+    backends: &dyn Boot,
+    config: &GuestConfig,
     ops: &[Op],
     batch: usize,
     last_batch: usize,
     recorded: &Failure,
     check: bool,
 ) -> Result<Option<Cause>, VmmError> {
-    let run = replay_finer(config, ops, batch, last_batch, check)?;
+    let run = replay_finer(backends, config, ops, batch, last_batch, check)?;
     let prefix = run.sent.len();
     Ok(run.failure.map(|failure| {
         let symptom = (!failure.shows(&recorded.signature)).then(|| {

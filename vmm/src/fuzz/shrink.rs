@@ -21,7 +21,8 @@
 use super::exhaustion::{self, Probe};
 use super::narrow::replay_finer;
 use super::{rebase, replay_run, Signature};
-use crate::{VmConfig, VmmError};
+use crate::VmmError;
+use mm_driver::{Boot, GuestConfig};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE, MAX_BATCH};
 use std::collections::HashMap;
@@ -730,7 +731,8 @@ pub fn pin_placements(ops: &[Op], results: &[OpResult]) -> Vec<Op> {
 /// When the run came near exhausting memory (`near_exhaustion`, or a result that ran out), the
 /// [`exhaustion`] skeleton is tried first.
 pub fn shrink(
-    config: &VmConfig,
+    backends: &dyn Boot,
+    config: &GuestConfig,
     ops: &[Op],
     results: &[OpResult],
     target: &Signature,
@@ -739,8 +741,15 @@ pub fn shrink(
 ) -> Result<Shrunk, VmmError> {
     // Only agreement-checker findings need the checker; results are checked op by op anyway.
     let check = matches!(target, Signature::Finding(_));
-    let run =
-        |candidate: &[Op]| replay_run(config, candidate, shrink_batch(candidate.len()), check);
+    let run = |candidate: &[Op]| {
+        replay_run(
+            backends,
+            config,
+            candidate,
+            shrink_batch(candidate.len()),
+            check,
+        )
+    };
     let shown = |candidate: &[Op]| -> Result<Option<Shown>, VmmError> {
         let mut run = run(candidate)?;
         // Another failure, in a batch of several ops, may have hidden the target at an op
@@ -748,7 +757,7 @@ pub fn shrink(
         let moved = run.failure.as_ref().is_some_and(|f| !f.shows(target));
         if moved && run.sent.len() - run.last_batch > 1 {
             let batch = shrink_batch(candidate.len());
-            run = replay_finer(config, candidate, batch, run.last_batch, check)?;
+            run = replay_finer(backends, config, candidate, batch, run.last_batch, check)?;
         }
         let prefix = run.sent.len();
         Ok(run.failure.filter(|f| f.shows(target)).map(|f| Shown {

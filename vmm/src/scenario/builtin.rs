@@ -3,7 +3,7 @@
 
 use super::format::Scenario;
 use super::runner::Runner;
-use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use vm_memory::GuestMemoryMmap;
 

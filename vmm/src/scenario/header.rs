@@ -2,9 +2,9 @@
 //! and the run settings (seed, RAM, CPUs, backend, seeded bugs, kernel) they record.
 
 use super::ops::number;
-use crate::backend::Backend;
 use bounded_io::excerpt::excerpt;
 use guest_mm::Bug;
+use mm_driver::Backend;
 use std::fmt;
 
 /// Why a known header's value is refused.

@@ -5,7 +5,7 @@ use super::expect::Expect;
 use super::format::Scenario;
 use super::runner::Runner;
 use crate::checker::Checked;
-use crate::{Guest, VmmError};
+use mm_driver::{Guest, RunError};
 
 /// A scenario with the results one run observed as its expectations.
 #[derive(Debug)]
@@ -14,13 +14,13 @@ pub struct Recording {
     /// Steps that got a result (the first ones): the rest keep no expectation.
     pub recorded: usize,
     /// Why the run ended before the last step, if it did (a guest panic, for instance).
-    pub stopped: Option<VmmError>,
+    pub stopped: Option<RunError>,
 }
 
 /// Runs `scenario` on `vm` with the agreement checker after every batch and returns it with
 /// each step's expectation replaced by what the guest did: [`Expect::observed`], the exact
 /// placed address, value read or fault address. Findings do not stop the run.
-pub fn record(vm: &mut Guest, scenario: &Scenario) -> Recording {
+pub fn record(vm: &mut dyn Guest, scenario: &Scenario) -> Recording {
     let mut checked = Checked::new(Runner::new(scenario));
     let stopped = vm.run(&mut checked).err();
     let runner = checked.into_inner();

@@ -5,8 +5,8 @@ use super::expect::Expect;
 use super::format::{Scenario, Step};
 use super::ops::op_to_line;
 use crate::checker::{Checked, Finding};
-use crate::driver::{Driver, DriverError, Script, SnapshotChunk, SpaceSnapshot};
-use crate::{Guest, VmmError};
+use mm_driver::driver::{Driver, DriverError, Script, SnapshotChunk, SpaceSnapshot};
+use mm_driver::{Guest, RunError};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, MAX_BATCH};
 use std::fmt;
 use std::ops::Range;
@@ -160,7 +160,7 @@ pub struct Outcome {
     pub exit_status: u32,
     /// The guest failure (a panic, triple fault, hang or protocol error) that ended the run
     /// before its end; what was judged and found before it is kept above.
-    pub crash: Option<VmmError>,
+    pub crash: Option<RunError>,
 }
 
 impl Outcome {
@@ -190,7 +190,7 @@ impl Outcome {
 /// Runs `scenario` on `vm`, with the agreement checker after every batch if `check`. A guest
 /// failure ends the run with what was found before it (see [`Outcome::crash`]); an error of the
 /// host is an error.
-pub fn run(vm: &mut Guest, scenario: &Scenario, check: bool) -> Result<Outcome, VmmError> {
+pub fn run(vm: &mut dyn Guest, scenario: &Scenario, check: bool) -> Result<Outcome, RunError> {
     let mut runner = Runner::new(scenario);
     let (ended, findings, checks_run) = if check {
         let mut checked = Checked::new(runner);
@@ -224,7 +224,7 @@ pub fn run(vm: &mut Guest, scenario: &Scenario, check: bool) -> Result<Outcome, 
 }
 
 /// Runs `scenario` on `vm` with the agreement checker after every batch.
-pub fn run_checked(vm: &mut Guest, scenario: &Scenario) -> Result<Outcome, VmmError> {
+pub fn run_checked(vm: &mut dyn Guest, scenario: &Scenario) -> Result<Outcome, RunError> {
     run(vm, scenario, true)
 }
 

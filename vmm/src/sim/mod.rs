@@ -9,16 +9,15 @@ pub mod machine;
 mod panic;
 pub mod ram;
 
-use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
-use crate::error::VmmError;
-use crate::serial::ConsoleSink;
 use crate::trace::TraceLog;
-use crate::vm::VmConfig;
 use guest_boot::boot_memory::{self, UsedRam};
 use guest_boot::loader::{KernelInRam, LoadedKernel};
 use guest_mm::trace::Traced;
 use guest_mm::{MemoryManager, PhysicalFrame};
 use machine::SimMachine;
+use mm_driver::console::ConsoleSink;
+use mm_driver::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
+use mm_driver::{Backend, Boot, Guest, GuestConfig, RunError};
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH, OP_RECORD_SIZE,
 };
@@ -55,22 +54,36 @@ pub struct SimVm {
 
 /// Refuses more than one CPU: the sim runs one (several are to come, deterministically
 /// scheduled).
-pub fn check_cpus(cpus: u32) -> Result<(), VmmError> {
+pub fn check_cpus(cpus: u32) -> Result<(), RunError> {
     if cpus == 1 {
         return Ok(());
     }
-    Err(VmmError::BackendUnsupported {
+    Err(RunError::BackendUnsupported {
         backend: "sim",
         what: format!("several CPUs yet (--cpus {cpus}); use --backend kvm"),
     })
 }
 
+impl Guest for SimVm {
+    fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, RunError> {
+        SimVm::run(self, driver)
+    }
+
+    fn memory(&self) -> &GuestMemoryMmap {
+        SimVm::memory(self)
+    }
+
+    fn console_output(&self) -> String {
+        SimVm::console_output(self)
+    }
+}
+
 impl SimVm {
     /// Lays out guest RAM as a KVM boot would and brings up the MM on the simulated machine.
-    pub fn new(config: &VmConfig) -> Result<SimVm, VmmError> {
+    pub fn new(config: &GuestConfig) -> Result<SimVm, RunError> {
         check_cpus(config.cpus)?;
         if config.command != GuestCommand::Serve {
-            return Err(VmmError::BackendUnsupported {
+            return Err(RunError::BackendUnsupported {
                 backend: "sim",
                 what: format!(
                     "the {:?} boot command (sim runs only the MM agent)",
@@ -126,7 +139,7 @@ impl SimVm {
     }
 
     /// Serves `driver` until it has no more work; returns the exit status (0).
-    pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
+    pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, RunError> {
         let _ = writeln!(self.console, "sim: serving MM operations");
         driver.booted(&self.boot_info);
         let mut results: Vec<OpResult> = Vec::new();
@@ -135,12 +148,12 @@ impl SimVm {
             let spaces: Vec<SpaceRecord> = self.mm.space_records().collect();
             let Some(ops) = driver
                 .next_batch(&self.mem, &results, &spaces)
-                .map_err(VmmError::Driver)?
+                .map_err(RunError::Driver)?
             else {
                 return Ok(0);
             };
             if ops.len() > MAX_BATCH {
-                return Err(VmmError::BatchTooLarge { ops: ops.len() });
+                return Err(RunError::BatchTooLarge { ops: ops.len() });
             }
             results.clear();
             for op in ops {
@@ -150,16 +163,16 @@ impl SimVm {
     }
 
     /// Hands the trace events since the last call to `driver`.
-    fn deliver_trace(&mut self, driver: &mut dyn Driver) -> Result<(), VmmError> {
+    fn deliver_trace(&mut self, driver: &mut dyn Driver) -> Result<(), RunError> {
         let events = self.mm.machine_mut().sink_mut().take();
         if events.is_empty() {
             return Ok(());
         }
-        driver.trace(&self.mem, &events).map_err(VmmError::Driver)
+        driver.trace(&self.mem, &events).map_err(RunError::Driver)
     }
 
     /// Runs one operation as the guest would receive it: through its wire encoding.
-    fn execute(&mut self, op: Op, driver: &mut dyn Driver) -> Result<OpResult, VmmError> {
+    fn execute(&mut self, op: Op, driver: &mut dyn Driver) -> Result<OpResult, RunError> {
         let mut record = [0u8; OP_RECORD_SIZE];
         op.encode(&mut record)
             .expect("record buffer is OP_RECORD_SIZE");
@@ -173,7 +186,7 @@ impl SimVm {
 
     /// Hands the frame report of `space` to `driver`: for the kernel the allocated bitmap
     /// first, then the frames the space owns, one chunk each.
-    fn frames(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, VmmError> {
+    fn frames(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, RunError> {
         let Some(owned) = self.mm.owned_frames(space) else {
             return Ok(OpResult::error(Status::NoSuchSpace));
         };
@@ -185,7 +198,7 @@ impl SimVm {
                 total: words.len() as u64,
                 words,
             };
-            driver.frames(&self.mem, chunk).map_err(VmmError::Driver)
+            driver.frames(&self.mem, chunk).map_err(RunError::Driver)
         };
         if space == KERNEL_SPACE {
             let allocated: Vec<u64> = self.mm.allocated_frames().collect();
@@ -202,7 +215,7 @@ impl SimVm {
     }
 
     /// Hands the region tree of `space` to `driver` in one chunk.
-    fn snapshot(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, VmmError> {
+    fn snapshot(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, RunError> {
         self.deliver_trace(driver)?;
         let Some(export) = self.mm.export(space) else {
             return Ok(OpResult::error(Status::NoSuchSpace));
@@ -220,10 +233,27 @@ impl SimVm {
                     regions: &records,
                 },
             )
-            .map_err(VmmError::Driver)?;
+            .map_err(RunError::Driver)?;
         Ok(OpResult {
             value: total,
             ..OpResult::ok()
         })
+    }
+}
+
+/// Boots guests on the sim alone: what a program that links no KVM injects (a fuzz target,
+/// the tests of the crates above the seam).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sim;
+
+impl Boot for Sim {
+    fn boot(&self, config: &GuestConfig) -> Result<Box<dyn Guest>, RunError> {
+        match config.backend {
+            Backend::Sim => Ok(Box::new(SimVm::new(config)?)),
+            Backend::Kvm => Err(RunError::BackendUnsupported {
+                backend: "kvm",
+                what: "this program (it links the sim backend only)".into(),
+            }),
+        }
     }
 }

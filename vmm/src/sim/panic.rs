@@ -2,7 +2,7 @@
 //! reported like a panic the guest sends under KVM (file, line, column and message), not as a
 //! crash of the VMM.
 
-use crate::error::VmmError;
+use mm_driver::RunError;
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
@@ -52,8 +52,8 @@ fn install_hook() {
     });
 }
 
-/// Runs `f` (MM code); a panic in it becomes [`VmmError::GuestPanic`].
-pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, VmmError> {
+/// Runs `f` (MM code); a panic in it becomes [`RunError::GuestPanic`].
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, RunError> {
     install_hook();
     CATCHING.set(true);
     let result = panic::catch_unwind(AssertUnwindSafe(f));
@@ -65,7 +65,7 @@ pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, VmmError> {
             column: 0,
             message: "panic without a recorded location".into(),
         });
-        VmmError::GuestPanic {
+        RunError::GuestPanic {
             message: caught.message,
             file: caught.file,
             line: caught.line.into(),
@@ -82,7 +82,7 @@ mod tests {
     fn a_panic_becomes_a_guest_panic_with_its_location() {
         let err = catch(|| -> u32 { panic!("frame {:#x} freed twice", 0x5000) }).unwrap_err();
         match err {
-            VmmError::GuestPanic {
+            RunError::GuestPanic {
                 message,
                 file,
                 line,

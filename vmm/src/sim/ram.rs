@@ -91,19 +91,19 @@ pub fn take(size: u64) -> Option<UsedRam> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
     use crate::fuzz::generate::Generator;
     use crate::fuzz::{run_session, Session, Source};
-    use crate::sim::SimVm;
-    use crate::vm::VmConfig;
+    use crate::sim::{Sim, SimVm};
+    use mm_driver::Backend;
+    use mm_driver::GuestConfig;
     use vm_memory::GuestMemoryMmap;
 
-    fn config() -> VmConfig {
-        VmConfig {
+    fn config() -> GuestConfig {
+        GuestConfig {
             echo_console: false,
             backend: Backend::Sim,
             memory: 32 << 20,
-            ..VmConfig::default()
+            ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
         }
     }
 
@@ -126,7 +126,8 @@ mod tests {
             budget: 3_000,
             feedback: None,
         };
-        let run = run_session(&config(), Session::new(source, 64, None), true).expect("sim");
+        let session = Session::new(source, 64, None);
+        let run = run_session(&Sim, &config(), session, true).expect("sim");
         assert!(
             run.failure.is_none() && run.results.len() == 3_000,
             "{:?}",

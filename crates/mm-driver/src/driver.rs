@@ -2,7 +2,6 @@
 //! backend runs it; plus the snapshot collector drivers share and the simplest drivers.
 #![forbid(unsafe_code)]
 
-use crate::coherence::TraceTooLarge;
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status};
 use shared_mm::boot_info::BootInfo;
 use shared_mm::trace::TraceEvent;
@@ -24,8 +23,8 @@ pub enum DriverError {
     UnrequestedSnapshot { space: u32 },
     /// A frame report (or a part of one) nothing asked for.
     UnrequestedFrames { space: u32 },
-    /// A report announcing more than the guest's RAM could hold
-    /// ([`crate::report_guard::ReportBounds`]): `total` of `what`, at most `bound`.
+    /// A report announcing more than the guest's RAM could hold (the kvm backend's report
+    /// guard bounds each by RAM size): `total` of `what`, at most `bound`.
     ReportPastBound {
         what: &'static str,
         space: u32,
@@ -127,6 +126,24 @@ impl From<TraceTooLarge> for DriverError {
     }
 }
 
+/// The trace asked for more state than a guest of this size can honestly need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceTooLarge {
+    pub limit: usize,
+}
+
+impl fmt::Display for TraceTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "flush trace tracks more than {} translations, more than guest RAM can map",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for TraceTooLarge {}
+
 /// One `Snapshot` hypercall's worth of a region tree: regions `first..first + regions.len()`
 /// of the `total` that `space` (whose page tables are rooted at `cr3`) holds.
 #[derive(Clone, Copy, Debug)]
@@ -175,7 +192,7 @@ impl SpaceSnapshot {
     /// new snapshot; a later chunk must continue the last one exactly (same space, `first` the
     /// number of regions received so far), and no snapshot may grow past the `total` it
     /// announced. (How much a guest may announce is bounded by its RAM, before any driver sees
-    /// it: [`crate::report_guard`].)
+    /// it: the kvm backend's report guard.)
     pub fn collect(
         list: &mut Vec<SpaceSnapshot>,
         chunk: SnapshotChunk<'_>,

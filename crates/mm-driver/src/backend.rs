@@ -1,12 +1,13 @@
 //! The two places the guest MM runs: in the guest kernel under KVM (the ground truth), or
 //! in-process on the simulated machine (fast, deterministic, with a TLB you can see). The same
-//! drivers, model, checker and reproducers work on both.
+//! drivers, model, checker and reproducers work on both: they see a booted [`Guest`], and boot
+//! one through whatever [`Boot`] the program links in (vmm: both backends; a fuzz target that
+//! needs no KVM: the sim alone).
 #![forbid(unsafe_code)]
 
+use crate::config::GuestConfig;
 use crate::driver::Driver;
-use crate::error::VmmError;
-use crate::sim::SimVm;
-use crate::vm::{Vm, VmConfig};
+use crate::run_error::RunError;
 use std::fmt;
 use std::str::FromStr;
 use vm_memory::GuestMemoryMmap;
@@ -64,42 +65,22 @@ impl FromStr for Backend {
     }
 }
 
-/// A booted guest on either backend.
-pub enum Guest {
-    Kvm(Box<Vm>),
-    Sim(Box<SimVm>),
-}
-
-impl Guest {
-    /// Boots a guest on `config.backend`.
-    pub fn boot(config: &VmConfig) -> Result<Guest, VmmError> {
-        Ok(match config.backend {
-            Backend::Kvm => Guest::Kvm(Box::new(Vm::new(config)?)),
-            Backend::Sim => Guest::Sim(Box::new(SimVm::new(config)?)),
-        })
-    }
-
+/// A booted guest, on whichever backend booted it.
+pub trait Guest {
     /// Runs the guest's MM work from `driver` until the guest exits; returns its status.
-    pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
-        match self {
-            Guest::Kvm(vm) => vm.run(driver),
-            Guest::Sim(sim) => sim.run(driver),
-        }
-    }
+    fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, RunError>;
 
     /// Guest RAM, for introspection.
-    pub fn memory(&self) -> &GuestMemoryMmap {
-        match self {
-            Guest::Kvm(vm) => vm.memory(),
-            Guest::Sim(sim) => sim.memory(),
-        }
-    }
+    fn memory(&self) -> &GuestMemoryMmap;
 
     /// Everything the guest printed.
-    pub fn console_output(&self) -> String {
-        match self {
-            Guest::Kvm(vm) => vm.console_output(),
-            Guest::Sim(sim) => sim.console_output(),
-        }
-    }
+    fn console_output(&self) -> String;
+}
+
+/// What boots guests: the backends a program links in. Fuzz jobs boot from several threads,
+/// so it is `Sync`.
+pub trait Boot: Sync {
+    /// Boots a guest as `config` says, on `config.backend`; a backend this program does not
+    /// link is [`RunError::BackendUnsupported`].
+    fn boot(&self, config: &GuestConfig) -> Result<Box<dyn Guest>, RunError>;
 }
