@@ -3,13 +3,13 @@
 //! every op, and every region tree exported along the way).
 #![forbid(unsafe_code)]
 
+use mm_checker::Checked;
 use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::{Backend, Boot, GuestConfig};
 use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status};
 use std::collections::VecDeque;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
-use vmm::checker::Checked;
 use vmm::fuzz::generate::Generator;
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::{run_session, Session, Source};

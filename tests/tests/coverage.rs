@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use guest_image::variant::{build_variant_with, GuestVariant};
+use mm_checker::Checked;
 use mm_driver::driver::{Driver, DriverError, Script, SnapshotChunk};
 use mm_driver::GuestConfig;
 use shared_mm::abi::{
@@ -11,7 +12,6 @@ use shared_mm::abi::{
 use std::sync::OnceLock;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
-use vmm::checker::Checked;
 use vmm::coverage::{CoverageMap, CoverageSet};
 use vmm::scenario::SelfCheck;
 use vmm::Vm;

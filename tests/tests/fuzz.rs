@@ -3,10 +3,10 @@
 #![forbid(unsafe_code)]
 
 use guest_image::variant::{build_variant_with, GuestVariant};
+use mm_checker::Rule;
 use mm_driver::GuestConfig;
 use std::path::PathBuf;
 use std::time::Duration;
-use vmm::checker::Rule;
 use vmm::coverage::CoverageMap;
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug};
 use vmm::fuzz::repro::Reproducer;

@@ -5,6 +5,7 @@
 // Only the counting allocator needs unsafe code (`GlobalAlloc` is an unsafe trait).
 #![deny(unsafe_code)]
 
+use mm_checker::{check, Checked, Rule};
 use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::protocol_error::ProtocolError;
 use mm_driver::RunError;
@@ -18,7 +19,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::checker::{check, Checked, Rule};
 use vmm::hypercall::Next;
 use vmm::report_guard::{ReportBounds, ReportGuard};
 use vmm::{hypercall, Vm, VmmError};

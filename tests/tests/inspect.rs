@@ -4,13 +4,13 @@
 
 use guest_image::variant::build_variant;
 use integration_tests::config;
+use mm_checker::Rule;
 use mm_driver::GuestConfig;
 use serde_json::Value;
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::KERNEL_SPACE;
 use shared_mm::boot_info::GuestCommand;
 use std::sync::OnceLock;
-use vmm::checker::Rule;
 use vmm::inspect::{inspect, Owner, Report, Row, Sharing, SpaceReport};
 use vmm::Backends;
 

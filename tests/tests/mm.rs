@@ -153,7 +153,7 @@ fn freed_frames_are_reused_and_never_mapped_twice() {
             },
         ],
     ];
-    let mut driver = vmm::checker::Checked::new(FrameProbe {
+    let mut driver = mm_checker::Checked::new(FrameProbe {
         script: mm_driver::driver::Script::new(batches),
         probes: vec![vec![0x40_0000], vec![0x40_0000, 0x80_0000, 0x80_1000]],
         frames: Vec::new(),

@@ -6,9 +6,9 @@
 
 use guest_image::variant::build_variant;
 use guest_mm::{Bug, SeededBugs};
+use mm_checker::Rule;
 use mm_driver::{Backend, Boot, GuestConfig};
 use std::time::Duration;
-use vmm::checker::Rule;
 use vmm::scenario::{bug_bait, run_checked, Outcome};
 use vmm::Backends;
 

@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_mm::{Bug, SeededBugs};
+use mm_checker::Checked;
 use mm_driver::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
 use mm_driver::{Backend, Boot, GuestConfig};
 use shared_mm::abi::{
@@ -31,7 +32,6 @@ use shared_mm::region::{Access, Region};
 use shared_mm::region_tree::{RegionTree, SplitMix64};
 use shared_mm::try_loop::place_by_tries;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::checker::Checked;
 use vmm::cpus::round_trip::IpiRoundTrip;
 use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
 use vmm::fuzz::generate::Generator;

@@ -12,10 +12,10 @@ pub mod sharing;
 mod svg;
 mod table;
 
-use crate::checker::{self, access_string, Finding, FrameReports, Refs};
-use crate::coherence::Coherence;
 use crate::scenario::Expect;
 use crate::VmmError;
+use mm_checker::coherence::Coherence;
+use mm_checker::{access_string, Finding, FrameReports, Refs};
 use mm_driver::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
 use mm_driver::{Boot, GuestConfig};
 use shared_mm::abi::{
@@ -377,10 +377,10 @@ impl Inspector {
         let trace = coherence.take_findings();
         let mut findings: Vec<Finding> = trace
             .iter()
-            .map(|f| checker::as_finding(f, (&kernel, &views)))
+            .map(|f| mm_checker::as_finding(f, (&kernel, &views)))
             .collect();
         let refs = self.frames.shared_frames();
-        findings.extend(checker::check(mem, &kernel, &views, refs));
+        findings.extend(mm_checker::check(mem, &kernel, &views, refs));
         let coherence = &*coherence;
         let context = || Context { coherence, refs };
         let mut take = |space: u32| {

@@ -6,8 +6,6 @@
 
 pub mod arch;
 pub mod backends;
-pub mod checker;
-pub mod coherence;
 pub mod coverage;
 pub mod cpus;
 pub mod error;
@@ -23,7 +21,6 @@ pub mod report_guard;
 pub mod scenario;
 pub mod serial;
 pub mod sim;
-pub mod table_lifetime;
 pub mod trace;
 pub mod vcpu_exit;
 #[allow(unsafe_code)]

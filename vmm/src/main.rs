@@ -7,13 +7,13 @@ use bounded_io::files::{open_regular, read_capped, write_output, FileError, Nami
 use clap::{Parser, Subcommand};
 use guest_image::variant::{build_variant_with, GuestVariant};
 use guest_mm::{Bug, SeededBugs};
+use mm_checker::Checked;
 use mm_driver::{Backend, Boot, GuestConfig, RunError};
 use shared_mm::boot_info::GuestCommand;
 use shared_mm::smp::MAX_CPUS;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use vmm::checker::Checked;
 use vmm::coverage::CoverageMap;
 use vmm::error::run_exit_code;
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};

@@ -16,13 +16,13 @@ pub mod repro;
 pub mod shrink;
 pub mod uniformity;
 
-use crate::checker::{Checked, Rule};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::scenario::ops::{op_name, op_to_line};
 use crate::VmmError;
 use bounded_io::files::FileError;
 use corpus::{CorpusDir, Entry, NewEdges, Reader};
 use generate::Generator;
+use mm_checker::{Checked, Rule};
 use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::stop::StopRequest;
 use mm_driver::{Boot, GuestConfig, RunError};

@@ -5,9 +5,9 @@
 
 use super::observer::MmView;
 use super::tlb_listing;
-use crate::checker::{self, Finding};
-use crate::coherence::Coherence;
 use crate::inspect::{space_report, Context};
+use mm_checker::coherence::Coherence;
+use mm_checker::Finding;
 use mm_driver::driver::SpaceSnapshot;
 use shared_mm::abi::KERNEL_SPACE;
 use shared_mm::pte::{PageLevel, PageTableEntry, ADDRESS_MASK};
@@ -210,7 +210,7 @@ impl Stopped<'_> {
         let kernel = self.view.kernel.as_ref()?;
         Some((
             kernel,
-            checker::check(self.mem, kernel, &self.view.trees, &self.view.refs),
+            mm_checker::check(self.mem, kernel, &self.view.trees, &self.view.refs),
         ))
     }
 

@@ -5,8 +5,8 @@
 #![forbid(unsafe_code)]
 
 use super::snapshot_round::SnapshotRound;
-use crate::checker::{FrameReports, Refs};
-use crate::coherence::Coherence;
+use mm_checker::coherence::Coherence;
+use mm_checker::{FrameReports, Refs};
 use mm_driver::driver::{
     Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk, SpaceSnapshot,
 };

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use super::{Owner, Row};
-use crate::checker::Refs;
+use mm_checker::Refs;
 use shared_mm::abi::access_bits::SHARED;
 use shared_mm::abi::RegionRecord;
 use std::collections::HashMap;

@@ -4,7 +4,7 @@
 use super::expect::Expect;
 use super::format::Scenario;
 use super::runner::Runner;
-use crate::checker::Checked;
+use mm_checker::Checked;
 use mm_driver::{Guest, RunError};
 
 /// A scenario with the results one run observed as its expectations.

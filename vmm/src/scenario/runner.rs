@@ -4,7 +4,7 @@
 use super::expect::Expect;
 use super::format::{Scenario, Step};
 use super::ops::op_to_line;
-use crate::checker::{Checked, Finding};
+use mm_checker::{Checked, Finding};
 use mm_driver::driver::{Driver, DriverError, Script, SnapshotChunk, SpaceSnapshot};
 use mm_driver::{Guest, RunError};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, MAX_BATCH};
@@ -231,7 +231,7 @@ pub fn run_checked(vm: &mut dyn Guest, scenario: &Scenario) -> Result<Outcome, R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::Rule;
+    use mm_checker::Rule;
     use shared_mm::abi::{FaultKind, Status};
 
     fn step(line: usize) -> Step {

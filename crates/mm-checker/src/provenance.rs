@@ -8,8 +8,9 @@
 //! kernel's directory copies their entries), so its tables may lie there too.
 #![forbid(unsafe_code)]
 
-use super::accounting::FrameReports;
-use super::{space_name, Finding, Rule};
+use crate::accounting::FrameReports;
+use crate::finding::{space_name, Finding};
+use crate::rule::Rule;
 use shared_mm::abi::{FrameUse, KERNEL_SPACE};
 use shared_mm::boot_info::{
     BootInfo, MemoryKind, BOOT_GDT_ADDR, BOOT_PML4_ADDR, MAILBOX_ADDR, MAILBOX_SIZE,
@@ -152,7 +153,7 @@ impl Provenance {
                         "frame {:#x}, owned by {} as {}, lies {place}",
                         record.frame,
                         space_name(space),
-                        super::accounting::use_name(record.usage)
+                        crate::accounting::use_name(record.usage)
                     );
                     found.push((record.frame, finding(space, detail)));
                 }

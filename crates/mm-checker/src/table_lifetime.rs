@@ -16,8 +16,8 @@
 //! the replay remember is bounded by the caller's limit, and an excess is [`TraceTooLarge`].
 #![forbid(unsafe_code)]
 
-use crate::checker::Rule;
-use crate::coherence::{CoherenceFinding, Numbered};
+use crate::rule::Rule;
+use crate::trace_events::{CoherenceFinding, Numbered};
 use mm_driver::driver::TraceTooLarge;
 use shared_mm::pte::{PageLevel, PageTableEntry, LOWER_HALF_LAST};
 use shared_mm::trace::TraceEvent;

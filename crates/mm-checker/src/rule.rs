@@ -1,25 +1,8 @@
-//! The agreement checker: the guest's exported region trees against the page tables the host
-//! walks itself through guest memory (never the guest's own view). Each broken rule (the
-//! README's "The agreement checker" lists them) becomes a [`Finding`] naming the space, address,
-//! PTE, region and rule.
+//! The invariants the checker holds the guest's MM to, one name each: the names findings,
+//! fuzz signatures and the README use.
 #![forbid(unsafe_code)]
 
-mod accounting;
-mod agreement;
-mod checked;
-mod provenance;
-
-pub use accounting::{Accounting, FrameReports};
-pub use agreement::{Agreement, Check, Refs, FRAME_BUDGET_PER_RAM_PAGE, MAX_PER_RULE};
-pub use checked::{as_finding, Checked};
-pub use provenance::Provenance;
-
-use crate::coherence::Numbered;
-use mm_driver::driver::SpaceSnapshot;
-use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
-use shared_mm::abi::{RegionRecord, KERNEL_SPACE};
 use std::fmt;
-use vm_memory::GuestMemory;
 
 /// Which invariant a finding breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,87 +89,4 @@ impl Rule {
             rule => rule,
         }
     }
-}
-
-/// One broken invariant, precisely located.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
-    /// The address space (`KERNEL_SPACE` for the kernel).
-    pub space: u32,
-    pub rule: Rule,
-    pub va: Option<u64>,
-    /// The raw leaf PTE involved.
-    pub pte: Option<u64>,
-    /// The region involved.
-    pub region: Option<RegionRecord>,
-    pub detail: String,
-    /// For flush-trace findings, the trace events behind it (numbered from boot).
-    pub events: Vec<Numbered>,
-}
-
-fn space_name(space: u32) -> String {
-    if space == KERNEL_SPACE {
-        "kernel".into()
-    } else {
-        format!("space {space}")
-    }
-}
-
-/// `u-rwx` style text for an access mask (`usrwx` for shared memory).
-pub fn access_string(access: u32) -> String {
-    let bit = |b, c| if access & b != 0 { c } else { '-' };
-    [
-        bit(USER, 'u'),
-        bit(SHARED, 's'),
-        bit(READ, 'r'),
-        bit(WRITE, 'w'),
-        bit(EXECUTE, 'x'),
-    ]
-    .iter()
-    .collect()
-}
-
-impl fmt::Display for Finding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}]", space_name(self.space), self.rule)?;
-        if let Some(va) = self.va {
-            write!(f, " at {va:#x}")?;
-        }
-        if let Some(pte) = self.pte {
-            write!(f, " pte {pte:#x}")?;
-        }
-        if let Some(r) = &self.region {
-            write!(
-                f,
-                " region {:?} {:#x}+{:#x} {}",
-                r.name_str(),
-                r.base,
-                r.size,
-                access_string(r.access)
-            )?;
-        }
-        write!(f, ": {}", self.detail)
-    }
-}
-
-fn region_containing(regions: &[RegionRecord], va: u64) -> Option<&RegionRecord> {
-    let i = regions.partition_point(|r| r.base <= va);
-    regions[..i].last().filter(|r| va - r.base < r.size)
-}
-
-/// Checks every invariant for the kernel and each user space, with `refs` the reference counts
-/// of frames held more than once; empty means they all agree.
-pub fn check<M: GuestMemory + ?Sized>(
-    mem: &M,
-    kernel: &SpaceSnapshot,
-    spaces: &[SpaceSnapshot],
-    refs: &Refs,
-) -> Vec<Finding> {
-    let mut state = Agreement::for_memory(mem);
-    let mut check = state.check(refs);
-    check.kernel(mem, kernel);
-    for view in spaces {
-        check.space(mem, view, kernel);
-    }
-    check.finish()
 }

@@ -10,8 +10,9 @@
 //! the walk stops at its own budget, and at most [`MAX_PER_RULE`] findings per rule are kept
 //! per check (the rest are counted in one more finding).
 
-use super::provenance::Provenance;
-use super::{region_containing, space_name, Finding, Rule};
+use crate::finding::{region_containing, space_name, Finding};
+use crate::provenance::Provenance;
+use crate::rule::Rule;
 use mm_driver::driver::SpaceSnapshot;
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{

@@ -12,8 +12,13 @@
 //! again. A replay of one op per batch thus costs a couple of snapshots per op, not one per
 //! live space.
 
-use super::{region_containing, Accounting, Agreement, Finding, FrameReports, Provenance, Rule};
-use crate::coherence::{Coherence, CoherenceFinding};
+use crate::accounting::{Accounting, FrameReports};
+use crate::agreement::Agreement;
+use crate::coherence::Coherence;
+use crate::finding::{region_containing, Finding};
+use crate::provenance::Provenance;
+use crate::rule::Rule;
+use crate::trace_events::CoherenceFinding;
 use mm_driver::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
 use shared_mm::boot_info::BootInfo;

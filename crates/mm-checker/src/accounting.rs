@@ -16,7 +16,8 @@
 //! Owners not reported in a check keep their last report, so only changed spaces need to
 //! report; the leak scan over the bitmap runs only when the counts disagree.
 
-use super::{Finding, Rule};
+use crate::finding::Finding;
+use crate::rule::Rule;
 use mm_driver::driver::{DriverError, FramesChunk, FramesPart};
 use shared_mm::abi::{FrameRecord, FrameRefs, FrameUse, KERNEL_SPACE};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -177,7 +178,7 @@ pub struct Accounting {
 }
 
 fn name(space: u32) -> String {
-    super::space_name(space)
+    crate::finding::space_name(space)
 }
 
 /// What a frame of `usage` is, in words.
