@@ -3,9 +3,9 @@
 #![forbid(unsafe_code)]
 
 use crate::gdb::GdbServer;
-use crate::sim::SimVm;
 use crate::vm::Vm;
 use mm_driver::{Backend, Boot, Guest, GuestConfig, RunError};
+use mm_sim::SimVm;
 
 /// Boots guests on either backend. The first kvm guest booted with a gdb stub claims it and
 /// waits for gdb; later guests (a fuzz campaign's next sessions, its shrinking) run without.

@@ -20,7 +20,6 @@ pub mod kick;
 pub mod report_guard;
 pub mod scenario;
 pub mod serial;
-pub mod sim;
 pub mod trace;
 pub mod vcpu_exit;
 #[allow(unsafe_code)]

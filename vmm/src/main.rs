@@ -361,7 +361,7 @@ fn config_with(
     coverage: bool,
 ) -> anyhow::Result<(GuestConfig, Backends, String)> {
     if args.backend() == Backend::Sim {
-        vmm::sim::check_cpus(args.cpus()).map_err(VmmError::from)?;
+        mm_sim::check_cpus(args.cpus()).map_err(VmmError::from)?;
     }
     let seeded = seeded_bugs(args.features())?;
     let (kernel, label, seeded_bugs) = match args.backend() {

@@ -1,9 +1,8 @@
-//! The host side of the flush trace: draining the guest's trace buffer (attacker-controlled:
-//! its count and every record are checked) and the in-process sink the sim writes to.
+//! The kvm backend's side of the flush trace: draining the guest's trace buffer
+//! (attacker-controlled: its count and every record are checked).
 #![forbid(unsafe_code)]
 
 use crate::error::VmmError;
-use guest_mm::trace::TraceSink;
 use mm_driver::protocol_error::ProtocolError;
 use shared_mm::trace::{
     TraceEvent, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
@@ -57,25 +56,6 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(events)
-}
-
-/// The sim's trace sink: events collected in-process until the host takes them.
-#[derive(Debug, Default)]
-pub struct TraceLog {
-    events: Vec<TraceEvent>,
-}
-
-impl TraceLog {
-    /// Every event since the last call, in order.
-    pub fn take(&mut self) -> Vec<TraceEvent> {
-        std::mem::take(&mut self.events)
-    }
-}
-
-impl TraceSink for TraceLog {
-    fn record(&mut self, event: TraceEvent) {
-        self.events.push(event);
-    }
 }
 
 #[cfg(test)]

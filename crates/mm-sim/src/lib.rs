@@ -8,8 +8,8 @@ pub mod cpu;
 pub mod machine;
 mod panic;
 pub mod ram;
+mod trace_log;
 
-use crate::trace::TraceLog;
 use guest_boot::boot_memory::{self, UsedRam};
 use guest_boot::loader::{KernelInRam, LoadedKernel};
 use guest_mm::trace::Traced;
@@ -23,6 +23,7 @@ use shared_mm::abi::{
 };
 use shared_mm::boot_info::{BootInfo, GuestCommand};
 use std::io::Write;
+pub use trace_log::TraceLog;
 use vm_memory::GuestMemoryMmap;
 
 impl Drop for SimVm {

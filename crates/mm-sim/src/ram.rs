@@ -6,7 +6,8 @@
 //! pages are zeroed and the mapping is kept. The next guest with the same RAM size and kernel
 //! boots on it: the boot data is written again in place, and the kernel image is reused only if
 //! RAM still holds it byte for byte. So a recycled guest starts from exactly the RAM a fresh one
-//! would (`recycled_ram_is_exactly_fresh_ram` checks it against a fresh boot).
+//! would (`recycled_sim_ram_is_exactly_fresh_ram` in tests/tests/backends.rs checks it against
+//! a fresh boot).
 #![forbid(unsafe_code)]
 
 use guest_boot::boot_memory::UsedRam;
@@ -91,66 +92,7 @@ pub fn take(size: u64) -> Option<UsedRam> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzz::generate::Generator;
-    use crate::fuzz::{run_session, Session, Source};
-    use crate::sim::{Sim, SimVm};
-    use mm_driver::Backend;
-    use mm_driver::GuestConfig;
     use vm_memory::GuestMemoryMmap;
-
-    fn config() -> GuestConfig {
-        GuestConfig {
-            echo_console: false,
-            backend: Backend::Sim,
-            memory: 32 << 20,
-            ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
-        }
-    }
-
-    /// Every page of two guests' RAM, compared; the first differing page if any.
-    fn first_difference(a: &GuestMemoryMmap, b: &GuestMemoryMmap) -> Option<u64> {
-        let (mut x, mut y) = ([0u8; PAGE as usize], [0u8; PAGE as usize]);
-        (0..(32 << 20) / PAGE).map(|p| p * PAGE).find(|&at| {
-            a.read_slice(&mut x, GuestAddress(at)).expect("in RAM");
-            b.read_slice(&mut y, GuestAddress(at)).expect("in RAM");
-            x != y
-        })
-    }
-
-    #[test]
-    fn recycled_ram_is_exactly_fresh_ram() {
-        // A pressure campaign writes everywhere the MM can: tables, data, copies, the heap.
-        let mut generator = Generator::new(7).with_pressure();
-        let source = Source::Generated {
-            generator: &mut generator,
-            budget: 3_000,
-            feedback: None,
-        };
-        let session = Session::new(source, 64, None);
-        let run = run_session(&Sim, &config(), session, true).expect("sim");
-        assert!(
-            run.failure.is_none() && run.results.len() == 3_000,
-            "{:?}",
-            run.failure
-        );
-        assert!(
-            SPARE.with(|spare| spare.borrow().is_some()),
-            "the guest left its RAM"
-        );
-        let recycled = SimVm::new(&config()).expect("boots on the spare");
-        assert!(take(32 << 20).is_none(), "the spare went to the new guest");
-        // A guest of another thread boots on fresh RAM (compared while both are alive: a
-        // guest's RAM is reset when it goes).
-        let difference = std::thread::scope(|scope| {
-            let recycled = recycled.memory();
-            let fresh = scope.spawn(move || {
-                let fresh = SimVm::new(&config()).expect("boots on fresh RAM");
-                first_difference(recycled, fresh.memory())
-            });
-            fresh.join().expect("no panic")
-        });
-        assert_eq!(difference, None);
-    }
 
     #[test]
     fn marks_every_page_a_write_touches_and_nothing_past_ram() {

@@ -5,7 +5,7 @@
 //! that covers the address, else from CR3), and faults as the hardware raises them: #GP for a
 //! non-canonical address, #PF with the architectural error code and CR2 otherwise.
 
-use super::ram::WrittenPages;
+use crate::ram::WrittenPages;
 use guest_mm::machine::{
     PF_FETCH, PF_PRESENT, PF_RESERVED, PF_USER, PF_WRITE, VECTOR_BREAKPOINT,
     VECTOR_GENERAL_PROTECTION, VECTOR_INVALID_OPCODE, VECTOR_PAGE_FAULT,

@@ -2,8 +2,8 @@
 //! (so the page walker, the checker and inspect read it as they read a KVM guest's), with one
 //! CPU whose TLB and paging-structure caches are maximally stale.
 
-use super::cpu::{self, CpuState};
-use super::ram::WrittenPages;
+use crate::cpu::{self, CpuState};
+use crate::ram::WrittenPages;
 use guest_mm::page_directory::PageDirectory;
 use guest_mm::{Machine, PhysicalFrame, PteSlot, UserEntry, UserTrap, FRAME_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
