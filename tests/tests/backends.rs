@@ -7,6 +7,8 @@
 use mm_checker::Checked;
 use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::{Backend, Boot, GuestConfig};
+use mm_scenario::ops::op_to_line;
+use mm_scenario::SelfCheck;
 use mm_sim::ram::{self, WrittenPages};
 use mm_sim::{Sim, SimVm};
 use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status};
@@ -16,8 +18,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::fuzz::generate::Generator;
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::{run_session, Session, Source};
-use vmm::scenario::ops::op_to_line;
-use vmm::scenario::SelfCheck;
 use vmm::Backends;
 
 fn config(backend: Backend) -> GuestConfig {

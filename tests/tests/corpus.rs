@@ -3,6 +3,7 @@
 
 use guest_image::variant::{build_variant_with, GuestVariant};
 use mm_driver::{Backend, GuestConfig};
+use mm_scenario::file::load;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -11,7 +12,6 @@ use vmm::coverage::CoverageMap;
 use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
 use vmm::fuzz::shrink::Budget;
 use vmm::fuzz::RESCAN_INTERVAL;
-use vmm::scenario::file::load;
 use vmm::Backends;
 
 fn scratch(name: &str) -> PathBuf {

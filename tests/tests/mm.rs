@@ -2,10 +2,10 @@
 #![forbid(unsafe_code)]
 
 use mm_driver::GuestConfig;
+use mm_scenario::SelfCheck;
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::KERNEL_SPACE;
 use std::time::Duration;
-use vmm::scenario::SelfCheck;
 use vmm::Vm;
 
 fn run_self_check() -> SelfCheck {

@@ -8,8 +8,8 @@ use guest_image::variant::build_variant;
 use guest_mm::{Bug, SeededBugs};
 use mm_checker::Rule;
 use mm_driver::{Backend, Boot, GuestConfig};
+use mm_scenario::{bug_bait, run_checked, Outcome};
 use std::time::Duration;
-use vmm::scenario::{bug_bait, run_checked, Outcome};
 use vmm::Backends;
 
 /// The bait scenario's outcome with `bug` planted (none: the correct MM) on `backend`.

@@ -12,12 +12,12 @@ pub mod sharing;
 mod svg;
 mod table;
 
-use crate::scenario::Expect;
 use crate::VmmError;
 use mm_checker::coherence::Coherence;
 use mm_checker::{access_string, Finding, FrameReports, Refs};
 use mm_driver::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
 use mm_driver::{Boot, GuestConfig};
+use mm_scenario::Expect;
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
 };

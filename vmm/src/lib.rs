@@ -18,7 +18,6 @@ pub mod interrupt;
 #[allow(unsafe_code)]
 pub mod kick;
 pub mod report_guard;
-pub mod scenario;
 pub mod serial;
 pub mod trace;
 pub mod vcpu_exit;

@@ -9,6 +9,12 @@ use guest_image::variant::{build_variant_with, GuestVariant};
 use guest_mm::{Bug, SeededBugs};
 use mm_checker::Checked;
 use mm_driver::{Backend, Boot, GuestConfig, RunError};
+use mm_scenario::builtin::SELF_CHECK_NAME;
+use mm_scenario::file::load;
+use mm_scenario::header::{cpus_line, Settings};
+use mm_scenario::ops::op_to_line;
+use mm_scenario::record::record;
+use mm_scenario::SelfCheck;
 use shared_mm::boot_info::GuestCommand;
 use shared_mm::smp::MAX_CPUS;
 use std::path::{Path, PathBuf};
@@ -21,12 +27,6 @@ use vmm::fuzz::narrow::{replay_narrowed, replay_planned, Plan, Replayed};
 use vmm::fuzz::repro::Reproducer;
 use vmm::fuzz::shrink::Budget;
 use vmm::gdb::GdbServer;
-use vmm::scenario::builtin::SELF_CHECK_NAME;
-use vmm::scenario::file::load;
-use vmm::scenario::header::{cpus_line, Settings};
-use vmm::scenario::ops::op_to_line;
-use vmm::scenario::record::record;
-use vmm::scenario::SelfCheck;
 use vmm::{Backends, VmmError};
 
 #[derive(Parser)]
@@ -556,7 +556,7 @@ fn run_scenario(guest: &GuestArgs, file: &Path, check: bool) -> anyhow::Result<u
     let guest = recorded_args(guest, &Settings::of(&scenario.header)?)?;
     let (config, backends) = config(&guest, GuestCommand::Serve)?;
     let mut vm = backends.boot(&config).map_err(VmmError::from)?;
-    let mut outcome = vmm::scenario::run(vm.as_mut(), &scenario, check).map_err(VmmError::from)?;
+    let mut outcome = mm_scenario::run(vm.as_mut(), &scenario, check).map_err(VmmError::from)?;
     if check {
         eprintln!("vmm: agreement checker ran {} times", outcome.checks_run);
     }

@@ -9,8 +9,8 @@
 //! only if it is a regular file; one that is not, or does not parse, is skipped with a
 //! warning, never fatal.
 
-use crate::scenario::format::{Scenario, Step};
 use bounded_io::files::{read_capped, write_output, FileError, Naming};
+use mm_scenario::format::{Scenario, Step};
 use shared_mm::abi::{Op, MAX_BATCH};
 use std::collections::HashSet;
 use std::fmt;
@@ -165,7 +165,7 @@ fn entry_text(header: &[(String, String)], entry: &Entry) -> (String, String) {
 pub enum SkippedEntry {
     Unreadable(FileError),
     NotText,
-    Malformed(crate::scenario::format::ParseError),
+    Malformed(mm_scenario::format::ParseError),
     /// No operations, or more than a batch holds.
     BadLength(usize),
 }

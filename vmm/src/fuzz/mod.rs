@@ -17,7 +17,6 @@ pub mod shrink;
 pub mod uniformity;
 
 use crate::coverage::{CoverageMap, CoverageSet};
-use crate::scenario::ops::{op_name, op_to_line};
 use crate::VmmError;
 use bounded_io::files::FileError;
 use corpus::{CorpusDir, Entry, NewEdges, Reader};
@@ -26,6 +25,7 @@ use mm_checker::{Checked, Rule};
 use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::stop::StopRequest;
 use mm_driver::{Boot, GuestConfig, RunError};
+use mm_scenario::ops::{op_name, op_to_line};
 use model::Model;
 use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
 use std::collections::VecDeque;

@@ -1,7 +1,7 @@
 //! Fuzz reproducers: scenarios without expectations (`# key: value` header lines, one operation
 //! per line), written by `vmm fuzz` and run again by `vmm replay`.
 
-use crate::scenario::format::{ParseError, Scenario, Step};
+use mm_scenario::format::{ParseError, Scenario, Step};
 use shared_mm::abi::Op;
 
 /// The comment a reproducer file starts with.
@@ -92,7 +92,7 @@ impl From<Scenario> for Reproducer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::self_check;
+    use mm_scenario::self_check;
 
     #[test]
     fn reproducer_round_trips_through_text() {

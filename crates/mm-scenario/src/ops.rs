@@ -292,7 +292,7 @@ pub fn op_from_line(text: &str) -> Result<Op, OpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::self_check;
+    use crate::self_check;
 
     #[test]
     fn every_op_round_trips_through_text() {

@@ -1,9 +1,9 @@
 //! Recording a scenario: its operations run once and their observed results written in as
 //! the expectations, which turns a reproducer into a ready regression scenario.
 
-use super::expect::Expect;
-use super::format::Scenario;
-use super::runner::Runner;
+use crate::expect::Expect;
+use crate::format::Scenario;
+use crate::runner::Runner;
 use mm_checker::Checked;
 use mm_driver::{Guest, RunError};
 

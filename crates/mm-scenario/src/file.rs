@@ -1,7 +1,7 @@
 //! Scenario and reproducer files on disk: read with a size cap (never unbounded), as UTF-8,
 //! and parsed, with errors that name the file.
 
-use super::format::{ParseError, Scenario};
+use crate::format::{ParseError, Scenario};
 use bounded_io::excerpt::path as shown;
 use bounded_io::files::{read_capped, FileError};
 use std::fmt;

@@ -1,7 +1,7 @@
 //! What an operation's result must be (`ok`, `value 0x5`, `at 0x400000`, `aligned 0x1000`,
 //! `error overlap`, `fault segv-access [at ADDR]`): its text, its check, and what a result says.
 
-use super::ops::number;
+use crate::ops::number;
 use bounded_io::excerpt::excerpt;
 use shared_mm::abi::{FaultKind, Op, OpResult, Status};
 use std::fmt;

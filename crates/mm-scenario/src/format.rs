@@ -2,9 +2,9 @@
 //! expected result after `=>`, a label after `#`) and `---` between batches; one parser, one
 //! printer, and errors that name the line.
 
-use super::expect::{Expect, ExpectError};
-use super::header::{self, HeaderError};
-use super::ops::{op_from_line, op_to_line, OpError};
+use crate::expect::{Expect, ExpectError};
+use crate::header::{self, HeaderError};
+use crate::ops::{op_from_line, op_to_line, OpError};
 use shared_mm::abi::Op;
 use std::fmt;
 use std::fmt::Write as _;

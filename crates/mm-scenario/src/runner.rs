@@ -1,9 +1,9 @@
 //! Running a scenario on a guest: its batches in order, every result judged against its step's
 //! expectation, and in a checked run the agreement checker after every batch.
 
-use super::expect::Expect;
-use super::format::{Scenario, Step};
-use super::ops::op_to_line;
+use crate::expect::Expect;
+use crate::format::{Scenario, Step};
+use crate::ops::op_to_line;
 use mm_checker::{Checked, Finding};
 use mm_driver::driver::{Driver, DriverError, Script, SnapshotChunk, SpaceSnapshot};
 use mm_driver::{Guest, RunError};

@@ -1,8 +1,8 @@
-//! The built-in scenarios, embedded in the binary from `vmm/scenarios/`: the MM self-check that
+//! The built-in scenarios, embedded from this crate's `scenarios/`: the MM self-check that
 //! `vmm run` runs, and the bait that springs every seeded bug.
 
-use super::format::Scenario;
-use super::runner::Runner;
+use crate::format::Scenario;
+use crate::runner::Runner;
 use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use vm_memory::GuestMemoryMmap;
@@ -11,9 +11,9 @@ use vm_memory::GuestMemoryMmap;
 pub const SELF_CHECK_NAME: &str = "self-check.scn";
 /// The self-check: every operation kind and edge case, in batches of eight, and a step or
 /// check that every seeded bug but the end-of-RAM one trips.
-pub const SELF_CHECK: &str = include_str!("../../scenarios/self-check.scn");
+pub const SELF_CHECK: &str = include_str!("../scenarios/self-check.scn");
 /// The seeded-bug bait: seven batches, the last three around a fork.
-pub const BUG_BAIT: &str = include_str!("../../scenarios/bug-bait.scn");
+pub const BUG_BAIT: &str = include_str!("../scenarios/bug-bait.scn");
 
 fn builtin(text: &str) -> Scenario {
     // The embedded files are part of the source: a unit test parses each one.
@@ -150,7 +150,7 @@ mod tests {
     fn the_self_check_covers_every_op_kind() {
         let kinds: BTreeSet<&str> = self_check()
             .steps()
-            .map(|s| crate::scenario::ops::op_name(&s.op))
+            .map(|s| crate::ops::op_name(&s.op))
             .collect();
         assert_eq!(kinds.len(), 15, "{kinds:?}");
     }

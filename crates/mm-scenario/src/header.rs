@@ -1,7 +1,7 @@
 //! Header lines (`# key: value`): which keys the format knows, how their values are checked,
 //! and the run settings (seed, RAM, CPUs, backend, seeded bugs, kernel) they record.
 
-use super::ops::number;
+use crate::ops::number;
 use bounded_io::excerpt::excerpt;
 use guest_mm::Bug;
 use mm_driver::Backend;
