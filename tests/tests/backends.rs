@@ -7,6 +7,9 @@
 use mm_checker::Checked;
 use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::{Backend, Boot, GuestConfig};
+use mm_fuzz::generate::Generator;
+use mm_fuzz::repro::Reproducer;
+use mm_fuzz::{run_session, Session, Source};
 use mm_scenario::ops::op_to_line;
 use mm_scenario::SelfCheck;
 use mm_sim::ram::{self, WrittenPages};
@@ -15,9 +18,6 @@ use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status};
 use std::collections::VecDeque;
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::fuzz::generate::Generator;
-use vmm::fuzz::repro::Reproducer;
-use vmm::fuzz::{run_session, Session, Source};
 use vmm::Backends;
 
 fn config(backend: Backend) -> GuestConfig {
@@ -184,7 +184,7 @@ fn an_access_that_wraps_past_2_64_gives_the_same_result_on_kvm_sim_and_the_model
     let mut results = Vec::new();
     for backend in [Backend::Kvm, Backend::Sim] {
         // The model judges every result: a failure is a disagreement with it.
-        let run = vmm::fuzz::replay_run(&Backends::default(), &config(backend), &ops, 1, true)
+        let run = mm_fuzz::replay_run(&Backends::default(), &config(backend), &ops, 1, true)
             .expect("the replay runs");
         assert!(run.failure.is_none(), "{backend}: {:?}", run.failure);
         for (op, result) in ops[1..].iter().zip(&run.results[1..]) {

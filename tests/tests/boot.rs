@@ -281,7 +281,7 @@ fn a_slow_guest_that_makes_progress_is_not_taken_for_hung() {
     let mut config = config(GuestCommand::Serve);
     config.timeout = Some(limit);
     let started = Instant::now();
-    let failure = vmm::fuzz::replay(&vmm::Backends::default(), &config, &ops, 1, false)
+    let failure = mm_fuzz::replay(&vmm::Backends::default(), &config, &ops, 1, false)
         .expect("the guest boots");
     let elapsed = started.elapsed();
     assert_eq!(failure, None, "after {elapsed:?}");

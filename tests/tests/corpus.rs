@@ -3,15 +3,15 @@
 
 use guest_image::variant::{build_variant_with, GuestVariant};
 use mm_driver::{Backend, GuestConfig};
+use mm_fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
+use mm_fuzz::coverage::CoverageMap;
+use mm_fuzz::shrink::Budget;
+use mm_fuzz::RESCAN_INTERVAL;
 use mm_scenario::file::load;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use vmm::coverage::CoverageMap;
-use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
-use vmm::fuzz::shrink::Budget;
-use vmm::fuzz::RESCAN_INTERVAL;
 use vmm::Backends;
 
 fn scratch(name: &str) -> PathBuf {

@@ -5,6 +5,7 @@ use guest_image::variant::{build_variant_with, GuestVariant};
 use mm_checker::Checked;
 use mm_driver::driver::{Driver, DriverError, Script, SnapshotChunk};
 use mm_driver::GuestConfig;
+use mm_fuzz::coverage::{CoverageMap, CoverageSet};
 use mm_scenario::SelfCheck;
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
@@ -13,7 +14,6 @@ use shared_mm::abi::{
 use std::sync::OnceLock;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
-use vmm::coverage::{CoverageMap, CoverageSet};
 use vmm::Vm;
 
 /// The coverage build of the default guest, built once per test binary.

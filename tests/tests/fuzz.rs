@@ -5,13 +5,14 @@
 use guest_image::variant::{build_variant_with, GuestVariant};
 use mm_checker::Rule;
 use mm_driver::GuestConfig;
+use mm_fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug};
+use mm_fuzz::coverage::CoverageMap;
+use mm_fuzz::error::FuzzError;
+use mm_fuzz::repro::Reproducer;
+use mm_fuzz::shrink::Budget;
+use mm_fuzz::{replay, Signature};
 use std::path::PathBuf;
 use std::time::Duration;
-use vmm::coverage::CoverageMap;
-use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug};
-use vmm::fuzz::repro::Reproducer;
-use vmm::fuzz::shrink::Budget;
-use vmm::fuzz::{replay, Signature};
 use vmm::Backends;
 
 fn out_dir(name: &str) -> PathBuf {
@@ -151,7 +152,8 @@ fn a_guest_that_cannot_boot_stops_the_campaign_with_its_error() {
     let mut config = campaign("no-boot", hlt, 1_000, true);
     config.coverage = None;
     match run_campaign(&config, &Backends::default()) {
-        Err(e @ vmm::VmmError::FailedBeforeFirstBatch(_)) => {
+        Err(e @ FuzzError::FailedBeforeFirstBatch(_)) => {
+            let e = vmm::VmmError::from(e);
             assert_eq!(e.exit_code(), 103, "a halted guest: {e}");
             assert!(e.to_string().contains("halted"), "{e}");
         }
@@ -276,7 +278,7 @@ fn found_on_both_backends(bug: guest_mm::Bug) -> [FoundBug; 2] {
 
 #[test]
 fn a_biased_randomized_placement_is_found_by_the_probe_on_both_backends() {
-    use vmm::fuzz::uniformity::DRAWS;
+    use mm_fuzz::uniformity::DRAWS;
     let bug = guest_mm::Bug::AslrLowHalf;
     let [sim, kvm] = found_on_both_backends(bug);
     for found in [&sim, &kvm] {
@@ -367,7 +369,7 @@ fn panic_after_a_finding() -> Vec<shared_mm::abi::Op> {
 
 #[test]
 fn a_crash_right_after_a_finding_is_shrunk_to_the_finding_as_its_root_cause() {
-    use vmm::fuzz::campaign::reduce;
+    use mm_fuzz::campaign::reduce;
     let bug = guest_mm::Bug::FreeMapped;
     let sim = sim_campaign("root-cause", bug, 0);
     let mut kvm = campaign(
@@ -380,7 +382,7 @@ fn a_crash_right_after_a_finding_is_shrunk_to_the_finding_as_its_root_cause() {
     for config in [&sim, &kvm] {
         let ops = panic_after_a_finding();
         // The run, in one batch as a campaign sends it: the panic ends it, unchecked.
-        let run = vmm::fuzz::replay_run(&Backends::default(), &config.vm, &ops, config.batch, true)
+        let run = mm_fuzz::replay_run(&Backends::default(), &config.vm, &ops, config.batch, true)
             .expect("runs");
         let found = run.failure.clone().expect("the guest panics");
         assert_eq!(found.signature, Signature::Crash("panic"), "{found:#?}");

@@ -19,6 +19,10 @@ use guest_mm::{Bug, SeededBugs};
 use mm_checker::Checked;
 use mm_driver::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
 use mm_driver::{Backend, Boot, GuestConfig};
+use mm_fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
+use mm_fuzz::generate::Generator;
+use mm_fuzz::shrink::Budget;
+use mm_fuzz::{Session, Source};
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
     Hypercall, MailboxHeader, Op, OpResult, SpaceRecord, Status, HEADER_SIZE, MAX_BATCH,
@@ -33,10 +37,6 @@ use shared_mm::region_tree::{RegionTree, SplitMix64};
 use shared_mm::try_loop::place_by_tries;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::cpus::round_trip::IpiRoundTrip;
-use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
-use vmm::fuzz::generate::Generator;
-use vmm::fuzz::shrink::Budget;
-use vmm::fuzz::{Session, Source};
 use vmm::hypercall;
 use vmm::{Backends, Vm};
 use x86_paging::page_walk::{leaves, PageTableBuilder};
@@ -1118,7 +1118,7 @@ fn fuzz_backends(rows: &mut Vec<Row>) {
         // A statistical finding needs its draws: the probe's space, its layout and the draws
         // with their unmaps.
         let repro_goal = if bug == Bug::AslrLowHalf {
-            2.0 * vmm::fuzz::uniformity::DRAWS as f64 + 4.0
+            2.0 * mm_fuzz::uniformity::DRAWS as f64 + 4.0
         } else {
             8.0
         };
@@ -1237,7 +1237,7 @@ fn coverage_guided(rows: &mut Vec<Row>) {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let kernel = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
-    let counters = vmm::coverage::CoverageMap::from_elf(&kernel).expect("coverage ELF");
+    let counters = mm_fuzz::coverage::CoverageMap::from_elf(&kernel).expect("coverage ELF");
     let run = |kernel: &[u8], coverage, name| {
         let mut config = campaign(Backend::Kvm, GUIDED_OPS, SeededBugs::NONE, name);
         config.vm.kernel = kernel.to_vec();

@@ -7,6 +7,7 @@ use bounded_io::excerpt::path as shown;
 use mm_driver::driver::DriverError;
 use mm_driver::protocol_error::ProtocolError;
 use mm_driver::RunError;
+use mm_fuzz::error::FuzzError;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -53,19 +54,12 @@ pub enum VmmError {
     },
     /// The guest's console output could not be written.
     Console(std::io::Error),
-    /// An output file could not be written.
-    Output {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     /// An input file is too large, or an output could not be written.
     File(bounded_io::files::FileError),
     /// The timeout's signal handler could not be installed.
     SignalHandler(vmm_sys_util::errno::Error),
-    /// A fuzz job's thread panicked.
-    JobPanicked,
-    /// The guest failed before it asked for its first batch of work.
-    FailedBeforeFirstBatch(Box<VmmError>),
+    /// A fuzz campaign, replay or shrink could not go on.
+    Fuzz(mm_fuzz::error::FuzzError),
     /// The gdb stub failed, or gdb killed the guest.
     Gdb(crate::gdb::GdbError),
 }
@@ -91,6 +85,16 @@ impl From<VmmError> for RunError {
         match e {
             VmmError::Run(e) => e,
             own => RunError::Host(Box::new(own)),
+        }
+    }
+}
+
+impl From<FuzzError> for VmmError {
+    /// A fuzz error, unwrapped to the run's error where it is one.
+    fn from(e: FuzzError) -> Self {
+        match e {
+            FuzzError::Run(e) => VmmError::from(e),
+            e => VmmError::Fuzz(e),
         }
     }
 }
@@ -156,17 +160,11 @@ impl fmt::Display for VmmError {
                 problems.iter().try_for_each(|line| write!(f, "\n  {line}"))
             }
             VmmError::Console(e) => write!(f, "writing the guest console: {e}"),
-            VmmError::Output { path, source } => {
-                write!(f, "cannot write {}: {source}", shown(path))
-            }
             VmmError::SignalHandler(e) => {
                 write!(f, "cannot install a signal handler: {e}")
             }
-            VmmError::JobPanicked => f.write_str("a fuzz job panicked"),
             VmmError::File(e) => write!(f, "{e}"),
-            VmmError::FailedBeforeFirstBatch(e) => {
-                write!(f, "the guest failed before its first batch of work: {e}")
-            }
+            VmmError::Fuzz(e) => write!(f, "{e}"),
             VmmError::Gdb(e) => write!(f, "{e}"),
         }
     }
@@ -180,12 +178,28 @@ impl VmmError {
         match self {
             VmmError::Run(e) => run_exit_code(e),
             VmmError::GuestExited { .. } => 103,
-            VmmError::FailedBeforeFirstBatch(e) => e.exit_code(),
+            VmmError::Fuzz(e) => exit_code_of(e).unwrap_or(2),
             VmmError::SelfCheckFailed(_) | VmmError::ScenarioFailed { .. } => 1,
             VmmError::Gdb(crate::gdb::GdbError::Killed) => 137,
             _ => 2,
         }
     }
+}
+
+/// The exit status the CLI gives `e`, if it is one of the errors the VMM knows: its own, a
+/// run's, or a fuzz campaign's.
+pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    if let Some(e) = e.downcast_ref::<VmmError>() {
+        return Some(e.exit_code());
+    }
+    if let Some(e) = e.downcast_ref::<RunError>() {
+        return Some(run_exit_code(e));
+    }
+    let fuzz = e.downcast_ref::<FuzzError>()?;
+    Some(match fuzz {
+        FuzzError::Run(e) | FuzzError::FailedBeforeFirstBatch(e) => run_exit_code(e),
+        _ => 2,
+    })
 }
 
 /// The exit status of a run that ended with `e`: the guest's failures have codes of their own
@@ -252,7 +266,7 @@ mod tests {
                 backend: "sim",
                 what: "gdb".into(),
             },
-            RunError::Host(Box::new(VmmError::JobPanicked)),
+            RunError::Host(Box::new(VmmError::Console(std::io::Error::other("full")))),
             RunError::Host(Box::new(VmmError::Gdb(crate::gdb::GdbError::Killed))),
         ];
         for e in &errors {

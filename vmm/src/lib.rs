@@ -6,10 +6,8 @@
 
 pub mod arch;
 pub mod backends;
-pub mod coverage;
 pub mod cpus;
 pub mod error;
-pub mod fuzz;
 pub mod gdb;
 pub mod hypercall;
 pub mod inspect;

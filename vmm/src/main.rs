@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 use guest_image::variant::{build_variant_with, GuestVariant};
 use guest_mm::{Bug, SeededBugs};
 use mm_checker::Checked;
-use mm_driver::{Backend, Boot, GuestConfig, RunError};
+use mm_driver::{Backend, Boot, GuestConfig};
+use mm_fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
+use mm_fuzz::coverage::CoverageMap;
+use mm_fuzz::narrow::{replay_narrowed, replay_planned, Plan, Replayed};
+use mm_fuzz::repro::Reproducer;
+use mm_fuzz::shrink::Budget;
 use mm_scenario::builtin::SELF_CHECK_NAME;
 use mm_scenario::file::load;
 use mm_scenario::header::{cpus_line, Settings};
@@ -20,12 +25,7 @@ use shared_mm::smp::MAX_CPUS;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use vmm::coverage::CoverageMap;
-use vmm::error::run_exit_code;
-use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
-use vmm::fuzz::narrow::{replay_narrowed, replay_planned, Plan, Replayed};
-use vmm::fuzz::repro::Reproducer;
-use vmm::fuzz::shrink::Budget;
+use vmm::error::exit_code_of;
 use vmm::gdb::GdbServer;
 use vmm::{Backends, VmmError};
 
@@ -664,7 +664,7 @@ fn fuzz(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<u32> {
         corpus: corpus.as_deref(),
         stop: Some(vmm::interrupt::install()?),
     };
-    let report = run_campaign_with(&campaign, &backends, links)?;
+    let report = run_campaign_with(&campaign, &backends, links).map_err(VmmError::from)?;
     summary(&report, guest, jobs, check);
     Ok(if report.interrupted {
         vmm::interrupt::EXIT_INTERRUPTED
@@ -700,7 +700,7 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
         eprintln!(
             "vmm fuzz: {} placement uniformity tests (chi-square; false-alarm rate at most {:.0e} for the campaign)",
             report.uniformity_tests,
-            vmm::fuzz::uniformity::CAMPAIGN_ALPHA
+            mm_fuzz::uniformity::CAMPAIGN_ALPHA
         );
     }
     if let Some((covered, total)) = report.coverage {
@@ -798,7 +798,7 @@ fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyhow::
         );
     }
     let replayed = match &backends.gdb {
-        None => replay_narrowed(&backends, &vm, &repro.ops, ways.batch)?,
+        None => replay_narrowed(&backends, &vm, &repro.ops, ways.batch).map_err(VmmError::from)?,
         Some(server) => replay_under_gdb((&backends, &vm), &repro.ops, &ways, server)?,
     };
     report_replay(&replayed, repro.ops.len());
@@ -928,19 +928,14 @@ fn replay_under_gdb(
         op_to_line(op)
     );
     let plan = Plan::new(ops.len(), ways.batch, at..at + 1);
-    Ok(replay_planned(
-        backends,
-        vm,
-        ops,
-        plan,
-        Some((at, server.stop_request())),
-    )?)
+    let stop = Some((at, server.stop_request()));
+    Ok(replay_planned(backends, vm, ops, plan, stop).map_err(VmmError::from)?)
 }
 
 /// The op a replay fails at (found by a replay without gdb, narrowed to its op), else the last.
 fn failing_op(vm: &GuestConfig, ops: &[shared_mm::abi::Op], batch: usize) -> anyhow::Result<usize> {
     eprintln!("vmm replay: replaying once without gdb to find the failing op");
-    let replayed = replay_narrowed(&Backends::default(), vm, ops, batch)?;
+    let replayed = replay_narrowed(&Backends::default(), vm, ops, batch).map_err(VmmError::from)?;
     Ok(match &replayed.failure {
         Some(failure) => {
             let at = replayed.prefix.saturating_sub(1).min(ops.len() - 1);
@@ -989,12 +984,9 @@ fn main() -> ExitCode {
         Ok(status) => ExitCode::from(status.min(255) as u8),
         Err(e) => {
             eprintln!("vmm: error: {e:#}");
-            // A VMM error (or a run's, which it wraps) anywhere in the chain decides the code;
-            // other errors are bad input.
-            let code = e.chain().find_map(|cause| {
-                let vmm = cause.downcast_ref::<VmmError>().map(VmmError::exit_code);
-                vmm.or_else(|| cause.downcast_ref::<RunError>().map(run_exit_code))
-            });
+            // A VMM error (or one of the crates' it wraps) anywhere in the chain decides the
+            // code; other errors are bad input.
+            let code = e.chain().find_map(exit_code_of);
             ExitCode::from(code.unwrap_or(2) as u8)
         }
     }

@@ -385,7 +385,7 @@ mod tests {
     fn an_ended_vm_keeps_its_first_outcome() {
         let cpus = cpus(2);
         cpus.end(Ok(3));
-        cpus.end(Err(VmmError::JobPanicked));
+        cpus.end(Err(VmmError::KvmUnavailable("a later outcome".into())));
         assert!(cpus.stopped() && !cpus.wait_for_start());
         let (outcome, report) = cpus.run(&mut [], &test_memory(), &test_console(), |_| Ok(None));
         assert_eq!(outcome.ok(), Some(3));

@@ -8,7 +8,7 @@ use super::shrink::{shrink, Budget};
 use super::uniformity::Spending;
 use super::{narrow, replay, run_session, Failure, Feedback, Run, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
-use crate::VmmError;
+use crate::error::FuzzError;
 use bounded_io::files::{write_output, Naming};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mm_driver::{Boot, GuestConfig};
@@ -202,7 +202,7 @@ impl Shared<'_> {
         run: Run,
         found: Failure,
         ops_to_find: u64,
-    ) -> Result<(), VmmError> {
+    ) -> Result<(), FuzzError> {
         let time_to_find = self.start.elapsed();
         if self.known(&found.signature) {
             return Ok(());
@@ -251,7 +251,7 @@ impl Shared<'_> {
             ops,
         };
         repro.header.extend(cpus_line(config.vm.cpus));
-        std::fs::create_dir_all(&config.out_dir).map_err(|source| VmmError::Output {
+        std::fs::create_dir_all(&config.out_dir).map_err(|source| FuzzError::Output {
             path: config.out_dir.clone(),
             source,
         })?;
@@ -259,7 +259,7 @@ impl Shared<'_> {
         let path = config
             .out_dir
             .join(format!("repro-seed{}-{}.txt", config.seed, bugs.len() + 1));
-        write_output(&path, repro.to_text().as_bytes(), Naming::Chosen).map_err(VmmError::File)?;
+        write_output(&path, repro.to_text().as_bytes(), Naming::Chosen).map_err(FuzzError::File)?;
         self.say(format!(
             "  saved {} ({} ops, shrunk from {original_len})",
             path.display(),
@@ -284,7 +284,7 @@ impl Shared<'_> {
         Ok(())
     }
 
-    fn run_job(&self, job: usize, budget: u64) -> Result<(), VmmError> {
+    fn run_job(&self, job: usize, budget: u64) -> Result<(), FuzzError> {
         let config = self.config;
         let mut generator = Generator::new(job_seed(config.seed, job));
         if config.pressure {
@@ -298,7 +298,7 @@ impl Shared<'_> {
         if let (Some(fb), Some(dir)) = (&mut feedback, &self.corpus) {
             let loaded = fb
                 .sync_with(dir, self.entry_header(job))
-                .map_err(VmmError::File)?;
+                .map_err(FuzzError::File)?;
             self.loaded.fetch_max(loaded, Ordering::Relaxed);
         }
         let mut remaining = budget as usize;
@@ -333,7 +333,7 @@ impl Shared<'_> {
             self.guests.fetch_add(1, Ordering::Relaxed);
             let run = run_session(self.backends, &config.vm, session, config.check)?;
             if let Some(e) = feedback.as_mut().and_then(Feedback::take_error) {
-                return Err(VmmError::File(e));
+                return Err(FuzzError::File(e));
             }
             spending = run.spending;
             let sent = run.sent.len();
@@ -377,7 +377,7 @@ pub fn reduce(
     run: &Run,
     found: &Failure,
     say: &dyn Fn(String),
-) -> Result<(Vec<Op>, Failure), VmmError> {
+) -> Result<(Vec<Op>, Failure), FuzzError> {
     let twins: Vec<&GuestConfig> = config.shrink_on.iter().chain([&config.vm]).collect();
     let mut cause = None;
     for vm in &twins {
@@ -395,7 +395,7 @@ pub fn reduce(
         Some(cause) => cause.describe(failure),
         None => failure,
     };
-    let confirmed = |shrunk: &[Op]| -> Result<Option<Failure>, VmmError> {
+    let confirmed = |shrunk: &[Op]| -> Result<Option<Failure>, FuzzError> {
         let pinned = replay(backends, &config.vm, shrunk, 1, true)?.map(|(f, _)| f);
         Ok(pinned.filter(|f| f.shows(&target)).map(described))
     };
@@ -436,7 +436,7 @@ pub fn reduce(
 pub fn run_campaign(
     config: &CampaignConfig,
     backends: &dyn Boot,
-) -> Result<CampaignReport, VmmError> {
+) -> Result<CampaignReport, FuzzError> {
     run_campaign_with(config, backends, Links::default())
 }
 
@@ -445,13 +445,13 @@ pub fn run_campaign_with(
     config: &CampaignConfig,
     backends: &dyn Boot,
     links: Links<'_>,
-) -> Result<CampaignReport, VmmError> {
+) -> Result<CampaignReport, FuzzError> {
     let jobs = config.jobs.max(1);
     let corpus = links
         .corpus
         .map(CorpusDir::open)
         .transpose()
-        .map_err(VmmError::File)?;
+        .map_err(FuzzError::File)?;
     let bar = ProgressBar::with_draw_target(
         Some(config.ops),
         if config.progress {
@@ -489,7 +489,7 @@ pub fn run_campaign_with(
     };
     let per_job = config.ops / jobs as u64;
     let extra = config.ops % jobs as u64;
-    let results: Vec<Result<(), VmmError>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(), FuzzError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..jobs)
             .map(|job| {
                 let shared = &shared;
@@ -499,7 +499,7 @@ pub fn run_campaign_with(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or(Err(VmmError::JobPanicked)))
+            .map(|h| h.join().unwrap_or(Err(FuzzError::JobPanicked)))
             .collect()
     });
     shared.bar.finish_and_clear();

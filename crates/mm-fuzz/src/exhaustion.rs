@@ -10,7 +10,7 @@
 //! the level in about log2(RAM pages) replays for each tail length.
 #![forbid(unsafe_code)]
 
-use crate::VmmError;
+use crate::error::FuzzError;
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::Op;
 
@@ -66,8 +66,8 @@ pub fn skeleton(fill: u64, tail: u64) -> Vec<Op> {
 pub fn search(
     max_fill: u64,
     budget: &mut usize,
-    mut probe: impl FnMut(&[Op]) -> Result<Probe, VmmError>,
-) -> Result<Option<Vec<Op>>, VmmError> {
+    mut probe: impl FnMut(&[Op]) -> Result<Probe, FuzzError>,
+) -> Result<Option<Vec<Op>>, FuzzError> {
     for tail in 0..=MAX_TAIL {
         let (mut low, mut high) = (1u64, max_fill);
         while low <= high && *budget > 0 {
@@ -97,7 +97,7 @@ mod tests {
 
     /// A fake allocator of `frames` frames whose last frame shows the bug only when one more
     /// fault follows the fill that takes it.
-    fn end_of_ram(frames: u64) -> impl FnMut(&[Op]) -> Result<Probe, VmmError> {
+    fn end_of_ram(frames: u64) -> impl FnMut(&[Op]) -> Result<Probe, FuzzError> {
         move |ops| {
             let (fill, tail) = fill_and_tail(ops);
             Ok(match fill {

@@ -21,7 +21,7 @@
 use super::exhaustion::{self, Probe};
 use super::narrow::replay_finer;
 use super::{rebase, replay_run, Signature};
-use crate::VmmError;
+use crate::error::FuzzError;
 use mm_driver::{Boot, GuestConfig};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::{Op, OpResult, Status, KERNEL_SPACE, MAX_BATCH};
@@ -318,9 +318,9 @@ struct Shrinker<F> {
 /// the budget's 2,000 replays of them: bounded memory).
 const REMEMBERED_LEN: usize = 64;
 
-impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
+impl<F: FnMut(&[Op]) -> Result<Option<usize>, FuzzError>> Shrinker<F> {
     /// Replays the kept operations of `ops` at `kept`; keeps both if they still fail.
-    fn try_candidate(&mut self, ops: &[Op], kept: &[usize]) -> Result<bool, VmmError> {
+    fn try_candidate(&mut self, ops: &[Op], kept: &[usize]) -> Result<bool, FuzzError> {
         if self.replays >= self.budget.max_replays {
             self.exhausted = true;
             return Ok(false);
@@ -348,7 +348,7 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
     }
 
     /// Tries the kept set without the operations `drop` selects.
-    fn try_without(&mut self, drop: impl Fn(usize) -> bool) -> Result<bool, VmmError> {
+    fn try_without(&mut self, drop: impl Fn(usize) -> bool) -> Result<bool, FuzzError> {
         let candidate: Vec<usize> = self.kept.iter().copied().filter(|&i| !drop(i)).collect();
         if candidate.len() == self.kept.len() {
             return Ok(false);
@@ -371,7 +371,7 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
     /// if the failure stays: a long run's finding often needs one space of dozens. First the
     /// named spaces alone, each fork among them made a fresh space (a finding on a forked
     /// space may need none of its parent's history); then with their fork families.
-    fn focus(&mut self, named: &[u32]) -> Result<(), VmmError> {
+    fn focus(&mut self, named: &[u32]) -> Result<(), FuzzError> {
         // The guest numbers every space made, used or not.
         let made: Vec<usize> = self
             .kept
@@ -433,7 +433,7 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
     /// Drops whole spaces: a `create-space` (or `fork`) with every operation on the space it
     /// made. Spaces go in ever smaller groups, as operations do in [`Self::drop_chunks`]: most
     /// spaces of a long run play no part, and half of them go in one replay.
-    fn drop_spaces(&mut self) -> Result<(), VmmError> {
+    fn drop_spaces(&mut self) -> Result<(), FuzzError> {
         let mut creations = self.creations();
         let mut chunk = creations.len().div_ceil(2).max(1);
         loop {
@@ -461,7 +461,7 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
     }
 
     /// Delta debugging: drops chunks of `chunk` kept operations, halving the chunk down to one.
-    fn drop_chunks(&mut self, mut chunk: usize) -> Result<(), VmmError> {
+    fn drop_chunks(&mut self, mut chunk: usize) -> Result<(), FuzzError> {
         loop {
             let mut removed_any = false;
             let mut at = 0;
@@ -502,7 +502,7 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
 
     /// Replaces each run of writes to consecutive pages (how memory pressure is built up) by
     /// one populate of those pages, where the failure stays.
-    fn merge_touch_runs(&mut self) -> Result<(), VmmError> {
+    fn merge_touch_runs(&mut self) -> Result<(), FuzzError> {
         let mut at = 0;
         while at < self.kept.len() && !self.exhausted {
             let Some((end, space, first, last)) = self.touch_run(at) else {
@@ -533,7 +533,7 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
     }
 
     /// Moves each space's addresses down (see [`rebase`]) where the failure stays.
-    fn rebase(&mut self) -> Result<(), VmmError> {
+    fn rebase(&mut self) -> Result<(), FuzzError> {
         let mut spaces: Vec<u32> = self
             .kept
             .iter()
@@ -552,7 +552,7 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
 
     /// Moves the addresses of `space` (of all spaces, for `None`) down once, if the failure
     /// stays with any of the candidates.
-    fn rebase_once(&mut self, space: Option<u32>) -> Result<bool, VmmError> {
+    fn rebase_once(&mut self, space: Option<u32>) -> Result<bool, FuzzError> {
         for ops in rebase::candidates(&self.ops, &self.kept, space) {
             let kept = self.kept.clone();
             if self.exhausted {
@@ -568,7 +568,7 @@ impl<F: FnMut(&[Op]) -> Result<Option<usize>, VmmError>> Shrinker<F> {
     /// Replaces kept operations by simpler ones that still fail. An operation that took a
     /// simpler form is tried again at once: a size halves down to what the failure needs in
     /// one pass, not one halving per round of all the passes.
-    fn simplify(&mut self) -> Result<(), VmmError> {
+    fn simplify(&mut self) -> Result<(), FuzzError> {
         let mut at = 0;
         // The variants of the operation at `at` that did not fail (a one-page size need not
         // be tried again after each halving).
@@ -625,8 +625,8 @@ fn families(made: &[usize], creators: &[Option<usize>], mut keep: Vec<usize>) ->
 pub fn shrink_with(
     ops: &[Op],
     budget: Budget,
-    still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, VmmError>,
-) -> Result<Shrunk, VmmError> {
+    still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, FuzzError>,
+) -> Result<Shrunk, FuzzError> {
     shrink_from(ops, None, budget, still_fails)
 }
 
@@ -645,8 +645,8 @@ fn shrink_from(
     ops: &[Op],
     failing: Option<Shown>,
     budget: Budget,
-    still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, VmmError>,
-) -> Result<Shrunk, VmmError> {
+    still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, FuzzError>,
+) -> Result<Shrunk, FuzzError> {
     let mut shrinker = Shrinker {
         ops: ops.to_vec(),
         creators: creators(ops),
@@ -738,7 +738,7 @@ pub fn shrink(
     target: &Signature,
     budget: Budget,
     near_exhaustion: bool,
-) -> Result<Shrunk, VmmError> {
+) -> Result<Shrunk, FuzzError> {
     // Only agreement-checker findings need the checker; results are checked op by op anyway.
     let check = matches!(target, Signature::Finding(_));
     let run = |candidate: &[Op]| {
@@ -750,7 +750,7 @@ pub fn shrink(
             check,
         )
     };
-    let shown = |candidate: &[Op]| -> Result<Option<Shown>, VmmError> {
+    let shown = |candidate: &[Op]| -> Result<Option<Shown>, FuzzError> {
         let mut run = run(candidate)?;
         // Another failure, in a batch of several ops, may have hidden the target at an op
         // before it (a crash right after a finding): look again there, one op per batch.
@@ -776,7 +776,7 @@ pub fn shrink(
     // exact level, which no dropping or halving of operations hits.
     let mut left = budget.max_replays;
     if near_exhaustion || results.iter().any(|r| r.status == Status::OutOfMemory) {
-        let exhausted = |candidate: &[Op]| -> Result<Probe, VmmError> {
+        let exhausted = |candidate: &[Op]| -> Result<Probe, FuzzError> {
             let run = run(candidate)?;
             Ok(if run.failure.is_some_and(|f| f.shows(target)) {
                 Probe::Fails
@@ -800,7 +800,7 @@ mod tests {
     use super::*;
 
     /// A fake failure: fails once ops 3 and 7 (by value) have both run; prefix ends at the later.
-    fn fails(ops: &[Op]) -> Result<Option<usize>, VmmError> {
+    fn fails(ops: &[Op]) -> Result<Option<usize>, FuzzError> {
         let pos = |n: u32| {
             ops.iter()
                 .position(|op| *op == Op::DestroySpace { space: 1000 + n })
@@ -929,7 +929,7 @@ mod tests {
             addr: if space == 3 { 0x4000 } else { 0x1000 },
         }));
         let mut replays = Vec::new();
-        let fails = |ops: &[Op]| -> Result<Option<usize>, VmmError> {
+        let fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
             replays.push(ops.len());
             let created = ops.iter().filter(|op| **op == Op::CreateSpace).count() as u32;
             let hit = ops.iter().position(|op| {
@@ -964,7 +964,7 @@ mod tests {
             },
         ]);
         let mut replays = Vec::new();
-        let fails = |ops: &[Op]| -> Result<Option<usize>, VmmError> {
+        let fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
             replays.push(ops.to_vec());
             let mut made = 0;
             let hit = ops.iter().position(|op| match *op {
@@ -1008,7 +1008,7 @@ mod tests {
                 addr: 0x4000,
             },
         ];
-        let fails = |ops: &[Op]| -> Result<Option<usize>, VmmError> {
+        let fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
             // "Fails" when a touch of 0x4000 names the last space created before it.
             let created = ops.iter().filter(|op| **op == Op::CreateSpace).count() as u32;
             let hit = ops.iter().position(|op| {

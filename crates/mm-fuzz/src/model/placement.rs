@@ -50,7 +50,7 @@ pub fn best_fit(space: &SpaceModel, size: u64, align: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzz::model::ModelRegion;
+    use crate::model::ModelRegion;
 
     /// A space with regions leaving the holes `[0x1000, 0x3000)` (2 pages), `[0x4000, 0x5000)`
     /// (1 page) and `[0x7000, 0xc000)` (5 pages) at the bottom, and one huge hole above.

@@ -1,11 +1,14 @@
-//! Fuzzing the guest MM through hypercalls: generated operation batches, every result checked
-//! against a host-side model and the page tables against the region trees, and each failure
-//! shrunk to a minimal reproducer that `vmm replay` runs again.
+//! The fuzz engine: generated operation batches for the guest MM on either backend, every
+//! result checked against a host-side model and the page tables against the region trees, each
+//! failure narrowed to its root cause and shrunk to a minimal reproducer that `vmm replay` runs
+//! again; campaigns of parallel jobs with a shared corpus and coverage feedback.
 #![forbid(unsafe_code)]
 
 pub mod campaign;
 pub mod chi_square;
 pub mod corpus;
+pub mod coverage;
+pub mod error;
 pub mod exhaustion;
 pub mod generate;
 pub mod model;
@@ -17,7 +20,7 @@ pub mod shrink;
 pub mod uniformity;
 
 use crate::coverage::{CoverageMap, CoverageSet};
-use crate::VmmError;
+use crate::error::FuzzError;
 use bounded_io::files::FileError;
 use corpus::{CorpusDir, Entry, NewEdges, Reader};
 use generate::Generator;
@@ -553,7 +556,7 @@ pub fn run_session(
     config: &GuestConfig,
     session: Session<'_, '_, '_>,
     check: bool,
-) -> Result<Run, VmmError> {
+) -> Result<Run, FuzzError> {
     let mut vm = backends.boot(config)?;
     let session = session.with_frame_budget(guest_boot::boot_memory::available_frames(
         &config.boot_spec(),
@@ -571,7 +574,7 @@ pub fn run_session(
         // Before the first batch nothing was fuzzed: the guest cannot boot, and a campaign
         // that booted it again would fail the same way forever.
         if let Err(e) = outcome {
-            return Err(VmmError::FailedBeforeFirstBatch(Box::new(e.into())));
+            return Err(FuzzError::FailedBeforeFirstBatch(e));
         }
     }
     let crash = match outcome {
@@ -583,7 +586,7 @@ pub fn run_session(
         Err(
             e @ (RunError::GuestHalted { .. } | RunError::GuestProtocol(_) | RunError::Driver(_)),
         ) => Some(("protocol error", e.to_string())),
-        Err(setup) => return Err(setup.into()),
+        Err(setup) => return Err(FuzzError::Run(setup)),
     };
     let failure = match (crash, session.failure, findings.first()) {
         (Some((kind, why)), _, _) => Some(Failure {
@@ -626,7 +629,7 @@ pub fn replay(
     ops: &[Op],
     batch: usize,
     check: bool,
-) -> Result<Option<(Failure, usize)>, VmmError> {
+) -> Result<Option<(Failure, usize)>, FuzzError> {
     let run = replay_run(backends, config, ops, batch, check)?;
     let prefix = run.sent.len();
     Ok(run.failure.map(|f| (f, prefix)))
@@ -639,7 +642,7 @@ pub fn replay_run(
     ops: &[Op],
     batch: usize,
     check: bool,
-) -> Result<Run, VmmError> {
+) -> Result<Run, FuzzError> {
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
     run_session(backends, config, session, check)
 }

@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 use super::{run_session, Failure, Run, Session, Signature, Source};
-use crate::VmmError;
+use crate::error::FuzzError;
 use mm_driver::stop::StopRequest;
 use mm_driver::{Boot, GuestConfig};
 use shared_mm::abi::{Op, MAX_BATCH};
@@ -99,7 +99,7 @@ pub fn replay_planned(
     ops: &[Op],
     plan: Plan,
     stop: Option<(usize, StopRequest)>,
-) -> Result<Replayed, VmmError> {
+) -> Result<Replayed, FuzzError> {
     let mut session = Session::new(Source::Planned(plan.cut(ops)), MAX_BATCH, None);
     if let Some((at, request)) = stop {
         session = session.stopping_at(at, request);
@@ -132,7 +132,7 @@ pub fn replay_narrowed(
     config: &GuestConfig,
     ops: &[Op],
     batch: usize,
-) -> Result<Replayed, VmmError> {
+) -> Result<Replayed, FuzzError> {
     let batched = replay_planned(
         backends,
         config,
@@ -166,7 +166,7 @@ pub fn replay_finer(
     batch: usize,
     fine_from: usize,
     check: bool,
-) -> Result<Run, VmmError> {
+) -> Result<Run, FuzzError> {
     let plan = Plan::new(ops.len(), batch, fine_from..ops.len());
     let session = Session::new(Source::Planned(plan.cut(ops)), MAX_BATCH, None);
     run_session(backends, config, session, check)
@@ -209,7 +209,7 @@ pub fn root_cause(
     last_batch: usize,
     recorded: &Failure,
     check: bool,
-) -> Result<Option<Cause>, VmmError> {
+) -> Result<Option<Cause>, FuzzError> {
     let run = replay_finer(backends, config, ops, batch, last_batch, check)?;
     let prefix = run.sent.len();
     Ok(run.failure.map(|failure| {

@@ -101,8 +101,8 @@ fn regions(layout: &Layout) -> impl Iterator<Item = (u64, u64)> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzz::model::{placement, Model};
-    use crate::fuzz::uniformity::CELLS;
+    use crate::model::{placement, Model};
+    use crate::uniformity::CELLS;
     use shared_mm::abi::OpResult;
 
     #[test]

@@ -69,16 +69,16 @@ fn physical(elf: &ElfFile64<'_, LittleEndian>, vaddr: u64, len: u64) -> Option<u
 
 /// Where a coverage guest keeps its per-edge counters in guest-physical memory.
 ///
-/// A coverage build of the guest ([`guest_image::variant::GuestVariant::with_coverage`]) keeps one
+/// A coverage build of the guest (`guest_image::variant::GuestVariant::with_coverage`) keeps one
 /// 8-bit counter per control-flow edge between `__start___sancov_cntrs` and
 /// `__stop___sancov_cntrs`. The guest only increments them; the host reads them while the guest is
 /// paused (in [`mm_driver::driver::Driver::next_batch`]), merges them into a [`CoverageSet`] and
-/// zeroes them for the next batch: one read and one write per batch. `Vm` does not keep the
-/// kernel image, so find the counters in the ELF bytes the VM was booted from:
+/// zeroes them for the next batch: one read and one write per batch. A booted guest does not keep
+/// the kernel image, so find the counters in the ELF bytes it was booted from:
 ///
 /// ```no_run
-/// # fn demo(config: &vmm::VmConfig, mem: &vm_memory::GuestMemoryMmap) -> Result<(), mm_driver::driver::DriverError> {
-/// use vmm::coverage::{CoverageMap, CoverageSet};
+/// # fn demo(config: &mm_driver::GuestConfig, mem: &vm_memory::GuestMemoryMmap) -> Result<(), mm_driver::driver::DriverError> {
+/// use mm_fuzz::coverage::{CoverageMap, CoverageSet};
 /// let map = CoverageMap::from_elf(&config.kernel).expect("an ELF").expect("a coverage build");
 /// let mut seen = CoverageSet::new();
 /// // After each batch, with the guest paused:
@@ -97,8 +97,9 @@ pub struct CoverageMap {
 }
 
 impl CoverageMap {
-    /// Finds the counters of the kernel ELF `elf`: the one the VM was booted from, that is
-    /// [`crate::VmConfig::kernel`] (`Vm` does not keep the image). `Ok(None)` when the ELF has no
+    /// Finds the counters of the kernel ELF `elf`: the one the guest was booted from, that is
+    /// [`GuestConfig::kernel`](mm_driver::GuestConfig::kernel) (a booted guest does not keep the
+    /// image). `Ok(None)` when the ELF has no
     /// symbol table or no (or an empty) `__sancov_cntrs` range, as in a normal build; an error
     /// when the ELF is malformed or the counters are not in a loadable segment.
     pub fn from_elf(elf: &[u8]) -> Result<Option<CoverageMap>, CoverageError> {
