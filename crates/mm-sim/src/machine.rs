@@ -7,6 +7,7 @@ use crate::ram::WrittenPages;
 use guest_mm::page_directory::PageDirectory;
 use guest_mm::{Machine, PhysicalFrame, PteSlot, UserEntry, UserTrap, FRAME_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use x86_paging::page_walk::read_entry;
 
 /// RAM and the one simulated CPU.
 pub struct SimMachine {
@@ -64,9 +65,11 @@ impl SimMachine {
 
 impl Machine for SimMachine {
     fn read_pte(&self, table: PhysicalFrame, index: usize) -> u64 {
-        let mut raw = [0u8; 8];
-        self.read(Self::at(table, 8 * index, 8), &mut raw);
-        u64::from_le_bytes(raw)
+        let addr = Self::at(table, 8 * index, 8);
+        match read_entry(&self.mem, addr) {
+            Ok(entry) => entry.raw(),
+            Err(e) => panic!("physical read at {:#x}: {e}", addr.0),
+        }
     }
 
     fn write_pte(&mut self, slot: PteSlot, value: u64) {

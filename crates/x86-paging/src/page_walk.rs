@@ -33,13 +33,24 @@ fn entry_addr(table: u64, level: PageLevel, va: u64) -> GuestAddress {
     GuestAddress(table + (level.index(va) * ENTRY_SIZE) as u64)
 }
 
-/// Reads one entry from guest memory.
-fn read_entry<M: GuestMemory + ?Sized>(
+/// Reads the entry at `addr` from guest memory. An entry is 8-aligned, so it never straddles
+/// two regions: where `mem` is physical memory it is read from its one region (a lookup and a
+/// load, as a hardware walker reads it), not through `read_slice`'s iterator over the regions
+/// a range may cross, which cost a walk several times more. Both the walker and the sim's
+/// machine read every table entry here.
+#[inline]
+pub fn read_entry<M: GuestMemory + ?Sized>(
     mem: &M,
     addr: GuestAddress,
 ) -> Result<PageTableEntry, GuestMemoryError> {
-    let mut raw = [0; ENTRY_SIZE];
-    mem.read_slice(&mut raw, addr)?;
+    let raw: [u8; ENTRY_SIZE] = match mem.physical_memory() {
+        Some(physical) => physical.get_slice(addr, ENTRY_SIZE)?.read_obj(0)?,
+        None => {
+            let mut raw = [0; ENTRY_SIZE];
+            mem.read_slice(&mut raw, addr)?;
+            raw
+        }
+    };
     Ok(PageTableEntry::from_le_bytes(raw))
 }
 
