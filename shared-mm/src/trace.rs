@@ -40,6 +40,10 @@ pub enum TraceEvent {
     Activate { directory: u64 },
     /// `frame` went back to the frame allocator.
     FrameFreed { frame: u64 },
+    /// `size` bytes at `frame` (one 4 KiB frame, or a 2 MiB block of them) were taken from the
+    /// frame allocator, before the MM wrote to them: a host that knows the memory map can name
+    /// a frame that is not usable RAM before its contents are overwritten.
+    FrameAllocated { frame: u64, size: u64 },
     /// Ring 3 was entered on the active directory.
     EnterUser,
 }
@@ -49,6 +53,10 @@ const FLUSH: u64 = 2;
 const ACTIVATE: u64 = 3;
 const FRAME_FREED: u64 = 4;
 const ENTER_USER: u64 = 5;
+const FRAME_ALLOCATED: u64 = 6;
+
+/// The sizes an allocation may have: a frame, or a 2 MiB block.
+pub const ALLOCATION_SIZES: [u64; 2] = [0x1000, 0x20_0000];
 
 impl TraceEvent {
     /// Writes the record into `buf` (at least [`TRACE_RECORD_SIZE`] bytes).
@@ -65,6 +73,7 @@ impl TraceEvent {
             TraceEvent::Activate { directory } => (ACTIVATE, directory, 0, 0, 0),
             TraceEvent::FrameFreed { frame } => (FRAME_FREED, frame, 0, 0, 0),
             TraceEvent::EnterUser => (ENTER_USER, 0, 0, 0, 0),
+            TraceEvent::FrameAllocated { frame, size } => (FRAME_ALLOCATED, frame, size, 0, 0),
         };
         let mut w = Writer::new(buf);
         for field in [kind, a, b, c, d] {
@@ -73,7 +82,8 @@ impl TraceEvent {
         w.finish()
     }
 
-    /// Reads one record; `None` for a short buffer, an unknown kind or a level above 3.
+    /// Reads one record; `None` for a short buffer, an unknown kind, a level above 3 or an
+    /// allocation of another size than [`ALLOCATION_SIZES`].
     pub fn decode(buf: &[u8]) -> Option<TraceEvent> {
         let mut r = Reader::new(buf);
         let (kind, a, b, c, d) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
@@ -92,6 +102,9 @@ impl TraceEvent {
             ACTIVATE if kind == ACTIVATE => TraceEvent::Activate { directory: a },
             FRAME_FREED if kind == FRAME_FREED => TraceEvent::FrameFreed { frame: a },
             ENTER_USER if kind == ENTER_USER => TraceEvent::EnterUser,
+            FRAME_ALLOCATED if kind == FRAME_ALLOCATED && ALLOCATION_SIZES.contains(&b) => {
+                TraceEvent::FrameAllocated { frame: a, size: b }
+            }
             _ => return None,
         })
     }
@@ -115,6 +128,10 @@ mod tests {
             TraceEvent::Activate { directory: 0x42000 },
             TraceEvent::FrameFreed { frame: 0x46000 },
             TraceEvent::EnterUser,
+            TraceEvent::FrameAllocated {
+                frame: 0x20_0000,
+                size: 0x20_0000,
+            },
         ];
         for event in events {
             let mut buf = [0u8; TRACE_RECORD_SIZE];
@@ -133,6 +150,16 @@ mod tests {
         buf[0] = 2;
         buf[1] = 1;
         assert_eq!(TraceEvent::decode(&buf), None, "stray bits in a flush");
+        let odd = TraceEvent::FrameAllocated {
+            frame: 0x46000,
+            size: 0x2000,
+        };
+        odd.encode(&mut buf).expect("fits");
+        assert_eq!(
+            TraceEvent::decode(&buf),
+            None,
+            "an allocation of two frames"
+        );
         assert_eq!(TraceEvent::decode(&buf[..8]), None, "short");
     }
 }

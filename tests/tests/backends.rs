@@ -9,12 +9,13 @@ use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::{Backend, Boot, GuestConfig};
 use mm_fuzz::generate::Generator;
 use mm_fuzz::repro::Reproducer;
+use mm_fuzz::self_check::SelfCheck;
 use mm_fuzz::{run_session, Session, Source};
 use mm_scenario::ops::op_to_line;
-use mm_scenario::SelfCheck;
+use mm_scenario::Scenario;
 use mm_sim::ram::{self, WrittenPages};
 use mm_sim::{Sim, SimVm};
-use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status};
+use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, MAX_SPACES};
 use std::collections::VecDeque;
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -40,6 +41,30 @@ fn the_self_check_passes_on_the_sim_with_the_checker() {
     assert!(checked.checks_run > 0);
     let check = checked.into_inner();
     assert!(check.passed(), "{}", check.failures.join("\n"));
+}
+
+/// As many spaces as can live (a guest claiming more is refused before a check is built): every
+/// check walks and checks all of them in one batch, on both backends, and the next create is
+/// refused.
+#[test]
+fn the_checker_checks_as_many_spaces_as_can_live_on_both_backends() {
+    let creates: String = (1..=MAX_SPACES)
+        .map(|id| format!("create-space => value {id}\n"))
+        .collect();
+    let text =
+        format!("{creates}create-space => error no-space\n---\ndestroy-space space=7 => ok\n");
+    let scenario = Scenario::parse(&text).expect("the scenario parses");
+    for backend in [Backend::Kvm, Backend::Sim] {
+        let mut guest = Backends::default().boot(&config(backend)).expect("boot");
+        let outcome = mm_scenario::run(guest.as_mut(), &scenario, true).expect("no host error");
+        assert!(
+            outcome.is_clean(),
+            "{backend:?}: {:?} {:?}",
+            outcome.problems(),
+            outcome.crash
+        );
+        assert_eq!(outcome.checks_run, 3, "{backend:?}");
+    }
 }
 
 /// Sends a fixed list of ops, snapshotting every live space after each batch, and keeps every

@@ -6,7 +6,7 @@ use mm_checker::Checked;
 use mm_driver::driver::{Driver, DriverError, Script, SnapshotChunk};
 use mm_driver::GuestConfig;
 use mm_fuzz::coverage::{CoverageMap, CoverageSet};
-use mm_scenario::SelfCheck;
+use mm_fuzz::self_check::SelfCheck;
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
     Op, OpResult, SpaceRecord, Status,

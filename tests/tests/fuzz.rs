@@ -57,6 +57,14 @@ fn run(config: &CampaignConfig) -> CampaignReport {
     run_campaign(config, &Backends::default()).unwrap_or_else(|e| panic!("campaign: {e}"))
 }
 
+/// The first bug `report` found (the test fails if it found none).
+fn first_finding(report: &CampaignReport) -> &FoundBug {
+    report
+        .bugs
+        .first()
+        .unwrap_or_else(|| panic!("no finding: {report:?}"))
+}
+
 #[test]
 fn correct_guest_survives_a_campaign() {
     let config = campaign("clean", guest_image::EMBEDDED_KERNEL.to_vec(), 3_000, false);
@@ -96,10 +104,7 @@ fn seeded_bug_is_found_shrunk_and_replayed() {
     let bug = kernel(&GuestVariant::new(&["bug-stale-pte"]));
     let config = campaign("stale", bug.clone(), 5_000, true);
     let report = run(&config);
-    let found = report
-        .bugs
-        .first()
-        .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    let found = first_finding(&report);
     // Unmap frees the frame while the stale PTE still maps it: the flush trace sees that at
     // the free, before the checker sees the PTE in the hole at the end of the batch.
     assert_eq!(
@@ -177,10 +182,7 @@ fn memory_pressure_reaches_the_end_of_ram_and_finds_its_double_allocation() {
     config.pressure = true;
     config.vm.memory = 16 << 20;
     let report = run(&config);
-    let found = report
-        .bugs
-        .first()
-        .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    let found = first_finding(&report);
     // The root cause shows at the op that took the last frame: it stays free in the allocator
     // while a page maps it (frame-accounting); at the end of that batch, once it is handed out
     // again, two owners map it (frame-mapped-within-refs, frame-owner).
@@ -219,10 +221,7 @@ fn memory_pressure_on_the_correct_mm_runs_out_of_frames_and_recovers_cleanly() {
 #[test]
 fn a_leak_is_found_and_shrunk_to_a_few_ops() {
     let report = run(&sim_campaign("leak", guest_mm::Bug::LeakOnUnmap, 20_000));
-    let found = report
-        .bugs
-        .first()
-        .unwrap_or_else(|| panic!("no finding: {report:?}"));
+    let found = first_finding(&report);
     assert!(
         matches!(found.signature, Signature::Finding(rule) if rule.defect() == Rule::FrameAccounting),
         "{found:#?}"
@@ -400,4 +399,32 @@ fn a_crash_right_after_a_finding_is_shrunk_to_the_finding_as_its_root_cause() {
         // create-space, map, write, partial unmap: not the batch.
         assert!(shrunk.len() <= 4, "{shrunk:#?}");
     }
+}
+
+/// Under kvm, zeroing a kernel-image frame the buggy allocator hands out may corrupt the guest's
+/// boot heap (.bss) and panic it in the same batch, depending on what the heap holds there. The
+/// flush trace names the allocation before that, so a pressure campaign reports the cause and
+/// keeps it while it shrinks, whether a candidate's guest then survives or not (`vmm fuzz` with
+/// these settings, before the trace named allocations, kept 464 of 512 ops after 359 s of
+/// shrinking on kvm here).
+#[test]
+fn a_frame_that_is_not_ram_is_found_and_shrunk_on_kvm() {
+    let bug = kernel(&GuestVariant::new(&["bug-kernel-end-off-by-one"]));
+    let mut config = campaign("kernel-end", bug, 5_000, true);
+    config.seed = 1;
+    config.pressure = true;
+    config.vm.memory = 16 << 20;
+    config.coverage = None;
+    let report = run(&config);
+    let found = first_finding(&report);
+    assert_eq!(
+        found.signature,
+        Signature::Finding(Rule::FrameProvenance),
+        "{found:#?}"
+    );
+    assert!(
+        found.description.contains("lies in the kernel image"),
+        "{found:#?}"
+    );
+    assert!(found.repro_len <= 8, "{found:#?}");
 }

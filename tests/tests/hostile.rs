@@ -12,7 +12,7 @@ use mm_driver::RunError;
 use proptest::prelude::*;
 use shared_mm::abi::{
     Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, FRAMES_ALLOCATED,
-    FRAMES_OWNED, HEADER_SIZE, KERNEL_SPACE, REGION_RECORD_SIZE,
+    FRAMES_OWNED, HEADER_SIZE, KERNEL_SPACE, REGION_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
 use shared_mm::boot_info::{GuestCommand, MAILBOX_ADDR};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -232,6 +232,21 @@ fn a_snapshot_larger_than_the_guest_s_heap_holds_ends_the_run() {
     attack_ends_the_run("snapshot regions", |mem, guard| {
         let args = [u64::from(KERNEL_SPACE), 0, 1 << 22, 0x1000];
         call(mem, guard, Hypercall::Snapshot, 1000, args, &regions(1000))?;
+        Ok(())
+    });
+}
+
+/// A guest claiming more live spaces than can exist (a full check of 400, three operations each,
+/// would not fit one 1,024-op batch) is refused before the checker builds a check.
+#[test]
+fn more_live_spaces_than_can_exist_end_the_run() {
+    attack_ends_the_run("400 live spaces", |mem, guard| {
+        let mut records = vec![0u8; 400 * SPACE_RECORD_SIZE];
+        for (space, chunk) in (1..).zip(records.chunks_exact_mut(SPACE_RECORD_SIZE)) {
+            let record = SpaceRecord { space, cr3: 0x1000 };
+            record.encode(chunk).expect("fits");
+        }
+        call(mem, guard, Hypercall::Batch, 0, [400, 0, 0, 0], &records)?;
         Ok(())
     });
 }

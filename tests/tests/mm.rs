@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use mm_driver::GuestConfig;
-use mm_scenario::SelfCheck;
+use mm_fuzz::self_check::SelfCheck;
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::KERNEL_SPACE;
 use std::time::Duration;

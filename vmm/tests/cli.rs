@@ -328,8 +328,8 @@ fn the_built_in_self_check_passes_every_step_on_both_backends() {
         let outcome = vmm_run(&["--backend", backend]);
         assert_eq!(outcome.code, Some(0), "{backend}: {}", outcome.describe());
         for line in [
-            "vmm: agreement checker ran 12 times",
-            "vmm: MM self-check passed: 88 of 88 steps",
+            "vmm: agreement checker ran 13 times",
+            "vmm: MM self-check passed: 93 of 93 steps",
         ] {
             assert!(
                 outcome.stderr.contains(line),
@@ -353,7 +353,7 @@ fn the_smallest_and_largest_documented_memory_pass_the_self_check_on_both_backen
             assert!(
                 outcome
                     .stderr
-                    .contains("MM self-check passed: 88 of 88 steps"),
+                    .contains("MM self-check passed: 93 of 93 steps"),
                 "{context}: {}",
                 outcome.describe()
             );

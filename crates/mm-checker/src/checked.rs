@@ -5,7 +5,8 @@
 //! batch may have changed (the spaces its operations named, and new ones), then walks their
 //! tables while the guest is paused with exactly those trees. It also has every live tree run
 //! its own `check_invariants` (a `check-tree` of the kernel and each space), and checks every
-//! frame it learns of against the memory map the host wrote at boot. Spaces the batch did not
+//! frame it learns of against the memory map the host wrote at boot: those the trace shows
+//! allocated at once, during the batch, the others at the check. Spaces the batch did not
 //! name keep their last check's frames in the [`Agreement`], so a frame mapped by a changed and
 //! an unchanged space is still seen. A space that shares an object with a changed one changed too
 //! (the other may have given the object a page); every [`FULL_CHECK_EVERY`] checks, every live space is walked
@@ -16,11 +17,11 @@ use crate::accounting::{Accounting, FrameReports};
 use crate::agreement::Agreement;
 use crate::coherence::Coherence;
 use crate::finding::{region_containing, Finding};
-use crate::provenance::Provenance;
+use crate::provenance::{self, Provenance};
 use crate::rule::Rule;
 use crate::trace_events::CoherenceFinding;
 use mm_driver::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
-use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
+use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH, MAX_SPACES};
 use shared_mm::boot_info::BootInfo;
 use shared_mm::region_tree::InvariantViolation;
 use shared_mm::trace::TraceEvent;
@@ -29,6 +30,13 @@ use vm_memory::GuestMemoryMmap;
 
 /// Every this many checks, every live space is walked, changed or not.
 pub const FULL_CHECK_EVERY: usize = 64;
+
+/// The most operations one check sends: a snapshot, a frame report and a `check-tree` of the
+/// kernel and of each of at most [`MAX_SPACES`] live spaces. A guest claiming more is refused
+/// before a check is built (by the report guard under KVM, and here), so one batch always holds
+/// a whole check.
+pub const MAX_CHECK_OPS: usize = 3 * (MAX_SPACES + 1);
+const _: () = assert!(MAX_CHECK_OPS <= MAX_BATCH, "a check must fit one batch");
 
 pub struct Checked<D> {
     inner: D,
@@ -244,6 +252,11 @@ impl<D: Driver> Driver for Checked<D> {
             self.directories.insert(record.cr3 & !0xfff, record.space);
         }
         let Some(held) = self.held_results.take() else {
+            if spaces.len() > MAX_SPACES {
+                return Err(DriverError::TooManySpaces {
+                    count: spaces.len(),
+                });
+            }
             // The inner driver's batch just finished: snapshot what it may have changed first.
             self.held_results = Some(results.to_vec());
             self.snapshots.clear();
@@ -265,7 +278,8 @@ impl<D: Driver> Driver for Checked<D> {
         let trees = self.tree_checks(results)?;
         let mut found = self.run_checks(mem, spaces)?;
         found.extend(trees);
-        let stop = self.stop_on_finding && !found.is_empty();
+        let seen_in_trace = self.findings.last().is_some_and(|(r, _)| *r == run);
+        let stop = self.stop_on_finding && (seen_in_trace || !found.is_empty());
         self.findings.extend(found.into_iter().map(|f| (run, f)));
         if stop {
             return Ok(None);
@@ -316,7 +330,17 @@ impl<D: Driver> Driver for Checked<D> {
                 replay.without_table_lifetime()
             }
         });
+        let first = coherence.events_seen();
         coherence.apply_all(events)?;
+        if let Some(provenance) = &self.provenance {
+            // Found now, during the batch (it is the next check's): the guest may not live to
+            // the check if the frame was not RAM it could write.
+            let run = self.checks_run;
+            let this_check = self.findings.iter().rev().take_while(|(r, _)| *r == run);
+            let room = provenance::MAX_FINDINGS.saturating_sub(this_check.count());
+            let found = provenance.check_allocations(first, events, room);
+            self.findings.extend(found.into_iter().map(|f| (run, f)));
+        }
         self.inner.trace(mem, events)
     }
 }
@@ -366,5 +390,36 @@ pub fn as_finding(found: &CoherenceFinding, views: (&SpaceSnapshot, &[SpaceSnaps
         region,
         detail: format!("directory {:#x}: {}", found.directory, found.detail),
         events: found.events.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mm_driver::driver::Script;
+    use vm_memory::GuestAddress;
+
+    /// The first check (a full one: every space is walked, and every tree checked), of a guest
+    /// that reports `live` spaces.
+    fn first_check(live: u32) -> Result<Option<Vec<Op>>, DriverError> {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let spaces: Vec<SpaceRecord> = (1..=live)
+            .map(|space| SpaceRecord { space, cr3: 0 })
+            .collect();
+        Checked::new(Script::new(Vec::new())).next_batch(&mem, &[], &spaces)
+    }
+
+    #[test]
+    fn a_check_of_as_many_spaces_as_can_live_fits_one_batch() {
+        let ops = first_check(MAX_SPACES as u32).unwrap().expect("a check");
+        assert_eq!(ops.len(), MAX_CHECK_OPS);
+        let trees = ops.iter().filter(|op| matches!(op, Op::CheckTree { .. }));
+        assert_eq!(trees.count(), MAX_SPACES + 1);
+        assert_eq!(
+            first_check(MAX_SPACES as u32 + 1),
+            Err(DriverError::TooManySpaces {
+                count: MAX_SPACES + 1
+            })
+        );
     }
 }

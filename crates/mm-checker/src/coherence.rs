@@ -190,7 +190,11 @@ impl Coherence {
         if let Some(found) = table_finding {
             self.report(found);
         }
-        if !matches!(event, TraceEvent::PteWrite { .. } | TraceEvent::EnterUser) {
+        let noted = !matches!(
+            event,
+            TraceEvent::PteWrite { .. } | TraceEvent::EnterUser | TraceEvent::FrameAllocated { .. }
+        );
+        if noted {
             if self.recent.len() == RECENT {
                 self.recent.pop_front();
             }
@@ -218,6 +222,8 @@ impl Coherence {
             }
             TraceEvent::FrameFreed { frame } => self.frame_freed(numbered, frame),
             TraceEvent::EnterUser => self.enter_user(numbered),
+            // Frame provenance is judged from the same events by the checker.
+            TraceEvent::FrameAllocated { .. } => {}
         }
         Ok(())
     }

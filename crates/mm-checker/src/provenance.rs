@@ -4,6 +4,10 @@
 //! or past RAM. The guest's own bitmap cannot show this: its "usable" is the guest's reading of
 //! the map, and an off-by-one there hands out a reserved frame that every other rule accepts.
 //!
+//! Each allocation is judged twice: in the flush trace, where the MM names it before it writes
+//! the frame (so the finding stands even if that write kills the guest at once), and in the
+//! frame reports of the next check.
+//!
 //! The one exception is the kernel half, which walks the boot page tables the host built (the
 //! kernel's directory copies their entries), so its tables may lie there too.
 #![forbid(unsafe_code)]
@@ -15,12 +19,12 @@ use shared_mm::abi::{FrameUse, KERNEL_SPACE};
 use shared_mm::boot_info::{
     BootInfo, MemoryKind, BOOT_GDT_ADDR, BOOT_PML4_ADDR, MAILBOX_ADDR, MAILBOX_SIZE,
 };
-use shared_mm::trace::{TRACE_ADDR, TRACE_SIZE};
+use shared_mm::trace::{TraceEvent, TRACE_ADDR, TRACE_SIZE};
 use std::ops::Range;
 
 const PAGE: u64 = 4096;
-/// Findings one report check keeps.
-const MAX_FINDINGS: usize = 32;
+/// Findings one report check, or the trace of one batch, gives at most.
+pub const MAX_FINDINGS: usize = 32;
 
 /// The memory map the host wrote, as the rule reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +177,34 @@ impl Provenance {
         found.into_iter().map(|(_, f)| f).collect()
     }
 
+    /// The allocations of the flush trace `events` (numbered from `first`) that lie outside
+    /// usable RAM, at most `room` of them. The trace names an allocation before the MM writes
+    /// the frame, so this holds even when that write kills the guest (a frame of the kernel
+    /// image zeroed under its heap) before any report could show the frame.
+    pub fn check_allocations(
+        &self,
+        first: u64,
+        events: &[TraceEvent],
+        room: usize,
+    ) -> Vec<Finding> {
+        let numbered = (first..).zip(events.iter().copied());
+        let misplaced = numbered.filter_map(|(number, event)| {
+            let TraceEvent::FrameAllocated { frame, size } = event else {
+                return None;
+            };
+            let place = self.misplaced(frame, size)?;
+            let what = if size == PAGE { "frame" } else { "block" };
+            let detail = format!(
+                "{what} {frame:#x} (size {size:#x}) allocated at trace event {number} lies {place}"
+            );
+            Some(Finding {
+                events: vec![(number, event)],
+                ..finding(KERNEL_SPACE, detail)
+            })
+        });
+        misplaced.take(room.min(MAX_FINDINGS)).collect()
+    }
+
     /// The frames set in the allocator's bitmap `words` that are not usable RAM: only the few
     /// words that cover an unusable frame, and any past RAM, are looked at.
     fn allocated_outside<'a>(&'a self, words: &'a [u64]) -> impl Iterator<Item = u64> + 'a {
@@ -247,6 +279,30 @@ mod tests {
             None
         );
         assert!(rule.misplaced_table(1, BOOT_PML4_ADDR + PAGE).is_some());
+    }
+
+    #[test]
+    fn allocations_in_the_trace_are_judged_before_any_report() {
+        let rule = Provenance::new(&info());
+        let allocated = |frame, size| TraceEvent::FrameAllocated { frame, size };
+        let events = [
+            allocated(KERNEL.end, PAGE),
+            TraceEvent::Flush { va: 0x40_0000 },
+            allocated(KERNEL.end - PAGE, PAGE),
+            allocated(0x40_0000, 512 * PAGE),
+            allocated(0x20_0000, 512 * PAGE),
+        ];
+        let found = rule.check_allocations(70, &events, usize::MAX);
+        let details: Vec<&str> = found.iter().map(|f| f.detail.as_str()).collect();
+        assert_eq!(details.len(), 2, "{details:?}");
+        assert!(
+            details[0].starts_with("frame 0x34a000 (size 0x1000) allocated at trace event 72"),
+            "{details:?}"
+        );
+        assert!(details[0].ends_with("lies in the kernel image [0x200000, 0x34b000)"));
+        assert!(details[1].starts_with("block 0x200000"), "{details:?}");
+        assert_eq!(found[0].events, [(72, events[2])]);
+        assert_eq!(rule.check_allocations(70, &events, 1).len(), 1, "room");
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl TableLifetime {
                 this.reported = None;
             }
             TraceEvent::FrameFreed { frame } => return Ok(self.freed(numbered, frame)),
-            TraceEvent::EnterUser => {}
+            TraceEvent::EnterUser | TraceEvent::FrameAllocated { .. } => {}
         }
         Ok(None)
     }

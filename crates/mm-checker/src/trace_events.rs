@@ -22,6 +22,9 @@ pub fn describe((number, event): &Numbered) -> String {
         TraceEvent::Flush { va } => format!("flush va {va:#x}"),
         TraceEvent::Activate { directory } => format!("activate dir {directory:#x}"),
         TraceEvent::FrameFreed { frame } => format!("frame-freed {frame:#x}"),
+        TraceEvent::FrameAllocated { frame, size } => {
+            format!("frame-allocated {frame:#x} size {size:#x}")
+        }
         TraceEvent::EnterUser => "enter-user".into(),
     };
     format!("#{number} {what}")

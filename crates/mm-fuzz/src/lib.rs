@@ -16,6 +16,7 @@ pub mod narrow;
 pub mod probe;
 pub mod rebase;
 pub mod repro;
+pub mod self_check;
 pub mod shrink;
 pub mod uniformity;
 
@@ -24,7 +25,7 @@ use crate::error::FuzzError;
 use bounded_io::files::FileError;
 use corpus::{CorpusDir, Entry, NewEdges, Reader};
 use generate::Generator;
-use mm_checker::{Checked, Rule};
+use mm_checker::{Checked, Finding, Rule};
 use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::stop::StopRequest;
 use mm_driver::{Boot, GuestConfig, RunError};
@@ -588,26 +589,7 @@ pub fn run_session(
         ) => Some(("protocol error", e.to_string())),
         Err(setup) => return Err(FuzzError::Run(setup)),
     };
-    let failure = match (crash, session.failure, findings.first()) {
-        (Some((kind, why)), _, _) => Some(Failure {
-            signature: Signature::Crash(kind),
-            description: why,
-            rules: Vec::new(),
-            spaces: Vec::new(),
-        }),
-        (None, Some(f), _) => Some(f),
-        (None, None, Some((_, finding))) => Some(Failure {
-            signature: Signature::Finding(finding.rule),
-            description: findings
-                .iter()
-                .map(|(_, f)| f.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-            rules: findings.iter().map(|(_, f)| f.rule).collect(),
-            spaces: findings.iter().map(|(_, f)| f.space).collect(),
-        }),
-        (None, None, None) => None,
-    };
+    let failure = failure_of(crash, session.failure, &findings);
     Ok(Run {
         last_batch: session.last_batch,
         spending: session
@@ -618,6 +600,40 @@ pub fn run_session(
         results: session.results,
         failure,
     })
+}
+
+/// How a session failed: its guest's crash (`kind`, and why), its own failure (a model
+/// mismatch), or the checker's findings. A finding the flush trace showed before the guest
+/// failed in the same batch (a frame that is not RAM, allocated and then written) is the cause:
+/// the failure is the finding, and the crash follows in its description.
+fn failure_of(
+    crash: Option<(&'static str, String)>,
+    own: Option<Failure>,
+    findings: &[(usize, Finding)],
+) -> Option<Failure> {
+    let found = |then: Option<String>| {
+        let lines = findings.iter().map(|(_, f)| f.to_string()).chain(then);
+        Failure {
+            signature: Signature::Finding(findings[0].1.rule),
+            description: lines.collect::<Vec<_>>().join("\n"),
+            rules: findings.iter().map(|(_, f)| f.rule).collect(),
+            spaces: findings.iter().map(|(_, f)| f.space).collect(),
+        }
+    };
+    match (crash, own) {
+        (Some((_, why)), _) if !findings.is_empty() => {
+            Some(found(Some(format!("then the guest failed: {why}"))))
+        }
+        (Some((kind, why)), _) => Some(Failure {
+            signature: Signature::Crash(kind),
+            description: why,
+            rules: Vec::new(),
+            spaces: Vec::new(),
+        }),
+        (None, Some(own)) => Some(own),
+        (None, None) if !findings.is_empty() => Some(found(None)),
+        (None, None) => None,
+    }
 }
 
 /// Replays `ops` in batches of `batch`, with the agreement checker after each if `check`, on a
@@ -645,4 +661,33 @@ pub fn replay_run(
 ) -> Result<Run, FuzzError> {
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), batch, None);
     run_session(backends, config, session, check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finding_the_trace_showed_before_the_guest_failed_is_the_cause() {
+        let finding = Finding {
+            space: KERNEL_SPACE,
+            rule: Rule::FrameProvenance,
+            va: None,
+            pte: None,
+            region: None,
+            detail: "frame 0x34f000 lies in the kernel image".into(),
+            events: Vec::new(),
+        };
+        let panic = || Some(("panic", "guest panicked at alloc.rs:553:9".to_string()));
+        let cause = failure_of(panic(), None, &[(9, finding)]).expect("a failure");
+        assert_eq!(cause.signature, Signature::Finding(Rule::FrameProvenance));
+        assert_eq!(
+            cause.description,
+            "kernel [frame-provenance]: frame 0x34f000 lies in the kernel image\n\
+             then the guest failed: guest panicked at alloc.rs:553:9"
+        );
+        let alone = failure_of(panic(), None, &[]).expect("a failure");
+        assert_eq!(alone.signature, Signature::Crash("panic"));
+        assert!(failure_of(None, None, &[]).is_none());
+    }
 }

@@ -4,9 +4,11 @@
 //! [`PROBE_FIRST`] operations and then every [`PROBE_EVERY`].
 #![forbid(unsafe_code)]
 
-use super::uniformity::DRAWS;
+use super::model::Model;
+use super::uniformity::{Spending, Uniformity, DRAWS};
+use mm_scenario::ops::op_to_line;
 use shared_mm::abi::access_bits::{READ, USER};
-use shared_mm::abi::{Op, USER_SPACE_BASE, USER_SPACE_END};
+use shared_mm::abi::{Op, OpResult, USER_SPACE_BASE, USER_SPACE_END};
 
 /// Generated operations before the first probe.
 pub const PROBE_FIRST: usize = 1_024;
@@ -77,6 +79,52 @@ pub fn ops(first_space: u32) -> Vec<Op> {
     ops
 }
 
+/// A probe run on its own, outside a campaign (the self-check runs one after its steps), and
+/// judged as a campaign judges it: the model follows the layouts, and the uniformity rule tests
+/// each layout's draws. Its tests are the first two of a one-job campaign's, so a correct guest
+/// fails it with probability below `CAMPAIGN_ALPHA` (10^-6): 5 x 10^-7 + 1.7 x 10^-7.
+pub struct Standalone {
+    first_space: u32,
+    ops: Vec<Op>,
+}
+
+impl Standalone {
+    /// The probe for a guest whose next space gets the id `first_space`.
+    pub fn new(first_space: u32) -> Self {
+        Standalone {
+            first_space,
+            ops: ops(first_space),
+        }
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// What `results` (one per operation) break: the first result the model does not allow,
+    /// and every layout whose draws are not uniform. Empty when they hold.
+    pub fn judge(&self, results: &[OpResult]) -> Vec<String> {
+        if results.len() != self.ops.len() {
+            let (got, sent) = (results.len(), self.ops.len());
+            return vec![format!(
+                "{got} results for the {sent} operations of the probe"
+            )];
+        }
+        let mut model = Model::default().numbering_spaces_from(self.first_space);
+        let mut uniformity = Uniformity::new(Spending::default());
+        let mut failures = Vec::new();
+        for (op, got) in self.ops.iter().zip(results) {
+            failures.extend(uniformity.observe(op, got, &model));
+            if let Some(m) = model.apply(op, got) {
+                let (line, expected) = (op_to_line(op), m.expected);
+                failures.push(format!("{line}: expected {expected}, got {got:?}"));
+                break;
+            }
+        }
+        failures
+    }
+}
+
 /// The probe's spaces: one per layout.
 pub fn spaces() -> usize {
     LAYOUTS.len()
@@ -101,9 +149,8 @@ fn regions(layout: &Layout) -> impl Iterator<Item = (u64, u64)> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{placement, Model};
+    use crate::model::placement;
     use crate::uniformity::CELLS;
-    use shared_mm::abi::OpResult;
 
     #[test]
     fn every_layout_has_its_holes_and_a_testable_number_of_positions() {

@@ -13,7 +13,7 @@ pub mod ops;
 pub mod record;
 pub mod runner;
 
-pub use builtin::{bug_bait, self_check, SelfCheck};
+pub use builtin::{bug_bait, self_check};
 pub use expect::Expect;
 pub use format::{Scenario, Step};
 pub use runner::{run, run_checked, Outcome};

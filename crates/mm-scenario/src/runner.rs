@@ -76,6 +76,11 @@ impl Runner {
         self.script.results.iter().flatten()
     }
 
+    /// The steps' operations, in order.
+    pub fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.steps.iter().map(|s| &s.op)
+    }
+
     /// Steps whose results have been judged.
     pub fn judged(&self) -> usize {
         self.results().count()

@@ -81,13 +81,18 @@ impl AddressSpace {
         bugs: SeededBugs,
         hw: &mut Hardware<M>,
     ) -> Result<Self, MmError> {
+        // Seeded bug otherwise: the range ends after the trampoline's page, not before it.
+        let past_top = bugs.has(Bug::UserRangePastTop) as u64 * PAGE_SIZE;
         let total = VirtualRange::new(
             VirtualAddress::new(USER_SPACE_BASE),
-            USER_SPACE_END - USER_SPACE_BASE,
+            USER_SPACE_END - USER_SPACE_BASE + past_top,
         )
         .expect("user range constants are valid");
-        let mut directory = PageDirectory::new_user(kernel, hw)?;
-        let flags = PageTableFlags::PRESENT | PageTableFlags::USER;
+        let mut directory = PageDirectory::new_user(kernel, bugs, hw)?;
+        let mut flags = PageTableFlags::PRESENT | PageTableFlags::USER;
+        if bugs.has(Bug::TrampolineWritable) {
+            flags |= PageTableFlags::WRITABLE; // Seeded bug: mapped like a data page.
+        }
         if let Err(e) = directory.map(USER_TRAMPOLINE, trampoline, flags, hw) {
             directory.destroy_user(hw);
             return Err(e);
@@ -457,6 +462,10 @@ impl AddressSpace {
             let mut flags = pte_flags(access).map(|f| leaf_flags(f, object, frame, &hw.refs));
             if self.bugs.has(Bug::KeepWritable) && old_access.contains(Access::WRITE) {
                 flags = flags.map(|f| f | PageTableFlags::WRITABLE); // Seeded bug.
+            }
+            if self.bugs.has(Bug::ProtectKeepsExec) && old_access.contains(Access::EXECUTE) {
+                flags = flags.map(|f| f.difference(PageTableFlags::NO_EXECUTE));
+                // Seeded bug.
             }
             match flags {
                 // The page is present, so its page table exists and this map allocates

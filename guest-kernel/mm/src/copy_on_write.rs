@@ -76,7 +76,7 @@ impl AddressSpace {
             hw.machine.flush_page(page);
             return Ok(());
         }
-        let copy = hw.frames.allocate()?;
+        let copy = hw.frame()?;
         hw.machine.copy_frame(old, copy);
         if let Err(e) = self.directory.map(page, copy, flags, hw) {
             hw.free_frame(copy);

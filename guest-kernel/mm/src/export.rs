@@ -3,6 +3,7 @@
 
 use crate::machine::Machine;
 use crate::memory_manager::MemoryManager;
+use crate::seeded_bugs::Bug;
 use crate::vmobject::VMObject;
 use shared_mm::abi::{RegionRecord, SpaceRecord, KERNEL_SPACE};
 use shared_mm::region::Region;
@@ -40,10 +41,15 @@ impl<M: Machine> MemoryManager<M> {
             let s = self.space(space)?;
             (s.tree(), s.cr3())
         };
+        // Seeded bug otherwise: the export ends a page short of the tree's total range.
+        let short = self.bugs.has(Bug::ExportShortRange);
+        let end = tree.total_range().last().get();
+        let inside = move |r: &&Region<VMObject>| r.range().is_some_and(|r| r.last().get() < end);
+        let exported = tree.iter().filter(move |r| !short || inside(r));
         Some(Export {
             cr3,
             total: tree.len(),
-            regions: alloc::boxed::Box::new(tree.iter().map(region_record)),
+            regions: alloc::boxed::Box::new(exported.map(region_record)),
         })
     }
 

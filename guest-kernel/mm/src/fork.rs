@@ -7,6 +7,7 @@ use crate::address_space::{AddressSpace, UserRegion};
 use crate::hardware::Hardware;
 use crate::machine::Machine;
 use crate::seeded_bugs::Bug;
+use crate::vmobject::VMObject;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use shared_mm::pte::PageTableFlags;
@@ -23,11 +24,12 @@ impl AddressSpace {
             .map(|region| {
                 let object = region.backing().expect("user regions are backed");
                 let access = region.access();
-                Box::new(Region::new(
-                    region.name(),
-                    access,
-                    Some(object.fork(privatize, hw)),
-                ))
+                let copy = match object.shared_id() {
+                    // Seeded bug: a new object under the same id, not the same object.
+                    Some(id) if self.bugs.has(Bug::ForkSharedNewObject) => VMObject::shared(id),
+                    _ => object.fork(privatize, hw),
+                };
+                Box::new(Region::new(region.name(), access, Some(copy)))
             })
             .collect();
         let ranges: Vec<_> = self.tree.iter().filter_map(|r| r.range()).collect();

@@ -4,7 +4,7 @@
 use crate::frame_allocator::FrameAllocator;
 use crate::frame_refs::ReferenceCounts;
 use crate::machine::Machine;
-use crate::{MmError, PhysicalFrame};
+use crate::{MmError, PhysicalFrame, FRAME_SIZE};
 
 /// A [`Machine`] and the frame allocator over its RAM.
 pub struct Hardware<M> {
@@ -33,10 +33,24 @@ impl<M: Machine> Hardware<M> {
         id
     }
 
+    /// A free frame, as it is (the machine hears of it before anything writes it).
+    pub fn frame(&mut self) -> Result<PhysicalFrame, MmError> {
+        let frame = self.frames.allocate()?;
+        self.machine.frame_allocated(frame, FRAME_SIZE);
+        Ok(frame)
+    }
+
+    /// A free 2 MiB block of frames, as it is (the machine hears of it first).
+    pub fn block_2m(&mut self) -> Result<PhysicalFrame, MmError> {
+        let block = self.frames.allocate_2m()?;
+        self.machine.frame_allocated(block, 512 * FRAME_SIZE);
+        Ok(block)
+    }
+
     /// A free frame, zeroed. Zeroing is the slow part of a long populate: each frame is a
     /// step of [`Machine::progress`].
     pub fn zeroed_frame(&mut self) -> Result<PhysicalFrame, MmError> {
-        let frame = self.frames.allocate()?;
+        let frame = self.frame()?;
         self.machine.zero_frame(frame);
         self.machine.progress();
         Ok(frame)

@@ -77,6 +77,10 @@ pub trait Machine {
     fn enter_user(&mut self, entry: &UserEntry) -> UserTrap;
     /// `frame` went back to the allocator. Nothing to do on hardware; a tracing machine notes it.
     fn frame_freed(&mut self, _frame: PhysicalFrame) {}
+    /// `size` bytes at `frame` (a frame, or a 2 MiB block) were just taken from the allocator,
+    /// before the MM writes to them. Nothing to do on hardware; a tracing machine notes it, so
+    /// a frame that is not usable RAM is named before zeroing it can crash the kernel.
+    fn frame_allocated(&mut self, _frame: PhysicalFrame, _size: u64) {}
     /// A long loop did one more step of work (a frame zeroed, freed or shared, a page's entry
     /// rewritten, a stretch of a frame scan): the guest is slow, not stuck. The host's watchdog
     /// counts time since the last sign of progress, so this must cost no exit (on x86_64 it

@@ -63,7 +63,7 @@ pub struct MemoryManager<M> {
     active: PhysicalFrame,
     /// The 2 MiB blocks backing the kernel heap.
     heap_blocks: Vec<PhysicalFrame>,
-    bugs: SeededBugs,
+    pub(crate) bugs: SeededBugs,
 }
 
 fn reserve(
@@ -163,7 +163,7 @@ impl<M: Machine> MemoryManager<M> {
     fn map_heap(&mut self, base: u64, size: u64) -> Result<VirtualRange, MmError> {
         let flags = PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         for offset in (0..size).step_by(TWO_MIB as usize) {
-            let block = self.hw.frames.allocate_2m()?;
+            let block = self.hw.block_2m()?;
             self.heap_blocks.push(block);
             self.kernel_directory
                 .map_2m(base + offset, block, flags, &mut self.hw)?;

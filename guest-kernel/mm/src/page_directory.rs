@@ -8,6 +8,7 @@
 
 use crate::hardware::Hardware;
 use crate::machine::{Machine, PteSlot};
+use crate::seeded_bugs::{Bug, SeededBugs};
 use crate::{MmError, PhysicalFrame};
 use alloc::vec::Vec;
 use shared_mm::pte::{sign_extend, PageLevel, PageTableEntry, PageTableFlags, ENTRIES_PER_TABLE};
@@ -42,7 +43,7 @@ impl PageDirectory {
             pml4: hw.zeroed_frame()?,
             tables: Vec::new(),
         };
-        directory.copy_kernel_half(boot_pml4, hw);
+        directory.copy_kernel_half(boot_pml4, 0, hw);
         for slot in kernel_slots {
             assert!((KERNEL_HALF_FIRST_SLOT..ENTRIES_PER_TABLE).contains(&slot));
             let entry = PageTableEntry::from_raw(hw.machine.read_pte(directory.pml4, slot));
@@ -61,20 +62,23 @@ impl PageDirectory {
     /// A user directory sharing `kernel`'s upper half.
     pub fn new_user<M: Machine>(
         kernel: &PageDirectory,
+        bugs: SeededBugs,
         hw: &mut Hardware<M>,
     ) -> Result<Self, MmError> {
         let directory = PageDirectory {
             pml4: hw.zeroed_frame()?,
             tables: Vec::new(),
         };
-        directory.copy_kernel_half(kernel.pml4, hw);
+        // Seeded bug otherwise: the copies get the user bit the user half's tables have.
+        let user = bugs.has(Bug::KernelHalfUser) as u64 * PageTableFlags::USER.bits();
+        directory.copy_kernel_half(kernel.pml4, user, hw);
         Ok(directory)
     }
 
-    /// Copies the present kernel-half entries of `from` into this (zeroed) PML4.
-    /// The half is read in one access, not entry by entry: most of it is empty, and every
-    /// space and fork pays for this.
-    fn copy_kernel_half<M: Machine>(&self, from: PhysicalFrame, hw: &mut Hardware<M>) {
+    /// Copies the present kernel-half entries of `from` into this (zeroed) PML4, with the
+    /// flag bits `added` (none but for a seeded bug). The half is read in one access, not
+    /// entry by entry: most of it is empty, and every space and fork pays for this.
+    fn copy_kernel_half<M: Machine>(&self, from: PhysicalFrame, added: u64, hw: &mut Hardware<M>) {
         let mut half = [0u8; (ENTRIES_PER_TABLE - KERNEL_HALF_FIRST_SLOT) * 8];
         hw.machine
             .read_frame(from, KERNEL_HALF_FIRST_SLOT * 8, &mut half);
@@ -84,7 +88,7 @@ impl PageDirectory {
         for (index, value) in (KERNEL_HALF_FIRST_SLOT..).zip(entries) {
             if value != 0 {
                 let slot = self.slot(self.pml4, PageLevel::Pml4, index, slot_va(index));
-                hw.machine.write_pte(slot, value);
+                hw.machine.write_pte(slot, value | added);
             }
         }
     }

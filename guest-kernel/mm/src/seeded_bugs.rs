@@ -51,11 +51,30 @@ pub enum Bug {
     /// Randomized placement's random words lose their top bit (a signed conversion), so it
     /// draws from the first half of the valid positions only: in one hole, the low half.
     AslrLowHalf,
+    /// A new space's directory copies the kernel half's PML4 entries with the user bit added,
+    /// as its own user-half tables have it (ring 3 still cannot reach kernel pages: U is ANDed
+    /// down the levels).
+    KernelHalfUser,
+    /// The user trampoline page is mapped writable, like a data page: ring 3 can rewrite the
+    /// code every space runs.
+    TrampolineWritable,
+    /// The export stops a page short of its tree's total range (an exclusive end taken for an
+    /// inclusive one): a region in the range's top page is not exported.
+    ExportShortRange,
+    /// A user tree's total range ends after the trampoline's page, not before it (the top of
+    /// user space taken as inclusive): a fixed map may cover the trampoline.
+    UserRangePastTop,
+    /// Protect to a writable access keeps an executable page executable (the new rights are
+    /// added to the old ones' NX), so the page becomes writable and executable.
+    ProtectKeepsExec,
+    /// Fork gives the child a new, empty shared object under the parent's id instead of a
+    /// handle to the same object: the child's faults commit frames of their own.
+    ForkSharedNewObject,
 }
 
 impl Bug {
     /// Every seeded bug, in feature order.
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 27] = [
         Bug::StalePte,
         Bug::KeepWritable,
         Bug::NoTlbFlush,
@@ -77,6 +96,12 @@ impl Bug {
         Bug::StaleGapSummary,
         Bug::AnywhereFirstFit,
         Bug::AslrLowHalf,
+        Bug::KernelHalfUser,
+        Bug::TrampolineWritable,
+        Bug::ExportShortRange,
+        Bug::UserRangePastTop,
+        Bug::ProtectKeepsExec,
+        Bug::ForkSharedNewObject,
     ];
 
     /// The cargo feature that plants it.
@@ -103,6 +128,12 @@ impl Bug {
             Bug::StaleGapSummary => "bug-stale-gap-summary",
             Bug::AnywhereFirstFit => "bug-anywhere-first-fit",
             Bug::AslrLowHalf => "bug-aslr-low-half",
+            Bug::KernelHalfUser => "bug-kernel-half-user",
+            Bug::TrampolineWritable => "bug-trampoline-writable",
+            Bug::ExportShortRange => "bug-export-short-range",
+            Bug::UserRangePastTop => "bug-user-range-past-top",
+            Bug::ProtectKeepsExec => "bug-protect-keeps-exec",
+            Bug::ForkSharedNewObject => "bug-fork-shared-new-object",
         }
     }
 
@@ -148,6 +179,12 @@ impl SeededBugs {
             cfg!(feature = "bug-stale-gap-summary"),
             cfg!(feature = "bug-anywhere-first-fit"),
             cfg!(feature = "bug-aslr-low-half"),
+            cfg!(feature = "bug-kernel-half-user"),
+            cfg!(feature = "bug-trampoline-writable"),
+            cfg!(feature = "bug-export-short-range"),
+            cfg!(feature = "bug-user-range-past-top"),
+            cfg!(feature = "bug-protect-keeps-exec"),
+            cfg!(feature = "bug-fork-shared-new-object"),
         ];
         let mut set = SeededBugs::NONE;
         let mut i = 0;

@@ -1,7 +1,8 @@
 //! The flush trace, MM side: a [`Machine`] wrapper that reports every call changing what a TLB
-//! may hold (PTE writes with their old value, flushes, activations, frees, entries to ring 3)
-//! to a [`TraceSink`], then performs it. The guest's sink is the buffer in guest memory that
-//! the host drains; the host's simulated machine collects the same events in-process.
+//! may hold (PTE writes with their old value, flushes, activations, frees, entries to ring 3),
+//! and every frame allocation (for the host's frame-provenance rule), to a [`TraceSink`], then
+//! performs it. The guest's sink is the buffer in guest memory that the host drains; the host's
+//! simulated machine collects the same events in-process.
 
 use crate::machine::{Machine, PteSlot, UserEntry, UserTrap};
 use crate::page_directory::PageDirectory;
@@ -96,6 +97,14 @@ impl<M: Machine, S: TraceSink> Machine for Traced<M, S> {
     fn frame_freed(&mut self, frame: PhysicalFrame) {
         self.record(TraceEvent::FrameFreed { frame: frame.0 });
         self.inner.frame_freed(frame)
+    }
+
+    fn frame_allocated(&mut self, frame: PhysicalFrame, size: u64) {
+        self.record(TraceEvent::FrameAllocated {
+            frame: frame.0,
+            size,
+        });
+        self.inner.frame_allocated(frame, size)
     }
 
     fn progress(&self) {

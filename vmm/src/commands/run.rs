@@ -8,10 +8,10 @@ use crate::{GuestArgs, Misbehave};
 use anyhow::bail;
 use mm_checker::Checked;
 use mm_driver::{Boot, Guest};
+use mm_fuzz::self_check::SelfCheck;
 use mm_scenario::builtin::SELF_CHECK_NAME;
 use mm_scenario::file::load;
 use mm_scenario::header::Settings;
-use mm_scenario::SelfCheck;
 use shared_mm::boot_info::GuestCommand;
 use std::path::Path;
 use vmm::VmmError;
@@ -98,7 +98,7 @@ fn self_check_checked(vm: &mut dyn Guest) -> anyhow::Result<(u32, SelfCheck, Vec
 fn judge_self_check(status: u32, check: &SelfCheck, findings: Vec<String>) -> anyhow::Result<u32> {
     let mut failures = check.failures.clone();
     failures.extend(findings);
-    if status != 0 || check.checked < check.step_count() {
+    if status != 0 || check.checked < check.step_count() || !check.probe_judged {
         // What went wrong before the guest ended is often its cause: show it first.
         for failure in &failures {
             eprintln!("vmm: {failure}");

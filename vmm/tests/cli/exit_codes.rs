@@ -12,7 +12,7 @@ fn a_guest_that_exits_before_the_self_check_is_named_with_its_status() {
     assert_fails(
         &outcome,
         103,
-        &["vmm: error: the guest exited with status 7 after 0 of the 88 steps of its self-check"],
+        &["vmm: error: the guest exited with status 7 after 0 of the 93 steps of its self-check"],
     );
 }
 

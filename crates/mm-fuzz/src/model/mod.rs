@@ -215,6 +215,11 @@ impl Model {
         self.best_fit
     }
 
+    /// The same model of a guest that has made spaces before: the next it makes is `next_id`.
+    pub fn numbering_spaces_from(self, next_id: u32) -> Self {
+        Model { next_id, ..self }
+    }
+
     /// The id the guest gives the next space it makes.
     pub fn next_space_id(&self) -> u32 {
         self.next_id
