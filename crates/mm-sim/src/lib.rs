@@ -253,8 +253,28 @@ impl Boot for Sim {
             Backend::Sim => Ok(Box::new(SimVm::new(config)?)),
             Backend::Kvm => Err(RunError::BackendUnsupported {
                 backend: "kvm",
-                what: "this program (it links the sim backend only)".into(),
+                what: "a program built without KVM".into(),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program that links the sim alone refuses a kvm guest by name, before anything boots.
+    #[test]
+    fn the_sim_alone_refuses_a_kvm_guest() {
+        let kvm = GuestConfig::new(Vec::new());
+        assert_eq!(kvm.backend, Backend::Kvm);
+        match Sim.boot(&kvm) {
+            Err(e @ RunError::BackendUnsupported { backend: "kvm", .. }) => assert_eq!(
+                e.to_string(),
+                "the kvm backend does not support a program built without KVM"
+            ),
+            Err(other) => panic!("expected the kvm backend refused, got {other}"),
+            Ok(_) => panic!("a kvm guest booted without KVM"),
         }
     }
 }
