@@ -12,5 +12,5 @@ esac
 cargo bench -p vmm --bench system
 if "$criterion"; then
     cargo bench -p shared-mm --bench region_tree
-    cargo bench -p vmm --bench page_walk
+    cargo bench -p x86-paging --bench page_walk
 fi

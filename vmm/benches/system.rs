@@ -16,6 +16,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_mm::{Bug, SeededBugs};
+use mm_checker::Checked;
+use mm_driver::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
+use mm_driver::{Backend, Boot, GuestConfig};
+use mm_fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
+use mm_fuzz::generate::Generator;
+use mm_fuzz::shrink::Budget;
+use mm_fuzz::{Session, Source};
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
     Hypercall, MailboxHeader, Op, OpResult, SpaceRecord, Status, HEADER_SIZE, MAX_BATCH,
@@ -29,16 +36,10 @@ use shared_mm::region::{Access, Region};
 use shared_mm::region_tree::{RegionTree, SplitMix64};
 use shared_mm::try_loop::place_by_tries;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::checker::Checked;
 use vmm::cpus::round_trip::IpiRoundTrip;
-use vmm::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
-use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
-use vmm::fuzz::generate::Generator;
-use vmm::fuzz::shrink::Budget;
-use vmm::fuzz::{Session, Source};
 use vmm::hypercall;
-use vmm::page_walk::{leaves, PageTableBuilder};
-use vmm::{Backend, Guest, Vm, VmConfig};
+use vmm::{Backends, Vm};
+use x86_paging::page_walk::{leaves, PageTableBuilder};
 
 /// Samples per figure; the median is reported.
 const SAMPLES: usize = 7;
@@ -482,9 +483,9 @@ struct ExitPhases {
 }
 
 fn exit_phases() -> ExitPhases {
-    let config = VmConfig {
+    let config = GuestConfig {
         command: GuestCommand::Bench,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("bench VM");
     let mut markers = Markers::default();
@@ -558,9 +559,9 @@ fn hypercalls(rows: &mut Vec<Row>) {
 /// The IPI round trip CPU 0 of a `cpus`-CPU guest measures at boot (it pings every AP at once,
 /// many times, and reports the median with the TSC's own cost).
 fn ipi_round_trip(cpus: u32) -> IpiRoundTrip {
-    let config = VmConfig {
+    let config = GuestConfig {
         cpus,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("SMP bench VM");
     let status = vm.run(&mut IdleDriver).expect("SMP bench guest run");
@@ -755,9 +756,9 @@ fn failures(script: &Script) -> usize {
 
 /// One Serve guest driven through `budget` of `batch` after [`mm_setup`]: (ops, time they took).
 fn mm_run(batch: Vec<Op>, budget: Duration, checker: bool, trace: bool) -> (usize, Duration) {
-    let config = VmConfig {
+    let config = GuestConfig {
         trace,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("MM guest VM");
     let timed = if checker {
@@ -1004,11 +1005,11 @@ fn campaign(backend: Backend, ops: u64, bugs: SeededBugs, name: &str) -> Campaig
         shrink: true,
         shrink_budget: Budget::default(),
         shrink_on: None,
-        vm: VmConfig {
+        vm: GuestConfig {
             echo_console: false,
             backend,
             seeded_bugs: bugs,
-            ..VmConfig::default()
+            ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
         },
         out_dir: std::env::temp_dir().join(format!("vmm-bench-{name}-{}", std::process::id())),
         kernel_label: "embedded".into(),
@@ -1022,7 +1023,8 @@ fn campaign(backend: Backend, ops: u64, bugs: SeededBugs, name: &str) -> Campaig
 }
 
 fn run_campaign_or_die(config: &CampaignConfig) -> CampaignReport {
-    let report = run_campaign(config).unwrap_or_else(|e| panic!("bench campaign: {e}"));
+    let report = run_campaign(config, &Backends::default())
+        .unwrap_or_else(|e| panic!("bench campaign: {e}"));
     let _ = std::fs::remove_dir_all(&config.out_dir);
     report
 }
@@ -1116,7 +1118,7 @@ fn fuzz_backends(rows: &mut Vec<Row>) {
         // A statistical finding needs its draws: the probe's space, its layout and the draws
         // with their unmaps.
         let repro_goal = if bug == Bug::AslrLowHalf {
-            2.0 * vmm::fuzz::uniformity::DRAWS as f64 + 4.0
+            2.0 * mm_fuzz::uniformity::DRAWS as f64 + 4.0
         } else {
             8.0
         };
@@ -1167,10 +1169,10 @@ const DEEP_RULES_OPS: usize = 200_000;
 /// checker's deep rules (frame provenance, page-table lifetime, every tree's own invariants)
 /// on or off. The same seed gives the same operations either way.
 fn sim_fuzz_ops_per_second(deep_rules: bool) -> f64 {
-    let config = VmConfig {
+    let config = GuestConfig {
         echo_console: false,
         backend: Backend::Sim,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut generator = Generator::new(1);
     let source = Source::Generated {
@@ -1178,11 +1180,12 @@ fn sim_fuzz_ops_per_second(deep_rules: bool) -> f64 {
         budget: DEEP_RULES_OPS,
         feedback: None,
     };
-    let session = Session::new(source, 64, None)
-        .with_frame_budget(vmm::boot_memory::available_frames(&config));
+    let session = Session::new(source, 64, None).with_frame_budget(
+        guest_boot::boot_memory::available_frames(&config.boot_spec()),
+    );
     let mut checked = Checked::new(session);
     checked.deep_rules = deep_rules;
-    let mut vm = Guest::boot(&config).expect("boot the sim");
+    let mut vm = Backends::default().boot(&config).expect("boot the sim");
     let started = Instant::now();
     vm.run(&mut checked).expect("the sim runs the campaign");
     let elapsed = started.elapsed().as_secs_f64();
@@ -1229,12 +1232,12 @@ const GUIDED_OPS: u64 = 100_000;
 /// and runs one after the other put that drift into the ratio.
 fn coverage_guided(rows: &mut Vec<Row>) {
     eprintln!("bench: kvm fuzzing, plain and coverage-guided side by side, {GUIDED_OPS} ops each");
-    let elf = vmm::guest_build::build_variant_with(
-        &vmm::guest_build::GuestVariant::default().with_coverage(),
+    let elf = guest_image::variant::build_variant_with(
+        &guest_image::variant::GuestVariant::default().with_coverage(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let kernel = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
-    let counters = vmm::coverage::CoverageMap::from_elf(&kernel).expect("coverage ELF");
+    let counters = mm_fuzz::coverage::CoverageMap::from_elf(&kernel).expect("coverage ELF");
     let run = |kernel: &[u8], coverage, name| {
         let mut config = campaign(Backend::Kvm, GUIDED_OPS, SeededBugs::NONE, name);
         config.vm.kernel = kernel.to_vec();
@@ -1244,7 +1247,7 @@ fn coverage_guided(rows: &mut Vec<Row>) {
         report.ops_per_second()
     };
     let (plain, guided) = std::thread::scope(|scope| {
-        let plain = scope.spawn(|| run(vmm::vm::EMBEDDED_KERNEL, None, "plain"));
+        let plain = scope.spawn(|| run(guest_image::EMBEDDED_KERNEL, None, "plain"));
         let guided = run(&kernel, counters, "guided");
         (plain.join().expect("the plain campaign"), guided)
     });

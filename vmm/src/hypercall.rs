@@ -6,8 +6,10 @@
 //! for it, and any violation is a [`ProtocolError`] (exit 103).
 #![forbid(unsafe_code)]
 
-use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
-use crate::error::{ProtocolError, VmmError};
+use crate::error::VmmError;
+use mm_driver::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
+use mm_driver::protocol_error::ProtocolError;
+use mm_driver::RunError;
 use shared_mm::abi::{
     Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, BATCH_DONE,
     FRAMES_ALLOCATED, FRAMES_OWNED, FRAMES_SHARED, HEADER_SIZE, MAX_BATCH, OP_RECORD_SIZE,
@@ -61,7 +63,7 @@ struct Reply {
 }
 
 fn protocol(e: ProtocolError) -> VmmError {
-    VmmError::GuestProtocol(e)
+    VmmError::from(e)
 }
 
 /// The `count` records of `size` bytes at the start of `payload`, decoded.
@@ -128,12 +130,12 @@ fn write_reply(mem: &GuestMemoryMmap, at: u64, call: u32, reply: Reply) -> Resul
 /// `Panic`: the payload is the file name (`args[0]` bytes) and then the message.
 fn guest_panic(header: &MailboxHeader, payload: &[u8]) -> VmmError {
     let file_len = usize::try_from(header.args[0]).map_or(payload.len(), |n| n.min(payload.len()));
-    VmmError::GuestPanic {
+    VmmError::Run(RunError::GuestPanic {
         file: String::from_utf8_lossy(&payload[..file_len]).into_owned(),
         message: String::from_utf8_lossy(&payload[file_len..]).into_owned(),
         line: header.args[1],
         column: header.args[2],
-    }
+    })
 }
 
 /// `Batch`: the results of the last batch and the live spaces in, the next batch out.
@@ -162,7 +164,7 @@ fn batch(
     )?;
     let ops = match driver
         .next_batch(mem, &results, &spaces)
-        .map_err(VmmError::Driver)?
+        .map_err(VmmError::from)?
     {
         None => {
             return Ok(Reply {
@@ -171,7 +173,7 @@ fn batch(
             })
         }
         Some(ops) if ops.len() > MAX_BATCH => {
-            return Err(VmmError::BatchTooLarge { ops: ops.len() })
+            return Err(RunError::BatchTooLarge { ops: ops.len() }.into())
         }
         Some(ops) => ops,
     };
@@ -218,7 +220,7 @@ fn snapshot(
                 regions: &regions,
             },
         )
-        .map_err(VmmError::Driver)?;
+        .map_err(VmmError::from)?;
     Ok(Reply::default())
 }
 
@@ -248,7 +250,7 @@ fn frames(
         total,
         words: &words,
     };
-    driver.frames(mem, chunk).map_err(VmmError::Driver)?;
+    driver.frames(mem, chunk).map_err(VmmError::from)?;
     Ok(Reply::default())
 }
 
