@@ -1,11 +1,12 @@
 //! Helpers for the tests that boot real guests: configs, a hand-made ELF, console parsing.
 #![forbid(unsafe_code)]
 
+use mm_driver::driver::IdleDriver;
+use mm_driver::GuestConfig;
 use shared_mm::boot_info::{GuestCommand, KERNEL_VIRT_BASE};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use vmm::driver::IdleDriver;
-use vmm::{Vm, VmConfig, VmmError};
+use vmm::{Vm, VmmError};
 
 /// Guest RAM the tests boot with: above the guest's minimum, small enough to set up quickly.
 pub const TEST_MEMORY: u64 = 64 << 20;
@@ -15,12 +16,12 @@ pub const TEST_MEMORY: u64 = 64 << 20;
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A config for the embedded guest that runs `command`, with the tests' memory and time limit.
-pub fn config(command: GuestCommand) -> VmConfig {
-    VmConfig {
+pub fn config(command: GuestCommand) -> GuestConfig {
+    GuestConfig {
         memory: TEST_MEMORY,
         timeout: Some(TEST_TIMEOUT),
         command,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     }
 }
 
@@ -36,7 +37,7 @@ pub struct Finished {
 ///
 /// Returns the error of [`Vm::new`] if the VM cannot be set up. Panics if `config` has no
 /// timeout: a test must never be able to hang.
-pub fn boot(config: &VmConfig) -> Result<Finished, VmmError> {
+pub fn boot(config: &GuestConfig) -> Result<Finished, VmmError> {
     assert!(
         config.timeout.is_some(),
         "tests must boot guests with a timeout"
@@ -62,7 +63,7 @@ pub fn run_error(command: GuestCommand) -> VmmError {
 }
 
 /// Returns the error [`Vm::new`] gives for `config`; panics if the VM is created.
-pub fn setup_error(config: &VmConfig) -> VmmError {
+pub fn setup_error(config: &GuestConfig) -> VmmError {
     match Vm::new(config) {
         Ok(_) => panic!(
             "VM setup succeeded for a {}-byte kernel and {} bytes of RAM, expected an error",

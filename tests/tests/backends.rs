@@ -1,32 +1,39 @@
 //! The two backends side by side: the self-check passes on the sim, and one seeded fuzz stream
 //! gives exactly the same results on KVM and on the sim (status, fault, address and value of
-//! every op, and every region tree exported along the way).
+//! every op, and every region tree exported along the way); a sim guest booted on the RAM the
+//! one before it left starts from exactly the RAM a fresh one would.
 #![forbid(unsafe_code)]
 
+use mm_checker::Checked;
+use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use mm_driver::{Backend, Boot, GuestConfig};
+use mm_fuzz::generate::Generator;
+use mm_fuzz::repro::Reproducer;
+use mm_fuzz::self_check::SelfCheck;
+use mm_fuzz::{run_session, Session, Source};
+use mm_scenario::ops::op_to_line;
+use mm_scenario::Scenario;
+use mm_sim::ram::{self, WrittenPages};
+use mm_sim::{Sim, SimVm};
 use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, MAX_SPACES};
 use std::collections::VecDeque;
 use std::time::Duration;
-use vm_memory::GuestMemoryMmap;
-use vmm::checker::Checked;
-use vmm::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
-use vmm::fuzz::generate::Generator;
-use vmm::fuzz::repro::Reproducer;
-use vmm::fuzz::{run_session, Session, Source};
-use vmm::scenario::ops::op_to_line;
-use vmm::scenario::{Scenario, SelfCheck};
-use vmm::{Backend, Guest, VmConfig};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm::Backends;
 
-fn config(backend: Backend) -> VmConfig {
-    VmConfig {
+fn config(backend: Backend) -> GuestConfig {
+    GuestConfig {
         timeout: Some(Duration::from_secs(60)),
         backend,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     }
 }
 
 #[test]
 fn the_self_check_passes_on_the_sim_with_the_checker() {
-    let mut guest = Guest::boot(&config(Backend::Sim)).expect("boot the sim");
+    let mut guest = Backends::default()
+        .boot(&config(Backend::Sim))
+        .expect("boot the sim");
     let mut checked = Checked::new(SelfCheck::new());
     let status = guest.run(&mut checked).expect("the sim runs to its end");
     assert_eq!(status, 0);
@@ -48,8 +55,8 @@ fn the_checker_checks_as_many_spaces_as_can_live_on_both_backends() {
         format!("{creates}create-space => error no-space\n---\ndestroy-space space=7 => ok\n");
     let scenario = Scenario::parse(&text).expect("the scenario parses");
     for backend in [Backend::Kvm, Backend::Sim] {
-        let mut guest = Guest::boot(&config(backend)).expect("boot");
-        let outcome = vmm::scenario::run(&mut guest, &scenario, true).expect("no host error");
+        let mut guest = Backends::default().boot(&config(backend)).expect("boot");
+        let outcome = mm_scenario::run(guest.as_mut(), &scenario, true).expect("no host error");
         assert!(
             outcome.is_clean(),
             "{backend:?}: {:?} {:?}",
@@ -108,7 +115,7 @@ fn record(backend: Backend, ops: &[Op]) -> Recorder {
         trees: Vec::new(),
         snapshotting: true,
     };
-    let mut guest = Guest::boot(&config(backend)).expect("boot");
+    let mut guest = Backends::default().boot(&config(backend)).expect("boot");
     guest
         .run(&mut recorder)
         .unwrap_or_else(|e| panic!("{backend}: {e}"));
@@ -125,8 +132,13 @@ fn a_seeded_20000_op_fuzz_stream_gives_identical_results_on_kvm_and_sim() {
         budget: 20_000,
         feedback: None,
     };
-    let run = run_session(&config(Backend::Sim), Session::new(source, 64, None), true)
-        .expect("the sim session runs");
+    let run = run_session(
+        &Backends::default(),
+        &config(Backend::Sim),
+        Session::new(source, 64, None),
+        true,
+    )
+    .expect("the sim session runs");
     assert!(run.failure.is_none(), "{:?}", run.failure);
     assert_eq!(run.sent.len(), 20_000);
 
@@ -166,7 +178,9 @@ fn a_one_op_per_batch_replay_snapshots_only_what_changed() {
     // space each time would take about 230,000 snapshots.
     let ops = vec![Op::CreateSpace; 1_100];
     let session = Session::new(Source::Fixed(ops.iter().copied().collect()), 1, None);
-    let mut guest = Guest::boot(&config(Backend::Sim)).expect("boot the sim");
+    let mut guest = Backends::default()
+        .boot(&config(Backend::Sim))
+        .expect("boot the sim");
     let mut checked = Checked::new(session);
     guest.run(&mut checked).expect("the replay runs");
     assert!(checked.findings.is_empty(), "{:#?}", checked.findings);
@@ -195,7 +209,8 @@ fn an_access_that_wraps_past_2_64_gives_the_same_result_on_kvm_sim_and_the_model
     let mut results = Vec::new();
     for backend in [Backend::Kvm, Backend::Sim] {
         // The model judges every result: a failure is a disagreement with it.
-        let run = vmm::fuzz::replay_run(&config(backend), &ops, 1, true).expect("the replay runs");
+        let run = mm_fuzz::replay_run(&Backends::default(), &config(backend), &ops, 1, true)
+            .expect("the replay runs");
         assert!(run.failure.is_none(), "{backend}: {:?}", run.failure);
         for (op, result) in ops[1..].iter().zip(&run.results[1..]) {
             assert_eq!(
@@ -208,4 +223,60 @@ fn an_access_that_wraps_past_2_64_gives_the_same_result_on_kvm_sim_and_the_model
         results.push(run.results);
     }
     assert_eq!(results[0], results[1], "kvm and sim");
+}
+
+/// Guest RAM of the recycling test.
+const RECYCLED_RAM: u64 = 32 << 20;
+
+/// Every page of two guests' RAM, compared; the first differing page if any.
+fn first_difference(a: &GuestMemoryMmap, b: &GuestMemoryMmap) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let (mut x, mut y) = ([0u8; PAGE as usize], [0u8; PAGE as usize]);
+    (0..RECYCLED_RAM / PAGE).map(|p| p * PAGE).find(|&at| {
+        a.read_slice(&mut x, GuestAddress(at)).expect("in RAM");
+        b.read_slice(&mut y, GuestAddress(at)).expect("in RAM");
+        x != y
+    })
+}
+
+/// The sim hands a guest's RAM, zeroed where it wrote, to the next guest of its thread
+/// (`mm_sim::ram`): that guest starts from exactly the RAM a fresh one would.
+#[test]
+fn recycled_sim_ram_is_exactly_fresh_ram() {
+    let config = GuestConfig {
+        memory: RECYCLED_RAM,
+        ..config(Backend::Sim)
+    };
+    // A pressure campaign writes everywhere the MM can: tables, data, copies, the heap.
+    let mut generator = Generator::new(7).with_pressure();
+    let source = Source::Generated {
+        generator: &mut generator,
+        budget: 3_000,
+        feedback: None,
+    };
+    let session = Session::new(source, 64, None);
+    let run = run_session(&Sim, &config, session, true).expect("sim");
+    assert!(
+        run.failure.is_none() && run.results.len() == 3_000,
+        "{:?}",
+        run.failure
+    );
+    let spare = ram::take(RECYCLED_RAM).expect("the guest left its RAM");
+    ram::recycle(spare, &WrittenPages::default());
+    let recycled = SimVm::new(&config).expect("boots on the spare");
+    assert!(
+        ram::take(RECYCLED_RAM).is_none(),
+        "the spare went to the new guest"
+    );
+    // A guest of another thread boots on fresh RAM (compared while both are alive: a
+    // guest's RAM is reset when it goes).
+    let difference = std::thread::scope(|scope| {
+        let recycled = recycled.memory();
+        let fresh = scope.spawn(|| {
+            let fresh = SimVm::new(&config).expect("boots on fresh RAM");
+            first_difference(recycled, fresh.memory())
+        });
+        fresh.join().expect("no panic")
+    });
+    assert_eq!(difference, None);
 }

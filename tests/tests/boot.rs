@@ -1,26 +1,29 @@
 //! Booting guests in-process: the default one exits 0; bad input and misbehaviour are named errors.
 #![forbid(unsafe_code)]
 
+use guest_boot::BootError;
+use guest_image::EMBEDDED_KERNEL;
 use integration_tests::{boot, config, minimal_elf, run_error, setup_error, TEST_MEMORY};
+use mm_driver::GuestConfig;
+use mm_driver::RunError;
 use shared_mm::boot_info::{GuestCommand, BOOT_INFO_ADDR, KERNEL_PHYS_BASE, MAILBOX_ADDR};
 use std::time::{Duration, Instant};
-use vmm::vm::EMBEDDED_KERNEL;
-use vmm::{VmConfig, VmmError};
+use vmm::VmmError;
 
 /// `hlt`: with interrupts off and no in-kernel irqchip, KVM exits to the VMM.
 const HLT: u8 = 0xf4;
 
 /// The tests' config booting `kernel` instead of the embedded guest.
-fn with_kernel(kernel: Vec<u8>) -> VmConfig {
-    VmConfig {
+fn with_kernel(kernel: Vec<u8>) -> GuestConfig {
+    GuestConfig {
         kernel,
         ..config(GuestCommand::Serve)
     }
 }
 
 /// The tests' config with `memory` bytes of guest RAM.
-fn with_memory(memory: u64) -> VmConfig {
-    VmConfig {
+fn with_memory(memory: u64) -> GuestConfig {
+    GuestConfig {
         memory,
         ..config(GuestCommand::Serve)
     }
@@ -58,14 +61,20 @@ fn minimal_elf_at_the_kernel_base_loads_and_runs() {
     let err = finished
         .status
         .expect_err("a bare hlt has no exit hypercall");
-    assert!(matches!(err, VmmError::GuestHalted { .. }), "{err}");
+    assert!(
+        matches!(err, VmmError::Run(RunError::GuestHalted { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("halted"), "{err}");
 }
 
 #[test]
 fn random_bytes_are_not_an_elf() {
     let err = setup_error(&with_kernel(noise(4096)));
-    assert!(matches!(err, VmmError::NotElf(_)), "{err:?}");
+    assert!(
+        matches!(err, VmmError::Run(RunError::Boot(BootError::NotElf(_)))),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("not an x86_64 ELF"), "{err}");
 }
 
@@ -74,7 +83,10 @@ fn text_file_is_not_an_elf() {
     let err = setup_error(&with_kernel(
         b"#!/bin/sh\necho this is not a kernel\n".to_vec(),
     ));
-    assert!(matches!(err, VmmError::NotElf(_)), "{err:?}");
+    assert!(
+        matches!(err, VmmError::Run(RunError::Boot(BootError::NotElf(_)))),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("ELF magic"), "{err}");
 }
 
@@ -83,14 +95,23 @@ fn elf_for_another_machine_is_rejected() {
     let mut elf = minimal_elf(KERNEL_PHYS_BASE, &[HLT]);
     elf[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
     let err = setup_error(&with_kernel(elf));
-    assert!(matches!(err, VmmError::NotElf(_)), "{err:?}");
+    assert!(
+        matches!(err, VmmError::Run(RunError::Boot(BootError::NotElf(_)))),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("not x86_64"), "{err}");
 }
 
 /// The embedded kernel cut to `len` bytes is refused as truncated, naming the length.
 fn assert_truncated(len: usize) {
     let err = setup_error(&with_kernel(EMBEDDED_KERNEL[..len].to_vec()));
-    assert!(matches!(err, VmmError::TruncatedElf(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            VmmError::Run(RunError::Boot(BootError::TruncatedElf(_)))
+        ),
+        "{err:?}"
+    );
     let message = err.to_string();
     assert!(
         message.contains("truncated") && message.contains(&format!("{len} bytes")),
@@ -114,7 +135,12 @@ fn every_short_prefix_of_the_kernel_is_an_error() {
     for len in 0..=256 {
         let err = setup_error(&with_kernel(EMBEDDED_KERNEL[..len].to_vec()));
         assert!(
-            matches!(err, VmmError::NotElf(_) | VmmError::TruncatedElf(_)),
+            matches!(
+                err,
+                VmmError::Run(RunError::Boot(
+                    BootError::NotElf(_) | BootError::TruncatedElf(_)
+                ))
+            ),
             "{len} bytes: {err}"
         );
     }
@@ -125,12 +151,12 @@ fn every_short_prefix_of_the_kernel_is_an_error() {
 /// allowed range.
 fn assert_segment_refused(paddr: u64) -> String {
     let err = setup_error(&with_kernel(minimal_elf(paddr, &[HLT])));
-    let &VmmError::SegmentOutsideRam {
+    let &VmmError::Run(RunError::Boot(BootError::SegmentOutsideRam {
         paddr: reported,
         ram_size,
         allowed_start,
         ..
-    } = &err
+    })) = &err
     else {
         panic!("expected SegmentOutsideRam, got {err:?}");
     };
@@ -167,7 +193,7 @@ fn segment_on_the_boot_structures_is_rejected() {
 fn assert_bad_memory(memory: u64, why: &str) {
     let err = setup_error(&with_memory(memory));
     assert!(
-        matches!(err, VmmError::BadMemorySize { requested, .. } if requested == memory),
+        matches!(err, VmmError::Run(RunError::Boot(BootError::BadMemorySize { requested, .. })) if requested == memory),
         "{err:?}"
     );
     let message = err.to_string();
@@ -196,7 +222,10 @@ fn memory_not_a_multiple_of_2_mib_is_refused() {
 #[test]
 fn guest_triple_fault_reports_the_registers() {
     let err = run_error(GuestCommand::TripleFault);
-    assert!(matches!(err, VmmError::TripleFault { .. }), "{err}");
+    assert!(
+        matches!(err, VmmError::Run(RunError::TripleFault { .. })),
+        "{err}"
+    );
     let message = err.to_string();
     assert!(
         message.contains("triple-faulted") && message.contains("rip="),
@@ -207,12 +236,12 @@ fn guest_triple_fault_reports_the_registers() {
 #[test]
 fn guest_panic_reports_message_and_location() {
     let err = run_error(GuestCommand::Panic);
-    let VmmError::GuestPanic {
+    let VmmError::Run(RunError::GuestPanic {
         message,
         file,
         line,
         ..
-    } = &err
+    }) = &err
     else {
         panic!("expected a guest panic, got: {err}");
     };
@@ -252,7 +281,8 @@ fn a_slow_guest_that_makes_progress_is_not_taken_for_hung() {
     let mut config = config(GuestCommand::Serve);
     config.timeout = Some(limit);
     let started = Instant::now();
-    let failure = vmm::fuzz::replay(&config, &ops, 1, false).expect("the guest boots");
+    let failure = mm_fuzz::replay(&vmm::Backends::default(), &config, &ops, 1, false)
+        .expect("the guest boots");
     let elapsed = started.elapsed();
     assert_eq!(failure, None, "after {elapsed:?}");
     // Where guest ring 0 runs natively the populate is quick, and this shows less.
@@ -271,7 +301,7 @@ fn guest_that_never_exits_times_out() {
     let elapsed = started.elapsed();
     let err = finished.status.expect_err("a hanging guest cannot exit");
     assert!(
-        matches!(err, VmmError::Timeout { seconds, .. } if seconds == 1.0),
+        matches!(err, VmmError::Run(RunError::Timeout { seconds, .. }) if seconds == 1.0),
         "{err}"
     );
     assert!(

@@ -1,17 +1,18 @@
 //! The fuzz corpus directory: a campaign saves the batches that reached new edges, a later one
 //! starts from them, and campaigns that share the directory take each other's entries.
 
+use guest_image::variant::{build_variant_with, GuestVariant};
+use mm_driver::{Backend, GuestConfig};
+use mm_fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
+use mm_fuzz::coverage::CoverageMap;
+use mm_fuzz::shrink::Budget;
+use mm_fuzz::RESCAN_INTERVAL;
+use mm_scenario::file::load;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use vmm::coverage::CoverageMap;
-use vmm::fuzz::campaign::{run_campaign_with, CampaignConfig, CampaignReport, Links};
-use vmm::fuzz::shrink::Budget;
-use vmm::fuzz::RESCAN_INTERVAL;
-use vmm::guest_build::{build_variant_with, GuestVariant};
-use vmm::scenario::file::load;
-use vmm::{Backend, VmConfig};
+use vmm::Backends;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vmm-corpus-test-{name}-{}", std::process::id()));
@@ -35,7 +36,7 @@ fn coverage_kernel() -> Vec<u8> {
 fn campaign(name: &str, backend: Backend, seed: u64, ops: u64) -> CampaignConfig {
     let kernel = match backend {
         Backend::Kvm => coverage_kernel(),
-        Backend::Sim => vmm::vm::EMBEDDED_KERNEL.to_vec(),
+        Backend::Sim => guest_image::EMBEDDED_KERNEL.to_vec(),
     };
     let coverage = CoverageMap::from_elf(&kernel).expect("kernel ELF parses");
     CampaignConfig {
@@ -47,12 +48,12 @@ fn campaign(name: &str, backend: Backend, seed: u64, ops: u64) -> CampaignConfig
         shrink: false,
         shrink_budget: Budget::default(),
         shrink_on: None,
-        vm: VmConfig {
+        vm: GuestConfig {
             kernel,
             backend,
             timeout: Some(Duration::from_secs(30)),
             echo_console: false,
-            ..VmConfig::default()
+            ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
         },
         out_dir: scratch(&format!("{name}-out")),
         kernel_label: name.to_string(),
@@ -70,7 +71,8 @@ fn run(config: &CampaignConfig, corpus: &Path, stop: Option<&AtomicBool>) -> Cam
         corpus: Some(corpus),
         stop,
     };
-    let report = run_campaign_with(config, links).unwrap_or_else(|e| panic!("campaign: {e}"));
+    let report = run_campaign_with(config, &Backends::default(), links)
+        .unwrap_or_else(|e| panic!("campaign: {e}"));
     assert!(report.bugs.is_empty(), "{:#?}", report.bugs);
     report
 }

@@ -1,6 +1,12 @@
 //! Coverage feedback: a sanitizer-coverage guest boots, passes the self-check, and its edge counters can be read, merged and reset between batches.
 #![forbid(unsafe_code)]
 
+use guest_image::variant::{build_variant_with, GuestVariant};
+use mm_checker::Checked;
+use mm_driver::driver::{Driver, DriverError, Script, SnapshotChunk};
+use mm_driver::GuestConfig;
+use mm_fuzz::coverage::{CoverageMap, CoverageSet};
+use mm_fuzz::self_check::SelfCheck;
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
     Op, OpResult, SpaceRecord, Status,
@@ -8,25 +14,20 @@ use shared_mm::abi::{
 use std::sync::OnceLock;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
-use vmm::checker::Checked;
-use vmm::coverage::{CoverageMap, CoverageSet};
-use vmm::driver::{Driver, DriverError, Script, SnapshotChunk};
-use vmm::guest_build::{build_variant_with, GuestVariant};
-use vmm::scenario::SelfCheck;
-use vmm::{Vm, VmConfig};
+use vmm::Vm;
 
 /// The coverage build of the default guest, built once per test binary.
-fn coverage_config() -> VmConfig {
+fn coverage_config() -> GuestConfig {
     static KERNEL: OnceLock<Vec<u8>> = OnceLock::new();
     let kernel = KERNEL.get_or_init(|| {
         let elf = build_variant_with(&GuestVariant::default().with_coverage())
             .unwrap_or_else(|e| panic!("{e}"));
         std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()))
     });
-    VmConfig {
+    GuestConfig {
         kernel: kernel.clone(),
         timeout: Some(Duration::from_secs(30)),
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     }
 }
 
@@ -93,7 +94,10 @@ fn coverage_build_has_counters_in_the_kernel_image() {
 
 #[test]
 fn normal_build_has_no_counters() {
-    assert_eq!(CoverageMap::from_elf(vmm::vm::EMBEDDED_KERNEL), Ok(None));
+    assert_eq!(
+        CoverageMap::from_elf(guest_image::EMBEDDED_KERNEL),
+        Ok(None)
+    );
 }
 
 #[test]

@@ -2,16 +2,18 @@
 //! shrunk and replayed from its reproducer file, and coverage feedback.
 #![forbid(unsafe_code)]
 
+use guest_image::variant::{build_variant_with, GuestVariant};
+use mm_checker::Rule;
+use mm_driver::GuestConfig;
+use mm_fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug};
+use mm_fuzz::coverage::CoverageMap;
+use mm_fuzz::error::FuzzError;
+use mm_fuzz::repro::Reproducer;
+use mm_fuzz::shrink::Budget;
+use mm_fuzz::{replay, Signature};
 use std::path::PathBuf;
 use std::time::Duration;
-use vmm::checker::Rule;
-use vmm::coverage::CoverageMap;
-use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug};
-use vmm::fuzz::repro::Reproducer;
-use vmm::fuzz::shrink::Budget;
-use vmm::fuzz::{replay, Signature};
-use vmm::guest_build::{build_variant_with, GuestVariant};
-use vmm::VmConfig;
+use vmm::Backends;
 
 fn out_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vmm-fuzz-test-{name}-{}", std::process::id()));
@@ -35,10 +37,10 @@ fn campaign(name: &str, kernel: Vec<u8>, ops: u64, shrink: bool) -> CampaignConf
         shrink,
         shrink_budget: Budget { max_replays: 400 },
         shrink_on: None,
-        vm: VmConfig {
+        vm: GuestConfig {
             kernel,
             timeout: Some(Duration::from_secs(30)),
-            ..VmConfig::default()
+            ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
         },
         out_dir: out_dir(name),
         kernel_label: name.to_string(),
@@ -52,7 +54,7 @@ fn campaign(name: &str, kernel: Vec<u8>, ops: u64, shrink: bool) -> CampaignConf
 }
 
 fn run(config: &CampaignConfig) -> CampaignReport {
-    run_campaign(config).unwrap_or_else(|e| panic!("campaign: {e}"))
+    run_campaign(config, &Backends::default()).unwrap_or_else(|e| panic!("campaign: {e}"))
 }
 
 /// The first bug `report` found (the test fails if it found none).
@@ -65,7 +67,7 @@ fn first_finding(report: &CampaignReport) -> &FoundBug {
 
 #[test]
 fn correct_guest_survives_a_campaign() {
-    let config = campaign("clean", vmm::vm::EMBEDDED_KERNEL.to_vec(), 3_000, false);
+    let config = campaign("clean", guest_image::EMBEDDED_KERNEL.to_vec(), 3_000, false);
     let report = run(&config);
     assert!(report.bugs.is_empty(), "{:#?}", report.bugs);
     assert_eq!(report.ops_executed, 3_000);
@@ -119,22 +121,22 @@ fn seeded_bug_is_found_shrunk_and_replayed() {
     let text = std::fs::read_to_string(&found.repro_path).expect("reproducer written");
     let repro = Reproducer::parse(&text).expect("reproducer parses");
     assert_eq!(repro.ops.len(), found.repro_len);
-    let vm = VmConfig {
+    let vm = GuestConfig {
         kernel: bug,
         ..config.vm.clone()
     };
-    let (again, at) = replay(&vm, &repro.ops, 1, true)
+    let (again, at) = replay(&Backends::default(), &vm, &repro.ops, 1, true)
         .expect("replay runs")
         .expect("still fails");
     assert_eq!(again.signature, found.signature);
     assert!(at <= repro.ops.len());
     // The same operations are clean on the correct guest.
-    let clean = VmConfig {
-        kernel: vmm::vm::EMBEDDED_KERNEL.to_vec(),
+    let clean = GuestConfig {
+        kernel: guest_image::EMBEDDED_KERNEL.to_vec(),
         ..config.vm
     };
     assert_eq!(
-        replay(&clean, &repro.ops, 1, true).expect("replay runs"),
+        replay(&Backends::default(), &clean, &repro.ops, 1, true).expect("replay runs"),
         None
     );
 }
@@ -154,8 +156,9 @@ fn a_guest_that_cannot_boot_stops_the_campaign_with_its_error() {
     let hlt = integration_tests::minimal_elf(shared_mm::boot_info::KERNEL_PHYS_BASE, &[0xf4]);
     let mut config = campaign("no-boot", hlt, 1_000, true);
     config.coverage = None;
-    match run_campaign(&config) {
-        Err(e @ vmm::VmmError::FailedBeforeFirstBatch(_)) => {
+    match run_campaign(&config, &Backends::default()) {
+        Err(e @ FuzzError::FailedBeforeFirstBatch(_)) => {
+            let e = vmm::VmmError::from(e);
             assert_eq!(e.exit_code(), 103, "a halted guest: {e}");
             assert!(e.to_string().contains("halted"), "{e}");
         }
@@ -165,8 +168,8 @@ fn a_guest_that_cannot_boot_stops_the_campaign_with_its_error() {
 
 /// A sim campaign of `ops` with `bug` planted.
 fn sim_campaign(name: &str, bug: guest_mm::Bug, ops: u64) -> CampaignConfig {
-    let mut config = campaign(name, vmm::vm::EMBEDDED_KERNEL.to_vec(), ops, true);
-    config.vm.backend = vmm::Backend::Sim;
+    let mut config = campaign(name, guest_image::EMBEDDED_KERNEL.to_vec(), ops, true);
+    config.vm.backend = mm_driver::Backend::Sim;
     config.vm.seeded_bugs = guest_mm::SeededBugs::NONE.with(bug);
     config.guest_features = vec![bug.feature().to_string()];
     config.coverage = None;
@@ -196,8 +199,13 @@ fn memory_pressure_reaches_the_end_of_ram_and_finds_its_double_allocation() {
 
 #[test]
 fn memory_pressure_on_the_correct_mm_runs_out_of_frames_and_recovers_cleanly() {
-    let mut config = campaign("pressure", vmm::vm::EMBEDDED_KERNEL.to_vec(), 30_000, false);
-    config.vm.backend = vmm::Backend::Sim;
+    let mut config = campaign(
+        "pressure",
+        guest_image::EMBEDDED_KERNEL.to_vec(),
+        30_000,
+        false,
+    );
+    config.vm.backend = mm_driver::Backend::Sim;
     config.coverage = None;
     config.pressure = true;
     config.max_findings = 0;
@@ -269,7 +277,7 @@ fn found_on_both_backends(bug: guest_mm::Bug) -> [FoundBug; 2] {
 
 #[test]
 fn a_biased_randomized_placement_is_found_by_the_probe_on_both_backends() {
-    use vmm::fuzz::uniformity::DRAWS;
+    use mm_fuzz::uniformity::DRAWS;
     let bug = guest_mm::Bug::AslrLowHalf;
     let [sim, kvm] = found_on_both_backends(bug);
     for found in [&sim, &kvm] {
@@ -283,13 +291,13 @@ fn a_biased_randomized_placement_is_found_by_the_probe_on_both_backends() {
     let text = std::fs::read_to_string(&found.repro_path).expect("reproducer written");
     let repro = Reproducer::parse(&text).expect("reproducer parses");
     let mut config = sim_campaign("aslr-low-half", bug, 0).vm;
-    let (again, _) = replay(&config, &repro.ops, 1, true)
+    let (again, _) = replay(&Backends::default(), &config, &repro.ops, 1, true)
         .expect("replay runs")
         .expect("still fails");
     assert_eq!(again.signature, Signature::NotUniform);
     config.seeded_bugs = guest_mm::SeededBugs::NONE;
     assert_eq!(
-        replay(&config, &repro.ops, 1, true).expect("replay runs"),
+        replay(&Backends::default(), &config, &repro.ops, 1, true).expect("replay runs"),
         None
     );
 }
@@ -360,7 +368,7 @@ fn panic_after_a_finding() -> Vec<shared_mm::abi::Op> {
 
 #[test]
 fn a_crash_right_after_a_finding_is_shrunk_to_the_finding_as_its_root_cause() {
-    use vmm::fuzz::campaign::reduce;
+    use mm_fuzz::campaign::reduce;
     let bug = guest_mm::Bug::FreeMapped;
     let sim = sim_campaign("root-cause", bug, 0);
     let mut kvm = campaign(
@@ -373,10 +381,12 @@ fn a_crash_right_after_a_finding_is_shrunk_to_the_finding_as_its_root_cause() {
     for config in [&sim, &kvm] {
         let ops = panic_after_a_finding();
         // The run, in one batch as a campaign sends it: the panic ends it, unchecked.
-        let run = vmm::fuzz::replay_run(&config.vm, &ops, config.batch, true).expect("runs");
+        let run = mm_fuzz::replay_run(&Backends::default(), &config.vm, &ops, config.batch, true)
+            .expect("runs");
         let found = run.failure.clone().expect("the guest panics");
         assert_eq!(found.signature, Signature::Crash("panic"), "{found:#?}");
-        let (shrunk, failure) = reduce(config, &run, &found, &|_| {}).expect("reduces");
+        let (shrunk, failure) =
+            reduce(config, &Backends::default(), &run, &found, &|_| {}).expect("reduces");
         assert!(
             matches!(failure.signature, Signature::Finding(_)),
             "{}: {failure:#?}",

@@ -5,6 +5,10 @@
 // Only the counting allocator needs unsafe code (`GlobalAlloc` is an unsafe trait).
 #![deny(unsafe_code)]
 
+use mm_checker::{check, Checked, Rule};
+use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use mm_driver::protocol_error::ProtocolError;
+use mm_driver::RunError;
 use proptest::prelude::*;
 use shared_mm::abi::{
     Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, FRAMES_ALLOCATED,
@@ -15,9 +19,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::checker::{check, Checked, Rule};
-use vmm::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
-use vmm::error::ProtocolError;
 use vmm::hypercall::Next;
 use vmm::report_guard::{ReportBounds, ReportGuard};
 use vmm::{hypercall, Vm, VmmError};
@@ -117,7 +118,11 @@ fn page_tables_that_alias_each_other_end_the_walk_with_a_finding() {
 fn an_absurd_record_count_is_a_protocol_error() {
     let mut vm = guest(GuestCommand::HugeCount);
     match bounded(|| vm.run(&mut NoWork)) {
-        Err(e @ VmmError::GuestProtocol(ProtocolError::RecordsDoNotFit { count, .. })) => {
+        Err(
+            e @ VmmError::Run(RunError::GuestProtocol(ProtocolError::RecordsDoNotFit {
+                count, ..
+            })),
+        ) => {
             assert_eq!(count, 1 << 60);
             assert_eq!(e.exit_code(), 103);
         }

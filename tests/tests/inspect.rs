@@ -2,22 +2,24 @@
 //! walks them, the agreement verdict, and the table, JSON and SVG views agreeing with each other.
 #![forbid(unsafe_code)]
 
+use guest_image::variant::build_variant;
 use integration_tests::config;
+use mm_checker::Rule;
+use mm_driver::GuestConfig;
 use serde_json::Value;
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::KERNEL_SPACE;
 use shared_mm::boot_info::GuestCommand;
 use std::sync::OnceLock;
-use vmm::checker::Rule;
-use vmm::guest_build::build_variant;
 use vmm::inspect::{inspect, Owner, Report, Row, Sharing, SpaceReport};
-use vmm::VmConfig;
+use vmm::Backends;
 
 /// One inspection of the embedded guest, shared by the tests of this file.
 fn report() -> &'static Report {
     static REPORT: OnceLock<Report> = OnceLock::new();
     REPORT.get_or_init(|| {
-        inspect(&config(GuestCommand::Serve)).unwrap_or_else(|e| panic!("inspect failed: {e}"))
+        inspect(&Backends::default(), &config(GuestCommand::Serve))
+            .unwrap_or_else(|e| panic!("inspect failed: {e}"))
     })
 }
 
@@ -469,11 +471,12 @@ fn inspect_shows_a_seeded_bug_in_the_table_and_json() {
     // Protect to read-only keeps the pages writable: the written pages of the u-r-- piece
     // show `urw-` there, and the checker flags them.
     let elf = build_variant(&["bug-keep-writable"]).unwrap_or_else(|e| panic!("{e}"));
-    let config = VmConfig {
+    let config = GuestConfig {
         kernel: std::fs::read(&elf).expect("read the variant"),
         ..config(GuestCommand::Serve)
     };
-    let report = inspect(&config).unwrap_or_else(|e| panic!("inspect failed: {e}"));
+    let report =
+        inspect(&Backends::default(), &config).unwrap_or_else(|e| panic!("inspect failed: {e}"));
     let s1 = report.space(1).expect("space 1");
     let (index, _) = s1.region_at(0x40_2000).expect("u-r-- piece");
     let perms: Vec<String> = s1.rows_in(index).map(Row::perms).collect();
@@ -535,12 +538,13 @@ fn only_the_active_space_has_possibly_cached_translations() {
 #[test]
 fn inspect_shows_a_flush_trace_finding_with_its_events_on_the_sim() {
     // Unmap flushes the neighbouring page: the written page 6 of 0x400000 stays cached.
-    let config = VmConfig {
-        backend: vmm::Backend::Sim,
+    let config = GuestConfig {
+        backend: mm_driver::Backend::Sim,
         seeded_bugs: guest_mm::SeededBugs::NONE.with(guest_mm::Bug::FlushWrongPage),
         ..config(GuestCommand::Serve)
     };
-    let report = inspect(&config).unwrap_or_else(|e| panic!("inspect failed: {e}"));
+    let report =
+        inspect(&Backends::default(), &config).unwrap_or_else(|e| panic!("inspect failed: {e}"));
     let stale = report
         .space(1)
         .and_then(|s| s.findings.iter().find(|f| f.rule == Rule::StaleTlbEntry))

@@ -1,16 +1,17 @@
 //! The guest MM through real hypercalls: the built-in self-check, and the region trees it exports.
 #![forbid(unsafe_code)]
 
+use mm_driver::GuestConfig;
+use mm_fuzz::self_check::SelfCheck;
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::KERNEL_SPACE;
 use std::time::Duration;
-use vmm::scenario::SelfCheck;
-use vmm::{Vm, VmConfig};
+use vmm::Vm;
 
 fn run_self_check() -> SelfCheck {
-    let config = VmConfig {
+    let config = GuestConfig {
         timeout: Some(Duration::from_secs(30)),
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("boot the default guest");
     let mut check = SelfCheck::new();
@@ -84,22 +85,22 @@ fn kernel_tree_holds_unbacked_reservations() {
 /// Runs a script and, at each batch boundary where space 1 exists, translates every address of
 /// the next `probes` entry with the host's own page walk (the guest is paused there).
 struct FrameProbe {
-    script: vmm::driver::Script,
+    script: mm_driver::driver::Script,
     probes: Vec<Vec<u64>>,
     frames: Vec<Vec<Option<u64>>>,
 }
 
-impl vmm::driver::Driver for FrameProbe {
+impl mm_driver::driver::Driver for FrameProbe {
     fn next_batch(
         &mut self,
         mem: &vm_memory::GuestMemoryMmap,
         results: &[shared_mm::abi::OpResult],
         spaces: &[shared_mm::abi::SpaceRecord],
-    ) -> Result<Option<Vec<shared_mm::abi::Op>>, vmm::driver::DriverError> {
+    ) -> Result<Option<Vec<shared_mm::abi::Op>>, mm_driver::driver::DriverError> {
         if let (Some(vas), Some(space)) = (self.probes.get(self.frames.len()), spaces.first()) {
             let mut frames = Vec::new();
             for &va in vas {
-                let t = vmm::page_walk::translate(mem, space.cr3, va)
+                let t = x86_paging::page_walk::translate(mem, space.cr3, va)
                     .unwrap_or_else(|e| panic!("walking {va:#x}: {e}"));
                 frames.push(t.map(|t| t.phys & !0xfff));
             }
@@ -152,14 +153,14 @@ fn freed_frames_are_reused_and_never_mapped_twice() {
             },
         ],
     ];
-    let mut driver = vmm::checker::Checked::new(FrameProbe {
-        script: vmm::driver::Script::new(batches),
+    let mut driver = mm_checker::Checked::new(FrameProbe {
+        script: mm_driver::driver::Script::new(batches),
         probes: vec![vec![0x40_0000], vec![0x40_0000, 0x80_0000, 0x80_1000]],
         frames: Vec::new(),
     });
-    let config = VmConfig {
+    let config = GuestConfig {
         timeout: Some(Duration::from_secs(30)),
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("boot the default guest");
     assert_eq!(vm.run(&mut driver).expect("guest runs"), 0);

@@ -4,19 +4,20 @@
 //! scenario clean.
 #![forbid(unsafe_code)]
 
+use guest_image::variant::build_variant;
 use guest_mm::{Bug, SeededBugs};
+use mm_checker::Rule;
+use mm_driver::{Backend, Boot, GuestConfig};
+use mm_scenario::{bug_bait, run_checked, Outcome};
 use std::time::Duration;
-use vmm::checker::Rule;
-use vmm::guest_build::build_variant;
-use vmm::scenario::{bug_bait, run_checked, Outcome};
-use vmm::{Backend, Guest, VmConfig};
+use vmm::Backends;
 
 /// The bait scenario's outcome with `bug` planted (none: the correct MM) on `backend`.
 fn run_on(backend: Backend, bug: Option<Bug>) -> Outcome {
-    let mut config = VmConfig {
+    let mut config = GuestConfig {
         timeout: Some(Duration::from_secs(30)),
         backend,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     match (backend, bug) {
         (Backend::Kvm, Some(bug)) => {
@@ -27,8 +28,8 @@ fn run_on(backend: Backend, bug: Option<Bug>) -> Outcome {
         (Backend::Sim, Some(bug)) => config.seeded_bugs = SeededBugs::NONE.with(bug),
         (_, None) => {}
     }
-    let mut vm = Guest::boot(&config).expect("boot the guest");
-    run_checked(&mut vm, &bug_bait())
+    let mut vm = Backends::default().boot(&config).expect("boot the guest");
+    run_checked(vm.as_mut(), &bug_bait())
         .unwrap_or_else(|e| panic!("{bug:?} on {backend}: {e}\n{}", vm.console_output()))
 }
 

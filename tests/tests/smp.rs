@@ -3,32 +3,35 @@
 //! hang, a halt) is reported with its CPU and its exit code, with no vCPU thread left behind.
 #![forbid(unsafe_code)]
 
+use guest_boot::BootError;
 use integration_tests::{boot, config, minimal_elf, Finished, TEST_MEMORY};
+use mm_checker::Checked;
+use mm_driver::driver::{CpuBatch, RoundScript};
+use mm_driver::RunError;
+use mm_driver::{Boot, GuestConfig};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::{FaultKind, Op};
 use shared_mm::boot_info::{GuestCommand, KERNEL_PHYS_BASE, MIN_GUEST_RAM};
 use shared_mm::smp::{CpuSet, MAX_CPUS};
 use shared_mm::trace::TraceEvent;
 use std::time::{Duration, Instant};
-use vmm::checker::Checked;
-use vmm::driver::{CpuBatch, RoundScript};
-use vmm::{VmConfig, VmmError};
+use vmm::{Backends, VmmError};
 
 /// The tests' config for `command` with `cpus` CPUs.
-fn with_cpus(cpus: u32, command: GuestCommand) -> VmConfig {
-    VmConfig {
+fn with_cpus(cpus: u32, command: GuestCommand) -> GuestConfig {
+    GuestConfig {
         cpus,
         ..config(command)
     }
 }
 
 /// Boots `config`; panics if the VM cannot be set up.
-fn run(config: &VmConfig) -> Finished {
+fn run(config: &GuestConfig) -> Finished {
     boot(config).unwrap_or_else(|e| panic!("VM setup failed: {e}"))
 }
 
 /// Boots `config` and returns the error its run ended with, and how long the run took.
-fn run_error(config: &VmConfig) -> (VmmError, Duration) {
+fn run_error(config: &GuestConfig) -> (VmmError, Duration) {
     let started = Instant::now();
     let finished = run(config);
     let took = started.elapsed();
@@ -82,7 +85,7 @@ fn four_cpus_boot_and_every_ap_reports_in_and_acknowledges_pings() {
 
 #[test]
 fn the_most_cpus_fit_the_smallest_guest() {
-    let config = VmConfig {
+    let config = GuestConfig {
         memory: MIN_GUEST_RAM,
         timeout: Some(Duration::from_secs(30)),
         ..with_cpus(MAX_CPUS, GuestCommand::Serve)
@@ -105,7 +108,7 @@ fn one_cpu_is_as_before_with_no_smp_lines() {
 /// Asserts `err` is `what` on CPU `cpu`, with `exit` as its exit code and `needle` in its
 /// message, and that the run ended well within the time limit (no thread was left waiting).
 fn assert_on_cpu(err: &VmmError, cpu: u32, exit: i32, needle: &str) {
-    let VmmError::OnCpu { cpu: named, .. } = err else {
+    let VmmError::Run(RunError::OnCpu { cpu: named, .. }) = err else {
         panic!("expected an error naming a CPU, got: {err}");
     };
     assert_eq!(*named, cpu, "{err}");
@@ -135,8 +138,8 @@ fn a_triple_fault_on_an_ap_names_its_cpu_and_its_registers() {
 }
 
 /// The tests' config for `command` with `cpus` CPUs and a time limit of one second.
-fn timing_out(cpus: u32, command: GuestCommand) -> VmConfig {
-    VmConfig {
+fn timing_out(cpus: u32, command: GuestCommand) -> GuestConfig {
+    GuestConfig {
         timeout: Some(Duration::from_secs(1)),
         ..with_cpus(cpus, command)
     }
@@ -145,7 +148,10 @@ fn timing_out(cpus: u32, command: GuestCommand) -> VmConfig {
 #[test]
 fn an_ap_that_never_reports_in_is_named_when_the_timeout_runs_out() {
     let (err, took) = run_error(&timing_out(3, GuestCommand::ApSilent));
-    assert!(matches!(err, VmmError::CpuOffline { cpu: 2, .. }), "{err}");
+    assert!(
+        matches!(err, VmmError::Run(RunError::CpuOffline { cpu: 2, .. })),
+        "{err}"
+    );
     assert_eq!(err.exit_code(), 124);
     assert!(err
         .to_string()
@@ -156,7 +162,10 @@ fn an_ap_that_never_reports_in_is_named_when_the_timeout_runs_out() {
 #[test]
 fn a_hang_on_cpu_0_times_out_and_stops_the_halted_aps() {
     let (err, took) = run_error(&timing_out(2, GuestCommand::Hang));
-    assert!(matches!(err, VmmError::Timeout { .. }), "{err}");
+    assert!(
+        matches!(err, VmmError::Run(RunError::Timeout { .. })),
+        "{err}"
+    );
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
@@ -170,7 +179,7 @@ fn a_panic_on_cpu_0_names_it_when_there_are_several() {
 /// off is reported as a halt (exit 103) once the timeout runs out, as one CPU's `hlt` exit is.
 #[test]
 fn a_halt_without_exit_is_reported_as_such_with_several_cpus() {
-    let config = VmConfig {
+    let config = GuestConfig {
         kernel: minimal_elf(KERNEL_PHYS_BASE, &[0xf4]),
         ..timing_out(2, GuestCommand::Serve)
     };
@@ -181,24 +190,30 @@ fn a_halt_without_exit_is_reported_as_such_with_several_cpus() {
 #[test]
 fn cpu_counts_out_of_range_are_refused_before_kvm() {
     for cpus in [0, MAX_CPUS + 1] {
-        let config = VmConfig {
+        let config = GuestConfig {
             cpus,
             memory: TEST_MEMORY,
-            ..VmConfig::default()
+            ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
         };
         let err = vmm::Vm::new(&config).err().expect("refused");
-        assert!(matches!(err, VmmError::BadCpuCount { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                VmmError::Run(RunError::Boot(BootError::BadCpuCount { .. }))
+            ),
+            "{err}"
+        );
         assert_eq!(err.exit_code(), 2);
     }
 }
 
 #[test]
 fn the_sim_refuses_several_cpus_in_one_line() {
-    let config = VmConfig {
-        backend: vmm::Backend::Sim,
+    let config = GuestConfig {
+        backend: mm_driver::Backend::Sim,
         ..with_cpus(2, GuestCommand::Serve)
     };
-    let err = vmm::Guest::boot(&config).err().expect("refused");
+    let err = VmmError::from(Backends::default().boot(&config).err().expect("refused"));
     assert_eq!(err.exit_code(), 2);
     assert_eq!(
         err.to_string(),
@@ -255,10 +270,12 @@ fn shootdown_rounds() -> Vec<Vec<CpuBatch>> {
 fn run_shootdown_rounds(bugs: &[&str]) -> (Vec<String>, RoundScript) {
     let mut config = with_cpus(2, GuestCommand::Serve);
     if !bugs.is_empty() {
-        let elf = vmm::guest_build::build_variant(bugs).unwrap_or_else(|e| panic!("{e}"));
+        let elf = guest_image::variant::build_variant(bugs).unwrap_or_else(|e| panic!("{e}"));
         config.kernel = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
     }
-    let mut vm = vmm::Guest::boot(&config).unwrap_or_else(|e| panic!("{e}"));
+    let mut vm = Backends::default()
+        .boot(&config)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut checked = Checked::new(RoundScript::new(shootdown_rounds()));
     let status = vm.run(&mut checked);
     assert_eq!(status.ok(), Some(0), "{}", vm.console_output());

@@ -9,13 +9,19 @@
 //! round trip between its CPUs with its TSC.
 #![forbid(unsafe_code)]
 
-use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_mm::{Bug, SeededBugs};
+use mm_checker::Checked;
+use mm_driver::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
+use mm_driver::{Backend, Boot, GuestConfig};
+use mm_fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
+use mm_fuzz::generate::Generator;
+use mm_fuzz::shrink::Budget;
+use mm_fuzz::{Session, Source};
 use shared_mm::abi::{
     access_bits::{READ, USER, WRITE},
     Hypercall, MailboxHeader, Op, OpResult, SpaceRecord, Status, HEADER_SIZE, MAX_BATCH,
@@ -29,16 +35,14 @@ use shared_mm::region::{Access, Region};
 use shared_mm::region_tree::{RegionTree, SplitMix64};
 use shared_mm::try_loop::place_by_tries;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::checker::Checked;
 use vmm::cpus::round_trip::IpiRoundTrip;
-use vmm::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
-use vmm::fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
-use vmm::fuzz::generate::Generator;
-use vmm::fuzz::shrink::Budget;
-use vmm::fuzz::{Session, Source};
 use vmm::hypercall;
-use vmm::page_walk::{leaves, PageTableBuilder};
-use vmm::{Backend, Guest, Vm, VmConfig};
+use vmm::{Backends, Vm};
+use x86_paging::page_walk::{leaves, PageTableBuilder};
+
+#[path = "support/results.rs"]
+mod results;
+use results::{num, Goal, Machine, Row, Run};
 
 /// Samples per figure; the median is reported.
 const SAMPLES: usize = 7;
@@ -51,26 +55,6 @@ const MM_ROUNDS: usize = 2;
 /// Batches a script holds (more than [`MM_BUDGET`] lets the guest run).
 const MM_BATCHES: usize = 400;
 
-/// When a row meets its goal.
-#[derive(Clone, Copy)]
-enum Goal {
-    None,
-    ValueAtMost(f64),
-    ValueAtLeast(f64),
-    RatioAtMost(f64),
-    RatioAtLeast(f64),
-}
-
-/// One line of the table. `ratio` is defined per row (see [`RATIO_LEGEND`]).
-struct Row {
-    name: String,
-    value: f64,
-    unit: &'static str,
-    baseline: Option<f64>,
-    ratio: Option<f64>,
-    goal: Goal,
-}
-
 const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / RegionTree's (speed-up; \
      the baseline is first fit, the try loop, place_anywhere in the same tree, or the same call \
      in a sparse tree of the same size, as the row says); \
@@ -80,95 +64,6 @@ const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / Region
      placement rules row, ops/s with the rules off / on (slow-down); \
      seeded-bug rows, shrinking time / time to find; deep-rules row, sim fuzz ops/s without / \
      with frame provenance, table lifetime and tree invariants (slow-down).";
-
-impl Row {
-    fn new(name: impl Into<String>, value: f64, unit: &'static str) -> Self {
-        Row {
-            name: name.into(),
-            value,
-            unit,
-            baseline: None,
-            ratio: None,
-            goal: Goal::None,
-        }
-    }
-
-    fn against(mut self, baseline: f64, ratio: f64) -> Self {
-        self.baseline = Some(baseline);
-        self.ratio = Some(ratio);
-        self
-    }
-
-    fn goal(mut self, goal: Goal) -> Self {
-        self.goal = goal;
-        self
-    }
-
-    /// The target as text and whether it is met; `None` for a row without a target.
-    fn verdict(&self) -> Option<(String, bool)> {
-        let ratio = self.ratio.unwrap_or(f64::NAN);
-        Some(match self.goal {
-            Goal::None => return None,
-            Goal::ValueAtMost(t) => (format!("≤ {} {}", num(t), self.unit), self.value <= t),
-            Goal::ValueAtLeast(t) => (format!("≥ {} {}", num(t), self.unit), self.value >= t),
-            Goal::RatioAtMost(t) => (format!("ratio ≤ {}×", num(t)), ratio <= t),
-            Goal::RatioAtLeast(t) => (format!("ratio ≥ {}×", num(t)), ratio >= t),
-        })
-    }
-}
-
-/// A number with precision that suits its size, and thousands separators.
-fn num(v: f64) -> String {
-    if !v.is_finite() {
-        return "n/a".into();
-    }
-    let decimals = match v.abs() {
-        a if a >= 100.0 => 0,
-        a if a >= 10.0 => 1,
-        a if a >= 1.0 => 2,
-        _ => 3,
-    };
-    let text = format!("{v:.decimals$}");
-    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
-    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
-    let mut grouped = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    match frac {
-        "" => format!("{sign}{grouped}"),
-        f => format!("{sign}{grouped}.{f}"),
-    }
-}
-
-fn table(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| name | value | unit | baseline | ratio | target | met? |\n\
-         | --- | ---: | --- | ---: | ---: | --- | --- |\n",
-    );
-    for row in rows {
-        let (target, met) = match row.verdict() {
-            None => ("—".to_string(), "—"),
-            Some((t, true)) => (t, "met"),
-            Some((t, false)) => (t, "**missed**"),
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            row.name,
-            num(row.value),
-            row.unit,
-            row.baseline.map_or("—".into(), num),
-            row.ratio.map_or("—".into(), |r| format!("{}×", num(r))),
-            target,
-            met
-        );
-    }
-    out
-}
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -224,25 +119,6 @@ fn ns_per_iter(mut op: impl FnMut(), iters: u64) -> f64 {
     let start = Instant::now();
     (0..iters).for_each(|_| op());
     start.elapsed().as_nanos() as f64 / iters as f64
-}
-
-fn machine() -> String {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
-        .map_or("unknown CPU".to_string(), |(_, m)| m.trim().to_string());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = read("/proc/sys/kernel/osrelease");
-    let backend = ["kvm_pvm", "kvm_intel", "kvm_amd"]
-        .into_iter()
-        .find(|m| std::path::Path::new(&format!("/sys/module/{m}")).exists())
-        .unwrap_or("unknown");
-    format!(
-        "machine: {model}, {cores} cores, Linux {}, KVM backend {backend}",
-        kernel.trim()
-    )
 }
 
 // ---- 1. RegionTree against first fit -------------------------------------------------------
@@ -482,9 +358,9 @@ struct ExitPhases {
 }
 
 fn exit_phases() -> ExitPhases {
-    let config = VmConfig {
+    let config = GuestConfig {
         command: GuestCommand::Bench,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("bench VM");
     let mut markers = Markers::default();
@@ -559,9 +435,9 @@ fn hypercalls(rows: &mut Vec<Row>) {
 /// The IPI round trip CPU 0 of a `cpus`-CPU guest measures at boot (it pings every AP at once,
 /// many times, and reports the median with the TSC's own cost).
 fn ipi_round_trip(cpus: u32) -> IpiRoundTrip {
-    let config = VmConfig {
+    let config = GuestConfig {
         cpus,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("SMP bench VM");
     let status = vm.run(&mut IdleDriver).expect("SMP bench guest run");
@@ -756,9 +632,9 @@ fn failures(script: &Script) -> usize {
 
 /// One Serve guest driven through `budget` of `batch` after [`mm_setup`]: (ops, time they took).
 fn mm_run(batch: Vec<Op>, budget: Duration, checker: bool, trace: bool) -> (usize, Duration) {
-    let config = VmConfig {
+    let config = GuestConfig {
         trace,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config).expect("MM guest VM");
     let timed = if checker {
@@ -1005,11 +881,11 @@ fn campaign(backend: Backend, ops: u64, bugs: SeededBugs, name: &str) -> Campaig
         shrink: true,
         shrink_budget: Budget::default(),
         shrink_on: None,
-        vm: VmConfig {
+        vm: GuestConfig {
             echo_console: false,
             backend,
             seeded_bugs: bugs,
-            ..VmConfig::default()
+            ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
         },
         out_dir: std::env::temp_dir().join(format!("vmm-bench-{name}-{}", std::process::id())),
         kernel_label: "embedded".into(),
@@ -1023,7 +899,8 @@ fn campaign(backend: Backend, ops: u64, bugs: SeededBugs, name: &str) -> Campaig
 }
 
 fn run_campaign_or_die(config: &CampaignConfig) -> CampaignReport {
-    let report = run_campaign(config).unwrap_or_else(|e| panic!("bench campaign: {e}"));
+    let report = run_campaign(config, &Backends::default())
+        .unwrap_or_else(|e| panic!("bench campaign: {e}"));
     let _ = std::fs::remove_dir_all(&config.out_dir);
     report
 }
@@ -1117,7 +994,7 @@ fn fuzz_backends(rows: &mut Vec<Row>) {
         // A statistical finding needs its draws: the probe's space, its layout and the draws
         // with their unmaps.
         let repro_goal = if bug == Bug::AslrLowHalf {
-            2.0 * vmm::fuzz::uniformity::DRAWS as f64 + 4.0
+            2.0 * mm_fuzz::uniformity::DRAWS as f64 + 4.0
         } else {
             8.0
         };
@@ -1168,10 +1045,10 @@ const DEEP_RULES_OPS: usize = 200_000;
 /// checker's deep rules (frame provenance, page-table lifetime, every tree's own invariants)
 /// on or off. The same seed gives the same operations either way.
 fn sim_fuzz_ops_per_second(deep_rules: bool) -> f64 {
-    let config = VmConfig {
+    let config = GuestConfig {
         echo_console: false,
         backend: Backend::Sim,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut generator = Generator::new(1);
     let source = Source::Generated {
@@ -1179,11 +1056,12 @@ fn sim_fuzz_ops_per_second(deep_rules: bool) -> f64 {
         budget: DEEP_RULES_OPS,
         feedback: None,
     };
-    let session = Session::new(source, 64, None)
-        .with_frame_budget(vmm::boot_memory::available_frames(&config));
+    let session = Session::new(source, 64, None).with_frame_budget(
+        guest_boot::boot_memory::available_frames(&config.boot_spec()),
+    );
     let mut checked = Checked::new(session);
     checked.deep_rules = deep_rules;
-    let mut vm = Guest::boot(&config).expect("boot the sim");
+    let mut vm = Backends::default().boot(&config).expect("boot the sim");
     let started = Instant::now();
     vm.run(&mut checked).expect("the sim runs the campaign");
     let elapsed = started.elapsed().as_secs_f64();
@@ -1230,12 +1108,12 @@ const GUIDED_OPS: u64 = 100_000;
 /// and runs one after the other put that drift into the ratio.
 fn coverage_guided(rows: &mut Vec<Row>) {
     eprintln!("bench: kvm fuzzing, plain and coverage-guided side by side, {GUIDED_OPS} ops each");
-    let elf = vmm::guest_build::build_variant_with(
-        &vmm::guest_build::GuestVariant::default().with_coverage(),
+    let elf = guest_image::variant::build_variant_with(
+        &guest_image::variant::GuestVariant::default().with_coverage(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let kernel = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
-    let counters = vmm::coverage::CoverageMap::from_elf(&kernel).expect("coverage ELF");
+    let counters = mm_fuzz::coverage::CoverageMap::from_elf(&kernel).expect("coverage ELF");
     let run = |kernel: &[u8], coverage, name| {
         let mut config = campaign(Backend::Kvm, GUIDED_OPS, SeededBugs::NONE, name);
         config.vm.kernel = kernel.to_vec();
@@ -1245,7 +1123,7 @@ fn coverage_guided(rows: &mut Vec<Row>) {
         report.ops_per_second()
     };
     let (plain, guided) = std::thread::scope(|scope| {
-        let plain = scope.spawn(|| run(vmm::vm::EMBEDDED_KERNEL, None, "plain"));
+        let plain = scope.spawn(|| run(guest_image::EMBEDDED_KERNEL, None, "plain"));
         let guided = run(&kernel, counters, "guided");
         (plain.join().expect("the plain campaign"), guided)
     });
@@ -1272,8 +1150,8 @@ type Section = fn(&mut Vec<Row>);
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no options.
     let started = Instant::now();
-    let machine = machine();
-    println!("{machine}");
+    let machine = Machine::this();
+    println!("{}", machine.describe());
     let mut rows = Vec::new();
     let only = std::env::var("SYSTEM_BENCH_ONLY").ok();
     let sections: [(&str, Section); 13] = [
@@ -1302,16 +1180,30 @@ fn main() {
             section(&mut rows);
         }
     }
+    let run = Run {
+        machine: &machine,
+        only: only.as_deref(),
+        seconds: started.elapsed().as_secs_f64(),
+        legend: RATIO_LEGEND,
+    };
     println!();
-    print!("{}", table(&rows));
+    print!("{}", results::table(&rows));
     println!();
     println!("{RATIO_LEGEND}");
+    let (met, all) = Run::score(&rows);
     println!(
-        "{} of {} targets met; the run took {:.0} s.",
-        rows.iter()
-            .filter(|r| matches!(r.verdict(), Some((_, true))))
-            .count(),
-        rows.iter().filter(|r| r.verdict().is_some()).count(),
-        started.elapsed().as_secs_f64()
+        "{met} of {all} targets met; the run took {:.0} s.",
+        run.seconds
     );
+    let out = std::env::var_os("SYSTEM_BENCH_OUT").map_or_else(results::default_dir, Into::into);
+    match run.write(&rows, &out) {
+        Ok(paths) => paths.iter().for_each(|p| println!("wrote {}", p.display())),
+        Err(e) => {
+            eprintln!(
+                "bench: cannot write the results into {}: {e}",
+                out.display()
+            );
+            std::process::exit(2);
+        }
+    }
 }

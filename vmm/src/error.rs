@@ -1,8 +1,13 @@
-//! Everything that can go wrong while setting up or running a guest, as one enum.
+//! Everything that can go wrong in the VMM, as one enum: what only the KVM backend and the CLI
+//! can hit, and the errors of the crates below, wrapped. Each has the exit code the README
+//! gives it.
 #![forbid(unsafe_code)]
 
-use crate::excerpt::path as shown;
-pub use crate::protocol_error::ProtocolError;
+use bounded_io::excerpt::path as shown;
+use mm_driver::driver::DriverError;
+use mm_driver::protocol_error::ProtocolError;
+use mm_driver::RunError;
+use mm_fuzz::error::FuzzError;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -14,27 +19,6 @@ pub enum VmmError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The kernel image is not a 64-bit little-endian x86_64 ELF executable.
-    NotElf(String),
-    /// The ELF headers point past the end of the file.
-    TruncatedElf(String),
-    /// The ELF entry point lies in no loadable segment's bytes from the file: the guest would
-    /// start on zeroes or unmapped memory.
-    EntryOutsideSegments { entry: u64 },
-    /// An ELF segment would land outside guest RAM or on the VMM's boot structures.
-    SegmentOutsideRam {
-        paddr: u64,
-        memsz: u64,
-        ram_size: u64,
-        allowed_start: u64,
-    },
-    /// linux-loader refused the image.
-    Load(linux_loader::loader::Error),
-    /// The requested guest memory size in bytes (`u64::MAX` when it does not fit in 64 bits)
-    /// is below the minimum, above the maximum, or not a multiple of 2 MiB.
-    BadMemorySize { requested: u64, reason: String },
-    /// A CPU count outside 1 to `MAX_CPUS`.
-    BadCpuCount { requested: u32 },
     /// More CPUs than this host's KVM allows in one VM.
     TooManyCpus { requested: u32, max: usize },
     /// /dev/kvm is missing or not usable.
@@ -44,42 +28,15 @@ pub enum VmmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    /// Guest RAM could not be allocated.
-    GuestMemoryAlloc {
-        mib: u64,
-        source: vm_memory::mmap::FromRangesError,
-    },
     /// Guest memory could not be read or written.
     GuestMemory {
         /// What the VMM was doing ("reading the mailbox").
         what: &'static str,
         source: vm_memory::GuestMemoryError,
     },
-    /// The boot page tables could not be built.
-    BootTables(crate::arch::paging::BootTablesError),
-    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN); carries a register dump.
-    TripleFault { registers: String },
-    /// The guest reported a panic.
-    GuestPanic {
-        message: String,
-        file: String,
-        line: u64,
-        column: u64,
-    },
-    /// The guest MM's lock-order checker found two paths taking two locks in opposite orders
-    /// (they can deadlock each other); `finding` names both locks and both paths.
-    LockOrder { cpu: u32, finding: String },
-    /// The guest made no progress for `--timeout` seconds: no hypercall, and no heartbeat from
-    /// a long loop (a hang, or a guest that never exits).
-    Timeout { seconds: f64, registers: String },
-    /// The guest halted without an exit hypercall (with several CPUs, where the in-kernel
-    /// irqchip keeps a halted CPU in KVM: CPU 0 was halted with interrupts off when `--timeout`
-    /// ran out).
-    GuestHalted { registers: String },
-    /// A CPU that was started did not report in within `--timeout` seconds.
-    CpuOffline { cpu: u32, seconds: f64 },
-    /// What went wrong on one CPU of a VM with several.
-    OnCpu { cpu: u32, error: Box<VmmError> },
+    /// A guest on either backend could not boot or finish (the guest failed, or its RAM could
+    /// not be laid out, or a driver failed).
+    Run(RunError),
     /// The guest exited before it had done the `steps` steps of `work` it was given (`done` of
     /// them came back), or with a nonzero status after them.
     GuestExited {
@@ -88,9 +45,6 @@ pub enum VmmError {
         done: usize,
         steps: usize,
     },
-    /// The guest did something the VMM cannot serve (unknown hypercall, bad mailbox contents,
-    /// failed VM entry, internal KVM error).
-    GuestProtocol(ProtocolError),
     /// The MM self-check ran, and these steps did not give the expected result.
     SelfCheckFailed(Vec<String>),
     /// A scenario file ran, and these steps or agreement checks failed, one line each.
@@ -98,30 +52,69 @@ pub enum VmmError {
         scenario: PathBuf,
         problems: Vec<String>,
     },
-    /// The host-side driver of the guest's work failed, mostly because the guest broke the
-    /// protocol.
-    Driver(crate::driver::DriverError),
     /// The guest's console output could not be written.
     Console(std::io::Error),
-    /// An output file could not be written.
-    Output {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// A host driver built a batch larger than the ABI allows (a bug of the driver).
-    BatchTooLarge { ops: usize },
     /// An input file is too large, or an output could not be written.
-    File(crate::files::FileError),
+    File(bounded_io::files::FileError),
     /// The timeout's signal handler could not be installed.
     SignalHandler(vmm_sys_util::errno::Error),
-    /// A fuzz job's thread panicked.
-    JobPanicked,
-    /// The guest failed before it asked for its first batch of work.
-    FailedBeforeFirstBatch(Box<VmmError>),
-    /// The chosen backend cannot do what was asked.
-    BackendUnsupported { backend: &'static str, what: String },
+    /// A fuzz campaign, replay or shrink could not go on.
+    Fuzz(mm_fuzz::error::FuzzError),
     /// The gdb stub failed, or gdb killed the guest.
     Gdb(crate::gdb::GdbError),
+}
+
+impl From<RunError> for VmmError {
+    /// A run's error, unwrapped where it is one of the VMM's own that the kvm backend passed up
+    /// through the seam.
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Host(host) => match host.downcast::<VmmError>() {
+                Ok(own) => *own,
+                Err(other) => VmmError::Run(RunError::Host(other)),
+            },
+            e => VmmError::Run(e),
+        }
+    }
+}
+
+impl From<VmmError> for RunError {
+    /// The kvm backend's error as the seam passes it up: a run error as it is, anything else
+    /// of the VMM's own as the backend's host error.
+    fn from(e: VmmError) -> Self {
+        match e {
+            VmmError::Run(e) => e,
+            own => RunError::Host(Box::new(own)),
+        }
+    }
+}
+
+impl From<FuzzError> for VmmError {
+    /// A fuzz error, unwrapped to the run's error where it is one.
+    fn from(e: FuzzError) -> Self {
+        match e {
+            FuzzError::Run(e) => VmmError::from(e),
+            e => VmmError::Fuzz(e),
+        }
+    }
+}
+
+impl From<guest_boot::BootError> for VmmError {
+    fn from(e: guest_boot::BootError) -> Self {
+        VmmError::Run(RunError::Boot(e))
+    }
+}
+
+impl From<DriverError> for VmmError {
+    fn from(e: DriverError) -> Self {
+        VmmError::Run(RunError::Driver(e))
+    }
+}
+
+impl From<ProtocolError> for VmmError {
+    fn from(e: ProtocolError) -> Self {
+        VmmError::Run(RunError::GuestProtocol(e))
+    }
 }
 
 impl From<crate::gdb::GdbError> for VmmError {
@@ -136,95 +129,14 @@ impl fmt::Display for VmmError {
             VmmError::KernelUnreadable { path, source } => {
                 write!(f, "cannot read kernel {}: {source}", shown(path))
             }
-            VmmError::NotElf(why) => {
-                write!(f, "kernel image is not an x86_64 ELF executable: {why}")
-            }
-            VmmError::TruncatedElf(why) => write!(f, "kernel ELF is truncated: {why}"),
-            VmmError::EntryOutsideSegments { entry } => write!(
-                f,
-                "kernel ELF entry point {entry:#x} lies outside every loadable segment's file bytes"
-            ),
-            VmmError::SegmentOutsideRam {
-                paddr,
-                memsz,
-                ram_size,
-                allowed_start,
-            } => {
-                if paddr < allowed_start {
-                    write!(
-                        f,
-                        "kernel ELF segment at physical {paddr:#x} lies below {allowed_start:#x}, \
-                         on the VMM's boot structures (GDT, boot info, mailbox, page tables); \
-                         link the kernel at {allowed_start:#x} or above"
-                    )
-                } else {
-                    write!(
-                        f,
-                        "kernel ELF segment at physical {paddr:#x} (size {memsz:#x}) runs past the end \
-                         of guest RAM at {ram_size:#x}; raise --memory or relink the kernel"
-                    )
-                }
-            }
-            VmmError::Load(e) => write!(f, "cannot load kernel: {e}"),
-            VmmError::BadMemorySize {
-                requested: u64::MAX,
-                reason,
-            } => {
-                write!(f, "bad guest memory size (2^64 bytes or more): {reason}")
-            }
-            VmmError::BadMemorySize { requested, reason } => {
-                write!(f, "bad guest memory size {requested} bytes: {reason}")
-            }
-            VmmError::BadCpuCount { requested } => write!(
-                f,
-                "bad CPU count {requested}: a VM has 1 to {} CPUs",
-                shared_mm::smp::MAX_CPUS
-            ),
             VmmError::TooManyCpus { requested, max } => write!(
                 f,
                 "{requested} CPUs: this host's KVM allows at most {max} vCPUs in a VM"
             ),
             VmmError::KvmUnavailable(why) => write!(f, "KVM is not available: {why}"),
             VmmError::Kvm { what, source } => write!(f, "KVM {what} failed: {source}"),
-            VmmError::GuestMemoryAlloc { mib, source } => {
-                write!(f, "cannot allocate {mib} MiB of guest RAM: {source}")
-            }
             VmmError::GuestMemory { what, source } => write!(f, "guest memory: {what}: {source}"),
-            VmmError::BootTables(e) => write!(f, "boot page tables: {e}"),
-            VmmError::TripleFault { registers } => {
-                write!(
-                    f,
-                    "guest triple-faulted (shutdown exit); vCPU state:\n{registers}"
-                )
-            }
-            VmmError::GuestPanic {
-                message,
-                file,
-                line,
-                column,
-            } => {
-                write!(f, "guest panicked at {file}:{line}:{column}: {message}")
-            }
-            VmmError::LockOrder { cpu, finding } => {
-                write!(f, "lock-order: the guest MM on cpu {cpu} found: {finding}")
-            }
-            VmmError::Timeout { seconds, registers } => write!(
-                f,
-                "guest did not exit within {seconds} s of its last sign of progress (a hypercall, or a heartbeat \
-                 from a long loop; raise --timeout, or 0 for none); \
-                 vCPU state:\n{registers}"
-            ),
-            VmmError::GuestHalted { registers } => {
-                write!(
-                    f,
-                    "guest halted without an exit hypercall; vCPU state:\n{registers}"
-                )
-            }
-            VmmError::CpuOffline { cpu, seconds } => write!(
-                f,
-                "cpu {cpu} did not report in within {seconds} s of being started (raise --timeout)"
-            ),
-            VmmError::OnCpu { cpu, error } => write!(f, "on cpu {cpu}: {error}"),
+            VmmError::Run(e) => write!(f, "{e}"),
             VmmError::GuestExited {
                 status,
                 work,
@@ -234,7 +146,6 @@ impl fmt::Display for VmmError {
                 f,
                 "the guest exited with status {status} after {done} of the {steps} steps of its {work}"
             ),
-            VmmError::GuestProtocol(why) => write!(f, "guest protocol error: {why}"),
             VmmError::SelfCheckFailed(failures) => {
                 write!(f, "MM self-check failed in {} step(s):", failures.len())?;
                 failures.iter().try_for_each(|line| write!(f, "\n  {line}"))
@@ -248,27 +159,12 @@ impl fmt::Display for VmmError {
                 )?;
                 problems.iter().try_for_each(|line| write!(f, "\n  {line}"))
             }
-            VmmError::Driver(why) => write!(f, "{why}"),
             VmmError::Console(e) => write!(f, "writing the guest console: {e}"),
-            VmmError::Output { path, source } => {
-                write!(f, "cannot write {}: {source}", shown(path))
-            }
-            VmmError::BatchTooLarge { ops } => write!(
-                f,
-                "a driver built a batch of {ops} ops; the ABI allows {}",
-                shared_mm::abi::MAX_BATCH
-            ),
             VmmError::SignalHandler(e) => {
                 write!(f, "cannot install a signal handler: {e}")
             }
-            VmmError::JobPanicked => f.write_str("a fuzz job panicked"),
             VmmError::File(e) => write!(f, "{e}"),
-            VmmError::FailedBeforeFirstBatch(e) => {
-                write!(f, "the guest failed before its first batch of work: {e}")
-            }
-            VmmError::BackendUnsupported { backend, what } => {
-                write!(f, "the {backend} backend does not support {what}")
-            }
+            VmmError::Fuzz(e) => write!(f, "{e}"),
             VmmError::Gdb(e) => write!(f, "{e}"),
         }
     }
@@ -277,26 +173,123 @@ impl fmt::Display for VmmError {
 impl std::error::Error for VmmError {}
 
 impl VmmError {
-    /// Whether the guest failed (panicked, triple-faulted, hung, halted or broke the protocol),
-    /// as opposed to the host or its input: the exit codes the README gives guest failures.
-    pub fn is_guest_failure(&self) -> bool {
-        matches!(self.exit_code(), 101..=103 | 124)
-    }
-
     /// The process exit status the CLI uses for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmmError::GuestPanic { .. } | VmmError::LockOrder { .. } => 101,
-            VmmError::TripleFault { .. } => 102,
-            VmmError::GuestHalted { .. }
-            | VmmError::GuestExited { .. }
-            | VmmError::GuestProtocol(_) => 103,
-            VmmError::Driver(e) if e.is_guest_fault() => 103,
-            VmmError::FailedBeforeFirstBatch(e) | VmmError::OnCpu { error: e, .. } => e.exit_code(),
-            VmmError::Timeout { .. } | VmmError::CpuOffline { .. } => 124,
+            VmmError::Run(e) => run_exit_code(e),
+            VmmError::GuestExited { .. } => 103,
+            VmmError::Fuzz(e) => exit_code_of(e).unwrap_or(2),
             VmmError::SelfCheckFailed(_) | VmmError::ScenarioFailed { .. } => 1,
             VmmError::Gdb(crate::gdb::GdbError::Killed) => 137,
             _ => 2,
         }
+    }
+}
+
+/// The exit status the CLI gives `e`, if it is one of the errors the VMM knows: its own, a
+/// run's, or a fuzz campaign's.
+pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    if let Some(e) = e.downcast_ref::<VmmError>() {
+        return Some(e.exit_code());
+    }
+    if let Some(e) = e.downcast_ref::<RunError>() {
+        return Some(run_exit_code(e));
+    }
+    let fuzz = e.downcast_ref::<FuzzError>()?;
+    Some(match fuzz {
+        FuzzError::Run(e) | FuzzError::FailedBeforeFirstBatch(e) => run_exit_code(e),
+        _ => 2,
+    })
+}
+
+/// The exit status of a run that ended with `e`: the guest's failures have codes of their own
+/// (101 to 103, 124), everything else is the host's or its input's (2), but for the VMM's own
+/// errors passed up through the seam, which keep theirs.
+pub fn run_exit_code(e: &RunError) -> i32 {
+    match e {
+        RunError::GuestPanic { .. } | RunError::LockOrder { .. } => 101,
+        RunError::TripleFault { .. } => 102,
+        RunError::GuestHalted { .. } | RunError::GuestProtocol(_) => 103,
+        RunError::Driver(e) if e.is_guest_fault() => 103,
+        RunError::OnCpu { error, .. } => run_exit_code(error),
+        RunError::Timeout { .. } | RunError::CpuOffline { .. } => 124,
+        RunError::Host(host) => host
+            .downcast_ref::<VmmError>()
+            .map_or(2, VmmError::exit_code),
+        RunError::Boot(_)
+        | RunError::Driver(_)
+        | RunError::BatchTooLarge { .. }
+        | RunError::BackendUnsupported { .. } => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest failure, as the seam tells it, is what has a guest failure's exit code.
+    #[test]
+    fn guest_failures_are_the_errors_with_guest_exit_codes() {
+        let registers = String::new;
+        let errors = [
+            RunError::TripleFault {
+                registers: registers(),
+            },
+            RunError::GuestPanic {
+                message: String::new(),
+                file: String::new(),
+                line: 0,
+                column: 0,
+            },
+            RunError::Timeout {
+                seconds: 1.0,
+                registers: registers(),
+            },
+            RunError::GuestHalted {
+                registers: registers(),
+            },
+            RunError::CpuOffline {
+                cpu: 1,
+                seconds: 1.0,
+            },
+            RunError::OnCpu {
+                cpu: 1,
+                error: Box::new(RunError::GuestHalted {
+                    registers: registers(),
+                }),
+            },
+            RunError::GuestProtocol(ProtocolError::Cpu0Online),
+            RunError::Driver(DriverError::NoKernelSnapshot),
+            RunError::Driver(DriverError::Coverage("unreadable".into())),
+            RunError::BatchTooLarge { ops: 2000 },
+            RunError::BackendUnsupported {
+                backend: "sim",
+                what: "gdb".into(),
+            },
+            RunError::Host(Box::new(VmmError::Console(std::io::Error::other("full")))),
+            RunError::Host(Box::new(VmmError::Gdb(crate::gdb::GdbError::Killed))),
+        ];
+        for e in &errors {
+            let code = run_exit_code(e);
+            assert_eq!(
+                e.is_guest_failure(),
+                matches!(code, 101..=103 | 124),
+                "{e}: exit {code}"
+            );
+        }
+    }
+
+    /// The VMM's own errors keep their exit code and message through the seam and back.
+    #[test]
+    fn the_vmm_s_own_errors_pass_the_seam_unchanged() {
+        let killed = VmmError::Gdb(crate::gdb::GdbError::Killed);
+        let text = killed.to_string();
+        let back = VmmError::from(RunError::from(killed));
+        assert_eq!((back.exit_code(), back.to_string()), (137, text));
+        let inside = RunError::OnCpu {
+            cpu: 1,
+            error: Box::new(RunError::from(VmmError::Gdb(crate::gdb::GdbError::Killed))),
+        };
+        assert_eq!(VmmError::from(inside).exit_code(), 137);
     }
 }

@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 
 use crate::cpus::rounds::{Answer, Report, Rounds};
-use crate::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
-use crate::error::{ProtocolError, VmmError};
+use crate::error::VmmError;
+use mm_driver::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
+use mm_driver::protocol_error::ProtocolError;
+use mm_driver::RunError;
 use shared_mm::abi::{
     Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, BATCH_DONE, BATCH_WAIT,
     FRAMES_ALLOCATED, FRAMES_OWNED, FRAMES_SHARED, HEADER_SIZE, MAX_BATCH, OP_RECORD_SIZE,
@@ -62,7 +64,7 @@ struct Reply {
 }
 
 fn protocol(e: ProtocolError) -> VmmError {
-    VmmError::GuestProtocol(e)
+    VmmError::from(e)
 }
 
 /// The `count` records of `size` bytes at the start of `payload`, decoded.
@@ -129,12 +131,12 @@ fn write_reply(mem: &GuestMemoryMmap, at: u64, call: u32, reply: Reply) -> Resul
 /// `Panic`: the payload is the file name (`args[0]` bytes) and then the message.
 fn guest_panic(header: &MailboxHeader, payload: &[u8]) -> VmmError {
     let file_len = usize::try_from(header.args[0]).map_or(payload.len(), |n| n.min(payload.len()));
-    VmmError::GuestPanic {
+    VmmError::Run(RunError::GuestPanic {
         file: String::from_utf8_lossy(&payload[..file_len]).into_owned(),
         message: String::from_utf8_lossy(&payload[file_len..]).into_owned(),
         line: header.args[1],
         column: header.args[2],
-    }
+    })
 }
 
 /// A `Batch` request's results and live spaces.
@@ -185,7 +187,7 @@ fn round_batch(
     }
     Ok(match answer {
         Answer::Batch(ops) if ops.len() > MAX_BATCH => {
-            return Err(VmmError::BatchTooLarge { ops: ops.len() })
+            return Err(VmmError::from(RunError::BatchTooLarge { ops: ops.len() }))
         }
         Answer::Batch(ops) => Reply {
             count: ops.len() as u32,
@@ -213,7 +215,7 @@ fn batch(
     let (results, spaces) = batch_report(header, payload)?;
     let ops = match driver
         .next_batch(mem, &results, &spaces)
-        .map_err(VmmError::Driver)?
+        .map_err(VmmError::from)?
     {
         None => {
             return Ok(Reply {
@@ -222,7 +224,7 @@ fn batch(
             })
         }
         Some(ops) if ops.len() > MAX_BATCH => {
-            return Err(VmmError::BatchTooLarge { ops: ops.len() })
+            return Err(RunError::BatchTooLarge { ops: ops.len() }.into())
         }
         Some(ops) => ops,
     };
@@ -269,7 +271,7 @@ fn snapshot(
                 regions: &regions,
             },
         )
-        .map_err(VmmError::Driver)?;
+        .map_err(VmmError::from)?;
     Ok(Reply::default())
 }
 
@@ -299,7 +301,7 @@ fn frames(
         total,
         words: &words,
     };
-    driver.frames(mem, chunk).map_err(VmmError::Driver)?;
+    driver.frames(mem, chunk).map_err(VmmError::from)?;
     Ok(Reply::default())
 }
 
@@ -352,10 +354,10 @@ pub fn handle(
         }
         Hypercall::Panic => return Err(guest_panic(&header, &payload)),
         Hypercall::LockOrder => {
-            return Err(VmmError::LockOrder {
+            return Err(VmmError::from(RunError::LockOrder {
                 cpu,
                 finding: String::from_utf8_lossy(&payload).into_owned(),
-            })
+            }))
         }
         Hypercall::Exit => return Ok(Next::Exit(header.args[0] as u32)),
         // An empty reply: the cost of the hypercall path, for the `system` bench.

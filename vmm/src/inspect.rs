@@ -12,18 +12,19 @@ pub mod sharing;
 mod svg;
 mod table;
 
-use crate::checker::{self, access_string, Finding, FrameReports, Refs};
-use crate::coherence::Coherence;
-use crate::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
-use crate::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
-use crate::scenario::Expect;
-use crate::{Guest, VmConfig, VmmError};
+use crate::VmmError;
+use mm_checker::coherence::Coherence;
+use mm_checker::{access_string, Finding, FrameReports, Refs};
+use mm_driver::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
+use mm_driver::{Boot, GuestConfig};
+use mm_scenario::Expect;
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
 };
 use shared_mm::trace::TraceRecord;
 pub use sharing::Sharing;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use x86_paging::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
 
 const PAGE: u64 = 4096;
 
@@ -376,10 +377,10 @@ impl Inspector {
         let trace = coherence.take_findings();
         let mut findings: Vec<Finding> = trace
             .iter()
-            .map(|f| checker::as_finding(f, (&kernel, &views)))
+            .map(|f| mm_checker::as_finding(f, (&kernel, &views)))
             .collect();
         let refs = self.frames.shared_frames();
-        findings.extend(checker::check(mem, &kernel, &views, refs));
+        findings.extend(mm_checker::check(mem, &kernel, &views, refs));
         let coherence = &*coherence;
         let context = || Context { coherence, refs };
         let mut take = |space: u32| {
@@ -465,14 +466,15 @@ impl Driver for Inspector {
     }
 }
 
-/// Boots the guest of `config`, runs the inspect scenario and reports every space and the kernel.
-pub fn inspect(config: &VmConfig) -> Result<Report, VmmError> {
-    let mut vm = Guest::boot(config)?;
+/// Boots the guest of `config` on `backends`, runs the inspect scenario and reports every space
+/// and the kernel.
+pub fn inspect(backends: &dyn Boot, config: &GuestConfig) -> Result<Report, VmmError> {
+    let mut vm = backends.boot(config)?;
     let mut inspector = Inspector::new(plan::batches());
     let status = vm.run(&mut inspector)?;
     let mut report = inspector
         .report
-        .ok_or(VmmError::Driver(DriverError::ExitedEarly { status }))?;
+        .ok_or(DriverError::ExitedEarly { status })?;
     report.exit_status = status;
     Ok(report)
 }

@@ -1,44 +1,30 @@
-//! The VMM library: boots the guest kernel under KVM, serves its hypercalls,
-//! inspects its page tables and fuzzes its memory manager.
+//! The VMM library: the KVM backend (the guest kernel booted under KVM, its vCPU threads and
+//! hypercalls served), [`Backends`], which boots a guest on KVM or on the sim, `vmm inspect`'s
+//! report and the gdb stub. The sim, the checker, the scenarios and the fuzz engine are crates
+//! of their own that need no KVM (docs/architecture.md).
 // Unsafe code is opt-in per module: only the KVM memory slots (`vm`) and the signal that kicks
 // the vCPU thread out of KVM_RUN (`kick`) and the Ctrl-C handler (`interrupt`) need it. Every other module forbids it.
 #![deny(unsafe_code)]
 
 pub mod arch;
-pub mod backend;
-pub mod boot_memory;
-pub mod checker;
-pub mod coherence;
-pub mod coverage;
+pub mod backends;
 pub mod cpus;
-pub mod driver;
 pub mod error;
-pub mod excerpt;
-pub mod files;
-pub mod fuzz;
 pub mod gdb;
-pub mod guest_build;
 pub mod hypercall;
 pub mod inspect;
 #[allow(unsafe_code)]
 pub mod interrupt;
 #[allow(unsafe_code)]
 pub mod kick;
-pub mod loader;
-pub mod page_walk;
-pub mod protocol_error;
 pub mod report_guard;
-pub mod scenario;
 pub mod serial;
-pub mod sim;
-pub mod table_lifetime;
-pub mod tlb;
 pub mod trace;
 pub mod vcpu_exit;
 #[allow(unsafe_code)]
 pub mod vm;
 pub mod watchdog;
 
-pub use backend::{Backend, Guest};
+pub use backends::Backends;
 pub use error::VmmError;
-pub use vm::{Vm, VmConfig};
+pub use vm::Vm;

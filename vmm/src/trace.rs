@@ -1,9 +1,9 @@
-//! The host side of the flush trace: draining the guest's trace buffer (attacker-controlled:
-//! its count and every record are checked) and the in-process sink the sim writes to.
+//! The kvm backend's side of the flush trace: draining the guest's trace buffer
+//! (attacker-controlled: its count and every record are checked).
 #![forbid(unsafe_code)]
 
-use crate::error::{ProtocolError, VmmError};
-use guest_mm::trace::TraceSink;
+use crate::error::VmmError;
+use mm_driver::protocol_error::ProtocolError;
 use shared_mm::trace::{
     TraceRecord, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
 };
@@ -35,7 +35,7 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceRecord>, VmmError> {
         return Ok(Vec::new());
     }
     if count > TRACE_CAPACITY as u64 {
-        return Err(VmmError::GuestProtocol(ProtocolError::TraceCount { count }));
+        return Err(VmmError::from(ProtocolError::TraceCount { count }));
     }
     let mut records = vec![0u8; count as usize * TRACE_RECORD_SIZE];
     mem.read_slice(
@@ -50,36 +50,18 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceRecord>, VmmError> {
         .chunks_exact(TRACE_RECORD_SIZE)
         .enumerate()
         .map(|(i, record)| {
-            TraceRecord::decode(record).ok_or(VmmError::GuestProtocol(
-                ProtocolError::MalformedTraceRecord { index: i },
-            ))
+            TraceRecord::decode(record).ok_or(VmmError::from(ProtocolError::MalformedTraceRecord {
+                index: i,
+            }))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(events)
 }
 
-/// The sim's trace sink: records collected in-process until the host takes them.
-#[derive(Debug, Default)]
-pub struct TraceLog {
-    records: Vec<TraceRecord>,
-}
-
-impl TraceLog {
-    /// Every record since the last call, in order.
-    pub fn take(&mut self) -> Vec<TraceRecord> {
-        std::mem::take(&mut self.records)
-    }
-}
-
-impl TraceSink for TraceLog {
-    fn record(&mut self, record: TraceRecord) {
-        self.records.push(record);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mm_driver::RunError;
     use shared_mm::trace::TraceEvent;
     use vm_memory::GuestMemoryMmap;
 
@@ -109,11 +91,14 @@ mod tests {
         let mem = memory();
         mem.write_obj(u64::MAX, GuestAddress(TRACE_ADDR))
             .expect("in RAM");
-        assert!(matches!(drain(&mem), Err(VmmError::GuestProtocol(_))));
+        assert!(matches!(
+            drain(&mem),
+            Err(VmmError::Run(RunError::GuestProtocol(_)))
+        ));
         mem.write_obj(1u64, GuestAddress(TRACE_ADDR))
             .expect("in RAM");
         assert!(
-            matches!(drain(&mem), Err(VmmError::GuestProtocol(_))),
+            matches!(drain(&mem), Err(VmmError::Run(RunError::GuestProtocol(_)))),
             "kind 0 record"
         );
     }

@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 
 use crate::arch::regs;
-use crate::error::{ProtocolError, VmmError};
+use crate::error::VmmError;
 use crate::serial::{SerialConsole, COM1_BASE, COM1_LEN};
 use kvm_bindings::kvm_debug_exit_arch;
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use mm_driver::protocol_error::ProtocolError;
+use mm_driver::RunError;
 use shared_mm::abi::HYPERCALL_PORT;
 use shared_mm::trace::TRACE_PORT;
 use std::sync::Mutex;
@@ -63,10 +65,7 @@ pub fn run(vcpu: &mut VcpuFd, console: &Mutex<SerialConsole>) -> Result<Exit, Vm
         }
         Ok(VcpuExit::Debug(exit)) => return Ok(Exit::Debug(exit)),
         Ok(VcpuExit::FailEntry(reason, cpu)) => {
-            return Err(VmmError::GuestProtocol(ProtocolError::EntryFailed {
-                reason,
-                cpu,
-            }))
+            return Err(VmmError::from(ProtocolError::EntryFailed { reason, cpu }))
         }
         Ok(VcpuExit::Hlt) => End::Halted,
         Ok(VcpuExit::Shutdown) => End::Shutdown,
@@ -75,9 +74,9 @@ pub fn run(vcpu: &mut VcpuFd, console: &Mutex<SerialConsole>) -> Result<Exit, Vm
     };
     let registers = regs::dump(vcpu);
     Err(match end {
-        End::Halted => VmmError::GuestHalted { registers },
-        End::Shutdown => VmmError::TripleFault { registers },
-        End::Internal => VmmError::GuestProtocol(ProtocolError::KvmInternalError { registers }),
+        End::Halted => RunError::GuestHalted { registers }.into(),
+        End::Shutdown => RunError::TripleFault { registers }.into(),
+        End::Internal => ProtocolError::KvmInternalError { registers }.into(),
         End::Unexpected(exit) => unexpected(exit, registers),
     })
 }
@@ -88,7 +87,7 @@ pub fn unexpected_debug(vcpu: &VcpuFd, exit: kvm_debug_exit_arch) -> VmmError {
 }
 
 fn unexpected(exit: String, registers: String) -> VmmError {
-    VmmError::GuestProtocol(ProtocolError::UnexpectedExit { exit, registers })
+    VmmError::from(ProtocolError::UnexpectedExit { exit, registers })
 }
 
 /// The register offset of COM1 that `port` names, if it is one.

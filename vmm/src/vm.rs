@@ -2,90 +2,33 @@
 //! run loop (the other CPUs' threads are [`crate::cpus`]).
 
 use crate::arch::{cpuid, regs};
-use crate::backend::Backend;
-use crate::boot_memory::{self, BootMemory};
 use crate::cpus::{Cpus, SmpReport};
-use crate::driver::Driver;
 use crate::error::VmmError;
 use crate::gdb::{Claim, GdbServer, Stub, PACKET_BUFFER};
 use crate::hypercall::{self, Next};
-use crate::loader::LoadedKernel;
 use crate::report_guard::{ReportBounds, ReportGuard};
-use crate::serial::{ConsoleSink, SerialConsole};
+use crate::serial::SerialConsole;
 use crate::trace;
 use crate::vcpu_exit::{self, Exit};
 use crate::watchdog::{guest_heartbeat, Watchdog};
-use guest_mm::SeededBugs;
+use guest_boot::boot_memory::{self, BootMemory};
+use guest_boot::loader::LoadedKernel;
+use guest_boot::BootError;
 use kvm_bindings::{
     kvm_debug_exit_arch, kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_MP_STATE_HALTED,
     KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use shared_mm::boot_info::{BootInfo, GuestCommand};
+use mm_driver::console::ConsoleSink;
+use mm_driver::driver::Driver;
+use mm_driver::{Guest, GuestConfig, RunError};
+use shared_mm::boot_info::BootInfo;
 use std::sync::Mutex;
 use std::time::Duration;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-/// The guest kernel built by vmm/build.rs and embedded in this binary.
-pub static EMBEDDED_KERNEL: &[u8] = include_bytes!(env!("GUEST_KERNEL_ELF"));
-
-/// Where vmm/build.rs left that ELF, with its debug info, for gdb.
-pub const EMBEDDED_KERNEL_PATH: &str = env!("GUEST_KERNEL_ELF");
-
-/// Default guest RAM.
-pub const DEFAULT_MEMORY: u64 = 256 << 20;
-
 /// RFLAGS.IF: interrupts enabled.
 const RFLAGS_IF: u64 = 1 << 9;
-
-/// How to build a VM.
-#[derive(Clone, Debug)]
-pub struct VmConfig {
-    /// The kernel ELF image.
-    pub kernel: Vec<u8>,
-    /// Guest RAM in bytes.
-    pub memory: u64,
-    /// CPUs (1 to [`MAX_CPUS`](shared_mm::smp::MAX_CPUS)). With more than one, the VM has the
-    /// in-kernel irqchip and one thread per vCPU (KVM only).
-    pub cpus: u32,
-    /// Stop a guest that runs this long; `None` lets it run forever.
-    pub timeout: Option<Duration>,
-    /// Stream guest serial output to stdout (it is always captured too).
-    pub echo_console: bool,
-    /// Seed for the guest's randomized placement.
-    pub random_seed: u64,
-    /// What the guest does after boot.
-    pub command: GuestCommand,
-    /// Where the guest MM runs.
-    pub backend: Backend,
-    /// Whether the MM writes the flush trace (the TLB coherence checker needs it; the bench
-    /// turns it off to measure its cost).
-    pub trace: bool,
-    /// Seeded bugs the sim backend plants at run time. Under KVM the kernel image carries its
-    /// bugs (as cargo features), and this is ignored.
-    pub seeded_bugs: SeededBugs,
-    /// The gdb stub (`--gdb`): the first guest booted with it waits for gdb before its first
-    /// instruction. KVM only.
-    pub gdb: Option<GdbServer>,
-}
-
-impl Default for VmConfig {
-    fn default() -> Self {
-        VmConfig {
-            kernel: EMBEDDED_KERNEL.to_vec(),
-            memory: DEFAULT_MEMORY,
-            cpus: 1,
-            timeout: Some(Duration::from_secs(60)),
-            echo_console: false,
-            random_seed: 0x5eed,
-            command: GuestCommand::Serve,
-            backend: Backend::Kvm,
-            trace: true,
-            seeded_bugs: SeededBugs::NONE,
-            gdb: None,
-        }
-    }
-}
 
 /// A debugger attached to the run loop (the gdb stub, [`crate::gdb`]), at its two call-out
 /// points.
@@ -139,14 +82,14 @@ fn deliver_trace(mem: &GuestMemoryMmap, driver: &mut dyn Driver) -> Result<(), V
     if events.is_empty() {
         return Ok(());
     }
-    driver.trace(mem, &events).map_err(VmmError::Driver)
+    driver.trace(mem, &events).map_err(VmmError::from)
 }
 
 impl Vm {
     /// Creates the VM, loads the kernel and prepares the vCPU for 64-bit entry.
-    pub fn new(config: &VmConfig) -> Result<Vm, VmmError> {
+    pub fn new(config: &GuestConfig) -> Result<Vm, VmmError> {
         // Check the image before touching KVM, so a bad file is reported as such.
-        boot_memory::check(config)?;
+        boot_memory::check(&config.boot_spec())?;
         let kvm = open_kvm()?;
         let vm = kvm.create_vm().map_err(|source| VmmError::Kvm {
             what: "KVM_CREATE_VM",
@@ -157,7 +100,7 @@ impl Vm {
             kernel,
             cr3,
             info: boot_info,
-        } = boot_memory::prepare(config)?;
+        } = boot_memory::prepare(&config.boot_spec())?;
         for (slot, region) in mem.iter().enumerate() {
             let host = mem
                 .get_host_address(region.start_addr())
@@ -194,8 +137,14 @@ impl Vm {
             timeout: config.timeout,
             tsc_khz,
             smp: SmpReport::default(),
-            gdb: config.gdb.as_ref().and_then(GdbServer::claim),
+            gdb: None,
         })
+    }
+
+    /// Claims `server`'s gdb stub for this guest, if no guest claimed it before: its run then
+    /// waits for gdb before the guest's first instruction.
+    pub fn claim_gdb(&mut self, server: &GdbServer) {
+        self.gdb = server.claim();
     }
 
     /// Guest RAM, for introspection.
@@ -235,7 +184,7 @@ impl Vm {
 
     /// Runs the guest until it exits; returns its exit status. With several CPUs each runs on a
     /// thread of its own, and every one has left KVM_RUN when this returns. With a gdb stub
-    /// claimed (see [`VmConfig::gdb`]) it first waits for gdb, and gdb can stop CPU 0 at two
+    /// claimed (see [`Vm::claim_gdb`]) it first waits for gdb, and gdb can stop CPU 0 at two
     /// call-out points of its run loop: before each KVM_RUN and at each debug exit.
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
         driver.booted(&self.boot_info);
@@ -309,6 +258,20 @@ impl Vm {
     }
 }
 
+impl Guest for Vm {
+    fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, RunError> {
+        Vm::run(self, driver).map_err(RunError::from)
+    }
+
+    fn memory(&self) -> &GuestMemoryMmap {
+        Vm::memory(self)
+    }
+
+    fn console_output(&self) -> String {
+        Vm::console_output(self)
+    }
+}
+
 /// Creates the vCPUs of a VM of `count` CPUs, each ready to enter `entry` in 64-bit mode on the
 /// boot tables at `cr3`; returns them, CPU 0 first, and the CPUID table KVM applied to CPU 0.
 /// With more than one, KVM's in-kernel irqchip comes first (every vCPU gets a local APIC, and
@@ -352,7 +315,7 @@ fn create_vcpus(
         cpu0_cpuid.get_or_insert(applied);
         vcpus.push(vcpu);
     }
-    let cpuid = cpu0_cpuid.ok_or(VmmError::BadCpuCount { requested: count })?;
+    let cpuid = cpu0_cpuid.ok_or(BootError::BadCpuCount { requested: count })?;
     Ok((vcpus, cpuid))
 }
 
@@ -435,12 +398,13 @@ impl Cpu0<'_, '_> {
             .get_regs()
             .is_ok_and(|r| r.rflags & RFLAGS_IF == 0);
         if self.cpus.count() > 1 && halted && interrupts_off {
-            VmmError::GuestHalted { registers }
+            RunError::GuestHalted { registers }.into()
         } else {
-            VmmError::Timeout {
+            RunError::Timeout {
                 seconds: watchdog.limit().as_secs_f64(),
                 registers,
             }
+            .into()
         }
     }
 }

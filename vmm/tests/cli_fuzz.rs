@@ -1,13 +1,13 @@
 //! `vmm fuzz` stopped by Ctrl-C: the jobs stop at a batch boundary, the summary is printed, the
 //! exit code is 130, and the reproducers and corpus entries written so far stay.
 
+use mm_fuzz::repro::Reproducer;
+use mm_scenario::file::load;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-use vmm::fuzz::repro::Reproducer;
-use vmm::scenario::file::load;
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 

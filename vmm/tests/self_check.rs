@@ -119,7 +119,10 @@ const END_OF_RAM: (&str, &[&str]) = (
     "bug-double-alloc-end-of-ram",
     &["[frame-owner]", "[frame-mapped-within-refs]"],
 );
-const END_OF_RAM_SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/end-of-ram.scn");
+const END_OF_RAM_SCENARIO: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../crates/mm-scenario/scenarios/end-of-ram.scn"
+);
 
 /// `vmm run` on `backend` with `bugs` planted and `args`: its exit code and stderr.
 fn vmm_run(backend: &str, bugs: &[&str], args: &[&str]) -> (Option<i32>, String) {
@@ -189,7 +192,7 @@ fn every_seeded_bug_fails_the_self_check_on_the_sim() {
 fn every_seeded_bug_fails_the_self_check_on_kvm() {
     // Each variant is built first (cargo at run time), so that the runs themselves are short.
     for bug in Bug::ALL {
-        vmm::guest_build::build_variant(&[bug.feature()]).unwrap_or_else(|e| panic!("{e}"));
+        guest_image::variant::build_variant(&[bug.feature()]).unwrap_or_else(|e| panic!("{e}"));
     }
     assert_every_bug_fails_the_self_check("kvm");
 }

@@ -1,14 +1,6 @@
-//! The entry GDT and the matching KVM segment descriptors (values a C probe proved on this host).
+//! The KVM segment descriptors that match the entry GDT ([`guest_boot::gdt`]).
 
 use kvm_bindings::kvm_segment;
-
-/// Kernel 64-bit code segment selector.
-pub const KERNEL_CS: u16 = 0x08;
-/// Kernel data segment selector.
-pub const KERNEL_DS: u16 = 0x10;
-
-/// GDT entries: null, code64, data (the guest installs its own GDT with user segments and a TSS).
-pub const ENTRY_GDT: [u64; 3] = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
 
 /// Decodes a GDT entry into the segment KVM expects in `kvm_sregs`.
 pub fn segment_from_entry(selector: u16, entry: u64) -> kvm_segment {
@@ -38,6 +30,7 @@ pub fn segment_from_entry(selector: u16, entry: u64) -> kvm_segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guest_boot::gdt::{ENTRY_GDT, KERNEL_CS, KERNEL_DS};
 
     #[test]
     fn code64_decodes_to_a_long_mode_segment() {

@@ -1,7 +1,8 @@
 //! Special and general registers for 64-bit entry at the kernel's ELF entry point.
 
-use super::gdt::{segment_from_entry, ENTRY_GDT, KERNEL_CS, KERNEL_DS};
+use super::gdt::segment_from_entry;
 use crate::error::VmmError;
+use guest_boot::gdt::{ENTRY_GDT, KERNEL_CS, KERNEL_DS};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use shared_mm::boot_info::{BOOT_GDT_ADDR, BOOT_INFO_ADDR, PHYSMAP_BASE};

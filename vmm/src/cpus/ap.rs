@@ -5,13 +5,14 @@
 #![forbid(unsafe_code)]
 
 use super::Cpus;
-use crate::error::{ProtocolError, VmmError};
+use crate::error::VmmError;
 use crate::hypercall::{self, Next};
 use crate::kick::Kick;
 use crate::serial::SerialConsole;
 use crate::trace;
 use crate::vcpu_exit::{self, Exit};
 use kvm_ioctls::VcpuFd;
+use mm_driver::protocol_error::ProtocolError;
 use std::sync::Mutex;
 use vm_memory::GuestMemoryMmap;
 
@@ -70,7 +71,7 @@ fn serve(
             Exit::FlushTrace => match cpus.rounds() {
                 Some(rounds) => rounds.queue_trace(trace::drain(mem)?),
                 None => {
-                    return Err(VmmError::GuestProtocol(ProtocolError::MmWorkOffCpu0 {
+                    return Err(VmmError::from(ProtocolError::MmWorkOffCpu0 {
                         cpu,
                         call: "flush-trace",
                     }))

@@ -9,11 +9,13 @@ mod ap;
 pub mod round_trip;
 pub mod rounds;
 
-use crate::error::{ProtocolError, VmmError};
+use crate::error::VmmError;
 use crate::hypercall::CpuCall;
 use crate::kick::Kick;
 use crate::serial::SerialConsole;
 use kvm_ioctls::{VcpuFd, VmFd};
+use mm_driver::protocol_error::ProtocolError;
+use mm_driver::RunError;
 use round_trip::IpiRoundTrip;
 use rounds::Rounds;
 use std::io::Write;
@@ -145,19 +147,14 @@ impl<'v> Cpus<'v> {
         let only_cpu0 = |call| {
             (cpu == 0)
                 .then_some(())
-                .ok_or(VmmError::GuestProtocol(ProtocolError::Cpu0Only {
-                    cpu,
-                    call,
-                }))
+                .ok_or(VmmError::from(ProtocolError::Cpu0Only { cpu, call }))
         };
         match call {
             CpuCall::Start { apic_id } => {
                 only_cpu0("StartCpus")?;
                 self.start(apic_id, log)
             }
-            CpuCall::Online { .. } if cpu == 0 => {
-                Err(VmmError::GuestProtocol(ProtocolError::Cpu0Online))
-            }
+            CpuCall::Online { .. } if cpu == 0 => Err(VmmError::from(ProtocolError::Cpu0Online)),
             CpuCall::Online {
                 cpu: claimed,
                 apic_id,
@@ -178,7 +175,7 @@ impl<'v> Cpus<'v> {
         {
             let state = self.lock();
             if state.started || self.count == 1 {
-                return Err(VmmError::GuestProtocol(ProtocolError::CannotStartCpus {
+                return Err(VmmError::from(ProtocolError::CannotStartCpus {
                     cpus: self.count,
                 }));
             }
@@ -200,10 +197,11 @@ impl<'v> Cpus<'v> {
                 None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        return Err(VmmError::CpuOffline {
+                        return Err(RunError::CpuOffline {
                             cpu: missing,
                             seconds: self.timeout.unwrap_or_default().as_secs_f64(),
-                        });
+                        }
+                        .into());
                     };
                     let waited = self.changed.wait_timeout(state, left);
                     waited.unwrap_or_else(|e| e.into_inner()).0
@@ -220,7 +218,7 @@ impl<'v> Cpus<'v> {
         apic_id: u64,
         log: &mut dyn Write,
     ) -> Result<(), VmmError> {
-        let protocol = VmmError::GuestProtocol;
+        let protocol = VmmError::from;
         if claimed != u64::from(cpu) || apic_id != u64::from(cpu) {
             return Err(protocol(ProtocolError::WrongIdentity {
                 cpu,
@@ -251,16 +249,18 @@ impl<'v> Cpus<'v> {
     fn named(&self, cpu: u32, error: VmmError) -> VmmError {
         let own = matches!(
             error,
-            VmmError::GuestPanic { .. }
-                | VmmError::TripleFault { .. }
-                | VmmError::GuestHalted { .. }
-                | VmmError::GuestProtocol(_)
+            VmmError::Run(
+                RunError::GuestPanic { .. }
+                    | RunError::TripleFault { .. }
+                    | RunError::GuestHalted { .. }
+                    | RunError::GuestProtocol(_)
+            )
         );
         if self.count > 1 && own {
-            VmmError::OnCpu {
+            VmmError::Run(RunError::OnCpu {
                 cpu,
-                error: Box::new(error),
-            }
+                error: Box::new(error.into()),
+            })
         } else {
             error
         }
@@ -324,7 +324,7 @@ mod tests {
 
     fn protocol(result: Result<bool, VmmError>) -> ProtocolError {
         match result {
-            Err(VmmError::GuestProtocol(e)) => e,
+            Err(VmmError::Run(RunError::GuestProtocol(e))) => e,
             other => panic!("expected a protocol error, got {other:?}"),
         }
     }
@@ -377,7 +377,10 @@ mod tests {
         let err = cpus
             .serve(0, start.clone(), log)
             .expect_err("cpu 2 never comes");
-        assert!(matches!(err, VmmError::CpuOffline { cpu: 2, .. }), "{err}");
+        assert!(
+            matches!(err, VmmError::Run(RunError::CpuOffline { cpu: 2, .. })),
+            "{err}"
+        );
         assert!(matches!(
             protocol(cpus.serve(0, start, log)),
             ProtocolError::CannotStartCpus { cpus: 3 }
@@ -394,7 +397,7 @@ mod tests {
     fn an_ended_vm_keeps_its_first_outcome() {
         let cpus = cpus(2);
         cpus.end(Ok(3));
-        cpus.end(Err(VmmError::JobPanicked));
+        cpus.end(Err(VmmError::KvmUnavailable("a later outcome".into())));
         assert!(cpus.stopped() && !cpus.wait_for_start());
         let (outcome, report) = cpus.run(&mut [], &test_memory(), &test_console(), |_| Ok(None));
         assert_eq!(outcome.ok(), Some(3));
@@ -406,6 +409,8 @@ mod tests {
     }
 
     fn test_console() -> Mutex<SerialConsole> {
-        Mutex::new(SerialConsole::new(crate::serial::ConsoleSink::new(false)))
+        Mutex::new(SerialConsole::new(mm_driver::console::ConsoleSink::new(
+            false,
+        )))
     }
 }

@@ -2,8 +2,9 @@
 //! pinged, and each served exactly the pings it was sent), and told as one line.
 #![forbid(unsafe_code)]
 
-use crate::error::{ProtocolError, VmmError};
+use crate::error::VmmError;
 use crate::hypercall::IpiReport;
+use mm_driver::protocol_error::ProtocolError;
 use shared_mm::smp::CpuSet;
 use std::fmt;
 
@@ -27,12 +28,10 @@ impl IpiRoundTrip {
     pub fn check(report: IpiReport, cpus: u32, tsc_khz: Option<u32>) -> Result<Self, VmmError> {
         let others = CpuSet::first(cpus).without(0);
         if report.targets != u64::from(others.bits()) || report.served.len() != cpus as usize {
-            return Err(VmmError::GuestProtocol(
-                ProtocolError::IpiReportIncomplete {
-                    targets: report.targets,
-                    counts: report.served.len(),
-                },
-            ));
+            return Err(VmmError::from(ProtocolError::IpiReportIncomplete {
+                targets: report.targets,
+                counts: report.served.len(),
+            }));
         }
         for (cpu, &served) in (0..cpus).zip(&report.served) {
             let sent = if others.contains(cpu) {
@@ -41,9 +40,11 @@ impl IpiRoundTrip {
                 0
             };
             if served != sent {
-                return Err(VmmError::GuestProtocol(
-                    ProtocolError::PingsUnacknowledged { cpu, served, sent },
-                ));
+                return Err(VmmError::from(ProtocolError::PingsUnacknowledged {
+                    cpu,
+                    served,
+                    sent,
+                }));
             }
         }
         Ok(IpiRoundTrip {
@@ -85,6 +86,7 @@ impl fmt::Display for IpiRoundTrip {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mm_driver::RunError;
 
     fn report(targets: u64, served: Vec<u64>) -> IpiReport {
         IpiReport {
@@ -123,7 +125,9 @@ mod tests {
             assert!(
                 matches!(
                     err,
-                    VmmError::GuestProtocol(ProtocolError::IpiReportIncomplete { .. })
+                    VmmError::Run(RunError::GuestProtocol(
+                        ProtocolError::IpiReportIncomplete { .. }
+                    ))
                 ),
                 "{err}"
             );

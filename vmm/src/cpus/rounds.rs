@@ -11,11 +11,12 @@
 //! end of each round (everyone quiescent); the driver gets the queue first, in order.
 #![forbid(unsafe_code)]
 
-use crate::driver::{CpuBatch, Driver, DriverError};
 use crate::error::VmmError;
 use crate::trace;
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
+use mm_driver::driver::{CpuBatch, Driver, DriverError};
+use mm_driver::protocol_error::ProtocolError;
 use shared_mm::abi::{Op, OpResult, SpaceRecord};
 use shared_mm::smp::{CpuSet, WORK_VECTOR};
 use shared_mm::trace::TraceRecord;
@@ -105,9 +106,7 @@ impl<'v> Rounds<'v> {
                 state.running = state.running.without(cpu);
                 state.results.push((cpu, results));
             } else if !results.is_empty() {
-                return Err(VmmError::GuestProtocol(
-                    crate::error::ProtocolError::UnaskedResults { cpu },
-                ));
+                return Err(VmmError::from(ProtocolError::UnaskedResults { cpu }));
             }
             if state.spaces.as_ref().is_none_or(|(g, _)| generation >= *g) {
                 state.spaces = Some((generation, spaces));
@@ -148,12 +147,12 @@ impl<'v> Rounds<'v> {
         results.sort_by_key(|(cpu, _)| *cpu);
         let round = driver
             .next_round(mem, &results, &spaces)
-            .map_err(VmmError::Driver)?;
+            .map_err(VmmError::from)?;
         let mut state = self.lock();
         match round {
             None => state.done = true,
             Some(batches) => {
-                check_round(&batches, self.count).map_err(VmmError::Driver)?;
+                check_round(&batches, self.count).map_err(VmmError::from)?;
                 for CpuBatch { cpu, ops } in batches {
                     state.running = state.running.with(cpu);
                     state.ready[cpu as usize] = Some(ops);
@@ -182,7 +181,7 @@ impl<'v> Rounds<'v> {
         if records.is_empty() {
             return Ok(());
         }
-        driver.trace(mem, &records).map_err(VmmError::Driver)
+        driver.trace(mem, &records).map_err(VmmError::from)
     }
 
     /// Sends the work interrupt to every CPU of `cpus` (APIC id = index).

@@ -1,10 +1,10 @@
 //! Guest memory at virtual addresses, as gdb reads and writes it: every page translated
-//! through the guest's current page tables by the host's own walker ([`crate::page_walk`]),
+//! through the guest's current page tables by the host's own walker ([`x86_paging::page_walk`]),
 //! nothing cached between calls, page permissions ignored (as ptrace does).
 
-use crate::page_walk::{translate, WalkError};
 use std::fmt;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use x86_paging::page_walk::{translate, WalkError};
 
 /// Why a virtual access stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,9 +126,9 @@ pub fn physical<M: GuestMemory + ?Sized>(mem: &M, cr3: u64, va: u64) -> Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page_walk::PageTableBuilder;
     use shared_mm::pte::{PageLevel, PageTableFlags as F, PAGE_SIZE_4K};
     use vm_memory::GuestMemoryMmap;
+    use x86_paging::page_walk::PageTableBuilder;
 
     const RAM: usize = 4 << 20;
 

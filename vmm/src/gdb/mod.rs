@@ -22,7 +22,8 @@ mod tlb_listing;
 pub use observer::{MmView, Observed};
 pub use session::{Stub, PACKET_BUFFER};
 
-use crate::excerpt::excerpt;
+use bounded_io::excerpt::excerpt;
+use mm_driver::stop::StopRequest;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -76,23 +77,6 @@ impl GdbError {
     /// Maps a failed KVM call `what` to its error.
     fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> GdbError {
         move |source| GdbError::Kvm { what, source }
-    }
-}
-
-/// A request from a driver to stop the guest under gdb before it runs on: `vmm replay
-/// --break-at-op N` makes one when it hands out op N. Without a gdb session it does nothing.
-#[derive(Clone, Debug, Default)]
-pub struct StopRequest(Arc<Mutex<Option<String>>>);
-
-impl StopRequest {
-    /// Asks for a stop at the next point the guest would run, saying why.
-    pub fn request(&self, why: String) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-    }
-
-    /// The pending request, if any, which this takes.
-    pub(crate) fn take(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 

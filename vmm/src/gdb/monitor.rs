@@ -5,15 +5,15 @@
 
 use super::observer::MmView;
 use super::tlb_listing;
-use crate::checker::{self, Finding};
-use crate::coherence::Coherence;
-use crate::driver::SpaceSnapshot;
 use crate::inspect::{space_report, Context};
-use crate::page_walk::{walk, WalkPath};
+use mm_checker::coherence::Coherence;
+use mm_checker::Finding;
+use mm_driver::driver::SpaceSnapshot;
 use shared_mm::abi::KERNEL_SPACE;
 use shared_mm::pte::{PageLevel, PageTableEntry, ADDRESS_MASK};
 use std::fmt::{self, Write};
 use vm_memory::GuestMemoryMmap;
+use x86_paging::page_walk::{walk, WalkPath};
 
 /// What `monitor help` prints.
 const HELP: &str = "\
@@ -210,7 +210,7 @@ impl Stopped<'_> {
         let kernel = self.view.kernel.as_ref()?;
         Some((
             kernel,
-            checker::check(self.mem, kernel, &self.view.trees, &self.view.refs),
+            mm_checker::check(self.mem, kernel, &self.view.trees, &self.view.refs),
         ))
     }
 
@@ -353,10 +353,10 @@ fn describe_walk(space: &str, cr3: u64, path: &WalkPath) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page_walk::PageTableBuilder;
     use shared_mm::abi::SpaceRecord;
     use shared_mm::pte::{PageTableFlags as F, PAGE_SIZE_4K};
     use vm_memory::GuestAddress;
+    use x86_paging::page_walk::PageTableBuilder;
 
     #[test]
     fn commands_parse_with_optional_spaces_and_hex_or_decimal_addresses() {

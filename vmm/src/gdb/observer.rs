@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 use super::snapshot_round::SnapshotRound;
-use crate::checker::{FrameReports, Refs};
-use crate::coherence::Coherence;
-use crate::driver::{Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk, SpaceSnapshot};
+use mm_checker::coherence::Coherence;
+use mm_checker::{FrameReports, Refs};
+use mm_driver::driver::{
+    Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk, SpaceSnapshot,
+};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use shared_mm::trace::TraceRecord;
 use std::sync::{Arc, Mutex};

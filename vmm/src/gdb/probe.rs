@@ -6,11 +6,12 @@
 //! the first time the stub needs its answer.
 
 use super::breakpoints::{Breakpoints, Hit, Planted, Watching};
-use crate::vm::{Vm, VmConfig};
+use crate::vm::Vm;
 use crate::VmmError;
 use gdbstub::target::ext::breakpoints::WatchKind;
 use kvm_bindings::{kvm_debug_exit_arch, kvm_guest_debug};
 use kvm_ioctls::VcpuExit;
+use mm_driver::GuestConfig;
 use shared_mm::boot_info::{KERNEL_VIRT_BASE, MAILBOX_ADDR, MIN_GUEST_RAM, PHYSMAP_BASE};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -28,10 +29,10 @@ fn probe(
     debug: impl FnOnce(u64) -> kvm_guest_debug,
     expect: impl FnOnce(&kvm_debug_exit_arch, u64) -> bool,
 ) -> Result<bool, VmmError> {
-    let config = VmConfig {
+    let config = GuestConfig {
         memory: MIN_GUEST_RAM,
         timeout: None,
-        ..VmConfig::default()
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
     };
     let mut vm = Vm::new(&config)?;
     let entry = vm.kernel().entry;

@@ -7,8 +7,7 @@
 use super::interrupt::InterruptWatch;
 use super::observer::{MmView, Observed, SharedView};
 use super::target::{DebugExit, GuestTarget, StopReason};
-use super::{Claim, GdbError, StopRequest};
-use crate::driver::Driver;
+use super::{Claim, GdbError};
 use crate::kick::Kick;
 use crate::vm::Debugger;
 use crate::VmmError;
@@ -17,6 +16,9 @@ use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubError};
 use kvm_bindings::kvm_debug_exit_arch;
 use kvm_ioctls::VcpuFd;
+use mm_driver::driver::Driver;
+use mm_driver::stop::StopRequest;
+use mm_driver::RunError;
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
@@ -100,10 +102,12 @@ pub struct Stub<'b> {
 /// The signal gdb is told a guest that ended with `error` got, when gdb may look at it.
 fn fatal_signal(error: &VmmError) -> Option<Signal> {
     match error {
-        VmmError::GuestPanic { .. } => Some(Signal::SIGABRT),
-        VmmError::TripleFault { .. } => Some(Signal::SIGSEGV),
-        VmmError::GuestHalted { .. } | VmmError::GuestProtocol(_) => Some(Signal::SIGILL),
-        VmmError::Timeout { .. } => Some(Signal::SIGALRM),
+        VmmError::Run(RunError::GuestPanic { .. }) => Some(Signal::SIGABRT),
+        VmmError::Run(RunError::TripleFault { .. }) => Some(Signal::SIGSEGV),
+        VmmError::Run(RunError::GuestHalted { .. } | RunError::GuestProtocol(_)) => {
+            Some(Signal::SIGILL)
+        }
+        VmmError::Run(RunError::Timeout { .. }) => Some(Signal::SIGALRM),
         _ => None,
     }
 }

@@ -2,7 +2,7 @@
 //! every live space's, while the guest waits with exactly those trees and tables.
 #![forbid(unsafe_code)]
 
-use crate::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use vm_memory::GuestMemoryMmap;
 

@@ -2,8 +2,8 @@
 //! trace replayed against the TLB model (the same replay the coherence checker runs).
 #![forbid(unsafe_code)]
 
-use crate::coherence::{Cached, Coherence};
 use crate::trace;
+use mm_checker::coherence::{Cached, Coherence};
 use std::fmt::Write;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 

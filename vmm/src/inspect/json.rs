@@ -2,8 +2,8 @@
 //! the integers a JSON reader is guaranteed to keep exactly.
 
 use super::{Owner, Report, Row, SpaceReport};
-use crate::checker::access_string;
-use crate::coherence::describe;
+use mm_checker::access_string;
+use mm_checker::trace_events::describe;
 use serde_json::{json, Value};
 
 fn hex(v: u64) -> String {

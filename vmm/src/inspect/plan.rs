@@ -1,7 +1,7 @@
 //! The plan `vmm inspect` runs: four address spaces (one forked) with regions of every kind of
 //! access, split by protect and unmap, some pages touched from ring 3 and some left untouched.
 
-use crate::scenario::Expect;
+use mm_scenario::Expect;
 use shared_mm::abi::access_bits::{EXECUTE, READ, SHARED, USER, WRITE};
 use shared_mm::abi::{FaultKind, Op, USER_SPACE_END};
 

@@ -4,11 +4,11 @@
 #![forbid(unsafe_code)]
 
 use super::{Owner, Row};
-use crate::checker::Refs;
-use crate::page_walk::Leaf;
+use mm_checker::Refs;
 use shared_mm::abi::access_bits::SHARED;
 use shared_mm::abi::RegionRecord;
 use std::collections::HashMap;
+use x86_paging::page_walk::Leaf;
 
 const PAGE: u64 = 4096;
 

@@ -4,7 +4,7 @@
 //! size, colours by access, stripes over copy-on-write and shared pages, and a legend.
 
 use super::{human_size, Owner, Report, Sharing, SpaceReport, PAGE};
-use crate::checker::access_string;
+use mm_checker::access_string;
 use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{KERNEL_SPACE_BASE, USER_SPACE_BASE, USER_TRAMPOLINE};
 use std::fmt::Write;

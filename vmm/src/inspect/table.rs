@@ -1,7 +1,7 @@
 //! The `info mem`-style text view of a [`Report`].
 
 use super::{region_label, Owner, Report, Row, Sharing, SpaceReport};
-use crate::coherence::describe;
+use mm_checker::trace_events::describe;
 use std::fmt::Write;
 
 impl Row {

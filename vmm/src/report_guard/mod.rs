@@ -9,7 +9,7 @@ mod bounds;
 
 pub use bounds::ReportBounds;
 
-use crate::driver::{CpuBatch, Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk};
+use mm_driver::driver::{CpuBatch, Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE, MAX_SPACES};
 use shared_mm::trace::TraceRecord;
 use std::collections::{BTreeMap, VecDeque};
@@ -255,7 +255,7 @@ impl Driver for ReportGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::Script;
+    use mm_driver::driver::Script;
     use shared_mm::abi::RegionRecord;
     use vm_memory::GuestAddress;
 

@@ -58,7 +58,7 @@ fn a_missing_or_invalid_recorded_kernel_exits_2() {
 
 #[test]
 fn an_entry_point_outside_the_loaded_segments_exits_2_before_the_guest_runs() {
-    let mut image = vmm::vm::EMBEDDED_KERNEL.to_vec();
+    let mut image = guest_image::EMBEDDED_KERNEL.to_vec();
     image[24..32].copy_from_slice(&0xffff_ffff_8000_0000u64.to_le_bytes());
     let kernel = scratch_file("entry-outside.elf", &image);
     let outcome = vmm_run(&["--kernel", path_of(&kernel)]);

@@ -1,0 +1,327 @@
+//! The scenario text format: header lines, comments, one step per line (an operation, its
+//! expected result after `=>`, a label after `#`) and `---` between batches; one parser, one
+//! printer, and errors that name the line.
+
+use crate::expect::{Expect, ExpectError};
+use crate::header::{self, HeaderError};
+use crate::ops::{op_from_line, op_to_line, OpError};
+use shared_mm::abi::Op;
+use std::fmt;
+use std::fmt::Write as _;
+
+/// The line that ends one batch and starts the next.
+pub const BATCH_SEPARATOR: &str = "---";
+
+/// One operation, what its result must be (`None`: anything, as in a reproducer), and a label
+/// that says what it shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub op: Op,
+    pub expect: Option<Expect>,
+    /// Empty for none.
+    pub label: String,
+    /// Where the step is in its file (1-based), 0 for a step made in code.
+    pub line: usize,
+}
+
+impl Step {
+    /// A step made in code, with no line.
+    pub fn new(op: Op, expect: Option<Expect>, label: &str) -> Step {
+        Step {
+            op,
+            expect,
+            label: label.into(),
+            line: 0,
+        }
+    }
+
+    /// The step as one line of the format.
+    pub fn to_line(&self) -> String {
+        let mut line = op_to_line(&self.op);
+        if let Some(expect) = &self.expect {
+            let _ = write!(line, " => {expect}");
+        }
+        if !self.label.is_empty() {
+            let _ = write!(line, "  # {}", self.label);
+        }
+        line
+    }
+}
+
+/// A scenario: `# key: value` header lines, then batches of steps. The guest runs each batch
+/// in one hypercall; a checked run checks the page tables after each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scenario {
+    /// Header lines, in order.
+    pub header: Vec<(String, String)>,
+    /// Never an empty batch.
+    pub batches: Vec<Vec<Step>>,
+}
+
+/// What is wrong with one line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineError {
+    Op(OpError),
+    Expect(ExpectError),
+    Header(HeaderError),
+}
+
+/// A line that does not parse, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    /// 1-based.
+    pub line: usize,
+    pub error: LineError,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: ", self.line)?;
+        match &self.error {
+            LineError::Op(e) => write!(f, "{e}"),
+            LineError::Expect(e) => write!(f, "{e}"),
+            LineError::Header(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// A `#` line: a header line when it reads `# key: value` with a header key, else a comment.
+fn header_line(comment: &str) -> Option<(&str, &str)> {
+    let (key, value) = comment.split_once(':')?;
+    let key = key.trim();
+    header::is_key(key).then(|| (key, value.trim()))
+}
+
+/// A step line: `op [=> expect] [# label]`.
+fn step(text: &str, line: usize) -> Result<Step, LineError> {
+    let (body, label) = text.split_once('#').unwrap_or((text, ""));
+    let (op, expect) = match body.split_once("=>") {
+        Some((op, expect)) => (op, Some(Expect::parse(expect).map_err(LineError::Expect)?)),
+        None => (body, None),
+    };
+    Ok(Step {
+        op: op_from_line(op).map_err(LineError::Op)?,
+        expect,
+        label: label.trim().into(),
+        line,
+    })
+}
+
+impl Scenario {
+    /// Every step, in order.
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.batches.iter().flatten()
+    }
+
+    /// Parses a scenario (a reproducer is one without expectations or separators).
+    pub fn parse(text: &str) -> Result<Scenario, ParseError> {
+        let mut scenario = Scenario::default();
+        let mut batch = Vec::new();
+        // The line each known header key was first given on.
+        let mut known: Vec<(String, usize)> = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let fail = |error| ParseError { line, error };
+            let text = raw.trim();
+            if text.is_empty() {
+                continue;
+            }
+            if text == BATCH_SEPARATOR {
+                if !batch.is_empty() {
+                    scenario.batches.push(std::mem::take(&mut batch));
+                }
+                continue;
+            }
+            let Some(comment) = text.strip_prefix('#') else {
+                batch.push(step(text, line).map_err(fail)?);
+                continue;
+            };
+            let Some((key, value)) = header_line(comment) else {
+                continue;
+            };
+            header::check(key, value).map_err(|e| fail(LineError::Header(e)))?;
+            if header::is_known(key) {
+                if let Some((_, first_line)) = known.iter().find(|(k, _)| k == key) {
+                    let twice = HeaderError::Twice {
+                        key: key.into(),
+                        first_line: *first_line,
+                    };
+                    return Err(fail(LineError::Header(twice)));
+                }
+                known.push((key.into(), line));
+            }
+            scenario.header.push((key.into(), value.into()));
+        }
+        if !batch.is_empty() {
+            scenario.batches.push(batch);
+        }
+        Ok(scenario)
+    }
+
+    /// The scenario as text, after a `# title` comment: the header, then each batch's steps,
+    /// with [`BATCH_SEPARATOR`] between batches. [`Scenario::parse`] reads it back unchanged
+    /// (but for line numbers, and line breaks in header values, which become `; `).
+    pub fn to_text(&self, title: &str) -> String {
+        let mut text = format!("# {title}\n");
+        for (key, value) in &self.header {
+            let one_line: Vec<&str> = value.lines().map(str::trim).collect();
+            let _ = writeln!(text, "# {key}: {}", one_line.join("; "));
+        }
+        for (i, batch) in self.batches.iter().enumerate() {
+            if i > 0 {
+                let _ = writeln!(text, "{BATCH_SEPARATOR}");
+            }
+            for step in batch {
+                let _ = writeln!(text, "{}", step.to_line());
+            }
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_mm::abi::{FaultKind, Status};
+
+    const EXAMPLE: &str = "\
+# a user's scenario
+# seed: 7
+
+# a comment, not a header: it has spaces before its colon
+create-space => value 1  # create space 1
+map-fixed space=1 addr=0x400000 size=0x2000 access=0xb => at 0x400000
+---
+touch-write space=1 addr=0x400000 value=5 => value 5  # write => read back
+touch-read space=1 addr=0x402000 => fault segv-no-region at 0x402000
+unmap space=1 addr=0x400000 size=0x2000
+---
+---
+map-fixed space=1 addr=0x400000 size=0x1000 access=0x100 => error bad-access
+";
+
+    fn without_lines(mut scenario: Scenario) -> Scenario {
+        for step in scenario.batches.iter_mut().flatten() {
+            step.line = 0;
+        }
+        scenario
+    }
+
+    #[test]
+    fn steps_labels_headers_and_batches_parse_with_their_lines() {
+        let s = Scenario::parse(EXAMPLE).expect("parses");
+        assert_eq!(s.header, [("seed".to_string(), "7".to_string())]);
+        let shape: Vec<usize> = s.batches.iter().map(Vec::len).collect();
+        assert_eq!(shape, [2, 3, 1], "empty batches are dropped");
+        let lines: Vec<usize> = s.steps().map(|s| s.line).collect();
+        assert_eq!(lines, [5, 6, 8, 9, 10, 13]);
+        let write = &s.batches[1][0];
+        assert_eq!(write.label, "write => read back");
+        assert_eq!(write.expect, Some(Expect::Value(5)));
+        assert_eq!(s.batches[0][1].label, "");
+        assert_eq!(
+            s.batches[1][1].expect,
+            Some(Expect::Fault {
+                kind: FaultKind::SegvNoRegion,
+                at: Some(0x40_2000)
+            })
+        );
+        assert_eq!(s.batches[1][2].expect, None, "no expectation: anything");
+        assert_eq!(
+            s.batches[2][0].expect,
+            Some(Expect::Error(Status::BadAccess))
+        );
+    }
+
+    #[test]
+    fn print_then_parse_gives_the_same_scenario() {
+        let parsed = Scenario::parse(EXAMPLE).expect("parses");
+        let text = parsed.to_text("printed");
+        let again = Scenario::parse(&text).expect("the printed text parses");
+        assert_eq!(without_lines(again.clone()), without_lines(parsed));
+        assert_eq!(again.to_text("printed"), text, "printing is a fixed point");
+        // A scenario made in code, with every expectation kind and none.
+        let op = Op::TouchRead {
+            space: 3,
+            addr: 0x1000,
+        };
+        let expects = [
+            None,
+            Some(Expect::Ok),
+            Some(Expect::Value(u64::MAX)),
+            Some(Expect::At(0x7fff_ffff_e000)),
+            Some(Expect::AlignedTo(1 << 30)),
+            Some(Expect::Error(Status::NoSuchSpace)),
+            Some(Expect::Fault {
+                kind: FaultKind::GeneralProtection,
+                at: None,
+            }),
+        ];
+        let made = Scenario {
+            header: vec![
+                ("memory-mib".into(), "64".into()),
+                ("note".into(), "".into()),
+            ],
+            batches: expects
+                .iter()
+                .map(|&e| vec![Step::new(op, e, "a label"), Step::new(op, e, "")])
+                .collect(),
+        };
+        let back = Scenario::parse(&made.to_text("made")).expect("parses");
+        assert_eq!(without_lines(back), made);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_what_is_wrong() {
+        let err = |text: &str| Scenario::parse(text).unwrap_err().to_string();
+        assert_eq!(
+            err("create-space\n\n# c\nunmap space=1 addr=0x1000\n"),
+            "line 4: unmap needs size="
+        );
+        assert_eq!(
+            err("create-space => value\n"),
+            "line 1: => value needs a number"
+        );
+        assert_eq!(err("=> ok\n"), "line 1: no operation");
+        assert_eq!(
+            err("create-space\n# seed: abc\n"),
+            "line 2: header seed: \"abc\" is not a number"
+        );
+        assert_eq!(
+            err("# backend: qemu\n"),
+            "line 1: header backend: \"qemu\" is not kvm or sim"
+        );
+        assert!(err("# guest-features: bug-stale-pte,bug-nope\n")
+            .starts_with("line 1: header guest-features: unknown feature \"bug-nope\""));
+        assert_eq!(
+            err("# seed: 1\ncreate-space\n# seed: 2\n"),
+            "line 3: header seed is given twice (first on line 1)"
+        );
+        assert_eq!(
+            err("touch-read space=0x1_0000_0000 addr=0\n"),
+            "line 1: space=0x100000000 does not fit in 32 bits"
+        );
+    }
+
+    #[test]
+    fn free_text_headers_may_repeat_and_anything_else_is_a_comment() {
+        let s = Scenario::parse(
+            "# note: one\n# note: two\n# Note: not a header\n# e.g.: neither\n#: nor\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            s.header,
+            [("note".into(), "one".into()), ("note".into(), "two".into())]
+        );
+        assert!(s.batches.is_empty());
+        assert_eq!(
+            Scenario::parse("# guest-features:\n")
+                .expect("parses")
+                .header,
+            [("guest-features".into(), "".into())],
+            "an empty feature list says: no seeded bugs"
+        );
+    }
+}
