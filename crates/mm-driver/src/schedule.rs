@@ -6,7 +6,9 @@
 //! A slice also ends early when its CPU waits or is done. Past its last slice, and in a round it
 //! does not list, a round runs each CPU until it waits or is done, the lowest-numbered runnable
 //! CPU first. In text (the `# schedule:` header of a scenario or reproducer), rounds are
-//! numbered from 1 in the order the guest runs them and separated by `;`:
+//! separated by `;` and numbered from 1 in the order the guest runs them, counting only the
+//! rounds where several CPUs have work (a round of one CPU has one schedule; a checked run
+//! adds rounds of its own for its snapshots, on CPU 0 alone):
 //!
 //! ```text
 //! # schedule: 2: cpu1:3 cpu0 cpu1; 4: cpu0:12 cpu1

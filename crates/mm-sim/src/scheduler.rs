@@ -83,7 +83,7 @@ impl CpuRun {
         };
         let op = self.op.map_or("nothing".into(), |op| format!("{op:?}"));
         let wants = match self.state {
-            State::Waiting(Wait::Lock(class)) => format!("waits for a {class} lock"),
+            State::Waiting(Wait::Lock(class)) => format!("waits for a lock of class {class}"),
             State::Waiting(Wait::Acks) => "waits for shootdown acknowledgements".into(),
             State::Runnable => "is runnable".into(),
             State::Idle => "is idle".into(),
@@ -207,8 +207,11 @@ pub struct Scheduler {
     /// The CPU whose coroutine runs now (`None` in the loop).
     pub running: Option<u32>,
     policy: Policy,
-    /// The round (from 1), its preemption points so far and its operations.
+    /// The round (from 1, counting only rounds where several CPUs have work), its preemption
+    /// points so far and its operations.
     round: u64,
+    /// Whether one CPU alone has work this round: it runs, and there is nothing to choose.
+    solo: bool,
     round_points: u64,
     ops: usize,
     slice: Option<Running>,
@@ -229,6 +232,7 @@ impl Scheduler {
             running: None,
             policy,
             round: 0,
+            solo: true,
             round_points: 0,
             ops: 0,
             slice: None,
@@ -239,14 +243,18 @@ impl Scheduler {
 
     /// A new round: the CPUs with work (`ops` operations in all) become runnable.
     pub fn start_round(&mut self, with_work: &[u32], ops: usize) {
+        for &cpu in with_work {
+            self.cpus[cpu as usize].state = State::Runnable;
+        }
+        self.solo = with_work.len() < 2;
+        if self.solo {
+            return;
+        }
         self.round += 1;
         self.round_points = 0;
         self.ops = ops;
         self.slice = None;
         self.ran.clear();
-        for &cpu in with_work {
-            self.cpus[cpu as usize].state = State::Runnable;
-        }
         match &mut self.policy {
             Policy::Pct(pct) => pct.start(with_work, ops),
             Policy::Written { at, .. } => *at = 0,
@@ -256,6 +264,9 @@ impl Scheduler {
     /// The round is over: what it ran goes to the schedule taken, less the slices at its end
     /// that the default would have run so.
     pub fn end_round(&mut self) {
+        if self.solo {
+            return;
+        }
         self.close_slice();
         while self
             .ran
@@ -300,6 +311,9 @@ impl Scheduler {
 
     /// The CPU to run now. Asking twice without a change gives the same answer.
     pub fn pick(&mut self) -> Option<u32> {
+        if self.solo {
+            return self.lowest_runnable(None);
+        }
         match &mut self.policy {
             Policy::Pct(pct) => {
                 let cpus = &self.cpus;
@@ -343,11 +357,20 @@ impl Scheduler {
     /// The loop resumes `cpu`: the slice running goes on, or a new one starts.
     pub fn resume(&mut self, cpu: u32) {
         self.running = Some(cpu);
+        if self.solo {
+            return;
+        }
         let script = self.script_slice(cpu);
         if script.is_none() && self.slice.is_some_and(|s| s.cpu == cpu) {
             return;
         }
-        let by_default = self.by_default() == Some(cpu);
+        // What the default would run now: another CPU than one preempted (a slice left while
+        // its CPU could go on ends at its limit, when replayed), else the lowest runnable.
+        let default = match self.slice {
+            Some(s) if self.runnable(s.cpu) => self.lowest_runnable(Some(s.cpu)),
+            _ => self.lowest_runnable(None),
+        };
+        let by_default = default == Some(cpu);
         self.close_slice();
         self.ran.push(Ran {
             slice: Slice { cpu, points: None },
@@ -374,6 +397,9 @@ impl Scheduler {
     /// CPU `cpu` (running) is at a preemption point: counts it, and applies a PCT change point.
     /// Returns whether `cpu` must stop for another.
     pub fn point(&mut self, cpu: u32) -> bool {
+        if self.solo {
+            return false;
+        }
         self.round_points += 1;
         if let Some(s) = &mut self.slice {
             s.points += 1;
@@ -449,5 +475,60 @@ impl Scheduler {
             .filter(|&c| self.cpus[c as usize].state != State::Idle)
             .map(|c| self.cpus[c as usize].describe(c))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cpu_waiting_on_a_lock_is_a_deadlock_naming_held_and_wanted_locks() {
+        let mut sched = Scheduler::new(2, None, 1);
+        sched.start_round(&[0, 1], 2);
+        sched.cpus[0].held.push(LockClass::Frames);
+        sched.cpus[0].op = Some(Op::CreateSpace);
+        sched.wait(0, Wait::Lock(LockClass::Object));
+        sched.cpus[1]
+            .held
+            .extend([LockClass::Space, LockClass::Object]);
+        sched.wait(1, Wait::Lock(LockClass::Frames));
+        assert_eq!(sched.pick(), None);
+        assert!(sched.anyone_waits());
+        assert_eq!(
+            sched.deadlock(),
+            [
+                "cpu 0 holds frames, waits for a lock of class object, running CreateSpace",
+                "cpu 1 holds space, object, waits for a lock of class frames, running nothing"
+            ]
+        );
+        sched.released(LockClass::Object);
+        assert_eq!(sched.pick(), Some(0), "a release wakes its waiters");
+    }
+
+    #[test]
+    fn a_written_schedule_runs_its_slices_then_the_default() {
+        let schedule: Schedule = "1: cpu1:2 cpu0".parse().expect("a schedule");
+        let mut sched = Scheduler::new(2, Some(schedule), 0);
+        sched.start_round(&[0, 1], 2);
+        assert_eq!(sched.pick(), Some(1));
+        sched.resume(1);
+        assert!(!sched.point(1), "within its slice");
+        assert!(sched.point(1), "its second point ends it");
+        assert_eq!(sched.pick(), Some(0));
+        sched.resume(0);
+        assert!(!sched.point(0));
+        sched.done(0);
+        assert_eq!(
+            sched.pick(),
+            Some(1),
+            "then the default: the lowest runnable"
+        );
+        sched.resume(1);
+        sched.done(1);
+        assert_eq!(sched.pick(), None);
+        sched.end_round();
+        // cpu0 after the preempted cpu1 is what the default runs: left out.
+        assert_eq!(sched.taken().to_string(), "1: cpu1:2");
     }
 }

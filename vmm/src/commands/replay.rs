@@ -38,8 +38,10 @@ pub fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyh
             bounded_io::excerpt::path(file)
         );
     }
-    let guest = recorded_args(guest, &Settings::of(&repro.header)?)?;
+    let settings = Settings::of(&repro.header)?;
+    let guest = recorded_args(guest, &settings)?;
     let (mut vm, backends) = config(&guest, GuestCommand::Serve)?;
+    vm.schedule = settings.schedule;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
         let cpus = match guest.cpus() {
