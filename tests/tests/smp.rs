@@ -8,7 +8,7 @@ use integration_tests::{boot, config, minimal_elf, Finished, TEST_MEMORY};
 use mm_checker::Checked;
 use mm_driver::driver::{CpuBatch, RoundScript};
 use mm_driver::RunError;
-use mm_driver::{Boot, GuestConfig};
+use mm_driver::{Boot, Guest, GuestConfig};
 use shared_mm::abi::access_bits::{READ, USER, WRITE};
 use shared_mm::abi::{FaultKind, Op, KERNEL_SPACE};
 use shared_mm::boot_info::{GuestCommand, KERNEL_PHYS_BASE, MIN_GUEST_RAM};
@@ -266,17 +266,22 @@ fn shootdown_rounds() -> Vec<Vec<CpuBatch>> {
     ]
 }
 
-/// Runs [`shootdown_rounds`] checked on kvm with two CPUs, with `bugs` planted (a guest
-/// variant); returns the findings' rules, the trace and the results.
-fn run_shootdown_rounds(bugs: &[&str]) -> (Vec<String>, RoundScript) {
+/// A kvm guest of two CPUs serving MM work, with `bugs` planted (a guest variant).
+fn boot_two_cpus(bugs: &[&str]) -> Box<dyn Guest> {
     let mut config = with_cpus(2, GuestCommand::Serve);
     if !bugs.is_empty() {
         let elf = guest_image::variant::build_variant(bugs).unwrap_or_else(|e| panic!("{e}"));
         config.kernel = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
     }
-    let mut vm = Backends::default()
+    Backends::default()
         .boot(&config)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs [`shootdown_rounds`] checked on kvm with two CPUs, with `bugs` planted (a guest
+/// variant); returns the findings' rules, the trace and the results.
+fn run_shootdown_rounds(bugs: &[&str]) -> (Vec<String>, RoundScript) {
+    let mut vm = boot_two_cpus(bugs);
     let mut checked = Checked::new(RoundScript::new(shootdown_rounds()));
     let status = vm.run(&mut checked);
     assert_eq!(status.ok(), Some(0), "{}", vm.console_output());
@@ -383,14 +388,7 @@ fn fault_race_rounds(races: u32) -> Vec<Vec<CpuBatch>> {
 /// Runs [`fault_race_rounds`] checked on kvm with two CPUs and `bugs`; returns the spaces
 /// whose race the checker found a fault in (one per race), and every rule it found.
 fn run_fault_races(bugs: &[&str]) -> (BTreeSet<u32>, BTreeSet<String>) {
-    let mut config = with_cpus(2, GuestCommand::Serve);
-    if !bugs.is_empty() {
-        let elf = guest_image::variant::build_variant(bugs).unwrap_or_else(|e| panic!("{e}"));
-        config.kernel = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
-    }
-    let mut vm = Backends::default()
-        .boot(&config)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut vm = boot_two_cpus(bugs);
     let mut checked = Checked::new(RoundScript::new(fault_race_rounds(FAULT_RACES)));
     let status = vm.run(&mut checked);
     assert!(

@@ -638,17 +638,7 @@ fn smp(rows: &mut Vec<Row>) {
         3
     );
     let throughput = |cpus| {
-        let ops = (0..3).map(|_| {
-            let mut config = campaign(Backend::Kvm, 1_500, SeededBugs::NONE, "smp-throughput");
-            config.vm.cpus = cpus;
-            let report = run_campaign_or_die(&config);
-            assert!(
-                report.bugs.is_empty(),
-                "the correct MM had findings: {:?}",
-                report.bugs
-            );
-            report.ops_per_second()
-        });
+        let ops = (0..3).map(|_| fuzz_throughput_on(Backend::Kvm, 1_500, true, cpus));
         median(ops.collect())
     };
     let (one, two) = (throughput(1), throughput(2));
@@ -1088,8 +1078,14 @@ fn fuzz_throughput(backend: Backend, ops: u64) -> f64 {
 /// [`fuzz_throughput`], with the placement rules (best-fit policy, probe and uniformity
 /// tests) on or off.
 fn fuzz_throughput_with(backend: Backend, ops: u64, placement_rules: bool) -> f64 {
+    fuzz_throughput_on(backend, ops, placement_rules, 1)
+}
+
+/// [`fuzz_throughput_with`] on a guest of `cpus` CPUs.
+fn fuzz_throughput_on(backend: Backend, ops: u64, placement_rules: bool, cpus: u32) -> f64 {
     let mut config = campaign(backend, ops, SeededBugs::NONE, "throughput");
     config.placement_rules = placement_rules;
+    config.vm.cpus = cpus;
     let report = run_campaign_or_die(&config);
     assert!(
         report.bugs.is_empty(),

@@ -15,7 +15,9 @@ mod table;
 use crate::VmmError;
 use mm_checker::coherence::Coherence;
 use mm_checker::{access_string, Finding, FrameReports, Refs};
-use mm_driver::driver::{CpuBatch, Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{
+    results_of, CpuBatch, Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot,
+};
 use mm_driver::{Boot, GuestConfig};
 use mm_scenario::Expect;
 use shared_mm::abi::{
@@ -492,8 +494,7 @@ impl Driver for Inspector {
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
         let on_cpu0 = |ops| vec![CpuBatch { cpu: 0, ops }];
-        let own = results.iter().find(|(cpu, _)| *cpu == 0);
-        let own = own.map_or(&[][..], |(_, r)| r.as_slice());
+        let own = results_of(results, 0);
         let planned = self.sent == self.batches.len() && self.snapshots.is_none();
         match self.visited {
             (false, _) if planned && self.cpus > 1 => {
