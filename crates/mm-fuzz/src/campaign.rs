@@ -214,7 +214,10 @@ impl Shared<'_> {
         ));
         let original_len = run.sent.len();
         let shrink_start = Instant::now();
-        let (ops, failure) = if config.shrink {
+        // With several CPUs a failure keeps its rounds: it is saved as found, unshrunk (the
+        // shrinker and the sim twin run one CPU).
+        let several = config.vm.cpus > 1;
+        let (ops, failure) = if config.shrink && !several {
             self.bar
                 .set_message(format!("shrinking {} ops", run.sent.len()));
             reduce(config, self.backends, &run, &found, &|line| self.say(line))?
@@ -235,20 +238,22 @@ impl Shared<'_> {
                 return Ok(());
             }
         }
-        let mut repro = Reproducer {
-            header: vec![
-                ("failure".into(), failure.signature.to_string()),
-                ("detail".into(), failure.description.clone()),
-                ("seed".into(), config.seed.to_string()),
-                ("job".into(), job.to_string()),
-                ("backend".into(), config.vm.backend.to_string()),
-                ("guest-features".into(), config.guest_features.join(",")),
-                ("kernel".into(), config.kernel_label.clone()),
-                ("memory-mib".into(), (config.vm.memory >> 20).to_string()),
-                ("found-after-ops".into(), ops_to_find.to_string()),
-                ("original-length".into(), original_len.to_string()),
-            ],
-            ops,
+        let header = vec![
+            ("failure".into(), failure.signature.to_string()),
+            ("detail".into(), failure.description.clone()),
+            ("seed".into(), config.seed.to_string()),
+            ("job".into(), job.to_string()),
+            ("backend".into(), config.vm.backend.to_string()),
+            ("guest-features".into(), config.guest_features.join(",")),
+            ("kernel".into(), config.kernel_label.clone()),
+            ("memory-mib".into(), (config.vm.memory >> 20).to_string()),
+            ("found-after-ops".into(), ops_to_find.to_string()),
+            ("original-length".into(), original_len.to_string()),
+        ];
+        let mut repro = if several {
+            Reproducer::with_rounds(header, ops, &run.cpus, &run.batch_starts)
+        } else {
+            Reproducer::with_rounds(header, ops, &[], &[])
         };
         repro.header.extend(cpus_line(config.vm.cpus));
         std::fs::create_dir_all(&config.out_dir).map_err(|source| FuzzError::Output {
