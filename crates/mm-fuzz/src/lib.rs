@@ -18,6 +18,7 @@ pub mod rebase;
 pub mod repro;
 pub mod self_check;
 pub mod shrink;
+pub mod shrink_rounds;
 pub mod uniformity;
 
 use crate::coverage::{CoverageMap, CoverageSet};
@@ -689,6 +690,9 @@ pub struct Run {
     pub cpus: Vec<u32>,
     /// Where each batch (a round, with several CPUs) starts in `sent`.
     pub batch_starts: Vec<usize>,
+    /// The schedule the sim's CPUs ran (its rounds that did not run as the default would);
+    /// `None` where the backend does not choose it.
+    pub schedule: Option<mm_driver::Schedule>,
 }
 
 /// Runs `session` on a fresh guest; returns the operations it sent and how it failed, if it
@@ -728,6 +732,7 @@ pub fn run_session(
         Err(e @ RunError::TripleFault { .. }) => Some(("triple fault", e.to_string())),
         Err(e @ RunError::Timeout { .. }) => Some(("hang", e.to_string())),
         Err(e @ RunError::LockOrder { .. }) => Some(("lock-order finding", e.to_string())),
+        Err(e @ RunError::Deadlock { .. }) => Some(("deadlock", e.to_string())),
         Err(
             e @ (RunError::GuestHalted { .. } | RunError::GuestProtocol(_) | RunError::Driver(_)),
         ) => Some(("protocol error", e.to_string())),
@@ -744,6 +749,7 @@ pub fn run_session(
         results: session.results,
         cpus: session.sent_cpus,
         batch_starts: session.batch_starts,
+        schedule: vm.schedule(),
         failure,
     })
 }
