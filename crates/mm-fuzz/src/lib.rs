@@ -299,6 +299,11 @@ pub struct Session<'g, 'f, 'p> {
     pub sent_cpus: Vec<u32>,
     /// Where each batch (a round, with several CPUs) starts in `sent`.
     pub batch_starts: Vec<usize>,
+    /// Whether some batches race a touch against an unmap or protect of its page on another
+    /// CPU ([`Session::race`]): on the sim, whose scheduler chooses the interleaving.
+    races: bool,
+    /// Rounds of the current batch still to hand out.
+    queued: VecDeque<Vec<CpuBatch>>,
 }
 
 impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
@@ -321,7 +326,15 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             cpus: 1,
             sent_cpus: Vec::new(),
             batch_starts: Vec::new(),
+            races: false,
+            queued: VecDeque::new(),
         }
+    }
+
+    /// The same session racing touches against unmaps and protects of their pages in one
+    /// batch of four (with several CPUs): for the sim, where every such round replays exactly.
+    pub fn with_races(self, races: bool) -> Self {
+        Session { races, ..self }
     }
 
     /// The same session for a guest of `cpus` CPUs: each batch runs as a round, its ops spread
@@ -419,6 +432,9 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             );
             return self.fail(Signature::Crash("protocol error"), why);
         }
+        if self.judge_race(&batch, results).is_some() {
+            return;
+        }
         let first_index = self.sent.len() - batch.len();
         for (i, (op, got)) in batch.iter().zip(results).enumerate() {
             let index = first_index + i;
@@ -506,6 +522,72 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
         batch
     }
 
+    /// With races on, one batch in four whose ops include an unmap or protect and a touch of a
+    /// page it covers, in the same space: the ops before the unmap or protect, a round of two
+    /// where CPU 0 runs it and CPU 1 the touch, and the ops after. The model judges that round
+    /// in either order ([`Session::judge_race`]); the sim's scheduler chooses the interleaving,
+    /// so a fault path that races the unmap is found and replays.
+    fn race(&self, batch: &[Op]) -> Option<(Vec<Op>, Vec<CpuBatch>, Vec<Op>)> {
+        let round = self.batch_starts.len() as u64;
+        if !self.races || self.cpus < 2 || splitmix(round ^ 0x7ace) % 4 != 0 {
+            return None;
+        }
+        let covers = |change: &Op, touch: &Op| match (change, touch) {
+            (
+                Op::Unmap { space, addr, size }
+                | Op::Protect {
+                    space, addr, size, ..
+                },
+                Op::TouchRead { space: s, addr: at }
+                | Op::TouchWrite {
+                    space: s, addr: at, ..
+                },
+            ) => space == s && (*addr..addr.saturating_add(*size)).contains(at),
+            _ => false,
+        };
+        let (change, touch) = (0..batch.len()).find_map(|c| {
+            let t = (0..batch.len()).find(|&t| t != c && covers(&batch[c], &batch[t]))?;
+            Some((c, t))
+        })?;
+        let rest = |range: std::ops::Range<usize>| -> Vec<Op> {
+            range.filter(|&i| i != touch).map(|i| batch[i]).collect()
+        };
+        let race = vec![
+            CpuBatch {
+                cpu: 0,
+                ops: vec![batch[change]],
+            },
+            CpuBatch {
+                cpu: 1,
+                ops: vec![batch[touch]],
+            },
+        ];
+        Some((rest(0..change), race, rest(change + 1..batch.len())))
+    }
+
+    /// A round of two ops on one space on two CPUs: its results hold if either order explains
+    /// them (the model then follows that order). `None` if the round is not one, or neither
+    /// order does (then the ops are judged as sent, and the mismatch shows).
+    fn judge_race(&mut self, batch: &[Op], results: &[OpResult]) -> Option<()> {
+        let start = self.sent.len() - batch.len();
+        let cpus = &self.sent_cpus[start..];
+        let ([a, b], [ra, rb]) = (batch, results) else {
+            return None;
+        };
+        if cpus[0] == cpus[1] || a.space()? != b.space()? {
+            return None;
+        }
+        let explains = |first: (&Op, &OpResult), second: (&Op, &OpResult)| {
+            let mut model = self.model.clone();
+            let holds = model.apply(first.0, first.1).is_none()
+                && model.apply(second.0, second.1).is_none();
+            holds.then_some(model)
+        };
+        let model = explains((a, ra), (b, rb)).or_else(|| explains((b, rb), (a, ra)))?;
+        self.model = model;
+        Some(())
+    }
+
     /// `batch` as a round for the guest's CPUs. Ops on different spaces commute, so the model
     /// judges a round as if CPU 0's ops ran first, then CPU 1's, and so on, when the spaces the
     /// CPUs work on are disjoint and nothing of one space reaches another: only a space whose
@@ -517,6 +599,9 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     /// report runs on CPU 0 alone (those are CPU 0's, between rounds). Same-space races are
     /// the directed tests' (tests/tests/smp.rs), not the fuzzer's.
     fn split(&self, batch: Vec<Op>) -> Vec<CpuBatch> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
         let reports = batch
             .iter()
             .any(|op| matches!(op, Op::Snapshot { .. } | Op::Frames { .. }));
@@ -561,14 +646,26 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
         if self.done() {
             return None;
         }
-        let round = match &mut self.source {
-            Source::Rounds(rounds) => rounds.pop_front()?,
-            _ => {
+        let round = match (self.queued.pop_front(), &mut self.source) {
+            (Some(round), _) => round,
+            (None, Source::Rounds(rounds)) => rounds.pop_front()?,
+            (None, _) => {
                 let batch = self.next_ops();
                 if batch.is_empty() {
                     return None;
                 }
-                self.split(batch)
+                match self.race(&batch) {
+                    Some((before, race, after)) => {
+                        let after = self.split(after);
+                        self.queued.push_back(race);
+                        self.queued.extend((!after.is_empty()).then_some(after));
+                        match self.split(before) {
+                            round if round.is_empty() => self.queued.pop_front()?,
+                            round => round,
+                        }
+                    }
+                    None => self.split(batch),
+                }
             }
         };
         self.last_batch = self.sent.len();
@@ -708,7 +805,8 @@ pub fn run_session(
         .with_frame_budget(guest_boot::boot_memory::available_frames(
             &config.boot_spec(),
         ))
-        .on_cpus(config.cpus);
+        .on_cpus(config.cpus)
+        .with_races(config.backend == mm_driver::Backend::Sim);
     let mut driver = Checked::new(session);
     driver.stop_on_finding = true;
     let outcome = if check {

@@ -10,10 +10,11 @@ use crate::error::FuzzError;
 use crate::shrink::{pin_placements, shrink_tagged, Budget};
 use crate::{replay_rounds, Failure, Run, Signature};
 use mm_driver::driver::CpuBatch;
-use mm_driver::schedule::Schedule;
+use mm_driver::schedule::{Schedule, Slice};
 use mm_driver::{Boot, GuestConfig};
 use shared_mm::abi::Op;
 use std::cell::Cell;
+use std::collections::BTreeMap;
 
 /// A failure of several CPUs, shrunk.
 #[derive(Clone, Debug)]
@@ -66,6 +67,52 @@ fn rounds_of(tags: &[u64], ops: &[Op]) -> Vec<Vec<CpuBatch>> {
         .collect()
 }
 
+/// A schedule's slices by the round they belong to (the tags' round, which stays as ops go),
+/// not by the number the schedule gives it (which counts only rounds of several CPUs, so
+/// dropping ops renumbers it).
+type ByRound = BTreeMap<u64, Vec<Slice>>;
+
+/// The rounds of `tags` where several CPUs have work, in order.
+fn concurrent_rounds(tags: &[u64]) -> Vec<u64> {
+    let mut rounds: Vec<(u64, Vec<u32>)> = Vec::new();
+    for &tag in tags {
+        let round = tag >> 8;
+        if rounds.last().is_none_or(|(r, _)| *r != round) {
+            rounds.push((round, Vec::new()));
+        }
+        if let Some((_, cpus)) = rounds.last_mut() {
+            if !cpus.contains(&cpu_of(tag)) {
+                cpus.push(cpu_of(tag));
+            }
+        }
+    }
+    rounds
+        .into_iter()
+        .filter(|(_, cpus)| cpus.len() > 1)
+        .map(|(round, _)| round)
+        .collect()
+}
+
+/// The schedule's slices by round, for ops tagged `tags`.
+fn by_round(schedule: &Schedule, tags: &[u64]) -> ByRound {
+    let rounds = concurrent_rounds(tags);
+    let slices = schedule.rounds.iter().filter_map(|(&number, slices)| {
+        let round = *rounds.get(usize::try_from(number).ok()?.checked_sub(1)?)?;
+        Some((round, slices.clone()))
+    });
+    slices.collect()
+}
+
+/// The schedule of `by_round` for ops tagged `tags`, numbered as the sim counts.
+fn numbered(by_round: &ByRound, tags: &[u64]) -> Schedule {
+    let rounds = concurrent_rounds(tags).into_iter().zip(1u64..);
+    let numbered =
+        rounds.filter_map(|(round, number)| Some((number, by_round.get(&round)?.clone())));
+    Schedule {
+        rounds: numbered.collect(),
+    }
+}
+
 /// What one candidate is replayed against.
 struct Replayer<'a> {
     backends: &'a dyn Boot,
@@ -83,12 +130,12 @@ impl Replayer<'_> {
         tags: &[u64],
         ops: &[Op],
         cpus: u32,
-        schedule: &Schedule,
+        schedule: &ByRound,
     ) -> Result<Option<Run>, FuzzError> {
         self.replays.set(self.replays.get() + 1);
         let config = GuestConfig {
             cpus,
-            schedule: Some(schedule.clone()),
+            schedule: Some(numbered(schedule, tags)),
             ..self.config.clone()
         };
         let run = replay_rounds(self.backends, &config, rounds_of(tags, ops), self.check)?;
@@ -121,12 +168,10 @@ pub fn shrink_rounds(
         tags.push(tag(round, cpu));
     }
     let mut cpus = config.cpus;
-    let mut schedule = run.schedule.clone().unwrap_or_default();
-    if replayer
-        .fails(&tags, &run.sent, cpus, &Schedule::default())?
-        .is_some()
-    {
-        schedule = Schedule::default();
+    let none = ByRound::new();
+    let mut schedule = by_round(&run.schedule.clone().unwrap_or_default(), &tags);
+    if replayer.fails(&tags, &run.sent, cpus, &none)?.is_some() {
+        schedule = none;
     }
     // Later ops keep aiming at the same regions when earlier placements go.
     let pinned = pin_placements(&run.sent, &run.results);
@@ -154,21 +199,21 @@ pub fn shrink_rounds(
         cpus = fewer;
     }
     // Fewer preemptions: whole rounds of the schedule, then single slices.
-    for round in schedule.rounds.keys().copied().collect::<Vec<_>>() {
+    for round in schedule.keys().copied().collect::<Vec<_>>() {
         let mut fewer = schedule.clone();
-        fewer.rounds.remove(&round);
+        fewer.remove(&round);
         if replayer.fails(&tags, &ops, cpus, &fewer)?.is_some() {
             schedule = fewer;
         }
     }
-    for round in schedule.rounds.keys().copied().collect::<Vec<_>>() {
+    for round in schedule.keys().copied().collect::<Vec<_>>() {
         let mut at = 0;
-        while at < schedule.round(round).len() {
+        while at < schedule.get(&round).map_or(0, Vec::len) {
             let mut fewer = schedule.clone();
-            let slices = fewer.rounds.entry(round).or_default();
+            let slices = fewer.entry(round).or_default();
             slices.remove(at);
             if slices.is_empty() {
-                fewer.rounds.remove(&round);
+                fewer.remove(&round);
             }
             if replayer.fails(&tags, &ops, cpus, &fewer)?.is_some() {
                 schedule = fewer;
