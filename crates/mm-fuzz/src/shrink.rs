@@ -971,7 +971,7 @@ mod tests {
             addr: if space == 3 { 0x4000 } else { 0x1000 },
         }));
         let mut replays = Vec::new();
-        let fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
+        let mut fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
             replays.push(ops.len());
             let created = ops.iter().filter(|op| **op == Op::CreateSpace).count() as u32;
             let hit = ops.iter().position(|op| {
@@ -983,7 +983,11 @@ mod tests {
             prefix: ops.len(),
             spaces: vec![3],
         };
-        let shrunk = shrink_from(&ops, Some(shown), Budget::default(), fails).expect("no VM");
+        let untagged = vec![0; ops.len()];
+        let shrunk = shrink_from(&ops, &untagged, Some(shown), Budget::default(), |_, ops| {
+            fails(ops)
+        })
+        .expect("no VM");
         assert_eq!(shrunk.ops, one_space_touched_at_0x4000());
         // The first candidate already held only the third space.
         assert_eq!(replays[0], 2);
@@ -1006,7 +1010,7 @@ mod tests {
             },
         ]);
         let mut replays = Vec::new();
-        let fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
+        let mut fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
             replays.push(ops.to_vec());
             let mut made = 0;
             let hit = ops.iter().position(|op| match *op {
@@ -1027,7 +1031,11 @@ mod tests {
             prefix: ops.len(),
             spaces: vec![2],
         };
-        let shrunk = shrink_from(&ops, Some(shown), Budget::default(), fails).expect("no VM");
+        let untagged = vec![0; ops.len()];
+        let shrunk = shrink_from(&ops, &untagged, Some(shown), Budget::default(), |_, ops| {
+            fails(ops)
+        })
+        .expect("no VM");
         assert_eq!(shrunk.ops, one_space_touched_at_0x4000());
         // The first candidate already held only the fork, made a fresh space.
         assert_eq!(replays[0], one_space_touched_at_0x4000());
