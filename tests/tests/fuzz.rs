@@ -464,9 +464,11 @@ fn every_smp_seeded_bug_is_found_and_shrunk_on_two_simulated_cpus() {
         };
         for _ in 0..3 {
             let failure = match repro.cpu_rounds() {
-                Some(rounds) => replay_rounds(&Backends::default(), &vm, rounds, true)
-                    .expect("replays")
-                    .failure,
+                Some(rounds) => {
+                    replay_rounds(&Backends::default(), &vm, rounds, true)
+                        .expect("replays")
+                        .failure
+                }
                 None => replay(&Backends::default(), &vm, &repro.ops, 1, true)
                     .expect("replays")
                     .map(|(f, _)| f),

@@ -1180,6 +1180,79 @@ fn fuzz_backends(rows: &mut Vec<Row>) {
     }
 }
 
+/// Several CPUs on the sim (issue 29), seed 1: each SMP seeded bug found and shrunk with two
+/// CPUs (time, reproducer length, preemptions in its schedule), fuzzing with two CPUs against
+/// one, and the correct MM over 10^6 ops on four.
+fn sim_smp(rows: &mut Vec<Row>) {
+    let smp_bugs = [
+        Bug::ShootdownLocalOnly,
+        Bug::ShootdownMissesLazy,
+        Bug::FreeBeforeAck,
+        Bug::FaultNoRecheck,
+        Bug::LockOrder,
+    ];
+    for bug in smp_bugs {
+        eprintln!(
+            "bench: {} on the sim with 2 CPUs, found and shrunk",
+            bug.feature()
+        );
+        let mut config = campaign(
+            Backend::Sim,
+            1_000_000,
+            SeededBugs::NONE.with(bug),
+            bug.feature(),
+        );
+        config.vm.cpus = 2;
+        let name = format!("sim 2 CPUs: {}", bug.feature());
+        let report = run_campaign(&config, &Backends::default())
+            .unwrap_or_else(|e| panic!("bench campaign: {e}"));
+        let Some(found) = report.bugs.first() else {
+            rows.push(
+                Row::new(format!("{name} not found in 10^6 ops"), f64::NAN, "s")
+                    .goal(Goal::ValueAtMost(5.0)),
+            );
+            continue;
+        };
+        let text = std::fs::read_to_string(&found.repro_path).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&config.out_dir);
+        let preemptions = mm_scenario::format::Scenario::parse(&text)
+            .ok()
+            .and_then(|s| mm_scenario::header::Settings::of(&s.header).ok())
+            .and_then(|s| s.schedule)
+            .map_or(0, |s| s.preemptions());
+        let find = found.time_to_find.as_secs_f64();
+        let shrink = report.shrinking.as_secs_f64();
+        rows.push(
+            Row::new(format!("{name} found + shrunk"), find + shrink, "s")
+                .against(find, shrink / find)
+                .goal(Goal::ValueAtMost(5.0)),
+        );
+        rows.push(
+            Row::new(format!("{name} reproducer"), found.repro_len as f64, "ops")
+                .goal(Goal::ValueAtMost(10.0)),
+        );
+        rows.push(
+            Row::new(format!("{name} preemptions"), preemptions as f64, "")
+                .goal(Goal::ValueAtMost(3.0)),
+        );
+    }
+    eprintln!("bench: sim fuzzing with 2 CPUs against 1, by turns");
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        one.push(fuzz_throughput_on(Backend::Sim, 200_000, true, 1));
+        two.push(fuzz_throughput_on(Backend::Sim, 200_000, true, 2));
+    }
+    let (one, two) = (median(one), median(two));
+    rows.push(
+        Row::new("fuzz, 1 job, sim, 2 CPUs (races, PCT)", two, "ops/s")
+            .against(one, two / one)
+            .goal(Goal::RatioAtLeast(0.5)),
+    );
+    eprintln!("bench: the correct MM, 10^6 ops on 4 simulated CPUs");
+    let four = fuzz_throughput_on(Backend::Sim, 1_000_000, true, 4);
+    rows.push(Row::new("fuzz, sim, 4 CPUs, 10^6 ops clean", four, "ops/s"));
+}
+
 /// What the placement rules cost sim fuzzing: campaigns with them on and off, by turns (this
 /// host's speed drifts), 200,000 ops each. With them on, about 5% of the ops are the probe's
 /// (maps, draws and unmaps, cheaper than the average op) and are counted like the rest.
@@ -1325,7 +1398,7 @@ fn main() {
     println!("{}", machine.describe());
     let mut rows = Vec::new();
     let only = std::env::var("SYSTEM_BENCH_ONLY").ok();
-    let sections: [(&str, Section); 14] = [
+    let sections: [(&str, Section); 15] = [
         ("region_tree", region_tree),
         ("region_tree", region_tree_randomized),
         ("region_tree", region_tree_adversarial),
@@ -1337,6 +1410,7 @@ fn main() {
         ("page_walk", page_walk),
         ("boot", boot),
         ("fuzz", fuzz_backends),
+        ("sim_smp", sim_smp),
         ("placement", placement_rules_cost),
         ("deep_rules", deep_rules),
         ("coverage", coverage_guided),
