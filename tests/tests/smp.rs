@@ -208,20 +208,6 @@ fn cpu_counts_out_of_range_are_refused_before_kvm() {
     }
 }
 
-#[test]
-fn the_sim_refuses_several_cpus_in_one_line() {
-    let config = GuestConfig {
-        backend: mm_driver::Backend::Sim,
-        ..with_cpus(2, GuestCommand::Serve)
-    };
-    let err = VmmError::from(Backends::default().boot(&config).err().expect("refused"));
-    assert_eq!(err.exit_code(), 2);
-    assert_eq!(
-        err.to_string(),
-        "the sim backend does not support several CPUs yet (--cpus 2); use --backend kvm"
-    );
-}
-
 /// Rounds that shoot down a lazy CPU: CPU 1 writes a page of space 1 and goes idle with the
 /// space loaded; CPU 0 unmaps the page, then protects the next one read-only; CPU 1 touches
 /// both again.

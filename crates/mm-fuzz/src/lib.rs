@@ -529,7 +529,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     /// so a fault path that races the unmap is found and replays.
     fn race(&self, batch: &[Op]) -> Option<(Vec<Op>, Vec<CpuBatch>, Vec<Op>)> {
         let round = self.batch_starts.len() as u64;
-        if !self.races || self.cpus < 2 || splitmix(round ^ 0x7ace) % 4 != 0 {
+        if !self.races || self.cpus < 2 || !splitmix(round ^ 0x7ace).is_multiple_of(4) {
             return None;
         }
         let covers = |change: &Op, touch: &Op| match (change, touch) {

@@ -638,15 +638,21 @@ pub fn shrink_with(
 }
 
 /// [`shrink_with`] for ops that each carry a tag (`tags`, by index: with several CPUs, the
-/// round and CPU an op ran in): `still_fails` gets each candidate's tags with its ops. Returns
-/// the shrunk ops and their tags.
+/// round and CPU an op ran in): `still_fails` gets each candidate's tags with its ops. `ops`
+/// failed as a whole, naming `spaces` (tried alone first). Returns the shrunk ops and their
+/// tags.
 pub fn shrink_tagged(
     ops: &[Op],
     tags: &[u64],
+    spaces: &[u32],
     budget: Budget,
     still_fails: impl FnMut(&[u64], &[Op]) -> Result<Option<usize>, FuzzError>,
 ) -> Result<(Shrunk, Vec<u64>), FuzzError> {
-    shrink_run(ops, tags, None, budget, still_fails)
+    let shown = Shown {
+        prefix: ops.len(),
+        spaces: spaces.to_vec(),
+    };
+    shrink_run(ops, tags, Some(shown), budget, still_fails)
 }
 
 /// How a replay showed the target failure.

@@ -175,11 +175,15 @@ pub fn shrink_rounds(
     }
     // Later ops keep aiming at the same regions when earlier placements go.
     let pinned = pin_placements(&run.sent, &run.results);
-    let start = match replayer.fails(&tags, &pinned, cpus, &schedule)? {
-        Some(_) => pinned,
-        None => run.sent.clone(),
+    let (start, shown) = match replayer.fails(&tags, &pinned, cpus, &schedule)? {
+        Some(shown) => (pinned, shown),
+        None => match replayer.fails(&tags, &run.sent, cpus, &schedule)? {
+            Some(shown) => (run.sent.clone(), shown),
+            None => return Ok(None),
+        },
     };
-    let (shrunk, mut tags) = shrink_tagged(&start, &tags, budget, |tags, ops| {
+    let spaces = shown.failure.map_or_else(Vec::new, |f| f.spaces);
+    let (shrunk, mut tags) = shrink_tagged(&start, &tags, &spaces, budget, |tags, ops| {
         let failed = replayer.fails(tags, ops, cpus, &schedule)?;
         Ok(failed.map(|run| run.sent.len()))
     })?;
