@@ -492,7 +492,3 @@ impl<B> fmt::Debug for DebugRegions<'_, B> {
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-/// Compiles the RegionTree example in the top-level `README.md` as a doctest.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct TopLevelReadmeDoctests;
