@@ -1,6 +1,7 @@
 //! The `vmm` command line: its arguments, parsed with clap, and the exit code of what the
 //! subcommand (`commands/`) did: boot the guest and run its MM self-check, inspect, fuzz and
-//! replay.
+//! replay. Every subcommand and option: `docs/commands.md`; the exit codes:
+//! `docs/exit-codes-and-bounds.md`.
 #![forbid(unsafe_code)]
 
 mod commands;

@@ -6,6 +6,8 @@
 //! with real instructions (the ground truth, under KVM); the host's simulated machine implements
 //! it in-process with a TLB that is as stale as the architecture allows; the unit tests use a
 //! small test machine. The crate itself has no `unsafe` code.
+//!
+//! Its modules and semantics: `docs/memory-manager.md`; its seeded bugs: `docs/checker.md`.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
