@@ -491,4 +491,3 @@ impl<B> fmt::Debug for DebugRegions<'_, B> {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-
