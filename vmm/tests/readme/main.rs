@@ -312,3 +312,64 @@ fn every_crate_doc_names_its_page_of_docs() {
         }
     }
 }
+
+/// The subcommands `vmm --help` lists, or the options `vmm SUBCOMMAND --help` lists (the first
+/// long name on each option line), without help and version.
+fn listed_by_help(args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("cannot start vmm");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let section = if args.is_empty() {
+        "Commands:"
+    } else {
+        "Options:"
+    };
+    let listed = help.split(section).nth(1).unwrap_or_default();
+    let lines = listed
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty());
+    let first_words = lines.filter_map(|line| {
+        let mut words = line.split_whitespace().map(|w| w.trim_end_matches(','));
+        match args.is_empty() {
+            true => words.next(),
+            false if line.trim_start().starts_with('-') => words.find(|w| w.starts_with("--")),
+            false => None,
+        }
+        .map(String::from)
+    });
+    first_words
+        .filter(|word| !["help", "--help", "--version"].contains(&word.as_str()))
+        .collect()
+}
+
+#[test]
+fn every_subcommand_and_option_of_the_binary_is_in_docs_commands() {
+    let pages = pages();
+    let commands = pages.iter().find(|p| p.name == "docs/commands.md");
+    let commands = commands.expect("docs/commands.md exists");
+    let spans = markdown::code_spans(&commands.text).expect("balanced backquotes");
+    let named = |words: &[&str]| {
+        spans.iter().any(|(_, span)| {
+            let span: Vec<&str> = span.split_whitespace().collect();
+            span.windows(words.len()).any(|w| w == words)
+        })
+    };
+    let subcommands = listed_by_help(&[]);
+    assert!(!subcommands.is_empty(), "vmm --help lists no subcommand");
+    for subcommand in &subcommands {
+        assert!(
+            named(&["vmm", subcommand]),
+            "docs/commands.md does not name `vmm {subcommand}`"
+        );
+        for option in listed_by_help(&[subcommand]) {
+            assert!(
+                named(&[&option]),
+                "docs/commands.md does not name `{option}` of `vmm {subcommand}`"
+            );
+        }
+    }
+}
