@@ -373,3 +373,16 @@ fn every_subcommand_and_option_of_the_binary_is_in_docs_commands() {
         }
     }
 }
+
+#[test]
+fn every_seeded_bug_has_its_row_in_docs_checker() {
+    let checker = fs::read_to_string(repo().join("docs/checker.md")).expect("docs/checker.md");
+    for bug in guest_mm::Bug::ALL {
+        let row = format!("| `{}` |", bug.feature());
+        assert!(
+            checker.lines().any(|line| line.starts_with(&row)),
+            "docs/checker.md has no row for {} in its table of seeded bugs",
+            bug.feature()
+        );
+    }
+}
