@@ -8,6 +8,7 @@
 
 mod cargo;
 mod commands;
+mod grammar;
 mod markdown;
 mod mentions;
 
