@@ -387,3 +387,30 @@ fn every_seeded_bug_has_its_row_in_docs_checker() {
         );
     }
 }
+
+#[test]
+fn every_section_of_the_system_bench_is_in_docs_benchmarks() {
+    let bench = fs::read_to_string(repo().join("vmm/benches/system.rs")).expect("the bench");
+    let page = fs::read_to_string(repo().join("docs/benchmarks.md")).expect("docs/benchmarks.md");
+    let table = bench
+        .split("let sections")
+        .nth(1)
+        .expect("the bench's list of sections");
+    let table = table.split("];").next().unwrap_or_default();
+    let names: HashSet<&str> = table
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("(\"")?.split('"').next())
+        .collect();
+    assert!(
+        names.len() > 5,
+        "found {} sections in the bench",
+        names.len()
+    );
+    for name in names {
+        assert!(
+            page.lines()
+                .any(|l| l.starts_with(&format!("| `{name}` |"))),
+            "docs/benchmarks.md does not say what section {name} measures"
+        );
+    }
+}
