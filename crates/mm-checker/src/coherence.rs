@@ -105,7 +105,7 @@ pub struct Coherence {
     /// Ring-3 entries with another CPU's stale translation, judged by that CPU's next
     /// shootdown (or at the end of the records).
     unshot: Vec<Unshot>,
-    /// Findings past [`MAX_FINDINGS`].
+    /// Findings past `MAX_FINDINGS`.
     pub dropped: usize,
     /// Page-table lifetime, replayed on the same events (`None`: not checked).
     tables: Option<TableLifetime>,

@@ -1,12 +1,14 @@
 //! The sim backend: the guest's MM library run in-process on a simulated x86_64 machine, served
 //! as the guest's agent loop serves the mailbox. Fast and deterministic, with guest RAM laid out
 //! exactly as under KVM (the same kernel image, boot info and boot page tables), so the same
-//! seed and operations give the same results on both backends.
+//! seed and operations give the same results on both backends. The two backends and the sim's
+//! TLB: `docs/architecture.md`.
 //!
 //! With several CPUs (`--cpus N`), each simulated CPU has its own registers, CR3 and TLB, and
 //! runs its batch of a round as a coroutine in this one host thread; the [`scheduler`] picks
 //! which runs at every point where CPUs interact, so every interleaving is chosen, recorded and
-//! replayed exactly. `unsafe` is denied but in [`switch`], which reaches a coroutine's yielder.
+//! replayed exactly (`docs/smp-sim.md`). `unsafe` is denied but in [`switch`], which reaches a
+//! coroutine's yielder.
 #![deny(unsafe_code)]
 
 pub mod cpu;
