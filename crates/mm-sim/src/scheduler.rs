@@ -21,6 +21,7 @@
 use guest_mm::{FlushRequest, LockClass};
 use mm_driver::schedule::{Schedule, Slice};
 use shared_mm::abi::Op;
+use shared_mm::region_tree::{RandomSource, SplitMix64};
 
 /// The deepest PCT round: at most `MAX_DEPTH - 1` preemptions.
 pub const MAX_DEPTH: u32 = 3;
@@ -95,29 +96,16 @@ impl CpuRun {
     }
 }
 
-/// SplitMix64: the scheduler's own random numbers, from its seed.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
+/// A draw in `0..n` (n > 0) from `rng` (a multiply-shift: the bias, below n / 2^64, is
+/// nothing next to PCT's own bounds).
+fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    ((u128::from(rng.next_u64()) * u128::from(n)) >> 64) as u64
 }
 
 /// PCT's state: the priorities of this round and its change points.
 #[derive(Debug)]
 struct Pct {
-    rng: Rng,
+    rng: SplitMix64,
     priority: Vec<u32>,
     /// The round's change points still ahead (preemption-point counts), soonest last.
     change_points: Vec<u64>,
@@ -131,7 +119,7 @@ struct Pct {
 impl Pct {
     fn new(seed: u64, cpus: usize) -> Self {
         Pct {
-            rng: Rng(seed ^ 0x5c4e_d01e),
+            rng: SplitMix64::new(seed ^ 0x5c4e_d01e),
             priority: vec![0; cpus],
             change_points: Vec::new(),
             next_low: 0,
@@ -141,10 +129,10 @@ impl Pct {
 
     /// Draws the round's priorities over the CPUs with work, its depth and its change points.
     fn start(&mut self, with_work: &[u32], ops: usize) {
-        let depth = 1 + self.rng.below(u64::from(MAX_DEPTH)) as u32;
+        let depth = 1 + below(&mut self.rng, u64::from(MAX_DEPTH)) as u32;
         let mut order: Vec<u32> = with_work.to_vec();
         for i in (1..order.len()).rev() {
-            order.swap(i, self.rng.below(i as u64 + 1) as usize);
+            order.swap(i, below(&mut self.rng, i as u64 + 1) as usize);
         }
         for (rank, &cpu) in order.iter().enumerate() {
             self.priority[cpu as usize] = depth + rank as u32;
@@ -152,7 +140,7 @@ impl Pct {
         let k = ((self.points_per_op * ops as f64) as u64).max(1);
         self.change_points.clear();
         for _ in 1..depth {
-            self.change_points.push(1 + self.rng.below(k));
+            self.change_points.push(1 + below(&mut self.rng, k));
         }
         self.change_points.sort_unstable_by(|a, b| b.cmp(a));
         self.next_low = depth - 1;
