@@ -130,6 +130,12 @@ fn the_self_check_on_two_simulated_cpus_passes_and_each_shootdown_bug_fails_it()
         matches!(outcome, Err(RunError::LockOrder { .. })),
         "{outcome:?}"
     );
+    // A panic of the MM on a CPU's coroutine is the guest's panic, with its place.
+    let (outcome, _, _) = run(SeededBugs::NONE.with(Bug::Overlap));
+    match outcome {
+        Err(RunError::GuestPanic { file, .. }) => assert!(file.ends_with(".rs"), "{file}"),
+        other => panic!("expected a guest panic, got {other:?}"),
+    }
 }
 
 /// A run chosen by PCT records the schedule it took, and that schedule replays the same trace.

@@ -310,7 +310,7 @@ impl Reports<'_> {
             Some(Op::Snapshot { space }) => self.snapshot(space, driver),
             Some(Op::Frames { space }) => self.frames(space, driver),
             Some(op) => {
-                let result = self.mm.execute(self.cpu, op);
+                let result = panic::catch(|| self.mm.execute(self.cpu, op))?;
                 let board = self.cpu.machine().inner().board();
                 match board.take_lock_order() {
                     Some((cpu, finding)) => Err(RunError::LockOrder { cpu, finding }),

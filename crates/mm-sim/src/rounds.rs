@@ -105,7 +105,7 @@ impl Round<'_> {
                 self.sched().cpus[cpu.index() as usize].op = Some(op);
                 let result = match execute.as_mut() {
                     Some(execute) => execute(cpu, op),
-                    None => Ok(self.mm.execute(cpu, op)),
+                    None => crate::panic::catch(|| self.mm.execute(cpu, op)),
                 };
                 match result {
                     Ok(result) => out.push(result),
