@@ -11,6 +11,7 @@ pub mod coverage;
 pub mod error;
 pub mod exhaustion;
 pub mod generate;
+pub mod libfuzzer;
 pub mod model;
 pub mod narrow;
 pub mod probe;
