@@ -15,6 +15,8 @@ use crate::{run_session, Session, Source};
 use guest_mm::{Bug, SeededBugs};
 use mm_driver::{Backend, Boot, GuestConfig};
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Guest RAM of the target's guests, in MiB: the least a guest boots with, so that one fill
 /// record ([`input`]) uses up every frame, and a boot costs least.
@@ -23,11 +25,15 @@ pub const MEMORY_MIB: u64 = 16;
 pub const BATCH: usize = 64;
 /// The environment variable that names the seeded bugs the target plants, comma-separated.
 pub const BUGS_VAR: &str = "MM_FUZZ_BUGS";
+/// The environment variable that names a file the target keeps its [`Tally`] in, rewritten
+/// after every input: libFuzzer counts inputs, not the operations they decode to (the bench
+/// reads it).
+pub const TALLY_VAR: &str = "MM_FUZZ_TALLY";
 /// The placement tests' false-alarm budget ([`crate::uniformity`]): every input is a job of
 /// its own (libFuzzer's runs know nothing of each other), so the campaign's rate is spread
 /// over this many, and a correct MM fails the tests of any of 10^9 inputs with probability
 /// below `CAMPAIGN_ALPHA`. A biased placement still fails by orders of magnitude
-/// (`bug-aslr-low-half` in `tests/tests/libfuzzer.rs`).
+/// (`bug-aslr-low-half` in `crates/mm-fuzz/tests/libfuzzer.rs`).
 const SPENDING: Spending = Spending {
     jobs: 1_000_000_000,
     tests: 0,
@@ -63,11 +69,42 @@ pub fn settings(features: &[String]) -> Vec<(String, String)> {
     ]
 }
 
-/// How the target runs its inputs: its guest, with the seeded bugs it plants.
-#[derive(Clone, Debug)]
+/// What a target has run: inputs, and the operations they sent.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub inputs: AtomicU64,
+    pub ops: AtomicU64,
+}
+
+impl Tally {
+    fn add(&self, ops: usize) {
+        self.inputs.fetch_add(1, Ordering::Relaxed);
+        self.ops.fetch_add(ops as u64, Ordering::Relaxed);
+    }
+
+    /// `inputs N` and `ops N`, one a line.
+    pub fn to_text(&self) -> String {
+        let inputs = self.inputs.load(Ordering::Relaxed);
+        let ops = self.ops.load(Ordering::Relaxed);
+        format!("inputs {inputs}\nops {ops}\n")
+    }
+
+    /// The operations of a text [`Tally::to_text`] wrote.
+    pub fn ops_in(text: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix("ops ")?.parse().ok())
+    }
+}
+
+/// How the target runs its inputs: its guest, with the seeded bugs it plants, and what it has
+/// run.
+#[derive(Debug)]
 pub struct Target {
     config: GuestConfig,
     features: Vec<String>,
+    tally: Tally,
+    /// Where the tally is kept ([`TALLY_VAR`]), if anywhere.
+    tally_file: Option<PathBuf>,
 }
 
 impl Target {
@@ -92,13 +129,27 @@ impl Target {
             seeded_bugs: bugs,
             ..GuestConfig::new(kernel)
         };
-        Ok(Target { config, features })
+        Ok(Target {
+            config,
+            features,
+            tally: Tally::default(),
+            tally_file: None,
+        })
     }
 
-    /// The target [`BUGS_VAR`] asks for.
+    /// The target [`BUGS_VAR`] asks for, keeping its tally where [`TALLY_VAR`] says.
     pub fn from_env(kernel: Vec<u8>) -> Result<Target, UnknownBug> {
         let list = std::env::var(BUGS_VAR).unwrap_or_default();
-        Target::new(kernel, &list)
+        let target = Target::new(kernel, &list)?;
+        Ok(Target {
+            tally_file: std::env::var_os(TALLY_VAR).map(PathBuf::from),
+            ..target
+        })
+    }
+
+    /// What the target has run so far.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
     }
 
     /// The seeded bugs planted, by name.
@@ -116,6 +167,12 @@ impl Target {
         let source = Source::Fixed(ops.into_iter().collect());
         let session = Session::new(source, BATCH, None).with_spending(SPENDING);
         let run = run_session(boot, &self.config, session, true)?;
+        self.tally.add(run.sent.len());
+        if let Some(path) = &self.tally_file {
+            // A measurement aid: a file that cannot be written leaves the bench without its
+            // figure (it says so), and must not stop the fuzzing.
+            let _ = std::fs::write(path, self.tally.to_text());
+        }
         let Some(failure) = run.failure else {
             return Ok(None);
         };
