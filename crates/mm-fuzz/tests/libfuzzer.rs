@@ -52,6 +52,52 @@ fn a_seeded_bug_is_found_and_printed_as_a_scenario_that_parses_back() {
 }
 
 #[test]
+fn four_bytes_find_the_copy_on_write_bugs() {
+    // map-again, touch-write, fork, touch-write: the parent writes its page after the fork.
+    let input = [0x06, 0x11, 0x02, 0x11];
+    for (bug, rule) in [
+        ("bug-fork-no-flush", "stale-tlb-entry"),
+        ("bug-cow-no-copy", "cow-read-only"),
+        ("bug-refcount-leak", "frame-accounting"),
+    ] {
+        let repro = finding(bug, &input);
+        let failure = repro.header_value("failure").expect("a failure line");
+        assert_eq!(failure, format!("agreement checker: {rule}"), "{bug}");
+    }
+    assert!(target("").run(&mm_sim::Sim, &input).unwrap().is_none());
+    // The same with a shared region, the child writing after the fork.
+    let shared = [0xc6, 0x11, 0x22, 0x11];
+    let repro = finding("bug-fork-shared-new-object", &shared);
+    assert_eq!(
+        repro.header_value("failure"),
+        Some("agreement checker: shared-page-one-frame")
+    );
+    assert!(target("").run(&mm_sim::Sim, &shared).unwrap().is_none());
+}
+
+#[test]
+fn four_bytes_find_the_protect_bugs() {
+    // map-again (r-x or rw-), a touch, then protect all of it to rw- or r--.
+    for (bug, input, rule) in [
+        (
+            "bug-protect-keeps-exec",
+            [0x46, 0x14, 0x0c, 0x00],
+            "pte-within-region-access",
+        ),
+        (
+            "bug-keep-writable",
+            [0x06, 0x11, 0x0c, 0x01],
+            "pte-within-region-access",
+        ),
+    ] {
+        let repro = finding(bug, &input);
+        let failure = repro.header_value("failure").expect("a failure line");
+        assert_eq!(failure, format!("agreement checker: {rule}"), "{bug}");
+        assert!(target("").run(&mm_sim::Sim, &input).unwrap().is_none());
+    }
+}
+
+#[test]
 fn the_probe_record_finds_a_biased_placement_and_only_that() {
     // The probe's record (kind 24): its draws fail the uniformity test by orders of magnitude
     // even at the target's campaign-wide false-alarm budget, and pass on the correct MM.

@@ -17,6 +17,7 @@
 //! | fork | 1 | `fork`; with an odd variant the child becomes current |
 //! | destroy | 1 | `destroy-space` |
 //! | map-fixed | 3 | `map-fixed` (`map-shared` for the shared accesses) at address `a`, size `b`, an access by the variant; it is the last range |
+//! | map-again | 1 | the same on the last range, so that four one-byte records (map, write, fork, write) already break a copy-on-write page |
 //! | map-anywhere, map-randomized | 3 | the same, size `a`, alignment `b`, an access by the variant |
 //! | unmap, populate | 1 or 3 | the same, on a range by the variant; variants 6 and 7 read address `a` and size `b` |
 //! | protect | 2 or 4 | the same, on a range by the variant, then access `c` |
@@ -30,8 +31,9 @@
 //! 3 the page before it and its first, 4 its last page and the page after it, 5 all but its
 //! first and last pages. Touch addresses by the variant: 0 the first page, 1 the end of the last
 //! page, 2 the second page, 3 the page before the range, 4 the page after it, 5 the user
-//! trampoline. Accesses by the variant: [`ACCESSES`]; access `c` of protect: its low five
-//! bits, or above 223 bits no access has.
+//! trampoline. Accesses by the variant: [`ACCESSES`]; access `c` of protect: below 128 one of
+//! the same (`c` modulo 8), so that a protect to read-only or read-write is likely; else its
+//! low five bits, or above 223 bits no access has.
 //!
 //! Explicit addresses come from four windows (`a >> 6` picks one, `a & 63` the slot): 64
 //! pages inside one page table at 4 MiB; 64 pages across the 2 MiB page-table boundary at
@@ -69,6 +71,7 @@ enum Kind {
     Fork,
     Destroy,
     MapFixed,
+    MapAgain,
     MapAnywhere,
     MapRandomized,
     Unmap,
@@ -91,7 +94,7 @@ enum Kind {
 const KINDS: [Kind; 32] = {
     use Kind::*;
     [
-        Create, Use, Fork, Destroy, MapFixed, MapFixed, MapFixed, MapAnywhere, MapRandomized,
+        Create, Use, Fork, Destroy, MapFixed, MapFixed, MapAgain, MapAnywhere, MapRandomized,
         Unmap, Unmap, Unmap, Protect, Protect, Populate, TouchRead, TouchRead, TouchWrite,
         TouchWrite, TouchWrite, TouchExec, KernelRead, KernelWrite, Report, Probe, Fill,
         Literal, Create, Fork, Use, MapFixed, TouchWrite,
@@ -157,10 +160,12 @@ fn alignment(b: u8) -> u64 {
     }
 }
 
-/// The five access bits (read, write, execute, user, shared), or bits no access has.
+/// Half the time an access of [`ACCESSES`]; else any of the five access bits (read, write,
+/// execute, user, shared), or bits no access has.
 fn access(c: u8) -> u32 {
     match c {
-        0..=223 => u32::from(c & 0x1f),
+        0..=127 => ACCESSES[usize::from(c & 7)],
+        128..=223 => u32::from(c & 0x1f),
         _ => u32::from(c),
     }
 }
@@ -312,8 +317,10 @@ impl Decoder {
                 Op::Fork { space }
             }
             Kind::Destroy => Op::DestroySpace { space },
-            Kind::MapFixed => {
-                self.range = (address(bytes.next()), size(bytes.next()));
+            Kind::MapFixed | Kind::MapAgain => {
+                if kind == Kind::MapFixed {
+                    self.range = (address(bytes.next()), size(bytes.next()));
+                }
                 let (addr, size) = self.range;
                 let access = ACCESSES[usize::from(variant)];
                 Op::MapFixed {
@@ -533,7 +540,7 @@ mod tests {
             first(Kind::Protect, 7),
             0xf0,
             0xe0,
-            0x1b,
+            0x9b,
             first(Kind::Fork, 1),
             first(Kind::TouchRead, 6),
             0x43,
@@ -572,6 +579,37 @@ mod tests {
                     space: 3,
                     addr: 0x5e_3000
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn four_one_byte_records_break_a_copy_on_write_page() {
+        let bytes = [
+            first(Kind::MapAgain, 0),
+            first(Kind::TouchWrite, 0),
+            first(Kind::Fork, 0),
+            first(Kind::TouchWrite, 0),
+        ];
+        let (addr, size) = FIRST_RANGE;
+        let write = |at: u64| Op::TouchWrite {
+            space: 1,
+            addr,
+            value: VALUE_BASE | at << 8 | u64::from(bytes[1]),
+        };
+        assert_eq!(
+            decode(&bytes),
+            [
+                Op::CreateSpace,
+                Op::MapFixed {
+                    space: 1,
+                    addr,
+                    size,
+                    access: USER | READ | WRITE
+                },
+                write(2),
+                Op::Fork { space: 1 },
+                write(4),
             ]
         );
     }
