@@ -9,5 +9,7 @@ if [ -z "${RUSTUP_TOOLCHAIN:-}" ]; then
     RUSTUP_TOOLCHAIN=$(cd / && rustup default | cut -d' ' -f1)
     export RUSTUP_TOOLCHAIN
 fi
-cargo fuzz build --fuzz-dir fuzz -O --debug-assertions mm_ops
+# cargo fuzz builds in release with debug assertions and overflow checks, and with the
+# sanitizer -s names (address by default; the coverage build is cargo fuzz wrapped by the image).
+cargo fuzz build --fuzz-dir fuzz mm_ops
 cp fuzz/target/x86_64-unknown-linux-gnu/release/mm_ops "$OUT/"

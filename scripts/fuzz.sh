@@ -6,7 +6,8 @@
 #   bash scripts/fuzz.sh build          build the target
 #   bash scripts/fuzz.sh run [ARG...]   fuzz, corpus in fuzz/corpus/mm_ops, crashes in
 #                                       fuzz/artifacts/mm_ops; each ARG goes to libFuzzer
-#                                       (-fork=N, -jobs=N, -max_total_time=SECS, -seed=N, ...)
+#                                       (-fork=N -ignore_crashes=1, -jobs=N -workers=N,
+#                                       -max_total_time=SECS, -seed=N, ...)
 #   bash scripts/fuzz.sh check          build, then fuzz the correct MM for 20 s from an empty
 #                                       corpus, expecting no finding (what CI runs)
 #
