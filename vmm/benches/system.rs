@@ -407,7 +407,8 @@ fn ping_dispatch() -> f64 {
         .expect("mailbox");
     // The reply is a Ping header again, so the mailbox stays a valid request.
     ns_per_op(|| {
-        hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut IdleDriver)).expect("ping");
+        hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut IdleDriver), None)
+            .expect("ping");
     }) / 1e3
 }
 
