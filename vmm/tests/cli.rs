@@ -1,4 +1,5 @@
-//! The `vmm` command line (run, fuzz, replay, convert-corpus): exit codes and the error lines it prints.
+//! The `vmm` command line (run, fuzz, replay, convert-corpus): exit codes and the error lines
+//! it prints.
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};

@@ -583,6 +583,7 @@ pub fn run_session(
         Ok(0) => None,
         Ok(status) => Some(("nonzero exit", format!("guest exited with status {status}"))),
         Err(e @ RunError::GuestPanic { .. }) => Some(("panic", e.to_string())),
+        Err(e @ RunError::LockOrder { .. }) => Some(("lock order", e.to_string())),
         Err(e @ RunError::TripleFault { .. }) => Some(("triple fault", e.to_string())),
         Err(e @ RunError::Timeout { .. }) => Some(("hang", e.to_string())),
         Err(

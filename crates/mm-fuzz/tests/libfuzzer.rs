@@ -52,9 +52,9 @@ fn a_seeded_bug_is_found_and_printed_as_a_scenario_that_parses_back() {
 }
 
 #[test]
-fn four_bytes_find_the_copy_on_write_bugs() {
-    // map-again, touch-write, fork, touch-write: the parent writes its page after the fork.
-    let input = [0x06, 0x11, 0x02, 0x11];
+fn three_bytes_find_the_copy_on_write_bugs() {
+    // map-touch (a written page), fork, touch-write: the parent writes its page after the fork.
+    let input = [0x06, 0x02, 0x11];
     for (bug, rule) in [
         ("bug-fork-no-flush", "stale-tlb-entry"),
         ("bug-cow-no-copy", "cow-read-only"),
@@ -66,7 +66,7 @@ fn four_bytes_find_the_copy_on_write_bugs() {
     }
     assert!(target("").run(&mm_sim::Sim, &input).unwrap().is_none());
     // The same with a shared region, the child writing after the fork.
-    let shared = [0xc6, 0x11, 0x22, 0x11];
+    let shared = [0xc6, 0x22, 0x11];
     let repro = finding("bug-fork-shared-new-object", &shared);
     assert_eq!(
         repro.header_value("failure"),
@@ -76,17 +76,32 @@ fn four_bytes_find_the_copy_on_write_bugs() {
 }
 
 #[test]
-fn four_bytes_find_the_protect_bugs() {
-    // map-again (r-x or rw-), a touch, then protect all of it to rw- or r--.
+fn two_bytes_find_the_lock_order_bug_as_a_finding() {
+    // map-touch of shared memory (a fault takes object, then frames), then unmap it all (the
+    // last handle's release takes frames, then object).
+    let input = [0xc6, 0x09];
+    let repro = finding("bug-lock-order", &input);
+    assert_eq!(repro.header_value("failure"), Some("guest lock order"));
+    let detail = repro.header_value("detail").expect("a detail line");
+    assert!(
+        detail.contains("takes object while holding frames"),
+        "{detail}"
+    );
+    assert!(target("").run(&mm_sim::Sim, &input).unwrap().is_none());
+}
+
+#[test]
+fn three_bytes_find_the_protect_bugs() {
+    // map-touch (r-x or rw-, then a read or a write), then protect all of it to rw- or r--.
     for (bug, input, rule) in [
         (
             "bug-protect-keeps-exec",
-            [0x46, 0x14, 0x0c, 0x00],
+            [0x46, 0x0c, 0x00],
             "pte-within-region-access",
         ),
         (
             "bug-keep-writable",
-            [0x06, 0x11, 0x0c, 0x01],
+            [0x06, 0x0c, 0x01],
             "pte-within-region-access",
         ),
     ] {

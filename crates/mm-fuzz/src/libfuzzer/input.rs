@@ -17,7 +17,7 @@
 //! | fork | 1 | `fork`; with an odd variant the child becomes current |
 //! | destroy | 1 | `destroy-space` |
 //! | map-fixed | 3 | `map-fixed` (`map-shared` for the shared accesses) at address `a`, size `b`, an access by the variant; it is the last range |
-//! | map-again | 1 | the same on the last range, so that four one-byte records (map, write, fork, write) already break a copy-on-write page |
+//! | map-touch | 1 | the same on the last range, then a touch of its first page (a write if the access allows writes, else a read): a mapped page, present and cached, which most MM bugs start from; so three one-byte records (map-touch, fork, write) break a copy-on-write page |
 //! | map-anywhere, map-randomized | 3 | the same, size `a`, alignment `b`, an access by the variant |
 //! | unmap, populate | 1 or 3 | the same, on a range by the variant; variants 6 and 7 read address `a` and size `b` |
 //! | protect | 2 or 4 | the same, on a range by the variant, then access `c` |
@@ -71,7 +71,7 @@ enum Kind {
     Fork,
     Destroy,
     MapFixed,
-    MapAgain,
+    MapTouch,
     MapAnywhere,
     MapRandomized,
     Unmap,
@@ -94,7 +94,7 @@ enum Kind {
 const KINDS: [Kind; 32] = {
     use Kind::*;
     [
-        Create, Use, Fork, Destroy, MapFixed, MapFixed, MapAgain, MapAnywhere, MapRandomized,
+        Create, Use, Fork, Destroy, MapFixed, MapFixed, MapTouch, MapAnywhere, MapRandomized,
         Unmap, Unmap, Unmap, Protect, Protect, Populate, TouchRead, TouchRead, TouchWrite,
         TouchWrite, TouchWrite, TouchExec, KernelRead, KernelWrite, Report, Probe, Fill,
         Literal, Create, Fork, Use, MapFixed, TouchWrite,
@@ -317,10 +317,8 @@ impl Decoder {
                 Op::Fork { space }
             }
             Kind::Destroy => Op::DestroySpace { space },
-            Kind::MapFixed | Kind::MapAgain => {
-                if kind == Kind::MapFixed {
-                    self.range = (address(bytes.next()), size(bytes.next()));
-                }
+            Kind::MapFixed => {
+                self.range = (address(bytes.next()), size(bytes.next()));
                 let (addr, size) = self.range;
                 let access = ACCESSES[usize::from(variant)];
                 Op::MapFixed {
@@ -330,6 +328,7 @@ impl Decoder {
                     access,
                 }
             }
+            Kind::MapTouch => return self.map_touch(ACCESSES[usize::from(variant)], value),
             Kind::MapAnywhere => Op::MapAnywhere {
                 space,
                 size: size(bytes.next()),
@@ -392,6 +391,22 @@ impl Decoder {
             Kind::Literal => return self.literal(bytes),
         };
         self.ops.push(op);
+    }
+
+    /// `map-fixed` of the last range with `access` in the current space, then a write of
+    /// `value` to its first page if `access` allows writes, else a read.
+    fn map_touch(&mut self, access: u32, value: u64) {
+        let (space, (addr, size)) = (self.current, self.range);
+        self.ops.push(Op::MapFixed {
+            space,
+            addr,
+            size,
+            access,
+        });
+        self.ops.push(match access & WRITE {
+            0 => Op::TouchRead { space, addr },
+            _ => Op::TouchWrite { space, addr, value },
+        });
     }
 
     /// The placement probe on two new spaces, the first time only.
@@ -584,18 +599,17 @@ mod tests {
     }
 
     #[test]
-    fn four_one_byte_records_break_a_copy_on_write_page() {
+    fn three_one_byte_records_break_a_copy_on_write_page() {
         let bytes = [
-            first(Kind::MapAgain, 0),
-            first(Kind::TouchWrite, 0),
+            first(Kind::MapTouch, 0),
             first(Kind::Fork, 0),
             first(Kind::TouchWrite, 0),
         ];
         let (addr, size) = FIRST_RANGE;
-        let write = |at: u64| Op::TouchWrite {
+        let write = |at: u64, first: u8| Op::TouchWrite {
             space: 1,
             addr,
-            value: VALUE_BASE | at << 8 | u64::from(bytes[1]),
+            value: VALUE_BASE | at << 8 | u64::from(first),
         };
         assert_eq!(
             decode(&bytes),
@@ -607,11 +621,14 @@ mod tests {
                     size,
                     access: USER | READ | WRITE
                 },
-                write(2),
+                write(1, bytes[0]),
                 Op::Fork { space: 1 },
-                write(4),
+                write(4, bytes[2]),
             ]
         );
+        // Without write access the touch reads.
+        let read_only = decode(&[first(Kind::MapTouch, 1)]);
+        assert_eq!(read_only[2], Op::TouchRead { space: 1, addr });
     }
 
     #[test]
