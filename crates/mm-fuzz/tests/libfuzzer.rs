@@ -76,6 +76,21 @@ fn three_bytes_find_the_copy_on_write_bugs() {
 }
 
 #[test]
+fn two_bytes_unmap_a_written_two_page_region() {
+    // map-touch writes both pages of the first range; the unmap's cut is two pages.
+    let input = [0x06, 0x09];
+    for bug in ["bug-split-off-by-one", "bug-stale-pte", "bug-no-tlb-flush"] {
+        let repro = finding(bug, &input);
+        let failure = repro.header_value("failure").expect("a failure line");
+        assert!(
+            failure.starts_with("agreement checker: "),
+            "{bug}: {failure}"
+        );
+    }
+    assert!(target("").run(&mm_sim::Sim, &input).unwrap().is_none());
+}
+
+#[test]
 fn two_bytes_find_the_lock_order_bug_as_a_finding() {
     // map-touch of shared memory (a fault takes object, then frames), then unmap it all (the
     // last handle's release takes frames, then object).

@@ -17,7 +17,7 @@
 //! | fork | 1 | `fork`; with an odd variant the child becomes current |
 //! | destroy | 1 | `destroy-space` |
 //! | map-fixed | 3 | `map-fixed` (`map-shared` for the shared accesses) at address `a`, size `b`, an access by the variant; it is the last range |
-//! | map-touch | 1 | the same on the last range, then a touch of its first page (a write if the access allows writes, else a read): a mapped page, present and cached, which most MM bugs start from; so three one-byte records (map-touch, fork, write) break a copy-on-write page |
+//! | map-touch | 1 | the same on the last range, then a touch of its first and its last page (writes if the access allows writes, else reads): mapped pages, present and cached, which most MM bugs start from; so three one-byte records (map-touch, fork, write) break a copy-on-write page |
 //! | map-anywhere, map-randomized | 3 | the same, size `a`, alignment `b`, an access by the variant |
 //! | unmap, populate | 1 or 3 | the same, on a range by the variant; variants 6 and 7 read address `a` and size `b` |
 //! | protect | 2 or 4 | the same, on a range by the variant, then access `c` |
@@ -60,8 +60,9 @@ const FILL_BASE: u64 = 0x1000_0000_0000;
 const FILL_ORDER: u32 = 16;
 /// Bits of the values `touch-write` and `kernel-write` store, above the op's index.
 const VALUE_BASE: u64 = 0x5eed_0000_0000_0000;
-/// The last range before any operation named one: the first page of the first window.
-const FIRST_RANGE: (u64, u64) = (0x40_0000, PAGE);
+/// The last range before any operation named one: the first two pages of the first window, so
+/// that an unmap or protect of one page of it (one byte) splits the region.
+const FIRST_RANGE: (u64, u64) = (0x40_0000, 2 * PAGE);
 
 /// What a record does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -394,19 +395,22 @@ impl Decoder {
     }
 
     /// `map-fixed` of the last range with `access` in the current space, then a write of
-    /// `value` to its first page if `access` allows writes, else a read.
+    /// `value` to its first and its last page if `access` allows writes, else reads.
     fn map_touch(&mut self, access: u32, value: u64) {
-        let (space, (addr, size)) = (self.current, self.range);
+        let (space, (base, size)) = (self.current, self.range);
         self.ops.push(Op::MapFixed {
             space,
-            addr,
+            addr: base,
             size,
             access,
         });
-        self.ops.push(match access & WRITE {
-            0 => Op::TouchRead { space, addr },
-            _ => Op::TouchWrite { space, addr, value },
-        });
+        let last = relative(self.range, 2).0;
+        for addr in [base, last].into_iter().take(1 + usize::from(last != base)) {
+            self.ops.push(match access & WRITE {
+                0 => Op::TouchRead { space, addr },
+                _ => Op::TouchWrite { space, addr, value },
+            });
+        }
     }
 
     /// The placement probe on two new spaces, the first time only.
@@ -622,13 +626,19 @@ mod tests {
                     access: USER | READ | WRITE
                 },
                 write(1, bytes[0]),
+                Op::TouchWrite {
+                    space: 1,
+                    addr: addr + PAGE,
+                    value: VALUE_BASE | 1 << 8 | u64::from(bytes[0]),
+                },
                 Op::Fork { space: 1 },
-                write(4, bytes[2]),
+                write(5, bytes[2]),
             ]
         );
-        // Without write access the touch reads.
+        // Without write access the touches read.
         let read_only = decode(&[first(Kind::MapTouch, 1)]);
-        assert_eq!(read_only[2], Op::TouchRead { space: 1, addr });
+        let reads = [addr, addr + PAGE].map(|addr| Op::TouchRead { space: 1, addr });
+        assert_eq!(read_only[2..], reads);
     }
 
     #[test]
