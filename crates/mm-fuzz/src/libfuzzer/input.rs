@@ -6,9 +6,10 @@
 //! first record is a literal one (see below). A record's first byte picks its kind (its low
 //! five bits, from [`KINDS`]) and a variant (its top three bits). Most operations work on the
 //! *current* space and near the *last range*: the range the last fixed map, or unmap, protect
-//! or populate with explicit arguments, named. So `map-fixed`, then a touch, then an unmap
-//! (five bytes) plant and free a page of one region, as a generator that reuses its ranges
-//! would.
+//! or populate with explicit arguments, named (at first, the first two pages of the first
+//! window). So `map-fixed`, then a touch, then an unmap (five bytes) plant and free a page of
+//! one region, as a generator that reuses its ranges would; map-touch and an unmap (two bytes)
+//! do it on the first range.
 //!
 //! | Kind | Bytes | Operation |
 //! | --- | --- | --- |
@@ -98,7 +99,7 @@ const KINDS: [Kind; 32] = {
         Create, Use, Fork, Destroy, MapFixed, MapFixed, MapTouch, MapAnywhere, MapRandomized,
         Unmap, Unmap, Unmap, Protect, Protect, Populate, TouchRead, TouchRead, TouchWrite,
         TouchWrite, TouchWrite, TouchExec, KernelRead, KernelWrite, Report, Probe, Fill,
-        Literal, Create, Fork, Use, MapFixed, TouchWrite,
+        Literal, Create, Fork, Use, MapTouch, Protect,
     ]
 };
 
