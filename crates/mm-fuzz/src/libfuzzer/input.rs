@@ -4,12 +4,12 @@
 //!
 //! An input starts with a space made for it (an implicit `create-space`, space 1), unless its
 //! first record is a literal one (see below). A record's first byte picks its kind (its low
-//! five bits, from [`KINDS`]) and a variant (its top three bits). Most operations work on the
-//! *current* space and near the *last range*: the range the last fixed map, or unmap, protect
-//! or populate with explicit arguments, named (at first, the first two pages of the first
-//! window). So `map-fixed`, then a touch, then an unmap (five bytes) plant and free a page of
-//! one region, as a generator that reuses its ranges would; map-touch and an unmap (two bytes)
-//! do it on the first range.
+//! five bits, from the table `KINDS`) and a variant (its top three bits). Most operations work
+//! on the *current* space and near the *last range*: the range the last fixed map, or unmap,
+//! protect or populate with explicit arguments, named (at first, the first two pages of the
+//! first window). So `map-fixed`, then a touch, then an unmap (five bytes) plant and free a
+//! page of one region, as a generator that reuses its ranges would; map-touch and an unmap (two
+//! bytes) do it on the first range.
 //!
 //! | Kind | Bytes | Operation |
 //! | --- | --- | --- |
