@@ -428,3 +428,53 @@ fn a_frame_that_is_not_ram_is_found_and_shrunk_on_kvm() {
     );
     assert!(found.repro_len <= 8, "{found:#?}");
 }
+
+/// On the sim with two CPUs (seed 1), every SMP seeded bug is found and shrunk to at most 10
+/// ops and 3 preemptions, and its reproducer replays the same failure every time: the races
+/// (bug-fault-no-recheck) come from the fuzzer's racing rounds and PCT's schedules, and the
+/// reproducer's `# schedule:` header makes them replay.
+#[test]
+fn every_smp_seeded_bug_is_found_and_shrunk_on_two_simulated_cpus() {
+    use guest_mm::Bug;
+    use mm_fuzz::replay_rounds;
+    use mm_scenario::header::Settings;
+    for bug in [
+        Bug::ShootdownLocalOnly,
+        Bug::ShootdownMissesLazy,
+        Bug::FreeBeforeAck,
+        Bug::FaultNoRecheck,
+        Bug::LockOrder,
+    ] {
+        let mut config = sim_campaign(bug.feature(), bug, 200_000);
+        config.seed = 1;
+        config.vm.cpus = 2;
+        config.shrink_budget = Budget::default();
+        let report = run(&config);
+        let found = first_finding(&report);
+        assert!(found.repro_len <= 10, "{bug:?}: {found:#?}");
+        let text = std::fs::read_to_string(&found.repro_path).expect("the reproducer");
+        let repro = Reproducer::parse(&text).expect("parses");
+        let settings = Settings::of(&repro.header).expect("its header");
+        let schedule = settings.schedule.unwrap_or_default();
+        assert!(schedule.preemptions() <= 3, "{bug:?}: {text}");
+        let vm = GuestConfig {
+            cpus: settings.cpus.unwrap_or(1),
+            schedule: Some(schedule),
+            ..config.vm.clone()
+        };
+        for _ in 0..3 {
+            let failure = match repro.cpu_rounds() {
+                Some(rounds) => {
+                    replay_rounds(&Backends::default(), &vm, rounds, true)
+                        .expect("replays")
+                        .failure
+                }
+                None => replay(&Backends::default(), &vm, &repro.ops, 1, true)
+                    .expect("replays")
+                    .map(|(f, _)| f),
+            };
+            let failure = failure.unwrap_or_else(|| panic!("{bug:?} did not replay: {text}"));
+            assert!(failure.shows(&found.signature), "{bug:?}: {failure:?}");
+        }
+    }
+}

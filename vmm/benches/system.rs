@@ -4,9 +4,10 @@
 //! time from `std::time::Instant`; each is the median of several samples. The targets are goals:
 //! the table says which were met, and the bench exits 0 either way. `SYSTEM_BENCH_ONLY=SECTION`
 //! runs one section: `region_tree` (the RegionTree rows, which need no KVM), `hypercalls`,
-//! `ipi`, `mm_ops`, `op_kinds`, `page_walk`, `boot`, `fuzz`, `placement`, `deep_rules` (no KVM
-//! either), `coverage` or `libfuzzer` (no KVM; it builds the cargo-fuzz target with
-//! `scripts/fuzz.sh`, which installs cargo-fuzz where it is missing). The IPI rows are the exception to host wall time: the guest times the
+//! `ipi`, `smp`, `mm_ops`, `op_kinds`, `page_walk`, `boot`, `fuzz`, `sim_smp`, `placement`,
+//! `deep_rules` (no KVM either), `coverage` or `libfuzzer` (no KVM; it builds the cargo-fuzz
+//! target with `scripts/fuzz.sh`, which installs cargo-fuzz where it is missing). The IPI rows
+//! are the exception to host wall time: the guest times the
 //! round trip between its CPUs with its TSC.
 #![forbid(unsafe_code)]
 
@@ -17,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use guest_mm::{Bug, SeededBugs};
 use mm_checker::Checked;
-use mm_driver::driver::{Driver, DriverError, IdleDriver, Script, SnapshotChunk};
+use mm_driver::driver::{
+    CpuBatch, Driver, DriverError, IdleDriver, RoundScript, Script, SnapshotChunk,
+};
 use mm_driver::{Backend, Boot, GuestConfig};
 use mm_fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport};
 use mm_fuzz::generate::Generator;
@@ -62,6 +65,7 @@ const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / Region
      the baseline is first fit, the try loop, place_anywhere in the same tree, or the same call \
      in a sparse tree of the same size, as the row says); \
      Ping row, Ping / raw exit; IPI row with 3 APs, its round trip / the one with 1 AP; \
+     shootdown row, its time per op / the local flush's; 2-CPU fuzz row, its ops/s / 1 CPU's; \
      checker row, ops/s without / with the checker (slow-down); \
      trace row, ops/s with the flush trace off / on; sim fuzz rows, sim ops/s / kvm ops/s; \
      placement rules row, ops/s with the rules off / on (slow-down); \
@@ -492,6 +496,168 @@ fn ipis(rows: &mut Vec<Row>) {
     );
 }
 
+// ---- 2c. TLB shootdowns and fuzzing with two CPUs -------------------------------------------
+
+/// Pages each timed round protects, one op each.
+const SHOOTDOWN_PAGES: u64 = 64;
+const SHOOTDOWN_BASE: u64 = 0x40_0000;
+
+/// The host wall time of each round of `rounds`, run on a two-CPU kvm guest, from handing it out
+/// until its results are back.
+fn timed_rounds(rounds: Vec<Vec<CpuBatch>>) -> Vec<Duration> {
+    let config = GuestConfig {
+        cpus: 2,
+        echo_console: false,
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
+    };
+    let mut vm = Backends::default().boot(&config).expect("SMP bench VM");
+    let mut timed = TimedRounds {
+        inner: RoundScript::new(rounds),
+        started: None,
+        times: Vec::new(),
+    };
+    let status = vm.run(&mut timed).expect("SMP bench guest run");
+    assert_eq!(status, 0, "SMP bench guest exit status");
+    let failed = timed.inner.results.iter().flatten().flat_map(|(_, r)| r);
+    assert!(
+        failed.clone().all(|r| r.status == Status::Ok),
+        "a shootdown bench op failed"
+    );
+    timed.times
+}
+
+/// A round script that times each round.
+struct TimedRounds {
+    inner: RoundScript,
+    started: Option<Instant>,
+    times: Vec<Duration>,
+}
+
+impl Driver for TimedRounds {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, DriverError> {
+        self.inner.next_batch(mem, results, spaces)
+    }
+
+    fn next_round(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        if let Some(started) = self.started.take() {
+            self.times.push(started.elapsed());
+        }
+        let next = self.inner.next_round(mem, results, spaces)?;
+        self.started = Some(Instant::now());
+        Ok(next)
+    }
+}
+
+/// Space 1 is loaded (lazily) on CPU 1, space 2 never was: protecting a page of space 1 read-only
+/// shoots CPU 1 down, one of space 2 flushes locally only. After three rounds of setup, round
+/// 3 + 3k protects the pages of space 2 (local), round 4 + 3k those of space 1 (shootdown), and
+/// round 5 + 3k puts both back to read-write.
+fn shootdown_rounds(samples: usize) -> Vec<Vec<CpuBatch>> {
+    let on = |cpu, ops: Vec<Op>| vec![CpuBatch { cpu, ops }];
+    let page = |i: u64| SHOOTDOWN_BASE + i * PAGE_SIZE;
+    let protect_all = |space, access| -> Vec<Op> {
+        (0..SHOOTDOWN_PAGES)
+            .map(|i| Op::Protect {
+                space,
+                addr: page(i),
+                size: PAGE_SIZE,
+                access,
+            })
+            .collect()
+    };
+    let mut setup = Vec::new();
+    for space in [1, 2] {
+        setup.push(Op::MapFixed {
+            space,
+            addr: SHOOTDOWN_BASE,
+            size: SHOOTDOWN_PAGES * PAGE_SIZE,
+            access: USER | READ | WRITE,
+        });
+        setup.extend((0..SHOOTDOWN_PAGES).map(|i| Op::TouchWrite {
+            space,
+            addr: page(i),
+            value: i,
+        }));
+    }
+    let mut rounds = vec![
+        on(0, vec![Op::CreateSpace, Op::CreateSpace]),
+        on(0, setup),
+        on(
+            1,
+            vec![Op::TouchRead {
+                space: 1,
+                addr: page(0),
+            }],
+        ),
+    ];
+    for _ in 0..samples {
+        rounds.push(on(0, protect_all(2, USER | READ)));
+        rounds.push(on(0, protect_all(1, USER | READ)));
+        let back = [
+            protect_all(2, USER | READ | WRITE),
+            protect_all(1, USER | READ | WRITE),
+        ];
+        rounds.push(on(0, back.concat()));
+    }
+    rounds
+}
+
+fn smp(rows: &mut Vec<Row>) {
+    eprintln!(
+        "bench: protect with a TLB shootdown against a local flush, two CPUs ({SAMPLES} samples)"
+    );
+    let times = timed_rounds(shootdown_rounds(SAMPLES));
+    let per_op = |first: usize| {
+        let samples = times.iter().skip(first).step_by(3).take(SAMPLES);
+        median(
+            samples
+                .map(|t| t.as_secs_f64() * 1e6 / SHOOTDOWN_PAGES as f64)
+                .collect(),
+        )
+    };
+    let (local, shootdown) = (per_op(3), per_op(4));
+    rows.push(Row::new(
+        "protect r-- of a page, local flush only (2 CPUs)",
+        local,
+        "µs/op",
+    ));
+    rows.push(
+        Row::new(
+            "  the same with a shootdown of the lazy other CPU",
+            shootdown,
+            "µs/op",
+        )
+        .against(local, shootdown / local),
+    );
+    eprintln!(
+        "bench: kvm fuzz throughput, 2 CPUs against 1 ({} campaigns each)",
+        3
+    );
+    let throughput = |cpus| {
+        let ops = (0..3).map(|_| fuzz_throughput_on(Backend::Kvm, 1_500, true, cpus));
+        median(ops.collect())
+    };
+    let (one, two) = (throughput(1), throughput(2));
+    rows.push(Row::new(
+        "fuzz on kvm, 1 job, model + checker: 1 CPU",
+        one,
+        "ops/s",
+    ));
+    rows.push(
+        Row::new("  the same with 2 CPUs (rounds over both)", two, "ops/s").against(one, two / one),
+    );
+}
+
 // ---- 3. MM operations through batched hypercalls -------------------------------------------
 
 /// Times the batches of its inner driver after the first (which sets up): from handing out the
@@ -918,8 +1084,14 @@ fn fuzz_throughput(backend: Backend, ops: u64) -> f64 {
 /// [`fuzz_throughput`], with the placement rules (best-fit policy, probe and uniformity
 /// tests) on or off.
 fn fuzz_throughput_with(backend: Backend, ops: u64, placement_rules: bool) -> f64 {
+    fuzz_throughput_on(backend, ops, placement_rules, 1)
+}
+
+/// [`fuzz_throughput_with`] on a guest of `cpus` CPUs.
+fn fuzz_throughput_on(backend: Backend, ops: u64, placement_rules: bool, cpus: u32) -> f64 {
     let mut config = campaign(backend, ops, SeededBugs::NONE, "throughput");
     config.placement_rules = placement_rules;
+    config.vm.cpus = cpus;
     let report = run_campaign_or_die(&config);
     assert!(
         report.bugs.is_empty(),
@@ -1012,6 +1184,81 @@ fn fuzz_backends(rows: &mut Vec<Row>) {
             .goal(Goal::ValueAtMost(repro_goal)),
         );
     }
+}
+
+/// Several CPUs on the sim (issue 29), seed 1: each SMP seeded bug found and shrunk with two
+/// CPUs (time, reproducer length, preemptions in its schedule), fuzzing with two CPUs against
+/// one, and the correct MM over 10^6 ops on four.
+fn sim_smp(rows: &mut Vec<Row>) {
+    let smp_bugs = [
+        Bug::ShootdownLocalOnly,
+        Bug::ShootdownMissesLazy,
+        Bug::FreeBeforeAck,
+        Bug::FaultNoRecheck,
+        Bug::LockOrder,
+    ];
+    for bug in smp_bugs {
+        eprintln!(
+            "bench: {} on the sim with 2 CPUs, found and shrunk",
+            bug.feature()
+        );
+        let mut config = campaign(
+            Backend::Sim,
+            1_000_000,
+            SeededBugs::NONE.with(bug),
+            bug.feature(),
+        );
+        config.vm.cpus = 2;
+        // `vmm fuzz --seed 1`: the guest's seed too (PCT's schedules come from it).
+        config.vm.random_seed = 1;
+        let name = format!("sim 2 CPUs: {}", bug.feature());
+        let report = run_campaign(&config, &Backends::default())
+            .unwrap_or_else(|e| panic!("bench campaign: {e}"));
+        let Some(found) = report.bugs.first() else {
+            rows.push(
+                Row::new(format!("{name} not found in 10^6 ops"), f64::NAN, "s")
+                    .goal(Goal::ValueAtMost(5.0)),
+            );
+            continue;
+        };
+        let text = std::fs::read_to_string(&found.repro_path).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&config.out_dir);
+        let preemptions = mm_scenario::format::Scenario::parse(&text)
+            .ok()
+            .and_then(|s| mm_scenario::header::Settings::of(&s.header).ok())
+            .and_then(|s| s.schedule)
+            .map_or(0, |s| s.preemptions());
+        let find = found.time_to_find.as_secs_f64();
+        let shrink = report.shrinking.as_secs_f64();
+        rows.push(
+            Row::new(format!("{name} found + shrunk"), find + shrink, "s")
+                .against(find, shrink / find)
+                .goal(Goal::ValueAtMost(5.0)),
+        );
+        rows.push(
+            Row::new(format!("{name} reproducer"), found.repro_len as f64, "ops")
+                .goal(Goal::ValueAtMost(10.0)),
+        );
+        rows.push(
+            Row::new(format!("{name} preemptions"), preemptions as f64, "")
+                .goal(Goal::ValueAtMost(3.0)),
+        );
+    }
+    eprintln!("bench: sim fuzzing with 2 CPUs against 1, by turns");
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        one.push(fuzz_throughput_on(Backend::Sim, 200_000, true, 1));
+        two.push(fuzz_throughput_on(Backend::Sim, 200_000, true, 2));
+    }
+    let (one, two) = (median(one), median(two));
+    rows.push(
+        Row::new("fuzz, 1 job, sim, 2 CPUs (races, PCT)", two, "ops/s")
+            .against(one, two / one)
+            .goal(Goal::RatioAtLeast(0.5)),
+    );
+    eprintln!("bench: the correct MM, 10^6 ops on 4 simulated CPUs");
+    let four = fuzz_throughput_on(Backend::Sim, 1_000_000, true, 4);
+    rows.push(Row::new("fuzz, sim, 4 CPUs, 10^6 ops clean", four, "ops/s"));
 }
 
 /// What the placement rules cost sim fuzzing: campaigns with them on and off, by turns (this
@@ -1159,17 +1406,19 @@ fn main() {
     println!("{}", machine.describe());
     let mut rows = Vec::new();
     let only = std::env::var("SYSTEM_BENCH_ONLY").ok();
-    let sections: [(&str, Section); 14] = [
+    let sections: [(&str, Section); 16] = [
         ("region_tree", region_tree),
         ("region_tree", region_tree_randomized),
         ("region_tree", region_tree_adversarial),
         ("hypercalls", hypercalls),
         ("ipi", ipis),
+        ("smp", smp),
         ("mm_ops", mm_ops),
         ("op_kinds", op_kinds),
         ("page_walk", page_walk),
         ("boot", boot),
         ("fuzz", fuzz_backends),
+        ("sim_smp", sim_smp),
         ("placement", placement_rules_cost),
         ("deep_rules", deep_rules),
         ("coverage", coverage_guided),

@@ -15,12 +15,15 @@ mod table;
 use crate::VmmError;
 use mm_checker::coherence::Coherence;
 use mm_checker::{access_string, Finding, FrameReports, Refs};
-use mm_driver::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{
+    results_of, CpuBatch, Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot,
+};
 use mm_driver::{Boot, GuestConfig};
 use mm_scenario::Expect;
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
 };
+use shared_mm::smp::CpuSet;
 use shared_mm::trace::TraceRecord;
 pub use sharing::Sharing;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
@@ -76,6 +79,9 @@ pub struct SpaceReport {
     /// Translations of this space the TLB model holds as possibly cached (only the active
     /// directory has any: a CR3 load drops the rest).
     pub possibly_cached: usize,
+    /// The CPUs that have this space's directory loaded, running it or idling on it (lazy
+    /// TLB): those whose TLB may cache its translations.
+    pub cpus: CpuSet,
 }
 
 impl SpaceReport {
@@ -113,11 +119,21 @@ impl SpaceReport {
         }
     }
 
-    /// `tlb: N translations possibly cached` (see [`SpaceReport::possibly_cached`]).
+    /// `tlb: N translations possibly cached` (see [`SpaceReport::possibly_cached`]), and on
+    /// which CPUs when another than CPU 0 has the space loaded.
     pub fn tlb_line(&self) -> String {
         match self.possibly_cached {
             0 => "tlb: nothing possibly cached (not the active directory)".into(),
-            n => format!("tlb: {n} translations possibly cached (the active directory)"),
+            n if self.cpus.iter().all(|cpu| cpu == 0) => {
+                format!("tlb: {n} translations possibly cached (the active directory)")
+            }
+            n => {
+                let cpus: Vec<String> = self.cpus.iter().map(|c| c.to_string()).collect();
+                format!(
+                    "tlb: {n} translations possibly cached (loaded on cpus {})",
+                    cpus.join(", ")
+                )
+            }
         }
     }
 
@@ -283,6 +299,7 @@ pub(crate) fn space_report(
         space: view.space,
         cr3: view.cr3,
         possibly_cached: coherence.possibly_cached(view.cr3 & !0xfff),
+        cpus: coherence.cpus_caching(view.cr3 & !0xfff),
         regions: view.regions,
         rows,
         findings,
@@ -293,6 +310,11 @@ pub(crate) fn space_report(
 /// walks the page tables while the guest waits for its next batch.
 struct Inspector {
     batches: Vec<Vec<plan::Planned>>,
+    /// The guest's CPUs: with several, each AP reads a page the plan wrote before the
+    /// snapshots, so that it has that space loaded (lazily) when they are taken.
+    cpus: u32,
+    /// Whether the APs' reads were sent, and then judged.
+    visited: (bool, bool),
     /// Batches sent so far.
     sent: usize,
     /// Index (over all batches) of the first step of the batch in flight.
@@ -310,9 +332,11 @@ struct Inspector {
 }
 
 impl Inspector {
-    fn new(batches: Vec<Vec<plan::Planned>>) -> Self {
+    fn new(batches: Vec<Vec<plan::Planned>>, cpus: u32) -> Self {
         Inspector {
             batches,
+            cpus,
+            visited: (false, false),
             sent: 0,
             first_in_flight: 0,
             placed: Vec::new(),
@@ -357,6 +381,35 @@ impl Inspector {
                 None => p.op,
             })
             .collect()
+    }
+
+    /// A read of the last page the plan wrote from ring 3, as it was sent.
+    fn visit_op(&self) -> Option<Op> {
+        let steps = self.batches.iter().flatten().enumerate();
+        let written = steps.filter(|(_, p)| {
+            matches!(p.op, Op::TouchWrite { .. }) && matches!(p.expect, Expect::Value(_))
+        });
+        let (_, p) = written.last()?;
+        match p
+            .placed_by
+            .map_or(p.op, |by| plan::relocate(p.op, self.placed[by]))
+        {
+            Op::TouchWrite { space, addr, .. } => Some(Op::TouchRead { space, addr }),
+            _ => None,
+        }
+    }
+
+    /// The snapshot of the kernel and of every space in `spaces`, and the kernel's frames.
+    fn ask_snapshots(&mut self, spaces: &[SpaceRecord]) -> Vec<Op> {
+        self.snapshots = Some(Vec::new());
+        let mut ops = vec![Op::Snapshot {
+            space: KERNEL_SPACE,
+        }];
+        ops.extend(spaces.iter().map(|s| Op::Snapshot { space: s.space }));
+        ops.push(Op::Frames {
+            space: KERNEL_SPACE,
+        });
+        ops
     }
 
     fn finish(
@@ -429,15 +482,45 @@ impl Driver for Inspector {
         if self.sent < self.batches.len() {
             return Ok(Some(self.next_scenario_batch()));
         }
-        self.snapshots = Some(Vec::new());
-        let mut ops = vec![Op::Snapshot {
-            space: KERNEL_SPACE,
-        }];
-        ops.extend(spaces.iter().map(|s| Op::Snapshot { space: s.space }));
-        ops.push(Op::Frames {
-            space: KERNEL_SPACE,
-        });
-        Ok(Some(ops))
+        Ok(Some(self.ask_snapshots(spaces)))
+    }
+
+    /// With several CPUs: the plan on CPU 0, then each AP reads a page the plan wrote, then the
+    /// snapshots on CPU 0.
+    fn next_round(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        let on_cpu0 = |ops| vec![CpuBatch { cpu: 0, ops }];
+        let own = results_of(results, 0);
+        let planned = self.sent == self.batches.len() && self.snapshots.is_none();
+        match self.visited {
+            (false, _) if planned && self.cpus > 1 => {
+                self.check_batch(own)?;
+                self.visited.0 = true;
+                let Some(read) = self.visit_op() else {
+                    return Ok(Some(on_cpu0(self.ask_snapshots(spaces))));
+                };
+                let reads = (1..self.cpus).map(|cpu| CpuBatch {
+                    cpu,
+                    ops: vec![read],
+                });
+                Ok(Some(reads.collect()))
+            }
+            (true, false) => {
+                self.visited.1 = true;
+                for (cpu, got) in results {
+                    if let Some(bad) = got.iter().find(|r| r.status != Status::Ok) {
+                        let what = format!("cpu {cpu}'s read of a written page: {:?}", bad.status);
+                        self.mismatches.push(what);
+                    }
+                }
+                Ok(Some(on_cpu0(self.ask_snapshots(spaces))))
+            }
+            _ => Ok(self.next_batch(mem, own, spaces)?.map(on_cpu0)),
+        }
     }
 
     fn frames(&mut self, _: &GuestMemoryMmap, chunk: FramesChunk<'_>) -> Result<(), DriverError> {
@@ -470,7 +553,7 @@ impl Driver for Inspector {
 /// and the kernel.
 pub fn inspect(backends: &dyn Boot, config: &GuestConfig) -> Result<Report, VmmError> {
     let mut vm = backends.boot(config)?;
-    let mut inspector = Inspector::new(plan::batches());
+    let mut inspector = Inspector::new(plan::batches(), config.cpus);
     let status = vm.run(&mut inspector)?;
     let mut report = inspector
         .report

@@ -41,6 +41,31 @@ fn json_goes_to_stdout_alone() {
     );
 }
 
+/// With two CPUs the AP reads a page of space 1 before the snapshots, so the TLB line and the
+/// JSON name both CPUs for that space (the AP keeps it loaded, lazily), and CPU 0 alone for none.
+#[test]
+fn with_two_cpus_each_space_names_the_cpus_that_may_cache_it() {
+    let out = inspect(&["--cpus", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tlb: 11 translations possibly cached (loaded on cpus 0, 1)"),
+        "{}",
+        describe(&out)
+    );
+    let out = inspect(&["--cpus", "2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", describe(&out)));
+    let cpus: Vec<String> = doc["spaces"]
+        .as_array()
+        .expect("spaces")
+        .iter()
+        .map(|s| s["cpus"].to_string())
+        .collect();
+    assert_eq!(cpus, ["[0,1]", "[]", "[]", "[]", "[]"]);
+}
+
 #[test]
 fn table_and_svg_file() {
     let path = std::env::temp_dir().join(format!("vmm-inspect-{}.svg", std::process::id()));

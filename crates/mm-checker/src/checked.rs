@@ -20,7 +20,9 @@ use crate::finding::{region_containing, Finding};
 use crate::provenance::{self, Provenance};
 use crate::rule::Rule;
 use crate::trace_events::CoherenceFinding;
-use mm_driver::driver::{CpuBatch, Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{
+    results_of, CpuBatch, Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot,
+};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH, MAX_SPACES};
 use shared_mm::boot_info::BootInfo;
 use shared_mm::region_tree::InvariantViolation;
@@ -288,8 +290,7 @@ impl<D: Driver> Checked<D> {
         };
         let run = self.checks_run;
         self.checks_run += 1;
-        let check_results = results.iter().find(|(cpu, _)| *cpu == 0);
-        let trees = self.tree_checks(check_results.map_or(&[][..], |(_, r)| r))?;
+        let trees = self.tree_checks(results_of(results, 0))?;
         let mut found = self.run_checks(mem, spaces)?;
         found.extend(trees);
         let seen_in_trace = self.findings.last().is_some_and(|(r, _)| *r == run);

@@ -10,7 +10,11 @@
 //! findings:
 //!
 //! - `stale-tlb-entry`: CPU c enters ring 3 while a translation c may cache is a downgrade of
-//!   what the PTE says now (cleared, another frame, or W, U or X lost);
+//!   what the PTE says now (cleared, another frame, or W, U or X lost). When another CPU p
+//!   made the change, c's use is concurrent with p's operation, which is right while p's
+//!   shootdown of c is under way: the finding stands only if p's next shootdown after the
+//!   change leaves c out, or p sends none before the replayed records end (each call of
+//!   [`Coherence::apply_all`] ends where every CPU is quiescent: between rounds);
 //! - `frame-freed-while-cached`: a frame goes back to the allocator while a translation some
 //!   CPU may cache, stale or present, still points at it.
 //!
@@ -39,6 +43,21 @@ struct Stale {
     translation: Translation,
     pte: u64,
     write: Numbered,
+    /// The CPU that wrote the PTE.
+    writer: usize,
+}
+
+/// A CPU that entered ring 3 with a stale translation another CPU's PTE write left, whose
+/// shootdown is not yet known to cover it.
+#[derive(Clone, Copy, Debug)]
+struct Unshot {
+    cpu: usize,
+    directory: u64,
+    key: (u64, u64),
+    stale: Stale,
+    /// The PTE value now, if present.
+    now: Option<u64>,
+    entry: Numbered,
 }
 
 /// Findings kept at most; later ones are only counted.
@@ -62,6 +81,8 @@ pub struct Cached {
 struct CpuTlb {
     /// The directory it has loaded.
     active: Option<u64>,
+    /// CPUs whose shootdown of this one is under way (requested, not yet acknowledged).
+    shot_by: CpuSet,
     /// Possibly-cached old translations of it, by (page size, page).
     stale: HashMap<(u64, u64), Vec<Stale>>,
 }
@@ -81,6 +102,9 @@ pub struct Coherence {
     /// The last [`RECENT`] flushes, activations and frees, to explain findings.
     recent: VecDeque<Numbered>,
     findings: Vec<CoherenceFinding>,
+    /// Ring-3 entries with another CPU's stale translation, judged by that CPU's next
+    /// shootdown (or at the end of the records).
+    unshot: Vec<Unshot>,
     /// Findings past `MAX_FINDINGS`.
     pub dropped: usize,
     /// Page-table lifetime, replayed on the same events (`None`: not checked).
@@ -126,6 +150,7 @@ impl Coherence {
             next_event: 0,
             recent: VecDeque::new(),
             findings: Vec::new(),
+            unshot: Vec::new(),
             dropped: 0,
             tables: Some(TableLifetime::new(MAX_CPUS as usize, limit)),
         }
@@ -197,9 +222,14 @@ impl Coherence {
         std::mem::take(&mut self.findings)
     }
 
-    /// Replays `records`, which continue the trace.
+    /// Replays `records`, which continue the trace up to a point where every CPU is quiescent
+    /// (so a shootdown not requested by then never was).
     pub fn apply_all(&mut self, records: &[TraceRecord]) -> Result<(), TraceTooLarge> {
-        records.iter().try_for_each(|&record| self.apply(record))
+        records.iter().try_for_each(|&record| self.apply(record))?;
+        for unshot in std::mem::take(&mut self.unshot) {
+            self.report_stale(unshot);
+        }
+        Ok(())
     }
 
     fn apply(&mut self, record: TraceRecord) -> Result<(), TraceTooLarge> {
@@ -235,7 +265,7 @@ impl Coherence {
                 level,
                 old,
                 new,
-            } => self.pte_write(numbered, directory, va, level, old, new)?,
+            } => self.pte_write(cpu, numbered, directory, (va, level), (old, new))?,
             TraceEvent::Flush { va } => {
                 for page in pages_of(va) {
                     let gone = self.cpus[cpu].stale.remove(&page).map_or(0, |s| s.len());
@@ -252,7 +282,11 @@ impl Coherence {
             // Frame provenance is judged from the same events by the checker.
             TraceEvent::FrameAllocated { .. } => {}
             // What a shootdown changes is in the targets' own flushes, before their acks.
-            TraceEvent::ShootdownRequest { .. } | TraceEvent::ShootdownAck { .. } => {}
+            TraceEvent::ShootdownRequest { targets, .. } => self.shootdown(cpu, targets),
+            TraceEvent::ShootdownAck { sender } => {
+                let tlb = &mut self.cpus[cpu];
+                tlb.shot_by = tlb.shot_by.without(sender);
+            }
         }
         Ok(())
     }
@@ -275,14 +309,15 @@ impl Coherence {
         self.tracked = self.tracked.saturating_sub(n);
     }
 
+    /// `writer`'s PTE write `write` at `va` and `level` of `directory`: the entry went from
+    /// `old` to `new`.
     fn pte_write(
         &mut self,
+        writer: usize,
         write: Numbered,
         directory: u64,
-        va: u64,
-        level: u8,
-        old: u64,
-        new: u64,
+        (va, level): (u64, u8),
+        (old, new): (u64, u64),
     ) -> Result<(), TraceTooLarge> {
         if let Some(before) = leaf(level, va, old) {
             self.forget_leaf(directory, before);
@@ -290,6 +325,7 @@ impl Coherence {
                 translation: before,
                 pte: old,
                 write,
+                writer,
             };
             let key = (before.size, before.page);
             // Every CPU that has the directory loaded may keep the old translation.
@@ -378,25 +414,75 @@ impl Coherence {
         }
         used.sort_by_key(|(key, _, _)| *key);
         for (key, stale, now) in used {
-            let gone = self.cpus[cpu].stale.remove(&key).map_or(0, |s| s.len());
-            self.untrack(gone);
-            let now = now.map_or("not present".into(), |pte| format!("{pte:#x}"));
-            self.report(CoherenceFinding {
-                rule: Rule::StaleTlbEntry,
+            let unshot = Unshot {
+                cpu,
                 directory,
-                va: key.1,
-                pte: stale.pte,
-                detail: format!(
-                    "PTE changed from {:#x} to {now} at trace event {}, and ring 3 was entered{} \
-                     at event {} with no flush of the page or CR3 load on that CPU in between",
-                    stale.pte,
-                    stale.write.0,
-                    self.on(cpu),
-                    entry.0
-                ),
-                events: self.explain(stale.write, entry),
-            });
+                key,
+                stale,
+                now,
+                entry,
+            };
+            let concurrent = stale.writer != cpu;
+            if concurrent && self.cpus[cpu].shot_by.contains(stale.writer as u32) {
+                // The writer's shootdown of this CPU is under way: its IPI lands before ring 3
+                // runs an instruction, and the frames wait for the ack.
+                continue;
+            }
+            let known = |u: &Unshot| u.cpu == cpu && u.stale.write.0 == stale.write.0;
+            if concurrent && !self.unshot.iter().any(known) {
+                self.unshot.push(unshot);
+            } else if !concurrent {
+                self.report_stale(unshot);
+            }
         }
+    }
+
+    /// `writer` asks `targets` to flush: a ring-3 entry it left stale on a target is
+    /// concurrent with its operation; on a CPU it leaves out, it is a finding.
+    fn shootdown(&mut self, writer: usize, targets: CpuSet) {
+        for cpu in targets.iter() {
+            if let Some(tlb) = self.cpus.get_mut(cpu as usize) {
+                tlb.shot_by = tlb.shot_by.with(writer as u32);
+            }
+        }
+        let (judged, waiting) = std::mem::take(&mut self.unshot)
+            .into_iter()
+            .partition(|u| u.stale.writer == writer);
+        self.unshot = waiting;
+        for unshot in judged {
+            if !targets.contains(unshot.cpu as u32) {
+                self.report_stale(unshot);
+            }
+        }
+    }
+
+    fn report_stale(&mut self, unshot: Unshot) {
+        let Unshot {
+            cpu,
+            directory,
+            key,
+            stale,
+            now,
+            entry,
+        } = unshot;
+        let gone = self.cpus[cpu].stale.remove(&key).map_or(0, |s| s.len());
+        self.untrack(gone);
+        let now = now.map_or("not present".into(), |pte| format!("{pte:#x}"));
+        self.report(CoherenceFinding {
+            rule: Rule::StaleTlbEntry,
+            directory,
+            va: key.1,
+            pte: stale.pte,
+            detail: format!(
+                "PTE changed from {:#x} to {now} at trace event {}, and ring 3 was entered{} \
+                 at event {} with no flush of the page or CR3 load on that CPU in between",
+                stale.pte,
+                stale.write.0,
+                self.on(cpu),
+                entry.0
+            ),
+            events: self.explain(stale.write, entry),
+        });
     }
 
     /// ` on cpu N` when the trace has named more than one CPU (so a one-CPU finding reads as
@@ -692,6 +778,44 @@ mod tests {
         assert!(replay_records(&records).is_empty(), "CPU 0 flushed");
         records.extend(on(1, &[TraceEvent::EnterUser]));
         assert_eq!(replay_records(&records), [Rule::StaleTlbEntry]);
+    }
+
+    fn request_to(targets: CpuSet) -> TraceEvent {
+        TraceEvent::ShootdownRequest {
+            directory: DIR,
+            targets,
+            scope: shared_mm::trace::FlushScope::Pages(1),
+        }
+    }
+
+    /// CPU 1 enters ring 3 between CPU 0's change and CPU 0's shootdown: its use is concurrent
+    /// with CPU 0's operation, which is right if that shootdown covers CPU 1, and a finding if
+    /// it leaves CPU 1 out or never comes (judged when the records end, all CPUs quiescent).
+    #[test]
+    fn ring_3_on_another_cpu_during_a_change_is_judged_by_the_changer_s_shootdown() {
+        let mut raced = cleared_on_cpu0_while_cpu1_has_it_loaded();
+        raced.extend(on(1, &[TraceEvent::EnterUser]));
+        let then = |tail: &[TraceRecord]| {
+            let mut records = raced.clone();
+            records.extend_from_slice(tail);
+            replay_records(&records)
+        };
+        let covered = [cpu0(&[request_to(CpuSet::EMPTY.with(1))]), on(1, &[FLUSH])].concat();
+        assert!(then(&covered).is_empty());
+        let missed = cpu0(&[request_to(CpuSet::EMPTY.with(2))]);
+        assert_eq!(then(&missed), [Rule::StaleTlbEntry]);
+        assert_eq!(then(&[]), [Rule::StaleTlbEntry], "no shootdown at all");
+    }
+
+    /// CPU 1 enters ring 3 after CPU 0 asked it to flush and before it served the IPI, which
+    /// lands before ring 3 runs an instruction.
+    #[test]
+    fn ring_3_with_a_shootdown_of_this_cpu_under_way_is_clean() {
+        let mut records = cleared_on_cpu0_while_cpu1_has_it_loaded();
+        records.extend(cpu0(&[request_to(CpuSet::EMPTY.with(1))]));
+        records.extend(on(1, &[TraceEvent::EnterUser, FLUSH]));
+        records.extend(on(1, &[TraceEvent::ShootdownAck { sender: 0 }]));
+        assert!(replay_records(&records).is_empty());
     }
 
     #[test]

@@ -75,6 +75,12 @@ pub trait Guest {
 
     /// Everything the guest printed.
     fn console_output(&self) -> String;
+
+    /// The schedule its CPUs ran, where the backend chooses it (the sim with several CPUs):
+    /// every round that did not run as the default would. `None` elsewhere.
+    fn schedule(&self) -> Option<crate::Schedule> {
+        None
+    }
 }
 
 /// What boots guests: the backends a program links in. Fuzz jobs boot from several threads,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use crate::backend::Backend;
+use crate::schedule::Schedule;
 use guest_boot::BootSpec;
 use guest_mm::SeededBugs;
 use shared_mm::boot_info::GuestCommand;
@@ -39,11 +40,15 @@ pub struct GuestConfig {
     /// Seeded bugs the sim backend plants at run time. Under KVM the kernel image carries its
     /// bugs (as cargo features), and this is ignored.
     pub seeded_bugs: SeededBugs,
+    /// With several CPUs on the sim: the schedule to follow (a reproducer's, or one written by
+    /// hand); the rounds it leaves out run as [`Schedule`] says. `None`: the PCT scheduler,
+    /// seeded from `random_seed`, chooses every round.
+    pub schedule: Option<Schedule>,
 }
 
 impl GuestConfig {
     /// A guest of `kernel` with the defaults: 256 MiB, one CPU, a 60 s time limit, no echo,
-    /// seed 0x5eed, the MM agent, the kvm backend, the flush trace on, no seeded bugs.
+    /// seed 0x5eed, the MM agent, the kvm backend, the flush trace on, no seeded bugs, the sim's schedules chosen by PCT.
     pub fn new(kernel: Vec<u8>) -> Self {
         GuestConfig {
             kernel,
@@ -56,6 +61,7 @@ impl GuestConfig {
             backend: Backend::Kvm,
             trace: true,
             seeded_bugs: SeededBugs::NONE,
+            schedule: None,
         }
     }
 

@@ -228,6 +228,14 @@ impl SpaceSnapshot {
     }
 }
 
+/// The results CPU `cpu` returned in a round's `results` (none if it ran no batch).
+pub fn results_of(results: &[(u32, Vec<OpResult>)], cpu: u32) -> &[OpResult] {
+    results
+        .iter()
+        .find(|(c, _)| *c == cpu)
+        .map_or(&[][..], |(_, r)| r.as_slice())
+}
+
 /// One CPU's batch of a round: what CPU `cpu` runs while the round's other CPUs run theirs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CpuBatch {
@@ -264,11 +272,7 @@ pub trait Driver {
         results: &[(u32, Vec<OpResult>)],
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
-        let own = results
-            .iter()
-            .find(|(cpu, _)| *cpu == 0)
-            .map_or(&[][..], |(_, r)| r.as_slice());
-        let next = self.next_batch(mem, own, spaces)?;
+        let next = self.next_batch(mem, results_of(results, 0), spaces)?;
         Ok(next.map(|ops| vec![CpuBatch { cpu: 0, ops }]))
     }
 

@@ -12,9 +12,11 @@ pub mod console;
 pub mod driver;
 pub mod protocol_error;
 pub mod run_error;
+pub mod schedule;
 pub mod stop;
 
 pub use backend::{Backend, Boot, Guest};
 pub use config::GuestConfig;
 pub use driver::{Driver, DriverError};
 pub use run_error::RunError;
+pub use schedule::{Schedule, Slice};

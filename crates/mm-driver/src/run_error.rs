@@ -26,6 +26,10 @@ pub enum RunError {
     /// The guest MM's lock-order checker found two paths taking two locks in opposite orders
     /// (they can deadlock each other); `finding` names both locks and both paths.
     LockOrder { cpu: u32, finding: String },
+    /// Every simulated CPU with work waits for a lock (or for an acknowledgement that a waiting
+    /// CPU would send): `cpus` says, one line per CPU, the locks it holds, the one it wants and
+    /// the operation it runs.
+    Deadlock { cpus: Vec<String> },
     /// The guest made no progress for `--timeout` seconds: no hypercall, and no heartbeat from
     /// a long loop (a hang, or a guest that never exits).
     Timeout { seconds: f64, registers: String },
@@ -59,6 +63,7 @@ impl RunError {
         match self {
             RunError::GuestPanic { .. }
             | RunError::LockOrder { .. }
+            | RunError::Deadlock { .. }
             | RunError::TripleFault { .. }
             | RunError::Timeout { .. }
             | RunError::GuestHalted { .. }
@@ -94,6 +99,10 @@ impl fmt::Display for RunError {
             }
             RunError::LockOrder { cpu, finding } => {
                 write!(f, "lock-order: the guest MM on cpu {cpu} found: {finding}")
+            }
+            RunError::Deadlock { cpus } => {
+                write!(f, "deadlock: every CPU with work waits")?;
+                cpus.iter().try_for_each(|cpu| write!(f, "\n  {cpu}"))
             }
             RunError::Timeout { seconds, registers } => write!(
                 f,

@@ -5,14 +5,15 @@ use super::corpus::CorpusDir;
 use super::generate::Generator;
 use super::repro::Reproducer;
 use super::shrink::{shrink, Budget};
+use super::shrink_rounds::shrink_rounds;
 use super::uniformity::Spending;
 use super::{narrow, replay, run_session, Failure, Feedback, Run, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::error::FuzzError;
 use bounded_io::files::{write_output, Naming};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mm_driver::{Boot, GuestConfig};
-use mm_scenario::header::cpus_line;
+use mm_driver::{Backend, Boot, GuestConfig};
+use mm_scenario::header::{cpus_line, schedule_line};
 use shared_mm::abi::{Op, Status};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -214,10 +215,35 @@ impl Shared<'_> {
         ));
         let original_len = run.sent.len();
         let shrink_start = Instant::now();
-        let (ops, failure) = if config.shrink {
+        // With several CPUs a failure keeps its rounds: on the sim, where its schedule replays
+        // exactly, it is shrunk with them; on kvm it is saved as found (the shrinker and the sim
+        // twin run one CPU).
+        let several = config.vm.cpus > 1;
+        let mut rounds = (
+            run.cpus.clone(),
+            run.batch_starts.clone(),
+            run.schedule.clone(),
+        );
+        let mut cpu_count = config.vm.cpus;
+        let (ops, failure) = if config.shrink && !several {
             self.bar
                 .set_message(format!("shrinking {} ops", run.sent.len()));
             reduce(config, self.backends, &run, &found, &|line| self.say(line))?
+        } else if config.shrink && config.vm.backend == Backend::Sim {
+            self.bar.set_message(format!(
+                "shrinking {} ops on {} CPUs",
+                run.sent.len(),
+                cpu_count
+            ));
+            let budget = config.shrink_budget;
+            match shrink_rounds(self.backends, &config.vm, &run, &found.signature, budget)? {
+                Some(shrunk) => {
+                    rounds = (shrunk.cpus, shrunk.round_starts, Some(shrunk.schedule));
+                    cpu_count = shrunk.cpu_count;
+                    (shrunk.ops, shrunk.failure)
+                }
+                None => (run.sent, found.clone()),
+            }
         } else {
             (run.sent, found.clone())
         };
@@ -235,22 +261,26 @@ impl Shared<'_> {
                 return Ok(());
             }
         }
-        let mut repro = Reproducer {
-            header: vec![
-                ("failure".into(), failure.signature.to_string()),
-                ("detail".into(), failure.description.clone()),
-                ("seed".into(), config.seed.to_string()),
-                ("job".into(), job.to_string()),
-                ("backend".into(), config.vm.backend.to_string()),
-                ("guest-features".into(), config.guest_features.join(",")),
-                ("kernel".into(), config.kernel_label.clone()),
-                ("memory-mib".into(), (config.vm.memory >> 20).to_string()),
-                ("found-after-ops".into(), ops_to_find.to_string()),
-                ("original-length".into(), original_len.to_string()),
-            ],
-            ops,
+        let header = vec![
+            ("failure".into(), failure.signature.to_string()),
+            ("detail".into(), failure.description.clone()),
+            ("seed".into(), config.seed.to_string()),
+            ("job".into(), job.to_string()),
+            ("backend".into(), config.vm.backend.to_string()),
+            ("guest-features".into(), config.guest_features.join(",")),
+            ("kernel".into(), config.kernel_label.clone()),
+            ("memory-mib".into(), (config.vm.memory >> 20).to_string()),
+            ("found-after-ops".into(), ops_to_find.to_string()),
+            ("original-length".into(), original_len.to_string()),
+        ];
+        let (cpus, starts, schedule) = rounds;
+        let mut repro = if several {
+            Reproducer::with_rounds(header, ops, &cpus, &starts)
+        } else {
+            Reproducer::with_rounds(header, ops, &[], &[])
         };
-        repro.header.extend(cpus_line(config.vm.cpus));
+        repro.header.extend(cpus_line(cpu_count));
+        repro.header.extend(schedule_line(schedule.as_ref()));
         std::fs::create_dir_all(&config.out_dir).map_err(|source| FuzzError::Output {
             path: config.out_dir.clone(),
             source,

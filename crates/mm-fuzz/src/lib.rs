@@ -20,6 +20,7 @@ pub mod rebase;
 pub mod repro;
 pub mod self_check;
 pub mod shrink;
+pub mod shrink_rounds;
 pub mod uniformity;
 
 use crate::coverage::{CoverageMap, CoverageSet};
@@ -28,12 +29,12 @@ use bounded_io::files::FileError;
 use corpus::{CorpusDir, Entry, NewEdges, Reader};
 use generate::Generator;
 use mm_checker::{Checked, Finding, Rule};
-use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{CpuBatch, Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::stop::StopRequest;
 use mm_driver::{Boot, GuestConfig, RunError};
 use mm_scenario::ops::{op_name, op_to_line};
 use model::Model;
-use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
+use shared_mm::abi::{FaultKind, Op, OpResult, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,6 +101,14 @@ fn status_text(r: &OpResult) -> String {
     } else {
         format!("{:?} {:?}", r.status, r.fault)
     }
+}
+
+/// SplitMix64's finalizer: a well-mixed hash of `x`.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// How often a job looks for entries that other campaigns wrote into its corpus directory.
@@ -253,6 +262,9 @@ pub enum Source<'g, 'f> {
     Fixed(VecDeque<Op>),
     /// A fixed list already cut into batches (a replay narrowing to one op: see [`narrow`]).
     Planned(VecDeque<Vec<Op>>),
+    /// Fixed rounds, each op on the CPU it names (a reproducer of several CPUs, replayed as it
+    /// was found).
+    Rounds(VecDeque<Vec<CpuBatch>>),
 }
 
 /// Called after every batch with the number of operations it held.
@@ -283,6 +295,17 @@ pub struct Session<'g, 'f, 'p> {
     stop_at: Option<(usize, StopRequest)>,
     /// Set from outside (Ctrl-C): end at the next batch boundary.
     stop: Option<&'p AtomicBool>,
+    /// The guest's CPUs: with several, each batch runs as a round ([`Session::split`]).
+    cpus: u32,
+    /// The CPU that ran each op of `sent`.
+    pub sent_cpus: Vec<u32>,
+    /// Where each batch (a round, with several CPUs) starts in `sent`.
+    pub batch_starts: Vec<usize>,
+    /// Whether some batches race a touch against an unmap or protect of its page on another
+    /// CPU ([`Session::race`]): on the sim, whose scheduler chooses the interleaving.
+    races: bool,
+    /// Rounds of the current batch still to hand out.
+    queued: VecDeque<Vec<CpuBatch>>,
 }
 
 impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
@@ -302,6 +325,26 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             last_batch: 0,
             stop_at: None,
             stop: None,
+            cpus: 1,
+            sent_cpus: Vec::new(),
+            batch_starts: Vec::new(),
+            races: false,
+            queued: VecDeque::new(),
+        }
+    }
+
+    /// The same session racing touches against unmaps and protects of their pages in one
+    /// batch of four (with several CPUs): for the sim, where every such round replays exactly.
+    pub fn with_races(self, races: bool) -> Self {
+        Session { races, ..self }
+    }
+
+    /// The same session for a guest of `cpus` CPUs: each batch runs as a round, its ops spread
+    /// over the CPUs where that keeps the model's verdicts exact ([`Session::split`]).
+    pub fn on_cpus(self, cpus: u32) -> Self {
+        Session {
+            cpus: cpus.max(1),
+            ..self
         }
     }
 
@@ -391,6 +434,9 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
             );
             return self.fail(Signature::Crash("protocol error"), why);
         }
+        if self.judge_race(&batch, results).is_some() {
+            return;
+        }
         let first_index = self.sent.len() - batch.len();
         for (i, (op, got)) in batch.iter().zip(results).enumerate() {
             let index = first_index + i;
@@ -473,18 +519,176 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
                 }
             }
             Source::Planned(batches) => batch = batches.pop_front().unwrap_or_default(),
+            Source::Rounds(_) => unreachable!("rounds are handed out whole: Session::next_round"),
         }
         batch
     }
-}
 
-impl Driver for Session<'_, '_, '_> {
-    fn next_batch(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        results: &[OpResult],
-        _: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, DriverError> {
+    /// With races on, one batch in four whose ops include an unmap or protect and a touch of a
+    /// page it covers, in the same space: the ops before the unmap or protect, a round of two
+    /// where CPU 0 runs it and CPU 1 the touch, and the ops after. The model judges that round
+    /// in either order ([`Session::judge_race`]); the sim's scheduler chooses the interleaving,
+    /// so a fault path that races the unmap is found and replays.
+    fn race(&self, batch: &[Op]) -> Option<(Vec<Op>, Vec<CpuBatch>, Vec<Op>)> {
+        let round = self.batch_starts.len() as u64;
+        if !self.races || self.cpus < 2 || !splitmix(round ^ 0x7ace).is_multiple_of(4) {
+            return None;
+        }
+        let covers = |change: &Op, touch: &Op| match (change, touch) {
+            (
+                Op::Unmap { space, addr, size }
+                | Op::Protect {
+                    space, addr, size, ..
+                },
+                Op::TouchRead { space: s, addr: at }
+                | Op::TouchWrite {
+                    space: s, addr: at, ..
+                },
+            ) => space == s && (*addr..addr.saturating_add(*size)).contains(at),
+            _ => false,
+        };
+        let (change, touch) = (0..batch.len()).find_map(|c| {
+            let t = (0..batch.len()).find(|&t| t != c && covers(&batch[c], &batch[t]))?;
+            Some((c, t))
+        })?;
+        let rest = |range: std::ops::Range<usize>| -> Vec<Op> {
+            range.filter(|&i| i != touch).map(|i| batch[i]).collect()
+        };
+        let race = vec![
+            CpuBatch {
+                cpu: 0,
+                ops: vec![batch[change]],
+            },
+            CpuBatch {
+                cpu: 1,
+                ops: vec![batch[touch]],
+            },
+        ];
+        Some((rest(0..change), race, rest(change + 1..batch.len())))
+    }
+
+    /// A round of two ops on one space on two CPUs: its results hold if either order explains
+    /// them (the model then follows that order). `None` if the round is not one, or neither
+    /// order does (then the ops are judged as sent, and the mismatch shows).
+    fn judge_race(&mut self, batch: &[Op], results: &[OpResult]) -> Option<()> {
+        let start = self.sent.len() - batch.len();
+        let cpus = &self.sent_cpus[start..];
+        let ([a, b], [ra, rb]) = (batch, results) else {
+            return None;
+        };
+        if cpus[0] == cpus[1] || a.space()? != b.space()? {
+            return None;
+        }
+        let explains = |first: (&Op, &OpResult), second: (&Op, &OpResult)| {
+            let mut model = self.model.clone();
+            let holds = model.apply(first.0, first.1).is_none()
+                && model.apply(second.0, second.1).is_none();
+            holds.then_some(model)
+        };
+        let model = explains((a, ra), (b, rb)).or_else(|| explains((b, rb), (a, ra)))?;
+        self.model = model;
+        Some(())
+    }
+
+    /// `batch` as a round for the guest's CPUs. Ops on different spaces commute, so the model
+    /// judges a round as if CPU 0's ops ran first, then CPU 1's, and so on, when the spaces the
+    /// CPUs work on are disjoint and nothing of one space reaches another: only a space whose
+    /// ops in the batch are all local to it (no fork, which numbers a new space, no
+    /// `map-randomized`, which draws from the one placement RNG) and that holds no shared
+    /// memory (which a fork shares between spaces) may go to a CPU other than 0, and every such
+    /// space goes to one CPU, chosen by a hash of the round and the space. Creates, forks and
+    /// ops on spaces not live yet stay on CPU 0, in order. A batch with a snapshot or a frame
+    /// report runs on CPU 0 alone (those are CPU 0's, between rounds). Same-space races are
+    /// the directed tests' (tests/tests/smp.rs), not the fuzzer's.
+    fn split(&self, batch: Vec<Op>) -> Vec<CpuBatch> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let reports = batch
+            .iter()
+            .any(|op| matches!(op, Op::Snapshot { .. } | Op::Frames { .. }));
+        if self.cpus == 1 || reports {
+            return vec![CpuBatch { cpu: 0, ops: batch }];
+        }
+        let pinned: Vec<u32> = batch
+            .iter()
+            .filter(|op| matches!(op, Op::Fork { .. } | Op::MapRandomized { .. }))
+            .filter_map(Op::space)
+            .collect();
+        let round = self.batch_starts.len() as u64;
+        let cpu_of = |space: u32| -> u32 {
+            let movable = !pinned.contains(&space)
+                && self
+                    .model
+                    .spaces
+                    .get(&space)
+                    .is_some_and(|s| s.regions.values().all(|r| r.object.is_none()));
+            if !movable {
+                return 0;
+            }
+            let mixed = splitmix(round.wrapping_mul(0x1_0000_0001) ^ u64::from(space));
+            (mixed % u64::from(self.cpus)) as u32
+        };
+        let mut batches: Vec<CpuBatch> = (0..self.cpus)
+            .map(|cpu| CpuBatch {
+                cpu,
+                ops: Vec::new(),
+            })
+            .collect();
+        for op in batch {
+            let cpu = op.space().map_or(0, cpu_of);
+            batches[cpu as usize].ops.push(op);
+        }
+        batches.retain(|b| !b.ops.is_empty());
+        batches
+    }
+
+    /// Hands out the next round, or `None` when done; remembers what it sent.
+    fn hand_out(&mut self) -> Option<Vec<CpuBatch>> {
+        if self.done() {
+            return None;
+        }
+        let round = match (self.queued.pop_front(), &mut self.source) {
+            (Some(round), _) => round,
+            (None, Source::Rounds(rounds)) => rounds.pop_front()?,
+            (None, _) => {
+                let batch = self.next_ops();
+                if batch.is_empty() {
+                    return None;
+                }
+                match self.race(&batch) {
+                    Some((before, race, after)) => {
+                        let after = self.split(after);
+                        self.queued.push_back(race);
+                        self.queued.extend((!after.is_empty()).then_some(after));
+                        match self.split(before) {
+                            round if round.is_empty() => self.queued.pop_front()?,
+                            round => round,
+                        }
+                    }
+                    None => self.split(batch),
+                }
+            }
+        };
+        self.last_batch = self.sent.len();
+        self.batch_starts.push(self.sent.len());
+        for CpuBatch { cpu, ops } in &round {
+            self.sent.extend_from_slice(ops);
+            self.sent_cpus.extend(std::iter::repeat_n(*cpu, ops.len()));
+        }
+        let sent = self.last_batch..self.sent.len();
+        if let Some((at, stop)) = &self.stop_at {
+            if sent.contains(at) {
+                stop.request(format!("before op {at} ({})", op_to_line(&self.sent[*at])));
+            }
+        }
+        self.in_flight = self.sent[sent].to_vec();
+        Some(round)
+    }
+
+    /// Takes the results of the round in flight (in its CPUs' order, as `sent` holds its ops),
+    /// checks them, and feeds coverage back.
+    fn receive(&mut self, mem: &GuestMemoryMmap, results: &[OpResult]) -> Result<(), DriverError> {
         let first_call = self.sent.is_empty();
         if let Source::Generated {
             feedback: Some(fb), ..
@@ -495,38 +699,69 @@ impl Driver for Session<'_, '_, '_> {
                 fb.observe(mem, &[])?;
             }
         }
-        if !self.in_flight.is_empty() {
-            let n = self.in_flight.len();
-            self.check_results(results);
-            if let Source::Generated {
-                feedback: Some(fb), ..
-            } = &mut self.source
-            {
-                fb.observe(mem, &self.in_flight)?;
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let n = self.in_flight.len();
+        self.check_results(results);
+        if let Source::Generated {
+            feedback: Some(fb), ..
+        } = &mut self.source
+        {
+            fb.observe(mem, &self.in_flight)?;
+        }
+        self.in_flight.clear();
+        self.snapshots.clear();
+        self.snapshots_used = 0;
+        if let Some(progress) = self.progress {
+            progress(n);
+        }
+        Ok(())
+    }
+}
+
+impl Driver for Session<'_, '_, '_> {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, DriverError> {
+        self.receive(mem, results)?;
+        let round = self.hand_out();
+        Ok(round.map(|round| round.into_iter().flat_map(|b| b.ops).collect()))
+    }
+
+    fn next_round(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        // The round in flight's ops are in `sent` by CPU, lowest first: so are its results.
+        let start = self.sent.len() - self.in_flight.len();
+        let mut ordered = Vec::with_capacity(self.in_flight.len());
+        let mut cpus: Vec<u32> = self.sent_cpus[start..].to_vec();
+        cpus.dedup();
+        for cpu in cpus {
+            let sent = self.sent_cpus[start..]
+                .iter()
+                .filter(|&&c| c == cpu)
+                .count();
+            let got = results
+                .iter()
+                .find(|(c, _)| *c == cpu)
+                .map_or(&[][..], |(_, r)| r);
+            if got.len() != sent {
+                return Err(DriverError::ResultCount {
+                    got: got.len(),
+                    sent,
+                });
             }
-            self.in_flight.clear();
-            self.snapshots.clear();
-            self.snapshots_used = 0;
-            if let Some(progress) = self.progress {
-                progress(n);
-            }
+            ordered.extend_from_slice(got);
         }
-        if self.done() {
-            return Ok(None);
-        }
-        let batch = self.next_ops();
-        if batch.is_empty() {
-            return Ok(None);
-        }
-        self.last_batch = self.sent.len();
-        self.sent.extend_from_slice(&batch);
-        if let Some((at, stop)) = &self.stop_at {
-            if (self.sent.len() - batch.len()..self.sent.len()).contains(at) {
-                stop.request(format!("before op {at} ({})", op_to_line(&self.sent[*at])));
-            }
-        }
-        self.in_flight = batch.clone();
-        Ok(Some(batch))
+        self.receive(mem, &ordered)?;
+        Ok(self.hand_out())
     }
 
     fn snapshot(
@@ -550,6 +785,13 @@ pub struct Run {
     pub last_batch: usize,
     /// The uniformity tests' false-alarm budget, as the session left it.
     pub spending: Spending,
+    /// The CPU that ran each op of `sent`.
+    pub cpus: Vec<u32>,
+    /// Where each batch (a round, with several CPUs) starts in `sent`.
+    pub batch_starts: Vec<usize>,
+    /// The schedule the sim's CPUs ran (its rounds that did not run as the default would);
+    /// `None` where the backend does not choose it.
+    pub schedule: Option<mm_driver::Schedule>,
 }
 
 /// Runs `session` on a fresh guest; returns the operations it sent and how it failed, if it
@@ -561,9 +803,12 @@ pub fn run_session(
     check: bool,
 ) -> Result<Run, FuzzError> {
     let mut vm = backends.boot(config)?;
-    let session = session.with_frame_budget(guest_boot::boot_memory::available_frames(
-        &config.boot_spec(),
-    ));
+    let session = session
+        .with_frame_budget(guest_boot::boot_memory::available_frames(
+            &config.boot_spec(),
+        ))
+        .on_cpus(config.cpus)
+        .with_races(config.backend == mm_driver::Backend::Sim);
     let mut driver = Checked::new(session);
     driver.stop_on_finding = true;
     let outcome = if check {
@@ -587,6 +832,7 @@ pub fn run_session(
         Err(e @ RunError::LockOrder { .. }) => Some(("lock order", e.to_string())),
         Err(e @ RunError::TripleFault { .. }) => Some(("triple fault", e.to_string())),
         Err(e @ RunError::Timeout { .. }) => Some(("hang", e.to_string())),
+        Err(e @ RunError::Deadlock { .. }) => Some(("deadlock", e.to_string())),
         Err(
             e @ (RunError::GuestHalted { .. } | RunError::GuestProtocol(_) | RunError::Driver(_)),
         ) => Some(("protocol error", e.to_string())),
@@ -601,6 +847,9 @@ pub fn run_session(
             .map_or_else(Spending::default, Uniformity::spending),
         sent: session.sent,
         results: session.results,
+        cpus: session.sent_cpus,
+        batch_starts: session.batch_starts,
+        schedule: vm.schedule(),
         failure,
     })
 }
@@ -652,6 +901,18 @@ pub fn replay(
     let run = replay_run(backends, config, ops, batch, check)?;
     let prefix = run.sent.len();
     Ok(run.failure.map(|f| (f, prefix)))
+}
+
+/// Replays `rounds` as they are (each op on its CPU), with the agreement checker after each if
+/// `check`, on a fresh guest of `config.cpus` CPUs.
+pub fn replay_rounds(
+    backends: &dyn Boot,
+    config: &GuestConfig,
+    rounds: Vec<Vec<CpuBatch>>,
+    check: bool,
+) -> Result<Run, FuzzError> {
+    let session = Session::new(Source::Rounds(rounds.into()), MAX_BATCH, None);
+    run_session(backends, config, session, check)
 }
 
 /// [`replay`], returning the whole run: what was sent, the results and the failure.

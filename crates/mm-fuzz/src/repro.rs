@@ -1,6 +1,7 @@
 //! Fuzz reproducers: scenarios without expectations (`# key: value` header lines, one operation
 //! per line), written by `vmm fuzz` and run again by `vmm replay`.
 
+use mm_driver::driver::CpuBatch;
 use mm_scenario::format::{ParseError, Scenario, Step};
 use shared_mm::abi::Op;
 
@@ -13,6 +14,10 @@ pub struct Reproducer {
     /// `# key: value` header lines, in order.
     pub header: Vec<(String, String)>,
     pub ops: Vec<Op>,
+    /// With several CPUs, the CPU each op ran on (`@cpuN`); empty with one CPU.
+    pub cpus: Vec<u32>,
+    /// With several CPUs, where each round starts in `ops` (`---` between them).
+    pub round_starts: Vec<usize>,
 }
 
 impl Reproducer {
@@ -23,16 +28,71 @@ impl Reproducer {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The reproducer as a scenario: its header and one batch of steps that expect nothing.
+    /// A reproducer of `ops` that ran on `cpus` (each op's CPU) in batches starting at
+    /// `starts` (indices into `ops`): the rounds are kept only if an op ran off CPU 0.
+    pub fn with_rounds(
+        header: Vec<(String, String)>,
+        ops: Vec<Op>,
+        cpus: &[u32],
+        starts: &[usize],
+    ) -> Self {
+        let several = cpus.len() == ops.len() && cpus.iter().any(|&cpu| cpu != 0);
+        Reproducer {
+            header,
+            ops,
+            cpus: if several { cpus.to_vec() } else { Vec::new() },
+            round_starts: if several { starts.to_vec() } else { Vec::new() },
+        }
+    }
+
+    /// The rounds to replay, each op on its CPU; `None` for a reproducer of one CPU.
+    pub fn cpu_rounds(&self) -> Option<Vec<Vec<CpuBatch>>> {
+        if self.cpus.is_empty() {
+            return None;
+        }
+        let ends = self.round_starts.iter().skip(1).copied();
+        let ends = ends.chain([self.ops.len()]);
+        let rounds = self.round_starts.iter().zip(ends).map(|(&start, end)| {
+            let mut round: Vec<CpuBatch> = Vec::new();
+            for (&op, &cpu) in self.ops[start..end].iter().zip(&self.cpus[start..end]) {
+                match round.iter_mut().find(|b| b.cpu == cpu) {
+                    Some(batch) => batch.ops.push(op),
+                    None => round.push(CpuBatch { cpu, ops: vec![op] }),
+                }
+            }
+            round.sort_by_key(|b| b.cpu);
+            round
+        });
+        Some(rounds.filter(|r| !r.is_empty()).collect())
+    }
+
+    /// The reproducer as a scenario: its header and its steps, expecting nothing: one batch, or
+    /// with several CPUs one batch per round, each step after its CPU.
     pub fn scenario(&self) -> Scenario {
-        let steps: Vec<Step> = self.ops.iter().map(|&op| Step::new(op, None, "")).collect();
+        let batches = match self.cpu_rounds() {
+            Some(rounds) => rounds
+                .into_iter()
+                .map(|round| {
+                    let steps = round.into_iter().flat_map(|b| {
+                        b.ops
+                            .into_iter()
+                            .map(move |op| Step::new(op, None, "").on(b.cpu))
+                    });
+                    steps.collect()
+                })
+                .collect(),
+            None => {
+                let steps: Vec<Step> = self.ops.iter().map(|&op| Step::new(op, None, "")).collect();
+                if steps.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![steps]
+                }
+            }
+        };
         Scenario {
             header: self.header.clone(),
-            batches: if steps.is_empty() {
-                Vec::new()
-            } else {
-                vec![steps]
-            },
+            batches,
         }
     }
 
@@ -80,12 +140,20 @@ impl Reproducer {
 }
 
 impl From<Scenario> for Reproducer {
+    /// The scenario's ops; its batches become rounds if a step names a CPU other than 0.
     fn from(scenario: Scenario) -> Reproducer {
         let ops = scenario.steps().map(|s| s.op).collect();
-        Reproducer {
-            header: scenario.header,
-            ops,
-        }
+        let cpus: Vec<u32> = scenario.steps().map(|s| s.cpu).collect();
+        let starts: Vec<usize> = scenario
+            .batches
+            .iter()
+            .scan(0, |at, batch| {
+                let start = *at;
+                *at += batch.len();
+                Some(start)
+            })
+            .collect();
+        Reproducer::with_rounds(scenario.header, ops, &cpus, &starts)
     }
 }
 
@@ -93,6 +161,37 @@ impl From<Scenario> for Reproducer {
 mod tests {
     use super::*;
     use mm_scenario::self_check;
+
+    /// A reproducer found with several CPUs keeps each op's CPU and its rounds, in text.
+    #[test]
+    fn a_reproducer_of_several_cpus_keeps_its_rounds() {
+        let write = |space| Op::TouchWrite {
+            space,
+            addr: 0x1000,
+            value: 1,
+        };
+        let ops = vec![
+            Op::CreateSpace,
+            Op::CreateSpace,
+            write(1),
+            write(2),
+            write(1),
+        ];
+        let repro = Reproducer::with_rounds(Vec::new(), ops, &[0, 0, 0, 1, 1], &[0, 2]);
+        let text = repro.to_text();
+        assert!(text.contains("---\ntouch-write space=1"), "{text}");
+        assert!(text.contains("@cpu1 touch-write space=2"), "{text}");
+        let parsed = Reproducer::parse(&text).expect("parses");
+        assert_eq!(parsed, repro);
+        let rounds = parsed.cpu_rounds().expect("several CPUs");
+        let shape: Vec<Vec<(u32, usize)>> = rounds
+            .iter()
+            .map(|r| r.iter().map(|b| (b.cpu, b.ops.len())).collect())
+            .collect();
+        assert_eq!(shape, [vec![(0, 2)], vec![(0, 1), (1, 2)]]);
+        let one = Reproducer::with_rounds(Vec::new(), vec![Op::CreateSpace], &[0], &[0]);
+        assert!(one.cpu_rounds().is_none() && !one.to_text().contains("@cpu"));
+    }
 
     #[test]
     fn reproducer_round_trips_through_text() {
@@ -102,6 +201,8 @@ mod tests {
                 ("failure".into(), "x\ny".into()),
             ],
             ops: self_check().steps().map(|s| s.op).collect(),
+            cpus: Vec::new(),
+            round_starts: Vec::new(),
         };
         let parsed = Reproducer::parse(&repro.to_text()).expect("parses");
         assert_eq!(parsed.ops, repro.ops);
@@ -151,6 +252,8 @@ mod tests {
                 ("backend".into(), "sim".into()),
             ],
             ops: vec![Op::CreateSpace, Op::DestroySpace { space: 1 }],
+            cpus: Vec::new(),
+            round_starts: Vec::new(),
         };
         let setup = [("seed".to_string(), "9".to_string())];
         let scenario = repro.regression(&setup, Some((1, "why")), &[1, 1]);

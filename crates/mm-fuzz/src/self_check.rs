@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 use crate::probe;
-use mm_driver::driver::{CpuBatch, Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{results_of, CpuBatch, Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_scenario::builtin::{self_check, smp_check, SELF_CHECK_NAME, SMP_CHECK_NAME};
 use mm_scenario::runner::Runner;
 use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE};
@@ -161,10 +161,7 @@ impl Driver for SelfCheck {
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
         let on_cpu0 = |ops| vec![CpuBatch { cpu: 0, ops }];
-        let own = results
-            .iter()
-            .find(|(cpu, _)| *cpu == 0)
-            .map_or(&[][..], |(_, r)| r.as_slice());
+        let own = results_of(results, 0);
         let Some(smp) = self.smp.as_mut().filter(|_| self.probe.is_none()) else {
             return Ok(self.next_batch(mem, own, spaces)?.map(on_cpu0));
         };

@@ -303,6 +303,9 @@ fn simpler(op: Op) -> Vec<Op> {
 /// and the replays spent.
 struct Shrinker<F> {
     ops: Vec<Op>,
+    /// What each op carries besides itself, by index (with several CPUs its round and CPU;
+    /// else 0): passed to `still_fails` with the candidate, and part of its identity.
+    tags: Vec<u64>,
     creators: Vec<Option<usize>>,
     kept: Vec<usize>,
     replays: usize,
@@ -311,27 +314,30 @@ struct Shrinker<F> {
     still_fails: F,
     /// The outcome of every short candidate replayed so far: a replay is deterministic, and
     /// the last rounds, which find nothing more to change, try many candidates again.
-    replayed: HashMap<Vec<Op>, Option<usize>>,
+    replayed: HashMap<(Vec<Op>, Vec<u64>), Option<usize>>,
 }
 
 /// Operations up to which a candidate's outcome is kept in [`Shrinker::replayed`] (at most
 /// the budget's 2,000 replays of them: bounded memory).
 const REMEMBERED_LEN: usize = 64;
 
-impl<F: FnMut(&[Op]) -> Result<Option<usize>, FuzzError>> Shrinker<F> {
+impl<F: FnMut(&[u64], &[Op]) -> Result<Option<usize>, FuzzError>> Shrinker<F> {
     /// Replays the kept operations of `ops` at `kept`; keeps both if they still fail.
     fn try_candidate(&mut self, ops: &[Op], kept: &[usize]) -> Result<bool, FuzzError> {
         if self.replays >= self.budget.max_replays {
             self.exhausted = true;
             return Ok(false);
         }
-        let candidate = materialize(ops, &self.creators, kept);
+        let candidate = (
+            materialize(ops, &self.creators, kept),
+            kept.iter().map(|&i| self.tags[i]).collect::<Vec<u64>>(),
+        );
         let outcome = match self.replayed.get(&candidate) {
             Some(&outcome) => outcome,
             None => {
                 self.replays += 1;
-                let outcome = (self.still_fails)(&candidate)?;
-                if candidate.len() <= REMEMBERED_LEN {
+                let outcome = (self.still_fails)(&candidate.1, &candidate.0)?;
+                if candidate.0.len() <= REMEMBERED_LEN {
                     self.replayed.insert(candidate, outcome);
                 }
                 outcome
@@ -625,9 +631,28 @@ fn families(made: &[usize], creators: &[Option<usize>], mut keep: Vec<usize>) ->
 pub fn shrink_with(
     ops: &[Op],
     budget: Budget,
-    still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, FuzzError>,
+    mut still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, FuzzError>,
 ) -> Result<Shrunk, FuzzError> {
-    shrink_from(ops, None, budget, still_fails)
+    let untagged = vec![0; ops.len()];
+    shrink_from(ops, &untagged, None, budget, |_, ops| still_fails(ops))
+}
+
+/// [`shrink_with`] for ops that each carry a tag (`tags`, by index: with several CPUs, the
+/// round and CPU an op ran in): `still_fails` gets each candidate's tags with its ops. `ops`
+/// failed as a whole, naming `spaces` (tried alone first). Returns the shrunk ops and their
+/// tags.
+pub fn shrink_tagged(
+    ops: &[Op],
+    tags: &[u64],
+    spaces: &[u32],
+    budget: Budget,
+    still_fails: impl FnMut(&[u64], &[Op]) -> Result<Option<usize>, FuzzError>,
+) -> Result<(Shrunk, Vec<u64>), FuzzError> {
+    let shown = Shown {
+        prefix: ops.len(),
+        spaces: spaces.to_vec(),
+    };
+    shrink_run(ops, tags, Some(shown), budget, still_fails)
 }
 
 /// How a replay showed the target failure.
@@ -643,12 +668,25 @@ struct Shown {
 /// first).
 fn shrink_from(
     ops: &[Op],
+    tags: &[u64],
     failing: Option<Shown>,
     budget: Budget,
-    still_fails: impl FnMut(&[Op]) -> Result<Option<usize>, FuzzError>,
+    still_fails: impl FnMut(&[u64], &[Op]) -> Result<Option<usize>, FuzzError>,
 ) -> Result<Shrunk, FuzzError> {
+    shrink_run(ops, tags, failing, budget, still_fails).map(|(shrunk, _)| shrunk)
+}
+
+/// The shrinking passes; returns the result and the tags of its ops.
+fn shrink_run(
+    ops: &[Op],
+    tags: &[u64],
+    failing: Option<Shown>,
+    budget: Budget,
+    still_fails: impl FnMut(&[u64], &[Op]) -> Result<Option<usize>, FuzzError>,
+) -> Result<(Shrunk, Vec<u64>), FuzzError> {
     let mut shrinker = Shrinker {
         ops: ops.to_vec(),
+        tags: tags.to_vec(),
         creators: creators(ops),
         kept: (0..failing.as_ref().map_or(0, |f| f.prefix).min(ops.len())).collect(),
         replays: 0,
@@ -663,11 +701,12 @@ fn shrink_from(
     match failing {
         Some(shown) => shrinker.focus(&shown.spaces)?,
         None if !shrinker.try_candidate(ops, &all)? => {
-            return Ok(Shrunk {
+            let shrunk = Shrunk {
                 ops: ops.to_vec(),
                 replays: shrinker.replays,
                 budget_exhausted: false,
-            })
+            };
+            return Ok((shrunk, tags.to_vec()));
         }
         None => {}
     }
@@ -686,11 +725,13 @@ fn shrink_from(
             break;
         }
     }
-    Ok(Shrunk {
+    let kept_tags = shrinker.kept.iter().map(|&i| shrinker.tags[i]).collect();
+    let shrunk = Shrunk {
         ops: materialize(&shrinker.ops, &shrinker.creators, &shrinker.kept),
         replays: shrinker.replays,
         budget_exhausted: shrinker.exhausted,
-    })
+    };
+    Ok((shrunk, kept_tags))
 }
 
 /// `ops` with every successful anywhere or randomized placement (its result in `results`)
@@ -790,7 +831,14 @@ pub fn shrink(
             (start, failing) = (skeleton, None);
         }
     }
-    let mut shrunk = shrink_from(&start, failing, Budget { max_replays: left }, still_fails)?;
+    let untagged = vec![0; start.len()];
+    let mut shrunk = shrink_from(
+        &start,
+        &untagged,
+        failing,
+        Budget { max_replays: left },
+        |_, candidate| still_fails(candidate),
+    )?;
     shrunk.replays += budget.max_replays - left;
     Ok(shrunk)
 }
@@ -929,7 +977,7 @@ mod tests {
             addr: if space == 3 { 0x4000 } else { 0x1000 },
         }));
         let mut replays = Vec::new();
-        let fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
+        let mut fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
             replays.push(ops.len());
             let created = ops.iter().filter(|op| **op == Op::CreateSpace).count() as u32;
             let hit = ops.iter().position(|op| {
@@ -941,7 +989,11 @@ mod tests {
             prefix: ops.len(),
             spaces: vec![3],
         };
-        let shrunk = shrink_from(&ops, Some(shown), Budget::default(), fails).expect("no VM");
+        let untagged = vec![0; ops.len()];
+        let shrunk = shrink_from(&ops, &untagged, Some(shown), Budget::default(), |_, ops| {
+            fails(ops)
+        })
+        .expect("no VM");
         assert_eq!(shrunk.ops, one_space_touched_at_0x4000());
         // The first candidate already held only the third space.
         assert_eq!(replays[0], 2);
@@ -964,7 +1016,7 @@ mod tests {
             },
         ]);
         let mut replays = Vec::new();
-        let fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
+        let mut fails = |ops: &[Op]| -> Result<Option<usize>, FuzzError> {
             replays.push(ops.to_vec());
             let mut made = 0;
             let hit = ops.iter().position(|op| match *op {
@@ -985,7 +1037,11 @@ mod tests {
             prefix: ops.len(),
             spaces: vec![2],
         };
-        let shrunk = shrink_from(&ops, Some(shown), Budget::default(), fails).expect("no VM");
+        let untagged = vec![0; ops.len()];
+        let shrunk = shrink_from(&ops, &untagged, Some(shown), Budget::default(), |_, ops| {
+            fails(ops)
+        })
+        .expect("no VM");
         assert_eq!(shrunk.ops, one_space_touched_at_0x4000());
         // The first candidate already held only the fork, made a fresh space.
         assert_eq!(replays[0], one_space_touched_at_0x4000());

@@ -4,6 +4,7 @@
 use crate::ops::number;
 use bounded_io::excerpt::excerpt;
 use guest_mm::Bug;
+use mm_driver::schedule::{Schedule, ScheduleError};
 use mm_driver::Backend;
 use std::fmt;
 
@@ -24,6 +25,8 @@ pub enum HeaderError {
     CpusOutOfRange {
         value: u64,
     },
+    /// A `schedule` that does not parse.
+    Schedule(ScheduleError),
     /// A known key given a second time.
     Twice {
         key: String,
@@ -59,6 +62,7 @@ impl fmt::Display for HeaderError {
                 "header cpus: {value} is not 1 to {}",
                 shared_mm::smp::MAX_CPUS
             ),
+            HeaderError::Schedule(e) => write!(f, "header {e}"),
             HeaderError::Twice { key, first_line } => {
                 write!(
                     f,
@@ -93,7 +97,7 @@ pub fn is_key(key: &str) -> bool {
 /// Whether `key` is one the format knows: a file may give it once. Any other key is free text
 /// and may repeat.
 pub fn is_known(key: &str) -> bool {
-    NUMBER_KEYS.contains(&key) || ["backend", "guest-features", "kernel"].contains(&key)
+    NUMBER_KEYS.contains(&key) || ["backend", "guest-features", "kernel", "schedule"].contains(&key)
 }
 
 fn features(value: &str) -> Result<Vec<String>, HeaderError> {
@@ -113,6 +117,7 @@ enum Value<'t> {
     Number(u64),
     Backend(Backend),
     Features(Vec<String>),
+    Schedule(Schedule),
     Text(&'t str),
 }
 
@@ -123,6 +128,7 @@ fn value<'t>(key: &str, text: &'t str) -> Result<Value<'t>, HeaderError> {
                 .map_err(|_| HeaderError::UnknownBackend { value: text.into() })?,
         ),
         "guest-features" => Value::Features(features(text)?),
+        "schedule" => Value::Schedule(text.parse().map_err(HeaderError::Schedule)?),
         key if NUMBER_KEYS.contains(&key) => {
             let n = number(text).ok_or_else(|| HeaderError::NotANumber {
                 key: key.into(),
@@ -155,6 +161,15 @@ pub struct Settings {
     pub guest_features: Option<Vec<String>>,
     /// The kernel: a path, or `embedded`.
     pub kernel: Option<String>,
+    /// With several CPUs on the sim, the schedule its rounds follow (`mm_driver::schedule`).
+    pub schedule: Option<Schedule>,
+}
+
+/// The header line that records the schedule a sim of several CPUs ran, unless every round ran
+/// as the default would.
+pub fn schedule_line(schedule: Option<&Schedule>) -> Option<(String, String)> {
+    let schedule = schedule.filter(|s| !s.is_empty())?;
+    Some(("schedule".into(), schedule.to_string()))
 }
 
 /// The header line that records `cpus` CPUs, if they are several (one is the default, and a
@@ -176,6 +191,7 @@ impl Settings {
                 ("cpus", Value::Number(n)) => settings.cpus = u32::try_from(n).ok(),
                 (_, Value::Backend(b)) => settings.backend = Some(b),
                 (_, Value::Features(list)) => settings.guest_features = Some(list),
+                (_, Value::Schedule(schedule)) => settings.schedule = Some(schedule),
                 ("kernel", Value::Text(path)) => settings.kernel = Some(path.to_string()),
                 _ => {}
             }
@@ -206,6 +222,7 @@ mod tests {
             ("guest-features", "bug-stale-pte, bug-overlap"),
             ("kernel", "embedded"),
             ("job", "1"),
+            ("schedule", "2: cpu1:4 cpu0"),
         ]))
         .expect("valid");
         assert_eq!(
@@ -217,11 +234,23 @@ mod tests {
                 backend: Some(Backend::Sim),
                 guest_features: Some(vec!["bug-stale-pte".into(), "bug-overlap".into()]),
                 kernel: Some("embedded".into()),
+                schedule: Some("2: cpu1:4 cpu0".parse().expect("a schedule")),
             }
         );
         assert_eq!(Settings::of(&[]), Ok(Settings::default()));
         let empty = Settings::of(&header(&[("guest-features", "")])).expect("valid");
         assert_eq!(empty.guest_features, Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_bad_schedule_is_refused_with_its_reason() {
+        let refused = Settings::of(&header(&[("schedule", "2: cpu1:x")])).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("header schedule: \"cpu1:x\" is not a slice"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -3,27 +3,42 @@
 //! exactly as under KVM (the same kernel image, boot info and boot page tables), so the same
 //! seed and operations give the same results on both backends. The two backends and the sim's
 //! TLB: `docs/architecture.md`.
-#![forbid(unsafe_code)]
+//!
+//! With several CPUs (`--cpus N`), each simulated CPU has its own registers, CR3 and TLB, and
+//! runs its batch of a round as a coroutine in this one host thread; the [`scheduler`] picks
+//! which runs at every point where CPUs interact, so every interleaving is chosen, recorded and
+//! replayed exactly (`docs/smp-sim.md`). `unsafe` is denied but in [`switch`], which reaches a
+//! coroutine's yielder.
+#![deny(unsafe_code)]
 
 pub mod cpu;
 pub mod machine;
 mod panic;
 pub mod ram;
+mod rounds;
+pub mod scheduler;
+mod switch;
 mod trace_log;
 
+use corosensei::stack::DefaultStack;
 use guest_boot::boot_memory::{self, UsedRam};
 use guest_boot::loader::{KernelInRam, LoadedKernel};
 use guest_mm::trace::Traced;
 use guest_mm::{Cpu, MemoryManager, PhysicalFrame};
-use machine::SimMachine;
+use machine::{Board, SimMachine};
 use mm_driver::console::ConsoleSink;
+use mm_driver::driver::{CpuBatch, DriverError};
 use mm_driver::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
+use mm_driver::Schedule;
 use mm_driver::{Backend, Boot, Guest, GuestConfig, RunError};
+use rounds::Round;
+use scheduler::Scheduler;
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH, OP_RECORD_SIZE,
 };
 use shared_mm::boot_info::{BootInfo, GuestCommand};
 use std::io::Write;
+use std::rc::Rc;
 pub use trace_log::TraceLog;
 use vm_memory::GuestMemoryMmap;
 
@@ -35,7 +50,7 @@ impl Drop for SimVm {
             kernel: self.kernel,
             in_ram: std::mem::take(&mut self.in_ram),
         };
-        ram::recycle(used, self.cpu.machine().inner().written());
+        ram::recycle(used, &self.board.written());
     }
 }
 
@@ -45,27 +60,22 @@ pub type TracedSim = Traced<SimMachine, TraceLog>;
 /// A booted simulated guest.
 pub struct SimVm {
     mem: GuestMemoryMmap,
+    /// What the CPUs share: RAM, their TLBs, the scheduler.
+    board: Rc<Board>,
+    /// The flush trace every CPU writes, and whether it is on.
+    trace: TraceLog,
+    tracing: bool,
     mm: MemoryManager<TracedSim>,
-    /// The one CPU, with its machine.
-    cpu: Cpu<TracedSim>,
+    /// Every CPU, with its machine.
+    cpus: Vec<Cpu<TracedSim>>,
+    /// With several CPUs, a coroutine stack for each.
+    stacks: Vec<DefaultStack>,
     console: ConsoleSink,
     /// The kernel in RAM, for the next guest of this thread to boot on this RAM.
     kernel: LoadedKernel,
     in_ram: KernelInRam,
     /// The boot info the host wrote, for the driver.
     boot_info: BootInfo,
-}
-
-/// Refuses more than one CPU: the sim runs one (several are to come, deterministically
-/// scheduled).
-pub fn check_cpus(cpus: u32) -> Result<(), RunError> {
-    if cpus == 1 {
-        return Ok(());
-    }
-    Err(RunError::BackendUnsupported {
-        backend: "sim",
-        what: format!("several CPUs yet (--cpus {cpus}); use --backend kvm"),
-    })
 }
 
 impl Guest for SimVm {
@@ -80,12 +90,17 @@ impl Guest for SimVm {
     fn console_output(&self) -> String {
         SimVm::console_output(self)
     }
+
+    fn schedule(&self) -> Option<Schedule> {
+        let sched = self.board.sched.as_ref()?;
+        Some(sched.borrow().taken().clone())
+    }
 }
 
 impl SimVm {
-    /// Lays out guest RAM as a KVM boot would and brings up the MM on the simulated machine.
+    /// Lays out guest RAM as a KVM boot would and brings up the MM on the simulated machine,
+    /// with `config.cpus` CPUs.
     pub fn new(config: &GuestConfig) -> Result<SimVm, RunError> {
-        check_cpus(config.cpus)?;
         if config.command != GuestCommand::Serve {
             return Err(RunError::BackendUnsupported {
                 backend: "sim",
@@ -99,13 +114,16 @@ impl SimVm {
             boot_memory::prepare_on(&config.boot_spec(), ram::take(config.memory))?;
         let mut console = ConsoleSink::new(config.echo_console);
         let _ = writeln!(console, "sim: booted, {} MiB RAM", boot.info.ram_size >> 20);
-        let machine = Traced::new(
-            SimMachine::new(boot.mem.clone(), boot.cr3),
-            TraceLog::default(),
-            config.trace,
-            0,
-        );
-        let mut cpu = Cpu::new(0, machine);
+        let count = config.cpus;
+        let sched =
+            (count > 1).then(|| Scheduler::new(count, config.schedule.clone(), config.random_seed));
+        let board = Rc::new(Board::new(boot.mem.clone(), boot.cr3, count, sched));
+        let trace = TraceLog::default();
+        let machine = |cpu| {
+            let sim = SimMachine::new(cpu, Rc::clone(&board));
+            Traced::new(sim, trace.clone(), config.trace, cpu)
+        };
+        let mut cpu = Cpu::new(0, machine(0));
         let bugs = config.seeded_bugs;
         let (mm, _heap) = panic::catch(|| {
             match MemoryManager::init(&boot.info, PhysicalFrame(boot.cr3), &mut cpu, bugs) {
@@ -115,14 +133,24 @@ impl SimVm {
         })?;
         let _ = writeln!(
             console,
-            "sim: memory manager up: {} kernel regions, {} free frames",
+            "sim: memory manager up: {} kernel regions, {} free frames, {count} CPU(s)",
             mm.kernel_tree(&mut cpu, |tree| tree.len()),
             mm.free_frames(&mut cpu)
         );
+        let mut cpus = vec![cpu];
+        cpus.extend((1..count).map(|i| mm.cpu(i, machine(i))));
+        let stacks = match count {
+            1 => Vec::new(),
+            _ => (0..count).map(|_| switch::stack()).collect(),
+        };
         Ok(SimVm {
             mem: boot.mem,
+            board,
+            trace,
+            tracing: config.trace,
             mm,
-            cpu,
+            cpus,
+            stacks,
             console,
             kernel: boot.kernel,
             in_ram,
@@ -140,9 +168,9 @@ impl SimVm {
         &self.mm
     }
 
-    /// The one CPU (its machine holds the TLB).
+    /// The first CPU (its machine reaches every CPU's TLB through the board).
     pub fn cpu(&self) -> &Cpu<TracedSim> {
-        &self.cpu
+        &self.cpus[0]
     }
 
     /// Everything the sim printed.
@@ -150,14 +178,19 @@ impl SimVm {
         self.console.captured()
     }
 
-    /// Serves `driver` until it has no more work; returns the exit status (0).
+    /// Serves `driver` until it has no more work; returns the exit status (0). With several
+    /// CPUs the work comes in rounds ([`Driver::next_round`]).
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, RunError> {
         let _ = writeln!(self.console, "sim: serving MM operations");
         driver.booted(&self.boot_info);
+        if self.cpus.len() > 1 {
+            return self.run_rounds(driver);
+        }
         let mut results: Vec<OpResult> = Vec::new();
         loop {
-            self.deliver_trace(driver)?;
-            let (spaces, _generation): (Vec<SpaceRecord>, _) = self.mm.space_records(&mut self.cpu);
+            deliver_trace(&self.trace, &self.mem, driver)?;
+            let (spaces, _generation): (Vec<SpaceRecord>, _) =
+                self.mm.space_records(&mut self.cpus[0]);
             let Some(ops) = driver
                 .next_batch(&self.mem, &results, &spaces)
                 .map_err(RunError::Driver)?
@@ -168,21 +201,105 @@ impl SimVm {
                 return Err(RunError::BatchTooLarge { ops: ops.len() });
             }
             results.clear();
+            let mut reports = self.reports();
             for op in ops {
-                results.push(self.execute(op, driver)?);
+                results.push(reports.execute(op, driver)?);
             }
         }
     }
 
-    /// Hands the trace events since the last call to `driver`.
-    fn deliver_trace(&mut self, driver: &mut dyn Driver) -> Result<(), RunError> {
-        let events = self.cpu.machine_mut().sink_mut().take();
-        if events.is_empty() {
-            return Ok(());
+    /// The rounds of several CPUs, each run by the scheduler.
+    fn run_rounds(&mut self, driver: &mut dyn Driver) -> Result<u32, RunError> {
+        let mut results: Vec<(u32, Vec<OpResult>)> = Vec::new();
+        loop {
+            deliver_trace(&self.trace, &self.mem, driver)?;
+            let (spaces, _generation) = self.mm.space_records(&mut self.cpus[0]);
+            let Some(round) = driver
+                .next_round(&self.mem, &results, &spaces)
+                .map_err(RunError::Driver)?
+            else {
+                return Ok(0);
+            };
+            check_round(&round, self.cpus.len())?;
+            let runner = Round {
+                mm: &self.mm,
+                board: &self.board,
+                trace: &self.trace,
+                tracing: self.tracing,
+            };
+            let (mem, trace, mm) = (&self.mem, &self.trace, &self.mm);
+            let (cpus, stacks) = (&mut self.cpus, &mut self.stacks);
+            results = panic::catch(|| {
+                let mut execute0 = |cpu: &mut Cpu<TracedSim>, op| {
+                    let mut reports = Reports {
+                        mm,
+                        cpu,
+                        mem,
+                        trace,
+                    };
+                    reports.execute(op, &mut *driver)
+                };
+                runner.run(cpus, stacks, &round, &mut execute0)
+            })??;
         }
-        driver.trace(&self.mem, &events).map_err(RunError::Driver)
     }
 
+    /// CPU 0's view for operations and reports.
+    fn reports(&mut self) -> Reports<'_> {
+        Reports {
+            mm: &self.mm,
+            cpu: &mut self.cpus[0],
+            mem: &self.mem,
+            trace: &self.trace,
+        }
+    }
+}
+
+/// Refuses a round the VM cannot run: a CPU it does not have, or named twice, or a batch
+/// larger than the ABI allows.
+fn check_round(round: &[CpuBatch], cpus: usize) -> Result<(), RunError> {
+    let mut seen = Vec::new();
+    for batch in round {
+        if batch.ops.len() > MAX_BATCH {
+            return Err(RunError::BatchTooLarge {
+                ops: batch.ops.len(),
+            });
+        }
+        let why = if batch.cpu as usize >= cpus {
+            format!("a batch for cpu {}, and the guest has {cpus}", batch.cpu)
+        } else if seen.contains(&batch.cpu) {
+            format!("two batches for cpu {}", batch.cpu)
+        } else {
+            seen.push(batch.cpu);
+            continue;
+        };
+        return Err(RunError::Driver(DriverError::BadRound(why)));
+    }
+    Ok(())
+}
+
+/// Hands the trace events since the last call to `driver`.
+fn deliver_trace(
+    trace: &TraceLog,
+    mem: &GuestMemoryMmap,
+    driver: &mut dyn Driver,
+) -> Result<(), RunError> {
+    let events = trace.take();
+    if events.is_empty() {
+        return Ok(());
+    }
+    driver.trace(mem, &events).map_err(RunError::Driver)
+}
+
+/// What running an operation on a CPU and serving its reports needs.
+struct Reports<'a> {
+    mm: &'a MemoryManager<TracedSim>,
+    cpu: &'a mut Cpu<TracedSim>,
+    mem: &'a GuestMemoryMmap,
+    trace: &'a TraceLog,
+}
+
+impl Reports<'_> {
     /// Runs one operation as the guest would receive it: through its wire encoding.
     fn execute(&mut self, op: Op, driver: &mut dyn Driver) -> Result<OpResult, RunError> {
         let mut record = [0u8; OP_RECORD_SIZE];
@@ -193,9 +310,10 @@ impl SimVm {
             Some(Op::Snapshot { space }) => self.snapshot(space, driver),
             Some(Op::Frames { space }) => self.frames(space, driver),
             Some(op) => {
-                let result = panic::catch(|| self.mm.execute(&mut self.cpu, op))?;
-                match self.cpu.machine_mut().inner_mut().take_lock_order() {
-                    Some(finding) => Err(RunError::LockOrder { cpu: 0, finding }),
+                let result = panic::catch(|| self.mm.execute(self.cpu, op))?;
+                let board = self.cpu.machine().inner().board();
+                match board.take_lock_order() {
+                    Some((cpu, finding)) => Err(RunError::LockOrder { cpu, finding }),
                     None => Ok(result),
                 }
             }
@@ -205,9 +323,10 @@ impl SimVm {
     /// Hands the frame report of `space` to `driver`: for the kernel the allocated bitmap
     /// first, then the frames the space owns, one chunk each.
     fn frames(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, RunError> {
-        let Some(owned) = self.mm.owned_frames(&mut self.cpu, space) else {
+        let Some(owned) = self.mm.owned_frames(self.cpu, space) else {
             return Ok(OpResult::error(Status::NoSuchSpace));
         };
+        let mem = self.mem;
         let mut send = |part, words: &[u64]| {
             let chunk = FramesChunk {
                 space,
@@ -216,14 +335,14 @@ impl SimVm {
                 total: words.len() as u64,
                 words,
             };
-            driver.frames(&self.mem, chunk).map_err(RunError::Driver)
+            driver.frames(mem, chunk).map_err(RunError::Driver)
         };
         if space == KERNEL_SPACE {
-            let allocated = self.mm.allocated_frames(&mut self.cpu);
+            let allocated = self.mm.allocated_frames(self.cpu);
             send(FramesPart::Allocated, &allocated)?;
             let shared: Vec<u64> = self
                 .mm
-                .shared_frames(&mut self.cpu)
+                .shared_frames(self.cpu)
                 .iter()
                 .map(|r| r.to_word())
                 .collect();
@@ -239,8 +358,8 @@ impl SimVm {
 
     /// Hands the region tree of `space` to `driver` in one chunk.
     fn snapshot(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, RunError> {
-        self.deliver_trace(driver)?;
-        let exported = self.mm.export(&mut self.cpu, space, |export| {
+        deliver_trace(self.trace, self.mem, driver)?;
+        let exported = self.mm.export(self.cpu, space, |export| {
             let records: Vec<RegionRecord> = export.regions.collect();
             (export.cr3, export.total as u64, records)
         });
@@ -249,7 +368,7 @@ impl SimVm {
         };
         driver
             .snapshot(
-                &self.mem,
+                self.mem,
                 SnapshotChunk {
                     space,
                     cr3,

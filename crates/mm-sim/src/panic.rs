@@ -55,9 +55,10 @@ fn install_hook() {
 /// Runs `f` (MM code); a panic in it becomes [`RunError::GuestPanic`].
 pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, RunError> {
     install_hook();
-    CATCHING.set(true);
+    // Catches nest (an operation's inside a round's): the outer one still catches after.
+    let outer = CATCHING.replace(true);
     let result = panic::catch_unwind(AssertUnwindSafe(f));
-    CATCHING.set(false);
+    CATCHING.set(outer);
     result.map_err(|_| {
         let caught = CAUGHT.take().unwrap_or(Caught {
             file: "<unknown>".into(),

@@ -92,6 +92,7 @@ impl<M: Machine> Cpu<M> {
     #[inline]
     pub(crate) fn acquired(&mut self, class: LockClass) {
         self.held.push(class);
+        self.machine.lock_acquired(class);
     }
 
     #[inline]

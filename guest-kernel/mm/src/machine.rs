@@ -98,6 +98,9 @@ pub trait Machine {
     fn lock_contended(&mut self, _class: LockClass) {
         core::hint::spin_loop()
     }
+    /// A lock of `class` is this CPU's now (after its last try). Nothing to do on hardware; the
+    /// sim keeps what each CPU holds, for its deadlock findings.
+    fn lock_acquired(&mut self, _class: LockClass) {}
     /// A lock of `class` was released.
     fn lock_released(&mut self, _class: LockClass) {}
     /// The lock-order checker found two paths taking two locks in opposite orders: a finding

@@ -133,6 +133,10 @@ impl<M: Machine, S: TraceSink> Machine for Traced<M, S> {
         self.inner.lock_contended(class)
     }
 
+    fn lock_acquired(&mut self, class: LockClass) {
+        self.inner.lock_acquired(class)
+    }
+
     fn lock_released(&mut self, class: LockClass) {
         self.inner.lock_released(class)
     }

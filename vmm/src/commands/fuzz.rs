@@ -47,8 +47,8 @@ fn campaign(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<(CampaignConfi
         bail!("the coverage guest has no sanitizer-coverage counters");
     }
     // A KVM guest whose MM is the library with known seeded bugs has a sim twin: failures
-    // shrink there, fast, and are confirmed on KVM. The twin has one CPU: the MM runs on CPU 0
-    // alone in this version, so the others change nothing it does.
+    // shrink there, fast, and are confirmed on KVM. The twin has one CPU, so a campaign of
+    // several CPUs saves its failures unshrunk, in their rounds.
     let shrink_on =
         (guest.backend() == Backend::Kvm && guest.kernel.is_none()).then(|| GuestConfig {
             backend: Backend::Sim,

@@ -106,9 +106,6 @@ pub fn config_with(
     command: GuestCommand,
     coverage: bool,
 ) -> anyhow::Result<(GuestConfig, Backends, String)> {
-    if args.backend() == Backend::Sim {
-        mm_sim::check_cpus(args.cpus()).map_err(VmmError::from)?;
-    }
     let seeded = seeded_bugs(args.features())?;
     let (kernel, label, seeded_bugs) = match args.backend() {
         Backend::Kvm => {
@@ -149,6 +146,7 @@ pub fn config_with(
         backend: args.backend(),
         trace: true,
         seeded_bugs,
+        schedule: None,
     };
     Ok((config, Backends { gdb }, label))
 }

@@ -61,8 +61,10 @@ pub fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyh
             bounded_io::excerpt::path(file)
         );
     }
-    let guest = recorded_args(guest, &Settings::of(&repro.header)?)?;
+    let settings = Settings::of(&repro.header)?;
+    let guest = recorded_args(guest, &settings)?;
     let (mut vm, backends) = config(&guest, GuestCommand::Serve)?;
+    vm.schedule = settings.schedule;
     vm.echo_console = false;
     if let Some(expected) = repro.header_value("failure") {
         let cpus = match guest.cpus() {
@@ -74,6 +76,9 @@ pub fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyh
             repro.ops.len(),
             guest.backend()
         );
+    }
+    if let Some(rounds) = repro.cpu_rounds() {
+        return replay_rounds_file(&backends, &vm, rounds, &ways);
     }
     let replayed = match &backends.gdb {
         None => replay_narrowed(&backends, &vm, &repro.ops, batch).map_err(VmmError::from)?,
@@ -96,6 +101,33 @@ pub fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyh
         )?;
     }
     Ok(u32::from(replayed.failure.is_some()))
+}
+
+/// A reproducer of several CPUs, replayed in its rounds, each op on its CPU, with the checker
+/// after each round; it is not narrowed (a round's ops race each other by design).
+fn replay_rounds_file(
+    backends: &Backends,
+    vm: &GuestConfig,
+    rounds: Vec<Vec<mm_driver::driver::CpuBatch>>,
+    ways: &ReplayWays<'_>,
+) -> anyhow::Result<u32> {
+    if backends.gdb.is_some() || ways.save.is_some() {
+        bail!("a reproducer of several CPUs replays without --gdb and --save-scenario");
+    }
+    let count = rounds.len();
+    let run = mm_fuzz::replay_rounds(backends, vm, rounds, true).map_err(VmmError::from)?;
+    match &run.failure {
+        None => eprintln!(
+            "vmm replay: all {} ops ran clean in {count} round(s), the checker after each; the \
+             failure did not reproduce",
+            run.sent.len()
+        ),
+        Some(failure) => eprintln!(
+            "vmm replay: reproduced in its {count} round(s): {}\n{}",
+            failure.signature, failure.description
+        ),
+    }
+    Ok(u32::from(run.failure.is_some()))
 }
 
 /// What a replay showed, on stderr.

@@ -129,8 +129,10 @@ fn judge_self_check(status: u32, check: &SelfCheck, findings: Vec<String>) -> an
 /// `vmm run --scenario FILE`: a scenario file, its header's settings under the command line's.
 fn run_scenario(guest: &GuestArgs, file: &Path, check: bool) -> anyhow::Result<u32> {
     let scenario = load(file, "scenario")?;
-    let guest = recorded_args(guest, &Settings::of(&scenario.header)?)?;
-    let (config, backends) = config(&guest, GuestCommand::Serve)?;
+    let settings = Settings::of(&scenario.header)?;
+    let guest = recorded_args(guest, &settings)?;
+    let (mut config, backends) = config(&guest, GuestCommand::Serve)?;
+    config.schedule = settings.schedule;
     let mut vm = backends.boot(&config).map_err(VmmError::from)?;
     let mut outcome = mm_scenario::run(vm.as_mut(), &scenario, check).map_err(VmmError::from)?;
     if check {

@@ -66,6 +66,7 @@ fn space(space: &SpaceReport) -> Value {
         "runs": runs,
         "findings": findings,
         "possibly_cached": space.possibly_cached,
+        "cpus": space.cpus.iter().collect::<Vec<u32>>(),
         "trace_findings": trace_findings,
     })
 }
@@ -74,7 +75,8 @@ impl Report {
     /// `{"spaces": [...], "steps": N, "mismatches": [...], "exit_status": N}`; each space has
     /// `space` (the kernel's id is 4294967295), `name`, `cr3`, `present_pages`, `regions`,
     /// `runs` (with `region_base`, or null in a hole or on the trampoline), `findings`,
-    /// `possibly_cached` (translations the TLB model holds as possibly cached) and
+    /// `possibly_cached` (translations the TLB model holds as possibly cached), `cpus` (the CPUs
+    /// that have the space loaded, whose TLBs may cache it) and
     /// `trace_findings` (each flush-trace finding with the trace events behind it).
     pub fn to_json(&self) -> String {
         let spaces: Vec<Value> = self.spaces.iter().map(space).collect();

@@ -40,10 +40,12 @@ pub fn is_libfuzzer_name(path: &Path) -> bool {
 /// files.
 pub fn load_input(path: &Path) -> Result<Reproducer, FileError> {
     let bytes = read_capped(path, MAX_FILE_BYTES)?;
-    Ok(Reproducer {
-        header: settings(&[]),
-        ops: input::decode(&bytes),
-    })
+    Ok(Reproducer::with_rounds(
+        settings(&[]),
+        input::decode(&bytes),
+        &[],
+        &[],
+    ))
 }
 
 /// What a conversion did.

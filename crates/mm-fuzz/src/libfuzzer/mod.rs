@@ -181,9 +181,6 @@ impl Target {
             ("detail".into(), failure.description),
         ];
         header.extend(settings(&self.features));
-        Ok(Some(Reproducer {
-            header,
-            ops: run.sent,
-        }))
+        Ok(Some(Reproducer::with_rounds(header, run.sent, &[], &[])))
     }
 }

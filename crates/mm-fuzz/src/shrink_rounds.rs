@@ -1,0 +1,268 @@
+//! Shrinking a failure of several CPUs on the sim, where a schedule replays exactly: the ops
+//! (each keeping the round and CPU it ran in, by the same passes as one CPU's, see
+//! [`crate::shrink`]), then the CPUs (every op of a CPU moved to CPU 0, the CPUs left numbered
+//! from 0), then the schedule's preemptions (whole rounds, then single slices, left to the
+//! default). Each candidate is kept only if it still fails with the same signature. The
+//! schedule a candidate follows is the one found with it: ops dropped before a race shift its
+//! preemption points, and such a candidate is simply refused.
+
+use crate::error::FuzzError;
+use crate::shrink::{pin_placements, shrink_tagged, Budget};
+use crate::{replay_rounds, Failure, Run, Signature};
+use mm_driver::driver::CpuBatch;
+use mm_driver::schedule::{Schedule, Slice};
+use mm_driver::{Boot, GuestConfig};
+use shared_mm::abi::Op;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
+/// A failure of several CPUs, shrunk.
+#[derive(Clone, Debug)]
+pub struct ShrunkRounds {
+    pub ops: Vec<Op>,
+    /// The CPU of each op, and where each round starts in `ops`.
+    pub cpus: Vec<u32>,
+    pub round_starts: Vec<usize>,
+    /// CPUs the guest needs: one past the highest that runs an op.
+    pub cpu_count: u32,
+    /// The schedule the last replay took (what the reproducer records).
+    pub schedule: Schedule,
+    /// How that replay failed.
+    pub failure: Failure,
+    pub replays: usize,
+}
+
+/// An op's round and CPU, as one tag (rounds keep their order, CPUs theirs within a round).
+fn tag(round: usize, cpu: u32) -> u64 {
+    ((round as u64) << 8) | u64::from(cpu)
+}
+
+fn cpu_of(tag: u64) -> u32 {
+    (tag & 0xff) as u32
+}
+
+/// The rounds of `ops` by their `tags`: the ops of one round together, each CPU's in order.
+fn rounds_of(tags: &[u64], ops: &[Op]) -> Vec<Vec<CpuBatch>> {
+    let mut rounds: Vec<(u64, Vec<CpuBatch>)> = Vec::new();
+    for (&tag, &op) in tags.iter().zip(ops) {
+        let round = tag >> 8;
+        if rounds.last().is_none_or(|(r, _)| *r != round) {
+            rounds.push((round, Vec::new()));
+        }
+        let Some((_, batches)) = rounds.last_mut() else {
+            unreachable!("a round was just pushed")
+        };
+        let cpu = cpu_of(tag);
+        match batches.iter_mut().find(|b| b.cpu == cpu) {
+            Some(batch) => batch.ops.push(op),
+            None => batches.push(CpuBatch { cpu, ops: vec![op] }),
+        }
+    }
+    rounds
+        .into_iter()
+        .map(|(_, mut batches)| {
+            batches.sort_by_key(|b| b.cpu);
+            batches
+        })
+        .collect()
+}
+
+/// A schedule's slices by the round they belong to (the tags' round, which stays as ops go),
+/// not by the number the schedule gives it (which counts only rounds of several CPUs, so
+/// dropping ops renumbers it).
+type ByRound = BTreeMap<u64, Vec<Slice>>;
+
+/// The rounds of `tags` where several CPUs have work, in order.
+fn concurrent_rounds(tags: &[u64]) -> Vec<u64> {
+    let mut rounds: Vec<(u64, Vec<u32>)> = Vec::new();
+    for &tag in tags {
+        let round = tag >> 8;
+        if rounds.last().is_none_or(|(r, _)| *r != round) {
+            rounds.push((round, Vec::new()));
+        }
+        if let Some((_, cpus)) = rounds.last_mut() {
+            if !cpus.contains(&cpu_of(tag)) {
+                cpus.push(cpu_of(tag));
+            }
+        }
+    }
+    rounds
+        .into_iter()
+        .filter(|(_, cpus)| cpus.len() > 1)
+        .map(|(round, _)| round)
+        .collect()
+}
+
+/// The schedule's slices by round, for ops tagged `tags`.
+fn by_round(schedule: &Schedule, tags: &[u64]) -> ByRound {
+    let rounds = concurrent_rounds(tags);
+    let slices = schedule.rounds.iter().filter_map(|(&number, slices)| {
+        let round = *rounds.get(usize::try_from(number).ok()?.checked_sub(1)?)?;
+        Some((round, slices.clone()))
+    });
+    slices.collect()
+}
+
+/// The schedule of `by_round` for ops tagged `tags`, numbered as the sim counts.
+fn numbered(by_round: &ByRound, tags: &[u64]) -> Schedule {
+    let rounds = concurrent_rounds(tags).into_iter().zip(1u64..);
+    let numbered =
+        rounds.filter_map(|(round, number)| Some((number, by_round.get(&round)?.clone())));
+    Schedule {
+        rounds: numbered.collect(),
+    }
+}
+
+/// What one candidate is replayed against.
+struct Replayer<'a> {
+    backends: &'a dyn Boot,
+    config: &'a GuestConfig,
+    target: &'a Signature,
+    check: bool,
+    replays: Cell<usize>,
+}
+
+impl Replayer<'_> {
+    /// Replays `ops` by `tags` on `cpus` CPUs following `schedule`: the run, if it fails the
+    /// target way.
+    fn fails(
+        &self,
+        tags: &[u64],
+        ops: &[Op],
+        cpus: u32,
+        schedule: &ByRound,
+    ) -> Result<Option<Run>, FuzzError> {
+        self.replays.set(self.replays.get() + 1);
+        let config = GuestConfig {
+            cpus,
+            schedule: Some(numbered(schedule, tags)),
+            ..self.config.clone()
+        };
+        let run = replay_rounds(self.backends, &config, rounds_of(tags, ops), self.check)?;
+        Ok(run
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.shows(self.target))
+            .then_some(run))
+    }
+}
+
+/// Shrinks the failure `run` showed with `target` on the sim's `config` (several CPUs).
+pub fn shrink_rounds(
+    backends: &dyn Boot,
+    config: &GuestConfig,
+    run: &Run,
+    target: &Signature,
+    budget: Budget,
+) -> Result<Option<ShrunkRounds>, FuzzError> {
+    let replayer = Replayer {
+        backends,
+        config,
+        target,
+        check: matches!(target, Signature::Finding(_)),
+        replays: Cell::new(0),
+    };
+    let mut tags: Vec<u64> = Vec::with_capacity(run.sent.len());
+    for (i, &cpu) in run.cpus.iter().enumerate().take(run.sent.len()) {
+        let round = run.batch_starts.partition_point(|&start| start <= i);
+        tags.push(tag(round, cpu));
+    }
+    let mut cpus = config.cpus;
+    let none = ByRound::new();
+    let mut schedule = by_round(&run.schedule.clone().unwrap_or_default(), &tags);
+    if replayer.fails(&tags, &run.sent, cpus, &none)?.is_some() {
+        schedule = none;
+    }
+    // Later ops keep aiming at the same regions when earlier placements go.
+    let pinned = pin_placements(&run.sent, &run.results);
+    let (start, shown) = match replayer.fails(&tags, &pinned, cpus, &schedule)? {
+        Some(shown) => (pinned, shown),
+        None => match replayer.fails(&tags, &run.sent, cpus, &schedule)? {
+            Some(shown) => (run.sent.clone(), shown),
+            None => return Ok(None),
+        },
+    };
+    let spaces = shown.failure.map_or_else(Vec::new, |f| f.spaces);
+    let (shrunk, mut tags) = shrink_tagged(&start, &tags, &spaces, budget, |tags, ops| {
+        let failed = replayer.fails(tags, ops, cpus, &schedule)?;
+        Ok(failed.map(|run| run.sent.len()))
+    })?;
+    let ops = shrunk.ops;
+    // Fewer CPUs: every op of a CPU on CPU 0, highest CPU first.
+    for cpu in (1..cpus).rev() {
+        let moved: Vec<u64> = tags
+            .iter()
+            .map(|&t| if cpu_of(t) == cpu { t & !0xff } else { t })
+            .collect();
+        if moved != tags && replayer.fails(&moved, &ops, cpus, &schedule)?.is_some() {
+            tags = moved;
+        }
+    }
+    let fewer = tags.iter().map(|&t| cpu_of(t) + 1).max().unwrap_or(1);
+    if fewer < cpus && replayer.fails(&tags, &ops, fewer, &schedule)?.is_some() {
+        cpus = fewer;
+    }
+    // Fewer preemptions: whole rounds of the schedule, then single slices.
+    for round in schedule.keys().copied().collect::<Vec<_>>() {
+        let mut fewer = schedule.clone();
+        fewer.remove(&round);
+        if replayer.fails(&tags, &ops, cpus, &fewer)?.is_some() {
+            schedule = fewer;
+        }
+    }
+    for round in schedule.keys().copied().collect::<Vec<_>>() {
+        let mut at = 0;
+        while at < schedule.get(&round).map_or(0, Vec::len) {
+            let mut fewer = schedule.clone();
+            let slices = fewer.entry(round).or_default();
+            slices.remove(at);
+            if slices.is_empty() {
+                fewer.remove(&round);
+            }
+            if replayer.fails(&tags, &ops, cpus, &fewer)?.is_some() {
+                schedule = fewer;
+            } else {
+                at += 1;
+            }
+        }
+    }
+    let Some(last) = replayer.fails(&tags, &ops, cpus, &schedule)? else {
+        return Ok(None);
+    };
+    let Some(failure) = last.failure else {
+        unreachable!("a run that fails has a failure")
+    };
+    Ok(Some(ShrunkRounds {
+        cpus: last.cpus,
+        round_starts: last.batch_starts,
+        ops: last.sent,
+        cpu_count: cpus,
+        schedule: last.schedule.unwrap_or_default(),
+        failure,
+        replays: replayer.replays.get() + shrunk.replays,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_ops_make_their_rounds_each_cpu_in_order() {
+        let op = |space| Op::DestroySpace { space };
+        let tags = [tag(0, 0), tag(0, 1), tag(0, 1), tag(2, 1), tag(2, 0)];
+        let ops = [op(1), op(2), op(3), op(4), op(5)];
+        let rounds = rounds_of(&tags, &ops);
+        let shape: Vec<Vec<(u32, Vec<Op>)>> = rounds
+            .into_iter()
+            .map(|r| r.into_iter().map(|b| (b.cpu, b.ops)).collect())
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                vec![(0, vec![op(1)]), (1, vec![op(2), op(3)])],
+                vec![(0, vec![op(5)]), (1, vec![op(4)])]
+            ]
+        );
+    }
+}
