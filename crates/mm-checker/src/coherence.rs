@@ -102,14 +102,10 @@ pub struct Coherence {
     /// The last [`RECENT`] flushes, activations and frees, to explain findings.
     recent: VecDeque<Numbered>,
     findings: Vec<CoherenceFinding>,
-<<<<<<< HEAD
     /// Ring-3 entries with another CPU's stale translation, judged by that CPU's next
     /// shootdown (or at the end of the records).
     unshot: Vec<Unshot>,
-    /// Findings past [`MAX_FINDINGS`].
-=======
     /// Findings past `MAX_FINDINGS`.
->>>>>>> main
     pub dropped: usize,
     /// Page-table lifetime, replayed on the same events (`None`: not checked).
     tables: Option<TableLifetime>,
