@@ -5,8 +5,9 @@
 //! the table says which were met, and the bench exits 0 either way. `SYSTEM_BENCH_ONLY=SECTION`
 //! runs one section: `region_tree` (the RegionTree rows, which need no KVM), `hypercalls`,
 //! `ipi`, `smp`, `mm_ops`, `op_kinds`, `page_walk`, `boot`, `fuzz`, `placement`, `deep_rules`
-//! (no KVM either) or `coverage`. The IPI rows are the exception to host wall time: the guest times the
-//! round trip between its CPUs with its TSC.
+//! (no KVM either), `coverage` or `libfuzzer` (no KVM; it builds the cargo-fuzz target with
+//! `scripts/fuzz.sh`, which installs cargo-fuzz where it is missing). The IPI rows are the
+//! exception to host wall time: the guest times the round trip between its CPUs with its TSC.
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
@@ -42,6 +43,8 @@ use vmm::hypercall;
 use vmm::{Backends, Vm};
 use x86_paging::page_walk::{leaves, PageTableBuilder};
 
+#[path = "support/libfuzzer.rs"]
+mod libfuzzer;
 #[path = "support/results.rs"]
 mod results;
 use results::{num, Goal, Machine, Row, Run};
@@ -66,7 +69,9 @@ const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / Region
      trace row, ops/s with the flush trace off / on; sim fuzz rows, sim ops/s / kvm ops/s; \
      placement rules row, ops/s with the rules off / on (slow-down); \
      seeded-bug rows, shrinking time / time to find; deep-rules row, sim fuzz ops/s without / \
-     with frame provenance, table lifetime and tree invariants (slow-down).";
+     with frame provenance, table lifetime and tree invariants (slow-down); libFuzzer rows, \
+     the target mm_ops / the vmm fuzz engine on the same sim guest (edges: libFuzzer's cov: in \
+     the target's build, the engine's ops replayed through it).";
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -1325,7 +1330,7 @@ fn main() {
     println!("{}", machine.describe());
     let mut rows = Vec::new();
     let only = std::env::var("SYSTEM_BENCH_ONLY").ok();
-    let sections: [(&str, Section); 14] = [
+    let sections: [(&str, Section); 15] = [
         ("region_tree", region_tree),
         ("region_tree", region_tree_randomized),
         ("region_tree", region_tree_adversarial),
@@ -1340,6 +1345,7 @@ fn main() {
         ("placement", placement_rules_cost),
         ("deep_rules", deep_rules),
         ("coverage", coverage_guided),
+        ("libfuzzer", libfuzzer::libfuzzer_target),
     ];
     if let Some(only) = only.as_deref() {
         if !sections.iter().any(|(name, _)| *name == only) {

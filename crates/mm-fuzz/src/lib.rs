@@ -12,6 +12,7 @@ pub mod coverage;
 pub mod error;
 pub mod exhaustion;
 pub mod generate;
+pub mod libfuzzer;
 pub mod model;
 pub mod narrow;
 pub mod probe;
@@ -726,9 +727,9 @@ pub fn run_session(
         Ok(0) => None,
         Ok(status) => Some(("nonzero exit", format!("guest exited with status {status}"))),
         Err(e @ RunError::GuestPanic { .. }) => Some(("panic", e.to_string())),
+        Err(e @ RunError::LockOrder { .. }) => Some(("lock order", e.to_string())),
         Err(e @ RunError::TripleFault { .. }) => Some(("triple fault", e.to_string())),
         Err(e @ RunError::Timeout { .. }) => Some(("hang", e.to_string())),
-        Err(e @ RunError::LockOrder { .. }) => Some(("lock-order finding", e.to_string())),
         Err(
             e @ (RunError::GuestHalted { .. } | RunError::GuestProtocol(_) | RunError::Driver(_)),
         ) => Some(("protocol error", e.to_string())),
