@@ -340,7 +340,7 @@ impl<'g, 'f, 'p> Session<'g, 'f, 'p> {
     }
 
     /// The same session for a guest of `cpus` CPUs: each batch runs as a round, its ops spread
-    /// over the CPUs where that keeps the model's verdicts exact ([`Session::split`]).
+    /// over the CPUs where that keeps the model's verdicts exact (`Session::split`).
     pub fn on_cpus(self, cpus: u32) -> Self {
         Session {
             cpus: cpus.max(1),

@@ -181,6 +181,7 @@ impl Target {
             ("detail".into(), failure.description),
         ];
         header.extend(settings(&self.features));
+        // The cargo-fuzz target runs one CPU: no rounds to keep.
         Ok(Some(Reproducer::with_rounds(header, run.sent, &[], &[])))
     }
 }
