@@ -18,11 +18,10 @@ use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{
     RegionRecord, KERNEL_SPACE, KERNEL_SPACE_BASE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
 };
-use shared_mm::pte::PageLevel;
 use std::collections::BTreeMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use x86_paging::frame_map::FrameMap;
-use x86_paging::page_walk::{leaves_in, translate, Leaf, LOWER_HALF, UPPER_HALF};
+use x86_paging::page_walk::{leaves_in, translate, EnteredTable, Leaf, LOWER_HALF, UPPER_HALF};
 
 /// Findings one check keeps per rule.
 pub const MAX_PER_RULE: usize = 32;
@@ -290,13 +289,13 @@ impl Check<'_> {
     }
 
     /// Every table the walk of `space` read (its PML4 first) lies where tables may.
-    fn tables_provenance(&mut self, space: u32, tables: &[(PageLevel, u64)]) {
+    fn tables_provenance(&mut self, space: u32, tables: &[EnteredTable]) {
         let Some(provenance) = &self.state.provenance else {
             return;
         };
         let misplaced: Vec<String> = tables
             .iter()
-            .filter_map(|&(level, table)| {
+            .filter_map(|&EnteredTable { level, table, .. }| {
                 let place = provenance.misplaced_table(space, table)?;
                 Some(format!("{level:?} table {table:#x} lies {place}"))
             })
