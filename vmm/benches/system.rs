@@ -1344,6 +1344,14 @@ impl<D: Driver> Driver for Stamped<'_, D> {
     fn booted(&mut self, info: &shared_mm::boot_info::BootInfo) {
         self.inner.booted(info)
     }
+
+    fn wants_written(&self) -> bool {
+        self.inner.wants_written()
+    }
+
+    fn written(&mut self, frames: &[u64]) {
+        self.inner.written(frames)
+    }
 }
 
 /// Where the big region of [`one_op_checks`] lies, and its size.

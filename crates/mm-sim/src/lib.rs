@@ -143,9 +143,16 @@ impl SimVm {
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, RunError> {
         let _ = writeln!(self.console, "sim: serving MM operations");
         driver.booted(&self.boot_info);
+        let dirty_log = driver.wants_written();
+        if dirty_log {
+            self.mm.machine_mut().inner_mut().start_dirty_log();
+        }
         let mut results: Vec<OpResult> = Vec::new();
         loop {
             self.deliver_trace(driver)?;
+            if dirty_log {
+                driver.written(&self.mm.machine_mut().inner_mut().take_written());
+            }
             let spaces: Vec<SpaceRecord> = self.mm.space_records().collect();
             let Some(ops) = driver
                 .next_batch(&self.mem, &results, &spaces)

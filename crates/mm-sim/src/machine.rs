@@ -33,6 +33,17 @@ impl SimMachine {
         &self.written
     }
 
+    /// Keeps a dirty log from now on: every frame written, by the MM's machine calls or by
+    /// ring 3, until [`Self::take_written`].
+    pub fn start_dirty_log(&mut self) {
+        self.written.start_log();
+    }
+
+    /// The frames written since the last call (or since the log started), lowest first.
+    pub fn take_written(&mut self) -> Vec<u64> {
+        self.written.take_log()
+    }
+
     /// The CPU: its CR3 and what it caches.
     pub fn cpu(&self) -> &CpuState {
         &self.cpu

@@ -31,6 +31,10 @@ impl<M: Machine, S: TraceSink> Traced<M, S> {
         &self.inner
     }
 
+    pub fn inner_mut(&mut self) -> &mut M {
+        &mut self.inner
+    }
+
     pub fn sink_mut(&mut self) -> &mut S {
         &mut self.sink
     }
