@@ -442,6 +442,7 @@ pub fn leaves_from<M: GuestMemory + ?Sized>(
     }
     first = first.max(root.base);
     last = last.min(root.last);
+    let top_level = root.start.level as usize;
     let root = (!range.is_empty() && first <= last).then_some(root);
     let budget = WalkBudget::for_memory(mem);
     Leaves {
@@ -449,7 +450,8 @@ pub fn leaves_from<M: GuestMemory + ?Sized>(
         first,
         last,
         root,
-        cursors: [TableCursor::EMPTY; 4],
+        cursors: Vec::new(),
+        top_level,
         depth: 0,
         budget,
         used: WalkBudget::default(),
@@ -541,8 +543,12 @@ pub struct Leaves<'m, M: ?Sized> {
     last: u64,
     /// The table the walk starts from, until it is read.
     root: Option<Subtree>,
-    /// One cursor per level, indexed by `PageLevel as usize`.
-    cursors: [TableCursor; 4],
+    /// One cursor per level from the root's down, made as the walk first enters the level (an
+    /// incremental check walks one last-level table far more often than a whole space, and a
+    /// cursor holds a table's 4 KiB).
+    cursors: Vec<TableCursor>,
+    /// The root's level, as `PageLevel as usize`: cursor `i` is for the level `i` below it.
+    top_level: usize,
     /// How many cursors are active.
     depth: usize,
     budget: WalkBudget,
@@ -595,7 +601,11 @@ impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
                 perms,
             });
         }
-        let cursor = &mut self.cursors[level as usize];
+        let at = level as usize - self.top_level;
+        while self.cursors.len() <= at {
+            self.cursors.push(TableCursor::EMPTY);
+        }
+        let cursor = &mut self.cursors[at];
         let next = if self.first > base {
             level.index(self.first)
         } else {
@@ -622,7 +632,7 @@ impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
         cursor.perms = perms;
         cursor.next = next;
         cursor.end = end;
-        self.depth = level as usize + 1;
+        self.depth = at + 1;
         Ok(())
     }
 }

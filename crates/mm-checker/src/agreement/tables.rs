@@ -9,8 +9,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use x86_paging::frame_map::{FrameMap, FrameSet};
 use x86_paging::page_walk::{EffectivePerms, EnteredTable, Subtree, WalkStart};
 
-/// Entries of a table, as last read.
-type Copy = Box<[u64; ENTRIES_PER_TABLE]>;
+/// The bytes of a table.
+const TABLE_BYTES: usize = ENTRIES_PER_TABLE * 8;
+
+/// A table, as last read.
+type Copy = Box<[u8; TABLE_BYTES]>;
 
 /// One table a walk entered where its place in the space is.
 #[derive(Clone, Debug)]
@@ -91,7 +94,10 @@ impl Tables {
         skip_root: bool,
     ) {
         for t in entered.iter().skip(usize::from(skip_root)) {
-            let copy = (t.level != PageLevel::Pt).then(|| read_table(mem, t.table));
+            let copy = (t.level != PageLevel::Pt).then(|| {
+                let mut copy = Box::new([0; TABLE_BYTES]);
+                read_table(mem, t.table, &mut copy).then_some(copy)
+            });
             let place = (t.level, t.base);
             let table = Entered {
                 table: t.table,
@@ -183,42 +189,34 @@ impl Tables {
         let Some(whole) = intersect((root.base, root.last), &half) else {
             return;
         };
-        let now = read_table(mem, entered.table);
-        let (Some(copy), Some(now)) = (&mut entered.copy, now) else {
-            // A last-level table, or one that cannot be read now (the walk reports why).
+        let mut now = [0; TABLE_BYTES];
+        let copy = entered.copy.as_mut();
+        let Some(copy) = copy.filter(|_| read_table(mem, entered.table, &mut now)) else {
+            // A last-level table, or one that cannot be read (the walk reports why).
             out.push(Stale { root, range: whole });
             return;
         };
         let span = level.entry_span();
-        for (i, (old, new)) in copy.iter().zip(now.iter()).enumerate() {
+        let pairs = copy.as_chunks::<8>().0.iter().zip(now.as_chunks::<8>().0);
+        for (i, (old, new)) in pairs.enumerate() {
             if old == new {
                 continue;
             }
             let first = base.wrapping_add(i as u64 * span);
-            let entry = (first, first.wrapping_add(span - 1));
             // The PML4's upper entries map the upper half, sign-extended.
-            let entry = match level {
-                PageLevel::Pml4 if i >= ENTRIES_PER_TABLE / 2 => {
-                    let first = shared_mm::pte::sign_extend(first);
-                    (first, first.wrapping_add(span - 1))
-                }
-                _ => entry,
+            let first = match level {
+                PageLevel::Pml4 => shared_mm::pte::sign_extend(first),
+                _ => first,
             };
-            if let Some(range) = intersect(entry, &half) {
+            if let Some(range) = intersect((first, first.wrapping_add(span - 1)), &half) {
                 out.push(Stale { root, range });
             }
         }
-        *copy = now;
+        copy.copy_from_slice(&now);
     }
 }
 
-/// The entries of the table at `table`, or `None` if it is not in guest memory.
-fn read_table<M: GuestMemory + ?Sized>(mem: &M, table: u64) -> Option<Copy> {
-    let mut bytes = [0u8; ENTRIES_PER_TABLE * 8];
-    mem.read_slice(&mut bytes, GuestAddress(table)).ok()?;
-    let mut entries = Box::new([0u64; ENTRIES_PER_TABLE]);
-    for (entry, raw) in entries.iter_mut().zip(bytes.as_chunks::<8>().0) {
-        *entry = u64::from_le_bytes(*raw);
-    }
-    Some(entries)
+/// Reads the table at `table` into `bytes`; `false` if it is not in guest memory.
+fn read_table<M: GuestMemory + ?Sized>(mem: &M, table: u64, bytes: &mut [u8; TABLE_BYTES]) -> bool {
+    mem.read_slice(bytes, GuestAddress(table)).is_ok()
 }
