@@ -102,3 +102,51 @@ impl Mailbox {
         crate::arch::x86_64::halt_forever()
     }
 }
+
+/// Reports the lock-order checker's finding to the host, which ends the VM with it. This CPU
+/// stops here: it may hold locks another CPU waits for, in the wrong order.
+pub fn report_lock_order(violation: &guest_mm::LockOrderViolation) -> ! {
+    let text = BoundedText::<1024>::format(format_args!("{violation}"));
+    // SAFETY: this CPU's normal execution ends here (like the panic path): nothing else uses
+    // its mailbox after this.
+    let mut mailbox = unsafe { Mailbox::take(crate::arch::x86_64::percpu::current()) };
+    let n = text.as_str().len().min(mailbox.payload_capacity());
+    mailbox.payload()[..n].copy_from_slice(&text.as_str().as_bytes()[..n]);
+    let classes = [violation.now.held as u64, violation.now.taken as u64, 0, 0];
+    let _ = mailbox.call(Hypercall::LockOrder, 0, n, classes);
+    crate::arch::x86_64::halt_forever()
+}
+
+/// Text formatted into a fixed buffer, cut at `N` bytes (at a character boundary): what a CPU
+/// that may not allocate sends the host.
+pub struct BoundedText<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> BoundedText<N> {
+    pub fn format(args: core::fmt::Arguments<'_>) -> Self {
+        let mut text = BoundedText {
+            bytes: [0; N],
+            len: 0,
+        };
+        let _ = core::fmt::Write::write_fmt(&mut text, args);
+        text
+    }
+
+    pub fn as_str(&self) -> &str {
+        match core::str::from_utf8(&self.bytes[..self.len]) {
+            Ok(text) => text,
+            Err(e) => core::str::from_utf8(&self.bytes[..e.valid_up_to()]).unwrap_or_default(),
+        }
+    }
+}
+
+impl<const N: usize> core::fmt::Write for BoundedText<N> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(N - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}

@@ -16,11 +16,11 @@ mod hostile;
 mod hypercall;
 mod smp;
 
-use arch::x86_64::machine::X86Machine;
+use agent::{Mm, MmCpu};
+use arch::x86_64::machine;
 use arch::x86_64::trace_buffer::TraceBuffer;
 use core::panic::PanicInfo;
-use guest_mm::trace::Traced;
-use guest_mm::{MemoryManager, PhysicalFrame, SeededBugs};
+use guest_mm::{Cpu, MemoryManager, PhysicalFrame, SeededBugs};
 use hypercall::Mailbox;
 use shared_mm::boot_info::{
     BootInfo, GuestCommand, BOOT_FLAG_TRACE, BOOT_INFO_ADDR, EARLY_EXIT_STATUS,
@@ -82,11 +82,14 @@ extern "C" fn kmain(boot_info_phys: u64, cpu: u64) -> ! {
             | GuestCommand::ApPanic
             | GuestCommand::ApTripleFault
             | GuestCommand::ApSilent,
-        ) => serve(&mut mailbox, bring_up_mm(&boot_info)),
+        ) => {
+            let (mm, mut cpu) = bring_up_mm(&boot_info);
+            serve(&mut mailbox, mm, &mut cpu)
+        }
         Some(GuestCommand::AliasTables) => {
-            let mut mm = bring_up_mm(&boot_info);
-            hostile::alias_tables(&mut mm);
-            serve(&mut mailbox, mm)
+            let (mm, mut cpu) = bring_up_mm(&boot_info);
+            hostile::alias_tables(mm, &mut cpu);
+            serve(&mut mailbox, mm, &mut cpu)
         }
         Some(GuestCommand::HugeCount) => {
             hostile::huge_count(&mut mailbox);
@@ -123,16 +126,16 @@ fn read_boot_info(phys: u64) -> BootInfo {
     }
 }
 
-/// Brings up the memory manager on this CPU and gives the heap its backing.
-fn bring_up_mm(boot_info: &BootInfo) -> agent::Mm {
+/// Brings up the memory manager on this CPU (CPU 0), gives the heap its backing, and lets the
+/// other CPUs (waiting for it) join.
+fn bring_up_mm(boot_info: &BootInfo) -> (&'static Mm, MmCpu) {
     heap::HEAP.init_bootstrap();
     let boot_pml4 = PhysicalFrame(arch::x86_64::registers::read_cr3());
     let bugs = SeededBugs::compiled();
-    // SAFETY: the only trace buffer; this runs once, from kmain.
-    let trace = unsafe { TraceBuffer::take() };
-    let tracing = boot_info.flags & BOOT_FLAG_TRACE != 0;
-    let machine = Traced::new(X86Machine, trace, tracing);
-    let (mm, heap) = match MemoryManager::init(boot_info, boot_pml4, machine, bugs) {
+    // SAFETY: this runs once, from kmain on CPU 0, before any CPU traces.
+    unsafe { TraceBuffer::init(boot_info.flags & BOOT_FLAG_TRACE != 0) };
+    let mut cpu = Cpu::new(0, machine::traced(0));
+    let (mm, heap) = match MemoryManager::init(boot_info, boot_pml4, &mut cpu, bugs) {
         Ok(ready) => ready,
         Err(e) => panic!("memory manager init failed: {e:?}"),
     };
@@ -141,16 +144,19 @@ fn bring_up_mm(boot_info: &BootInfo) -> agent::Mm {
     unsafe { heap::HEAP.add_kmalloc(heap.base().get(), heap.size() as usize) };
     println!(
         "guest-kernel: memory manager up: {} kernel regions, {} free frames",
-        mm.kernel_tree().len(),
-        mm.free_frames()
+        mm.kernel_tree(&mut cpu, |tree| tree.len()),
+        mm.free_frames(&mut cpu)
     );
-    mm
+    let mm: &'static Mm = alloc::boxed::Box::leak(alloc::boxed::Box::new(mm));
+    agent::MM.call_once(|| mm);
+    smp::mm_ready(boot_info.cpu_count as u32);
+    (mm, cpu)
 }
 
-/// Serves the host's MM operations until it has no more, then exits 0.
-fn serve(mailbox: &mut Mailbox, mut mm: agent::Mm) -> ! {
+/// Serves the host's MM operations on CPU 0 until it has no more, then exits 0.
+fn serve(mailbox: &mut Mailbox, mm: &Mm, cpu: &mut MmCpu) -> ! {
     let _ = mailbox.log("guest-kernel: serving MM operations");
-    if let Err(e) = agent::serve(mailbox, &mut mm) {
+    if let Err(e) = agent::serve(mailbox, mm, cpu) {
         panic!("agent loop: hypercall failed: {e:?}");
     }
     mailbox.exit(0)
@@ -158,24 +164,8 @@ fn serve(mailbox: &mut Mailbox, mut mm: agent::Mm) -> ! {
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
-    struct Buf {
-        bytes: [u8; 512],
-        len: usize,
-    }
-    impl core::fmt::Write for Buf {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            let n = s.len().min(self.bytes.len() - self.len);
-            self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-            self.len += n;
-            Ok(())
-        }
-    }
-    let mut msg = Buf {
-        bytes: [0; 512],
-        len: 0,
-    };
-    let _ = core::fmt::Write::write_fmt(&mut msg, format_args!("{}", info.message()));
-    let text = core::str::from_utf8(&msg.bytes[..msg.len]).unwrap_or("<unprintable panic message>");
+    let message = hypercall::BoundedText::<512>::format(format_args!("{}", info.message()));
+    let text = message.as_str();
     let (file, line, col) = info
         .location()
         .map(|l| (l.file(), l.line(), l.column()))

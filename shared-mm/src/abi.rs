@@ -37,8 +37,13 @@ pub const TRAMPOLINE_CODE: [u8; 15] = [
 /// Lowest address of the kernel's region tree (the canonical upper half).
 pub const KERNEL_SPACE_BASE: u64 = 0xFFFF_8000_0000_0000;
 
-/// `args[0]` flag on a [`Hypercall::Batch`] response: no more work, the guest should exit 0.
+/// `args[0]` flag on a [`Hypercall::Batch`] response: no more work. CPU 0 exits 0; any other
+/// CPU idles, serving IPIs, until the VM ends.
 pub const BATCH_DONE: u64 = 1;
+/// `args[0]` flag on a [`Hypercall::Batch`] response: no batch for this CPU yet (other CPUs
+/// still run theirs). It halts, taking interrupts, until the host sends it
+/// [`WORK_VECTOR`](crate::smp::WORK_VECTOR), then asks again (with no results).
+pub const BATCH_WAIT: u64 = 2;
 
 /// The hypercall numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +55,9 @@ pub enum Hypercall {
     /// `args[0]`: exit status.
     Exit = 3,
     /// Request payload: results of the previous batch (`count` records), then `args[0]`
-    /// [`SpaceRecord`]s. Response payload: `count` encoded [`Op`]s; `args[0]` may hold [`BATCH_DONE`].
+    /// [`SpaceRecord`]s, the live spaces as of generation `args[1]` (which grows at each create
+    /// and destroy: with several CPUs reporting, the highest is the latest list). Response
+    /// payload: `count` encoded [`Op`]s; `args[0]` may hold [`BATCH_DONE`] or [`BATCH_WAIT`].
     Batch = 4,
     /// Payload: `count` [`RegionRecord`]s of space `args[0]` starting at index `args[1]`;
     /// `args[2]` total regions, `args[3]` the space's CR3.
@@ -73,6 +80,10 @@ pub enum Hypercall {
     /// `args[2]` the median cost of reading the TSC, both in TSC cycles. Payload: `count`
     /// little-endian u64 words, the pings each CPU served, CPU 0 first.
     IpiRoundTrip = 10,
+    /// The lock-order checker's finding, and the end of this CPU's work. Payload: the finding
+    /// as UTF-8 text; `args[0]` and `args[1]` the lock classes taken in opposite orders (see
+    /// the guest MM's `LockClass`). The host ends the VM with it.
+    LockOrder = 11,
 }
 
 /// `args[3]` of a [`Hypercall::Frames`]: the words are the frame allocator's bitmap of allocated
@@ -168,6 +179,7 @@ impl Hypercall {
             8 => Hypercall::StartCpus,
             9 => Hypercall::CpuOnline,
             10 => Hypercall::IpiRoundTrip,
+            11 => Hypercall::LockOrder,
             _ => return None,
         })
     }
@@ -341,6 +353,30 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operation's name in the scenario format (and in the guest's lock-order findings).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::CreateSpace => "create-space",
+            Op::DestroySpace { .. } => "destroy-space",
+            Op::Fork { .. } => "fork",
+            Op::MapAnywhere { .. } => "map-anywhere",
+            Op::MapFixed { access, .. } if access & access_bits::SHARED != 0 => "map-shared",
+            Op::MapFixed { .. } => "map-fixed",
+            Op::MapRandomized { .. } => "map-randomized",
+            Op::Unmap { .. } => "unmap",
+            Op::Protect { .. } => "protect",
+            Op::TouchRead { .. } => "touch-read",
+            Op::TouchWrite { .. } => "touch-write",
+            Op::TouchExec { .. } => "touch-exec",
+            Op::Snapshot { .. } => "snapshot",
+            Op::Frames { .. } => "frames",
+            Op::KernelRead { .. } => "kernel-read",
+            Op::KernelWrite { .. } => "kernel-write",
+            Op::Populate { .. } => "populate",
+            Op::CheckTree { .. } => "check-tree",
+        }
+    }
+
     /// The address space the operation names (`None` for `CreateSpace`, which names none).
     pub fn space(&self) -> Option<u32> {
         match *self {
@@ -899,11 +935,11 @@ mod tests {
 
     #[test]
     fn hypercall_numbers_round_trip() {
-        for n in 1..=10 {
+        for n in 1..=11 {
             assert_eq!(Hypercall::from_u32(n).map(|c| c as u32), Some(n));
         }
         assert_eq!(Hypercall::from_u32(0), None);
-        assert_eq!(Hypercall::from_u32(11), None);
+        assert_eq!(Hypercall::from_u32(12), None);
     }
 
     #[test]

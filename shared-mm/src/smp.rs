@@ -16,6 +16,9 @@ use crate::boot_info::{KERNEL_PHYS_BASE, LOW_RESERVED_END, MAILBOX_ADDR, MAILBOX
 
 /// Most CPUs a VM may have.
 pub const MAX_CPUS: u32 = 8;
+/// The interrupt vector the host sends a CPU (an MSI through the in-kernel irqchip) when it
+/// has a batch for it, after answering it [`BATCH_WAIT`](crate::abi::BATCH_WAIT).
+pub const WORK_VECTOR: u8 = 0xf2;
 /// Start of the AP area: the block of CPU 1.
 pub const AP_AREA_BASE: u64 = LOW_RESERVED_END;
 /// Bytes of one AP's block: mailbox, kernel stack, trap stack.
@@ -90,6 +93,15 @@ impl CpuSet {
         cpu < 32 && self.0 & (1 << cpu) != 0
     }
 
+    /// This set with `cpu` (below 32).
+    pub const fn with(self, cpu: u32) -> CpuSet {
+        if cpu < 32 {
+            CpuSet(self.0 | (1 << cpu))
+        } else {
+            self
+        }
+    }
+
     /// This set without `cpu`.
     pub const fn without(self, cpu: u32) -> CpuSet {
         if cpu < 32 {
@@ -156,5 +168,7 @@ mod tests {
         assert!(CpuSet::EMPTY.is_empty() && CpuSet::first(0).is_empty());
         assert_eq!(CpuSet::first(32).len(), 32);
         assert!(!all.contains(40) && all.without(40) == all);
+        assert_eq!(CpuSet::EMPTY.with(2).with(0).bits(), 0b101);
+        assert_eq!(all.with(40), all);
     }
 }

@@ -156,7 +156,7 @@ fn call(
     mem.write_slice(&head, GuestAddress(MAILBOX_ADDR)).unwrap();
     mem.write_slice(payload, GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64))
         .unwrap();
-    hypercall::handle(mem, 0, &mut std::io::sink(), Some(guard))
+    hypercall::handle(mem, 0, &mut std::io::sink(), Some(guard), None)
 }
 
 /// Runs `attack` against a checker behind the guard on a 32 MiB guest whose first batch (the
@@ -289,7 +289,7 @@ proptest! {
         mem.write_slice(&payload, GuestAddress(MAILBOX_ADDR + HEADER_SIZE as u64)).unwrap();
         let mut driver = Checked::new(NoWork);
         let mut guard = ReportGuard::new(&mut driver, ReportBounds::for_memory(&mem));
-        let outcome = bounded(|| hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut guard)));
+        let outcome = bounded(|| hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut guard), None));
         if let Err(e) = outcome {
             // Whatever the guest wrote, the answer is one error with a documented code.
             prop_assert!([2, 101, 103].contains(&e.exit_code()), "{e}");

@@ -5,10 +5,15 @@
 
 use guest_boot::BootError;
 use integration_tests::{boot, config, minimal_elf, Finished, TEST_MEMORY};
+use mm_checker::Checked;
+use mm_driver::driver::{CpuBatch, RoundScript};
 use mm_driver::RunError;
 use mm_driver::{Boot, GuestConfig};
+use shared_mm::abi::access_bits::{READ, USER, WRITE};
+use shared_mm::abi::{FaultKind, Op};
 use shared_mm::boot_info::{GuestCommand, KERNEL_PHYS_BASE, MIN_GUEST_RAM};
 use shared_mm::smp::{CpuSet, MAX_CPUS};
+use shared_mm::trace::TraceEvent;
 use std::time::{Duration, Instant};
 use vmm::{Backends, VmmError};
 
@@ -214,4 +219,107 @@ fn the_sim_refuses_several_cpus_in_one_line() {
         err.to_string(),
         "the sim backend does not support several CPUs yet (--cpus 2); use --backend kvm"
     );
+}
+
+/// Rounds that shoot down a lazy CPU: CPU 1 writes a page of space 1 and goes idle with the
+/// space loaded; CPU 0 unmaps the page, then protects the next one read-only; CPU 1 touches
+/// both again.
+fn shootdown_rounds() -> Vec<Vec<CpuBatch>> {
+    const BASE: u64 = 0x40_0000;
+    let urw = USER | READ | WRITE;
+    let on = |cpu, ops: Vec<Op>| vec![CpuBatch { cpu, ops }];
+    let write = |addr| Op::TouchWrite {
+        space: 1,
+        addr,
+        value: 7,
+    };
+    vec![
+        on(0, vec![Op::CreateSpace]),
+        on(
+            0,
+            vec![Op::MapFixed {
+                space: 1,
+                addr: BASE,
+                size: 4 * 4096,
+                access: urw,
+            }],
+        ),
+        on(1, vec![write(BASE), write(BASE + 4096)]),
+        on(
+            0,
+            vec![
+                Op::Unmap {
+                    space: 1,
+                    addr: BASE,
+                    size: 4096,
+                },
+                Op::Protect {
+                    space: 1,
+                    addr: BASE + 4096,
+                    size: 4096,
+                    access: USER | READ,
+                },
+            ],
+        ),
+        on(1, vec![write(BASE), write(BASE + 4096)]),
+    ]
+}
+
+/// Runs [`shootdown_rounds`] checked on kvm with two CPUs, with `bugs` planted (a guest
+/// variant); returns the findings' rules, the trace and the results.
+fn run_shootdown_rounds(bugs: &[&str]) -> (Vec<String>, RoundScript) {
+    let mut config = with_cpus(2, GuestCommand::Serve);
+    if !bugs.is_empty() {
+        let elf = guest_image::variant::build_variant(bugs).unwrap_or_else(|e| panic!("{e}"));
+        config.kernel = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
+    }
+    let mut vm = Backends::default()
+        .boot(&config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut checked = Checked::new(RoundScript::new(shootdown_rounds()));
+    let status = vm.run(&mut checked);
+    assert_eq!(status.ok(), Some(0), "{}", vm.console_output());
+    let rules = checked
+        .findings
+        .iter()
+        .map(|(_, f)| f.rule.to_string())
+        .collect();
+    (rules, checked.into_inner())
+}
+
+#[test]
+fn a_change_on_one_cpu_is_shot_down_on_the_other_before_anything_is_freed() {
+    let (rules, script) = run_shootdown_rounds(&[]);
+    assert!(rules.is_empty(), "{rules:?}");
+    let last = script.results.last().expect("the last round ran");
+    let faults: Vec<FaultKind> = last[0].1.iter().map(|r| r.fault).collect();
+    assert_eq!(
+        faults,
+        [FaultKind::SegvNoRegion, FaultKind::SegvAccess],
+        "CPU 1 sees the unmap and the protect"
+    );
+    let request = script.trace.iter().position(|r| {
+        r.cpu == 0
+            && matches!(r.event, TraceEvent::ShootdownRequest { targets, .. } if targets == CpuSet::EMPTY.with(1))
+    });
+    let ack = script
+        .trace
+        .iter()
+        .position(|r| r.cpu == 1 && r.event == TraceEvent::ShootdownAck { sender: 0 });
+    assert!(request.is_some() && request < ack, "{:?}", script.trace);
+}
+
+#[test]
+fn every_seeded_shootdown_bug_is_seen_by_the_per_cpu_replay() {
+    for bug in [
+        "bug-shootdown-local-only",
+        "bug-shootdown-misses-lazy",
+        "bug-free-before-ack",
+    ] {
+        let (rules, _) = run_shootdown_rounds(&[bug]);
+        assert!(
+            rules.iter().any(|r| r == "frame-freed-while-cached"),
+            "{bug}: {rules:?}"
+        );
+    }
 }

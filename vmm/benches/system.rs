@@ -9,7 +9,6 @@
 //! round trip between its CPUs with its TSC.
 #![forbid(unsafe_code)]
 
-use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -41,6 +40,10 @@ use vmm::hypercall;
 use vmm::{Backends, Vm};
 use x86_paging::page_walk::{leaves, PageTableBuilder};
 
+#[path = "support/results.rs"]
+mod results;
+use results::{num, Goal, Machine, Row, Run};
+
 /// Samples per figure; the median is reported.
 const SAMPLES: usize = 7;
 /// Wall time of one guest run of the batched-MM mix.
@@ -52,26 +55,6 @@ const MM_ROUNDS: usize = 2;
 /// Batches a script holds (more than [`MM_BUDGET`] lets the guest run).
 const MM_BATCHES: usize = 400;
 
-/// When a row meets its goal.
-#[derive(Clone, Copy)]
-enum Goal {
-    None,
-    ValueAtMost(f64),
-    ValueAtLeast(f64),
-    RatioAtMost(f64),
-    RatioAtLeast(f64),
-}
-
-/// One line of the table. `ratio` is defined per row (see [`RATIO_LEGEND`]).
-struct Row {
-    name: String,
-    value: f64,
-    unit: &'static str,
-    baseline: Option<f64>,
-    ratio: Option<f64>,
-    goal: Goal,
-}
-
 const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / RegionTree's (speed-up; \
      the baseline is first fit, the try loop, place_anywhere in the same tree, or the same call \
      in a sparse tree of the same size, as the row says); \
@@ -81,95 +64,6 @@ const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / Region
      placement rules row, ops/s with the rules off / on (slow-down); \
      seeded-bug rows, shrinking time / time to find; deep-rules row, sim fuzz ops/s without / \
      with frame provenance, table lifetime and tree invariants (slow-down).";
-
-impl Row {
-    fn new(name: impl Into<String>, value: f64, unit: &'static str) -> Self {
-        Row {
-            name: name.into(),
-            value,
-            unit,
-            baseline: None,
-            ratio: None,
-            goal: Goal::None,
-        }
-    }
-
-    fn against(mut self, baseline: f64, ratio: f64) -> Self {
-        self.baseline = Some(baseline);
-        self.ratio = Some(ratio);
-        self
-    }
-
-    fn goal(mut self, goal: Goal) -> Self {
-        self.goal = goal;
-        self
-    }
-
-    /// The target as text and whether it is met; `None` for a row without a target.
-    fn verdict(&self) -> Option<(String, bool)> {
-        let ratio = self.ratio.unwrap_or(f64::NAN);
-        Some(match self.goal {
-            Goal::None => return None,
-            Goal::ValueAtMost(t) => (format!("≤ {} {}", num(t), self.unit), self.value <= t),
-            Goal::ValueAtLeast(t) => (format!("≥ {} {}", num(t), self.unit), self.value >= t),
-            Goal::RatioAtMost(t) => (format!("ratio ≤ {}×", num(t)), ratio <= t),
-            Goal::RatioAtLeast(t) => (format!("ratio ≥ {}×", num(t)), ratio >= t),
-        })
-    }
-}
-
-/// A number with precision that suits its size, and thousands separators.
-fn num(v: f64) -> String {
-    if !v.is_finite() {
-        return "n/a".into();
-    }
-    let decimals = match v.abs() {
-        a if a >= 100.0 => 0,
-        a if a >= 10.0 => 1,
-        a if a >= 1.0 => 2,
-        _ => 3,
-    };
-    let text = format!("{v:.decimals$}");
-    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
-    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
-    let mut grouped = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    match frac {
-        "" => format!("{sign}{grouped}"),
-        f => format!("{sign}{grouped}.{f}"),
-    }
-}
-
-fn table(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| name | value | unit | baseline | ratio | target | met? |\n\
-         | --- | ---: | --- | ---: | ---: | --- | --- |\n",
-    );
-    for row in rows {
-        let (target, met) = match row.verdict() {
-            None => ("—".to_string(), "—"),
-            Some((t, true)) => (t, "met"),
-            Some((t, false)) => (t, "**missed**"),
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            row.name,
-            num(row.value),
-            row.unit,
-            row.baseline.map_or("—".into(), num),
-            row.ratio.map_or("—".into(), |r| format!("{}×", num(r))),
-            target,
-            met
-        );
-    }
-    out
-}
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -225,25 +119,6 @@ fn ns_per_iter(mut op: impl FnMut(), iters: u64) -> f64 {
     let start = Instant::now();
     (0..iters).for_each(|_| op());
     start.elapsed().as_nanos() as f64 / iters as f64
-}
-
-fn machine() -> String {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
-        .map_or("unknown CPU".to_string(), |(_, m)| m.trim().to_string());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = read("/proc/sys/kernel/osrelease");
-    let backend = ["kvm_pvm", "kvm_intel", "kvm_amd"]
-        .into_iter()
-        .find(|m| std::path::Path::new(&format!("/sys/module/{m}")).exists())
-        .unwrap_or("unknown");
-    format!(
-        "machine: {model}, {cores} cores, Linux {}, KVM backend {backend}",
-        kernel.trim()
-    )
 }
 
 // ---- 1. RegionTree against first fit -------------------------------------------------------
@@ -527,7 +402,8 @@ fn ping_dispatch() -> f64 {
         .expect("mailbox");
     // The reply is a Ping header again, so the mailbox stays a valid request.
     ns_per_op(|| {
-        hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut IdleDriver)).expect("ping");
+        hypercall::handle(&mem, 0, &mut std::io::sink(), Some(&mut IdleDriver), None)
+            .expect("ping");
     }) / 1e3
 }
 
@@ -1336,9 +1212,9 @@ impl<D: Driver> Driver for Stamped<'_, D> {
     fn trace(
         &mut self,
         mem: &GuestMemoryMmap,
-        events: &[shared_mm::trace::TraceEvent],
+        records: &[shared_mm::trace::TraceRecord],
     ) -> Result<(), DriverError> {
-        self.inner.trace(mem, events)
+        self.inner.trace(mem, records)
     }
 
     fn booted(&mut self, info: &shared_mm::boot_info::BootInfo) {
@@ -1502,8 +1378,8 @@ type Section = fn(&mut Vec<Row>);
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no options.
     let started = Instant::now();
-    let machine = machine();
-    println!("{machine}");
+    let machine = Machine::this();
+    println!("{}", machine.describe());
     let mut rows = Vec::new();
     let only = std::env::var("SYSTEM_BENCH_ONLY").ok();
     let sections: [(&str, Section); 14] = [
@@ -1533,16 +1409,30 @@ fn main() {
             section(&mut rows);
         }
     }
+    let run = Run {
+        machine: &machine,
+        only: only.as_deref(),
+        seconds: started.elapsed().as_secs_f64(),
+        legend: RATIO_LEGEND,
+    };
     println!();
-    print!("{}", table(&rows));
+    print!("{}", results::table(&rows));
     println!();
     println!("{RATIO_LEGEND}");
+    let (met, all) = Run::score(&rows);
     println!(
-        "{} of {} targets met; the run took {:.0} s.",
-        rows.iter()
-            .filter(|r| matches!(r.verdict(), Some((_, true))))
-            .count(),
-        rows.iter().filter(|r| r.verdict().is_some()).count(),
-        started.elapsed().as_secs_f64()
+        "{met} of {all} targets met; the run took {:.0} s.",
+        run.seconds
     );
+    let out = std::env::var_os("SYSTEM_BENCH_OUT").map_or_else(results::default_dir, Into::into);
+    match run.write(&rows, &out) {
+        Ok(paths) => paths.iter().for_each(|p| println!("wrote {}", p.display())),
+        Err(e) => {
+            eprintln!(
+                "bench: cannot write the results into {}: {e}",
+                out.display()
+            );
+            std::process::exit(2);
+        }
+    }
 }

@@ -207,7 +207,7 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
 /// errors passed up through the seam, which keep theirs.
 pub fn run_exit_code(e: &RunError) -> i32 {
     match e {
-        RunError::GuestPanic { .. } => 101,
+        RunError::GuestPanic { .. } | RunError::LockOrder { .. } => 101,
         RunError::TripleFault { .. } => 102,
         RunError::GuestHalted { .. } | RunError::GuestProtocol(_) => 103,
         RunError::Driver(e) if e.is_guest_fault() => 103,

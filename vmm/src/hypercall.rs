@@ -6,12 +6,13 @@
 //! for it, and any violation is a [`ProtocolError`] (exit 103).
 #![forbid(unsafe_code)]
 
+use crate::cpus::rounds::{Answer, Report, Rounds};
 use crate::error::VmmError;
 use mm_driver::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
 use mm_driver::protocol_error::ProtocolError;
 use mm_driver::RunError;
 use shared_mm::abi::{
-    Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, BATCH_DONE,
+    Hypercall, MailboxHeader, Op, OpResult, RegionRecord, SpaceRecord, BATCH_DONE, BATCH_WAIT,
     FRAMES_ALLOCATED, FRAMES_OWNED, FRAMES_SHARED, HEADER_SIZE, MAX_BATCH, OP_RECORD_SIZE,
     REGION_RECORD_SIZE, RESULT_RECORD_SIZE, SPACE_RECORD_SIZE,
 };
@@ -138,13 +139,11 @@ fn guest_panic(header: &MailboxHeader, payload: &[u8]) -> VmmError {
     })
 }
 
-/// `Batch`: the results of the last batch and the live spaces in, the next batch out.
-fn batch(
-    mem: &GuestMemoryMmap,
+/// A `Batch` request's results and live spaces.
+fn batch_report(
     header: &MailboxHeader,
     payload: &[u8],
-    driver: &mut dyn Driver,
-) -> Result<Reply, VmmError> {
+) -> Result<(Vec<OpResult>, Vec<SpaceRecord>), VmmError> {
     if header.count as usize > MAX_BATCH {
         return Err(protocol(ProtocolError::TooManyResults {
             count: header.count,
@@ -162,6 +161,58 @@ fn batch(
         "space",
         SpaceRecord::decode,
     )?;
+    Ok((results, spaces))
+}
+
+/// `Batch` with several CPUs: CPU `cpu`'s results go to the round, and it is told what to do
+/// next. A CPU that ended a round wakes CPU 0, which hands the next one out.
+fn round_batch(
+    mem: &GuestMemoryMmap,
+    cpu: u32,
+    header: &MailboxHeader,
+    payload: &[u8],
+    rounds: &Rounds<'_>,
+    driver: Option<&mut dyn Driver>,
+) -> Result<Reply, VmmError> {
+    let (results, spaces) = batch_report(header, payload)?;
+    let report = Report {
+        cpu,
+        results,
+        spaces,
+        generation: header.args[1],
+    };
+    let (answer, ended) = rounds.report(report, mem, driver)?;
+    if ended {
+        rounds.wake(shared_mm::smp::CpuSet::EMPTY.with(0))?;
+    }
+    Ok(match answer {
+        Answer::Batch(ops) if ops.len() > MAX_BATCH => {
+            return Err(VmmError::from(RunError::BatchTooLarge { ops: ops.len() }))
+        }
+        Answer::Batch(ops) => Reply {
+            count: ops.len() as u32,
+            flags: 0,
+            payload: encode_ops(&ops),
+        },
+        Answer::Wait => Reply {
+            flags: BATCH_WAIT,
+            ..Reply::default()
+        },
+        Answer::Done => Reply {
+            flags: BATCH_DONE,
+            ..Reply::default()
+        },
+    })
+}
+
+/// `Batch`: the results of the last batch and the live spaces in, the next batch out.
+fn batch(
+    mem: &GuestMemoryMmap,
+    header: &MailboxHeader,
+    payload: &[u8],
+    driver: &mut dyn Driver,
+) -> Result<Reply, VmmError> {
+    let (results, spaces) = batch_report(header, payload)?;
     let ops = match driver
         .next_batch(mem, &results, &spaces)
         .map_err(VmmError::from)?
@@ -269,25 +320,45 @@ fn ipi_report(header: &MailboxHeader, payload: &[u8]) -> Result<IpiReport, VmmEr
     })
 }
 
-/// Serves the hypercall CPU `cpu` just signalled, in its mailbox. MM work (a batch, a snapshot,
-/// a frame report) goes to `driver`, which only CPU 0 has in this version.
+/// Serves the hypercall CPU `cpu` just signalled, in its mailbox. MM work goes to `driver`,
+/// which only CPU 0's thread has: with one CPU every batch, with several (`rounds`) the rounds
+/// each CPU's batches come in; snapshots and frame reports come from CPU 0 only.
 pub fn handle(
     mem: &GuestMemoryMmap,
     cpu: u32,
     log: &mut dyn std::io::Write,
     driver: Option<&mut dyn Driver>,
+    rounds: Option<&Rounds<'_>>,
 ) -> Result<Next, VmmError> {
     let at = mailbox_addr(cpu);
     let (header, payload) = read_mailbox(mem, at)?;
     let call = Hypercall::from_u32(header.call)
         .ok_or(protocol(ProtocolError::UnknownHypercall(header.call)))?;
-    let work = |name| driver.ok_or(protocol(ProtocolError::MmWorkOffCpu0 { cpu, call: name }));
+    if let (Hypercall::Batch, Some(rounds)) = (call, rounds) {
+        let reply = round_batch(mem, cpu, &header, &payload, rounds, driver)?;
+        write_reply(mem, at, header.call, reply)?;
+        return Ok(Next::Resume);
+    }
+    let work = |name| {
+        let driver = driver.ok_or(protocol(ProtocolError::MmWorkOffCpu0 { cpu, call: name }))?;
+        if let Some(rounds) = rounds {
+            // CPU 0 alone runs a round with reports: the trace is quiescent.
+            rounds.deliver_trace(mem, driver)?;
+        }
+        Ok::<_, VmmError>(driver)
+    };
     let (reply, next) = match call {
         Hypercall::Log => {
             writeln!(log, "{}", String::from_utf8_lossy(&payload)).map_err(VmmError::Console)?;
             (Reply::default(), Next::Resume)
         }
         Hypercall::Panic => return Err(guest_panic(&header, &payload)),
+        Hypercall::LockOrder => {
+            return Err(VmmError::from(RunError::LockOrder {
+                cpu,
+                finding: String::from_utf8_lossy(&payload).into_owned(),
+            }))
+        }
         Hypercall::Exit => return Ok(Next::Exit(header.args[0] as u32)),
         // An empty reply: the cost of the hypercall path, for the `system` bench.
         Hypercall::Ping => (Reply::default(), Next::Resume),

@@ -21,7 +21,7 @@ use mm_scenario::Expect;
 use shared_mm::abi::{
     Op, OpResult, RegionRecord, SpaceRecord, Status, KERNEL_SPACE, USER_TRAMPOLINE,
 };
-use shared_mm::trace::TraceEvent;
+use shared_mm::trace::TraceRecord;
 pub use sharing::Sharing;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use x86_paging::page_walk::{coalesce, leaves_in, MappedRun, LOWER_HALF, UPPER_HALF};
@@ -459,10 +459,10 @@ impl Driver for Inspector {
         SpaceSnapshot::collect(views, chunk)
     }
 
-    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
+    fn trace(&mut self, mem: &GuestMemoryMmap, records: &[TraceRecord]) -> Result<(), DriverError> {
         let ram = GuestMemoryBackend::last_addr(mem).0.saturating_add(1);
         let coherence = self.coherence.get_or_insert_with(|| Coherence::new(ram));
-        Ok(coherence.apply_all(events)?)
+        Ok(coherence.apply_all(records)?)
     }
 }
 

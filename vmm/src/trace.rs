@@ -5,12 +5,12 @@
 use crate::error::VmmError;
 use mm_driver::protocol_error::ProtocolError;
 use shared_mm::trace::{
-    TraceEvent, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
+    TraceRecord, TRACE_ADDR, TRACE_CAPACITY, TRACE_HEADER_SIZE, TRACE_RECORD_SIZE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// Takes every record out of the guest's trace buffer, in order, and empties it.
-pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
+pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceRecord>, VmmError> {
     let events = peek(mem)?;
     if !events.is_empty() {
         mem.write_obj(0u64, GuestAddress(TRACE_ADDR))
@@ -24,7 +24,7 @@ pub fn drain<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
 
 /// Every record in the guest's trace buffer, in order, leaving it as it is (for a debugger
 /// looking at a stopped guest, whose buffer the run loop drains later).
-pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
+pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceRecord>, VmmError> {
     let count: u64 =
         mem.read_obj(GuestAddress(TRACE_ADDR))
             .map_err(|source| VmmError::GuestMemory {
@@ -50,7 +50,7 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
         .chunks_exact(TRACE_RECORD_SIZE)
         .enumerate()
         .map(|(i, record)| {
-            TraceEvent::decode(record).ok_or(VmmError::from(ProtocolError::MalformedTraceRecord {
+            TraceRecord::decode(record).ok_or(VmmError::from(ProtocolError::MalformedTraceRecord {
                 index: i,
             }))
         })
@@ -62,6 +62,7 @@ pub fn peek<M: GuestMemory>(mem: &M) -> Result<Vec<TraceEvent>, VmmError> {
 mod tests {
     use super::*;
     use mm_driver::RunError;
+    use shared_mm::trace::TraceEvent;
     use vm_memory::GuestMemoryMmap;
 
     fn memory() -> GuestMemoryMmap {
@@ -72,7 +73,8 @@ mod tests {
     fn drain_takes_every_record_and_empties_the_buffer() {
         let mem = memory();
         let events = [TraceEvent::Flush { va: 0x1000 }, TraceEvent::EnterUser];
-        for (i, event) in events.iter().enumerate() {
+        let records = events.map(|event| TraceRecord { cpu: 0, event });
+        for (i, event) in records.iter().enumerate() {
             let mut record = [0u8; TRACE_RECORD_SIZE];
             event.encode(&mut record).expect("fits");
             let at = TRACE_ADDR + (TRACE_HEADER_SIZE + i * TRACE_RECORD_SIZE) as u64;
@@ -80,7 +82,7 @@ mod tests {
         }
         mem.write_obj(2u64, GuestAddress(TRACE_ADDR))
             .expect("in RAM");
-        assert_eq!(drain(&mem).expect("valid"), events);
+        assert_eq!(drain(&mem).expect("valid"), records);
         assert!(drain(&mem).expect("valid").is_empty(), "drained");
     }
 

@@ -228,14 +228,17 @@ impl Vm {
         watchdog: Option<&Watchdog>,
         debugger: Option<&mut dyn Debugger>,
     ) -> Result<u32, VmmError> {
-        let cpus = Cpus::new(self.vcpus.len() as u32, self.timeout, self.tsc_khz)?;
         let log = self.console_sink();
         let Vm {
+            _vm: vm,
             vcpus,
             mem,
             console,
+            timeout,
+            tsc_khz,
             ..
         } = self;
+        let cpus = Cpus::new(vcpus.len() as u32, *timeout, *tsc_khz, Some(vm))?;
         let (vcpu, aps) = vcpus.split_first_mut().expect("a VM has CPU 0");
         // Every report the guest sends passes the guard before any driver keeps it.
         let mut guard = ReportGuard::new(driver, ReportBounds::for_memory(mem));
@@ -318,15 +321,15 @@ fn create_vcpus(
 
 /// CPU 0's run loop: it serves the driver's MM work, the flush trace and the debugger, and
 /// starts the other CPUs when the guest asks.
-struct Cpu0<'a> {
+struct Cpu0<'a, 'v> {
     vcpu: &'a mut VcpuFd,
     mem: &'a GuestMemoryMmap,
     console: &'a Mutex<SerialConsole>,
-    cpus: &'a Cpus,
+    cpus: &'a Cpus<'v>,
     log: ConsoleSink,
 }
 
-impl Cpu0<'_> {
+impl Cpu0<'_, '_> {
     /// Runs until the guest exits (its status), fails, or another CPU ends the VM (`None`).
     fn run(
         mut self,
@@ -351,8 +354,11 @@ impl Cpu0<'_> {
                     if let Some(w) = watchdog {
                         w.pet();
                     }
-                    deliver_trace(self.mem, driver)?;
-                    match hypercall::handle(self.mem, 0, &mut self.log, Some(driver))? {
+                    let rounds = self.cpus.rounds();
+                    if rounds.is_none() {
+                        deliver_trace(self.mem, driver)?;
+                    }
+                    match hypercall::handle(self.mem, 0, &mut self.log, Some(driver), rounds)? {
                         Next::Resume => {}
                         Next::Exit(status) => return Ok(Some(status)),
                         Next::Cpus(call) => {
@@ -366,7 +372,10 @@ impl Cpu0<'_> {
                         }
                     }
                 }
-                Exit::FlushTrace => deliver_trace(self.mem, driver)?,
+                Exit::FlushTrace => match self.cpus.rounds() {
+                    Some(rounds) => rounds.queue_trace(trace::drain(self.mem)?),
+                    None => deliver_trace(self.mem, driver)?,
+                },
                 Exit::Debug(exit) => match debugger.as_mut() {
                     Some(debugger) => debugger.on_debug_exit(self.vcpu, exit)?,
                     None => return Err(vcpu_exit::unexpected_debug(self.vcpu, exit)),

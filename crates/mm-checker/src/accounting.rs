@@ -175,6 +175,8 @@ pub struct Accounting {
     owned_blocks: FrameMap<u32, Vec<u64>>,
     /// Owner -> its last report as received (an unchanged report needs no work).
     last: FrameMap<u32, Vec<FrameRecord>>,
+    /// The allocator's bitmap at the last check.
+    last_allocated: Vec<u64>,
 }
 
 fn name(space: u32) -> String {
@@ -306,7 +308,38 @@ impl Accounting {
         }
         self.mapped_frames(mapped, &words, &mut found);
         self.leaks(&words, &released, &mut found);
+        self.last_allocated = words;
         found.findings
+    }
+
+    /// The frames whose verdict as a mapped page `reports` may change: those of every owner
+    /// whose report differs from its last (what it held, and what it holds now), and those
+    /// allocated or freed since the last check. A page that maps none of them, and was judged
+    /// before, would be judged the same again.
+    pub fn frames_changing(&self, reports: &FrameReports) -> Vec<u64> {
+        let mut frames = Vec::new();
+        for (space, records) in &reports.owned {
+            if self.last.get(space) == Some(records) {
+                continue;
+            }
+            frames.extend(self.owned.get(space).into_iter().flatten());
+            let blocks = self.owned_blocks.get(space).into_iter().flatten();
+            frames.extend(blocks.copied().flat_map(block_frames));
+            frames.extend(records.iter().copied().flat_map(frames_of).map(|r| r.frame));
+        }
+        let now = reports.allocated().unwrap_or_default();
+        let before = &self.last_allocated;
+        for i in 0..now.len().max(before.len()) {
+            let (a, b) = (before.get(i).copied(), now.get(i).copied());
+            let mut bits = a.unwrap_or(0) ^ b.unwrap_or(0);
+            while bits != 0 {
+                frames.push((i as u64 * 64 + u64::from(bits.trailing_zeros())) * 4096);
+                bits &= bits - 1;
+            }
+        }
+        frames.sort_unstable();
+        frames.dedup();
+        frames
     }
 
     /// Forgets the spaces no longer live; returns the frames they owned.

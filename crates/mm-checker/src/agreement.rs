@@ -70,6 +70,8 @@ pub struct Agreement {
     last_refs: Refs,
     refs_changed: Vec<u64>,
     tracked: u64,
+    /// The (space, frame, page) of every user page counted since the last check started.
+    added: Vec<(u32, u64, u64)>,
     /// One past the last byte of guest RAM.
     ram_end: u64,
     /// The memory map the host wrote, when known: every walked table and user page must lie
@@ -126,6 +128,7 @@ impl Agreement {
             last_refs: Refs::default(),
             refs_changed: Vec::new(),
             tracked: 0,
+            added: Vec::new(),
             ram_end,
             provenance: None,
         }
@@ -204,6 +207,18 @@ impl Agreement {
             .collect()
     }
 
+    /// The (space, frame, page) of every user page the last check counted as newly mapped
+    /// (each page a whole walk found, and those an incremental one walked again).
+    pub fn added(&self) -> &[(u32, u64, u64)] {
+        &self.added
+    }
+
+    /// The (space, page) of every user page that maps `frame`.
+    pub fn users_of(&self, frame: u64) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let users = self.frame_users.get(&frame).into_iter().flatten();
+        users.map(|u| (u.space, u.va))
+    }
+
     /// The spaces whose walks are remembered.
     pub fn spaces(&self) -> impl Iterator<Item = u32> + '_ {
         self.spaces.keys().copied()
@@ -245,6 +260,7 @@ impl Agreement {
 
     /// A check that holds the frames `affected` to the sharing rules at its end.
     fn check_with<'a>(&'a mut self, refs: &'a Refs, affected: FrameSet<u64>) -> Check<'a> {
+        self.added.clear();
         Check {
             state: self,
             refs,
@@ -551,6 +567,7 @@ impl Check<'_> {
         };
         self.state.frame_users.entry(frame).or_default().push(user);
         self.state.tracked += 1;
+        self.state.added.push((space, frame, user.va));
         if object != 0 {
             let mappers = self
                 .state

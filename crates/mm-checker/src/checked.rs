@@ -27,11 +27,11 @@ use crate::finding::{region_containing, Finding};
 use crate::provenance::{self, Provenance};
 use crate::rule::Rule;
 use crate::trace_events::CoherenceFinding;
-use mm_driver::driver::{Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{CpuBatch, Driver, DriverError, FramesChunk, SnapshotChunk, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, Status, KERNEL_SPACE, MAX_BATCH, MAX_SPACES};
 use shared_mm::boot_info::BootInfo;
 use shared_mm::region_tree::InvariantViolation;
-use shared_mm::trace::TraceEvent;
+use shared_mm::trace::TraceRecord;
 use std::collections::{BTreeMap, BTreeSet};
 use vm_memory::GuestMemoryMmap;
 use x86_paging::frame_map::FrameSet;
@@ -52,8 +52,9 @@ pub struct Checked<D> {
     agreement: Option<Agreement>,
     /// The flush trace replayed so far.
     coherence: Option<Coherence>,
-    /// Results of the inner driver's last batch, held back while the snapshots are taken.
-    held_results: Option<Vec<OpResult>>,
+    /// Results of the inner driver's last batch or round (by CPU), held back while the
+    /// snapshots are taken.
+    held_results: Option<Vec<(u32, Vec<OpResult>)>>,
     snapshots: Vec<SpaceSnapshot>,
     /// Spaces the inner driver's operations named since their last check.
     dirty: BTreeSet<u32>,
@@ -270,12 +271,13 @@ impl<D: Driver> Checked<D> {
         self.last_walked_whole = whole;
         found.extend(agreed);
         let live: BTreeSet<u32> = spaces.iter().map(|s| s.space).collect();
-        let mapped: BTreeMap<u32, Vec<(u64, u64)>> = self
-            .snapshots
-            .iter()
-            .map(|v| (v.space, agreement.mapped(v.space)))
-            .collect();
         let reports = std::mem::take(&mut self.frame_reports);
+        let mapped = if whole {
+            let walked = self.snapshots.iter().map(|v| v.space);
+            walked.map(|s| (s, agreement.mapped(s))).collect()
+        } else {
+            pages_to_judge(agreement, self.accounting.frames_changing(&reports))
+        };
         if let Some(provenance) = &self.provenance {
             found.extend(provenance.check_reports(&reports));
         }
@@ -314,13 +316,25 @@ impl<D: Driver> Checked<D> {
     }
 }
 
-impl<D: Driver> Driver for Checked<D> {
-    fn next_batch(
+/// What comes between two of the inner driver's batches (or rounds).
+enum Between {
+    /// The check to run first: its operations, for CPU 0 alone.
+    Check(Vec<Op>),
+    /// A finding, and `stop_on_finding`: no more work.
+    Stop,
+    /// The check is done: the inner driver's last results, for it to go on.
+    Inner(Vec<(u32, Vec<OpResult>)>),
+}
+
+impl<D: Driver> Checked<D> {
+    /// The guest finished a batch or round (`results`, by CPU) and reports `spaces`: either the
+    /// inner driver's work just finished (check it first), or the check did (go on).
+    fn between(
         &mut self,
         mem: &GuestMemoryMmap,
-        results: &[OpResult],
+        results: &[(u32, Vec<OpResult>)],
         spaces: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, DriverError> {
+    ) -> Result<Between, DriverError> {
         for record in spaces {
             self.directories.insert(record.cr3 & !0xfff, record.space);
         }
@@ -330,7 +344,7 @@ impl<D: Driver> Driver for Checked<D> {
                     count: spaces.len(),
                 });
             }
-            // The inner driver's batch just finished: snapshot what it may have changed first.
+            // The inner driver's work just finished: snapshot what it may have changed first.
             self.held_results = Some(results.to_vec());
             self.snapshots.clear();
             self.frame_reports = FrameReports::default();
@@ -344,29 +358,72 @@ impl<D: Driver> Driver for Checked<D> {
                 .chain(report.into_iter().map(|space| Op::Frames { space }))
                 .chain(trees.map(|space| Op::CheckTree { space }))
                 .collect();
-            return Ok(Some(self.round.clone()));
+            return Ok(Between::Check(self.round.clone()));
         };
         let run = self.checks_run;
         self.checks_run += 1;
-        let trees = self.tree_checks(results)?;
+        let check_results = results.iter().find(|(cpu, _)| *cpu == 0);
+        let trees = self.tree_checks(check_results.map_or(&[][..], |(_, r)| r))?;
         let mut found = self.run_checks(mem, spaces)?;
         found.extend(trees);
         let seen_in_trace = self.findings.last().is_some_and(|(r, _)| *r == run);
         let stop = self.stop_on_finding && (seen_in_trace || !found.is_empty());
         self.findings.extend(found.into_iter().map(|f| (run, f)));
         if stop {
-            return Ok(None);
+            return Ok(Between::Stop);
         }
-        let next = self.inner.next_batch(mem, &held, spaces)?;
-        if next.is_none() {
-            self.walk_whole_at_the_end(mem);
-        }
-        let named = next
-            .iter()
-            .flatten()
-            .filter(|op| !matches!(op, Op::Snapshot { .. }));
+        Ok(Between::Inner(held))
+    }
+
+    /// The spaces `ops` name (not their snapshots) changed since the last check.
+    fn dirty_from<'o>(&mut self, ops: impl Iterator<Item = &'o Op>) {
+        let named = ops.filter(|op| !matches!(op, Op::Snapshot { .. }));
         self.dirty.extend(named.filter_map(Op::space));
-        Ok(next)
+    }
+}
+
+impl<D: Driver> Driver for Checked<D> {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, DriverError> {
+        match self.between(mem, &[(0, results.to_vec())], spaces)? {
+            Between::Check(ops) => Ok(Some(ops)),
+            Between::Stop => Ok(None),
+            Between::Inner(held) => {
+                let own = held.first().map_or(&[][..], |(_, r)| r.as_slice());
+                let next = self.inner.next_batch(mem, own, spaces)?;
+                if next.is_none() {
+                    self.walk_whole_at_the_end(mem);
+                }
+                self.dirty_from(next.iter().flatten());
+                Ok(next)
+            }
+        }
+    }
+
+    /// As [`Driver::next_batch`], a round at a time: the check runs between rounds, on CPU 0
+    /// alone, with every CPU quiescent.
+    fn next_round(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        match self.between(mem, results, spaces)? {
+            Between::Check(ops) => Ok(Some(vec![CpuBatch { cpu: 0, ops }])),
+            Between::Stop => Ok(None),
+            Between::Inner(held) => {
+                let next = self.inner.next_round(mem, &held, spaces)?;
+                if next.is_none() {
+                    self.walk_whole_at_the_end(mem);
+                }
+                self.dirty_from(next.iter().flatten().flat_map(|b| &b.ops));
+                Ok(next)
+            }
+        }
     }
 
     /// Checked wants the backend's record of what the guest wrote, for incremental checks.
@@ -404,7 +461,7 @@ impl<D: Driver> Driver for Checked<D> {
         self.inner.booted(info);
     }
 
-    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
+    fn trace(&mut self, mem: &GuestMemoryMmap, records: &[TraceRecord]) -> Result<(), DriverError> {
         // The guest's RAM size bounds what the replay may track.
         let deep = self.deep_rules;
         let coherence = self.coherence.get_or_insert_with(|| {
@@ -417,17 +474,17 @@ impl<D: Driver> Driver for Checked<D> {
             }
         });
         let first = coherence.events_seen();
-        coherence.apply_all(events)?;
+        coherence.apply_all(records)?;
         if let Some(provenance) = &self.provenance {
             // Found now, during the batch (it is the next check's): the guest may not live to
             // the check if the frame was not RAM it could write.
             let run = self.checks_run;
             let this_check = self.findings.iter().rev().take_while(|(r, _)| *r == run);
             let room = provenance::MAX_FINDINGS.saturating_sub(this_check.count());
-            let found = provenance.check_allocations(first, events, room);
+            let found = provenance.check_allocations(first, records, room);
             self.findings.extend(found.into_iter().map(|f| (run, f)));
         }
-        self.inner.trace(mem, events)
+        self.inner.trace(mem, records)
     }
 }
 
@@ -438,6 +495,26 @@ fn agreement_for<'a>(
     provenance: &Option<Provenance>,
 ) -> &'a mut Agreement {
     slot.get_or_insert_with(|| Agreement::for_memory(mem).with_provenance(provenance.clone()))
+}
+
+/// The user pages frame accounting judges after an incremental check, by space: those the
+/// check found newly mapped, and those that map a frame whose owner or allocation changed
+/// (`changing`). Any other page was judged before against the same frame, owner and bitmap.
+fn pages_to_judge(agreement: &Agreement, changing: Vec<u64>) -> BTreeMap<u32, Vec<(u64, u64)>> {
+    let mut pages: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    for &(space, frame, va) in agreement.added() {
+        pages.entry(space).or_default().push((frame, va));
+    }
+    for frame in changing {
+        for (space, va) in agreement.users_of(frame) {
+            pages.entry(space).or_default().push((frame, va));
+        }
+    }
+    for list in pages.values_mut() {
+        list.sort_unstable();
+        list.dedup();
+    }
+    pages
 }
 
 /// Walks the kernel and each space of `views` whole (each forgotten first, before any is

@@ -1,14 +1,18 @@
-//! TLB coherence checking: the flush trace replayed against the TLB rules of [`x86_paging::tlb`].
+//! TLB coherence checking: the flush trace replayed against the TLB rules of
+//! [`x86_paging::tlb`], with one TLB model per CPU.
 //!
-//! Without PCID a TLB holds only translations of the active directory, and any present
-//! translation of it may be cached from the moment it is activated (speculatively too). When a
-//! PTE of the active directory changes, the old translation may stay cached until `invlpg` of
-//! its page or the next CR3 load. Replaying the trace with those rules gives two findings:
+//! Without PCID a CPU's TLB holds only translations of the directory it has loaded, and any
+//! present translation of it may be cached from the moment it is loaded (speculatively too).
+//! When a PTE of a directory changes, the old translation may stay cached on every CPU that has
+//! the directory loaded (whether it runs it or idles on it, lazily) until that CPU flushes the
+//! page (`invlpg`) or loads CR3 again. The CPU that changed the PTE flushes its own TLB; the
+//! others flush when they serve its shootdown. Replaying the trace with those rules gives two
+//! findings:
 //!
-//! - `stale-tlb-entry`: ring 3 is entered while a possibly-cached translation is a downgrade of
+//! - `stale-tlb-entry`: CPU c enters ring 3 while a translation c may cache is a downgrade of
 //!   what the PTE says now (cleared, another frame, or W, U or X lost);
-//! - `frame-freed-while-cached`: a frame goes back to the allocator while a possibly-cached
-//!   translation, stale or present, still points at it.
+//! - `frame-freed-while-cached`: a frame goes back to the allocator while a translation some
+//!   CPU may cache, stale or present, still points at it.
 //!
 //! Only user-half 4 KiB, 2 MiB and 1 GiB leaves are tracked here: the direct map in the kernel
 //! half maps every frame by design, and ring 3 cannot use supervisor translations. Table
@@ -23,7 +27,8 @@ use crate::table_lifetime::TableLifetime;
 use crate::trace_events::{CoherenceFinding, Numbered};
 use mm_driver::driver::TraceTooLarge;
 use shared_mm::pte::{PageLevel, PageTableEntry, LOWER_HALF_LAST};
-use shared_mm::trace::TraceEvent;
+use shared_mm::smp::{CpuSet, MAX_CPUS};
+use shared_mm::trace::{TraceEvent, TraceRecord};
 use std::collections::{HashMap, VecDeque};
 use x86_paging::page_walk::EffectivePerms;
 use x86_paging::tlb::Translation;
@@ -52,6 +57,15 @@ pub struct Cached {
     pub stale_since: Option<u64>,
 }
 
+/// What one CPU's TLB may hold beyond the present translations of its directory.
+#[derive(Clone, Default)]
+struct CpuTlb {
+    /// The directory it has loaded.
+    active: Option<u64>,
+    /// Possibly-cached old translations of it, by (page size, page).
+    stale: HashMap<(u64, u64), Vec<Stale>>,
+}
+
 /// The replay state of one guest's trace.
 #[derive(Clone)]
 pub struct Coherence {
@@ -59,9 +73,8 @@ pub struct Coherence {
     leaves: HashMap<u64, HashMap<u64, (Translation, u64)>>,
     /// Per directory, the pages mapping each frame.
     frames: HashMap<u64, HashMap<u64, Vec<u64>>>,
-    active: Option<u64>,
-    /// Possibly-cached old translations of the active directory, by (page size, page).
-    stale: HashMap<(u64, u64), Vec<Stale>>,
+    /// Each CPU's TLB, by index (as many as the trace named).
+    cpus: Vec<CpuTlb>,
     tracked: usize,
     limit: usize,
     next_event: u64,
@@ -107,15 +120,14 @@ impl Coherence {
         Coherence {
             leaves: HashMap::new(),
             frames: HashMap::new(),
-            active: None,
-            stale: HashMap::new(),
+            cpus: vec![CpuTlb::default()],
             tracked: 0,
             limit,
             next_event: 0,
             recent: VecDeque::new(),
             findings: Vec::new(),
             dropped: 0,
-            tables: Some(TableLifetime::new(1, limit)),
+            tables: Some(TableLifetime::new(MAX_CPUS as usize, limit)),
         }
     }
 
@@ -127,25 +139,36 @@ impl Coherence {
         }
     }
 
-    /// The directory loaded last.
+    /// The directory CPU 0 loaded last.
     pub fn active(&self) -> Option<u64> {
-        self.active
+        self.cpus[0].active
     }
 
-    /// How many translations of `directory` may be cached now: all of its present user
-    /// translations and its stale ones if it is active, none otherwise.
+    /// The CPUs that have `directory` loaded, so may cache its translations.
+    pub fn cpus_caching(&self, directory: u64) -> CpuSet {
+        (0..)
+            .zip(&self.cpus)
+            .filter(|(_, tlb)| tlb.active == Some(directory))
+            .fold(CpuSet::EMPTY, |set, (cpu, _)| set.with(cpu))
+    }
+
+    /// How many translations of `directory` may be cached now, on any CPU: all of its present
+    /// user translations and its stale ones if a CPU has it loaded, none otherwise.
     pub fn possibly_cached(&self, directory: u64) -> usize {
-        if self.active != Some(directory) {
+        let mut loading = self.cpus.iter().filter(|t| t.active == Some(directory));
+        let Some(first) = loading.next() else {
             return 0;
-        }
+        };
         let present = self.leaves.get(&directory).map_or(0, HashMap::len);
-        present + self.stale.values().map(Vec::len).sum::<usize>()
+        let stale = |t: &CpuTlb| t.stale.values().map(Vec::len).sum::<usize>();
+        present + stale(first) + loading.map(stale).sum::<usize>()
     }
 
-    /// Every translation of `directory` the TLB may hold now, by page: none unless it is
-    /// active; else its present user translations and the stale ones no flush has dropped.
+    /// Every translation of `directory` CPU 0's TLB may hold now, by page: none unless it has
+    /// it loaded; else its present user translations and the stale ones no flush has dropped.
     pub fn cached(&self, directory: u64) -> Vec<Cached> {
-        if self.active != Some(directory) {
+        let tlb = &self.cpus[0];
+        if tlb.active != Some(directory) {
             return Vec::new();
         }
         let present = self.leaves.get(&directory).into_iter().flatten();
@@ -154,7 +177,7 @@ impl Coherence {
             pte,
             stale_since: None,
         });
-        let stale = self.stale.values().flatten().map(|s| Cached {
+        let stale = tlb.stale.values().flatten().map(|s| Cached {
             translation: s.translation,
             pte: s.pte,
             stale_since: Some(s.write.0),
@@ -174,19 +197,24 @@ impl Coherence {
         std::mem::take(&mut self.findings)
     }
 
-    /// Replays `events`, which continue the trace.
-    pub fn apply_all(&mut self, events: &[TraceEvent]) -> Result<(), TraceTooLarge> {
-        events.iter().try_for_each(|&event| self.apply(event))
+    /// Replays `records`, which continue the trace.
+    pub fn apply_all(&mut self, records: &[TraceRecord]) -> Result<(), TraceTooLarge> {
+        records.iter().try_for_each(|&record| self.apply(record))
     }
 
-    fn apply(&mut self, event: TraceEvent) -> Result<(), TraceTooLarge> {
+    fn apply(&mut self, record: TraceRecord) -> Result<(), TraceTooLarge> {
+        let TraceRecord { cpu, event } = record;
         let numbered = (self.next_event, event);
         self.next_event += 1;
-        // One CPU: every event is CPU 0's.
         let table_finding = match &mut self.tables {
-            Some(tables) => tables.apply(0, numbered)?,
+            Some(tables) => tables.apply(cpu as usize, numbered)?,
             None => None,
         };
+        // The CPU index is below MAX_CPUS (checked when the record was decoded).
+        let cpu = cpu as usize;
+        if self.cpus.len() <= cpu {
+            self.cpus.resize_with(cpu + 1, CpuTlb::default);
+        }
         if let Some(found) = table_finding {
             self.report(found);
         }
@@ -210,22 +238,29 @@ impl Coherence {
             } => self.pte_write(numbered, directory, va, level, old, new)?,
             TraceEvent::Flush { va } => {
                 for page in pages_of(va) {
-                    let gone = self.stale.remove(&page).map_or(0, |s| s.len());
+                    let gone = self.cpus[cpu].stale.remove(&page).map_or(0, |s| s.len());
                     self.untrack(gone);
                 }
             }
             TraceEvent::Activate { directory } => {
-                self.active = Some(directory);
-                let gone = self.stale.values().map(Vec::len).sum();
-                self.stale.clear();
-                self.untrack(gone);
+                self.cpus[cpu].active = Some(directory);
+                self.flush_all(cpu);
             }
+            TraceEvent::FlushAll => self.flush_all(cpu),
             TraceEvent::FrameFreed { frame } => self.frame_freed(numbered, frame),
-            TraceEvent::EnterUser => self.enter_user(numbered),
+            TraceEvent::EnterUser => self.enter_user(cpu, numbered),
             // Frame provenance is judged from the same events by the checker.
             TraceEvent::FrameAllocated { .. } => {}
+            // What a shootdown changes is in the targets' own flushes, before their acks.
+            TraceEvent::ShootdownRequest { .. } | TraceEvent::ShootdownAck { .. } => {}
         }
         Ok(())
+    }
+
+    /// A CR3 load or reload on `cpu`: every translation it cached goes.
+    fn flush_all(&mut self, cpu: usize) {
+        let stale = std::mem::take(&mut self.cpus[cpu].stale);
+        self.untrack(stale.values().map(Vec::len).sum());
     }
 
     fn track(&mut self) -> Result<(), TraceTooLarge> {
@@ -251,15 +286,18 @@ impl Coherence {
     ) -> Result<(), TraceTooLarge> {
         if let Some(before) = leaf(level, va, old) {
             self.forget_leaf(directory, before);
-            if self.active == Some(directory) {
-                let stale = Stale {
-                    translation: before,
-                    pte: old,
-                    write,
-                };
-                let key = (before.size, before.page);
-                self.stale.entry(key).or_default().push(stale);
-                self.track()?;
+            let stale = Stale {
+                translation: before,
+                pte: old,
+                write,
+            };
+            let key = (before.size, before.page);
+            // Every CPU that has the directory loaded may keep the old translation.
+            for cpu in 0..self.cpus.len() {
+                if self.cpus[cpu].active == Some(directory) {
+                    self.cpus[cpu].stale.entry(key).or_default().push(stale);
+                    self.track()?;
+                }
             }
         }
         if let Some(after) = leaf(level, va, new) {
@@ -322,12 +360,14 @@ impl Coherence {
         }
     }
 
-    /// Every possibly-cached translation that is a downgrade of its PTE now is a finding.
-    fn enter_user(&mut self, entry: Numbered) {
-        let Some(directory) = self.active else { return };
+    /// Every translation `cpu` may cache that is a downgrade of its PTE now is a finding.
+    fn enter_user(&mut self, cpu: usize, entry: Numbered) {
+        let Some(directory) = self.cpus[cpu].active else {
+            return;
+        };
         let leaves = self.leaves.get(&directory);
         let mut used: Vec<((u64, u64), Stale, Option<u64>)> = Vec::new();
-        for (&key, list) in &self.stale {
+        for (&key, list) in &self.cpus[cpu].stale {
             let now = leaves.and_then(|l| l.get(&key.1));
             let broken = list
                 .iter()
@@ -338,7 +378,7 @@ impl Coherence {
         }
         used.sort_by_key(|(key, _, _)| *key);
         for (key, stale, now) in used {
-            let gone = self.stale.remove(&key).map_or(0, |s| s.len());
+            let gone = self.cpus[cpu].stale.remove(&key).map_or(0, |s| s.len());
             self.untrack(gone);
             let now = now.map_or("not present".into(), |pte| format!("{pte:#x}"));
             self.report(CoherenceFinding {
@@ -347,65 +387,84 @@ impl Coherence {
                 va: key.1,
                 pte: stale.pte,
                 detail: format!(
-                    "PTE changed from {:#x} to {now} at trace event {}, and ring 3 was entered at \
-                     event {} with no flush of the page or CR3 load in between",
-                    stale.pte, stale.write.0, entry.0
+                    "PTE changed from {:#x} to {now} at trace event {}, and ring 3 was entered{} \
+                     at event {} with no flush of the page or CR3 load on that CPU in between",
+                    stale.pte,
+                    stale.write.0,
+                    self.on(cpu),
+                    entry.0
                 ),
                 events: self.explain(stale.write, entry),
             });
         }
     }
 
-    /// The frame must not be reachable through a possibly-cached translation. A freed PML4
+    /// ` on cpu N` when the trace has named more than one CPU (so a one-CPU finding reads as
+    /// it always did).
+    fn on(&self, cpu: usize) -> String {
+        if self.cpus.len() > 1 {
+            format!(" on cpu {cpu}")
+        } else {
+            String::new()
+        }
+    }
+
+    /// The frame must not be reachable through a translation any CPU may cache. A freed PML4
     /// ends its directory: what the trace knew of it goes (the frame may become another one).
     fn frame_freed(&mut self, freed: Numbered, frame: u64) {
         if let Some(leaves) = self.leaves.remove(&frame) {
             self.untrack(leaves.len());
             self.frames.remove(&frame);
         }
-        let Some(directory) = self.active else { return };
+        for cpu in 0..self.cpus.len() {
+            if let Some(finding) = self.cached_frame(cpu, freed, frame) {
+                return self.report(finding);
+            }
+        }
+    }
+
+    /// The finding if `cpu` may cache a translation to `frame`, freed at `freed`.
+    fn cached_frame(&self, cpu: usize, freed: Numbered, frame: u64) -> Option<CoherenceFinding> {
+        let tlb = &self.cpus[cpu];
+        let directory = tlb.active?;
         let inside = |t: &Translation| (t.frame..t.frame.saturating_add(t.size)).contains(&frame);
-        let stale = self
+        let stale = tlb
             .stale
             .values()
             .flatten()
             .filter(|s| inside(&s.translation))
-            .min_by_key(|s| s.write.0)
-            .copied();
+            .min_by_key(|s| s.write.0);
         if let Some(stale) = stale {
-            return self.report(CoherenceFinding {
+            return Some(CoherenceFinding {
                 rule: Rule::FrameFreedWhileCached,
                 directory,
                 va: stale.translation.page,
                 pte: stale.pte,
                 detail: format!(
                     "frame {frame:#x} freed at trace event {} while the translation its PTE lost \
-                     at event {} may still be cached (no flush of the page or CR3 load yet)",
-                    freed.0, stale.write.0
+                     at event {} may still be cached{} (no flush of the page or CR3 load there yet)",
+                    freed.0,
+                    stale.write.0,
+                    self.on(cpu)
                 ),
                 events: self.explain(stale.write, freed),
             });
         }
-        let mapped = self
-            .frames
-            .get(&directory)
-            .and_then(|pages| pages.get(&frame))
-            .and_then(|pages| pages.first().copied());
-        if let Some(page) = mapped {
-            let pte = self.leaves[&directory][&page].1;
-            self.report(CoherenceFinding {
-                rule: Rule::FrameFreedWhileCached,
-                directory,
-                va: page,
-                pte,
-                detail: format!(
-                    "frame {frame:#x} freed at trace event {} while page {page:#x} of the active \
-                     directory still maps it",
-                    freed.0
-                ),
-                events: vec![freed],
-            });
-        }
+        let page = *self.frames.get(&directory)?.get(&frame)?.first()?;
+        let pte = self.leaves[&directory][&page].1;
+        Some(CoherenceFinding {
+            rule: Rule::FrameFreedWhileCached,
+            directory,
+            va: page,
+            pte,
+            detail: format!(
+                "frame {frame:#x} freed at trace event {} while page {page:#x} of the active \
+                 directory{} still maps it",
+                freed.0,
+                self.on(cpu)
+            ),
+            events: vec![freed],
+        })
     }
 }
 
@@ -428,9 +487,25 @@ mod tests {
         }
     }
 
+    /// `events` as CPU 0 made them.
+    fn cpu0(events: &[TraceEvent]) -> Vec<TraceRecord> {
+        on(0, events)
+    }
+
+    fn on(cpu: u32, events: &[TraceEvent]) -> Vec<TraceRecord> {
+        events
+            .iter()
+            .map(|&event| TraceRecord { cpu, event })
+            .collect()
+    }
+
     fn replay(events: &[TraceEvent]) -> Vec<Rule> {
+        replay_records(&cpu0(events))
+    }
+
+    fn replay_records(records: &[TraceRecord]) -> Vec<Rule> {
         let mut c = Coherence::new(64 << 20);
-        c.apply_all(events).expect("small trace");
+        c.apply_all(records).expect("small trace");
         c.take_findings().iter().map(|f| f.rule).collect()
     }
 
@@ -441,7 +516,7 @@ mod tests {
     #[test]
     fn cached_lists_present_and_stale_translations_of_the_active_directory_only() {
         let mut c = Coherence::new(64 << 20);
-        c.apply_all(&[ACTIVATE, write(0, PTE)])
+        c.apply_all(&cpu0(&[ACTIVATE, write(0, PTE)]))
             .expect("small trace");
         let present = c.cached(DIR);
         assert_eq!(present.len(), 1);
@@ -450,11 +525,11 @@ mod tests {
             (PAGE, None)
         );
         // Cleared without a flush: the old translation stays, stale since event 2.
-        c.apply_all(&[write(PTE, 0)]).expect("small trace");
+        c.apply_all(&cpu0(&[write(PTE, 0)])).expect("small trace");
         let stale = c.cached(DIR);
         assert_eq!(stale.len(), 1);
         assert_eq!((stale[0].pte, stale[0].stale_since), (PTE, Some(2)));
-        c.apply_all(&[FLUSH]).expect("small trace");
+        c.apply_all(&cpu0(&[FLUSH])).expect("small trace");
         assert!(c.cached(DIR).is_empty());
         assert!(c.cached(0x99000).is_empty(), "not the active directory");
         assert_eq!(c.events_seen(), 4);
@@ -572,7 +647,63 @@ mod tests {
             old: 0,
             new: PTE,
         });
-        let result = flood.into_iter().try_for_each(|e| c.apply_all(&[e]));
+        let result = flood.into_iter().try_for_each(|e| c.apply_all(&cpu0(&[e])));
         assert!(result.is_err());
+    }
+
+    /// CPU 1 ran the directory (and idles on it); CPU 0 clears the PTE and flushes its own TLB.
+    fn cleared_on_cpu0_while_cpu1_has_it_loaded() -> Vec<TraceRecord> {
+        let mut records = cpu0(&[ACTIVATE, write(0, PTE)]);
+        records.extend(on(1, &[ACTIVATE, TraceEvent::EnterUser]));
+        records.extend(cpu0(&[write(PTE, 0), FLUSH]));
+        records
+    }
+
+    #[test]
+    fn a_frame_freed_before_the_other_cpu_flushed_is_freed_while_cached() {
+        let mut records = cleared_on_cpu0_while_cpu1_has_it_loaded();
+        records.extend(cpu0(&[FREE]));
+        assert_eq!(replay_records(&records), [Rule::FrameFreedWhileCached]);
+        let mut c = Coherence::new(64 << 20);
+        c.apply_all(&records).expect("small trace");
+        let found = c.take_findings();
+        assert!(found[0].detail.contains("on cpu 1"), "{}", found[0].detail);
+    }
+
+    #[test]
+    fn a_shootdown_served_before_the_free_is_clean() {
+        let mut records = cleared_on_cpu0_while_cpu1_has_it_loaded();
+        let request = TraceEvent::ShootdownRequest {
+            directory: DIR,
+            targets: CpuSet::EMPTY.with(1),
+            scope: shared_mm::trace::FlushScope::Pages(1),
+        };
+        records.extend(cpu0(&[request]));
+        records.extend(on(1, &[FLUSH, TraceEvent::ShootdownAck { sender: 0 }]));
+        records.extend(cpu0(&[FREE, TraceEvent::EnterUser]));
+        records.extend(on(1, &[TraceEvent::EnterUser]));
+        assert!(replay_records(&records).is_empty());
+    }
+
+    #[test]
+    fn the_other_cpu_entering_ring_3_before_its_flush_uses_a_stale_entry() {
+        let mut records = cleared_on_cpu0_while_cpu1_has_it_loaded();
+        records.extend(cpu0(&[TraceEvent::EnterUser]));
+        assert!(replay_records(&records).is_empty(), "CPU 0 flushed");
+        records.extend(on(1, &[TraceEvent::EnterUser]));
+        assert_eq!(replay_records(&records), [Rule::StaleTlbEntry]);
+    }
+
+    #[test]
+    fn a_cpu_that_loaded_another_directory_caches_nothing_of_this_one() {
+        let mut records = cpu0(&[ACTIVATE, write(0, PTE)]);
+        let other = TraceEvent::Activate { directory: 0x99000 };
+        records.extend(on(1, &[ACTIVATE, TraceEvent::EnterUser, other]));
+        records.extend(cpu0(&[write(PTE, 0), FLUSH, FREE]));
+        records.extend(on(1, &[TraceEvent::EnterUser]));
+        assert!(replay_records(&records).is_empty());
+        let mut c = Coherence::new(64 << 20);
+        c.apply_all(&records).expect("small trace");
+        assert_eq!(c.cpus_caching(DIR), CpuSet::EMPTY.with(0));
     }
 }

@@ -19,7 +19,7 @@ use shared_mm::abi::{FrameUse, KERNEL_SPACE};
 use shared_mm::boot_info::{
     BootInfo, MemoryKind, BOOT_GDT_ADDR, BOOT_PML4_ADDR, MAILBOX_ADDR, MAILBOX_SIZE,
 };
-use shared_mm::trace::{TraceEvent, TRACE_ADDR, TRACE_SIZE};
+use shared_mm::trace::{TraceEvent, TraceRecord, TRACE_ADDR, TRACE_SIZE};
 use std::ops::Range;
 
 const PAGE: u64 = 4096;
@@ -184,10 +184,10 @@ impl Provenance {
     pub fn check_allocations(
         &self,
         first: u64,
-        events: &[TraceEvent],
+        records: &[TraceRecord],
         room: usize,
     ) -> Vec<Finding> {
-        let numbered = (first..).zip(events.iter().copied());
+        let numbered = (first..).zip(records.iter().map(|r| r.event));
         let misplaced = numbered.filter_map(|(number, event)| {
             let TraceEvent::FrameAllocated { frame, size } = event else {
                 return None;
@@ -291,7 +291,8 @@ mod tests {
             allocated(KERNEL.end - PAGE, PAGE),
             allocated(0x40_0000, 512 * PAGE),
             allocated(0x20_0000, 512 * PAGE),
-        ];
+        ]
+        .map(|event| TraceRecord { cpu: 0, event });
         let found = rule.check_allocations(70, &events, usize::MAX);
         let details: Vec<&str> = found.iter().map(|f| f.detail.as_str()).collect();
         assert_eq!(details.len(), 2, "{details:?}");
@@ -301,7 +302,7 @@ mod tests {
         );
         assert!(details[0].ends_with("lies in the kernel image [0x200000, 0x34b000)"));
         assert!(details[1].starts_with("block 0x200000"), "{details:?}");
-        assert_eq!(found[0].events, [(72, events[2])]);
+        assert_eq!(found[0].events, [(72, events[2].event)]);
         assert_eq!(rule.check_allocations(70, &events, 1).len(), 1, "room");
     }
 

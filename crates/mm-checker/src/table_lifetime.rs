@@ -130,14 +130,17 @@ impl TableLifetime {
                     self.link(table, link)?;
                 }
             }
-            TraceEvent::Flush { .. } => self.tracked -= this.flushed(),
+            TraceEvent::Flush { .. } | TraceEvent::FlushAll => self.tracked -= this.flushed(),
             TraceEvent::Activate { .. } => {
                 self.tracked -= this.flushed();
                 this.cr3 = Some(numbered);
                 this.reported = None;
             }
             TraceEvent::FrameFreed { frame } => return Ok(self.freed(numbered, frame)),
-            TraceEvent::EnterUser | TraceEvent::FrameAllocated { .. } => {}
+            TraceEvent::EnterUser
+            | TraceEvent::FrameAllocated { .. }
+            | TraceEvent::ShootdownRequest { .. }
+            | TraceEvent::ShootdownAck { .. } => {}
         }
         Ok(None)
     }

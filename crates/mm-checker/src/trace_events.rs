@@ -26,6 +26,16 @@ pub fn describe((number, event): &Numbered) -> String {
             format!("frame-allocated {frame:#x} size {size:#x}")
         }
         TraceEvent::EnterUser => "enter-user".into(),
+        TraceEvent::FlushAll => "flush-all".into(),
+        TraceEvent::ShootdownRequest {
+            directory,
+            targets,
+            scope,
+        } => format!(
+            "shootdown dir {directory:#x} to cpus {:#b} ({scope:?})",
+            targets.bits()
+        ),
+        TraceEvent::ShootdownAck { sender } => format!("shootdown-ack to cpu {sender}"),
     };
     format!("#{number} {what}")
 }

@@ -4,7 +4,7 @@
 
 use shared_mm::abi::{Op, OpResult, RegionRecord, SpaceRecord, Status};
 use shared_mm::boot_info::BootInfo;
-use shared_mm::trace::TraceEvent;
+use shared_mm::trace::TraceRecord;
 use std::collections::VecDeque;
 use std::fmt;
 use vm_memory::GuestMemoryMmap;
@@ -49,12 +49,14 @@ pub enum DriverError {
     ExitedEarly { status: u32 },
     /// The guest's coverage counters could not be read or reset.
     Coverage(String),
+    /// The driver's round is not one the VM can run (a host bug): `why`.
+    BadRound(String),
 }
 
 impl DriverError {
     /// Whether the guest broke the protocol (exit 103), rather than the host failing (exit 2).
     pub fn is_guest_fault(&self) -> bool {
-        !matches!(self, DriverError::Coverage(_))
+        !matches!(self, DriverError::Coverage(_) | DriverError::BadRound(_))
     }
 }
 
@@ -114,6 +116,7 @@ impl fmt::Display for DriverError {
                 "the guest exited with status {status} before the driver's work was done"
             ),
             DriverError::Coverage(why) => write!(f, "coverage counters: {why}"),
+            DriverError::BadRound(why) => write!(f, "a round the VM cannot run: {why}"),
         }
     }
 }
@@ -225,6 +228,13 @@ impl SpaceSnapshot {
     }
 }
 
+/// One CPU's batch of a round: what CPU `cpu` runs while the round's other CPUs run theirs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuBatch {
+    pub cpu: u32,
+    pub ops: Vec<Op>,
+}
+
 /// What the host does with the guest's MM work: hands out operation batches, receives results
 /// and region-tree snapshots. Implemented by the self-check scenario, the fuzzer and the tests;
 /// served by either backend.
@@ -241,6 +251,26 @@ pub trait Driver {
         results: &[OpResult],
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, DriverError>;
+
+    /// With several CPUs, work comes in rounds: up to one batch per CPU, run at the same time.
+    /// Every CPU of the last round returned its results (`results`: one entry per batch of the
+    /// last round, by CPU; empty before the first), and the guest reports its live spaces. All
+    /// CPUs are quiescent now. Return the next round (a CPU at most once; snapshot and frame
+    /// requests only in CPU 0's batch, alone in its round), or `None` when there is no more
+    /// work. The default hands every batch of [`Driver::next_batch`] to CPU 0.
+    fn next_round(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        let own = results
+            .iter()
+            .find(|(cpu, _)| *cpu == 0)
+            .map_or(&[][..], |(_, r)| r.as_slice());
+        let next = self.next_batch(mem, own, spaces)?;
+        Ok(next.map(|ops| vec![CpuBatch { cpu: 0, ops }]))
+    }
 
     /// A chunk of a region tree (see [`SpaceSnapshot::collect`]). The default ignores it.
     fn snapshot(
@@ -262,7 +292,11 @@ pub trait Driver {
 
     /// The next events of the guest's flush trace, in order (every event since boot reaches the
     /// driver exactly once). The default ignores them.
-    fn trace(&mut self, _mem: &GuestMemoryMmap, _events: &[TraceEvent]) -> Result<(), DriverError> {
+    fn trace(
+        &mut self,
+        _mem: &GuestMemoryMmap,
+        _records: &[TraceRecord],
+    ) -> Result<(), DriverError> {
         Ok(())
     }
 
@@ -338,5 +372,62 @@ impl Driver for Script {
         chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
         SpaceSnapshot::collect(&mut self.snapshots, chunk)
+    }
+}
+
+/// A driver that sends fixed rounds of per-CPU batches and keeps every round's results: the
+/// several-CPU counterpart of [`Script`], for tests and scenarios that place operations on CPUs.
+#[derive(Default)]
+pub struct RoundScript {
+    rounds: VecDeque<Vec<CpuBatch>>,
+    in_flight: bool,
+    /// Results, one entry per round sent: each batch's results by CPU.
+    pub results: Vec<Vec<(u32, Vec<OpResult>)>>,
+    /// Trace records received, in order.
+    pub trace: Vec<TraceRecord>,
+}
+
+impl RoundScript {
+    pub fn new(rounds: Vec<Vec<CpuBatch>>) -> Self {
+        RoundScript {
+            rounds: rounds.into(),
+            ..RoundScript::default()
+        }
+    }
+}
+
+impl Driver for RoundScript {
+    /// One CPU: the rounds' batches in order, each on CPU 0.
+    fn next_batch(
+        &mut self,
+        _: &GuestMemoryMmap,
+        results: &[OpResult],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, DriverError> {
+        if self.in_flight {
+            self.results.push(vec![(0, results.to_vec())]);
+        }
+        let next = self.rounds.pop_front();
+        self.in_flight = next.is_some();
+        Ok(next.map(|round| round.into_iter().flat_map(|b| b.ops).collect()))
+    }
+
+    fn next_round(
+        &mut self,
+        _: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        if self.in_flight {
+            self.results.push(results.to_vec());
+        }
+        let next = self.rounds.pop_front();
+        self.in_flight = next.is_some();
+        Ok(next)
+    }
+
+    fn trace(&mut self, _: &GuestMemoryMmap, records: &[TraceRecord]) -> Result<(), DriverError> {
+        self.trace.extend_from_slice(records);
+        Ok(())
     }
 }

@@ -34,9 +34,10 @@ pub enum ProtocolError {
     KvmInternalError { registers: String },
     /// A vCPU exit the VMM does not serve.
     UnexpectedExit { exit: String, registers: String },
-    /// A CPU other than 0 asked for MM work (a batch, a snapshot, a frame report, the flush
-    /// trace): only CPU 0 runs the MM in this version.
+    /// A CPU other than 0 sent a snapshot or a frame report: only CPU 0 reports them.
     MmWorkOffCpu0 { cpu: u32, call: &'static str },
+    /// A CPU returned results for a batch it was not running.
+    UnaskedResults { cpu: u32 },
     /// A CPU other than 0 made a call only CPU 0 makes.
     Cpu0Only { cpu: u32, call: &'static str },
     /// CPU 0 reported itself online (it starts the others instead).
@@ -105,8 +106,11 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::MmWorkOffCpu0 { cpu, call } => write!(
                 f,
-                "cpu {cpu} made a {call} hypercall; only cpu 0 runs MM work in this version"
+                "cpu {cpu} made a {call} hypercall; only cpu 0 sends snapshots and frame reports"
             ),
+            ProtocolError::UnaskedResults { cpu } => {
+                write!(f, "cpu {cpu} returned results for no batch it was running")
+            }
             ProtocolError::Cpu0Only { cpu, call } => {
                 write!(
                     f,

@@ -23,6 +23,9 @@ pub enum RunError {
         line: u64,
         column: u64,
     },
+    /// The guest MM's lock-order checker found two paths taking two locks in opposite orders
+    /// (they can deadlock each other); `finding` names both locks and both paths.
+    LockOrder { cpu: u32, finding: String },
     /// The guest made no progress for `--timeout` seconds: no hypercall, and no heartbeat from
     /// a long loop (a hang, or a guest that never exits).
     Timeout { seconds: f64, registers: String },
@@ -55,6 +58,7 @@ impl RunError {
     pub fn is_guest_failure(&self) -> bool {
         match self {
             RunError::GuestPanic { .. }
+            | RunError::LockOrder { .. }
             | RunError::TripleFault { .. }
             | RunError::Timeout { .. }
             | RunError::GuestHalted { .. }
@@ -87,6 +91,9 @@ impl fmt::Display for RunError {
                 column,
             } => {
                 write!(f, "guest panicked at {file}:{line}:{column}: {message}")
+            }
+            RunError::LockOrder { cpu, finding } => {
+                write!(f, "lock-order: the guest MM on cpu {cpu} found: {finding}")
             }
             RunError::Timeout { seconds, registers } => write!(
                 f,

@@ -9,6 +9,11 @@ pub const SELF_CHECK_NAME: &str = "self-check.scn";
 /// step or check that every seeded bug but the end-of-RAM one trips (the placement probe that
 /// the fuzz engine's `SelfCheck` driver sends after it trips the ASLR one).
 pub const SELF_CHECK: &str = include_str!("../scenarios/self-check.scn");
+/// The SMP part's file name, for messages.
+pub const SMP_CHECK_NAME: &str = "smp-check.scn";
+/// The SMP part of the self-check, which `vmm run` runs after it with several CPUs: changes on
+/// CPU 0 to a space that CPU 1 caches, each shot down on CPU 1.
+pub const SMP_CHECK: &str = include_str!("../scenarios/smp-check.scn");
 /// The seeded-bug bait: seven batches, the last three around a fork.
 pub const BUG_BAIT: &str = include_str!("../scenarios/bug-bait.scn");
 
@@ -20,6 +25,11 @@ fn builtin(text: &str) -> Scenario {
 /// The self-check scenario.
 pub fn self_check() -> Scenario {
     builtin(SELF_CHECK)
+}
+
+/// The SMP part of the self-check (its steps name CPUs 0 and 1).
+pub fn smp_check() -> Scenario {
+    builtin(SMP_CHECK)
 }
 
 /// A short scenario in seven batches that springs each seeded bug of the guest (see the `bug-*`
@@ -37,7 +47,12 @@ mod tests {
 
     #[test]
     fn the_built_in_files_parse_and_expect_a_result_of_every_step() {
-        for (name, scenario) in [("self-check", self_check()), ("bug-bait", bug_bait())] {
+        let all = [
+            ("self-check", self_check()),
+            ("bug-bait", bug_bait()),
+            ("smp-check", smp_check()),
+        ];
+        for (name, scenario) in all {
             assert!(scenario.steps().count() > 0, "{name}");
             assert!(
                 scenario
@@ -51,6 +66,8 @@ mod tests {
         let batches = |s: Scenario| s.batches.iter().map(Vec::len).collect::<Vec<_>>();
         assert_eq!(batches(self_check()), [8, 8, 9, 8, 10, 8, 8, 8, 8, 10, 8]);
         assert_eq!(batches(bug_bait()), [6, 5, 7, 1, 10, 6, 5]);
+        let on_cpu1 = smp_check().steps().filter(|s| s.cpu == 1).count();
+        assert_eq!((smp_check().steps().count(), on_cpu1), (17, 8));
     }
 
     #[test]

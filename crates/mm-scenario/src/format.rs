@@ -6,11 +6,17 @@ use crate::expect::{Expect, ExpectError};
 use crate::header::{self, HeaderError};
 use crate::ops::{op_from_line, op_to_line, OpError};
 use shared_mm::abi::Op;
+use shared_mm::smp::MAX_CPUS;
 use std::fmt;
 use std::fmt::Write as _;
 
 /// The line that ends one batch and starts the next.
 pub const BATCH_SEPARATOR: &str = "---";
+
+/// What starts a step that names its CPU (`@cpu1 touch-read ...`); a step without it runs on
+/// CPU 0. With several CPUs a batch is a round: each CPU runs its steps of the batch in order,
+/// at the same time as the others run theirs.
+pub const CPU_PREFIX: &str = "@cpu";
 
 /// One operation, what its result must be (`None`: anything, as in a reproducer), and a label
 /// that says what it shows.
@@ -22,6 +28,8 @@ pub struct Step {
     pub label: String,
     /// Where the step is in its file (1-based), 0 for a step made in code.
     pub line: usize,
+    /// The CPU that runs the step (`@cpuN` before it; 0 without).
+    pub cpu: u32,
 }
 
 impl Step {
@@ -32,12 +40,22 @@ impl Step {
             expect,
             label: label.into(),
             line: 0,
+            cpu: 0,
         }
+    }
+
+    /// The same step, run by `cpu`.
+    pub fn on(self, cpu: u32) -> Step {
+        Step { cpu, ..self }
     }
 
     /// The step as one line of the format.
     pub fn to_line(&self) -> String {
-        let mut line = op_to_line(&self.op);
+        let mut line = match self.cpu {
+            0 => String::new(),
+            cpu => format!("{CPU_PREFIX}{cpu} "),
+        };
+        line.push_str(&op_to_line(&self.op));
         if let Some(expect) = &self.expect {
             let _ = write!(line, " => {expect}");
         }
@@ -64,6 +82,8 @@ pub enum LineError {
     Op(OpError),
     Expect(ExpectError),
     Header(HeaderError),
+    /// `@cpuN` with no CPU number from 0 to [`MAX_CPUS`] - 1.
+    Cpu(String),
 }
 
 /// A line that does not parse, and why.
@@ -81,6 +101,11 @@ impl fmt::Display for ParseError {
             LineError::Op(e) => write!(f, "{e}"),
             LineError::Expect(e) => write!(f, "{e}"),
             LineError::Header(e) => write!(f, "{e}"),
+            LineError::Cpu(word) => write!(
+                f,
+                "{word:?} does not name a CPU: {CPU_PREFIX}0 to {CPU_PREFIX}{}",
+                MAX_CPUS - 1
+            ),
         }
     }
 }
@@ -94,8 +119,23 @@ fn header_line(comment: &str) -> Option<(&str, &str)> {
     header::is_key(key).then(|| (key, value.trim()))
 }
 
-/// A step line: `op [=> expect] [# label]`.
+/// The CPU a step line names (`@cpuN ` before its op), and the rest of the line.
+fn step_cpu(text: &str) -> Result<(u32, &str), LineError> {
+    if !text.starts_with(CPU_PREFIX) {
+        return Ok((0, text));
+    }
+    let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let cpu = word[CPU_PREFIX.len()..]
+        .parse::<u32>()
+        .ok()
+        .filter(|cpu| *cpu < MAX_CPUS)
+        .ok_or_else(|| LineError::Cpu(word.into()))?;
+    Ok((cpu, rest.trim_start()))
+}
+
+/// A step line: `[@cpuN] op [=> expect] [# label]`.
 fn step(text: &str, line: usize) -> Result<Step, LineError> {
+    let (cpu, text) = step_cpu(text)?;
     let (body, label) = text.split_once('#').unwrap_or((text, ""));
     let (op, expect) = match body.split_once("=>") {
         Some((op, expect)) => (op, Some(Expect::parse(expect).map_err(LineError::Expect)?)),
@@ -106,6 +146,7 @@ fn step(text: &str, line: usize) -> Result<Step, LineError> {
         expect,
         label: label.trim().into(),
         line,
+        cpu,
     })
 }
 
@@ -303,6 +344,35 @@ map-fixed space=1 addr=0x400000 size=0x1000 access=0x100 => error bad-access
             err("touch-read space=0x1_0000_0000 addr=0\n"),
             "line 1: space=0x100000000 does not fit in 32 bits"
         );
+    }
+
+    #[test]
+    fn a_step_may_name_its_cpu_and_prints_it_back() {
+        let s = Scenario::parse(
+            "create-space\n@cpu1 touch-read space=1 addr=0x1000 => value 0  # on cpu 1\n\
+             @cpu0 unmap space=1 addr=0x1000 size=0x1000\n",
+        )
+        .expect("parses");
+        let cpus: Vec<u32> = s.steps().map(|s| s.cpu).collect();
+        assert_eq!(cpus, [0, 1, 0]);
+        assert_eq!(
+            s.batches[0][1].to_line(),
+            "@cpu1 touch-read space=1 addr=0x1000 => value 0x0  # on cpu 1"
+        );
+        let back = Scenario::parse(&s.to_text("again")).expect("parses");
+        assert_eq!(without_lines(back), without_lines(s));
+        let err = |text: &str| Scenario::parse(text).unwrap_err().to_string();
+        for bad in [
+            "@cpu8 create-space\n",
+            "@cpu create-space\n",
+            "@cpux create-space\n",
+        ] {
+            assert!(
+                err(bad).starts_with("line 1: \"@cpu") && err(bad).ends_with("@cpu0 to @cpu7"),
+                "{bad}: {}",
+                err(bad)
+            );
+        }
     }
 
     #[test]

@@ -69,26 +69,7 @@ pub fn number(text: &str) -> Option<u64> {
 
 /// The operation's name in the format.
 pub fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::CreateSpace => "create-space",
-        Op::DestroySpace { .. } => "destroy-space",
-        Op::Fork { .. } => "fork",
-        Op::MapAnywhere { .. } => "map-anywhere",
-        Op::MapFixed { access, .. } if access & SHARED != 0 => "map-shared",
-        Op::MapFixed { .. } => "map-fixed",
-        Op::MapRandomized { .. } => "map-randomized",
-        Op::Unmap { .. } => "unmap",
-        Op::Protect { .. } => "protect",
-        Op::TouchRead { .. } => "touch-read",
-        Op::TouchWrite { .. } => "touch-write",
-        Op::TouchExec { .. } => "touch-exec",
-        Op::Snapshot { .. } => "snapshot",
-        Op::Frames { .. } => "frames",
-        Op::KernelRead { .. } => "kernel-read",
-        Op::KernelWrite { .. } => "kernel-write",
-        Op::Populate { .. } => "populate",
-        Op::CheckTree { .. } => "check-tree",
-    }
+    op.name()
 }
 
 /// One operation as text.

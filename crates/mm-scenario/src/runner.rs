@@ -5,9 +5,10 @@ use crate::expect::Expect;
 use crate::format::{Scenario, Step};
 use crate::ops::op_to_line;
 use mm_checker::{Checked, Finding};
-use mm_driver::driver::{Driver, DriverError, Script, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{CpuBatch, Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use mm_driver::{Guest, RunError};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, MAX_BATCH};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use vm_memory::GuestMemoryMmap;
@@ -34,13 +35,20 @@ impl fmt::Display for Mismatch {
     }
 }
 
-/// A driver that runs a scenario and judges each result as its batch comes back.
+/// A driver that runs a scenario and judges each result as its batch comes back. With several
+/// CPUs each batch is a round: every CPU runs its steps of the batch (see
+/// [`Step::cpu`]) at the same time as the others.
 pub struct Runner {
     steps: Vec<Step>,
     /// The batches as sent, as ranges of `steps`: the scenario's, each cut into pieces of at most
     /// [`MAX_BATCH`] operations (what one hypercall carries).
     batches: Vec<Range<usize>>,
-    script: Script,
+    /// How many batches were sent; the last one is in flight until its results come.
+    sent: usize,
+    /// The results received so far, one per step from the first.
+    results: Vec<OpResult>,
+    /// Region trees the scenario's snapshot operations exported, in arrival order.
+    snapshots: Vec<SpaceSnapshot>,
     /// Steps whose result broke their expectation, in order.
     pub mismatches: Vec<Mismatch>,
 }
@@ -55,14 +63,12 @@ impl Runner {
                 steps.extend_from_slice(piece);
             }
         }
-        let ops = batches
-            .iter()
-            .map(|range| steps[range.clone()].iter().map(|s| s.op).collect())
-            .collect();
         Runner {
             steps,
             batches,
-            script: Script::new(ops),
+            sent: 0,
+            results: Vec::new(),
+            snapshots: Vec::new(),
             mismatches: Vec::new(),
         }
     }
@@ -73,7 +79,7 @@ impl Runner {
 
     /// The results received so far, one per step from the first.
     pub fn results(&self) -> impl Iterator<Item = &OpResult> {
-        self.script.results.iter().flatten()
+        self.results.iter()
     }
 
     /// The steps' operations, in order.
@@ -83,12 +89,12 @@ impl Runner {
 
     /// Steps whose results have been judged.
     pub fn judged(&self) -> usize {
-        self.results().count()
+        self.results.len()
     }
 
     /// Region trees the scenario's own snapshot operations exported, in arrival order.
     pub fn snapshots(&self) -> &[SpaceSnapshot] {
-        &self.script.snapshots
+        &self.snapshots
     }
 
     /// The line of the last step of the batch that agreement check number `check` followed
@@ -96,6 +102,36 @@ impl Runner {
     pub fn line_before_check(&self, check: usize) -> Option<usize> {
         let batch = self.batches.get(check.checked_sub(1)?)?;
         Some(self.steps[batch.end - 1].line)
+    }
+
+    /// The batch in flight, if one is: its index.
+    fn in_flight(&self) -> Option<usize> {
+        self.sent
+            .checked_sub(1)
+            .filter(|_| self.results.len() < self.batches[self.sent - 1].end)
+    }
+
+    /// The CPUs of batch `batch`, each with the indices of its steps there, in order.
+    fn by_cpu(&self, batch: usize) -> BTreeMap<u32, Vec<usize>> {
+        let mut cpus: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for i in self.batches[batch].clone() {
+            cpus.entry(self.steps[i].cpu).or_default().push(i);
+        }
+        cpus
+    }
+
+    /// Hands out the next batch as a round, or `None` at the end.
+    fn next(&mut self) -> Option<Vec<CpuBatch>> {
+        let batch = self.sent;
+        if batch == self.batches.len() {
+            return None;
+        }
+        self.sent += 1;
+        let round = self.by_cpu(batch).into_iter().map(|(cpu, steps)| CpuBatch {
+            cpu,
+            ops: steps.iter().map(|&i| self.steps[i].op).collect(),
+        });
+        Some(round.collect())
     }
 
     fn judge(&mut self, batch: usize, results: &[OpResult]) -> Result<(), DriverError> {
@@ -118,31 +154,78 @@ impl Runner {
                 _ => {}
             }
         }
+        self.results.extend_from_slice(results);
         Ok(())
     }
 }
 
 impl Driver for Runner {
+    /// One CPU: a step that names another CPU cannot run.
     fn next_batch(
         &mut self,
-        mem: &GuestMemoryMmap,
+        _: &GuestMemoryMmap,
         results: &[OpResult],
-        spaces: &[SpaceRecord],
+        _: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, DriverError> {
-        let done = self.script.results.len();
-        let next = self.script.next_batch(mem, results, spaces)?;
-        if self.script.results.len() > done {
-            self.judge(done, results)?;
+        if let Some(batch) = self.in_flight() {
+            self.judge(batch, results)?;
         }
-        Ok(next)
+        match self.next() {
+            None => Ok(None),
+            Some(mut round) if round.len() == 1 && round[0].cpu == 0 => {
+                Ok(round.pop().map(|b| b.ops))
+            }
+            Some(round) => {
+                let cpu = round.iter().map(|b| b.cpu).max().unwrap_or(0);
+                let line = self
+                    .steps
+                    .iter()
+                    .find(|s| s.cpu == cpu)
+                    .map_or(0, |s| s.line);
+                Err(DriverError::BadRound(format!(
+                    "line {line}: a step on cpu {cpu}, and the guest has one CPU (--cpus)"
+                )))
+            }
+        }
+    }
+
+    fn next_round(
+        &mut self,
+        _: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        _: &[SpaceRecord],
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        if let Some(batch) = self.in_flight() {
+            // Back in step order: each CPU's results to its steps.
+            let mut ordered = vec![None; self.batches[batch].len()];
+            let start = self.batches[batch].start;
+            for (cpu, steps) in self.by_cpu(batch) {
+                let got = results
+                    .iter()
+                    .find(|(c, _)| *c == cpu)
+                    .map_or(&[][..], |(_, r)| r);
+                if got.len() != steps.len() {
+                    return Err(DriverError::ResultCount {
+                        got: got.len(),
+                        sent: steps.len(),
+                    });
+                }
+                for (i, result) in steps.into_iter().zip(got) {
+                    ordered[i - start] = Some(*result);
+                }
+            }
+            let ordered: Vec<OpResult> = ordered.into_iter().flatten().collect();
+            self.judge(batch, &ordered)?;
+        }
+        Ok(self.next())
     }
 
     fn snapshot(
         &mut self,
-        mem: &GuestMemoryMmap,
+        _: &GuestMemoryMmap,
         chunk: SnapshotChunk<'_>,
     ) -> Result<(), DriverError> {
-        self.script.snapshot(mem, chunk)
+        SpaceSnapshot::collect(&mut self.snapshots, chunk)
     }
 }
 
@@ -263,6 +346,39 @@ mod tests {
         assert_eq!(runner.line_before_check(1), Some(1024));
         assert_eq!(runner.line_before_check(4), Some(2052));
         assert_eq!(runner.line_before_check(5), None);
+    }
+
+    #[test]
+    fn a_batch_is_a_round_of_each_cpu_s_steps_judged_back_in_step_order() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 4096)])
+            .expect("4 KiB");
+        let scenario = Scenario {
+            header: Vec::new(),
+            batches: vec![vec![step(1).on(1), step(2), step(3).on(1)]],
+        };
+        let mut runner = Runner::new(&scenario);
+        let round = runner.next_round(&mem, &[], &[]).expect("a round");
+        let cpus: Vec<(u32, usize)> = round
+            .iter()
+            .flatten()
+            .map(|b| (b.cpu, b.ops.len()))
+            .collect();
+        assert_eq!(cpus, [(0, 1), (1, 2)]);
+        let value = |v| OpResult {
+            value: v,
+            ..OpResult::ok()
+        };
+        let results = [(0, vec![value(2)]), (1, vec![value(1), value(9)])];
+        assert_eq!(runner.next_round(&mem, &results, &[]), Ok(None));
+        let got: Vec<u64> = runner.results().map(|r| r.value).collect();
+        assert_eq!(got, [1, 2, 9]);
+        let lines: Vec<usize> = runner.mismatches.iter().map(|m| m.line).collect();
+        assert_eq!(lines, [2, 3], "each result was judged against its own step");
+        let mut one_cpu = Runner::new(&scenario);
+        assert!(matches!(
+            one_cpu.next_batch(&mem, &[], &[]),
+            Err(DriverError::BadRound(why)) if why.starts_with("line 1: a step on cpu 1")
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod trace_log;
 use guest_boot::boot_memory::{self, UsedRam};
 use guest_boot::loader::{KernelInRam, LoadedKernel};
 use guest_mm::trace::Traced;
-use guest_mm::{MemoryManager, PhysicalFrame};
+use guest_mm::{Cpu, MemoryManager, PhysicalFrame};
 use machine::SimMachine;
 use mm_driver::console::ConsoleSink;
 use mm_driver::driver::{Driver, FramesChunk, FramesPart, SnapshotChunk};
@@ -34,7 +34,7 @@ impl Drop for SimVm {
             kernel: self.kernel,
             in_ram: std::mem::take(&mut self.in_ram),
         };
-        ram::recycle(used, self.mm.machine().inner().written());
+        ram::recycle(used, self.cpu.machine().inner().written());
     }
 }
 
@@ -45,6 +45,8 @@ pub type TracedSim = Traced<SimMachine, TraceLog>;
 pub struct SimVm {
     mem: GuestMemoryMmap,
     mm: MemoryManager<TracedSim>,
+    /// The one CPU, with its machine.
+    cpu: Cpu<TracedSim>,
     console: ConsoleSink,
     /// The kernel in RAM, for the next guest of this thread to boot on this RAM.
     kernel: LoadedKernel,
@@ -100,10 +102,12 @@ impl SimVm {
             SimMachine::new(boot.mem.clone(), boot.cr3),
             TraceLog::default(),
             config.trace,
+            0,
         );
+        let mut cpu = Cpu::new(0, machine);
         let bugs = config.seeded_bugs;
         let (mm, _heap) = panic::catch(|| {
-            match MemoryManager::init(&boot.info, PhysicalFrame(boot.cr3), machine, bugs) {
+            match MemoryManager::init(&boot.info, PhysicalFrame(boot.cr3), &mut cpu, bugs) {
                 Ok(ready) => ready,
                 Err(e) => panic!("memory manager init failed: {e:?}"),
             }
@@ -111,12 +115,13 @@ impl SimVm {
         let _ = writeln!(
             console,
             "sim: memory manager up: {} kernel regions, {} free frames",
-            mm.kernel_tree().len(),
-            mm.free_frames()
+            mm.kernel_tree(&mut cpu, |tree| tree.len()),
+            mm.free_frames(&mut cpu)
         );
         Ok(SimVm {
             mem: boot.mem,
             mm,
+            cpu,
             console,
             kernel: boot.kernel,
             in_ram,
@@ -129,9 +134,14 @@ impl SimVm {
         &self.mem
     }
 
-    /// The MM, for introspection (its machine holds the TLB).
+    /// The MM, for introspection.
     pub fn mm(&self) -> &MemoryManager<TracedSim> {
         &self.mm
+    }
+
+    /// The one CPU (its machine holds the TLB).
+    pub fn cpu(&self) -> &Cpu<TracedSim> {
+        &self.cpu
     }
 
     /// Everything the sim printed.
@@ -145,15 +155,15 @@ impl SimVm {
         driver.booted(&self.boot_info);
         let dirty_log = driver.wants_written();
         if dirty_log {
-            self.mm.machine_mut().inner_mut().start_dirty_log();
+            self.cpu.machine_mut().inner_mut().start_dirty_log();
         }
         let mut results: Vec<OpResult> = Vec::new();
         loop {
             self.deliver_trace(driver)?;
             if dirty_log {
-                driver.written(&self.mm.machine_mut().inner_mut().take_written());
+                driver.written(&self.cpu.machine_mut().inner_mut().take_written());
             }
-            let spaces: Vec<SpaceRecord> = self.mm.space_records().collect();
+            let (spaces, _generation): (Vec<SpaceRecord>, _) = self.mm.space_records(&mut self.cpu);
             let Some(ops) = driver
                 .next_batch(&self.mem, &results, &spaces)
                 .map_err(RunError::Driver)?
@@ -172,7 +182,7 @@ impl SimVm {
 
     /// Hands the trace events since the last call to `driver`.
     fn deliver_trace(&mut self, driver: &mut dyn Driver) -> Result<(), RunError> {
-        let events = self.mm.machine_mut().sink_mut().take();
+        let events = self.cpu.machine_mut().sink_mut().take();
         if events.is_empty() {
             return Ok(());
         }
@@ -188,14 +198,20 @@ impl SimVm {
             None => Ok(OpResult::error(Status::BadOp)),
             Some(Op::Snapshot { space }) => self.snapshot(space, driver),
             Some(Op::Frames { space }) => self.frames(space, driver),
-            Some(op) => panic::catch(|| self.mm.execute(op)),
+            Some(op) => {
+                let result = panic::catch(|| self.mm.execute(&mut self.cpu, op))?;
+                match self.cpu.machine_mut().inner_mut().take_lock_order() {
+                    Some(finding) => Err(RunError::LockOrder { cpu: 0, finding }),
+                    None => Ok(result),
+                }
+            }
         }
     }
 
     /// Hands the frame report of `space` to `driver`: for the kernel the allocated bitmap
     /// first, then the frames the space owns, one chunk each.
     fn frames(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, RunError> {
-        let Some(owned) = self.mm.owned_frames(space) else {
+        let Some(owned) = self.mm.owned_frames(&mut self.cpu, space) else {
             return Ok(OpResult::error(Status::NoSuchSpace));
         };
         let mut send = |part, words: &[u64]| {
@@ -209,9 +225,14 @@ impl SimVm {
             driver.frames(&self.mem, chunk).map_err(RunError::Driver)
         };
         if space == KERNEL_SPACE {
-            let allocated: Vec<u64> = self.mm.allocated_frames().collect();
+            let allocated = self.mm.allocated_frames(&mut self.cpu);
             send(FramesPart::Allocated, &allocated)?;
-            let shared: Vec<u64> = self.mm.shared_frames().map(|r| r.to_word()).collect();
+            let shared: Vec<u64> = self
+                .mm
+                .shared_frames(&mut self.cpu)
+                .iter()
+                .map(|r| r.to_word())
+                .collect();
             send(FramesPart::Shared, &shared)?;
         }
         let words: Vec<u64> = owned.iter().map(|r| r.to_word()).collect();
@@ -225,11 +246,13 @@ impl SimVm {
     /// Hands the region tree of `space` to `driver` in one chunk.
     fn snapshot(&mut self, space: u32, driver: &mut dyn Driver) -> Result<OpResult, RunError> {
         self.deliver_trace(driver)?;
-        let Some(export) = self.mm.export(space) else {
+        let exported = self.mm.export(&mut self.cpu, space, |export| {
+            let records: Vec<RegionRecord> = export.regions.collect();
+            (export.cr3, export.total as u64, records)
+        });
+        let Some((cr3, total, records)) = exported else {
             return Ok(OpResult::error(Status::NoSuchSpace));
         };
-        let (cr3, total) = (export.cr3, export.total as u64);
-        let records: Vec<RegionRecord> = export.regions.collect();
         driver
             .snapshot(
                 &self.mem,

@@ -5,7 +5,11 @@
 use crate::cpu::{self, CpuState};
 use crate::ram::WrittenPages;
 use guest_mm::page_directory::PageDirectory;
-use guest_mm::{Machine, PhysicalFrame, PteSlot, UserEntry, UserTrap, FRAME_SIZE};
+use guest_mm::{
+    FlushRequest, LockOrderViolation, Machine, PhysicalFrame, PteSlot, UserEntry, UserTrap,
+    FRAME_SIZE,
+};
+use shared_mm::smp::CpuSet;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use x86_paging::page_walk::read_entry;
 
@@ -15,6 +19,8 @@ pub struct SimMachine {
     cpu: CpuState,
     /// Every page written since boot, so that RAM can be reset for the next guest.
     written: WrittenPages,
+    /// The lock-order checker's finding, for the sim to report after the operation.
+    lock_order: Option<String>,
 }
 
 impl SimMachine {
@@ -25,7 +31,13 @@ impl SimMachine {
             mem,
             cpu: CpuState::new(cr3),
             written: WrittenPages::new(ram_size),
+            lock_order: None,
         }
+    }
+
+    /// The lock-order checker's first finding since the last call.
+    pub fn take_lock_order(&mut self) -> Option<String> {
+        self.lock_order.take()
     }
 
     /// The pages written since boot.
@@ -118,6 +130,22 @@ impl Machine for SimMachine {
     fn activate(&mut self, directory: &PageDirectory) {
         self.cpu.cr3 = directory.cr3();
         self.cpu.caches.reload();
+    }
+
+    fn flush_all(&mut self) {
+        self.cpu.caches.reload();
+    }
+
+    /// The sim runs one CPU, and a space's other CPUs are never set: nothing to shoot down.
+    fn shootdown(&mut self, targets: CpuSet, _request: &FlushRequest) {
+        panic!(
+            "a shootdown to cpus {:#b} on the one-CPU sim",
+            targets.bits()
+        );
+    }
+
+    fn lock_order_violation(&mut self, violation: &LockOrderViolation) {
+        self.lock_order.get_or_insert_with(|| violation.to_string());
     }
 
     fn enter_user(&mut self, entry: &UserEntry) -> UserTrap {

@@ -4,23 +4,23 @@
 #![forbid(unsafe_code)]
 
 use guest_mm::trace::TraceSink;
-use shared_mm::trace::TraceEvent;
+use shared_mm::trace::TraceRecord;
 
-/// The sim's trace sink: events collected in-process until the host takes them.
+/// The sim's trace sink: records collected in-process until the host takes them.
 #[derive(Debug, Default)]
 pub struct TraceLog {
-    events: Vec<TraceEvent>,
+    records: Vec<TraceRecord>,
 }
 
 impl TraceLog {
-    /// Every event since the last call, in order.
-    pub fn take(&mut self) -> Vec<TraceEvent> {
-        std::mem::take(&mut self.events)
+    /// Every record since the last call, in order.
+    pub fn take(&mut self) -> Vec<TraceRecord> {
+        std::mem::take(&mut self.records)
     }
 }
 
 impl TraceSink for TraceLog {
-    fn record(&mut self, event: TraceEvent) {
-        self.events.push(event);
+    fn record(&mut self, record: TraceRecord) {
+        self.records.push(record);
     }
 }

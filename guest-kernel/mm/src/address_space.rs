@@ -10,6 +10,7 @@ use crate::machine::Machine;
 use crate::page_directory::PageDirectory;
 use crate::seeded_bugs::{Bug, SeededBugs};
 use crate::seeded_placement::{first_fit, LowHalf};
+use crate::sync::Lock;
 use crate::vmobject::VMObject;
 use crate::{MmError, PhysicalFrame};
 use alloc::boxed::Box;
@@ -18,7 +19,8 @@ use shared_mm::abi::{FrameRecord, FrameUse, USER_SPACE_BASE, USER_SPACE_END, USE
 use shared_mm::address::{VirtualAddress, VirtualRange, PAGE_SIZE};
 use shared_mm::pte::PageTableFlags;
 use shared_mm::region::{Access, Region};
-use shared_mm::region_tree::{RandomSource, RegionTree, RegionTreeError};
+use shared_mm::region_tree::{RegionTree, RegionTreeError, SplitMix64};
+use shared_mm::smp::CpuSet;
 
 pub type UserRegion = Region<VMObject>;
 
@@ -58,6 +60,14 @@ pub fn pte_flags(access: Access) -> Option<PageTableFlags> {
     Some(flags)
 }
 
+/// Whether a leaf going from `old` to `new` flags (both present) loses a right some CPU's TLB
+/// may still grant: W, user access, or execution.
+fn lost_rights(old: PageTableFlags, new: PageTableFlags) -> bool {
+    (old.contains(PageTableFlags::WRITABLE) && !new.contains(PageTableFlags::WRITABLE))
+        || (old.contains(PageTableFlags::USER) && !new.contains(PageTableFlags::USER))
+        || (!old.contains(PageTableFlags::NO_EXECUTE) && new.contains(PageTableFlags::NO_EXECUTE))
+}
+
 /// A region piece to place during a commit: where, with what access, backed by what.
 struct Piece {
     range: VirtualRange,
@@ -70,6 +80,11 @@ pub struct AddressSpace {
     pub(crate) tree: RegionTree<VMObject>,
     pub(crate) directory: PageDirectory,
     pub(crate) bugs: SeededBugs,
+    /// The CPUs that may cache its translations ([`crate::shootdown`]).
+    pub(crate) cpus: CpuSet,
+    /// Destroyed: out of the space table, its memory and tables gone. A CPU that still holds a
+    /// handle (a touch between two stays in ring 3) finds no space.
+    pub(crate) dead: bool,
 }
 
 impl AddressSpace {
@@ -79,7 +94,7 @@ impl AddressSpace {
         kernel: &PageDirectory,
         trampoline: PhysicalFrame,
         bugs: SeededBugs,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<Self, MmError> {
         // Seeded bug otherwise: the range ends after the trampoline's page, not before it.
         let past_top = bugs.has(Bug::UserRangePastTop) as u64 * PAGE_SIZE;
@@ -105,11 +120,23 @@ impl AddressSpace {
             tree,
             directory,
             bugs,
+            cpus: CpuSet::EMPTY,
+            dead: false,
         })
     }
 
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Names the space `id`: a new space gets its id when it joins the space table.
+    pub(crate) fn set_id(&mut self, id: u32) {
+        self.id = id;
+    }
+
+    /// The CPUs that may cache its translations.
+    pub fn cpus(&self) -> CpuSet {
+        self.cpus
     }
 
     pub fn cr3(&self) -> u64 {
@@ -126,30 +153,31 @@ impl AddressSpace {
 
     /// The frames this space owns: its page tables, then its regions' committed data frames
     /// (those of a shared object once, however many of its regions map it).
-    pub fn owned_frames(&self) -> impl Iterator<Item = FrameRecord> + '_ {
+    pub fn owned_frames<M: Machine>(&self, hw: &mut Hardware<'_, M>) -> Vec<FrameRecord> {
         let record = |usage| {
             move |frame: PhysicalFrame| FrameRecord {
                 frame: frame.0,
                 usage,
             }
         };
+        let mut owned: Vec<FrameRecord> = self
+            .directory
+            .frames()
+            .map(record(FrameUse::Table))
+            .collect();
         let mut shared_seen = Vec::new();
-        let objects = self.tree.iter().filter_map(|r| r.backing());
-        let data = objects.flat_map(move |object| {
+        for object in self.tree.iter().filter_map(|r| r.backing()) {
             let usage = match object.shared_id() {
                 None => FrameUse::Data,
                 Some(id) if !shared_seen.contains(&id) => {
                     shared_seen.push(id);
                     FrameUse::SharedData
                 }
-                Some(_) => return Vec::new(),
+                Some(_) => continue,
             };
-            object.frames().into_iter().map(record(usage)).collect()
-        });
-        self.directory
-            .frames()
-            .map(record(FrameUse::Table))
-            .chain(data)
+            owned.extend(object.frames(hw).into_iter().map(record(usage)));
+        }
+        owned
     }
 
     pub(crate) fn new_region(access: Access, object: VMObject) -> Box<UserRegion> {
@@ -157,7 +185,7 @@ impl AddressSpace {
     }
 
     /// A new region's object: shared for `SHARED` access, else private.
-    fn object_for<M: Machine>(access: Access, hw: &mut Hardware<M>) -> VMObject {
+    fn object_for<M: Machine>(access: Access, hw: &mut Hardware<'_, M>) -> VMObject {
         if access.contains(Access::SHARED) {
             VMObject::shared(hw.new_object_id())
         } else {
@@ -172,7 +200,7 @@ impl AddressSpace {
         size: u64,
         align: u64,
         access: u32,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<VirtualRange, MmError> {
         let access = normalize_access(access)?;
         let region = Self::new_region(access, Self::object_for(access, hw));
@@ -191,7 +219,7 @@ impl AddressSpace {
         addr: u64,
         size: u64,
         access: u32,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<VirtualRange, MmError> {
         let access = normalize_access(access)?;
         let region = Self::new_region(access, Self::object_for(access, hw));
@@ -200,24 +228,27 @@ impl AddressSpace {
             .place_specifically(region, VirtualAddress::new(addr), size)?)
     }
 
-    /// Maps fresh demand-zero memory at a uniformly random aligned position.
+    /// Maps fresh demand-zero memory at a uniformly random aligned position, drawn from `rng`.
     pub fn map_randomized<M: Machine>(
         &mut self,
         size: u64,
         align: u64,
         access: u32,
-        rng: &mut impl RandomSource,
-        hw: &mut Hardware<M>,
+        rng: &Lock<SplitMix64>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<VirtualRange, MmError> {
         let access = normalize_access(access)?;
         let region = Self::new_region(access, Self::object_for(access, hw));
-        if self.bugs.has(Bug::AslrLowHalf) {
-            // Seeded bug: draws from the first half of the valid positions only.
-            return Ok(self
-                .tree
-                .place_randomized(region, size, align, &mut LowHalf(rng))?);
-        }
-        Ok(self.tree.place_randomized(region, size, align, rng)?)
+        let low_half = self.bugs.has(Bug::AslrLowHalf);
+        let tree = &mut self.tree;
+        let placed = hw.under(rng, |rng, _| {
+            if low_half {
+                // Seeded bug: draws from the first half of the valid positions only.
+                return tree.place_randomized(region, size, align, &mut LowHalf(rng));
+            }
+            tree.place_randomized(region, size, align, rng)
+        });
+        Ok(placed?)
     }
 
     /// Checks an operation's range: aligned, non-empty, no overflow, inside the user range.
@@ -247,7 +278,7 @@ impl AddressSpace {
         &mut self,
         whole: VirtualRange,
         cut: VirtualRange,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) {
         let mut last = cut.last().get();
         if self.bugs.has(Bug::SplitOffByOne) && cut.size() > PAGE_SIZE {
@@ -258,12 +289,13 @@ impl AddressSpace {
             .find_region_containing(whole.base())
             .and_then(|region| region.backing())
             .expect("a placed user region is backed")
-            .pages_in(cut.base().get(), last);
+            .pages_in(cut.base().get(), last, hw);
         let bugs = self.bugs;
+        let root = self.directory.root();
         for (page, _) in pages {
-            hw.machine.progress();
+            hw.machine().progress();
             if bugs.has(Bug::FlushBeforeClear) {
-                hw.machine.flush_page(page); // Seeded bug: the entry can be refilled now.
+                hw.flush_everywhere(root, page); // Seeded bug: the entry can be refilled now.
             }
             if !bugs.has(Bug::StalePte) {
                 self.directory.unmap(page, hw);
@@ -277,10 +309,10 @@ impl AddressSpace {
             .into_iter()
             .any(|bug| bugs.has(bug));
             if flush_now {
-                hw.machine.flush_page(page);
+                hw.flush_everywhere(root, page);
             }
             if bugs.has(Bug::FlushWrongPage) {
-                hw.machine.flush_page(page + PAGE_SIZE); // Seeded bug: the neighbour.
+                hw.flush_everywhere(root, page + PAGE_SIZE); // Seeded bug: the neighbour.
             }
         }
     }
@@ -291,7 +323,7 @@ impl AddressSpace {
         &mut self,
         whole: VirtualRange,
         cut: Option<VirtualRange>,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> (Access, VMObject) {
         if let Some(cut) = cut {
             self.clear_ptes(whole, cut, hw);
@@ -321,12 +353,13 @@ impl AddressSpace {
     }
 
     /// Unmaps every page of `[addr, addr + size)`: whole regions, parts of regions (which are
-    /// split), and holes (ignored), like munmap.
+    /// split), and holes (ignored), like munmap. The frames it takes out are released after the
+    /// operation's shootdown.
     pub fn unmap<M: Machine>(
         &mut self,
         addr: u64,
         size: u64,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<(), MmError> {
         let range = self.checked_range(addr, size)?;
         // Prepare: nothing below can fail.
@@ -336,10 +369,10 @@ impl AddressSpace {
                 .expect("regions intersect the range");
             let (access, object) = self.detach(whole, Some(cut), hw);
             let (left, right) = whole.subtract(&range);
-            let cut_pages = object.pages_in(cut.base().get(), cut.last().get());
+            let cut_pages = object.pages_in(cut.base().get(), cut.last().get(), hw);
             let freed: Vec<PhysicalFrame> = if self.bugs.has(Bug::FreeMapped) {
                 // Seeded bug: frees the frames of the pieces that stay mapped, too.
-                let all = object.pages_in(whole.base().get(), whole.last().get());
+                let all = object.pages_in(whole.base().get(), whole.last().get(), hw);
                 object.take_pages(cut.base().get(), cut.last().get());
                 all.into_iter().map(|(_, f)| f).collect()
             } else {
@@ -363,19 +396,23 @@ impl AddressSpace {
                 None => (None, Some(object)),
             };
             self.place_pieces([left, right]);
-            if !self.bugs.has(Bug::LeakOnUnmap) {
-                for frame in freed {
-                    hw.release_frame(frame);
-                }
-                if let Some(object) = done {
-                    object.release(hw);
-                }
+            if self.bugs.has(Bug::LeakOnUnmap) {
+                continue;
             }
-            if self.bugs.has(Bug::FreeBeforeFlush) {
-                // Seeded bug: the flushes come after the frames went back.
-                for (page, _) in cut_pages {
-                    hw.machine.flush_page(page);
-                }
+            if !self.bugs.has(Bug::FreeBeforeFlush) {
+                freed
+                    .into_iter()
+                    .for_each(|f| hw.release_after_shootdown(f));
+                done.into_iter()
+                    .for_each(|o| hw.release_object_after_shootdown(o));
+                continue;
+            }
+            // Seeded bug: the frames go back first, and the flushes come after.
+            freed.into_iter().for_each(|f| hw.release_frame(f));
+            done.into_iter().for_each(|o| o.release(hw));
+            let root = self.directory.root();
+            for (page, _) in cut_pages {
+                hw.flush_everywhere(root, page);
             }
         }
         Ok(())
@@ -400,7 +437,7 @@ impl AddressSpace {
         addr: u64,
         size: u64,
         access: u32,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<(), MmError> {
         let range = self.checked_range(addr, size)?;
         let access = normalize_access(access)?;
@@ -444,22 +481,24 @@ impl AddressSpace {
     }
 
     /// Rewrites the present PTEs of the committed pages of `object` in `range` for `access`
-    /// (or clears them for `PROT_NONE`), flushing each. Pages not present here (after a
-    /// `PROT_NONE`, or touched only by another space sharing the object) are mapped on demand.
+    /// (or clears them for `PROT_NONE`), flushing each (on every CPU if it lost a right). Pages
+    /// not present here (after a `PROT_NONE`, or touched only by another space sharing the
+    /// object) are mapped on demand.
     fn remap<M: Machine>(
         &mut self,
         object: &VMObject,
         range: VirtualRange,
         old_access: Access,
         access: Access,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) {
-        for (page, frame) in object.pages_in(range.base().get(), range.last().get()) {
-            hw.machine.progress();
-            if self.directory.translate(page, &hw.machine).is_none() {
+        for (page, frame) in object.pages_in(range.base().get(), range.last().get(), hw) {
+            hw.machine().progress();
+            let Some((_, old)) = self.directory.translate(page, hw.machine_ref()) else {
                 continue;
-            }
-            let mut flags = pte_flags(access).map(|f| leaf_flags(f, object, frame, &hw.refs));
+            };
+            let refs = hw.ref_count(frame);
+            let mut flags = pte_flags(access).map(|f| leaf_flags(f, object, refs));
             if self.bugs.has(Bug::KeepWritable) && old_access.contains(Access::WRITE) {
                 flags = flags.map(|f| f | PageTableFlags::WRITABLE); // Seeded bug.
             }
@@ -478,7 +517,11 @@ impl AddressSpace {
                     self.directory.unmap(page, hw);
                 }
             }
-            hw.machine.flush_page(page);
+            if flags.is_none_or(|new| lost_rights(old, new)) {
+                hw.flush_everywhere(self.directory.root(), page);
+            } else {
+                hw.machine().flush_page(page);
+            }
         }
     }
 
@@ -489,7 +532,7 @@ impl AddressSpace {
         &mut self,
         addr: u64,
         size: u64,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<Option<u64>, MmError> {
         let range = self.checked_range(addr, size)?;
         let wholes = self.intersecting(range);
@@ -510,25 +553,25 @@ impl AddressSpace {
                 .intersection(&range)
                 .expect("regions intersect the range");
             let object = region.backing().expect("user regions are backed");
-            let pages = object.pages_in(part.base().get(), part.last().get());
+            let pages = object.pages_in(part.base().get(), part.last().get(), hw);
             // A copy-on-write page takes a fresh frame for its copy, like a missing one.
+            let private = object.shared_id().is_none();
             let shared = pages
                 .iter()
-                .filter(|(_, frame)| object.shared_id().is_none() && hw.refs.count(*frame) > 1)
+                .filter(|(_, frame)| private && hw.ref_count(*frame) > 1)
                 .count();
             committed += (pages.len() - shared) as u64;
         }
         let missing = range.page_count() - committed;
-        let free = hw.frames.free_count() as u64;
-        if missing > free {
+        // Not even the pages fit: no need to count the tables (a walk of the whole range).
+        if missing > hw.free_count() as u64 {
             return Err(MmError::OutOfFrames);
         }
         let tables =
             self.directory
-                .tables_missing(range.base().get(), range.last().get(), &hw.machine);
-        if missing + tables as u64 > free {
-            return Err(MmError::OutOfFrames);
-        }
+                .tables_missing(range.base().get(), range.last().get(), hw.machine_ref());
+        // Another CPU may take frames before the commit: they are taken now.
+        hw.reserve(missing as usize + tables)?;
         // Commit: nothing below can fail.
         for page in (range.base().get()..=range.last().get()).step_by(PAGE_SIZE as usize) {
             self.populate(page, true, hw)
@@ -544,29 +587,48 @@ impl AddressSpace {
         &mut self,
         page: u64,
         write: bool,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<(), MmError> {
-        let object = self
-            .tree
-            .find_region_containing(VirtualAddress::new(page))
-            .and_then(|region| region.backing())
-            .expect("populate is called for a page inside a user region");
-        match object.frame_at(page) {
-            Some(_) if write => self.break_cow(page, hw),
-            Some(frame) => self.map_leaf(page, frame, hw),
-            None => {
-                let frame = hw.zeroed_frame()?;
-                object.insert(page, frame);
-                let mapped = self.map_leaf(page, frame, hw);
-                if mapped.is_err() {
-                    // No page-table frame for the mapping: undo the commit.
-                    let object = self.object_at(page);
-                    object.take_pages(page, page);
-                    hw.release_frame(frame);
-                }
-                mapped
+        // A shared object's page is found or committed under the object's lock, so two CPUs
+        // faulting it in from two spaces commit one frame.
+        let (frame, fresh) = self.object_at(page).with_pages(hw, |pages, hw| {
+            if let Some(&frame) = pages.get(&page) {
+                return Ok::<_, MmError>((frame, false));
             }
+            let frame = hw.zeroed_frame()?;
+            pages.insert(page, frame);
+            Ok((frame, true))
+        })?;
+        if !fresh {
+            return match write {
+                true => self.break_cow(page, hw),
+                false => self.map_leaf(page, frame, hw),
+            };
         }
+        let mapped = self.map_leaf(page, frame, hw);
+        if mapped.is_err() && self.object_at(page).shared_id().is_none() {
+            // No page-table frame for the mapping: undo the commit. (A shared object keeps
+            // its page: another space may have mapped it already.)
+            self.object_at(page).take_pages(page, page);
+            hw.release_frame(frame);
+        }
+        mapped
+    }
+
+    /// Seeded bug (`bug-fault-no-recheck`): maps `page`, which no region holds any more, to a
+    /// fresh zeroed frame with the flags of a region with `access` (the one the fault saw). No
+    /// object holds the frame.
+    pub(crate) fn map_orphan<M: Machine>(
+        &mut self,
+        page: u64,
+        access: Access,
+        hw: &mut Hardware<'_, M>,
+    ) -> Result<(), MmError> {
+        let flags = pte_flags(access).expect("the fault's region was accessible");
+        let frame = hw.zeroed_frame()?;
+        self.directory.map(page, frame, flags, hw)?;
+        hw.machine().flush_page(page);
+        Ok(())
     }
 
     /// The object of the (user) region containing `page`.
@@ -577,17 +639,21 @@ impl AddressSpace {
             .expect("the page lies in a user region")
     }
 
-    /// Releases every frame and page table. The space must not be the active one.
-    pub fn destroy<M: Machine>(mut self, hw: &mut Hardware<M>) {
+    /// Destroys the space: clears every PTE and releases every frame and page table, after a
+    /// shootdown of every CPU that may cache it (which switches a CPU that has it loaded to the
+    /// kernel's tables). This CPU must have switched away already.
+    pub fn destroy<M: Machine>(&mut self, hw: &mut Hardware<'_, M>) {
+        self.dead = true;
         let ranges: Vec<VirtualRange> = self.tree.iter().filter_map(|r| r.range()).collect();
         for range in ranges {
             let (_, object) = self.detach(range, Some(range), hw);
             for frame in object.take_pages(range.base().get(), range.last().get()) {
-                hw.release_frame(frame);
+                hw.release_after_shootdown(frame);
             }
-            object.release(hw);
+            hw.release_object_after_shootdown(object);
         }
         self.directory.unmap(USER_TRAMPOLINE, hw);
+        hw.destroy_everywhere(self.directory.root());
         self.directory.destroy_user(hw);
     }
 }

@@ -3,7 +3,6 @@
 //! when no other object holds it any more. Shared memory is never copied.
 
 use crate::address_space::{pte_flags, AddressSpace};
-use crate::frame_refs::ReferenceCounts;
 use crate::hardware::Hardware;
 use crate::machine::Machine;
 use crate::seeded_bugs::Bug;
@@ -12,15 +11,10 @@ use crate::{MmError, PhysicalFrame};
 use shared_mm::address::VirtualAddress;
 use shared_mm::pte::PageTableFlags;
 
-/// The leaf flags for `frame` of `object` in a region whose access gives `flags`: without W
-/// while the frame is copy-on-write.
-pub fn leaf_flags(
-    flags: PageTableFlags,
-    object: &VMObject,
-    frame: PhysicalFrame,
-    refs: &ReferenceCounts,
-) -> PageTableFlags {
-    if object.shared_id().is_none() && refs.count(frame) > 1 {
+/// The leaf flags for a frame of `object` that `refs` objects hold, in a region whose access
+/// gives `flags`: without W while the frame is copy-on-write.
+pub fn leaf_flags(flags: PageTableFlags, object: &VMObject, refs: u32) -> PageTableFlags {
+    if object.shared_id().is_none() && refs > 1 {
         flags.difference(PageTableFlags::WRITABLE)
     } else {
         flags
@@ -33,7 +27,7 @@ impl AddressSpace {
     fn page_flags<M: Machine>(
         &self,
         page: u64,
-        hw: &Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> (PageTableFlags, PageTableFlags) {
         let region = self
             .tree
@@ -41,8 +35,9 @@ impl AddressSpace {
             .expect("the page lies in a region");
         let flags = pte_flags(region.access()).expect("the region is accessible");
         let object = self.object_at(page);
-        let frame = object.frame_at(page).expect("the page is committed");
-        (leaf_flags(flags, object, frame, &hw.refs), flags)
+        let frame = object.frame_at(page, hw).expect("the page is committed");
+        let refs = hw.ref_count(frame);
+        (leaf_flags(flags, object, refs), flags)
     }
 
     /// Maps `page` to its committed `frame` with the flags its region and the frame's sharing
@@ -51,43 +46,44 @@ impl AddressSpace {
         &mut self,
         page: u64,
         frame: PhysicalFrame,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<(), MmError> {
         let (flags, _) = self.page_flags(page, hw);
         self.directory.map(page, frame, flags, hw)?;
-        hw.machine.flush_page(page);
+        hw.machine().flush_page(page);
         Ok(())
     }
 
     /// Makes the committed `page` (in a writable region) writable in this space: a
     /// copy-on-write frame is copied into a fresh one, which replaces it in this space's
-    /// object; a frame no other object holds is mapped writable as it is. Prepare, then
-    /// commit: without a frame for the copy (or a page table), nothing changes.
+    /// object (every CPU flushes the old translation before the old frame's reference goes); a
+    /// frame no other object holds is mapped writable as it is. Prepare, then commit: without a
+    /// frame for the copy (or a page table), nothing changes.
     pub fn break_cow<M: Machine>(
         &mut self,
         page: u64,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<(), MmError> {
         let (leaf, flags) = self.page_flags(page, hw);
-        let old = self.object_at(page).frame_at(page).expect("committed");
+        let old = self.object_at(page).frame_at(page, hw).expect("committed");
         // Seeded bug: the shared frame itself becomes writable.
         if leaf == flags || self.bugs.has(Bug::CowNoCopy) {
             self.directory.map(page, old, flags, hw)?;
-            hw.machine.flush_page(page);
+            hw.machine().flush_page(page);
             return Ok(());
         }
-        let copy = hw.frame()?;
-        hw.machine.copy_frame(old, copy);
+        let copy = hw.allocate()?;
+        hw.machine().copy_frame(old, copy);
         if let Err(e) = self.directory.map(page, copy, flags, hw) {
             hw.free_frame(copy);
             return Err(e);
         }
-        self.object_at(page).replace(page, copy);
+        self.object_at(page).replace(page, copy, hw);
+        hw.flush_everywhere(self.directory.root(), page);
         if !self.bugs.has(Bug::RefcountLeak) {
             // Seeded bug otherwise: the old frame keeps this object's reference for ever.
-            hw.release_frame(old);
+            hw.release_after_shootdown(old);
         }
-        hw.machine.flush_page(page);
         Ok(())
     }
 }

@@ -1,12 +1,14 @@
 //! Exporting region trees to the host: the records a snapshot carries, whatever transport
 //! (mailbox chunks under KVM, a direct call in the host's simulated machine) delivers them.
 
+use crate::cpu::Cpu;
 use crate::machine::Machine;
 use crate::memory_manager::MemoryManager;
 use crate::seeded_bugs::Bug;
 use crate::vmobject::VMObject;
-use shared_mm::abi::{RegionRecord, SpaceRecord, KERNEL_SPACE};
+use shared_mm::abi::{RegionRecord, KERNEL_SPACE};
 use shared_mm::region::Region;
+use shared_mm::region_tree::RegionTree;
 
 /// One region as a snapshot record.
 pub fn region_record(region: &Region<VMObject>) -> RegionRecord {
@@ -32,32 +34,31 @@ pub struct Export<'a> {
 }
 
 impl<M: Machine> MemoryManager<M> {
-    /// The region tree of `space` ([`KERNEL_SPACE`] for the kernel's), or `None` if no such
-    /// space is alive.
-    pub fn export(&self, space: u32) -> Option<Export<'_>> {
-        let (tree, cr3) = if space == KERNEL_SPACE {
-            (self.kernel_tree(), self.kernel_cr3())
-        } else {
-            let s = self.space(space)?;
-            (s.tree(), s.cr3())
+    /// Runs `f` on the region tree of `space` ([`KERNEL_SPACE`] for the kernel's), locked; `None`
+    /// if no such space is alive.
+    pub fn export<R>(
+        &self,
+        cpu: &mut Cpu<M>,
+        space: u32,
+        f: impl FnOnce(Export<'_>) -> R,
+    ) -> Option<R> {
+        let short = self.bugs().has(Bug::ExportShortRange);
+        let export = move |tree: &RegionTree<VMObject>, cr3| {
+            // Seeded bug otherwise: the export ends a page short of the tree's total range.
+            let end = tree.total_range().last().get();
+            let inside =
+                move |r: &&Region<VMObject>| r.range().is_some_and(|r| r.last().get() < end);
+            let exported = tree.iter().filter(move |r| !short || inside(r));
+            f(Export {
+                cr3,
+                total: tree.len(),
+                regions: alloc::boxed::Box::new(exported.map(region_record)),
+            })
         };
-        // Seeded bug otherwise: the export ends a page short of the tree's total range.
-        let short = self.bugs.has(Bug::ExportShortRange);
-        let end = tree.total_range().last().get();
-        let inside = move |r: &&Region<VMObject>| r.range().is_some_and(|r| r.last().get() < end);
-        let exported = tree.iter().filter(move |r| !short || inside(r));
-        Some(Export {
-            cr3,
-            total: tree.len(),
-            regions: alloc::boxed::Box::new(exported.map(region_record)),
-        })
-    }
-
-    /// One record per live address space, in id order.
-    pub fn space_records(&self) -> impl Iterator<Item = SpaceRecord> + '_ {
-        self.spaces().map(|s| SpaceRecord {
-            space: s.id(),
-            cr3: s.cr3(),
-        })
+        if space == KERNEL_SPACE {
+            let cr3 = self.kernel_cr3();
+            return Some(self.kernel_tree(cpu, |tree| export(tree, cr3)));
+        }
+        self.inspect_space(cpu, space, |s, _| export(s.tree(), s.cr3()))
     }
 }

@@ -16,7 +16,7 @@ use shared_mm::region::Region;
 impl AddressSpace {
     /// Gives `child` (new, empty) a copy of every region of this space, the active one. Nothing
     /// here allocates a frame, so it cannot fail once the child exists.
-    pub fn fork_into<M: Machine>(&mut self, child: &mut AddressSpace, hw: &mut Hardware<M>) {
+    pub fn fork_into<M: Machine>(&mut self, child: &mut AddressSpace, hw: &mut Hardware<'_, M>) {
         let privatize = self.bugs.has(Bug::SharedBecomesPrivate);
         let copies: Vec<Box<UserRegion>> = self
             .tree
@@ -45,8 +45,8 @@ impl AddressSpace {
     }
 
     /// Clears W from every present PTE of private memory (its frames are copy-on-write now),
-    /// flushing each.
-    fn write_protect_private<M: Machine>(&mut self, hw: &mut Hardware<M>) {
+    /// flushing each on every CPU.
+    fn write_protect_private<M: Machine>(&mut self, hw: &mut Hardware<'_, M>) {
         if self.bugs.has(Bug::ForkParentWritable) {
             return; // Seeded bug: the parent keeps writing into frames the child sees.
         }
@@ -55,11 +55,13 @@ impl AddressSpace {
             .iter()
             .filter_map(|r| r.backing())
             .filter(|object| object.shared_id().is_none())
-            .flat_map(|object| object.pages_in(0, u64::MAX))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flat_map(|object| object.pages_in(0, u64::MAX, hw))
             .collect();
         for (page, frame) in pages {
-            hw.machine.progress();
-            let Some((_, flags)) = self.directory.translate(page, &hw.machine) else {
+            hw.machine().progress();
+            let Some((_, flags)) = self.directory.translate(page, hw.machine_ref()) else {
                 continue;
             };
             if !flags.contains(PageTableFlags::WRITABLE) {
@@ -70,7 +72,8 @@ impl AddressSpace {
                 .map(page, frame, read_only, hw)
                 .expect("the page is present, so its page table exists");
             if !self.bugs.has(Bug::ForkNoFlush) {
-                hw.machine.flush_page(page); // Seeded bug otherwise: the W entry stays cached.
+                // Seeded bug otherwise: the W entry stays cached.
+                hw.flush_everywhere(self.directory.root(), page);
             }
         }
     }

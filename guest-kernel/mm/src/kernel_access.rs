@@ -34,7 +34,7 @@ fn make_present<M: Machine>(
     space: &mut AddressSpace,
     page: u64,
     required: Access,
-    hw: &mut Hardware<M>,
+    hw: &mut Hardware<'_, M>,
 ) -> FaultOutcome {
     let Some(region) = space
         .tree()
@@ -47,7 +47,7 @@ fn make_present<M: Machine>(
         return FaultOutcome::Segv(FaultKind::SegvAccess);
     }
     let write = required == Access::WRITE;
-    match space.directory().translate(page, &hw.machine) {
+    match space.directory().translate(page, hw.machine_ref()) {
         Some((_, flags)) if !write || flags.contains(PageTableFlags::WRITABLE) => {
             FaultOutcome::Resolved
         }
@@ -62,7 +62,7 @@ pub fn kernel_access<M: Machine>(
     space: &mut AddressSpace,
     addr: u64,
     kind: KernelAccess,
-    hw: &mut Hardware<M>,
+    hw: &mut Hardware<'_, M>,
 ) -> OpResult {
     // access_ok: the whole range must be user memory.
     let in_user =
@@ -98,7 +98,7 @@ fn move_bytes<M: Machine>(
     space: &AddressSpace,
     addr: u64,
     value: Option<u64>,
-    hw: &mut Hardware<M>,
+    hw: &mut Hardware<'_, M>,
 ) -> u64 {
     let mut bytes = value.unwrap_or(0).to_le_bytes();
     let mut done = 0;
@@ -108,15 +108,15 @@ fn move_bytes<M: Machine>(
         let len = (PAGE_SIZE as usize - offset).min(bytes.len() - done);
         let (frame, flags) = space
             .directory()
-            .translate(at & !(PAGE_SIZE - 1), &hw.machine)
+            .translate(at & !(PAGE_SIZE - 1), hw.machine_ref())
             .expect("the page was made present");
         let chunk = &mut bytes[done..done + len];
         match value {
             Some(_) => {
                 debug_assert!(flags.contains(PageTableFlags::WRITABLE));
-                hw.machine.write_frame(frame, offset, chunk);
+                hw.machine().write_frame(frame, offset, chunk);
             }
-            None => hw.machine.read_frame(frame, offset, chunk),
+            None => hw.machine().read_frame(frame, offset, chunk),
         }
         done += len;
     }

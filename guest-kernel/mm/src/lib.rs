@@ -6,6 +6,11 @@
 //! with real instructions (the ground truth, under KVM); the host's simulated machine implements
 //! it in-process with a TLB that is as stale as the architecture allows; the unit tests use a
 //! small test machine. The crate itself has no `unsafe` code.
+//!
+//! One MemoryManager serves every CPU at once: its state sits behind the locks of [`sync`]
+//! (taken in one documented order, which [`lock_order`] checks), each CPU runs operations
+//! through its own [`Cpu`] and machine, and a change to the page tables that another CPU may
+//! cache is shot down before anything it mapped is freed ([`shootdown`]).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -13,31 +18,41 @@ extern crate alloc;
 
 pub mod address_space;
 pub mod copy_on_write;
+pub mod cpu;
 pub mod export;
 pub mod fork;
 pub mod frame_allocator;
 pub mod frame_refs;
 pub mod hardware;
 pub mod kernel_access;
+pub mod lock_order;
 pub mod machine;
 pub mod memory_manager;
 pub mod page_directory;
 pub mod page_fault;
 pub mod seeded_bugs;
 mod seeded_placement;
+pub mod shootdown;
+pub mod sync;
 pub mod trace;
 pub mod user_access;
 pub mod vmobject;
 
 #[cfg(test)]
+mod smp_tests;
+#[cfg(test)]
 mod test_machine;
 #[cfg(test)]
 mod tests;
 
+pub use cpu::Cpu;
 pub use hardware::Hardware;
+pub use lock_order::LockOrderViolation;
 pub use machine::{Machine, PteSlot, UserEntry, UserTrap};
 pub use memory_manager::MemoryManager;
 pub use seeded_bugs::{Bug, SeededBugs};
+pub use shootdown::FlushRequest;
+pub use sync::LockClass;
 
 use shared_mm::abi::Status;
 use shared_mm::region_tree::{PlaceError, RegionTreeError};

@@ -1,9 +1,13 @@
 //! The machine seam: the one trait through which the MM touches hardware, and the ring-3 trap
 //! record it returns.
 
+use crate::lock_order::LockOrderViolation;
 use crate::page_directory::PageDirectory;
+use crate::shootdown::FlushRequest;
+use crate::sync::LockClass;
 use crate::PhysicalFrame;
 use shared_mm::pte::PageLevel;
+use shared_mm::smp::CpuSet;
 
 /// Which page-table entry a write goes to, and which translation that entry serves (the
 /// directory and virtual address let a machine trace what the TLB may hold).
@@ -54,8 +58,12 @@ pub const PF_USER: u64 = 1 << 2;
 pub const PF_RESERVED: u64 = 1 << 3;
 pub const PF_FETCH: u64 = 1 << 4;
 
-/// Every raw access the MM makes. Frames are 4 KiB physical frames the MM got from its frame
-/// allocator (or the boot tables it was given); offsets and lengths stay inside one frame.
+/// Every raw access the MM makes, on one CPU (each CPU has its own machine). Frames are 4 KiB
+/// physical frames the MM got from its frame allocator (or the boot tables it was given);
+/// offsets and lengths stay inside one frame.
+///
+/// Every call that touches state other CPUs see (a PTE write, a flush, an activation, a lock
+/// hook, a shootdown, a frame freed) is a point where a simulated machine may switch CPUs.
 pub trait Machine {
     /// Entry `index` (below 512) of the page table in `table`.
     fn read_pte(&self, table: PhysicalFrame, index: usize) -> u64;
@@ -73,6 +81,29 @@ pub trait Machine {
     fn flush_page(&mut self, va: u64);
     /// Makes `directory` the active one (a CR3 load, which flushes every non-global entry).
     fn activate(&mut self, directory: &PageDirectory);
+    /// Drops every non-global cached translation: a CR3 reload of the active directory.
+    fn flush_all(&mut self);
+    /// Sends one round of shootdown IPIs: every CPU of `targets` (never this one) runs
+    /// `request` ([`MemoryManager::serve_shootdown`](crate::MemoryManager::serve_shootdown))
+    /// and acknowledges it; returns only once each has. A CPU waiting here takes interrupts
+    /// (and on x86_64 halts), so the shootdowns sent to it meanwhile are served.
+    fn shootdown(&mut self, targets: CpuSet, request: &FlushRequest);
+    /// This CPU ran the shootdown `sender` asked for; the acknowledgement goes out next.
+    /// Nothing to do on hardware; a tracing machine notes it.
+    fn shootdown_served(&mut self, _sender: u32) {}
+    /// Before the first try at a lock of `class`.
+    fn lock_acquiring(&mut self, _class: LockClass) {}
+    /// A try at a lock of `class` failed; the CPU tries again after this returns. It must let
+    /// shootdowns in (the holder may be waiting for this CPU's acknowledgement).
+    fn lock_contended(&mut self, _class: LockClass) {
+        core::hint::spin_loop()
+    }
+    /// A lock of `class` was released.
+    fn lock_released(&mut self, _class: LockClass) {}
+    /// The lock-order checker found two paths taking two locks in opposite orders: a finding
+    /// for the host (never a hang or a bare panic). The MM goes on taking the lock when this
+    /// returns.
+    fn lock_order_violation(&mut self, violation: &LockOrderViolation);
     /// Runs ring-3 code from `entry` in the active directory until its first exception.
     fn enter_user(&mut self, entry: &UserEntry) -> UserTrap;
     /// `frame` went back to the allocator. Nothing to do on hardware; a tracing machine notes it.

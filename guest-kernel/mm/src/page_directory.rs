@@ -37,7 +37,7 @@ impl PageDirectory {
     pub fn new_kernel<M: Machine>(
         boot_pml4: PhysicalFrame,
         kernel_slots: impl IntoIterator<Item = usize>,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<Self, MmError> {
         let mut directory = PageDirectory {
             pml4: hw.zeroed_frame()?,
@@ -46,13 +46,13 @@ impl PageDirectory {
         directory.copy_kernel_half(boot_pml4, 0, hw);
         for slot in kernel_slots {
             assert!((KERNEL_HALF_FIRST_SLOT..ENTRIES_PER_TABLE).contains(&slot));
-            let entry = PageTableEntry::from_raw(hw.machine.read_pte(directory.pml4, slot));
+            let entry = PageTableEntry::from_raw(hw.machine().read_pte(directory.pml4, slot));
             if !entry.contains(PageTableFlags::PRESENT) {
                 let pdpt = hw.zeroed_frame()?;
                 directory.tables.push(pdpt);
                 let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
                 let slot = directory.slot(directory.pml4, PageLevel::Pml4, slot, slot_va(slot));
-                hw.machine
+                hw.machine()
                     .write_pte(slot, PageTableEntry::new(pdpt.0, flags).raw());
             }
         }
@@ -63,7 +63,7 @@ impl PageDirectory {
     pub fn new_user<M: Machine>(
         kernel: &PageDirectory,
         bugs: SeededBugs,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<Self, MmError> {
         let directory = PageDirectory {
             pml4: hw.zeroed_frame()?,
@@ -78,9 +78,14 @@ impl PageDirectory {
     /// Copies the present kernel-half entries of `from` into this (zeroed) PML4, with the
     /// flag bits `added` (none but for a seeded bug). The half is read in one access, not
     /// entry by entry: most of it is empty, and every space and fork pays for this.
-    fn copy_kernel_half<M: Machine>(&self, from: PhysicalFrame, added: u64, hw: &mut Hardware<M>) {
+    fn copy_kernel_half<M: Machine>(
+        &self,
+        from: PhysicalFrame,
+        added: u64,
+        hw: &mut Hardware<'_, M>,
+    ) {
         let mut half = [0u8; (ENTRIES_PER_TABLE - KERNEL_HALF_FIRST_SLOT) * 8];
-        hw.machine
+        hw.machine()
             .read_frame(from, KERNEL_HALF_FIRST_SLOT * 8, &mut half);
         let entries = half
             .chunks_exact(8)
@@ -88,7 +93,7 @@ impl PageDirectory {
         for (index, value) in (KERNEL_HALF_FIRST_SLOT..).zip(entries) {
             if value != 0 {
                 let slot = self.slot(self.pml4, PageLevel::Pml4, index, slot_va(index));
-                hw.machine.write_pte(slot, value | added);
+                hw.machine().write_pte(slot, value | added);
             }
         }
     }
@@ -144,13 +149,13 @@ impl PageDirectory {
     /// tables (user tables are user-accessible; the leaf decides the access).
     fn make_table<M: Machine>(
         &mut self,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
         va: u64,
         levels: &[PageLevel],
     ) -> Result<PhysicalFrame, MmError> {
         let mut table = self.pml4;
         for &level in levels {
-            let entry = PageTableEntry::from_raw(hw.machine.read_pte(table, level.index(va)));
+            let entry = PageTableEntry::from_raw(hw.machine().read_pte(table, level.index(va)));
             if entry.contains(PageTableFlags::PRESENT) {
                 // A 2 MiB/1 GiB kernel mapping holds no table to map into: asking for one
                 // there is a kernel bug.
@@ -168,7 +173,7 @@ impl PageDirectory {
                 flags |= PageTableFlags::USER;
             }
             let slot = self.slot_of(table, level, va);
-            hw.machine
+            hw.machine()
                 .write_pte(slot, PageTableEntry::new(next.0, flags).raw());
             table = next;
         }
@@ -211,11 +216,11 @@ impl PageDirectory {
         va: u64,
         frame: PhysicalFrame,
         flags: PageTableFlags,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<(), MmError> {
         let pt = self.make_table(hw, va, TO_PT)?;
         let entry = PageTableEntry::new(frame.0, flags | PageTableFlags::PRESENT);
-        hw.machine
+        hw.machine()
             .write_pte(self.slot_of(pt, PageLevel::Pt, va), entry.raw());
         Ok(())
     }
@@ -226,25 +231,29 @@ impl PageDirectory {
         va: u64,
         frame: PhysicalFrame,
         flags: PageTableFlags,
-        hw: &mut Hardware<M>,
+        hw: &mut Hardware<'_, M>,
     ) -> Result<(), MmError> {
         let pd = self.make_table(hw, va, TO_PD)?;
         let flags = flags | PageTableFlags::PRESENT | PageTableFlags::HUGE_PAGE;
         let entry = PageTableEntry::new(frame.0, flags);
-        hw.machine
+        hw.machine()
             .write_pte(self.slot_of(pd, PageLevel::Pd, va), entry.raw());
         Ok(())
     }
 
     /// Clears the PTE of `va`; returns the frame it mapped. The caller flushes the TLB.
-    pub fn unmap<M: Machine>(&mut self, va: u64, hw: &mut Hardware<M>) -> Option<PhysicalFrame> {
-        let pt = self.find_table(&hw.machine, va, TO_PT)?;
+    pub fn unmap<M: Machine>(
+        &mut self,
+        va: u64,
+        hw: &mut Hardware<'_, M>,
+    ) -> Option<PhysicalFrame> {
+        let pt = self.find_table(hw.machine_ref(), va, TO_PT)?;
         let slot = self.slot_of(pt, PageLevel::Pt, va);
-        let entry = PageTableEntry::from_raw(hw.machine.read_pte(pt, slot.index));
+        let entry = PageTableEntry::from_raw(hw.machine().read_pte(pt, slot.index));
         if !entry.contains(PageTableFlags::PRESENT) {
             return None;
         }
-        hw.machine.write_pte(slot, 0);
+        hw.machine().write_pte(slot, 0);
         Some(PhysicalFrame(entry.frame()))
     }
 
@@ -266,12 +275,12 @@ impl PageDirectory {
         core::iter::once(self.pml4).chain(self.tables.iter().copied())
     }
 
-    /// Frees every table this directory allocated, and the PML4. The leaf frames must already
-    /// be released, and the directory must not be active.
-    pub fn destroy_user<M: Machine>(self, hw: &mut Hardware<M>) {
-        for table in self.tables {
-            hw.free_frame(table);
+    /// Frees every table this directory allocated, and the PML4, once no CPU may cache them
+    /// (after the operation's shootdown). The leaf frames must already be released.
+    pub fn destroy_user<M: Machine>(&mut self, hw: &mut Hardware<'_, M>) {
+        for table in core::mem::take(&mut self.tables) {
+            hw.free_table_after_shootdown(table);
         }
-        hw.free_frame(self.pml4);
+        hw.free_table_after_shootdown(self.pml4);
     }
 }

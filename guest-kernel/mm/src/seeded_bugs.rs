@@ -70,11 +70,26 @@ pub enum Bug {
     /// Fork gives the child a new, empty shared object under the parent's id instead of a
     /// handle to the same object: the child's faults commit frames of their own.
     ForkSharedNewObject,
+    /// A TLB shootdown flushes only the CPU that changed the page tables: no IPI is sent.
+    ShootdownLocalOnly,
+    /// A shootdown skips the CPUs that ran the space and switched away lazily (still have its
+    /// tables loaded, but run no operation in it now).
+    ShootdownMissesLazy,
+    /// Frames and page tables are freed before the shootdown's acknowledgements arrive (before
+    /// its IPIs are even sent).
+    FreeBeforeAck,
+    /// The page-fault path trusts the region it looked up before it took the space's lock
+    /// again to resolve the fault, so a concurrent unmap or protect goes unseen.
+    FaultNoRecheck,
+    /// Releasing a shared object's last handle takes the frame allocator's lock and then the
+    /// object's, against the documented order (object, then frames) that a fault on shared
+    /// memory follows.
+    LockOrder,
 }
 
 impl Bug {
     /// Every seeded bug, in feature order.
-    pub const ALL: [Bug; 27] = [
+    pub const ALL: [Bug; 32] = [
         Bug::StalePte,
         Bug::KeepWritable,
         Bug::NoTlbFlush,
@@ -102,6 +117,11 @@ impl Bug {
         Bug::UserRangePastTop,
         Bug::ProtectKeepsExec,
         Bug::ForkSharedNewObject,
+        Bug::ShootdownLocalOnly,
+        Bug::ShootdownMissesLazy,
+        Bug::FreeBeforeAck,
+        Bug::FaultNoRecheck,
+        Bug::LockOrder,
     ];
 
     /// The cargo feature that plants it.
@@ -134,6 +154,11 @@ impl Bug {
             Bug::UserRangePastTop => "bug-user-range-past-top",
             Bug::ProtectKeepsExec => "bug-protect-keeps-exec",
             Bug::ForkSharedNewObject => "bug-fork-shared-new-object",
+            Bug::ShootdownLocalOnly => "bug-shootdown-local-only",
+            Bug::ShootdownMissesLazy => "bug-shootdown-misses-lazy",
+            Bug::FreeBeforeAck => "bug-free-before-ack",
+            Bug::FaultNoRecheck => "bug-fault-no-recheck",
+            Bug::LockOrder => "bug-lock-order",
         }
     }
 
@@ -185,6 +210,11 @@ impl SeededBugs {
             cfg!(feature = "bug-user-range-past-top"),
             cfg!(feature = "bug-protect-keeps-exec"),
             cfg!(feature = "bug-fork-shared-new-object"),
+            cfg!(feature = "bug-shootdown-local-only"),
+            cfg!(feature = "bug-shootdown-misses-lazy"),
+            cfg!(feature = "bug-free-before-ack"),
+            cfg!(feature = "bug-fault-no-recheck"),
+            cfg!(feature = "bug-lock-order"),
         ];
         let mut set = SeededBugs::NONE;
         let mut i = 0;

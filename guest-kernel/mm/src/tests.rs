@@ -3,23 +3,66 @@
 //! shared memory.
 
 use crate::test_machine::{boot_info, Event, TestMachine, BOOT_PML4};
-use crate::{Bug, MemoryManager, SeededBugs};
+use crate::{Bug, Cpu, MemoryManager, PhysicalFrame, SeededBugs};
 use shared_mm::abi::access_bits::{READ, SHARED, USER, WRITE};
-use shared_mm::abi::{FaultKind, Op, OpResult, RegionRecord, Status};
+use shared_mm::abi::{FaultKind, FrameRefs, Op, OpResult, RegionRecord, Status};
 use shared_mm::pte::PageTableFlags;
 
 const URW: u32 = USER | READ | WRITE;
 const BASE: u64 = 0x40_0000;
 const PAGE: u64 = 4096;
 
-fn mm_with(bugs: SeededBugs) -> MemoryManager<TestMachine> {
-    let (mm, _heap) =
-        MemoryManager::init(&boot_info(), BOOT_PML4, TestMachine::new(), bugs).expect("init");
-    mm
+/// The MM with the one CPU a test drives it on.
+pub(crate) struct TestMm {
+    pub mm: MemoryManager<TestMachine>,
+    pub cpu: Cpu<TestMachine>,
+}
+
+impl TestMm {
+    pub fn execute(&mut self, op: Op) -> OpResult {
+        self.mm.execute(&mut self.cpu, op)
+    }
+
+    pub fn machine(&self) -> &TestMachine {
+        self.cpu.machine()
+    }
+
+    pub fn machine_mut(&mut self) -> &mut TestMachine {
+        self.cpu.machine_mut()
+    }
+
+    pub fn free_frames(&mut self) -> usize {
+        self.mm.free_frames(&mut self.cpu)
+    }
+
+    pub fn cr3(&mut self, space: u32) -> u64 {
+        self.mm
+            .inspect_space(&mut self.cpu, space, |s, _| s.cr3())
+            .expect("space exists")
+    }
+
+    /// The frame and flags `va` maps to in `space`.
+    pub fn translate(&mut self, space: u32, va: u64) -> Option<(PhysicalFrame, PageTableFlags)> {
+        self.mm
+            .inspect_space(&mut self.cpu, space, |s, hw| {
+                s.directory().translate(va, hw.machine_ref())
+            })
+            .expect("space exists")
+    }
+
+    pub fn shared_frames(&mut self) -> Vec<FrameRefs> {
+        self.mm.shared_frames(&mut self.cpu)
+    }
+}
+
+pub(crate) fn mm_with(bugs: SeededBugs) -> TestMm {
+    let mut cpu = Cpu::new(0, TestMachine::new());
+    let (mm, _heap) = MemoryManager::init(&boot_info(), BOOT_PML4, &mut cpu, bugs).expect("init");
+    TestMm { mm, cpu }
 }
 
 /// A fresh MM with space 1 and a 4-page read-write region at `BASE`.
-fn mm_with_region(bugs: SeededBugs) -> MemoryManager<TestMachine> {
+pub(crate) fn mm_with_region(bugs: SeededBugs) -> TestMm {
     let mut mm = mm_with(bugs);
     assert_eq!(mm.execute(Op::CreateSpace).value, 1);
     let map = Op::MapFixed {
@@ -32,15 +75,18 @@ fn mm_with_region(bugs: SeededBugs) -> MemoryManager<TestMachine> {
     mm
 }
 
-fn regions(mm: &MemoryManager<TestMachine>) -> Vec<(u64, u64, u32)> {
-    let export = mm.export(1).expect("space 1 exists");
-    export
-        .regions
-        .map(|r: RegionRecord| (r.base, r.size, r.access))
-        .collect()
+fn regions(mm: &mut TestMm) -> Vec<(u64, u64, u32)> {
+    mm.mm
+        .export(&mut mm.cpu, 1, |export| {
+            export
+                .regions
+                .map(|r: RegionRecord| (r.base, r.size, r.access))
+                .collect()
+        })
+        .expect("space 1 exists")
 }
 
-fn write(mm: &mut MemoryManager<TestMachine>, addr: u64, value: u64) -> OpResult {
+fn write(mm: &mut TestMm, addr: u64, value: u64) -> OpResult {
     mm.execute(Op::TouchWrite {
         space: 1,
         addr,
@@ -48,7 +94,7 @@ fn write(mm: &mut MemoryManager<TestMachine>, addr: u64, value: u64) -> OpResult
     })
 }
 
-fn read(mm: &mut MemoryManager<TestMachine>, addr: u64) -> OpResult {
+fn read(mm: &mut TestMm, addr: u64) -> OpResult {
     mm.execute(Op::TouchRead { space: 1, addr })
 }
 
@@ -109,7 +155,7 @@ fn partial_unmap_splits_frees_the_cut_and_keeps_the_rest() {
     };
     assert_eq!(mm.execute(unmap).status, Status::Ok);
     assert_eq!(
-        regions(&mm),
+        regions(&mut mm),
         [(BASE, PAGE, URW), (BASE + 3 * PAGE, PAGE, URW)]
     );
     assert_eq!(
@@ -130,7 +176,7 @@ fn partial_unmap_splits_frees_the_cut_and_keeps_the_rest() {
 fn protect_over_a_hole_changes_nothing() {
     let mut mm = mm_with_region(SeededBugs::NONE);
     write(&mut mm, BASE, 7);
-    let before = regions(&mm);
+    let before = regions(&mut mm);
     let protect = Op::Protect {
         space: 1,
         addr: BASE + 3 * PAGE,
@@ -138,7 +184,7 @@ fn protect_over_a_hole_changes_nothing() {
         access: USER | READ,
     };
     assert_eq!(mm.execute(protect).status, Status::NotMapped);
-    assert_eq!(regions(&mm), before, "the region tree is as it was");
+    assert_eq!(regions(&mut mm), before, "the region tree is as it was");
     assert_eq!(
         write(&mut mm, BASE, 8).value,
         8,
@@ -160,7 +206,7 @@ fn protect_splits_into_three_pieces_with_their_data() {
     };
     assert_eq!(mm.execute(protect).status, Status::Ok);
     assert_eq!(
-        regions(&mm),
+        regions(&mut mm),
         [
             (BASE, PAGE, URW),
             (BASE + PAGE, PAGE, USER | READ),
@@ -243,11 +289,7 @@ fn a_freed_frame_backs_the_next_page_and_reads_zero() {
         0,
         "the reused frame was zeroed"
     );
-    let space = mm.space(1).expect("space 1");
-    let (frame, _) = space
-        .directory()
-        .translate(BASE + 2 * PAGE, mm.machine())
-        .expect("mapped");
+    let (frame, _) = mm.translate(1, BASE + 2 * PAGE).expect("mapped");
     assert_eq!(
         frame.0, freed[0],
         "the lowest free frame, just freed, is reused"
@@ -255,7 +297,7 @@ fn a_freed_frame_backs_the_next_page_and_reads_zero() {
 }
 
 /// The flushes issued between the last activation and now.
-fn flushes(mm: &MemoryManager<TestMachine>) -> Vec<u64> {
+fn flushes(mm: &TestMm) -> Vec<u64> {
     mm.machine()
         .events
         .iter()
@@ -318,29 +360,35 @@ fn every_seeded_bug_has_a_feature_name_that_parses_back() {
 }
 
 /// The frame and writability of `va` in `space`'s page tables.
-fn leaf(mm: &MemoryManager<TestMachine>, space: u32, va: u64) -> Option<(u64, bool)> {
-    let space = mm.space(space).expect("space exists");
-    let (frame, flags) = space.directory().translate(va, mm.machine())?;
+fn leaf(mm: &mut TestMm, space: u32, va: u64) -> Option<(u64, bool)> {
+    let (frame, flags) = mm.translate(space, va)?;
     Some((frame.0, flags.contains(PageTableFlags::WRITABLE)))
 }
 
-fn refs(mm: &MemoryManager<TestMachine>) -> Vec<(u64, u32)> {
-    mm.shared_frames().map(|r| (r.frame, r.refs)).collect()
+fn refs(mm: &mut TestMm) -> Vec<(u64, u32)> {
+    mm.shared_frames()
+        .iter()
+        .map(|r| (r.frame, r.refs))
+        .collect()
 }
 
 #[test]
 fn fork_shares_frames_read_only_and_a_write_copies_once() {
     let mut mm = mm_with_region(SeededBugs::NONE);
     write(&mut mm, BASE, 0x11);
-    let (frame, _) = leaf(&mm, 1, BASE).expect("written");
+    let (frame, _) = leaf(&mut mm, 1, BASE).expect("written");
     mm.machine_mut().events.clear();
     assert_eq!(mm.execute(Op::Fork { space: 1 }).value, 2);
-    assert_eq!(leaf(&mm, 1, BASE), Some((frame, false)), "parent read-only");
+    assert_eq!(
+        leaf(&mut mm, 1, BASE),
+        Some((frame, false)),
+        "parent read-only"
+    );
     assert!(
         flushes(&mm).contains(&BASE),
         "the parent's W entry is flushed"
     );
-    assert_eq!(refs(&mm), [(frame, 2)]);
+    assert_eq!(refs(&mut mm), [(frame, 2)]);
     let child_read = Op::TouchRead {
         space: 2,
         addr: BASE,
@@ -351,7 +399,7 @@ fn fork_shares_frames_read_only_and_a_write_copies_once() {
         "the child sees the data"
     );
     assert_eq!(
-        leaf(&mm, 2, BASE),
+        leaf(&mut mm, 2, BASE),
         Some((frame, false)),
         "one frame, read-only"
     );
@@ -362,14 +410,14 @@ fn fork_shares_frames_read_only_and_a_write_copies_once() {
         value: 0x22,
     };
     assert_eq!(mm.execute(child_write).value, 0x22);
-    let (copy, writable) = leaf(&mm, 2, BASE).expect("mapped");
+    let (copy, writable) = leaf(&mut mm, 2, BASE).expect("mapped");
     assert!(copy != frame && writable);
-    assert!(refs(&mm).is_empty(), "{:?}", refs(&mm));
+    assert!(refs(&mut mm).is_empty(), "{:?}", refs(&mut mm));
     assert_eq!(read(&mut mm, BASE).value, 0x11);
     let free = mm.free_frames();
     assert_eq!(write(&mut mm, BASE, 0x33).value, 0x33);
     assert_eq!(
-        leaf(&mm, 1, BASE),
+        leaf(&mut mm, 1, BASE),
         Some((frame, true)),
         "reused, not copied"
     );
@@ -396,9 +444,9 @@ fn shared_memory_is_one_frame_for_both_and_lives_until_the_last_unmap() {
     };
     assert_eq!(mm.execute(child_write).value, 0x55);
     assert_eq!(read(&mut mm, BASE).value, 0x55, "the parent sees the write");
-    let (frame, writable) = leaf(&mm, 1, BASE).expect("mapped");
+    let (frame, writable) = leaf(&mut mm, 1, BASE).expect("mapped");
     assert!(writable, "shared memory is never copy-on-write");
-    assert_eq!(leaf(&mm, 2, BASE), Some((frame, true)));
+    assert_eq!(leaf(&mut mm, 2, BASE), Some((frame, true)));
     mm.machine_mut().events.clear();
     let unmap = Op::Unmap {
         space: 1,
@@ -406,8 +454,7 @@ fn shared_memory_is_one_frame_for_both_and_lives_until_the_last_unmap() {
         size: PAGE,
     };
     assert_eq!(mm.execute(unmap).status, Status::Ok);
-    let freed =
-        |mm: &MemoryManager<TestMachine>| mm.machine().events.contains(&Event::Freed(frame));
+    let freed = |mm: &TestMm| mm.machine().events.contains(&Event::Freed(frame));
     assert!(!freed(&mm), "the child still maps it");
     let child_read = Op::TouchRead {
         space: 2,
@@ -428,7 +475,7 @@ fn protect_cannot_add_or_drop_sharing() {
         access,
     };
     assert_eq!(mm.execute(protect(URW | SHARED)).status, Status::BadAccess);
-    assert_eq!(regions(&mm), [(BASE, 4 * PAGE, URW)], "unchanged");
+    assert_eq!(regions(&mut mm), [(BASE, 4 * PAGE, URW)], "unchanged");
 }
 
 #[test]
@@ -440,18 +487,18 @@ fn seeded_sharing_bugs_are_planted() {
         mm.execute(Op::Fork { space: 1 });
         mm
     };
-    let mm = forked(Bug::ForkParentWritable);
-    assert_eq!(leaf(&mm, 1, BASE).map(|(_, w)| w), Some(true));
-    let mm = forked(Bug::ForkNoFlush);
-    assert_eq!(leaf(&mm, 1, BASE).map(|(_, w)| w), Some(false));
+    let mut mm = forked(Bug::ForkParentWritable);
+    assert_eq!(leaf(&mut mm, 1, BASE).map(|(_, w)| w), Some(true));
+    let mut mm = forked(Bug::ForkNoFlush);
+    assert_eq!(leaf(&mut mm, 1, BASE).map(|(_, w)| w), Some(false));
     assert!(flushes(&mm).is_empty(), "{:?}", mm.machine().events);
     let mut mm = forked(Bug::CowNoCopy);
-    let (frame, _) = leaf(&mm, 1, BASE).expect("mapped");
+    let (frame, _) = leaf(&mut mm, 1, BASE).expect("mapped");
     write(&mut mm, BASE, 2);
-    assert_eq!(leaf(&mm, 1, BASE), Some((frame, true)), "no copy made");
+    assert_eq!(leaf(&mut mm, 1, BASE), Some((frame, true)), "no copy made");
     let mut mm = forked(Bug::RefcountLeak);
     write(&mut mm, BASE, 2);
-    assert_eq!(refs(&mm).len(), 1, "the old frame keeps a reference");
+    assert_eq!(refs(&mut mm).len(), 1, "the old frame keeps a reference");
 }
 
 #[test]
@@ -488,7 +535,7 @@ fn destroying_the_active_space_switches_away_first_unless_the_bug_is_planted() {
     ] {
         let mut mm = mm_with_region(bugs);
         write(&mut mm, BASE, 1);
-        let cr3 = mm.space(1).expect("space 1").cr3();
+        let cr3 = mm.cr3(1);
         mm.machine_mut().events.clear();
         mm.execute(Op::DestroySpace { space: 1 });
         let events = &mm.machine().events;
@@ -505,7 +552,7 @@ fn destroying_the_active_space_switches_away_first_unless_the_bug_is_planted() {
 
 #[test]
 fn check_tree_reports_the_trees_own_invariants_and_the_stale_summary_bug() {
-    let pages = |mm: &mut MemoryManager<TestMachine>| {
+    let pages = |mm: &mut TestMm| {
         // A one-page hole, then the big hole below 0x1000_0000 shrunk by a page: see
         // shared-mm's seeded_bug tests.
         for addr in [0x2000, 0x1000_0000, 0x3000] {
@@ -585,7 +632,7 @@ fn every_long_loop_reports_progress_per_page() {
 
 /// A space whose only holes are `[BASE, BASE + 8 pages)` and, above a one-page region,
 /// `[BASE + 9 pages, BASE + 10 pages)`: everything else is mapped.
-fn mm_with_two_holes(bugs: SeededBugs) -> MemoryManager<TestMachine> {
+fn mm_with_two_holes(bugs: SeededBugs) -> TestMm {
     use shared_mm::abi::{USER_SPACE_BASE, USER_SPACE_END};
     let mut mm = mm_with(bugs);
     assert_eq!(mm.execute(Op::CreateSpace).value, 1);

@@ -1,17 +1,23 @@
 //! The flush trace, MM side: a [`Machine`] wrapper that reports every call changing what a TLB
-//! may hold (PTE writes with their old value, flushes, activations, frees, entries to ring 3),
-//! and every frame allocation (for the host's frame-provenance rule), to a [`TraceSink`], then
-//! performs it. The guest's sink is the buffer in guest memory that the host drains; the host's
-//! simulated machine collects the same events in-process.
+//! may hold (PTE writes with their old value, flushes, activations, frees, entries to ring 3,
+//! shootdowns sent and served), and every frame allocation (for the host's frame-provenance
+//! rule), to a [`TraceSink`], with the CPU that made it, then performs it. The guest's sink is
+//! the buffer in guest memory that the host drains; the host's simulated machine collects the
+//! same records in-process.
 
+use crate::lock_order::LockOrderViolation;
 use crate::machine::{Machine, PteSlot, UserEntry, UserTrap};
 use crate::page_directory::PageDirectory;
+use crate::shootdown::FlushRequest;
+use crate::sync::LockClass;
 use crate::PhysicalFrame;
-pub use shared_mm::trace::TraceEvent;
+use shared_mm::smp::CpuSet;
+pub use shared_mm::trace::{TraceEvent, TraceRecord};
 
-/// Where trace events go, in order.
+/// Where trace records go, in order. With several CPUs, one sink takes every CPU's records in
+/// the order they happened (the guest's buffer has a lock).
 pub trait TraceSink {
-    fn record(&mut self, event: TraceEvent);
+    fn record(&mut self, record: TraceRecord);
 }
 
 /// `M` with every TLB-relevant call recorded to `S` first (when tracing is on).
@@ -19,12 +25,18 @@ pub struct Traced<M, S> {
     inner: M,
     sink: S,
     on: bool,
+    cpu: u32,
 }
 
 impl<M: Machine, S: TraceSink> Traced<M, S> {
-    /// `inner`, traced to `sink` when `on`.
-    pub fn new(inner: M, sink: S, on: bool) -> Self {
-        Traced { inner, sink, on }
+    /// `inner`, the machine of CPU `cpu`, traced to `sink` when `on`.
+    pub fn new(inner: M, sink: S, on: bool, cpu: u32) -> Self {
+        Traced {
+            inner,
+            sink,
+            on,
+            cpu,
+        }
     }
 
     pub fn inner(&self) -> &M {
@@ -41,7 +53,8 @@ impl<M: Machine, S: TraceSink> Traced<M, S> {
 
     fn record(&mut self, event: TraceEvent) {
         if self.on {
-            self.sink.record(event);
+            let cpu = self.cpu;
+            self.sink.record(TraceRecord { cpu, event });
         }
     }
 }
@@ -91,6 +104,41 @@ impl<M: Machine, S: TraceSink> Machine for Traced<M, S> {
             directory: directory.cr3(),
         });
         self.inner.activate(directory)
+    }
+
+    fn flush_all(&mut self) {
+        self.record(TraceEvent::FlushAll);
+        self.inner.flush_all()
+    }
+
+    fn shootdown(&mut self, targets: CpuSet, request: &FlushRequest) {
+        self.record(TraceEvent::ShootdownRequest {
+            directory: request.directory().0,
+            targets,
+            scope: request.scope(),
+        });
+        self.inner.shootdown(targets, request)
+    }
+
+    fn shootdown_served(&mut self, sender: u32) {
+        self.record(TraceEvent::ShootdownAck { sender });
+        self.inner.shootdown_served(sender)
+    }
+
+    fn lock_acquiring(&mut self, class: LockClass) {
+        self.inner.lock_acquiring(class)
+    }
+
+    fn lock_contended(&mut self, class: LockClass) {
+        self.inner.lock_contended(class)
+    }
+
+    fn lock_released(&mut self, class: LockClass) {
+        self.inner.lock_released(class)
+    }
+
+    fn lock_order_violation(&mut self, violation: &LockOrderViolation) {
+        self.inner.lock_order_violation(violation)
     }
 
     fn enter_user(&mut self, entry: &UserEntry) -> UserTrap {

@@ -2,14 +2,22 @@
 //! trampoline page, so the machine enforces U/S, R/W and NX. User code returns to the kernel
 //! with `int3` (an exception), since `int N` and `syscall` from ring 3 do not work on the KVM
 //! host this was built on.
+//!
+//! A touch holds its space's lock only to load the space and to resolve a fault: it runs ring 3
+//! with no MM lock held, so another CPU may unmap, protect, fork or destroy the space meanwhile,
+//! and the fault path looks its region up again under the lock.
 
 use crate::address_space::AddressSpace;
+use crate::cpu::Cpu;
 use crate::hardware::Hardware;
 use crate::machine::{
     Machine, UserEntry, UserTrap, VECTOR_BREAKPOINT, VECTOR_GENERAL_PROTECTION,
     VECTOR_INVALID_OPCODE, VECTOR_PAGE_FAULT,
 };
+use crate::memory_manager::{MemoryManager, SpaceHandle};
 use crate::page_fault::{handle_user_page_fault, FaultOutcome};
+use crate::seeded_bugs::Bug;
+use crate::{MmError, PhysicalFrame};
 use shared_mm::abi::{FaultKind, OpResult, Status, KERNEL_SPACE_BASE, USER_TRAMPOLINE};
 use shared_mm::address::PAGE_SIZE;
 use shared_mm::pte::is_canonical;
@@ -72,20 +80,29 @@ fn entry_for(kind: Touch, addr: u64) -> (UserEntry, u64) {
     }
 }
 
-/// Runs one touch at `addr` in `space` (which must be the active address space).
+/// Runs one touch at `addr` in `space` on `cpu`.
 pub fn touch<M: Machine>(
-    space: &mut AddressSpace,
+    mm: &MemoryManager<M>,
+    cpu: &mut Cpu<M>,
+    space: &SpaceHandle,
     addr: u64,
     kind: Touch,
-    hw: &mut Hardware<M>,
 ) -> OpResult {
     if matches!(kind, Touch::Execute) && !is_canonical(addr) {
         // iretq to a non-canonical RIP would fault in ring 0; report what ring 3 would get.
         return faulted(FaultKind::GeneralProtection, addr);
     }
     let (entry, done) = entry_for(kind, addr);
+    // Load the space (and plant the `int3`), under its lock; ring 3 runs with no lock held.
+    let mut planted = match mm.locked(cpu, space, |s, hw| Ok(plant(s, &entry, kind, hw))) {
+        Ok(planted) => planted,
+        Err(e) => return OpResult::error(e.into()),
+    };
     for _ in 0..=MAX_FAULTS {
-        let trap = run_once(space, &entry, kind, hw);
+        let trap = cpu.machine.enter_user(&entry);
+        if let Some((frame, offset, old)) = planted.take() {
+            cpu.machine.write_frame(frame, offset, &old);
+        }
         match trap.vector {
             VECTOR_BREAKPOINT if trap.rip == done => {
                 let value = if matches!(kind, Touch::Execute) {
@@ -100,13 +117,12 @@ pub fn touch<M: Machine>(
                     value,
                 };
             }
-            VECTOR_PAGE_FAULT => {
-                match handle_user_page_fault(space, trap.fault_address, trap.error_code, hw) {
-                    FaultOutcome::Resolved => continue,
-                    FaultOutcome::Segv(kind) => return faulted(kind, trap.fault_address),
-                    FaultOutcome::OutOfMemory => return OpResult::error(Status::OutOfMemory),
-                }
-            }
+            VECTOR_PAGE_FAULT => match page_fault(mm, cpu, space, &trap, &entry, kind) {
+                Ok((FaultOutcome::Resolved, again)) => planted = again,
+                Ok((FaultOutcome::Segv(kind), _)) => return faulted(kind, trap.fault_address),
+                Ok((FaultOutcome::OutOfMemory, _)) => return OpResult::error(Status::OutOfMemory),
+                Err(e) => return OpResult::error(e.into()),
+            },
             VECTOR_GENERAL_PROTECTION => return faulted(FaultKind::GeneralProtection, addr),
             VECTOR_INVALID_OPCODE => return faulted(FaultKind::InvalidOpcode, trap.rip),
             _ => panic!("unexpected trap from ring 3: {trap:?}"),
@@ -115,31 +131,62 @@ pub fn touch<M: Machine>(
     panic!("touch at {addr:#x} still faults after {MAX_FAULTS} resolved faults");
 }
 
-/// Enters ring 3 once. For an execute touch, plants `int3` at the target if its page is
-/// present, and restores the byte afterwards, so the data stays as it was.
-fn run_once<M: Machine>(
+/// Where an execute touch planted its `int3`, and the byte it replaced.
+type Planted = Option<(PhysicalFrame, usize, [u8; 1])>;
+
+/// The page fault `trap` raised, handled with the space locked again: its region is looked up
+/// afresh, since another CPU may have changed the space while this one was in ring 3. A
+/// resolved fault leaves the space loaded for the next stay in ring 3 (an execute touch plants
+/// its `int3` again: the page may be present now).
+fn page_fault<M: Machine>(
+    mm: &MemoryManager<M>,
+    cpu: &mut Cpu<M>,
+    space: &SpaceHandle,
+    trap: &UserTrap,
+    entry: &UserEntry,
+    kind: Touch,
+) -> Result<(FaultOutcome, Planted), MmError> {
+    let (address, code) = (trap.fault_address, trap.error_code);
+    if mm.bugs().has(Bug::FaultNoRecheck) {
+        let outcome = crate::page_fault::without_recheck(mm, cpu, space, address, code)?;
+        let planted = match outcome {
+            FaultOutcome::Resolved => {
+                mm.locked(cpu, space, |s, hw| Ok(plant(s, entry, kind, hw)))?
+            }
+            _ => None,
+        };
+        return Ok((outcome, planted));
+    }
+    mm.locked(cpu, space, |s, hw| {
+        let outcome = handle_user_page_fault(s, address, code, hw);
+        let planted = match outcome {
+            FaultOutcome::Resolved => plant(s, entry, kind, hw),
+            _ => None,
+        };
+        Ok((outcome, planted))
+    })
+}
+
+/// For an execute touch whose target page is present, writes `int3` there; returns where, and
+/// the byte it replaced.
+fn plant<M: Machine>(
     space: &AddressSpace,
     entry: &UserEntry,
     kind: Touch,
-    hw: &mut Hardware<M>,
-) -> UserTrap {
-    let planted = match kind {
+    hw: &mut Hardware<'_, M>,
+) -> Planted {
+    match kind {
         // Only user pages: a kernel page must never be patched on a user's behalf.
         Touch::Execute if entry.rip < KERNEL_SPACE_BASE => space
             .directory()
-            .translate(entry.rip & !(PAGE_SIZE - 1), &hw.machine)
+            .translate(entry.rip & !(PAGE_SIZE - 1), hw.machine_ref())
             .map(|(frame, _)| {
                 let offset = (entry.rip % PAGE_SIZE) as usize;
                 let mut old = [0u8];
-                hw.machine.read_frame(frame, offset, &mut old);
-                hw.machine.write_frame(frame, offset, &[INT3]);
+                hw.machine().read_frame(frame, offset, &mut old);
+                hw.machine().write_frame(frame, offset, &[INT3]);
                 (frame, offset, old)
             }),
         _ => None,
-    };
-    let trap = hw.machine.enter_user(entry);
-    if let Some((frame, offset, old)) = planted {
-        hw.machine.write_frame(frame, offset, &old);
     }
-    trap
 }

@@ -6,26 +6,31 @@
 
 use crate::hardware::Hardware;
 use crate::machine::Machine;
+use crate::seeded_bugs::Bug;
+use crate::sync::{Lock, LockClass};
 use crate::PhysicalFrame;
 use alloc::collections::BTreeMap;
-use alloc::rc::Rc;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-type Pages = RefCell<BTreeMap<u64, PhysicalFrame>>;
+/// Committed frames by the virtual page they back.
+pub type Pages = BTreeMap<u64, PhysicalFrame>;
 
-/// The frames of one shared object, and its id (the same in every space that maps it).
+/// The frames of one shared object, and its id (the same in every space that maps it). Spaces
+/// on several CPUs reach it at once, so its pages have a lock of their own.
 pub struct SharedPages {
     id: u64,
-    pages: Pages,
+    pages: Lock<Pages>,
 }
 
 /// The frames committed to one region (or, for shared memory, to every region of an object).
 /// The page tables mirror them for pages whose region is accessible; the object stays the
-/// authority when a `PROT_NONE` protect removes the PTEs but keeps the data.
+/// authority when a `PROT_NONE` protect removes the PTEs but keeps the data. A private object
+/// belongs to one region of one space, and its space's lock guards it.
 pub enum VMObject {
-    Private(Pages),
-    Shared(Rc<SharedPages>),
+    Private(RefCell<Pages>),
+    Shared(Arc<SharedPages>),
 }
 
 impl Default for VMObject {
@@ -42,16 +47,22 @@ impl VMObject {
 
     /// A new shared object named `id`.
     pub fn shared(id: u64) -> Self {
-        VMObject::Shared(Rc::new(SharedPages {
+        VMObject::Shared(Arc::new(SharedPages {
             id,
-            pages: RefCell::default(),
+            pages: Lock::new(LockClass::Object, Pages::new()),
         }))
     }
 
-    fn pages(&self) -> &Pages {
+    /// Runs `f` on the pages (a shared object's with its lock held); `f` may allocate and free
+    /// through the `Hardware` it is given.
+    pub fn with_pages<M: Machine, R>(
+        &self,
+        hw: &mut Hardware<'_, M>,
+        f: impl FnOnce(&mut Pages, &mut Hardware<'_, M>) -> R,
+    ) -> R {
         match self {
-            VMObject::Private(pages) => pages,
-            VMObject::Shared(shared) => &shared.pages,
+            VMObject::Private(pages) => f(&mut pages.borrow_mut(), hw),
+            VMObject::Shared(shared) => hw.under(&shared.pages, f),
         }
     }
 
@@ -64,32 +75,39 @@ impl VMObject {
     }
 
     /// The frame backing the page at `page`, if it was touched.
-    pub fn frame_at(&self, page: u64) -> Option<PhysicalFrame> {
-        self.pages().borrow().get(&page).copied()
+    pub fn frame_at<M: Machine>(
+        &self,
+        page: u64,
+        hw: &mut Hardware<'_, M>,
+    ) -> Option<PhysicalFrame> {
+        self.with_pages(hw, |pages, _| pages.get(&page).copied())
     }
 
-    pub fn insert(&self, page: u64, frame: PhysicalFrame) {
-        let previous = self.pages().borrow_mut().insert(page, frame);
+    pub fn insert<M: Machine>(&self, page: u64, frame: PhysicalFrame, hw: &mut Hardware<'_, M>) {
+        let previous = self.with_pages(hw, |pages, _| pages.insert(page, frame));
         assert!(previous.is_none(), "page {page:#x} was already backed");
     }
 
     /// Puts `frame` behind `page` instead of the frame there (a copy-on-write break).
-    pub fn replace(&self, page: u64, frame: PhysicalFrame) {
-        self.pages().borrow_mut().insert(page, frame);
+    pub fn replace<M: Machine>(&self, page: u64, frame: PhysicalFrame, hw: &mut Hardware<'_, M>) {
+        self.with_pages(hw, |pages, _| pages.insert(page, frame));
     }
 
     /// The committed pages in `[first, last]`, in order.
-    pub fn pages_in(&self, first: u64, last: u64) -> Vec<(u64, PhysicalFrame)> {
-        self.pages()
-            .borrow()
-            .range(first..=last)
-            .map(|(p, f)| (*p, *f))
-            .collect()
+    pub fn pages_in<M: Machine>(
+        &self,
+        first: u64,
+        last: u64,
+        hw: &mut Hardware<'_, M>,
+    ) -> Vec<(u64, PhysicalFrame)> {
+        self.with_pages(hw, |pages, _| {
+            pages.range(first..=last).map(|(p, f)| (*p, *f)).collect()
+        })
     }
 
     /// Every committed frame.
-    pub fn frames(&self) -> Vec<PhysicalFrame> {
-        self.pages().borrow().values().copied().collect()
+    pub fn frames<M: Machine>(&self, hw: &mut Hardware<'_, M>) -> Vec<PhysicalFrame> {
+        self.with_pages(hw, |pages, _| pages.values().copied().collect())
     }
 
     /// Drops the pages in `[first, last]` from a private object and returns their frames. A
@@ -111,21 +129,21 @@ impl VMObject {
             VMObject::Private(pages) => {
                 VMObject::Private(RefCell::new(pages.borrow_mut().split_off(&page)))
             }
-            VMObject::Shared(shared) => VMObject::Shared(Rc::clone(shared)),
+            VMObject::Shared(shared) => VMObject::Shared(Arc::clone(shared)),
         }
     }
 
     /// The child's object after a fork: for private memory a copy holding the same frames
     /// (each now referenced once more: copy-on-write); for shared memory the same object. With
     /// `privatize`, shared memory is copied like private memory (a seeded bug).
-    pub fn fork<M: Machine>(&self, privatize: bool, hw: &mut Hardware<M>) -> VMObject {
+    pub fn fork<M: Machine>(&self, privatize: bool, hw: &mut Hardware<'_, M>) -> VMObject {
         match self {
-            VMObject::Shared(shared) if !privatize => VMObject::Shared(Rc::clone(shared)),
+            VMObject::Shared(shared) if !privatize => VMObject::Shared(Arc::clone(shared)),
             _ => {
-                let pages = self.pages().borrow().clone();
+                let pages = self.with_pages(hw, |pages, _| pages.clone());
                 for &frame in pages.values() {
-                    hw.refs.add(frame);
-                    hw.machine.progress();
+                    hw.frames(|f, _| f.refs.add(frame));
+                    hw.machine().progress();
                 }
                 VMObject::Private(RefCell::new(pages))
             }
@@ -134,10 +152,11 @@ impl VMObject {
 
     /// Lets go of a region's handle for good: a private object releases every frame it still
     /// holds; a shared object does so only if this was its last handle.
-    pub fn release<M: Machine>(self, hw: &mut Hardware<M>) {
+    pub fn release<M: Machine>(self, hw: &mut Hardware<'_, M>) {
         let pages = match self {
             VMObject::Private(pages) => pages.into_inner(),
-            VMObject::Shared(shared) => match Rc::try_unwrap(shared) {
+            VMObject::Shared(shared) => match Arc::try_unwrap(shared) {
+                Ok(last) if hw.bugs.has(Bug::LockOrder) => return last.release_frames_first(hw),
                 Ok(last) => last.pages.into_inner(),
                 Err(_) => return,
             },
@@ -145,5 +164,21 @@ impl VMObject {
         for frame in pages.into_values() {
             hw.release_frame(frame);
         }
+    }
+}
+
+impl SharedPages {
+    /// Seeded bug (`bug-lock-order`): releases the last handle's frames with the frame
+    /// allocator's lock taken first and the object's inside it, against the documented order
+    /// that a fault on shared memory follows (object, then frames).
+    fn release_frames_first<M: Machine>(self, hw: &mut Hardware<'_, M>) {
+        let pages = &self.pages;
+        hw.frames(|frames, cpu| {
+            pages.with(cpu, |pages, cpu| {
+                for frame in core::mem::take(pages).into_values() {
+                    frames.release(frame, &mut cpu.machine);
+                }
+            })
+        });
     }
 }

@@ -1,6 +1,6 @@
 //! Cross-CPU calls: a CPU asks a set of CPUs to run a request and waits, halted, until every
-//! one of them has acknowledged it. TLB shootdown will be one such request; for now the only
-//! one is a ping, which a target acknowledges and counts.
+//! one of them has acknowledged it. Two requests: a ping, which a target acknowledges and
+//! counts, and a TLB shootdown, whose details the sender posted first ([`super::shootdown`]).
 //!
 //! Every (sender, target) pair has a slot: the sender writes the request, bumps `requested`,
 //! sets its bit in the target's pending mask and sends the target an IPI. The target's IPI
@@ -20,19 +20,26 @@ use shared_mm::smp::{CpuSet, MAX_CPUS};
 pub enum Request {
     /// Acknowledge, and count it in [`pings_served`].
     Ping = 1,
+    /// Run the shootdown the sender posted.
+    Shootdown = 2,
 }
 
 impl Request {
     fn from_u32(value: u32) -> Option<Request> {
-        (value == Request::Ping as u32).then_some(Request::Ping)
+        match value {
+            1 => Some(Request::Ping),
+            2 => Some(Request::Shootdown),
+            _ => None,
+        }
     }
 
-    /// Runs the request on CPU `me`, the one this runs on.
-    fn run(self, me: u32) {
+    /// Runs the request `sender` sent on CPU `me`, the one this runs on.
+    fn run(self, me: u32, sender: u32) {
         match self {
             Request::Ping => {
                 PINGS_SERVED[me as usize].fetch_add(1, Ordering::Relaxed);
             }
+            Request::Shootdown => super::shootdown::serve(me, sender),
         }
     }
 }
@@ -86,7 +93,7 @@ pub fn call(targets: CpuSet, request: Request) {
         apic::send_ipi(percpu::apic_id(target), apic::IPI_VECTOR);
     }
     if targets.contains(me) {
-        request.run(me);
+        request.run(me, me);
     }
     interrupts::wait_until(|| {
         others
@@ -104,7 +111,7 @@ pub fn serve() {
         let slot = &SLOTS[sender as usize][me as usize];
         let requested = slot.requested.load(Ordering::Acquire);
         if let Some(request) = Request::from_u32(slot.request.load(Ordering::Relaxed)) {
-            request.run(me);
+            request.run(me, sender);
         }
         slot.acked.store(requested, Ordering::Release);
         apic::send_ipi(percpu::apic_id(sender), apic::WAKE_VECTOR);

@@ -1,13 +1,15 @@
 //! Several CPUs: CPU 0 has the host start the others; each comes up (GDT, IDT, x2APIC),
-//! reports in over its own mailbox and then idles, halted, serving IPIs. CPU 0 then measures
-//! the IPI round trip to all of them and reports it. The MM runs on CPU 0 alone in this
-//! version.
+//! reports in over its own mailbox and then waits, halted, serving IPIs. CPU 0 then measures
+//! the IPI round trip to all of them and reports it, brings the MM up and wakes them: each then
+//! runs the agent loop on its own mailbox.
 #![forbid(unsafe_code)]
 
 pub mod cross_call;
 mod round_trip;
+pub mod shootdown;
 
-use crate::arch::x86_64::{self as arch, apic, gdt, idt, interrupts, percpu};
+use crate::agent;
+use crate::arch::x86_64::{self as arch, apic, gdt, idt, interrupts, machine, percpu};
 use crate::hypercall::{HypercallError, Mailbox};
 use shared_mm::abi::Hypercall;
 use shared_mm::boot_info::{BootInfo, GuestCommand};
@@ -60,6 +62,25 @@ pub fn ap_main(cpu: u32, mut mailbox: Mailbox, boot_info: &BootInfo) -> ! {
     match command {
         Some(GuestCommand::ApPanic) if misbehaves => panic!("panic requested by the host"),
         Some(GuestCommand::ApTripleFault) if misbehaves => arch::triple_fault(),
-        _ => interrupts::idle(),
+        _ => serve(cpu, &mut mailbox),
+    }
+}
+
+/// Waits for CPU 0's MM (serving IPIs meanwhile), joins it and runs the agent loop on this
+/// CPU until the host has no more work; then serves IPIs for good.
+fn serve(cpu: u32, mailbox: &mut Mailbox) -> ! {
+    interrupts::wait_until(|| agent::MM.get().is_some());
+    let mm = *agent::MM.get().expect("the MM is up");
+    let mut mm_cpu = mm.cpu(cpu, machine::traced(cpu));
+    if let Err(e) = agent::serve(mailbox, mm, &mut mm_cpu) {
+        panic!("agent loop: hypercall failed: {e:?}");
+    }
+    interrupts::idle()
+}
+
+/// On CPU 0, once the MM is up: wakes the other `cpus - 1` CPUs, which wait for it.
+pub fn mm_ready(cpus: u32) {
+    for cpu in CpuSet::first(cpus).without(0).iter() {
+        apic::send_ipi(percpu::apic_id(cpu), apic::WAKE_VECTOR);
     }
 }

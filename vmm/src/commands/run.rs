@@ -37,11 +37,11 @@ pub fn run(
     let (config, backends) = config(guest, command)?;
     let mut vm = backends.boot(&config).map_err(VmmError::from)?;
     let (status, check, findings) = if no_check {
-        let mut check = SelfCheck::new();
+        let mut check = SelfCheck::with_cpus(guest.cpus());
         let status = vm.run(&mut check).map_err(VmmError::from)?;
         (status, check, Vec::new())
     } else {
-        self_check_checked(vm.as_mut())?
+        self_check_checked(vm.as_mut(), guest.cpus())?
     };
     judge_self_check(status, &check, findings)
 }
@@ -62,11 +62,14 @@ fn guest_command(misbehave: Option<Misbehave>) -> GuestCommand {
     }
 }
 
-/// Runs the self-check on `vm` with the agreement checker after every batch: the guest's exit
+/// Runs the self-check for `cpus` CPUs on `vm` with the agreement checker after every batch: the guest's exit
 /// status, the self-check, and the checker's findings, one line each. A guest that fails shows
 /// what the checker saw before it and how far the self-check got, then its error.
-fn self_check_checked(vm: &mut dyn Guest) -> anyhow::Result<(u32, SelfCheck, Vec<String>)> {
-    let mut checked = Checked::new(SelfCheck::new());
+fn self_check_checked(
+    vm: &mut dyn Guest,
+    cpus: u32,
+) -> anyhow::Result<(u32, SelfCheck, Vec<String>)> {
+    let mut checked = Checked::new(SelfCheck::with_cpus(cpus));
     let outcome = vm.run(&mut checked);
     eprintln!("vmm: agreement checker ran {} times", checked.checks_run);
     let findings: Vec<String> = checked

@@ -1,7 +1,7 @@
 //! An AP's host thread: it waits until CPU 0 asks for the other CPUs, then runs its vCPU and
-//! serves its hypercalls, in its own mailbox, until the VM ends. It has no driver: MM work
-//! runs on CPU 0 alone in this version, and nor does it drain the flush trace, which only
-//! CPU 0 writes.
+//! serves its hypercalls, in its own mailbox, until the VM ends. It has no driver: its batches
+//! come from the rounds CPU 0's thread hands out ([`super::rounds`]), and the flush trace it
+//! drains when the buffer is full goes to their queue.
 #![forbid(unsafe_code)]
 
 use super::Cpus;
@@ -9,6 +9,7 @@ use crate::error::VmmError;
 use crate::hypercall::{self, Next};
 use crate::kick::Kick;
 use crate::serial::SerialConsole;
+use crate::trace;
 use crate::vcpu_exit::{self, Exit};
 use kvm_ioctls::VcpuFd;
 use mm_driver::protocol_error::ProtocolError;
@@ -58,7 +59,7 @@ fn serve(
             return Ok(None);
         }
         match vcpu_exit::run(vcpu, console)? {
-            Exit::Hypercall => match hypercall::handle(mem, cpu, &mut log, None)? {
+            Exit::Hypercall => match hypercall::handle(mem, cpu, &mut log, None, cpus.rounds())? {
                 Next::Resume => {}
                 Next::Exit(status) => return Ok(Some(status)),
                 Next::Cpus(call) => {
@@ -67,12 +68,15 @@ fn serve(
                     }
                 }
             },
-            Exit::FlushTrace => {
-                return Err(VmmError::from(ProtocolError::MmWorkOffCpu0 {
-                    cpu,
-                    call: "flush-trace",
-                }))
-            }
+            Exit::FlushTrace => match cpus.rounds() {
+                Some(rounds) => rounds.queue_trace(trace::drain(mem)?),
+                None => {
+                    return Err(VmmError::from(ProtocolError::MmWorkOffCpu0 {
+                        cpu,
+                        call: "flush-trace",
+                    }))
+                }
+            },
             Exit::Debug(exit) => return Err(vcpu_exit::unexpected_debug(vcpu, exit)),
             Exit::Resume => {}
         }

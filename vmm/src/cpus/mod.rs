@@ -7,15 +7,17 @@
 
 mod ap;
 pub mod round_trip;
+pub mod rounds;
 
 use crate::error::VmmError;
 use crate::hypercall::CpuCall;
 use crate::kick::Kick;
 use crate::serial::SerialConsole;
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{VcpuFd, VmFd};
 use mm_driver::protocol_error::ProtocolError;
 use mm_driver::RunError;
 use round_trip::IpiRoundTrip;
+use rounds::Rounds;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -38,8 +40,10 @@ pub struct SmpReport {
 }
 
 /// What the vCPU threads of one running VM share.
-pub struct Cpus {
+pub struct Cpus<'v> {
     count: u32,
+    /// With several CPUs, the rounds their MM work comes in.
+    rounds: Option<Rounds<'v>>,
     /// How long a started CPU has to report in (`--timeout`).
     timeout: Option<Duration>,
     tsc_khz: Option<u32>,
@@ -60,15 +64,18 @@ struct State {
     outcome: Option<Result<u32, VmmError>>,
 }
 
-impl Cpus {
-    /// The shared state of a VM of `count` CPUs, whose CPU 0 runs on the calling thread.
+impl<'v> Cpus<'v> {
+    /// The shared state of a VM of `count` CPUs, whose CPU 0 runs on the calling thread; with
+    /// several, MM work comes in rounds, whose wake-ups go through `vm` (`None`: no MM work).
     pub fn new(
         count: u32,
         timeout: Option<Duration>,
         tsc_khz: Option<u32>,
-    ) -> Result<Cpus, VmmError> {
+        vm: Option<&'v VmFd>,
+    ) -> Result<Cpus<'v>, VmmError> {
         Ok(Cpus {
             count,
+            rounds: vm.filter(|_| count > 1).map(|vm| Rounds::new(count, vm)),
             timeout,
             tsc_khz,
             stop: AtomicBool::new(false),
@@ -90,7 +97,7 @@ impl Cpus {
         aps: &mut [VcpuFd],
         mem: &GuestMemoryMmap,
         console: &Mutex<SerialConsole>,
-        cpu0: impl FnOnce(&Cpus) -> Result<Option<u32>, VmmError>,
+        cpu0: impl FnOnce(&Cpus<'v>) -> Result<Option<u32>, VmmError>,
     ) -> (Result<u32, VmmError>, SmpReport) {
         std::thread::scope(|scope| {
             let threads: Vec<_> = (1..)
@@ -122,6 +129,11 @@ impl Cpus {
     /// The VM's CPUs.
     pub fn count(&self) -> u32 {
         self.count
+    }
+
+    /// With several CPUs, the rounds their MM work comes in.
+    pub fn rounds(&self) -> Option<&Rounds<'v>> {
+        self.rounds.as_ref()
     }
 
     /// Whether the VM has ended.
@@ -306,8 +318,8 @@ fn say(log: &mut dyn Write, line: &str) -> Result<(), VmmError> {
 mod tests {
     use super::*;
 
-    fn cpus(count: u32) -> Cpus {
-        Cpus::new(count, Some(Duration::ZERO), None).expect("a kick for this thread")
+    fn cpus(count: u32) -> Cpus<'static> {
+        Cpus::new(count, Some(Duration::ZERO), None, None).expect("a kick for this thread")
     }
 
     fn protocol(result: Result<bool, VmmError>) -> ProtocolError {

@@ -11,7 +11,7 @@ use mm_driver::driver::{
     Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk, SpaceSnapshot,
 };
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
-use shared_mm::trace::TraceEvent;
+use shared_mm::trace::TraceRecord;
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
@@ -119,7 +119,7 @@ impl Driver for Observed<'_> {
         self.inner.frames(mem, chunk)
     }
 
-    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
+    fn trace(&mut self, mem: &GuestMemoryMmap, records: &[TraceRecord]) -> Result<(), DriverError> {
         {
             let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
             let ram = GuestMemoryBackend::last_addr(mem).0.saturating_add(1);
@@ -127,12 +127,12 @@ impl Driver for Observed<'_> {
                 let tlb = view.tlb.get_or_insert_with(|| Coherence::new(ram));
                 // The inner driver's own replay reports a trace too large to follow; this
                 // one only stops following it.
-                if tlb.apply_all(events).is_err() {
+                if tlb.apply_all(records).is_err() {
                     view.tlb = None;
                     view.tlb_lost = true;
                 }
             }
         }
-        self.inner.trace(mem, events)
+        self.inner.trace(mem, records)
     }
 }

@@ -9,9 +9,9 @@ mod bounds;
 
 pub use bounds::ReportBounds;
 
-use mm_driver::driver::{Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk};
+use mm_driver::driver::{CpuBatch, Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE, MAX_SPACES};
-use shared_mm::trace::TraceEvent;
+use shared_mm::trace::TraceRecord;
 use std::collections::{BTreeMap, VecDeque};
 use vm_memory::GuestMemoryMmap;
 
@@ -182,13 +182,10 @@ impl<'d> ReportGuard<'d> {
     }
 }
 
-impl Driver for ReportGuard<'_> {
-    fn next_batch(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        results: &[OpResult],
-        spaces: &[SpaceRecord],
-    ) -> Result<Option<Vec<Op>>, DriverError> {
+impl ReportGuard<'_> {
+    /// A new batch (or round) starts with the guest reporting `spaces`: what the last one
+    /// asked for is over.
+    fn new_batch(&mut self, spaces: &[SpaceRecord]) -> Result<(), DriverError> {
         if spaces.len() > MAX_SPACES {
             return Err(DriverError::TooManySpaces {
                 count: spaces.len(),
@@ -197,8 +194,34 @@ impl Driver for ReportGuard<'_> {
         let live = |s: &u32| *s == KERNEL_SPACE || spaces.iter().any(|r| r.space == *s);
         self.owned.retain(|s, _| live(s));
         self.receiving = None;
+        Ok(())
+    }
+}
+
+impl Driver for ReportGuard<'_> {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, DriverError> {
+        self.new_batch(spaces)?;
         let next = self.inner.next_batch(mem, results, spaces)?;
         self.expect(next.as_deref().unwrap_or_default());
+        Ok(next)
+    }
+
+    fn next_round(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        self.new_batch(spaces)?;
+        let next = self.inner.next_round(mem, results, spaces)?;
+        // Only CPU 0 reports snapshots and frames.
+        let cpu0 = next.iter().flatten().find(|b| b.cpu == 0);
+        self.expect(cpu0.map_or(&[][..], |b| &b.ops));
         Ok(next)
     }
 
@@ -224,8 +247,8 @@ impl Driver for ReportGuard<'_> {
         self.inner.frames(mem, chunk)
     }
 
-    fn trace(&mut self, mem: &GuestMemoryMmap, events: &[TraceEvent]) -> Result<(), DriverError> {
-        self.inner.trace(mem, events)
+    fn trace(&mut self, mem: &GuestMemoryMmap, records: &[TraceRecord]) -> Result<(), DriverError> {
+        self.inner.trace(mem, records)
     }
 }
 

@@ -26,10 +26,12 @@ struct TaskStateSegment {
 
 const TRAP_STACK_SIZE: usize = 64 * 1024;
 
-#[repr(C, align(16))]
+#[repr(C, align(4096))]
 struct TrapStack([u8; TRAP_STACK_SIZE]);
 
-/// The stack CPU 0 switches to on a trap from ring 3 (the others' are in their AP blocks).
+/// The stack CPU 0 switches to on a trap from ring 3 (the others' are in their AP blocks). The
+/// linker script puts it last in the image.
+#[link_section = ".bss.zz_trap_stack"]
 static mut TRAP_STACK: TrapStack = TrapStack([0; TRAP_STACK_SIZE]);
 
 /// Each CPU's TSS, by CPU index.

@@ -4,17 +4,19 @@
 //! A trap from ring 3 never resumes user code directly: its state is recorded and control goes
 //! back to the kernel code that entered user mode (see [`enter_user`]), which decides what to do
 //! (resolve a demand fault and re-enter, or report the outcome). Traps in ring 0 are kernel bugs
-//! and panic. An IPI is served and resumes whatever it interrupted; a spurious interrupt just
-//! returns. Only CPU 0 enters ring 3 in this version: the saved kernel stack pointer and the
-//! last user trap are single statics.
+//! and panic. An IPI is served and resumes whatever it interrupted; the host's work interrupt
+//! marks this CPU's work; a spurious interrupt just returns. Every CPU enters ring 3: the kernel
+//! stack pointer to return to and the last user trap live in its per-CPU area.
 
 use super::apic::{self, EOI_MSR, IPI_VECTOR, SPURIOUS_VECTOR, WAKE_VECTOR};
 use super::gdt::{KERNEL_CS, USER_CS, USER_DS};
+use super::percpu::{self, RESUME_RSP_OFFSET};
 use super::registers::read_cr2;
 use core::arch::{asm, global_asm};
 use core::mem::size_of;
 use guest_mm::machine::VECTOR_BREAKPOINT;
 use guest_mm::{UserEntry, UserTrap};
+use shared_mm::smp::WORK_VECTOR;
 
 /// Registers saved by the entry stubs, in stack order.
 #[repr(C)]
@@ -99,6 +101,15 @@ global_asm!(
     "    pop r11", "pop r10", "pop r9", "pop r8",
     "    pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
     "    iretq",
+    ".global interrupt_stub_work",
+    "interrupt_stub_work:",
+    "    push rax", "push rcx", "push rdx", "push rsi", "push rdi",
+    "    push r8", "push r9", "push r10", "push r11",
+    "    cld",
+    "    call {work}",
+    "    pop r11", "pop r10", "pop r9", "pop r8",
+    "    pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
+    "    iretq",
     ".global interrupt_stub_wake",
     "interrupt_stub_wake:",
     "    push rax", "push rcx", "push rdx",
@@ -112,6 +123,7 @@ global_asm!(
     "interrupt_stub_spurious:",
     "    iretq",
     handler = sym ipi_handler,
+    work = sym work_handler,
     eoi = const EOI_MSR,
 );
 
@@ -121,25 +133,19 @@ extern "C" fn ipi_handler() {
     apic::end_of_interrupt();
 }
 
+/// The host's work interrupt: this CPU has a batch waiting.
+extern "C" fn work_handler() {
+    percpu::work_arrived();
+    apic::end_of_interrupt();
+}
+
 extern "C" {
     static TRAP_STUBS: [u64; 32];
     fn interrupt_stub_ipi();
+    fn interrupt_stub_work();
     fn interrupt_stub_wake();
     fn interrupt_stub_spurious();
 }
-
-/// Kernel stack pointer saved by [`enter_user`], restored when a user trap returns to the kernel.
-#[no_mangle]
-static mut KERNEL_RESUME_RSP: u64 = 0;
-
-/// Where the last user trap is recorded for [`enter_user`] to return.
-static mut LAST_USER_TRAP: UserTrap = UserTrap {
-    vector: 0,
-    error_code: 0,
-    fault_address: 0,
-    rip: 0,
-    rax: 0,
-};
 
 #[repr(C, packed)]
 struct DescriptorPointer {
@@ -179,6 +185,7 @@ pub fn init() {
         }
         idt[IPI_VECTOR as usize] = gate(interrupt_stub_ipi as *const () as u64, 0);
         idt[WAKE_VECTOR as usize] = gate(interrupt_stub_wake as *const () as u64, 0);
+        idt[WORK_VECTOR as usize] = gate(interrupt_stub_work as *const () as u64, 0);
         idt[SPURIOUS_VECTOR as usize] = gate(interrupt_stub_spurious as *const () as u64, 0);
     }
     load();
@@ -207,9 +214,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> u64 {
             rip: frame.rip,
             rax: frame.rax,
         };
-        // SAFETY: only CPU 0 enters ring 3, and does so with interrupts off: nothing else
-        // touches LAST_USER_TRAP now.
-        unsafe { LAST_USER_TRAP = trap };
+        percpu::set_last_user_trap(&trap);
         return 1;
     }
     panic!(
@@ -226,7 +231,7 @@ global_asm!(
     ".global enter_user_asm",
     "enter_user_asm:",
     "    push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
-    "    mov [rip + KERNEL_RESUME_RSP], rsp",
+    "    mov gs:[{resume}], rsp",
     "    push {user_ds}",
     "    push 0",
     "    push 0x2",
@@ -240,11 +245,12 @@ global_asm!(
     "    iretq",
     ".global user_exit_to_kernel",
     "user_exit_to_kernel:",
-    "    mov rsp, [rip + KERNEL_RESUME_RSP]",
+    "    mov rsp, gs:[{resume}]",
     "    pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
     "    ret",
     user_ds = const USER_DS as u64,
     user_cs = const USER_CS as u64,
+    resume = const RESUME_RSP_OFFSET,
 );
 
 extern "C" {
@@ -258,11 +264,10 @@ pub fn enter_user(entry: &UserEntry) -> UserTrap {
     // SAFETY: enter_user_asm saves the callee-saved registers and the stack pointer, drops to
     // ring 3 with iretq, and comes back here through user_exit_to_kernel with the same registers
     // and stack, so from Rust's point of view this is an ordinary call that clobbers the
-    // caller-saved registers (all of which the C ABI already treats as clobbered). Reading
-    // LAST_USER_TRAP: `trap_dispatch` wrote it on the way back, and nothing else touches it
-    // (only CPU 0 enters ring 3, with interrupts off).
-    unsafe {
-        enter_user_asm(entry);
-        LAST_USER_TRAP
-    }
+    // caller-saved registers (all of which the C ABI already treats as clobbered). The stack
+    // pointer goes to this CPU's per-CPU area (GS), which ring 3 cannot change (the kernel never
+    // enables FSGSBASE, and the user code loads no segment).
+    unsafe { enter_user_asm(entry) };
+    // `trap_dispatch` recorded it on the way back, on this CPU.
+    percpu::last_user_trap()
 }

@@ -1,17 +1,29 @@
-//! The real machine under the MM library: `guest_mm::Machine` on x86_64 instructions.
+//! The real machine under the MM library: `guest_mm::Machine` on x86_64 instructions, one per
+//! CPU.
 
 use super::heartbeat;
 use super::idt::enter_user;
 use super::physmap;
-use super::registers::{invlpg, write_cr3};
+use super::registers::{invlpg, read_cr3, write_cr3};
+use crate::smp::{cross_call, shootdown};
 use guest_mm::page_directory::PageDirectory;
-use guest_mm::{Machine, PhysicalFrame, PteSlot, UserEntry, UserTrap};
+use guest_mm::{
+    FlushRequest, LockClass, LockOrderViolation, Machine, PhysicalFrame, PteSlot, UserEntry,
+    UserTrap,
+};
+use shared_mm::smp::CpuSet;
 
 /// This CPU, its page tables through the direct map, and ring 3.
 pub struct X86Machine;
 
 /// The machine the MM runs on: this CPU, with the flush trace written to guest memory.
 pub type TracedMachine = guest_mm::trace::Traced<X86Machine, super::trace_buffer::TraceBuffer>;
+
+/// CPU `cpu`'s machine, traced if the host asked for the trace.
+pub fn traced(cpu: u32) -> TracedMachine {
+    use super::trace_buffer::TraceBuffer;
+    TracedMachine::new(X86Machine, TraceBuffer, TraceBuffer::tracing(), cpu)
+}
 
 impl Machine for X86Machine {
     fn read_pte(&self, table: PhysicalFrame, index: usize) -> u64 {
@@ -47,6 +59,30 @@ impl Machine for X86Machine {
         // half) or `new_user` (from the kernel directory's), so its kernel half maps the kernel
         // image, its stacks and the direct map, which is all the kernel touches next.
         unsafe { write_cr3(directory.cr3()) }
+    }
+
+    fn flush_all(&mut self) {
+        // SAFETY: reloading the tables that are loaded changes no mapping; it only drops the
+        // non-global TLB entries.
+        unsafe { write_cr3(read_cr3()) }
+    }
+
+    fn shootdown(&mut self, targets: CpuSet, request: &FlushRequest) {
+        shootdown::post(request);
+        cross_call::call(targets, cross_call::Request::Shootdown);
+    }
+
+    /// Spins with interrupts on for one `pause`: the lock's holder may be waiting for this
+    /// CPU's acknowledgement of a shootdown.
+    fn lock_contended(&mut self, _class: LockClass) {
+        // SAFETY: `sti` takes effect after `pause`, so pending interrupts are taken between
+        // `pause` and `cli`; their handlers (IPIs: shootdowns served with no MM lock; the host's
+        // work interrupt) return here, and `cli` restores the kernel's interrupts-off state.
+        unsafe { core::arch::asm!("sti", "pause", "cli", options(nostack)) }
+    }
+
+    fn lock_order_violation(&mut self, violation: &LockOrderViolation) {
+        crate::hypercall::report_lock_order(violation)
     }
 
     fn enter_user(&mut self, entry: &UserEntry) -> UserTrap {
