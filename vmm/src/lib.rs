@@ -9,6 +9,7 @@
 pub mod arch;
 pub mod backends;
 pub mod cpus;
+pub mod dirty_log;
 pub mod error;
 pub mod gdb;
 pub mod hypercall;

@@ -13,8 +13,8 @@
 //! page); every [`FULL_CHECK_EVERY`] checks, every live space is snapshotted again. A replay of
 //! one op per batch thus costs a couple of snapshots per op, not one per live space.
 //!
-//! Where the backend keeps a record of the frames the guest wrote (the sim's machine; see
-//! [`Driver::written`]), a check is incremental: it walks again only the entries of the tables
+//! Where the backend keeps a record of the frames the guest wrote (the sim's machine, KVM's
+//! dirty log; see [`Driver::written`]), a check is incremental: it walks again only the entries of the tables
 //! written, and judges again only the pages whose region changed. A full walk still runs every
 //! [`Checked::full_walk_every`] checks, at every check that finds something, and when the
 //! inner driver's work ends, and compares what the incremental checks kept with what it finds
