@@ -276,7 +276,7 @@ impl<D: Driver> Checked<D> {
             let walked = self.snapshots.iter().map(|v| v.space);
             walked.map(|s| (s, agreement.mapped(s))).collect()
         } else {
-            pages_to_judge(agreement, self.accounting.frames_changing(&reports))
+            pages_to_judge(agreement, self.accounting.frames_changing(&reports, &live))
         };
         if let Some(provenance) = &self.provenance {
             found.extend(provenance.check_reports(&reports));
@@ -500,19 +500,22 @@ fn agreement_for<'a>(
 /// The user pages frame accounting judges after an incremental check, by space: those the
 /// check found newly mapped, and those that map a frame whose owner or allocation changed
 /// (`changing`). Any other page was judged before against the same frame, owner and bitmap.
-fn pages_to_judge(agreement: &Agreement, changing: Vec<u64>) -> BTreeMap<u32, Vec<(u64, u64)>> {
+fn pages_to_judge(
+    agreement: &Agreement,
+    changing: FrameSet<u64>,
+) -> BTreeMap<u32, Vec<(u64, u64)>> {
+    let added = agreement.added().iter().copied();
+    let users = changing.into_iter().flat_map(|frame| {
+        let users = agreement.users_of(frame);
+        users.map(move |(space, va)| (space, frame, va))
+    });
+    let unique: FrameSet<(u32, u64, u64)> = added.chain(users).collect();
     let mut pages: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
-    for &(space, frame, va) in agreement.added() {
+    for (space, frame, va) in unique {
         pages.entry(space).or_default().push((frame, va));
-    }
-    for frame in changing {
-        for (space, va) in agreement.users_of(frame) {
-            pages.entry(space).or_default().push((frame, va));
-        }
     }
     for list in pages.values_mut() {
         list.sort_unstable();
-        list.dedup();
     }
     pages
 }
