@@ -177,7 +177,8 @@ impl<'a, M: Machine> Hardware<'a, M> {
 
     /// Takes `count` frames for this operation alone, or none (`OutOfFrames`): what an
     /// all-or-nothing operation checks before its first change, since another CPU may take
-    /// frames meanwhile. Unused ones go back when the operation ends.
+    /// frames meanwhile. Unused ones go back when the operation ends. Each frame is a step of
+    /// [`Machine::progress`].
     #[track_caller]
     pub fn reserve(&mut self, count: usize) -> Result<(), MmError> {
         let pool = &mut self.carried.pool;
@@ -187,6 +188,8 @@ impl<'a, M: Machine> Hardware<'a, M> {
             }
             for _ in 0..count {
                 pool.push(f.allocate(&mut cpu.machine)?);
+                // A large populate reserves thousands of frames here before it zeroes one.
+                cpu.machine.progress();
             }
             Ok(())
         })?;
