@@ -752,7 +752,8 @@ fn mm_ops(rows: &mut Vec<Row>) {
             checked,
             "ops/s",
         )
-        .against(plain, plain / checked),
+        .against(plain, plain / checked)
+        .goal(Goal::RatioAtMost(1.05)),
     );
 }
 
@@ -1142,6 +1143,13 @@ fn sim_checker_cost(rows: &mut Vec<Row>) {
             .against(without, without / with)
             .goal(Goal::RatioAtMost(1.25)),
         );
+        if !pressure {
+            // Issue 31: a job fuzzing with the model and the checker.
+            rows.push(
+                Row::new("sim fuzz, one job, model and checker", with, "ops/s")
+                    .goal(Goal::ValueAtLeast(1e6)),
+            );
+        }
     }
 }
 
