@@ -1,5 +1,6 @@
 //! The guest kernel: boots from the VMM's 64-bit entry, reports the CPU, starts the other CPUs
-//! (if any), brings up its memory manager and serves the host's MM operations.
+//! (if any), brings up its memory manager and serves the host's MM operations. Its memory
+//! manager: `docs/memory-manager.md`; the hypercalls and the memory layout: `docs/abi.md`.
 #![no_std]
 #![no_main]
 

@@ -1,5 +1,8 @@
 //! What the guest kernel and the VMM agree on: the RegionTree, the hypercall ABI,
 //! the boot-info layout, the per-CPU layout and the x86_64 page-table entry format.
+//!
+//! The ABI and the guest-physical layout: `docs/abi.md`; the RegionTree: `shared-mm/README.md`
+//! and `docs/memory-manager.md`.
 #![no_std]
 // Unsafe code is opt-in per module: only `region_tree` needs it, for its intrusive gap index
 // (non-owning links into regions the address index owns). Every other module forbids it.

@@ -491,8 +491,3 @@ impl<B> fmt::Debug for DebugRegions<'_, B> {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-
-/// Compiles the RegionTree example in the top-level `README.md` as a doctest.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct TopLevelReadmeDoctests;

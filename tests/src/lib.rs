@@ -1,4 +1,5 @@
-//! Helpers for the tests that boot real guests: configs, a hand-made ELF, console parsing.
+//! Helpers for the tests that boot real guests: configs, a hand-made ELF, console parsing. What
+//! the tests boot: `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
 use mm_driver::driver::IdleDriver;

@@ -1,6 +1,7 @@
 //! The `vmm` command line: its arguments, parsed with clap, and the exit code of what the
 //! subcommand (`commands/`) did: boot the guest and run its MM self-check, inspect, fuzz and
-//! replay.
+//! replay. Every subcommand and option: `docs/commands.md`; the exit codes:
+//! `docs/exit-codes-and-bounds.md`.
 #![forbid(unsafe_code)]
 
 mod commands;
@@ -40,8 +41,8 @@ struct GuestArgs {
     /// Guest RAM in MiB [default: 256; replay: the reproducer's].
     #[arg(long, value_name = "MIB", value_parser = parse_u64)]
     memory: Option<u64>,
-    /// CPUs, 1 to 8 (more than 1: kvm only). CPU 0 runs the MM; the others come online and
-    /// serve IPIs [default: 1; replay: the reproducer's].
+    /// CPUs, 1 to 8 (more than 1: kvm only), sharing one MM; run adds an SMP part that shoots
+    /// down across them, fuzz drives CPU 0 [default: 1; replay: the reproducer's].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CPUS)))]
     cpus: Option<u32>,
     /// Stop a guest that makes no progress (no hypercall, and no heartbeat from a long loop)

@@ -237,7 +237,7 @@ pub fn build_guest(
 
 /// Builds `variant` of the guest in release mode into `target_dir`; returns the ELF's path.
 ///
-/// Coverage flags go in through a `RUSTC_WRAPPER` ([`coverage_wrapper`]) that adds them to the
+/// Coverage flags go in through a `RUSTC_WRAPPER` (`coverage_wrapper`) that adds them to the
 /// [`COVERAGE_CRATES`] only; the rustflags of guest-kernel/.cargo/config.toml (the code model and
 /// relocation model the kernel needs) stay as they are for every crate.
 pub fn build_guest_with(

@@ -81,7 +81,7 @@ pub struct Coherence {
     /// The last [`RECENT`] flushes, activations and frees, to explain findings.
     recent: VecDeque<Numbered>,
     findings: Vec<CoherenceFinding>,
-    /// Findings past [`MAX_FINDINGS`].
+    /// Findings past `MAX_FINDINGS`.
     pub dropped: usize,
     /// Page-table lifetime, replayed on the same events (`None`: not checked).
     tables: Option<TableLifetime>,

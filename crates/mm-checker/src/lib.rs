@@ -3,9 +3,9 @@
 //! guest memory (never the guest's own view); frame accounting and provenance hold its frame
 //! reports against each other and against the memory map the host wrote at boot; the
 //! flush-trace replay holds its PTE writes, flushes and frees against the TLB rules and the
-//! page-table lifetime rule. Each broken rule (the README's "The agreement checker" lists them)
-//! becomes a [`Finding`] naming the space, address, PTE, region and rule; [`Checked`] runs them
-//! all after every batch of any driver.
+//! page-table lifetime rule. Each broken rule becomes a [`Finding`] naming the space, address,
+//! PTE, region and rule; [`Checked`] runs them all after every batch of any driver. The rules,
+//! each with the bug class it catches and the seeded bug that shows it: `docs/checker.md`.
 #![forbid(unsafe_code)]
 
 mod accounting;

@@ -3,7 +3,7 @@
 //! backend (kvm, or the in-process sim) runs them. This crate holds what both sides agree on:
 //! the [`Driver`] trait and the report chunks it receives, the backend-neutral
 //! [`GuestConfig`], the [`Guest`] a backend boots and the [`Boot`] that boots it, and the
-//! [`RunError`] a run can end with.
+//! [`RunError`] a run can end with. The seam and the two backends: `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
 pub mod backend;

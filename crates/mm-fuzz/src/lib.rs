@@ -1,7 +1,8 @@
 //! The fuzz engine: generated operation batches for the guest MM on either backend, every
 //! result checked against a host-side model and the page tables against the region trees, each
 //! failure narrowed to its root cause and shrunk to a minimal reproducer that `vmm replay` runs
-//! again; campaigns of parallel jobs with a shared corpus and coverage feedback.
+//! again; campaigns of parallel jobs with a shared corpus and coverage feedback. How each part
+//! works: `docs/fuzzing.md`.
 #![forbid(unsafe_code)]
 
 pub mod campaign;

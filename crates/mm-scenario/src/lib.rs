@@ -1,7 +1,8 @@
 //! Scenarios: MM operations with the results they must give, in one text format that the
 //! built-in self-check, the seeded-bug bait, fuzz reproducers and users' regression files share;
 //! its parser and printer, and the runner that plays a scenario on a guest of either backend and
-//! judges each result (with the checker after every batch, when asked).
+//! judges each result (with the checker after every batch, when asked). The format and its
+//! grammar: `docs/scenarios.md`.
 #![forbid(unsafe_code)]
 
 pub mod builtin;

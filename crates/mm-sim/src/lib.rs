@@ -1,7 +1,8 @@
 //! The sim backend: the guest's MM library run in-process on a simulated x86_64 machine, served
 //! as the guest's agent loop serves the mailbox. Fast and deterministic, with guest RAM laid out
 //! exactly as under KVM (the same kernel image, boot info and boot page tables), so the same
-//! seed and operations give the same results on both backends.
+//! seed and operations give the same results on both backends. The two backends and the sim's
+//! TLB: `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
 pub mod cpu;

@@ -11,6 +11,8 @@
 //! (taken in one documented order, which [`lock_order`] checks), each CPU runs operations
 //! through its own [`Cpu`] and machine, and a change to the page tables that another CPU may
 //! cache is shot down before anything it mapped is freed ([`shootdown`]).
+//!
+//! Its modules and semantics: `docs/memory-manager.md`; its seeded bugs: `docs/checker.md`.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 

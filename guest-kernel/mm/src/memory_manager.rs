@@ -588,7 +588,7 @@ impl<M: Machine> MemoryManager<M> {
     }
 
     /// One record per live address space, in id order, and the table's generation (see
-    /// [`SpaceTable`]: with several CPUs reporting, the host keeps the latest list).
+    /// `SpaceTable`: with several CPUs reporting, the host keeps the latest list).
     pub fn space_records(&self, cpu: &mut Cpu<M>) -> (Vec<SpaceRecord>, u64) {
         self.spaces.with(cpu, |table, _| {
             let records = table

@@ -19,7 +19,7 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmmError> {
 }
 
 /// Sets the CPUID of vCPU `cpu` to `supported` with its APIC id (`cpu`, the id KVM's local
-/// APIC has) in leaf 1 EBX[31:24] and in EDX of every sub-leaf of leaves 0xB and 0x1F; returns
+/// APIC has) in leaf 1 `EBX[31:24]` and in EDX of every sub-leaf of leaves 0xB and 0x1F; returns
 /// the table KVM applied, read back with `KVM_GET_CPUID2` (some backends, PVM among them,
 /// rewrite feature bits on the way in).
 pub fn set_cpuid(vcpu: &VcpuFd, supported: &CpuId, cpu: u32) -> Result<CpuId, VmmError> {

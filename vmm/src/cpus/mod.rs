@@ -1,6 +1,6 @@
 //! The CPUs of a running VM: one host thread per vCPU, and what those threads share. CPU 0's
 //! loop runs on the caller's thread ([`crate::vm`]); each AP gets a thread that waits until
-//! CPU 0 asks for the others ([`ap`]). The first CPU to end the VM (an exit, a panic, a fault,
+//! CPU 0 asks for the others (`ap`). The first CPU to end the VM (an exit, a panic, a fault,
 //! a timeout) decides its outcome, and every other thread is kicked out of KVM_RUN
 //! ([`crate::kick`]) and joined before the run returns: none is left behind.
 #![forbid(unsafe_code)]

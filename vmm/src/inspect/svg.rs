@@ -351,7 +351,7 @@ fn draw_legend(out: &mut String, y: f64, width: f64) -> f64 {
         r##"<rect width="26" height="14" fill="white" stroke="#455a64"/>{marks}<text x="34" y="11">present pages: colour = page perms</text>"##
     ));
     entries.push(format!(
-        r##"<rect width="22" height="14" fill="white" stroke="#455a64"/><rect x="2" y="3" width="18" height="3" fill="{COW}"/><text x="30" y="11">stripe: copy-on-write page (frame shared after fork)</text>"##
+        r##"<rect width="22" height="14" fill="white" stroke="#455a64"/><rect x="2" y="3" width="18" height="3" fill="{COW}"/><text x="30" y="11">stripe: copy-on-write page (after fork)</text>"##
     ));
     entries.push(format!(
         r##"<rect width="22" height="14" fill="white" stroke="#455a64"/><rect x="2" y="3" width="18" height="3" fill="{SHARED_MEMORY}"/><text x="30" y="11">stripe: page of shared memory</text>"##

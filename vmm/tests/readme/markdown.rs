@@ -1,20 +1,21 @@
-//! Just enough Markdown for the README test: fenced blocks, prose paragraphs, inline code
-//! spans, links and heading anchors, each with the README line it is on.
+//! Just enough Markdown for the docs test: fenced blocks, prose paragraphs, inline code spans,
+//! links and heading anchors, each with the line it is on.
 
 use std::collections::HashSet;
 
 /// A fenced code block.
-pub struct Block {
+pub struct Block<'a> {
     /// The fence's language (`sh`, `console`, `text`, ...).
-    pub lang: &'static str,
+    pub lang: &'a str,
     /// The line of the opening fence; the block's lines follow it.
     pub line: usize,
-    pub lines: Vec<&'static str>,
+    pub lines: Vec<&'a str>,
     /// The last prose line before the block.
-    pub intro: &'static str,
+    pub intro: &'a str,
 }
 
-pub fn blocks(text: &'static str) -> Vec<Block> {
+/// The fenced blocks of `text`, or the line of a fence that is never closed.
+pub fn blocks(text: &str) -> Result<Vec<Block<'_>>, usize> {
     let (mut blocks, mut open, mut intro) = (Vec::new(), None::<Block>, "");
     for (n, line) in text.lines().enumerate() {
         match (open.as_mut(), line.strip_prefix("```")) {
@@ -34,15 +35,17 @@ pub fn blocks(text: &'static str) -> Vec<Block> {
             (None, None) => {}
         }
     }
-    assert!(open.is_none(), "the README ends inside a fenced block");
-    blocks
+    match open {
+        Some(block) => Err(block.line),
+        None => Ok(blocks),
+    }
 }
 
 /// Lines of prose (outside fenced blocks) up to a blank line, joined by spaces, so that code
 /// spans and links may wrap.
 struct Paragraph {
     text: String,
-    /// `(offset in text, README line)` of each line.
+    /// `(offset in text, line)` of each line.
     starts: Vec<(usize, usize)>,
 }
 
@@ -75,10 +78,14 @@ fn paragraphs(text: &str) -> Vec<Paragraph> {
     paragraphs
 }
 
-/// The inline code spans of the prose, with their lines.
-pub fn code_spans(text: &str) -> Vec<(usize, String)> {
+/// The inline code spans of the prose, with their lines, or the line of a paragraph whose
+/// backquotes do not pair up.
+pub fn code_spans(text: &str) -> Result<Vec<(usize, String)>, usize> {
     let mut spans = Vec::new();
     for paragraph in paragraphs(text) {
+        if paragraph.text.matches('`').count() % 2 != 0 {
+            return Err(paragraph.line_at(0));
+        }
         let mut offset = 0;
         for (i, part) in paragraph.text.split('`').enumerate() {
             if i % 2 == 1 {
@@ -86,13 +93,8 @@ pub fn code_spans(text: &str) -> Vec<(usize, String)> {
             }
             offset += part.len() + 1;
         }
-        assert!(
-            paragraph.text.matches('`').count() % 2 == 0,
-            "README line {}: unbalanced backquotes",
-            paragraph.line_at(0)
-        );
     }
-    spans
+    Ok(spans)
 }
 
 /// The targets of the prose's links (`[text](target)`), with their lines.

@@ -1,7 +1,7 @@
 //! The host-side reference model of the guest MM: predicts every operation's result from first
 //! principles (simple ordered maps and naive scans, no shared code with the guest's RegionTree)
-//! and reports each disagreement. A space's regions and private pages are in [`space`], shared
-//! objects in [`shared`], what a byte reads in [`memory`], and where a placement may or must
+//! and reports each disagreement. A space's regions and private pages are in `space`, shared
+//! objects in `shared`, what a byte reads in `memory`, and where a placement may or must
 //! go in [`placement`].
 
 mod memory;
