@@ -5,7 +5,8 @@
 //! the table says which were met, and the bench exits 0 either way. `SYSTEM_BENCH_ONLY=SECTION`
 //! runs one section: `region_tree` (the RegionTree rows, which need no KVM), `hypercalls`,
 //! `ipi`, `mm_ops`, `op_kinds`, `page_walk`, `boot`, `fuzz`, `placement`, `deep_rules` (no KVM
-//! either) or `coverage`. The IPI rows are the exception to host wall time: the guest times the
+//! either), `coverage` or `libfuzzer` (no KVM; it builds the cargo-fuzz target with
+//! `scripts/fuzz.sh`, which installs cargo-fuzz where it is missing). The IPI rows are the exception to host wall time: the guest times the
 //! round trip between its CPUs with its TSC.
 #![forbid(unsafe_code)]
 
@@ -40,6 +41,8 @@ use vmm::hypercall;
 use vmm::{Backends, Vm};
 use x86_paging::page_walk::{leaves, PageTableBuilder};
 
+#[path = "support/libfuzzer.rs"]
+mod libfuzzer;
 #[path = "support/results.rs"]
 mod results;
 use results::{num, Goal, Machine, Row, Run};
@@ -63,7 +66,9 @@ const RATIO_LEGEND: &str = "ratio: RegionTree rows, the baseline's time / Region
      trace row, ops/s with the flush trace off / on; sim fuzz rows, sim ops/s / kvm ops/s; \
      placement rules row, ops/s with the rules off / on (slow-down); \
      seeded-bug rows, shrinking time / time to find; deep-rules row, sim fuzz ops/s without / \
-     with frame provenance, table lifetime and tree invariants (slow-down).";
+     with frame provenance, table lifetime and tree invariants (slow-down); libFuzzer rows, \
+     the target mm_ops / the vmm fuzz engine on the same sim guest (edges: libFuzzer's cov: in \
+     the target's build, the engine's ops replayed through it).";
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -1405,6 +1410,7 @@ fn main() {
         ("deep_rules", deep_rules),
         ("checker", checker_cost),
         ("coverage", coverage_guided),
+        ("libfuzzer", libfuzzer::libfuzzer_target),
     ];
     if let Some(only) = only.as_deref() {
         if !sections.iter().any(|(name, _)| *name == only) {

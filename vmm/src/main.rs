@@ -178,16 +178,23 @@ enum Command {
         #[command(flatten)]
         fuzz: FuzzArgs,
     },
-    /// Replay a reproducer saved by `vmm fuzz`; exits 1 if the failure still happens.
+    /// Replay a reproducer saved by `vmm fuzz`, or an input of the libFuzzer target `mm_ops`
+    /// (a crash artifact); exits 1 if the failure still happens.
     Replay {
         #[command(flatten)]
         guest: GuestArgs,
         /// Operations per batch, with the checker after each (1 to 1024); a batch that fails is
-        /// replayed again one op per batch, to pin the failure to its op.
-        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=1024))]
-        batch: u16,
-        /// The reproducer file.
+        /// replayed again one op per batch, to pin the failure to its op [default: 256; a
+        /// libFuzzer input: 64, the target's].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        batch: Option<u16>,
+        /// The reproducer file, or a libFuzzer input: one libFuzzer named (crash-HASH and the
+        /// other artifacts, or a corpus file's HASH), or any file with --libfuzzer-input. An
+        /// input runs on the target's guest (sim, 16 MiB) unless options say otherwise.
         file: PathBuf,
+        /// Read FILE as an input of the libFuzzer target `mm_ops`, whatever its name.
+        #[arg(long)]
+        libfuzzer_input: bool,
         /// Also run the operations once more, in the replay's batches with the checker, and
         /// save them with the results observed as their expectations: a regression scenario
         /// for `vmm run --scenario`.
@@ -198,6 +205,27 @@ enum Command {
         #[arg(long, value_name = "N")]
         break_at_op: Option<usize>,
     },
+    /// Convert a fuzz corpus: `vmm fuzz --corpus` entries into inputs of the libFuzzer target
+    /// `mm_ops` (--to libfuzzer), or its inputs into entries (--to scenarios).
+    ConvertCorpus {
+        /// What to write: libfuzzer inputs, or scenarios (corpus entries, a batch of at most
+        /// 1024 ops each).
+        #[arg(long, value_enum)]
+        to: CorpusFormat,
+        /// The corpus directory to read.
+        from_dir: PathBuf,
+        /// The directory to write into (created if missing).
+        to_dir: PathBuf,
+    },
+}
+
+/// The two formats of a fuzz corpus.
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum CorpusFormat {
+    /// Inputs of the libFuzzer target `mm_ops`.
+    Libfuzzer,
+    /// Scenario files, as `vmm fuzz --corpus` keeps them.
+    Scenarios,
 }
 
 /// Options of `vmm fuzz`.
@@ -279,15 +307,25 @@ fn run(cli: Cli) -> anyhow::Result<u32> {
             guest,
             batch,
             file,
+            libfuzzer_input,
             save_scenario,
             break_at_op,
         } => {
             let ways = ReplayWays {
-                batch: batch.into(),
+                batch: batch.map(usize::from),
+                libfuzzer_input,
                 save: save_scenario.as_deref(),
                 break_at: break_at_op,
             };
             commands::replay::replay_file(&guest, &file, ways)
+        }
+        Command::ConvertCorpus {
+            to,
+            from_dir,
+            to_dir,
+        } => {
+            let to_libfuzzer = matches!(to, CorpusFormat::Libfuzzer);
+            commands::corpus::convert(to_libfuzzer, &from_dir, &to_dir)
         }
     }
 }

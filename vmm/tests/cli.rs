@@ -1,4 +1,5 @@
-//! The `vmm` command line (run, fuzz, replay): exit codes and the error lines it prints.
+//! The `vmm` command line (run, fuzz, replay, convert-corpus): exit codes and the error lines
+//! it prints.
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 mod exit_codes;
 #[path = "cli/files.rs"]
 mod files;
+#[path = "cli/libfuzzer.rs"]
+mod libfuzzer;
 #[path = "cli/quoting.rs"]
 mod quoting;
 #[path = "cli/replay.rs"]

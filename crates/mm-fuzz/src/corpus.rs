@@ -28,9 +28,9 @@ pub const MAX_ENTRIES: usize = 10_000;
 
 /// FNV-1a, 64 bits: a hash that stays the same on every machine and Rust version, so that two
 /// campaigns that find the same batch write the same file.
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
@@ -156,7 +156,7 @@ fn entry_text(header: &[(String, String)], entry: &Entry) -> (String, String) {
         header: Vec::new(),
         ..scenario.clone()
     };
-    let name = format!("{:016x}.{EXTENSION}", fnv1a(&body.to_text("")));
+    let name = format!("{:016x}.{EXTENSION}", fnv1a(body.to_text("").as_bytes()));
     (name, scenario.to_text(TITLE))
 }
 

@@ -12,6 +12,7 @@ pub mod coverage;
 pub mod error;
 pub mod exhaustion;
 pub mod generate;
+pub mod libfuzzer;
 pub mod model;
 pub mod narrow;
 pub mod probe;
@@ -583,6 +584,7 @@ pub fn run_session(
         Ok(0) => None,
         Ok(status) => Some(("nonzero exit", format!("guest exited with status {status}"))),
         Err(e @ RunError::GuestPanic { .. }) => Some(("panic", e.to_string())),
+        Err(e @ RunError::LockOrder { .. }) => Some(("lock order", e.to_string())),
         Err(e @ RunError::TripleFault { .. }) => Some(("triple fault", e.to_string())),
         Err(e @ RunError::Timeout { .. }) => Some(("hang", e.to_string())),
         Err(

@@ -2,6 +2,7 @@
 //! them), and the guest every one of them boots.
 #![forbid(unsafe_code)]
 
+pub mod corpus;
 pub mod fuzz;
 mod guest;
 pub mod inspect;

@@ -1,6 +1,6 @@
-//! `vmm replay`: a reproducer run again in batches with the checker after each, a failing batch
-//! narrowed to its op, optionally under gdb (stopping at an op) and recorded as a regression
-//! scenario.
+//! `vmm replay`: a reproducer (or an input of the libFuzzer target, decoded) run again in
+//! batches with the checker after each, a failing batch narrowed to its op, optionally under gdb
+//! (stopping at an op) and recorded as a regression scenario.
 #![forbid(unsafe_code)]
 
 use super::guest::{config, recorded_args};
@@ -8,6 +8,7 @@ use crate::GuestArgs;
 use anyhow::{anyhow, bail, Context};
 use bounded_io::files::{write_output, Naming};
 use mm_driver::{Boot, GuestConfig};
+use mm_fuzz::libfuzzer::convert::{is_libfuzzer_name, load_input};
 use mm_fuzz::narrow::{replay_narrowed, replay_planned, Plan, Replayed};
 use mm_fuzz::repro::Reproducer;
 use mm_scenario::file::load;
@@ -19,11 +20,33 @@ use std::path::Path;
 use vmm::gdb::GdbServer;
 use vmm::{Backends, VmmError};
 
-/// How `vmm replay` runs: its batch size, the scenario to save, the op to stop at under gdb.
+/// Operations per batch when `--batch` is not given, for a reproducer or scenario.
+const DEFAULT_BATCH: usize = 256;
+
+/// How `vmm replay` runs: its batch size (`None`: the file's kind decides), whether the file is
+/// a libFuzzer input whatever its name, the scenario to save, the op to stop at under gdb.
 pub struct ReplayWays<'a> {
-    pub batch: usize,
+    pub batch: Option<usize>,
+    pub libfuzzer_input: bool,
     pub save: Option<&'a Path>,
     pub break_at: Option<usize>,
+}
+
+/// The reproducer in `file`, and the batch size to replay it in: a libFuzzer input (by the
+/// name libFuzzer gave it, or as `--libfuzzer-input` says) decoded, with the target's settings
+/// in its header, in the target's batches; otherwise a reproducer or scenario.
+fn load_reproducer(file: &Path, ways: &ReplayWays<'_>) -> anyhow::Result<(Reproducer, usize)> {
+    if ways.libfuzzer_input || is_libfuzzer_name(file) {
+        let repro = load_input(file).map_err(VmmError::File)?;
+        eprintln!(
+            "vmm replay: {} is an input of the libFuzzer target mm_ops: {} ops",
+            bounded_io::excerpt::path(file),
+            repro.ops.len()
+        );
+        return Ok((repro, ways.batch.unwrap_or(mm_fuzz::libfuzzer::BATCH)));
+    }
+    let repro = Reproducer::from(load(file, "reproducer")?);
+    Ok((repro, ways.batch.unwrap_or(DEFAULT_BATCH)))
 }
 
 /// `vmm replay FILE`: exits 1 if the reproducer's failure still happens.
@@ -31,7 +54,7 @@ pub fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyh
     if ways.break_at.is_some() && guest.gdb.is_none() {
         bail!("--break-at-op needs --gdb ADDR");
     }
-    let repro = Reproducer::from(load(file, "reproducer")?);
+    let (repro, batch) = load_reproducer(file, &ways)?;
     if repro.ops.is_empty() {
         bail!(
             "{}: the reproducer has no operations to replay",
@@ -53,8 +76,8 @@ pub fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyh
         );
     }
     let replayed = match &backends.gdb {
-        None => replay_narrowed(&backends, &vm, &repro.ops, ways.batch).map_err(VmmError::from)?,
-        Some(server) => replay_under_gdb((&backends, &vm), &repro.ops, &ways, server)?,
+        None => replay_narrowed(&backends, &vm, &repro.ops, batch).map_err(VmmError::from)?,
+        Some(server) => replay_under_gdb((&backends, &vm), &repro.ops, (batch, &ways), server)?,
     };
     report_replay(&replayed, repro.ops.len());
     if let Some(out) = ways.save {
@@ -160,17 +183,18 @@ fn save_scenario(
     Ok(())
 }
 
-/// `vmm replay --gdb`: the replay, in batches but for the op it stops at, alone in its batch:
-/// the guest stops for gdb when it starts op `break_at` (by default the op that fails).
+/// `vmm replay --gdb`: the replay, in batches of `batch` but for the op it stops at, alone in
+/// its batch: the guest stops for gdb when it starts op `break_at` (by default the op that
+/// fails).
 fn replay_under_gdb(
     (backends, vm): (&Backends, &GuestConfig),
     ops: &[shared_mm::abi::Op],
-    ways: &ReplayWays<'_>,
+    (batch, ways): (usize, &ReplayWays<'_>),
     server: &GdbServer,
 ) -> anyhow::Result<Replayed> {
     let at = match ways.break_at {
         Some(at) => at,
-        None => failing_op(vm, ops, ways.batch)?,
+        None => failing_op(vm, ops, batch)?,
     };
     let op = ops.get(at).ok_or_else(|| {
         anyhow!(
@@ -182,7 +206,7 @@ fn replay_under_gdb(
         "vmm replay: the guest stops for gdb when it starts op {at} ({})",
         op_to_line(op)
     );
-    let plan = Plan::new(ops.len(), ways.batch, at..at + 1);
+    let plan = Plan::new(ops.len(), batch, at..at + 1);
     let stop = Some((at, server.stop_request()));
     Ok(replay_planned(backends, vm, ops, plan, stop).map_err(VmmError::from)?)
 }

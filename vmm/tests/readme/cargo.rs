@@ -78,13 +78,19 @@ fn installed_by_a_script(subcommand: &str) -> bool {
         .any(|text| text.contains(&install))
 }
 
+/// Whether `text` is a help text: it has a usage line (`Usage:`, or `USAGE:` as cargo-fuzz
+/// 0.13's nested subcommands print it).
+fn is_help(text: &str) -> bool {
+    text.contains("Usage") || text.contains("USAGE")
+}
+
 /// The help of the subcommand `args` run: `cargo SUB`, or `cargo SUB NESTED` for a plugin's own
 /// subcommand (`cargo fuzz run`), whose options are the ones that count.
 fn subcommand_help(subcommand: &str, args: &[String]) -> String {
     let nested = args.first().filter(|word| !word.starts_with('-'));
     let nested = nested.map(|word| help(&[subcommand, word.as_str()]));
     nested
-        .filter(|text| text.contains("Usage"))
+        .filter(|text| is_help(text))
         .unwrap_or_else(|| help(&[subcommand]))
 }
 
@@ -108,7 +114,7 @@ pub fn check_cargo(at: At, args: &[String]) {
     };
     let args = &args[1..];
     let help = subcommand_help(subcommand, args);
-    if !help.contains("Usage") {
+    if !is_help(&help) {
         assert!(
             installed_by_a_script(subcommand),
             "{at}: `cargo {subcommand}` is no cargo subcommand here, and no script installs it"

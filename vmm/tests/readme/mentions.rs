@@ -21,7 +21,13 @@ fn accepted_so_far(args: &[String]) -> Result<(), String> {
 }
 
 /// The subcommands a bare `--option` in the prose may belong to (replay with its file).
-const SUBCOMMANDS: [&[&str]; 4] = [&["run"], &["inspect"], &["fuzz"], &["replay", "FILE"]];
+const SUBCOMMANDS: [&[&str]; 5] = [
+    &["run"],
+    &["inspect"],
+    &["fuzz"],
+    &["replay", "FILE"],
+    &["convert-corpus"],
+];
 
 fn is_option(word: &str) -> bool {
     let name = word.strip_prefix("--");
