@@ -923,7 +923,8 @@ fn mm_ops(rows: &mut Vec<Row>) {
             checked,
             "ops/s",
         )
-        .against(plain, plain / checked),
+        .against(plain, plain / checked)
+        .goal(Goal::RatioAtMost(1.05)),
     );
 }
 
@@ -1348,6 +1349,241 @@ fn deep_rules(rows: &mut Vec<Row>) {
     );
 }
 
+// ---- 7b. What the checker costs, and what one check costs --------------------------------------
+
+/// Operations of each sim campaign of [`checker_cost`] (the issue's measurement: seed 3).
+const CHECKER_COST_OPS: u64 = 600_000;
+
+/// Ops/s of a one-job sim campaign of [`CHECKER_COST_OPS`] (seed 3, 64-op batches, model), with
+/// the checker or without, plain or under memory pressure in 64 MiB.
+fn sim_campaign_ops_per_second(check: bool, pressure: bool) -> f64 {
+    let mut config = campaign(Backend::Sim, CHECKER_COST_OPS, SeededBugs::NONE, "checker");
+    config.seed = 3;
+    config.check = check;
+    config.shrink = false;
+    if pressure {
+        config.pressure = true;
+        config.vm.memory = 64 << 20;
+    }
+    let report = run_campaign_or_die(&config);
+    assert!(report.bugs.is_empty(), "findings: {:?}", report.bugs);
+    report.ops_per_second()
+}
+
+/// The checker's cost on sim fuzzing: campaigns without and with it, by turns, three times
+/// each, plain and under pressure; the ratio is ops/s without over with.
+fn sim_checker_cost(rows: &mut Vec<Row>) {
+    for (name, pressure) in [("plain", false), ("--pressure --memory 64", true)] {
+        eprintln!("bench: sim fuzzing with and without the checker, {name}");
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            without.push(sim_campaign_ops_per_second(false, pressure));
+            with.push(sim_campaign_ops_per_second(true, pressure));
+        }
+        let (without, with) = (median(without), median(with));
+        rows.push(Row::new(
+            format!("sim fuzz, seed 3, {name}: no checker"),
+            without,
+            "ops/s",
+        ));
+        rows.push(
+            Row::new(
+                format!("sim fuzz, seed 3, {name}: checker (ratio: without / with)"),
+                with,
+                "ops/s",
+            )
+            .against(without, without / with)
+            .goal(Goal::RatioAtMost(1.25)),
+        );
+        if !pressure {
+            // Issue 31: a job fuzzing with the model and the checker.
+            rows.push(
+                Row::new("sim fuzz, one job, model and checker", with, "ops/s")
+                    .goal(Goal::ValueAtLeast(1e6)),
+            );
+        }
+    }
+}
+
+/// When a checked guest's checks start and end: [`Stamped`] around the checker notes when a
+/// batch's results arrive, [`Stamped`] inside it when the checker is done and hands the inner
+/// driver its turn.
+#[derive(Default)]
+struct CheckClock {
+    /// `(inner, when)` of every call, in order.
+    calls: std::cell::RefCell<Vec<(bool, Instant)>>,
+}
+
+impl CheckClock {
+    /// Each check's duration: from the first outer call after the inner driver's last turn to
+    /// the inner driver's next turn.
+    fn checks(&self) -> Vec<Duration> {
+        let mut started = None;
+        let mut checks = Vec::new();
+        for &(inner, at) in self.calls.borrow().iter() {
+            match (inner, started) {
+                (false, None) => started = Some(at),
+                (true, Some(from)) => {
+                    checks.push(at - from);
+                    started = None;
+                }
+                _ => {}
+            }
+        }
+        checks
+    }
+}
+
+/// A driver that notes the time of each of its batches on a [`CheckClock`].
+struct Stamped<'c, D> {
+    inner: D,
+    clock: &'c CheckClock,
+    inside: bool,
+}
+
+impl<D: Driver> Driver for Stamped<'_, D> {
+    fn next_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[OpResult],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<Op>>, DriverError> {
+        let now = Instant::now();
+        self.clock.calls.borrow_mut().push((self.inside, now));
+        self.inner.next_batch(mem, results, spaces)
+    }
+
+    fn snapshot(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chunk: SnapshotChunk<'_>,
+    ) -> Result<(), DriverError> {
+        self.inner.snapshot(mem, chunk)
+    }
+
+    fn frames(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chunk: mm_driver::driver::FramesChunk<'_>,
+    ) -> Result<(), DriverError> {
+        self.inner.frames(mem, chunk)
+    }
+
+    fn trace(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        records: &[shared_mm::trace::TraceRecord],
+    ) -> Result<(), DriverError> {
+        self.inner.trace(mem, records)
+    }
+
+    fn booted(&mut self, info: &shared_mm::boot_info::BootInfo) {
+        self.inner.booted(info)
+    }
+
+    fn wants_written(&self) -> bool {
+        self.inner.wants_written()
+    }
+
+    fn written(&mut self, frames: &[u64]) {
+        self.inner.written(frames)
+    }
+}
+
+/// Where the big region of [`one_op_checks`] lies, and its size.
+const BIG: u64 = 0x10_0000_0000;
+const GIB: u64 = 1 << 30;
+/// One-op batches each guest of [`one_op_checks`] runs.
+const ONE_OP_BATCHES: usize = 400;
+
+/// Median µs of a check after a one-op batch (a protect of one page, r-- and rw- by turns) in
+/// a sim guest with a 1 GiB region, populated in 4 KiB pages or left empty.
+fn one_op_check_us(populated: bool) -> f64 {
+    let config = GuestConfig {
+        echo_console: false,
+        backend: Backend::Sim,
+        memory: 1536 << 20,
+        ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
+    };
+    let mut setup = vec![
+        Op::CreateSpace,
+        Op::MapFixed {
+            space: 1,
+            addr: BIG,
+            size: GIB,
+            access: URW,
+        },
+    ];
+    if populated {
+        setup.push(Op::Populate {
+            space: 1,
+            addr: BIG,
+            size: GIB,
+        });
+    }
+    let mut batches = vec![setup];
+    batches.extend((0..ONE_OP_BATCHES).map(|i| {
+        let access = if i % 2 == 0 { USER | READ } else { URW };
+        vec![Op::Protect {
+            space: 1,
+            addr: BIG + GIB / 2,
+            size: PAGE_SIZE,
+            access,
+        }]
+    }));
+    let clock = CheckClock::default();
+    let script = Stamped {
+        inner: Script::new(batches),
+        clock: &clock,
+        inside: true,
+    };
+    let mut driver = Stamped {
+        inner: Checked::new(script),
+        clock: &clock,
+        inside: false,
+    };
+    let mut vm = Backends::default().boot(&config).expect("boot the sim");
+    vm.run(&mut driver).expect("the sim runs the script");
+    assert!(
+        driver.inner.findings.is_empty(),
+        "{:?}",
+        driver.inner.findings
+    );
+    let script = driver.inner.into_inner().inner;
+    assert_eq!(failures(&script), 0, "every op succeeds");
+    // The first checks follow the setup; the rest follow one protect each.
+    let checks = clock.checks();
+    let one_op = checks[checks.len() - ONE_OP_BATCHES..].iter();
+    median(one_op.map(|d| d.as_secs_f64() * 1e6).collect())
+}
+
+/// A check after a one-op batch in a space with 1 GiB mapped in 4 KiB pages, against the same
+/// in a space with nothing mapped: the target is at most 2×.
+fn one_op_checks(rows: &mut Vec<Row>) {
+    eprintln!("bench: checks after one-op batches, 1 GiB mapped in 4 KiB pages and nothing mapped");
+    let empty = one_op_check_us(false);
+    let full = one_op_check_us(true);
+    rows.push(Row::new(
+        "check after a 1-op batch (protect 1 page), nothing mapped",
+        empty,
+        "µs",
+    ));
+    rows.push(
+        Row::new(
+            "check after a 1-op batch (protect 1 page), 1 GiB mapped in 4 KiB pages",
+            full,
+            "µs",
+        )
+        .against(empty, full / empty)
+        .goal(Goal::RatioAtMost(2.0)),
+    );
+}
+
+fn checker_cost(rows: &mut Vec<Row>) {
+    sim_checker_cost(rows);
+    one_op_checks(rows);
+}
+
 // ---- 8. Coverage-guided fuzzing against plain fuzzing on kvm ----------------------------------
 
 /// Operations per campaign of [`coverage_guided`]: the 100,000 the target speaks of, so that
@@ -1406,7 +1642,7 @@ fn main() {
     println!("{}", machine.describe());
     let mut rows = Vec::new();
     let only = std::env::var("SYSTEM_BENCH_ONLY").ok();
-    let sections: [(&str, Section); 16] = [
+    let sections: [(&str, Section); 17] = [
         ("region_tree", region_tree),
         ("region_tree", region_tree_randomized),
         ("region_tree", region_tree_adversarial),
@@ -1421,6 +1657,7 @@ fn main() {
         ("sim_smp", sim_smp),
         ("placement", placement_rules_cost),
         ("deep_rules", deep_rules),
+        ("checker", checker_cost),
         ("coverage", coverage_guided),
         ("libfuzzer", libfuzzer::libfuzzer_target),
     ];

@@ -10,6 +10,7 @@
 pub mod arch;
 pub mod backends;
 pub mod cpus;
+pub mod dirty_log;
 pub mod error;
 pub mod gdb;
 pub mod hypercall;

@@ -3,6 +3,7 @@
 
 use crate::arch::{cpuid, regs};
 use crate::cpus::{Cpus, SmpReport};
+use crate::dirty_log::DirtyLogged;
 use crate::error::VmmError;
 use crate::gdb::{Claim, GdbServer, Stub, PACKET_BUFFER};
 use crate::hypercall::{self, Next};
@@ -15,8 +16,8 @@ use guest_boot::boot_memory::{self, BootMemory};
 use guest_boot::loader::LoadedKernel;
 use guest_boot::BootError;
 use kvm_bindings::{
-    kvm_debug_exit_arch, kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_MP_STATE_HALTED,
-    KVM_MP_STATE_RUNNABLE,
+    kvm_debug_exit_arch, kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use mm_driver::console::ConsoleSink;
@@ -101,27 +102,7 @@ impl Vm {
             cr3,
             info: boot_info,
         } = boot_memory::prepare(&config.boot_spec())?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|source| VmmError::GuestMemory {
-                    what: "mapping guest RAM into KVM",
-                    source,
-                })?;
-            let mr = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the region is a live mmap owned by `mem`, which the Vm keeps until after the
-            // VM fd is closed, so KVM never sees the mapping go away underneath it.
-            unsafe { vm.set_user_memory_region(mr) }.map_err(|source| VmmError::Kvm {
-                what: "KVM_SET_USER_MEMORY_REGION",
-                source,
-            })?;
-        }
+        register_memory(&vm, &mem, 0)?;
 
         let (vcpus, cpuid) = create_vcpus(&kvm, &vm, config.cpus, cr3, kernel.entry)?;
         let tsc_khz = vcpus[0].get_tsc_khz().ok();
@@ -240,6 +221,14 @@ impl Vm {
         } = self;
         let cpus = Cpus::new(vcpus.len() as u32, *timeout, *tsc_khz, Some(vm))?;
         let (vcpu, aps) = vcpus.split_first_mut().expect("a VM has CPU 0");
+        let mut logged;
+        let driver: &mut dyn Driver = if driver.wants_written() {
+            register_memory(vm, mem, KVM_MEM_LOG_DIRTY_PAGES)?;
+            logged = DirtyLogged { inner: driver, vm };
+            &mut logged
+        } else {
+            driver
+        };
         // Every report the guest sends passes the guard before any driver keeps it.
         let mut guard = ReportGuard::new(driver, ReportBounds::for_memory(mem));
         let driver: &mut dyn Driver = &mut guard;
@@ -270,6 +259,33 @@ impl Guest for Vm {
     fn console_output(&self) -> String {
         Vm::console_output(self)
     }
+}
+
+/// Gives KVM the guest's RAM, region `i` as slot `i`, with `flags` (`KVM_MEM_LOG_DIRTY_PAGES`
+/// to keep a dirty log; setting a slot again changes its flags).
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<(), VmmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|source| VmmError::GuestMemory {
+                what: "mapping guest RAM into KVM",
+                source,
+            })?;
+        let mr = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which the Vm keeps until after the
+        // VM fd is closed, so KVM never sees the mapping go away underneath it.
+        unsafe { vm.set_user_memory_region(mr) }.map_err(|source| VmmError::Kvm {
+            what: "KVM_SET_USER_MEMORY_REGION",
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Creates the vCPUs of a VM of `count` CPUs, each ready to enter `entry` in 64-bit mode on the

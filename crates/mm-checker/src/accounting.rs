@@ -21,7 +21,7 @@ use crate::rule::Rule;
 use mm_driver::driver::{DriverError, FramesChunk, FramesPart};
 use shared_mm::abi::{FrameRecord, FrameRefs, FrameUse, KERNEL_SPACE};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use x86_paging::frame_map::FrameMap;
+use x86_paging::frame_map::{FrameMap, FrameSet};
 
 /// Findings one accounting check keeps per rule.
 const MAX_PER_RULE: usize = 16;
@@ -175,6 +175,8 @@ pub struct Accounting {
     owned_blocks: FrameMap<u32, Vec<u64>>,
     /// Owner -> its last report as received (an unchanged report needs no work).
     last: FrameMap<u32, Vec<FrameRecord>>,
+    /// The allocator's bitmap at the last check.
+    last_allocated: Vec<u64>,
 }
 
 fn name(space: u32) -> String {
@@ -257,6 +259,22 @@ fn frames_from(base: u64, count: u64) -> impl Iterator<Item = u64> {
     (0..count).map(move |i| base + i * 4096)
 }
 
+/// `a` and `b` without the records they share at their start and at their end.
+fn differing_middles<'r>(
+    a: &'r [FrameRecord],
+    b: &'r [FrameRecord],
+) -> (&'r [FrameRecord], &'r [FrameRecord]) {
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[prefix..], &b[prefix..]);
+    let suffix = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    (&a[..a.len() - suffix], &b[..b.len() - suffix])
+}
+
 /// Whether frame `frame` is allocated in the bitmap `words`.
 fn allocated(words: &[u64], frame: u64) -> bool {
     let index = frame / 4096;
@@ -306,7 +324,53 @@ impl Accounting {
         }
         self.mapped_frames(mapped, &words, &mut found);
         self.leaks(&words, &released, &mut found);
+        self.last_allocated = words;
         found.findings
+    }
+
+    /// The frames whose verdict as a mapped page `reports` (with `live` the live spaces) may
+    /// change: those an owner gained or lost since its last report (or holds in its first),
+    /// those of owners gone, and those allocated or freed since the last check. A page that
+    /// maps none of them, and was judged before, would be judged the same again.
+    pub fn frames_changing(&self, reports: &FrameReports, live: &BTreeSet<u32>) -> FrameSet<u64> {
+        let mut frames = FrameSet::default();
+        let records_frames = |records: &mut dyn Iterator<Item = &FrameRecord>| {
+            records
+                .flat_map(|&r| frames_of(r))
+                .map(|r| r.frame)
+                .collect::<Vec<_>>()
+        };
+        for (space, records) in &reports.owned {
+            let last = self.last.get(space).map_or(&[][..], Vec::as_slice);
+            if last == records.as_slice() {
+                continue;
+            }
+            // Reports change at an end or in one stretch far more often than throughout.
+            let (last, records) = differing_middles(last, records);
+            let before: FrameSet<u64> = last.iter().map(|r| r.to_word()).collect();
+            let now: FrameSet<u64> = records.iter().map(|r| r.to_word()).collect();
+            let gained = records.iter().filter(|r| !before.contains(&r.to_word()));
+            let lost = last.iter().filter(|r| !now.contains(&r.to_word()));
+            frames.extend(records_frames(&mut gained.chain(lost)));
+        }
+        let gone = self
+            .last
+            .keys()
+            .filter(|s| **s != KERNEL_SPACE && !live.contains(s));
+        for space in gone {
+            frames.extend(records_frames(&mut self.last[space].iter()));
+        }
+        let now = reports.allocated().unwrap_or_default();
+        let before = &self.last_allocated;
+        for i in 0..now.len().max(before.len()) {
+            let (a, b) = (before.get(i).copied(), now.get(i).copied());
+            let mut bits = a.unwrap_or(0) ^ b.unwrap_or(0);
+            while bits != 0 {
+                frames.insert((i as u64 * 64 + u64::from(bits.trailing_zeros())) * 4096);
+                bits &= bits - 1;
+            }
+        }
+        frames
     }
 
     /// Forgets the spaces no longer live; returns the frames they owned.

@@ -1,16 +1,23 @@
 //! The agreement checker's state between checks, and one check: the region lists and the
 //! host's own walk of each space's tables, rule by rule.
 //!
-//! The state remembers which frames each space's user pages mapped at its last walk, so a check
-//! can walk only the spaces that changed since the last one and still see a frame that two
-//! spaces map. With sharing, a frame may be mapped more than once: by each private page whose
-//! object holds it (copy-on-write after a fork: the reference count says how many), and by the
-//! same page of a shared object in every space that maps the object (which counts once). Everything it keeps and does is bounded by guest RAM: frames outside RAM are not
-//! tracked, the frames tracked in all are at most [`FRAME_BUDGET_PER_RAM_PAGE`] per RAM page,
-//! the walk stops at its own budget, and at most [`MAX_PER_RULE`] findings per rule are kept
-//! per check (the rest are counted in one more finding).
+//! The state remembers, for each space, the present leaves its last walk found and the regions
+//! it was checked against, and which frames its user pages map; so a check can walk only what
+//! changed since the last one (see [`update`]) and still see a frame that two spaces map. With
+//! sharing, a frame may be mapped more than once: by each private page whose object holds it
+//! (copy-on-write after a fork: the reference count says how many), and by the same page of a
+//! shared object in every space that maps the object (which counts once). Everything it keeps
+//! and does is bounded by guest RAM: frames outside RAM are not tracked, the frames tracked in
+//! all are at most [`FRAME_BUDGET_PER_RAM_PAGE`] per RAM page, a walk stops at its own budget,
+//! and at most [`MAX_PER_RULE`] findings per rule are kept per check (the rest are counted in
+//! one more finding).
 
-use crate::finding::{region_containing, space_name, Finding};
+mod cross_check;
+mod sharing;
+mod tables;
+mod update;
+
+use crate::finding::{region_containing, Finding};
 use crate::provenance::Provenance;
 use crate::rule::Rule;
 use mm_driver::driver::SpaceSnapshot;
@@ -18,11 +25,14 @@ use shared_mm::abi::access_bits::{EXECUTE, READ, USER, WRITE};
 use shared_mm::abi::{
     RegionRecord, KERNEL_SPACE, KERNEL_SPACE_BASE, USER_SPACE_BASE, USER_SPACE_END, USER_TRAMPOLINE,
 };
-use shared_mm::pte::PageLevel;
 use std::collections::BTreeMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
-use x86_paging::frame_map::FrameMap;
-use x86_paging::page_walk::{leaves_in, translate, Leaf, LOWER_HALF, UPPER_HALF};
+use x86_paging::frame_map::{FrameMap, FrameSet};
+use x86_paging::page_walk::{
+    leaves_in, translate, EnteredTable, Leaf, Leaves, WalkError, LOWER_HALF, UPPER_HALF,
+};
+
+use tables::Tables;
 
 /// Findings one check keeps per rule.
 pub const MAX_PER_RULE: usize = 32;
@@ -31,13 +41,18 @@ pub const FRAME_BUDGET_PER_RAM_PAGE: u64 = 4;
 
 const PAGE: u64 = 4096;
 
-/// One user page mapping a frame: its space, its address, and the shared object it belongs to
-/// (0 for private memory).
+/// The total ranges region lists must lie in: the kernel's, and a user space's.
+const KERNEL_TOTAL: (u64, u64) = (KERNEL_SPACE_BASE, u64::MAX);
+const USER_TOTAL: (u64, u64) = (USER_SPACE_BASE, USER_SPACE_END - 1);
+
+/// One user page mapping a frame: its space, its address, the shared object it belongs to (0
+/// for private memory), and whether it maps it writable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct User {
     space: u32,
     va: u64,
     object: u64,
+    writable: bool,
 }
 
 /// Reference counts of frames held more than once, as the guest reported them.
@@ -47,18 +62,47 @@ pub type Refs = FrameMap<u64, u32>;
 pub struct Agreement {
     /// 4 KiB frame -> the user pages mapping it, in the order seen.
     frame_users: FrameMap<u64, Vec<User>>,
-    /// Space -> the frames its user pages mapped at its last walk.
-    space_frames: FrameMap<u32, Vec<u64>>,
     /// (shared object, page) -> the (space, frame) of each space mapping that page.
     shared_pages: FrameMap<(u64, u64), Vec<(u32, u64)>>,
-    /// Space -> the shared pages it mapped at its last walk.
-    space_shared: FrameMap<u32, Vec<(u64, u64)>>,
+    /// Space -> what its walks found.
+    spaces: FrameMap<u32, Walked>,
+    /// The reference counts of the last check, and the frames whose count it saw change.
+    last_refs: Refs,
+    refs_changed: Vec<u64>,
     tracked: u64,
+    /// The (space, frame, page) of every user page counted since the last check started.
+    added: Vec<(u32, u64, u64)>,
     /// One past the last byte of guest RAM.
     ram_end: u64,
     /// The memory map the host wrote, when known: every walked table and user page must lie
     /// in its usable RAM (`frame-provenance`).
     provenance: Option<Provenance>,
+}
+
+/// What the checker knows of one space's tables and regions.
+#[derive(Debug)]
+struct Walked {
+    /// The directory walked.
+    cr3: u64,
+    /// Its present leaves (of its half: the lower one for a user space, the upper one for the
+    /// kernel), by address.
+    leaves: BTreeMap<u64, Mapped>,
+    /// The tables its walks entered, to tell from the frames the guest wrote what changed.
+    tables: Tables,
+    /// Whether its walks went through within their budget (only then can a check follow them
+    /// up with the entries that changed).
+    complete: bool,
+    /// The regions its leaves were judged against.
+    regions: Vec<RegionRecord>,
+}
+
+/// A present leaf, with the shared object of the region holding it (0: private memory, or no
+/// region), and whether its frames are tracked in [`Agreement::frame_users`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mapped {
+    leaf: Leaf,
+    object: u64,
+    tracked: bool,
 }
 
 /// One check in progress.
@@ -69,6 +113,9 @@ pub struct Check<'a> {
     /// Findings past [`MAX_PER_RULE`], per (space, rule).
     dropped: BTreeMap<(u32, Rule), usize>,
     budget_reported: bool,
+    /// Frames an incremental check saw gain or lose a mapper, or change reference count: the
+    /// sharing rules are checked for each at the end.
+    affected: FrameSet<u64>,
 }
 
 impl Agreement {
@@ -76,10 +123,12 @@ impl Agreement {
     pub fn new(ram_end: u64) -> Self {
         Agreement {
             frame_users: FrameMap::default(),
-            space_frames: FrameMap::default(),
             shared_pages: FrameMap::default(),
-            space_shared: FrameMap::default(),
+            spaces: FrameMap::default(),
+            last_refs: Refs::default(),
+            refs_changed: Vec::new(),
             tracked: 0,
+            added: Vec::new(),
             ram_end,
             provenance: None,
         }
@@ -102,19 +151,36 @@ impl Agreement {
         Agreement::new(ram_end)
     }
 
-    /// Drops what the last walk of `space` recorded (it is walked again, or gone).
+    /// Drops what the walks of `space` recorded (it is walked again, or gone).
     pub fn forget(&mut self, space: u32) {
-        for frame in self.space_frames.remove(&space).unwrap_or_default() {
+        let Some(walked) = self.spaces.remove(&space) else {
+            return;
+        };
+        for mapped in walked.leaves.values() {
+            self.untrack(space, mapped);
+        }
+    }
+
+    /// Stops counting the frames of `mapped` (a leaf of `space`) as mapped.
+    fn untrack(&mut self, space: u32, mapped: &Mapped) {
+        if !mapped.tracked {
+            return;
+        }
+        let leaf = &mapped.leaf;
+        for frame in frames_of(leaf, self.ram_end) {
+            let va = leaf.va + (frame - leaf.phys);
             if let Some(users) = self.frame_users.get_mut(&frame) {
                 let before = users.len();
-                users.retain(|u| u.space != space);
+                users.retain(|u| (u.space, u.va) != (space, va));
                 self.tracked -= (before - users.len()) as u64;
                 if users.is_empty() {
                     self.frame_users.remove(&frame);
                 }
             }
-        }
-        for key in self.space_shared.remove(&space).unwrap_or_default() {
+            if mapped.object == 0 {
+                continue;
+            }
+            let key = (mapped.object, va);
             if let Some(mappers) = self.shared_pages.get_mut(&key) {
                 mappers.retain(|&(s, _)| s != space);
                 if mappers.is_empty() {
@@ -126,33 +192,90 @@ impl Agreement {
 
     /// The (frame, page) pairs the user pages of `space` mapped at its last walk.
     pub fn mapped(&self, space: u32) -> Vec<(u64, u64)> {
-        self.space_frames
-            .get(&space)
-            .into_iter()
-            .flatten()
-            .filter_map(|&frame| {
-                let users = self.frame_users.get(&frame)?;
-                let user = users.iter().find(|u| u.space == space)?;
-                Some((frame, user.va))
+        let leaves = self.spaces.get(&space).map(|w| w.leaves.values());
+        let tracked = leaves.into_iter().flatten().filter(|m| m.tracked);
+        tracked
+            .flat_map(|m| {
+                let leaf = m.leaf;
+                frames_of(&leaf, self.ram_end)
+                    .map(move |frame| (frame, leaf.va + (frame - leaf.phys)))
+            })
+            .filter(|(frame, va)| {
+                let users = self.frame_users.get(frame);
+                users.is_some_and(|u| u.iter().any(|u| (u.space, u.va) == (space, *va)))
             })
             .collect()
     }
 
-    /// The spaces whose frames are remembered.
-    pub fn spaces(&self) -> impl Iterator<Item = u32> + '_ {
-        self.space_frames.keys().copied()
+    /// The (space, frame, page) of every user page the last check counted as newly mapped
+    /// (each page a whole walk found, and those an incremental one walked again).
+    pub fn added(&self) -> &[(u32, u64, u64)] {
+        &self.added
     }
 
-    /// Starts a check, with the guest's reference counts of frames held more than once.
+    /// The (space, page) of every user page that maps `frame`.
+    pub fn users_of(&self, frame: u64) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let users = self.frame_users.get(&frame).into_iter().flatten();
+        users.map(|u| (u.space, u.va))
+    }
+
+    /// The spaces whose walks are remembered.
+    pub fn spaces(&self) -> impl Iterator<Item = u32> + '_ {
+        self.spaces.keys().copied()
+    }
+
+    /// Leaves and tables remembered over all spaces.
+    pub fn remembered(&self) -> (usize, usize) {
+        let leaves = self.spaces.values().map(|w| w.leaves.len()).sum();
+        let tables = self.spaces.values().map(|w| w.tables.len()).sum();
+        (leaves, tables)
+    }
+
+    /// Whether a check can follow up the last walk of `space` (see [`Check::update`]): it was
+    /// walked, through the directory `cr3`, within its budget.
+    pub fn can_follow(&self, space: u32, cr3: u64) -> bool {
+        let walked = self.spaces.get(&space);
+        walked.is_some_and(|w| w.complete && w.cr3 == cr3 & !0xfff)
+    }
+
+    /// Whether the guest wrote (`written`: frames) one of the tables the walks of `space`
+    /// entered.
+    pub fn tables_written(&self, space: u32, written: &FrameSet<u64>) -> bool {
+        let walked = self.spaces.get(&space);
+        walked.is_some_and(|w| w.tables.touched_by(written))
+    }
+
+    /// Starts a check, with the guest's reference counts of frames held more than once. The
+    /// frames whose count changed since the last check are held to the sharing rules again.
     pub fn check<'a>(&'a mut self, refs: &'a Refs) -> Check<'a> {
+        let changed = refs
+            .iter()
+            .filter(|&(f, n)| self.last_refs.get(f) != Some(n));
+        let mut affected: Vec<u64> = changed.map(|(&f, _)| f).collect();
+        affected.extend(self.last_refs.keys().filter(|f| !refs.contains_key(f)));
+        self.last_refs.clone_from(refs);
+        self.refs_changed.clone_from(&affected);
+        self.check_with(refs, affected.into_iter().collect())
+    }
+
+    /// A check that holds the frames `affected` to the sharing rules at its end.
+    fn check_with<'a>(&'a mut self, refs: &'a Refs, affected: FrameSet<u64>) -> Check<'a> {
+        self.added.clear();
         Check {
             state: self,
             refs,
             findings: Vec::new(),
             dropped: BTreeMap::new(),
             budget_reported: false,
+            affected,
         }
     }
+}
+
+/// The 4 KiB frames of `leaf` inside RAM (which ends at `ram_end`).
+fn frames_of(leaf: &Leaf, ram_end: u64) -> impl Iterator<Item = u64> {
+    let end = leaf.phys.saturating_add(leaf.size).min(ram_end);
+    (leaf.phys..end).step_by(PAGE as usize)
 }
 
 fn kernel_half<M: GuestMemory + ?Sized>(mem: &M, cr3: u64) -> Option<[u8; 2048]> {
@@ -193,6 +316,7 @@ impl Check<'_> {
 
     /// The findings, with one more per (space, rule) that had more than [`MAX_PER_RULE`].
     pub fn finish(mut self) -> Vec<Finding> {
+        self.judge_affected();
         for ((space, rule), n) in std::mem::take(&mut self.dropped) {
             self.findings.push(Finding {
                 space,
@@ -209,8 +333,10 @@ impl Check<'_> {
 
     /// The kernel's region list and the upper half of its tables.
     pub fn kernel<M: GuestMemory + ?Sized>(&mut self, mem: &M, kernel: &SpaceSnapshot) {
-        self.region_list(kernel, (KERNEL_SPACE_BASE, u64::MAX));
-        self.walk(mem, KERNEL_SPACE, kernel.cr3, UPPER_HALF, |c, leaf| {
+        self.start_space(kernel, UPPER_HALF);
+        self.region_list(kernel, KERNEL_TOTAL);
+        let walk = leaves_in(mem, kernel.cr3, UPPER_HALF);
+        self.walk(mem, KERNEL_SPACE, walk, |c, leaf| {
             c.kernel_leaf(kernel, leaf)
         });
     }
@@ -224,16 +350,43 @@ impl Check<'_> {
         view: &SpaceSnapshot,
         kernel: &SpaceSnapshot,
     ) {
-        self.state.space_frames.insert(view.space, Vec::new());
-        self.region_list(view, (USER_SPACE_BASE, USER_SPACE_END - 1));
-        self.walk(mem, view.space, view.cr3, LOWER_HALF, |c, leaf| {
-            c.user_leaf(view, leaf)
-        });
+        self.start_space(view, LOWER_HALF);
+        self.region_list(view, USER_TOTAL);
+        let walk = leaves_in(mem, view.cr3, LOWER_HALF);
+        self.walk(mem, view.space, walk, |c, leaf| c.user_leaf(view, leaf));
+        self.kernel_half(mem, view, kernel);
+        self.trampoline(mem, view);
+    }
+
+    /// Remembers `view`'s directory and regions as those its leaves are judged against, and no
+    /// leaf or table yet (of `half`, the half walked).
+    fn start_space(&mut self, view: &SpaceSnapshot, half: std::ops::RangeInclusive<u64>) {
+        let walked = Walked {
+            cr3: view.cr3 & !0xfff,
+            leaves: BTreeMap::new(),
+            tables: Tables::new(half),
+            complete: true,
+            regions: view.regions.clone(),
+        };
+        self.state.spaces.insert(view.space, walked);
+    }
+
+    /// PML4 slots 256..511 of `view`'s directory are the kernel's.
+    fn kernel_half<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        view: &SpaceSnapshot,
+        kernel: &SpaceSnapshot,
+    ) {
         let kernel_slots = kernel_half(mem, kernel.cr3);
         if kernel_slots.is_none() || kernel_half(mem, view.cr3) != kernel_slots {
             let detail = "PML4 slots 256..511 differ from the kernel's".to_string();
             self.report(view.space, Rule::KernelHalfDiffers, None, None, detail);
         }
+    }
+
+    /// The trampoline page is mapped in `view`'s directory.
+    fn trampoline<M: GuestMemory + ?Sized>(&mut self, mem: &M, view: &SpaceSnapshot) {
         if let Ok(None) = translate(mem, view.cr3, USER_TRAMPOLINE) {
             let detail = "trampoline page not mapped".into();
             self.report(view.space, Rule::Trampoline, None, None, detail);
@@ -268,35 +421,41 @@ impl Check<'_> {
         }
     }
 
+    /// Visits every leaf of `walk` (a walk of `space`'s tables); reports what it cannot walk
+    /// and tables that lie where none may, and remembers the tables it entered.
     fn walk<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
         space: u32,
-        cr3: u64,
-        half: std::ops::RangeInclusive<u64>,
+        walk: Leaves<'_, M>,
         mut visit: impl FnMut(&mut Self, &Leaf),
     ) {
-        let mut walk = leaves_in(mem, cr3, half);
-        if self.state.provenance.is_some() {
-            walk = walk.recording_tables();
-        }
+        let mut walk = walk.recording_tables();
+        let mut complete = true;
         for leaf in walk.by_ref() {
             match leaf {
                 Ok(leaf) => visit(self, &leaf),
-                Err(e) => self.report(space, Rule::Walk, None, None, e.to_string()),
+                Err(e) => {
+                    complete &= !matches!(e, WalkError::BudgetExceeded { .. });
+                    self.report(space, Rule::Walk, None, None, e.to_string());
+                }
             }
         }
         self.tables_provenance(space, walk.tables());
+        if let Some(walked) = self.state.spaces.get_mut(&space) {
+            walked.tables.enter(mem, walk.tables(), false);
+            walked.complete = complete;
+        }
     }
 
     /// Every table the walk of `space` read (its PML4 first) lies where tables may.
-    fn tables_provenance(&mut self, space: u32, tables: &[(PageLevel, u64)]) {
+    fn tables_provenance(&mut self, space: u32, tables: &[EnteredTable]) {
         let Some(provenance) = &self.state.provenance else {
             return;
         };
         let misplaced: Vec<String> = tables
             .iter()
-            .filter_map(|&(level, table)| {
+            .filter_map(|&EnteredTable { level, table, .. }| {
                 let place = provenance.misplaced_table(space, table)?;
                 Some(format!("{level:?} table {table:#x} lies {place}"))
             })
@@ -320,19 +479,37 @@ impl Check<'_> {
         }
     }
 
+    /// A user leaf: judged by itself and against its region, then its frames counted.
     fn user_leaf(&mut self, view: &SpaceSnapshot, leaf: &Leaf) {
+        if let Some(region) = self.user_leaf_alone(view, leaf) {
+            self.frames(view.space, leaf, region);
+        }
+    }
+
+    /// The rules a user leaf keeps by itself and against its region; remembers it. Returns its
+    /// region if its frames are to be counted (not the trampoline's, not in a hole).
+    fn user_leaf_alone<'v>(
+        &mut self,
+        view: &'v SpaceSnapshot,
+        leaf: &Leaf,
+    ) -> Option<&'v RegionRecord> {
         let space = view.space;
         self.leaf_provenance(space, leaf);
+        let region = (leaf.va != USER_TRAMPOLINE)
+            .then(|| region_containing(&view.regions, leaf.va))
+            .flatten();
+        self.remember(space, leaf, region);
         if leaf.va == USER_TRAMPOLINE {
             if !leaf.perms.user || leaf.perms.writable || !leaf.perms.executable() {
                 let detail = "must be user r-x".into();
                 self.report(space, Rule::Trampoline, Some(leaf), None, detail);
             }
-            return;
+            return None;
         }
-        let Some(region) = region_containing(&view.regions, leaf.va) else {
+        let Some(region) = region else {
             let detail = "present page where no region is".into();
-            return self.report(space, Rule::PteInHole, Some(leaf), None, detail);
+            self.report(space, Rule::PteInHole, Some(leaf), None, detail);
+            return None;
         };
         self.access(space, leaf, region);
         let access = region.access;
@@ -349,110 +526,57 @@ impl Check<'_> {
                 detail,
             );
         }
-        self.frames(space, leaf, region);
+        Some(region)
     }
 
-    /// Records the RAM frames `leaf` maps (in `region`), and checks the sharing rules for each.
+    /// Remembers `leaf` as one of `space`'s, in `region` (whose frames are then counted).
+    fn remember(&mut self, space: u32, leaf: &Leaf, region: Option<&RegionRecord>) {
+        let mapped = Mapped {
+            leaf: *leaf,
+            object: region.map_or(0, |r| r.object),
+            tracked: region.is_some(),
+        };
+        if let Some(walked) = self.state.spaces.get_mut(&space) {
+            walked.leaves.insert(leaf.va, mapped);
+        }
+    }
+
+    /// Counts the RAM frames `leaf` maps (in `region`) as mapped; the sharing rules look at
+    /// each at the end of the check.
     fn frames(&mut self, space: u32, leaf: &Leaf, region: &RegionRecord) {
-        let end = leaf.phys.saturating_add(leaf.size).min(self.state.ram_end);
-        for frame in (leaf.phys..end).step_by(PAGE as usize) {
-            let budget = (self.state.ram_end / PAGE).saturating_mul(FRAME_BUDGET_PER_RAM_PAGE);
-            if self.state.tracked >= budget {
+        for frame in frames_of(leaf, self.state.ram_end) {
+            if !self.track(space, leaf, region.object, frame) {
                 return self.over_budget(space);
             }
-            let user = User {
-                space,
-                va: leaf.va + (frame - leaf.phys),
-                object: region.object,
-            };
-            let users = self.state.frame_users.entry(frame).or_default();
-            users.push(user);
-            self.state.tracked += 1;
-            self.state
-                .space_frames
-                .entry(space)
-                .or_default()
-                .push(frame);
-            self.references(frame, leaf, region);
-            if region.object != 0 {
-                self.shared_page(user, frame, leaf, region);
-            } else if leaf.perms.writable && self.refs.get(&frame).is_some_and(|&n| n > 1) {
-                let detail = format!(
-                    "frame {frame:#x} is copy-on-write ({} references) but mapped writable",
-                    self.refs[&frame]
-                );
-                self.report(space, Rule::CowWritable, Some(leaf), Some(region), detail);
-            }
+            self.affected.insert(frame);
         }
     }
 
-    /// A frame may be mapped once per reference: each private page counts, and each page of a
-    /// shared object once however many spaces map it.
-    fn references(&mut self, frame: u64, leaf: &Leaf, region: &RegionRecord) {
-        let users = &self.state.frame_users[&frame];
-        let last = *users.last().expect("just added");
-        let mut shared: Vec<(u64, u64)> = users
-            .iter()
-            .filter(|u| u.object != 0)
-            .map(|u| (u.object, u.va))
-            .collect();
-        shared.sort_unstable();
-        shared.dedup();
-        let private = users.iter().filter(|u| u.object == 0).count();
-        let mappings = private + shared.len();
-        let refs = self.refs.get(&frame).copied().unwrap_or(1) as usize;
-        // Only a page that added a mapping is reported: a shared page another space already
-        // maps added none.
-        let same_page = users
-            .iter()
-            .filter(|u| u.object == last.object && u.va == last.va)
-            .count();
-        let added = last.object == 0 || same_page == 1;
-        if mappings <= refs || !added {
-            return;
+    /// Counts `frame` (of `leaf`, a page of `space` in shared object `object`, or 0) as
+    /// mapped; `false` once the frames tracked reach the budget.
+    fn track(&mut self, space: u32, leaf: &Leaf, object: u64, frame: u64) -> bool {
+        let budget = (self.state.ram_end / PAGE).saturating_mul(FRAME_BUDGET_PER_RAM_PAGE);
+        if self.state.tracked >= budget {
+            return false;
         }
-        let other = users[0];
-        let detail = format!(
-            "frame {frame:#x} is mapped {mappings} times ({private} private, {} shared) with \
-             {refs} reference(s); also by {} at {:#x}",
-            shared.len(),
-            space_name(other.space),
-            other.va
-        );
-        self.report(
-            last.space,
-            Rule::FrameOverMapped,
-            Some(leaf),
-            Some(region),
-            detail,
-        );
-    }
-
-    /// Every space that maps a page of a shared object maps the same frame there.
-    fn shared_page(&mut self, user: User, frame: u64, leaf: &Leaf, region: &RegionRecord) {
-        let key = (user.object, user.va);
-        let mappers = self.state.shared_pages.entry(key).or_default();
-        let differs = mappers.iter().find(|&&(_, f)| f != frame).copied();
-        mappers.push((user.space, frame));
-        self.state
-            .space_shared
-            .entry(user.space)
-            .or_default()
-            .push(key);
-        if let Some((other, other_frame)) = differs {
-            let detail = format!(
-                "page of shared object {} maps frame {frame:#x}, but {} maps it to {other_frame:#x}",
-                user.object,
-                space_name(other)
-            );
-            self.report(
-                user.space,
-                Rule::SharedPageDiffers,
-                Some(leaf),
-                Some(region),
-                detail,
-            );
+        let user = User {
+            space,
+            va: leaf.va + (frame - leaf.phys),
+            object,
+            writable: leaf.perms.writable,
+        };
+        self.state.frame_users.entry(frame).or_default().push(user);
+        self.state.tracked += 1;
+        self.state.added.push((space, frame, user.va));
+        if object != 0 {
+            let mappers = self
+                .state
+                .shared_pages
+                .entry((object, user.va))
+                .or_default();
+            mappers.push((space, frame));
         }
+        true
     }
 
     fn over_budget(&mut self, space: u32) {
@@ -466,6 +590,7 @@ impl Check<'_> {
     }
 
     fn kernel_leaf(&mut self, kernel: &SpaceSnapshot, leaf: &Leaf) {
+        self.remember(KERNEL_SPACE, leaf, None);
         let Some(region) = region_containing(&kernel.regions, leaf.va) else {
             let detail = "kernel page outside every kernel region".into();
             return self.report(KERNEL_SPACE, Rule::PteInHole, Some(leaf), None, detail);
@@ -677,5 +802,92 @@ mod tests {
         let found = check.finish();
         assert_eq!(found.len(), MAX_PER_RULE + 1);
         assert!(found.last().unwrap().detail.starts_with("5 more findings"));
+    }
+
+    /// The rules among `found` that an update can change (not the trampoline's or the kernel
+    /// half's, which these tables do not have).
+    fn page_rules(found: Vec<Finding>) -> Vec<(Rule, Option<u64>)> {
+        let page = [
+            Rule::PteInHole,
+            Rule::PteExceedsRegion,
+            Rule::IncrementalCheck,
+        ];
+        let found = found.into_iter().filter(|f| page.contains(&f.rule));
+        found.map(|f| (f.rule, f.va)).collect()
+    }
+
+    /// The page-table frame holding the entry that maps `va`.
+    fn table_of(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> u64 {
+        let path = x86_paging::page_walk::walk(mem, cr3, va).unwrap();
+        path.entries().last().unwrap().addr & !0xfff
+    }
+
+    #[test]
+    fn an_update_walks_again_the_tables_written_and_the_pages_whose_region_changed() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mut tables = PageTableBuilder::new(&mem, (1 << 20)..(8 << 20)).unwrap();
+        tables
+            .map(0x40_0000, 0x5000, PAGE_SIZE_4K, PageLevel::Pt, RW)
+            .unwrap();
+        let cr3 = tables.cr3();
+        let kernel = view(KERNEL_SPACE, 0, Vec::new());
+        let (refs, nothing) = (Refs::default(), FrameSet::default());
+        let mut state = Agreement::for_memory(&mem);
+        let rwx = RegionRecord {
+            access: USER | READ | WRITE | EXECUTE,
+            ..region(0x40_0000, 0)
+        };
+        let rw = view(1, cr3, vec![rwx]);
+        let mut first = state.check(&refs);
+        first.space(&mem, &rw, &kernel);
+        assert!(page_rules(first.finish()).is_empty());
+        assert!(state.can_follow(1, cr3) && !state.can_follow(1, cr3 + 0x1000));
+        // The region made read-only, the tables untouched: its page is judged again.
+        let read_only = RegionRecord {
+            access: USER | READ | EXECUTE,
+            ..rwx
+        };
+        let ro = view(1, cr3, vec![read_only]);
+        let mut second = state.check(&refs);
+        assert!(second.update(&mem, &ro, &kernel, &nothing));
+        let exceeds = (Rule::PteExceedsRegion, Some(0x40_0000));
+        assert_eq!(page_rules(second.finish()), [exceeds]);
+        // A page mapped where no region is: its table is written, walked again, and the page
+        // found; the unchanged one is not judged again.
+        tables
+            .map(0x40_1000, 0x6000, PAGE_SIZE_4K, PageLevel::Pt, RW)
+            .unwrap();
+        let written: FrameSet<u64> = [table_of(&mem, cr3, 0x40_1000)].into_iter().collect();
+        assert!(state.tables_written(1, &written));
+        let mut third = state.check(&refs);
+        assert!(third.update(&mem, &ro, &kernel, &written));
+        let hole = (Rule::PteInHole, Some(0x40_1000));
+        assert_eq!(page_rules(third.finish()), [exceeds, hole]);
+        // What the updates kept is what a full walk finds.
+        assert_eq!(state.remembered().0, 2);
+        let cross = state.cross_check(&mem, &kernel, std::slice::from_ref(&ro), &[]);
+        assert_eq!(page_rules(cross), [exceeds, hole]);
+        // A table written behind the checker's back: the cross-check says so.
+        tables
+            .map(0x7f_0000_0000, 0x7000, PAGE_SIZE_4K, PageLevel::Pt, RW)
+            .unwrap();
+        let mut fourth = state.check(&refs);
+        assert!(fourth.update(&mem, &ro, &kernel, &nothing));
+        assert_eq!(page_rules(fourth.finish()), []);
+        let cross = state.cross_check(&mem, &kernel, std::slice::from_ref(&ro), &[]);
+        let rules: Vec<Rule> = page_rules(cross).into_iter().map(|(r, _)| r).collect();
+        assert!(rules.contains(&Rule::IncrementalCheck), "{rules:?}");
+        // A new table linked in at the top: the PML4's copy says which entry changed.
+        tables
+            .map(0x100_0000_0000, 0x8000, PAGE_SIZE_4K, PageLevel::Pt, RW)
+            .unwrap();
+        let pml4: FrameSet<u64> = [cr3].into_iter().collect();
+        let mut fifth = state.check(&refs);
+        assert!(fifth.update(&mem, &ro, &kernel, &pml4));
+        let new_hole = (Rule::PteInHole, Some(0x100_0000_0000));
+        assert_eq!(page_rules(fifth.finish()), [new_hole]);
+        let cross = state.cross_check(&mem, &kernel, std::slice::from_ref(&ro), &[]);
+        let far_hole = (Rule::PteInHole, Some(0x7f_0000_0000));
+        assert_eq!(page_rules(cross), [exceeds, hole, far_hole, new_hole]);
     }
 }

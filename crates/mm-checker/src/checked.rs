@@ -2,19 +2,26 @@
 //! replay after every batch of the inner driver.
 //!
 //! After each inner batch it asks the guest for snapshots of the kernel and of every space the
-//! batch may have changed (the spaces its operations named, and new ones), then walks their
-//! tables while the guest is paused with exactly those trees. It also has every live tree run
-//! its own `check_invariants` (a `check-tree` of the kernel and each space), and checks every
-//! frame it learns of against the memory map the host wrote at boot: those the trace shows
-//! allocated at once, during the batch, the others at the check. Spaces the batch did not
-//! name keep their last check's frames in the [`Agreement`], so a frame mapped by a changed and
-//! an unchanged space is still seen. A space that shares an object with a changed one changed too
-//! (the other may have given the object a page); every [`FULL_CHECK_EVERY`] checks, every live space is walked
-//! again. A replay of one op per batch thus costs a couple of snapshots per op, not one per
-//! live space.
+//! batch may have changed (the spaces its operations named, new ones, and those whose tables
+//! the guest wrote), then checks their tables while the guest is paused with exactly those
+//! trees. It also has every live tree run its own `check_invariants` (a `check-tree` of the
+//! kernel and each space), and checks every frame it learns of against the memory map the
+//! host wrote at boot: those the trace shows allocated at once, during the batch, the others at
+//! the check. Spaces the batch did not name keep their last check's frames in the
+//! [`Agreement`], so a frame mapped by a changed and an unchanged space is still seen. A space
+//! that shares an object with a changed one changed too (the other may have given the object a
+//! page); every [`FULL_CHECK_EVERY`] checks, every live space is snapshotted again. A replay of
+//! one op per batch thus costs a couple of snapshots per op, not one per live space.
+//!
+//! Where the backend keeps a record of the frames the guest wrote (the sim's machine, KVM's
+//! dirty log; see [`Driver::written`]), a check is incremental: it walks again only the entries of the tables
+//! written, and judges again only the pages whose region changed. A full walk still runs every
+//! [`Checked::full_walk_every`] checks, at every check that finds something, and when the
+//! inner driver's work ends, and compares what the incremental checks kept with what it finds
+//! (`incremental-check-agrees`). Without that record every changed space is walked whole.
 
 use crate::accounting::{Accounting, FrameReports};
-use crate::agreement::Agreement;
+use crate::agreement::{Agreement, Refs};
 use crate::coherence::Coherence;
 use crate::finding::{region_containing, Finding};
 use crate::provenance::{self, Provenance};
@@ -29,8 +36,9 @@ use shared_mm::region_tree::InvariantViolation;
 use shared_mm::trace::TraceRecord;
 use std::collections::{BTreeMap, BTreeSet};
 use vm_memory::GuestMemoryMmap;
+use x86_paging::frame_map::FrameSet;
 
-/// Every this many checks, every live space is walked, changed or not.
+/// Every this many checks, every live space is snapshotted and walked whole, changed or not.
 pub const FULL_CHECK_EVERY: usize = 64;
 
 /// The most operations one check sends: a snapshot, a frame report and a `check-tree` of the
@@ -66,6 +74,16 @@ pub struct Checked<D> {
     directories: BTreeMap<u64, u32>,
     /// Whether this check walks every live space.
     full: bool,
+    /// The frames the guest wrote since the last check, once the backend reports them.
+    written: Option<FrameSet<u64>>,
+    /// The kernel's snapshot at the last check, and whether that check walked everything
+    /// whole (for the full walk at the end).
+    last_kernel: Option<SpaceSnapshot>,
+    last_walked_whole: bool,
+    /// Every this many checks (and at every check with a finding, and at the end) a check
+    /// that could be incremental walks everything whole too and compares; 1 makes every check
+    /// a full one (the reference the incremental checks are tested against).
+    pub full_walk_every: usize,
     /// Every finding so far, with the number of the check that found it.
     pub findings: Vec<(usize, Finding)>,
     /// How many times the checker ran.
@@ -95,6 +113,10 @@ impl<D: Driver> Checked<D> {
             round: Vec::new(),
             directories: BTreeMap::new(),
             full: false,
+            written: None,
+            last_kernel: None,
+            last_walked_whole: true,
+            full_walk_every: FULL_CHECK_EVERY,
             findings: Vec::new(),
             checks_run: 0,
             snapshots_asked: 0,
@@ -124,21 +146,27 @@ impl<D: Driver> Checked<D> {
         mem: &GuestMemoryMmap,
         spaces: &[SpaceRecord],
     ) -> (Vec<u32>, Vec<u32>) {
+        // A space gone since may have given a shared object pages on its way out.
+        let sharers = self.sharers_of_dirty();
         let agreement = agreement_for(&mut self.agreement, mem, &self.provenance);
         let live: BTreeSet<u32> = spaces.iter().map(|s| s.space).collect();
-        let gone: Vec<u32> = agreement.spaces().filter(|s| !live.contains(s)).collect();
+        let gone = agreement
+            .spaces()
+            .filter(|s| *s != KERNEL_SPACE && !live.contains(s));
+        let gone: Vec<u32> = gone.collect();
         for space in gone {
             agreement.forget(space);
         }
         let known: BTreeSet<u32> = agreement.spaces().collect();
         let full = self.checks_run.is_multiple_of(FULL_CHECK_EVERY);
         self.full = full;
-        // A space gone since may have given a shared object pages on its way out.
-        let sharers = self.sharers_of_dirty();
         self.objects.retain(|s, _| live.contains(s));
-        let (walk, rest): (Vec<u32>, Vec<u32>) = live
-            .into_iter()
-            .partition(|s| full || self.dirty.contains(s) || !known.contains(s));
+        let written = self.written.as_ref();
+        let (walk, rest): (Vec<u32>, Vec<u32>) = live.into_iter().partition(|&s| {
+            full || self.dirty.contains(&s)
+                || !known.contains(&s)
+                || written.is_some_and(|w| agreement.tables_written(s, w))
+        });
         let report = rest.into_iter().filter(|s| sharers.contains(s)).collect();
         (walk, report)
     }
@@ -219,28 +247,74 @@ impl<D: Driver> Checked<D> {
             self.objects.insert(view.space, held.collect());
         }
         let agreement = agreement_for(&mut self.agreement, mem, &self.provenance);
-        for view in &self.snapshots {
-            agreement.forget(view.space);
-        }
-        let mut check = agreement.check(self.frame_reports.shared_frames());
-        check.kernel(mem, &kernel);
-        for view in &self.snapshots {
-            check.space(mem, view, &kernel);
-        }
-        found.extend(check.finish());
+        let refs = self.frame_reports.shared_frames();
+        let views = (&kernel, self.snapshots.as_slice());
+        let (agreed, whole) = match self.written.as_mut() {
+            None => (check_whole(agreement, mem, refs, views), true),
+            Some(written) => {
+                let written = std::mem::take(written);
+                let incremental = check_incrementally(agreement, mem, refs, views, &written);
+                let every = self.full_walk_every.max(1);
+                // This check's number: `checks_run` counts it already.
+                let run = self.checks_run.saturating_sub(1);
+                let cross = self.full
+                    || run.is_multiple_of(every)
+                    || !found.is_empty()
+                    || !incremental.is_empty();
+                if cross {
+                    let views = self.snapshots.as_slice();
+                    let cross = agreement.cross_check(mem, &kernel, views, &incremental);
+                    (cross, true)
+                } else {
+                    (incremental, false)
+                }
+            }
+        };
+        self.last_walked_whole = whole;
+        found.extend(agreed);
         let live: BTreeSet<u32> = spaces.iter().map(|s| s.space).collect();
-        let mapped: BTreeMap<u32, Vec<(u64, u64)>> = self
-            .snapshots
-            .iter()
-            .map(|v| (v.space, agreement.mapped(v.space)))
-            .collect();
         let reports = std::mem::take(&mut self.frame_reports);
+        let mapped = if whole {
+            let walked = self.snapshots.iter().map(|v| v.space);
+            walked.map(|s| (s, agreement.mapped(s))).collect()
+        } else {
+            pages_to_judge(agreement, self.accounting.frames_changing(&reports, &live))
+        };
         if let Some(provenance) = &self.provenance {
             found.extend(provenance.check_reports(&reports));
         }
         found.extend(self.accounting.check(reports, &live, &mapped, self.full));
         self.dirty.clear();
+        self.last_kernel = Some(kernel);
         Ok(found)
+    }
+}
+
+impl<D: Driver> Checked<D> {
+    /// The inner driver's work is done: unless the last check walked everything whole, a full
+    /// walk of the tables and regions it saw cross-checks the incremental ones. Its findings
+    /// count as the last check's: where they disagree, and any rule not yet seen broken in
+    /// that space (what was seen before is not reported again).
+    fn walk_whole_at_the_end(&mut self, mem: &GuestMemoryMmap) {
+        if self.last_walked_whole {
+            return;
+        }
+        let (Some(agreement), Some(kernel)) = (&mut self.agreement, &self.last_kernel) else {
+            return;
+        };
+        self.last_walked_whole = true;
+        let found = agreement.cross_check(mem, kernel, &self.snapshots, &[]);
+        let seen: BTreeSet<(u32, Rule)> = self
+            .findings
+            .iter()
+            .map(|(_, f)| (f.space, f.rule))
+            .collect();
+        let new = found
+            .into_iter()
+            .filter(|f| f.rule == Rule::IncrementalCheck || !seen.contains(&(f.space, f.rule)));
+        let run = self.checks_run.saturating_sub(1);
+        self.findings
+            .extend(new.map(|f| (run, f)).collect::<Vec<_>>());
     }
 }
 
@@ -322,6 +396,9 @@ impl<D: Driver> Driver for Checked<D> {
             Between::Inner(held) => {
                 let own = held.first().map_or(&[][..], |(_, r)| r.as_slice());
                 let next = self.inner.next_batch(mem, own, spaces)?;
+                if next.is_none() {
+                    self.walk_whole_at_the_end(mem);
+                }
                 self.dirty_from(next.iter().flatten());
                 Ok(next)
             }
@@ -341,10 +418,23 @@ impl<D: Driver> Driver for Checked<D> {
             Between::Stop => Ok(None),
             Between::Inner(held) => {
                 let next = self.inner.next_round(mem, &held, spaces)?;
+                if next.is_none() {
+                    self.walk_whole_at_the_end(mem);
+                }
                 self.dirty_from(next.iter().flatten().flat_map(|b| &b.ops));
                 Ok(next)
             }
         }
+    }
+
+    /// Checked wants the backend's record of what the guest wrote, for incremental checks.
+    fn wants_written(&self) -> bool {
+        true
+    }
+
+    fn written(&mut self, frames: &[u64]) {
+        self.written.get_or_insert_default().extend(frames);
+        self.inner.written(frames);
     }
 
     fn snapshot(
@@ -406,6 +496,82 @@ fn agreement_for<'a>(
     provenance: &Option<Provenance>,
 ) -> &'a mut Agreement {
     slot.get_or_insert_with(|| Agreement::for_memory(mem).with_provenance(provenance.clone()))
+}
+
+/// The user pages frame accounting judges after an incremental check, by space: those the
+/// check found newly mapped, and those that map a frame whose owner or allocation changed
+/// (`changing`). Any other page was judged before against the same frame, owner and bitmap.
+fn pages_to_judge(
+    agreement: &Agreement,
+    changing: FrameSet<u64>,
+) -> BTreeMap<u32, Vec<(u64, u64)>> {
+    let added = agreement.added().iter().copied();
+    let users = changing.into_iter().flat_map(|frame| {
+        let users = agreement.users_of(frame);
+        users.map(move |(space, va)| (space, frame, va))
+    });
+    let unique: FrameSet<(u32, u64, u64)> = added.chain(users).collect();
+    let mut pages: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    for (space, frame, va) in unique {
+        pages.entry(space).or_default().push((frame, va));
+    }
+    for list in pages.values_mut() {
+        list.sort_unstable();
+    }
+    pages
+}
+
+/// Walks the kernel and each space of `views` whole (each forgotten first, before any is
+/// walked, or its old frames look mapped twice); their findings.
+fn check_whole(
+    agreement: &mut Agreement,
+    mem: &GuestMemoryMmap,
+    refs: &Refs,
+    views: (&SpaceSnapshot, &[SpaceSnapshot]),
+) -> Vec<Finding> {
+    let (kernel, spaces) = views;
+    for view in spaces {
+        agreement.forget(view.space);
+    }
+    let mut check = agreement.check(refs);
+    check.kernel(mem, kernel);
+    for view in spaces {
+        check.space(mem, view, kernel);
+    }
+    check.finish()
+}
+
+/// Checks the kernel and each space of `views`: incrementally where the last walk can be
+/// followed up with the tables the guest wrote (`written`), else whole. The follow-ups come
+/// first, so that a whole walk judges each frame against the others' current mappings.
+fn check_incrementally(
+    agreement: &mut Agreement,
+    mem: &GuestMemoryMmap,
+    refs: &Refs,
+    views: (&SpaceSnapshot, &[SpaceSnapshot]),
+    written: &FrameSet<u64>,
+) -> Vec<Finding> {
+    let (kernel, spaces) = views;
+    let all = std::iter::once(kernel).chain(spaces);
+    let (follow, mut whole): (Vec<&SpaceSnapshot>, Vec<&SpaceSnapshot>) =
+        all.partition(|v| agreement.can_follow(v.space, v.cr3));
+    for view in &whole {
+        agreement.forget(view.space);
+    }
+    let mut check = agreement.check(refs);
+    for view in follow {
+        if !check.update(mem, view, kernel, written) {
+            whole.push(view);
+        }
+    }
+    for view in whole {
+        if view.space == KERNEL_SPACE {
+            check.kernel(mem, view);
+        } else {
+            check.space(mem, view, kernel);
+        }
+    }
+    check.finish()
 }
 
 /// A `region-tree-invariants` finding for `space`, whose `check-tree` gave `got`.

@@ -14,13 +14,14 @@ mod checked;
 pub mod coherence;
 mod finding;
 mod provenance;
+mod region_diff;
 mod rule;
 pub mod table_lifetime;
 pub mod trace_events;
 
 pub use accounting::{Accounting, FrameReports};
 pub use agreement::{Agreement, Check, Refs, FRAME_BUDGET_PER_RAM_PAGE, MAX_PER_RULE};
-pub use checked::{as_finding, Checked};
+pub use checked::{as_finding, Checked, FULL_CHECK_EVERY};
 pub use finding::{access_string, Finding};
 pub use provenance::Provenance;
 pub use rule::Rule;

@@ -50,6 +50,9 @@ pub enum Rule {
     TableFreedWhileReachable,
     /// A region tree fails its own `check_invariants` (gap-index summaries included).
     RegionTreeInvariants,
+    /// An incremental check kept other leaves than a full walk finds, or saw a rule broken
+    /// that the full walk does not (a checker bug, or tables written behind the dirty log).
+    IncrementalCheck,
 }
 
 impl fmt::Display for Rule {
@@ -75,6 +78,7 @@ impl fmt::Display for Rule {
             Rule::FrameProvenance => "frame-provenance",
             Rule::TableFreedWhileReachable => "table-freed-while-reachable",
             Rule::RegionTreeInvariants => "region-tree-invariants",
+            Rule::IncrementalCheck => "incremental-check-agrees",
         })
     }
 }

@@ -303,6 +303,20 @@ pub trait Driver {
     ) -> Result<(), DriverError> {
         Ok(())
     }
+
+    /// Whether this driver wants [`Driver::written`]: a backend keeps its record of the frames
+    /// the guest writes (which costs the kvm backend a write-protect fault per page and round)
+    /// only for a driver that asks. The default does not.
+    fn wants_written(&self) -> bool {
+        false
+    }
+
+    /// The frames of guest RAM (4 KiB-aligned guest-physical addresses, ascending) the guest
+    /// wrote since the last call, or since it booted: the backend's own record (KVM's dirty
+    /// log, the simulated machine's), which the guest can neither forge nor skip. A backend
+    /// that keeps one calls this before every [`Driver::next_batch`] of a driver that
+    /// [wants it](Driver::wants_written), and may call it more often; the default ignores it.
+    fn written(&mut self, _frames: &[u64]) {}
 }
 
 /// A driver with no work: the guest's agent loop ends at once.

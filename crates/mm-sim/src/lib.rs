@@ -183,12 +183,16 @@ impl SimVm {
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, RunError> {
         let _ = writeln!(self.console, "sim: serving MM operations");
         driver.booted(&self.boot_info);
+        if driver.wants_written() {
+            self.board.start_dirty_log();
+        }
         if self.cpus.len() > 1 {
             return self.run_rounds(driver);
         }
         let mut results: Vec<OpResult> = Vec::new();
         loop {
             deliver_trace(&self.trace, &self.mem, driver)?;
+            self.deliver_written(driver);
             let (spaces, _generation): (Vec<SpaceRecord>, _) =
                 self.mm.space_records(&mut self.cpus[0]);
             let Some(ops) = driver
@@ -208,11 +212,20 @@ impl SimVm {
         }
     }
 
+    /// Hands `driver` the frames written since the last batch or round, if it keeps a dirty
+    /// log (the incremental checker does).
+    fn deliver_written(&self, driver: &mut dyn Driver) {
+        if driver.wants_written() {
+            driver.written(&self.board.take_written());
+        }
+    }
+
     /// The rounds of several CPUs, each run by the scheduler.
     fn run_rounds(&mut self, driver: &mut dyn Driver) -> Result<u32, RunError> {
         let mut results: Vec<(u32, Vec<OpResult>)> = Vec::new();
         loop {
             deliver_trace(&self.trace, &self.mem, driver)?;
+            self.deliver_written(driver);
             let (spaces, _generation) = self.mm.space_records(&mut self.cpus[0]);
             let Some(round) = driver
                 .next_round(&self.mem, &results, &spaces)

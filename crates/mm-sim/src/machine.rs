@@ -57,6 +57,17 @@ impl Board {
         self.written.borrow()
     }
 
+    /// Keeps a dirty log from now on: every frame written, by the MM's machine calls or by
+    /// ring 3 on any CPU, until [`Self::take_written`].
+    pub fn start_dirty_log(&self) {
+        self.written.borrow_mut().start_log();
+    }
+
+    /// The frames written since the last call (or since the log started), lowest first.
+    pub fn take_written(&self) -> Vec<u64> {
+        self.written.borrow_mut().take_log()
+    }
+
     /// CPU `cpu`: its CR3 and what it caches.
     pub fn cpu(&self, cpu: u32) -> Ref<'_, CpuState> {
         self.cpus[cpu as usize].borrow()

@@ -16,12 +16,23 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 const PAGE: u64 = 4096;
 
-/// The pages of guest RAM written since boot: one bit per 4 KiB page.
+/// The pages of guest RAM written since boot: one bit per 4 KiB page. When a driver asks, also
+/// those written since it last took them (the sim's dirty log, as KVM keeps one).
 #[derive(Clone, Debug, Default)]
 pub struct WrittenPages {
     bits: Vec<u64>,
     /// Pages of RAM.
     pages: u64,
+    /// The dirty log, once switched on.
+    log: Option<DirtyLog>,
+}
+
+/// Pages written since the log was last taken: a bit per page, and the words that have one set
+/// (so taking it costs the pages written, not RAM).
+#[derive(Clone, Debug, Default)]
+struct DirtyLog {
+    bits: Vec<u64>,
+    touched: Vec<usize>,
 }
 
 impl WrittenPages {
@@ -31,6 +42,7 @@ impl WrittenPages {
         WrittenPages {
             bits: vec![0; pages.div_ceil(64) as usize],
             pages,
+            log: None,
         }
     }
 
@@ -43,10 +55,43 @@ impl WrittenPages {
             return;
         };
         for page in addr / PAGE..=(last / PAGE).min(self.pages.saturating_sub(1)) {
-            if let Some(word) = self.bits.get_mut((page / 64) as usize) {
-                *word |= 1 << (page % 64);
+            let (index, bit) = ((page / 64) as usize, 1 << (page % 64));
+            if let Some(word) = self.bits.get_mut(index) {
+                *word |= bit;
+            }
+            if let Some(log) = &mut self.log {
+                if log.bits[index] == 0 {
+                    log.touched.push(index);
+                }
+                log.bits[index] |= bit;
             }
         }
+    }
+
+    /// Starts the dirty log (from now on, every write is also kept until [`Self::take_log`]).
+    pub fn start_log(&mut self) {
+        self.log.get_or_insert_with(|| DirtyLog {
+            bits: vec![0; self.bits.len()],
+            touched: Vec::new(),
+        });
+    }
+
+    /// The pages written since the last call (or since [`Self::start_log`]), lowest first;
+    /// nothing if the log is off.
+    pub fn take_log(&mut self) -> Vec<u64> {
+        let Some(log) = &mut self.log else {
+            return Vec::new();
+        };
+        log.touched.sort_unstable();
+        let mut pages = Vec::new();
+        for index in log.touched.drain(..) {
+            let mut bits = std::mem::take(&mut log.bits[index]);
+            while bits != 0 {
+                pages.push((index as u64 * 64 + u64::from(bits.trailing_zeros())) * PAGE);
+                bits &= bits - 1;
+            }
+        }
+        pages
     }
 
     /// The written pages' addresses, lowest first.
@@ -104,6 +149,23 @@ mod tests {
         written.mark(u64::MAX - 2, 8); // wraps: ignored
         let pages: Vec<u64> = written.pages().collect();
         assert_eq!(pages, [0x0, 0x1000, 0x5000, 15 * PAGE]);
+    }
+
+    #[test]
+    fn the_dirty_log_holds_what_was_written_since_it_was_last_taken() {
+        let mut written = WrittenPages::new(256 * PAGE);
+        written.mark(0x3000, 8);
+        assert!(written.take_log().is_empty(), "off until started");
+        written.start_log();
+        written.mark(0x9_0000, 8);
+        written.mark(0x0ff8, 16);
+        written.mark(0x9_0010, 8);
+        assert_eq!(written.take_log(), [0x0, 0x1000, 0x9_0000]);
+        assert!(written.take_log().is_empty());
+        written.mark(0x3000, 1);
+        assert_eq!(written.take_log(), [0x3000]);
+        let since_boot: Vec<u64> = written.pages().collect();
+        assert_eq!(since_boot, [0x0, 0x1000, 0x3000, 0x9_0000]);
     }
 
     fn used(pages: u64) -> UsedRam {

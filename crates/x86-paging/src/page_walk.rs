@@ -375,6 +375,64 @@ pub fn leaves_in<M: GuestMemory + ?Sized>(
     cr3: u64,
     range: RangeInclusive<u64>,
 ) -> Leaves<'_, M> {
+    let root = Subtree {
+        start: WalkStart::root(cr3),
+        base: 0,
+        last: u64::MAX,
+    };
+    leaves_from(mem, root, range)
+}
+
+/// A table to walk down from, and the addresses it maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subtree {
+    /// The table, its level, and the rights the entries above it leave.
+    pub start: WalkStart,
+    /// The first (canonical) address its entry 0 maps (0 for a PML4).
+    pub base: u64,
+    /// The last address it maps.
+    pub last: u64,
+}
+
+impl Subtree {
+    /// The table below the `level` entry `entry`, whose span starts at `va`, reached with
+    /// `perms` above that entry; `None` if the entry is not present or is a leaf.
+    pub fn below(
+        entry: PageTableEntry,
+        level: PageLevel,
+        va: u64,
+        perms: EffectivePerms,
+    ) -> Option<Self> {
+        if !entry.is_present() || entry.reserved_bits(level) != 0 {
+            return None;
+        }
+        match step(entry, level, va, perms).ok()? {
+            Step::Table {
+                table,
+                level: lower,
+                perms,
+            } => Some(Subtree {
+                start: WalkStart {
+                    table,
+                    level: lower,
+                    perms,
+                },
+                base: va,
+                last: va + (level.entry_span() - 1),
+            }),
+            Step::Leaf(_) => None,
+        }
+    }
+}
+
+/// The present leaves below the table `root` that intersect `range`, in ascending address
+/// order: the rest of a walk whose upper levels were read before (an incremental check re-walks
+/// only the entries that changed). The budget is that of a whole walk.
+pub fn leaves_from<M: GuestMemory + ?Sized>(
+    mem: &M,
+    root: Subtree,
+    range: RangeInclusive<u64>,
+) -> Leaves<'_, M> {
     let (mut first, mut last) = (*range.start(), *range.end());
     if !is_canonical(first) {
         first = UPPER_HALF_FIRST;
@@ -382,14 +440,18 @@ pub fn leaves_in<M: GuestMemory + ?Sized>(
     if !is_canonical(last) {
         last = LOWER_HALF_LAST;
     }
-    let root = (!range.is_empty() && first <= last).then_some(cr3 & ADDRESS_MASK);
+    first = first.max(root.base);
+    last = last.min(root.last);
+    let top_level = root.start.level as usize;
+    let root = (!range.is_empty() && first <= last).then_some(root);
     let budget = WalkBudget::for_memory(mem);
     Leaves {
         mem,
         first,
         last,
         root,
-        cursors: [TableCursor::EMPTY; 4],
+        cursors: Vec::new(),
+        top_level,
         depth: 0,
         budget,
         used: WalkBudget::default(),
@@ -468,9 +530,9 @@ impl TableCursor {
     }
 }
 
-/// Iterator over present leaves, from [`leaves`] or [`leaves_in`].
+/// Iterator over present leaves, from [`leaves`], [`leaves_in`] or [`leaves_from`].
 ///
-/// Reads each table once, with a single 4 KiB read; allocates nothing. An error is reported for
+/// Reads each table once, with a single read of the entries it visits; allocates nothing. An error is reported for
 /// the entry that caused it, and the walk goes on with the next entry. Depth is bounded by the
 /// four levels, so self-referencing tables terminate.
 pub struct Leaves<'m, M: ?Sized> {
@@ -479,16 +541,30 @@ pub struct Leaves<'m, M: ?Sized> {
     first: u64,
     /// Last canonical address of interest.
     last: u64,
-    /// The PML4, until it is read.
-    root: Option<u64>,
-    /// One cursor per level, indexed by `PageLevel as usize`.
-    cursors: [TableCursor; 4],
+    /// The table the walk starts from, until it is read.
+    root: Option<Subtree>,
+    /// One cursor per level from the root's down, made as the walk first enters the level (an
+    /// incremental check walks one last-level table far more often than a whole space, and a
+    /// cursor holds a table's 4 KiB).
+    cursors: Vec<TableCursor>,
+    /// The root's level, as `PageLevel as usize`: cursor `i` is for the level `i` below it.
+    top_level: usize,
     /// How many cursors are active.
     depth: usize,
     budget: WalkBudget,
     used: WalkBudget,
-    /// Every table entered so far (its level and address), when asked to record them.
-    tables: Option<Vec<(PageLevel, u64)>>,
+    /// Every table entered so far, when asked to record them.
+    tables: Option<Vec<EnteredTable>>,
+}
+
+/// A table a walk entered: where it is, its level, the first address its entry 0 maps, and
+/// the rights the entries above it leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnteredTable {
+    pub level: PageLevel,
+    pub table: u64,
+    pub base: u64,
+    pub perms: EffectivePerms,
 }
 
 impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
@@ -498,9 +574,9 @@ impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
         self
     }
 
-    /// The tables entered so far, with their levels, if recording (see
-    /// [`Self::recording_tables`]); a table two entries point to is listed twice.
-    pub fn tables(&self) -> &[(PageLevel, u64)] {
+    /// The tables entered so far, if recording (see [`Self::recording_tables`]); a table two
+    /// entries point to is listed twice.
+    pub fn tables(&self) -> &[EnteredTable] {
         self.tables.as_deref().unwrap_or_default()
     }
 
@@ -518,11 +594,34 @@ impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
             return Err(self.stop());
         }
         if let Some(tables) = &mut self.tables {
-            tables.push((level, table));
+            tables.push(EnteredTable {
+                level,
+                table,
+                base,
+                perms,
+            });
         }
-        let cursor = &mut self.cursors[level as usize];
+        let at = level as usize - self.top_level;
+        while self.cursors.len() <= at {
+            self.cursors.push(TableCursor::EMPTY);
+        }
+        let cursor = &mut self.cursors[at];
+        let next = if self.first > base {
+            level.index(self.first)
+        } else {
+            0
+        };
+        let end = if self.last < last {
+            level.index(self.last) + 1
+        } else {
+            ENTRIES_PER_TABLE
+        };
+        // Only the entries the walk visits are read: a walk of one entry reads eight bytes of
+        // each table on its way. A table is a 4 KiB-aligned frame, so it lies in RAM whole or
+        // not at all, and the part read fails exactly when the whole would.
+        let entries = &mut cursor.bytes[next * ENTRY_SIZE..end * ENTRY_SIZE];
         self.mem
-            .read_slice(&mut cursor.bytes, GuestAddress(table))
+            .read_slice(entries, GuestAddress(table + (next * ENTRY_SIZE) as u64))
             .map_err(|_| WalkError::TableOutsideMemory {
                 level,
                 table,
@@ -531,17 +630,9 @@ impl<M: GuestMemory + ?Sized> Leaves<'_, M> {
         cursor.level = level;
         cursor.base = base;
         cursor.perms = perms;
-        cursor.next = if self.first > base {
-            level.index(self.first)
-        } else {
-            0
-        };
-        cursor.end = if self.last < last {
-            level.index(self.last) + 1
-        } else {
-            ENTRIES_PER_TABLE
-        };
-        self.depth = level as usize + 1;
+        cursor.next = next;
+        cursor.end = end;
+        self.depth = at + 1;
         Ok(())
     }
 }
@@ -571,9 +662,13 @@ impl<M: GuestMemory + ?Sized> Iterator for Leaves<'_, M> {
     type Item = Result<Leaf, WalkError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(cr3) = self.root.take() {
-            let unrestricted = EffectivePerms::UNRESTRICTED;
-            if let Err(e) = self.enter(PageLevel::Pml4, cr3, 0, u64::MAX, unrestricted) {
+        if let Some(root) = self.root.take() {
+            let WalkStart {
+                table,
+                level,
+                perms,
+            } = root.start;
+            if let Err(e) = self.enter(level, table, root.base, root.last, perms) {
                 return Some(Err(e));
             }
         }
@@ -938,6 +1033,46 @@ mod tests {
         let inside: Vec<_> = leaves_in(&mem, cr3, 0x1000..=0x2000).collect();
         assert_eq!(inside.len(), 1);
         assert_eq!(inside[0].unwrap().va, 0);
+    }
+
+    #[test]
+    fn a_subtree_walk_yields_the_leaves_below_its_table() {
+        let mem = ram();
+        let mut b = builder(&mem);
+        for (va, frame) in [
+            (0x40_0000, 0x5000),
+            (0x40_3000, 0x6000),
+            (0x8000_0000, 0x7000),
+        ] {
+            b.map(va, frame, PAGE_SIZE_4K, PageLevel::Pt, rwu())
+                .unwrap();
+        }
+        let all = all_leaves(&mem, b.cr3());
+        let path = walk(&mem, b.cr3(), 0x40_0000).unwrap();
+        let pd = path.entries().find(|e| e.level == PageLevel::Pd).unwrap();
+        let above = path.entered().find(|s| s.level == PageLevel::Pd).unwrap();
+        let pt = Subtree::below(pd.entry, PageLevel::Pd, 0x40_0000, above.perms).unwrap();
+        assert_eq!((pt.base, pt.last), (0x40_0000, 0x5f_ffff));
+        let below: Vec<Leaf> = leaves_from(&mem, pt, LOWER_HALF)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(below, all[..2]);
+        // A range inside the subtree reads only its entries.
+        let mut one = leaves_from(&mem, pt, 0x40_3000..=0x40_3fff).recording_tables();
+        assert_eq!(one.next().map(|l| l.unwrap().va), Some(0x40_3000));
+        assert_eq!(one.next(), None);
+        let entered = one.tables();
+        assert_eq!(entered.len(), 1);
+        assert_eq!(
+            (entered[0].level, entered[0].base),
+            (PageLevel::Pt, 0x40_0000)
+        );
+        // A leaf entry has no table below it.
+        let leaf = path.entries().last().unwrap();
+        assert_eq!(
+            Subtree::below(leaf.entry, PageLevel::Pt, 0x40_0000, above.perms),
+            None
+        );
     }
 
     #[test]
