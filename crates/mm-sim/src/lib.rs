@@ -7,7 +7,7 @@
 //! With several CPUs (`--cpus N`), each simulated CPU has its own registers, CR3 and TLB, and
 //! runs its batch of a round as a coroutine in this one host thread; the [`scheduler`] picks
 //! which runs at every point where CPUs interact, so every interleaving is chosen, recorded and
-//! replayed exactly (`docs/smp-sim.md`). `unsafe` is denied but in [`switch`], which reaches a
+//! replayed exactly (`docs/smp-sim.md`). `unsafe` is denied but in `switch`, which reaches a
 //! coroutine's yielder.
 #![deny(unsafe_code)]
 
