@@ -18,7 +18,7 @@ use crate::memory_manager::{MemoryManager, SpaceHandle};
 use crate::page_fault::{handle_user_page_fault, FaultOutcome};
 use crate::seeded_bugs::Bug;
 use crate::{MmError, PhysicalFrame};
-use shared_mm::abi::{FaultKind, OpResult, Status, KERNEL_SPACE_BASE, USER_TRAMPOLINE};
+use shared_mm::abi::{FaultKind, OpResult, Status, KERNEL_SPACE_BASE, MAX_BATCH, USER_TRAMPOLINE};
 use shared_mm::address::PAGE_SIZE;
 use shared_mm::pte::is_canonical;
 
@@ -30,8 +30,11 @@ const WRITE_ENTRY: u64 = USER_TRAMPOLINE + 8;
 const WRITE_DONE: u64 = USER_TRAMPOLINE + 15;
 const INT3: u8 = 0xcc;
 
-/// Faults one touch may resolve: an unaligned access spans two pages.
-const MAX_FAULTS: usize = 3;
+/// Faults one touch may resolve: an unaligned access spans two pages (3), and with several
+/// CPUs another CPU may take a resolved page away again (unmap, protect) before the retry, once
+/// per operation it runs meanwhile: a batch's worth more. A fault that is resolved and never
+/// sticks still ends in a panic, only later.
+const MAX_FAULTS: usize = 3 + MAX_BATCH;
 
 /// What to do in ring 3.
 #[derive(Clone, Copy, Debug)]
