@@ -1,20 +1,25 @@
-//! Shrinking a failure of several CPUs on the sim, where a schedule replays exactly: the ops
-//! (each keeping the round and CPU it ran in, by the same passes as one CPU's, see
-//! [`crate::shrink`]), then the CPUs (every op of a CPU moved to CPU 0, the CPUs left numbered
-//! from 0), then the schedule's preemptions (whole rounds, then single slices, left to the
-//! default). Each candidate is kept only if it still fails with the same signature. The
+//! Shrinking a failure of several CPUs: the ops (each keeping the round and CPU it ran in, by
+//! the same passes as one CPU's, see [`crate::shrink`]), then the CPUs (every op of a CPU moved
+//! to CPU 0, the CPUs left numbered from 0), then, where the backend follows a schedule (the
+//! sim), the schedule's preemptions (whole rounds, then single slices, left to the default).
+//! Each candidate is kept only if it still fails with the same signature. On the sim the
 //! schedule a candidate follows is the one found with it: ops dropped before a race shift its
-//! preemption points, and such a candidate is simply refused.
+//! preemption points, and such a candidate is simply refused. Under kvm the hardware
+//! interleaves, and a candidate is replayed as its rounds say. Once the watch's stop flag is
+//! set, nothing more is replayed and the smallest failing candidate so far is the result.
 
 use crate::error::FuzzError;
+use crate::repro::Reproducer;
 use crate::shrink::{pin_placements, shrink_tagged, Budget};
 use crate::{replay_rounds, Failure, Run, Signature};
 use mm_driver::driver::CpuBatch;
 use mm_driver::schedule::{Schedule, Slice};
 use mm_driver::{Boot, GuestConfig};
+use mm_scenario::header::{cpus_line, schedule_line};
 use shared_mm::abi::Op;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A failure of several CPUs, shrunk.
 #[derive(Clone, Debug)]
@@ -25,11 +30,37 @@ pub struct ShrunkRounds {
     pub round_starts: Vec<usize>,
     /// CPUs the guest needs: one past the highest that runs an op.
     pub cpu_count: u32,
-    /// The schedule the last replay took (what the reproducer records).
-    pub schedule: Schedule,
+    /// The schedule the last replay took (what the reproducer records); `None` where the
+    /// backend does not follow one.
+    pub schedule: Option<Schedule>,
     /// How that replay failed.
     pub failure: Failure,
     pub replays: usize,
+}
+
+impl ShrunkRounds {
+    /// `run` as it failed (`found`) on `cpus` CPUs, before any shrinking.
+    pub fn as_found(run: &Run, found: &Failure, cpus: u32) -> Self {
+        ShrunkRounds {
+            ops: run.sent.clone(),
+            cpus: run.cpus.clone(),
+            round_starts: run.batch_starts.clone(),
+            cpu_count: cpus,
+            schedule: run.schedule.clone(),
+            failure: found.clone(),
+            replays: 0,
+        }
+    }
+
+    /// The reproducer of these rounds, `header` first: each op's CPU and the rounds where an
+    /// op ran off CPU 0, then the CPU count and the schedule.
+    pub fn reproducer(&self, header: Vec<(String, String)>) -> Reproducer {
+        let ops = self.ops.clone();
+        let mut repro = Reproducer::with_rounds(header, ops, &self.cpus, &self.round_starts);
+        repro.header.extend(cpus_line(self.cpu_count));
+        repro.header.extend(schedule_line(self.schedule.as_ref()));
+        repro
+    }
 }
 
 /// An op's round and CPU, as one tag (rounds keep their order, CPUs theirs within a round).
@@ -113,18 +144,39 @@ fn numbered(by_round: &ByRound, tags: &[u64]) -> Schedule {
     }
 }
 
+/// What watches a shrink from outside.
+#[derive(Clone, Copy)]
+pub struct Watch<'a> {
+    /// Once set (Ctrl-C), nothing more is replayed: the shrink ends with the smallest failing
+    /// candidate so far, or with none.
+    pub stop: Option<&'a AtomicBool>,
+    /// Told after each replay: the replays so far, and the ops of the smallest failing
+    /// candidate (0 before one failed).
+    pub progress: &'a dyn Fn(usize, usize),
+}
+
+impl Watch<'_> {
+    /// Whether the stop flag is set.
+    pub fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+}
+
 /// What one candidate is replayed against.
 struct Replayer<'a> {
     backends: &'a dyn Boot,
     config: &'a GuestConfig,
     target: &'a Signature,
     check: bool,
+    watch: Watch<'a>,
     replays: Cell<usize>,
+    /// The failing run with the fewest ops so far, and the CPUs it ran on.
+    best: RefCell<Option<(Run, u32)>>,
 }
 
 impl Replayer<'_> {
-    /// Replays `ops` by `tags` on `cpus` CPUs following `schedule`: the run, if it fails the
-    /// target way.
+    /// Replays `ops` by `tags` on `cpus` CPUs following `schedule` (where the backend follows
+    /// one): the run, if it fails the target way. Nothing, once the watch says stop.
     fn fails(
         &self,
         tags: &[u64],
@@ -132,35 +184,49 @@ impl Replayer<'_> {
         cpus: u32,
         schedule: &ByRound,
     ) -> Result<Option<Run>, FuzzError> {
+        if self.watch.stopped() {
+            return Ok(None);
+        }
         self.replays.set(self.replays.get() + 1);
         let config = GuestConfig {
             cpus,
-            schedule: Some(numbered(schedule, tags)),
+            schedule: (self.config.backend.follows_schedules()).then(|| numbered(schedule, tags)),
             ..self.config.clone()
         };
         let run = replay_rounds(self.backends, &config, rounds_of(tags, ops), self.check)?;
-        Ok(run
-            .failure
-            .as_ref()
-            .is_some_and(|f| f.shows(self.target))
-            .then_some(run))
+        let failed = run.failure.as_ref().is_some_and(|f| f.shows(self.target));
+        let mut best = self.best.borrow_mut();
+        if failed
+            && best
+                .as_ref()
+                .is_none_or(|(b, _)| run.sent.len() <= b.sent.len())
+        {
+            *best = Some((run.clone(), cpus));
+        }
+        let smallest = best.as_ref().map_or(0, |(b, _)| b.sent.len());
+        (self.watch.progress)(self.replays.get(), smallest);
+        Ok(failed.then_some(run))
     }
 }
 
-/// Shrinks the failure `run` showed with `target` on the sim's `config` (several CPUs).
+/// Shrinks the failure `run` showed with `target` on `config` (several CPUs), `watch`
+/// looking on. `None` when no candidate failed (not even `run`'s ops replayed).
 pub fn shrink_rounds(
     backends: &dyn Boot,
     config: &GuestConfig,
     run: &Run,
     target: &Signature,
     budget: Budget,
+    watch: Watch<'_>,
 ) -> Result<Option<ShrunkRounds>, FuzzError> {
     let replayer = Replayer {
         backends,
         config,
         target,
         check: matches!(target, Signature::Finding(_)),
+        watch,
         replays: Cell::new(0),
+        best: RefCell::new(None),
     };
     let mut tags: Vec<u64> = Vec::with_capacity(run.sent.len());
     for (i, &cpu) in run.cpus.iter().enumerate().take(run.sent.len()) {
@@ -170,7 +236,7 @@ pub fn shrink_rounds(
     let mut cpus = config.cpus;
     let none = ByRound::new();
     let mut schedule = by_round(&run.schedule.clone().unwrap_or_default(), &tags);
-    if replayer.fails(&tags, &run.sent, cpus, &none)?.is_some() {
+    if !schedule.is_empty() && replayer.fails(&tags, &run.sent, cpus, &none)?.is_some() {
         schedule = none;
     }
     // Later ops keep aiming at the same regions when earlier placements go.
@@ -226,7 +292,13 @@ pub fn shrink_rounds(
             }
         }
     }
-    let Some(last) = replayer.fails(&tags, &ops, cpus, &schedule)? else {
+    // Under kvm a candidate may fail once and not again; stopped, nothing replays: then the
+    // smallest that failed is the result.
+    let last = match replayer.fails(&tags, &ops, cpus, &schedule)? {
+        Some(last) => Some((last, cpus)),
+        None => replayer.best.take(),
+    };
+    let Some((last, cpu_count)) = last else {
         return Ok(None);
     };
     let Some(failure) = last.failure else {
@@ -236,10 +308,10 @@ pub fn shrink_rounds(
         cpus: last.cpus,
         round_starts: last.batch_starts,
         ops: last.sent,
-        cpu_count: cpus,
-        schedule: last.schedule.unwrap_or_default(),
+        cpu_count,
+        schedule: last.schedule,
         failure,
-        replays: replayer.replays.get() + shrunk.replays,
+        replays: replayer.replays.get(),
     }))
 }
 

@@ -46,13 +46,11 @@ fn campaign(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<(CampaignConfi
     if coverage && counters.is_none() {
         bail!("the coverage guest has no sanitizer-coverage counters");
     }
-    // A KVM guest whose MM is the library with known seeded bugs has a sim twin: failures
-    // shrink there, fast, and are confirmed on KVM. The twin has one CPU, so a campaign of
-    // several CPUs saves its failures unshrunk, in their rounds.
+    // A KVM guest whose MM is the library with known seeded bugs has a sim twin, on as many
+    // CPUs: failures shrink there, fast, and are confirmed on KVM.
     let shrink_on =
         (guest.backend() == Backend::Kvm && guest.kernel.is_none()).then(|| GuestConfig {
             backend: Backend::Sim,
-            cpus: 1,
             seeded_bugs: seeded_bugs(guest.features()).unwrap_or_default(),
             ..vm.clone()
         });
@@ -131,7 +129,7 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
     eprintln!("vmm fuzz: {} distinct finding(s):", report.bugs.len());
     for bug in &report.bugs {
         eprintln!(
-            "  {} (hit {}x; first after {} ops / {:.2} s in job {}); reproducer {} with {} ops (from {})\n    {}",
+            "  {} (hit {}x; first after {} ops / {:.2} s in job {}); reproducer {} with {} ops (from {}){}\n    {}",
             bug.signature,
             bug.hits,
             bug.ops_to_find,
@@ -140,6 +138,10 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
             bug.repro_path.display(),
             bug.repro_len,
             bug.original_len,
+            bug.reproduced.map_or(String::new(), |count| format!(
+                "; {count} replays on {} showed it",
+                guest.backend()
+            )),
             bug.description.lines().next().unwrap_or("")
         );
     }
