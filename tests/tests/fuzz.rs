@@ -4,14 +4,18 @@
 
 use guest_image::variant::{build_variant_with, GuestVariant};
 use mm_checker::Rule;
-use mm_driver::GuestConfig;
-use mm_fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug};
+use mm_driver::{Boot, Guest, GuestConfig, RunError};
+use mm_fuzz::campaign::{
+    run_campaign, run_campaign_with, CampaignConfig, CampaignReport, FoundBug, Links,
+};
 use mm_fuzz::coverage::CoverageMap;
 use mm_fuzz::error::FuzzError;
 use mm_fuzz::repro::Reproducer;
 use mm_fuzz::shrink::Budget;
-use mm_fuzz::{replay, Signature};
+use mm_fuzz::{replay, replay_rounds, Signature};
+use mm_scenario::reproduced::Reproduced;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use vmm::Backends;
 
@@ -436,7 +440,6 @@ fn a_frame_that_is_not_ram_is_found_and_shrunk_on_kvm() {
 #[test]
 fn every_smp_seeded_bug_is_found_and_shrunk_on_two_simulated_cpus() {
     use guest_mm::Bug;
-    use mm_fuzz::replay_rounds;
     use mm_scenario::header::Settings;
     for bug in [
         Bug::ShootdownLocalOnly,
@@ -477,4 +480,74 @@ fn every_smp_seeded_bug_is_found_and_shrunk_on_two_simulated_cpus() {
             assert!(failure.shows(&found.signature), "{bug:?}: {failure:?}");
         }
     }
+}
+
+/// Boots through [`Backends`], setting `stop` (as Ctrl-C does) when boot number `at` (from 1)
+/// starts.
+struct StopAtBoot<'a> {
+    boots: AtomicUsize,
+    at: usize,
+    stop: &'a AtomicBool,
+}
+
+impl Boot for StopAtBoot<'_> {
+    fn boot(&self, config: &GuestConfig) -> Result<Box<dyn Guest>, RunError> {
+        if self.boots.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        Backends::default().boot(config)
+    }
+}
+
+/// Ctrl-C while a failure found on two kvm CPUs shrinks on its sim twin: nothing more is
+/// shrunk, the smallest candidate that failed so far is confirmed by one replay on kvm, and it
+/// is saved with that count; the campaign reports the interruption.
+#[test]
+fn ctrl_c_while_a_kvm_failure_of_two_cpus_shrinks_saves_the_smallest_failing_so_far() {
+    use guest_mm::Bug;
+    let bug = Bug::ShootdownLocalOnly;
+    let variant = kernel(&GuestVariant::new(&[bug.feature()]));
+    // As `vmm fuzz --seed 1` runs: the failure shows after 1920 ops, every time.
+    let mut config = campaign("ctrl-c-shrink", variant, 3_000, true);
+    config.seed = 1;
+    config.vm.random_seed = 1;
+    config.vm.cpus = 2;
+    config.coverage = None;
+    config.guest_features = vec![bug.feature().to_string()];
+    config.shrink_on = Some(GuestConfig {
+        backend: mm_driver::Backend::Sim,
+        seeded_bugs: guest_mm::SeededBugs::NONE.with(bug),
+        ..config.vm.clone()
+    });
+    let stop = AtomicBool::new(false);
+    // Boot 1 finds the failure; the twin's shrink replays from boot 2.
+    let boots = StopAtBoot {
+        boots: AtomicUsize::new(0),
+        at: 6,
+        stop: &stop,
+    };
+    let links = Links {
+        corpus: None,
+        stop: Some(&stop),
+    };
+    let report = run_campaign_with(&config, &boots, links).expect("the campaign runs");
+    assert!(report.interrupted, "{report:#?}");
+    let found = first_finding(&report);
+    let once = Reproduced {
+        failed: 1,
+        replays: 1,
+    };
+    assert_eq!(found.reproduced, Some(once), "{found:#?}");
+    assert!(found.repro_len < found.original_len, "{found:#?}");
+    // The replay under way when Ctrl-C came, then the one on kvm.
+    assert_eq!(boots.boots.load(Ordering::SeqCst), 7);
+    let text = std::fs::read_to_string(&found.repro_path).expect("the reproducer");
+    let repro = Reproducer::parse(&text).expect("parses");
+    assert_eq!(repro.header_value("reproduced"), Some("1/1"), "{text}");
+    let rounds = repro.cpu_rounds().expect("its rounds");
+    let run = replay_rounds(&Backends::default(), &config.vm, rounds, true).expect("replays");
+    let failure = run
+        .failure
+        .unwrap_or_else(|| panic!("did not replay: {text}"));
+    assert!(failure.shows(&found.signature), "{failure:?}");
 }
