@@ -44,11 +44,17 @@ pub fn reduce_rounds(
     found: &Failure,
     tell: Tell<'_>,
 ) -> Result<Reduced, FuzzError> {
+    let reduction = Reduction {
+        config,
+        backends,
+        run,
+        found,
+        tell,
+    };
     let as_found = ShrunkRounds::as_found(run, found, config.vm.cpus);
     if config.vm.backend.follows_schedules() {
-        let shrunk = shrink_on(config, backends, &config.vm, run, found, tell)?;
         return Ok(Reduced {
-            rounds: shrunk.unwrap_or(as_found),
+            rounds: reduction.shrink_on(&config.vm)?.unwrap_or(as_found),
             reproduced: None,
         });
     }
@@ -57,10 +63,10 @@ pub fn reduce_rounds(
         ..twin.clone()
     });
     for vm in twin.iter().chain([&config.vm]) {
-        let Some(shrunk) = shrink_on(config, backends, vm, run, found, tell)? else {
+        let Some(shrunk) = reduction.shrink_on(vm)? else {
             continue;
         };
-        let confirmed = confirmed_on_kvm(config, backends, &shrunk, found, tell)?;
+        let confirmed = reduction.confirmed_on_kvm(&shrunk)?;
         (tell.say)(format!(
             "  shrunk on {} to {} ops in {} replays; {} replays on kvm showed it",
             vm.backend,
@@ -72,18 +78,14 @@ pub fn reduce_rounds(
             return Ok(reduced(shrunk, confirmed));
         }
     }
-    if stopped(tell) {
+    if reduction.stopped() {
         return Ok(Reduced {
             rounds: as_found,
             reproduced: None,
         });
     }
-    let confirmed = confirmed_on_kvm(config, backends, &as_found, found, tell)?;
+    let confirmed = reduction.confirmed_on_kvm(&as_found)?;
     Ok(reduced(as_found, confirmed))
-}
-
-fn stopped(tell: Tell<'_>) -> bool {
-    tell.stop.is_some_and(|s| s.load(Ordering::Relaxed))
 }
 
 /// `rounds` as confirmed: the failure the last kvm replay showed, if it did, and the count.
@@ -97,55 +99,62 @@ fn reduced(mut rounds: ShrunkRounds, confirmed: Confirmed) -> Reduced {
     }
 }
 
-/// [`shrink_rounds`] on `vm`, its progress told.
-fn shrink_on(
-    config: &CampaignConfig,
-    backends: &dyn Boot,
-    vm: &GuestConfig,
-    run: &Run,
-    found: &Failure,
-    tell: Tell<'_>,
-) -> Result<Option<ShrunkRounds>, FuzzError> {
-    let (ops, cpus) = (run.sent.len(), vm.cpus);
-    let progress = |replays: usize, smallest: usize| {
-        let failing = match smallest {
-            0 => String::new(),
-            n => format!(", smallest failing {n} ops"),
-        };
-        (tell.doing)(format!(
-            "shrinking {ops} ops on {cpus} CPUs on {}: replay {replays}{failing}",
-            vm.backend
-        ))
-    };
-    let watch = Watch {
-        stop: tell.stop,
-        progress: &progress,
-    };
-    let budget = config.shrink_budget;
-    shrink_rounds(backends, vm, run, &found.signature, budget, watch)
+/// One reduction: the campaign, the failing run and its failure, and who hears of it.
+struct Reduction<'a> {
+    config: &'a CampaignConfig,
+    backends: &'a dyn Boot,
+    run: &'a Run,
+    found: &'a Failure,
+    tell: Tell<'a>,
 }
 
-/// `rounds`, as they will be saved, replayed on the campaign's kvm guest: every confirming
-/// replay, or one after Ctrl-C.
-fn confirmed_on_kvm(
-    config: &CampaignConfig,
-    backends: &dyn Boot,
-    rounds: &ShrunkRounds,
-    found: &Failure,
-    tell: Tell<'_>,
-) -> Result<Confirmed, FuzzError> {
-    let replays = if stopped(tell) { 1 } else { CONFIRMING_REPLAYS };
-    let vm = GuestConfig {
-        cpus: rounds.cpu_count,
-        ..config.vm.clone()
-    };
-    let ops = rounds.ops.len();
-    let progress = |replay: u32| {
-        (tell.doing)(format!(
-            "confirming {ops} ops on {}: replay {replay} of {replays}",
-            vm.backend
-        ))
-    };
-    let repro = rounds.reproducer(Vec::new());
-    confirm(backends, &vm, &repro, &found.signature, replays, &progress)
+impl Reduction<'_> {
+    fn stopped(&self) -> bool {
+        self.tell.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// [`shrink_rounds`] on `vm`, its progress told.
+    fn shrink_on(&self, vm: &GuestConfig) -> Result<Option<ShrunkRounds>, FuzzError> {
+        let (ops, cpus) = (self.run.sent.len(), vm.cpus);
+        let progress = |replays: usize, smallest: usize| {
+            let failing = match smallest {
+                0 => String::new(),
+                n => format!(", smallest failing {n} ops"),
+            };
+            (self.tell.doing)(format!(
+                "shrinking {ops} ops on {cpus} CPUs on {}: replay {replays}{failing}",
+                vm.backend
+            ))
+        };
+        let watch = Watch {
+            stop: self.tell.stop,
+            progress: &progress,
+        };
+        let (target, budget) = (&self.found.signature, self.config.shrink_budget);
+        shrink_rounds(self.backends, vm, self.run, target, budget, watch)
+    }
+
+    /// `rounds`, as they will be saved, replayed on the campaign's kvm guest: every confirming
+    /// replay, or one after Ctrl-C.
+    fn confirmed_on_kvm(&self, rounds: &ShrunkRounds) -> Result<Confirmed, FuzzError> {
+        let replays = if self.stopped() {
+            1
+        } else {
+            CONFIRMING_REPLAYS
+        };
+        let vm = GuestConfig {
+            cpus: rounds.cpu_count,
+            ..self.config.vm.clone()
+        };
+        let ops = rounds.ops.len();
+        let progress = |replay: u32| {
+            (self.tell.doing)(format!(
+                "confirming {ops} ops on {}: replay {replay} of {replays}",
+                vm.backend
+            ))
+        };
+        let repro = rounds.reproducer(Vec::new());
+        let target = &self.found.signature;
+        confirm(self.backends, &vm, &repro, target, replays, &progress)
+    }
 }
