@@ -66,6 +66,11 @@ pub fn reduce_rounds(
         let Some(shrunk) = reduction.shrink_on(vm)? else {
             continue;
         };
+        // The order the twin ran each round in is not part of a kvm reproducer.
+        let shrunk = ShrunkRounds {
+            schedule: None,
+            ..shrunk
+        };
         let confirmed = reduction.confirmed_on_kvm(&shrunk)?;
         (tell.say)(format!(
             "  shrunk on {} to {} ops in {} replays; {} replays on kvm showed it",

@@ -209,6 +209,93 @@ impl Replayer<'_> {
     }
 }
 
+/// Where shrinking starts: the ops (placements pinned where that still fails), the replay that
+/// failed, and the schedule it followed: the run's, or none if the failure stays without (a run
+/// the hardware interleaved, under kvm, has none: on the sim its rounds run in the default
+/// order).
+fn start(
+    replayer: &Replayer<'_>,
+    run: &Run,
+    tags: &[u64],
+) -> Result<Option<(Vec<Op>, Run, ByRound)>, FuzzError> {
+    let none = ByRound::new();
+    let cpus = replayer.config.cpus;
+    let mut schedule = by_round(&run.schedule.clone().unwrap_or_default(), tags);
+    if schedule != none && replayer.fails(tags, &run.sent, cpus, &none)?.is_some() {
+        schedule = none;
+    }
+    // Later ops keep aiming at the same regions when earlier placements go.
+    let pinned = pin_placements(&run.sent, &run.results);
+    let mut candidates = vec![pinned];
+    if candidates[0] != run.sent {
+        candidates.push(run.sent.clone());
+    }
+    for ops in candidates {
+        if let Some(shown) = replayer.fails(tags, &ops, cpus, &schedule)? {
+            return Ok(Some((ops, shown, schedule)));
+        }
+    }
+    Ok(None)
+}
+
+/// `tags` with every op of a CPU on CPU 0 where the failure stays, highest CPU first, and the
+/// CPUs the guest then needs.
+fn fewer_cpus(
+    replayer: &Replayer<'_>,
+    ops: &[Op],
+    mut tags: Vec<u64>,
+    schedule: &ByRound,
+) -> Result<(Vec<u64>, u32), FuzzError> {
+    let cpus = replayer.config.cpus;
+    for cpu in (1..cpus).rev() {
+        let moved: Vec<u64> = tags
+            .iter()
+            .map(|&t| if cpu_of(t) == cpu { t & !0xff } else { t })
+            .collect();
+        if moved != tags && replayer.fails(&moved, ops, cpus, schedule)?.is_some() {
+            tags = moved;
+        }
+    }
+    let fewer = tags.iter().map(|&t| cpu_of(t) + 1).max().unwrap_or(1);
+    if fewer < cpus && replayer.fails(&tags, ops, fewer, schedule)?.is_some() {
+        return Ok((tags, fewer));
+    }
+    Ok((tags, cpus))
+}
+
+/// `schedule` with fewer preemptions where the failure stays: whole rounds left to the
+/// default, then single slices.
+fn fewer_preemptions(
+    replayer: &Replayer<'_>,
+    (tags, ops, cpus): (&[u64], &[Op], u32),
+    mut schedule: ByRound,
+) -> Result<ByRound, FuzzError> {
+    for round in schedule.keys().copied().collect::<Vec<_>>() {
+        let mut fewer = schedule.clone();
+        fewer.remove(&round);
+        if replayer.fails(tags, ops, cpus, &fewer)?.is_some() {
+            schedule = fewer;
+        }
+    }
+    for round in schedule.keys().copied().collect::<Vec<_>>() {
+        let mut at = 0;
+        while at < schedule.get(&round).map_or(0, Vec::len) {
+            let mut fewer = schedule.clone();
+            let slices = fewer.entry(round).or_default();
+            slices.remove(at);
+            if slices.is_empty() {
+                fewer.remove(&round);
+            }
+            if replayer.fails(tags, ops, cpus, &fewer)?.is_some() {
+                schedule = fewer;
+            } else {
+                at += 1;
+            }
+        }
+    }
+    Ok(schedule)
+}
+
 /// Shrinks the failure `run` showed with `target` on `config` (several CPUs), `watch`
 /// looking on. `None` when no candidate failed (not even `run`'s ops replayed).
 pub fn shrink_rounds(
@@ -233,65 +320,17 @@ pub fn shrink_rounds(
         let round = run.batch_starts.partition_point(|&start| start <= i);
         tags.push(tag(round, cpu));
     }
-    let mut cpus = config.cpus;
-    let none = ByRound::new();
-    let mut schedule = by_round(&run.schedule.clone().unwrap_or_default(), &tags);
-    if !schedule.is_empty() && replayer.fails(&tags, &run.sent, cpus, &none)?.is_some() {
-        schedule = none;
-    }
-    // Later ops keep aiming at the same regions when earlier placements go.
-    let pinned = pin_placements(&run.sent, &run.results);
-    let (start, shown) = match replayer.fails(&tags, &pinned, cpus, &schedule)? {
-        Some(shown) => (pinned, shown),
-        None => match replayer.fails(&tags, &run.sent, cpus, &schedule)? {
-            Some(shown) => (run.sent.clone(), shown),
-            None => return Ok(None),
-        },
+    let Some((start, shown, schedule)) = start(&replayer, run, &tags)? else {
+        return Ok(None);
     };
     let spaces = shown.failure.map_or_else(Vec::new, |f| f.spaces);
-    let (shrunk, mut tags) = shrink_tagged(&start, &tags, &spaces, budget, |tags, ops| {
-        let failed = replayer.fails(tags, ops, cpus, &schedule)?;
+    let (shrunk, tags) = shrink_tagged(&start, &tags, &spaces, budget, |tags, ops| {
+        let failed = replayer.fails(tags, ops, config.cpus, &schedule)?;
         Ok(failed.map(|run| run.sent.len()))
     })?;
     let ops = shrunk.ops;
-    // Fewer CPUs: every op of a CPU on CPU 0, highest CPU first.
-    for cpu in (1..cpus).rev() {
-        let moved: Vec<u64> = tags
-            .iter()
-            .map(|&t| if cpu_of(t) == cpu { t & !0xff } else { t })
-            .collect();
-        if moved != tags && replayer.fails(&moved, &ops, cpus, &schedule)?.is_some() {
-            tags = moved;
-        }
-    }
-    let fewer = tags.iter().map(|&t| cpu_of(t) + 1).max().unwrap_or(1);
-    if fewer < cpus && replayer.fails(&tags, &ops, fewer, &schedule)?.is_some() {
-        cpus = fewer;
-    }
-    // Fewer preemptions: whole rounds of the schedule, then single slices.
-    for round in schedule.keys().copied().collect::<Vec<_>>() {
-        let mut fewer = schedule.clone();
-        fewer.remove(&round);
-        if replayer.fails(&tags, &ops, cpus, &fewer)?.is_some() {
-            schedule = fewer;
-        }
-    }
-    for round in schedule.keys().copied().collect::<Vec<_>>() {
-        let mut at = 0;
-        while at < schedule.get(&round).map_or(0, Vec::len) {
-            let mut fewer = schedule.clone();
-            let slices = fewer.entry(round).or_default();
-            slices.remove(at);
-            if slices.is_empty() {
-                fewer.remove(&round);
-            }
-            if replayer.fails(&tags, &ops, cpus, &fewer)?.is_some() {
-                schedule = fewer;
-            } else {
-                at += 1;
-            }
-        }
-    }
+    let (tags, cpus) = fewer_cpus(&replayer, &ops, tags, &schedule)?;
+    let schedule = fewer_preemptions(&replayer, (&tags, &ops, cpus), schedule)?;
     // Under kvm a candidate may fail once and not again; stopped, nothing replays: then the
     // smallest that failed is the result.
     let last = match replayer.fails(&tags, &ops, cpus, &schedule)? {

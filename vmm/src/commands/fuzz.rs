@@ -61,7 +61,9 @@ fn campaign(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<(CampaignConfi
         batch: args.batch.into(),
         check: !args.no_check,
         shrink: !args.no_shrink,
-        shrink_budget: Budget::default(),
+        shrink_budget: Budget {
+            max_replays: args.shrink_budget,
+        },
         vm,
         shrink_on,
         out_dir: args.out.clone(),
