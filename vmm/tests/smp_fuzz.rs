@@ -57,9 +57,12 @@ fn a_correct_guest_fuzzed_on_two_cpus_runs_clean() {
     assert!(stderr.contains("vmm fuzz: no findings"), "{stderr}");
 }
 
-/// Operations a reproducer of a seeded SMP bug found with seed 1 keeps after shrinking (each
-/// shootdown bug and bug-lock-order shrank to 4, from 1920 and 256, when measured).
-const SHRUNK_OPS: usize = 4;
+/// Operations a reproducer of a seeded SMP bug found with seed 1 keeps after shrinking. Each
+/// shootdown bug and bug-lock-order shrank to 4, from 1920 and 256, when measured; in 2 of 5
+/// runs kvm's timing showed `bug-shootdown-local-only` after 128 ops instead, in a CPU that
+/// was switching away from the space, and that shrank to 5 (its twin runs the round's CPUs in
+/// reverse order).
+const SHRUNK_OPS: usize = 5;
 
 /// Fuzzes the guest with `bug` on two kvm CPUs (seed 1, `ops` ops) until a failure naming
 /// `failure`: its reproducer, shrunk to at most [`SHRUNK_OPS`] ops, every confirming replay

@@ -4,8 +4,9 @@
 //! sim), the schedule's preemptions (whole rounds, then single slices, left to the default).
 //! Each candidate is kept only if it still fails with the same signature. On the sim the
 //! schedule a candidate follows is the one found with it: ops dropped before a race shift its
-//! preemption points, and such a candidate is simply refused. Under kvm the hardware
-//! interleaves, and a candidate is replayed as its rounds say. Once the watch's stop flag is
+//! preemption points, and such a candidate is simply refused; a run found under kvm has none,
+//! and the sim runs its rounds in the default order, or else each in the reverse CPU order.
+//! Under kvm the hardware interleaves, and a candidate is replayed as its rounds say. Once the watch's stop flag is
 //! set, nothing more is replayed and the smallest failing candidate so far is the result.
 
 use crate::error::FuzzError;
@@ -209,10 +210,29 @@ impl Replayer<'_> {
     }
 }
 
+/// Every round of `tags` where several CPUs have work, its CPUs in reverse order, each until
+/// it waits or is done: the other order two CPUs can take, for a run the hardware interleaved.
+fn reversed(tags: &[u64]) -> ByRound {
+    let order = |round: u64| {
+        let mut cpus: Vec<u32> = tags
+            .iter()
+            .filter(|&&t| t >> 8 == round)
+            .map(|&t| cpu_of(t))
+            .collect();
+        cpus.sort_unstable_by(|a, b| b.cmp(a));
+        cpus.dedup();
+        let slices = cpus.into_iter().map(|cpu| Slice { cpu, points: None });
+        slices.collect()
+    };
+    let rounds = concurrent_rounds(tags).into_iter();
+    rounds.map(|round| (round, order(round))).collect()
+}
+
 /// Where shrinking starts: the ops (placements pinned where that still fails), the replay that
-/// failed, and the schedule it followed: the run's, or none if the failure stays without (a run
-/// the hardware interleaved, under kvm, has none: on the sim its rounds run in the default
-/// order).
+/// failed, and the schedule it followed. A run the sim scheduled keeps its schedule, or none if
+/// the failure stays without. A run the hardware interleaved (kvm) has none: on the sim its
+/// rounds run in the default order (the lowest CPU first), or else each in the reverse order (a
+/// CPU that changes a space before the CPU that has it loaded switches away).
 fn start(
     replayer: &Replayer<'_>,
     run: &Run,
@@ -220,9 +240,13 @@ fn start(
 ) -> Result<Option<(Vec<Op>, Run, ByRound)>, FuzzError> {
     let none = ByRound::new();
     let cpus = replayer.config.cpus;
-    let mut schedule = by_round(&run.schedule.clone().unwrap_or_default(), tags);
-    if schedule != none && replayer.fails(tags, &run.sent, cpus, &none)?.is_some() {
-        schedule = none;
+    let mut orders = match &run.schedule {
+        Some(schedule) => vec![by_round(schedule, tags)],
+        None if replayer.config.backend.follows_schedules() => vec![none.clone(), reversed(tags)],
+        None => vec![none.clone()],
+    };
+    if orders[0] != none && replayer.fails(tags, &run.sent, cpus, &none)?.is_some() {
+        orders = vec![none];
     }
     // Later ops keep aiming at the same regions when earlier placements go.
     let pinned = pin_placements(&run.sent, &run.results);
@@ -230,9 +254,11 @@ fn start(
     if candidates[0] != run.sent {
         candidates.push(run.sent.clone());
     }
-    for ops in candidates {
-        if let Some(shown) = replayer.fails(tags, &ops, cpus, &schedule)? {
-            return Ok(Some((ops, shown, schedule)));
+    for schedule in orders {
+        for ops in &candidates {
+            if let Some(shown) = replayer.fails(tags, ops, cpus, &schedule)? {
+                return Ok(Some((ops.clone(), shown, schedule)));
+            }
         }
     }
     Ok(None)
@@ -375,5 +401,99 @@ mod tests {
                 vec![(0, vec![op(5)]), (1, vec![op(4)])]
             ]
         );
+    }
+
+    #[test]
+    fn reversed_runs_each_round_of_several_cpus_highest_cpu_first() {
+        let tags = [
+            tag(0, 0),
+            tag(0, 1),
+            tag(1, 0),
+            tag(2, 1),
+            tag(2, 0),
+            tag(2, 2),
+        ];
+        let slice = |cpu| Slice { cpu, points: None };
+        let expected: ByRound = [
+            (0, vec![slice(1), slice(0)]),
+            (2, vec![slice(2), slice(1), slice(0)]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(reversed(&tags), expected);
+    }
+
+    /// CPU 0 touches space 1 last and keeps it loaded; in the next round it moves to space 2
+    /// while CPU 1 unmaps the page of space 1, flushing only locally (the seeded bug).
+    fn a_race_the_hardware_ordered() -> Vec<Vec<CpuBatch>> {
+        use shared_mm::abi::access_bits::{READ, USER, WRITE};
+        let map = |space| Op::MapFixed {
+            space,
+            addr: 0x1000,
+            size: 0x1000,
+            access: USER | READ | WRITE,
+        };
+        let touch = |space| Op::TouchWrite {
+            space,
+            addr: 0x1000,
+            value: 1,
+        };
+        let on = |cpu, ops| CpuBatch { cpu, ops };
+        let setup = [Op::CreateSpace, Op::CreateSpace, map(2), map(1), touch(1)];
+        let unmap = Op::Unmap {
+            space: 1,
+            addr: 0x1000,
+            size: 0x1000,
+        };
+        vec![
+            vec![on(0, setup.to_vec())],
+            vec![on(0, vec![touch(2)]), on(1, vec![unmap])],
+        ]
+    }
+
+    /// A failure found under kvm comes without a schedule. The sim's default order (CPU 0
+    /// switches away first) does not show this one, the reverse order (CPU 1 unmaps first)
+    /// does; shrunk, CPU 0's switch goes, and the failure shows in the default order too.
+    #[test]
+    fn a_failure_found_without_a_schedule_is_shrunk_in_the_reverse_order() {
+        use guest_mm::{Bug, SeededBugs};
+        use mm_checker::Rule;
+        let config = GuestConfig {
+            backend: mm_driver::Backend::Sim,
+            cpus: 2,
+            seeded_bugs: SeededBugs::NONE.with(Bug::ShootdownLocalOnly),
+            ..GuestConfig::new(guest_image::EMBEDDED_KERNEL.to_vec())
+        };
+        let replay = |schedule: &str| {
+            let config = GuestConfig {
+                schedule: Some(schedule.parse().expect("a schedule")),
+                ..config.clone()
+            };
+            replay_rounds(&mm_sim::Sim, &config, a_race_the_hardware_ordered(), true)
+                .expect("replays")
+        };
+        assert_eq!(replay("").failure, None);
+        let target = Signature::Finding(Rule::FrameFreedWhileCached);
+        let mut found = replay("1: cpu1 cpu0");
+        assert!(found.failure.as_ref().is_some_and(|f| f.shows(&target)));
+        found.schedule = None;
+        let quiet = Watch {
+            stop: None,
+            progress: &|_, _| {},
+        };
+        let budget = Budget::default();
+        let shrunk = shrink_rounds(&mm_sim::Sim, &config, &found, &target, budget, quiet)
+            .expect("shrinks")
+            .expect("fails in the reverse order");
+        assert!(shrunk.failure.shows(&target), "{shrunk:#?}");
+        assert!(shrunk.ops.len() < found.sent.len(), "{shrunk:#?}");
+        assert!(!shrunk
+            .ops
+            .contains(&a_race_the_hardware_ordered()[1][0].ops[0]));
+        assert!(
+            shrunk.schedule.as_ref().is_none_or(|s| s.is_empty()),
+            "{shrunk:#?}"
+        );
+        assert!(shrunk.cpus.contains(&1), "{shrunk:#?}");
     }
 }
