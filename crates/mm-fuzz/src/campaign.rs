@@ -218,7 +218,7 @@ impl Shared<'_> {
         ));
         let original_len = run.sent.len();
         let shrink_start = Instant::now();
-        let reduced = self.reduced(run, &found)?;
+        let reduced = self.reduced(&run, &found)?;
         let failure = reduced.rounds.failure.clone();
         *self.shrinking.lock().unwrap_or_else(|e| e.into_inner()) += shrink_start.elapsed();
         if failure.signature != found.signature {
@@ -287,11 +287,11 @@ impl Shared<'_> {
 
     /// The failure `found`, with which `run` ended, reduced for its reproducer (see [`reduce`]
     /// and [`reduce_rounds`]), or as found when the campaign does not shrink.
-    fn reduced(&self, run: Run, found: &Failure) -> Result<Reduced, FuzzError> {
+    fn reduced(&self, run: &Run, found: &Failure) -> Result<Reduced, FuzzError> {
         let config = self.config;
         let cpus = config.vm.cpus;
         if !config.shrink {
-            let rounds = ShrunkRounds::as_found(&run, found, cpus);
+            let rounds = ShrunkRounds::as_found(run, found, cpus);
             return Ok(Reduced {
                 rounds,
                 reproduced: None,
@@ -303,11 +303,11 @@ impl Shared<'_> {
                 say: &|line| self.say(line),
                 doing: &|message| self.bar.set_message(message),
             };
-            return reduce_rounds(config, self.backends, &run, found, tell);
+            return reduce_rounds(config, self.backends, run, found, tell);
         }
         self.bar
             .set_message(format!("shrinking {} ops", run.sent.len()));
-        let (ops, failure) = reduce(config, self.backends, &run, found, &|line| self.say(line))?;
+        let (ops, failure) = reduce(config, self.backends, run, found, &|line| self.say(line))?;
         let rounds = ShrunkRounds {
             ops,
             cpus: Vec::new(),
