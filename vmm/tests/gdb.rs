@@ -646,3 +646,57 @@ fn bad_gdb_options_exit_2_with_one_line() {
     }
     drop(taken);
 }
+
+/// The function each AP runs once it has reported in, and CPU 0 never does.
+const AP_SERVE: &str = "guest_kernel::smp::serve";
+
+#[test]
+fn with_two_cpus_each_vcpu_is_a_thread_and_a_stop_on_an_ap_holds_both() {
+    if !have_gdb("with_two_cpus_each_vcpu_is_a_thread_...") {
+        return;
+    }
+    let vmm = Vmm::start(&["run", "--cpus", "2", "--memory", "64", "--timeout", "60"]);
+    let out = gdb(
+        &vmm,
+        &[
+            &format!("hbreak {AP_SERVE}"),
+            "continue",
+            "info threads",
+            "thread 2",
+            "info registers rip",
+            "x/1i $pc",
+            "thread 1",
+            "x/1i $pc",
+            "monitor cpus",
+            "delete",
+            "detach",
+        ],
+    );
+    let (code, stderr) = vmm.finish();
+    assert_has(
+        &out,
+        &[
+            // gdb names the AP's thread in the stop; CPU 0 was held too.
+            "Thread 2 hit Breakpoint 1, guest_kernel::smp::serve (cpu=1",
+            "Thread 1.1 (cpu 0, ring 0, cr3 0x",
+            "* 2    Thread 1.2 (cpu 1, ring 0, cr3 0x",
+            "rip            0xffffffff",
+            "<guest_kernel::smp::serve+",
+            "smp5serve",
+            "cpu 0: thread 1, rip 0xffffffff",
+            "cpu 1: thread 2 (stopped here), rip 0xffffffff",
+            "[Inferior 1 (process 1) detached]",
+        ],
+        &stderr,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_has(
+        &stderr,
+        &[
+            "gdb detached",
+            "MM self-check passed",
+            "guest exited with status 0",
+        ],
+        "",
+    );
+}

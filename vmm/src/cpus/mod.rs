@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod ap;
+pub mod hold;
 pub mod round_trip;
 pub mod rounds;
 
@@ -13,6 +14,7 @@ use crate::error::VmmError;
 use crate::hypercall::CpuCall;
 use crate::kick::Kick;
 use crate::serial::SerialConsole;
+use hold::Hold;
 use kvm_ioctls::{VcpuFd, VmFd};
 use mm_driver::protocol_error::ProtocolError;
 use mm_driver::RunError;
@@ -20,7 +22,7 @@ use round_trip::IpiRoundTrip;
 use rounds::Rounds;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
@@ -52,6 +54,8 @@ pub struct Cpus<'v> {
     /// Set once CPU 0's loop has returned; until then an AP that ended the VM kicks it.
     cpu0_left: AtomicBool,
     cpu0: Kick,
+    /// Under a debugger, the all-stop hold every CPU obeys before each KVM_RUN.
+    hold: Option<Arc<Hold>>,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -67,11 +71,13 @@ struct State {
 impl<'v> Cpus<'v> {
     /// The shared state of a VM of `count` CPUs, whose CPU 0 runs on the calling thread; with
     /// several, MM work comes in rounds, whose wake-ups go through `vm` (`None`: no MM work).
+    /// Under a debugger, every CPU obeys its `hold`.
     pub fn new(
         count: u32,
         timeout: Option<Duration>,
         tsc_khz: Option<u32>,
         vm: Option<&'v VmFd>,
+        hold: Option<Arc<Hold>>,
     ) -> Result<Cpus<'v>, VmmError> {
         Ok(Cpus {
             count,
@@ -81,6 +87,7 @@ impl<'v> Cpus<'v> {
             stop: AtomicBool::new(false),
             cpu0_left: AtomicBool::new(false),
             cpu0: Kick::current_thread()?,
+            hold,
             state: Mutex::new(State {
                 kicks: vec![None; count as usize],
                 ..State::default()
@@ -134,6 +141,23 @@ impl<'v> Cpus<'v> {
     /// With several CPUs, the rounds their MM work comes in.
     pub fn rounds(&self) -> Option<&Rounds<'v>> {
         self.rounds.as_ref()
+    }
+
+    /// Under a debugger, the hold every CPU obeys.
+    pub fn hold(&self) -> Option<&Hold> {
+        self.hold.as_deref()
+    }
+
+    /// The kick that interrupts CPU 0's thread.
+    pub fn cpu0_kick(&self) -> &Kick {
+        &self.cpu0
+    }
+
+    /// Kicks every AP thread once, out of KVM_RUN (the hold re-sends until each has parked).
+    pub fn kick_aps(&self) {
+        let kicks: Vec<Kick> = self.lock().kicks.iter().flatten().copied().collect();
+        // The targets are threads of the running scope, joined only after CPU 0's loop.
+        kicks.iter().for_each(Kick::send);
     }
 
     /// Whether the VM has ended.
@@ -242,6 +266,9 @@ impl<'v> Cpus<'v> {
         state.outcome.get_or_insert(outcome);
         self.stop.store(true, Ordering::Release);
         self.changed.notify_all();
+        if let Some(hold) = &self.hold {
+            hold.end();
+        }
     }
 
     /// `error` of CPU `cpu`, naming the CPU when the VM has several and the error is that
@@ -296,9 +323,7 @@ impl<'v> Cpus<'v> {
     fn stop_aps(&self, threads: &[ScopedJoinHandle<'_, ()>]) {
         while threads.iter().any(|t| !t.is_finished()) {
             self.changed.notify_all();
-            let kicks: Vec<Kick> = self.lock().kicks.iter().flatten().copied().collect();
-            // The targets are threads of this scope that are not joined yet, so alive.
-            kicks.iter().for_each(Kick::send);
+            self.kick_aps();
             std::thread::sleep(RESEND);
         }
     }
@@ -319,7 +344,7 @@ mod tests {
     use super::*;
 
     fn cpus(count: u32) -> Cpus<'static> {
-        Cpus::new(count, Some(Duration::ZERO), None, None).expect("a kick for this thread")
+        Cpus::new(count, Some(Duration::ZERO), None, None, None).expect("a kick for this thread")
     }
 
     fn protocol(result: Result<bool, VmmError>) -> ProtocolError {

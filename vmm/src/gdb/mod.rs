@@ -8,6 +8,7 @@
 //! connection and the stops, at the run loop's two call-out points).
 
 mod breakpoints;
+mod cpu_listing;
 mod interrupt;
 mod memory;
 mod monitor;
@@ -20,6 +21,7 @@ mod target;
 mod tlb_listing;
 
 pub use observer::{MmView, Observed};
+pub use registers::VcpuState;
 pub use session::{Stub, PACKET_BUFFER};
 
 use bounded_io::excerpt::excerpt;
