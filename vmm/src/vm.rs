@@ -383,7 +383,16 @@ impl Cpu0<'_, '_> {
                         Next::Resume => {}
                         Next::Exit(status) => return Ok(Some(status)),
                         Next::Cpus(call) => {
-                            if !self.cpus.serve(0, call, &mut self.log)? {
+                            let vcpu = &*self.vcpu;
+                            let cpus = self.cpus;
+                            let mut held = || match debugger.as_mut() {
+                                Some(debugger) => {
+                                    let _stopped = watchdog.map(Watchdog::pause);
+                                    debugger.before_run(vcpu, cpus)
+                                }
+                                None => Ok(()),
+                            };
+                            if !self.cpus.serve_held(0, call, &mut self.log, &mut held)? {
                                 return Ok(None);
                             }
                             // Waiting for the other CPUs was host time.

@@ -168,6 +168,20 @@ impl<'v> Cpus<'v> {
     /// Serves a call of CPU `cpu` about the VM's CPUs; the progress lines go to `log`. Returns
     /// false if the VM ended meanwhile (while CPU 0 waited for the others to report in).
     pub fn serve(&self, cpu: u32, call: CpuCall, log: &mut dyn Write) -> Result<bool, VmmError> {
+        self.serve_held(cpu, call, log, &mut || Ok(()))
+    }
+
+    /// [`Cpus::serve`], where CPU 0, while it waits for the others to report in, calls
+    /// `debugger` whenever an AP stopped for the debugger (which then holds every CPU until gdb
+    /// resumes them): an AP stopped before it reported in would otherwise wait for CPU 0
+    /// forever.
+    pub fn serve_held(
+        &self,
+        cpu: u32,
+        call: CpuCall,
+        log: &mut dyn Write,
+        debugger: &mut dyn FnMut() -> Result<(), VmmError>,
+    ) -> Result<bool, VmmError> {
         let only_cpu0 = |call| {
             (cpu == 0)
                 .then_some(())
@@ -176,7 +190,7 @@ impl<'v> Cpus<'v> {
         match call {
             CpuCall::Start { apic_id } => {
                 only_cpu0("StartCpus")?;
-                self.start(apic_id, log)
+                self.start(apic_id, log, debugger)
             }
             CpuCall::Online { .. } if cpu == 0 => Err(VmmError::from(ProtocolError::Cpu0Online)),
             CpuCall::Online {
@@ -194,8 +208,14 @@ impl<'v> Cpus<'v> {
     }
 
     /// `StartCpus`: CPU 0 is online; the APs may run. Waits until every one has reported in,
-    /// the VM ended (false), or `timeout` passed (an error naming the first missing CPU).
-    fn start(&self, apic_id: u64, log: &mut dyn Write) -> Result<bool, VmmError> {
+    /// the VM ended (false), or `timeout` passed (an error naming the first missing CPU; time
+    /// spent in the `debugger` does not count).
+    fn start(
+        &self,
+        apic_id: u64,
+        log: &mut dyn Write,
+        debugger: &mut dyn FnMut() -> Result<(), VmmError>,
+    ) -> Result<bool, VmmError> {
         {
             let state = self.lock();
             if state.started || self.count == 1 {
@@ -205,33 +225,57 @@ impl<'v> Cpus<'v> {
             }
         }
         self.online(0, 0, apic_id, log)?;
-        let mut state = self.lock();
-        state.started = true;
+        self.lock().started = true;
         self.changed.notify_all();
-        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if self.stopped() {
                 return Ok(false);
             }
-            let missing = (0..self.count).find(|cpu| !state.report.online.contains(cpu));
-            let Some(missing) = missing else {
-                return Ok(true);
-            };
-            state = match deadline {
-                None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        return Err(RunError::CpuOffline {
-                            cpu: missing,
-                            seconds: self.timeout.unwrap_or_default().as_secs_f64(),
-                        }
-                        .into());
-                    };
-                    let waited = self.changed.wait_timeout(state, left);
-                    waited.unwrap_or_else(|e| e.into_inner()).0
+            if self.hold().is_some_and(Hold::has_reports) {
+                debugger()?;
+                deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+                continue;
+            }
+            if let Some(missing) = self.wait_online(deadline)? {
+                return Err(RunError::CpuOffline {
+                    cpu: missing,
+                    seconds: self.timeout.unwrap_or_default().as_secs_f64(),
                 }
-            };
+                .into());
+            }
+            if (0..self.count).all(|cpu| self.lock().report.online.contains(&cpu)) {
+                return Ok(true);
+            }
         }
+    }
+
+    /// Waits a while for a CPU to report in (a short while under a debugger, which may have
+    /// an AP to look at); the first CPU still missing at `deadline`, if it passed.
+    fn wait_online(&self, deadline: Option<Instant>) -> Result<Option<u32>, VmmError> {
+        let state = self.lock();
+        let missing = (0..self.count).find(|cpu| !state.report.online.contains(cpu));
+        let Some(missing) = missing else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let left = match deadline {
+            Some(deadline) if deadline <= now => return Ok(Some(missing)),
+            Some(deadline) => Some(deadline - now),
+            None => None,
+        };
+        let slice = match (left, &self.hold) {
+            (left, Some(_)) => Some(left.map_or(RESEND, |left| left.min(RESEND))),
+            (left, None) => left,
+        };
+        drop(match slice {
+            None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            Some(slice) => {
+                let waited = self.changed.wait_timeout(state, slice);
+                waited.unwrap_or_else(|e| e.into_inner()).0
+            }
+        });
+        Ok(None)
     }
 
     /// CPU `cpu` reports in as `claimed` with APIC id `apic_id`: both must be `cpu`.
