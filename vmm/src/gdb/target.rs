@@ -10,7 +10,10 @@ use super::cpu_listing::{self, CpuLine};
 use super::memory::{physical, read_virtual, write_virtual};
 use super::monitor::{self, Stopped};
 use super::observer::SharedView;
-use super::probe::{data_breakpoints_work, software_breakpoints_work, BREAKPOINT_VECTOR, INT3};
+use super::probe::{
+    data_breakpoints_work, software_breakpoints_work, steps_can_block_interrupts,
+    BREAKPOINT_VECTOR, INT3,
+};
 use super::registers::{SystemRegs, VcpuState, X86_64System};
 use super::GdbError;
 use crate::cpus::hold::Hold;
@@ -126,9 +129,13 @@ pub struct GuestTarget {
 impl GuestTarget {
     pub fn new(mem: GuestMemoryMmap, view: SharedView, hold: Arc<Hold>, cpus: u32) -> Self {
         let cpus = cpus.max(1) as usize;
+        let mut breakpoints = Breakpoints::default();
+        if steps_can_block_interrupts() {
+            breakpoints.block_interrupts_on_step();
+        }
         GuestTarget {
             mem,
-            breakpoints: Breakpoints::default(),
+            breakpoints,
             capabilities: Capabilities::default(),
             view,
             hold,
