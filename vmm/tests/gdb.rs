@@ -611,7 +611,9 @@ fn bad_gdb_options_exit_2_with_one_line() {
     let busy = taken.local_addr().expect("its address").to_string();
     let clean = scratch_file("gdb-clean.repro", TWO_WRITES);
     let clean = clean.to_str().expect("UTF-8 path");
-    let cases: [(&[&str], &str); 6] = [
+    let two_cpus = scratch_file("gdb-two-cpus-break.repro", TWO_CPUS);
+    let two_cpus = two_cpus.to_str().expect("UTF-8 path");
+    let cases: [(&[&str], &str); 7] = [
         (
             &["run", "--backend", "sim", "--gdb", ":0"],
             "--gdb needs --backend kvm",
@@ -632,6 +634,10 @@ fn bad_gdb_options_exit_2_with_one_line() {
         (
             &["replay", clean, "--gdb", ":0", "--break-at-op", "9"],
             "the reproducer has ops 0 to 3",
+        ),
+        (
+            &["replay", two_cpus, "--gdb", ":0", "--break-at-op", "1"],
+            "--break-at-op needs a reproducer of one CPU",
         ),
     ];
     for (args, message) in cases {
@@ -699,4 +705,42 @@ fn with_two_cpus_each_vcpu_is_a_thread_and_a_stop_on_an_ap_holds_both() {
         ],
         "",
     );
+}
+
+/// A reproducer of two CPUs: CPU 1 writes the page CPU 0 mapped, in the second round.
+const TWO_CPUS: &str = "\
+# cpus: 2
+create-space
+map-fixed space=1 addr=0x400000 size=0x1000 access=0xb
+---
+@cpu1 touch-write space=1 addr=0x400000 value=0x5
+";
+
+#[test]
+fn a_reproducer_of_two_cpus_replays_under_gdb_with_both_threads() {
+    if !have_gdb("a_reproducer_of_two_cpus_replays_under_gdb_with_both_threads") {
+        return;
+    }
+    let vmm = replay_under_gdb("gdb-two-cpus.repro", TWO_CPUS, &[]);
+    let out = gdb(
+        &vmm,
+        &[
+            &format!("hbreak {AP_SERVE}"),
+            "continue",
+            "info threads",
+            "delete",
+            "continue",
+        ],
+    );
+    let (code, stderr) = vmm.finish();
+    assert_has(
+        &out,
+        &[
+            "Thread 2 hit Breakpoint 1, guest_kernel::smp::serve (cpu=1",
+            "Thread 1.1 (cpu 0, ring 0",
+            "[Inferior 1 (process 1) exited normally]",
+        ],
+        &stderr,
+    );
+    assert_eq!(code, Some(0), "the reproducer has no failure: {stderr}");
 }
