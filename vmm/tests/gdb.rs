@@ -656,6 +656,10 @@ fn bad_gdb_options_exit_2_with_one_line() {
 /// The function each AP runs once it has reported in, and CPU 0 never does.
 const AP_SERVE: &str = "guest_kernel::smp::serve";
 
+/// The shootdown handler: in the self-check's SMP part, CPU 0 changes a space CPU 1 keeps
+/// loaded, and CPU 1 flushes here.
+const SHOOTDOWN: &str = "guest_kernel::smp::shootdown::serve";
+
 #[test]
 fn with_two_cpus_each_vcpu_is_a_thread_and_a_stop_on_an_ap_holds_both() {
     if !have_gdb("with_two_cpus_each_vcpu_is_a_thread_...") {
@@ -665,7 +669,7 @@ fn with_two_cpus_each_vcpu_is_a_thread_and_a_stop_on_an_ap_holds_both() {
     let out = gdb(
         &vmm,
         &[
-            &format!("hbreak {AP_SERVE}"),
+            &format!("hbreak {SHOOTDOWN}"),
             "continue",
             "info threads",
             "thread 2",
@@ -675,6 +679,8 @@ fn with_two_cpus_each_vcpu_is_a_thread_and_a_stop_on_an_ap_holds_both() {
             "x/1i $pc",
             "monitor cpus",
             "delete",
+            "thread 2",
+            "stepi",
             "detach",
         ],
     );
@@ -683,18 +689,22 @@ fn with_two_cpus_each_vcpu_is_a_thread_and_a_stop_on_an_ap_holds_both() {
         &out,
         &[
             // gdb names the AP's thread in the stop; CPU 0 was held too.
-            "Thread 2 hit Breakpoint 1, guest_kernel::smp::serve (cpu=1",
+            "Thread 2 hit Breakpoint 1, guest_kernel::smp::shootdown::serve (me=1, sender=0)",
             "Thread 1.1 (cpu 0, ring 0, cr3 0x",
             "* 2    Thread 1.2 (cpu 1, ring 0, cr3 0x",
             "rip            0xffffffff",
-            "<guest_kernel::smp::serve+",
-            "smp5serve",
+            "<guest_kernel::smp::shootdown::serve+",
+            "shootdown5serve",
             "cpu 0: thread 1, rip 0xffffffff",
             "cpu 1: thread 2 (stopped here), rip 0xffffffff",
+            "TLB model has loaded: space ",
             "[Inferior 1 (process 1) detached]",
         ],
         &stderr,
     );
+    // CPU 1 flushes a user space it has loaded: `info threads` names it.
+    let ap_thread = out.lines().find(|l| l.contains("Thread 1.2 (cpu 1"));
+    assert!(ap_thread.is_some_and(|l| l.contains(" (space ")), "{out}");
     assert_eq!(code, Some(0), "{stderr}");
     assert_has(
         &stderr,

@@ -328,15 +328,11 @@ impl Hold {
         self.lock().debug = Some(debug);
     }
 
-    /// gdb is gone: every AP runs on with `debug` (nothing armed), and debug exits are ignored.
-    pub fn detach(&self, debug: kvm_guest_debug) {
-        self.lock().attached = false;
-        let count = self.lock().seats.len() as u32;
-        for cpu in 1..count {
-            self.release(cpu, Some(debug));
-        }
+    /// gdb is gone: debug exits are ignored from now on, and reports not taken are dropped
+    /// (the stub then lets every CPU go, [`Hold::release`]).
+    pub fn detach(&self) {
         let mut state = self.lock();
-        state.debug = Some(debug);
+        state.attached = false;
         state.seats.iter_mut().for_each(|s| s.report = None);
         self.recompute(&state);
     }

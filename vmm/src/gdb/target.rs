@@ -228,7 +228,7 @@ impl GuestTarget {
         self.breakpoints.clear_slots();
         self.actions.fill(Some(Action::Continue));
         self.reinject.fill(false);
-        self.hold.detach(self.breakpoints.guest_debug(false));
+        self.hold.detach();
         self.thaw(vcpu).map(|_| ())
     }
 
