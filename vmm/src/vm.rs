@@ -169,8 +169,9 @@ impl Vm {
 
     /// Runs the guest until it exits; returns its exit status. With several CPUs each runs on a
     /// thread of its own, and every one has left KVM_RUN when this returns. With a gdb stub
-    /// claimed (see [`Vm::claim_gdb`]) it first waits for gdb, and gdb can stop CPU 0 at two
-    /// call-out points of its run loop: before each KVM_RUN and at each debug exit.
+    /// claimed (see [`Vm::claim_gdb`]) it first waits for gdb, and gdb can stop the guest at two
+    /// call-out points of CPU 0's run loop (before each KVM_RUN and at each debug exit), where
+    /// the stub parks every other CPU.
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
         driver.booted(&self.boot_info);
         let heartbeat = || Some(guest_heartbeat(self.mem.clone()));

@@ -489,20 +489,23 @@ fn wait_for_file(path: &Path) {
     }
 }
 
-#[test]
-fn ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm() {
-    if !have_gdb("ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm") {
-        return;
-    }
-    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gdb-ctrl-c-fuzz");
+/// A long fuzz campaign with `cpus` CPUs under gdb, interrupted by a Ctrl-C to gdb once it runs;
+/// gdb then runs `after` (ending in `kill`). What gdb printed, the VMM's exit code and stderr.
+fn interrupt_a_fuzz_campaign(
+    name: &str,
+    cpus: &str,
+    after: &[&str],
+) -> (String, Option<i32>, String) {
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let out_dir = out_dir.to_str().expect("UTF-8 path");
     // Long enough to be running when gdb interrupts it (about 20 s alone).
     let vmm = Vmm::start(&[
-        "fuzz", "--ops", "30000", "--quiet", "--out", out_dir, "--memory", "64",
+        "fuzz", "--ops", "30000", "--quiet", "--out", out_dir, "--memory", "64", "--cpus", cpus,
     ]);
-    let flag = flag_file("gdb-ctrl-c.flag");
+    let flag = flag_file(&format!("{name}.flag"));
     let touch = format!("shell touch {}", flag.display());
-    let commands = [touch.as_str(), "continue", "bt 1", "monitor spaces", "kill"];
+    let mut commands = vec![touch.as_str(), "continue"];
+    commands.extend_from_slice(after);
     let mut child = gdb_command(&vmm, &commands)
         .spawn()
         .expect("cannot start gdb");
@@ -518,12 +521,44 @@ fn ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm() {
     thread::sleep(Duration::from_millis(100));
     let gdb_out = format!("{}{}", out.lock().unwrap(), err.lock().unwrap());
     let (code, stderr) = vmm.finish();
+    (gdb_out, code, stderr)
+}
+
+#[test]
+fn ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm() {
+    if !have_gdb("ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm") {
+        return;
+    }
+    let after = ["bt 1", "monitor spaces", "kill"];
+    let (gdb_out, code, stderr) = interrupt_a_fuzz_campaign("gdb-ctrl-c-fuzz", "1", &after);
     assert_has(
         &gdb_out,
         &[
             "Program received signal SIGINT",
             "#0  ",
             "region trees as of batch",
+        ],
+        &stderr,
+    );
+    assert_eq!(code, Some(137), "{stderr}");
+    assert_has(&stderr, &["vmm: error: gdb killed the guest"], "");
+}
+
+#[test]
+fn ctrl_c_holds_every_cpu_and_kill_ends_every_thread() {
+    if !have_gdb("ctrl_c_holds_every_cpu_and_kill_ends_every_thread") {
+        return;
+    }
+    let after = ["info threads", "monitor cpus", "kill"];
+    let (gdb_out, code, stderr) = interrupt_a_fuzz_campaign("gdb-ctrl-c-two-cpus", "2", &after);
+    assert_has(
+        &gdb_out,
+        &[
+            "received signal SIGINT",
+            "Thread 1.1 (cpu 0, ring ",
+            "Thread 1.2 (cpu 1, ring ",
+            "cpu 0: thread 1 (stopped here), rip 0x",
+            "cpu 1: thread 2, rip 0x",
         ],
         &stderr,
     );

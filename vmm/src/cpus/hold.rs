@@ -20,7 +20,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long a waiting side sleeps before it looks (and kicks) again.
-pub const RECHECK: Duration = Duration::from_millis(5);
+const RECHECK: Duration = Duration::from_millis(5);
 
 /// What a parked CPU does when it is let go.
 #[derive(Clone, Copy, Debug)]
