@@ -214,6 +214,20 @@ fn assert_has(text: &str, needles: &[&str], context: &str) {
     }
 }
 
+/// gdb detached, and the self-check then ran to its normal end.
+fn assert_detached_and_self_checked(code: Option<i32>, stderr: &str) {
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_has(
+        stderr,
+        &[
+            "gdb detached",
+            "MM self-check passed",
+            "guest exited with status 0",
+        ],
+        "",
+    );
+}
+
 #[test]
 fn connects_stopped_at_the_entry_with_system_registers_then_detach_runs_the_guest_to_its_end() {
     if !have_gdb("connects_stopped_at_the_entry_...") {
@@ -245,16 +259,7 @@ fn connects_stopped_at_the_entry_with_system_registers_then_detach_runs_the_gues
         ],
         &stderr,
     );
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_has(
-        &stderr,
-        &[
-            "gdb detached",
-            "MM self-check passed",
-            "guest exited with status 0",
-        ],
-        "",
-    );
+    assert_detached_and_self_checked(code, &stderr);
 }
 
 #[test]
@@ -490,12 +495,9 @@ fn wait_for_file(path: &Path) {
 }
 
 /// A long fuzz campaign with `cpus` CPUs under gdb, interrupted by a Ctrl-C to gdb once it runs;
-/// gdb then runs `after` (ending in `kill`). What gdb printed, the VMM's exit code and stderr.
-fn interrupt_a_fuzz_campaign(
-    name: &str,
-    cpus: &str,
-    after: &[&str],
-) -> (String, Option<i32>, String) {
+/// gdb then runs `after` and kills the guest. gdb must have printed `expected`, and the VMM
+/// exits 137.
+fn interrupt_a_fuzz_campaign_and_kill(name: &str, cpus: &str, after: &[&str], expected: &[&str]) {
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let out_dir = out_dir.to_str().expect("UTF-8 path");
     // Long enough to be running when gdb interrupts it (about 20 s alone).
@@ -506,6 +508,7 @@ fn interrupt_a_fuzz_campaign(
     let touch = format!("shell touch {}", flag.display());
     let mut commands = vec![touch.as_str(), "continue"];
     commands.extend_from_slice(after);
+    commands.push("kill");
     let mut child = gdb_command(&vmm, &commands)
         .spawn()
         .expect("cannot start gdb");
@@ -521,7 +524,9 @@ fn interrupt_a_fuzz_campaign(
     thread::sleep(Duration::from_millis(100));
     let gdb_out = format!("{}{}", out.lock().unwrap(), err.lock().unwrap());
     let (code, stderr) = vmm.finish();
-    (gdb_out, code, stderr)
+    assert_has(&gdb_out, expected, &stderr);
+    assert_eq!(code, Some(137), "{stderr}");
+    assert_has(&stderr, &["vmm: error: gdb killed the guest"], "");
 }
 
 #[test]
@@ -529,19 +534,16 @@ fn ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm() {
     if !have_gdb("ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm") {
         return;
     }
-    let after = ["bt 1", "monitor spaces", "kill"];
-    let (gdb_out, code, stderr) = interrupt_a_fuzz_campaign("gdb-ctrl-c-fuzz", "1", &after);
-    assert_has(
-        &gdb_out,
+    interrupt_a_fuzz_campaign_and_kill(
+        "gdb-ctrl-c-fuzz",
+        "1",
+        &["bt 1", "monitor spaces"],
         &[
             "Program received signal SIGINT",
             "#0  ",
             "region trees as of batch",
         ],
-        &stderr,
     );
-    assert_eq!(code, Some(137), "{stderr}");
-    assert_has(&stderr, &["vmm: error: gdb killed the guest"], "");
 }
 
 #[test]
@@ -549,21 +551,18 @@ fn ctrl_c_holds_every_cpu_and_kill_ends_every_thread() {
     if !have_gdb("ctrl_c_holds_every_cpu_and_kill_ends_every_thread") {
         return;
     }
-    let after = ["info threads", "monitor cpus", "kill"];
-    let (gdb_out, code, stderr) = interrupt_a_fuzz_campaign("gdb-ctrl-c-two-cpus", "2", &after);
-    assert_has(
-        &gdb_out,
+    interrupt_a_fuzz_campaign_and_kill(
+        "gdb-ctrl-c-two-cpus",
+        "2",
+        &["info threads", "monitor cpus"],
         &[
-            "received signal SIGINT",
+            "Thread 1 received signal SIGINT",
             "Thread 1.1 (cpu 0, ring ",
             "Thread 1.2 (cpu 1, ring ",
             "cpu 0: thread 1 (stopped here), rip 0x",
             "cpu 1: thread 2, rip 0x",
         ],
-        &stderr,
     );
-    assert_eq!(code, Some(137), "{stderr}");
-    assert_has(&stderr, &["vmm: error: gdb killed the guest"], "");
 }
 
 #[test]
@@ -740,16 +739,7 @@ fn with_two_cpus_each_vcpu_is_a_thread_and_a_stop_on_an_ap_holds_both() {
     // CPU 1 flushes a user space it has loaded: `info threads` names it.
     let ap_thread = out.lines().find(|l| l.contains("Thread 1.2 (cpu 1"));
     assert!(ap_thread.is_some_and(|l| l.contains(" (space ")), "{out}");
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_has(
-        &stderr,
-        &[
-            "gdb detached",
-            "MM self-check passed",
-            "guest exited with status 0",
-        ],
-        "",
-    );
+    assert_detached_and_self_checked(code, &stderr);
 }
 
 /// A reproducer of two CPUs: CPU 1 writes the page CPU 0 mapped, in the second round.

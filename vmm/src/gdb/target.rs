@@ -333,6 +333,13 @@ impl GuestTarget {
         Ok(true)
     }
 
+    /// gdb's resume action for thread `tid` (a thread of no CPU is ignored).
+    fn set_action(&mut self, tid: Tid, action: Action) {
+        if let Some(slot) = self.actions.get_mut(cpu_of(tid) as usize) {
+            *slot = Some(action);
+        }
+    }
+
     /// Every CPU gdb sees, for `monitor cpus`.
     fn cpu_lines(&self) -> Vec<CpuLine> {
         self.hold
@@ -450,9 +457,7 @@ impl MultiThreadResume for GuestTarget {
         tid: Tid,
         _signal: Option<Signal>,
     ) -> Result<(), GdbError> {
-        if let Some(action) = self.actions.get_mut(cpu_of(tid) as usize) {
-            *action = Some(Action::Continue);
-        }
+        self.set_action(tid, Action::Continue);
         Ok(())
     }
 
@@ -471,9 +476,7 @@ impl MultiThreadSingleStep for GuestTarget {
         tid: Tid,
         _signal: Option<Signal>,
     ) -> Result<(), GdbError> {
-        if let Some(action) = self.actions.get_mut(cpu_of(tid) as usize) {
-            *action = Some(Action::Step);
-        }
+        self.set_action(tid, Action::Step);
         Ok(())
     }
 }
