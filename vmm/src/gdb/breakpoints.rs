@@ -109,7 +109,7 @@ pub struct Breakpoints {
     slots: [Option<Slot>; SLOTS],
     /// Software breakpoints by virtual address.
     software: BTreeMap<u64, Planted>,
-    /// A single step also blocks interrupts (`KVM_GUESTDBG_BLOCKIRQ`, where KVM has it): with
+    /// gdb's single step also blocks interrupts (`KVM_GUESTDBG_BLOCKIRQ`, where KVM has it): with
     /// an irqchip, an interrupt taken during a step would otherwise push the trap flag KVM set
     /// into the handler's frame, and its `iretq` would give the guest a #DB of its own.
     block_interrupts_on_step: bool,
@@ -296,7 +296,9 @@ impl Breakpoints {
         }
         if step || self.needs_stepping() {
             control |= KVM_GUESTDBG_SINGLESTEP;
-            if self.block_interrupts_on_step {
+            // Only gdb's own steps: a watch stepped for good must let interrupts (IPIs) in, or
+            // a CPU waiting for an acknowledgement would wait forever.
+            if step && self.block_interrupts_on_step {
                 control |= KVM_GUESTDBG_BLOCKIRQ;
             }
         }
