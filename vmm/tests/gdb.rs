@@ -742,6 +742,44 @@ fn with_two_cpus_each_vcpu_is_a_thread_and_a_stop_on_an_ap_holds_both() {
     assert_detached_and_self_checked(code, &stderr);
 }
 
+/// The rip `monitor cpus` printed for `cpu`, at each of its listings in `out`.
+fn rips_of(out: &str, cpu: u32) -> Vec<String> {
+    let prefix = format!("cpu {cpu}: thread ");
+    out.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.split("rip ").nth(1)?.split(',').next().map(String::from))
+        .collect()
+}
+
+#[test]
+fn with_scheduler_locking_a_step_moves_only_the_stepped_cpu() {
+    if !have_gdb("with_scheduler_locking_a_step_moves_only_the_stepped_cpu") {
+        return;
+    }
+    let vmm = Vmm::start(&["run", "--cpus", "2", "--memory", "64", "--timeout", "60"]);
+    let out = gdb(
+        &vmm,
+        &[
+            &format!("hbreak {SHOOTDOWN}"),
+            "continue",
+            "delete",
+            "monitor cpus",
+            "set scheduler-locking on",
+            "stepi",
+            "stepi",
+            "monitor cpus",
+            "set scheduler-locking off",
+            "detach",
+        ],
+    );
+    let (code, stderr) = vmm.finish();
+    let (cpu0, cpu1) = (rips_of(&out, 0), rips_of(&out, 1));
+    assert_eq!(cpu0.len(), 2, "{out}");
+    assert_eq!(cpu0[0], cpu0[1], "CPU 0 stayed parked: {out}");
+    assert_ne!(cpu1[0], cpu1[1], "CPU 1 stepped: {out}");
+    assert_detached_and_self_checked(code, &stderr);
+}
+
 /// A reproducer of two CPUs: CPU 1 writes the page CPU 0 mapped, in the second round.
 const TWO_CPUS: &str = "\
 # cpus: 2
