@@ -18,6 +18,10 @@ pub const BATCH_SEPARATOR: &str = "---";
 /// at the same time as the others run theirs.
 pub const CPU_PREFIX: &str = "@cpu";
 
+/// The same as [`CPU_PREFIX`], written among a step's fields (`touch-read cpu=1 ...`: the CPU
+/// that makes a touch's access). The printer writes the prefix.
+pub const CPU_FIELD: &str = "cpu=";
+
 /// One operation, what its result must be (`None`: anything, as in a reproducer), and a label
 /// that says what it shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,8 +86,10 @@ pub enum LineError {
     Op(OpError),
     Expect(ExpectError),
     Header(HeaderError),
-    /// `@cpuN` with no CPU number from 0 to [`MAX_CPUS`] - 1.
+    /// `@cpuN` or `cpu=N` with no CPU number from 0 to [`MAX_CPUS`] - 1.
     Cpu(String),
+    /// The step names its CPU twice (`@cpuN` and `cpu=M`, or `cpu=` twice).
+    CpuTwice,
 }
 
 /// A line that does not parse, and why.
@@ -106,6 +112,10 @@ impl fmt::Display for ParseError {
                 "{word:?} does not name a CPU: {CPU_PREFIX}0 to {CPU_PREFIX}{}",
                 MAX_CPUS - 1
             ),
+            LineError::CpuTwice => write!(
+                f,
+                "the step names its CPU twice: give one {CPU_PREFIX}N or one {CPU_FIELD}N"
+            ),
         }
     }
 }
@@ -119,30 +129,54 @@ fn header_line(comment: &str) -> Option<(&str, &str)> {
     header::is_key(key).then(|| (key, value.trim()))
 }
 
-/// The CPU a step line names (`@cpuN ` before its op), and the rest of the line.
-fn step_cpu(text: &str) -> Result<(u32, &str), LineError> {
-    if !text.starts_with(CPU_PREFIX) {
-        return Ok((0, text));
-    }
-    let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
-    let cpu = word[CPU_PREFIX.len()..]
+/// The CPU number `digits` of `word` (`@cpuN` or `cpu=N`).
+fn cpu_number(digits: &str, word: &str) -> Result<u32, LineError> {
+    digits
         .parse::<u32>()
         .ok()
         .filter(|cpu| *cpu < MAX_CPUS)
-        .ok_or_else(|| LineError::Cpu(word.into()))?;
-    Ok((cpu, rest.trim_start()))
+        .ok_or_else(|| LineError::Cpu(word.into()))
 }
 
-/// A step line: `[@cpuN] op [=> expect] [# label]`.
+/// The CPU a step line names (`@cpuN ` before its op), and the rest of the line.
+fn step_cpu(text: &str) -> Result<(Option<u32>, &str), LineError> {
+    if !text.starts_with(CPU_PREFIX) {
+        return Ok((None, text));
+    }
+    let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let cpu = cpu_number(&word[CPU_PREFIX.len()..], word)?;
+    Ok((Some(cpu), rest.trim_start()))
+}
+
+/// The CPU an op's fields name (`cpu=N`), and the op without that field.
+fn field_cpu(op: &str) -> Result<(Option<u32>, String), LineError> {
+    let mut cpu = None;
+    let mut rest = Vec::new();
+    for word in op.split_whitespace() {
+        match word.strip_prefix(CPU_FIELD) {
+            Some(_) if cpu.is_some() => return Err(LineError::CpuTwice),
+            Some(digits) => cpu = Some(cpu_number(digits, word)?),
+            None => rest.push(word),
+        }
+    }
+    Ok((cpu, rest.join(" ")))
+}
+
+/// A step line: `[@cpuN] op [cpu=N] [=> expect] [# label]`.
 fn step(text: &str, line: usize) -> Result<Step, LineError> {
-    let (cpu, text) = step_cpu(text)?;
+    let (prefix, text) = step_cpu(text)?;
     let (body, label) = text.split_once('#').unwrap_or((text, ""));
     let (op, expect) = match body.split_once("=>") {
         Some((op, expect)) => (op, Some(Expect::parse(expect).map_err(LineError::Expect)?)),
         None => (body, None),
     };
+    let (field, op) = field_cpu(op)?;
+    let cpu = match (prefix, field) {
+        (Some(_), Some(_)) => return Err(LineError::CpuTwice),
+        (cpu, None) | (None, cpu) => cpu.unwrap_or(0),
+    };
     Ok(Step {
-        op: op_from_line(op).map_err(LineError::Op)?,
+        op: op_from_line(&op).map_err(LineError::Op)?,
         expect,
         label: label.trim().into(),
         line,
@@ -362,6 +396,26 @@ map-fixed space=1 addr=0x400000 size=0x1000 access=0x100 => error bad-access
         let back = Scenario::parse(&s.to_text("again")).expect("parses");
         assert_eq!(without_lines(back), without_lines(s));
         let err = |text: &str| Scenario::parse(text).unwrap_err().to_string();
+        let field = Scenario::parse("touch-read cpu=1 space=1 addr=0x1000 => value 0\n");
+        let field = field.expect("cpu= is the prefix's other spelling");
+        assert_eq!(field.batches[0][0].cpu, 1);
+        assert_eq!(
+            field.batches[0][0].to_line(),
+            "@cpu1 touch-read space=1 addr=0x1000 => value 0x0"
+        );
+        for twice in [
+            "@cpu1 touch-read cpu=1 space=1 addr=0\n",
+            "touch-read cpu=1 space=1 cpu=0 addr=0\n",
+        ] {
+            assert_eq!(
+                err(twice),
+                "line 1: the step names its CPU twice: give one @cpuN or one cpu=N"
+            );
+        }
+        assert_eq!(
+            err("touch-read cpu=9 space=1 addr=0\n"),
+            "line 1: \"cpu=9\" does not name a CPU: @cpu0 to @cpu7"
+        );
         for bad in [
             "@cpu8 create-space\n",
             "@cpu create-space\n",

@@ -82,6 +82,10 @@ pub struct AddressSpace {
     pub(crate) bugs: SeededBugs,
     /// The CPUs that may cache its translations ([`crate::shootdown`]).
     pub(crate) cpus: CpuSet,
+    /// Operations that took translations away or lowered them (each one that owed the other
+    /// CPUs a shootdown): a touch whose resolved fault did not stick tells by it whether another
+    /// CPU undid the fault meanwhile ([`crate::user_access`]).
+    pub(crate) downgrades: u64,
     /// Destroyed: out of the space table, its memory and tables gone. A CPU that still holds a
     /// handle (a touch between two stays in ring 3) finds no space.
     pub(crate) dead: bool,
@@ -121,6 +125,7 @@ impl AddressSpace {
             directory,
             bugs,
             cpus: CpuSet::EMPTY,
+            downgrades: 0,
             dead: false,
         })
     }

@@ -272,6 +272,7 @@ impl<'a, M: Machine> Hardware<'a, M> {
             self.release_deferred(); // Seeded bug: the other CPUs may still cache these.
         }
         if let (Some(space), Some(request)) = (space, self.carried.gather.request.take()) {
+            space.downgrades = space.downgrades.wrapping_add(1);
             let targets = self.shootdown_targets(space);
             if !targets.is_empty() && !self.bugs.has(Bug::ShootdownLocalOnly) {
                 self.machine().shootdown(targets, &request);

@@ -63,6 +63,9 @@ pub struct TestMachine {
     /// Runs at the first release of a space lock after ring 3 is next entered.
     after_user_release: Option<Box<dyn FnOnce() + Send>>,
     user_ran: bool,
+    /// Every user data access faults, not-present, whatever the tables say: a resolved fault
+    /// that never sticks.
+    pub faults_forever: bool,
 }
 
 /// A boot memory map like the VMM's: the low area and the kernel reserved, the rest usable.
@@ -121,6 +124,7 @@ impl TestMachine {
             violations: Vec::new(),
             after_user_release: None,
             user_ran: false,
+            faults_forever: false,
         }
     }
 
@@ -135,6 +139,7 @@ impl TestMachine {
             violations: Vec::new(),
             after_user_release: None,
             user_ran: false,
+            faults_forever: false,
         }
     }
 
@@ -266,6 +271,9 @@ impl Machine for TestMachine {
             entry.rdi.is_multiple_of(8),
             "the test machine loads aligned words only"
         );
+        if self.faults_forever {
+            return Self::page_fault(entry.rdi, PF_USER | (u64::from(store) * PF_WRITE));
+        }
         let phys = match self.translate(entry.rdi, store, false) {
             Ok(phys) => phys as usize,
             Err(code) => return Self::page_fault(entry.rdi, code),

@@ -122,6 +122,14 @@ fn demand_paging_commits_a_zeroed_frame_on_first_touch_only() {
 }
 
 #[test]
+#[should_panic(expected = "3 of which no other CPU undid")]
+fn a_resolved_fault_that_never_sticks_with_one_cpu_is_reported_after_three() {
+    let mut mm = mm_with_region(SeededBugs::NONE);
+    mm.cpu.machine.faults_forever = true;
+    read(&mut mm, BASE);
+}
+
+#[test]
 fn prot_none_keeps_the_data_and_faults_until_restored() {
     let mut mm = mm_with_region(SeededBugs::NONE);
     write(&mut mm, BASE, 0x1234);

@@ -21,6 +21,7 @@ use crate::{MmError, PhysicalFrame};
 use shared_mm::abi::{FaultKind, OpResult, Status, KERNEL_SPACE_BASE, MAX_BATCH, USER_TRAMPOLINE};
 use shared_mm::address::PAGE_SIZE;
 use shared_mm::pte::is_canonical;
+use shared_mm::smp::MAX_CPUS;
 
 pub use shared_mm::abi::TRAMPOLINE_CODE;
 
@@ -30,11 +31,15 @@ const WRITE_ENTRY: u64 = USER_TRAMPOLINE + 8;
 const WRITE_DONE: u64 = USER_TRAMPOLINE + 15;
 const INT3: u8 = 0xcc;
 
-/// Faults one touch may resolve: an unaligned access spans two pages (3), and with several
-/// CPUs another CPU may take a resolved page away again (unmap, protect) before the retry, once
-/// per operation it runs meanwhile: a batch's worth more. A fault that is resolved and never
-/// sticks still ends in a panic, only later.
-const MAX_FAULTS: usize = 3 + MAX_BATCH;
+/// Faults one touch may resolve with no other CPU taking a page away meanwhile: an unaligned
+/// access spans two pages (3). A fault that is resolved and never sticks is a bug, reported by
+/// a panic.
+const MAX_UNDONE_BY_NOBODY: usize = 3;
+
+/// Faults one touch may resolve in all: another CPU may take a resolved page away again
+/// (unmap, protect) before the retry, once per operation it runs meanwhile, so every other
+/// CPU's batch more.
+const MAX_FAULTS: usize = MAX_UNDONE_BY_NOBODY + MAX_BATCH * MAX_CPUS as usize;
 
 /// What to do in ring 3.
 #[derive(Clone, Copy, Debug)]
@@ -97,11 +102,16 @@ pub fn touch<M: Machine>(
     }
     let (entry, done) = entry_for(kind, addr);
     // Load the space (and plant the `int3`), under its lock; ring 3 runs with no lock held.
-    let mut planted = match mm.locked(cpu, space, |s, hw| Ok(plant(s, &entry, kind, hw))) {
-        Ok(planted) => planted,
+    let loaded = mm.locked(cpu, space, |s, hw| Ok(plant(s, &entry, kind, hw)));
+    let Retry {
+        mut planted,
+        mut downgrades,
+    } = match loaded {
+        Ok(retry) => retry,
         Err(e) => return OpResult::error(e.into()),
     };
-    for _ in 0..=MAX_FAULTS {
+    let mut undone_by_nobody = 0;
+    for resolved in 0..=MAX_FAULTS {
         let trap = cpu.machine.enter_user(&entry);
         if let Some((frame, offset, old)) = planted.take() {
             cpu.machine.write_frame(frame, offset, &old);
@@ -121,7 +131,18 @@ pub fn touch<M: Machine>(
                 };
             }
             VECTOR_PAGE_FAULT => match page_fault(mm, cpu, space, &trap, &entry, kind) {
-                Ok((FaultOutcome::Resolved, again)) => planted = again,
+                Ok((FaultOutcome::Resolved, again)) => {
+                    if again.downgrades == downgrades {
+                        undone_by_nobody += 1;
+                        if undone_by_nobody > MAX_UNDONE_BY_NOBODY {
+                            panic!(
+                                "touch at {addr:#x} still faults after {resolved} resolved \
+                                 faults, {MAX_UNDONE_BY_NOBODY} of which no other CPU undid"
+                            );
+                        }
+                    }
+                    (planted, downgrades) = (again.planted, again.downgrades);
+                }
                 Ok((FaultOutcome::Segv(kind), _)) => return faulted(kind, trap.fault_address),
                 Ok((FaultOutcome::OutOfMemory, _)) => return OpResult::error(Status::OutOfMemory),
                 Err(e) => return OpResult::error(e.into()),
@@ -137,6 +158,13 @@ pub fn touch<M: Machine>(
 /// Where an execute touch planted its `int3`, and the byte it replaced.
 type Planted = Option<(PhysicalFrame, usize, [u8; 1])>;
 
+/// What a touch goes back to ring 3 with: its planted `int3`, and the space's
+/// [`AddressSpace::downgrades`] as of then.
+struct Retry {
+    planted: Planted,
+    downgrades: u64,
+}
+
 /// The page fault `trap` raised, handled with the space locked again: its region is looked up
 /// afresh, since another CPU may have changed the space while this one was in ring 3. A
 /// resolved fault leaves the space loaded for the next stay in ring 3 (an execute touch plants
@@ -148,31 +176,56 @@ fn page_fault<M: Machine>(
     trap: &UserTrap,
     entry: &UserEntry,
     kind: Touch,
-) -> Result<(FaultOutcome, Planted), MmError> {
+) -> Result<(FaultOutcome, Retry), MmError> {
     let (address, code) = (trap.fault_address, trap.error_code);
     if mm.bugs().has(Bug::FaultNoRecheck) {
         let outcome = crate::page_fault::without_recheck(mm, cpu, space, address, code)?;
-        let planted = match outcome {
-            FaultOutcome::Resolved => {
-                mm.locked(cpu, space, |s, hw| Ok(plant(s, entry, kind, hw)))?
-            }
-            _ => None,
-        };
-        return Ok((outcome, planted));
+        let retry = mm.locked(cpu, space, |s, hw| {
+            Ok(retry_after(&outcome, s, entry, kind, hw))
+        })?;
+        return Ok((outcome, retry));
     }
     mm.locked(cpu, space, |s, hw| {
         let outcome = handle_user_page_fault(s, address, code, hw);
-        let planted = match outcome {
-            FaultOutcome::Resolved => plant(s, entry, kind, hw),
-            _ => None,
-        };
-        Ok((outcome, planted))
+        let retry = retry_after(&outcome, s, entry, kind, hw);
+        Ok((outcome, retry))
     })
 }
 
-/// For an execute touch whose target page is present, writes `int3` there; returns where, and
-/// the byte it replaced.
+/// For an execute touch whose target page is present, writes `int3` there; returns where and
+/// the byte it replaced, with the space's downgrades as of now.
 fn plant<M: Machine>(
+    space: &AddressSpace,
+    entry: &UserEntry,
+    kind: Touch,
+    hw: &mut Hardware<'_, M>,
+) -> Retry {
+    Retry {
+        planted: plant_int3(space, entry, kind, hw),
+        downgrades: space.downgrades,
+    }
+}
+
+/// What a fault that ended with `outcome` goes back to ring 3 with: a resolved one plants
+/// again.
+fn retry_after<M: Machine>(
+    outcome: &FaultOutcome,
+    space: &AddressSpace,
+    entry: &UserEntry,
+    kind: Touch,
+    hw: &mut Hardware<'_, M>,
+) -> Retry {
+    match outcome {
+        FaultOutcome::Resolved => plant(space, entry, kind, hw),
+        _ => Retry {
+            planted: None,
+            downgrades: space.downgrades,
+        },
+    }
+}
+
+/// [`plant`]'s `int3`, for an execute touch whose target page is present.
+fn plant_int3<M: Machine>(
     space: &AddressSpace,
     entry: &UserEntry,
     kind: Touch,
