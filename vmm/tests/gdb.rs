@@ -780,6 +780,38 @@ fn with_scheduler_locking_a_step_moves_only_the_stepped_cpu() {
     assert_detached_and_self_checked(code, &stderr);
 }
 
+#[test]
+fn a_panic_on_an_ap_stops_gdb_in_that_cpu_s_thread() {
+    if !have_gdb("a_panic_on_an_ap_stops_gdb_in_that_cpu_s_thread") {
+        return;
+    }
+    let vmm = Vmm::start(&[
+        "run",
+        "--cpus",
+        "2",
+        "--misbehave",
+        "ap-panic",
+        "--memory",
+        "64",
+        "--timeout",
+        "60",
+    ]);
+    let out = gdb(&vmm, &["continue", "bt 3", "continue"]);
+    let (code, stderr) = vmm.finish();
+    assert_has(
+        &out,
+        &[
+            "[Switching to Thread 1.2]",
+            "Thread 2 received signal SIGABRT",
+            "guest_kernel::hypercall::Mailbox::panic",
+            "Program terminated with signal SIGABRT",
+        ],
+        &stderr,
+    );
+    assert_eq!(code, Some(101), "{stderr}");
+    assert_has(&stderr, &["vmm: error: on cpu 1: guest panicked"], "");
+}
+
 /// A reproducer of two CPUs: CPU 1 writes the page CPU 0 mapped, in the second round.
 const TWO_CPUS: &str = "\
 # cpus: 2

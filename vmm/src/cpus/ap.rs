@@ -7,6 +7,7 @@
 
 use super::Cpus;
 use crate::error::VmmError;
+use crate::gdb::VcpuState;
 use crate::hypercall::{self, Next};
 use crate::kick::Kick;
 use crate::serial::SerialConsole;
@@ -33,7 +34,9 @@ pub(super) fn run(
             }
             let served = serve(cpu, vcpu, cpus, mem, console);
             if let Some(hold) = cpus.hold() {
-                hold.leave(cpu);
+                // A failed CPU's registers, for gdb to see where it failed.
+                let last = served.is_err().then(|| VcpuState::read(vcpu).ok());
+                hold.leave(cpu, last.flatten());
             }
             served
         }

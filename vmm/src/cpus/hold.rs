@@ -118,12 +118,16 @@ impl Hold {
         debug
     }
 
-    /// CPU `cpu`'s loop has ended: nobody waits for it to park.
-    pub fn leave(&self, cpu: u32) {
+    /// CPU `cpu`'s loop has ended: nobody waits for it to park. A CPU that failed leaves its
+    /// `last` registers, for gdb to look at where it failed.
+    pub fn leave(&self, cpu: u32, last: Option<VcpuState>) {
         let mut state = self.lock();
         if let Some(seat) = state.seats.get_mut(cpu as usize) {
             seat.ended = true;
             seat.hold = false;
+            if last.is_some() {
+                seat.parked = last;
+            }
         }
         self.recompute(&state);
     }
@@ -255,12 +259,13 @@ impl Hold {
         self.ended.load(Ordering::Acquire)
     }
 
-    /// The CPUs gdb may see as threads: those whose loop runs or ran.
+    /// The CPUs gdb may see as threads: CPU 0, and every AP whose loop runs or that left its
+    /// registers when it ended.
     pub fn present(&self) -> Vec<u32> {
         let state = self.lock();
         (0..)
             .zip(&state.seats)
-            .filter(|(_, s)| s.present)
+            .filter(|(cpu, s)| *cpu == 0 || (s.present && (!s.ended || s.parked.is_some())))
             .map(|(cpu, _)| cpu)
             .collect()
     }
@@ -349,10 +354,10 @@ mod tests {
         hold.enter(1);
         hold.hold_all();
         assert!(!hold.all_parked(), "cpu 1 runs");
-        hold.leave(1);
+        hold.leave(1, None);
         assert!(hold.all_parked(), "cpu 1 ended");
         hold.release(2, None);
         assert!(hold.held.load(Ordering::Acquire), "cpu 2 stays held");
-        assert_eq!(hold.present(), vec![0, 1]);
+        assert_eq!(hold.present(), vec![0], "cpu 1 ended, cpu 2 never started");
     }
 }

@@ -111,12 +111,34 @@ pub struct Stub<'b> {
 /// The signal gdb is told a guest that ended with `error` got, when gdb may look at it.
 fn fatal_signal(error: &VmmError) -> Option<Signal> {
     match error {
-        VmmError::Run(RunError::GuestPanic { .. }) => Some(Signal::SIGABRT),
-        VmmError::Run(RunError::TripleFault { .. }) => Some(Signal::SIGSEGV),
-        VmmError::Run(RunError::GuestHalted { .. } | RunError::GuestProtocol(_)) => {
-            Some(Signal::SIGILL)
+        VmmError::Run(error) => run_signal(error),
+        _ => None,
+    }
+}
+
+impl Stub<'_> {
+    /// The CPU whose failure ended the guest, if gdb can look at it (its thread left its
+    /// registers in the hold), else CPU 0.
+    fn failed_cpu(&self, error: &VmmError) -> u32 {
+        match error {
+            VmmError::Run(RunError::OnCpu { cpu, .. })
+                if self.target.hold().registers(*cpu).is_some() =>
+            {
+                *cpu
+            }
+            _ => 0,
         }
-        VmmError::Run(RunError::Timeout { .. }) => Some(Signal::SIGALRM),
+    }
+}
+
+/// [`fatal_signal`] of a run's error, also when it names the CPU that failed.
+fn run_signal(error: &RunError) -> Option<Signal> {
+    match error {
+        RunError::GuestPanic { .. } => Some(Signal::SIGABRT),
+        RunError::TripleFault { .. } => Some(Signal::SIGSEGV),
+        RunError::GuestHalted { .. } | RunError::GuestProtocol(_) => Some(Signal::SIGILL),
+        RunError::Timeout { .. } => Some(Signal::SIGALRM),
+        RunError::OnCpu { error, .. } => run_signal(error),
         _ => None,
     }
 }
@@ -192,9 +214,12 @@ impl<'b> Stub<'b> {
                 Some(signal) => {
                     eprintln!("vmm: gdb: the guest failed ({signal}); gdb may look at it now");
                     self.ended = Some(signal);
-                    self.target.set_stopped(0);
+                    let cpu = self.failed_cpu(error);
+                    self.target.set_stopped(cpu);
                     if self.target.freeze(vcpu).is_ok() {
-                        let stopped = gdb.report_stop(&mut self.target, StopReason::Signal(signal));
+                        let tid = tid_of(cpu);
+                        let failed = StopReason::SignalWithThread { tid, signal };
+                        let stopped = gdb.report_stop(&mut self.target, failed);
                         if let Some(gdb) = settle(stopped) {
                             let _ = self.serve(vcpu, gdb);
                         }
