@@ -2,6 +2,7 @@
 //! run loop (the other CPUs' threads are [`crate::cpus`]).
 
 use crate::arch::{cpuid, regs};
+use crate::cpus::hold::Hold;
 use crate::cpus::{Cpus, SmpReport};
 use crate::dirty_log::DirtyLogged;
 use crate::error::VmmError;
@@ -24,22 +25,25 @@ use mm_driver::console::ConsoleSink;
 use mm_driver::driver::Driver;
 use mm_driver::{Guest, GuestConfig, RunError};
 use shared_mm::boot_info::BootInfo;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// RFLAGS.IF: interrupts enabled.
 const RFLAGS_IF: u64 = 1 << 9;
 
-/// A debugger attached to the run loop (the gdb stub, [`crate::gdb`]), at its two call-out
-/// points.
+/// A debugger attached to CPU 0's run loop (the gdb stub, [`crate::gdb`]), at its two call-out
+/// points; the other CPUs obey its [`Hold`].
 pub trait Debugger {
-    /// Before every KVM_RUN. While the debugger holds the guest stopped, it blocks here,
-    /// reading and changing the vCPU (and guest memory, which it was given when it attached);
-    /// it returns once the vCPU may run.
-    fn before_run(&mut self, vcpu: &VcpuFd) -> Result<(), VmmError>;
+    /// The all-stop hold every CPU of the VM obeys.
+    fn hold(&self) -> Arc<Hold>;
 
-    /// The vCPU stopped with KVM_EXIT_DEBUG (a breakpoint, a watchpoint, a step).
+    /// Before every KVM_RUN of CPU 0. While the debugger holds the guest stopped, it blocks
+    /// here, reading and changing the vCPUs (the others parked in `cpus`' hold) and guest
+    /// memory, which it was given when it attached; it returns once CPU 0 may run.
+    fn before_run(&mut self, vcpu: &VcpuFd, cpus: &Cpus) -> Result<(), VmmError>;
+
+    /// CPU 0 stopped with KVM_EXIT_DEBUG (a breakpoint, a watchpoint, a step).
     fn on_debug_exit(&mut self, vcpu: &VcpuFd, exit: kvm_debug_exit_arch) -> Result<(), VmmError>;
 }
 
@@ -165,8 +169,9 @@ impl Vm {
 
     /// Runs the guest until it exits; returns its exit status. With several CPUs each runs on a
     /// thread of its own, and every one has left KVM_RUN when this returns. With a gdb stub
-    /// claimed (see [`Vm::claim_gdb`]) it first waits for gdb, and gdb can stop CPU 0 at two
-    /// call-out points of its run loop: before each KVM_RUN and at each debug exit.
+    /// claimed (see [`Vm::claim_gdb`]) it first waits for gdb, and gdb can stop the guest at two
+    /// call-out points of CPU 0's run loop (before each KVM_RUN and at each debug exit), where
+    /// the stub parks every other CPU.
     pub fn run(&mut self, driver: &mut dyn Driver) -> Result<u32, VmmError> {
         driver.booted(&self.boot_info);
         let heartbeat = || Some(guest_heartbeat(self.mem.clone()));
@@ -195,7 +200,7 @@ impl Vm {
         let mut packets = [0u8; PACKET_BUFFER];
         let mut stub = {
             let _waiting = watchdog.map(Watchdog::pause);
-            Stub::accept(claim, &self.mem, &mut packets)?
+            Stub::accept(claim, &self.mem, self.vcpus.len() as u32, &mut packets)?
         };
         let mut observed = stub.observe(driver);
         let result = self.run_loop(&mut observed, watchdog, Some(&mut stub));
@@ -219,7 +224,8 @@ impl Vm {
             tsc_khz,
             ..
         } = self;
-        let cpus = Cpus::new(vcpus.len() as u32, *timeout, *tsc_khz, Some(vm))?;
+        let hold = debugger.as_ref().map(|d| d.hold());
+        let cpus = Cpus::new(vcpus.len() as u32, *timeout, *tsc_khz, Some(vm), hold)?;
         let (vcpu, aps) = vcpus.split_first_mut().expect("a VM has CPU 0");
         let mut logged;
         let driver: &mut dyn Driver = if driver.wants_written() {
@@ -357,7 +363,7 @@ impl Cpu0<'_, '_> {
             if let Some(debugger) = debugger.as_mut() {
                 // Time the debugger holds the guest stopped is not guest time.
                 let _stopped = watchdog.map(Watchdog::pause);
-                debugger.before_run(self.vcpu)?;
+                debugger.before_run(self.vcpu, self.cpus)?;
             }
             if self.cpus.stopped() {
                 return Ok(None);
@@ -378,7 +384,16 @@ impl Cpu0<'_, '_> {
                         Next::Resume => {}
                         Next::Exit(status) => return Ok(Some(status)),
                         Next::Cpus(call) => {
-                            if !self.cpus.serve(0, call, &mut self.log)? {
+                            let vcpu = &*self.vcpu;
+                            let cpus = self.cpus;
+                            let mut held = || match debugger.as_mut() {
+                                Some(debugger) => {
+                                    let _stopped = watchdog.map(Watchdog::pause);
+                                    debugger.before_run(vcpu, cpus)
+                                }
+                                None => Ok(()),
+                            };
+                            if !self.cpus.serve_held(0, call, &mut self.log, &mut held)? {
                                 return Ok(None);
                             }
                             // Waiting for the other CPUs was host time.

@@ -159,15 +159,6 @@ fn an_ap_misbehaviour_needs_an_ap() {
     assert_fails(&out, 2, "needs --cpus 2 or more");
 }
 
-#[test]
-fn gdb_needs_one_cpu() {
-    assert_fails(
-        &run(&["--cpus", "2", "--gdb", ":0"]),
-        2,
-        "--gdb needs --cpus 1",
-    );
-}
-
 const REPRO: &str = "# failure: agreement checker: x\n# memory-mib: 64\n# seed: 7\n";
 
 #[test]

@@ -214,6 +214,20 @@ fn assert_has(text: &str, needles: &[&str], context: &str) {
     }
 }
 
+/// gdb detached, and the self-check then ran to its normal end.
+fn assert_detached_and_self_checked(code: Option<i32>, stderr: &str) {
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_has(
+        stderr,
+        &[
+            "gdb detached",
+            "MM self-check passed",
+            "guest exited with status 0",
+        ],
+        "",
+    );
+}
+
 #[test]
 fn connects_stopped_at_the_entry_with_system_registers_then_detach_runs_the_guest_to_its_end() {
     if !have_gdb("connects_stopped_at_the_entry_...") {
@@ -245,16 +259,7 @@ fn connects_stopped_at_the_entry_with_system_registers_then_detach_runs_the_gues
         ],
         &stderr,
     );
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_has(
-        &stderr,
-        &[
-            "gdb detached",
-            "MM self-check passed",
-            "guest exited with status 0",
-        ],
-        "",
-    );
+    assert_detached_and_self_checked(code, &stderr);
 }
 
 #[test]
@@ -489,20 +494,21 @@ fn wait_for_file(path: &Path) {
     }
 }
 
-#[test]
-fn ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm() {
-    if !have_gdb("ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm") {
-        return;
-    }
-    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gdb-ctrl-c-fuzz");
+/// A long fuzz campaign with `cpus` CPUs under gdb, interrupted by a Ctrl-C to gdb once it runs;
+/// gdb then runs `after` and kills the guest. gdb must have printed `expected`, and the VMM
+/// exits 137.
+fn interrupt_a_fuzz_campaign_and_kill(name: &str, cpus: &str, after: &[&str], expected: &[&str]) {
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let out_dir = out_dir.to_str().expect("UTF-8 path");
     // Long enough to be running when gdb interrupts it (about 20 s alone).
     let vmm = Vmm::start(&[
-        "fuzz", "--ops", "30000", "--quiet", "--out", out_dir, "--memory", "64",
+        "fuzz", "--ops", "30000", "--quiet", "--out", out_dir, "--memory", "64", "--cpus", cpus,
     ]);
-    let flag = flag_file("gdb-ctrl-c.flag");
+    let flag = flag_file(&format!("{name}.flag"));
     let touch = format!("shell touch {}", flag.display());
-    let commands = [touch.as_str(), "continue", "bt 1", "monitor spaces", "kill"];
+    let mut commands = vec![touch.as_str(), "continue"];
+    commands.extend_from_slice(after);
+    commands.push("kill");
     let mut child = gdb_command(&vmm, &commands)
         .spawn()
         .expect("cannot start gdb");
@@ -518,17 +524,45 @@ fn ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm() {
     thread::sleep(Duration::from_millis(100));
     let gdb_out = format!("{}{}", out.lock().unwrap(), err.lock().unwrap());
     let (code, stderr) = vmm.finish();
-    assert_has(
-        &gdb_out,
+    assert_has(&gdb_out, expected, &stderr);
+    assert_eq!(code, Some(137), "{stderr}");
+    assert_has(&stderr, &["vmm: error: gdb killed the guest"], "");
+}
+
+#[test]
+fn ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm() {
+    if !have_gdb("ctrl_c_interrupts_the_running_guest_and_kill_ends_the_vmm") {
+        return;
+    }
+    interrupt_a_fuzz_campaign_and_kill(
+        "gdb-ctrl-c-fuzz",
+        "1",
+        &["bt 1", "monitor spaces"],
         &[
             "Program received signal SIGINT",
             "#0  ",
             "region trees as of batch",
         ],
-        &stderr,
     );
-    assert_eq!(code, Some(137), "{stderr}");
-    assert_has(&stderr, &["vmm: error: gdb killed the guest"], "");
+}
+
+#[test]
+fn ctrl_c_holds_every_cpu_and_kill_ends_every_thread() {
+    if !have_gdb("ctrl_c_holds_every_cpu_and_kill_ends_every_thread") {
+        return;
+    }
+    interrupt_a_fuzz_campaign_and_kill(
+        "gdb-ctrl-c-two-cpus",
+        "2",
+        &["info threads", "monitor cpus"],
+        &[
+            "Thread 1 received signal SIGINT",
+            "Thread 1.1 (cpu 0, ring ",
+            "Thread 1.2 (cpu 1, ring ",
+            "cpu 0: thread 1 (stopped here), rip 0x",
+            "cpu 1: thread 2, rip 0x",
+        ],
+    );
 }
 
 #[test]
@@ -611,7 +645,9 @@ fn bad_gdb_options_exit_2_with_one_line() {
     let busy = taken.local_addr().expect("its address").to_string();
     let clean = scratch_file("gdb-clean.repro", TWO_WRITES);
     let clean = clean.to_str().expect("UTF-8 path");
-    let cases: [(&[&str], &str); 6] = [
+    let two_cpus = scratch_file("gdb-two-cpus-break.repro", TWO_CPUS);
+    let two_cpus = two_cpus.to_str().expect("UTF-8 path");
+    let cases: [(&[&str], &str); 7] = [
         (
             &["run", "--backend", "sim", "--gdb", ":0"],
             "--gdb needs --backend kvm",
@@ -633,6 +669,10 @@ fn bad_gdb_options_exit_2_with_one_line() {
             &["replay", clean, "--gdb", ":0", "--break-at-op", "9"],
             "the reproducer has ops 0 to 3",
         ),
+        (
+            &["replay", two_cpus, "--gdb", ":0", "--break-at-op", "1"],
+            "--break-at-op needs a reproducer of one CPU",
+        ),
     ];
     for (args, message) in cases {
         let (code, stderr) = vmm(args);
@@ -645,4 +685,167 @@ fn bad_gdb_options_exit_2_with_one_line() {
         assert!(errors[0].contains(message), "{args:?}: {stderr}");
     }
     drop(taken);
+}
+
+/// The function each AP runs once it has reported in, and CPU 0 never does.
+const AP_SERVE: &str = "guest_kernel::smp::serve";
+
+/// The shootdown handler: in the self-check's SMP part, CPU 0 changes a space CPU 1 keeps
+/// loaded, and CPU 1 flushes here.
+const SHOOTDOWN: &str = "guest_kernel::smp::shootdown::serve";
+
+#[test]
+fn with_two_cpus_each_vcpu_is_a_thread_and_a_stop_on_an_ap_holds_both() {
+    if !have_gdb("with_two_cpus_each_vcpu_is_a_thread_...") {
+        return;
+    }
+    let vmm = Vmm::start(&["run", "--cpus", "2", "--memory", "64", "--timeout", "60"]);
+    let out = gdb(
+        &vmm,
+        &[
+            &format!("hbreak {SHOOTDOWN}"),
+            "continue",
+            "info threads",
+            "thread 2",
+            "info registers rip",
+            "x/1i $pc",
+            "thread 1",
+            "x/1i $pc",
+            "monitor cpus",
+            "delete",
+            "thread 2",
+            "stepi",
+            "detach",
+        ],
+    );
+    let (code, stderr) = vmm.finish();
+    assert_has(
+        &out,
+        &[
+            // gdb names the AP's thread in the stop; CPU 0 was held too.
+            "Thread 2 hit Breakpoint 1, guest_kernel::smp::shootdown::serve (me=1, sender=0)",
+            "Thread 1.1 (cpu 0, ring 0, cr3 0x",
+            "* 2    Thread 1.2 (cpu 1, ring 0, cr3 0x",
+            "rip            0xffffffff",
+            "<guest_kernel::smp::shootdown::serve+",
+            "shootdown5serve",
+            "cpu 0: thread 1, rip 0xffffffff",
+            "cpu 1: thread 2 (stopped here), rip 0xffffffff",
+            "TLB model has loaded: space ",
+            "[Inferior 1 (process 1) detached]",
+        ],
+        &stderr,
+    );
+    // CPU 1 flushes a user space it has loaded: `info threads` names it.
+    let ap_thread = out.lines().find(|l| l.contains("Thread 1.2 (cpu 1"));
+    assert!(ap_thread.is_some_and(|l| l.contains(" (space ")), "{out}");
+    assert_detached_and_self_checked(code, &stderr);
+}
+
+/// The rip `monitor cpus` printed for `cpu`, at each of its listings in `out`.
+fn rips_of(out: &str, cpu: u32) -> Vec<String> {
+    let prefix = format!("cpu {cpu}: thread ");
+    out.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.split("rip ").nth(1)?.split(',').next().map(String::from))
+        .collect()
+}
+
+#[test]
+fn with_scheduler_locking_a_step_moves_only_the_stepped_cpu() {
+    if !have_gdb("with_scheduler_locking_a_step_moves_only_the_stepped_cpu") {
+        return;
+    }
+    let vmm = Vmm::start(&["run", "--cpus", "2", "--memory", "64", "--timeout", "60"]);
+    let out = gdb(
+        &vmm,
+        &[
+            &format!("hbreak {SHOOTDOWN}"),
+            "continue",
+            "delete",
+            "monitor cpus",
+            "set scheduler-locking on",
+            "stepi",
+            "stepi",
+            "monitor cpus",
+            "set scheduler-locking off",
+            "detach",
+        ],
+    );
+    let (code, stderr) = vmm.finish();
+    let (cpu0, cpu1) = (rips_of(&out, 0), rips_of(&out, 1));
+    assert_eq!(cpu0.len(), 2, "{out}");
+    assert_eq!(cpu0[0], cpu0[1], "CPU 0 stayed parked: {out}");
+    assert_ne!(cpu1[0], cpu1[1], "CPU 1 stepped: {out}");
+    assert_detached_and_self_checked(code, &stderr);
+}
+
+#[test]
+fn a_panic_on_an_ap_stops_gdb_in_that_cpu_s_thread() {
+    if !have_gdb("a_panic_on_an_ap_stops_gdb_in_that_cpu_s_thread") {
+        return;
+    }
+    let vmm = Vmm::start(&[
+        "run",
+        "--cpus",
+        "2",
+        "--misbehave",
+        "ap-panic",
+        "--memory",
+        "64",
+        "--timeout",
+        "60",
+    ]);
+    let out = gdb(&vmm, &["continue", "bt 3", "continue"]);
+    let (code, stderr) = vmm.finish();
+    assert_has(
+        &out,
+        &[
+            "[Switching to Thread 1.2]",
+            "Thread 2 received signal SIGABRT",
+            "guest_kernel::hypercall::Mailbox::panic",
+            "Program terminated with signal SIGABRT",
+        ],
+        &stderr,
+    );
+    assert_eq!(code, Some(101), "{stderr}");
+    assert_has(&stderr, &["vmm: error: on cpu 1: guest panicked"], "");
+}
+
+/// A reproducer of two CPUs: CPU 1 writes the page CPU 0 mapped, in the second round.
+const TWO_CPUS: &str = "\
+# cpus: 2
+create-space
+map-fixed space=1 addr=0x400000 size=0x1000 access=0xb
+---
+@cpu1 touch-write space=1 addr=0x400000 value=0x5
+";
+
+#[test]
+fn a_reproducer_of_two_cpus_replays_under_gdb_with_both_threads() {
+    if !have_gdb("a_reproducer_of_two_cpus_replays_under_gdb_with_both_threads") {
+        return;
+    }
+    let vmm = replay_under_gdb("gdb-two-cpus.repro", TWO_CPUS, &[]);
+    let out = gdb(
+        &vmm,
+        &[
+            &format!("hbreak {AP_SERVE}"),
+            "continue",
+            "info threads",
+            "delete",
+            "continue",
+        ],
+    );
+    let (code, stderr) = vmm.finish();
+    assert_has(
+        &out,
+        &[
+            "Thread 2 hit Breakpoint 1, guest_kernel::smp::serve (cpu=1",
+            "Thread 1.1 (cpu 0, ring 0",
+            "[Inferior 1 (process 1) exited normally]",
+        ],
+        &stderr,
+    );
+    assert_eq!(code, Some(0), "the reproducer has no failure: {stderr}");
 }

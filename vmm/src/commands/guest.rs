@@ -127,9 +127,6 @@ pub fn config_with(
             )
         }
     };
-    if args.cpus() > 1 && args.gdb.is_some() {
-        bail!("--gdb needs --cpus 1: the stub debugs one vCPU in this version");
-    }
     let gdb = gdb_server(args, &label)?;
     let config = GuestConfig {
         kernel,

@@ -104,15 +104,22 @@ pub fn replay_file(guest: &GuestArgs, file: &Path, ways: ReplayWays<'_>) -> anyh
 }
 
 /// A reproducer of several CPUs, replayed in its rounds, each op on its CPU, with the checker
-/// after each round; it is not narrowed (a round's ops race each other by design).
+/// after each round; it is not narrowed (a round's ops race each other by design). Under
+/// `--gdb` that one guest waits for gdb.
 fn replay_rounds_file(
     backends: &Backends,
     vm: &GuestConfig,
     rounds: Vec<Vec<mm_driver::driver::CpuBatch>>,
     ways: &ReplayWays<'_>,
 ) -> anyhow::Result<u32> {
-    if backends.gdb.is_some() || ways.save.is_some() {
-        bail!("a reproducer of several CPUs replays without --gdb and --save-scenario");
+    if ways.save.is_some() {
+        bail!("a reproducer of several CPUs replays without --save-scenario");
+    }
+    if ways.break_at.is_some() {
+        bail!(
+            "--break-at-op needs a reproducer of one CPU: under --gdb, a reproducer of several \
+             CPUs replays its rounds once, and gdb's own breakpoints stop it"
+        );
     }
     let count = rounds.len();
     let run = mm_fuzz::replay_rounds(backends, vm, rounds, true).map_err(VmmError::from)?;

@@ -1,11 +1,13 @@
 //! An AP's host thread: it waits until CPU 0 asks for the other CPUs, then runs its vCPU and
 //! serves its hypercalls, in its own mailbox, until the VM ends. It has no driver: its batches
 //! come from the rounds CPU 0's thread hands out ([`super::rounds`]), and the flush trace it
-//! drains when the buffer is full goes to their queue.
+//! drains when the buffer is full goes to their queue. Under gdb it parks when the stub holds
+//! the guest, and hands its debug exits to the stub ([`super::hold`]).
 #![forbid(unsafe_code)]
 
 use super::Cpus;
 use crate::error::VmmError;
+use crate::gdb::VcpuState;
 use crate::hypercall::{self, Next};
 use crate::kick::Kick;
 use crate::serial::SerialConsole;
@@ -30,7 +32,13 @@ pub(super) fn run(
             if !cpus.wait_for_start() {
                 return;
             }
-            serve(cpu, vcpu, cpus, mem, console)
+            let served = serve(cpu, vcpu, cpus, mem, console);
+            if let Some(hold) = cpus.hold() {
+                // A failed CPU's registers, for gdb to see where it failed.
+                let last = served.is_err().then(|| VcpuState::read(vcpu).ok());
+                hold.leave(cpu, last.flatten());
+            }
+            served
         }
         Err(e) => Err(e),
     };
@@ -54,7 +62,17 @@ fn serve(
         .unwrap_or_else(|e| e.into_inner())
         .sink()
         .clone();
+    if let Some(debug) = cpus.hold().and_then(|hold| hold.enter(cpu)) {
+        vcpu.set_guest_debug(&debug)
+            .map_err(|source| VmmError::Kvm {
+                what: "KVM_SET_GUEST_DEBUG",
+                source,
+            })?;
+    }
     loop {
+        if let Some(hold) = cpus.hold() {
+            hold.park_if_asked(cpu, vcpu, cpus.cpu0_kick())?;
+        }
         if cpus.stopped() {
             return Ok(None);
         }
@@ -77,7 +95,10 @@ fn serve(
                     }))
                 }
             },
-            Exit::Debug(exit) => return Err(vcpu_exit::unexpected_debug(vcpu, exit)),
+            Exit::Debug(exit) => match cpus.hold() {
+                Some(hold) => hold.report(cpu, vcpu, exit, cpus.cpu0_kick())?,
+                None => return Err(vcpu_exit::unexpected_debug(vcpu, exit)),
+            },
             Exit::Resume => {}
         }
     }

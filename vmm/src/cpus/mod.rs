@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod ap;
+pub mod hold;
 pub mod round_trip;
 pub mod rounds;
 
@@ -13,6 +14,7 @@ use crate::error::VmmError;
 use crate::hypercall::CpuCall;
 use crate::kick::Kick;
 use crate::serial::SerialConsole;
+use hold::Hold;
 use kvm_ioctls::{VcpuFd, VmFd};
 use mm_driver::protocol_error::ProtocolError;
 use mm_driver::RunError;
@@ -20,7 +22,7 @@ use round_trip::IpiRoundTrip;
 use rounds::Rounds;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
@@ -52,6 +54,8 @@ pub struct Cpus<'v> {
     /// Set once CPU 0's loop has returned; until then an AP that ended the VM kicks it.
     cpu0_left: AtomicBool,
     cpu0: Kick,
+    /// Under a debugger, the all-stop hold every CPU obeys before each KVM_RUN.
+    hold: Option<Arc<Hold>>,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -67,11 +71,13 @@ struct State {
 impl<'v> Cpus<'v> {
     /// The shared state of a VM of `count` CPUs, whose CPU 0 runs on the calling thread; with
     /// several, MM work comes in rounds, whose wake-ups go through `vm` (`None`: no MM work).
+    /// Under a debugger, every CPU obeys its `hold`.
     pub fn new(
         count: u32,
         timeout: Option<Duration>,
         tsc_khz: Option<u32>,
         vm: Option<&'v VmFd>,
+        hold: Option<Arc<Hold>>,
     ) -> Result<Cpus<'v>, VmmError> {
         Ok(Cpus {
             count,
@@ -81,6 +87,7 @@ impl<'v> Cpus<'v> {
             stop: AtomicBool::new(false),
             cpu0_left: AtomicBool::new(false),
             cpu0: Kick::current_thread()?,
+            hold,
             state: Mutex::new(State {
                 kicks: vec![None; count as usize],
                 ..State::default()
@@ -136,6 +143,23 @@ impl<'v> Cpus<'v> {
         self.rounds.as_ref()
     }
 
+    /// Under a debugger, the hold every CPU obeys.
+    pub fn hold(&self) -> Option<&Hold> {
+        self.hold.as_deref()
+    }
+
+    /// The kick that interrupts CPU 0's thread.
+    pub fn cpu0_kick(&self) -> &Kick {
+        &self.cpu0
+    }
+
+    /// Kicks every AP thread once, out of KVM_RUN (the hold re-sends until each has parked).
+    pub fn kick_aps(&self) {
+        let kicks: Vec<Kick> = self.lock().kicks.iter().flatten().copied().collect();
+        // The targets are threads of the running scope, joined only after CPU 0's loop.
+        kicks.iter().for_each(Kick::send);
+    }
+
     /// Whether the VM has ended.
     pub fn stopped(&self) -> bool {
         self.stop.load(Ordering::Acquire)
@@ -144,6 +168,20 @@ impl<'v> Cpus<'v> {
     /// Serves a call of CPU `cpu` about the VM's CPUs; the progress lines go to `log`. Returns
     /// false if the VM ended meanwhile (while CPU 0 waited for the others to report in).
     pub fn serve(&self, cpu: u32, call: CpuCall, log: &mut dyn Write) -> Result<bool, VmmError> {
+        self.serve_held(cpu, call, log, &mut || Ok(()))
+    }
+
+    /// [`Cpus::serve`], where CPU 0, while it waits for the others to report in, calls
+    /// `debugger` whenever an AP stopped for the debugger (which then holds every CPU until gdb
+    /// resumes them): an AP stopped before it reported in would otherwise wait for CPU 0
+    /// forever.
+    pub fn serve_held(
+        &self,
+        cpu: u32,
+        call: CpuCall,
+        log: &mut dyn Write,
+        debugger: &mut dyn FnMut() -> Result<(), VmmError>,
+    ) -> Result<bool, VmmError> {
         let only_cpu0 = |call| {
             (cpu == 0)
                 .then_some(())
@@ -152,7 +190,7 @@ impl<'v> Cpus<'v> {
         match call {
             CpuCall::Start { apic_id } => {
                 only_cpu0("StartCpus")?;
-                self.start(apic_id, log)
+                self.start(apic_id, log, debugger)
             }
             CpuCall::Online { .. } if cpu == 0 => Err(VmmError::from(ProtocolError::Cpu0Online)),
             CpuCall::Online {
@@ -170,8 +208,14 @@ impl<'v> Cpus<'v> {
     }
 
     /// `StartCpus`: CPU 0 is online; the APs may run. Waits until every one has reported in,
-    /// the VM ended (false), or `timeout` passed (an error naming the first missing CPU).
-    fn start(&self, apic_id: u64, log: &mut dyn Write) -> Result<bool, VmmError> {
+    /// the VM ended (false), or `timeout` passed (an error naming the first missing CPU; time
+    /// spent in the `debugger` does not count).
+    fn start(
+        &self,
+        apic_id: u64,
+        log: &mut dyn Write,
+        debugger: &mut dyn FnMut() -> Result<(), VmmError>,
+    ) -> Result<bool, VmmError> {
         {
             let state = self.lock();
             if state.started || self.count == 1 {
@@ -181,33 +225,57 @@ impl<'v> Cpus<'v> {
             }
         }
         self.online(0, 0, apic_id, log)?;
-        let mut state = self.lock();
-        state.started = true;
+        self.lock().started = true;
         self.changed.notify_all();
-        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if self.stopped() {
                 return Ok(false);
             }
-            let missing = (0..self.count).find(|cpu| !state.report.online.contains(cpu));
-            let Some(missing) = missing else {
-                return Ok(true);
-            };
-            state = match deadline {
-                None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        return Err(RunError::CpuOffline {
-                            cpu: missing,
-                            seconds: self.timeout.unwrap_or_default().as_secs_f64(),
-                        }
-                        .into());
-                    };
-                    let waited = self.changed.wait_timeout(state, left);
-                    waited.unwrap_or_else(|e| e.into_inner()).0
+            if self.hold().is_some_and(Hold::has_reports) {
+                debugger()?;
+                deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+                continue;
+            }
+            if let Some(missing) = self.wait_online(deadline)? {
+                return Err(RunError::CpuOffline {
+                    cpu: missing,
+                    seconds: self.timeout.unwrap_or_default().as_secs_f64(),
                 }
-            };
+                .into());
+            }
+            if (0..self.count).all(|cpu| self.lock().report.online.contains(&cpu)) {
+                return Ok(true);
+            }
         }
+    }
+
+    /// Waits a while for a CPU to report in (a short while under a debugger, which may have
+    /// an AP to look at); the first CPU still missing at `deadline`, if it passed.
+    fn wait_online(&self, deadline: Option<Instant>) -> Result<Option<u32>, VmmError> {
+        let state = self.lock();
+        let missing = (0..self.count).find(|cpu| !state.report.online.contains(cpu));
+        let Some(missing) = missing else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let left = match deadline {
+            Some(deadline) if deadline <= now => return Ok(Some(missing)),
+            Some(deadline) => Some(deadline - now),
+            None => None,
+        };
+        let slice = match (left, &self.hold) {
+            (left, Some(_)) => Some(left.map_or(RESEND, |left| left.min(RESEND))),
+            (left, None) => left,
+        };
+        drop(match slice {
+            None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            Some(slice) => {
+                let waited = self.changed.wait_timeout(state, slice);
+                waited.unwrap_or_else(|e| e.into_inner()).0
+            }
+        });
+        Ok(None)
     }
 
     /// CPU `cpu` reports in as `claimed` with APIC id `apic_id`: both must be `cpu`.
@@ -242,6 +310,9 @@ impl<'v> Cpus<'v> {
         state.outcome.get_or_insert(outcome);
         self.stop.store(true, Ordering::Release);
         self.changed.notify_all();
+        if let Some(hold) = &self.hold {
+            hold.end();
+        }
     }
 
     /// `error` of CPU `cpu`, naming the CPU when the VM has several and the error is that
@@ -296,9 +367,7 @@ impl<'v> Cpus<'v> {
     fn stop_aps(&self, threads: &[ScopedJoinHandle<'_, ()>]) {
         while threads.iter().any(|t| !t.is_finished()) {
             self.changed.notify_all();
-            let kicks: Vec<Kick> = self.lock().kicks.iter().flatten().copied().collect();
-            // The targets are threads of this scope that are not joined yet, so alive.
-            kicks.iter().for_each(Kick::send);
+            self.kick_aps();
             std::thread::sleep(RESEND);
         }
     }
@@ -319,7 +388,7 @@ mod tests {
     use super::*;
 
     fn cpus(count: u32) -> Cpus<'static> {
-        Cpus::new(count, Some(Duration::ZERO), None, None).expect("a kick for this thread")
+        Cpus::new(count, Some(Duration::ZERO), None, None, None).expect("a kick for this thread")
     }
 
     fn protocol(result: Result<bool, VmmError>) -> ProtocolError {

@@ -8,8 +8,9 @@
 
 use gdbstub::target::ext::breakpoints::WatchKind;
 use kvm_bindings::{
-    kvm_guest_debug, kvm_guest_debug_arch, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_INJECT_BP,
-    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP,
+    kvm_guest_debug, kvm_guest_debug_arch, KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_INJECT_BP, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_GUESTDBG_USE_SW_BP,
 };
 use std::collections::BTreeMap;
 
@@ -108,6 +109,10 @@ pub struct Breakpoints {
     slots: [Option<Slot>; SLOTS],
     /// Software breakpoints by virtual address.
     software: BTreeMap<u64, Planted>,
+    /// gdb's single step also blocks interrupts (`KVM_GUESTDBG_BLOCKIRQ`, where KVM has it): with
+    /// an irqchip, an interrupt taken during a step would otherwise push the trap flag KVM set
+    /// into the handler's frame, and its `iretq` would give the guest a #DB of its own.
+    block_interrupts_on_step: bool,
 }
 
 /// The aligned 1-, 2-, 4- or 8-byte pieces that cover `[addr, addr + len)`, as debug registers
@@ -128,6 +133,11 @@ fn watch_pieces(addr: u64, len: u64) -> Option<Vec<(u64, u64)>> {
 }
 
 impl Breakpoints {
+    /// Single steps block interrupts from now on (see the field).
+    pub fn block_interrupts_on_step(&mut self) {
+        self.block_interrupts_on_step = true;
+    }
+
     fn free_slots(&self) -> usize {
         self.slots.iter().filter(|s| s.is_none()).count()
     }
@@ -286,6 +296,11 @@ impl Breakpoints {
         }
         if step || self.needs_stepping() {
             control |= KVM_GUESTDBG_SINGLESTEP;
+            // Only gdb's own steps: a watch stepped for good must let interrupts (IPIs) in, or
+            // a CPU waiting for an acknowledgement would wait forever.
+            if step && self.block_interrupts_on_step {
+                control |= KVM_GUESTDBG_BLOCKIRQ;
+            }
         }
         if control != 0 {
             control |= KVM_GUESTDBG_ENABLE;

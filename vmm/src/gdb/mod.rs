@@ -3,11 +3,14 @@
 //! One concept per file: `registers` (what gdb sees of the vCPU), `memory` (reads and writes at
 //! virtual addresses, through the host's own page walker), `breakpoints` (DR0-DR3 and `int3`),
 //! `probe` (whether `int3` works in guest ring 0 on this KVM), `observer` (the view of the MM the
-//! host keeps from the hypercalls, with the `snapshot_round` it takes after each batch), `monitor` (the `monitor` commands), `target` (the gdbstub
-//! target over all of them), `interrupt` (Ctrl-C while the guest runs) and `session` (the
-//! connection and the stops, at the run loop's two call-out points).
+//! host keeps from the hypercalls, with the `snapshot_round` it takes after each batch), `monitor`
+//! (the `monitor` commands), `cpu_listing` (`monitor cpus` and `info threads`), `target` (the
+//! gdbstub target over all of them, each vCPU a thread), `interrupt` (Ctrl-C while the guest
+//! runs) and `session` (the connection and the stops, at CPU 0's run loop's two call-out points;
+//! the other vCPUs park in [`crate::cpus::hold`]).
 
 mod breakpoints;
+mod cpu_listing;
 mod interrupt;
 mod memory;
 mod monitor;
@@ -20,6 +23,7 @@ mod target;
 mod tlb_listing;
 
 pub use observer::{MmView, Observed};
+pub use registers::VcpuState;
 pub use session::{Stub, PACKET_BUFFER};
 
 use bounded_io::excerpt::excerpt;

@@ -3,6 +3,7 @@
 //! with the host's own walker, and the agreement checker and the region table are `vmm
 //! inspect`'s.
 
+use super::cpu_listing::{self, CpuLine};
 use super::observer::MmView;
 use super::tlb_listing;
 use crate::inspect::{space_report, Context};
@@ -20,6 +21,7 @@ const HELP: &str = "\
 vmm monitor commands (SPACE is a space id or `kernel`; default: the space whose page tables are
 active now):
   spaces                the live address spaces, their CR3s and region counts
+  cpus                  each vCPU: its gdb thread, rip, ring, CR3 and the space loaded there
   regions [SPACE]       the region tree beside the pages present now, and the checker's verdict
   walk [SPACE] ADDR     each level's entry for ADDR, and the resulting access
   check                 run the agreement checker now and print its findings
@@ -41,6 +43,7 @@ pub enum SpaceArg {
 pub enum Command {
     Help,
     Spaces,
+    Cpus,
     Regions(SpaceArg),
     Walk(SpaceArg, u64),
     Check,
@@ -97,14 +100,15 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
     match words.as_slice() {
         [] | ["help"] => Ok(Command::Help),
         ["spaces"] => Ok(Command::Spaces),
+        ["cpus"] => Ok(Command::Cpus),
         ["check"] => Ok(Command::Check),
         ["regions", rest @ ..] => optional_space(rest, "regions [SPACE]").map(Command::Regions),
         ["tlb", rest @ ..] => optional_space(rest, "tlb [SPACE]").map(Command::Tlb),
         ["walk", addr] => Ok(Command::Walk(SpaceArg::Current, address(addr)?)),
         ["walk", space, addr] => Ok(Command::Walk(space_arg(space)?, address(addr)?)),
         ["walk", ..] => Err(ParseError::Arguments("walk [SPACE] ADDR")),
-        ["spaces" | "check" | "help", ..] => Err(ParseError::Arguments(
-            "spaces | check | help (they take no argument)",
+        ["spaces" | "cpus" | "check" | "help", ..] => Err(ParseError::Arguments(
+            "spaces | cpus | check | help (they take no argument)",
         )),
         [other, ..] => Err(ParseError::Unknown(other.to_string())),
     }
@@ -114,8 +118,10 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
 pub struct Stopped<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub view: &'a MmView,
-    /// CR3 when the guest stopped.
+    /// CR3 of the CPU that stopped.
     pub cr3: u64,
+    /// Every vCPU gdb sees.
+    pub cpus: &'a [CpuLine],
 }
 
 fn name(space: u32) -> String {
@@ -280,6 +286,7 @@ impl Stopped<'_> {
         let outcome = match command {
             Command::Help => Ok(HELP.into()),
             Command::Spaces => Ok(self.spaces()),
+            Command::Cpus => Ok(cpu_listing::listing(self.cpus, self.view)),
             Command::Regions(arg) => self.regions(arg),
             Command::Walk(arg, va) => self.walk(arg, va),
             Command::Check => Ok(self.check()),
@@ -405,6 +412,7 @@ mod tests {
             mem: &mem,
             view: &view,
             cr3: b.cr3(),
+            cpus: &[],
         };
         let out = stopped.run(Command::Walk(SpaceArg::Current, 0x40_0123));
         assert!(out.starts_with("walk of 0x400123 in space 7"), "{out}");

@@ -8,7 +8,7 @@ use super::snapshot_round::SnapshotRound;
 use mm_checker::coherence::Coherence;
 use mm_checker::{FrameReports, Refs};
 use mm_driver::driver::{
-    Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk, SpaceSnapshot,
+    CpuBatch, Driver, DriverError, FramesChunk, FramesPart, SnapshotChunk, SpaceSnapshot,
 };
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use shared_mm::trace::TraceRecord;
@@ -72,6 +72,26 @@ impl<'d> Observed<'d> {
     }
 }
 
+impl Observed<'_> {
+    /// A batch (or round) boundary: counts it and keeps the live spaces; returns what keeps
+    /// the trees of the snapshot round.
+    fn boundary(&self, spaces: &[SpaceRecord]) -> impl FnOnce(SpaceSnapshot, Vec<SpaceSnapshot>) {
+        let lock = |view: &SharedView| {
+            let mut view = view.lock().unwrap_or_else(|e| e.into_inner());
+            view.batches += 1;
+            view.spaces = spaces.to_vec();
+        };
+        lock(&self.view);
+        let view = self.view.clone();
+        move |kernel, trees| {
+            let mut view = view.lock().unwrap_or_else(|e| e.into_inner());
+            view.trees_at = view.batches;
+            view.kernel = Some(kernel);
+            view.trees = trees;
+        }
+    }
+}
+
 impl Driver for Observed<'_> {
     fn next_batch(
         &mut self,
@@ -79,21 +99,20 @@ impl Driver for Observed<'_> {
         results: &[OpResult],
         spaces: &[SpaceRecord],
     ) -> Result<Option<Vec<Op>>, DriverError> {
-        let view = &self.view;
-        let lock = || view.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let mut view = lock();
-            view.batches += 1;
-            view.spaces = spaces.to_vec();
-        }
-        let keep_trees = |kernel, trees| {
-            let mut view = lock();
-            view.trees_at = view.batches;
-            view.kernel = Some(kernel);
-            view.trees = trees;
-        };
+        let keep_trees = self.boundary(spaces);
         self.round
             .next_batch(self.inner, mem, results, spaces, keep_trees)
+    }
+
+    fn next_round(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        spaces: &[SpaceRecord],
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        let keep_trees = self.boundary(spaces);
+        self.round
+            .next_round(self.inner, mem, results, spaces, keep_trees)
     }
 
     fn snapshot(

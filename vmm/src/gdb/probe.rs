@@ -3,13 +3,16 @@
 //! and whether a data breakpoint in DR0 fires on a ring-0 store. Hardware-assisted KVM does
 //! both; an emulating backend such as `kvm_pvm` ends the `int3` in `KVM_EXIT_INTERNAL_ERROR` and
 //! never fires data breakpoints (it checks instruction breakpoints only). Each probe runs once,
-//! the first time the stub needs its answer.
+//! the first time the stub needs its answer. Whether a step can block interrupts is KVM's own
+//! answer (`KVM_CAP_SET_GUEST_DEBUG2`).
 
 use super::breakpoints::{Breakpoints, Hit, Planted, Watching};
 use crate::vm::Vm;
 use crate::VmmError;
 use gdbstub::target::ext::breakpoints::WatchKind;
-use kvm_bindings::{kvm_debug_exit_arch, kvm_guest_debug};
+use kvm_bindings::{
+    kvm_debug_exit_arch, kvm_guest_debug, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ,
+};
 use kvm_ioctls::VcpuExit;
 use mm_driver::GuestConfig;
 use shared_mm::boot_info::{KERNEL_VIRT_BASE, MAILBOX_ADDR, MIN_GUEST_RAM, PHYSMAP_BASE};
@@ -19,6 +22,15 @@ use vm_memory::{Bytes, GuestAddress};
 pub const BREAKPOINT_VECTOR: u32 = 3;
 /// The `int3` instruction.
 pub const INT3: u8 = 0xcc;
+
+/// Whether `KVM_SET_GUEST_DEBUG` takes `KVM_GUESTDBG_BLOCKIRQ` here (KVM lists the flags it
+/// takes as `KVM_CAP_SET_GUEST_DEBUG2`); no when KVM cannot be asked.
+pub fn steps_can_block_interrupts() -> bool {
+    let flags = kvm_ioctls::Kvm::new()
+        .map(|kvm| kvm.check_extension_raw(KVM_CAP_SET_GUEST_DEBUG2.into()))
+        .unwrap_or(0);
+    u32::try_from(flags).is_ok_and(|flags| flags & KVM_GUESTDBG_BLOCKIRQ != 0)
+}
 
 /// Runs `code` at the kernel entry point of a throwaway VM with `debug` armed; whether its first
 /// exit is a debug exit that `expect` accepts. Anything else (an internal error, a halt, a

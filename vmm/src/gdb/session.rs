@@ -1,13 +1,17 @@
-//! One gdb session, driven from the run loop's two call-out points ([`Debugger`]). The guest
-//! runs until there is something to report (a breakpoint, a watchpoint, a finished step,
-//! Ctrl-C, a stop a driver asked for); then the stub holds the vCPU stopped and serves gdb's
-//! packets on the vCPU thread until gdb resumes the guest, detaches or goes away. A gdb that
-//! goes away is a detach: the guest runs on to its own end.
+//! One gdb session, driven from CPU 0's run loop's two call-out points ([`Debugger`]). The
+//! guest runs until there is something to report (a breakpoint, a watchpoint or a finished step
+//! on any vCPU, Ctrl-C, a stop a driver asked for); then the stub parks every other vCPU
+//! ([`Hold`]), and serves gdb's packets on CPU 0's thread until gdb resumes the guest, detaches
+//! or goes away. A gdb that goes away is a detach: the guest runs on to its own end. When gdb
+//! resumes other threads but not CPU 0 (scheduler-locking), CPU 0's thread waits in the stub
+//! for the next stop.
 
 use super::interrupt::InterruptWatch;
 use super::observer::{MmView, Observed, SharedView};
-use super::target::{DebugExit, GuestTarget, StopReason};
+use super::target::{tid_of, DebugExit, GuestTarget, StopReason};
 use super::{Claim, GdbError};
+use crate::cpus::hold::Hold;
+use crate::cpus::Cpus;
 use crate::kick::Kick;
 use crate::vm::Debugger;
 use crate::VmmError;
@@ -19,6 +23,7 @@ use kvm_ioctls::VcpuFd;
 use mm_driver::driver::Driver;
 use mm_driver::stop::StopRequest;
 use mm_driver::RunError;
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
@@ -93,8 +98,12 @@ pub struct Stub<'b> {
     watch: InterruptWatch,
     inbox: Inbox,
     stop: StopRequest,
-    /// A stop found at a debug exit, reported at the next call-out point.
-    pending: Option<StopReason>,
+    /// Stops found at debug exits (by CPU), reported one at a time at CPU 0's next call-out
+    /// point.
+    pending: VecDeque<(u32, StopReason)>,
+    /// CPU 0's registers are parked in the hold: it is stopped, or gdb left it stopped while
+    /// other threads run.
+    cpu0_parked: bool,
     /// The guest is over (it failed with this signal), and gdb looks at what is left.
     ended: Option<Signal>,
 }
@@ -102,22 +111,45 @@ pub struct Stub<'b> {
 /// The signal gdb is told a guest that ended with `error` got, when gdb may look at it.
 fn fatal_signal(error: &VmmError) -> Option<Signal> {
     match error {
-        VmmError::Run(RunError::GuestPanic { .. }) => Some(Signal::SIGABRT),
-        VmmError::Run(RunError::TripleFault { .. }) => Some(Signal::SIGSEGV),
-        VmmError::Run(RunError::GuestHalted { .. } | RunError::GuestProtocol(_)) => {
-            Some(Signal::SIGILL)
+        VmmError::Run(error) => run_signal(error),
+        _ => None,
+    }
+}
+
+impl Stub<'_> {
+    /// The CPU whose failure ended the guest, if gdb can look at it (its thread left its
+    /// registers in the hold), else CPU 0.
+    fn failed_cpu(&self, error: &VmmError) -> u32 {
+        match error {
+            VmmError::Run(RunError::OnCpu { cpu, .. })
+                if self.target.hold().registers(*cpu).is_some() =>
+            {
+                *cpu
+            }
+            _ => 0,
         }
-        VmmError::Run(RunError::Timeout { .. }) => Some(Signal::SIGALRM),
+    }
+}
+
+/// [`fatal_signal`] of a run's error, also when it names the CPU that failed.
+fn run_signal(error: &RunError) -> Option<Signal> {
+    match error {
+        RunError::GuestPanic { .. } => Some(Signal::SIGABRT),
+        RunError::TripleFault { .. } => Some(Signal::SIGSEGV),
+        RunError::GuestHalted { .. } | RunError::GuestProtocol(_) => Some(Signal::SIGILL),
+        RunError::Timeout { .. } => Some(Signal::SIGALRM),
+        RunError::OnCpu { error, .. } => run_signal(error),
         _ => None,
     }
 }
 
 impl<'b> Stub<'b> {
-    /// Waits for gdb on the claimed listener, on the vCPU thread, before the guest's first
-    /// instruction; gdb's packets are parsed in `packets`.
+    /// Waits for gdb on the claimed listener, on CPU 0's thread, before the guest's first
+    /// instruction, for a VM of `cpus` CPUs; gdb's packets are parsed in `packets`.
     pub fn accept(
         claim: Claim,
         mem: &GuestMemoryMmap,
+        cpus: u32,
         packets: &'b mut PacketBuffer,
     ) -> Result<Stub<'b>, VmmError> {
         let Claim { listener, stop } = claim;
@@ -132,7 +164,8 @@ impl<'b> Stub<'b> {
         let clone = conn.try_clone().map_err(GdbError::Interrupt)?;
         let watch = InterruptWatch::start(clone, kick)?;
         let view: SharedView = Arc::new(Mutex::new(MmView::default()));
-        let mut target = GuestTarget::new(mem.clone(), view);
+        let hold = Arc::new(Hold::new(cpus));
+        let mut target = GuestTarget::new(mem.clone(), view, hold, cpus);
         let stub = GdbStub::builder(conn)
             .with_packet_buffer(packets)
             .build()
@@ -146,7 +179,8 @@ impl<'b> Stub<'b> {
             watch,
             inbox: Inbox::default(),
             stop,
-            pending: None,
+            pending: VecDeque::new(),
+            cpu0_parked: false,
             ended: None,
         })
     }
@@ -180,8 +214,12 @@ impl<'b> Stub<'b> {
                 Some(signal) => {
                     eprintln!("vmm: gdb: the guest failed ({signal}); gdb may look at it now");
                     self.ended = Some(signal);
+                    let cpu = self.failed_cpu(error);
+                    self.target.set_stopped(cpu);
                     if self.target.freeze(vcpu).is_ok() {
-                        let stopped = gdb.report_stop(&mut self.target, StopReason::Signal(signal));
+                        let tid = tid_of(cpu);
+                        let failed = StopReason::SignalWithThread { tid, signal };
+                        let stopped = gdb.report_stop(&mut self.target, failed);
                         if let Some(gdb) = settle(stopped) {
                             let _ = self.serve(vcpu, gdb);
                         }
@@ -222,17 +260,79 @@ impl<'b> Stub<'b> {
         }
         eprintln!("vmm: {why}; the guest runs on without gdb");
         self.target.release(vcpu)?;
+        self.cpu0_parked = false;
         Ok(())
     }
 
-    /// What to report now, if the guest must stop: a debug exit's reason, or a driver's request.
-    fn stop_reason(&mut self) -> Option<StopReason> {
-        self.pending.take().or_else(|| {
-            self.stop.take().map(|why| {
-                eprintln!("vmm: gdb: stopped {why}");
-                StopReason::Signal(Signal::SIGTRAP)
-            })
-        })
+    /// What to report now, and on which CPU, if the guest must stop: a debug exit's reason
+    /// (an AP's is looked at with every CPU parked), or a driver's request (on CPU 0).
+    fn stop_reason(
+        &mut self,
+        vcpu: &VcpuFd,
+        cpus: &Cpus,
+    ) -> Result<Option<(u32, StopReason)>, VmmError> {
+        if let Some(pending) = self.pending.pop_front() {
+            return Ok(Some(pending));
+        }
+        let hold = self.target.hold();
+        if hold.has_reports() {
+            if !self.halt(vcpu, cpus)? {
+                return Ok(None);
+            }
+            self.look_at_reports(&hold)?;
+            if let Some(pending) = self.pending.pop_front() {
+                return Ok(Some(pending));
+            }
+            // Nothing for gdb (a stepped watch that did not change): every CPU runs on.
+            self.cpu0_parked = !self.target.thaw(vcpu)?;
+            return Ok(None);
+        }
+        Ok(self.stop.take().map(|why| {
+            eprintln!("vmm: gdb: stopped {why}");
+            let signal = Signal::SIGTRAP;
+            (
+                0,
+                StopReason::SignalWithThread {
+                    tid: tid_of(0),
+                    signal,
+                },
+            )
+        }))
+    }
+
+    /// What the APs' debug exits mean: stops for gdb are queued.
+    fn look_at_reports(&mut self, hold: &Hold) -> Result<(), GdbError> {
+        for (cpu, exit) in hold.take_reports() {
+            let cr3 = || {
+                let parked = hold.registers(cpu).ok_or(GdbError::NotStopped);
+                parked.map(|s| s.sregs.cr3)
+            };
+            match self.target.debug_exit(cpu, cr3, &exit)? {
+                DebugExit::Stop(reason) => self.pending.push_back((cpu, reason)),
+                DebugExit::GuestBreakpoint => self.target.reinject_on(cpu),
+                DebugExit::RunOn => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// All-stop: CPU 0's registers are read, and every other CPU is kicked out of KVM_RUN until
+    /// it has parked. False if the VM ended first.
+    fn halt(&mut self, vcpu: &VcpuFd, cpus: &Cpus) -> Result<bool, GdbError> {
+        if !self.cpu0_parked {
+            self.target.freeze(vcpu)?;
+            self.cpu0_parked = true;
+        }
+        let hold = self.target.hold();
+        hold.hold_all();
+        while !hold.all_parked() {
+            if cpus.stopped() || hold.vm_ended() {
+                return Ok(false);
+            }
+            cpus.kick_aps();
+            hold.wait_a_little();
+        }
+        Ok(true)
     }
 
     /// Hands gdbstub the bytes gdb sent while the guest ran (a Ctrl-C, most likely).
@@ -276,7 +376,12 @@ impl<'b> Stub<'b> {
                     }
                 },
                 Machine::CtrlCInterrupt(interrupt) => {
-                    let reason = Some(StopReason::Signal(Signal::SIGINT));
+                    self.target.set_stopped(0);
+                    let signal = Signal::SIGINT;
+                    let reason = Some(StopReason::SignalWithThread {
+                        tid: tid_of(0),
+                        signal,
+                    });
                     interrupt.interrupt_handled(&mut self.target, reason)
                 }
                 Machine::Running(running) => {
@@ -285,7 +390,7 @@ impl<'b> Stub<'b> {
                         settle(running.report_stop(&mut self.target, end));
                         return Ok(());
                     }
-                    self.target.thaw(vcpu)?;
+                    self.cpu0_parked = !self.target.thaw(vcpu)?;
                     self.watch.set_running(true);
                     self.gdb = Some(running.into());
                     return Ok(());
@@ -313,43 +418,74 @@ fn settle(transition: Transition<'_>) -> Option<Machine<'_>> {
         .ok()
 }
 
-impl Debugger for Stub<'_> {
-    fn before_run(&mut self, vcpu: &VcpuFd) -> Result<(), VmmError> {
+impl Stub<'_> {
+    /// One look before CPU 0 runs: reports a stop and serves gdb if there is one. Returns
+    /// whether CPU 0 may run (else gdb left it stopped while other threads run).
+    fn look(&mut self, vcpu: &VcpuFd, cpus: &Cpus) -> Result<bool, VmmError> {
         let Some(gdb) = self.gdb.take() else {
-            return Ok(());
+            return Ok(true);
         };
         let gdb = if self.watch.take_pending() || self.inbox.has_unread() {
             match self.pump_running(vcpu, gdb)? {
                 Some(gdb) => gdb,
-                None => return Ok(()),
+                None => return Ok(true),
             }
         } else {
             gdb
         };
         let stopped = match gdb {
             Machine::Running(running) => {
-                let Some(reason) = self.stop_reason() else {
+                let Some((cpu, reason)) = self.stop_reason(vcpu, cpus)? else {
                     self.gdb = Some(running.into());
-                    return Ok(());
+                    return Ok(!self.cpu0_parked);
                 };
-                self.target.freeze(vcpu)?;
+                if !self.halt(vcpu, cpus)? {
+                    self.pending.push_front((cpu, reason));
+                    self.gdb = Some(running.into());
+                    return Ok(true);
+                }
+                self.target.set_stopped(cpu);
                 running.report_stop(&mut self.target, reason)
             }
             // The first stop (before the guest's first instruction), or Ctrl-C: `serve` reports.
             other => {
-                self.target.freeze(vcpu)?;
+                if !self.halt(vcpu, cpus)? {
+                    self.gdb = Some(other);
+                    return Ok(true);
+                }
                 Ok(other)
             }
         };
-        match self.step(vcpu, stopped)? {
-            Some(gdb) => self.serve(vcpu, gdb),
-            None => Ok(()),
+        if let Some(gdb) = self.step(vcpu, stopped)? {
+            self.serve(vcpu, gdb)?;
         }
+        Ok(!self.cpu0_parked)
+    }
+}
+
+impl Debugger for Stub<'_> {
+    fn hold(&self) -> Arc<Hold> {
+        self.target.hold()
+    }
+
+    fn before_run(&mut self, vcpu: &VcpuFd, cpus: &Cpus) -> Result<(), VmmError> {
+        while !self.look(vcpu, cpus)? {
+            if cpus.stopped() {
+                return Ok(());
+            }
+            // CPU 0 stays stopped: wait for another CPU's stop, Ctrl-C or the VM's end.
+            self.target.hold().wait_a_little();
+        }
+        Ok(())
     }
 
     fn on_debug_exit(&mut self, vcpu: &VcpuFd, exit: kvm_debug_exit_arch) -> Result<(), VmmError> {
-        match self.target.debug_exit(vcpu, &exit)? {
-            DebugExit::Stop(reason) => self.pending = Some(reason),
+        let cr3 = || {
+            let sregs = vcpu.get_sregs().map_err(GdbError::kvm("KVM_GET_SREGS"));
+            sregs.map(|s| s.cr3)
+        };
+        match self.target.debug_exit(0, cr3, &exit)? {
+            DebugExit::Stop(reason) => self.pending.push_back((0, reason)),
             DebugExit::GuestBreakpoint => self.target.reinject_breakpoint(vcpu)?,
             DebugExit::RunOn => {}
         }

@@ -1,8 +1,9 @@
-//! The snapshot round the gdb observer takes after each batch: the kernel's region tree and
-//! every live space's, while the guest waits with exactly those trees and tables.
+//! The snapshot round the gdb observer takes after each batch (or round of batches, with
+//! several CPUs: on CPU 0 alone): the kernel's region tree and every live space's, while the
+//! guest waits with exactly those trees and tables.
 #![forbid(unsafe_code)]
 
-use mm_driver::driver::{Driver, DriverError, SnapshotChunk, SpaceSnapshot};
+use mm_driver::driver::{CpuBatch, Driver, DriverError, SnapshotChunk, SpaceSnapshot};
 use shared_mm::abi::{Op, OpResult, SpaceRecord, KERNEL_SPACE};
 use vm_memory::GuestMemoryMmap;
 
@@ -10,16 +11,18 @@ use vm_memory::GuestMemoryMmap;
 enum RoundStep {
     /// Send these snapshot operations (the kernel's and every live space's) to take the round.
     Snapshot(Vec<Op>),
-    /// The round is in: the inner driver's held-back results, the kernel's tree and the spaces'.
-    Done(Vec<OpResult>, SpaceSnapshot, Vec<SpaceSnapshot>),
+    /// The round is in: the inner driver's held-back results (by CPU), the kernel's tree and
+    /// the spaces'.
+    Done(Vec<(u32, Vec<OpResult>)>, SpaceSnapshot, Vec<SpaceSnapshot>),
 }
 
 /// A snapshot of the kernel and every live space after each batch of an inner driver. The
 /// adapter that takes it forwards both hypercalls here with its inner driver.
 #[derive(Debug, Default)]
 pub struct SnapshotRound {
-    /// Results of the inner driver's last batch, held back while the snapshots are taken.
-    held_results: Option<Vec<OpResult>>,
+    /// Results of the inner driver's last batch (or round), by CPU, held back while the
+    /// snapshots are taken.
+    held_results: Option<Vec<(u32, Vec<OpResult>)>>,
     trees: Vec<SpaceSnapshot>,
 }
 
@@ -32,11 +35,11 @@ impl SnapshotRound {
     /// the one whose snapshot operations just ran.
     fn step(
         &mut self,
-        results: &[OpResult],
+        results: Vec<(u32, Vec<OpResult>)>,
         spaces: &[SpaceRecord],
     ) -> Result<RoundStep, DriverError> {
         let Some(held) = self.held_results.take() else {
-            self.held_results = Some(results.to_vec());
+            self.held_results = Some(results);
             self.trees.clear();
             let kernel = Op::Snapshot {
                 space: KERNEL_SPACE,
@@ -64,11 +67,31 @@ impl SnapshotRound {
         spaces: &[SpaceRecord],
         take: impl FnOnce(SpaceSnapshot, Vec<SpaceSnapshot>),
     ) -> Result<Option<Vec<Op>>, DriverError> {
-        match self.step(results, spaces)? {
+        match self.step(vec![(0, results.to_vec())], spaces)? {
             RoundStep::Snapshot(ops) => Ok(Some(ops)),
             RoundStep::Done(held, kernel, trees) => {
                 take(kernel, trees);
-                inner.next_batch(mem, &held, spaces)
+                let cpu0 = held.into_iter().find(|(cpu, _)| *cpu == 0);
+                inner.next_batch(mem, &cpu0.unwrap_or_default().1, spaces)
+            }
+        }
+    }
+
+    /// [`SnapshotRound::next_batch`] for a VM of several CPUs: the snapshots are a round of
+    /// CPU 0 alone, between the inner driver's rounds.
+    pub fn next_round(
+        &mut self,
+        inner: &mut dyn Driver,
+        mem: &GuestMemoryMmap,
+        results: &[(u32, Vec<OpResult>)],
+        spaces: &[SpaceRecord],
+        take: impl FnOnce(SpaceSnapshot, Vec<SpaceSnapshot>),
+    ) -> Result<Option<Vec<CpuBatch>>, DriverError> {
+        match self.step(results.to_vec(), spaces)? {
+            RoundStep::Snapshot(ops) => Ok(Some(vec![CpuBatch { cpu: 0, ops }])),
+            RoundStep::Done(held, kernel, trees) => {
+                take(kernel, trees);
+                inner.next_round(mem, &held, spaces)
             }
         }
     }

@@ -1,20 +1,27 @@
-//! The gdbstub target: the stopped vCPU's registers, guest memory at virtual addresses,
-//! breakpoints (debug registers first, `int3` where the probe says it works), watchpoints,
-//! step and continue, and the `monitor` commands. gdb only ever sees the vCPU stopped: its
-//! registers are read at the stop and written back, if gdb changed them, when it resumes.
+//! The gdbstub target: each vCPU a thread (tid = cpu + 1) with its parked registers, guest
+//! memory at virtual addresses through the CR3 of the thread gdb asks about, breakpoints (debug
+//! registers first, `int3` where the probe says it works) and watchpoints armed on every vCPU,
+//! gdb's resume actions per thread, and the `monitor` commands. gdb only ever sees the vCPUs
+//! stopped: their registers are read when they park ([`Hold`]) and written back, if gdb changed
+//! them, by each vCPU's own thread before it runs.
 
 use super::breakpoints::{Breakpoints, Hit, Origin, Planted, Watching, SLOTS};
+use super::cpu_listing::{self, CpuLine};
 use super::memory::{physical, read_virtual, write_virtual};
 use super::monitor::{self, Stopped};
 use super::observer::SharedView;
-use super::probe::{data_breakpoints_work, software_breakpoints_work, BREAKPOINT_VECTOR, INT3};
+use super::probe::{
+    data_breakpoints_work, software_breakpoints_work, steps_can_block_interrupts,
+    BREAKPOINT_VECTOR, INT3,
+};
 use super::registers::{SystemRegs, VcpuState, X86_64System};
 use super::GdbError;
-use gdbstub::common::Signal;
-use gdbstub::stub::SingleThreadStopReason;
-use gdbstub::target::ext::base::singlethread::{
-    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
-    SingleThreadSingleStepOps,
+use crate::cpus::hold::Hold;
+use gdbstub::common::{Signal, Tid};
+use gdbstub::stub::MultiThreadStopReason;
+use gdbstub::target::ext::base::multithread::{
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
+    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
@@ -22,22 +29,27 @@ use gdbstub::target::ext::breakpoints::{
     HwWatchpointOps, SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
+use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
-use kvm_bindings::kvm_debug_exit_arch;
+use kvm_bindings::{kvm_debug_exit_arch, kvm_guest_debug};
 use kvm_ioctls::VcpuFd;
+use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// A stop reason as gdbstub reports it.
-pub type StopReason = SingleThreadStopReason<u64>;
+pub type StopReason = MultiThreadStopReason<u64>;
 
 /// EFAULT, gdb's "cannot access memory".
 const EFAULT: u8 = 14;
 
-/// The vCPU's state while it is stopped.
-struct Frozen {
-    state: VcpuState,
-    /// gdb wrote registers: write them back before the guest runs.
-    dirty: bool,
+/// gdb's thread id of CPU `cpu`: gdb's ids start at 1.
+pub fn tid_of(cpu: u32) -> Tid {
+    Tid::new(cpu as usize + 1).expect("cpu + 1 is not zero")
+}
+
+/// The CPU of gdb's thread `tid`.
+fn cpu_of(tid: Tid) -> u32 {
+    u32::try_from(tid.get() - 1).unwrap_or(u32::MAX)
 }
 
 /// What a debug exit means for the session.
@@ -50,6 +62,13 @@ pub enum DebugExit {
     GuestBreakpoint,
     /// A step taken only to watch a value, which did not change: run on.
     RunOn,
+}
+
+/// What gdb asked one thread to do when the guest resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Continue,
+    Step,
 }
 
 /// What the probes measured about this KVM, each once, when first needed.
@@ -90,23 +109,41 @@ fn value_at(mem: &GuestMemoryMmap, cr3: u64, va: u64, len: u64) -> Option<u64> {
 /// The guest as gdb sees it through the stub.
 pub struct GuestTarget {
     mem: GuestMemoryMmap,
-    frozen: Option<Frozen>,
     breakpoints: Breakpoints,
-    /// Single-step (`true`) or continue when the guest runs next.
-    step: bool,
     capabilities: Capabilities,
     view: SharedView,
+    /// Where every vCPU parks while the guest is stopped.
+    hold: Arc<Hold>,
+    /// gdb's resume actions, by CPU (`None`: no action named the thread).
+    actions: Vec<Option<Action>>,
+    /// Threads no action named stay stopped (gdb's scheduler-locking); else they continue.
+    locked: bool,
+    /// The CPUs that single-step on this resume: their next debug exit is a finished step.
+    stepping: Vec<bool>,
+    /// The CPUs whose own `int3` goes back to the guest when they run next.
+    reinject: Vec<bool>,
+    /// The CPU whose stop gdb heard last: `monitor` commands look at its CR3.
+    stopped: u32,
 }
 
 impl GuestTarget {
-    pub fn new(mem: GuestMemoryMmap, view: SharedView) -> Self {
+    pub fn new(mem: GuestMemoryMmap, view: SharedView, hold: Arc<Hold>, cpus: u32) -> Self {
+        let cpus = cpus.max(1) as usize;
+        let mut breakpoints = Breakpoints::default();
+        if steps_can_block_interrupts() {
+            breakpoints.block_interrupts_on_step();
+        }
         GuestTarget {
             mem,
-            frozen: None,
-            breakpoints: Breakpoints::default(),
-            step: false,
+            breakpoints,
             capabilities: Capabilities::default(),
             view,
+            hold,
+            actions: vec![Some(Action::Continue); cpus],
+            locked: false,
+            stepping: vec![false; cpus],
+            reinject: vec![false; cpus],
+            stopped: 0,
         }
     }
 
@@ -114,28 +151,72 @@ impl GuestTarget {
         self.view.clone()
     }
 
-    /// Reads the stopped vCPU's registers, for gdb.
+    pub fn hold(&self) -> Arc<Hold> {
+        self.hold.clone()
+    }
+
+    /// The CPUs of the VM.
+    fn cpus(&self) -> u32 {
+        self.actions.len() as u32
+    }
+
+    /// Notes the CPU whose stop gdb hears about.
+    pub fn set_stopped(&mut self, cpu: u32) {
+        self.stopped = cpu;
+    }
+
+    /// Reads CPU 0's registers (the stub's own vCPU), for gdb.
     pub fn freeze(&mut self, vcpu: &VcpuFd) -> Result<(), GdbError> {
-        self.frozen = Some(Frozen {
-            state: VcpuState::read(vcpu)?,
-            dirty: false,
-        });
+        self.hold.park_cpu0(VcpuState::read(vcpu)?);
         Ok(())
     }
 
-    /// Writes back what gdb changed and arms the breakpoints and the step gdb asked for.
-    pub fn thaw(&mut self, vcpu: &VcpuFd) -> Result<(), GdbError> {
-        if let Some(frozen) = self.frozen.take() {
-            if frozen.dirty {
-                frozen.state.write(vcpu)?;
-            }
+    /// Whether CPU `cpu` runs on this resume, and whether it single-steps.
+    fn plan(&self, cpu: u32) -> Option<bool> {
+        match self.actions.get(cpu as usize).copied().flatten() {
+            Some(Action::Step) => Some(true),
+            Some(Action::Continue) => Some(false),
+            None if self.locked => None,
+            None => Some(false),
         }
-        let debug = self.breakpoints.guest_debug(self.step);
-        vcpu.set_guest_debug(&debug)
-            .map_err(GdbError::kvm("KVM_SET_GUEST_DEBUG"))
     }
 
-    /// gdb is gone: every `int3` comes out, every debug register is freed, and the guest runs
+    /// What CPU `cpu` runs with when it steps (`step`) or not.
+    fn debug_for(&mut self, cpu: u32, step: bool) -> kvm_guest_debug {
+        let reinject = self.reinject.get_mut(cpu as usize).map(std::mem::take);
+        if reinject == Some(true) {
+            self.breakpoints.reinject_breakpoint(step)
+        } else {
+            self.breakpoints.guest_debug(step)
+        }
+    }
+
+    /// Resumes the guest as gdb's actions say: every AP is let go or kept parked, and CPU 0's
+    /// registers and breakpoints are written back if it runs. Returns whether CPU 0 runs.
+    pub fn thaw(&mut self, vcpu: &VcpuFd) -> Result<bool, GdbError> {
+        for cpu in 0..self.cpus() {
+            let step = self.plan(cpu);
+            self.stepping[cpu as usize] = step == Some(true);
+            if cpu > 0 {
+                let debug = step.map(|step| self.debug_for(cpu, step));
+                self.hold.release(cpu, debug);
+            }
+        }
+        let joining = self.breakpoints.guest_debug(false);
+        self.hold.set_joining_debug(joining);
+        let Some(step) = self.plan(0) else {
+            return Ok(false);
+        };
+        if let Some(changed) = self.hold.unpark_cpu0() {
+            changed.write(vcpu)?;
+        }
+        let debug = self.debug_for(0, step);
+        vcpu.set_guest_debug(&debug)
+            .map_err(GdbError::kvm("KVM_SET_GUEST_DEBUG"))?;
+        Ok(true)
+    }
+
+    /// gdb is gone: every `int3` comes out, every debug register is freed, and every vCPU runs
     /// on undisturbed.
     pub fn release(&mut self, vcpu: &VcpuFd) -> Result<(), GdbError> {
         for planted in self.breakpoints.unplant_all() {
@@ -145,69 +226,74 @@ impl GuestTarget {
                 .write_slice(&[planted.saved], GuestAddress(planted.phys));
         }
         self.breakpoints.clear_slots();
-        self.step = false;
-        self.thaw(vcpu)
+        self.actions.fill(Some(Action::Continue));
+        self.reinject.fill(false);
+        self.hold.detach();
+        self.thaw(vcpu).map(|_| ())
     }
 
-    /// What a `KVM_EXIT_DEBUG` means. Looks at the values of stepped watchpoints too (in the
-    /// address space active now).
+    /// What a `KVM_EXIT_DEBUG` of CPU `cpu` means. Looks at the values of stepped watchpoints
+    /// too, in the address space `cr3` gives (read only then).
     pub fn debug_exit(
         &mut self,
-        vcpu: &VcpuFd,
+        cpu: u32,
+        cr3: impl FnOnce() -> Result<u64, GdbError>,
         exit: &kvm_debug_exit_arch,
     ) -> Result<DebugExit, GdbError> {
+        let tid = tid_of(cpu);
         if exit.exception == BREAKPOINT_VECTOR {
             return Ok(if self.breakpoints.is_planted(exit.pc) {
-                DebugExit::Stop(StopReason::SwBreak(()))
+                DebugExit::Stop(StopReason::SwBreak(tid))
             } else {
                 DebugExit::GuestBreakpoint
             });
         }
         let changed = if self.breakpoints.needs_stepping() {
-            let cr3 = vcpu
-                .get_sregs()
-                .map_err(GdbError::kvm("KVM_GET_SREGS"))?
-                .cr3;
+            let cr3 = cr3()?;
             let mem = &self.mem;
             self.breakpoints
                 .stepped_change(|va, len| value_at(mem, cr3, va, len))
         } else {
             None
         };
-        let watch = |kind, addr| {
-            DebugExit::Stop(StopReason::Watch {
-                tid: (),
-                kind,
-                addr,
-            })
+        let stepping = self.stepping.get(cpu as usize).copied().unwrap_or(false);
+        let trap = StopReason::SignalWithThread {
+            tid,
+            signal: Signal::SIGTRAP,
         };
         Ok(match (self.breakpoints.hit(exit.dr6), changed) {
             (Some(Hit::Watch { kind, addr }), _) | (_, Some(Hit::Watch { kind, addr })) => {
-                watch(kind, addr)
+                DebugExit::Stop(StopReason::Watch { tid, kind, addr })
             }
-            (Some(Hit::Breakpoint), _) => DebugExit::Stop(StopReason::HwBreak(())),
-            _ if self.step => DebugExit::Stop(StopReason::DoneStep),
+            (Some(Hit::Breakpoint), _) => DebugExit::Stop(StopReason::HwBreak(tid)),
+            _ if stepping => DebugExit::Stop(trap),
             _ if self.breakpoints.needs_stepping() => DebugExit::RunOn,
-            _ => DebugExit::Stop(StopReason::Signal(Signal::SIGTRAP)),
+            _ => DebugExit::Stop(trap),
         })
     }
 
-    /// Gives the guest back its own #BP on its next entry.
+    /// Gives CPU 0 back its own #BP on its next entry.
     pub fn reinject_breakpoint(&self, vcpu: &VcpuFd) -> Result<(), GdbError> {
-        let debug = self.breakpoints.reinject_breakpoint(self.step);
+        let step = self.stepping.first().copied().unwrap_or(false);
+        let debug = self.breakpoints.reinject_breakpoint(step);
         vcpu.set_guest_debug(&debug)
             .map_err(GdbError::kvm("KVM_SET_GUEST_DEBUG"))
     }
 
-    fn frozen(&self) -> Result<&VcpuState, GdbError> {
-        self.frozen
-            .as_ref()
-            .map(|f| &f.state)
-            .ok_or(GdbError::NotStopped)
+    /// Gives AP `cpu` back its own #BP when it runs next.
+    pub fn reinject_on(&mut self, cpu: u32) {
+        if let Some(flag) = self.reinject.get_mut(cpu as usize) {
+            *flag = true;
+        }
     }
 
-    fn cr3(&self) -> Result<u64, GdbError> {
-        self.frozen().map(|s| s.sregs.cr3)
+    /// The parked registers of gdb's thread `tid`.
+    fn parked(&self, tid: Tid) -> Result<VcpuState, GdbError> {
+        self.hold.registers(cpu_of(tid)).ok_or(GdbError::NotStopped)
+    }
+
+    fn cr3(&self, tid: Tid) -> Result<u64, GdbError> {
+        self.parked(tid).map(|s| s.sregs.cr3)
     }
 
     /// Whether `int3` works in ring 0 here; probes on first use.
@@ -230,8 +316,10 @@ impl GuestTarget {
         )
     }
 
+    /// An `int3` at `va`, in the address space of the CPU that stopped (the kernel's text is
+    /// mapped alike in every space).
     fn plant(&mut self, va: u64) -> TargetResult<bool, Self> {
-        let cr3 = self.cr3().map_err(TargetError::Fatal)?;
+        let cr3 = self.cr3(tid_of(self.stopped)).map_err(TargetError::Fatal)?;
         let Ok(phys) = physical(&self.mem, cr3, va) else {
             return Err(TargetError::Errno(EFAULT));
         };
@@ -243,6 +331,26 @@ impl GuestTarget {
         let saved = saved[0];
         self.breakpoints.plant(va, Planted { phys, saved });
         Ok(true)
+    }
+
+    /// gdb's resume action for thread `tid` (a thread of no CPU is ignored).
+    fn set_action(&mut self, tid: Tid, action: Action) {
+        if let Some(slot) = self.actions.get_mut(cpu_of(tid) as usize) {
+            *slot = Some(action);
+        }
+    }
+
+    /// Every CPU gdb sees, for `monitor cpus`.
+    fn cpu_lines(&self) -> Vec<CpuLine> {
+        self.hold
+            .present()
+            .into_iter()
+            .map(|cpu| CpuLine {
+                cpu,
+                stopped: cpu == self.stopped,
+                state: self.hold.registers(cpu),
+            })
+            .collect()
     }
 }
 
@@ -259,7 +367,7 @@ impl Target for GuestTarget {
     type Error = GdbError;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
-        BaseOps::SingleThread(self)
+        BaseOps::MultiThread(self)
     }
 
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
@@ -271,55 +379,111 @@ impl Target for GuestTarget {
     }
 }
 
-impl SingleThreadBase for GuestTarget {
-    fn read_registers(&mut self, regs: &mut SystemRegs) -> TargetResult<(), Self> {
-        *regs = self.frozen().map_err(TargetError::Fatal)?.as_gdb();
+impl MultiThreadBase for GuestTarget {
+    fn read_registers(&mut self, regs: &mut SystemRegs, tid: Tid) -> TargetResult<(), Self> {
+        *regs = self
+            .parked(tid)
+            .map_err(|_| TargetError::NonFatal)?
+            .as_gdb();
         Ok(())
     }
 
-    fn write_registers(&mut self, regs: &SystemRegs) -> TargetResult<(), Self> {
-        let frozen = self
-            .frozen
-            .as_mut()
-            .ok_or(TargetError::Fatal(GdbError::NotStopped))?;
-        frozen.state.apply(regs).map_err(|_| {
+    fn write_registers(&mut self, regs: &SystemRegs, tid: Tid) -> TargetResult<(), Self> {
+        let mut state = self.parked(tid).map_err(|_| TargetError::NonFatal)?;
+        state.apply(regs).map_err(|_| {
             eprintln!("vmm: gdb: refused a register write that changes a segment selector");
             TargetError::NonFatal
         })?;
-        frozen.dirty = true;
+        if !self.hold.set_registers(cpu_of(tid), state) {
+            return Err(TargetError::NonFatal);
+        }
         Ok(())
     }
 
-    fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
-        let cr3 = self.cr3().map_err(TargetError::Fatal)?;
+    fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        let cr3 = self.cr3(tid).map_err(|_| TargetError::Errno(EFAULT))?;
         read_virtual(&self.mem, cr3, start, data).map_err(|_| TargetError::Errno(EFAULT))
     }
 
-    fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
-        let cr3 = self.cr3().map_err(TargetError::Fatal)?;
+    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        let cr3 = self.cr3(tid).map_err(|_| TargetError::Errno(EFAULT))?;
         write_virtual(&self.mem, cr3, start, data).map_err(|_| TargetError::Errno(EFAULT))
     }
 
-    fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
-        Some(self)
-    }
-}
-
-impl SingleThreadResume for GuestTarget {
-    /// The guest has no signals to deliver: a signal gdb passes is ignored.
-    fn resume(&mut self, _signal: Option<Signal>) -> Result<(), GdbError> {
-        self.step = false;
+    fn list_active_threads(&mut self, active: &mut dyn FnMut(Tid)) -> Result<(), GdbError> {
+        self.hold
+            .present()
+            .into_iter()
+            .for_each(|cpu| active(tid_of(cpu)));
         Ok(())
     }
 
-    fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_thread_extra_info(&mut self) -> Option<ThreadExtraInfoOps<'_, Self>> {
         Some(self)
     }
 }
 
-impl SingleThreadSingleStep for GuestTarget {
-    fn step(&mut self, _signal: Option<Signal>) -> Result<(), GdbError> {
-        self.step = true;
+/// gdb's `info threads` column: the CPU, its ring, its CR3 and the space loaded there.
+impl ThreadExtraInfo for GuestTarget {
+    fn thread_extra_info(&self, tid: Tid, buf: &mut [u8]) -> Result<usize, GdbError> {
+        let cpu = cpu_of(tid);
+        let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let text = cpu_listing::extra_info(cpu, self.hold.registers(cpu).as_ref(), &view);
+        let n = text.len().min(buf.len());
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        Ok(n)
+    }
+}
+
+/// gdb's resume actions. The guest has no signals to deliver: a signal gdb passes is ignored.
+/// A thread no action names continues, unless gdb locks the scheduler: then it stays stopped.
+impl MultiThreadResume for GuestTarget {
+    fn resume(&mut self) -> Result<(), GdbError> {
+        Ok(())
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<(), GdbError> {
+        self.actions.fill(None);
+        self.locked = false;
+        Ok(())
+    }
+
+    fn set_resume_action_continue(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), GdbError> {
+        self.set_action(tid, Action::Continue);
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSingleStep for GuestTarget {
+    fn set_resume_action_step(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), GdbError> {
+        self.set_action(tid, Action::Step);
+        Ok(())
+    }
+}
+
+impl MultiThreadSchedulerLocking for GuestTarget {
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), GdbError> {
+        self.locked = true;
         Ok(())
     }
 }
@@ -406,7 +570,7 @@ impl HwWatchpoint for GuestTarget {
             refused(&format!("a {len}-byte watchpoint"), addr);
         }
         if added && how != Watching::Register {
-            let cr3 = self.cr3().map_err(TargetError::Fatal)?;
+            let cr3 = self.cr3(tid_of(self.stopped)).map_err(TargetError::Fatal)?;
             let mem = &self.mem;
             // Every piece starts from its value now.
             self.breakpoints
@@ -446,7 +610,8 @@ impl MonitorCmd for GuestTarget {
                     let stopped = Stopped {
                         mem: &self.mem,
                         view: &view,
-                        cr3: self.cr3()?,
+                        cr3: self.cr3(tid_of(self.stopped))?,
+                        cpus: &self.cpu_lines(),
                     };
                     stopped.run(command)
                 }
