@@ -4,14 +4,18 @@
 
 use guest_image::variant::{build_variant_with, GuestVariant};
 use mm_checker::Rule;
-use mm_driver::GuestConfig;
-use mm_fuzz::campaign::{run_campaign, CampaignConfig, CampaignReport, FoundBug};
+use mm_driver::{Boot, Guest, GuestConfig, RunError};
+use mm_fuzz::campaign::{
+    run_campaign, run_campaign_with, CampaignConfig, CampaignReport, FoundBug, Links,
+};
 use mm_fuzz::coverage::CoverageMap;
 use mm_fuzz::error::FuzzError;
 use mm_fuzz::repro::Reproducer;
 use mm_fuzz::shrink::Budget;
-use mm_fuzz::{replay, Signature};
+use mm_fuzz::{replay, replay_rounds, Signature};
+use mm_scenario::reproduced::Reproduced;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use vmm::Backends;
 
@@ -436,7 +440,6 @@ fn a_frame_that_is_not_ram_is_found_and_shrunk_on_kvm() {
 #[test]
 fn every_smp_seeded_bug_is_found_and_shrunk_on_two_simulated_cpus() {
     use guest_mm::Bug;
-    use mm_fuzz::replay_rounds;
     use mm_scenario::header::Settings;
     for bug in [
         Bug::ShootdownLocalOnly,
@@ -476,5 +479,118 @@ fn every_smp_seeded_bug_is_found_and_shrunk_on_two_simulated_cpus() {
             let failure = failure.unwrap_or_else(|| panic!("{bug:?} did not replay: {text}"));
             assert!(failure.shows(&found.signature), "{bug:?}: {failure:?}");
         }
+    }
+}
+
+/// Boots through [`Backends`], setting `stop` (as Ctrl-C does) when boot number `at` (from 1)
+/// starts.
+struct StopAtBoot<'a> {
+    boots: AtomicUsize,
+    at: usize,
+    stop: &'a AtomicBool,
+}
+
+impl Boot for StopAtBoot<'_> {
+    fn boot(&self, config: &GuestConfig) -> Result<Box<dyn Guest>, RunError> {
+        if self.boots.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        Backends::default().boot(config)
+    }
+}
+
+/// `config`'s campaign of two CPUs with `bug` planted, stopped as by Ctrl-C when its boot
+/// number `at` starts (boot 1 finds the failure; the shrink's replays boot from 2 on): what it
+/// reported and how many guests it booted.
+fn stopped_while_shrinking(config: &CampaignConfig, at: usize) -> (CampaignReport, usize) {
+    let stop = AtomicBool::new(false);
+    let boots = StopAtBoot {
+        boots: AtomicUsize::new(0),
+        at,
+        stop: &stop,
+    };
+    let links = Links {
+        corpus: None,
+        stop: Some(&stop),
+    };
+    let report = run_campaign_with(config, &boots, links).expect("the campaign runs");
+    assert!(report.interrupted, "{report:#?}");
+    (report, boots.boots.load(Ordering::SeqCst))
+}
+
+/// The reproducer `found` was saved as, and whether its rounds replay with that failure on
+/// `vm` (with the reproducer's CPUs and schedule).
+fn replays_its_failure(found: &FoundBug, vm: &GuestConfig) -> bool {
+    use mm_scenario::header::Settings;
+    let text = std::fs::read_to_string(&found.repro_path).expect("the reproducer");
+    let repro = Reproducer::parse(&text).expect("parses");
+    let settings = Settings::of(&repro.header).expect("its header");
+    let vm = GuestConfig {
+        cpus: settings.cpus.unwrap_or(1),
+        schedule: settings.schedule.or(vm.schedule.clone()),
+        ..vm.clone()
+    };
+    let rounds = repro.cpu_rounds().expect("its rounds");
+    let run = replay_rounds(&Backends::default(), &vm, rounds, true).expect("replays");
+    run.failure.is_some_and(|f| f.shows(&found.signature))
+}
+
+/// Ctrl-C while a failure of two simulated CPUs shrinks: nothing more is replayed, and the
+/// smallest candidate that failed so far is saved.
+#[test]
+fn ctrl_c_while_a_sim_failure_of_two_cpus_shrinks_saves_the_smallest_failing_so_far() {
+    let mut config = sim_campaign("ctrl-c-sim", guest_mm::Bug::ShootdownLocalOnly, 200_000);
+    config.seed = 1;
+    config.vm.cpus = 2;
+    let (report, boots) = stopped_while_shrinking(&config, 12);
+    // The replay under way when Ctrl-C came was the last.
+    assert_eq!(boots, 12);
+    let found = first_finding(&report);
+    assert_eq!(found.reproduced, None, "{found:#?}");
+    assert!(found.repro_len < found.original_len, "{found:#?}");
+    let vm = GuestConfig {
+        schedule: Some(Default::default()),
+        ..config.vm.clone()
+    };
+    assert!(replays_its_failure(found, &vm), "{found:#?}");
+}
+
+/// Ctrl-C while a failure found on two kvm CPUs shrinks on its sim twin: nothing more is
+/// shrunk; the smallest candidate that failed so far is replayed once on kvm and saved with
+/// that count if it failed there, else the run as found is saved, not replayed again (which
+/// of the two depends on kvm's timing).
+#[test]
+fn ctrl_c_while_a_kvm_failure_of_two_cpus_shrinks_saves_the_smallest_failing_so_far() {
+    use guest_mm::Bug;
+    let bug = Bug::ShootdownLocalOnly;
+    let variant = kernel(&GuestVariant::new(&[bug.feature()]));
+    // As `vmm fuzz --seed 1` runs.
+    let mut config = campaign("ctrl-c-kvm", variant, 3_000, true);
+    config.seed = 1;
+    config.vm.random_seed = 1;
+    config.vm.cpus = 2;
+    config.coverage = None;
+    config.guest_features = vec![bug.feature().to_string()];
+    config.shrink_on = Some(GuestConfig {
+        backend: mm_driver::Backend::Sim,
+        seeded_bugs: guest_mm::SeededBugs::NONE.with(bug),
+        ..config.vm.clone()
+    });
+    let (report, boots) = stopped_while_shrinking(&config, 12);
+    let found = first_finding(&report);
+    let once = Reproduced {
+        failed: 1,
+        replays: 1,
+    };
+    if found.reproduced == Some(once) {
+        // The replay under way when Ctrl-C came, then the one on kvm.
+        assert_eq!(boots, 13);
+        assert!(found.repro_len < found.original_len, "{found:#?}");
+        assert!(replays_its_failure(found, &config.vm), "{found:#?}");
+    } else {
+        assert_eq!(found.reproduced, None, "{found:#?}");
+        // At most the one kvm replay of the smallest candidate, which did not fail.
+        assert!((12..=13).contains(&boots), "{boots} boots");
+        assert_eq!(found.repro_len, found.original_len, "{found:#?}");
     }
 }

@@ -69,6 +69,14 @@ struct GuestArgs {
     gdb: Option<String>,
 }
 
+/// A replay count of at least 1.
+fn parse_replays(text: &str) -> Result<usize, String> {
+    match parse_u64(text)?.try_into() {
+        Ok(0) | Err(_) => Err(format!("{text:?} is not a replay count from 1")),
+        Ok(n) => Ok(n),
+    }
+}
+
 /// A number as the README writes them: decimal or `0x` hexadecimal, `_` allowed between digits.
 fn parse_u64(text: &str) -> Result<u64, String> {
     let digits = text.replace('_', "");
@@ -247,6 +255,10 @@ struct FuzzArgs {
     /// Save failures without shrinking them.
     #[arg(long)]
     no_shrink: bool,
+    /// Replays a failure's shrink may spend on each backend it shrinks on (a guest boot each on
+    /// kvm; at least 1).
+    #[arg(long, value_name = "N", default_value_t = mm_fuzz::shrink::Budget::DEFAULT_REPLAYS, value_parser = parse_replays)]
+    shrink_budget: usize,
     /// Directory for reproducer files.
     #[arg(long, value_name = "DIR", default_value = "fuzz-out")]
     out: PathBuf,

@@ -30,6 +30,12 @@ impl Backend {
             Backend::Sim => "sim",
         }
     }
+
+    /// Whether the backend chooses how its CPUs interleave, and so follows a
+    /// [`crate::GuestConfig::schedule`]: the sim does; under kvm the hardware interleaves.
+    pub fn follows_schedules(self) -> bool {
+        self == Backend::Sim
+    }
 }
 
 impl fmt::Display for Backend {

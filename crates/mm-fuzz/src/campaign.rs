@@ -3,17 +3,18 @@
 
 use super::corpus::CorpusDir;
 use super::generate::Generator;
-use super::repro::Reproducer;
+use super::reduce_rounds::{reduce_rounds, Reduced, Tell};
 use super::shrink::{shrink, Budget};
-use super::shrink_rounds::shrink_rounds;
+use super::shrink_rounds::ShrunkRounds;
 use super::uniformity::Spending;
 use super::{narrow, replay, run_session, Failure, Feedback, Run, Session, Signature, Source};
 use crate::coverage::{CoverageMap, CoverageSet};
 use crate::error::FuzzError;
 use bounded_io::files::{write_output, Naming};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mm_driver::{Backend, Boot, GuestConfig};
-use mm_scenario::header::{cpus_line, schedule_line};
+use mm_driver::{Boot, GuestConfig};
+use mm_scenario::header::{cpus_line, reproduced_line};
+use mm_scenario::reproduced::Reproduced;
 use shared_mm::abi::{Op, Status};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,8 @@ pub struct FoundBug {
     pub original_len: usize,
     pub repro_len: usize,
     pub repro_path: PathBuf,
+    /// How many of the replays before saving showed the failure (kvm with several CPUs).
+    pub reproduced: Option<Reproduced>,
     /// How many times the campaign hit this signature.
     pub hits: usize,
 }
@@ -215,38 +218,8 @@ impl Shared<'_> {
         ));
         let original_len = run.sent.len();
         let shrink_start = Instant::now();
-        // With several CPUs a failure keeps its rounds: on the sim, where its schedule replays
-        // exactly, it is shrunk with them; on kvm it is saved as found (the shrinker and the sim
-        // twin run one CPU).
-        let several = config.vm.cpus > 1;
-        let mut rounds = (
-            run.cpus.clone(),
-            run.batch_starts.clone(),
-            run.schedule.clone(),
-        );
-        let mut cpu_count = config.vm.cpus;
-        let (ops, failure) = if config.shrink && !several {
-            self.bar
-                .set_message(format!("shrinking {} ops", run.sent.len()));
-            reduce(config, self.backends, &run, &found, &|line| self.say(line))?
-        } else if config.shrink && config.vm.backend == Backend::Sim {
-            self.bar.set_message(format!(
-                "shrinking {} ops on {} CPUs",
-                run.sent.len(),
-                cpu_count
-            ));
-            let budget = config.shrink_budget;
-            match shrink_rounds(self.backends, &config.vm, &run, &found.signature, budget)? {
-                Some(shrunk) => {
-                    rounds = (shrunk.cpus, shrunk.round_starts, Some(shrunk.schedule));
-                    cpu_count = shrunk.cpu_count;
-                    (shrunk.ops, shrunk.failure)
-                }
-                None => (run.sent, found.clone()),
-            }
-        } else {
-            (run.sent, found.clone())
-        };
+        let reduced = self.reduced(&run, &found)?;
+        let failure = reduced.rounds.failure.clone();
         *self.shrinking.lock().unwrap_or_else(|e| e.into_inner()) += shrink_start.elapsed();
         if failure.signature != found.signature {
             self.say(format!(
@@ -273,14 +246,8 @@ impl Shared<'_> {
             ("found-after-ops".into(), ops_to_find.to_string()),
             ("original-length".into(), original_len.to_string()),
         ];
-        let (cpus, starts, schedule) = rounds;
-        let mut repro = if several {
-            Reproducer::with_rounds(header, ops, &cpus, &starts)
-        } else {
-            Reproducer::with_rounds(header, ops, &[], &[])
-        };
-        repro.header.extend(cpus_line(cpu_count));
-        repro.header.extend(schedule_line(schedule.as_ref()));
+        let mut repro = reduced.rounds.reproducer(header);
+        repro.header.extend(reproduced_line(reduced.reproduced));
         std::fs::create_dir_all(&config.out_dir).map_err(|source| FuzzError::Output {
             path: config.out_dir.clone(),
             source,
@@ -290,8 +257,11 @@ impl Shared<'_> {
             .out_dir
             .join(format!("repro-seed{}-{}.txt", config.seed, bugs.len() + 1));
         write_output(&path, repro.to_text().as_bytes(), Naming::Chosen).map_err(FuzzError::File)?;
+        let reproduced = reduced.reproduced.map_or(String::new(), |count| {
+            format!("; {count} replays on {} showed it", config.vm.backend)
+        });
         self.say(format!(
-            "  saved {} ({} ops, shrunk from {original_len})",
+            "  saved {} ({} ops, shrunk from {original_len}{reproduced})",
             path.display(),
             repro.ops.len()
         ));
@@ -306,12 +276,51 @@ impl Shared<'_> {
                 original_len,
                 repro_len: repro.ops.len(),
                 repro_path: path,
+                reproduced: reduced.reproduced,
                 hits: 1,
             },
         );
         let found = bugs.len();
         self.bar.set_message(format!("{found} finding(s)"));
         Ok(())
+    }
+
+    /// The failure `found`, with which `run` ended, reduced for its reproducer (see [`reduce`]
+    /// and [`reduce_rounds`]), or as found when the campaign does not shrink.
+    fn reduced(&self, run: &Run, found: &Failure) -> Result<Reduced, FuzzError> {
+        let config = self.config;
+        let cpus = config.vm.cpus;
+        if !config.shrink {
+            let rounds = ShrunkRounds::as_found(run, found, cpus);
+            return Ok(Reduced {
+                rounds,
+                reproduced: None,
+            });
+        }
+        if cpus > 1 {
+            let tell = Tell {
+                stop: self.stop,
+                say: &|line| self.say(line),
+                doing: &|message| self.bar.set_message(message),
+            };
+            return reduce_rounds(config, self.backends, run, found, tell);
+        }
+        self.bar
+            .set_message(format!("shrinking {} ops", run.sent.len()));
+        let (ops, failure) = reduce(config, self.backends, run, found, &|line| self.say(line))?;
+        let rounds = ShrunkRounds {
+            ops,
+            cpus: Vec::new(),
+            round_starts: Vec::new(),
+            cpu_count: 1,
+            schedule: None,
+            failure,
+            replays: 0,
+        };
+        Ok(Reduced {
+            rounds,
+            reproduced: None,
+        })
     }
 
     fn run_job(&self, job: usize, budget: u64) -> Result<(), FuzzError> {

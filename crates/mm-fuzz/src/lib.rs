@@ -7,6 +7,7 @@
 
 pub mod campaign;
 pub mod chi_square;
+pub mod confirm;
 pub mod corpus;
 pub mod coverage;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod model;
 pub mod narrow;
 pub mod probe;
 pub mod rebase;
+pub mod reduce_rounds;
 pub mod repro;
 pub mod self_check;
 pub mod shrink;
@@ -774,7 +776,7 @@ impl Driver for Session<'_, '_, '_> {
 }
 
 /// What one session on one guest did.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Run {
     /// Every operation sent.
     pub sent: Vec<Op>,

@@ -50,9 +50,16 @@ pub struct Budget {
     pub max_replays: usize,
 }
 
+impl Budget {
+    /// Replays a shrink may spend unless told otherwise (`vmm fuzz --shrink-budget`).
+    pub const DEFAULT_REPLAYS: usize = 2_000;
+}
+
 impl Default for Budget {
     fn default() -> Self {
-        Budget { max_replays: 2_000 }
+        Budget {
+            max_replays: Budget::DEFAULT_REPLAYS,
+        }
     }
 }
 

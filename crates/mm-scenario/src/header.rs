@@ -2,6 +2,7 @@
 //! and the run settings (seed, RAM, CPUs, backend, seeded bugs, kernel) they record.
 
 use crate::ops::number;
+use crate::reproduced::{Reproduced, ReproducedError};
 use bounded_io::excerpt::excerpt;
 use guest_mm::Bug;
 use mm_driver::schedule::{Schedule, ScheduleError};
@@ -27,6 +28,8 @@ pub enum HeaderError {
     },
     /// A `schedule` that does not parse.
     Schedule(ScheduleError),
+    /// A `reproduced` count that does not parse.
+    Reproduced(ReproducedError),
     /// A known key given a second time.
     Twice {
         key: String,
@@ -63,6 +66,7 @@ impl fmt::Display for HeaderError {
                 shared_mm::smp::MAX_CPUS
             ),
             HeaderError::Schedule(e) => write!(f, "header {e}"),
+            HeaderError::Reproduced(e) => write!(f, "{e}"),
             HeaderError::Twice { key, first_line } => {
                 write!(
                     f,
@@ -97,7 +101,15 @@ pub fn is_key(key: &str) -> bool {
 /// Whether `key` is one the format knows: a file may give it once. Any other key is free text
 /// and may repeat.
 pub fn is_known(key: &str) -> bool {
-    NUMBER_KEYS.contains(&key) || ["backend", "guest-features", "kernel", "schedule"].contains(&key)
+    NUMBER_KEYS.contains(&key)
+        || [
+            "backend",
+            "guest-features",
+            "kernel",
+            "schedule",
+            "reproduced",
+        ]
+        .contains(&key)
 }
 
 fn features(value: &str) -> Result<Vec<String>, HeaderError> {
@@ -118,6 +130,8 @@ enum Value<'t> {
     Backend(Backend),
     Features(Vec<String>),
     Schedule(Schedule),
+    /// A checked value `vmm fuzz` records about a finding (not a setting).
+    Recorded,
     Text(&'t str),
 }
 
@@ -129,6 +143,11 @@ fn value<'t>(key: &str, text: &'t str) -> Result<Value<'t>, HeaderError> {
         ),
         "guest-features" => Value::Features(features(text)?),
         "schedule" => Value::Schedule(text.parse().map_err(HeaderError::Schedule)?),
+        "reproduced" => {
+            text.parse::<Reproduced>()
+                .map_err(HeaderError::Reproduced)?;
+            Value::Recorded
+        }
         key if NUMBER_KEYS.contains(&key) => {
             let n = number(text).ok_or_else(|| HeaderError::NotANumber {
                 key: key.into(),
@@ -170,6 +189,11 @@ pub struct Settings {
 pub fn schedule_line(schedule: Option<&Schedule>) -> Option<(String, String)> {
     let schedule = schedule.filter(|s| !s.is_empty())?;
     Some(("schedule".into(), schedule.to_string()))
+}
+
+/// The header line that records how many of the replays before saving showed the failure.
+pub fn reproduced_line(reproduced: Option<Reproduced>) -> Option<(String, String)> {
+    Some(("reproduced".into(), reproduced?.to_string()))
 }
 
 /// The header line that records `cpus` CPUs, if they are several (one is the default, and a
@@ -273,6 +297,12 @@ mod tests {
         assert!(check("backend", "KVM").is_err());
         assert!(check("detail", "anything: at all").is_ok());
         assert!(check("kernel", "/any/path").is_ok());
+        assert!(check("reproduced", "3/3").is_ok());
+        assert!(matches!(
+            check("reproduced", "4/3"),
+            Err(HeaderError::Reproduced(_))
+        ));
+        assert!(is_known("reproduced"));
         assert!(is_key("memory-mib") && !is_key("Memory") && !is_key("a b") && !is_key(""));
     }
 }

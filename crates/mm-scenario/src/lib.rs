@@ -12,6 +12,7 @@ pub mod format;
 pub mod header;
 pub mod ops;
 pub mod record;
+pub mod reproduced;
 pub mod runner;
 
 pub use builtin::{bug_bait, self_check};

@@ -46,13 +46,11 @@ fn campaign(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<(CampaignConfi
     if coverage && counters.is_none() {
         bail!("the coverage guest has no sanitizer-coverage counters");
     }
-    // A KVM guest whose MM is the library with known seeded bugs has a sim twin: failures
-    // shrink there, fast, and are confirmed on KVM. The twin has one CPU, so a campaign of
-    // several CPUs saves its failures unshrunk, in their rounds.
+    // A KVM guest whose MM is the library with known seeded bugs has a sim twin, on as many
+    // CPUs: failures shrink there, fast, and are confirmed on KVM.
     let shrink_on =
         (guest.backend() == Backend::Kvm && guest.kernel.is_none()).then(|| GuestConfig {
             backend: Backend::Sim,
-            cpus: 1,
             seeded_bugs: seeded_bugs(guest.features()).unwrap_or_default(),
             ..vm.clone()
         });
@@ -63,7 +61,9 @@ fn campaign(guest: &GuestArgs, args: &FuzzArgs) -> anyhow::Result<(CampaignConfi
         batch: args.batch.into(),
         check: !args.no_check,
         shrink: !args.no_shrink,
-        shrink_budget: Budget::default(),
+        shrink_budget: Budget {
+            max_replays: args.shrink_budget,
+        },
         vm,
         shrink_on,
         out_dir: args.out.clone(),
@@ -131,7 +131,7 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
     eprintln!("vmm fuzz: {} distinct finding(s):", report.bugs.len());
     for bug in &report.bugs {
         eprintln!(
-            "  {} (hit {}x; first after {} ops / {:.2} s in job {}); reproducer {} with {} ops (from {})\n    {}",
+            "  {} (hit {}x; first after {} ops / {:.2} s in job {}); reproducer {} with {} ops (from {}){}\n    {}",
             bug.signature,
             bug.hits,
             bug.ops_to_find,
@@ -140,6 +140,10 @@ fn summary(report: &CampaignReport, guest: &GuestArgs, jobs: u16, check: bool) {
             bug.repro_path.display(),
             bug.repro_len,
             bug.original_len,
+            bug.reproduced.map_or(String::new(), |count| format!(
+                "; {count} replays on {} showed it",
+                guest.backend()
+            )),
             bug.description.lines().next().unwrap_or("")
         );
     }
