@@ -4,7 +4,9 @@
 # as data: target/bench/system.json and target/bench/system.md (the table, naming the CPU and
 # the KVM module). A full run (no SYSTEM_BENCH_ONLY) also puts that table into
 # docs/benchmarks.md, between its `bench:begin` and `bench:end` markers, so the page shows the
-# latest run; git keeps the history. With --criterion it then also runs the detailed criterion
+# latest run; git keeps the history. A section that fails part way (a campaign with a finding,
+# a guest that does not boot) is named under the table with its rows so far, the other sections
+# still run, and the script exits 1 after writing the results. With --criterion it then also runs the detailed criterion
 # benches of the RegionTree and of the page-table walker (about 2 more minutes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,7 +16,12 @@ case "${1:-}" in
     *) echo "usage: $0 [--criterion]" >&2; exit 2 ;;
 esac
 out="${CARGO_TARGET_DIR:-target}/bench"
-SYSTEM_BENCH_OUT="$out" cargo bench -p vmm --bench system
+rm -f "$out/system.md"
+status=0
+SYSTEM_BENCH_OUT="$out" cargo bench -p vmm --bench system || status=$?
+if [ ! -f "$out/system.md" ]; then
+    exit "$((status == 0 ? 1 : status))"
+fi
 if [ -z "${SYSTEM_BENCH_ONLY:-}" ]; then
     page=docs/benchmarks.md
     tmp=$(mktemp "$page.XXXXXX")
@@ -30,3 +37,4 @@ if "$criterion"; then
     cargo bench -p shared-mm --bench region_tree
     cargo bench -p x86-paging --bench page_walk
 fi
+exit "$status"

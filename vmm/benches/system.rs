@@ -1667,9 +1667,15 @@ fn main() {
             std::process::exit(2);
         }
     }
+    // A section that fails (a panic: a campaign with a finding, a guest that would not boot)
+    // keeps the rows it pushed, is named in the results, and the others still run.
+    let mut unfinished = Vec::new();
     for (name, section) in sections {
         if only.as_deref().is_none_or(|only| only == name) {
-            section(&mut rows);
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| section(&mut rows)));
+            if let Err(panic) = ran {
+                unfinished.push(results::Unfinished::new(name, panic.as_ref()));
+            }
         }
     }
     let run = Run {
@@ -1677,6 +1683,7 @@ fn main() {
         only: only.as_deref(),
         seconds: started.elapsed().as_secs_f64(),
         legend: RATIO_LEGEND,
+        unfinished: &unfinished,
     };
     println!();
     print!("{}", results::table(&rows));
@@ -1687,6 +1694,9 @@ fn main() {
         "{met} of {all} targets met; the run took {:.0} s.",
         run.seconds
     );
+    for section in &unfinished {
+        println!("{section}");
+    }
     let out = std::env::var_os("SYSTEM_BENCH_OUT").map_or_else(results::default_dir, Into::into);
     match run.write(&rows, &out) {
         Ok(paths) => paths.iter().for_each(|p| println!("wrote {}", p.display())),
@@ -1697,5 +1707,8 @@ fn main() {
             );
             std::process::exit(2);
         }
+    }
+    if !unfinished.is_empty() {
+        std::process::exit(1);
     }
 }

@@ -186,6 +186,40 @@ pub struct Run<'a> {
     pub only: Option<&'a str>,
     pub seconds: f64,
     pub legend: &'a str,
+    /// Sections that failed part way: their rows so far are in the table.
+    pub unfinished: &'a [Unfinished],
+}
+
+/// A section that failed part way (it panicked), and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unfinished {
+    pub section: String,
+    pub why: String,
+}
+
+impl Unfinished {
+    /// Section `section`, which panicked with `payload`.
+    pub fn new(section: &str, payload: &(dyn std::any::Any + Send)) -> Self {
+        let why = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic without a message");
+        Unfinished {
+            section: section.into(),
+            why: why.lines().next().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Section `{}` did not finish (only its rows before the failure are shown): {}",
+            self.section, self.why
+        )
+    }
 }
 
 impl Run<'_> {
@@ -210,6 +244,10 @@ impl Run<'_> {
             "targets_met": met,
             "targets": all,
             "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+            "unfinished": self.unfinished.iter().map(|u| serde_json::json!({
+                "section": u.section,
+                "why": u.why,
+            })).collect::<Vec<_>>(),
         });
         serde_json::to_string_pretty(&value).expect("plain values serialize") + "\n"
     }
@@ -220,9 +258,10 @@ impl Run<'_> {
         let scope = self.only.map_or("all sections".to_string(), |s| {
             format!("section `{s}` only")
         });
+        let unfinished: String = self.unfinished.iter().map(|u| format!("\n{u}\n")).collect();
         format!(
             "Measured on {}, {} cores, Linux {}, KVM module `{}` ({scope}; {met} of {all} \
-             targets met; the run took {:.0} s).\n\n{}\n{}\n",
+             targets met; the run took {:.0} s).\n\n{}\n{}\n{unfinished}",
             m.cpu,
             m.cores,
             m.kernel,
