@@ -376,11 +376,17 @@ impl Cpu0<'_, '_> {
                     if let Some(w) = watchdog {
                         w.pet();
                     }
-                    let rounds = self.cpus.rounds();
-                    if rounds.is_none() {
-                        deliver_trace(self.mem, driver)?;
-                    }
-                    match hypercall::handle(self.mem, 0, &mut self.log, Some(driver), rounds)? {
+                    let next = {
+                        // The driver's work (the trace, the model, the checker, the next batch)
+                        // is host time: however long it takes, the guest did not hang.
+                        let _host = watchdog.map(Watchdog::pause);
+                        let rounds = self.cpus.rounds();
+                        if rounds.is_none() {
+                            deliver_trace(self.mem, driver)?;
+                        }
+                        hypercall::handle(self.mem, 0, &mut self.log, Some(driver), rounds)?
+                    };
+                    match next {
                         Next::Resume => {}
                         Next::Exit(status) => return Ok(Some(status)),
                         Next::Cpus(call) => {
@@ -393,12 +399,13 @@ impl Cpu0<'_, '_> {
                                 }
                                 None => Ok(()),
                             };
-                            if !self.cpus.serve_held(0, call, &mut self.log, &mut held)? {
-                                return Ok(None);
-                            }
+                            let served = self.cpus.serve_held(0, call, &mut self.log, &mut held);
                             // Waiting for the other CPUs was host time.
                             if let Some(w) = watchdog {
                                 w.pet();
+                            }
+                            if !served? {
+                                return Ok(None);
                             }
                         }
                     }
