@@ -16,6 +16,8 @@ case "${1:-}" in
     *) echo "usage: $0 [--criterion]" >&2; exit 2 ;;
 esac
 out="${CARGO_TARGET_DIR:-target}/bench"
+# cargo runs the bench in vmm/: it gets the directory absolute.
+case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
 rm -f "$out/system.md"
 status=0
 SYSTEM_BENCH_OUT="$out" cargo bench -p vmm --bench system || status=$?

@@ -124,6 +124,19 @@ impl Bug {
         Bug::LockOrder,
     ];
 
+    /// Whether only another CPU can show it: the shootdown bugs and the fault race need a
+    /// second CPU to cache a translation or to change the space under a fault. (The lock-order
+    /// bug shows on one CPU too: the checker sees both paths' orders.)
+    pub const fn needs_several_cpus(self) -> bool {
+        matches!(
+            self,
+            Bug::ShootdownLocalOnly
+                | Bug::ShootdownMissesLazy
+                | Bug::FreeBeforeAck
+                | Bug::FaultNoRecheck
+        )
+    }
+
     /// The cargo feature that plants it.
     pub const fn feature(self) -> &'static str {
         match self {

@@ -139,6 +139,25 @@ fn write_inputs(ops: &[Op], dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// libFuzzer's own RSS limit (its default), which the target keeps on top of the bench's.
+const TARGET_RSS_MB: u64 = 2048;
+
+/// The bench's peak resident set (`VmHWM`) in MiB, 0 where it cannot be read.
+fn own_peak_rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+    let kib = line.and_then(|l| l.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) / 1024
+}
+
+/// `-rss_limit_mb` for a target the bench starts. Linux keeps a process's peak RSS across
+/// `execve`, and libFuzzer reads its own from `getrusage`: started from a bench that peaked at
+/// 2 GiB (the RegionTree and checker sections), the target counted that as its own and stopped
+/// at once with a false out-of-memory. So the target gets its 2 GiB on top of the bench's peak.
+fn rss_limit() -> String {
+    format!("-rss_limit_mb={}", own_peak_rss_mb() + TARGET_RSS_MB)
+}
+
 /// The rows, or why they could not be measured.
 fn measure(scratch: &Path) -> Result<Vec<Row>, String> {
     let binary = build_target()?;
@@ -150,6 +169,7 @@ fn measure(scratch: &Path) -> Result<Vec<Row>, String> {
         "-seed=1".to_string(),
         format!("-max_total_time={SECONDS}"),
         format!("-artifact_prefix={}/", scratch.display()),
+        rss_limit(),
         corpus.display().to_string(),
     ];
     let (fuzzed, seconds) = run_target(&binary, &args, &tally)?;
@@ -166,7 +186,11 @@ fn measure(scratch: &Path) -> Result<Vec<Row>, String> {
         "bench: the engine's {} ops replayed through mm_ops for its edges",
         engine.len()
     );
-    let args = ["-runs=0".to_string(), replay.display().to_string()];
+    let args = [
+        "-runs=0".to_string(),
+        rss_limit(),
+        replay.display().to_string(),
+    ];
     let (replayed, _) = run_target(&binary, &args, &scratch.join("replay-tally"))?;
 
     let name = |what: &str| format!("libFuzzer mm_ops, sim {MEMORY_MIB} MiB, {SECONDS} s: {what}");
