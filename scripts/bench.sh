@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's bench command: measures the whole system in one run (vmm/benches/system.rs, 10 to
-# 16 minutes on this machine, most of it kvm guests), prints one table, and writes the results
+# The README's bench command: measures the whole system in one run (vmm/benches/system.rs, about
+# 21 minutes on this machine, most of it kvm guests), prints one table, and writes the results
 # as data: target/bench/system.json and target/bench/system.md (the table, naming the CPU and
 # the KVM module). A full run (no SYSTEM_BENCH_ONLY) also puts that table into
 # docs/benchmarks.md, between its `bench:begin` and `bench:end` markers, so the page shows the
